@@ -1,0 +1,31 @@
+# Two commands on a fresh clone: `make demo` (a learning job on the sample images) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-all bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m solver.demo --out demo-output
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "not gpu"
+
+bench: $(STAMP)
+	$(PY) bench/bench_sporco.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check solver tests bench
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache .hypothesis
