@@ -1,0 +1,125 @@
+"""Array backends: numpy (default) or cupy. This is the only module that imports cupy.
+
+A :class:`Backend` bundles the array namespace ``xp`` with the matching real FFTs. Numerical code receives a
+backend explicitly (or infers it once from its input with :func:`backend_of`) and never branches on the array
+type itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Literal
+
+import numpy as np
+import scipy.fft
+
+BackendName = Literal["numpy", "cupy"]
+Array = Any  # numpy.ndarray or cupy.ndarray
+
+
+@functools.cache
+def _cupy() -> ModuleType | None:
+    """Import cupy lazily; None when it is missing or no CUDA device answers."""
+    try:
+        import cupy  # noqa: PLC0415  (the one cupy import of the project)
+    except Exception:  # ImportError, or a broken CUDA install raising at import
+        return None
+    try:
+        if not cupy.cuda.is_available():
+            return None
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception:
+        return None
+    return cupy
+
+
+def gpu_available() -> bool:
+    """True when cupy imports and at least one CUDA device answers."""
+    return _cupy() is not None
+
+
+def _default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An array namespace and its real FFTs over the last two axes.
+
+    Attributes
+    ----------
+    name : {"numpy", "cupy"}
+    xp : module
+        ``numpy`` or ``cupy``.
+    workers : int
+        Threads for the CPU FFTs (scipy.fft); ignored on the GPU.
+    """
+
+    name: BackendName
+    xp: ModuleType
+    workers: int = 1
+
+    def rfft2(self, a: Array, shape: tuple[int, int] | None = None) -> Array:
+        """Real 2-D FFT over the last two axes, zero-padding to `shape`; float32 -> complex64."""
+        if self.name == "numpy":
+            return scipy.fft.rfft2(a, s=shape, axes=(-2, -1), workers=self.workers)
+        import cupyx.scipy.fft as cufft  # noqa: PLC0415
+
+        return cufft.rfft2(a, s=shape, axes=(-2, -1))
+
+    def irfft2(self, a: Array, shape: tuple[int, int]) -> Array:
+        """Inverse of :meth:`rfft2` for a real signal of spatial `shape`; complex64 -> float32."""
+        if self.name == "numpy":
+            return scipy.fft.irfft2(a, s=shape, axes=(-2, -1), workers=self.workers)
+        import cupyx.scipy.fft as cufft  # noqa: PLC0415
+
+        return cufft.irfft2(a, s=shape, axes=(-2, -1))
+
+    def asarray(self, a: Array, dtype: Any = None) -> Array:
+        """Move `a` to this backend (no copy when it is already there with that dtype)."""
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_host(self, a: Array) -> np.ndarray:
+        """A numpy copy (or view) of `a`, for I/O and process boundaries."""
+        if self.name == "numpy":
+            return np.asarray(a)
+        return self.xp.asnumpy(a)
+
+    def scalar(self, a: Array) -> float:
+        """A Python float from a 0-d array (synchronises on the GPU)."""
+        return float(a)
+
+
+def get_backend(name: Literal["auto", "numpy", "cupy"] = "auto", *, workers: int | None = None) -> Backend:
+    """Resolve a backend by name.
+
+    ``"auto"`` picks cupy when it imports and a CUDA device answers, numpy otherwise. ``"cupy"`` without a GPU
+    raises ``ValueError``.
+    """
+    if name not in ("auto", "numpy", "cupy"):
+        raise ValueError(f"backend must be 'auto', 'numpy' or 'cupy', got {name!r}")
+    n_workers = _default_workers() if workers is None else int(workers)
+    cupy = _cupy()
+    if name == "cupy" and cupy is None:
+        raise ValueError("backend='cupy' was requested, but cupy is not importable or no CUDA device answers")
+    if name in ("auto", "cupy") and cupy is not None:
+        return Backend("cupy", cupy, n_workers)
+    return Backend("numpy", np, n_workers)
+
+
+def backend_of(a: Array) -> Backend:
+    """The backend that holds array `a` (the only type check on arrays in the project)."""
+    if isinstance(a, np.ndarray | np.generic):
+        return Backend("numpy", np, _default_workers())
+    cupy = _cupy()
+    if cupy is not None and isinstance(a, cupy.ndarray):
+        return Backend("cupy", cupy, 1)
+    raise ValueError(f"expected a numpy or cupy array, got {type(a).__name__}")
+
+
+def complex_dtype(real_dtype: Any) -> np.dtype:
+    """complex64 for float32, complex128 for float64."""
+    return np.result_type(np.dtype(real_dtype), np.complex64)

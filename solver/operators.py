@@ -1,0 +1,321 @@
+r"""Fourier-domain convolution operators of the model, with their adjoints.
+
+Shapes (one convention everywhere):
+
+=================  ==================  ===========================================================
+name               shape               meaning
+=================  ==================  ===========================================================
+``images``         ``(N, C, H, W)``    N images with C channels
+``filters``        ``(K, C, s, s)``    K filters, one s×s plane per input channel
+``connectivity``   ``(K, C)`` bool     g: which input channels map k reconstructs
+``maps``           ``(N, K, H', W')``  ``H' = H`` (circular) or ``H + s - 1`` (valid)
+=================  ==================  ===========================================================
+
+Reconstruction ``ŷ[n, c] = Σ_k g[k, c] · (maps[n, k] ⊛ filters[k, c])`` with ⊛ a true convolution:
+
+* ``circular``: the filter is zero-padded to H×W with its [0, 0] entry at the origin (SPORCO's convention);
+* ``valid``: ``scipy.signal.convolve2d(map, filter, mode="valid")`` on a map of (H+s−1)×(W+s−1).
+
+Both are computed on the *map grid* (H', W'): a circular convolution there, followed for ``valid`` by the crop
+``P`` to the rows and columns ``s−1 … s−1+H−1``. On those the circular and the linear convolution coincide
+(no index wraps), so ``valid = P ∘ circular``. Fourier-domain arrays carry the suffix ``_hat`` and have shape
+``(..., H', W'//2 + 1)`` (real FFTs over the last two axes).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from .backend import Array, Backend, backend_of
+
+Boundary = Literal["circular", "valid"]
+BOUNDARIES: tuple[str, ...] = ("circular", "valid")
+
+
+def map_shape(image_shape: tuple[int, int], filter_size: int, boundary: Boundary) -> tuple[int, int]:
+    """Spatial shape (H', W') of the maps for images of spatial shape (H, W)."""
+    H, W = image_shape
+    if boundary == "circular":
+        return (H, W)
+    if boundary == "valid":
+        return (H + filter_size - 1, W + filter_size - 1)
+    raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+
+
+def image_shape_from_maps(grid: tuple[int, int], filter_size: int, boundary: Boundary) -> tuple[int, int]:
+    """Inverse of :func:`map_shape`: the image shape (H, W) of maps on the grid (H', W')."""
+    Hm, Wm = grid
+    if boundary == "circular":
+        return (Hm, Wm)
+    if boundary == "valid":
+        return (Hm - filter_size + 1, Wm - filter_size + 1)
+    raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+
+
+class _Grid:
+    """The map grid, the crop P (valid boundary) and its adjoint, the zero-padding Pᵀ."""
+
+    def __init__(self, image_shape: tuple[int, int], filter_size: int, boundary: Boundary):
+        self.image_shape = (int(image_shape[0]), int(image_shape[1]))
+        self.filter_size = int(filter_size)
+        self.boundary: Boundary = boundary
+        self.shape = map_shape(self.image_shape, self.filter_size, boundary)
+        o = self.filter_size - 1 if boundary == "valid" else 0
+        H, W = self.image_shape
+        self.window = (slice(o, o + H), slice(o, o + W))
+
+    @property
+    def cropped(self) -> bool:
+        return self.boundary == "valid"
+
+    def crop(self, a: Array) -> Array:
+        """P: grid (…, H', W') -> image (…, H, W)."""
+        return a[..., self.window[0], self.window[1]] if self.cropped else a
+
+    def pad(self, a: Array) -> Array:
+        """Pᵀ: image (…, H, W) -> grid (…, H', W'), zeros outside the image window."""
+        if not self.cropped:
+            return a
+        xp = backend_of(a).xp
+        out = xp.zeros(a.shape[:-2] + self.shape, dtype=a.dtype)
+        out[..., self.window[0], self.window[1]] = a
+        return out
+
+    def mask(self, xp, dtype) -> Array:
+        """PᵀP as a (H', W') array of ones inside the image window, zeros outside."""
+        m = xp.zeros(self.shape, dtype=dtype)
+        m[self.window[0], self.window[1]] = 1
+        return m
+
+
+def _masked(filters: Array, connectivity: Array | None) -> Array:
+    if connectivity is None:
+        return filters
+    xp = backend_of(filters).xp
+    g = xp.asarray(connectivity, dtype=filters.dtype)
+    return filters * g[:, :, None, None]
+
+
+def synthesize_hat(filters_hat: Array, maps_hat: Array) -> Array:
+    """Σ_k f̂[k, c] · ẑ[n, k]: (K, C, U, V) × (N, K, U, V) -> (N, C, U, V)."""
+    xp = backend_of(maps_hat).xp
+    if filters_hat.shape[1] == 1:  # one channel: a plain multiply-reduce, no einsum loop overhead
+        return xp.sum(filters_hat[None, :, 0] * maps_hat, axis=1, keepdims=True)
+    return xp.einsum("kcuv,nkuv->ncuv", filters_hat, maps_hat)
+
+
+def analyse_hat(filters_hat: Array, images_hat: Array) -> Array:
+    """Σ_c conj(f̂[k, c]) · ŝ[n, c]: (K, C, U, V) × (N, C, U, V) -> (N, K, U, V)."""
+    xp = backend_of(images_hat).xp
+    if filters_hat.shape[1] == 1:
+        return xp.conj(filters_hat[None, :, 0]) * images_hat
+    return xp.einsum("kcuv,ncuv->nkuv", xp.conj(filters_hat), images_hat)
+
+
+class ConvOperator:
+    r"""Synthesis D: maps (N, K, H', W') -> images (N, C, H, W).
+
+    .. math:: (D z)[n, c] = P \sum_k g_{kc}\, f_{kc} \circledast z_{nk}
+
+    with ⊛ the circular convolution on the map grid and P the crop of the ``valid`` boundary (identity for
+    ``circular``). Immutable once built: ``forward``/``adjoint`` never modify their inputs and return arrays on
+    the input's backend with the filters' real dtype.
+
+    Parameters
+    ----------
+    filters : array of shape (K, C, s, s)
+        Real floating dtype; the operator works in that dtype (complex64 for float32).
+    image_shape : (int, int)
+        Spatial shape (H, W) of the images.
+    boundary : {"circular", "valid"}
+    connectivity : bool array of shape (K, C), optional
+        g; all True when omitted.
+    """
+
+    def __init__(
+        self,
+        filters: Array,
+        image_shape: tuple[int, int],
+        *,
+        boundary: Boundary = "circular",
+        connectivity: Array | None = None,
+    ):
+        self.backend: Backend = backend_of(filters)
+        self.dtype = filters.dtype
+        self.n_filters, self.n_channels, s, _ = filters.shape
+        self.filter_size = int(s)
+        self.grid = _Grid(image_shape, s, boundary)
+        self.connectivity = connectivity
+        self.filters = _masked(filters, connectivity)
+        self.filters_hat = self.backend.rfft2(self.filters, self.grid.shape)
+
+    @property
+    def boundary(self) -> Boundary:
+        return self.grid.boundary
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return self.grid.image_shape
+
+    @property
+    def map_shape(self) -> tuple[int, int]:
+        return self.grid.shape
+
+    # Fourier domain, on the map grid (no crop) -------------------------------------------------------
+    def forward_hat(self, maps_hat: Array) -> Array:
+        """(N, K, U, V) -> (N, C, U, V): the circular synthesis in the Fourier domain."""
+        return synthesize_hat(self.filters_hat, maps_hat)
+
+    def adjoint_hat(self, images_hat: Array) -> Array:
+        """(N, C, U, V) -> (N, K, U, V): the adjoint of :meth:`forward_hat`."""
+        return analyse_hat(self.filters_hat, images_hat)
+
+    # Spatial domain ----------------------------------------------------------------------------------
+    def rfft(self, a: Array) -> Array:
+        """Real FFT on the map grid of (…, H', W') arrays (or of images, zero-padded by Pᵀ first)."""
+        return self.backend.rfft2(a, self.grid.shape)
+
+    def irfft(self, a_hat: Array) -> Array:
+        """Inverse of :meth:`rfft` on the map grid."""
+        return self.backend.irfft2(a_hat, self.grid.shape)
+
+    def synthesize(self, maps: Array) -> Array:
+        """Circular synthesis on the map grid: (N, K, H', W') -> (N, C, H', W') (no crop)."""
+        return self.irfft(self.forward_hat(self.rfft(maps)))
+
+    def forward(self, maps: Array) -> Array:
+        """D: (N, K, H', W') -> (N, C, H, W)."""
+        return self.grid.crop(self.synthesize(maps))
+
+    def adjoint(self, images: Array) -> Array:
+        """Dᴴ: (N, C, H, W) -> (N, K, H', W')."""
+        return self.irfft(self.adjoint_hat(self.rfft(self.grid.pad(images))))
+
+    # Per-frequency algebra ----------------------------------------------------------------------------
+    def lipschitz(self) -> float:
+        """‖D‖² of the circular operator: max over frequencies of λ_max(D̂(ω)ᴴ D̂(ω)).
+
+        Exact for ``circular``; an upper bound for ``valid`` (‖P‖ ≤ 1).
+        """
+        from .linalg import max_gram_eigenvalue  # noqa: PLC0415  (linalg imports this module)
+
+        return max_gram_eigenvalue(self.filters_hat)
+
+
+def dense_filter_grid(filters: Array, grid: tuple[int, int]) -> Array:
+    """Zero-pad filters (…, s, s) to (…, H', W') with the [0, 0] entry at the origin."""
+    xp = backend_of(filters).xp
+    out = xp.zeros(filters.shape[:-2] + tuple(grid), dtype=filters.dtype)
+    s0, s1 = filters.shape[-2:]
+    out[..., :s0, :s1] = filters
+    return out
+
+
+class FilterOperator:
+    r"""Synthesis for fixed maps, linear in the filters: filters (K, C, s, s) -> images (N, C, H, W).
+
+    .. math:: (Z f)[n, c] = P \sum_k g_{kc}\, z_{nk} \circledast S f_{kc}
+
+    S zero-pads an s×s filter plane to the map grid; its adjoint Sᴴ keeps the [0:s, 0:s] corner.
+
+    Parameters
+    ----------
+    maps : array of shape (N, K, H', W')
+    image_shape : (int, int)
+        (H, W) of the images.
+    filter_size : int
+        s.
+    boundary : {"circular", "valid"}
+    connectivity : bool array of shape (K, C), optional
+    n_channels : int
+        C (needed when `connectivity` is omitted).
+    """
+
+    def __init__(
+        self,
+        maps: Array,
+        image_shape: tuple[int, int],
+        filter_size: int,
+        *,
+        boundary: Boundary = "circular",
+        connectivity: Array | None = None,
+        n_channels: int = 1,
+    ):
+        self.backend: Backend = backend_of(maps)
+        self.dtype = maps.dtype
+        self.grid = _Grid(image_shape, filter_size, boundary)
+        if tuple(maps.shape[-2:]) != self.grid.shape:
+            raise ValueError(
+                f"maps have spatial shape {tuple(maps.shape[-2:])}, expected {self.grid.shape} "
+                f"for images {tuple(image_shape)} with {boundary!r} boundary and filter size {filter_size}"
+            )
+        self.filter_size = int(filter_size)
+        self.n_filters = maps.shape[1]
+        self.n_channels = int(connectivity.shape[1]) if connectivity is not None else int(n_channels)
+        self.connectivity = connectivity
+        xp = self.backend.xp
+        self._g = (
+            None if connectivity is None else xp.asarray(connectivity, dtype=self.dtype)[:, :, None, None]
+        )
+        self.maps_hat = self.backend.rfft2(maps, self.grid.shape)
+
+    @property
+    def boundary(self) -> Boundary:
+        return self.grid.boundary
+
+    def filters_to_hat(self, filters: Array) -> Array:
+        """(K, C, s, s) -> (K, C, U, V), connectivity applied."""
+        if self._g is not None:
+            filters = filters * self._g
+        return self.backend.rfft2(filters, self.grid.shape)
+
+    def hat_to_filters(self, grad_hat: Array) -> Array:
+        """Sᴴ ∘ irfft: (K, C, U, V) -> (K, C, s, s), connectivity applied."""
+        s = self.filter_size
+        out = self.backend.irfft2(grad_hat, self.grid.shape)[..., :s, :s]
+        if self._g is not None:
+            out = out * self._g
+        return out
+
+    def forward_hat(self, filters_hat: Array) -> Array:
+        """(K, C, U, V) -> (N, C, U, V)."""
+        return synthesize_hat(filters_hat, self.maps_hat)
+
+    def adjoint_hat(self, images_hat: Array) -> Array:
+        """(N, C, U, V) -> (K, C, U, V): Σ_n conj(ẑ[n, k]) ŝ[n, c]."""
+        xp = self.backend.xp
+        return xp.einsum("nkuv,ncuv->kcuv", xp.conj(self.maps_hat), images_hat)
+
+    def forward(self, filters: Array) -> Array:
+        """Z: (K, C, s, s) -> (N, C, H, W)."""
+        out = self.backend.irfft2(self.forward_hat(self.filters_to_hat(filters)), self.grid.shape)
+        return self.grid.crop(out)
+
+    def adjoint(self, images: Array) -> Array:
+        """Zᴴ: (N, C, H, W) -> (K, C, s, s)."""
+        s_hat = self.backend.rfft2(self.grid.pad(images), self.grid.shape)
+        return self.hat_to_filters(self.adjoint_hat(s_hat))
+
+    def lipschitz(self) -> float:
+        """An upper bound of ‖Z‖²: max over frequencies of λ_max(Ẑ(ω)ᴴ Ẑ(ω)) with Ẑ(ω) the N×K matrix.
+
+        The support restriction S and the crop P can only lower the norm, so this is a valid step bound.
+        """
+        from .linalg import max_gram_eigenvalue  # noqa: PLC0415
+
+        # maps_hat is (N, K, U, V): the same layout as filters_hat (K, C, U, V) with rows N and columns K,
+        # and λ_max(AᴴA) = λ_max(AAᴴ), so one routine serves both operators.
+        return max_gram_eigenvalue(self.maps_hat)
+
+
+def parseval_weights(grid: tuple[int, int], xp, dtype) -> Array:
+    """Weights w over the last rfft axis with ‖x‖² = Σ w·|x̂|² / (H'·W') for real x on `grid`."""
+    W = grid[1]
+    n = W // 2 + 1
+    w = np.full(n, 2.0)
+    w[0] = 1.0
+    if W % 2 == 0:
+        w[-1] = 1.0
+    return xp.asarray(w / (grid[0] * grid[1]), dtype=dtype)

@@ -1,0 +1,140 @@
+r"""The convolutional sparse coding problem for fixed filters, and its objective.
+
+.. math::
+
+    E(z) = \tfrac12 \sum_n \sum_c \| (D z)[n, c] - y[n, c] \|^2 + \lambda \sum_n \sum_k \|z[n, k]\|_p^p
+
+The inference algorithms share this object: the Fourier transform of the (zero-padded) images, ``Dᴴy``,
+and the residual of a point given in the Fourier domain on the map grid.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .backend import Array, backend_of
+from .operators import ConvOperator, parseval_weights
+from .prox import LpPenalty
+
+
+class CSCProblem:
+    """One sparse coding problem: images, the synthesis operator D, and the penalty ``λ‖·‖_p^p``.
+
+    Parameters
+    ----------
+    images : array of shape (N, C, H, W)
+        On the operator's backend and in its dtype.
+    op : ConvOperator
+    penalty : LpPenalty
+    """
+
+    def __init__(self, images: Array, op: ConvOperator, penalty: LpPenalty):
+        self.images = images
+        self.op = op
+        self.penalty = penalty
+        self.backend = op.backend
+        xp = self.backend.xp
+        self.images_hat = op.rfft(op.grid.pad(images))  # F Pᵀ y on the map grid
+        self.rhs_hat = op.adjoint_hat(self.images_hat)  # F Dᴴ y
+        self._weights = parseval_weights(op.map_shape, xp, xp.real(self.images_hat[..., :1]).dtype)
+        self.n_images = images.shape[0]
+
+    @property
+    def lam(self) -> float:
+        return self.penalty.lam
+
+    @property
+    def p(self) -> float:
+        return self.penalty.p
+
+    @property
+    def maps_shape(self) -> tuple[int, int, int, int]:
+        return (self.n_images, self.op.n_filters) + self.op.map_shape
+
+    def sq_norm_hat(self, a_hat: Array) -> float:
+        """‖a‖² of a real array on the map grid given by its rfft (Parseval), accumulated in float64."""
+        xp = self.backend.xp
+        power = a_hat.real * a_hat.real + a_hat.imag * a_hat.imag
+        return float(xp.sum(power * self._weights, dtype=xp.float64))
+
+    def residual(self, maps_hat: Array) -> tuple[Array, float]:
+        """The residual of maps given in the Fourier domain.
+
+        Returns
+        -------
+        resid_hat : array of shape (N, C, U, V)
+            F Pᵀ(P D z − y): the residual zero-padded to the map grid, in the Fourier domain. Affine in z, so
+            momentum combinations of residuals are residuals of the combined points.
+        data : float
+            ½‖P D z − y‖².
+        """
+        op = self.op
+        synth_hat = op.forward_hat(maps_hat)
+        if not op.grid.cropped:
+            resid_hat = synth_hat - self.images_hat
+            return resid_hat, 0.5 * self.sq_norm_hat(resid_hat)
+        xp = self.backend.xp
+        resid = op.grid.crop(op.irfft(synth_hat)) - self.images
+        data = 0.5 * float(xp.sum(resid * resid, dtype=xp.float64))
+        return op.rfft(op.grid.pad(resid)), data
+
+    def gradient(self, resid_hat: Array) -> Array:
+        """Dᴴ Pᵀ r in the spatial domain, (N, K, H', W'), from the Fourier residual."""
+        return self.op.irfft(self.op.adjoint_hat(resid_hat))
+
+    # The composite-problem interface of FISTA (smooth part via `residual_of`/`gradient`, prox part) -------
+    def zeros(self) -> Array:
+        return self.backend.xp.zeros(self.maps_shape, dtype=self.images.dtype)
+
+    def residual_of(self, maps: Array) -> tuple[Array, float]:
+        """:meth:`residual` of spatial maps."""
+        return self.residual(self.op.rfft(maps))
+
+    def prox(self, v: Array, step: float) -> Array:
+        return self.penalty.prox(v, step)
+
+    def regulariser(self, maps: Array) -> float:
+        return self.penalty(maps)
+
+    def lipschitz(self) -> float:
+        """‖P D‖²: exact per frequency (circular); power iteration capped by the circular bound (valid)."""
+        if not self.op.grid.cropped:
+            return self.op.lipschitz()
+        return power_lipschitz(lambda v: self.op.adjoint(self.op.forward(v)), self.zeros()[:1], self.op.lipschitz())
+
+    def objective(self, maps: Array) -> float:
+        """E(z) computed directly in the spatial domain (independent of any solver state)."""
+        xp = self.backend.xp
+        resid = self.op.forward(maps) - self.images
+        return 0.5 * float(xp.sum(resid * resid, dtype=xp.float64)) + self.penalty(maps)
+
+
+def power_lipschitz(normal, like: Array, bound: float, n_iter: int = 30) -> float:
+    """Largest eigenvalue of the PSD map `normal` by power iteration from ones shaped like `like`, with a 2 %
+    margin and capped by a known upper `bound` (FISTA still checks descent, so an underestimate is safe)."""
+    xp = backend_of(like).xp
+    v = xp.ones_like(like)
+    v = v / math.sqrt(float(xp.sum(v * v, dtype=xp.float64)))
+    lam = 0.0
+    for _ in range(n_iter):
+        w = normal(v)
+        norm = math.sqrt(float(xp.sum(w * w, dtype=xp.float64)))
+        if norm == 0.0:
+            break
+        lam, v = norm, w / norm
+    return min(1.02 * lam, bound) if lam > 0 else bound
+
+
+def objective(
+    images: Array,
+    maps: Array,
+    filters: Array,
+    lam: float,
+    *,
+    p: float = 1.0,
+    boundary: str = "circular",
+    connectivity: Array | None = None,
+) -> float:
+    """E(z, f) of DESIGN.md section 1 for arrays already in (N, C, H, W), (N, K, H', W'), (K, C, s, s) form."""
+    op = ConvOperator(filters, images.shape[-2:], boundary=boundary, connectivity=connectivity)
+    return CSCProblem(images, op, LpPenalty(lam, p)).objective(maps)
