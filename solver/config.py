@@ -1,0 +1,137 @@
+"""Frozen, validated configuration models (pydantic, extra fields forbidden).
+
+Validation happens once, at the boundary (a YAML file, an API request, a keyword of :func:`solver.learn`); the
+numerics trust these models. λ multiplies the sparsity term everywhere (SPORCO's convention). Zeiler's toolbox
+puts λ_Z on the data term and κ on the sparsity term: its (λ_Z, κ) is our ``lam = κ / λ_Z``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .preprocess import PreprocessConfig
+
+Boundary = Literal["circular", "valid"]
+DType = Literal["float32", "float64"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class ZeilerConfig(_Frozen):
+    """Zeiler et al. 2010: auxiliary variable x, penalty β/2‖z − x‖², β continued by a factor per stage.
+
+    Toolbox defaults: β0 = 1, ×10, 6 stages, one x-step and one z-step per stage, 2 CG steps.
+    """
+
+    method: Literal["zeiler"] = "zeiler"
+    beta0: float = Field(1.0, gt=0)
+    beta_factor: float = Field(10.0, gt=1)
+    n_beta: int = Field(6, ge=1)
+    inner_iter: int = Field(1, ge=1, description="x/z iterations per β stage")
+    z_solver: Literal["exact", "cg"] = Field(
+        "exact", description="'exact': per-frequency Woodbury solve (circular only); 'cg': the toolbox's CG"
+    )
+    cg_iter: int = Field(2, ge=1, description="CG steps per z-step (valid boundary, or z_solver='cg')")
+
+    @property
+    def max_iter(self) -> int:
+        return self.n_beta * self.inner_iter
+
+
+class FistaConfig(_Frozen):
+    """FISTA (Beck & Teboulle 2009) with step 1/L and a function-value restart that keeps it monotone."""
+
+    method: Literal["fista"] = "fista"
+    max_iter: int = Field(200, ge=1)
+    tol: float = Field(1e-5, ge=0, description="stop when |ΔE| ≤ tol·E")
+
+
+class AdmmConfig(_Frozen):
+    """ADMM for CSC in the Fourier domain (Wohlberg 2016); mask decoupling for the valid boundary."""
+
+    method: Literal["admm"] = "admm"
+    max_iter: int = Field(200, ge=1)
+    tol: float = Field(1e-4, ge=0, description="stop when both relative residuals are ≤ tol")
+    rho: float | None = Field(None, gt=0, description="initial penalty; default 50·λ + 1 (SPORCO's rule)")
+    relax: float = Field(1.8, gt=0, lt=2, description="over-relaxation α")
+    adaptive_rho: bool = True
+    rho_period: int = Field(10, ge=1)
+    rho_ratio: float = Field(10.0, gt=1, description="residual ratio that triggers a change of ρ")
+    rho_scale: float = Field(2.0, gt=1, description="factor by which ρ changes")
+
+
+InferenceConfig = Annotated[ZeilerConfig | FistaConfig | AdmmConfig, Field(discriminator="method")]
+INFERENCE_MODELS: dict[str, type[_Frozen]] = {"zeiler": ZeilerConfig, "fista": FistaConfig, "admm": AdmmConfig}
+
+
+class FilterUpdateConfig(_Frozen):
+    """Filter update with the maps fixed: projected FISTA (default) or Zeiler's CG then normalisation."""
+
+    method: Literal["fista", "cg"] = "fista"
+    max_iter: int = Field(10, ge=1, description="FISTA steps, or CG steps, per outer iteration")
+    norm: Literal["plane", "filter"] = Field(
+        "filter", description="unit norm per plane f[k, c] (Zeiler) or per whole filter f[k] (SPORCO)"
+    )
+
+
+class LayerSpec(_Frozen):
+    """One layer of filters."""
+
+    n_filters: int = Field(..., ge=1)
+    filter_size: int = Field(..., ge=1)
+    lam: float = Field(..., gt=0, description="weight of the sparsity term (λ = κ/λ_Z in Zeiler's terms)")
+    p: float = Field(1.0, gt=0, le=1)
+    connectivity: str | list[list[bool]] = Field(
+        "full", description="'full', 'singles-and-doubles', 'random-doubles:k', or an explicit (K, C) matrix"
+    )
+
+    @field_validator("connectivity")
+    @classmethod
+    def _known_table(cls, v: str | list[list[bool]]) -> str | list[list[bool]]:
+        if isinstance(v, str):
+            from .connectivity import parse_table_name  # noqa: PLC0415
+
+            parse_table_name(v)
+        return v
+
+
+class LearnConfig(_Frozen):
+    """A learning run of one layer (several layers come with the layer stack)."""
+
+    layers: list[LayerSpec] = Field(..., min_length=1, max_length=1)
+    inference: InferenceConfig = Field(default_factory=lambda: AdmmConfig(max_iter=10))
+    filter_update: FilterUpdateConfig = Field(default_factory=FilterUpdateConfig)
+    n_iter: int = Field(50, ge=1, description="outer iterations")
+    boundary: Boundary = "circular"
+    preprocess: PreprocessConfig | None = None
+    seed: int = 0
+    dtype: DType | None = Field(None, description="computation dtype; default: the images' (float32 for integers)")
+
+
+def load_config(path: str | Path) -> LearnConfig:
+    """Read and validate a YAML preset (for example ``configs/quick.yaml``)."""
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh)
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping, got {type(data).__name__}")
+    return LearnConfig.model_validate(data)
+
+
+__all__ = [
+    "AdmmConfig",
+    "Boundary",
+    "FilterUpdateConfig",
+    "FistaConfig",
+    "InferenceConfig",
+    "LayerSpec",
+    "LearnConfig",
+    "PreprocessConfig",
+    "ZeilerConfig",
+    "load_config",
+]

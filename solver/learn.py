@@ -1,0 +1,249 @@
+r"""Dictionary learning of one layer: the alternating optimisation of feature maps and filters.
+
+.. math:: \min_{z, f} \tfrac12 \sum_{n,c} \| P \sum_k g_{kc}\, z_{nk} \circledast f_{kc} - y_{nc} \|^2
+          + \lambda \sum_{n,k} \|z_{nk}\|_p^p \quad \text{s.t.} \quad \|f\|_2 \le 1
+
+Each outer iteration: inference on every image with the current filters (warm-started from the last maps
+and, for ADMM, the last duals), then a filter update with the maps fixed. The objective E is recorded after
+every outer iteration. With the default projected-FISTA filter update it never increases: the coding step
+returns maps no worse than the ones it started from, and the filter step is monotone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from .algorithms import make_solver, run
+from .algorithms.filter_update import update_filters
+from .backend import Array, Backend, get_backend
+from .coding import inference_config
+from .config import FilterUpdateConfig, LayerSpec, LearnConfig
+from .connectivity import connectivity_table
+from .operators import ConvOperator
+from .preprocess import FittedPreprocess, PreprocessConfig
+from .problem import CSCProblem
+from .prox import LpPenalty, normalise_unit
+from .validation import as_images, check_boundary, check_lam, check_p, check_positive_int
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IterStats:
+    """Progress of one outer iteration (what callbacks and progress bars receive)."""
+
+    iteration: int
+    objective: float
+    data: float
+    sparsity: float  # fraction of non-zero map entries
+    elapsed: float  # seconds since the start of learning
+    inner_iter: int  # inference iterations run in this outer iteration
+
+
+@dataclass(frozen=True)
+class LearnResult:
+    """Learned filters of one layer.
+
+    Attributes
+    ----------
+    filters : ndarray of shape (K, C, s, s)
+    maps : ndarray of shape (N, K, H', W')
+        The maps of the last coding step; E(maps, filters) is ``history[-1]``.
+    history : list of float
+        E after every outer iteration.
+    stats : list of IterStats
+    config : LearnConfig
+    connectivity : ndarray of shape (K, C) or None
+    preprocess : FittedPreprocess or None
+        The preprocessing applied to the training images, to repeat on new ones.
+    """
+
+    filters: np.ndarray
+    maps: np.ndarray
+    history: list[float]
+    stats: list[IterStats] = field(default_factory=list)
+    config: LearnConfig | None = None
+    connectivity: np.ndarray | None = None
+    preprocess: FittedPreprocess | None = None
+
+
+def initial_filters(
+    n_filters: int, n_channels: int, filter_size: int, *, seed: int, norm: str, connectivity=None, dtype=np.float32
+) -> np.ndarray:
+    """Seeded i.i.d. N(0, 1) filters, masked by the connectivity and scaled to unit norm (host, `dtype`).
+
+    Drawn in float64 whatever `dtype`, so float32 and float64 runs start from the same filters.
+    """
+    rng = np.random.default_rng(seed)
+    f = rng.standard_normal((n_filters, n_channels, filter_size, filter_size))
+    if connectivity is not None:
+        f = f * connectivity[:, :, None, None]
+    return normalise_unit(f, norm).astype(dtype)
+
+
+def learn(
+    images: Array,
+    n_filters: int,
+    filter_size: int,
+    lam: float,
+    *,
+    n_iter: int = 50,
+    method: Literal["admm", "fista", "zeiler"] | Any = "admm",
+    boundary: Literal["circular", "valid"] = "circular",
+    p: float = 1.0,
+    seed: int = 0,
+    backend: Literal["auto", "numpy", "cupy"] = "auto",
+    connectivity: str | np.ndarray = "full",
+    inner_iter: int | None = None,
+    filter_update: Literal["fista", "cg"] | FilterUpdateConfig = "fista",
+    filter_iter: int | None = None,
+    filter_norm: Literal["plane", "filter"] | None = None,
+    preprocess: PreprocessConfig | None = None,
+    init_filters: Array | None = None,
+    callback: Callable[[IterStats], None] | None = None,
+) -> LearnResult:
+    r"""Learn `n_filters` filters of size `filter_size` from `images` (one layer).
+
+    Parameters
+    ----------
+    images : array of shape (N, C, H, W), (N, H, W) or (H, W)
+        float32 (default) or float64, kept; integers become float32. Used as given unless `preprocess`.
+    n_filters, filter_size : int
+        K and s.
+    lam : float
+        λ > 0, the weight of the sparsity term (Zeiler's κ/λ).
+    n_iter : int
+        Outer iterations.
+    method : {"admm", "fista", "zeiler"} or an inference config model
+        Inference algorithm for the maps.
+    boundary : {"circular", "valid"}
+    p : float
+        Sparsity exponent in (0, 1].
+    seed : int
+        Seeds the initial filters (the run is deterministic).
+    backend : {"auto", "numpy", "cupy"}
+    connectivity : str or bool array of shape (K, C)
+        ``"full"``, ``"singles-and-doubles"``, ``"random-doubles:k"`` or a table.
+    inner_iter : int, optional
+        Inference iterations per outer iteration (default 10; for zeiler, spread over the β stages).
+    filter_update : {"fista", "cg"} or FilterUpdateConfig
+    filter_iter : int, optional
+        Filter-update iterations per outer iteration (default 10).
+    filter_norm : {"plane", "filter"}, optional
+        Unit norm per plane (Zeiler) or per filter (SPORCO, the default).
+    preprocess : PreprocessConfig, optional
+        Fitted on `images` and applied first; kept in the result.
+    init_filters : array of shape (K, C, s, s), optional
+        Start from these instead of the seeded random filters.
+    callback : callable, optional
+        Called with an :class:`IterStats` after every outer iteration.
+
+    Returns
+    -------
+    LearnResult
+    """
+    lam, p, boundary = check_lam(lam), check_p(p), check_boundary(boundary)
+    n_iter = check_positive_int(n_iter, "n_iter")
+    K, s = check_positive_int(n_filters, "n_filters"), check_positive_int(filter_size, "filter_size")
+    inference = inference_config(method, 10 if inner_iter is None else inner_iter, None)
+    fu = filter_update if isinstance(filter_update, FilterUpdateConfig) else FilterUpdateConfig(method=filter_update)
+    fu = fu.model_copy(update={k: v for k, v in (("max_iter", filter_iter), ("norm", filter_norm)) if v is not None})
+    fu = FilterUpdateConfig.model_validate(fu.model_dump())
+    layer = LayerSpec(n_filters=K, filter_size=s, lam=lam, p=p,
+                      connectivity=connectivity if isinstance(connectivity, str) else np.asarray(connectivity).tolist())
+    config = LearnConfig(layers=[layer], inference=inference, filter_update=fu, n_iter=n_iter, boundary=boundary,
+                         preprocess=preprocess, seed=seed)
+    return learn_layer(images, config, backend=backend, init_filters=init_filters, callback=callback)
+
+
+def learn_layer(
+    images: Array,
+    config: LearnConfig,
+    *,
+    backend: Literal["auto", "numpy", "cupy"] = "auto",
+    init_filters: Array | None = None,
+    callback: Callable[[IterStats], None] | None = None,
+) -> LearnResult:
+    """:func:`learn` from a validated :class:`~solver.config.LearnConfig` (the entry point of jobs)."""
+    fitted = None
+    if config.preprocess is not None:
+        images, fitted = FittedPreprocess.fit(np.asarray(images), config.preprocess)
+    y = as_images(images)
+    if config.dtype is not None:
+        y = y.astype(config.dtype, copy=False)
+    layer = config.layers[0]
+    N, C, H, W = y.shape
+    s = layer.filter_size
+    if s > H or s > W:
+        raise ValueError(f"filter_size {s} is larger than the images ({H}x{W})")
+    table = connectivity_table(layer.connectivity, layer.n_filters, C, seed=config.seed)
+    if init_filters is None:
+        f0 = initial_filters(layer.n_filters, C, s, seed=config.seed, norm=config.filter_update.norm,
+                             connectivity=table, dtype=y.dtype)
+    else:
+        f0 = np.asarray(init_filters, dtype=y.dtype)
+        if f0.shape != (layer.n_filters, C, s, s):
+            raise ValueError(f"init_filters must have shape {(layer.n_filters, C, s, s)}, got {f0.shape}")
+    bk = get_backend(backend)
+    loop = _Alternating(bk.asarray(y), config, table, bk)
+    filters, maps, history, stats = loop.run(bk.asarray(f0), callback)
+    return LearnResult(bk.to_host(filters), bk.to_host(maps), history, stats, config, table, fitted)
+
+
+class _Alternating:
+    """The outer loop: coding step (warm-started), then filter step, then the record of E."""
+
+    def __init__(self, images: Array, config: LearnConfig, table: np.ndarray | None, bk: Backend):
+        self.images = images
+        self.config = config
+        self.layer = config.layers[0]
+        self.penalty = LpPenalty(self.layer.lam, self.layer.p)
+        self.g = None if table is None else bk.asarray(table)
+        self.bk = bk
+
+    def coding_step(self, filters: Array, maps: Array | None, warm: Any, best: float) -> tuple[Array, Any, int]:
+        op = ConvOperator(filters, self.images.shape[-2:], boundary=self.config.boundary, connectivity=self.g)
+        solver = make_solver(CSCProblem(self.images, op, self.penalty), self.config.inference)
+        result = run(solver, solver.init(maps, warm=warm))
+        if maps is not None and result.objective > best:
+            return maps, result.state, result.n_iter  # keep the maps the filter step was fitted to
+        return result.maps, result.state, result.n_iter
+
+    def run(self, filters: Array, callback) -> tuple[Array, Array, list[float], list[IterStats]]:
+        xp = self.bk.xp
+        maps, warm, best = None, None, np.inf
+        history: list[float] = []
+        stats: list[IterStats] = []
+        start = time.perf_counter()
+        for it in range(1, self.config.n_iter + 1):
+            maps, warm, n_inner = self.coding_step(filters, maps, warm, best)
+            filters, data = update_filters(self.images, maps, filters, self.config.filter_update,
+                                           boundary=self.config.boundary, connectivity=self.g)
+            E = data + self.penalty(maps)
+            best = E
+            history.append(E)
+            sparsity = float(xp.count_nonzero(maps)) / maps.size
+            record = IterStats(it, E, data, sparsity, time.perf_counter() - start, n_inner)
+            stats.append(record)
+            logger.debug("outer %d: E=%.6g data=%.6g nonzero=%.4f", it, E, data, sparsity)
+            if callback is not None:
+                callback(record)
+        return filters, maps, history, stats
+
+
+def encode_with(result: LearnResult, images: Array, **kwargs: Any):
+    """Encode new images with a learned model: its filters, λ, p, boundary, connectivity and preprocessing."""
+    from .coding import encode  # noqa: PLC0415
+
+    if result.config is None:
+        raise ValueError("result has no config: encode_with needs the LearnResult returned by learn()")
+    layer = result.config.layers[0]
+    kwargs.setdefault("method", result.config.inference.method)
+    return encode(images, result.filters, layer.lam, p=layer.p, boundary=result.config.boundary,
+                  connectivity=result.connectivity, preprocess=result.preprocess, **kwargs)

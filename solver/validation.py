@@ -1,0 +1,115 @@
+"""Input checks of the public functions: every failure is a ``ValueError`` naming the argument and the value."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .backend import Array, Backend, backend_of
+from .operators import BOUNDARIES
+
+
+def _as_array(a: Any, name: str) -> Array:
+    try:
+        return a if hasattr(a, "__array_namespace__") or hasattr(a, "__cuda_array_interface__") else np.asarray(a)
+    except Exception as exc:  # ragged lists and the like
+        raise ValueError(f"{name} must be an array, got {type(a).__name__}: {exc}") from None
+
+
+def _float_dtype(a: Array, name: str) -> Array:
+    """Keep float32/float64; integers and float16 become float32; anything else is refused."""
+    kind = np.dtype(a.dtype).kind
+    if kind == "f":
+        return a if a.dtype in (np.float32, np.float64) else a.astype(np.float32)
+    if kind in "iu":
+        return a.astype(np.float32)
+    raise ValueError(f"{name} must hold real numbers, got dtype {a.dtype}")
+
+
+def check_finite(a: Array, name: str) -> None:
+    xp = backend_of(a).xp
+    if not bool(xp.all(xp.isfinite(a))):
+        n_nan = int(xp.sum(xp.isnan(a)))
+        n_inf = int(xp.sum(xp.isinf(a)))
+        raise ValueError(f"{name} contains non-finite values ({n_nan} NaN, {n_inf} inf)")
+
+
+def as_images(images: Any, name: str = "images") -> Array:
+    """(N, C, H, W), (N, H, W) or (H, W) -> (N, C, H, W) real floating array, checked finite."""
+    a = _float_dtype(_as_array(images, name), name)
+    if a.ndim == 2:
+        a = a[None, None]
+    elif a.ndim == 3:
+        a = a[:, None]
+    elif a.ndim != 4:
+        raise ValueError(f"{name} must have shape (N, C, H, W), (N, H, W) or (H, W), got shape {tuple(a.shape)}")
+    if a.size == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(a.shape)})")
+    check_finite(a, name)
+    return a
+
+
+def as_filters(filters: Any, n_channels: int, image_shape: tuple[int, int], dtype) -> Array:
+    """(K, C, s, s) or (K, s, s) -> (K, C, s, s) in `dtype`, checked against the images."""
+    f = _float_dtype(_as_array(filters, "filters"), "filters")
+    if f.ndim == 3:
+        f = f[:, None]
+    if f.ndim != 4:
+        raise ValueError(f"filters must have shape (K, C, s, s) or (K, s, s), got shape {tuple(f.shape)}")
+    K, C, s0, s1 = f.shape
+    if K == 0 or s0 == 0:
+        raise ValueError(f"filters is empty (shape {tuple(f.shape)})")
+    if s0 != s1:
+        raise ValueError(f"filters must be square (K, C, s, s), got shape {tuple(f.shape)}")
+    if C != n_channels:
+        raise ValueError(f"filters have {C} channels (shape {tuple(f.shape)}) but the images have {n_channels}")
+    if s0 > image_shape[0] or s0 > image_shape[1]:
+        raise ValueError(f"filters of size {s0}x{s0} are larger than the images ({image_shape[0]}x{image_shape[1]})")
+    check_finite(f, "filters")
+    return f.astype(dtype, copy=False)
+
+
+def check_lam(lam: Any) -> float:
+    try:
+        value = float(lam)
+    except (TypeError, ValueError):
+        raise ValueError(f"lam must be a positive number, got {lam!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"lam must be a positive number, got {lam!r}")
+    return value
+
+
+def check_p(p: Any) -> float:
+    try:
+        value = float(p)
+    except (TypeError, ValueError):
+        raise ValueError(f"p must be in (0, 1], got {p!r}") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"p must be in (0, 1], got {p!r}")
+    return value
+
+
+def check_boundary(boundary: Any) -> str:
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+    return boundary
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_connectivity(connectivity: Any, n_filters: int, n_channels: int, backend: Backend) -> Array | None:
+    if connectivity is None:
+        return None
+    g = np.asarray(connectivity if backend.name == "numpy" else backend.to_host(connectivity))
+    if g.dtype != bool or g.shape != (n_filters, n_channels):
+        raise ValueError(
+            f"connectivity must be a boolean array of shape (K, C) = {(n_filters, n_channels)}, "
+            f"got dtype {g.dtype} and shape {g.shape}"
+        )
+    return backend.asarray(g)
