@@ -1,0 +1,423 @@
+"""Tests for input validation of the public functions (solver.coding), the config models (solver.config) and the
+connectivity tables (solver.connectivity)."""
+
+from __future__ import annotations
+
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pydantic
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from solver.coding import encode, reconstruct
+from solver.config import (
+    AdmmConfig,
+    FilterUpdateConfig,
+    FistaConfig,
+    LayerSpec,
+    LearnConfig,
+    ZeilerConfig,
+    load_config,
+)
+from solver.connectivity import connectivity_table, parse_table_name, singles_and_doubles_count
+
+ROOT = Path(__file__).resolve().parents[2]
+SHAPE = (8, 8)
+
+
+@pytest.fixture
+def images(rng) -> np.ndarray:
+    return rng.standard_normal((2, 1) + SHAPE)
+
+
+@pytest.fixture
+def filters(rng) -> np.ndarray:
+    return rng.standard_normal((3, 1, 3, 3))
+
+
+@pytest.fixture
+def maps(rng) -> np.ndarray:
+    return rng.standard_normal((2, 3) + SHAPE)
+
+
+def _with(a: np.ndarray, value: float) -> np.ndarray:
+    out = a.copy()
+    out.flat[1] = value
+    return out
+
+
+# --- encode ----------------------------------------------------------------------------------------------------
+# Each case maps (images, filters, rng) to the arguments of encode(images, filters, lam, **kwargs).
+
+ENCODE_CASES = {
+    "nan in images": (lambda y, f, r: ((_with(y, np.nan), f, 0.1), {}), r"images.*NaN"),
+    "inf in images": (lambda y, f, r: ((_with(y, np.inf), f, 0.1), {}), r"images.*inf"),
+    "inf in filters": (lambda y, f, r: ((y, _with(f, np.inf), 0.1), {}), r"filters.*inf"),
+    "nan in filters": (lambda y, f, r: ((y, _with(f, np.nan), 0.1), {}), r"filters.*NaN"),
+    "images of rank 5": (lambda y, f, r: ((y[None], f, 0.1), {}), r"images.*shape"),
+    "images of rank 1": (lambda y, f, r: ((y.ravel(), f, 0.1), {}), r"images.*shape"),
+    "empty images": (lambda y, f, r: ((y[:0], f, 0.1), {}), r"images.*empty"),
+    "complex images": (lambda y, f, r: ((y + 1j, f, 0.1), {}), r"images.*real"),
+    "filters of rank 2": (lambda y, f, r: ((y, f[0, 0], 0.1), {}), r"filters.*shape"),
+    "lam = 0": (lambda y, f, r: ((y, f, 0.0), {}), r"lam.*0"),
+    "lam = -1": (lambda y, f, r: ((y, f, -1), {}), r"lam.*-1"),
+    "lam = nan": (lambda y, f, r: ((y, f, np.nan), {}), r"lam.*nan"),
+    "lam = inf": (lambda y, f, r: ((y, f, np.inf), {}), r"lam.*inf"),
+    "lam a string": (lambda y, f, r: ((y, f, "big"), {}), r"lam.*big"),
+    "p = 0": (lambda y, f, r: ((y, f, 0.1), {"p": 0.0}), r"p must.*0"),
+    "p = 1.5": (lambda y, f, r: ((y, f, 0.1), {"p": 1.5}), r"p must.*1\.5"),
+    "p = nan": (lambda y, f, r: ((y, f, 0.1), {"p": np.nan}), r"p must.*nan"),
+    "filters larger than the image": (
+        lambda y, f, r: ((y, r.standard_normal((3, 1, 9, 9)), 0.1), {}),
+        r"filters.*9x9.*larger",
+    ),
+    "channel mismatch": (lambda y, f, r: ((r.standard_normal((2, 3) + SHAPE), f, 0.1), {}), r"filters.*channels.*3"),
+    "non-square filters": (lambda y, f, r: ((y, r.standard_normal((3, 1, 3, 2)), 0.1), {}), r"filters.*square"),
+    "unknown method": (lambda y, f, r: ((y, f, 0.1), {"method": "ista"}), r"method.*ista"),
+    "unknown boundary": (lambda y, f, r: ((y, f, 0.1), {"boundary": "same"}), r"boundary.*same"),
+    "unknown backend": (lambda y, f, r: ((y, f, 0.1), {"backend": "tpu"}), r"backend.*tpu"),
+    "connectivity of the wrong shape": (
+        lambda y, f, r: ((y, f, 0.1), {"connectivity": np.ones((3, 2), dtype=bool)}),
+        r"connectivity.*\(3, 2\)",
+    ),
+    "connectivity not boolean": (
+        lambda y, f, r: ((y, f, 0.1), {"connectivity": np.ones((3, 1))}),
+        r"connectivity.*float64",
+    ),
+    "max_iter = 0": (lambda y, f, r: ((y, f, 0.1), {"max_iter": 0}), r"max_iter.*0"),
+    "max_iter = -3": (lambda y, f, r: ((y, f, 0.1), {"max_iter": -3}), r"max_iter.*-3"),
+    "max_iter not an integer": (lambda y, f, r: ((y, f, 0.1), {"max_iter": 2.5}), r"max_iter.*2\.5"),
+    "tol = -1": (lambda y, f, r: ((y, f, 0.1), {"tol": -1}), r"tol.*-1"),
+    "init of the wrong shape": (
+        lambda y, f, r: ((y, f, 0.1), {"init": np.zeros((2, 3, 7, 7))}),
+        r"init.*\(2, 3, 7, 7\)",
+    ),
+    "nan in init": (lambda y, f, r: ((y, f, 0.1), {"init": np.full((2, 3) + SHAPE, np.nan)}), r"init.*NaN"),
+}
+
+
+@pytest.mark.parametrize("case", list(ENCODE_CASES))
+def test_encode_rejects_bad_input_naming_the_argument(rng, images, filters, case):
+    build, match = ENCODE_CASES[case]
+    args, kwargs = build(images, filters, rng)
+    with pytest.raises(ValueError, match=match):
+        encode(*args, **kwargs)
+
+
+# --- reconstruct -----------------------------------------------------------------------------------------------
+# Each case maps (maps, filters, rng) to the arguments of reconstruct(maps, filters, **kwargs).
+
+RECONSTRUCT_CASES = {
+    "nan in maps": (lambda z, f, r: ((_with(z, np.nan), f), {}), r"maps.*NaN"),
+    "inf in filters": (lambda z, f, r: ((z, _with(f, np.inf)), {}), r"filters.*inf"),
+    "maps of rank 5": (lambda z, f, r: ((z[None], f), {}), r"maps.*shape"),
+    "maps of rank 2": (lambda z, f, r: ((z[0, 0], f), {}), r"maps.*shape"),
+    "K mismatch": (lambda z, f, r: ((z, f[:2]), {}), r"K = 2.*K = 3"),
+    "unknown boundary": (lambda z, f, r: ((z, f), {"boundary": "same"}), r"boundary.*same"),
+    "non-square filters": (lambda z, f, r: ((z, r.standard_normal((3, 1, 3, 2))), {}), r"filters.*square"),
+    "connectivity of the wrong shape": (
+        lambda z, f, r: ((z, f), {"connectivity": np.ones((2, 1), dtype=bool)}),
+        r"connectivity.*\(2, 1\)",
+    ),
+    "filters larger than the maps (circular)": (
+        lambda z, f, r: ((z, r.standard_normal((3, 1, 9, 9))), {}),
+        r"filters.*larger",
+    ),
+    "maps smaller than the filters (valid)": (
+        lambda z, f, r: ((z[..., :2, :2], f), {"boundary": "valid"}),
+        r"maps.*smaller",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(RECONSTRUCT_CASES))
+def test_reconstruct_rejects_bad_input_naming_the_argument(rng, maps, filters, case):
+    build, match = RECONSTRUCT_CASES[case]
+    args, kwargs = build(maps, filters, rng)
+    with pytest.raises(ValueError, match=match):
+        reconstruct(*args, **kwargs)
+
+
+# --- config models ---------------------------------------------------------------------------------------------
+
+LAYER = {"n_filters": 8, "filter_size": 7, "lam": 0.1}
+MODELS = {
+    "ZeilerConfig": (ZeilerConfig, {}),
+    "FistaConfig": (FistaConfig, {}),
+    "AdmmConfig": (AdmmConfig, {}),
+    "FilterUpdateConfig": (FilterUpdateConfig, {}),
+    "LayerSpec": (LayerSpec, LAYER),
+    "LearnConfig": (LearnConfig, {"layers": [LAYER]}),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_config_models_reject_extra_fields(name):
+    model, base = MODELS[name]
+    with pytest.raises(pydantic.ValidationError, match="surprise"):
+        model(**base, surprise=1)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_config_models_are_frozen(name):
+    model, base = MODELS[name]
+    config = model(**base)
+    field = next(iter(type(config).model_fields))
+    with pytest.raises(pydantic.ValidationError):
+        setattr(config, field, getattr(config, field))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_config_models_round_trip_through_json(name):
+    model, base = MODELS[name]
+    config = model(**base)
+    assert model.model_validate_json(config.model_dump_json()) == config
+
+
+@pytest.mark.parametrize(
+    ("model", "values"),
+    [
+        (ZeilerConfig, {"beta0": 0.0}),
+        (ZeilerConfig, {"beta0": -1.0}),
+        (ZeilerConfig, {"beta_factor": 1.0}),
+        (ZeilerConfig, {"n_beta": 0}),
+        (ZeilerConfig, {"inner_iter": 0}),
+        (ZeilerConfig, {"z_solver": "lu"}),
+        (ZeilerConfig, {"cg_iter": 0}),
+        (ZeilerConfig, {"method": "fista"}),
+        (FistaConfig, {"max_iter": 0}),
+        (FistaConfig, {"tol": -1e-3}),
+        (FistaConfig, {"max_iter": 2.5}),
+        (AdmmConfig, {"rho": 0.0}),
+        (AdmmConfig, {"relax": 2.0}),
+        (AdmmConfig, {"relax": 0.0}),
+        (AdmmConfig, {"rho_period": 0}),
+        (AdmmConfig, {"rho_ratio": 1.0}),
+        (AdmmConfig, {"rho_scale": 0.5}),
+        (AdmmConfig, {"max_iter": "many"}),
+        (FilterUpdateConfig, {"method": "sgd"}),
+        (FilterUpdateConfig, {"norm": "column"}),
+        (LayerSpec, {**LAYER, "lam": 0.0}),
+        (LayerSpec, {**LAYER, "lam": -0.1}),
+        (LayerSpec, {**LAYER, "p": 0.0}),
+        (LayerSpec, {**LAYER, "p": 1.5}),
+        (LayerSpec, {**LAYER, "n_filters": 0}),
+        (LayerSpec, {**LAYER, "filter_size": 0}),
+        (LayerSpec, {**LAYER, "connectivity": "halves"}),
+        (LayerSpec, {**LAYER, "connectivity": "random-doubles:x"}),
+        (LearnConfig, {"layers": []}),
+        (LearnConfig, {"layers": [LAYER], "n_iter": 0}),
+        (LearnConfig, {"layers": [LAYER], "boundary": "same"}),
+        (LearnConfig, {"layers": [LAYER], "inference": {"method": "ista"}}),
+        (LearnConfig, {"layers": [LAYER], "inference": {"method": "fista", "beta0": 1.0}}),
+        (LearnConfig, {"layers": [LAYER], "dtype": "float16"}),
+    ],
+    ids=lambda x: x.__name__ if isinstance(x, type) else "-".join(f"{k}={v}" for k, v in x.items() if k != "layers"),
+)
+def test_config_models_reject_bad_values(model, values):
+    with pytest.raises(pydantic.ValidationError):
+        model(**values)
+
+
+
+
+@pytest.mark.parametrize(
+    ("model", "values"),
+    [
+        (LayerSpec, {**LAYER, "lam": float("inf")}),
+        (ZeilerConfig, {"beta0": float("inf")}),
+        (FistaConfig, {"tol": float("inf")}),
+        (AdmmConfig, {"rho": float("inf")}),
+    ],
+    ids=["LayerSpec.lam", "ZeilerConfig.beta0", "FistaConfig.tol", "AdmmConfig.rho"],
+)
+def test_config_models_reject_infinite_numbers(model, values):
+    with pytest.raises(pydantic.ValidationError):
+        model(**values)
+
+
+def test_learn_config_selects_the_inference_model_by_method():
+    config = LearnConfig(layers=[LAYER], inference={"method": "zeiler", "n_beta": 3})
+    assert isinstance(config.inference, ZeilerConfig)
+    assert config.inference.n_beta == 3
+
+
+def test_zeiler_config_max_iter_is_stages_times_inner_iterations():
+    assert ZeilerConfig(n_beta=4, inner_iter=5).max_iter == 20
+
+
+@settings(deadline=None, max_examples=25)
+@given(
+    config=st.one_of(
+        st.builds(
+            ZeilerConfig,
+            beta0=st.floats(1e-3, 1e3),
+            beta_factor=st.floats(1.01, 100.0),
+            n_beta=st.integers(1, 20),
+            inner_iter=st.integers(1, 50),
+            z_solver=st.sampled_from(["exact", "cg"]),
+            cg_iter=st.integers(1, 10),
+        ),
+        st.builds(FistaConfig, max_iter=st.integers(1, 10_000), tol=st.floats(0.0, 1.0)),
+        st.builds(
+            AdmmConfig,
+            max_iter=st.integers(1, 10_000),
+            tol=st.floats(0.0, 1.0),
+            rho=st.none() | st.floats(1e-6, 1e6),
+            relax=st.floats(0.01, 1.99),
+            adaptive_rho=st.booleans(),
+        ),
+    )
+)
+def test_inference_configs_round_trip_through_json(config):
+    assert type(config).model_validate_json(config.model_dump_json()) == config
+
+
+@settings(deadline=None, max_examples=25)
+@given(
+    n_filters=st.integers(1, 64),
+    filter_size=st.integers(1, 15),
+    lam=st.floats(1e-6, 1e3),
+    p=st.floats(0.05, 1.0),
+    boundary=st.sampled_from(["circular", "valid"]),
+    seed=st.integers(0, 2**31),
+    method=st.sampled_from(["zeiler", "fista", "admm"]),
+)
+def test_learn_config_round_trips_through_json(n_filters, filter_size, lam, p, boundary, seed, method):
+    config = LearnConfig(
+        layers=[{"n_filters": n_filters, "filter_size": filter_size, "lam": lam, "p": p}],
+        inference={"method": method},
+        boundary=boundary,
+        seed=seed,
+    )
+    assert LearnConfig.model_validate_json(config.model_dump_json()) == config
+
+
+# --- YAML presets ----------------------------------------------------------------------------------------------
+
+YAML_PRESET = """\
+layers:
+  - n_filters: 9
+    filter_size: 7
+    lam: 0.5
+    p: 0.8
+inference:
+  method: zeiler
+  beta0: 1.0
+  n_beta: 4
+n_iter: 3
+boundary: valid
+seed: 7
+"""
+
+
+def test_load_config_reads_a_yaml_file(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(YAML_PRESET, encoding="utf-8")
+    config = load_config(path)
+    assert isinstance(config, LearnConfig)
+    assert config.layers[0].n_filters == 9
+    assert config.layers[0].p == 0.8
+    assert config.inference == ZeilerConfig(beta0=1.0, n_beta=4)
+    assert config.boundary == "valid"
+    assert config.seed == 7
+    assert load_config(str(path)) == config
+
+
+def test_load_config_rejects_a_yaml_file_that_is_not_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="mapping"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        YAML_PRESET + "surprise: 1\n",
+        YAML_PRESET.replace("lam: 0.5", "lam: -0.5"),
+        YAML_PRESET.replace("method: zeiler", "method: ista"),
+    ],
+    ids=["extra field", "negative lam", "unknown method"],
+)
+def test_load_config_rejects_invalid_presets(tmp_path, bad):
+    path = tmp_path / "bad.yaml"
+    path.write_text(bad, encoding="utf-8")
+    with pytest.raises(pydantic.ValidationError):
+        load_config(path)
+
+
+@pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_presets_validate(preset):
+    assert isinstance(load_config(preset), LearnConfig)
+
+
+# --- connectivity tables ---------------------------------------------------------------------------------------
+
+
+def test_singles_and_doubles_over_nine_inputs():
+    table = connectivity_table("singles-and-doubles", 45, 9)
+    assert singles_and_doubles_count(9) == 45
+    assert table.shape == (45, 9)
+    assert table.dtype == bool
+    reads = table.sum(axis=1)
+    np.testing.assert_array_equal(reads[:9], 1)
+    np.testing.assert_array_equal(reads[9:], 2)
+    np.testing.assert_array_equal(table[:9], np.eye(9, dtype=bool))
+    pairs = [tuple(np.flatnonzero(row)) for row in table[9:]]
+    assert pairs == list(combinations(range(9), 2))  # all 36 pairs, distinct, in lexicographic order
+
+
+def test_singles_and_doubles_needs_the_matching_number_of_maps():
+    with pytest.raises(ValueError, match="45"):
+        connectivity_table("singles-and-doubles", 40, 9)
+
+
+def test_full_connectivity_is_no_table():
+    assert connectivity_table("full", 5, 3) is None
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_random_doubles_reads_exactly_k_inputs_per_map(k):
+    table = connectivity_table(f"random-doubles:{k}", 20, 6, seed=3)
+    assert table.shape == (20, 6)
+    np.testing.assert_array_equal(table.sum(axis=1), k)
+
+
+def test_random_doubles_is_reproducible_with_the_seed():
+    a = connectivity_table("random-doubles:2", 30, 8, seed=11)
+    np.testing.assert_array_equal(a, connectivity_table("random-doubles:2", 30, 8, seed=11))
+    assert not np.array_equal(a, connectivity_table("random-doubles:2", 30, 8, seed=12))
+
+
+def test_random_doubles_defaults_to_two_inputs():
+    assert parse_table_name("random-doubles") == ("random-doubles", 2)
+    np.testing.assert_array_equal(connectivity_table("random-doubles", 10, 5).sum(axis=1), 2)
+
+
+@pytest.mark.parametrize(
+    "name", ["halves", "Full", "random-doubles:x", "random-doubles:0", "random-doubles:-1", "singles", ""]
+)
+def test_bad_connectivity_names_raise(name):
+    with pytest.raises(ValueError, match="connectivity"):
+        connectivity_table(name, 4, 3)
+
+
+def test_random_doubles_with_more_inputs_than_channels_raises():
+    with pytest.raises(ValueError, match="k = 4"):
+        connectivity_table("random-doubles:4", 5, 3)
+
+
+def test_explicit_connectivity_matrix_is_checked():
+    good = np.array([[True, False], [True, True], [False, True]])
+    np.testing.assert_array_equal(connectivity_table(good, 3, 2), good)
+    np.testing.assert_array_equal(connectivity_table(good.tolist(), 3, 2), good)
+    with pytest.raises(ValueError, match="shape"):
+        connectivity_table(good, 2, 3)
+    with pytest.raises(ValueError, match="boolean"):
+        connectivity_table(good.astype(int), 3, 2)
+    with pytest.raises(ValueError, match="read no input"):
+        connectivity_table(np.array([[True, False], [False, False], [False, True]]), 3, 2)
