@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m solver.demo --out demo-output
+	$(PY) scripts/demo.py --out demo-output
 
 test: $(STAMP)
 	$(PY) -m pytest -q
