@@ -105,7 +105,10 @@ class LearnConfig(_Frozen):
     """A learning run of one layer (several layers come with the layer stack)."""
 
     layers: list[LayerSpec] = Field(..., min_length=1, max_length=1)
-    inference: InferenceConfig = Field(default_factory=lambda: AdmmConfig(max_iter=10))
+    inference: InferenceConfig = Field(
+        default_factory=lambda: AdmmConfig(max_iter=10),
+        description="inference per outer iteration: exactly max_iter iterations (tol is not used in learning)",
+    )
     filter_update: FilterUpdateConfig = Field(default_factory=FilterUpdateConfig)
     n_iter: int = Field(50, ge=1, description="outer iterations")
     boundary: Boundary = "circular"

@@ -131,7 +131,8 @@ def learn(
     connectivity : str or bool array of shape (K, C)
         ``"full"``, ``"singles-and-doubles"``, ``"random-doubles:k"`` or a table.
     inner_iter : int, optional
-        Inference iterations per outer iteration (default 10; for zeiler, spread over the β stages).
+        Inference iterations per outer iteration (default 10; for zeiler, spread over the β stages). Learning
+        always runs exactly this many: the inference ``tol`` is not used.
     filter_update : {"fista", "cg"} or FilterUpdateConfig
     filter_iter : int, optional
         Filter-update iterations per outer iteration (default 10).
@@ -207,26 +208,24 @@ class _Alternating:
         self.g = None if table is None else bk.asarray(table)
         self.bk = bk
 
-    def coding_step(self, filters: Array, maps: Array | None, warm: Any, best: float) -> tuple[Array, Any, int]:
+    def coding_step(self, filters: Array, maps: Array | None, warm: Any) -> tuple[Array, Any, int]:
+        """Inference with fixed filters, warm-started; never returns maps worse than `maps` (image by image)."""
         op = ConvOperator(filters, self.images.shape[-2:], boundary=self.config.boundary, connectivity=self.g)
         solver = make_solver(CSCProblem(self.images, op, self.penalty), self.config.inference)
-        result = run(solver, solver.init(maps, warm=warm))
-        if maps is not None and result.objective > best:
-            return maps, result.state, result.n_iter  # keep the maps the filter step was fitted to
+        result = run(solver, solver.init(maps, warm=warm), stop_early=False)
         return result.maps, result.state, result.n_iter
 
     def run(self, filters: Array, callback) -> tuple[Array, Array, list[float], list[IterStats]]:
         xp = self.bk.xp
-        maps, warm, best = None, None, np.inf
+        maps, warm = None, None
         history: list[float] = []
         stats: list[IterStats] = []
         start = time.perf_counter()
         for it in range(1, self.config.n_iter + 1):
-            maps, warm, n_inner = self.coding_step(filters, maps, warm, best)
+            maps, warm, n_inner = self.coding_step(filters, maps, warm)
             filters, data = update_filters(self.images, maps, filters, self.config.filter_update,
                                            boundary=self.config.boundary, connectivity=self.g)
             E = data + self.penalty(maps)
-            best = E
             history.append(E)
             sparsity = float(xp.count_nonzero(maps)) / maps.size
             record = IterStats(it, E, data, sparsity, time.perf_counter() - start, n_inner)

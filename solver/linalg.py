@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from .backend import Array, backend_of
 
 _EXACT_GRAM_MAX = 16  # largest min(P, Q) for which the per-frequency Gram eigenvalues are computed exactly
@@ -66,32 +68,53 @@ class ShiftedNormalFactor:
     ----------
     filters_hat : array of shape (K, C, U, V)
         f̂, the columns of A.
-    rho : float
-        The shift ρ > 0.
-    inverse : array of shape (U, V) when C = 1, else (U, V, C, C)
-        ``(ρ + ‖a‖²)⁻¹`` (Sherman–Morrison) or ``(ρI + AAᴴ)⁻¹`` (Woodbury).
+    rho : float or ndarray of shape (N,)
+        The shift ρ > 0: one for all images, or one per image.
+    inverse : array
+        ``(ρ + ‖a‖²)⁻¹`` (Sherman–Morrison, C = 1) of shape (U, V) or (N, 1, U, V), or ``(ρI + AAᴴ)⁻¹``
+        (Woodbury) of shape (U, V, C, C) or (N, U, V, C, C).
     """
 
     filters_hat: Array
-    rho: float
+    rho: float | np.ndarray
     inverse: Array
 
+    def rho_array(self, like: Array) -> Array | float:
+        """ρ broadcasting over an (N, K, U, V) array (a float when shared)."""
+        if np.ndim(self.rho) == 0:
+            return float(self.rho)
+        xp = backend_of(like).xp
+        return xp.asarray(np.asarray(self.rho).reshape(-1, 1, 1, 1), dtype=like.real.dtype)
 
-def factor_shifted_normal(filters_hat: Array, rho: float) -> ShiftedNormalFactor:
-    """Precompute the per-frequency inverse for :func:`solve_shifted_normal`."""
-    if not rho > 0:
+
+def factor_shifted_normal(filters_hat: Array, rho: float | np.ndarray) -> ShiftedNormalFactor:
+    """Precompute the per-frequency inverse for :func:`solve_shifted_normal` (ρ scalar, or one per image)."""
+    rho_host = np.asarray(rho, dtype=np.float64)
+    if not (np.all(np.isfinite(rho_host)) and np.all(rho_host > 0)):
         raise ValueError(f"rho must be positive, got {rho!r}")
     xp = backend_of(filters_hat).xp
-    K, C = filters_hat.shape[:2]
+    C = filters_hat.shape[1]
+    real = xp.real(filters_hat[:1, :1, :1, :1]).dtype
+    per_image = rho_host.ndim > 0
     if C == 1:
         a = filters_hat[:, 0]
-        inverse = 1.0 / (rho + xp.sum(xp.real(a * xp.conj(a)), axis=0))
-        inverse = inverse.astype(xp.real(a).dtype, copy=False)
+        power = xp.sum(xp.real(a * xp.conj(a)), axis=0)  # (U, V)
+        if per_image:
+            r = xp.asarray(rho_host.reshape(-1, 1, 1, 1), dtype=real)
+            inverse = 1.0 / (r + power[None, None])
+        else:
+            inverse = 1.0 / (float(rho_host) + power)
+        inverse = inverse.astype(real, copy=False)
     else:
         gram = xp.einsum("kcuv,kduv->uvcd", filters_hat, xp.conj(filters_hat))
         eye = xp.eye(C, dtype=gram.dtype)
-        inverse = xp.linalg.inv(gram + rho * eye)
-    return ShiftedNormalFactor(filters_hat=filters_hat, rho=float(rho), inverse=inverse)
+        if per_image:
+            r = xp.asarray(rho_host.reshape(-1, 1, 1, 1, 1), dtype=real)
+            inverse = xp.linalg.inv(gram[None] + r * eye)
+        else:
+            inverse = xp.linalg.inv(gram + float(rho_host) * eye)
+    stored = rho_host.copy() if per_image else float(rho_host)
+    return ShiftedNormalFactor(filters_hat=filters_hat, rho=stored, inverse=inverse)
 
 
 def solve_shifted_normal(factor: ShiftedNormalFactor, b_hat: Array) -> Array:
@@ -108,46 +131,69 @@ def solve_shifted_normal(factor: ShiftedNormalFactor, b_hat: Array) -> Array:
     """
     xp = backend_of(b_hat).xp
     f = factor.filters_hat
+    rho = factor.rho_array(b_hat)
     if f.shape[1] == 1:
         a = f[:, 0]  # (K, U, V)
         ab = xp.sum(a[None] * b_hat, axis=1, keepdims=True)  # (N, 1, U, V)
-        return (b_hat - xp.conj(a)[None] * (factor.inverse * ab)) / factor.rho
+        return (b_hat - xp.conj(a)[None] * (factor.inverse * ab)) / rho
     ab = xp.einsum("kcuv,nkuv->ncuv", f, b_hat)
-    t = xp.einsum("uvcd,nduv->ncuv", factor.inverse, ab)
-    return (b_hat - xp.einsum("kcuv,ncuv->nkuv", xp.conj(f), t)) / factor.rho
+    spec = "nuvcd,nduv->ncuv" if factor.inverse.ndim == 5 else "uvcd,nduv->ncuv"
+    t = xp.einsum(spec, factor.inverse, ab)
+    return (b_hat - xp.einsum("kcuv,ncuv->nkuv", xp.conj(f), t)) / rho
 
 
-def inner(a: Array, b: Array) -> float:
-    """Real inner product Σ a·b over all entries, accumulated in float64."""
-    xp = backend_of(a).xp
-    return float(xp.sum(a * b, dtype=xp.float64))
+def inner(a: Array, b: Array, *, per_item: bool = True) -> np.ndarray:
+    """Real inner products accumulated in float64 on the host: Σ a[i]·b[i] per item i along the first axis
+    (shape (n,)), or over the whole arrays when ``per_item=False`` (shape (1,))."""
+    bk = backend_of(a)
+    xp = bk.xp
+    rows = a.shape[0] if per_item and a.ndim > 0 else 1
+    return bk.to_host(xp.sum((a * b).reshape(rows, -1), axis=1, dtype=xp.float64))
 
 
 def conjugate_gradient(
-    apply: Callable[[Array], Array], b: Array, x0: Array, n_iter: int, *, tol: float = 1e-6
+    apply: Callable[[Array], Array],
+    b: Array,
+    x0: Array,
+    n_iter: int,
+    *,
+    tol: float = 1e-6,
+    per_item: bool = False,
 ) -> Array:
     """A few steps of linear conjugate gradients on ``apply(x) = b`` (symmetric positive semi-definite).
 
-    Warm-started at `x0`; stops early when ‖r‖ < tol·‖b‖. Each step lowers the quadratic
-    ½⟨x, A x⟩ − ⟨b, x⟩ (the property the alternating schemes need). As in Zeiler's toolbox, a step whose
-    denominator vanishes ends the loop instead of dividing by ~0.
+    With ``per_item=True`` every item along the first axis is its own system (`apply` must act on each item
+    separately, as the normal operators of the images do) with its own step sizes, so a batch gives the same
+    result as its items one by one. Warm-started at `x0`; a system stops when ‖r‖ < tol·‖b‖. Each step lowers
+    the quadratic ½⟨x, A x⟩ − ⟨b, x⟩. As in Zeiler's toolbox, a step whose denominator vanishes is skipped
+    instead of dividing by ~0.
     """
+    xp = backend_of(b).xp
+    shape = (-1,) + (1,) * (b.ndim - 1) if per_item else (1,) * b.ndim
+
+    def dot(u: Array, v: Array) -> np.ndarray:
+        return inner(u, v, per_item=per_item)
+
+    def broadcast(v: np.ndarray) -> Array:
+        return xp.asarray(v.reshape(shape), dtype=b.dtype)
+
     x = x0
     r = b - apply(x)
-    rr = inner(r, r)
-    threshold = (tol**2) * max(inner(b, b), 1e-300)
+    rr = dot(r, r)
+    threshold = (tol**2) * np.maximum(dot(b, b), 1e-300)
     d = r
     for _ in range(n_iter):
-        if rr <= threshold:
+        active = rr > threshold
+        if not active.any():
             break
         Ad = apply(d)
-        dAd = inner(d, Ad)
-        if dAd <= 1e-30:
-            break
-        alpha = rr / dAd
-        x = x + alpha * d
-        r = r - alpha * Ad
-        rr_new = inner(r, r)
-        d = r + (rr_new / rr) * d
+        dAd = dot(d, Ad)
+        active &= dAd > 1e-30
+        alpha = np.where(active, rr / np.where(active, dAd, 1.0), 0.0)
+        x = x + broadcast(alpha) * d
+        r = r - broadcast(alpha) * Ad
+        rr_new = dot(r, r)
+        beta = np.where(active, rr_new / np.where(rr > 0, rr, 1.0), 0.0)
+        d = r + broadcast(beta) * d
         rr = rr_new
     return x

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .backend import Array, backend_of
 from .operators import ConvOperator, parseval_weights
 from .prox import LpPenalty
@@ -51,13 +53,13 @@ class CSCProblem:
     def maps_shape(self) -> tuple[int, int, int, int]:
         return (self.n_images, self.op.n_filters) + self.op.map_shape
 
-    def sq_norm_hat(self, a_hat: Array) -> float:
-        """‖a‖² of a real array on the map grid given by its rfft (Parseval), accumulated in float64."""
+    def sq_norm_hat(self, a_hat: Array) -> np.ndarray:
+        """‖a[n]‖² per image of a real array on the map grid given by its rfft (Parseval), host float64 (N,)."""
         xp = self.backend.xp
-        power = a_hat.real * a_hat.real + a_hat.imag * a_hat.imag
-        return float(xp.sum(power * self._weights, dtype=xp.float64))
+        power = (a_hat.real * a_hat.real + a_hat.imag * a_hat.imag) * self._weights
+        return self.backend.to_host(xp.sum(power.reshape(power.shape[0], -1), axis=1, dtype=xp.float64))
 
-    def residual(self, maps_hat: Array) -> tuple[Array, float]:
+    def residual(self, maps_hat: Array) -> tuple[Array, np.ndarray]:
         """The residual of maps given in the Fourier domain.
 
         Returns
@@ -65,18 +67,16 @@ class CSCProblem:
         resid_hat : array of shape (N, C, U, V)
             F Pᵀ(P D z − y): the residual zero-padded to the map grid, in the Fourier domain. Affine in z, so
             momentum combinations of residuals are residuals of the combined points.
-        data : float
-            ½‖P D z − y‖².
+        data : ndarray of shape (N,)
+            ½‖P D z[n] − y[n]‖² per image (host float64).
         """
         op = self.op
         synth_hat = op.forward_hat(maps_hat)
         if not op.grid.cropped:
             resid_hat = synth_hat - self.images_hat
             return resid_hat, 0.5 * self.sq_norm_hat(resid_hat)
-        xp = self.backend.xp
         resid = op.grid.crop(op.irfft(synth_hat)) - self.images
-        data = 0.5 * float(xp.sum(resid * resid, dtype=xp.float64))
-        return op.rfft(op.grid.pad(resid)), data
+        return op.rfft(op.grid.pad(resid)), 0.5 * sq_norm_per_item(resid)
 
     def gradient(self, resid_hat: Array) -> Array:
         """Dᴴ Pᵀ r in the spatial domain, (N, K, H', W'), from the Fourier residual."""
@@ -93,9 +93,6 @@ class CSCProblem:
     def prox(self, v: Array, step: float) -> Array:
         return self.penalty.prox(v, step)
 
-    def regulariser(self, maps: Array) -> float:
-        return self.penalty(maps)
-
     def lipschitz(self) -> float:
         """‖P D‖²: exact per frequency (circular); power iteration capped by the circular bound (valid)."""
         if not self.op.grid.cropped:
@@ -104,9 +101,18 @@ class CSCProblem:
 
     def objective(self, maps: Array) -> float:
         """E(z) computed directly in the spatial domain (independent of any solver state)."""
-        xp = self.backend.xp
         resid = self.op.forward(maps) - self.images
-        return 0.5 * float(xp.sum(resid * resid, dtype=xp.float64)) + self.penalty(maps)
+        return 0.5 * float(sq_norm_per_item(resid).sum()) + self.penalty(maps)
+
+    def regulariser(self, maps: Array) -> np.ndarray:
+        return self.penalty.per_item(maps)
+
+
+def sq_norm_per_item(a: Array) -> np.ndarray:
+    """Σ a² over all axes but the first, as host float64 (N,)."""
+    bk = backend_of(a)
+    xp = bk.xp
+    return bk.to_host(xp.sum((a * a).reshape(a.shape[0], -1), axis=1, dtype=xp.float64))
 
 
 def power_lipschitz(normal, like: Array, bound: float, n_iter: int = 30) -> float:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import numpy as np
+
 from .backend import Array, backend_of
 
 FilterNorm = Literal["plane", "filter"]
@@ -81,17 +83,18 @@ def _shrink_two_thirds(a: Array, tau: float) -> Array:
     """
     xp = backend_of(a).xp
     a64 = a.astype(xp.float64)
+    tau = tau if isinstance(tau, float) else tau.astype(xp.float64)
     r = 2.0 * tau / 3.0
     # Resolvent cubic m³ − r·m − a²/8 = 0; its largest real root m > 0 splits the quartic into quadratics.
     # With u = a²/16 and c = r³/27 the discriminant is u² − c, written as u²(1 − (√c/u)²) to avoid overflow.
     u = a64 * a64 / 16.0
     c = r**3 / 27.0
-    ratio = math.sqrt(c) / xp.maximum(u, _floor(xp, xp.float64))  # √c / u, so that u² is never formed
+    ratio = xp.sqrt(c) / xp.maximum(u, _floor(xp, xp.float64))  # √c / u, so that u² is never formed
     one_root = ratio <= 1
     big = xp.cbrt(u + u * xp.sqrt(xp.maximum(1 - ratio * ratio, 0)))  # ≥ (r/3)^(1/2) > 0 on that branch
     cardano = big + (r / 3.0) / xp.maximum(big, _floor(xp, xp.float64))  # product of the two cube roots is r/3
-    arg = xp.clip(u * math.sqrt(27.0 / r**3), -1, 1)  # cos(3θ) = u / √c on the three-real-root branch
-    trig = 2.0 * math.sqrt(r / 3.0) * xp.cos(xp.arccos(arg) / 3.0)
+    arg = xp.clip(u * xp.sqrt(27.0 / r**3), -1, 1)  # cos(3θ) = u / √c on the three-real-root branch
+    trig = 2.0 * xp.sqrt(r / 3.0) * xp.cos(xp.arccos(arg) / 3.0)
     m = xp.maximum(xp.where(one_root, cardano, trig), _floor(xp, xp.float64))
     s = xp.sqrt(2.0 * m)
     inside = 2.0 * a64 / s - 2.0 * m
@@ -132,15 +135,15 @@ def _shrink_newton(a: Array, tau: float, p: float) -> Array:
     return _keep_if_better(a, x, tau, p)
 
 
-def shrink(v: Array, threshold: float, p: float = 1.0) -> Array:
+def shrink(v: Array, threshold: float | Array, p: float = 1.0) -> Array:
     r"""Proximal operator of ``threshold * |·|^p``, element-wise.
 
     Parameters
     ----------
     v : array of shape (...)
         Input point; any backend, real floating dtype.
-    threshold : float
-        τ ≥ 0.
+    threshold : float, or array broadcasting against `v`
+        τ ≥ 0 (an array gives one threshold per image, for example; its values are trusted).
     p : float
         Exponent in (0, 1].
 
@@ -157,11 +160,14 @@ def shrink(v: Array, threshold: float, p: float = 1.0) -> Array:
     """
     if not 0 < p <= 1:
         raise ValueError(f"p must be in (0, 1], got {p!r}")
-    if threshold < 0:
-        raise ValueError(f"threshold must be non-negative, got {threshold!r}")
+    scalar = isinstance(threshold, int | float)
+    if scalar:
+        if not threshold >= 0:
+            raise ValueError(f"threshold must be non-negative, got {threshold!r}")
+        threshold = float(threshold)
     if p == 1.0:
         return soft_threshold(v, threshold)
-    if threshold == 0:
+    if scalar and threshold == 0:
         return v.copy()
     xp = backend_of(v).xp
     a = xp.abs(v)
@@ -189,10 +195,15 @@ class LpPenalty:
         self.p = float(p)
 
     def __call__(self, x: Array) -> float:
-        xp = backend_of(x).xp
-        a = xp.abs(x)
-        total = xp.sum(a, dtype=xp.float64) if self.p == 1.0 else xp.sum(a**self.p, dtype=xp.float64)
-        return self.lam * float(total)
+        return float(self.per_item(x).sum())
+
+    def per_item(self, x: Array) -> np.ndarray:
+        """``λ Σ |x[i]|^p`` for each item i along the first axis (each image), as host float64 (N,)."""
+        bk = backend_of(x)
+        xp = bk.xp
+        a = xp.abs(x) if self.p == 1.0 else xp.abs(x) ** self.p
+        sums = xp.sum(a.reshape(a.shape[0], -1), axis=1, dtype=xp.float64)
+        return self.lam * bk.to_host(sums)
 
     def prox(self, v: Array, step: float) -> Array:
         return shrink(v, self.lam * step, self.p)

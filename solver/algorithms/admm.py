@@ -20,30 +20,34 @@ the x-step solves (DᴴD + I) x = Dᴴ(y₀ − u₀) + (y₁ − u₁) with a f
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
+
+import numpy as np
 
 from ..backend import Array
 from ..config import AdmmConfig
 from ..linalg import ShiftedNormalFactor, factor_shifted_normal, solve_shifted_normal
-from ..problem import CSCProblem
+from ..problem import CSCProblem, sq_norm_per_item
 
 
 @dataclass(frozen=True)
 class AdmmState:
     """ADMM iterate. ``maps`` is the sparse split variable (z, or y₁ with the mask), and what E is of.
 
-    ``aux``/``aux_dual`` (and their transforms) are y₀ and u₀ of mask decoupling; None for circular.
+    ``rho``, ``objective`` and the two relative residuals are host float64 arrays with one entry per image:
+    images are independent problems, each with its own penalty, so a batch split over several workers follows
+    the same trajectories. ``aux``/``aux_dual`` (and their transforms) are y₀ and u₀ of mask decoupling; None
+    for the circular boundary.
     """
 
     maps: Array
     maps_hat: Array
     dual: Array
     dual_hat: Array
-    rho: float
-    objective: float
-    primal_residual: float = math.inf
-    dual_residual: float = math.inf
+    rho: np.ndarray
+    objective: np.ndarray
+    primal_residual: np.ndarray
+    dual_residual: np.ndarray
     iteration: int = 0
     aux: Array | None = None
     aux_hat: Array | None = None
@@ -51,8 +55,13 @@ class AdmmState:
     aux_dual_hat: Array | None = None
 
 
-def _norm(xp, a: Array) -> float:
-    return math.sqrt(float(xp.sum(a * a, dtype=xp.float64)))
+def _norms(*arrays: Array) -> np.ndarray:
+    """Per-image Euclidean norm of the concatenation of `arrays` (each (N, ...))."""
+    return np.sqrt(sum(sq_norm_per_item(a) for a in arrays))
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    return num / np.maximum(den, 1e-30)
 
 
 class Admm:
@@ -63,45 +72,49 @@ class Admm:
         self.config = config or AdmmConfig()
         self._masked = problem.op.grid.cropped
         self._factor: ShiftedNormalFactor | None = None
-        if self._masked:
+        if self._masked:  # mask decoupling solves (DᴴD + I): the shift does not depend on ρ
             self._factor = factor_shifted_normal(problem.op.filters_hat, 1.0)
 
     @property
     def max_iter(self) -> int:
         return self.config.max_iter
 
-    def _factor_for(self, rho: float) -> ShiftedNormalFactor:
-        if self._factor is None or (not self._masked and self._factor.rho != rho):
+    def _factor_for(self, rho: np.ndarray) -> ShiftedNormalFactor:
+        if self._masked:
+            return self._factor
+        if self._factor is None or not np.array_equal(self._factor.rho, rho):
             self._factor = factor_shifted_normal(self.problem.op.filters_hat, rho)
         return self._factor
+
+    def _rho(self, rho: np.ndarray, like: Array) -> Array:
+        return self.problem.backend.asarray(rho.reshape(-1, 1, 1, 1), dtype=like.real.dtype)
 
     def init(self, maps0: Array | None = None, warm: AdmmState | None = None) -> AdmmState:
         """Start from `maps0` (zeros by default); `warm` carries the dual variables and ρ of a previous run."""
         pb = self.problem
         xp = pb.backend.xp
         op = pb.op
-        maps = xp.zeros(pb.maps_shape, dtype=pb.images.dtype) if maps0 is None else maps0
+        maps = pb.zeros() if maps0 is None else maps0
         maps_hat = op.rfft(maps)
         _, data = pb.residual(maps_hat)
-        rho = self.config.rho if self.config.rho is not None else 50.0 * pb.lam + 1.0
+        n = maps.shape[0]
+        rho0 = self.config.rho if self.config.rho is not None else 50.0 * pb.lam + 1.0
         compatible = warm is not None and warm.maps.shape == maps.shape
         if compatible:
-            rho = warm.rho
-            dual, dual_hat = warm.dual, warm.dual_hat
+            rho, dual, dual_hat = warm.rho, warm.dual, warm.dual_hat
         else:
-            dual = xp.zeros_like(maps)
-            dual_hat = xp.zeros_like(maps_hat)
-        state = AdmmState(maps, maps_hat, dual, dual_hat, rho, data + pb.penalty(maps))
+            rho, dual, dual_hat = np.full(n, rho0), xp.zeros_like(maps), xp.zeros_like(maps_hat)
+        inf = np.full(n, np.inf)
+        state = AdmmState(maps, maps_hat, dual, dual_hat, rho, data + pb.regulariser(maps), inf, inf)
         if not self._masked:
             return state
         aux_hat = op.forward_hat(maps_hat)
         if compatible and warm.aux_dual is not None:
             aux_dual, aux_dual_hat = warm.aux_dual, warm.aux_dual_hat
         else:
-            aux_dual = xp.zeros(maps.shape[:1] + (op.n_channels,) + op.map_shape, dtype=maps.dtype)
+            aux_dual = xp.zeros((n, op.n_channels) + op.map_shape, dtype=maps.dtype)
             aux_dual_hat = xp.zeros_like(aux_hat)
-        return replace(state, aux=op.irfft(aux_hat), aux_hat=aux_hat, aux_dual=aux_dual,
-                       aux_dual_hat=aux_dual_hat)
+        return replace(state, aux=op.irfft(aux_hat), aux_hat=aux_hat, aux_dual=aux_dual, aux_dual_hat=aux_dual_hat)
 
     def step(self, state: AdmmState) -> AdmmState:
         new = self._step_masked(state) if self._masked else self._step_circular(state)
@@ -109,34 +122,35 @@ class Admm:
 
     def _step_circular(self, s: AdmmState) -> AdmmState:
         pb = self.problem
-        xp = pb.backend.xp
-        a, rho = self.config.relax, s.rho
-        x_hat = solve_shifted_normal(self._factor_for(rho), pb.rhs_hat + rho * (s.maps_hat - s.dual_hat))
+        a = self.config.relax
+        rho = self._rho(s.rho, s.maps_hat)
+        x_hat = solve_shifted_normal(self._factor_for(s.rho), pb.rhs_hat + rho * (s.maps_hat - s.dual_hat))
         x = pb.op.irfft(x_hat)
         xr = a * x + (1 - a) * s.maps
-        maps = pb.penalty.prox(xr + s.dual, 1.0 / rho)
+        maps = pb.penalty.prox(xr + s.dual, 1.0 / self._rho(s.rho, x))
         dual = s.dual + xr - maps
         maps_hat = pb.op.rfft(maps)
         dual_hat = s.dual_hat + (a * x_hat + (1 - a) * s.maps_hat) - maps_hat
         _, data = pb.residual(maps_hat)
-        r = _norm(xp, x - maps) / max(_norm(xp, x), _norm(xp, maps), 1e-30)
-        d = _norm(xp, maps - s.maps) / max(_norm(xp, dual), 1e-30)
-        return AdmmState(maps, maps_hat, dual, dual_hat, rho, data + pb.penalty(maps), r, d, s.iteration + 1)
+        primal = _ratio(_norms(x - maps), np.maximum(_norms(x), _norms(maps)))
+        dual_r = _ratio(_norms(maps - s.maps), _norms(dual))
+        E = data + pb.regulariser(maps)
+        return AdmmState(maps, maps_hat, dual, dual_hat, s.rho, E, primal, dual_r, s.iteration + 1)
 
     def _step_masked(self, s: AdmmState) -> AdmmState:
         pb = self.problem
         op = pb.op
         xp = pb.backend.xp
-        a, rho = self.config.relax, s.rho
+        a = self.config.relax
         b_hat = op.adjoint_hat(s.aux_hat - s.aux_dual_hat) + (s.maps_hat - s.dual_hat)
-        x_hat = solve_shifted_normal(self._factor_for(rho), b_hat)
+        x_hat = solve_shifted_normal(self._factor_for(s.rho), b_hat)
         x = op.irfft(x_hat)
         dx_hat = op.forward_hat(x_hat)
         dx = op.irfft(dx_hat)
         dxr = a * dx + (1 - a) * s.aux
         xr = a * x + (1 - a) * s.maps
-        mask = op.grid.mask(xp, x.dtype)
-        aux = (op.grid.pad(pb.images) + rho * (dxr + s.aux_dual)) / (mask + rho)
+        rho = self._rho(s.rho, x)
+        aux = (op.grid.pad(pb.images) + rho * (dxr + s.aux_dual)) / (op.grid.mask(xp, x.dtype) + rho)
         maps = pb.penalty.prox(xr + s.dual, 1.0 / rho)
         aux_dual = s.aux_dual + dxr - aux
         dual = s.dual + xr - maps
@@ -145,31 +159,33 @@ class Admm:
         aux_dual_hat = s.aux_dual_hat + (a * dx_hat + (1 - a) * s.aux_hat) - aux_hat
         dual_hat = s.dual_hat + (a * x_hat + (1 - a) * s.maps_hat) - maps_hat
         _, data = pb.residual(maps_hat)
-        primal = math.hypot(_norm(xp, dx - aux), _norm(xp, x - maps))
-        scale_p = max(math.hypot(_norm(xp, dx), _norm(xp, x)), math.hypot(_norm(xp, aux), _norm(xp, maps)), 1e-30)
-        dual_r = math.hypot(_norm(xp, aux - s.aux), _norm(xp, maps - s.maps))
-        scale_d = max(math.hypot(_norm(xp, aux_dual), _norm(xp, dual)), 1e-30)
-        return AdmmState(maps, maps_hat, dual, dual_hat, rho, data + pb.penalty(maps), primal / scale_p,
-                         dual_r / scale_d, s.iteration + 1, aux, aux_hat, aux_dual, aux_dual_hat)
+        primal = _ratio(_norms(dx - aux, x - maps), np.maximum(_norms(dx, x), _norms(aux, maps)))
+        dual_r = _ratio(_norms(aux - s.aux, maps - s.maps), _norms(aux_dual, dual))
+        E = data + pb.regulariser(maps)
+        return AdmmState(maps, maps_hat, dual, dual_hat, s.rho, E, primal, dual_r, s.iteration + 1,
+                         aux, aux_hat, aux_dual, aux_dual_hat)
 
     def _balance_rho(self, s: AdmmState) -> AdmmState:
-        """Residual balancing: scale ρ (and the scaled duals inversely) when the residuals drift apart."""
+        """Residual balancing per image: scale ρ (and the scaled duals inversely) when the residuals drift apart."""
         cfg = self.config
         if not cfg.adaptive_rho or s.iteration % cfg.rho_period != 0:
             return s
-        if s.primal_residual > cfg.rho_ratio * s.dual_residual:
-            scale = cfg.rho_scale
-        elif s.dual_residual > cfg.rho_ratio * s.primal_residual:
-            scale = 1.0 / cfg.rho_scale
-        else:
+        up = s.primal_residual > cfg.rho_ratio * s.dual_residual
+        down = s.dual_residual > cfg.rho_ratio * s.primal_residual
+        if not (up.any() or down.any()):
             return s
-        inv = 1.0 / scale
-        s = replace(s, rho=s.rho * scale, dual=s.dual * inv, dual_hat=s.dual_hat * inv)
+        scale = np.where(up, cfg.rho_scale, np.where(down, 1.0 / cfg.rho_scale, 1.0))
+        inv_dual = self._rho(1.0 / scale, s.dual)
+        inv_hat = self._rho(1.0 / scale, s.dual_hat)
+        s = replace(s, rho=s.rho * scale, dual=s.dual * inv_dual, dual_hat=s.dual_hat * inv_hat)
         if s.aux_dual is not None:
-            s = replace(s, aux_dual=s.aux_dual * inv, aux_dual_hat=s.aux_dual_hat * inv)
+            s = replace(s, aux_dual=s.aux_dual * inv_dual, aux_dual_hat=s.aux_dual_hat * inv_hat)
         return s
 
     def objective(self, state: AdmmState) -> float:
+        return float(state.objective.sum())
+
+    def per_item_objective(self, state: AdmmState) -> np.ndarray:
         return state.objective
 
     def maps(self, state: AdmmState) -> Array:
@@ -177,4 +193,4 @@ class Admm:
 
     def converged(self, state: AdmmState, previous: AdmmState) -> bool:
         tol = self.config.tol
-        return state.primal_residual <= tol and state.dual_residual <= tol
+        return bool(np.all(state.primal_residual <= tol) and np.all(state.dual_residual <= tol))

@@ -6,7 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from ..backend import Array
+import numpy as np
+
+from ..backend import Array, backend_of
 
 S = TypeVar("S")
 
@@ -17,6 +19,8 @@ class Solver(Protocol[S]):
     def step(self, state: S) -> S: ...
 
     def objective(self, state: S) -> float: ...
+
+    def per_item_objective(self, state: S) -> np.ndarray: ...
 
     def maps(self, state: S) -> Array: ...
 
@@ -55,25 +59,39 @@ def run(
     *,
     max_iter: int | None = None,
     callback: Callable[[S], None] | None = None,
+    stop_early: bool = True,
 ) -> InferenceResult:
     """Iterate `solver` from `state` until it converges or `max_iter` steps are done.
 
-    The result holds the iterate of lowest E among the starting point and every step (ADMM's and the β
-    schedule's objectives are not monotone), so its ``objective`` is E of its ``maps`` and a warm-started run
-    never returns worse maps than it was given. ``state`` is the last state, for warm starts.
+    The result holds, image by image, the iterate of lowest E among the starting point and every step (ADMM's
+    and the β schedule's objectives are not monotone), so its ``objective`` is E of its ``maps`` and a
+    warm-started run never returns worse maps than it was given. ``state`` is the last state, for warm starts.
+    With ``stop_early=False`` exactly `max_iter` steps are run whatever the convergence test says (learning
+    does this, so that a batch split over workers runs the same iterations as the whole batch).
     """
     n = solver.max_iter if max_iter is None else max_iter
     history: list[float] = []
-    best_maps, best = solver.maps(state), solver.objective(state)
+    best_maps, best = solver.maps(state), solver.per_item_objective(state).copy()
     it = 0
     for it in range(1, n + 1):  # noqa: B007
         previous, state = state, solver.step(state)
-        E = solver.objective(state)
-        history.append(E)
-        if E <= best:
-            best_maps, best = solver.maps(state), E
+        E = solver.per_item_objective(state)
+        history.append(float(E.sum()))
+        best_maps, best = _keep_best(solver.maps(state), E, best_maps, best)
         if callback is not None:
             callback(state)
-        if solver.converged(state, previous):
+        if stop_early and solver.converged(state, previous):
             break
-    return InferenceResult(best_maps, best, history, it, state)
+    return InferenceResult(best_maps, float(best.sum()), history, it, state)
+
+
+def _keep_best(maps: Array, E: np.ndarray, best_maps: Array, best: np.ndarray) -> tuple[Array, np.ndarray]:
+    """Per image, the maps of lowest E so far (a copy only when some images improved and others did not)."""
+    better = E <= best
+    if better.all():
+        return maps, E.copy()
+    if not better.any():
+        return best_maps, best
+    xp = backend_of(maps).xp
+    mask = xp.asarray(better.reshape((-1,) + (1,) * (maps.ndim - 1)))
+    return xp.where(mask, maps, best_maps), np.where(better, E, best)

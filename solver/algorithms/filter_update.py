@@ -11,6 +11,8 @@ r"""Filter updates with the maps fixed.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..backend import Array
 from ..config import FilterUpdateConfig, FistaConfig
 from ..linalg import conjugate_gradient
@@ -60,18 +62,19 @@ class FilterProblem:
     def zeros(self) -> Array:
         return self.backend.xp.zeros(self.shape, dtype=self.images.dtype)
 
-    def residual_of(self, filters: Array) -> tuple[Array, float]:
-        """(F Pᵀ(P Z f − y), ½‖P Z f − y‖²)."""
+    def residual_of(self, filters: Array) -> tuple[Array, np.ndarray]:
+        """(F Pᵀ(P Z f − y), [½‖P Z f − y‖²]): the filters are one item for FISTA."""
         op = self.op
         xp = self.backend.xp
         synth_hat = op.forward_hat(op.filters_to_hat(filters))
         if not op.grid.cropped:
             r_hat = synth_hat - self.images_hat
             power = r_hat.real * r_hat.real + r_hat.imag * r_hat.imag
-            return r_hat, 0.5 * float(xp.sum(power * self._weights, dtype=xp.float64))
+            data = self.backend.to_host(xp.sum(power * self._weights, dtype=xp.float64))
+            return r_hat, np.array([0.5 * float(data)])
         resid = op.grid.crop(self.backend.irfft2(synth_hat, op.grid.shape)) - self.images
-        data = 0.5 * float(xp.sum(resid * resid, dtype=xp.float64))
-        return self.backend.rfft2(op.grid.pad(resid), op.grid.shape), data
+        data = self.backend.to_host(xp.sum(resid * resid, dtype=xp.float64))
+        return self.backend.rfft2(op.grid.pad(resid), op.grid.shape), np.array([0.5 * float(data)])
 
     def gradient(self, resid_hat: Array) -> Array:
         return self.op.hat_to_filters(self.op.adjoint_hat(resid_hat))
@@ -79,8 +82,8 @@ class FilterProblem:
     def prox(self, v: Array, step: float) -> Array:
         return project_unit_ball(v, self.norm)
 
-    def regulariser(self, filters: Array) -> float:
-        return 0.0
+    def regulariser(self, filters: Array) -> np.ndarray:
+        return np.zeros(1)
 
     def lipschitz(self) -> float:
         bound = self.op.lipschitz()
@@ -122,4 +125,4 @@ def update_filters(
     new = normalise_unit(new, config.norm)
     if problem.op.connectivity is not None:
         new = new * problem.backend.xp.asarray(problem.op.connectivity, dtype=new.dtype)[:, :, None, None]
-    return new, problem.residual_of(new)[1]
+    return new, float(problem.residual_of(new)[1].sum())

@@ -23,6 +23,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from ..backend import Array, backend_of
 from ..config import FistaConfig
 
@@ -32,14 +34,19 @@ _T_AFTER_PLAIN_STEP = 0.5 * (1.0 + math.sqrt(5.0))
 
 @dataclass(frozen=True)
 class FistaState:
-    """Current iterate x with its Fourier residual, the previous one (for momentum), t and L."""
+    """Current iterate x with its Fourier residual, the previous one (for momentum), t per item and L.
+
+    ``objective`` and ``t`` are host float64 arrays with one entry per item (per image for the maps, a single
+    entry for the filters): images are independent problems, so each has its own momentum and restarts, and a
+    batch split over several workers follows the same trajectories.
+    """
 
     maps: Array
     resid_hat: Array
-    objective: float
+    objective: np.ndarray
     prev_maps: Array
     prev_resid_hat: Array
-    t: float
+    t: np.ndarray
     lipschitz: float
     iteration: int = 0
 
@@ -51,9 +58,10 @@ class Fista:
         self.problem = problem
         self.config = config or FistaConfig()
         self._lipschitz = max(problem.lipschitz(), 1e-12)
-        dtype = problem.zeros().dtype
+        zeros = problem.zeros()
+        self._bk = backend_of(zeros)
         # The objective is evaluated from arrays of this dtype: changes below this are round-off, not ascent.
-        self._slack = 100 * float(backend_of(problem.zeros()).xp.finfo(dtype).eps)
+        self._slack = 100 * float(self._bk.xp.finfo(zeros.dtype).eps)
 
     @property
     def max_iter(self) -> int:
@@ -63,41 +71,64 @@ class Fista:
         pb = self.problem
         x = pb.zeros() if maps0 is None else maps0
         resid_hat, data = pb.residual_of(x)
-        return FistaState(x, resid_hat, data + pb.regulariser(x), x, resid_hat, 1.0, self._lipschitz)
+        E = data + pb.regulariser(x)
+        return FistaState(x, resid_hat, E, x, resid_hat, np.ones_like(E), self._lipschitz)
 
-    def _prox_grad(self, point: Array, resid_hat: Array, L: float) -> tuple[Array, Array, float]:
+    def _per_item(self, values: np.ndarray, like: Array) -> Array:
+        """Host per-item scalars (n,) as a device array broadcasting over `like` (n, 1, 1, ...)."""
+        return self._bk.asarray(values.reshape((-1,) + (1,) * (like.ndim - 1)), dtype=like.real.dtype)
+
+    def _prox_grad(self, point: Array, resid_hat: Array, L: float) -> tuple[Array, Array, np.ndarray]:
         pb = self.problem
         new = pb.prox(point - pb.gradient(resid_hat) / L, 1.0 / L)
         new_resid_hat, data = pb.residual_of(new)
         return new, new_resid_hat, data + pb.regulariser(new)
 
+    def _select(self, take: np.ndarray, a: Array, b: Array) -> Array:
+        """Per item: `a` where `take`, else `b` (no copy when all or none are taken)."""
+        if take.all():
+            return a
+        if not take.any():
+            return b
+        return self._bk.xp.where(self._per_item(take, a), a, b)
+
     def step(self, state: FistaState) -> FistaState:
-        t_next = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * state.t * state.t))
-        mu = (state.t - 1.0) / t_next
+        t_next = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * state.t * state.t))
+        mu = (state.t - 1.0) / t_next  # 0 on a fresh sequence: the step is then the plain proximal-gradient step
         L = state.lipschitz
-        if mu > 0:
-            point = state.maps + mu * (state.maps - state.prev_maps)
-            resid = state.resid_hat + mu * (state.resid_hat - state.prev_resid_hat)
-            new, new_resid, E = self._prox_grad(point, resid, L)
-            if E <= state.objective:
-                return FistaState(new, new_resid, E, state.maps, state.resid_hat, t_next, L, state.iteration + 1)
-        # Restart: a proximal-gradient step from the current point, which lowers E whenever L ≥ ‖D‖². It is the
-        # first step of a fresh momentum sequence (t₁ = 1), so the next step uses t₂ = (1 + √5)/2.
-        for _ in range(_MAX_BACKTRACK):
-            new, new_resid, E = self._prox_grad(state.maps, state.resid_hat, L)
-            if E <= state.objective + self._slack * abs(state.objective):
-                break
-            L *= 2.0
-        else:
-            return replace(state, t=1.0, iteration=state.iteration + 1)
-        return FistaState(new, new_resid, E, state.maps, state.resid_hat, _T_AFTER_PLAIN_STEP, L, state.iteration + 1)
+        m_maps = self._per_item(mu, state.maps)
+        m_resid = self._per_item(mu, state.resid_hat)
+        point = state.maps + m_maps * (state.maps - state.prev_maps)
+        resid = state.resid_hat + m_resid * (state.resid_hat - state.prev_resid_hat)
+        new, new_resid, E = self._prox_grad(point, resid, L)
+        limit = state.objective + self._slack * np.abs(state.objective)
+        restart = E > np.where(mu > 0, state.objective, limit)
+        t_new = t_next
+        if restart.any():
+            # Restart those items: a proximal-gradient step from the current point, which lowers E whenever
+            # L ≥ ‖D‖². It is the first step of a fresh momentum sequence (t₁ = 1), so t becomes t₂.
+            t_new = np.where(restart, _T_AFTER_PLAIN_STEP, t_next)
+            for _ in range(_MAX_BACKTRACK):
+                plain, plain_resid, E_plain = self._prox_grad(state.maps, state.resid_hat, L)
+                if not (restart & (E_plain > limit)).any():
+                    break
+                L *= 2.0  # L was underestimated (power iteration): a larger L guarantees descent
+            else:
+                plain, plain_resid, E_plain = state.maps, state.resid_hat, state.objective
+            new = self._select(~restart, new, plain)
+            new_resid = self._select(~restart, new_resid, plain_resid)
+            E = np.where(restart, E_plain, E)
+        return FistaState(new, new_resid, E, state.maps, state.resid_hat, t_new, L, state.iteration + 1)
 
     def objective(self, state: FistaState) -> float:
+        return float(state.objective.sum())
+
+    def per_item_objective(self, state: FistaState) -> np.ndarray:
         return state.objective
 
     def maps(self, state: FistaState) -> Array:
         return state.maps
 
     def converged(self, state: FistaState, previous: FistaState) -> bool:
-        # A step that changed nothing because the backtracking gave up (t == 1) is not evidence of convergence.
-        return state.t > 1.0 and abs(previous.objective - state.objective) <= self.config.tol * abs(state.objective)
+        change = np.abs(previous.objective - state.objective)
+        return bool(np.all(change <= self.config.tol * np.abs(state.objective)))

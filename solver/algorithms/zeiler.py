@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..backend import Array
 from ..config import ZeilerConfig
 from ..linalg import conjugate_gradient, factor_shifted_normal, solve_shifted_normal
@@ -34,7 +36,7 @@ class ZeilerState:
     x: Array
     x_hat: Array
     stage: int
-    objective: float
+    objective: np.ndarray  # E(x) per image, host float64 (N,)
     iteration: int = 0
 
 
@@ -58,12 +60,12 @@ class Zeiler:
         """β stage in force for the x-step that ends `iteration` (iteration 0: the initial x)."""
         return min(iteration // self.config.inner_iter, self.config.n_beta - 1)
 
-    def _x_step(self, z: Array, stage: int) -> tuple[Array, Array, float]:
+    def _x_step(self, z: Array, stage: int) -> tuple[Array, Array, np.ndarray]:
         pb = self.problem
         x = pb.penalty.prox(z, 1.0 / self.beta(stage))
         x_hat = pb.op.rfft(x)
         _, data = pb.residual(x_hat)
-        return x, x_hat, data + pb.penalty(x)
+        return x, x_hat, data + pb.regulariser(x)
 
     def init(self, maps0: Array | None = None, warm: object = None) -> ZeilerState:
         """Start from `maps0` as both z and x (zeros by default, as in the toolbox, where the first x-step of
@@ -74,7 +76,7 @@ class Zeiler:
         z = xp.zeros(pb.maps_shape, dtype=pb.images.dtype) if maps0 is None else maps0
         x_hat = pb.op.rfft(z)
         _, data = pb.residual(x_hat)
-        return ZeilerState(z, z, x_hat, 0, data + pb.penalty(z))
+        return ZeilerState(z, z, x_hat, 0, data + pb.regulariser(z))
 
     def _z_step(self, state: ZeilerState) -> Array:
         pb = self.problem
@@ -90,7 +92,7 @@ class Zeiler:
         def normal(v: Array) -> Array:
             return op.adjoint(op.forward(v)) + beta * v
 
-        return conjugate_gradient(normal, rhs, state.z, self.config.cg_iter)
+        return conjugate_gradient(normal, rhs, state.z, self.config.cg_iter, per_item=True)
 
     def step(self, state: ZeilerState) -> ZeilerState:
         z = self._z_step(state)
@@ -105,9 +107,12 @@ class Zeiler:
         d = state.z - state.x
         coupling = 0.5 * self.beta(state.stage) * float(xp.sum(d * d, dtype=xp.float64))
         _, data = pb.residual(pb.op.rfft(state.z))
-        return data + coupling + pb.penalty(state.x)
+        return float(data.sum()) + coupling + pb.penalty(state.x)
 
     def objective(self, state: ZeilerState) -> float:
+        return float(state.objective.sum())
+
+    def per_item_objective(self, state: ZeilerState) -> np.ndarray:
         return state.objective
 
     def maps(self, state: ZeilerState) -> Array:

@@ -407,3 +407,17 @@ def test_reconstruct_uses_only_connected_planes(rng, boundary):
     np.testing.assert_array_equal(a, b)
     full = reconstruct(maps, filters, boundary=boundary)
     assert not np.allclose(a, full)
+
+
+# --- images are independent problems (what lets a batch be split over workers) ----------------------------------
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("method", METHODS)
+def test_each_image_is_coded_as_if_it_were_alone(rng, method, boundary):
+    images, filters = _small_problem(rng, np.float64, 2, shape=(12, 11), n_filters=4)
+    kwargs = {"method": method, "boundary": boundary, "max_iter": 24, "tol": 0.0}
+    whole = encode(images, filters, LAM, **kwargs)
+    parts = np.concatenate([encode(images[:1], filters, LAM, **kwargs).maps,
+                            encode(images[1:], filters, LAM, **kwargs).maps])
+    np.testing.assert_allclose(whole.maps, parts, rtol=1e-9, atol=1e-12)
