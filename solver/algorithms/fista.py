@@ -20,7 +20,7 @@ The problem object supplies ``zeros()``, ``residual_of(x) -> (r̂, f(x))``, ``gr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
