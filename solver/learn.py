@@ -19,16 +19,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .algorithms import make_solver, run
-from .algorithms.filter_update import update_filters
-from .backend import Array, Backend, get_backend
+from .algorithms.filter_update import filter_lipschitz, update_filters_pooled
+from .backend import Array
 from .coding import inference_config
 from .config import FilterUpdateConfig, LayerSpec, LearnConfig
 from .connectivity import connectivity_table
-from .operators import ConvOperator
 from .preprocess import FittedPreprocess, PreprocessConfig
-from .problem import CSCProblem
-from .prox import LpPenalty, normalise_unit
+from .prox import normalise_unit
+from .shard import LocalPool, Shard
 from .validation import as_images, check_boundary, check_lam, check_p, check_positive_int
 
 logger = logging.getLogger(__name__)
@@ -191,49 +189,77 @@ def learn_layer(
         f0 = np.asarray(init_filters, dtype=y.dtype)
         if f0.shape != (layer.n_filters, C, s, s):
             raise ValueError(f"init_filters must have shape {(layer.n_filters, C, s, s)}, got {f0.shape}")
-    bk = get_backend(backend)
-    loop = _Alternating(bk.asarray(y), config, table, bk)
-    filters, maps, history, stats = loop.run(bk.asarray(f0), callback)
-    return LearnResult(bk.to_host(filters), bk.to_host(maps), history, stats, config, table, fitted)
+    pool = LocalPool([Shard(y, config, table, backend)])
+    filters, history, stats = alternate(pool, config, f0, callback=callback)
+    maps = np.concatenate(pool.maps())
+    return LearnResult(filters, maps, history, stats, config, table, fitted)
 
 
-class _Alternating:
-    """The outer loop: coding step (warm-started), then filter step, then the record of E."""
+_POWER_ITER_FIRST = 20  # power iterations for the filter step size at the first outer iteration
+_POWER_ITER_WARM = 4  # and at the later ones, warm-started from the previous vector
 
-    def __init__(self, images: Array, config: LearnConfig, table: np.ndarray | None, bk: Backend):
-        self.images = images
-        self.config = config
-        self.layer = config.layers[0]
-        self.penalty = LpPenalty(self.layer.lam, self.layer.p)
-        self.g = None if table is None else bk.asarray(table)
-        self.bk = bk
 
-    def coding_step(self, filters: Array, maps: Array | None, warm: Any) -> tuple[Array, Any, int]:
-        """Inference with fixed filters, warm-started; never returns maps worse than `maps` (image by image)."""
-        op = ConvOperator(filters, self.images.shape[-2:], boundary=self.config.boundary, connectivity=self.g)
-        solver = make_solver(CSCProblem(self.images, op, self.penalty), self.config.inference)
-        result = run(solver, solver.init(maps, warm=warm), stop_early=False)
-        return result.maps, result.state, result.n_iter
+def alternate(
+    pool: Any,
+    config: LearnConfig,
+    filters: np.ndarray,
+    *,
+    callback: Callable[[IterStats], None] | None = None,
+    start_iteration: int = 0,
+    power_vector: np.ndarray | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_iteration: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+) -> tuple[np.ndarray, list[float], list[IterStats]]:
+    """The outer loop over a pool of shards: coding step, filter step, record of E.
 
-    def run(self, filters: Array, callback) -> tuple[Array, Array, list[float], list[IterStats]]:
-        xp = self.bk.xp
-        maps, warm = None, None
-        history: list[float] = []
-        stats: list[IterStats] = []
-        start = time.perf_counter()
-        for it in range(1, self.config.n_iter + 1):
-            maps, warm, n_inner = self.coding_step(filters, maps, warm)
-            filters, data = update_filters(self.images, maps, filters, self.config.filter_update,
-                                           boundary=self.config.boundary, connectivity=self.g)
-            E = data + self.penalty(maps)
-            history.append(E)
-            sparsity = float(xp.count_nonzero(maps)) / maps.size
-            record = IterStats(it, E, data, sparsity, time.perf_counter() - start, n_inner)
-            stats.append(record)
-            logger.debug("outer %d: E=%.6g data=%.6g nonzero=%.4f", it, E, data, sparsity)
-            if callback is not None:
-                callback(record)
-        return filters, maps, history, stats
+    Every reduction is a sum over the shards in pool order, so the same images on one shard or on several
+    give the same filters up to round-off. This is the coordinator of both the single-process learner (a
+    :class:`~solver.shard.LocalPool` of one shard) and the distributed one (``workers/``).
+
+    Parameters
+    ----------
+    pool : LocalPool or a pool of remote shards with the same methods
+    config : LearnConfig
+    filters : ndarray of shape (K, C, s, s)
+        Initial (or checkpointed) filters, host.
+    callback : callable, optional
+        Called with an :class:`IterStats` after every outer iteration.
+    start_iteration : int
+        Outer iterations already done (when resuming from a checkpoint).
+    power_vector : ndarray, optional
+        Warm start of the power iteration for the filter step size (from a checkpoint).
+    should_stop : callable, optional
+        Polled before every outer iteration; True ends the loop early (cooperative cancel).
+    on_iteration : callable, optional
+        Called with (iteration, filters, power vector) after every outer iteration (checkpoints).
+
+    Returns
+    -------
+    filters, history, stats
+    """
+    history: list[float] = []
+    stats: list[IterStats] = []
+    start = time.perf_counter()
+    vector = np.ones_like(filters) if power_vector is None else power_vector
+    for it in range(start_iteration + 1, config.n_iter + 1):
+        if should_stop is not None and should_stop():
+            break
+        coded = pool.code(filters)
+        n_power = _POWER_ITER_FIRST if power_vector is None and it == start_iteration + 1 else _POWER_ITER_WARM
+        lipschitz, vector = filter_lipschitz(pool, vector, n_power)
+        filters, data = update_filters_pooled(pool, filters, config.filter_update, lipschitz)
+        penalty = sum(c.penalty for c in coded)
+        E = data + penalty
+        history.append(E)
+        sparsity = sum(c.n_nonzero for c in coded) / sum(c.n_entries for c in coded)
+        record = IterStats(it, E, data, sparsity, time.perf_counter() - start, max(c.n_iter for c in coded))
+        stats.append(record)
+        logger.debug("outer %d: E=%.6g data=%.6g nonzero=%.4f", it, E, data, sparsity)
+        if on_iteration is not None:
+            on_iteration(it, filters, vector)
+        if callback is not None:
+            callback(record)
+    return filters, history, stats
 
 
 def encode_with(result: LearnResult, images: Array, **kwargs: Any):

@@ -11,20 +11,22 @@ r"""Filter updates with the maps fixed.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..backend import Array
 from ..config import FilterUpdateConfig, FistaConfig
 from ..linalg import conjugate_gradient
 from ..operators import Boundary, FilterOperator, parseval_weights
-from ..problem import power_lipschitz
 from ..prox import normalise_unit, project_unit_ball
 from .base import run
 from .fista import Fista
 
 
 class FilterProblem:
-    """The filter sub-problem in FISTA's composite form: f = the data term, g = the indicator of the ball.
+    """The data term of the filter sub-problem on some images with fixed maps: its value and gradient in the
+    filters, and its normal operator (what a shard contributes to the pooled filter update).
 
     Parameters
     ----------
@@ -33,7 +35,6 @@ class FilterProblem:
     filter_size : int
     boundary : {"circular", "valid"}
     connectivity : bool array of shape (K, C), optional
-    norm : {"plane", "filter"}
     """
 
     def __init__(
@@ -44,10 +45,8 @@ class FilterProblem:
         *,
         boundary: Boundary = "circular",
         connectivity: Array | None = None,
-        norm: str = "filter",
     ):
         self.images = images
-        self.norm = norm
         self.op = FilterOperator(
             maps, images.shape[-2:], filter_size, boundary=boundary, connectivity=connectivity,
             n_channels=images.shape[1],
@@ -59,11 +58,8 @@ class FilterProblem:
         self._weights = parseval_weights(self.op.grid.shape, xp, images.dtype)
         self.shape = (maps.shape[1], images.shape[1], filter_size, filter_size)
 
-    def zeros(self) -> Array:
-        return self.backend.xp.zeros(self.shape, dtype=self.images.dtype)
-
     def residual_of(self, filters: Array) -> tuple[Array, np.ndarray]:
-        """(F Pᵀ(P Z f − y), [½‖P Z f − y‖²]): the filters are one item for FISTA."""
+        """(F Pᵀ(P Z f − y), [½‖P Z f − y‖²]) at `filters` (K, C, s, s)."""
         op = self.op
         xp = self.backend.xp
         synth_hat = op.forward_hat(op.filters_to_hat(filters))
@@ -79,50 +75,99 @@ class FilterProblem:
     def gradient(self, resid_hat: Array) -> Array:
         return self.op.hat_to_filters(self.op.adjoint_hat(resid_hat))
 
-    def prox(self, v: Array, step: float) -> Array:
-        return project_unit_ball(v, self.norm)
-
-    def regulariser(self, filters: Array) -> np.ndarray:
-        return np.zeros(1)
-
-    def lipschitz(self) -> float:
-        bound = self.op.lipschitz()
-        if not self.op.grid.cropped:
-            return bound
-        return power_lipschitz(lambda f: self.op.adjoint(self.op.forward(f)), self.zeros(), bound)
-
     def normal(self, filters: Array) -> Array:
         """ZᴴPᵀPZ f (the normal operator of the CG update)."""
         return self.op.adjoint(self.op.forward(filters))
 
 
-def update_filters(
-    images: Array,
-    maps: Array,
-    filters: Array,
-    config: FilterUpdateConfig,
-    *,
-    boundary: Boundary = "circular",
-    connectivity: Array | None = None,
-) -> tuple[Array, float]:
-    """One filter update from `filters` with `maps` fixed.
+class PooledFilterProblem:
+    """The filter sub-problem over a pool of shards, in FISTA's composite form.
+
+    Each evaluation asks every shard for its data term and gradient and sums them in shard order. The gradient
+    is affine in the filters, so it stands in for the "residual" that FISTA combines with its momentum weights:
+    one round trip to the shards per iteration.
+    """
+
+    def __init__(self, pool: Any, shape: tuple[int, ...], dtype: Any, norm: str, lipschitz: float):
+        self.pool = pool
+        self.shape = shape
+        self.dtype = dtype
+        self.norm = norm
+        self._lipschitz = lipschitz
+
+    def zeros(self) -> np.ndarray:
+        return np.zeros(self.shape, dtype=self.dtype)
+
+    def residual_of(self, filters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        parts = self.pool.value_and_gradient(filters)
+        data = sum(value for value, _ in parts)
+        grad = parts[0][1].copy()
+        for _, g in parts[1:]:
+            grad += g
+        return grad, np.array([data])
+
+    def gradient(self, grad: np.ndarray) -> np.ndarray:
+        return grad
+
+    def prox(self, v: np.ndarray, step: float) -> np.ndarray:
+        return project_unit_ball(v, self.norm)
+
+    def regulariser(self, filters: np.ndarray) -> np.ndarray:
+        return np.zeros(1)
+
+    def lipschitz(self) -> float:
+        return self._lipschitz
+
+
+def pooled_normal(pool: Any, v: np.ndarray) -> np.ndarray:
+    """Σ over shards (in order) of ZᴴPᵀPZ v."""
+    parts = pool.normal(v)
+    out = parts[0].copy()
+    for part in parts[1:]:
+        out += part
+    return out
+
+
+def filter_lipschitz(pool: Any, vector: np.ndarray, n_iter: int) -> tuple[float, np.ndarray]:
+    """‖Z‖² by `n_iter` power iterations from `vector` (warm-started across outer iterations), with a margin.
+
+    Returns the estimate and the last unit vector (to warm-start the next call). An underestimate is safe:
+    FISTA doubles L when a step fails to descend.
+    """
+    v = vector / max(float(np.linalg.norm(vector)), 1e-300)
+    lam = 0.0
+    for _ in range(n_iter):
+        w = pooled_normal(pool, v)
+        norm = float(np.linalg.norm(w))
+        if norm == 0.0:
+            break
+        lam, v = norm, w / norm
+    return _LIPSCHITZ_MARGIN * lam if lam > 0 else 1.0, v
+
+
+_LIPSCHITZ_MARGIN = 1.05
+
+
+def update_filters_pooled(
+    pool: Any, filters: np.ndarray, config: FilterUpdateConfig, lipschitz: float
+) -> tuple[np.ndarray, float]:
+    """One filter update from `filters` over a pool of shards whose maps are fixed.
 
     Returns
     -------
-    filters : array of shape (K, C, s, s)
-        The updated, feasible filters.
+    filters : ndarray of shape (K, C, s, s)
+        Feasible filters (host).
     data : float
-        ½‖P Z f − y‖² at the returned filters.
+        The data term Σ_shards ½‖P Z f − y‖² at the returned filters.
     """
-    problem = FilterProblem(images, maps, filters.shape[-1], boundary=boundary, connectivity=connectivity,
-                            norm=config.norm)
     if config.method == "fista":
+        problem = PooledFilterProblem(pool, filters.shape, filters.dtype, config.norm, lipschitz)
         solver = Fista(problem, FistaConfig(max_iter=config.max_iter, tol=0.0))
-        result = run(solver, solver.init(project_unit_ball(filters, config.norm)))
+        result = run(solver, solver.init(project_unit_ball(filters, config.norm)), stop_early=False)
         return result.maps, result.objective
-    rhs = problem.gradient(problem.residual_of(problem.zeros())[0]) * -1.0  # ZᴴPᵀy
-    new = conjugate_gradient(problem.normal, rhs, filters, config.max_iter)
+    zero = np.zeros_like(filters)
+    rhs = -PooledFilterProblem(pool, filters.shape, filters.dtype, config.norm, 1.0).residual_of(zero)[0]
+    new = conjugate_gradient(lambda v: pooled_normal(pool, v), rhs, filters, config.max_iter)
     new = normalise_unit(new, config.norm)
-    if problem.op.connectivity is not None:
-        new = new * problem.backend.xp.asarray(problem.op.connectivity, dtype=new.dtype)[:, :, None, None]
-    return new, float(problem.residual_of(new)[1].sum())
+    data = sum(value for value, _ in pool.value_and_gradient(new))
+    return new, float(data)

@@ -1,0 +1,155 @@
+r"""A shard of the training images and what the alternating optimisation asks of it.
+
+The learning loop (:mod:`solver.learn`) talks to its images only through a *pool* of shards, in a fixed order:
+
+* ``code(filters)``: inference on the shard's images with these filters, warm-started from the shard's own
+  maps and auxiliary/dual variables (they never leave the shard); returns small statistics;
+* ``value_and_gradient(filters)``: the data term ½‖P Z f − y‖² of the shard and its gradient Zᴴ(P Z f − y)
+  with respect to the filters (K·C·s·s numbers);
+* ``normal(v)``: ZᴴPᵀPZ v, for the power iteration that gives the filter step size;
+* ``maps()``: the shard's current maps (for results and checkpoints).
+
+:class:`LocalPool` runs shards in this process; the Ray pool of ``workers/`` runs each in an actor. Images are
+independent problems and the reductions are sums taken in shard order, so one shard or several give the same
+filters up to round-off. Arrays cross the shard boundary as host numpy arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .algorithms import make_solver, run
+from .algorithms.filter_update import FilterProblem
+from .backend import Array, Backend, get_backend
+from .config import LearnConfig
+from .operators import ConvOperator
+from .problem import CSCProblem
+from .prox import LpPenalty
+
+
+@dataclass(frozen=True)
+class CodeStats:
+    """What a shard's coding step returns: the sparsity term of its maps and their non-zero count."""
+
+    penalty: float
+    n_nonzero: int
+    n_entries: int
+    n_iter: int
+
+
+class Shard:
+    """Some images of a learning job, with their maps and the inference state, on one backend.
+
+    Parameters
+    ----------
+    images : ndarray of shape (n, C, H, W)
+        Already preprocessed, in the computation dtype.
+    config : LearnConfig
+    connectivity : bool ndarray of shape (K, C) or None
+    backend : {"auto", "numpy", "cupy"}
+    """
+
+    def __init__(self, images: np.ndarray, config: LearnConfig, connectivity: np.ndarray | None,
+                 backend: str = "auto"):
+        self.bk: Backend = get_backend(backend)
+        self.config = config
+        self.layer = config.layers[0]
+        self.images = self.bk.asarray(images)
+        self.g = None if connectivity is None else self.bk.asarray(connectivity)
+        self.penalty = LpPenalty(self.layer.lam, self.layer.p)
+        self._maps: Array | None = None
+        self._warm: Any = None
+        self._filter_problem: FilterProblem | None = None
+
+    @property
+    def n_images(self) -> int:
+        return int(self.images.shape[0])
+
+    def code(self, filters: np.ndarray) -> CodeStats:
+        """Inference with fixed filters, warm-started; never returns maps worse than the previous ones."""
+        f = self.bk.asarray(filters, dtype=self.images.dtype)
+        op = ConvOperator(f, self.images.shape[-2:], boundary=self.config.boundary, connectivity=self.g)
+        solver = make_solver(CSCProblem(self.images, op, self.penalty), self.config.inference)
+        result = run(solver, solver.init(self._maps, warm=self._warm), stop_early=False)
+        self._maps, self._warm = result.maps, result.state
+        self._filter_problem = None
+        xp = self.bk.xp
+        return CodeStats(self.penalty(self._maps), int(xp.count_nonzero(self._maps)), int(self._maps.size),
+                         result.n_iter)
+
+    def _problem(self) -> FilterProblem:
+        if self._maps is None:
+            raise ValueError("the shard has no maps yet: call code(filters) first")
+        if self._filter_problem is None:  # the maps' FFTs are reused by every filter evaluation of the step
+            self._filter_problem = FilterProblem(self.images, self._maps, self.layer.filter_size,
+                                                 boundary=self.config.boundary, connectivity=self.g)
+        return self._filter_problem
+
+    def value_and_gradient(self, filters: np.ndarray) -> tuple[float, np.ndarray]:
+        """(½‖P Z f − y‖², Zᴴ(P Z f − y)) of this shard at `filters`."""
+        problem = self._problem()
+        resid_hat, data = problem.residual_of(self.bk.asarray(filters, dtype=self.images.dtype))
+        return float(data.sum()), self.bk.to_host(problem.gradient(resid_hat))
+
+    def normal(self, v: np.ndarray) -> np.ndarray:
+        """ZᴴPᵀPZ v of this shard."""
+        return self.bk.to_host(self._problem().normal(self.bk.asarray(v, dtype=self.images.dtype)))
+
+    def maps(self) -> np.ndarray:
+        if self._maps is None:
+            raise ValueError("the shard has no maps yet: call code(filters) first")
+        return self.bk.to_host(self._maps)
+
+    def state(self) -> dict[str, Any]:
+        """The shard's maps and inference state as host arrays (what a checkpoint stores)."""
+        return {"maps": None if self._maps is None else self.maps(), "warm": _to_host(self._warm, self.bk)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` returned."""
+        maps = state.get("maps")
+        self._maps = None if maps is None else self.bk.asarray(maps)
+        self._warm = _to_device(state.get("warm"), self.bk)
+        self._filter_problem = None
+
+
+def _to_host(obj: Any, bk: Backend) -> Any:
+    """A solver state (frozen dataclass of arrays and scalars) with every device array copied to the host."""
+    if obj is None or not hasattr(obj, "__dataclass_fields__"):
+        return obj
+    fields = {k: getattr(obj, k) for k in obj.__dataclass_fields__}
+    converted = {k: (bk.to_host(v) if hasattr(v, "shape") and not isinstance(v, np.ndarray) else v)
+                 for k, v in fields.items()}
+    return type(obj)(**converted)
+
+
+def _to_device(obj: Any, bk: Backend) -> Any:
+    if obj is None or not hasattr(obj, "__dataclass_fields__"):
+        return obj
+    fields = {k: getattr(obj, k) for k in obj.__dataclass_fields__}
+    return type(obj)(**{k: (bk.asarray(v) if isinstance(v, np.ndarray) and v.ndim >= 2 else v)
+                        for k, v in fields.items()})
+
+
+class LocalPool:
+    """Shards in this process, called one after another (the single-process learner uses one shard)."""
+
+    def __init__(self, shards: Sequence[Shard]):
+        if not shards:
+            raise ValueError("a pool needs at least one shard")
+        self.shards = list(shards)
+
+    def code(self, filters: np.ndarray) -> list[CodeStats]:
+        return [s.code(filters) for s in self.shards]
+
+    def value_and_gradient(self, filters: np.ndarray) -> list[tuple[float, np.ndarray]]:
+        return [s.value_and_gradient(filters) for s in self.shards]
+
+    def normal(self, v: np.ndarray) -> list[np.ndarray]:
+        return [s.normal(v) for s in self.shards]
+
+    def maps(self) -> list[np.ndarray]:
+        return [s.maps() for s in self.shards]

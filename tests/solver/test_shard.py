@@ -1,0 +1,84 @@
+"""Shards and pools: the same images on one shard or several give the same learning run; shard state resumes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from solver import LayerSpec, LearnConfig
+from solver.config import AdmmConfig, FilterUpdateConfig, FistaConfig, ZeilerConfig
+from solver.learn import alternate, initial_filters
+from solver.shard import LocalPool, Shard
+
+INFERENCE = {"admm": AdmmConfig(max_iter=5), "fista": FistaConfig(max_iter=5), "zeiler": ZeilerConfig()}
+
+
+def _config(method: str, boundary: str, n_iter: int = 4, update: str = "fista") -> LearnConfig:
+    layer = LayerSpec(n_filters=3, filter_size=3, lam=0.1)
+    return LearnConfig(layers=[layer], inference=INFERENCE[method], n_iter=n_iter, boundary=boundary,
+                       filter_update=FilterUpdateConfig(method=update, max_iter=4))
+
+
+def _images(rng) -> np.ndarray:
+    return rng.standard_normal((5, 2, 10, 9))
+
+
+def _run(images, config, splits):
+    pool = LocalPool([Shard(part, config, None, "numpy") for part in np.split(images, splits)])
+    f0 = initial_filters(3, images.shape[1], 3, seed=0, norm="filter", dtype=images.dtype)
+    filters, history, _ = alternate(pool, config, f0)
+    return filters, history, np.concatenate(pool.maps())
+
+
+@pytest.mark.parametrize("update", ["fista", "cg"])
+@pytest.mark.parametrize("boundary", ["circular", "valid"])
+@pytest.mark.parametrize("method", ["admm", "fista", "zeiler"])
+def test_one_shard_or_three_give_the_same_run(rng, method, boundary, update):
+    images = _images(rng)
+    config = _config(method, boundary, update=update)
+    f1, h1, m1 = _run(images, config, [])
+    f3, h3, m3 = _run(images, config, [2, 3])
+    np.testing.assert_allclose(f3, f1, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(h3, h1, rtol=1e-10)
+    np.testing.assert_allclose(m3, m1, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["admm", "fista", "zeiler"])
+def test_shard_state_resumes_the_same_trajectory(rng, method):
+    images = _images(rng)
+    config = _config(method, "circular", n_iter=5)
+    f0 = initial_filters(3, 2, 3, seed=0, norm="filter", dtype=images.dtype)
+    full, history, _ = alternate(LocalPool([Shard(images, config, None, "numpy")]), config, f0)
+
+    saved = {}
+    first = Shard(images, config, None, "numpy")
+    short = config.model_copy(update={"n_iter": 2})
+    alternate(LocalPool([first]), short, f0,
+              on_iteration=lambda it, f, v: saved.update(it=it, filters=f, vector=v, state=first.state()))
+    second = Shard(images, config, None, "numpy")
+    second.load_state(saved["state"])
+    resumed, rest, _ = alternate(LocalPool([second]), config, saved["filters"], start_iteration=saved["it"],
+                                 power_vector=saved["vector"])
+    np.testing.assert_allclose(resumed, full, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(rest, history[2:], rtol=1e-12)
+
+
+def test_alternate_stops_when_asked(rng):
+    images = _images(rng)
+    config = _config("admm", "circular", n_iter=10)
+    f0 = initial_filters(3, 2, 3, seed=0, norm="filter", dtype=images.dtype)
+    calls = iter(range(100))
+    _, history, _ = alternate(LocalPool([Shard(images, config, None, "numpy")]), config, f0,
+                              should_stop=lambda: next(calls) >= 3)
+    assert len(history) == 3
+
+
+def test_a_shard_without_maps_refuses_filter_queries(rng):
+    shard = Shard(_images(rng), _config("admm", "circular"), None, "numpy")
+    with pytest.raises(ValueError, match="code"):
+        shard.value_and_gradient(np.zeros((3, 2, 3, 3)))
+
+
+def test_an_empty_pool_is_refused():
+    with pytest.raises(ValueError, match="shard"):
+        LocalPool([])
