@@ -64,6 +64,7 @@ class AdmmConfig(_Frozen):
     rho_period: int = Field(10, ge=1)
     rho_ratio: float = Field(10.0, gt=1, description="residual ratio that triggers a change of ρ")
     rho_scale: float = Field(2.0, gt=1, description="factor by which ρ changes")
+    fused: bool = Field(True, description="use the fused CPU kernels where they apply (one channel, p = 1)")
 
 
 InferenceConfig = Annotated[ZeilerConfig | FistaConfig | AdmmConfig, Field(discriminator="method")]

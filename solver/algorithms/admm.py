@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .. import kernels
 from ..backend import Array
 from ..config import AdmmConfig
 from ..linalg import ShiftedNormalFactor, factor_shifted_normal, solve_shifted_normal
@@ -74,6 +75,16 @@ class Admm:
         self._factor: ShiftedNormalFactor | None = None
         if self._masked:  # mask decoupling solves (DᴴD + I): the shift does not depend on ρ
             self._factor = factor_shifted_normal(problem.op.filters_hat, 1.0)
+        op = problem.op
+        self._fused = (
+            self.config.fused and not self._masked and kernels.available() and problem.backend.name == "numpy"
+            and op.n_channels == 1 and problem.p == 1.0 and problem.images.dtype in (np.float32, np.float64)
+        )
+        if self._fused:  # flattened views and the full Parseval weights the kernels read
+            U, V = problem.images_hat.shape[-2:]
+            self._a = np.ascontiguousarray(op.filters_hat[:, 0].reshape(op.n_filters, U * V))
+            self._y_hat = np.ascontiguousarray(problem.images_hat[:, 0].reshape(-1, U * V))
+            self._w = np.ascontiguousarray(np.broadcast_to(problem._weights, (U, V)).reshape(U * V))
 
     @property
     def max_iter(self) -> int:
@@ -117,8 +128,38 @@ class Admm:
         return replace(state, aux=op.irfft(aux_hat), aux_hat=aux_hat, aux_dual=aux_dual, aux_dual_hat=aux_dual_hat)
 
     def step(self, state: AdmmState) -> AdmmState:
-        new = self._step_masked(state) if self._masked else self._step_circular(state)
+        if self._masked:
+            new = self._step_masked(state)
+        elif self._fused:
+            new = self._step_fused(state)
+        else:
+            new = self._step_circular(state)
         return self._balance_rho(new)
+
+    def _step_fused(self, s: AdmmState) -> AdmmState:
+        """:meth:`_step_circular` for one channel and p = 1 with the fused kernels of :mod:`solver.kernels`."""
+        pb = self.problem
+        N, K = s.maps.shape[:2]
+        U, V = s.maps_hat.shape[-2:]
+        factor = self._factor_for(s.rho)
+        inv = np.broadcast_to(factor.inverse.reshape(-1, U * V), (N, U * V))
+        flat_hat = (N, K, U * V)
+        x_hat = kernels.sm_solve(self._a, self._y_hat, s.maps_hat.reshape(flat_hat), s.dual_hat.reshape(flat_hat),
+                                 inv, s.rho).reshape(s.maps_hat.shape)
+        x = pb.op.irfft(x_hat)
+        flat = (N, K, -1)
+        maps, dual, sums = kernels.admm_spatial(x.reshape(flat), s.maps.reshape(flat), s.dual.reshape(flat),
+                                                self.config.relax, pb.lam / s.rho)
+        maps, dual = maps.reshape(s.maps.shape), dual.reshape(s.maps.shape)
+        maps_hat = pb.op.rfft(maps)
+        dual_hat, twice_data = kernels.admm_fourier(x_hat.reshape(flat_hat), s.maps_hat.reshape(flat_hat),
+                                                    maps_hat.reshape(flat_hat), s.dual_hat.reshape(flat_hat),
+                                                    self.config.relax, self._a, self._y_hat, self._w)
+        primal = _ratio(np.sqrt(sums[:, 0]), np.maximum(np.sqrt(sums[:, 1]), np.sqrt(sums[:, 2])))
+        dual_r = _ratio(np.sqrt(sums[:, 3]), np.sqrt(sums[:, 4]))
+        E = 0.5 * twice_data + pb.lam * sums[:, 5]
+        return AdmmState(maps, maps_hat, dual, dual_hat.reshape(s.maps_hat.shape), s.rho, E, primal, dual_r,
+                         s.iteration + 1)
 
     def _step_circular(self, s: AdmmState) -> AdmmState:
         pb = self.problem
