@@ -27,7 +27,7 @@ from .connectivity import connectivity_table
 from .preprocess import FittedPreprocess, PreprocessConfig
 from .prox import normalise_unit
 from .shard import LocalPool, Shard
-from .validation import as_images, check_boundary, check_lam, check_p, check_positive_int
+from .validation import as_images, check_boundary, check_finite, check_lam, check_p, check_positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -151,9 +151,9 @@ def learn(
     n_iter = check_positive_int(n_iter, "n_iter")
     K, s = check_positive_int(n_filters, "n_filters"), check_positive_int(filter_size, "filter_size")
     inference = inference_config(method, 10 if inner_iter is None else inner_iter, None)
-    fu = filter_update if isinstance(filter_update, FilterUpdateConfig) else FilterUpdateConfig(method=filter_update)
-    fu = fu.model_copy(update={k: v for k, v in (("max_iter", filter_iter), ("norm", filter_norm)) if v is not None})
-    fu = FilterUpdateConfig.model_validate(fu.model_dump())
+    base = filter_update if isinstance(filter_update, FilterUpdateConfig) else FilterUpdateConfig(method=filter_update)
+    updates = {k: v for k, v in (("max_iter", filter_iter), ("norm", filter_norm)) if v is not None}
+    fu = FilterUpdateConfig.model_validate({**base.model_dump(), **updates})
     layer = LayerSpec(n_filters=K, filter_size=s, lam=lam, p=p,
                       connectivity=connectivity if isinstance(connectivity, str) else np.asarray(connectivity).tolist())
     config = LearnConfig(layers=[layer], inference=inference, filter_update=fu, n_iter=n_iter, boundary=boundary,
@@ -189,6 +189,7 @@ def learn_layer(
         f0 = np.asarray(init_filters, dtype=y.dtype)
         if f0.shape != (layer.n_filters, C, s, s):
             raise ValueError(f"init_filters must have shape {(layer.n_filters, C, s, s)}, got {f0.shape}")
+        check_finite(f0, "init_filters")
     pool = LocalPool([Shard(y, config, table, backend)])
     filters, history, stats = alternate(pool, config, f0, callback=callback)
     maps = np.concatenate(pool.maps())

@@ -28,6 +28,7 @@ other unsigned types land in [0, 1]); float16 becomes float32.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -35,7 +36,19 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy import ndimage
 
-__all__ = ["FittedPreprocess", "PreprocessConfig", "PreprocessStats", "apply_preprocess", "fit_preprocess"]
+__all__ = [
+    "FittedPreprocess",
+    "PreprocessConfig",
+    "PreprocessStats",
+    "apply_preprocess",
+    "apply_rescale",
+    "combine_rescale_means",
+    "combine_rescale_ranges",
+    "fit_preprocess",
+    "prepare_images",
+    "rescale_partial_mean",
+    "rescale_partial_range",
+]
 
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601
 # Lowest divisor for the "median" floor: a flat image (median local std 0) stays flat instead of blowing up.
@@ -285,6 +298,77 @@ def _fit_rescale(x: np.ndarray) -> PreprocessStats:
 def _rescale(x: np.ndarray, stats: PreprocessStats) -> np.ndarray:
     """``(x - shift) / scale - mean`` in the dtype of `x` (stats are Python floats, so no promotion)."""
     return (x - stats.shift) / stats.scale - stats.mean
+
+
+# The rescale fitted part by part (data-parallel learning): every part runs the per-image steps on its own images
+# (`prepare_images`), the ranges of the parts give (shift, scale), then their float64 sums of the shifted and scaled
+# values give the mean. This is `_fit_rescale` split in two passes over the same values, so the result equals
+# `fit_preprocess` on all the images: shift and scale exactly, the mean up to the order of a float64 summation.
+
+
+def prepare_images(images: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Every per-image step (grey, zero mean, contrast normalisation), without the dataset-wide rescale.
+
+    Parameters
+    ----------
+    images : array of shape (N, C, H, W), (N, H, W) or (H, W)
+        As for :func:`fit_preprocess`. Not modified.
+    config : PreprocessConfig
+
+    Returns
+    -------
+    ndarray of shape (N, C', H, W)
+        What :func:`fit_preprocess` rescales; per image, so a split of the images gives the split of this.
+    """
+    return _prepare(images, config)
+
+
+def rescale_partial_range(x: np.ndarray) -> tuple[float, float]:
+    """(min, max) of a part of the prepared images (first pass of the rescale fit)."""
+    return float(x.min()), float(x.max())
+
+
+def combine_rescale_ranges(ranges: Sequence[tuple[float, float]]) -> PreprocessStats:
+    """``shift`` and ``scale`` of the whole dataset from the (min, max) of its parts (``mean`` still 0).
+
+    Raises
+    ------
+    ValueError
+        If `ranges` is empty.
+    """
+    if not ranges:
+        raise ValueError("ranges must hold the (min, max) of at least one part, got none")
+    low = min(lo for lo, _ in ranges)
+    high = max(hi for _, hi in ranges)
+    scale = (high - low) / 2.0 if high > low else 1.0  # as in _fit_rescale
+    return PreprocessStats(shift=low, scale=scale, mean=0.0)
+
+
+def rescale_partial_mean(x: np.ndarray, shifted: PreprocessStats) -> tuple[float, int]:
+    """(float64 sum, count) of ``(x - shift) / scale`` over a part (second pass of the rescale fit)."""
+    return float(np.sum(_rescale(x, shifted), dtype=np.float64)), int(x.size)
+
+
+def combine_rescale_means(shifted: PreprocessStats, sums: Sequence[tuple[float, int]]) -> PreprocessStats:
+    """The fitted statistics from ``shift``, ``scale`` and the (sum, count) of every part, summed in order.
+
+    Raises
+    ------
+    ValueError
+        If `sums` is empty or counts no value.
+    """
+    count = sum(n for _, n in sums)
+    if count <= 0:
+        raise ValueError(f"sums must count at least one value, got {len(sums)} parts with {count} values")
+    total = 0.0
+    for part, _ in sums:
+        total += part
+    return PreprocessStats(shift=shifted.shift, scale=shifted.scale, mean=total / count)
+
+
+def apply_rescale(x: np.ndarray, stats: PreprocessStats) -> np.ndarray:
+    """``(x - shift) / scale - mean`` in the dtype of the prepared images `x` (the last step of the pipeline)."""
+    return _rescale(x, stats)
 
 
 @dataclass(frozen=True)
