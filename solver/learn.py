@@ -71,6 +71,9 @@ class LearnResult:
     preprocess: FittedPreprocess | None = None
 
 
+_DEFAULT_INNER_ITER = 10
+
+
 def initial_filters(
     n_filters: int, n_channels: int, filter_size: int, *, seed: int, norm: str, connectivity=None, dtype=np.float32
 ) -> np.ndarray:
@@ -129,8 +132,9 @@ def learn(
     connectivity : str or bool array of shape (K, C)
         ``"full"``, ``"singles-and-doubles"``, ``"random-doubles:k"`` or a table.
     inner_iter : int, optional
-        Inference iterations per outer iteration (default 10; for zeiler, spread over the β stages). Learning
-        always runs exactly this many: the inference ``tol`` is not used.
+        Inference iterations per outer iteration (default: 10 for a method name, the model's own count for a
+        config model; for zeiler, spread over the β stages). Learning always runs exactly this many: the
+        inference ``tol`` is not used.
     filter_update : {"fista", "cg"} or FilterUpdateConfig
     filter_iter : int, optional
         Filter-update iterations per outer iteration (default 10).
@@ -150,7 +154,9 @@ def learn(
     lam, p, boundary = check_lam(lam), check_p(p), check_boundary(boundary)
     n_iter = check_positive_int(n_iter, "n_iter")
     K, s = check_positive_int(n_filters, "n_filters"), check_positive_int(filter_size, "filter_size")
-    inference = inference_config(method, 10 if inner_iter is None else inner_iter, None)
+    # A method name gets 10 inference iterations per outer iteration; a config model keeps its own count.
+    default_inner = _DEFAULT_INNER_ITER if isinstance(method, str) else None
+    inference = inference_config(method, default_inner if inner_iter is None else inner_iter, None)
     base = filter_update if isinstance(filter_update, FilterUpdateConfig) else FilterUpdateConfig(method=filter_update)
     updates = {k: v for k, v in (("max_iter", filter_iter), ("norm", filter_norm)) if v is not None}
     fu = FilterUpdateConfig.model_validate({**base.model_dump(), **updates})

@@ -18,7 +18,7 @@ from solver import (
     objective,
     reconstruct,
 )
-from solver.config import ZeilerConfig
+from solver.config import AdmmConfig, ZeilerConfig
 from solver.montage import filter_montage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -214,3 +214,10 @@ def test_demo_writes_its_pictures(tmp_path):
                                                 "objective.png", "history.json"}
     assert np.load(out / "filters.npy").shape == (4, 1, 7, 7)
     assert len(json.loads((out / "history.json").read_text())) == 2
+
+
+def test_an_explicit_inference_config_keeps_its_iteration_count(small_images):
+    result = learn(small_images, 4, 5, 0.1, n_iter=1, method=AdmmConfig(max_iter=7))
+    assert result.stats[0].inner_iter == 7
+    assert result.config.inference.max_iter == 7
+    assert learn(small_images, 4, 5, 0.1, n_iter=1, method="admm").stats[0].inner_iter == 10
