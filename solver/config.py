@@ -53,7 +53,11 @@ class FistaConfig(_Frozen):
 
 
 class AdmmConfig(_Frozen):
-    """ADMM for CSC in the Fourier domain (Wohlberg 2016); mask decoupling for the valid boundary."""
+    """ADMM for CSC in the Fourier domain (Wohlberg 2016); mask decoupling for the valid boundary.
+
+    ρ follows residual balancing with a target ratio and adaptive scaling (Wohlberg, "ADMM penalty parameter
+    selection by residual balancing", 2015), per image.
+    """
 
     method: Literal["admm"] = "admm"
     max_iter: int = Field(200, ge=1)
@@ -61,9 +65,13 @@ class AdmmConfig(_Frozen):
     rho: float | None = Field(None, gt=0, description="initial penalty; default 50·λ + 1 (SPORCO's rule)")
     relax: float = Field(1.8, gt=0, lt=2, description="over-relaxation α")
     adaptive_rho: bool = True
-    rho_period: int = Field(10, ge=1)
-    rho_ratio: float = Field(10.0, gt=1, description="residual ratio that triggers a change of ρ")
-    rho_scale: float = Field(2.0, gt=1, description="factor by which ρ changes")
+    rho_period: int = Field(10, ge=1, description="iterations between updates of ρ (every iteration can oscillate)")
+    rho_ratio: float = Field(1.2, gt=1, description="tolerance μ on the residual ratio before ρ changes")
+    rho_scale: float = Field(1000.0, gt=1, description="largest factor τ by which ρ changes at once")
+    rho_target: float | None = Field(
+        None, gt=0, description="target ratio ξ of the relative residuals; default 1 + 18.3^(log10 λ + 1)"
+    )
+    rho_autoscale: bool = Field(True, description="change ρ by √(r/(ξs)) (capped at τ) instead of by τ")
     fused: bool = Field(True, description="use the fused CPU kernels where they apply (one channel, p = 1)")
 
 

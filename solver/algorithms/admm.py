@@ -73,6 +73,10 @@ class Admm:
         self.config = config or AdmmConfig()
         self._masked = problem.op.grid.cropped
         self._factor: ShiftedNormalFactor | None = None
+        lam = problem.lam
+        self._rho_target = (
+            self.config.rho_target if self.config.rho_target is not None else 1.0 + 18.3 ** (np.log10(lam) + 1.0)
+        )
         if self._masked:  # mask decoupling solves (DᴴD + I): the shift does not depend on ρ
             self._factor = factor_shifted_normal(problem.op.filters_hat, 1.0)
         op = problem.op
@@ -207,15 +211,24 @@ class Admm:
                          aux, aux_hat, aux_dual, aux_dual_hat)
 
     def _balance_rho(self, s: AdmmState) -> AdmmState:
-        """Residual balancing per image: scale ρ (and the scaled duals inversely) when the residuals drift apart."""
+        """Residual balancing per image (Wohlberg 2015): when the relative primal and dual residuals r and s
+        drift from the target ratio ξ by more than μ, scale ρ by √(r/(ξs)) (at most τ) and the scaled duals
+        inversely."""
         cfg = self.config
         if not cfg.adaptive_rho or s.iteration % cfg.rho_period != 0:
             return s
-        up = s.primal_residual > cfg.rho_ratio * s.dual_residual
-        down = s.dual_residual > cfg.rho_ratio * s.primal_residual
+        r, d, xi, mu, tau = s.primal_residual, s.dual_residual, self._rho_target, cfg.rho_ratio, cfg.rho_scale
+        up = r > xi * mu * d
+        down = d > (mu / xi) * r
         if not (up.any() or down.any()):
             return s
-        scale = np.where(up, cfg.rho_scale, np.where(down, 1.0 / cfg.rho_scale, 1.0))
+        if cfg.rho_autoscale:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(up, r / (xi * d), (xi * d) / r)
+            step = np.where(np.isfinite(ratio) & (ratio > 0), np.minimum(np.sqrt(ratio), tau), tau)
+        else:
+            step = np.full_like(r, tau)
+        scale = np.where(up, step, np.where(down, 1.0 / step, 1.0))
         inv_dual = self._rho(1.0 / scale, s.dual)
         inv_hat = self._rho(1.0 / scale, s.dual_hat)
         s = replace(s, rho=s.rho * scale, dual=s.dual * inv_dual, dual_hat=s.dual_hat * inv_hat)

@@ -40,7 +40,7 @@ def test_fused_admm_follows_the_numpy_admm(rng, dtype):
     tol = 1e-10 if dtype == np.float64 else 2e-3
     np.testing.assert_allclose(a.maps, b.maps, rtol=tol, atol=tol)
     np.testing.assert_allclose(a.objective, b.objective, rtol=1e3 * np.finfo(dtype).eps)
-    np.testing.assert_array_equal(a.rho, b.rho)
+    np.testing.assert_allclose(a.rho, b.rho, rtol=tol)  # ρ follows the residuals, so round-off reaches it
     assert a.maps.dtype == dtype and a.maps_hat.dtype == b.maps_hat.dtype
 
 
