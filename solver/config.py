@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .preprocess import PreprocessConfig
 
@@ -80,13 +80,16 @@ INFERENCE_MODELS: dict[str, type[_Frozen]] = {"zeiler": ZeilerConfig, "fista": F
 
 
 class FilterUpdateConfig(_Frozen):
-    """Filter update with the maps fixed: projected FISTA (default) or Zeiler's CG then normalisation."""
+    """Filter update with the maps fixed: projected FISTA (default), Zeiler's CG then normalisation, or consensus
+    ADMM over the images (Garcia-Cardona & Wohlberg 2018; circular boundary only)."""
 
-    method: Literal["fista", "cg"] = "fista"
-    max_iter: int = Field(10, ge=1, description="FISTA steps, or CG steps, per outer iteration")
+    method: Literal["fista", "cg", "consensus"] = "fista"
+    max_iter: int = Field(10, ge=1, description="FISTA steps, CG steps, or consensus iterations per outer iteration")
     norm: Literal["plane", "filter"] = Field(
         "filter", description="unit norm per plane f[k, c] (Zeiler) or per whole filter f[k] (SPORCO)"
     )
+    rho: float | None = Field(None, gt=0, description="consensus penalty ρ; default: the number of images (SPORCO)")
+    relax: float = Field(1.8, gt=0, lt=2, description="consensus over-relaxation α")
 
 
 class LayerSpec(_Frozen):
@@ -124,6 +127,12 @@ class LearnConfig(_Frozen):
     preprocess: PreprocessConfig | None = None
     seed: int = 0
     dtype: DType | None = Field(None, description="computation dtype; default: the images' (float32 for integers)")
+
+    @model_validator(mode="after")
+    def _consensus_is_circular(self) -> LearnConfig:
+        if self.filter_update.method == "consensus" and self.boundary != "circular":
+            raise ValueError(f"filter_update.method 'consensus' needs boundary 'circular', got {self.boundary!r}")
+        return self
 
 
 def load_config(path: str | Path) -> LearnConfig:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .algorithms.consensus import update_filters_consensus
 from .algorithms.filter_update import filter_lipschitz, update_filters_pooled
 from .backend import Array
 from .coding import inference_config
@@ -252,9 +253,13 @@ def alternate(
         if should_stop is not None and should_stop():
             break
         coded = pool.code(filters)
-        n_power = _POWER_ITER_FIRST if power_vector is None and it == start_iteration + 1 else _POWER_ITER_WARM
-        lipschitz, vector = filter_lipschitz(pool, vector, n_power)
-        filters, data = update_filters_pooled(pool, filters, config.filter_update, lipschitz)
+        if config.filter_update.method == "consensus":  # needs no step size
+            n_images = sum(c.n_images for c in coded)
+            filters, data = update_filters_consensus(pool, filters, config.filter_update, n_images)
+        else:
+            n_power = _POWER_ITER_FIRST if power_vector is None and it == start_iteration + 1 else _POWER_ITER_WARM
+            lipschitz, vector = filter_lipschitz(pool, vector, n_power)
+            filters, data = update_filters_pooled(pool, filters, config.filter_update, lipschitz)
         penalty = sum(c.penalty for c in coded)
         E = data + penalty
         history.append(E)

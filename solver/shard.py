@@ -7,6 +7,8 @@ The learning loop (:mod:`solver.learn`) talks to its images only through a *pool
 * ``value_and_gradient(filters)``: the data term ½‖P Z f − y‖² of the shard and its gradient Zᴴ(P Z f − y)
   with respect to the filters (K·C·s·s numbers);
 * ``normal(v)``: ZᴴPᵀPZ v, for the power iteration that gives the filter step size;
+* ``consensus_step(filters, rho, relax)``: the shard's part of a consensus ADMM filter iteration
+  (:mod:`solver.algorithms.consensus`), with its local filters and duals kept in the shard;
 * ``maps()``: the shard's current maps (for results and checkpoints).
 
 :class:`LocalPool` runs shards in this process; the Ray pool of ``workers/`` runs each in an actor. Images are
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .algorithms import make_solver, run
+from .algorithms.consensus import ConsensusState, consensus_local_step
 from .algorithms.filter_update import FilterProblem
 from .backend import Array, Backend, get_backend
 from .config import LearnConfig
@@ -39,6 +42,7 @@ class CodeStats:
     n_nonzero: int
     n_entries: int
     n_iter: int
+    n_images: int = 0
 
 
 class Shard:
@@ -64,6 +68,7 @@ class Shard:
         self._maps: Array | None = None
         self._warm: Any = None
         self._filter_problem: FilterProblem | None = None
+        self._consensus: ConsensusState | None = None
 
     @property
     def n_images(self) -> int:
@@ -79,7 +84,7 @@ class Shard:
         self._filter_problem = None
         xp = self.bk.xp
         return CodeStats(self.penalty(self._maps), int(xp.count_nonzero(self._maps)), int(self._maps.size),
-                         result.n_iter)
+                         result.n_iter, self.n_images)
 
     def _problem(self) -> FilterProblem:
         if self._maps is None:
@@ -99,6 +104,13 @@ class Shard:
         """ZᴴPᵀPZ v of this shard."""
         return self.bk.to_host(self._problem().normal(self.bk.asarray(v, dtype=self.images.dtype)))
 
+    def consensus_step(self, filters: np.ndarray, rho: float, relax: float) -> tuple[np.ndarray, int]:
+        """(Σ over the shard's images of Sᴴ(d̃_n + u_n), image count) at the global filters; see
+        :func:`~solver.algorithms.consensus.consensus_local_step`. The duals persist across outer iterations."""
+        f = self.bk.asarray(filters, dtype=self.images.dtype)
+        partial, self._consensus = consensus_local_step(self._problem(), f, self._consensus, rho, relax)
+        return self.bk.to_host(partial), self.n_images
+
     def maps(self) -> np.ndarray:
         if self._maps is None:
             raise ValueError("the shard has no maps yet: call code(filters) first")
@@ -106,13 +118,15 @@ class Shard:
 
     def state(self) -> dict[str, Any]:
         """The shard's maps and inference state as host arrays (what a checkpoint stores)."""
-        return {"maps": None if self._maps is None else self.maps(), "warm": _to_host(self._warm, self.bk)}
+        return {"maps": None if self._maps is None else self.maps(), "warm": _to_host(self._warm, self.bk),
+                "consensus": _to_host(self._consensus, self.bk)}
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state` returned."""
         maps = state.get("maps")
         self._maps = None if maps is None else self.bk.asarray(maps)
         self._warm = _to_device(state.get("warm"), self.bk)
+        self._consensus = _to_device(state.get("consensus"), self.bk)
         self._filter_problem = None
 
 
@@ -150,6 +164,9 @@ class LocalPool:
 
     def normal(self, v: np.ndarray) -> list[np.ndarray]:
         return [s.normal(v) for s in self.shards]
+
+    def consensus_step(self, filters: np.ndarray, rho: float, relax: float) -> list[tuple[np.ndarray, int]]:
+        return [s.consensus_step(filters, rho, relax) for s in self.shards]
 
     def maps(self) -> list[np.ndarray]:
         return [s.maps() for s in self.shards]
