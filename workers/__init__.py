@@ -4,6 +4,8 @@
 * :mod:`workers.images`: listing, checking and loading image files (PNG, JPEG, NPY);
 * :mod:`workers.shards`: the deterministic split of the images into contiguous shards;
 * :mod:`workers.actors`: ``ShardWorker``, one shard's images, maps and inference state (a Ray actor);
+* :mod:`workers.pool`: ``RayPool``, the learning loop's pool protocol over the actors (one ``ray.put``, one
+  ``ray.get`` per call), and the bytes it moves;
 * :mod:`workers.coordinator`: ``Coordinator`` / ``run_distributed``, the alternating loop over the shard actors,
   with checkpoints, fault tolerance and cooperative cancel;
 * :mod:`workers.checkpoint`: atomic checkpoint folders, manifest last, verified by sha256;

@@ -1,0 +1,142 @@
+"""Distributed learning on a local Ray cluster: equal to the single-process run on 1, 2 or 3 shards; a killed
+shard actor is replaced and the run ends as an uninterrupted one; resume; cancel; failures past the limit."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from solver import learn_layer
+from solver.config import FilterUpdateConfig
+from workers.checkpoint import checkpoint_folders
+from workers.coordinator import Coordinator, JobFailedError, run_distributed
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
+
+
+def _assert_same_run(result, reference):
+    np.testing.assert_allclose(result.filters, reference.filters, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(result.history, reference.history, rtol=1e-9)
+    assert [s.iteration for s in result.stats] == list(range(1, len(reference.history) + 1))
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_shards_give_the_single_process_filters_and_history(ray_session, dataset, learn_config, reference, workers):
+    coordinator = Coordinator(dataset, learn_config, workers=workers)
+    result = coordinator.run()
+    _assert_same_run(result, reference)
+    np.testing.assert_allclose(result.maps, reference.maps, rtol=1e-5, atol=1e-8)
+    assert result.preprocess.stats.shift == reference.preprocess.stats.shift
+    assert result.preprocess.stats.mean == pytest.approx(reference.preprocess.stats.mean, rel=1e-12)
+    assert coordinator.failures == 0
+    # only small statistics travel: per call and shard, the K*C*s*s filters out, at most a K*C*s*s array and a
+    # few scalars back (never images or maps)
+    bound = coordinator.traffic.calls * workers * (reference.filters.nbytes + 64)
+    assert 0 < coordinator.traffic.bytes_out <= bound
+    assert 0 < coordinator.traffic.bytes_in <= bound
+
+
+@pytest.mark.parametrize("checkpoint_every", [2, 0], ids=["from-checkpoint", "from-scratch"])
+def test_a_killed_shard_actor_is_replaced_and_the_run_ends_as_an_uninterrupted_one(
+        ray_session, tmp_path, dataset, learn_config, reference, checkpoint_every):
+    coordinator = Coordinator(dataset, learn_config, workers=2, checkpoint_dir=tmp_path,
+                              checkpoint_every=checkpoint_every, max_failures=1)
+    killed = []
+
+    def kill_second_shard_at_iteration_3(stats):
+        if stats.iteration == 3 and not killed:
+            killed.append(coordinator.shard_pids()[1])
+            os.kill(killed[0], signal.SIGKILL)
+
+    result = coordinator.run(callback=kill_second_shard_at_iteration_3)
+    assert len(killed) == 1
+    assert coordinator.failures == 1
+    assert result.history[-1] == pytest.approx(reference.history[-1], rel=1e-6)
+    _assert_same_run(result, reference)
+
+
+def test_failures_past_max_failures_fail_the_run_with_a_clear_error(ray_session, dataset, learn_config):
+    coordinator = Coordinator(dataset[:2], learn_config, workers=1, max_failures=0)
+
+    def kill_the_shard(stats):
+        os.kill(coordinator.shard_pids()[0], signal.SIGKILL)
+
+    with pytest.raises(JobFailedError, match=r"failed 1 times, more than max_failures=0; last failure: .*Actor"):
+        coordinator.run(callback=kill_the_shard)
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint_on_the_same_trajectory(
+        ray_session, tmp_path, dataset, learn_config, reference):
+    done = []
+    first = run_distributed(dataset, learn_config, workers=2, checkpoint_dir=tmp_path, checkpoint_every=2,
+                            callback=done.append, should_stop=lambda: len(done) >= 2)
+    assert [it for it, _ in checkpoint_folders(tmp_path)] == [2]
+    resumed = run_distributed(dataset, learn_config, workers=2, checkpoint_dir=tmp_path, checkpoint_every=2,
+                              resume=True)
+    np.testing.assert_allclose(first.history, reference.history[:2], rtol=1e-9)
+    _assert_same_run(resumed, reference)
+
+
+def test_a_stop_between_checkpoints_writes_one_of_the_last_iteration(ray_session, tmp_path, dataset, learn_config):
+    done = []
+    result = run_distributed(dataset[:3], learn_config, workers=1, checkpoint_dir=tmp_path, checkpoint_every=2,
+                             callback=done.append, should_stop=lambda: len(done) >= 3)
+    assert len(result.history) == 3
+    assert [it for it, _ in checkpoint_folders(tmp_path)] == [2, 3]
+
+
+def test_resuming_with_another_config_is_refused(ray_session, tmp_path, dataset, learn_config):
+    run_distributed(dataset[:2], learn_config.model_copy(update={"n_iter": 1}), workers=1,
+                    checkpoint_dir=tmp_path, checkpoint_every=1)
+    other = learn_config.model_copy(update={"seed": 99})
+    with pytest.raises(ValueError, match="another run: its config differs"):
+        run_distributed(dataset[:2], other, workers=1, checkpoint_dir=tmp_path, checkpoint_every=1, resume=True)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("workers", 0), ("checkpoint_every", -1), ("max_failures", -1), ("call_timeout", 0), ("backend", "tpu")],
+)
+def test_bad_options_are_refused_naming_them(dataset, learn_config, option, value):
+    with pytest.raises(ValueError, match=option):
+        Coordinator(dataset, learn_config, **{option: value})
+
+
+def test_checkpoints_need_a_folder(dataset, learn_config):
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        Coordinator(dataset, learn_config, checkpoint_every=2)
+
+
+def test_png_files_without_preprocessing_learn_in_float32_as_in_one_process(ray_session, tmp_path, learn_config):
+    pictures = np.random.default_rng(5).integers(0, 256, (4, 16, 16), dtype=np.uint8)
+    paths = [tmp_path / f"{i}.png" for i in range(4)]
+    [Image.fromarray(p).save(path) for p, path in zip(pictures, paths, strict=True)]
+    config = learn_config.model_copy(update={"preprocess": None, "dtype": None, "n_iter": 2})
+    reference = learn_layer(pictures[:, None], config, backend="numpy")
+    result = run_distributed(paths, config, workers=2)
+    assert result.filters.dtype == np.float32
+    assert result.preprocess is None
+    np.testing.assert_allclose(result.filters, reference.filters, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(result.history, reference.history, rtol=1e-5)
+
+
+def test_the_consensus_filter_update_runs_distributed_as_in_one_process(ray_session, dataset, learn_config):
+    config = learn_config.model_copy(update={"filter_update": FilterUpdateConfig(method="consensus", max_iter=5)})
+    reference = learn_layer(np.stack([np.load(p) for p in dataset]), config, backend="numpy")
+    result = run_distributed(dataset, config, workers=3)
+    _assert_same_run(result, reference)
+
+
+def test_a_run_stopped_before_its_first_iteration_returns_the_initial_filters(ray_session, tmp_path, dataset,
+                                                                              learn_config):
+    coordinator = Coordinator(dataset[:2], learn_config, workers=1, checkpoint_dir=tmp_path, checkpoint_every=1)
+    result = coordinator.run(should_stop=lambda: True)
+    assert result.history == []
+    np.testing.assert_array_equal(result.filters, coordinator.initial_filters)
+    assert result.maps.shape == (2, 3, 16, 16)
+    assert not result.maps.any()
+    assert checkpoint_folders(tmp_path) == []

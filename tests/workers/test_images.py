@@ -1,0 +1,77 @@
+"""Image files of a job: listing, header checks and loading (PNG grey and colour, NPY)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from workers.images import ImageInfo, inspect_images, list_images, load_images
+
+
+def _png(path, array):
+    Image.fromarray(array).save(path)
+    return path
+
+
+@pytest.fixture
+def grey_and_colour(tmp_path, rng):
+    grey = rng.integers(0, 256, (12, 10), dtype=np.uint8)
+    colour = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    return [_png(tmp_path / "a.png", grey), _png(tmp_path / "b.png", colour)], grey, colour
+
+
+def test_list_images_keeps_image_files_sorted_by_name(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    names = ["c.npy", "a.png", "b.JPG"]
+    [(tmp_path / n).write_bytes(b"") for n in names]
+    assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.JPG", "c.npy"]
+
+
+def test_list_images_refuses_a_folder_without_images(tmp_path):
+    with pytest.raises(ValueError, match="no .png"):
+        list_images(tmp_path)
+
+
+def test_list_images_refuses_a_missing_folder(tmp_path):
+    with pytest.raises(ValueError, match="not a directory"):
+        list_images(tmp_path / "missing")
+
+
+def test_grey_pictures_load_as_one_channel_uint8(tmp_path, rng):
+    grey = rng.integers(0, 256, (2, 12, 10), dtype=np.uint8)
+    paths = [_png(tmp_path / "a.png", grey[0]), _png(tmp_path / "b.png", grey[1])]
+    info = inspect_images(paths)
+    assert info == ImageInfo((1, 12, 10), "uint8")
+    np.testing.assert_array_equal(load_images(paths, info), grey[:, None])
+
+
+def test_a_colour_picture_makes_every_picture_rgb(grey_and_colour):
+    paths, grey, colour = grey_and_colour
+    info = inspect_images(paths)
+    assert info == ImageInfo((3, 12, 10), "uint8")
+    loaded = load_images(paths, info)
+    np.testing.assert_array_equal(loaded[0], np.stack([grey] * 3))
+    np.testing.assert_array_equal(loaded[1], np.moveaxis(colour, -1, 0))
+
+
+def test_npy_images_load_with_their_dtype(tmp_path, rng):
+    images = rng.standard_normal((3, 2, 8, 9))
+    paths = [tmp_path / f"{i}.npy" for i in range(3)]
+    list(map(np.save, paths, images))
+    info = inspect_images(paths)
+    assert info == ImageInfo((2, 8, 9), "float64")
+    np.testing.assert_array_equal(load_images(paths[1:], info), images[1:])
+
+
+def test_images_of_different_sizes_are_refused_naming_the_file(tmp_path, rng):
+    paths = [_png(tmp_path / "a.png", np.zeros((8, 8), np.uint8)), _png(tmp_path / "b.png", np.zeros((8, 9), np.uint8))]
+    with pytest.raises(ValueError, match="b.png"):
+        inspect_images(paths)
+
+
+def test_an_unreadable_image_is_refused_naming_the_file(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="broken.png"):
+        inspect_images([bad])

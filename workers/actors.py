@@ -1,0 +1,165 @@
+"""Shard actors: one shard of a job's images, loaded by the actor itself, with its maps and inference state.
+
+:class:`ShardWorker` is a plain class (tested without Ray); :func:`shard_actor_class` wraps it with
+``ray.remote`` for the coordinator. A worker's life:
+
+1. :meth:`~ShardWorker.load`: read its own image files and run the per-image preprocessing steps;
+2. when the dataset-wide rescale is not fitted yet, :meth:`~ShardWorker.rescale_range` then
+   :meth:`~ShardWorker.rescale_sum`, which the coordinator combines over the shards (in shard order);
+3. :meth:`~ShardWorker.build`: apply the rescale and the computation dtype, and hold a :class:`solver.shard.Shard`;
+4. then the pool methods of the learning loop (``code``, ``value_and_gradient``, ``normal``, ``consensus_step``),
+   and ``maps``,
+   ``state``, ``load_state``, ``reset`` for results and checkpoints.
+
+The images never travel: only file paths come in, and only small statistics (K·C·s·s numbers and scalars) go back
+per call, as host numpy arrays.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from solver.config import LearnConfig
+from solver.preprocess import (
+    PreprocessStats,
+    apply_rescale,
+    prepare_images,
+    rescale_partial_mean,
+    rescale_partial_range,
+)
+from solver.shard import CodeStats, Shard
+from solver.validation import as_images
+
+from .images import ImageInfo, load_images
+
+
+class ShardWorker:
+    """One shard of a learning job (the body of a Ray shard actor; usable in-process too)."""
+
+    def __init__(self) -> None:
+        self._config: LearnConfig | None = None
+        self._prepared: np.ndarray | None = None
+        self._shard: Shard | None = None
+
+    # -- setup --------------------------------------------------------------------------------------------------
+
+    def load(self, paths: Sequence[str | Path], config: LearnConfig, info: ImageInfo) -> tuple[int, ...]:
+        """Read the shard's image files and run the per-image preprocessing; returns their shape (n, C', H, W)."""
+        if not paths:
+            raise ValueError("a shard needs at least one image file, got none")
+        images = load_images(paths, info)
+        self._config = config
+        self._prepared = prepare_images(images, config.preprocess) if config.preprocess is not None else images
+        self._shard = None
+        return tuple(int(n) for n in self._prepared.shape)
+
+    def rescale_range(self) -> tuple[float, float]:
+        """(min, max) of the prepared images: the first pass of the dataset-wide rescale fit."""
+        return rescale_partial_range(self._loaded())
+
+    def rescale_sum(self, shifted: PreprocessStats) -> tuple[float, int]:
+        """(float64 sum, count) of the shifted, scaled images: the second pass of the rescale fit."""
+        return rescale_partial_mean(self._loaded(), shifted)
+
+    def build(self, stats: PreprocessStats | None, connectivity: np.ndarray | None, backend: str) -> str:
+        """Finish the images (rescale with the dataset's `stats`, computation dtype) and hold a fresh shard.
+
+        Returns
+        -------
+        str
+            The computation dtype of the shard's images.
+        """
+        x = self._loaded()
+        config = self._config
+        rescale = config.preprocess is not None and config.preprocess.rescale
+        if rescale and stats is None:
+            raise ValueError("stats must be the dataset's fitted rescale statistics when preprocess.rescale is set")
+        y = as_images(apply_rescale(x, stats) if rescale else x)
+        if config.dtype is not None:
+            y = y.astype(config.dtype, copy=False)
+        self._shard = Shard(y, config, connectivity, backend)
+        self._prepared = None  # the shard holds the finished images
+        return str(y.dtype)
+
+    def setup(self, paths: Sequence[str | Path], config: LearnConfig, info: ImageInfo, stats: PreprocessStats | None,
+              connectivity: np.ndarray | None, backend: str) -> str:
+        """:meth:`load` then :meth:`build`, for a shard whose dataset statistics are already fitted."""
+        self.load(paths, config, info)
+        return self.build(stats, connectivity, backend)
+
+    def _loaded(self) -> np.ndarray:
+        if self._prepared is None:
+            raise ValueError("the worker has no prepared images: call load(paths, config, info) first")
+        return self._prepared
+
+    def _ready(self) -> Shard:
+        if self._shard is None:
+            raise ValueError("the worker has no shard: call build(stats, connectivity, backend) first")
+        return self._shard
+
+    # -- the pool protocol of solver.learn.alternate ------------------------------------------------------------
+
+    def code(self, filters: np.ndarray) -> CodeStats:
+        return self._ready().code(filters)
+
+    def value_and_gradient(self, filters: np.ndarray) -> tuple[float, np.ndarray]:
+        return self._ready().value_and_gradient(filters)
+
+    def normal(self, v: np.ndarray) -> np.ndarray:
+        return self._ready().normal(v)
+
+    def consensus_step(self, filters: np.ndarray, rho: float, relax: float) -> tuple[np.ndarray, int]:
+        return self._ready().consensus_step(filters, rho, relax)
+
+    def maps(self) -> np.ndarray:
+        return self._ready().maps()
+
+    # -- checkpoints and supervision ----------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return self._ready().state()
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore a checkpointed state. Copied first: arrays that come out of Ray's object store are read-only."""
+        self._ready().load_state(copy.deepcopy(state))
+
+    def reset(self) -> None:
+        """Forget the maps and inference state (back to a fresh shard on the same images)."""
+        self._ready().load_state({})
+
+    def n_images(self) -> int:
+        return self._ready().n_images
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def ping(self) -> bool:
+        return True
+
+    def node_id(self) -> str | None:
+        """The Ray node this worker runs on; None outside Ray."""
+        import ray  # noqa: PLC0415
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+@functools.cache
+def shard_actor_class(num_cpus: float, num_gpus: float) -> Any:
+    """:class:`ShardWorker` as a Ray actor class with these resources.
+
+    The actors are never restarted by Ray (``max_restarts=0``): the coordinator replaces a dead one itself and
+    rolls every shard back to the last checkpoint, because the shards' states must stay consistent with each
+    other and with the filters. ``SPREAD`` places the shards of a job on as many nodes as it can.
+    """
+    import ray  # noqa: PLC0415  (importing workers.actors must not need Ray, only creating actors)
+
+    return ray.remote(ShardWorker).options(
+        num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0, max_task_retries=0, scheduling_strategy="SPREAD"
+    )

@@ -1,0 +1,447 @@
+"""The distributed learning run: shard actors on Ray, the alternating loop of :func:`solver.learn.alternate`,
+checkpoints, fault tolerance and cooperative cancel.
+
+Per outer iteration the coordinator puts the filters in the object store once per pool call, every shard actor
+works on its own images with them, and only small statistics come back (a coding summary, a data term and a
+K·C·s·s gradient, or a K·C·s·s normal-operator product); :func:`~solver.learn.alternate` sums them in shard order.
+The initial filters, the shard split and the reductions are those of :func:`solver.learn.learn_layer`, so the same
+seed and config give the same filters and objective history on 1 or n shards, within round-off.
+
+Fault tolerance: an actor that dies (its process or its node), or does not answer within ``call_timeout``, is a
+failure. Up to ``max_failures`` of them, the coordinator replaces the dead actors (a new actor loads the same
+files), rolls **every** shard back to the last complete checkpoint (or to a fresh start when there is none) and
+runs the loop again from there; the loop is deterministic, so the run ends as an uninterrupted one would. One
+failure more and the run fails with :class:`JobFailedError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import ray
+from ray import exceptions as ray_errors
+
+from solver.config import LearnConfig
+from solver.connectivity import connectivity_table
+from solver.learn import IterStats, LearnResult, alternate, initial_filters
+from solver.operators import map_shape
+from solver.preprocess import FittedPreprocess, PreprocessStats, combine_rescale_means, combine_rescale_ranges
+
+from .actors import shard_actor_class
+from .checkpoint import Checkpoint, clear_checkpoints, latest_checkpoint, write_checkpoint
+from .cluster import ClusterConfig, connect
+from .images import inspect_images
+from .pool import RayPool, Traffic
+from .shards import split_into_shards
+
+logger = logging.getLogger(__name__)
+
+#: What counts as a shard failure: a dead actor, process or node, a lost object, or a call past its timeout.
+ACTOR_FAILURES: tuple[type[BaseException], ...] = (
+    ray_errors.RayActorError,
+    ray_errors.WorkerCrashedError,
+    ray_errors.NodeDiedError,
+    ray_errors.ObjectLostError,
+    ray_errors.GetTimeoutError,
+)
+_PROBE_TIMEOUT_S = 30.0  # how long a live actor may take to answer a ping after a failure
+_RESOURCE_QUANTUM = 1e-4  # Ray's granularity of fractional resources
+
+
+class JobFailedError(Exception):
+    """The shard actors failed more often than the run allows (``max_failures``)."""
+
+
+class Coordinator:
+    """A distributed learning run of one layer over image files.
+
+    Parameters
+    ----------
+    image_paths : sequence of path
+        The training images, one per file (PNG, JPEG or NPY; see :mod:`workers.images`), in order. They must be
+        readable by every node of the cluster under these paths.
+    config : LearnConfig
+    workers : int
+        Shards, one actor each (at most one per image).
+    checkpoint_dir : path, optional
+        Where checkpoints go; without it a failure restarts the run from scratch.
+    checkpoint_every : int
+        Checkpoint after every this many outer iterations (0: never).
+    max_failures : int
+        Shard failures the run survives; one more fails it.
+    call_timeout : float, optional
+        Seconds a pool call may take before the actors that have not answered count as failed.
+    cluster : ClusterConfig, optional
+        Used to connect when this process is not connected to Ray yet.
+    backend : {"auto", "numpy", "cupy"}
+        ``auto``: cupy with one GPU per actor (or a fair fraction) when the cluster has GPUs, else numpy.
+    actor_cpus : float
+        CPUs each actor reserves. 0 (default) places any number of shards on a node, which suits numpy
+        shards that are busy one at a time; set 1 to give each shard a core of its own.
+    """
+
+    def __init__(
+        self,
+        image_paths: Sequence[str | Path],
+        config: LearnConfig,
+        *,
+        workers: int = 1,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int = 0,
+        max_failures: int = 3,
+        call_timeout: float | None = 3600.0,
+        cluster: ClusterConfig | None = None,
+        backend: Literal["auto", "numpy", "cupy"] = "auto",
+        actor_cpus: float = 0.0,
+    ):
+        _check_options(workers, checkpoint_dir, checkpoint_every, max_failures, call_timeout, backend, actor_cpus)
+        self.config = config
+        self.paths = [str(p) for p in image_paths]
+        self.info = inspect_images(self.paths)
+        n_shards = min(workers, len(self.paths))
+        if n_shards < workers:
+            logger.warning("%d workers asked for %d images: using %d shards", workers, len(self.paths), n_shards)
+        self.shard_paths = split_into_shards(self.paths, n_shards)
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.checkpoint_every = checkpoint_every
+        self.max_failures = max_failures
+        self.call_timeout = call_timeout
+        self.cluster = cluster
+        self.backend = backend
+        self.actor_cpus = actor_cpus
+        layer = config.layers[0]
+        grey = config.preprocess is not None and config.preprocess.grey
+        n_channels = 1 if grey else self.info.n_channels
+        _, height, width = self.info.shape
+        if layer.filter_size > min(height, width):
+            raise ValueError(f"filter_size {layer.filter_size} is larger than the images ({height}x{width})")
+        self.connectivity = connectivity_table(layer.connectivity, layer.n_filters, n_channels, seed=config.seed)
+        self.dtype = _computation_dtype(self.info.dtype, config)
+        self.initial_filters = initial_filters(layer.n_filters, n_channels, layer.filter_size, seed=config.seed,
+                                               norm=config.filter_update.norm, connectivity=self.connectivity,
+                                               dtype=self.dtype)
+        self.traffic = Traffic()
+        self.failures = 0
+        self._actors: list[Any] = []
+        self._pool: RayPool | None = None
+        self._placement: tuple[float, float, str] | None = None
+        self._rescale: PreprocessStats | None = None
+        self._history: list[IterStats] = []
+        self._pending: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._last_checkpoint = -1
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.shard_paths)
+
+    def run(
+        self,
+        *,
+        callback: Callable[[IterStats], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        resume: bool = False,
+    ) -> LearnResult:
+        """Learn the filters; the actors are released at the end, whatever happens.
+
+        Parameters
+        ----------
+        callback : callable, optional
+            Called with an :class:`~solver.learn.IterStats` after every outer iteration (``elapsed`` counts from
+            the start of the run, plus the elapsed time of a resumed checkpoint). After a failure the iterations
+            since the checkpoint are run, and reported, again.
+        should_stop : callable, optional
+            Polled before every outer iteration; True stops the run (a checkpoint of the last iteration is
+            written first when checkpointing), and the result holds the iterations done.
+        resume : bool
+            Start from the newest valid checkpoint in ``checkpoint_dir`` (a fresh start when there is none);
+            otherwise old checkpoints there are removed first.
+
+        Returns
+        -------
+        LearnResult
+            Its history covers every outer iteration from the first, resumed ones included.
+
+        Raises
+        ------
+        JobFailedError
+            After more than ``max_failures`` shard failures.
+        ValueError
+            When `resume` finds a checkpoint of another config (``n_iter`` aside), image list or shard count.
+        """
+        connect(self.cluster)
+        start = self._initial_checkpoint(resume)
+        base = start.history[-1].elapsed if start is not None and start.history else 0.0
+        t0 = time.perf_counter()
+
+        def record(stats: IterStats) -> None:
+            stats = replace(stats, elapsed=base + time.perf_counter() - t0)
+            self._history.append(stats)
+            if self._due(stats.iteration):
+                self._checkpoint(stats.iteration)
+            if callback is not None:
+                callback(stats)
+
+        try:
+            while True:
+                try:
+                    return self._attempt(start, record, should_stop)
+                except ACTOR_FAILURES as exc:
+                    self._count_failure(exc)
+                    start = self._rollback_point()
+        finally:
+            self._release()
+
+    def shard_pids(self) -> list[int]:
+        """Process ids of the live shard actors, in shard order (supervision and tests)."""
+        return ray.get([a.pid.remote() for a in self._actors], timeout=_PROBE_TIMEOUT_S)
+
+    def shard_nodes(self) -> list[str]:
+        """Ray node ids of the live shard actors, in shard order."""
+        return ray.get([a.node_id.remote() for a in self._actors], timeout=_PROBE_TIMEOUT_S)
+
+    # -- one attempt: bring the shards up, restore, loop --------------------------------------------------------
+
+    def _attempt(self, start: Checkpoint | None, record: Callable[[IterStats], None],
+                 should_stop: Callable[[], bool] | None) -> LearnResult:
+        self._bring_up()
+        pool = RayPool(self._actors, timeout=self.call_timeout, traffic=self.traffic)
+        self._pool = pool
+        if start is None:
+            pool.reset()
+            filters, first, vector, self._history = self.initial_filters, 0, None, []
+        else:
+            pool.load_states(start.shard_states)
+            filters, first, vector = start.filters.astype(self.dtype), start.iteration, start.power_vector
+            self._history = list(start.history)
+        self._last_checkpoint = first if start is not None else -1
+        self._pending = None
+        filters, _, _ = alternate(pool, self.config, filters, callback=record, start_iteration=first,
+                                  power_vector=vector, should_stop=should_stop,
+                                  on_iteration=lambda it, f, v: setattr(self, "_pending", (it, f, v)))
+        done = self._history[-1].iteration if self._history else first
+        if done < self.config.n_iter:
+            logger.info("stopped after outer iteration %d of %d", done, self.config.n_iter)
+            ran = self._pending is not None and self._pending[0] == done
+            if ran and self.checkpoint_dir is not None and self.checkpoint_every > 0 and self._last_checkpoint < done:
+                self._checkpoint(done)
+        maps = np.concatenate(pool.maps()) if done > 0 else self._zero_maps()
+        history = [h.objective for h in self._history]
+        return LearnResult(filters, maps, history, list(self._history), self.config, self.connectivity,
+                           self._fitted_preprocess())
+
+    def _zero_maps(self) -> np.ndarray:
+        """The maps before any coding step (a run stopped before its first outer iteration)."""
+        layer = self.config.layers[0]
+        grid = map_shape(self.info.shape[1:], layer.filter_size, self.config.boundary)
+        return np.zeros((len(self.paths), layer.n_filters, *grid), dtype=self.dtype)
+
+    def _bring_up(self) -> None:
+        """Replace dead actors (all of them at the start) and make every shard ready on its images."""
+        alive = self._probe()
+        placement = self._resources()
+        actor_class = shard_actor_class(placement[0], placement[1])
+        fresh = []
+        for index in range(self.n_shards):
+            if index < len(alive) and alive[index]:
+                continue
+            if index < len(self._actors):
+                ray.kill(self._actors[index], no_restart=True)
+                self._actors[index] = actor_class.remote()
+            else:
+                self._actors.append(actor_class.remote())
+            fresh.append(index)
+        if not fresh:
+            return
+        logger.info("starting %d shard actor(s) %s (num_cpus=%g, num_gpus=%g, backend=%s)", len(fresh), fresh,
+                    *placement)
+        if self._needs_rescale_fit():
+            self._fit_rescale_and_build(placement[2])
+            return
+        refs = [self._actors[i].setup.remote(self.shard_paths[i], self.config, self.info, self._rescale,
+                                             self.connectivity, placement[2]) for i in fresh]
+        self._check_dtypes(ray.get(refs, timeout=self.call_timeout))
+
+    def _needs_rescale_fit(self) -> bool:
+        pre = self.config.preprocess
+        return pre is not None and pre.rescale and self._rescale is None
+
+    def _fit_rescale_and_build(self, backend: str) -> None:
+        """Fit the dataset-wide rescale from every shard's partial statistics, in shard order, then build."""
+        actors, timeout = self._actors, self.call_timeout
+        ray.get([a.load.remote(p, self.config, self.info) for a, p in zip(actors, self.shard_paths, strict=True)],
+                timeout=timeout)
+        shifted = combine_rescale_ranges(ray.get([a.rescale_range.remote() for a in actors], timeout=timeout))
+        sums = ray.get([a.rescale_sum.remote(shifted) for a in actors], timeout=timeout)
+        self._rescale = combine_rescale_means(shifted, sums)
+        logger.info("rescale statistics: %s", self._rescale)
+        self._check_dtypes(ray.get([a.build.remote(self._rescale, self.connectivity, backend) for a in actors],
+                                   timeout=timeout))
+
+    def _check_dtypes(self, dtypes: list[str]) -> None:
+        if any(d != self.dtype for d in dtypes):
+            raise ValueError(f"shards computed in dtypes {dtypes}, expected {self.dtype}")
+
+    def _probe(self) -> list[bool]:
+        """Which actors answer a ping: a dead actor's reply is an error, a stuck one's does not come."""
+        if not self._actors:
+            return []
+        pings = [a.ping.remote() for a in self._actors]
+        ready, _ = ray.wait(pings, num_returns=len(pings), timeout=_PROBE_TIMEOUT_S)
+        answered = set(ready)
+        # Each ready reference is already resolved: this get only reads the value or the error, never waits.
+        return [ref in answered and _resolved_ok(ref) for ref in pings]
+
+    def _resources(self) -> tuple[float, float, str]:
+        """(num_cpus, num_gpus, backend) of every shard actor, decided once per run."""
+        if self._placement is None:
+            gpus = float(ray.cluster_resources().get("GPU", 0.0))
+            use_gpu = self.backend == "cupy" or (self.backend == "auto" and gpus > 0)
+            if use_gpu and gpus <= 0:
+                raise ValueError("backend 'cupy' needs GPUs in the cluster, got none")
+            share = min(1.0, math.floor(gpus / self.n_shards / _RESOURCE_QUANTUM) * _RESOURCE_QUANTUM)
+            self._placement = (self.actor_cpus, share if use_gpu else 0.0, "cupy" if use_gpu else "numpy")
+        return self._placement
+
+    def _release(self) -> None:
+        for actor in self._actors:
+            ray.kill(actor, no_restart=True)
+        self._actors = []
+
+    # -- checkpoints and failures -------------------------------------------------------------------------------
+
+    def _due(self, iteration: int) -> bool:
+        return self.checkpoint_dir is not None and self.checkpoint_every > 0 and iteration % self.checkpoint_every == 0
+
+    def _checkpoint(self, iteration: int) -> None:
+        if self._pending is None or self._pending[0] != iteration:
+            raise ValueError(f"no filters recorded for outer iteration {iteration}")
+        _, filters, vector = self._pending
+        write_checkpoint(self.checkpoint_dir, iteration, filters, vector, self._pool.states(), self._history,
+                         self._meta())
+        self._last_checkpoint = iteration
+
+    def _meta(self) -> dict[str, Any]:
+        """The identity of the run, in the manifest: a checkpoint resumes only the same run (n_iter aside)."""
+        meta = {
+            "config": self.config.model_dump(mode="json", exclude={"n_iter"}),
+            "images": self.paths,
+            "n_shards": self.n_shards,
+            "rescale": None if self._rescale is None else self._rescale.to_dict(),
+        }
+        return json.loads(json.dumps(meta))
+
+    def _initial_checkpoint(self, resume: bool) -> Checkpoint | None:
+        if self.checkpoint_dir is None:
+            if resume:
+                raise ValueError("resume needs a checkpoint_dir, got None")
+            return None
+        if not resume:
+            removed = clear_checkpoints(self.checkpoint_dir)
+            if removed:
+                logger.info("fresh run: removed %d old checkpoint(s) from %s", removed, self.checkpoint_dir)
+            return None
+        checkpoint = latest_checkpoint(self.checkpoint_dir)
+        if checkpoint is None:
+            logger.warning("no valid checkpoint in %s: starting from scratch", self.checkpoint_dir)
+            return None
+        self._check_same_run(checkpoint)
+        logger.info("resuming from %s (outer iteration %d)", checkpoint.path, checkpoint.iteration)
+        return checkpoint
+
+    def _check_same_run(self, checkpoint: Checkpoint) -> None:
+        expected, found = self._meta(), checkpoint.meta
+        for key in ("config", "images", "n_shards"):
+            if found.get(key) != expected[key]:
+                raise ValueError(f"checkpoint {str(checkpoint.path)!r} belongs to another run: its {key} differs "
+                                 f"(checkpoint: {found.get(key)!r}, this run: {expected[key]!r})")
+        if found.get("rescale") is not None:
+            self._rescale = PreprocessStats.from_dict(found["rescale"])
+
+    def _rollback_point(self) -> Checkpoint | None:
+        if self.checkpoint_dir is None:
+            return None
+        checkpoint = latest_checkpoint(self.checkpoint_dir)
+        if checkpoint is not None:
+            self._check_same_run(checkpoint)
+        logger.warning("rolling every shard back to %s",
+                       "the start" if checkpoint is None else f"outer iteration {checkpoint.iteration}")
+        return checkpoint
+
+    def _count_failure(self, exc: BaseException) -> None:
+        self.failures += 1
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        if self.failures > self.max_failures:
+            raise JobFailedError(f"shard actors failed {self.failures} times, more than max_failures="
+                                 f"{self.max_failures}; last failure: {reason}") from exc
+        logger.warning("shard failure %d (max_failures=%d): %s", self.failures, self.max_failures, reason)
+
+    def _fitted_preprocess(self) -> FittedPreprocess | None:
+        pre = self.config.preprocess
+        if pre is None:
+            return None
+        return FittedPreprocess(pre, self._rescale if pre.rescale else PreprocessStats.identity())
+
+
+def run_distributed(
+    image_paths: Sequence[str | Path],
+    config: LearnConfig,
+    *,
+    workers: int = 1,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    max_failures: int = 3,
+    callback: Callable[[IterStats], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume: bool = False,
+    **options: Any,
+) -> LearnResult:
+    """Learn one layer on a Ray cluster: :class:`Coordinator` ``(...).run(...)`` in one call.
+
+    The same seed and config give the filters and history of :func:`solver.learn.learn_layer` on the stacked
+    images, within round-off. `options` go to :class:`Coordinator` (``call_timeout``, ``cluster``, ``backend``,
+    ``actor_cpus``).
+    """
+    coordinator = Coordinator(image_paths, config, workers=workers, checkpoint_dir=checkpoint_dir,
+                              checkpoint_every=checkpoint_every, max_failures=max_failures, **options)
+    return coordinator.run(callback=callback, should_stop=should_stop, resume=resume)
+
+
+def _resolved_ok(ref: Any) -> bool:
+    try:
+        ray.get(ref, timeout=0)
+    except ray_errors.RayError:
+        return False
+    return True
+
+
+def _computation_dtype(image_dtype: str, config: LearnConfig) -> str:
+    """The dtype learn_layer computes in: config.dtype, else float64 images stay float64, everything else float32."""
+    if config.dtype is not None:
+        return config.dtype
+    return "float64" if image_dtype == "float64" else "float32"
+
+
+def _check_options(workers: Any, checkpoint_dir: Any, checkpoint_every: Any, max_failures: Any, call_timeout: Any,
+                   backend: Any, actor_cpus: Any) -> None:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be a non-negative integer, got {checkpoint_every!r}")
+    if checkpoint_every > 0 and checkpoint_dir is None:
+        raise ValueError(f"checkpoint_every={checkpoint_every} needs a checkpoint_dir, got None")
+    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 0:
+        raise ValueError(f"max_failures must be a non-negative integer, got {max_failures!r}")
+    if call_timeout is not None and not (isinstance(call_timeout, int | float) and call_timeout > 0):
+        raise ValueError(f"call_timeout must be a positive number of seconds or None, got {call_timeout!r}")
+    if backend not in ("auto", "numpy", "cupy"):
+        raise ValueError(f"backend must be 'auto', 'numpy' or 'cupy', got {backend!r}")
+    if not (isinstance(actor_cpus, int | float) and actor_cpus >= 0):
+        raise ValueError(f"actor_cpus must be a non-negative number, got {actor_cpus!r}")

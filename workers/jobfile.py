@@ -1,0 +1,83 @@
+"""A learning job described in a YAML file: the fields of :class:`solver.config.LearnConfig`, plus ``images``.
+
+::
+
+    images: ../samples          # a folder of PNG/JPEG/NPY files; relative to the YAML file's folder
+    workers: 2                  # optional: shard actors (the command line's --workers wins)
+    layers:
+      - {n_filters: 16, filter_size: 7, lam: 1.0}
+    n_iter: 40
+    preprocess: {grey: true, contrast_normalise: true}
+
+Unknown fields are refused, like everywhere in the configs; :func:`describe_validation_error` turns pydantic's
+errors into one line that names the field and the value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import Field, ValidationError
+
+from solver.config import LearnConfig
+
+
+class JobFileError(ValueError):
+    """A job file that cannot be read or does not validate; the message names the file and the field."""
+
+
+class LearnJobFile(LearnConfig):
+    """A learning job: a :class:`~solver.config.LearnConfig` and where its images are.
+
+    Attributes
+    ----------
+    images : Path
+        Folder of image files (absolute once loaded by :func:`load_job_file`).
+    workers : int, optional
+        Shard actors to use.
+    """
+
+    images: Path
+    workers: int | None = Field(None, ge=1)
+
+    def learn_config(self) -> LearnConfig:
+        """The learning config alone (without ``images`` and ``workers``)."""
+        return LearnConfig.model_validate(self.model_dump(exclude={"images", "workers"}))
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per pydantic error, joined: ``field.path: message (got value)``."""
+    parts = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        value = error.get("input")
+        got = "" if error["type"] == "missing" or isinstance(value, dict) else f" (got {value!r})"
+        parts.append(f"{field}: {error['msg']}{got}")
+    return "; ".join(parts)
+
+
+def load_job_file(path: str | Path) -> LearnJobFile:
+    """Read and validate a job file; ``images`` is resolved against the file's folder.
+
+    Raises
+    ------
+    JobFileError
+        When the file cannot be read, is not a YAML mapping, or does not validate (the message names the
+        field and the value).
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise JobFileError(f"{path}: cannot read the job file: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise JobFileError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise JobFileError(f"{path}: a job file must hold a mapping of fields, got {type(data).__name__}")
+    try:
+        job = LearnJobFile.model_validate(data)
+    except ValidationError as exc:
+        raise JobFileError(f"{path}: {describe_validation_error(exc)}") from None
+    images = job.images if job.images.is_absolute() else (path.resolve().parent / job.images)
+    return job.model_copy(update={"images": images.resolve()})
