@@ -10,11 +10,10 @@ beside its reconstruction), ``objective.png`` and ``history.json`` into the outp
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from solver import learn_layer, load_config, reconstruct  # noqa: E402
 from solver.montage import filter_montage, side_by_side  # noqa: E402
+from workers.checkpoint import atomic_write_bytes, npy_bytes  # noqa: E402
 
 logger = logging.getLogger("deconv.demo")
 
@@ -43,23 +43,15 @@ def load_images(folder: Path) -> tuple[np.ndarray, list[str]]:
     return np.stack(arrays)[:, None], [p.name for p in paths]
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def png_bytes(picture: np.ndarray) -> bytes:
+    """A [0, 1] grey or RGB picture as PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray((np.clip(picture, 0, 1) * 255).round().astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
-def save_png(path: Path, picture: np.ndarray) -> None:
-    data = (np.clip(picture, 0, 1) * 255).round().astype(np.uint8)
-    _atomic_write(path, lambda tmp: Image.fromarray(data).save(tmp, format="PNG"))
-
-
-def save_objective_plot(path: Path, history: list[float]) -> None:
+def objective_plot_bytes(history: list[float]) -> bytes:
+    """The learning curve as PNG bytes."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -72,8 +64,10 @@ def save_objective_plot(path: Path, history: list[float]) -> None:
     ax.set_title("learning objective")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
+    return buffer.getvalue()
 
 
 def psnr(reference: np.ndarray, estimate: np.ndarray) -> float:
@@ -107,15 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - start
 
     args.out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(args.out / "filters.npy", lambda tmp: np.save(open(tmp, "wb"), result.filters))
+    atomic_write_bytes(args.out / "filters.npy", npy_bytes(result.filters))
     history = [{"iteration": s.iteration, "objective": s.objective} for s in result.stats]
-    _atomic_write(args.out / "history.json", lambda tmp: Path(tmp).write_text(json.dumps(history, indent=1)))
-    save_png(args.out / "filters.png", filter_montage(result.filters))
+    atomic_write_bytes(args.out / "history.json", json.dumps(history, indent=1).encode())
+    atomic_write_bytes(args.out / "filters.png", png_bytes(filter_montage(result.filters)))
     inputs = result.preprocess.apply(images) if result.preprocess is not None else images.astype(np.float32)
     recon = reconstruct(result.maps, result.filters, boundary=config.boundary, connectivity=result.connectivity)
     rows = [side_by_side(inputs[i, 0], recon[i, 0]) for i in range(min(4, len(names)))]
-    save_png(args.out / "reconstructions.png", np.concatenate(rows, axis=0))
-    save_objective_plot(args.out / "objective.png", result.history)
+    atomic_write_bytes(args.out / "reconstructions.png", png_bytes(np.concatenate(rows, axis=0)))
+    atomic_write_bytes(args.out / "objective.png", objective_plot_bytes(result.history))
     logger.info("done in %.1f s: E %.4g -> %.4g, non-zero maps %.3f, reconstruction PSNR %.1f dB", elapsed,
                 result.history[0], result.history[-1], result.stats[-1].sparsity, psnr(inputs, recon))
     logger.info("wrote filters.npy, filters.png, reconstructions.png, objective.png, history.json to %s",
