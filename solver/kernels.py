@@ -37,6 +37,11 @@ def available() -> bool:
 
 if NUMBA:
 
+    @njit(inline="always", cache=True, fastmath=_FLAGS)
+    def _rhs(ar, ai, y, z, u, r):  # pragma: no cover  (compiled)
+        """conj(a)·y + r·(z − u) in real and imaginary parts."""
+        return ar * y.real + ai * y.imag + r * (z.real - u.real), ar * y.imag - ai * y.real + r * (z.imag - u.imag)
+
     @njit(parallel=True, cache=True, fastmath=_FLAGS)
     def _sm_solve(a, y_hat, z_hat, u_hat, inv, rho, out):  # pragma: no cover  (compiled)
         # Complex products are written out in real and imaginary parts: LLVM vectorises these, not numba's
@@ -53,20 +58,16 @@ if NUMBA:
             for k in range(K):
                 for f in range(lo, hi):
                     ar, ai = a[k, f].real, a[k, f].imag
-                    yr, yi = y_hat[n, f].real, y_hat[n, f].imag
-                    br = ar * yr + ai * yi + r * (z_hat[n, k, f].real - u_hat[n, k, f].real)
-                    bi = ar * yi - ai * yr + r * (z_hat[n, k, f].imag - u_hat[n, k, f].imag)
+                    br, bi = _rhs(ar, ai, y_hat[n, f], z_hat[n, k, f], u_hat[n, k, f], r)
                     sr[f - lo] += ar * br - ai * bi
                     si[f - lo] += ar * bi + ai * br
             for f in range(lo, hi):
                 sr[f - lo] *= inv[n, f]
                 si[f - lo] *= inv[n, f]
-            for k in range(K):
+            for k in range(K):  # b is recomputed rather than stored: one map-sized array less to write
                 for f in range(lo, hi):
                     ar, ai = a[k, f].real, a[k, f].imag
-                    yr, yi = y_hat[n, f].real, y_hat[n, f].imag
-                    br = ar * yr + ai * yi + r * (z_hat[n, k, f].real - u_hat[n, k, f].real)
-                    bi = ar * yi - ai * yr + r * (z_hat[n, k, f].imag - u_hat[n, k, f].imag)
+                    br, bi = _rhs(ar, ai, y_hat[n, f], z_hat[n, k, f], u_hat[n, k, f], r)
                     cr = ar * sr[f - lo] + ai * si[f - lo]
                     ci = ar * si[f - lo] - ai * sr[f - lo]
                     out[n, k, f] = complex((br - cr) / r, (bi - ci) / r)
