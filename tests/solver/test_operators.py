@@ -50,7 +50,9 @@ def _random_problem(rng, dtype, boundary, n_channels, image_shape=IMAGE_SHAPE, s
 # --- contract checks -------------------------------------------------------------------------------------------
 
 
-class TestConvOperatorContract(LinearOperatorContract):
+class _OperatorCases(LinearOperatorContract):
+    """Both boundaries, one and three channels, full and sparse connectivity; subclasses build `operator`."""
+
     @pytest.fixture(params=["circular", "valid"])
     def boundary(self, request):
         return request.param
@@ -64,18 +66,20 @@ class TestConvOperatorContract(LinearOperatorContract):
         return _connectivity(request.param, N_FILTERS, n_channels)
 
     @pytest.fixture
-    def operator(self, rng, dtype, backend, boundary, n_channels, connectivity):
-        filters = backend.asarray(rng.standard_normal((N_FILTERS, n_channels, FILTER_SIZE, FILTER_SIZE)).astype(dtype))
-        g = None if connectivity is None else backend.asarray(connectivity)
-        return ConvOperator(filters, IMAGE_SHAPE, boundary=boundary, connectivity=g)
-
-    @pytest.fixture
     def op_forward(self, operator):
         return operator.forward
 
     @pytest.fixture
     def op_adjoint(self, operator):
         return operator.adjoint
+
+
+class TestConvOperatorContract(_OperatorCases):
+    @pytest.fixture
+    def operator(self, rng, dtype, backend, boundary, n_channels, connectivity):
+        filters = backend.asarray(rng.standard_normal((N_FILTERS, n_channels, FILTER_SIZE, FILTER_SIZE)).astype(dtype))
+        g = None if connectivity is None else backend.asarray(connectivity)
+        return ConvOperator(filters, IMAGE_SHAPE, boundary=boundary, connectivity=g)
 
     @pytest.fixture
     def in_shape(self, operator):
@@ -86,33 +90,13 @@ class TestConvOperatorContract(LinearOperatorContract):
         return (N_IMAGES, n_channels) + IMAGE_SHAPE
 
 
-class TestFilterOperatorContract(LinearOperatorContract):
-    @pytest.fixture(params=["circular", "valid"])
-    def boundary(self, request):
-        return request.param
-
-    @pytest.fixture(params=[1, 3], ids=["C1", "C3"])
-    def n_channels(self, request):
-        return request.param
-
-    @pytest.fixture(params=["full", "sparse"])
-    def connectivity(self, request, n_channels):
-        return _connectivity(request.param, N_FILTERS, n_channels)
-
+class TestFilterOperatorContract(_OperatorCases):
     @pytest.fixture
     def operator(self, rng, dtype, backend, boundary, n_channels, connectivity):
         grid = map_shape(IMAGE_SHAPE, FILTER_SIZE, boundary)
         maps = backend.asarray(rng.standard_normal((N_IMAGES, N_FILTERS) + grid).astype(dtype))
         g = None if connectivity is None else backend.asarray(connectivity)
         return FilterOperator(maps, IMAGE_SHAPE, FILTER_SIZE, boundary=boundary, connectivity=g, n_channels=n_channels)
-
-    @pytest.fixture
-    def op_forward(self, operator):
-        return operator.forward
-
-    @pytest.fixture
-    def op_adjoint(self, operator):
-        return operator.adjoint
 
     @pytest.fixture
     def in_shape(self, n_channels):
