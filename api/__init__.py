@@ -1,2 +1,2 @@
-"""The HTTP service (FastAPI), its Python client and the `deconv` CLI. Not built yet (issue #4); only the
-package exists so that the layout is fixed."""
+"""The `deconv` command line (`api.cli`: `deconv learn CONFIG --workers N --out DIR`). The HTTP service
+(FastAPI), its Python client and the other subcommands come with issue #4."""
