@@ -25,8 +25,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def planted(seed: int, *, n_images=16, n_filters=4, size=5, side=32, density=0.01):
-    """Images synthesised from random unit-norm filters and sparse maps with amplitudes ±[1, 2]."""
-    rng = np.random.default_rng(seed)
+    """Images synthesised from random unit-norm filters and sparse maps with amplitudes ±[1, 2].
+
+    The stream is keyed [seed, 2026] so that it never coincides with learn()'s initial filters, which are the
+    first draw of ``default_rng(seed)``: with a shared stream, learning would start at the true filters.
+    """
+    rng = np.random.default_rng([seed, 2026])
     D = rng.standard_normal((n_filters, 1, size, size))
     D /= np.sqrt((D**2).sum(axis=(1, 2, 3), keepdims=True))
     shape = (n_images, n_filters, side, side)
@@ -50,13 +54,24 @@ def small_images():
     return (y + 0.01 * rng.standard_normal(y.shape)).astype(np.float64)
 
 
-# Recovery of every filter depends on the random initial filters: over data seeds 0-9 with init seed 0 it
-# succeeds for 1 (admm) or 2 (fista) of the 10, and on the failing instances SPORCO's ConvBPDNDictLearn stays
-# in local minima too (shifted or mixed filters). These instances recover.
-@pytest.mark.parametrize(("method", "data_seed"), [("admm", 0), ("fista", 0), ("zeiler", 0), ("fista", 9)])
-def test_learn_recovers_planted_filters(method, data_seed):
+def perturbed(truth: np.ndarray, seed: int, noise: float) -> np.ndarray:
+    """Unit-norm filters `truth` + `noise`·(their RMS)·N(0, 1), from an independent stream."""
+    rng = np.random.default_rng([seed, 7])
+    f = truth + noise * np.sqrt((truth**2).mean()) * rng.standard_normal(truth.shape)
+    return f / np.sqrt((f**2).sum(axis=(1, 2, 3), keepdims=True))
+
+
+# From random initial filters, recovery of every planted filter is rare on these problems (0 of 8 instances
+# on four configurations, for SPORCO's ConvBPDNDictLearn too on the instances tried): the learners end in
+# local minima of shifted or mixed filters. What is tested is that learning converges to the planted filters
+# from a start well inside their basin but far from them (correlations about 0.5 to 0.8).
+@pytest.mark.parametrize("data_seed", [0, 1])
+@pytest.mark.parametrize("method", ["admm", "fista", "zeiler"])
+def test_learn_recovers_planted_filters_from_a_perturbed_start(method, data_seed):
     D, y = planted(data_seed)
-    result = learn(y, 4, 5, 0.1, n_iter=60, method=method, seed=0)
+    start = perturbed(D, data_seed, 1.2)
+    assert best_correlations(start, D).min() < 0.85  # learning has work to do
+    result = learn(y, 4, 5, 0.1, n_iter=40, method=method, init_filters=start)
     assert best_correlations(result.filters, D).min() >= 0.9
 
 
