@@ -119,7 +119,3 @@ def backend_of(a: Array) -> Backend:
         return Backend("cupy", cupy, 1)
     raise ValueError(f"expected a numpy or cupy array, got {type(a).__name__}")
 
-
-def complex_dtype(real_dtype: Any) -> np.dtype:
-    """complex64 for float32, complex128 for float64."""
-    return np.result_type(np.dtype(real_dtype), np.complex64)

@@ -204,15 +204,6 @@ class ConvOperator:
         return max_gram_eigenvalue(self.filters_hat)
 
 
-def dense_filter_grid(filters: Array, grid: tuple[int, int]) -> Array:
-    """Zero-pad filters (…, s, s) to (…, H', W') with the [0, 0] entry at the origin."""
-    xp = backend_of(filters).xp
-    out = xp.zeros(filters.shape[:-2] + tuple(grid), dtype=filters.dtype)
-    s0, s1 = filters.shape[-2:]
-    out[..., :s0, :s1] = filters
-    return out
-
-
 class FilterOperator:
     r"""Synthesis for fixed maps, linear in the filters: filters (K, C, s, s) -> images (N, C, H, W).
 

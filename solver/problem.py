@@ -11,10 +11,11 @@ and the residual of a point given in the Fourier domain on the map grid.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
-from .backend import Array, backend_of
+from .backend import Array, Backend, backend_of
 from .operators import ConvOperator, parseval_weights
 from .prox import LpPenalty
 
@@ -35,10 +36,10 @@ class CSCProblem:
         self.op = op
         self.penalty = penalty
         self.backend = op.backend
-        xp = self.backend.xp
-        self.images_hat = op.rfft(op.grid.pad(images))  # F Pᵀ y on the map grid
+        self._residual = GridResidual(images, op.grid, op.backend)
+        self.images_hat = self._residual.images_hat  # F Pᵀ y on the map grid
+        self._weights = self._residual.weights
         self.rhs_hat = op.adjoint_hat(self.images_hat)  # F Dᴴ y
-        self._weights = parseval_weights(op.map_shape, xp, xp.real(self.images_hat[..., :1]).dtype)
         self.n_images = images.shape[0]
 
     @property
@@ -53,12 +54,6 @@ class CSCProblem:
     def maps_shape(self) -> tuple[int, int, int, int]:
         return (self.n_images, self.op.n_filters) + self.op.map_shape
 
-    def sq_norm_hat(self, a_hat: Array) -> np.ndarray:
-        """‖a[n]‖² per image of a real array on the map grid given by its rfft (Parseval), host float64 (N,)."""
-        xp = self.backend.xp
-        power = (a_hat.real * a_hat.real + a_hat.imag * a_hat.imag) * self._weights
-        return self.backend.to_host(xp.sum(power.reshape(power.shape[0], -1), axis=1, dtype=xp.float64))
-
     def residual(self, maps_hat: Array) -> tuple[Array, np.ndarray]:
         """The residual of maps given in the Fourier domain.
 
@@ -70,13 +65,7 @@ class CSCProblem:
         data : ndarray of shape (N,)
             ½‖P D z[n] − y[n]‖² per image (host float64).
         """
-        op = self.op
-        synth_hat = op.forward_hat(maps_hat)
-        if not op.grid.cropped:
-            resid_hat = synth_hat - self.images_hat
-            return resid_hat, 0.5 * self.sq_norm_hat(resid_hat)
-        resid = op.grid.crop(op.irfft(synth_hat)) - self.images
-        return op.rfft(op.grid.pad(resid)), 0.5 * sq_norm_per_item(resid)
+        return self._residual(self.op.forward_hat(maps_hat))
 
     def gradient(self, resid_hat: Array) -> Array:
         """Dᴴ Pᵀ r in the spatial domain, (N, K, H', W'), from the Fourier residual."""
@@ -106,6 +95,37 @@ class CSCProblem:
 
     def regulariser(self, maps: Array) -> np.ndarray:
         return self.penalty.per_item(maps)
+
+
+class GridResidual:
+    """Images on the map grid and the residual of a synthesis given in the Fourier domain.
+
+    Shared by the map problem (:class:`CSCProblem`) and the filter problem: both synthesise images on the map
+    grid as ``synth_hat`` (N, C, U, V) and need F Pᵀ(P synth − y) with ½‖P synth − y‖² per image; by
+    Parseval for the circular boundary, through the spatial crop for the valid one.
+    """
+
+    def __init__(self, images: Array, grid: Any, backend: Backend):
+        self.images = images
+        self.grid = grid
+        self.backend = backend
+        self.images_hat = backend.rfft2(grid.pad(images), grid.shape)
+        xp = backend.xp
+        self.weights = parseval_weights(grid.shape, xp, xp.real(self.images_hat[..., :1]).dtype)
+
+    def sq_norm_hat(self, a_hat: Array) -> np.ndarray:
+        """‖a[n]‖² per image of a real array on the map grid given by its rfft (Parseval), host float64 (N,)."""
+        xp = self.backend.xp
+        power = (a_hat.real * a_hat.real + a_hat.imag * a_hat.imag) * self.weights
+        return self.backend.to_host(xp.sum(power.reshape(power.shape[0], -1), axis=1, dtype=xp.float64))
+
+    def __call__(self, synth_hat: Array) -> tuple[Array, np.ndarray]:
+        """(F Pᵀ(P synth − y), ½‖P synth[n] − y[n]‖² per image as host float64 (N,))."""
+        if not self.grid.cropped:
+            resid_hat = synth_hat - self.images_hat
+            return resid_hat, 0.5 * self.sq_norm_hat(resid_hat)
+        resid = self.grid.crop(self.backend.irfft2(synth_hat, self.grid.shape)) - self.images
+        return self.backend.rfft2(self.grid.pad(resid), self.grid.shape), 0.5 * sq_norm_per_item(resid)
 
 
 def sq_norm_per_item(a: Array) -> np.ndarray:

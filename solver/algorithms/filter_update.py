@@ -18,7 +18,8 @@ import numpy as np
 from ..backend import Array
 from ..config import FilterUpdateConfig, FistaConfig
 from ..linalg import conjugate_gradient
-from ..operators import Boundary, FilterOperator, parseval_weights
+from ..operators import Boundary, FilterOperator
+from ..problem import GridResidual
 from ..prox import normalise_unit, project_unit_ball
 from .base import run
 from .fista import Fista
@@ -51,26 +52,14 @@ class FilterProblem:
             maps, images.shape[-2:], filter_size, boundary=boundary, connectivity=connectivity,
             n_channels=images.shape[1],
         )
-        bk = self.op.backend
-        self.backend = bk
-        self.images_hat = bk.rfft2(self.op.grid.pad(images), self.op.grid.shape)
-        xp = bk.xp
-        self._weights = parseval_weights(self.op.grid.shape, xp, images.dtype)
-        self.shape = (maps.shape[1], images.shape[1], filter_size, filter_size)
+        self.backend = self.op.backend
+        self._residual = GridResidual(images, self.op.grid, self.backend)
+        self.images_hat = self._residual.images_hat  # F Pᵀ y on the map grid (read by the consensus update)
 
     def residual_of(self, filters: Array) -> tuple[Array, np.ndarray]:
         """(F Pᵀ(P Z f − y), [½‖P Z f − y‖²]) at `filters` (K, C, s, s)."""
-        op = self.op
-        xp = self.backend.xp
-        synth_hat = op.forward_hat(op.filters_to_hat(filters))
-        if not op.grid.cropped:
-            r_hat = synth_hat - self.images_hat
-            power = r_hat.real * r_hat.real + r_hat.imag * r_hat.imag
-            data = self.backend.to_host(xp.sum(power * self._weights, dtype=xp.float64))
-            return r_hat, np.array([0.5 * float(data)])
-        resid = op.grid.crop(self.backend.irfft2(synth_hat, op.grid.shape)) - self.images
-        data = self.backend.to_host(xp.sum(resid * resid, dtype=xp.float64))
-        return self.backend.rfft2(op.grid.pad(resid), op.grid.shape), np.array([0.5 * float(data)])
+        resid_hat, data = self._residual(self.op.forward_hat(self.op.filters_to_hat(filters)))
+        return resid_hat, np.array([float(data.sum())])
 
     def gradient(self, resid_hat: Array) -> Array:
         return self.op.hat_to_filters(self.op.adjoint_hat(resid_hat))
