@@ -1,2 +1,18 @@
-"""The `deconv` command line (`api.cli`: `deconv learn CONFIG --workers N --out DIR`). The HTTP service
-(FastAPI), its Python client and the other subcommands come with issue #4."""
+"""The service layer of deconv.
+
+* :mod:`api.app`: ``create_app(settings)``, the FastAPI service (OpenAPI at ``/docs``);
+* :mod:`api.settings`: ``Settings``, defaults overridden by ``DECONV_*`` environment variables;
+* :mod:`api.schemas`: the JSON shapes shared by server, client and CLI;
+* :mod:`api.client`: ``DeconvClient``, the Python client (httpx2);
+* :mod:`api.cli`: the ``deconv`` command line (``serve``, ``learn``, ``submit``, ``status``, ``wait``, ``cancel``,
+  ``filters``, ``reconstruct``, ``demo``).
+
+Nothing is imported here, so ``import api`` stays cheap.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("deconv")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+local"

@@ -1,0 +1,100 @@
+"""The JSON shapes of the HTTP API (pydantic), shared by the server, the client and the CLI.
+
+The job spec itself is :class:`workers.spec.JobSpec` (a learning config plus ``dataset_id``, ``workers``,
+``backend``). Errors are ``{"detail": [{"loc": [...], "msg": ..., "type": ..., "input": ...}]}`` for a bad field
+(FastAPI's validation shape, also used for the service's own checks) and ``{"detail": "message"}`` otherwise.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from workers.spec import JobSpec
+from workers.store import DatasetRecord, JobRecord
+
+__all__ = ["ArtifactOut", "DatasetOut", "HealthOut", "JobList", "JobOut", "JobSpec", "ProgressOut"]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class DatasetOut(_Out):
+    id: str
+    n_images: int
+    shapes: list[list[int]]
+    dtypes: list[str]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, record: DatasetRecord) -> DatasetOut:
+        return cls(id=record.id, n_images=record.n_images, shapes=record.shapes,
+                   dtypes=[im.dtype for im in record.images], created_at=_time(record.created_at))
+
+
+class ProgressOut(_Out):
+    layer: int
+    n_layers: int
+    iteration: int
+    n_iter: int
+    objective: float | None
+    sparsity: float | None
+    elapsed: float | None
+    fraction: float
+
+
+class JobOut(_Out):
+    id: str
+    status: str
+    dataset_id: str
+    progress: ProgressOut
+    error: str | None
+    cancel_requested: bool
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    spec: dict[str, Any]
+    links: dict[str, str]
+
+    @classmethod
+    def of(cls, job: JobRecord) -> JobOut:
+        p = job.progress
+        progress = ProgressOut(layer=p.layer, n_layers=p.n_layers, iteration=p.iteration, n_iter=p.n_iter,
+                               objective=p.objective, sparsity=p.sparsity, elapsed=p.elapsed, fraction=p.fraction)
+        base = f"/jobs/{job.id}"
+        links = {"self": base, "history": f"{base}/history", "artifacts": f"{base}/artifacts"}
+        if job.status == "succeeded":
+            links |= {"filters": f"{base}/filters", "maps": f"{base}/maps",
+                      "reconstructions": f"{base}/reconstructions", "encode": f"/models/{job.id}/encode"}
+        return cls(id=job.id, status=job.status, dataset_id=job.spec.get("dataset_id", ""), progress=progress,
+                   error=job.error, cancel_requested=job.cancel_requested, attempts=job.attempts,
+                   created_at=_time(job.created_at), started_at=_time(job.started_at),
+                   finished_at=_time(job.finished_at), spec=job.spec, links=links)
+
+
+class JobList(_Out):
+    items: list[JobOut]
+    next_cursor: str | None
+
+
+class ArtifactOut(_Out):
+    name: str
+    sha256: str
+    size: int
+    media_type: str
+    url: str
+
+
+class HealthOut(_Out):
+    status: str
+    version: str
+    runner: str
+    queued: int | None = None
+
+
+def _time(t: float | None) -> datetime | None:
+    return None if t is None else datetime.fromtimestamp(t, tz=UTC)

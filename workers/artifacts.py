@@ -1,0 +1,152 @@
+"""Content-addressed artifact stores: a local folder (the embedded default) and any fsspec URL (``s3://``, ...).
+
+An artifact is a byte string named by its sha256 and a suffix (``<sha256>.npy``); identical results are stored
+once, a key says what its bytes are, and a reader can check them. Both stores have the same interface:
+:meth:`~ArtifactStore.put` returns the key, :meth:`~ArtifactStore.get` returns the bytes after checking their
+sha256 (:class:`ArtifactCorruptError` otherwise), :meth:`~ArtifactStore.local_path` gives a file path where the
+store has one (Ray workers on the same host read dataset images from there).
+
+Local writes are atomic: a temporary file in the destination folder, fsync, ``os.replace``, so a crash leaves either
+nothing or the whole artifact (never a truncated one under its final name). An S3 PUT is atomic per object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Protocol
+
+from .checkpoint import atomic_write_bytes
+
+KEY_PATTERN = re.compile(r"^[0-9a-f]{64}(\.[a-z0-9]{1,8})?$")
+
+
+class ArtifactCorruptError(RuntimeError):
+    """An artifact whose bytes no longer hash to its key (or that is missing)."""
+
+
+def artifact_key(data: bytes, suffix: str = "") -> str:
+    """The key of `data`: its sha256 in hex, plus `suffix` (``".npy"``, ``".png"``, ...)."""
+    _check_suffix(suffix)
+    return hashlib.sha256(data).hexdigest() + suffix
+
+
+def check_key(key: str) -> str:
+    """`key` if it is a well-formed artifact key; ValueError otherwise (keys reach paths: no traversal)."""
+    if not isinstance(key, str) or not KEY_PATTERN.match(key):
+        raise ValueError(f"artifact key must be a sha256 hex digest with an optional suffix, got {key!r}")
+    return key
+
+
+def _check_suffix(suffix: str) -> None:
+    if suffix and not re.fullmatch(r"\.[a-z0-9]{1,8}", suffix):
+        raise ValueError(f"artifact suffix must look like '.npy', got {suffix!r}")
+
+
+class ArtifactStore(Protocol):
+    """Where job artifacts live; see the module docstring."""
+
+    def put(self, data: bytes, suffix: str = "") -> str: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def local_path(self, key: str) -> Path | None: ...
+
+
+class LocalArtifactStore:
+    """Artifacts as files ``root/ab/abcdef....npy``.
+
+    Parameters
+    ----------
+    root : path
+        Created if missing.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        check_key(key)
+        return self.root / key[:2] / key
+
+    def put(self, data: bytes, suffix: str = "") -> str:
+        key = artifact_key(data, suffix)
+        path = self._path(key)
+        if path.is_file() and path.stat().st_size == len(data):
+            return key  # already there: same bytes by construction of the key (checked again on read)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data)
+        return key
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ArtifactCorruptError(f"artifact {key} is missing from {self.root}") from None
+        _verify(key, data)
+        return data
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+
+class FsspecArtifactStore:
+    """Artifacts under an fsspec URL (``s3://bucket/prefix``, ``memory://x``, ``file:///...``).
+
+    Needs the ``s3`` extra (fsspec, s3fs) for S3. Writes go through ``pipe`` (one PUT on object stores).
+    """
+
+    def __init__(self, url: str, **storage_options):
+        import fsspec  # noqa: PLC0415  (optional dependency)
+
+        self.url = url
+        self.fs, self.root = fsspec.core.url_to_fs(url, **storage_options)
+        self.root = self.root.rstrip("/")
+
+    def _path(self, key: str) -> str:
+        check_key(key)
+        return f"{self.root}/{key[:2]}/{key}"
+
+    def put(self, data: bytes, suffix: str = "") -> str:
+        key = artifact_key(data, suffix)
+        path = self._path(key)
+        if not self.fs.exists(path):
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            self.fs.pipe(path, data)
+        return key
+
+    def get(self, key: str) -> bytes:
+        try:
+            data = self.fs.cat(self._path(key))
+        except FileNotFoundError:
+            raise ArtifactCorruptError(f"artifact {key} is missing from {self.url}") from None
+        _verify(key, data)
+        return data
+
+    def exists(self, key: str) -> bool:
+        return bool(self.fs.exists(self._path(key)))
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+
+def open_artifact_store(location: str | Path) -> ArtifactStore:
+    """A local store for a path (or ``file://`` with no scheme options), an fsspec store for another URL."""
+    text = str(location)
+    if "://" in text and not text.startswith("file://"):
+        return FsspecArtifactStore(text)
+    return LocalArtifactStore(text.removeprefix("file://"))
+
+
+def _verify(key: str, data: bytes) -> None:
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != key[:64]:
+        raise ArtifactCorruptError(f"artifact {key} is corrupt: its bytes hash to {digest}")

@@ -1,0 +1,220 @@
+"""Uploaded images: decoding PNG, JPEG, TIFF and NPY files, or one zip / npz of them, within limits.
+
+Every file is recognised by its first bytes (not its name), its dimensions are checked against the limits before
+its pixels are decoded, and any failure raises :class:`UploadError` naming the file (``files[2]`` or the name
+inside an archive) and what is wrong. Decoded images are arrays of shape (C, H, W):
+
+* 8-bit pictures give uint8, grey as one channel, colour as RGB (alpha dropped); 16-bit grey gives uint16;
+  when an upload mixes grey and colour pictures, the grey ones are replicated to RGB, so they share C;
+* an NPY array of shape (H, W) or (C, H, W) is one image, (N, C, H, W) is N images; integer, float32 and
+  float64 arrays are kept as they are (NaN and inf are refused); an npz holds such arrays, in name order.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*")
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+_KEPT_DTYPES = frozenset("uint8 uint16 uint32 int8 int16 int32 int64 float32 float64".split())
+_GREY_MODES = frozenset({"1", "L", "LA"})
+_GREY16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+class UploadError(ValueError):
+    """An uploaded file that cannot be taken; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """Bounds on one upload.
+
+    Attributes
+    ----------
+    max_pixels : int
+        Largest H·W of one image.
+    max_images : int
+        Most images per upload (dataset).
+    max_bytes : int
+        Most bytes, also the most uncompressed bytes of an archive's members together.
+    max_channels : int
+        Most channels of one NPY image.
+    """
+
+    max_pixels: int = 4096 * 4096
+    max_images: int = 10_000
+    max_bytes: int = 512 * 2**20
+    max_channels: int = 64
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    name: str
+    array: np.ndarray  # (C, H, W)
+
+
+def decode_upload(parts: Sequence[tuple[str, bytes]], limits: UploadLimits = UploadLimits()) -> list[DecodedImage]:
+    """Decode the uploaded files, in order, into images of shape (C, H, W).
+
+    Parameters
+    ----------
+    parts : sequence of (name, bytes)
+        The uploaded files; a name is used in messages only (``files[i]`` when empty).
+    limits : UploadLimits
+
+    Raises
+    ------
+    UploadError
+        No file, an unknown format, a corrupt or truncated file, an image over the limits, too many images.
+    """
+    if not parts:
+        raise UploadError("files: no file uploaded; send one or more parts named 'files'")
+    total = sum(len(data) for _, data in parts)
+    if total > limits.max_bytes:
+        raise UploadError(f"files: the upload holds {total} bytes, more than the limit {limits.max_bytes}")
+    images: list[DecodedImage] = []
+    for index, (name, data) in enumerate(parts):
+        label = f"files[{index}]" + (f" ({name!r})" if name else "")
+        images.extend(_decode_file(label, data, limits, archive_ok=len(parts) == 1))
+        if len(images) > limits.max_images:
+            raise UploadError(f"files: more than {limits.max_images} images in one upload (limit max_images)")
+    if not images:
+        raise UploadError("files: the upload holds no image")
+    return _common_channels(images)
+
+
+def _decode_file(label: str, data: bytes, limits: UploadLimits, *, archive_ok: bool) -> list[DecodedImage]:
+    head = data[:8]
+    if head.startswith(ZIP_MAGIC):
+        if not archive_ok:
+            raise UploadError(f"{label}: a zip or npz must be the only file of an upload")
+        return _decode_archive(label, data, limits)
+    if head.startswith(NPY_MAGIC):
+        return [DecodedImage(f"{label}[{i}]" if n > 1 else label, a)
+                for i, a, n in _numbered(_decode_npy(label, data, limits))]
+    if head.startswith(PNG_MAGIC) or head.startswith(JPEG_MAGIC) or head[:4] in TIFF_MAGICS:
+        return [DecodedImage(label, _decode_picture(label, data, limits))]
+    raise UploadError(f"{label}: not a PNG, JPEG, TIFF, NPY, zip or npz file (first bytes {head[:8]!r})")
+
+
+def _numbered(arrays: list[np.ndarray]):
+    return [(i, a, len(arrays)) for i, a in enumerate(arrays)]
+
+
+def _decode_picture(label: str, data: bytes, limits: UploadLimits) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+            if width * height > limits.max_pixels:
+                raise UploadError(f"{label}: image of {width}x{height} pixels is larger than the limit of "
+                                  f"{limits.max_pixels} pixels (max_pixels)")
+            if getattr(im, "n_frames", 1) > 1:
+                raise UploadError(f"{label}: multi-frame images are not supported ({im.n_frames} frames)")
+            im.load()
+            if im.mode in _GREY16_MODES:
+                return np.asarray(im, dtype=np.uint16)[None].copy()
+            if im.mode in _GREY_MODES:
+                return np.asarray(im.convert("L"))[None].copy()
+            if im.mode in ("I", "F", "I;16S"):
+                raise UploadError(f"{label}: 32-bit and float pictures (mode {im.mode!r}) are not supported; "
+                                  "send them as NPY")
+            return np.ascontiguousarray(np.moveaxis(np.asarray(im.convert("RGB")), -1, 0))
+    except UploadError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise UploadError(f"{label}: cannot decode the image: {type(exc).__name__}: {exc}") from None
+
+
+def _decode_npy(label: str, data: bytes, limits: UploadLimits) -> list[np.ndarray]:
+    buffer = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buffer)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(buffer)  # the header only, before any data is read
+    except (ValueError, OSError, SyntaxError) as exc:
+        raise UploadError(f"{label}: not a valid NPY file: {exc}") from None
+    if dtype.hasobject or str(dtype) not in _KEPT_DTYPES:
+        raise UploadError(f"{label}: NPY dtype {dtype} is not supported (integers, float32 or float64)")
+    if len(shape) not in (2, 3, 4):
+        raise UploadError(f"{label}: NPY array must have shape (H, W), (C, H, W) or (N, C, H, W), got {shape}")
+    _check_dims(label, shape, limits)
+    buffer.seek(0)
+    try:
+        array = np.load(buffer, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise UploadError(f"{label}: cannot read the NPY data: {exc}") from None
+    return _split_stack(label, array)
+
+
+def _check_dims(label: str, shape: tuple[int, ...], limits: UploadLimits) -> None:
+    height, width = shape[-2:]
+    if min(shape) < 1:
+        raise UploadError(f"{label}: empty array of shape {tuple(shape)}")
+    if height * width > limits.max_pixels:
+        raise UploadError(f"{label}: image of {width}x{height} pixels is larger than the limit of "
+                          f"{limits.max_pixels} pixels (max_pixels)")
+    if len(shape) >= 3 and shape[-3] > limits.max_channels:
+        raise UploadError(f"{label}: {shape[-3]} channels, more than the limit {limits.max_channels} "
+                          "(max_channels); arrays are (H, W), (C, H, W) or (N, C, H, W)")
+    if len(shape) == 4 and shape[0] > limits.max_images:
+        raise UploadError(f"{label}: {shape[0]} images, more than the limit {limits.max_images} (max_images)")
+
+
+def _split_stack(label: str, array: np.ndarray) -> list[np.ndarray]:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise UploadError(f"{label}: the array holds NaN or inf")
+    if array.ndim == 2:
+        return [array[None]]
+    if array.ndim == 3:
+        return [array]
+    return list(array)
+
+
+def _decode_archive(label: str, data: bytes, limits: UploadLimits) -> list[DecodedImage]:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = sorted((m for m in archive.infolist() if not m.is_dir()), key=lambda m: m.filename)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UploadError(f"{label}: not a valid zip or npz archive: {exc}") from None
+    members = [m for m in members if not _hidden(m.filename)]
+    if len(members) > limits.max_images:
+        raise UploadError(f"{label}: {len(members)} files in the archive, more than the limit {limits.max_images}")
+    unpacked = sum(m.file_size for m in members)
+    if unpacked > limits.max_bytes:
+        raise UploadError(f"{label}: the archive unpacks to {unpacked} bytes, more than the limit "
+                          f"{limits.max_bytes} (max_bytes)")
+    images: list[DecodedImage] = []
+    with archive:
+        for member in members:
+            inner = f"{label}:{member.filename}"
+            try:
+                content = archive.read(member)
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:  # CRC errors, truncation
+                raise UploadError(f"{inner}: cannot unpack: {exc}") from None
+            images.extend(_decode_file(inner, content, limits, archive_ok=False))
+            if len(images) > limits.max_images:
+                raise UploadError(f"{label}: more than {limits.max_images} images (max_images)")
+    return images
+
+
+def _hidden(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return base.startswith(".") or name.startswith("__MACOSX/")
+
+
+def _common_channels(images: list[DecodedImage]) -> list[DecodedImage]:
+    """Grey uint8 pictures become RGB when the upload also holds colour ones (as :mod:`workers.images` does)."""
+    colour = any(im.array.shape[0] == 3 and im.array.dtype == np.uint8 for im in images)
+    if not colour:
+        return images
+    return [DecodedImage(im.name, np.repeat(im.array, 3, axis=0))
+            if im.array.shape[0] == 1 and im.array.dtype == np.uint8 else im for im in images]

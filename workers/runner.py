@@ -1,0 +1,369 @@
+"""The job runner: takes queued jobs from the store, learns them on Ray layer by layer, writes their artifacts.
+
+One background thread runs one job at a time (oldest first). A job of L layers is L distributed runs of
+:class:`~workers.coordinator.Coordinator`: layer 1 on the dataset's images with the job's preprocessing, layer
+l+1 on the maps of layer l (saved as one ``.npy`` per image in the job's work folder) rescaled as the 2010 toolbox
+does. Every run checkpoints into ``jobs/<id>/checkpoints/L<l>`` every ``checkpoint_every`` outer iterations, and a
+finished layer leaves ``jobs/<id>/layers/L<l>/done.json`` (written last), so a job restarted after the service
+died skips its finished layers and resumes the current one from its newest checkpoint.
+
+Progress (layer, outer iteration, objective, sparsity, elapsed time) goes to the store after every outer iteration.
+A cancel request is seen before the next outer iteration. When the service stops gracefully, the running job goes
+back to the queue (after a checkpoint of its last iteration); when it is killed, :meth:`JobRunner.start` of the next
+service finds the job still ``running`` and queues it again.
+
+Artifacts of a succeeded job (names in the store): ``filters-L<l>.npy`` (K, C, s, s) float32 and
+``filters-L<l>.png`` (layer 1: the filters; higher layers: their pixel-space projections), ``connectivity-L<l>.npy``,
+``maps-L<l>.npz`` (one array per image, ``image-0000``, ...), ``reconstructions.npy`` (N, C, H, W: the top layer's
+maps projected to pixels, in the preprocessed space) and ``reconstructions.png`` (each preprocessed input beside its
+reconstruction), ``history.json`` and ``history.png`` (the objective per outer iteration), ``config.json`` (the
+resolved spec), ``model.json`` (what encoding and projection need).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from solver.learn import IterStats, LearnResult
+from solver.montage import filter_montage, side_by_side
+from solver.preprocess import FittedPreprocess
+
+from .checkpoint import atomic_write_bytes, npy_bytes
+from .cluster import ClusterConfig, connect
+from .models import JobModel, LayerModel
+from .spec import JobSpec, layer_config
+from .store import JobRecord, JobStore
+
+logger = logging.getLogger(__name__)
+
+_PNG_ROWS = 8  # reconstructions.png shows at most this many images
+
+
+class JobStopped(Exception):  # noqa: N818  (control flow, not an error)
+    """The job was asked to stop (a cancel, or the service shutting down) before it finished."""
+
+
+class JobRunner:
+    """Runs the store's queued jobs, one at a time, in a background thread.
+
+    Parameters
+    ----------
+    store : JobStore
+    cluster : ClusterConfig, optional
+        The Ray cluster (default: ``RAY_ADDRESS``, else a private local one, started on the first job).
+    checkpoint_every : int
+        Outer iterations between checkpoints.
+    max_failures : int
+        Shard-actor failures a job survives.
+    max_attempts : int
+        Times a job may be started (restarts of the service included) before it fails.
+    poll_interval : float
+        Seconds between looks at an empty queue.
+    actor_cpus : float
+        CPUs each shard actor reserves (see :class:`~workers.coordinator.Coordinator`).
+    """
+
+    def __init__(self, store: JobStore, *, cluster: ClusterConfig | None = None, checkpoint_every: int = 5,
+                 max_failures: int = 3, max_attempts: int = 3, poll_interval: float = 0.25,
+                 actor_cpus: float = 0.0):
+        self.store = store
+        self.cluster = cluster
+        self.checkpoint_every = checkpoint_every
+        self.max_failures = max_failures
+        self.max_attempts = max_attempts
+        self.poll_interval = poll_interval
+        self.actor_cpus = actor_cpus
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.current: str | None = None
+
+    def start(self) -> None:
+        """Queue again the jobs a dead service left running, then start the thread."""
+        if self._thread is not None:
+            raise RuntimeError("the runner is already started")
+        self.store.requeue_running(max_attempts=self.max_attempts)
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._loop, name="deconv-runner", daemon=True)
+        self._thread.start()
+
+    def notify(self) -> None:
+        """A job was queued: look now rather than at the next poll."""
+        self._wake.set()
+
+    def stop(self, timeout: float | None = 60.0) -> None:
+        """Stop after the running job's current outer iteration (it goes back to the queue) and join."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.warning("the runner did not stop within %s s", timeout)
+            self._thread = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                job = self.store.claim_next()
+            except Exception:  # a locked or broken database must not kill the runner thread
+                logger.exception("cannot read the job queue")
+                job = None
+            if job is None:
+                self._wake.wait(self.poll_interval)
+                self._wake.clear()
+                continue
+            self.run_job(job)
+        self.store.close()
+
+    def run_job(self, job: JobRecord) -> None:
+        """Run one claimed job to its end state (never raises)."""
+        self.current = job.id
+        logger.info("job %s: started (attempt %d)", job.id, job.attempts)
+        try:
+            execute(self.store, job, cluster=self.cluster, checkpoint_every=self.checkpoint_every,
+                    max_failures=self.max_failures, actor_cpus=self.actor_cpus,
+                    should_stop=lambda: self._stopping.is_set() or self.store.cancel_requested(job.id))
+        except JobStopped:
+            if self.store.cancel_requested(job.id):
+                self.store.finish(job.id, "cancelled")
+            else:
+                self.store.release(job.id)
+                logger.info("job %s: back in the queue (the service is stopping)", job.id)
+        except Exception as exc:
+            logger.error("job %s failed:\n%s", job.id, traceback.format_exc())
+            self.store.finish(job.id, "failed", _describe(exc))
+        else:
+            self.store.finish(job.id, "succeeded")
+        finally:
+            self.current = None
+
+
+def execute(store: JobStore, job: JobRecord, *, cluster: ClusterConfig | None = None, checkpoint_every: int = 5,
+            max_failures: int = 3, actor_cpus: float = 0.0,
+            should_stop: Callable[[], bool] = lambda: False) -> JobModel:
+    """Learn every layer of `job`, resuming what an earlier attempt left, and store the artifacts.
+
+    Raises
+    ------
+    JobStopped
+        When `should_stop` turned true before the end.
+    """
+    from .coordinator import Coordinator  # noqa: PLC0415  (imports Ray)
+
+    spec = JobSpec.model_validate(job.spec)
+    config = spec.learn_config()
+    dataset = store.get_dataset(spec.dataset_id)
+    if dataset is None:
+        raise ValueError(f"dataset {spec.dataset_id} is gone")
+    work = store.job_dir(job.id)
+    paths = _input_paths(store, dataset, work / "inputs")
+    connect(cluster)
+    results: list[LearnResult] = []
+    histories: list[list[IterStats]] = []
+    for index in range(len(spec.layers)):
+        layer_dir = work / "layers" / f"L{index + 1}"
+        done = _load_layer(layer_dir)
+        if done is None:
+            if should_stop():
+                raise JobStopped
+            cfg = layer_config(config, index)
+            coordinator = Coordinator(paths, cfg, workers=spec.workers, checkpoint_dir=work / "checkpoints" /
+                                      f"L{index + 1}", checkpoint_every=checkpoint_every,
+                                      max_failures=max_failures, backend=spec.backend, actor_cpus=actor_cpus)
+
+            def progress(stats: IterStats, layer: int = index + 1) -> None:
+                store.update_progress(job.id, layer=layer, iteration=stats.iteration, objective=stats.objective,
+                                      sparsity=stats.sparsity, elapsed=stats.elapsed)
+
+            result = coordinator.run(callback=progress, should_stop=should_stop, resume=True)
+            if len(result.history) < cfg.n_iter:
+                raise JobStopped
+            done = _save_layer(layer_dir, result)
+        results.append(done)
+        histories.append(done.stats)
+        paths = sorted((layer_dir / "maps").glob("*.npy"))
+    model = JobModel([LayerModel(r.filters, _table(r), r.preprocess, layer.lam, layer.p)
+                      for r, layer in zip(results, spec.layers, strict=True)], spec.boundary, spec.inference)
+    _store_artifacts(store, job.id, spec, model, results, dataset_images=_load_inputs(work / "inputs", store,
+                                                                                     dataset))
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    return model
+
+
+def _table(result: LearnResult) -> np.ndarray:
+    if result.connectivity is not None:
+        return np.asarray(result.connectivity, dtype=bool)
+    return np.ones(result.filters.shape[:2], dtype=bool)
+
+
+def _input_paths(store: JobStore, dataset, folder: Path) -> list[Path]:
+    """The dataset's image files: the local store's own files, else copies in the job's folder."""
+    paths = []
+    for index, image in enumerate(dataset.images):
+        local = store.artifacts.local_path(image.key)
+        if local is not None and local.is_file():
+            paths.append(local)
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{index:05d}.npy"
+        if not target.is_file():
+            atomic_write_bytes(target, store.artifacts.get(image.key))
+        paths.append(target)
+    return paths
+
+
+def _load_inputs(folder: Path, store: JobStore, dataset) -> np.ndarray:
+    return np.stack([np.load(p, allow_pickle=False) for p in _input_paths(store, dataset, folder)])
+
+
+# -- finished layers in the work folder -----------------------------------------------------------------------------
+
+def _save_layer(folder: Path, result: LearnResult) -> LearnResult:
+    """Maps (one file per image, the next layer's input), filters, stats; ``done.json`` last."""
+    maps_dir = folder / "maps"
+    maps_dir.mkdir(parents=True, exist_ok=True)
+    for n, m in enumerate(result.maps):
+        atomic_write_bytes(maps_dir / f"{n:05d}.npy", npy_bytes(m))
+    atomic_write_bytes(folder / "filters.npy", npy_bytes(result.filters))
+    atomic_write_bytes(folder / "connectivity.npy", npy_bytes(_table(result)))
+    done = {"stats": [asdict(s) for s in result.stats],
+            "preprocess": None if result.preprocess is None else result.preprocess.to_dict()}
+    atomic_write_bytes(folder / "done.json", json.dumps(done).encode())
+    return result
+
+
+def _load_layer(folder: Path) -> LearnResult | None:
+    marker = folder / "done.json"
+    if not marker.is_file():
+        return None
+    done = json.loads(marker.read_text())
+    maps = np.stack([np.load(p, allow_pickle=False) for p in sorted((folder / "maps").glob("*.npy"))])
+    stats = [IterStats(**s) for s in done["stats"]]
+    pre = None if done["preprocess"] is None else FittedPreprocess.from_dict(done["preprocess"])
+    logger.info("layer %s: finished earlier, reusing it", folder.name)
+    return LearnResult(np.load(folder / "filters.npy"), maps, [s.objective for s in stats], stats, None,
+                       np.load(folder / "connectivity.npy"), pre)
+
+
+# -- artifacts ------------------------------------------------------------------------------------------------------
+
+def _store_artifacts(store: JobStore, job_id: str, spec: JobSpec, model: JobModel, results: list[LearnResult],
+                     dataset_images: np.ndarray) -> None:
+    names = []
+    for index, (result, layer) in enumerate(zip(results, model.layers, strict=True)):
+        tag = f"L{index + 1}"
+        store.put_artifact(job_id, f"filters-{tag}.npy", npy_bytes(result.filters.astype(np.float32)),
+                           "application/x-npy")
+        store.put_artifact(job_id, f"connectivity-{tag}.npy", npy_bytes(layer.connectivity), "application/x-npy")
+        names.append((f"filters-{tag}.npy", f"connectivity-{tag}.npy"))
+        store.put_artifact(job_id, f"filters-{tag}.png", png_bytes(filter_montage(pixel_filters(model, index + 1))),
+                           "image/png")
+        store.put_artifact(job_id, f"maps-{tag}.npz", npz_bytes(result.maps), "application/x-npz")
+    top = results[-1].maps
+    recon = model.project(top, layer=len(model.layers)).astype(np.float32)
+    store.put_artifact(job_id, "reconstructions.npy", npy_bytes(recon), "application/x-npy")
+    inputs = dataset_images if model.layers[0].preprocess is None else model.layers[0].preprocess.apply(
+        dataset_images)
+    store.put_artifact(job_id, "reconstructions.png", png_bytes(image_sheet(inputs, recon)), "image/png")
+    history = [{"layer": index + 1, **asdict(s)} for index, r in enumerate(results) for s in r.stats]
+    store.put_artifact(job_id, "history.json", json.dumps(history, indent=1).encode(), "application/json")
+    store.put_artifact(job_id, "history.png", history_plot(history), "image/png")
+    store.put_artifact(job_id, "config.json", spec.model_dump_json(indent=1).encode(), "application/json")
+    store.put_artifact(job_id, "model.json", model.to_json(names), "application/json")  # last: the job's model
+
+
+def pixel_filters(model: JobModel, layer: int) -> np.ndarray:
+    """The filters of `layer` (1-based) seen in pixel space: layer 1's filters; for a higher layer, each map's
+    one-hot projection through the layers below (the linear part: the inter-layer shifts are left out)."""
+    if layer == 1:
+        return model.layers[0].filters
+    spec = model.layers[layer - 1]
+    support = sum(m.filters.shape[-1] - 1 for m in model.layers[:layer]) + 1
+    size = max(2 * support, 8)
+    K = spec.n_filters
+    maps = np.zeros((K, K, size, size), dtype=spec.filters.dtype)
+    maps[np.arange(K), np.arange(K), size // 2, size // 2] = 1
+    x = maps
+    for index in range(layer - 1, -1, -1):
+        below = model.layers[index]
+        from solver.coding import reconstruct  # noqa: PLC0415
+
+        x = reconstruct(x, below.filters, boundary="circular", connectivity=below.connectivity)
+        if index > 0 and below.preprocess is not None:
+            x = x * below.preprocess.stats.scale
+    c = size // 2
+    lo = c - (support - 1)
+    return x[:, :, lo: c + 1, lo: c + 1] if support > 1 else x[:, :, c: c + 1, c: c + 1]
+
+
+def png_bytes(picture: np.ndarray) -> bytes:
+    """A [0, 1] float picture (H, W) or (H, W, 3) as PNG bytes."""
+    from PIL import Image  # noqa: PLC0415
+
+    data = (np.clip(picture, 0, 1) * 255).round().astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(data).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def npz_bytes(maps: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **{f"image-{n:05d}": m for n, m in enumerate(maps)})
+    return buffer.getvalue()
+
+
+def image_sheet(*columns: np.ndarray) -> np.ndarray:
+    """A [0, 1] picture with one row per image (at most :data:`_PNG_ROWS`): the n-th image of every column side
+    by side (e.g. an input beside its reconstruction), channels averaged, each scaled to its own range."""
+    rows = []
+    for images in list(zip(*columns, strict=True))[:_PNG_ROWS]:
+        row = side_by_side(*(np.asarray(x, dtype=np.float64).mean(axis=0) for x in images))
+        rows += [row, np.ones((4, row.shape[1]))]
+    width = max(r.shape[1] for r in rows)
+    return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1])), constant_values=1) for r in rows[:-1]])
+
+
+def history_plot(history: list[dict]) -> bytes:
+    """The objective per outer iteration, one curve per layer, as PNG bytes (matplotlib, Agg)."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    figure = Figure(figsize=(6, 4), dpi=100)
+    axes = figure.add_subplot()
+    for layer in sorted({h["layer"] for h in history}):
+        points = [(h["iteration"], h["objective"]) for h in history if h["layer"] == layer]
+        axes.plot(*zip(*points, strict=True), marker=".", label=f"layer {layer}")
+    axes.set_xlabel("outer iteration")
+    axes.set_ylabel("objective E")
+    axes.set_yscale("log" if all(h["objective"] > 0 for h in history) else "linear")
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+__all__ = ["JobRunner", "JobStopped", "execute", "pixel_filters"]

@@ -1,0 +1,105 @@
+"""The spec of a learning job, as clients send it, and its checks against the dataset it names.
+
+A job spec is a :class:`~solver.config.LearnConfig` (layers, inference, filter update, n_iter, boundary,
+preprocess, seed, dtype) plus ``dataset_id``, ``workers`` and ``backend``. It is frozen and refuses unknown
+fields, like every config. Unlike :func:`solver.learn`, a job preprocesses its images by default
+(:class:`~solver.preprocess.PreprocessConfig`'s defaults: per-image mean removal, then a dataset-wide rescale to
+about [-1, 1]); send ``"preprocess": null`` to learn on the pixel values as they are.
+
+:func:`check_against_dataset` checks what the spec alone cannot: the images share one shape and dtype, every
+layer's filters fit in its input, explicit connectivity tables have the right shape. Its :class:`SpecError` names
+the field (``layers.0.filter_size``) and the value.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from solver.config import LayerSpec, LearnConfig
+from solver.connectivity import connectivity_table
+from solver.operators import map_shape
+from solver.preprocess import PreprocessConfig
+
+from .store import ID_PATTERN, DatasetRecord
+
+
+class SpecError(ValueError):
+    """A spec that does not fit its dataset; `field` is the dotted path of the offending field."""
+
+    def __init__(self, field: str, message: str, value: object = None):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.value = value
+
+
+class JobSpec(LearnConfig):
+    """A learning job: the learning config, the dataset it learns on, and how to run it.
+
+    Attributes
+    ----------
+    dataset_id : str
+        An uploaded dataset (``POST /datasets``).
+    workers : int
+        Shard actors (at most one per image).
+    backend : {"auto", "numpy", "cupy"}
+        ``auto``: cupy on the cluster's GPUs when it has any.
+    """
+
+    dataset_id: str = Field(..., pattern=ID_PATTERN)
+    workers: int = Field(1, ge=1, le=256)
+    backend: Literal["auto", "numpy", "cupy"] = "auto"
+    preprocess: PreprocessConfig | None = Field(default_factory=PreprocessConfig)
+
+    def learn_config(self) -> LearnConfig:
+        """The learning config alone."""
+        return LearnConfig.model_validate(self.model_dump(exclude={"dataset_id", "workers", "backend"}))
+
+
+#: The rescale of a layer's maps before the next layer learns on them (the 2010 toolbox: shift, scale to span 2,
+#: zero mean), fitted on the whole dataset's maps and recorded with the model.
+INTER_LAYER_PREPROCESS = PreprocessConfig(grey=False, zero_mean=False, contrast_normalise=False, rescale=True)
+
+
+def layer_config(config: LearnConfig, index: int) -> LearnConfig:
+    """The one-layer config that learns layer `index` (0-based) of `config` on the layer below's maps."""
+    if not 0 <= index < len(config.layers):
+        raise ValueError(f"index must be in [0, {len(config.layers)}), got {index}")
+    preprocess = config.preprocess if index == 0 else INTER_LAYER_PREPROCESS
+    data = config.model_dump(exclude={"layers", "preprocess"})
+    return LearnConfig.model_validate({**data, "layers": [config.layers[index].model_dump()],
+                                       "preprocess": None if preprocess is None else preprocess.model_dump()})
+
+
+def check_against_dataset(spec: JobSpec, dataset: DatasetRecord, *, max_filters: int | None = None) -> None:
+    """Raise :class:`SpecError` when `spec` cannot run on `dataset` (see the module docstring)."""
+    first = dataset.images[0]
+    for index, image in enumerate(dataset.images[1:], start=1):
+        if image.shape != first.shape or image.dtype != first.dtype:
+            raise SpecError("dataset_id", f"dataset {dataset.id} mixes image shapes or dtypes (image 0 is "
+                            f"{first.shape} {first.dtype}, image {index} is {image.shape} {image.dtype}); a job "
+                            "needs images of one shape", spec.dataset_id)
+    channels, height, width = first.shape
+    if spec.preprocess is not None and spec.preprocess.grey and channels == 3:
+        channels = 1
+    for index, layer in enumerate(spec.layers):
+        _check_layer(index, layer, channels, (height, width), spec.seed, max_filters)
+        height, width = map_shape((height, width), layer.filter_size, spec.boundary)
+        channels = layer.n_filters
+
+
+def _check_layer(index: int, layer: LayerSpec, channels: int, shape: tuple[int, int], seed: int,
+                 max_filters: int | None) -> None:
+    where = f"layers.{index}"
+    if max_filters is not None and layer.n_filters > max_filters:
+        raise SpecError(f"{where}.n_filters", f"{layer.n_filters} filters, more than the limit {max_filters} "
+                        "per layer", layer.n_filters)
+    if layer.filter_size > min(shape):
+        raise SpecError(f"{where}.filter_size", f"filters of {layer.filter_size}x{layer.filter_size} are larger "
+                        f"than the layer's input of {shape[0]}x{shape[1]}", layer.filter_size)
+    try:
+        connectivity_table(layer.connectivity, layer.n_filters, channels, seed=seed)
+    except ValueError as exc:
+        raise SpecError(f"{where}.connectivity", str(exc), layer.connectivity) from None

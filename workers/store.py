@@ -1,0 +1,450 @@
+"""The job store: datasets, jobs and their artifacts in SQLite (WAL), the bytes in an artifact store.
+
+One data directory holds everything of the embedded default::
+
+    deconv.sqlite3        datasets, jobs (the state machine, progress), job_artifacts (name -> key)
+    artifacts/ab/ab....   content-addressed bytes (see :mod:`workers.artifacts`), or any fsspec URL instead
+    jobs/<id>/            per-job work folders: checkpoints, intermediate layer maps
+
+A job moves ``queued -> running -> succeeded | failed | cancelled``; ``queued -> cancelled`` directly. Every
+transition is one short transaction (``BEGIN IMMEDIATE``), so concurrent submitters, the runner and the HTTP
+handlers never see a half-done change. Artifacts are written to the artifact store first and recorded in the
+database second: a crash in between leaves an orphan file, never a record pointing at missing bytes.
+
+Connections are per thread (sqlite3 objects must not cross threads); WAL with ``synchronous=NORMAL`` and a busy
+timeout lets readers and the one writer process run together. Only one process should write a data directory
+(the service); readers may be many.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifacts import ArtifactStore, LocalArtifactStore, open_artifact_store
+from .checkpoint import npy_bytes
+
+logger = logging.getLogger(__name__)
+
+ID_PATTERN = r"^[0-9a-f]{32}$"
+_ID_RE = re.compile(ID_PATTERN)
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS datasets (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    n_images INTEGER NOT NULL,
+    images_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+    spec_json TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    layer INTEGER NOT NULL DEFAULT 0,
+    n_layers INTEGER NOT NULL,
+    iteration INTEGER NOT NULL DEFAULT 0,
+    n_iter INTEGER NOT NULL,
+    objective REAL,
+    sparsity REAL,
+    elapsed REAL,
+    error TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    idempotency_key TEXT UNIQUE
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
+CREATE TABLE IF NOT EXISTS progress (
+    job_id TEXT NOT NULL REFERENCES jobs (id),
+    layer INTEGER NOT NULL,
+    iteration INTEGER NOT NULL,
+    objective REAL NOT NULL,
+    sparsity REAL,
+    elapsed REAL,
+    PRIMARY KEY (job_id, layer, iteration)
+);
+CREATE TABLE IF NOT EXISTS job_artifacts (
+    job_id TEXT NOT NULL REFERENCES jobs (id),
+    name TEXT NOT NULL,
+    key TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (job_id, name)
+);
+"""
+
+
+def check_id(value: Any, what: str = "id") -> str:
+    """`value` if it is a well-formed dataset or job id (32 lowercase hex digits); ValueError otherwise."""
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise ValueError(f"{what} must be 32 lowercase hex digits, got {value!r}")
+    return value
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """One image of a dataset: its artifact key (an ``.npy`` of shape (C, H, W)), shape and dtype."""
+
+    name: str
+    key: str
+    shape: tuple[int, int, int]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    id: str
+    created_at: float
+    images: list[StoredImage]
+
+    @property
+    def n_images(self) -> int:
+        return len(self.images)
+
+    @property
+    def shapes(self) -> list[list[int]]:
+        return [list(im.shape) for im in self.images]
+
+
+@dataclass(frozen=True)
+class Progress:
+    layer: int  # 1-based layer being learned (0 before the first outer iteration)
+    n_layers: int
+    iteration: int  # outer iterations done in that layer
+    n_iter: int  # outer iterations per layer
+    objective: float | None
+    sparsity: float | None
+    elapsed: float | None
+
+    @property
+    def fraction(self) -> float:
+        done = max(self.layer - 1, 0) * self.n_iter + self.iteration
+        return done / (self.n_layers * self.n_iter)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    seq: int
+    status: str
+    spec: dict[str, Any]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    progress: Progress
+    error: str | None
+    cancel_requested: bool
+    attempts: int
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    name: str
+    key: str
+    media_type: str
+    size: int
+    created_at: float = field(default=0.0)
+
+
+class JobStore:
+    """Datasets, jobs and artifacts under one data directory.
+
+    Parameters
+    ----------
+    data_dir : path
+        Created if missing.
+    artifacts : str or ArtifactStore, optional
+        Default: a local store in ``data_dir/artifacts``; a URL (``s3://bucket/prefix``) opens an fsspec store.
+    """
+
+    def __init__(self, data_dir: str | Path, artifacts: str | ArtifactStore | None = None):
+        self.data_dir = Path(data_dir).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if artifacts is None:
+            self.artifacts: ArtifactStore = LocalArtifactStore(self.data_dir / "artifacts")
+        elif isinstance(artifacts, str | Path):
+            self.artifacts = open_artifact_store(artifacts)
+        else:
+            self.artifacts = artifacts
+        self.db_path = self.data_dir / "deconv.sqlite3"
+        self._local = threading.local()
+        db = self._connection()
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise ValueError(f"data_dir {str(self.data_dir)!r} holds a newer store (schema {version}, "
+                             f"this deconv knows {SCHEMA_VERSION})")
+        # executescript commits on its own: the schema and its version go in one explicit transaction of its own
+        db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+
+    # -- connections ---------------------------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=True)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=30000")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads end)."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    def job_dir(self, job_id: str) -> Path:
+        """The work folder of a job (checkpoints, intermediate files); created on demand."""
+        return self.data_dir / "jobs" / check_id(job_id, "job id")
+
+    # -- datasets ------------------------------------------------------------------------------------------------
+
+    def add_dataset(self, images: Sequence[tuple[str, np.ndarray]]) -> DatasetRecord:
+        """Store decoded images ((C, H, W) arrays, in order) as a new dataset."""
+        stored = []
+        for name, array in images:
+            key = self.artifacts.put(npy_bytes(np.ascontiguousarray(array)), ".npy")
+            stored.append(StoredImage(name, key, tuple(int(d) for d in array.shape), str(array.dtype)))
+        record = DatasetRecord(new_id(), time.time(), stored)
+        payload = json.dumps([{"name": s.name, "key": s.key, "shape": list(s.shape), "dtype": s.dtype}
+                              for s in stored])
+        with self._transaction() as db:
+            db.execute("INSERT INTO datasets (id, created_at, n_images, images_json) VALUES (?, ?, ?, ?)",
+                       (record.id, record.created_at, len(stored), payload))
+        logger.info("dataset %s: %d images", record.id, len(stored))
+        return record
+
+    def get_dataset(self, dataset_id: str) -> DatasetRecord | None:
+        row = self._connection().execute("SELECT * FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
+        if row is None:
+            return None
+        images = [StoredImage(d["name"], d["key"], tuple(d["shape"]), d["dtype"])
+                  for d in json.loads(row["images_json"])]
+        return DatasetRecord(row["id"], row["created_at"], images)
+
+    # -- jobs ----------------------------------------------------------------------------------------------------
+
+    def submit(self, spec: dict[str, Any], *, n_layers: int, n_iter: int,
+               idempotency_key: str | None = None) -> tuple[JobRecord, bool]:
+        """Queue a job; returns (the job, created). With an `idempotency_key` seen before, the earlier job is
+        returned (and created is False) when its spec is the same; a different spec is a ValueError."""
+        spec_json = json.dumps(spec, sort_keys=True)
+        with self._transaction() as db:
+            if idempotency_key is not None:
+                row = db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
+                if row is not None:
+                    if row["spec_json"] != spec_json:
+                        raise ValueError(f"Idempotency-Key {idempotency_key!r} was used for another job spec "
+                                         f"(job {row['id']})")
+                    return _job(row), False
+            job_id = new_id()
+            db.execute("INSERT INTO jobs (id, status, spec_json, created_at, n_layers, n_iter, idempotency_key) "
+                       "VALUES (?, 'queued', ?, ?, ?, ?, ?)",
+                       (job_id, spec_json, time.time(), n_layers, n_iter, idempotency_key))
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        logger.info("job %s queued", job_id)
+        return _job(row), True
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        row = self._connection().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else _job(row)
+
+    def list_jobs(self, *, limit: int = 20, cursor: str | None = None,
+                  status: str | None = None) -> tuple[list[JobRecord], str | None]:
+        """Newest first, `limit` at a time; returns the page and the cursor of the next one (None at the end)."""
+        if not 1 <= limit <= 1000:
+            raise ValueError(f"limit must be between 1 and 1000, got {limit}")
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        clauses, args = [], []
+        if cursor is not None:
+            clauses.append("seq < ?")
+            args.append(decode_cursor(cursor))
+        if status is not None:
+            clauses.append("status = ?")
+            args.append(status)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._connection().execute(f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT ?",  # noqa: S608
+                                          (*args, limit + 1)).fetchall()
+        jobs = [_job(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return jobs, (encode_cursor(jobs[-1].seq) if more else None)
+
+    def request_cancel(self, job_id: str) -> JobRecord | None:
+        """Cancel: a queued job at once; a running one when the runner next looks; a finished one stays as is."""
+        now = time.time()
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET status = 'cancelled', finished_at = ?, cancel_requested = 1 "
+                       "WHERE id = ? AND status = 'queued'", (now, job_id))
+            db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,))
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else _job(row)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        row = self._connection().execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return bool(row and row[0])
+
+    def claim_next(self) -> JobRecord | None:
+        """The oldest queued job, now running (one transaction: two runners never take the same job)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1").fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), "
+                       "attempts = attempts + 1, error = NULL WHERE id = ?", (time.time(), row["id"]))
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
+        return _job(row)
+
+    def update_progress(self, job_id: str, *, layer: int, iteration: int, objective: float | None,
+                        sparsity: float | None, elapsed: float | None) -> None:
+        """Record one outer iteration: the job's current progress, and a row of its history (an iteration run
+        again after a rollback replaces its row)."""
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET layer = ?, iteration = ?, objective = ?, sparsity = ?, elapsed = ? "
+                       "WHERE id = ? AND status = 'running'",
+                       (layer, iteration, objective, sparsity, elapsed, job_id))
+            if objective is not None:
+                db.execute("INSERT OR REPLACE INTO progress (job_id, layer, iteration, objective, sparsity, elapsed) "
+                           "VALUES (?, ?, ?, ?, ?, ?)", (job_id, layer, iteration, objective, sparsity, elapsed))
+
+    def history(self, job_id: str) -> list[dict[str, Any]]:
+        """Every recorded outer iteration of the job, by layer and iteration."""
+        rows = self._connection().execute(
+            "SELECT layer, iteration, objective, sparsity, elapsed FROM progress WHERE job_id = ? "
+            "ORDER BY layer, iteration", (job_id,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def finish(self, job_id: str, status: str, error: str | None = None) -> JobRecord:
+        """End a running job as succeeded, failed or cancelled."""
+        if status not in TERMINAL:
+            raise ValueError(f"status must be one of {sorted(TERMINAL)}, got {status!r}")
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET status = ?, finished_at = ?, error = ? WHERE id = ? AND status = 'running'",
+                       (status, time.time(), error, job_id))
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        logger.info("job %s %s%s", job_id, status, f": {error}" if error else "")
+        return _job(row)
+
+    def release(self, job_id: str) -> None:
+        """Put a running job back in the queue (the service is stopping); this start does not count as an
+        attempt."""
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET status = 'queued', attempts = MAX(attempts - 1, 0) "
+                       "WHERE id = ? AND status = 'running'", (job_id,))
+
+    def requeue_running(self, *, max_attempts: int) -> list[str]:
+        """After a restart: jobs left ``running`` go back to the queue (they resume from their checkpoint), or
+        fail when they were already started `max_attempts` times; a cancel requested before the stop wins."""
+        requeued = []
+        with self._transaction() as db:
+            rows = db.execute("SELECT id, attempts, cancel_requested FROM jobs WHERE status = 'running'").fetchall()
+            now = time.time()
+            for row in rows:
+                if row["cancel_requested"]:
+                    db.execute("UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ?", (now, row["id"]))
+                elif row["attempts"] >= max_attempts:
+                    db.execute("UPDATE jobs SET status = 'failed', finished_at = ?, error = ? WHERE id = ?",
+                               (now, f"the service stopped while the job ran, {row['attempts']} times "
+                                     f"(max_attempts={max_attempts})", row["id"]))
+                else:
+                    db.execute("UPDATE jobs SET status = 'queued' WHERE id = ?", (row["id"],))
+                    requeued.append(row["id"])
+        if requeued:
+            logger.info("requeued %d job(s) left running: %s", len(requeued), requeued)
+        return requeued
+
+    # -- artifacts -----------------------------------------------------------------------------------------------
+
+    def put_artifact(self, job_id: str, name: str, data: bytes, media_type: str) -> ArtifactRecord:
+        """Store `data` and record it as the job's artifact `name` (replacing an earlier one of that name)."""
+        suffix = Path(name).suffix.lower()
+        key = self.artifacts.put(data, suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else "")
+        record = ArtifactRecord(name, key, media_type, len(data), time.time())
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO job_artifacts (job_id, name, key, media_type, size, created_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (job_id, name, key, media_type, len(data), record.created_at))
+        return record
+
+    def artifact(self, job_id: str, name: str) -> ArtifactRecord | None:
+        row = self._connection().execute("SELECT * FROM job_artifacts WHERE job_id = ? AND name = ?",
+                                         (job_id, name)).fetchone()
+        return None if row is None else _artifact(row)
+
+    def list_artifacts(self, job_id: str) -> list[ArtifactRecord]:
+        rows = self._connection().execute("SELECT * FROM job_artifacts WHERE job_id = ? ORDER BY name",
+                                          (job_id,)).fetchall()
+        return [_artifact(r) for r in rows]
+
+    def read_artifact(self, job_id: str, name: str) -> bytes | None:
+        record = self.artifact(job_id, name)
+        return None if record is None else self.artifacts.get(record.key)
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not text.startswith("seq:"):
+            raise ValueError
+        return int(text[4:])
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"cursor is not one this service returned, got {cursor!r}") from None
+
+
+def _job(row: sqlite3.Row) -> JobRecord:
+    progress = Progress(row["layer"], row["n_layers"], row["iteration"], row["n_iter"], row["objective"],
+                        row["sparsity"], row["elapsed"])
+    return JobRecord(row["id"], row["seq"], row["status"], json.loads(row["spec_json"]), row["created_at"],
+                     row["started_at"], row["finished_at"], progress, row["error"], bool(row["cancel_requested"]),
+                     row["attempts"])
+
+
+def _artifact(row: sqlite3.Row) -> ArtifactRecord:
+    return ArtifactRecord(row["name"], row["key"], row["media_type"], row["size"], row["created_at"])
