@@ -1,0 +1,71 @@
+"""Fixtures of the service tests: a real uvicorn server on 127.0.0.1 (port 0) in a thread, over a fresh data
+directory, with its runner on the session's Ray cluster; and small sample images as upload parts."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.workers.conftest import ray_cluster, ray_session  # noqa: F401  (the shared session cluster)
+
+ROOT = Path(__file__).resolve().parents[2]
+pytest.importorskip("fastapi")
+
+
+@dataclass
+class LiveService:
+    url: str
+    data_dir: Path
+    app: object
+    server: object
+
+
+def start_service(data_dir: Path, **settings) -> LiveService:
+    """Start the app under uvicorn on a free loopback port; returns once it accepts connections."""
+    import uvicorn  # noqa: PLC0415
+
+    from api.app import create_app  # noqa: PLC0415
+    from api.settings import Settings  # noqa: PLC0415
+
+    app = create_app(Settings(data_dir=data_dir, **{"checkpoint_every": 2, **settings}))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    server._deconv_thread = thread
+    return LiveService(f"http://127.0.0.1:{port}", Path(data_dir), app, server)
+
+
+def stop_service(service: LiveService) -> None:
+    service.server.should_exit = True
+    service.server._deconv_thread.join(60)
+
+
+@pytest.fixture(scope="module")
+def live_service(tmp_path_factory, ray_cluster) -> Iterator[LiveService]:  # noqa: F811
+    """A running service for the module's tests (jobs run on the session's Ray cluster)."""
+    service = start_service(tmp_path_factory.mktemp("deconv-data"))
+    yield service
+    stop_service(service)
+
+
+def sample_png_parts(n: int = 3, size: int = 32) -> list[tuple[str, bytes]]:
+    """`n` crops of the bundled sample images, size x size, as (name, PNG bytes)."""
+    parts = []
+    for path in sorted((ROOT / "samples").glob("*.png"))[:n]:
+        buffer = io.BytesIO()
+        Image.open(path).crop((40, 40, 40 + size, 40 + size)).save(buffer, format="PNG")
+        parts.append((path.name, buffer.getvalue()))
+    return parts
