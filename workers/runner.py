@@ -5,7 +5,8 @@ One background thread runs one job at a time (oldest first). A job of L layers i
 l+1 on the maps of layer l (saved as one ``.npy`` per image in the job's work folder) rescaled as the 2010 toolbox
 does. Every run checkpoints into ``jobs/<id>/checkpoints/L<l>`` every ``checkpoint_every`` outer iterations, and a
 finished layer leaves ``jobs/<id>/layers/L<l>/done.json`` (written last), so a job restarted after the service
-died skips its finished layers and resumes the current one from its newest checkpoint.
+died skips its finished layers and resumes the current one from its newest checkpoint. ``model.json`` is the last
+artifact stored; once it is there the job's work folder is removed, and a restarted job that finds it is done.
 
 Progress (layer, outer iteration, objective, sparsity, elapsed time) goes to the store after every outer iteration.
 A cancel request is seen before the next outer iteration. When the service stops gracefully, the running job goes
@@ -40,7 +41,7 @@ from solver.preprocess import FittedPreprocess
 
 from .checkpoint import atomic_write_bytes, npy_bytes
 from .cluster import ClusterConfig, connect
-from .models import JobModel, LayerModel
+from .models import JobModel, LayerModel, load_model
 from .spec import JobSpec, layer_config
 from .store import JobRecord, JobStore
 
@@ -164,6 +165,8 @@ def execute(store: JobStore, job: JobRecord, *, cluster: ClusterConfig | None = 
     """
     from .coordinator import Coordinator  # noqa: PLC0415  (imports Ray)
 
+    if store.artifact(job.id, "model.json") is not None:  # finished before the service died: nothing to redo
+        return load_model(store, job.id)
     spec = JobSpec.model_validate(job.spec)
     config = spec.learn_config()
     dataset = store.get_dataset(spec.dataset_id)
@@ -200,7 +203,7 @@ def execute(store: JobStore, job: JobRecord, *, cluster: ClusterConfig | None = 
                       for r, layer in zip(results, spec.layers, strict=True)], spec.boundary, spec.inference)
     _store_artifacts(store, job.id, spec, model, results, dataset_images=_load_inputs(work / "inputs", store,
                                                                                      dataset))
-    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)  # everything of value is in the artifacts now
     return model
 
 
