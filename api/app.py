@@ -128,12 +128,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(409, f"job {job_id} is {job.status}: its {what} exist once it has succeeded")
         return job
 
-    def check_layer(job: JobRecord, layer: int | None) -> int:
+    def check_layer(job: JobRecord, layer: int | None, where: str = "query") -> int:
         n_layers = job.progress.n_layers
         if layer is None:
             return n_layers
         if not 1 <= layer <= n_layers:
-            raise field_error(["query", "layer"], f"layer must be between 1 and {n_layers} for this job", layer)
+            raise field_error([where, "layer"], f"layer must be between 1 and {n_layers} for this job", layer)
         return layer
 
     def artifact_response(request: Request, job_id: str, name: str, download: str | None = None) -> Response:
@@ -337,7 +337,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             if job_id is not None:
                 job, model = model_of(job_id)
-                top = check_layer(job, layer)
+                top = check_layer(job, layer, where="body")  # a form field here
                 if z.shape[1] != model.layers[top - 1].n_filters:
                     raise field_error(["body", "maps"], f"maps have K = {z.shape[1]} but layer {top} of job "
                                       f"{job_id} has {model.layers[top - 1].n_filters} filters", list(z.shape))
