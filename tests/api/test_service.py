@@ -376,3 +376,46 @@ def test_an_idempotency_key_reused_for_another_spec_is_a_409(held):
     assert again.status_code == 409
     assert again.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
     assert first.json()["id"] in again.json()["detail"][0]["msg"]
+
+
+# -- bad requests that need a finished job --------------------------------------------------------------------------
+
+def test_a_layer_the_job_does_not_have_is_a_422(finished):
+    response = finished.client.get(f"/jobs/{finished.job['id']}/filters", params={"layer": 2})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "layer"]
+    assert "between 1 and 1" in response.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize(
+    ("files", "words"),
+    [
+        ([("files", ("notes.txt", b"not an image", "text/plain"))], "notes.txt"),
+        ([("files", ("tiny.npy", _npy(np.zeros((1, 3, 3), np.float32)), NPY))], "3x3"),
+        ([("files", ("a.npy", _npy(np.zeros((1, 16, 16), np.float32)), NPY)),
+          ("files", ("b.npy", _npy(np.zeros((1, 20, 20), np.float32)), NPY))], "one shape"),
+        ([("files", ("c.npy", _npy(np.zeros((2, 16, 16), np.float32)), NPY))], "channel"),
+    ],
+    ids=["not-an-image", "smaller-than-the-filters", "mixed-shapes", "wrong-channels"],
+)
+def test_a_bad_image_to_encode_is_a_422_naming_it(finished, files, words):
+    response = finished.client.post(f"/models/{finished.job['id']}/encode", params={"max_iter": 2}, files=files)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "files"]
+    assert words in response.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize(
+    ("maps", "data", "loc", "words"),
+    [
+        (np.zeros((1, K + 1, SIDE, SIDE), np.float32), {}, ["body", "maps"], f"K = {K + 1}"),
+        (np.zeros((1, K, SIDE, SIDE), np.float32), {"layer": 2}, ["body", "layer"], "layer"),
+    ],
+    ids=["wrong-k", "layer-beyond"],
+)
+def test_bad_maps_for_a_job_are_a_422(finished, maps, data, loc, words):
+    response = finished.client.post("/reconstruct", data={"job_id": finished.job["id"], **data},
+                                    files={"maps": ("maps.npy", _npy(maps), NPY)})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == loc
+    assert words in response.json()["detail"][0]["msg"]
