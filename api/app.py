@@ -28,6 +28,7 @@ import hmac
 import io
 import json
 import logging
+import zipfile
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
@@ -377,14 +378,15 @@ def _read_array(upload: UploadFile, field: str, settings: Settings) -> np.ndarra
     data = upload.file.read()
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+        if isinstance(array, np.lib.npyio.NpzFile):  # its member is read here: inside the try, like an npy
+            with array:
+                names = array.files
+                if len(names) != 1:
+                    raise field_error(["body", field], f"an npz must hold exactly one array, got {names}")
+                array = array[names[0]]
+    # MemoryError: a header may declare a shape far larger than the bytes sent, and numpy allocates before it reads
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, MemoryError) as exc:
         raise field_error(["body", field], f"not a readable .npy file: {exc}") from None
-    if isinstance(array, np.lib.npyio.NpzFile):
-        with array:
-            names = array.files
-            if len(names) != 1:
-                raise field_error(["body", field], f"an npz must hold exactly one array, got {names}")
-            array = array[names[0]]
     if array.dtype.kind not in "fiu" or array.dtype.itemsize > 8:
         raise field_error(["body", field], f"dtype {array.dtype} is not a real number type", str(array.dtype))
     if array.dtype.kind == "f" and not np.isfinite(array).all():
