@@ -3,9 +3,10 @@
 * :mod:`api.app`: ``create_app(settings)``, the FastAPI service (OpenAPI at ``/docs``);
 * :mod:`api.settings`: ``Settings``, defaults overridden by ``DECONV_*`` environment variables;
 * :mod:`api.schemas`: the JSON shapes shared by server, client and CLI;
-* :mod:`api.client`: ``DeconvClient``, the Python client (httpx2);
+* :mod:`api.client`: ``DeconvClient``, the Python client (httpx2), and ``DeconvAPIError``;
 * :mod:`api.cli`: the ``deconv`` command line (``serve``, ``learn``, ``submit``, ``status``, ``wait``, ``cancel``,
-  ``filters``, ``reconstruct``, ``demo``).
+  ``filters``, ``reconstruct``, ``demo``), with :mod:`api.commands` (the commands that talk to a service),
+  :mod:`api.serve` (uvicorn in the foreground or in a thread) and :mod:`api.demo`.
 
 Nothing is imported here, so ``import api`` stays cheap.
 """

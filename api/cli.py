@@ -1,14 +1,42 @@
-"""The ``deconv`` command line. Only ``learn`` so far (issue #4 adds serve, submit, status, ...).
+"""The ``deconv`` command line.
 
 ::
 
     deconv learn CONFIG --workers N --out DIR [--address ADDR] [--checkpoint-every K] [--resume]
+    deconv serve [--host 127.0.0.1] [--port 8000] [--data-dir DIR]
+    deconv submit JOBFILE [--dataset ID] [--workers N] [--wait [--timeout S]]
+    deconv status [JOB] [--status S] [--limit N] [--json]
+    deconv wait JOB [--timeout S]
+    deconv cancel JOB
+    deconv filters JOB --out FILE [--layer L] [--format npy|png]
+    deconv reconstruct JOB --out FILE [--format npy|png]
+    deconv reconstruct --maps FILE (--job JOB [--layer L] | --filters FILE [--boundary B]) --out FILE
+    deconv demo [--out demo-output] [--data-dir DIR]
 
 ``learn`` runs one learning job on a Ray cluster (a private local one unless ``--address`` or ``RAY_ADDRESS``
 names one), with a progress bar on stderr, checkpoints in ``DIR/checkpoints``, and writes ``DIR/filters.npy``
 (K, C, s, s) float32, ``DIR/history.json`` (a list of {"iteration", "objective"}) and ``DIR/filters.png``.
-Exit status: 0 done, 1 the job failed (shard failures past ``--max-failures``), 2 bad config or input,
-130 interrupted (Ctrl-C stops after the current outer iteration, with a checkpoint; ``--resume`` goes on).
+Ctrl-C stops it after the current outer iteration, with a checkpoint; ``--resume`` goes on.
+
+``serve`` runs the HTTP service (settings from the ``DECONV_*`` environment variables, see :mod:`api.settings`;
+``--data-dir`` overrides ``DECONV_DATA_DIR``). ``submit`` takes a YAML job file as ``learn`` does (its
+``images:`` folder is uploaded as a new dataset), or a spec file with ``--dataset ID``; it prints the job id.
+``wait`` follows a job with a progress bar (layers x outer iterations, the objective E) on stderr. ``demo`` starts
+the service in this process, runs the quick job on the sample images and writes pictures of the result (see
+:mod:`api.demo`). The client commands talk to ``--url`` (default ``DECONV_URL``, else http://127.0.0.1:8000) with
+``--api-key`` (default ``DECONV_API_KEY``).
+
+Exit status:
+
+===  ==============================================================================================
+0    done; for ``wait``, ``submit --wait`` and ``demo``: the job succeeded
+1    the job failed; the service answered 5xx or could not be reached; ``serve`` could not start
+2    bad arguments, config or input file; a bad setting (``serve``); the service refused the request
+     (4xx: a bad field, an unknown job, results of a job that has not succeeded)
+3    the job was cancelled (``wait``, ``submit --wait``)
+4    ``--timeout`` passed before the job ended (it goes on at the service)
+130  interrupted (Ctrl-C); a followed job goes on at the service, the demo's job is cancelled
+===  ==============================================================================================
 """
 
 from __future__ import annotations
@@ -17,6 +45,7 @@ import argparse
 import io
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -29,13 +58,34 @@ import numpy as np
 logger = logging.getLogger("deconv.cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deconv", description="Convolutional sparse coding and "
-                                     "Deconvolutional Networks: learn filters from images.")
+                                     "Deconvolutional Networks: learn filters from images, locally or as a service.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details (INFO) on stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_learn(commands)
+    serve = commands.add_parser("serve", help="run the HTTP service", description="Run the HTTP service "
+                                "(settings from DECONV_* environment variables; API docs at /docs).")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0: a free one)")
+    serve.add_argument("--data-dir", type=Path, default=None,
+                       help="data directory (default: DECONV_DATA_DIR, else ./deconv-data)")
+    _add_client_commands(commands)
+    demo = commands.add_parser("demo", help="the quick job on the sample images, through an in-process service",
+                               description="Start the service in this process, learn the quick job on the sample "
+                               "images and write filters.png, reconstructions.png, objective.png, filters.npy "
+                               "and history.json.")
+    demo.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
+    demo.add_argument("--data-dir", type=Path, default=None, help="the service's data (default OUT/data)")
+    demo.add_argument("--config", type=Path, default=None, help="job config (default configs/quick.yaml)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _add_learn(commands) -> None:
     learn = commands.add_parser("learn", help="learn one layer of filters from a folder of images",
                                 description="Learn one layer of filters on a Ray cluster (local by default).")
     learn.add_argument("config", type=Path, help="YAML job file: LearnConfig fields plus 'images: FOLDER'")
@@ -50,13 +100,87 @@ def _parser() -> argparse.ArgumentParser:
                        help="shard failures survived before the job fails (default 3)")
     learn.add_argument("--resume", action="store_true", help="resume from the newest checkpoint in OUT/checkpoints")
     learn.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
+
+
+def _add_client_commands(commands) -> None:
+    service = argparse.ArgumentParser(add_help=False)
+    service.add_argument("--url", default=os.environ.get("DECONV_URL") or DEFAULT_URL,
+                         help=f"the service (default: DECONV_URL, else {DEFAULT_URL})")
+    service.add_argument("--api-key", default=os.environ.get("DECONV_API_KEY") or None,
+                         help="sent as X-API-Key (default: DECONV_API_KEY)")
+    following = argparse.ArgumentParser(add_help=False)
+    following.add_argument("--timeout", type=_positive_float, default=None, metavar="S",
+                           help="give up waiting after S seconds (exit 4; the job goes on)")
+    following.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def add(name: str, help: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:  # noqa: A002
+        return commands.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                                   parents=[service, *parents])
+
+    submit = add("submit", "submit a learning job; prints its id", following)
+    submit.add_argument("spec", type=Path, metavar="JOBFILE",
+                        help="YAML job file: job spec fields plus 'images: FOLDER' (uploaded), or a spec "
+                             "with --dataset")
+    submit.add_argument("--dataset", default=None, metavar="ID", help="learn on this uploaded dataset")
+    submit.add_argument("--workers", type=_positive_int, default=None, help="shard actors (default: the file's)")
+    submit.add_argument("--idempotency-key", default=None, metavar="KEY",
+                        help="submitting again with the same key returns the first job")
+    submit.add_argument("--wait", action="store_true", help="follow the job to its end (exit status as wait)")
+    status = add("status", "show one job, or list the jobs")
+    status.add_argument("job", nargs="?", default=None, metavar="JOB", help="a job id (default: list the jobs)")
+    status.add_argument("--status", default=None, choices=("queued", "running", "succeeded", "failed",
+                                                           "cancelled"), help="list only jobs in this state")
+    status.add_argument("--limit", type=_non_negative_int, default=20, metavar="N",
+                        help="list at most N jobs, newest first (0: all; default 20)")
+    status.add_argument("--json", action="store_true", help="print the JSON the service answered")
+    wait = add("wait", "follow a job to its end with a progress bar", following)
+    wait.add_argument("job", metavar="JOB")
+    cancel = add("cancel", "cancel a job (a running one stops after its current outer iteration)")
+    cancel.add_argument("job", metavar="JOB")
+    filters = add("filters", "save a finished job's filters")
+    filters.add_argument("job", metavar="JOB")
+    filters.add_argument("--layer", type=_positive_int, default=None, metavar="L", help="default: the top layer")
+    filters.add_argument("--format", choices=("npy", "png"), default=None,
+                         help="npy (K, C, s, s) float32, or png (a montage); default: from --out's suffix")
+    filters.add_argument("--out", type=Path, required=True, metavar="FILE")
+    reconstruct = add("reconstruct", "save a job's reconstructions, or reconstruct images from feature maps")
+    reconstruct.add_argument("job_id", nargs="?", default=None, metavar="JOB",
+                             help="a finished job: save its reconstructions of the training images")
+    reconstruct.add_argument("--maps", type=Path, default=None, metavar="FILE",
+                             help="feature maps (N, K, H', W') .npy, or a job's maps .npz")
+    reconstruct.add_argument("--job", default=None, metavar="JOB", help="with --maps: use this job's filters")
+    reconstruct.add_argument("--layer", type=_positive_int, default=None, metavar="L",
+                             help="with --job: the layer of the maps (default: the top one)")
+    reconstruct.add_argument("--filters", type=Path, default=None, metavar="FILE",
+                             help="with --maps: filters (K, C, s, s) .npy")
+    reconstruct.add_argument("--boundary", choices=("circular", "valid"), default="circular",
+                             help="with --filters: how the maps relate to the images (default circular)")
+    reconstruct.add_argument("--format", choices=("npy", "png"), default=None,
+                             help="npy (N, C, H, W) float32, or png; default: from --out's suffix")
+    reconstruct.add_argument("--out", type=Path, required=True, metavar="FILE")
 
 
 def _positive_int(text: str) -> int:
     value = _non_negative_int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number (0 to 65535), got {text!r}")
     return value
 
 
@@ -77,13 +201,85 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits on --help and on usage errors; callers of main() get a status
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    logging.basicConfig(level=logging.INFO if args.verbose or args.command == "serve" else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    return _learn(args)
+    if args.command == "learn":
+        return _learn(args)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "demo":
+        return _demo(args)
+    return _client_command(args)
 
 
-def _error(message: str) -> None:
-    sys.stderr.write(f"deconv learn: error: {message}\n")
+def _error(message: str, command: str = "learn") -> None:
+    sys.stderr.write(f"deconv {command}: error: {message}\n")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import sqlite3  # noqa: PLC0415
+
+    from .serve import serve  # noqa: PLC0415
+    from .settings import Settings  # noqa: PLC0415
+
+    try:
+        settings = Settings.from_env(data_dir=args.data_dir)
+    except ValueError as exc:
+        _error(str(exc), "serve")
+        return EXIT_USAGE
+    try:
+        return serve(settings, host=args.host, port=args.port)
+    except ValueError as exc:  # local-cluster resources with a remote Ray address
+        _error(str(exc), "serve")
+        return EXIT_USAGE
+    except ConnectionError as exc:
+        _error(f"cannot connect to the Ray cluster: {exc}", "serve")
+        return EXIT_FAILED
+    except (OSError, sqlite3.Error) as exc:
+        _error(f"cannot use the data directory {settings.data_dir}: {exc}", "serve")
+        return EXIT_USAGE
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .client import DeconvAPIError  # noqa: PLC0415
+    from .demo import run_demo  # noqa: PLC0415
+
+    if not args.verbose:  # Ray's note on its token authentication means nothing to a first run
+        logging.getLogger("ray").setLevel(logging.ERROR)
+    try:
+        return run_demo(args.out, data_dir=args.data_dir, config=args.config, progress=not args.no_progress)
+    except DeconvAPIError as exc:
+        _error(exc.message, "demo")
+        return EXIT_FAILED
+    except RuntimeError as exc:  # the service did not start
+        _error(str(exc), "demo")
+        return EXIT_FAILED
+    except (ValueError, OSError) as exc:
+        _error(f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc), "demo")
+        return EXIT_USAGE
+
+
+def _client_command(args: argparse.Namespace) -> int:
+    from . import commands  # noqa: PLC0415
+    from .client import DeconvAPIError, DeconvClient  # noqa: PLC0415
+
+    run = {"submit": commands.submit, "status": commands.status, "wait": commands.wait, "cancel": commands.cancel,
+           "filters": commands.filters, "reconstruct": commands.reconstruct}[args.command]
+    try:
+        with DeconvClient(args.url, api_key=args.api_key) as client:
+            return run(args, client)
+    except DeconvAPIError as exc:
+        _error(exc.message, args.command)
+        return EXIT_USAGE if exc.client_error else EXIT_FAILED
+    except ValueError as exc:  # commands.UsageError, or a folder without images
+        _error(str(exc), args.command)
+        return EXIT_USAGE
+    except OSError as exc:
+        _error(f"{type(exc).__name__}: {exc}", args.command)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _error("interrupted", args.command)
+        return EXIT_INTERRUPTED
 
 
 def _learn(args: argparse.Namespace) -> int:

@@ -1,0 +1,131 @@
+"""``deconv demo``: the quick job, end to end through the service, with nothing to start by hand.
+
+It starts the service in this process (uvicorn on 127.0.0.1, a free port, in a thread; data in ``OUT/data``
+unless ``--data-dir``), uploads the bundled sample images (``samples/*.png``; without them, scikit-image's grey
+sample images cropped to one size), submits ``configs/quick.yaml`` as the job spec, follows it with a progress
+bar, and writes into OUT:
+
+=====================  ==========================================================================
+``filters.png``        the learned filters, one tile each
+``reconstructions.png`` each preprocessed input beside its reconstruction from the feature maps
+``objective.png``      the objective E after every outer iteration
+``filters.npy``        (K, C, s, s) float32
+``history.json``       one record per outer iteration: objective, sparsity, elapsed time, ...
+=====================  ==========================================================================
+
+then stops the service (and the Ray cluster it started).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+from .commands import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, follow, result, say
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples"
+QUICK_CONFIG = ROOT / "configs" / "quick.yaml"
+_SKIMAGE_IMAGES = ("camera", "astronaut", "coffee", "chelsea", "coins", "moon", "clock", "brick")
+_SAMPLE_SIZE = 128
+
+
+def run_demo(out: Path, *, data_dir: Path | None = None, config: Path | None = None, progress: bool = True) -> int:
+    """Run the demo into `out`; returns the exit status (0, 1 when the job did not succeed, 130 on Ctrl-C)."""
+    from .client import DeconvClient  # noqa: PLC0415
+    from .serve import ServiceThread  # noqa: PLC0415
+    from .settings import Settings  # noqa: PLC0415
+
+    start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    spec = quick_spec(config)
+    parts = sample_images()
+    settings = Settings(data_dir=data_dir or out / "data")
+    job_id = None
+    say("deconv demo: starting the service and a local Ray cluster ...")
+    with ServiceThread(settings) as service, DeconvClient(service.url) as client:
+        say(f"deconv demo: service at {service.url}, data in {settings.data_dir.resolve()}")
+        try:
+            dataset = client.upload_dataset(parts)
+            job = client.submit({**spec, "dataset_id": dataset["id"]})
+            job_id = job["id"]
+            layer = spec["layers"][0]
+            say(f"learning {layer['n_filters']} filters {layer['filter_size']}x{layer['filter_size']} on "
+                f"{dataset['n_images']} images {tuple(dataset['shapes'][0][1:])}, {spec['n_iter']} outer "
+                f"iterations: job {job_id}")
+            status = follow(client, job_id, progress=progress)
+            if status == EXIT_INTERRUPTED:
+                client.cancel(job_id)
+                return status
+            if status != EXIT_OK:
+                return EXIT_FAILED
+            _fetch_results(client, job_id, out)
+        except KeyboardInterrupt:
+            if job_id is not None:
+                client.cancel(job_id)
+            say("deconv demo: interrupted")
+            return EXIT_INTERRUPTED
+    history = _read_history(out)
+    result(f"deconv demo: done in {time.perf_counter() - start:.0f} s: objective {history[0]['objective']:.5g} -> "
+           f"{history[-1]['objective']:.5g}, non-zero maps {history[-1]['sparsity']:.4f}")
+    result(f"wrote filters.png, reconstructions.png, objective.png, filters.npy and history.json to {out.resolve()}")
+    return EXIT_OK
+
+
+def _fetch_results(client: Any, job_id: str, out: Path) -> None:
+    from workers.checkpoint import atomic_write_bytes  # noqa: PLC0415
+
+    atomic_write_bytes(out / "filters.png", client.filters_png(job_id))
+    atomic_write_bytes(out / "reconstructions.png", client.reconstructions_png(job_id))
+    atomic_write_bytes(out / "objective.png", client.history_png(job_id))
+    client.download(job_id, "filters-L1.npy", out / "filters.npy")  # checked against the listed sha256
+    client.download(job_id, "history.json", out / "history.json")
+
+
+def _read_history(out: Path) -> list[dict[str, Any]]:
+    import json  # noqa: PLC0415
+
+    return json.loads((out / "history.json").read_text())
+
+
+def quick_spec(config: Path | None = None) -> dict[str, Any]:
+    """The job spec of the demo: `config` (default ``configs/quick.yaml``) as a dict."""
+    import yaml  # noqa: PLC0415
+
+    path = config or QUICK_CONFIG
+    if not path.is_file():
+        raise ValueError(f"no demo config at {path}; give one with --config FILE")
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: a job config must hold a mapping of fields")
+    return spec
+
+
+def sample_images() -> list[tuple[str, bytes]]:
+    """The demo's images as (name, PNG bytes): ``samples/*.png``, else scikit-image's sample images (grey,
+    centre-cropped to a square, resized to 128x128)."""
+    paths = sorted(SAMPLES.glob("*.png")) if SAMPLES.is_dir() else []
+    if paths:
+        return [(p.name, p.read_bytes()) for p in paths]
+    return [(f"{name}.png", _skimage_png(name)) for name in _SKIMAGE_IMAGES]
+
+
+def _skimage_png(name: str) -> bytes:
+    import numpy as np  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415
+
+    try:
+        from skimage import data  # noqa: PLC0415
+    except ImportError:
+        raise ValueError("no sample images: samples/ is missing and scikit-image is not installed "
+                         "(pip install scikit-image)") from None
+    picture = Image.fromarray(np.asarray(getattr(data, name)())).convert("L")
+    side = min(picture.size)
+    left, top = (picture.width - side) // 2, (picture.height - side) // 2
+    picture = picture.crop((left, top, left + side, top + side)).resize((_SAMPLE_SIZE, _SAMPLE_SIZE),
+                                                                        Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
