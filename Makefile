@@ -1,4 +1,5 @@
-# Two commands on a fresh clone: `make demo` (a learning job on the sample images) and `make test`.
+# Two commands on a fresh clone: `make demo` (a learning job on the sample images, through the service) and
+# `make test`.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -13,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/demo.py --out demo-output
+	$(PY) -m api.cli demo --out demo-output
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -211,23 +210,6 @@ def test_filter_montage_has_one_tile_per_filter():
     assert picture.shape == (2 * 4 + 1, 3 * 4 + 1)
     centres = picture[2::4, 2::4]  # the centre tap of each tile position
     assert np.count_nonzero(centres == 1.0) == 5 + 1  # five tiles plus the empty (white) sixth slot
-
-
-def test_demo_writes_its_pictures(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("demo", ROOT / "scripts" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    config = tmp_path / "tiny.yaml"
-    text = (ROOT / "configs" / "quick.yaml").read_text()
-    config.write_text(text.replace("n_iter: 40", "n_iter: 2").replace("n_filters: 16", "n_filters: 4"))
-    assert demo.main(["--config", str(config), "--out", str(tmp_path / "out")]) == 0
-    out = tmp_path / "out"
-    assert {p.name for p in out.iterdir()} >= {"filters.npy", "filters.png", "reconstructions.png",
-                                                "objective.png", "history.json"}
-    assert np.load(out / "filters.npy").shape == (4, 1, 7, 7)
-    assert len(json.loads((out / "history.json").read_text())) == 2
 
 
 def test_an_explicit_inference_config_keeps_its_iteration_count(small_images):
