@@ -376,6 +376,14 @@ def _check_channels(model: JobModel, batch: np.ndarray) -> None:
 
 def _read_array(upload: UploadFile, field: str, settings: Settings) -> np.ndarray:
     data = upload.file.read()
+    if data.startswith(b"PK\x03\x04"):  # an npz: bounded by what it unpacks to, like uploads (else a zip bomb)
+        try:
+            unpacked = sum(m.file_size for m in zipfile.ZipFile(io.BytesIO(data)).infolist())
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise field_error(["body", field], f"not a readable .npz file: {exc}") from None
+        if unpacked > settings.max_upload_bytes:
+            raise field_error(["body", field], f"the npz unpacks to {unpacked} bytes, more than the limit "
+                              f"{settings.max_upload_bytes} (max_upload_bytes)", unpacked)
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
         if isinstance(array, np.lib.npyio.NpzFile):  # its member is read here: inside the try, like an npy
