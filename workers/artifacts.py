@@ -76,8 +76,8 @@ class LocalArtifactStore:
     def put(self, data: bytes, suffix: str = "") -> str:
         key = artifact_key(data, suffix)
         path = self._path(key)
-        if path.is_file() and path.stat().st_size == len(data):
-            return key  # already there: same bytes by construction of the key (checked again on read)
+        if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+            return key  # already there, intact (a damaged file of the same size is written again)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, data)
         return key
