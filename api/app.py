@@ -144,7 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         etag = f'"{record.key[:64]}"'
         headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable",
                    "Content-Disposition": f'attachment; filename="{download or f"{job_id}-{name}"}"'}
-        if request.headers.get("if-none-match") == etag:
+        if _etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
         try:
             data = store.artifacts.get(record.key)
@@ -362,6 +362,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                           "followed by nothing or one of the documented sub-resources", rest, status=404)
 
     return app
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    """If-None-Match (RFC 9110 13.1.2): ``*`` or a list of tags, compared weakly (``W/"x"`` matches ``"x"``)."""
+    if header is None:
+        return False
+    tags = [tag.strip().removeprefix("W/") for tag in header.split(",")]
+    return "*" in tags or etag in tags
 
 
 def _check_channels(model: JobModel, batch: np.ndarray) -> None:
