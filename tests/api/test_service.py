@@ -240,6 +240,14 @@ def test_an_unchanged_artifact_is_a_304(finished):
     assert (other.status_code, other.content) == (200, first.content)
 
 
+@pytest.mark.parametrize("header", ['"0000", {etag}', '{etag},"1111"', "*", "W/{etag}"],
+                         ids=["list", "list-no-space", "star", "weak"])
+def test_if_none_match_takes_lists_star_and_weak_tags(finished, header):
+    url = f"/jobs/{finished.job['id']}/maps"
+    etag = finished.client.get(url).headers["etag"]
+    assert finished.client.get(url, headers={"If-None-Match": header.format(etag=etag)}).status_code == 304
+
+
 def test_a_finished_job_cannot_be_cancelled(finished):
     response = finished.client.delete(f"/jobs/{finished.job['id']}")
     assert response.status_code == 409
