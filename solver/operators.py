@@ -20,15 +20,22 @@ Both are computed on the *map grid* (H', W'): a circular convolution there, foll
 ``P`` to the rows and columns ``s−1 … s−1+H−1``. On those the circular and the linear convolution coincide
 (no index wraps), so ``valid = P ∘ circular``. Fourier-domain arrays carry the suffix ``_hat`` and have shape
 ``(..., H', W'//2 + 1)`` (real FFTs over the last two axes).
+
+Connectivity: the operators keep the Fourier filter planes of the connected (k, c) pairs only, ``planes_hat`` in
+the *pair layout* of :mod:`solver.pairs` (``(K, C, U, V)`` for a full table, ``(P, U, V)`` for P connected pairs
+otherwise), and every product, sum, FFT of filters and per-frequency solve runs over those P pairs.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
 
 from .backend import Array, Backend, backend_of
+from .linalg import ShiftedNormalFactor
+from .pairs import Connections, PairFactor, analyse_hat, connections, synthesize_hat  # noqa: F401  (re-exported)
 
 Boundary = Literal["circular", "valid"]
 BOUNDARIES: tuple[str, ...] = ("circular", "valid")
@@ -90,30 +97,6 @@ class _Grid:
         return m
 
 
-def _masked(filters: Array, connectivity: Array | None) -> Array:
-    if connectivity is None:
-        return filters
-    xp = backend_of(filters).xp
-    g = xp.asarray(connectivity, dtype=filters.dtype)
-    return filters * g[:, :, None, None]
-
-
-def synthesize_hat(filters_hat: Array, maps_hat: Array) -> Array:
-    """Σ_k f̂[k, c] · ẑ[n, k]: (K, C, U, V) × (N, K, U, V) -> (N, C, U, V)."""
-    xp = backend_of(maps_hat).xp
-    if filters_hat.shape[1] == 1:  # one channel: a plain multiply-reduce, no einsum loop overhead
-        return xp.sum(filters_hat[None, :, 0] * maps_hat, axis=1, keepdims=True)
-    return xp.einsum("kcuv,nkuv->ncuv", filters_hat, maps_hat)
-
-
-def analyse_hat(filters_hat: Array, images_hat: Array) -> Array:
-    """Σ_c conj(f̂[k, c]) · ŝ[n, c]: (K, C, U, V) × (N, C, U, V) -> (N, K, U, V)."""
-    xp = backend_of(images_hat).xp
-    if filters_hat.shape[1] == 1:
-        return xp.conj(filters_hat[None, :, 0]) * images_hat
-    return xp.einsum("kcuv,ncuv->nkuv", xp.conj(filters_hat), images_hat)
-
-
 class ConvOperator:
     r"""Synthesis D: maps (N, K, H', W') -> images (N, C, H, W).
 
@@ -132,6 +115,13 @@ class ConvOperator:
     boundary : {"circular", "valid"}
     connectivity : bool array of shape (K, C), optional
         g; all True when omitted.
+
+    Attributes
+    ----------
+    connections : FullConnections or SparseConnections
+        The connected pairs (:mod:`solver.pairs`).
+    planes_hat : array of shape (K, C, U, V) (full table) or (P, U, V) (P connected pairs)
+        The Fourier filter planes of the connected pairs, the only filter array the operator computes with.
     """
 
     def __init__(
@@ -148,8 +138,20 @@ class ConvOperator:
         self.filter_size = int(s)
         self.grid = _Grid(image_shape, s, boundary)
         self.connectivity = connectivity
-        self.filters = _masked(filters, connectivity)
-        self.filters_hat = self.backend.rfft2(self.filters, self.grid.shape)
+        self.connections: Connections = connections(connectivity, self.n_filters, self.n_channels, self.backend.xp)
+        planes = self.connections.gather(filters)
+        self.filters = self.connections.scatter(planes)  # zero where not connected
+        self.planes_hat = self.backend.rfft2(planes, self.grid.shape)
+
+    @functools.cached_property
+    def filters_hat(self) -> Array:
+        """The Fourier filters in the dense layout (K, C, U, V), zero where not connected.
+
+        The planes themselves for a full table; for a sparse one a K·C copy built on first use, for code that
+        needs the dense layout (the Woodbury factor of :mod:`solver.linalg`); the operator's own work uses
+        ``planes_hat`` only.
+        """
+        return self.connections.scatter(self.planes_hat)
 
     @property
     def boundary(self) -> Boundary:
@@ -166,11 +168,11 @@ class ConvOperator:
     # Fourier domain, on the map grid (no crop) -------------------------------------------------------
     def forward_hat(self, maps_hat: Array) -> Array:
         """(N, K, U, V) -> (N, C, U, V): the circular synthesis in the Fourier domain."""
-        return synthesize_hat(self.filters_hat, maps_hat)
+        return self.connections.synthesize(self.planes_hat, maps_hat)
 
     def adjoint_hat(self, images_hat: Array) -> Array:
         """(N, C, U, V) -> (N, K, U, V): the adjoint of :meth:`forward_hat`."""
-        return analyse_hat(self.filters_hat, images_hat)
+        return self.connections.analyse(self.planes_hat, images_hat)
 
     # Spatial domain ----------------------------------------------------------------------------------
     def rfft(self, a: Array) -> Array:
@@ -199,9 +201,16 @@ class ConvOperator:
 
         Exact for ``circular``; an upper bound for ``valid`` (‖P‖ ≤ 1).
         """
-        from .linalg import max_gram_eigenvalue  # noqa: PLC0415  (linalg imports this module)
+        return self.connections.gram_max_eigenvalue(self.planes_hat)
 
-        return max_gram_eigenvalue(self.filters_hat)
+    def factor_shifted_normal(self, rho: float | np.ndarray) -> ShiftedNormalFactor | PairFactor:
+        """The cached part of the solve of ``(DᴴD + ρI) x = b`` per frequency (ρ > 0, or one per image), for
+        :meth:`solve_shifted_normal`: the Woodbury inverse of :mod:`solver.linalg`, from the pairs only."""
+        return self.connections.factor_shifted_normal(self.planes_hat, rho)
+
+    def solve_shifted_normal(self, factor: ShiftedNormalFactor | PairFactor, b_hat: Array) -> Array:
+        """x̂ = (DᴴD + ρI)⁻¹ b̂ at every frequency of the map grid: (N, K, U, V) -> (N, K, U, V)."""
+        return self.connections.solve_shifted_normal(factor, self.planes_hat, b_hat)
 
 
 class FilterOperator:
@@ -222,6 +231,11 @@ class FilterOperator:
     connectivity : bool array of shape (K, C), optional
     n_channels : int
         C (needed when `connectivity` is omitted).
+
+    Attributes
+    ----------
+    connections : FullConnections or SparseConnections
+        The filters enter through the planes of the connected pairs only (:meth:`filters_to_hat`).
     """
 
     def __init__(
@@ -246,10 +260,7 @@ class FilterOperator:
         self.n_filters = maps.shape[1]
         self.n_channels = int(connectivity.shape[1]) if connectivity is not None else int(n_channels)
         self.connectivity = connectivity
-        xp = self.backend.xp
-        self._g = (
-            None if connectivity is None else xp.asarray(connectivity, dtype=self.dtype)[:, :, None, None]
-        )
+        self.connections: Connections = connections(connectivity, self.n_filters, self.n_channels, self.backend.xp)
         self.maps_hat = self.backend.rfft2(maps, self.grid.shape)
 
     @property
@@ -257,27 +268,21 @@ class FilterOperator:
         return self.grid.boundary
 
     def filters_to_hat(self, filters: Array) -> Array:
-        """(K, C, s, s) -> (K, C, U, V), connectivity applied."""
-        if self._g is not None:
-            filters = filters * self._g
-        return self.backend.rfft2(filters, self.grid.shape)
+        """(K, C, s, s) -> the Fourier planes of the connected pairs, (K, C, U, V) or (P, U, V)."""
+        return self.backend.rfft2(self.connections.gather(filters), self.grid.shape)
 
-    def hat_to_filters(self, grad_hat: Array) -> Array:
-        """Sᴴ ∘ irfft: (K, C, U, V) -> (K, C, s, s), connectivity applied."""
+    def hat_to_filters(self, planes_hat: Array) -> Array:
+        """Sᴴ ∘ irfft of pair planes: -> (K, C, s, s), zero where not connected."""
         s = self.filter_size
-        out = self.backend.irfft2(grad_hat, self.grid.shape)[..., :s, :s]
-        if self._g is not None:
-            out = out * self._g
-        return out
+        return self.connections.scatter(self.backend.irfft2(planes_hat, self.grid.shape)[..., :s, :s])
 
-    def forward_hat(self, filters_hat: Array) -> Array:
-        """(K, C, U, V) -> (N, C, U, V)."""
-        return synthesize_hat(filters_hat, self.maps_hat)
+    def forward_hat(self, planes_hat: Array) -> Array:
+        """Pair planes (K, C, U, V) or (P, U, V) -> (N, C, U, V)."""
+        return self.connections.synthesize(planes_hat, self.maps_hat)
 
     def adjoint_hat(self, images_hat: Array) -> Array:
-        """(N, C, U, V) -> (K, C, U, V): Σ_n conj(ẑ[n, k]) ŝ[n, c]."""
-        xp = self.backend.xp
-        return xp.einsum("nkuv,ncuv->kcuv", xp.conj(self.maps_hat), images_hat)
+        """(N, C, U, V) -> pair planes: Σ_n conj(ẑ[n, k]) ŝ[n, c] for each connected (k, c)."""
+        return self.connections.correlate(self.maps_hat, images_hat)
 
     def forward(self, filters: Array) -> Array:
         """Z: (K, C, s, s) -> (N, C, H, W)."""

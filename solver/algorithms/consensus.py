@@ -40,9 +40,9 @@ class ConsensusState:
 
     Attributes
     ----------
-    dual_hat : array of shape (n, K, C, U, V)
-        The scaled duals u_n.
-    local_hat : array of shape (n, K, C, U, V)
+    dual_hat : array of shape (n, K, C, U, V) (full table) or (n, P, U, V) (P connected pairs)
+        The scaled duals u_n, on the connected pairs only (:mod:`solver.pairs`).
+    local_hat : array of the shape of `dual_hat`
         The relaxed local filters d̃_n of the last iteration (their dual step is pending).
     """
 
@@ -76,17 +76,17 @@ def consensus_local_step(
     if op.grid.cropped:
         raise ValueError("the consensus filter update needs the 'circular' boundary, got 'valid'")
     xp = problem.backend.xp
-    g_hat = op.filters_to_hat(filters)  # (K, C, U, V), connectivity applied
+    pairs = op.connections
+    g_hat = op.filters_to_hat(filters)  # the connected planes only (pair layout)
     if state is None:
         dual = xp.zeros((op.maps_hat.shape[0], *g_hat.shape), dtype=g_hat.dtype)
     else:
         dual = state.dual_hat + (state.local_hat - g_hat[None])
-    a = op.maps_hat[:, :, None]  # (n, K, 1, U, V)
-    if op.connectivity is not None:
-        a = a * xp.asarray(op.connectivity, dtype=problem.images.dtype)[None, :, :, None, None]
-    b = xp.conj(a) * problem.images_hat[:, None] + rho * (g_hat[None] - dual)
-    a_b = xp.sum(a * b, axis=1, keepdims=True)
-    a_a = xp.sum(a.real * a.real + a.imag * a.imag, axis=1, keepdims=True)
+    # Per pair (k, c): a = ẑ[n, k], and the Sherman–Morrison sums run over the maps k that read channel c.
+    a = pairs.per_pair_maps(op.maps_hat)
+    b = xp.conj(a) * pairs.per_pair_channels(problem.images_hat) + rho * (g_hat[None] - dual)
+    a_b = pairs.per_pair_channels(pairs.sum_over_maps(a * b))
+    a_a = pairs.per_pair_channels(pairs.sum_over_maps(a.real * a.real + a.imag * a.imag))
     local = (b - xp.conj(a) * (a_b / (rho + a_a))) / rho
     local = relax * local + (1 - relax) * g_hat[None]
     partial = op.hat_to_filters(xp.sum(local + dual, axis=0))

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..backend import Array
 from ..config import ZeilerConfig
-from ..linalg import conjugate_gradient, factor_shifted_normal, solve_shifted_normal
+from ..linalg import conjugate_gradient
 from ..problem import CSCProblem
 
 
@@ -83,8 +83,8 @@ class Zeiler:
         beta = self.beta(state.stage)
         if self._exact:
             if state.stage not in self._factors:
-                self._factors[state.stage] = factor_shifted_normal(pb.op.filters_hat, beta)
-            z_hat = solve_shifted_normal(self._factors[state.stage], pb.rhs_hat + beta * state.x_hat)
+                self._factors[state.stage] = pb.op.factor_shifted_normal(beta)
+            z_hat = pb.op.solve_shifted_normal(self._factors[state.stage], pb.rhs_hat + beta * state.x_hat)
             return pb.op.irfft(z_hat)
         op = pb.op
         rhs = pb.op.irfft(pb.rhs_hat) + beta * state.x
