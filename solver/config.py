@@ -114,9 +114,14 @@ class LayerSpec(_Frozen):
 
 
 class LearnConfig(_Frozen):
-    """A learning run of one layer (several layers come with the layer stack)."""
+    """A learning run: one layer (:func:`~solver.learn.learn_layer`), or a stack of layers learned one after
+    another (:func:`~solver.stack.learn_stack`), layer l+1 on the rescaled maps of layer l.
 
-    layers: list[LayerSpec] = Field(..., min_length=1, max_length=1)
+    Every layer shares the inference, filter update, ``n_iter``, boundary, seed and dtype; ``preprocess`` is
+    applied to the images of layer 1 (higher layers get :data:`~solver.stack.INTER_LAYER_PREPROCESS`).
+    """
+
+    layers: list[LayerSpec] = Field(..., min_length=1)
     inference: InferenceConfig = Field(
         default_factory=lambda: AdmmConfig(max_iter=10),
         description="inference per outer iteration: exactly max_iter iterations (tol is not used in learning)",

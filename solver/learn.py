@@ -176,7 +176,14 @@ def learn_layer(
     init_filters: Array | None = None,
     callback: Callable[[IterStats], None] | None = None,
 ) -> LearnResult:
-    """:func:`learn` from a validated :class:`~solver.config.LearnConfig` (the entry point of jobs)."""
+    """:func:`learn` from a validated :class:`~solver.config.LearnConfig` of one layer (the entry point of jobs).
+
+    A config of several layers is refused: :func:`~solver.stack.learn_stack` learns those, and
+    :func:`~solver.stack.layer_config` gives the one-layer config of each.
+    """
+    if len(config.layers) != 1:
+        raise ValueError(f"learn_layer learns one layer, got a config of {len(config.layers)} layers: use "
+                         "solver.stack.learn_stack, or solver.stack.layer_config(config, index) for one of them")
     fitted = None
     if config.preprocess is not None:
         images, fitted = FittedPreprocess.fit(np.asarray(images), config.preprocess)
