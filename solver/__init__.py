@@ -4,6 +4,10 @@ Public surface::
 
     from solver import encode, learn, reconstruct
 
+and for deep networks (layers learned one after another, projection to pixels)::
+
+    from solver import learn_stack, encode_stack, project_down, pixel_filters
+
 Shapes: images (N, C, H, W), filters (K, C, s, s), connectivity (K, C), maps (N, K, H', W') with H' = H for the
 circular boundary and H + s − 1 for the valid one. float32 by default; the input dtype is kept.
 """
@@ -23,26 +27,48 @@ from .config import (
 from .learn import IterStats, LearnResult, encode_with, learn, learn_layer
 from .preprocess import FittedPreprocess
 from .problem import objective
+from .stack import (
+    INTER_LAYER_PREPROCESS,
+    LayerModel,
+    StackModel,
+    StackResult,
+    encode_stack,
+    layer_config,
+    learn_stack,
+    pixel_filters,
+    project_down,
+    psnr,
+)
 
 __all__ = [
+    "INTER_LAYER_PREPROCESS",
     "AdmmConfig",
     "EncodeResult",
     "FilterUpdateConfig",
     "FistaConfig",
     "FittedPreprocess",
     "IterStats",
+    "LayerModel",
     "LayerSpec",
     "LearnConfig",
     "LearnResult",
     "PreprocessConfig",
+    "StackModel",
+    "StackResult",
     "ZeilerConfig",
     "encode",
+    "encode_stack",
     "encode_with",
     "get_backend",
     "gpu_available",
+    "layer_config",
     "learn",
     "learn_layer",
+    "learn_stack",
     "load_config",
     "objective",
+    "pixel_filters",
+    "project_down",
+    "psnr",
     "reconstruct",
 ]
