@@ -42,7 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from solver.config import Boundary
 from workers.artifacts import ArtifactCorruptError
-from workers.cluster import ClusterConfig
+from workers.cluster import ClusterConfig, connect, shutdown
 from workers.datasets import UploadError, decode_upload
 from workers.models import JobModel, ModelNotReadyError, load_model
 from workers.runner import JobRunner, history_plot, image_sheet, png_bytes
@@ -85,12 +85,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        ray_context = None
         if settings.run_jobs:
+            # Connect here, in the server's own thread, not in the runner's: a local cluster's processes are tied
+            # to the thread that starts them (a parent-death signal) and its agents outlive a thread that ends.
+            ray_context = connect(cluster)
             runner.start()
         logger.info("deconv service: data in %s, jobs %s", store.data_dir, "run" if settings.run_jobs else "held")
         yield
         if settings.run_jobs:
             await run_in_threadpool(runner.stop)
+        if ray_context is not None and ray_context.started:
+            shutdown()
 
     app = FastAPI(title="deconv", version=__version__, lifespan=lifespan, max_body_size=settings.max_json_bytes,
                   description="Convolutional sparse coding and Deconvolutional Networks as a service: upload "

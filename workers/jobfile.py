@@ -9,8 +9,10 @@
     n_iter: 40
     preprocess: {grey: true, contrast_normalise: true}
 
-Unknown fields are refused, like everywhere in the configs; :func:`describe_validation_error` turns pydantic's
-errors into one line that names the field and the value.
+Like a job sent to the service, a job file preprocesses its images by default (mean removal and a dataset-wide
+rescale, :class:`~solver.preprocess.PreprocessConfig`'s defaults; ``preprocess: null`` turns that off), unlike
+:func:`solver.learn`, which takes images as given. Unknown fields are refused, like everywhere in the configs;
+:func:`describe_validation_error` turns pydantic's errors into one line that names the field and the value.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from solver.config import LearnConfig
+from solver.preprocess import PreprocessConfig
 
 
 class JobFileError(ValueError):
@@ -40,6 +43,7 @@ class LearnJobFile(LearnConfig):
 
     images: Path
     workers: int | None = Field(None, ge=1)
+    preprocess: PreprocessConfig | None = Field(default_factory=PreprocessConfig)
 
     def learn_config(self) -> LearnConfig:
         """The learning config alone (without ``images`` and ``workers``)."""

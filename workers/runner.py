@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import shutil
 import threading
 import traceback
@@ -48,6 +49,7 @@ from .store import JobRecord, JobStore
 logger = logging.getLogger(__name__)
 
 _PNG_ROWS = 8  # reconstructions.png shows at most this many images
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class JobStopped(Exception):  # noqa: N818  (control flow, not an error)
@@ -192,7 +194,8 @@ def execute(store: JobStore, job: JobRecord, *, cluster: ClusterConfig | None = 
                 store.update_progress(job.id, layer=layer, iteration=stats.iteration, objective=stats.objective,
                                       sparsity=stats.sparsity, elapsed=stats.elapsed)
 
-            result = coordinator.run(callback=progress, should_stop=should_stop, resume=True)
+            resume = (work / "checkpoints" / f"L{index + 1}").is_dir()  # an earlier attempt left checkpoints
+            result = coordinator.run(callback=progress, should_stop=should_stop, resume=resume)
             if len(result.history) < cfg.n_iter:
                 raise JobStopped
             done = _save_layer(layer_dir, result)
@@ -354,7 +357,8 @@ def history_plot(history: list[dict]) -> bytes:
         axes.plot(*zip(*points, strict=True), marker=".", label=f"layer {layer}")
     axes.set_xlabel("outer iteration")
     axes.set_ylabel("objective E")
-    axes.set_yscale("log" if all(h["objective"] > 0 for h in history) else "linear")
+    values = [h["objective"] for h in history]
+    axes.set_yscale("log" if min(values) > 0 and max(values) > 10 * min(values) else "linear")
     axes.grid(True, alpha=0.3)
     axes.legend()
     figure.tight_layout()
@@ -364,9 +368,15 @@ def history_plot(history: list[dict]) -> bytes:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    """One line for the job's error: the exception's type and message, for an error raised in a Ray actor the
+    original one (not Ray's wrapper with its colour codes and process ids)."""
+    cause = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError carries the actor's exception
+    if isinstance(cause, BaseException):
+        exc = cause
+    lines = [line for line in _ANSI.sub("", str(exc)).strip().splitlines() if line.strip()]
+    message = lines[-1].strip() if len(lines) > 1 and lines[-1].startswith(type(exc).__name__) else (
+        lines[0].strip() if lines else "")
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 __all__ = ["JobRunner", "JobStopped", "execute", "pixel_filters"]
