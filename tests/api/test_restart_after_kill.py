@@ -1,9 +1,10 @@
 """A service killed mid-job (SIGKILL, with its private Ray cluster) and started again on the same data directory:
 the job resumes from its last checkpoint, succeeds, and every artifact downloads intact.
 
-The service runs as a real subprocess in its own session, so that killing the process group takes down the Ray
-processes it started (gcs_server, raylet, agents, shard workers) with it; without that a few Ray agents outlive a
-SIGKILLed driver for seconds.
+The service runs as a real subprocess in its own session, and the test kills the whole process group: a SIGKILL of
+the server process alone takes gcs_server, raylet and the shard workers with it (they share its fate), but Ray's
+dashboard and runtime-env agents (ray 2.60) notice the raylet's death, try to report it to the dead GCS and linger
+for about a minute before they exit.
 
 Marked slow: two private Ray clusters start (about 10 s each on the 2-core test machine), and the whole module takes
 40-55 s there. The graceful restart (test_restart.py) runs in the default suite.
