@@ -164,11 +164,21 @@ def test_non_image_bytes_are_refused(grey):
     assert "not a PNG" in message
 
 
-def test_a_truncated_png_is_refused(rng):
-    data = _picture(rng.integers(0, 256, (64, 64), dtype=np.uint8))
-    message = _refusal([("cut.png", data[: len(data) // 2])])
-    assert "files[0] ('cut.png')" in message
+@pytest.mark.parametrize("format", ["PNG", "JPEG", "TIFF"])
+@pytest.mark.parametrize("keep", [0.5, 0.98], ids=["half", "all-but-the-end"])
+def test_a_truncated_picture_is_refused(rng, format, keep):  # noqa: A002
+    data = _picture(rng.integers(0, 256, (64, 64), dtype=np.uint8), format)
+    message = _refusal([("cut.img", data[: int(len(data) * keep)])])
+    assert "files[0] ('cut.img')" in message
     assert "cannot decode" in message
+
+
+def test_an_archive_of_hidden_files_only_holds_no_image():
+    assert "no image" in _refusal([("empty.zip", _zip({".DS_Store": b"junk", "__MACOSX/._a.png": b"junk"}))])
+
+
+def test_a_corrupt_zip_is_refused():
+    assert "not a valid zip" in _refusal([("broken.zip", b"PK\x03\x04" + b"\0" * 100)])
 
 
 @pytest.mark.parametrize("side", [100_000, 5_000], ids=["beyond-pillow-bomb-limit", "beyond-our-limit"])
