@@ -403,8 +403,9 @@ def test_a_layer_the_job_does_not_have_is_a_422(finished):
         ([("files", ("a.npy", _npy(np.zeros((1, 16, 16), np.float32)), NPY)),
           ("files", ("b.npy", _npy(np.zeros((1, 20, 20), np.float32)), NPY))], "one shape"),
         ([("files", ("c.npy", _npy(np.zeros((2, 16, 16), np.float32)), NPY))], "channel"),
+        ([("files", ("many.npy", _npy(np.zeros((65, 1, 8, 8), np.float32)), NPY))], "65 images"),
     ],
-    ids=["not-an-image", "smaller-than-the-filters", "mixed-shapes", "wrong-channels"],
+    ids=["not-an-image", "smaller-than-the-filters", "mixed-shapes", "wrong-channels", "too-many"],
 )
 def test_a_bad_image_to_encode_is_a_422_naming_it(finished, files, words):
     response = finished.client.post(f"/models/{finished.job['id']}/encode", params={"max_iter": 2}, files=files)
