@@ -1,8 +1,9 @@
-"""The model of a finished job: per layer its filters, connectivity and input preprocessing; encode and project.
+"""The model of a finished job: its layer stack and the inference it learned with; encoding and projection.
 
-The runner writes ``model.json`` (per layer: λ, p, the artifact names of the filters and connectivity, the fitted
-preprocessing of that layer's input) beside the arrays; :func:`load_model` reads them back from the store, so
-``POST /models/{id}/encode`` and ``POST /reconstruct`` work on any finished job, also after a restart.
+The runner stores a :class:`~solver.stack.StackModel` as ``filters-L<l>.npy`` and ``connectivity-L<l>.npy`` per
+layer and ``model.json`` (the boundary; per layer λ, p and the fitted preprocessing of its input; the inference);
+:func:`load_model` reads them back from the store, so ``POST /models/{id}/encode`` and ``POST /reconstruct`` work
+on any finished job, also after a restart.
 """
 
 from __future__ import annotations
@@ -13,14 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import TypeAdapter
 
-from solver.coding import encode, reconstruct
 from solver.config import InferenceConfig
-from solver.preprocess import FittedPreprocess
+from solver.stack import LayerModel, StackModel, encode_stack, project_down
 
 from .store import JobStore
-
-MODEL_FORMAT = 1
 
 
 class ModelNotReadyError(LookupError):
@@ -28,95 +27,49 @@ class ModelNotReadyError(LookupError):
 
 
 @dataclass(frozen=True)
-class LayerModel:
-    filters: np.ndarray  # (K, C, s, s)
-    connectivity: np.ndarray  # (K, C) bool
-    preprocess: FittedPreprocess | None  # of this layer's input
-    lam: float
-    p: float
-
-    @property
-    def n_filters(self) -> int:
-        return int(self.filters.shape[0])
-
-    @property
-    def n_channels(self) -> int:
-        return int(self.filters.shape[1])
-
-
-@dataclass(frozen=True)
 class JobModel:
-    layers: list[LayerModel]
-    boundary: str
+    """A job's :class:`~solver.stack.StackModel` and the inference it learned with (the default for encoding)."""
+
+    stack: StackModel
     inference: InferenceConfig
+
+    @property
+    def layers(self) -> tuple[LayerModel, ...]:
+        return self.stack.layers
 
     def check_layer(self, layer: int | None) -> int:
         """`layer` (1-based) if the model has it; the top layer for None."""
-        if layer is None:
-            return len(self.layers)
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= len(self.layers):
-            raise ValueError(f"layer must be between 1 and {len(self.layers)}, got {layer!r}")
-        return layer
+        return self.stack.check_layer(layer)
 
     def encode(self, images: np.ndarray, *, layer: int | None = None, method: str | None = None,
                max_iter: int | None = None) -> list[np.ndarray]:
-        """Maps of every layer up to `layer` (default: the top one) for `images` (N, C, H, W).
-
-        The first layer's preprocessing is applied to `images`; each higher layer codes the rescaled maps of the
-        layer below, as in learning.
-        """
-        top = self.check_layer(layer)
-        x, out = images, []
-        for spec in self.layers[:top]:
-            result = encode(x, spec.filters, spec.lam, p=spec.p, boundary=self.boundary,
-                            connectivity=spec.connectivity, preprocess=spec.preprocess,
-                            method=method or self.inference.method, max_iter=max_iter)
-            out.append(result.maps)
-            x = result.maps
-        return out
+        """Maps of every layer up to `layer` (default: the top one); see :func:`solver.stack.encode_stack`."""
+        return encode_stack(self.stack, images, layers=layer, method=method or self.inference.method,
+                            max_iter=max_iter)
 
     def project(self, maps: np.ndarray, *, layer: int | None = None) -> np.ndarray:
-        """Images (N, C0, H, W) from maps of `layer` (default: the top one), through every layer below.
+        """Images from maps of `layer` through every layer below; see :func:`solver.stack.project_down`."""
+        return project_down(self.stack, maps, layer)
 
-        The result is in the space of the preprocessed input of layer 1 (what layer 1 learned to reconstruct).
-        Between layers the rescale of the maps is undone (its inverse affine map).
-        """
-        top = self.check_layer(layer)
-        x = maps
-        for index in range(top - 1, -1, -1):
-            spec = self.layers[index]
-            x = reconstruct(x, spec.filters, boundary=self.boundary, connectivity=spec.connectivity)
-            if index > 0 and spec.preprocess is not None:
-                stats = spec.preprocess.stats
-                x = ((x + stats.mean) * stats.scale + stats.shift).astype(x.dtype, copy=False)
-        return x
-
-    def to_json(self, names: list[tuple[str, str]]) -> bytes:
-        """``model.json``: `names` are the (filters, connectivity) artifact names of each layer."""
-        layers = [{"filters": f, "connectivity": g, "lam": spec.lam, "p": spec.p,
-                   "preprocess": None if spec.preprocess is None else spec.preprocess.to_dict()}
-                  for (f, g), spec in zip(names, self.layers, strict=True)]
-        body = {"format": MODEL_FORMAT, "boundary": self.boundary, "inference": self.inference.model_dump(),
-                "layers": layers}
-        return json.dumps(body, indent=1).encode()
+    def artifacts(self) -> tuple[dict[str, np.ndarray], bytes]:
+        """The arrays (``filters-L<l>``, ``connectivity-L<l>``) and the ``model.json`` bytes that store it."""
+        arrays, metadata = self.stack.to_arrays()
+        body = {**metadata, "inference": self.inference.model_dump()}
+        return arrays, json.dumps(body, indent=1).encode()
 
 
 def load_model(store: JobStore, job_id: str) -> JobModel:
     """The model of job `job_id` from its artifacts (ModelNotReadyError when it has none)."""
-    from pydantic import TypeAdapter  # noqa: PLC0415
-
     raw = store.read_artifact(job_id, "model.json")
     if raw is None:
         raise ModelNotReadyError(f"job {job_id} has no model: it has not succeeded")
     body: dict[str, Any] = json.loads(raw)
-    layers = []
-    for entry in body["layers"]:
-        filters = _npy(store.read_artifact(job_id, entry["filters"]))
-        connectivity = _npy(store.read_artifact(job_id, entry["connectivity"])).astype(bool)
-        pre = None if entry["preprocess"] is None else FittedPreprocess.from_dict(entry["preprocess"])
-        layers.append(LayerModel(filters, connectivity, pre, float(entry["lam"]), float(entry["p"])))
-    inference = TypeAdapter(InferenceConfig).validate_python(body["inference"])
-    return JobModel(layers, body["boundary"], inference)
+    arrays = {}
+    for number in range(1, len(body["layers"]) + 1):
+        for name in (f"filters-L{number}", f"connectivity-L{number}"):
+            arrays[name] = _npy(store.read_artifact(job_id, f"{name}.npy"))
+    inference = TypeAdapter(InferenceConfig).validate_python(body.pop("inference"))
+    return JobModel(StackModel.from_arrays(arrays, body), inference)
 
 
 def _npy(data: bytes | None) -> np.ndarray:

@@ -39,11 +39,12 @@ import numpy as np
 from solver.learn import IterStats, LearnResult
 from solver.montage import filter_montage, side_by_side
 from solver.preprocess import FittedPreprocess
+from solver.stack import StackModel, layer_config, pixel_filters
 
 from .checkpoint import atomic_write_bytes, npy_bytes
 from .cluster import ClusterConfig, connect
-from .models import JobModel, LayerModel, load_model
-from .spec import JobSpec, layer_config
+from .models import JobModel, load_model
+from .spec import JobSpec
 from .store import JobRecord, JobStore
 
 logger = logging.getLogger(__name__)
@@ -202,8 +203,10 @@ def execute(store: JobStore, job: JobRecord, *, cluster: ClusterConfig | None = 
         results.append(done)
         histories.append(done.stats)
         paths = sorted((layer_dir / "maps").glob("*.npy"))
-    model = JobModel([LayerModel(r.filters, _table(r), r.preprocess, layer.lam, layer.p)
-                      for r, layer in zip(results, spec.layers, strict=True)], spec.boundary, spec.inference)
+    stack = StackModel.from_layers([r.filters for r in results], [_table(r) for r in results],
+                                   [r.preprocess for r in results], [layer.lam for layer in spec.layers],
+                                   [layer.p for layer in spec.layers], spec.boundary)
+    model = JobModel(stack, spec.inference)
     _store_artifacts(store, job.id, spec, model, results, dataset_images=_load_inputs(work / "inputs", store,
                                                                                      dataset))
     shutil.rmtree(work, ignore_errors=True)  # everything of value is in the artifacts now
@@ -269,16 +272,14 @@ def _load_layer(folder: Path) -> LearnResult | None:
 
 def _store_artifacts(store: JobStore, job_id: str, spec: JobSpec, model: JobModel, results: list[LearnResult],
                      dataset_images: np.ndarray) -> None:
-    names = []
-    for index, (result, layer) in enumerate(zip(results, model.layers, strict=True)):
-        tag = f"L{index + 1}"
-        store.put_artifact(job_id, f"filters-{tag}.npy", npy_bytes(result.filters.astype(np.float32)),
-                           "application/x-npy")
-        store.put_artifact(job_id, f"connectivity-{tag}.npy", npy_bytes(layer.connectivity), "application/x-npy")
-        names.append((f"filters-{tag}.npy", f"connectivity-{tag}.npy"))
-        store.put_artifact(job_id, f"filters-{tag}.png", png_bytes(filter_montage(pixel_filters(model, index + 1))),
-                           "image/png")
-        store.put_artifact(job_id, f"maps-{tag}.npz", npz_bytes(result.maps), "application/x-npz")
+    arrays, model_json = model.artifacts()
+    for name, array in arrays.items():
+        store.put_artifact(job_id, f"{name}.npy", npy_bytes(array.astype(np.float32) if array.dtype.kind == "f"
+                                                            else array), "application/x-npy")
+    for number, result in enumerate(results, start=1):
+        picture = filter_montage(pixel_filters(model.stack, number))
+        store.put_artifact(job_id, f"filters-L{number}.png", png_bytes(picture), "image/png")
+        store.put_artifact(job_id, f"maps-L{number}.npz", npz_bytes(result.maps), "application/x-npz")
     top = results[-1].maps
     recon = model.project(top, layer=len(model.layers)).astype(np.float32)
     store.put_artifact(job_id, "reconstructions.npy", npy_bytes(recon), "application/x-npy")
@@ -289,31 +290,7 @@ def _store_artifacts(store: JobStore, job_id: str, spec: JobSpec, model: JobMode
     store.put_artifact(job_id, "history.json", json.dumps(history, indent=1).encode(), "application/json")
     store.put_artifact(job_id, "history.png", history_plot(history), "image/png")
     store.put_artifact(job_id, "config.json", spec.model_dump_json(indent=1).encode(), "application/json")
-    store.put_artifact(job_id, "model.json", model.to_json(names), "application/json")  # last: the job's model
-
-
-def pixel_filters(model: JobModel, layer: int) -> np.ndarray:
-    """The filters of `layer` (1-based) seen in pixel space: layer 1's filters; for a higher layer, each map's
-    one-hot projection through the layers below (the linear part: the inter-layer shifts are left out)."""
-    if layer == 1:
-        return model.layers[0].filters
-    spec = model.layers[layer - 1]
-    support = sum(m.filters.shape[-1] - 1 for m in model.layers[:layer]) + 1
-    size = max(2 * support, 8)
-    K = spec.n_filters
-    maps = np.zeros((K, K, size, size), dtype=spec.filters.dtype)
-    maps[np.arange(K), np.arange(K), size // 2, size // 2] = 1
-    x = maps
-    for index in range(layer - 1, -1, -1):
-        below = model.layers[index]
-        from solver.coding import reconstruct  # noqa: PLC0415
-
-        x = reconstruct(x, below.filters, boundary="circular", connectivity=below.connectivity)
-        if index > 0 and below.preprocess is not None:
-            x = x * below.preprocess.stats.scale
-    c = size // 2
-    lo = c - (support - 1)
-    return x[:, :, lo: c + 1, lo: c + 1] if support > 1 else x[:, :, c: c + 1, c: c + 1]
+    store.put_artifact(job_id, "model.json", model_json, "application/json")  # last: the job's model
 
 
 def png_bytes(picture: np.ndarray) -> bytes:
@@ -379,4 +356,4 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-__all__ = ["JobRunner", "JobStopped", "execute", "pixel_filters"]
+__all__ = ["JobRunner", "JobStopped", "execute"]

@@ -58,21 +58,6 @@ class JobSpec(LearnConfig):
         return LearnConfig.model_validate(self.model_dump(exclude={"dataset_id", "workers", "backend"}))
 
 
-#: The rescale of a layer's maps before the next layer learns on them (the 2010 toolbox: shift, scale to span 2,
-#: zero mean), fitted on the whole dataset's maps and recorded with the model.
-INTER_LAYER_PREPROCESS = PreprocessConfig(grey=False, zero_mean=False, contrast_normalise=False, rescale=True)
-
-
-def layer_config(config: LearnConfig, index: int) -> LearnConfig:
-    """The one-layer config that learns layer `index` (0-based) of `config` on the layer below's maps."""
-    if not 0 <= index < len(config.layers):
-        raise ValueError(f"index must be in [0, {len(config.layers)}), got {index}")
-    preprocess = config.preprocess if index == 0 else INTER_LAYER_PREPROCESS
-    data = config.model_dump(exclude={"layers", "preprocess"})
-    return LearnConfig.model_validate({**data, "layers": [config.layers[index].model_dump()],
-                                       "preprocess": None if preprocess is None else preprocess.model_dump()})
-
-
 def check_against_dataset(spec: JobSpec, dataset: DatasetRecord, *, max_filters: int | None = None) -> None:
     """Raise :class:`SpecError` when `spec` cannot run on `dataset` (see the module docstring)."""
     first = dataset.images[0]
