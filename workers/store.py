@@ -431,9 +431,10 @@ def encode_cursor(seq: int) -> str:
 def decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith("seq:"):
+        seq = int(text.removeprefix("seq:")) if text.startswith("seq:") else -1
+        if not 0 <= seq < 2**63:  # SQLite's integers are 64-bit: a larger one is an OverflowError in the query
             raise ValueError
-        return int(text[4:])
+        return seq
     except (ValueError, UnicodeDecodeError):
         raise ValueError(f"cursor is not one this service returned, got {cursor!r}") from None
 
