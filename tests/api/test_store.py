@@ -238,7 +238,7 @@ def test_pages_filter_by_status(store):
 
 def test_a_cursor_round_trips_and_a_forged_one_is_refused(store):
     assert decode_cursor(encode_cursor(12345)) == 12345
-    for forged in ("nonsense", "c2VxOnh5eg", "!!!", encode_cursor(1)[:-2] + "@@"):
+    for forged in ("nonsense", "c2VxOnh5eg", "!!!", encode_cursor(1)[:-2] + "@@", encode_cursor(2**63)):
         with pytest.raises(ValueError, match="cursor"):
             store.list_jobs(cursor=forged)
 
