@@ -28,6 +28,7 @@ import hmac
 import io
 import json
 import logging
+import math
 import zipfile
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
@@ -35,7 +36,9 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Path, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -70,9 +73,20 @@ def field_error(loc: list[Any], msg: str, value: Any = None, status: int = 422) 
 
 def _jsonable(value: Any) -> Any:
     try:
-        json.dumps(value)
+        json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):
         return repr(value)
+    return value
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float replaced by its text (``'nan'``, ``'inf'``), at any depth."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
     return value
 
 
@@ -116,6 +130,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:  # never a bare traceback
         logger.exception("internal error on %s %s", request.method, request.url.path)
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler, but a NaN or infinity the client sent is echoed as text: JSON has neither, and the
+        # 422 could not be written (it was a 500)
+        return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
