@@ -3,6 +3,7 @@ fault; an API key guards every route but /health. The services here hold their j
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
 import zipfile
@@ -106,6 +107,25 @@ def test_a_spec_naming_no_dataset_is_a_422(held, dataset_id):
     assert response.json()["detail"][0]["loc"] == ["body", "dataset_id"]
 
 
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_a_non_finite_number_in_the_json_is_a_422_naming_the_field(held, value):
+    body = f'{{"dataset_id": "{held.dataset_id}", "layers": [{{"n_filters": 4, "filter_size": 5, "lam": {value}}}]}}'
+    response = held.client.post("/jobs", content=body.encode(), headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "layers", 0, "lam"]
+
+
+@pytest.mark.parametrize("field", [
+    pytest.param("n_iter", marks=pytest.mark.xfail(strict=True, reason="JobSpec.n_iter has no upper bound: 10**30 "
+                                                                   "overflows the store's INTEGER column (a 500)")),
+    "seed",
+])
+def test_an_integer_too_large_to_store_is_a_422_or_taken(held, field):
+    response = held.client.post("/jobs", json=_job(dataset_id=held.dataset_id, **{field: 10**30}))
+    assert response.status_code in (202, 422), response.text
+    assert response.status_code == 202 or response.json()["detail"][0]["loc"] == ["body", field]
+
+
 def test_malformed_json_is_a_422_at_the_body(held):
     response = held.client.post("/jobs", content=b'{"dataset_id": "ab', headers={"content-type": "application/json"})
     assert response.status_code == 422
@@ -202,6 +222,7 @@ def test_a_traversal_in_a_job_id_is_named_in_the_404(held):
         ("/jobs", {"limit": 0}, "limit"),
         ("/jobs", {"limit": 101}, "limit"),
         ("/jobs", {"cursor": "not-a-cursor"}, "cursor"),
+        ("/jobs", {"cursor": base64.urlsafe_b64encode(b"seq:" + b"9" * 30).decode()}, "cursor"),
         ("/jobs", {"status": "sleeping"}, "status"),
     ],
 )
