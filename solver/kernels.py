@@ -1,15 +1,21 @@
 r"""Fused CPU kernels (numba) for the inner loop of ADMM on one-channel images with p = 1.
 
-The numpy formulation of one ADMM iteration makes a dozen passes over arrays as large as the maps; these
-kernels make three, plus the FFT pair that nothing avoids:
+One ADMM iteration of :mod:`solver.algorithms.admm` (circular boundary) is an inverse FFT, a spatial pass, a
+forward FFT and a Fourier pass. The numpy formulation makes a dozen passes over arrays as large as the maps;
+these kernels make two, around the FFT pair that nothing avoids:
 
-* :func:`sm_solve`: the right-hand side ``D̂ᴴŷ + ρ(ẑ − û)`` and its Sherman–Morrison solve, in one kernel;
-* :func:`admm_spatial`: relaxation, soft threshold, dual update and every per-image norm the residuals need;
-* :func:`admm_fourier`: the Fourier-domain dual update and the data term (Parseval) of the new maps.
+* :func:`admm_spatial`: relaxation, soft threshold and dual update, ‖z‖₁, and when asked every per-image norm
+  the residuals need;
+* :func:`admm_fourier`: the Fourier-domain dual update, the data term (Parseval) of the new maps, and the
+  Sherman–Morrison solve of the *next* iteration, x̂ = ŵ + âᴴ(ρ + ‖â‖²)⁻¹(ŷ − Σ_k â_k ŵ_k) with ŵ = ẑ − û.
 
-They are the same arithmetic as :mod:`solver.algorithms.admm`'s numpy path (a test holds them together), in
-the arrays' own dtype (float32/complex64 by default). The numpy path stays the reference, the fallback when
-numba is missing, and the path for cupy, C > 1 and p < 1.
+They are the same arithmetic as the module's numpy path (a test holds them together), in the arrays' own
+dtype (float32/complex64 by default), and may write into their inputs (``out=``) so that a caller that owns
+its state can iterate without allocating. The numpy path stays the reference, the fallback when numba is
+missing, and the path for cupy, C > 1 and p < 1.
+
+:func:`irfft2` is scipy.fft's inverse in two explicit passes, which pocketfft runs about a third faster than
+its own two-axis ``irfft2`` on maps-shaped arrays (same result, bit for bit).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.fft
 
 try:  # numba is a dependency; the guard keeps the package importable where it cannot be installed
     from numba import njit, prange
@@ -29,6 +36,7 @@ _CHUNK = 2048  # frequencies per parallel task
 # Reassociation and contraction let LLVM vectorise the sums and fuse multiply-adds; no flag that assumes
 # finite values or ignores signed zeros is set, so NaN/inf and the threshold at zero behave as in numpy.
 _FLAGS = {"reassoc", "contract"}
+N_SUMS = 6  # per-image sums of admm_spatial: ‖x − z‖², ‖x‖², ‖z‖², ‖z − z_old‖², ‖u‖², ‖z‖₁
 
 
 def available() -> bool:
@@ -38,44 +46,16 @@ def available() -> bool:
 if NUMBA:
 
     @njit(inline="always", cache=True, fastmath=_FLAGS)
-    def _rhs(ar, ai, y, z, u, r):  # pragma: no cover  (compiled)
-        """conj(a)·y + r·(z − u) in real and imaginary parts."""
-        return ar * y.real + ai * y.imag + r * (z.real - u.real), ar * y.imag - ai * y.real + r * (z.imag - u.imag)
+    def _shrink(x, z_old, u_old, alpha, beta, t):  # pragma: no cover  (compiled)
+        """(z, u) of one entry: v = αx + (1−α)z_old + u_old, z = soft(v, t), u = v − z."""
+        v = alpha * x + beta * z_old + u_old
+        m = abs(v) - t
+        z = math.copysign(m, v) if m > 0 else v - v  # v − v: a zero of v's type (no float64 promotion)
+        return z, v - z
 
     @njit(parallel=True, cache=True, fastmath=_FLAGS)
-    def _sm_solve(a, y_hat, z_hat, u_hat, inv, rho, out):  # pragma: no cover  (compiled)
-        # Complex products are written out in real and imaginary parts: LLVM vectorises these, not numba's
-        # complex type. b = conj(a)·y + ρ(z − u); s = inv · Σ_k a·b; x = (b − conj(a)·s)/ρ.
-        N, K, F = z_hat.shape
-        n_chunks = (F + _CHUNK - 1) // _CHUNK
-        for task in prange(N * n_chunks):
-            n = task // n_chunks
-            lo = (task % n_chunks) * _CHUNK
-            hi = min(lo + _CHUNK, F)
-            r = rho[n]
-            sr = np.zeros(hi - lo, dtype=inv.dtype)
-            si = np.zeros(hi - lo, dtype=inv.dtype)
-            for k in range(K):
-                for f in range(lo, hi):
-                    ar, ai = a[k, f].real, a[k, f].imag
-                    br, bi = _rhs(ar, ai, y_hat[n, f], z_hat[n, k, f], u_hat[n, k, f], r)
-                    sr[f - lo] += ar * br - ai * bi
-                    si[f - lo] += ar * bi + ai * br
-            for f in range(lo, hi):
-                sr[f - lo] *= inv[n, f]
-                si[f - lo] *= inv[n, f]
-            for k in range(K):  # b is recomputed rather than stored: one map-sized array less to write
-                for f in range(lo, hi):
-                    ar, ai = a[k, f].real, a[k, f].imag
-                    br, bi = _rhs(ar, ai, y_hat[n, f], z_hat[n, k, f], u_hat[n, k, f], r)
-                    cr = ar * sr[f - lo] + ai * si[f - lo]
-                    ci = ar * si[f - lo] - ai * sr[f - lo]
-                    out[n, k, f] = complex((br - cr) / r, (bi - ci) / r)
-
-    @njit(parallel=True, cache=True, fastmath=_FLAGS)
-    def _admm_spatial(x, z_old, u_old, alpha, thr, z_new, u_new, partial):  # pragma: no cover
+    def _admm_spatial(x, z_old, u_old, alpha, beta, thr, residuals, z_new, u_new, partial):  # pragma: no cover
         N, K, P = x.shape
-        beta = 1 - alpha
         for row in prange(N * K):
             n = row // K
             k = row % K
@@ -86,22 +66,27 @@ if NUMBA:
             s_dz = 0.0
             s_u = 0.0
             s_abs = 0.0
-            for i in range(P):
-                xi = x[n, k, i]
-                zo = z_old[n, k, i]
-                v = alpha * xi + beta * zo + u_old[n, k, i]
-                zi = math.copysign(max(abs(v) - t, 0), v)
-                ui = v - zi
-                z_new[n, k, i] = zi
-                u_new[n, k, i] = ui
-                d = xi - zi
-                s_xz += d * d
-                s_x += xi * xi
-                s_z += zi * zi
-                e = zi - zo
-                s_dz += e * e
-                s_u += ui * ui
-                s_abs += abs(zi)
+            if residuals:
+                for i in range(P):
+                    xi = x[n, k, i]
+                    zo = z_old[n, k, i]
+                    zi, ui = _shrink(xi, zo, u_old[n, k, i], alpha, beta, t)
+                    z_new[n, k, i] = zi
+                    u_new[n, k, i] = ui
+                    d = xi - zi
+                    s_xz += d * d
+                    s_x += xi * xi
+                    s_z += zi * zi
+                    e = zi - zo
+                    s_dz += e * e
+                    s_u += ui * ui
+                    s_abs += abs(zi)
+            else:  # the loop LLVM vectorises best: only ‖z‖₁, which E needs every iteration
+                for i in range(P):
+                    zi, ui = _shrink(x[n, k, i], z_old[n, k, i], u_old[n, k, i], alpha, beta, t)
+                    z_new[n, k, i] = zi
+                    u_new[n, k, i] = ui
+                    s_abs += abs(zi)
             partial[n, k, 0] = s_xz
             partial[n, k, 1] = s_x
             partial[n, k, 2] = s_z
@@ -110,63 +95,105 @@ if NUMBA:
             partial[n, k, 5] = s_abs
 
     @njit(parallel=True, cache=True, fastmath=_FLAGS)
-    def _admm_fourier(x_hat, z_hat_old, z_hat, u_hat, alpha, a, y_hat, w, u_hat_new, partial):  # pragma: no cover
+    def _admm_fourier(z_hat, t_hat, scale, a, y_hat, w, inv, alpha, beta, x_out, t_out, partial):  # pragma: no cover
+        # Complex products are written out in real and imaginary parts: LLVM vectorises these, not numba's
+        # complex type. Per frequency: u = scale·(t − z), ŵ = z − u, c = inv·(y − Σ_k a_k w_k),
+        # x = w + conj(a)·c, t_out = u + αx + (1−α)z; and Σ_k a_k z_k for the data term.
         N, K, F = z_hat.shape
-        beta = 1 - alpha
         n_chunks = (F + _CHUNK - 1) // _CHUNK
         for task in prange(N * n_chunks):
             n = task // n_chunks
             c = task % n_chunks
             lo = c * _CHUNK
             hi = min(lo + _CHUNK, F)
-            rr = np.zeros(hi - lo, dtype=w.dtype)
-            ri = np.zeros(hi - lo, dtype=w.dtype)
+            sc = scale[n]
+            dr = np.zeros(hi - lo, dtype=w.dtype)  # Σ_k a z
+            di = np.zeros(hi - lo, dtype=w.dtype)
+            cr = np.zeros(hi - lo, dtype=w.dtype)  # Σ_k a w, then c
+            ci = np.zeros(hi - lo, dtype=w.dtype)
             for k in range(K):
                 for f in range(lo, hi):
-                    zr, zi = z_hat[n, k, f].real, z_hat[n, k, f].imag
-                    ur = u_hat[n, k, f].real + alpha * x_hat[n, k, f].real + beta * z_hat_old[n, k, f].real - zr
-                    ui = u_hat[n, k, f].imag + alpha * x_hat[n, k, f].imag + beta * z_hat_old[n, k, f].imag - zi
-                    u_hat_new[n, k, f] = complex(ur, ui)
                     ar, ai = a[k, f].real, a[k, f].imag
-                    rr[f - lo] += ar * zr - ai * zi
-                    ri[f - lo] += ar * zi + ai * zr
+                    zr, zi = z_hat[n, k, f].real, z_hat[n, k, f].imag
+                    wr = zr - sc * (t_hat[n, k, f].real - zr)
+                    wi = zi - sc * (t_hat[n, k, f].imag - zi)
+                    dr[f - lo] += ar * zr - ai * zi
+                    di[f - lo] += ar * zi + ai * zr
+                    cr[f - lo] += ar * wr - ai * wi
+                    ci[f - lo] += ar * wi + ai * wr
             acc = 0.0
             for f in range(lo, hi):
-                dr = rr[f - lo] - y_hat[n, f].real
-                di = ri[f - lo] - y_hat[n, f].imag
-                acc += w[f] * (dr * dr + di * di)
+                yr, yi = y_hat[n, f].real, y_hat[n, f].imag
+                er = dr[f - lo] - yr
+                ei = di[f - lo] - yi
+                acc += w[f] * (er * er + ei * ei)
+                cr[f - lo] = inv[n, f] * (yr - cr[f - lo])
+                ci[f - lo] = inv[n, f] * (yi - ci[f - lo])
             partial[n, c] = acc
+            for k in range(K):  # u and w are recomputed rather than stored: no map-sized scratch array
+                for f in range(lo, hi):
+                    ar, ai = a[k, f].real, a[k, f].imag
+                    zr, zi = z_hat[n, k, f].real, z_hat[n, k, f].imag
+                    ur = sc * (t_hat[n, k, f].real - zr)
+                    ui = sc * (t_hat[n, k, f].imag - zi)
+                    xr = zr - ur + ar * cr[f - lo] + ai * ci[f - lo]
+                    xi = zi - ui + ar * ci[f - lo] - ai * cr[f - lo]
+                    x_out[n, k, f] = complex(xr, xi)
+                    t_out[n, k, f] = complex(ur + alpha * xr + beta * zr, ui + alpha * xi + beta * zi)
 
 
-def sm_solve(a: np.ndarray, y_hat: np.ndarray, z_hat: np.ndarray, u_hat: np.ndarray, inv: np.ndarray,
-             rho: np.ndarray) -> np.ndarray:
-    """x̂ = (âᴴâ + ρI)⁻¹(âᴴŷ + ρ(ẑ − û)) per image and frequency (one channel).
-
-    Shapes: a (K, F), y_hat (N, F), z_hat and u_hat (N, K, F), inv (N, F) = 1/(ρ_n + ‖a(f)‖²), rho (N,).
-    """
-    out = np.empty_like(z_hat)
-    _sm_solve(a, y_hat, z_hat, u_hat, inv, rho.astype(z_hat.real.dtype), out)
+def _check_out(out: np.ndarray | None, like: np.ndarray, name: str) -> np.ndarray:
+    if out is None:
+        return np.empty_like(like)
+    if out.shape != like.shape or out.dtype != like.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"{name} must be a C-contiguous {like.dtype} array of shape {like.shape}, "
+                         f"got {out.dtype} {out.shape}")
     return out
 
 
-def admm_spatial(x: np.ndarray, z_old: np.ndarray, u_old: np.ndarray, alpha: float, thr: np.ndarray
+def admm_spatial(x: np.ndarray, z_old: np.ndarray, u_old: np.ndarray, alpha: float, thr: np.ndarray, *,
+                 residuals: bool = True, z_out: np.ndarray | None = None, u_out: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """z = soft(αx + (1−α)z_old + u_old, thr_n), u = that argument − z; and per image the sums
-    (‖x − z‖², ‖x‖², ‖z‖², ‖z − z_old‖², ‖u‖², ‖z‖₁) as a (N, 6) float64 array. Arrays (N, K, P)."""
-    z_new = np.empty_like(x)
-    u_new = np.empty_like(x)
-    partial = np.empty(x.shape[:2] + (6,), dtype=np.float64)
-    dtype = x.dtype.type
-    _admm_spatial(x, z_old, u_old, dtype(alpha), thr.astype(x.dtype), z_new, u_new, partial)
+    """z = soft(αx + (1−α)z_old + u_old, thr_n), u = that argument − z, with per-image sums.
+
+    Arrays are (N, K, P); `thr` is (N,). `z_out`/`u_out` may be `z_old`/`u_old` themselves (each entry is read
+    before it is written). Returns z, u and an (N, 6) float64 array of the sums (‖x − z‖², ‖x‖², ‖z‖²,
+    ‖z − z_old‖², ‖u‖², ‖z‖₁); without `residuals` only the last column is computed, the others are 0.
+    """
+    z_new, u_new = _check_out(z_out, x, "z_out"), _check_out(u_out, x, "u_out")
+    partial = np.empty(x.shape[:2] + (N_SUMS,), dtype=np.float64)
+    real = x.dtype.type
+    _admm_spatial(x, z_old, u_old, real(alpha), real(1 - alpha), thr.astype(x.dtype), bool(residuals),
+                  z_new, u_new, partial)
     return z_new, u_new, partial.sum(axis=1)
 
 
-def admm_fourier(x_hat: np.ndarray, z_hat_old: np.ndarray, z_hat: np.ndarray, u_hat: np.ndarray, alpha: float,
-                 a: np.ndarray, y_hat: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """û_new = û + αx̂ + (1−α)ẑ_old − ẑ, and per image Σ_f w_f |Σ_k a_k ẑ_k − ŷ|² (twice the data term)."""
-    u_hat_new = np.empty_like(u_hat)
+def admm_fourier(z_hat: np.ndarray, t_hat: np.ndarray, scale: np.ndarray, a: np.ndarray, y_hat: np.ndarray,
+                 w: np.ndarray, inv: np.ndarray, alpha: float, *, x_out: np.ndarray | None = None,
+                 t_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""The Fourier half of an ADMM iteration and the solve of the next one (one channel).
+
+    With û = scale·(t̂ − ẑ) (the dual, rescaled when ρ changed) and ŵ = ẑ − û:
+
+    * x̂ = (âᴴâ + ρI)⁻¹(âᴴŷ + ρŵ) = ŵ + âᴴ·inv·(ŷ − Σ_k â_k ŵ_k), inv = (ρ + ‖â‖²)⁻¹ (Sherman–Morrison);
+    * t̂_out = û + αx̂ + (1−α)ẑ, so that the next dual is t̂_out − ẑ_next;
+    * per image Σ_f w_f |Σ_k â_k ẑ_k − ŷ|², twice the data term of z.
+
+    Shapes: z_hat, t_hat (N, K, F); scale (N,); a (K, F); y_hat (N, F); w (F,); inv (N, F). `t_out` may be
+    `t_hat` itself. Returns x̂, t̂_out and the (N,) float64 sums.
+    """
+    x_new, t_new = _check_out(x_out, z_hat, "x_out"), _check_out(t_out, z_hat, "t_out")
     n_chunks = (z_hat.shape[2] + _CHUNK - 1) // _CHUNK
     partial = np.empty((z_hat.shape[0], n_chunks), dtype=np.float64)
-    dtype = z_hat.real.dtype.type
-    _admm_fourier(x_hat, z_hat_old, z_hat, u_hat, dtype(alpha), a, y_hat, w, u_hat_new, partial)
-    return u_hat_new, partial.sum(axis=1)
+    real = w.dtype.type
+    _admm_fourier(z_hat, t_hat, scale.astype(w.dtype), a, y_hat, w, inv, real(alpha), real(1 - alpha),
+                  x_new, t_new, partial)
+    return x_new, t_new, partial.sum(axis=1)
+
+
+def irfft2(a_hat: np.ndarray, shape: tuple[int, int], workers: int, *, overwrite: bool = False) -> np.ndarray:
+    """``scipy.fft.irfft2(a_hat, s=shape, axes=(-2, -1))``: the complex inverse over axis −2, then the real one
+    over axis −1. With `overwrite` the first pass runs in `a_hat` (which then holds garbage) and allocates
+    nothing."""
+    t = scipy.fft.ifft(a_hat, n=shape[0], axis=-2, workers=workers, overwrite_x=overwrite)
+    return scipy.fft.irfft(t, n=shape[1], axis=-1, workers=workers, overwrite_x=True)

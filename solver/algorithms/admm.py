@@ -9,9 +9,15 @@ Circular boundary (split z = x, scaled dual u, over-relaxation α):
     u &\leftarrow u + \alpha x + (1-\alpha) z_{\text{old}} - z
 
 The per-frequency solve is Sherman–Morrison/Woodbury with a factor cached until ρ changes. ρ is balanced
-against the normalised primal and dual residuals every ``rho_period`` iterations (Wohlberg 2017). The dual is
-kept in both domains (its update is linear), so one rfft and one irfft of the maps are done per iteration, and
-the objective is E of the sparse variable z, computed from its Fourier transform.
+against the normalised primal and dual residuals every ``rho_period`` iterations (Wohlberg 2017); the residuals
+are computed on those iterations only, and so is the stopping test (``tol``).
+
+The dual is kept in both domains (its update is linear), so one irfft and one rfft of the maps are done per
+iteration. An iteration ends in the Fourier domain with everything the next one needs: the state carries the
+next iteration's solution x̂ (``solve_hat``) and ``carry_hat`` = û + αx̂ + (1−α)ẑ, from which the next dual is
+carry_hat − ẑ_next. So the dual update, the data term of E (by Parseval, from ẑ) and the next solve share one
+pass over the Fourier arrays (:func:`solver.kernels.admm_fourier` for one channel and p = 1), and the state
+holds two complex arrays besides z and u.
 
 Valid boundary: mask decoupling (Heide et al. CVPR 2015; SPORCO's ConvBPDNMaskDcpl) splits the circular
 synthesis D x = y₀ on the map grid and x = y₁; the data term ½‖P y₀ − y‖² then has an element-wise prox, and
@@ -35,25 +41,46 @@ from ..problem import CSCProblem, sq_norm_per_item
 class AdmmState:
     """ADMM iterate. ``maps`` is the sparse split variable (z, or y₁ with the mask), and what E is of.
 
-    ``rho``, ``objective`` and the two relative residuals are host float64 arrays with one entry per image:
-    images are independent problems, each with its own penalty, so a batch split over several workers follows
-    the same trajectories. ``aux``/``aux_dual`` (and their transforms) are y₀ and u₀ of mask decoupling; None
-    for the circular boundary.
+    ``rho`` (the penalty of the next iteration), ``objective`` and the two relative residuals are host float64
+    arrays with one entry per image: images are independent problems, each with its own penalty, so a batch
+    split over several workers follows the same trajectories. The residuals are those of iteration
+    ``residual_iteration`` (every ``rho_period``-th; the others skip them).
+
+    Circular boundary: ``solve_hat`` is x̂ of the next iteration and ``carry_hat`` is û + αx̂ + (1−α)ẑ.
+    Valid boundary: ``maps_hat``/``dual_hat`` are ẑ and û, and ``aux``/``aux_dual`` (with their transforms)
+    are y₀ and u₀ of mask decoupling.
     """
 
     maps: Array
-    maps_hat: Array
     dual: Array
-    dual_hat: Array
     rho: np.ndarray
     objective: np.ndarray
     primal_residual: np.ndarray
     dual_residual: np.ndarray
     iteration: int = 0
+    residual_iteration: int = 0
+    solve_hat: Array | None = None
+    carry_hat: Array | None = None
+    maps_hat: Array | None = None
+    dual_hat: Array | None = None
     aux: Array | None = None
     aux_hat: Array | None = None
     aux_dual: Array | None = None
     aux_dual_hat: Array | None = None
+
+    def warm_start(self) -> AdmmWarmStart:
+        """What a warm start reads, without the arrays that depend on the filters (a learner keeps this between
+        its outer iterations, when the filters change)."""
+        return AdmmWarmStart(self.rho, self.dual, self.aux_dual)
+
+
+@dataclass(frozen=True)
+class AdmmWarmStart:
+    """ρ per image and the scaled spatial duals u (and u₀ of mask decoupling) of a previous run."""
+
+    rho: np.ndarray
+    dual: Array
+    aux_dual: Array | None = None
 
 
 def _norms(*arrays: Array) -> np.ndarray:
@@ -101,86 +128,144 @@ class Admm:
             self._factor = factor_shifted_normal(self.problem.op.filters_hat, rho)
         return self._factor
 
-    def _rho(self, rho: np.ndarray, like: Array) -> Array:
-        return self.problem.backend.asarray(rho.reshape(-1, 1, 1, 1), dtype=like.real.dtype)
+    def _per_image(self, values: np.ndarray, like: Array) -> Array:
+        """Host per-image scalars (N,) as a device array broadcasting over (N, K, ...) arrays like `like`."""
+        return self.problem.backend.asarray(values.reshape(-1, 1, 1, 1), dtype=like.real.dtype)
 
-    def init(self, maps0: Array | None = None, warm: AdmmState | None = None) -> AdmmState:
-        """Start from `maps0` (zeros by default); `warm` carries the dual variables and ρ of a previous run."""
+    # ---- initial state ---------------------------------------------------------------------------------------
+
+    def init(self, maps0: Array | None = None, warm: AdmmState | AdmmWarmStart | None = None) -> AdmmState:
+        """Start from `maps0` (zeros by default); `warm` carries ρ and the dual variables of a previous run
+        (its ``rho``, ``dual`` and ``aux_dual`` are read, and used when their shapes fit)."""
         pb = self.problem
         xp = pb.backend.xp
-        op = pb.op
         maps = pb.zeros() if maps0 is None else maps0
-        maps_hat = op.rfft(maps)
-        _, data = pb.residual(maps_hat)
         n = maps.shape[0]
         rho0 = self.config.rho if self.config.rho is not None else 50.0 * pb.lam + 1.0
-        compatible = warm is not None and warm.maps.shape == maps.shape
-        if compatible:
-            rho, dual, dual_hat = warm.rho, warm.dual, warm.dual_hat
-        else:
-            rho, dual, dual_hat = np.full(n, rho0), xp.zeros_like(maps), xp.zeros_like(maps_hat)
+        compatible = warm is not None and tuple(warm.dual.shape) == tuple(maps.shape)
+        rho = np.array(warm.rho, dtype=np.float64) if compatible else np.full(n, rho0)
+        dual = warm.dual if compatible else xp.zeros_like(maps)
         inf = np.full(n, np.inf)
-        state = AdmmState(maps, maps_hat, dual, dual_hat, rho, data + pb.regulariser(maps), inf, inf)
-        if not self._masked:
-            return state
+        if self._masked:
+            return self._init_masked(maps, dual, rho, warm if compatible else None)
+        maps_hat = pb.op.rfft(maps)
+        if compatible:  # carry = û + ẑ, so that û = carry − ẑ
+            carry_hat = pb.op.rfft(dual)
+            carry_hat += maps_hat
+            t_out = carry_hat
+        else:
+            carry_hat, t_out = maps_hat, None
+        solve_hat, carry_hat, data = self._fourier(maps_hat, carry_hat, np.ones(n), rho, t_out=t_out)
+        return AdmmState(maps, dual, rho, data + pb.regulariser(maps), inf, inf, solve_hat=solve_hat,
+                         carry_hat=carry_hat)
+
+    def _init_masked(self, maps: Array, dual: Array, rho: np.ndarray, warm: AdmmWarmStart | None) -> AdmmState:
+        pb = self.problem
+        op = pb.op
+        xp = pb.backend.xp
+        n = maps.shape[0]
+        maps_hat = op.rfft(maps)
+        _, data = pb.residual(maps_hat)
         aux_hat = op.forward_hat(maps_hat)
-        if compatible and warm.aux_dual is not None:
-            aux_dual, aux_dual_hat = warm.aux_dual, warm.aux_dual_hat
+        if warm is not None and warm.aux_dual is not None:
+            aux_dual = warm.aux_dual
         else:
             aux_dual = xp.zeros((n, op.n_channels) + op.map_shape, dtype=maps.dtype)
-            aux_dual_hat = xp.zeros_like(aux_hat)
-        return replace(state, aux=op.irfft(aux_hat), aux_hat=aux_hat, aux_dual=aux_dual, aux_dual_hat=aux_dual_hat)
+        inf = np.full(n, np.inf)
+        return AdmmState(maps, dual, rho, data + pb.regulariser(maps), inf, inf, maps_hat=maps_hat,
+                         dual_hat=op.rfft(dual), aux=op.irfft(aux_hat), aux_hat=aux_hat, aux_dual=aux_dual,
+                         aux_dual_hat=op.rfft(aux_dual))
 
-    def step(self, state: AdmmState) -> AdmmState:
+    # ---- one iteration ---------------------------------------------------------------------------------------
+
+    def step(self, state: AdmmState, *, out: AdmmState | None = None) -> AdmmState:
+        """One iteration from `state`.
+
+        `out` is a state the caller gives up (it may be `state` itself): the fused path writes the new iterate
+        into its arrays instead of allocating new ones; the other paths ignore it. Without `out` no array of
+        `state` is modified.
+        """
         if self._masked:
-            new = self._step_masked(state)
-        elif self._fused:
-            new = self._step_fused(state)
-        else:
-            new = self._step_circular(state)
-        return self._balance_rho(new)
+            return self._step_masked(state)
+        return self._step_circular(state, out)
 
-    def _step_fused(self, s: AdmmState) -> AdmmState:
-        """:meth:`_step_circular` for one channel and p = 1 with the fused kernels of :mod:`solver.kernels`."""
+    def _residuals_due(self, iteration: int) -> bool:
+        return iteration % self.config.rho_period == 0
+
+    def _step_circular(self, s: AdmmState, out: AdmmState | None) -> AdmmState:
         pb = self.problem
-        N, K = s.maps.shape[:2]
-        U, V = s.maps_hat.shape[-2:]
-        factor = self._factor_for(s.rho)
-        inv = np.broadcast_to(factor.inverse.reshape(-1, U * V), (N, U * V))
-        flat_hat = (N, K, U * V)
-        x_hat = kernels.sm_solve(self._a, self._y_hat, s.maps_hat.reshape(flat_hat), s.dual_hat.reshape(flat_hat),
-                                 inv, s.rho).reshape(s.maps_hat.shape)
-        x = pb.op.irfft(x_hat)
-        flat = (N, K, -1)
-        maps, dual, sums = kernels.admm_spatial(x.reshape(flat), s.maps.reshape(flat), s.dual.reshape(flat),
-                                                self.config.relax, pb.lam / s.rho)
-        maps, dual = maps.reshape(s.maps.shape), dual.reshape(s.maps.shape)
+        it = s.iteration + 1
+        due = self._residuals_due(it)
+        consumed = out is not None and out.solve_hat is s.solve_hat  # x̂ is not needed after its inverse FFT
+        x = self._irfft(s.solve_hat, overwrite=consumed)
+        maps, dual, sparsity, residuals = self._shrink(x, s, due, out)
+        del x
         maps_hat = pb.op.rfft(maps)
-        dual_hat, twice_data = kernels.admm_fourier(x_hat.reshape(flat_hat), s.maps_hat.reshape(flat_hat),
-                                                    maps_hat.reshape(flat_hat), s.dual_hat.reshape(flat_hat),
-                                                    self.config.relax, self._a, self._y_hat, self._w)
-        primal = _ratio(np.sqrt(sums[:, 0]), np.maximum(np.sqrt(sums[:, 1]), np.sqrt(sums[:, 2])))
-        dual_r = _ratio(np.sqrt(sums[:, 3]), np.sqrt(sums[:, 4]))
-        E = 0.5 * twice_data + pb.lam * sums[:, 5]
-        return AdmmState(maps, maps_hat, dual, dual_hat.reshape(s.maps_hat.shape), s.rho, E, primal, dual_r,
-                         s.iteration + 1)
+        rho, dual_scale = s.rho, np.ones_like(s.rho)
+        primal, dual_r, at = s.primal_residual, s.dual_residual, s.residual_iteration
+        if due:
+            (primal, dual_r), at = residuals, it
+            scale = self._rho_scale(primal, dual_r)
+            if scale is not None:  # scaled duals follow ρ inversely: u = y/ρ
+                rho, dual_scale = rho * scale, 1.0 / scale
+                dual *= self._per_image(dual_scale, dual)  # made by this iteration, or `out`'s
+        solve_hat, carry_hat, data = self._fourier(maps_hat, s.carry_hat, dual_scale, rho,
+                                                   x_out=None if out is None else out.solve_hat,
+                                                   t_out=None if out is None else out.carry_hat)
+        return AdmmState(maps, dual, rho, data + sparsity, primal, dual_r, it, at, solve_hat=solve_hat,
+                         carry_hat=carry_hat)
 
-    def _step_circular(self, s: AdmmState) -> AdmmState:
+    def _irfft(self, a_hat: Array, *, overwrite: bool) -> Array:
+        if self._fused:
+            return kernels.irfft2(a_hat, self.problem.op.map_shape, self.problem.backend.workers, overwrite=overwrite)
+        return self.problem.op.irfft(a_hat)
+
+    def _shrink(self, x: Array, s: AdmmState, due: bool, out: AdmmState | None
+                ) -> tuple[Array, Array, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+        """z, u, the sparsity term λ‖z‖ₚᵖ per image, and the relative (primal, dual) residuals when `due`."""
         pb = self.problem
         a = self.config.relax
-        rho = self._rho(s.rho, s.maps_hat)
-        x_hat = solve_shifted_normal(self._factor_for(s.rho), pb.rhs_hat + rho * (s.maps_hat - s.dual_hat))
-        x = pb.op.irfft(x_hat)
+        if self._fused:
+            N, K = s.maps.shape[:2]
+            flat = (N, K, -1)
+            z_out = None if out is None else out.maps.reshape(flat)
+            u_out = None if out is None else out.dual.reshape(flat)
+            maps, dual, sums = kernels.admm_spatial(x.reshape(flat), s.maps.reshape(flat), s.dual.reshape(flat), a,
+                                                    pb.lam / s.rho, residuals=due, z_out=z_out, u_out=u_out)
+            maps, dual, sparsity = maps.reshape(s.maps.shape), dual.reshape(s.maps.shape), pb.lam * sums[:, 5]
+            if not due:
+                return maps, dual, sparsity, None
+            primal = _ratio(np.sqrt(sums[:, 0]), np.maximum(np.sqrt(sums[:, 1]), np.sqrt(sums[:, 2])))
+            return maps, dual, sparsity, (primal, _ratio(np.sqrt(sums[:, 3]), np.sqrt(sums[:, 4])))
         xr = a * x + (1 - a) * s.maps
-        maps = pb.penalty.prox(xr + s.dual, 1.0 / self._rho(s.rho, x))
+        maps = pb.penalty.prox(xr + s.dual, 1.0 / self._per_image(s.rho, x))
         dual = s.dual + xr - maps
-        maps_hat = pb.op.rfft(maps)
-        dual_hat = s.dual_hat + (a * x_hat + (1 - a) * s.maps_hat) - maps_hat
-        _, data = pb.residual(maps_hat)
+        sparsity = pb.regulariser(maps)
+        if not due:
+            return maps, dual, sparsity, None
         primal = _ratio(_norms(x - maps), np.maximum(_norms(x), _norms(maps)))
-        dual_r = _ratio(_norms(maps - s.maps), _norms(dual))
-        E = data + pb.regulariser(maps)
-        return AdmmState(maps, maps_hat, dual, dual_hat, s.rho, E, primal, dual_r, s.iteration + 1)
+        return maps, dual, sparsity, (primal, _ratio(_norms(maps - s.maps), _norms(dual)))
+
+    def _fourier(self, maps_hat: Array, carry_hat: Array, dual_scale: np.ndarray, rho: np.ndarray, *,
+                 x_out: Array | None = None, t_out: Array | None = None) -> tuple[Array, Array, np.ndarray]:
+        """From ẑ and û = dual_scale·(carry − ẑ): the next x̂ (penalty ρ), the next carry, and the data term.
+        The fused path writes them into `x_out` and `t_out` when given (`t_out` may be `carry_hat`)."""
+        factor = self._factor_for(rho)
+        if self._fused:
+            N, K, U, V = maps_hat.shape
+            flat = (N, K, U * V)
+            inv = np.broadcast_to(factor.inverse.reshape(-1, U * V), (N, U * V))
+            solve_hat, carry_hat, twice_data = kernels.admm_fourier(
+                maps_hat.reshape(flat), carry_hat.reshape(flat), dual_scale, self._a, self._y_hat, self._w, inv,
+                self.config.relax, x_out=None if x_out is None else x_out.reshape(flat),
+                t_out=None if t_out is None else t_out.reshape(flat))
+            return solve_hat.reshape(maps_hat.shape), carry_hat.reshape(maps_hat.shape), 0.5 * twice_data
+        pb = self.problem
+        a = self.config.relax
+        dual_hat = (carry_hat - maps_hat) * self._per_image(dual_scale, maps_hat)
+        _, data = pb.residual(maps_hat)
+        solve_hat = solve_shifted_normal(factor, pb.rhs_hat + self._per_image(rho, maps_hat) * (maps_hat - dual_hat))
+        return solve_hat, dual_hat + a * solve_hat + (1 - a) * maps_hat, data
 
     def _step_masked(self, s: AdmmState) -> AdmmState:
         pb = self.problem
@@ -194,7 +279,7 @@ class Admm:
         dx = op.irfft(dx_hat)
         dxr = a * dx + (1 - a) * s.aux
         xr = a * x + (1 - a) * s.maps
-        rho = self._rho(s.rho, x)
+        rho = self._per_image(s.rho, x)
         aux = (op.grid.pad(pb.images) + rho * (dxr + s.aux_dual)) / (op.grid.mask(xp, x.dtype) + rho)
         maps = pb.penalty.prox(xr + s.dual, 1.0 / rho)
         aux_dual = s.aux_dual + dxr - aux
@@ -204,37 +289,44 @@ class Admm:
         aux_dual_hat = s.aux_dual_hat + (a * dx_hat + (1 - a) * s.aux_hat) - aux_hat
         dual_hat = s.dual_hat + (a * x_hat + (1 - a) * s.maps_hat) - maps_hat
         _, data = pb.residual(maps_hat)
+        E = data + pb.regulariser(maps)
+        it = s.iteration + 1
+        new = AdmmState(maps, dual, s.rho, E, s.primal_residual, s.dual_residual, it, s.residual_iteration,
+                        maps_hat=maps_hat, dual_hat=dual_hat, aux=aux, aux_hat=aux_hat, aux_dual=aux_dual,
+                        aux_dual_hat=aux_dual_hat)
+        if not self._residuals_due(it):
+            return new
         primal = _ratio(_norms(dx - aux, x - maps), np.maximum(_norms(dx, x), _norms(aux, maps)))
         dual_r = _ratio(_norms(aux - s.aux, maps - s.maps), _norms(aux_dual, dual))
-        E = data + pb.regulariser(maps)
-        return AdmmState(maps, maps_hat, dual, dual_hat, s.rho, E, primal, dual_r, s.iteration + 1,
-                         aux, aux_hat, aux_dual, aux_dual_hat)
+        new = replace(new, primal_residual=primal, dual_residual=dual_r, residual_iteration=it)
+        scale = self._rho_scale(primal, dual_r)
+        if scale is None:
+            return new
+        inv_dual, inv_hat = self._per_image(1.0 / scale, dual), self._per_image(1.0 / scale, dual_hat)
+        return replace(new, rho=new.rho * scale, dual=dual * inv_dual, dual_hat=dual_hat * inv_hat,
+                       aux_dual=aux_dual * inv_dual, aux_dual_hat=aux_dual_hat * inv_hat)
 
-    def _balance_rho(self, s: AdmmState) -> AdmmState:
-        """Residual balancing per image (Wohlberg 2015): when the relative primal and dual residuals r and s
-        drift from the target ratio ξ by more than μ, scale ρ by √(r/(ξs)) (at most τ) and the scaled duals
-        inversely."""
+    def _rho_scale(self, r: np.ndarray, d: np.ndarray) -> np.ndarray | None:
+        """Residual balancing per image (Wohlberg 2015): when the relative primal and dual residuals r and d
+        drift from the target ratio ξ by more than μ, the factor √(r/(ξd)) (at most τ) by which ρ changes;
+        None when no image's ρ changes."""
         cfg = self.config
-        if not cfg.adaptive_rho or s.iteration % cfg.rho_period != 0:
-            return s
-        r, d, xi, mu, tau = s.primal_residual, s.dual_residual, self._rho_target, cfg.rho_ratio, cfg.rho_scale
+        if not cfg.adaptive_rho:
+            return None
+        xi, mu, tau = self._rho_target, cfg.rho_ratio, cfg.rho_scale
         up = r > xi * mu * d
         down = d > (mu / xi) * r
         if not (up.any() or down.any()):
-            return s
+            return None
         if cfg.rho_autoscale:
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = np.where(up, r / (xi * d), (xi * d) / r)
             step = np.where(np.isfinite(ratio) & (ratio > 0), np.minimum(np.sqrt(ratio), tau), tau)
         else:
             step = np.full_like(r, tau)
-        scale = np.where(up, step, np.where(down, 1.0 / step, 1.0))
-        inv_dual = self._rho(1.0 / scale, s.dual)
-        inv_hat = self._rho(1.0 / scale, s.dual_hat)
-        s = replace(s, rho=s.rho * scale, dual=s.dual * inv_dual, dual_hat=s.dual_hat * inv_hat)
-        if s.aux_dual is not None:
-            s = replace(s, aux_dual=s.aux_dual * inv_dual, aux_dual_hat=s.aux_dual_hat * inv_hat)
-        return s
+        return np.where(up, step, np.where(down, 1.0 / step, 1.0))
+
+    # ---- what the iteration loop reads -----------------------------------------------------------------------
 
     def objective(self, state: AdmmState) -> float:
         return float(state.objective.sum())
@@ -246,5 +338,7 @@ class Admm:
         return state.maps
 
     def converged(self, state: AdmmState, previous: AdmmState) -> bool:
+        """Both relative residuals ≤ tol, tested on the iterations that compute them (every ``rho_period``)."""
         tol = self.config.tol
-        return bool(np.all(state.primal_residual <= tol) and np.all(state.dual_residual <= tol))
+        fresh = state.residual_iteration == state.iteration
+        return bool(fresh and np.all(state.primal_residual <= tol) and np.all(state.dual_residual <= tol))
