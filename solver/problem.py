@@ -10,6 +10,7 @@ and the residual of a point given in the Fourier domain on the map grid.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -39,8 +40,12 @@ class CSCProblem:
         self._residual = GridResidual(images, op.grid, op.backend)
         self.images_hat = self._residual.images_hat  # F Pᵀ y on the map grid
         self._weights = self._residual.weights
-        self.rhs_hat = op.adjoint_hat(self.images_hat)  # F Dᴴ y
         self.n_images = images.shape[0]
+
+    @functools.cached_property
+    def rhs_hat(self) -> Array:
+        """F Dᴴ y, (N, K, U, V): as large as the maps, so made on first use (the fused ADMM never asks)."""
+        return self.op.adjoint_hat(self.images_hat)
 
     @property
     def lam(self) -> float:
