@@ -19,15 +19,16 @@ filters up to round-off. Arrays cross the shard boundary as host numpy arrays.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from .algorithms import make_solver, run
+from .algorithms import make_solver
+from .algorithms.admm import Admm, AdmmState
 from .algorithms.consensus import ConsensusState, consensus_local_step
 from .algorithms.filter_update import FilterProblem
-from .backend import Array, Backend, get_backend
+from .backend import Array, Backend, backend_of, get_backend
 from .config import LearnConfig
 from .operators import ConvOperator
 from .problem import CSCProblem
@@ -75,16 +76,25 @@ class Shard:
         return int(self.images.shape[0])
 
     def code(self, filters: np.ndarray) -> CodeStats:
-        """Inference with fixed filters, warm-started; never returns maps worse than the previous ones."""
+        """Inference with fixed filters, warm-started; never returns maps worse than the previous ones.
+
+        Exactly ``config.inference.max_iter`` iterations, keeping only the current iterate (an ADMM run
+        updates it in place), so that the peak memory is a few arrays of the maps' size; per image, the maps
+        it started from are kept when the run ends above their E.
+        """
         f = self.bk.asarray(filters, dtype=self.images.dtype)
+        self._filter_problem = None  # its FFT of the old maps is stale: free it before the coding peak
         op = ConvOperator(f, self.images.shape[-2:], boundary=self.config.boundary, connectivity=self.g)
         solver = make_solver(CSCProblem(self.images, op, self.penalty), self.config.inference)
-        result = run(solver, solver.init(self._maps, warm=self._warm), stop_early=False)
-        self._maps, self._warm = result.maps, result.state
-        self._filter_problem = None
+        state = solver.init(self._maps, warm=self._warm)
+        self._warm = None  # the run owns (and overwrites) the duals now
+        maps0, E0 = solver.maps(state), solver.per_item_objective(state).copy()
+        state = _iterate(solver, state, solver.max_iter)
+        self._maps = _better(solver.maps(state), solver.per_item_objective(state), maps0, E0)
+        self._warm = state.warm_start() if isinstance(state, AdmmState) else None  # the others start cold
         xp = self.bk.xp
         return CodeStats(self.penalty(self._maps), int(xp.count_nonzero(self._maps)), int(self._maps.size),
-                         result.n_iter, self.n_images)
+                         solver.max_iter, self.n_images)
 
     def _problem(self) -> FilterProblem:
         if self._maps is None:
@@ -130,13 +140,43 @@ class Shard:
         self._filter_problem = None
 
 
+def _iterate(solver: Any, state: Any, n_iter: int) -> Any:
+    """`n_iter` steps of `solver` from `state`; only the last state is kept.
+
+    ADMM steps write into the arrays of the state they replace (``out=``), except the maps of `state`, which
+    the caller keeps: the first step writes its maps into a new array. The duals of `state` are given up.
+    """
+    if n_iter == 0:
+        return state
+    if not isinstance(solver, Admm):
+        for _ in range(n_iter):
+            state = solver.step(state)
+        return state
+    xp = backend_of(state.maps).xp
+    state = solver.step(state, out=replace(state, maps=xp.empty_like(state.maps)))
+    for _ in range(n_iter - 1):
+        state = solver.step(state, out=state)
+    return state
+
+
+def _better(maps: Array, E: np.ndarray, maps0: Array, E0: np.ndarray) -> Array:
+    """Per image, `maps` unless its E is above E0 of `maps0` (no copy when one of them wins everywhere)."""
+    worse = E > E0
+    if not worse.any():
+        return maps
+    if worse.all():
+        return maps0
+    xp = backend_of(maps).xp
+    return xp.where(xp.asarray(worse.reshape((-1,) + (1,) * (maps.ndim - 1))), maps0, maps)
+
+
 def _to_host(obj: Any, bk: Backend) -> Any:
-    """A solver state (frozen dataclass of arrays and scalars) with every device array copied to the host."""
+    """A solver state (frozen dataclass of arrays and scalars) with every array copied to the host (copied on
+    the host too: the next coding run overwrites the duals of the shard)."""
     if obj is None or not hasattr(obj, "__dataclass_fields__"):
         return obj
     fields = {k: getattr(obj, k) for k in obj.__dataclass_fields__}
-    converted = {k: (bk.to_host(v) if hasattr(v, "shape") and not isinstance(v, np.ndarray) else v)
-                 for k, v in fields.items()}
+    converted = {k: (np.array(bk.to_host(v)) if hasattr(v, "shape") else v) for k, v in fields.items()}
     return type(obj)(**converted)
 
 
@@ -144,7 +184,8 @@ def _to_device(obj: Any, bk: Backend) -> Any:
     if obj is None or not hasattr(obj, "__dataclass_fields__"):
         return obj
     fields = {k: getattr(obj, k) for k in obj.__dataclass_fields__}
-    return type(obj)(**{k: (bk.asarray(v) if isinstance(v, np.ndarray) and v.ndim >= 2 else v)
+    # copies: a coding run overwrites the duals it is given, which must not be the caller's arrays
+    return type(obj)(**{k: (bk.xp.array(v) if isinstance(v, np.ndarray) and v.ndim >= 2 else v)
                         for k, v in fields.items()})
 
 
