@@ -51,6 +51,7 @@ class JobSpec(LearnConfig):
     dataset_id: str = Field(..., pattern=ID_PATTERN)
     workers: int = Field(1, ge=1, le=256)
     backend: Literal["auto", "numpy", "cupy"] = "auto"
+    n_iter: int = Field(50, ge=1, le=1_000_000, description="outer iterations per layer")
     preprocess: PreprocessConfig | None = Field(default_factory=PreprocessConfig)
 
     def learn_config(self) -> LearnConfig:
