@@ -229,7 +229,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               exc.message, exc.value) from None
         try:
             job, created = store.submit(spec.model_dump(mode="json"), n_layers=len(spec.layers),
-                                        n_iter=spec.n_iter, idempotency_key=idempotency_key)
+                                        n_iter=[layer.n_iter or spec.n_iter for layer in spec.layers],
+                                        idempotency_key=idempotency_key)
         except ValueError as exc:
             raise field_error(["header", "Idempotency-Key"], str(exc), idempotency_key, status=409) from None
         if created:

@@ -181,8 +181,8 @@ def progress_bar(*, disable: bool = False) -> Iterator[Callable[[dict[str, Any]]
 
         def update(job: dict[str, Any]) -> None:
             p = job["progress"]
-            bar.total = p["n_layers"] * p["n_iter"]
-            bar.n = max(p["layer"] - 1, 0) * p["n_iter"] + p["iteration"]
+            bar.total = p["total_steps"]
+            bar.n = p["step"]
             bar.set_description(job["status"] if p["n_layers"] == 1 else f"{job['status']} L{max(p['layer'], 1)}/"
                                 f"{p['n_layers']}", refresh=False)
             if p["objective"] is not None:

@@ -40,6 +40,8 @@ class ProgressOut(_Out):
     n_layers: int
     iteration: int
     n_iter: int
+    step: int
+    total_steps: int
     objective: float | None
     sparsity: float | None
     elapsed: float | None
@@ -64,6 +66,7 @@ class JobOut(_Out):
     def of(cls, job: JobRecord) -> JobOut:
         p = job.progress
         progress = ProgressOut(layer=p.layer, n_layers=p.n_layers, iteration=p.iteration, n_iter=p.n_iter,
+                               step=p.step, total_steps=p.total_steps,
                                objective=p.objective, sparsity=p.sparsity, elapsed=p.elapsed, fraction=p.fraction)
         base = f"/jobs/{job.id}"
         links = {"self": base, "history": f"{base}/history", "artifacts": f"{base}/artifacts"}

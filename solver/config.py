@@ -102,6 +102,9 @@ class LayerSpec(_Frozen):
     connectivity: str | list[list[bool]] = Field(
         "full", description="'full', 'singles-and-doubles', 'random-doubles:k', or an explicit (K, C) matrix"
     )
+    n_iter: int | None = Field(
+        None, ge=1, le=1_000_000, description="outer iterations of this layer; default: the config's n_iter"
+    )
 
     @field_validator("connectivity")
     @classmethod

@@ -52,14 +52,17 @@ MODEL_FORMAT = 1
 def layer_config(config: LearnConfig, index: int) -> LearnConfig:
     """The one-layer config that learns ``config.layers[index]`` (0-based) on the input of that layer.
 
-    The same inference, filter update, ``n_iter``, boundary, seed and dtype; the preprocessing is
-    ``config.preprocess`` for layer 1 and :data:`INTER_LAYER_PREPROCESS` above it.
+    The same inference, filter update, boundary, seed and dtype; ``n_iter`` is the layer's own when it has one,
+    else the config's; the preprocessing is ``config.preprocess`` for layer 1 and :data:`INTER_LAYER_PREPROCESS`
+    above it.
     """
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(config.layers):
         raise ValueError(f"index must be an integer in [0, {len(config.layers)}), got {index!r}")
     preprocess = config.preprocess if index == 0 else INTER_LAYER_PREPROCESS
+    layer = config.layers[index]
     data = config.model_dump(exclude={"layers", "preprocess"})
-    return LearnConfig.model_validate({**data, "layers": [config.layers[index].model_dump()],
+    return LearnConfig.model_validate({**data, "n_iter": layer.n_iter or config.n_iter,
+                                       "layers": [layer.model_dump(exclude={"n_iter"})],
                                        "preprocess": None if preprocess is None else preprocess.model_dump()})
 
 

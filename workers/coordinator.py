@@ -103,6 +103,9 @@ class Coordinator:
         actor_cpus: float = 0.0,
     ):
         _check_options(workers, checkpoint_dir, checkpoint_every, max_failures, call_timeout, backend, actor_cpus)
+        if len(config.layers) != 1:
+            raise ValueError(f"a Coordinator learns one layer, got a config of {len(config.layers)} layers: run each "
+                             "layer with solver.stack.layer_config (the job runner, deconv submit, does)")
         self.config = config
         self.paths = [str(p) for p in image_paths]
         self.info = inspect_images(self.paths)

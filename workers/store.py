@@ -64,7 +64,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     layer INTEGER NOT NULL DEFAULT 0,
     n_layers INTEGER NOT NULL,
     iteration INTEGER NOT NULL DEFAULT 0,
-    n_iter INTEGER NOT NULL,
+    layer_iters TEXT NOT NULL,
     objective REAL,
     sparsity REAL,
     elapsed REAL,
@@ -136,15 +136,28 @@ class Progress:
     layer: int  # 1-based layer being learned (0 before the first outer iteration)
     n_layers: int
     iteration: int  # outer iterations done in that layer
-    n_iter: int  # outer iterations per layer
+    layer_iters: tuple[int, ...]  # outer iterations of every layer
     objective: float | None
     sparsity: float | None
     elapsed: float | None
 
     @property
+    def n_iter(self) -> int:
+        """Outer iterations of the current layer (of layer 1 before the start)."""
+        return self.layer_iters[max(self.layer, 1) - 1]
+
+    @property
+    def step(self) -> int:
+        """Outer iterations done over all layers."""
+        return sum(self.layer_iters[: max(self.layer, 1) - 1]) + self.iteration
+
+    @property
+    def total_steps(self) -> int:
+        return sum(self.layer_iters)
+
+    @property
     def fraction(self) -> float:
-        done = max(self.layer - 1, 0) * self.n_iter + self.iteration
-        return done / (self.n_layers * self.n_iter)
+        return self.step / self.total_steps
 
 
 @dataclass(frozen=True)
@@ -268,11 +281,15 @@ class JobStore:
 
     # -- jobs ----------------------------------------------------------------------------------------------------
 
-    def submit(self, spec: dict[str, Any], *, n_layers: int, n_iter: int,
+    def submit(self, spec: dict[str, Any], *, n_layers: int, n_iter: int | Sequence[int],
                idempotency_key: str | None = None) -> tuple[JobRecord, bool]:
-        """Queue a job; returns (the job, created). With an `idempotency_key` seen before, the earlier job is
-        returned (and created is False) when its spec is the same; a different spec is a ValueError."""
+        """Queue a job of `n_layers` layers of `n_iter` outer iterations (one count, or one per layer); returns
+        (the job, created). With an `idempotency_key` seen before, the earlier job is returned (and created is
+        False) when its spec is the same; a different spec is a ValueError."""
         spec_json = json.dumps(spec, sort_keys=True)
+        layer_iters = [int(n_iter)] * n_layers if isinstance(n_iter, int) else [int(n) for n in n_iter]
+        if len(layer_iters) != n_layers or min(layer_iters) < 1:
+            raise ValueError(f"n_iter must be a positive count or one per layer ({n_layers}), got {n_iter!r}")
         with self._transaction() as db:
             if idempotency_key is not None:
                 row = db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
@@ -282,9 +299,9 @@ class JobStore:
                                          f"(job {row['id']})")
                     return _job(row), False
             job_id = new_id()
-            db.execute("INSERT INTO jobs (id, status, spec_json, created_at, n_layers, n_iter, idempotency_key) "
+            db.execute("INSERT INTO jobs (id, status, spec_json, created_at, n_layers, layer_iters, idempotency_key) "
                        "VALUES (?, 'queued', ?, ?, ?, ?, ?)",
-                       (job_id, spec_json, time.time(), n_layers, n_iter, idempotency_key))
+                       (job_id, spec_json, time.time(), n_layers, json.dumps(layer_iters), idempotency_key))
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         logger.info("job %s queued", job_id)
         return _job(row), True
@@ -440,7 +457,8 @@ def decode_cursor(cursor: str) -> int:
 
 
 def _job(row: sqlite3.Row) -> JobRecord:
-    progress = Progress(row["layer"], row["n_layers"], row["iteration"], row["n_iter"], row["objective"],
+    progress = Progress(row["layer"], row["n_layers"], row["iteration"], tuple(json.loads(row["layer_iters"])),
+                        row["objective"],
                         row["sparsity"], row["elapsed"])
     return JobRecord(row["id"], row["seq"], row["status"], json.loads(row["spec_json"]), row["created_at"],
                      row["started_at"], row["finished_at"], progress, row["error"], bool(row["cancel_requested"]),

@@ -77,6 +77,15 @@ def test_layer_config_gives_one_layer_with_the_stack_settings():
             config.inference, config.filter_update, config.n_iter, config.boundary, config.seed, config.dtype)
 
 
+def test_a_layer_may_run_its_own_number_of_outer_iterations():
+    config = _two_layers()
+    layers = [config.layers[0], config.layers[1].model_copy(update={"n_iter": config.n_iter + 3})]
+    config = config.model_copy(update={"layers": layers})
+    first, second = layer_config(config, 0), layer_config(config, 1)
+    assert (first.n_iter, second.n_iter) == (config.n_iter, config.n_iter + 3)
+    assert second.layers[0].n_iter is None  # the one-layer config counts on its own n_iter
+
+
 def test_inter_layer_preprocess_is_the_toolbox_rescale_only():
     assert INTER_LAYER_PREPROCESS == PreprocessConfig(grey=False, zero_mean=False, contrast_normalise=False,
                                                       rescale=True)
