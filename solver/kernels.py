@@ -96,50 +96,54 @@ if NUMBA:
 
     @njit(parallel=True, cache=True, fastmath=_FLAGS)
     def _admm_fourier(z_hat, t_hat, scale, a, y_hat, w, inv, alpha, beta, x_out, t_out, partial):  # pragma: no cover
-        # Complex products are written out in real and imaginary parts: LLVM vectorises these, not numba's
-        # complex type. Per frequency: u = scale·(t − z), ŵ = z − u, c = inv·(y − Σ_k a_k w_k),
+        # Complex arrays come as float views (..., 2F), real and imaginary parts interleaved, and every loop
+        # runs over 0-based slices: LLVM vectorises that form (twice as fast as numba's complex type and
+        # offset indices). Per frequency f: u = scale·(t − z), w = z − u, c = inv·(y − Σ_k a_k w_k),
         # x = w + conj(a)·c, t_out = u + αx + (1−α)z; and Σ_k a_k z_k for the data term.
-        N, K, F = z_hat.shape
+        N, K, F2 = z_hat.shape
+        F = F2 // 2
         n_chunks = (F + _CHUNK - 1) // _CHUNK
         for task in prange(N * n_chunks):
             n = task // n_chunks
             c = task % n_chunks
             lo = c * _CHUNK
-            hi = min(lo + _CHUNK, F)
+            m = min(_CHUNK, F - lo)
+            span = slice(2 * lo, 2 * (lo + m))
             sc = scale[n]
-            dr = np.zeros(hi - lo, dtype=w.dtype)  # Σ_k a z
-            di = np.zeros(hi - lo, dtype=w.dtype)
-            cr = np.zeros(hi - lo, dtype=w.dtype)  # Σ_k a w, then c
-            ci = np.zeros(hi - lo, dtype=w.dtype)
+            sums = np.zeros((4, m), dtype=w.dtype)
+            dr, di, cr, ci = sums[0], sums[1], sums[2], sums[3]  # Σ_k a z, then Σ_k a w and c
             for k in range(K):
-                for f in range(lo, hi):
-                    ar, ai = a[k, f].real, a[k, f].imag
-                    zr, zi = z_hat[n, k, f].real, z_hat[n, k, f].imag
-                    wr = zr - sc * (t_hat[n, k, f].real - zr)
-                    wi = zi - sc * (t_hat[n, k, f].imag - zi)
-                    dr[f - lo] += ar * zr - ai * zi
-                    di[f - lo] += ar * zi + ai * zr
-                    cr[f - lo] += ar * wr - ai * wi
-                    ci[f - lo] += ar * wi + ai * wr
+                ak, zk, tk = a[k, span], z_hat[n, k, span], t_hat[n, k, span]
+                for i in range(m):
+                    ar, ai, zr, zi = ak[2 * i], ak[2 * i + 1], zk[2 * i], zk[2 * i + 1]
+                    wr = zr - sc * (tk[2 * i] - zr)
+                    wi = zi - sc * (tk[2 * i + 1] - zi)
+                    dr[i] += ar * zr - ai * zi
+                    di[i] += ar * zi + ai * zr
+                    cr[i] += ar * wr - ai * wi
+                    ci[i] += ar * wi + ai * wr
+            yn, wn, invn = y_hat[n, span], w[lo:lo + m], inv[n, lo:lo + m]
             acc = 0.0
-            for f in range(lo, hi):
-                yr, yi = y_hat[n, f].real, y_hat[n, f].imag
-                er = dr[f - lo] - yr
-                ei = di[f - lo] - yi
-                acc += w[f] * (er * er + ei * ei)
-                cr[f - lo] = inv[n, f] * (yr - cr[f - lo])
-                ci[f - lo] = inv[n, f] * (yi - ci[f - lo])
+            for i in range(m):
+                er = dr[i] - yn[2 * i]
+                ei = di[i] - yn[2 * i + 1]
+                acc += wn[i] * (er * er + ei * ei)
+                cr[i] = invn[i] * (yn[2 * i] - cr[i])
+                ci[i] = invn[i] * (yn[2 * i + 1] - ci[i])
             partial[n, c] = acc
             for k in range(K):  # u and w are recomputed rather than stored: no map-sized scratch array
-                for f in range(lo, hi):
-                    ar, ai = a[k, f].real, a[k, f].imag
-                    zr, zi = z_hat[n, k, f].real, z_hat[n, k, f].imag
-                    ur = sc * (t_hat[n, k, f].real - zr)
-                    ui = sc * (t_hat[n, k, f].imag - zi)
-                    xr = zr - ur + ar * cr[f - lo] + ai * ci[f - lo]
-                    xi = zi - ui + ar * ci[f - lo] - ai * cr[f - lo]
-                    x_out[n, k, f] = complex(xr, xi)
-                    t_out[n, k, f] = complex(ur + alpha * xr + beta * zr, ui + alpha * xi + beta * zi)
+                ak, zk, tk = a[k, span], z_hat[n, k, span], t_hat[n, k, span]
+                xo, to = x_out[n, k, span], t_out[n, k, span]
+                for i in range(m):
+                    ar, ai, zr, zi = ak[2 * i], ak[2 * i + 1], zk[2 * i], zk[2 * i + 1]
+                    ur = sc * (tk[2 * i] - zr)
+                    ui = sc * (tk[2 * i + 1] - zi)
+                    xr = zr - ur + ar * cr[i] + ai * ci[i]
+                    xi = zi - ui + ar * ci[i] - ai * cr[i]
+                    xo[2 * i] = xr
+                    xo[2 * i + 1] = xi
+                    to[2 * i] = ur + alpha * xr + beta * zr
+                    to[2 * i + 1] = ui + alpha * xi + beta * zi
 
 
 def _check_out(out: np.ndarray | None, like: np.ndarray, name: str) -> np.ndarray:
@@ -186,9 +190,17 @@ def admm_fourier(z_hat: np.ndarray, t_hat: np.ndarray, scale: np.ndarray, a: np.
     n_chunks = (z_hat.shape[2] + _CHUNK - 1) // _CHUNK
     partial = np.empty((z_hat.shape[0], n_chunks), dtype=np.float64)
     real = w.dtype.type
-    _admm_fourier(z_hat, t_hat, scale.astype(w.dtype), a, y_hat, w, inv, real(alpha), real(1 - alpha),
-                  x_new, t_new, partial)
+    views = [_as_real(arr, name) for arr, name in ((z_hat, "z_hat"), (t_hat, "t_hat"), (a, "a"), (y_hat, "y_hat"))]
+    _admm_fourier(*views[:2], scale.astype(w.dtype), *views[2:], w, np.ascontiguousarray(inv), real(alpha),
+                  real(1 - alpha), x_new.view(real), t_new.view(real), partial)
     return x_new, t_new, partial.sum(axis=1)
+
+
+def _as_real(a: np.ndarray, name: str) -> np.ndarray:
+    """A C-contiguous complex array (..., F) as the float view (..., 2F) of its interleaved parts."""
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    return a.view(a.real.dtype)
 
 
 def irfft2(a_hat: np.ndarray, shape: tuple[int, int], workers: int, *, overwrite: bool = False) -> np.ndarray:
