@@ -193,7 +193,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/health", response_model=HealthOut, tags=["service"])
     def health() -> HealthOut:
         state = "running" if runner.alive else ("disabled" if not settings.run_jobs else "stopped")
-        queued = len(store.list_jobs(limit=1000, status="queued")[0])
+        queued = store.count_jobs("queued")
         return HealthOut(status="ok", version=__version__, runner=state, queued=queued)
 
     # -- datasets --------------------------------------------------------------------------------------------------
@@ -375,8 +375,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
                 f = _read_array(filters, "filters", settings)
                 images = reconstruct(z, f, boundary=boundary)
-        except ValueError as exc:
-            raise field_error(["body", "maps"], str(exc)) from None
+        except ValueError as exc:  # solver.reconstruct names the argument at fault first
+            message = str(exc)
+            field = "filters" if filters is not None and message.startswith("filters") else "maps"
+            raise field_error(["body", field], message) from None
         images = np.asarray(images, dtype=np.float32)
         if format == "png":
             return Response(png_bytes(image_sheet(images)), media_type=PNG)

@@ -144,16 +144,23 @@ class JobRunner:
         except JobStopped:
             if self.store.cancel_requested(job.id):
                 self.store.finish(job.id, "cancelled")
+                self._discard_work(job.id)
             else:
                 self.store.release(job.id)
                 logger.info("job %s: back in the queue (the service is stopping)", job.id)
         except Exception as exc:
             logger.error("job %s failed:\n%s", job.id, traceback.format_exc())
             self.store.finish(job.id, "failed", _describe(exc))
+            self._discard_work(job.id)
         else:
             self.store.finish(job.id, "succeeded")
         finally:
             self.current = None
+
+
+    def _discard_work(self, job_id: str) -> None:
+        """A cancelled or failed job will not resume: its checkpoints and layer maps only take disk space."""
+        shutil.rmtree(self.store.job_dir(job_id), ignore_errors=True)
 
 
 def execute(store: JobStore, job: JobRecord, *, cluster: ClusterConfig | None = None, checkpoint_every: int = 5,

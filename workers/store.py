@@ -331,6 +331,10 @@ class JobStore:
         more = len(rows) > limit
         return jobs, (encode_cursor(jobs[-1].seq) if more else None)
 
+    def count_jobs(self, status: str) -> int:
+        """How many jobs are in `status`."""
+        return int(self._connection().execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0])
+
     def request_cancel(self, job_id: str) -> JobRecord | None:
         """Cancel: a queued job at once; a running one when the runner next looks; a finished one stays as is."""
         now = time.time()
