@@ -162,7 +162,8 @@ def follow(client: DeconvClient, job_id: str, *, timeout: float | None = None, p
     end = f"job {job_id} {job['status']}"
     if job["status"] == "succeeded":
         p = job["progress"]
-        elapsed = "" if p["elapsed"] is None else f" in {p['elapsed']:.1f} s"
+        took = _seconds_between(job.get("started_at"), job.get("finished_at"))  # all layers, not the last one's
+        elapsed = "" if took is None else f" in {took:.1f} s"
         objective = "" if p["objective"] is None else f", final objective {p['objective']:.6g}"
         end += f"{elapsed}{objective}"
     elif job["error"]:
@@ -282,3 +283,11 @@ def _write(path: Path, data: bytes, what: str) -> int:
         raise UsageError(f"--out {path}: cannot write: {exc.strerror or exc}") from None
     result(f"wrote {what} to {path}")
     return EXIT_OK
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    from datetime import datetime  # noqa: PLC0415
+
+    if not start or not end:
+        return None
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()

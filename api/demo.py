@@ -1,17 +1,20 @@
-"""``deconv demo``: the quick job, end to end through the service, with nothing to start by hand.
+"""``deconv demo``: a small two-layer job, end to end through the service, with nothing to start by hand.
 
 It starts the service in this process (uvicorn on 127.0.0.1, a free port, in a thread; data in ``OUT/data``
 unless ``--data-dir``), uploads the bundled sample images (``samples/*.png``; without them, scikit-image's grey
-sample images cropped to one size), submits ``configs/quick.yaml`` as the job spec, follows it with a progress
-bar, and writes into OUT:
+sample images cropped to one size), submits ``configs/demo.yaml`` (``configs/quick.yaml`` plus a second layer)
+as the job spec, follows it with a progress bar, and writes into OUT:
 
-=====================  ==========================================================================
-``filters.png``        the learned filters, one tile each
-``reconstructions.png`` each preprocessed input beside its reconstruction from the feature maps
-``objective.png``      the objective E after every outer iteration
-``filters.npy``        (K, C, s, s) float32
-``history.json``       one record per outer iteration: objective, sparsity, elapsed time, ...
-=====================  ==========================================================================
+========================  =======================================================================
+``filters.png``           the layer-1 filters, one tile each
+``filters-layer2.png``    each layer-2 map seen in pixel space (a one-hot map projected through layer 1)
+``reconstructions.png``   each preprocessed input beside its reconstruction from the top layer's maps
+``objective.png``         the objective E after every outer iteration, one curve per layer
+``filters.npy``           layer 1's filters (K, C, s, s) float32 (``filters-layer2.npy``: layer 2's)
+``history.json``          one record per outer iteration: layer, objective, sparsity, elapsed time, ...
+========================  =======================================================================
+
+A one-layer config (``--config configs/quick.yaml``) writes the same files but the layer-2 ones.
 
 then stops the service (and the Ray cluster it started).
 """
@@ -27,7 +30,7 @@ from .commands import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, follow, result, sa
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
-QUICK_CONFIG = ROOT / "configs" / "quick.yaml"
+DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
 _SKIMAGE_IMAGES = ("camera", "astronaut", "coffee", "chelsea", "coins", "moon", "clock", "brick")
 _SAMPLE_SIZE = 128
 
@@ -51,37 +54,46 @@ def run_demo(out: Path, *, data_dir: Path | None = None, config: Path | None = N
             dataset = client.upload_dataset(parts)
             job = client.submit({**spec, "dataset_id": dataset["id"]})
             job_id = job["id"]
-            layer = spec["layers"][0]
-            say(f"learning {layer['n_filters']} filters {layer['filter_size']}x{layer['filter_size']} on "
-                f"{dataset['n_images']} images {tuple(dataset['shapes'][0][1:])}, {spec['n_iter']} outer "
-                f"iterations: job {job_id}")
+            layers = ", then ".join(f"{layer['n_filters']} filters {layer['filter_size']}x{layer['filter_size']} "
+                                    f"({layer.get('n_iter') or spec.get('n_iter', 50)} outer iterations)"
+                                    for layer in spec["layers"])
+            say(f"learning {layers} on {dataset['n_images']} images {tuple(dataset['shapes'][0][1:])}: job {job_id}")
             status = follow(client, job_id, progress=progress)
             if status == EXIT_INTERRUPTED:
                 client.cancel(job_id)
                 return status
             if status != EXIT_OK:
                 return EXIT_FAILED
-            _fetch_results(client, job_id, out)
+            written = _fetch_results(client, job_id, out, len(spec["layers"]))
         except KeyboardInterrupt:
             if job_id is not None:
                 client.cancel(job_id)
             say("deconv demo: interrupted")
             return EXIT_INTERRUPTED
     history = _read_history(out)
-    result(f"deconv demo: done in {time.perf_counter() - start:.0f} s: objective {history[0]['objective']:.5g} -> "
-           f"{history[-1]['objective']:.5g}, non-zero maps {history[-1]['sparsity']:.4f}")
-    result(f"wrote filters.png, reconstructions.png, objective.png, filters.npy and history.json to {out.resolve()}")
+    result(f"deconv demo: done in {time.perf_counter() - start:.0f} s")
+    for layer in sorted({h.get("layer", 1) for h in history}):
+        rows = [h for h in history if h.get("layer", 1) == layer]
+        result(f"  layer {layer}: objective {rows[0]['objective']:.5g} -> {rows[-1]['objective']:.5g}, "
+               f"non-zero maps {rows[-1]['sparsity']:.4f}")
+    result(f"wrote {', '.join(written)} to {out.resolve()}")
     return EXIT_OK
 
 
-def _fetch_results(client: Any, job_id: str, out: Path) -> None:
+def _fetch_results(client: Any, job_id: str, out: Path, n_layers: int) -> list[str]:
+    """Write the demo's files (see the module docstring); returns their names."""
     from workers.checkpoint import atomic_write_bytes  # noqa: PLC0415
 
-    atomic_write_bytes(out / "filters.png", client.filters_png(job_id))
+    written = []
+    for layer in range(1, n_layers + 1):
+        suffix = "" if layer == 1 else f"-layer{layer}"
+        atomic_write_bytes(out / f"filters{suffix}.png", client.filters_png(job_id, layer=layer))
+        client.download(job_id, f"filters-L{layer}.npy", out / f"filters{suffix}.npy")  # checked by sha256
+        written += [f"filters{suffix}.png", f"filters{suffix}.npy"]
     atomic_write_bytes(out / "reconstructions.png", client.reconstructions_png(job_id))
     atomic_write_bytes(out / "objective.png", client.history_png(job_id))
-    client.download(job_id, "filters-L1.npy", out / "filters.npy")  # checked against the listed sha256
     client.download(job_id, "history.json", out / "history.json")
+    return [*written, "reconstructions.png", "objective.png", "history.json"]
 
 
 def _read_history(out: Path) -> list[dict[str, Any]]:
@@ -91,10 +103,10 @@ def _read_history(out: Path) -> list[dict[str, Any]]:
 
 
 def quick_spec(config: Path | None = None) -> dict[str, Any]:
-    """The job spec of the demo: `config` (default ``configs/quick.yaml``) as a dict."""
+    """The job spec of the demo: `config` (default ``configs/demo.yaml``) as a dict."""
     import yaml  # noqa: PLC0415
 
-    path = config or QUICK_CONFIG
+    path = config or DEMO_CONFIG
     if not path.is_file():
         raise ValueError(f"no demo config at {path}; give one with --config FILE")
     spec = yaml.safe_load(path.read_text(encoding="utf-8"))

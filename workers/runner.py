@@ -328,23 +328,25 @@ def image_sheet(*columns: np.ndarray) -> np.ndarray:
 
 
 def history_plot(history: list[dict]) -> bytes:
-    """The objective per outer iteration, one curve per layer, as PNG bytes (matplotlib, Agg)."""
+    """The objective per outer iteration as PNG bytes (matplotlib, Agg): one panel per layer, each on its own
+    scale (the layers' objectives differ by orders of magnitude), logarithmic where it spans a factor 10."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure  # noqa: PLC0415
 
-    figure = Figure(figsize=(6, 4), dpi=100)
-    axes = figure.add_subplot()
-    for layer in sorted({h["layer"] for h in history}):
+    layers = sorted({h["layer"] for h in history})
+    figure = Figure(figsize=(4.5 * len(layers) + 1.5, 4), dpi=100)
+    for index, layer in enumerate(layers):
+        axes = figure.add_subplot(1, len(layers), index + 1)
         points = [(h["iteration"], h["objective"]) for h in history if h["layer"] == layer]
-        axes.plot(*zip(*points, strict=True), marker=".", label=f"layer {layer}")
-    axes.set_xlabel("outer iteration")
-    axes.set_ylabel("objective E")
-    values = [h["objective"] for h in history]
-    axes.set_yscale("log" if min(values) > 0 and max(values) > 10 * min(values) else "linear")
-    axes.grid(True, alpha=0.3)
-    axes.legend()
+        values = [v for _, v in points]
+        axes.plot(*zip(*points, strict=True), marker=".", color=f"C{index}")
+        axes.set_title(f"layer {layer}" if len(layers) > 1 else "objective")
+        axes.set_xlabel("outer iteration")
+        axes.set_ylabel("objective E")
+        axes.set_yscale("log" if min(values) > 0 and max(values) > 10 * min(values) else "linear")
+        axes.grid(True, alpha=0.3)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")

@@ -339,11 +339,17 @@ def test_demo_writes_its_pictures(capsys, tmp_path):
     status, out, err = _run(capsys, "demo", "--out", str(tmp_path / "demo"), "--no-progress")
     assert status == 0, err
     names = {p.name for p in (tmp_path / "demo").iterdir()}
-    assert names >= {"filters.png", "reconstructions.png", "objective.png", "filters.npy", "history.json", "data"}
+    assert names >= {"filters.png", "filters-layer2.png", "reconstructions.png", "objective.png", "filters.npy",
+                     "filters-layer2.npy", "history.json", "data"}
     assert np.load(tmp_path / "demo" / "filters.npy").shape == (16, 1, 7, 7)
-    assert len(json.loads((tmp_path / "demo" / "history.json").read_text())) == 40
-    assert {Image.open(tmp_path / "demo" / n).format for n in ("filters.png", "reconstructions.png",
-                                                              "objective.png")} == {"PNG"}
+    assert np.load(tmp_path / "demo" / "filters-layer2.npy").shape == (16, 16, 7, 7)
+    history = json.loads((tmp_path / "demo" / "history.json").read_text())
+    assert [sum(h["layer"] == layer for h in history) for layer in (1, 2)] == [40, 8]
+    assert {Image.open(tmp_path / "demo" / n).format for n in ("filters.png", "filters-layer2.png",
+                                                              "reconstructions.png", "objective.png")} == {"PNG"}
+    # layer-2 tiles are 13x13 pixel-space views, layer-1 tiles 7x7: the layer-2 montage is the larger picture
+    layer1, layer2 = (Image.open(tmp_path / "demo" / n).size for n in ("filters.png", "filters-layer2.png"))
+    assert layer2[0] > layer1[0] and layer2[1] > layer1[1]
     assert str((tmp_path / "demo").resolve()) in out
 
 
@@ -359,7 +365,8 @@ def test_the_demo_spec_is_a_valid_job_spec():
     from workers.spec import JobSpec
 
     spec = JobSpec.model_validate({**quick_spec(), "dataset_id": "0" * 32})
-    assert spec.layers[0].n_filters == 16
+    assert [layer.n_filters for layer in spec.layers] == [16, 16]
+    assert spec.layers[1].connectivity == "random-doubles:2"
 
 
 def test_without_samples_the_demo_takes_scikit_image_pictures_of_one_size(monkeypatch, tmp_path):
