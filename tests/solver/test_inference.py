@@ -421,3 +421,19 @@ def test_each_image_is_coded_as_if_it_were_alone(rng, method, boundary):
     parts = np.concatenate([encode(images[:1], filters, LAM, **kwargs).maps,
                             encode(images[1:], filters, LAM, **kwargs).maps])
     np.testing.assert_allclose(whole.maps, parts, rtol=1e-9, atol=1e-12)
+
+
+# --- backends --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_channels", [1, 2])
+@pytest.mark.parametrize("method", ["admm", "fista"])
+def test_encode_on_a_backend_follows_numpy(rng, backend, method, n_channels):
+    # on cupy, the numpy formulation of the solvers against numpy's run (the fused kernels for ADMM, C = 1)
+    images, filters = _small_problem(rng, np.float32, n_channels, shape=(12, 11), n_filters=4)
+    kwargs = {"method": method, "max_iter": 25, "tol": 0.0}
+    expected = encode(images, filters, LAM, backend="numpy", **kwargs)
+    got = encode(backend.asarray(images), backend.asarray(filters), LAM, backend=backend.name, **kwargs)
+    np.testing.assert_allclose(backend.to_host(got.maps), expected.maps, rtol=2e-3, atol=2e-3)
+    assert got.objective == pytest.approx(expected.objective, rel=1e-4)
+    assert got.maps.dtype == np.float32
