@@ -131,9 +131,12 @@ if NUMBA:
                 cr[i] = invn[i] * (yn[2 * i] - cr[i])
                 ci[i] = invn[i] * (yn[2 * i + 1] - ci[i])
             partial[n, c] = acc
+            # t_out may be z_hat or t_hat: a chunk-sized buffer takes each row before it is copied over its
+            # input, so that the loop keeps no possibly aliasing store (which LLVM would not vectorise).
+            t_row = np.empty(2 * m, dtype=w.dtype)
             for k in range(K):  # u and w are recomputed rather than stored: no map-sized scratch array
                 ak, zk, tk = a[k, span], z_hat[n, k, span], t_hat[n, k, span]
-                xo, to = x_out[n, k, span], t_out[n, k, span]
+                xo = x_out[n, k, span]
                 for i in range(m):
                     ar, ai, zr, zi = ak[2 * i], ak[2 * i + 1], zk[2 * i], zk[2 * i + 1]
                     ur = sc * (tk[2 * i] - zr)
@@ -142,8 +145,9 @@ if NUMBA:
                     xi = zi - ui + ar * ci[i] - ai * cr[i]
                     xo[2 * i] = xr
                     xo[2 * i + 1] = xi
-                    to[2 * i] = ur + alpha * xr + beta * zr
-                    to[2 * i + 1] = ui + alpha * xi + beta * zi
+                    t_row[2 * i] = ur + alpha * xr + beta * zr
+                    t_row[2 * i + 1] = ui + alpha * xi + beta * zi
+                t_out[n, k, span] = t_row
 
 
 def _check_out(out: np.ndarray | None, like: np.ndarray, name: str) -> np.ndarray:
@@ -184,7 +188,8 @@ def admm_fourier(z_hat: np.ndarray, t_hat: np.ndarray, scale: np.ndarray, a: np.
     * per image Σ_f w_f |Σ_k â_k ẑ_k − ŷ|², twice the data term of z.
 
     Shapes: z_hat, t_hat (N, K, F); scale (N,); a (K, F); y_hat (N, F); w (F,); inv (N, F). `t_out` may be
-    `t_hat` itself. Returns x̂, t̂_out and the (N,) float64 sums.
+    `z_hat` or `t_hat` itself; `x_out` must not overlap any input. Returns x̂, t̂_out and the (N,) float64
+    sums.
     """
     x_new, t_new = _check_out(x_out, z_hat, "x_out"), _check_out(t_out, z_hat, "t_out")
     n_chunks = (z_hat.shape[2] + _CHUNK - 1) // _CHUNK

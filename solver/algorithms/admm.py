@@ -152,10 +152,9 @@ class Admm:
         if compatible:  # carry = û + ẑ, so that û = carry − ẑ
             carry_hat = pb.op.rfft(dual)
             carry_hat += maps_hat
-            t_out = carry_hat
         else:
-            carry_hat, t_out = maps_hat, None
-        solve_hat, carry_hat, data = self._fourier(maps_hat, carry_hat, np.ones(n), rho, t_out=t_out)
+            carry_hat = maps_hat
+        solve_hat, carry_hat, data = self._fourier(maps_hat, carry_hat, np.ones(n), rho, t_out=carry_hat)
         return AdmmState(maps, dual, rho, data + pb.regulariser(maps), inf, inf, solve_hat=solve_hat,
                          carry_hat=carry_hat)
 
@@ -209,9 +208,10 @@ class Admm:
             if scale is not None:  # scaled duals follow ρ inversely: u = y/ρ
                 rho, dual_scale = rho * scale, 1.0 / scale
                 dual *= self._per_image(dual_scale, dual)  # made by this iteration, or `out`'s
+        # ẑ is needed by this pass only: without `out`, the next carry takes its place
         solve_hat, carry_hat, data = self._fourier(maps_hat, s.carry_hat, dual_scale, rho,
                                                    x_out=None if out is None else out.solve_hat,
-                                                   t_out=None if out is None else out.carry_hat)
+                                                   t_out=maps_hat if out is None else out.carry_hat)
         return AdmmState(maps, dual, rho, data + sparsity, primal, dual_r, it, at, solve_hat=solve_hat,
                          carry_hat=carry_hat)
 
@@ -249,7 +249,8 @@ class Admm:
     def _fourier(self, maps_hat: Array, carry_hat: Array, dual_scale: np.ndarray, rho: np.ndarray, *,
                  x_out: Array | None = None, t_out: Array | None = None) -> tuple[Array, Array, np.ndarray]:
         """From ẑ and û = dual_scale·(carry − ẑ): the next x̂ (penalty ρ), the next carry, and the data term.
-        The fused path writes them into `x_out` and `t_out` when given (`t_out` may be `carry_hat`)."""
+        The fused path writes them into `x_out` and `t_out` when given (`t_out` may be `maps_hat` or
+        `carry_hat`, which are then overwritten)."""
         factor = self._factor_for(rho)
         if self._fused:
             N, K, U, V = maps_hat.shape
