@@ -90,6 +90,12 @@ class FilterUpdateConfig(_Frozen):
     )
     rho: float | None = Field(None, gt=0, description="consensus penalty ρ; default: the number of images (SPORCO)")
     relax: float = Field(1.8, gt=0, lt=2, description="consensus over-relaxation α")
+    recentre: bool = Field(
+        False,
+        description="learn on an (s+2)×(s+2) support, shift every filter (and its maps) so that its energy "
+        "centroid is at the centre after each filter step, and keep each filter's s×s window of largest energy "
+        "for the last iteration (circular boundary; see solver.algorithms.recentre)",
+    )
 
 
 class LayerSpec(_Frozen):
@@ -140,6 +146,8 @@ class LearnConfig(_Frozen):
     def _consensus_is_circular(self) -> LearnConfig:
         if self.filter_update.method == "consensus" and self.boundary != "circular":
             raise ValueError(f"filter_update.method 'consensus' needs boundary 'circular', got {self.boundary!r}")
+        if self.filter_update.recentre and self.boundary != "circular":
+            raise ValueError(f"filter_update.recentre needs boundary 'circular', got {self.boundary!r}")
         return self
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from .algorithms.consensus import update_filters_consensus
 from .algorithms.filter_update import filter_lipschitz, update_filters_pooled
+from .algorithms.recentre import crop_to_energy, recentre, roll_state
 from .backend import Array
 from .coding import inference_config
 from .config import FilterUpdateConfig, LayerSpec, LearnConfig
@@ -137,6 +138,10 @@ def learn(
         config model; for zeiler, spread over the β stages). Learning always runs exactly this many: the
         inference ``tol`` is not used.
     filter_update : {"fista", "cg"} or FilterUpdateConfig
+        ``FilterUpdateConfig(recentre=True)`` removes the shift ambiguity (circular boundary): all outer
+        iterations but the last run on an (s+2)×(s+2) support, every filter re-centred with its maps after each
+        filter step, and the last runs on each filter's s×s window of largest energy. ``history[:-1]`` is then E
+        on the wider support, and the last entry (E of the result) may lie slightly above it.
     filter_iter : int, optional
         Filter-update iterations per outer iteration (default 10).
     filter_norm : {"plane", "filter"}, optional
@@ -204,10 +209,40 @@ def learn_layer(
         if f0.shape != (layer.n_filters, C, s, s):
             raise ValueError(f"init_filters must have shape {(layer.n_filters, C, s, s)}, got {f0.shape}")
         check_finite(f0, "init_filters")
-    pool = LocalPool([Shard(y, config, table, backend)])
-    filters, history, stats = alternate(pool, config, f0, callback=callback)
+    if config.filter_update.recentre:
+        pool, filters, history, stats = _learn_recentred(y, config, table, backend, f0, callback)
+    else:
+        pool = LocalPool([Shard(y, config, table, backend)])
+        filters, history, stats = alternate(pool, config, f0, callback=callback)
     maps = np.concatenate(pool.maps())
     return LearnResult(filters, maps, history, stats, config, table, fitted)
+
+
+def _learn_recentred(y: Array, config: LearnConfig, table: np.ndarray | None, backend: str, f0: np.ndarray,
+                     callback: Callable[[IterStats], None] | None):
+    """``filter_update.recentre``: all but the last outer iteration on an (s+2)×(s+2) support with re-centring,
+    then the last one on the s×s window of largest energy of each filter, its maps rolled to match."""
+    layer = config.layers[0]
+    s, wide = layer.filter_size, layer.filter_size + 2
+    if wide > min(y.shape[-2:]):
+        raise ValueError(f"filter_update.recentre learns on a support of filter_size + 2 = {wide}, larger than "
+                         f"the images ({y.shape[-2]}x{y.shape[-1]})")
+    f = np.pad(f0, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    history: list[float] = []
+    stats: list[IterStats] = []
+    state = None
+    if config.n_iter > 1:
+        wide_config = config.model_copy(update={"layers": [layer.model_copy(update={"filter_size": wide})],
+                                                "n_iter": config.n_iter - 1})
+        wide_pool = LocalPool([Shard(y, wide_config, table, backend)])
+        f, history, stats = alternate(wide_pool, wide_config, f, callback=callback)
+        state = wide_pool.shards[0].state()
+    f, offsets = crop_to_energy(f, s)
+    pool = LocalPool([Shard(y, config, table, backend)])
+    if state is not None:  # the window at offset o is the wide filter shifted by −o: roll the maps by +o
+        pool.shards[0].load_state(roll_state(state, -offsets))
+    f, last, last_stats = alternate(pool, config, f, callback=callback, start_iteration=config.n_iter - 1)
+    return pool, f, history + last, stats + last_stats
 
 
 _POWER_ITER_FIRST = 20  # power iterations for the filter step size at the first outer iteration
@@ -267,6 +302,8 @@ def alternate(
             n_power = _POWER_ITER_FIRST if power_vector is None and it == start_iteration + 1 else _POWER_ITER_WARM
             lipschitz, vector = filter_lipschitz(pool, vector, n_power)
             filters, data = update_filters_pooled(pool, filters, config.filter_update, lipschitz)
+        if config.filter_update.recentre and it < config.n_iter:  # the returned filters are the ones of E
+            filters = recentre(pool, filters)
         penalty = sum(c.penalty for c in coded)
         E = data + penalty
         history.append(E)
