@@ -103,6 +103,10 @@ class Coordinator:
         actor_cpus: float = 0.0,
     ):
         _check_options(workers, checkpoint_dir, checkpoint_every, max_failures, call_timeout, backend, actor_cpus)
+        if config.filter_update.recentre:
+            raise ValueError("filter_update.recentre is not available in distributed learning yet (it widens the "
+                             "filter support, which only solver.learn_layer does): learn in one process, or turn "
+                             "it off")
         if len(config.layers) != 1:
             raise ValueError(f"a Coordinator learns one layer, got a config of {len(config.layers)} layers: run each "
                              "layer with solver.stack.layer_config (the job runner, deconv submit, does)")

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from solver.config import LayerSpec, LearnConfig
+from solver.config import FilterUpdateConfig, LayerSpec, LearnConfig
 from solver.connectivity import connectivity_table
 from solver.operators import map_shape
 from solver.preprocess import PreprocessConfig
@@ -53,6 +53,13 @@ class JobSpec(LearnConfig):
     backend: Literal["auto", "numpy", "cupy"] = "auto"
     n_iter: int = Field(50, ge=1, le=1_000_000, description="outer iterations per layer")
     preprocess: PreprocessConfig | None = Field(default_factory=PreprocessConfig)
+
+    @field_validator("filter_update")
+    @classmethod
+    def _distributed_update(cls, value: FilterUpdateConfig) -> FilterUpdateConfig:
+        if value.recentre:
+            raise ValueError("recentre is not available in distributed learning (jobs) yet; leave it off")
+        return value
 
     def learn_config(self) -> LearnConfig:
         """The learning config alone."""
