@@ -61,7 +61,10 @@ class AdmmConfig(_Frozen):
 
     method: Literal["admm"] = "admm"
     max_iter: int = Field(200, ge=1)
-    tol: float = Field(1e-4, ge=0, description="stop when both relative residuals are ≤ tol")
+    tol: float = Field(
+        1e-4, ge=0, description="stop when both relative residuals are ≤ tol (tested every rho_period iterations, "
+        "when the residuals are computed)"
+    )
     rho: float | None = Field(None, gt=0, description="initial penalty; default 50·λ + 1 (SPORCO's rule)")
     relax: float = Field(1.8, gt=0, lt=2, description="over-relaxation α")
     adaptive_rho: bool = True
