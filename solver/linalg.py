@@ -81,10 +81,16 @@ class ShiftedNormalFactor:
 
     def rho_array(self, like: Array) -> Array | float:
         """ρ broadcasting over an (N, K, U, V) array (a float when shared)."""
-        if np.ndim(self.rho) == 0:
-            return float(self.rho)
-        xp = backend_of(like).xp
-        return xp.asarray(np.asarray(self.rho).reshape(-1, 1, 1, 1), dtype=like.real.dtype)
+        return broadcast_rho(self.rho, like)
+
+
+def broadcast_rho(rho: float | np.ndarray, like: Array) -> Array | float:
+    """ρ broadcasting over an (N, K, U, V) array like `like`: a float when shared, else an (N, 1, 1, 1) array of
+    `like`'s backend and real dtype."""
+    if np.ndim(rho) == 0:
+        return float(rho)
+    xp = backend_of(like).xp
+    return xp.asarray(np.asarray(rho).reshape(-1, 1, 1, 1), dtype=like.real.dtype)
 
 
 def factor_shifted_normal(filters_hat: Array, rho: float | np.ndarray) -> ShiftedNormalFactor:

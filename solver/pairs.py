@@ -32,6 +32,7 @@ import numpy as np
 from .backend import Array, backend_of
 from .linalg import (
     ShiftedNormalFactor,
+    broadcast_rho,
     factor_shifted_normal,
     max_gram_eigenvalue,
     shifted_gram_inverse,
@@ -195,10 +196,7 @@ class PairFactor:
     inverse: Array
 
     def rho_array(self, like: Array) -> Array | float:
-        if np.ndim(self.rho) == 0:
-            return float(self.rho)
-        xp = backend_of(like).xp
-        return xp.asarray(np.asarray(self.rho).reshape(-1, 1, 1, 1), dtype=like.real.dtype)
+        return broadcast_rho(self.rho, like)
 
 
 class SparseConnections:

@@ -28,8 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .backend import Array, backend_of
-from .coding import reconstruct
-from .stack import StackModel, _undo_rescale
+from .stack import StackModel, project_through
 
 Size3 = tuple[int, int, int]
 
@@ -255,14 +254,8 @@ def pooled_project_down(
     K = model.layers[top - 1].n_filters
     if getattr(maps, "ndim", None) != 4 or maps.shape[1] != K:
         raise ValueError(f"maps of layer {top} must have shape (N, {K}, H', W'), got shape {np.shape(maps)}")
-    x = maps
-    for index in range(top - 1, -1, -1):
-        spec = model.layers[index]
-        x = reconstruct(x, spec.filters, boundary=model.boundary, connectivity=spec.connectivity)
-        if index > 0:
-            x = _undo_rescale(x, spec.preprocess, offset=offset)
-            x = unpool3d(x, switches[index - 1], map_shapes[index - 1])
-    return x
+    return project_through(model, maps, top, offset=offset,
+                           between=lambda index, x: unpool3d(x, switches[index], map_shapes[index]))
 
 
 __all__ = ["identity_switches", "pool3d", "pooled_project_down", "pooled_shape", "select3d", "unpool3d"]

@@ -375,12 +375,22 @@ def project_down(model: StackModel, maps: Array, from_layer: int | None = None, 
     K = model.layers[top - 1].n_filters
     if np.ndim(maps) != 4 or maps.shape[1] != K:
         raise ValueError(f"maps of layer {top} must have shape (N, {K}, H', W'), got shape {np.shape(maps)}")
+    return project_through(model, maps, top, offset=offset)
+
+
+def project_through(model: StackModel, maps: Array, top: int, *, offset: bool = True,
+                    between: Callable[[int, Array], Array] | None = None) -> Array:
+    """The loop of :func:`project_down` for checked arguments: reconstruct layer `top`'s maps through every layer
+    below, undoing each rescale; ``between(index, x)``, when given, transforms the maps of layer ``index``
+    (0-based) once they are rebuilt (unpooling, in :func:`solver.pooling.pooled_project_down`)."""
     x = maps
     for index in range(top - 1, -1, -1):
         spec = model.layers[index]
         x = reconstruct(x, spec.filters, boundary=model.boundary, connectivity=spec.connectivity)
         if index > 0:
             x = _undo_rescale(x, spec.preprocess, offset=offset)
+            if between is not None:
+                x = between(index - 1, x)
     return x
 
 
