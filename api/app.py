@@ -45,6 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from solver.config import Boundary
 from workers.artifacts import ArtifactCorruptError
+from workers.checkpoint import npy_bytes
 from workers.cluster import ClusterConfig, connect, shutdown
 from workers.datasets import UploadError, decode_upload
 from workers.models import JobModel, ModelNotReadyError, load_model
@@ -341,7 +342,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except ValueError as exc:
             raise field_error(["body", "files"], str(exc)) from None
         if format == "npy":
-            return Response(_npy(maps[-1].astype(np.float32)), media_type=NPY)
+            return Response(npy_bytes(maps[-1].astype(np.float32)), media_type=NPY)
         buffer = io.BytesIO()
         np.savez(buffer, **{f"L{i + 1}": m.astype(np.float32) for i, m in enumerate(maps)})
         return Response(buffer.getvalue(), media_type=NPZ)
@@ -382,7 +383,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         images = np.asarray(images, dtype=np.float32)
         if format == "png":
             return Response(png_bytes(image_sheet(images)), media_type=PNG)
-        return Response(_npy(images), media_type=NPY)
+        return Response(npy_bytes(images), media_type=NPY)
 
     @app.api_route("/jobs/{rest:path}", methods=["GET", "DELETE"], dependencies=guarded, include_in_schema=False)
     def not_a_job(rest: str) -> None:
@@ -441,8 +442,3 @@ def _read_array(upload: UploadFile, field: str, settings: Settings) -> np.ndarra
                           f"{settings.max_image_pixels} pixels", list(array.shape))
     return array.astype(np.float64 if array.dtype == np.float64 else np.float32, copy=False)
 
-
-def _npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()

@@ -61,20 +61,15 @@ def load_spec_file(path: Path, *, dataset_id: str | None, workers: int | None) -
     dataset is given, ``images``: a folder, relative to the file's folder. The spec is checked here, so a bad
     field is named before any image is uploaded.
     """
-    import yaml  # noqa: PLC0415
     from pydantic import ValidationError  # noqa: PLC0415
 
-    from workers.jobfile import describe_validation_error  # noqa: PLC0415
+    from workers.jobfile import JobFileError, describe_validation_error, read_job_mapping  # noqa: PLC0415
     from workers.spec import JobSpec  # noqa: PLC0415
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the job file: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: a job file must hold a mapping of fields, got {type(data).__name__}")
+        data = read_job_mapping(path)
+    except JobFileError as exc:
+        raise UsageError(str(exc)) from None
     images = data.pop("images", None)
     if workers is not None:
         data["workers"] = workers

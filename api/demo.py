@@ -104,15 +104,12 @@ def _read_history(out: Path) -> list[dict[str, Any]]:
 
 def quick_spec(config: Path | None = None) -> dict[str, Any]:
     """The job spec of the demo: `config` (default ``configs/demo.yaml``) as a dict."""
-    import yaml  # noqa: PLC0415
+    from workers.jobfile import read_job_mapping  # noqa: PLC0415
 
     path = config or DEMO_CONFIG
     if not path.is_file():
         raise ValueError(f"no demo config at {path}; give one with --config FILE")
-    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(spec, dict):
-        raise ValueError(f"{path}: a job config must hold a mapping of fields")
-    return spec
+    return read_job_mapping(path)
 
 
 def sample_images() -> list[tuple[str, bytes]]:

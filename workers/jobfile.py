@@ -61,14 +61,13 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def load_job_file(path: str | Path) -> LearnJobFile:
-    """Read and validate a job file; ``images`` is resolved against the file's folder.
+def read_job_mapping(path: str | Path) -> dict:
+    """The fields of a YAML (or JSON) job file, not yet validated.
 
     Raises
     ------
     JobFileError
-        When the file cannot be read, is not a YAML mapping, or does not validate (the message names the
-        field and the value).
+        When the file cannot be read or does not hold a mapping (the message names the file).
     """
     path = Path(path)
     try:
@@ -79,6 +78,20 @@ def load_job_file(path: str | Path) -> LearnJobFile:
         raise JobFileError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise JobFileError(f"{path}: a job file must hold a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def load_job_file(path: str | Path) -> LearnJobFile:
+    """Read and validate a job file; ``images`` is resolved against the file's folder.
+
+    Raises
+    ------
+    JobFileError
+        When the file cannot be read, is not a YAML mapping, or does not validate (the message names the
+        field and the value).
+    """
+    path = Path(path)
+    data = read_job_mapping(path)
     try:
         job = LearnJobFile.model_validate(data)
     except ValidationError as exc:

@@ -183,10 +183,10 @@ def execute(store: JobStore, job: JobRecord, *, cluster: ClusterConfig | None = 
     if dataset is None:
         raise ValueError(f"dataset {spec.dataset_id} is gone")
     work = store.job_dir(job.id)
-    paths = _input_paths(store, dataset, work / "inputs")
+    inputs = _input_paths(store, dataset, work / "inputs")
+    paths = inputs
     connect(cluster)
     results: list[LearnResult] = []
-    histories: list[list[IterStats]] = []
     for index in range(len(spec.layers)):
         layer_dir = work / "layers" / f"L{index + 1}"
         done = _load_layer(layer_dir)
@@ -208,14 +208,13 @@ def execute(store: JobStore, job: JobRecord, *, cluster: ClusterConfig | None = 
                 raise JobStopped
             done = _save_layer(layer_dir, result)
         results.append(done)
-        histories.append(done.stats)
         paths = sorted((layer_dir / "maps").glob("*.npy"))
     stack = StackModel.from_layers([r.filters for r in results], [_table(r) for r in results],
                                    [r.preprocess for r in results], [layer.lam for layer in spec.layers],
                                    [layer.p for layer in spec.layers], spec.boundary)
     model = JobModel(stack, spec.inference)
-    _store_artifacts(store, job.id, spec, model, results, dataset_images=_load_inputs(work / "inputs", store,
-                                                                                     dataset))
+    images = np.stack([np.load(p, allow_pickle=False) for p in inputs])
+    _store_artifacts(store, job.id, spec, model, results, dataset_images=images)
     shutil.rmtree(work, ignore_errors=True)  # everything of value is in the artifacts now
     return model
 
@@ -240,10 +239,6 @@ def _input_paths(store: JobStore, dataset, folder: Path) -> list[Path]:
             atomic_write_bytes(target, store.artifacts.get(image.key))
         paths.append(target)
     return paths
-
-
-def _load_inputs(folder: Path, store: JobStore, dataset) -> np.ndarray:
-    return np.stack([np.load(p, allow_pickle=False) for p in _input_paths(store, dataset, folder)])
 
 
 # -- finished layers in the work folder -----------------------------------------------------------------------------
