@@ -47,7 +47,7 @@ from solver.config import Boundary
 from workers.artifacts import ArtifactCorruptError
 from workers.checkpoint import npy_bytes
 from workers.cluster import ClusterConfig, connect, shutdown
-from workers.datasets import UploadError, decode_upload
+from workers.datasets import ZIP_MAGIC, UploadError, decode_upload, npy_header
 from workers.models import JobModel, ModelNotReadyError, load_model
 from workers.runner import JobRunner, history_plot, image_sheet, png_bytes
 from workers.spec import JobSpec, SpecError, check_against_dataset
@@ -412,29 +412,40 @@ def _check_channels(model: JobModel, batch: np.ndarray) -> None:
                           list(batch.shape))
 
 
+def _only_member(data: bytes, field: str, settings: Settings) -> bytes:
+    """The bytes of the single member of an npz, after checking what it declares to unpack to."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+            if len(members) != 1:
+                raise field_error(["body", field], f"an npz must hold exactly one array, got "
+                                  f"{[m.filename for m in members]}")
+            if members[0].file_size > settings.max_upload_bytes:
+                raise field_error(["body", field], f"the npz unpacks to {members[0].file_size} bytes, more than "
+                                  f"the limit {settings.max_upload_bytes} (max_upload_bytes)", members[0].file_size)
+            return archive.read(members[0])
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise field_error(["body", field], f"not a readable .npz file: {exc}") from None
+
+
 def _read_array(upload: UploadFile, field: str, settings: Settings) -> np.ndarray:
     data = upload.file.read()
-    if data.startswith(b"PK\x03\x04"):  # an npz: bounded by what it unpacks to, like uploads (else a zip bomb)
-        try:
-            unpacked = sum(m.file_size for m in zipfile.ZipFile(io.BytesIO(data)).infolist())
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
-            raise field_error(["body", field], f"not a readable .npz file: {exc}") from None
-        if unpacked > settings.max_upload_bytes:
-            raise field_error(["body", field], f"the npz unpacks to {unpacked} bytes, more than the limit "
-                              f"{settings.max_upload_bytes} (max_upload_bytes)", unpacked)
+    if data.startswith(ZIP_MAGIC):  # an npz of one array: that array's npy bytes, bounded like uploads
+        data = _only_member(data, field, settings)
+    try:
+        shape, dtype = npy_header(field, data)
+    except UploadError as exc:
+        raise field_error(["body", field], str(exc)) from None
+    if dtype.hasobject or dtype.kind not in "fiu" or dtype.itemsize > 8:
+        raise field_error(["body", field], f"dtype {dtype} is not a real number type", str(dtype))
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > len(data):  # numpy would allocate the declared shape before finding the data short
+        raise field_error(["body", field], f"the header declares {shape} {dtype} ({declared} bytes), more than "
+                          f"the {len(data)} bytes sent", list(shape))
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
-        if isinstance(array, np.lib.npyio.NpzFile):  # its member is read here: inside the try, like an npy
-            with array:
-                names = array.files
-                if len(names) != 1:
-                    raise field_error(["body", field], f"an npz must hold exactly one array, got {names}")
-                array = array[names[0]]
-    # MemoryError: a header may declare a shape far larger than the bytes sent, and numpy allocates before it reads
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, MemoryError) as exc:
+    except (ValueError, OSError, EOFError) as exc:
         raise field_error(["body", field], f"not a readable .npy file: {exc}") from None
-    if array.dtype.kind not in "fiu" or array.dtype.itemsize > 8:
-        raise field_error(["body", field], f"dtype {array.dtype} is not a real number type", str(array.dtype))
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise field_error(["body", field], "the array holds NaN or inf")
     if array.ndim >= 2 and array.shape[-1] * array.shape[-2] > settings.max_image_pixels:

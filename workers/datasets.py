@@ -134,14 +134,27 @@ def _decode_picture(label: str, data: bytes, limits: UploadLimits) -> np.ndarray
         raise UploadError(f"{label}: cannot decode the image: {type(exc).__name__}: {exc}") from None
 
 
-def _decode_npy(label: str, data: bytes, limits: UploadLimits) -> list[np.ndarray]:
+def npy_header(label: str, data: bytes) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) that the NPY bytes `data` declare, read from the header alone (nothing is allocated).
+
+    Raises
+    ------
+    UploadError
+        Naming `label`, when `data` is not an NPY file.
+    """
     buffer = io.BytesIO(data)
     try:
         version = np.lib.format.read_magic(buffer)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read_header(buffer)  # the header only, before any data is read
+        shape, _, dtype = read_header(buffer)
     except (ValueError, OSError, SyntaxError) as exc:
         raise UploadError(f"{label}: not a valid NPY file: {exc}") from None
+    return tuple(shape), dtype
+
+
+def _decode_npy(label: str, data: bytes, limits: UploadLimits) -> list[np.ndarray]:
+    shape, dtype = npy_header(label, data)  # the header only, before any data is read
+    buffer = io.BytesIO(data)
     if dtype.hasobject or str(dtype) not in _KEPT_DTYPES:
         raise UploadError(f"{label}: NPY dtype {dtype} is not supported (integers, float32 or float64)")
     if len(shape) not in (2, 3, 4):
