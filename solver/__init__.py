@@ -25,7 +25,7 @@ from .config import (
     load_config,
 )
 from .learn import IterStats, LearnResult, encode_with, learn, learn_layer
-from .pooling import pool3d, pooled_project_down, unpool3d  # noqa: F401  (re-exported; see solver.pooling)
+from .pooling import pool3d, unpool3d  # noqa: F401  (re-exported; see solver.pooling)
 from .preprocess import FittedPreprocess
 from .problem import objective
 from .stack import (

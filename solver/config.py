@@ -114,6 +114,19 @@ class LayerSpec(_Frozen):
     n_iter: int | None = Field(
         None, ge=1, le=1_000_000, description="outer iterations of this layer; default: the config's n_iter"
     )
+    pool: tuple[int, int, int] | None = Field(
+        None,
+        description="3-D max pooling (maps, rows, columns) of this layer's maps, with switches (Zeiler et al. "
+        "2011): the layer above reads the pooled maps, projections unpool them; with reconstruct_to 'pixels' "
+        "the layer's own inference also keeps one non-zero per pooling block. None: no pooling (2010)",
+    )
+
+    @field_validator("pool")
+    @classmethod
+    def _positive_pool(cls, v: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+        if v is not None and any(d < 1 for d in v):
+            raise ValueError(f"pool sizes must be positive integers (maps, rows, columns), got {list(v)}")
+        return v
 
     @field_validator("connectivity")
     @classmethod
@@ -127,10 +140,18 @@ class LayerSpec(_Frozen):
 
 class LearnConfig(_Frozen):
     """A learning run: one layer (:func:`~solver.learn.learn_layer`), or a stack of layers learned one after
-    another (:func:`~solver.stack.learn_stack`), layer l+1 on the rescaled maps of layer l.
+    another (:func:`~solver.stack.learn_stack`).
+
+    ``reconstruct_to`` picks the model of a stack:
+
+    * ``"below"`` (Zeiler et al. 2010): layer l+1 learns to reconstruct the (pooled, when ``pool`` is set)
+      maps of layer l, rescaled by :data:`~solver.stack.INTER_LAYER_PREPROCESS`;
+    * ``"pixels"`` (Zeiler, Taylor & Fergus 2011, :mod:`solver.adaptive`): every layer reconstructs the
+      preprocessed images through the frozen layers below it and their unpooling switches; inference is the
+      2011 ISTA (accelerated: ``inference.method`` must be ``fista``) with the pooling of the layer.
 
     Every layer shares the inference, filter update, ``n_iter``, boundary, seed and dtype; ``preprocess`` is
-    applied to the images of layer 1 (higher layers get :data:`~solver.stack.INTER_LAYER_PREPROCESS`).
+    applied to the images of layer 1.
     """
 
     layers: list[LayerSpec] = Field(..., min_length=1)
@@ -144,6 +165,11 @@ class LearnConfig(_Frozen):
     preprocess: PreprocessConfig | None = None
     seed: int = 0
     dtype: DType | None = Field(None, description="computation dtype; default: the images' (float32 for integers)")
+    reconstruct_to: Literal["below", "pixels"] = Field(
+        "below",
+        description="what each layer reconstructs: the layer below (2010), or the pixels through the frozen "
+        "layers below (2011, with fista inference)",
+    )
 
     @model_validator(mode="after")
     def _consensus_is_circular(self) -> LearnConfig:
@@ -151,6 +177,14 @@ class LearnConfig(_Frozen):
             raise ValueError(f"filter_update.method 'consensus' needs boundary 'circular', got {self.boundary!r}")
         if self.filter_update.recentre and self.boundary != "circular":
             raise ValueError(f"filter_update.recentre needs boundary 'circular', got {self.boundary!r}")
+        if self.reconstruct_to == "pixels":
+            if self.inference.method != "fista":
+                raise ValueError("reconstruct_to 'pixels' runs the 2011 ISTA inference: inference.method must be "
+                                 f"'fista', got {self.inference.method!r}")
+            if self.filter_update.method == "consensus" or self.filter_update.recentre:
+                raise ValueError("reconstruct_to 'pixels' supports filter_update.method 'fista' or 'cg' without "
+                                 f"recentre, got method {self.filter_update.method!r}, recentre "
+                                 f"{self.filter_update.recentre}")
         return self
 
 

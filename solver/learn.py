@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
+from .adaptive import LowerLayer, PixelPath, PixelShard
 from .algorithms.consensus import update_filters_consensus
 from .algorithms.filter_update import filter_lipschitz, update_filters_pooled
 from .algorithms.recentre import crop_to_energy, recentre, roll_state
-from .backend import Array
+from .backend import Array, get_backend
 from .coding import inference_config
 from .config import FilterUpdateConfig, LayerSpec, LearnConfig
 from .connectivity import connectivity_table
@@ -180,11 +181,18 @@ def learn_layer(
     backend: Literal["auto", "numpy", "cupy"] = "auto",
     init_filters: Array | None = None,
     callback: Callable[[IterStats], None] | None = None,
+    lower: Sequence[LowerLayer] = (),
+    switches: Sequence[Array | None] = (),
 ) -> LearnResult:
     """:func:`learn` from a validated :class:`~solver.config.LearnConfig` of one layer (the entry point of jobs).
 
     A config of several layers is refused: :func:`~solver.stack.learn_stack` learns those, and
     :func:`~solver.stack.layer_config` gives the one-layer config of each.
+
+    With ``config.reconstruct_to == "pixels"`` (the 2011 model, :mod:`solver.adaptive`) the layer reconstructs
+    `images`, the pixels, through the frozen layers `lower` (bottom first) at their `switches` for these images;
+    its filters read the channels and spatial shape that the layer below gives, and its maps keep one non-zero
+    per block of ``layers[0].pool``. Without `lower` this is a first layer.
     """
     if len(config.layers) != 1:
         raise ValueError(f"learn_layer learns one layer, got a config of {len(config.layers)} layers: use "
@@ -196,10 +204,17 @@ def learn_layer(
     if config.dtype is not None:
         y = y.astype(config.dtype, copy=False)
     layer = config.layers[0]
+    pixels = config.reconstruct_to == "pixels"
+    if (lower or switches) and not pixels:
+        raise ValueError("lower layers are given only with reconstruct_to 'pixels' (the 2011 model)")
+    path = PixelPath(lower, switches, y.shape[-2:], y.shape[0], config.boundary, get_backend("numpy"),
+                     y.dtype) if pixels else None
     N, C, H, W = y.shape
+    if path is not None and not path.identity:
+        C, (H, W) = path.input_channels, path.input_shape
     s = layer.filter_size
     if s > H or s > W:
-        raise ValueError(f"filter_size {s} is larger than the images ({H}x{W})")
+        raise ValueError(f"filter_size {s} is larger than the layer's input ({H}x{W})")
     table = connectivity_table(layer.connectivity, layer.n_filters, C, seed=config.seed)
     if init_filters is None:
         f0 = initial_filters(layer.n_filters, C, s, seed=config.seed, norm=config.filter_update.norm,
@@ -209,7 +224,10 @@ def learn_layer(
         if f0.shape != (layer.n_filters, C, s, s):
             raise ValueError(f"init_filters must have shape {(layer.n_filters, C, s, s)}, got {f0.shape}")
         check_finite(f0, "init_filters")
-    if config.filter_update.recentre:
+    if pixels:
+        pool = LocalPool([PixelShard(y, config, table, lower, switches, backend)])
+        filters, history, stats = alternate(pool, config, f0, callback=callback)
+    elif config.filter_update.recentre:
         pool, filters, history, stats = _learn_recentred(y, config, table, backend, f0, callback)
     else:
         pool = LocalPool([Shard(y, config, table, backend)])

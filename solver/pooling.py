@@ -28,7 +28,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from .backend import Array, backend_of
-from .stack import StackModel, project_through
 
 Size3 = tuple[int, int, int]
 
@@ -208,54 +207,4 @@ def identity_switches(shape: Sequence[int], xp: object = np) -> Array:
     return xp.broadcast_to(index, (N, K, H, W))
 
 
-def pooled_project_down(
-    model: StackModel,
-    maps: Array,
-    switches: Sequence[Array],
-    map_shapes: Sequence[Sequence[int]],
-    from_layer: int | None = None,
-    *,
-    offset: bool = True,
-) -> Array:
-    r"""Project maps of layer l down to pixels through the unpooling of every layer below (2011):
-
-    .. math:: \hat y = F_1 U_{s_1} F_2 U_{s_2} \cdots U_{s_{l-1}} F_l\, z_l
-
-    (:math:`F_j`: layer j's synthesis, :func:`~solver.coding.reconstruct`; :math:`U_{s_j}`: :func:`unpool3d` at
-    layer j's switches). As in :func:`~solver.stack.project_down`, the recorded rescale of layer j+1's input is
-    undone before unpooling, since layer j+1 reads ``rescale(pool(z_j))``.
-
-    Parameters
-    ----------
-    model : StackModel
-        Layer j+1 reads the *pooled* maps of layer j, so its ``n_channels`` is ``⌈K_j / pk_j⌉``. (The model's
-        check ``n_channels == K_j`` allows only pk = 1 today.)
-    maps : array of shape (N, K_l, H_l', W_l')
-    switches : sequence of integer arrays
-        ``switches[j - 1]`` from ``pool3d`` of layer j's maps, for j = 1 … l−1 (longer sequences are cut).
-    map_shapes : sequence of 4-tuples
-        ``map_shapes[j - 1]``: the unpooled shape (N, K_j, H_j', W_j') of layer j's maps.
-    from_layer : int, optional
-        l (1-based); the top layer by default.
-    offset : bool
-        As in :func:`~solver.stack.project_down`.
-
-    Returns
-    -------
-    array of shape (N, C_1, H, W)
-        The maps' backend and dtype; equal to ``project_down(model, maps, l)`` for 1×1×1 pooling.
-    """
-    top = model.check_layer(from_layer)
-    if len(switches) < top - 1 or len(map_shapes) < top - 1:
-        raise ValueError(
-            f"switches and map_shapes need {top - 1} entries (layers 1 … {top - 1}), got "
-            f"{len(switches)} and {len(map_shapes)}"
-        )
-    K = model.layers[top - 1].n_filters
-    if getattr(maps, "ndim", None) != 4 or maps.shape[1] != K:
-        raise ValueError(f"maps of layer {top} must have shape (N, {K}, H', W'), got shape {np.shape(maps)}")
-    return project_through(model, maps, top, offset=offset,
-                           between=lambda index, x: unpool3d(x, switches[index], map_shapes[index]))
-
-
-__all__ = ["identity_switches", "pool3d", "pooled_project_down", "pooled_shape", "select3d", "unpool3d"]
+__all__ = ["identity_switches", "pool3d", "pooled_shape", "select3d", "unpool3d"]

@@ -16,6 +16,13 @@ Shapes: layer l reads ``(N, C_l, H_l, W_l)`` (C_1 = the image channels, C_{l+1} 
 ``(N, K_l, H_l', W_l')``; with the valid boundary ``H_{l+1} = H_l' = H_l + s_l − 1``, so the reconstruction of
 layer-(l+1) maps has exactly the shape of the layer-l maps, and a projection to pixels has the images' shape.
 
+Pooling and the 2011 model. A layer with ``pool`` (:class:`~solver.config.LayerSpec`) max-pools its maps in 3-D
+with switches (:mod:`solver.pooling`) before the layer above reads them, so layer l+1 reads ``⌈K_l/pk⌉``
+channels of ``⌈H_l'/ph⌉ × ⌈W_l'/pw⌉``, and every projection down unpools at the switches of the images being
+projected (:class:`StackCode` carries them). With ``reconstruct_to="pixels"`` (Zeiler, Taylor & Fergus 2011,
+:mod:`solver.adaptive`) every layer instead reconstructs the preprocessed pixels through the frozen layers below,
+there is no rescale between layers, and inference is the 2011 ISTA with the pooling of each layer.
+
 Layer *numbers* are 1-based (layer 1 reads the pixels), as in the papers and the job service; an ``index`` is a
 0-based position in ``config.layers``.
 """
@@ -26,18 +33,21 @@ import functools
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 
-from .backend import Array
+from .adaptive import LowerLayer, PixelPath, code_pixels, pool_maps
+from .backend import Array, get_backend
 from .coding import Method, encode, reconstruct
 from .config import LearnConfig
 from .connectivity import connectivity_table
 from .learn import IterStats, LearnResult, learn_layer
 from .operators import BOUNDARIES, map_shape
+from .pooling import pooled_shape, unpool3d
 from .preprocess import FittedPreprocess, PreprocessConfig
+from .validation import as_images
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +62,16 @@ MODEL_FORMAT = 1
 def layer_config(config: LearnConfig, index: int) -> LearnConfig:
     """The one-layer config that learns ``config.layers[index]`` (0-based) on the input of that layer.
 
-    The same inference, filter update, boundary, seed and dtype; ``n_iter`` is the layer's own when it has one,
-    else the config's; the preprocessing is ``config.preprocess`` for layer 1 and :data:`INTER_LAYER_PREPROCESS`
-    above it.
+    The same inference, filter update, boundary, seed, dtype and ``reconstruct_to``; ``n_iter`` is the layer's
+    own when it has one, else the config's; the preprocessing is ``config.preprocess`` for layer 1, and above it
+    :data:`INTER_LAYER_PREPROCESS` (2010) or none (2011: the layer reads the preprocessed pixels of layer 1).
     """
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(config.layers):
         raise ValueError(f"index must be an integer in [0, {len(config.layers)}), got {index!r}")
-    preprocess = config.preprocess if index == 0 else INTER_LAYER_PREPROCESS
+    if index == 0:
+        preprocess = config.preprocess
+    else:  # the 2011 model reads the pixels of layer 1 at every layer, already preprocessed
+        preprocess = INTER_LAYER_PREPROCESS if config.reconstruct_to == "below" else None
     layer = config.layers[index]
     data = config.model_dump(exclude={"layers", "preprocess"})
     return LearnConfig.model_validate({**data, "n_iter": layer.n_iter or config.n_iter,
@@ -68,7 +81,8 @@ def layer_config(config: LearnConfig, index: int) -> LearnConfig:
 
 def check_stack(config: LearnConfig, n_channels: int, image_shape: tuple[int, int]) -> None:
     """Raise ``ValueError`` when a layer of `config` cannot run on the input it will get (checked before any
-    learning): its filters larger than its input, or a connectivity table that does not fit (K, C)."""
+    learning): its filters larger than its input, or a connectivity table that does not fit (K, C). Layer l+1
+    reads the pooled maps of layer l when layer l pools."""
     C, (H, W) = int(n_channels), image_shape
     for index, layer in enumerate(config.layers):
         if layer.filter_size > min(H, W):
@@ -79,6 +93,8 @@ def check_stack(config: LearnConfig, n_channels: int, image_shape: tuple[int, in
         except ValueError as exc:
             raise ValueError(f"layers.{index}.connectivity: {exc}") from None
         C, (H, W) = layer.n_filters, map_shape((H, W), layer.filter_size, config.boundary)
+        if layer.pool is not None:
+            _, C, H, W = pooled_shape((1, C, H, W), layer.pool)
 
 
 @dataclass(frozen=True)
@@ -97,6 +113,8 @@ class LayerModel:
         λ > 0, the weight of the sparsity term.
     p : float
         Sparsity exponent in (0, 1].
+    pool : (int, int, int) or None
+        3-D max pooling (maps, rows, columns) of this layer's maps for the layer above; None: none.
     """
 
     filters: np.ndarray
@@ -104,6 +122,7 @@ class LayerModel:
     preprocess: FittedPreprocess | None
     lam: float
     p: float = 1.0
+    pool: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         f, g = np.asarray(self.filters), np.asarray(self.connectivity)
@@ -116,12 +135,24 @@ class LayerModel:
             raise ValueError(f"lam must be a positive number, got {self.lam!r}")
         if not 0 < self.p <= 1:
             raise ValueError(f"p must be in (0, 1], got {self.p!r}")
+        if self.pool is not None:
+            pooled_shape((1, 1, 1, 1), self.pool)  # raises ValueError naming the size
+            object.__setattr__(self, "pool", tuple(int(d) for d in self.pool))
         object.__setattr__(self, "filters", f)
         object.__setattr__(self, "connectivity", g)
 
     @property
     def n_filters(self) -> int:
         return int(self.filters.shape[0])
+
+    @property
+    def n_outputs(self) -> int:
+        """The channels the layer above reads: K, or ⌈K/pk⌉ after pooling."""
+        return self.n_filters if self.pool is None else -(-self.n_filters // self.pool[0])
+
+    def lower(self) -> LowerLayer:
+        """This layer as a frozen layer below another one (:mod:`solver.adaptive`)."""
+        return LowerLayer(self.filters, self.connectivity, self.pool)
 
     @property
     def n_channels(self) -> int:
@@ -142,6 +173,7 @@ class StackModel:
 
     layers: tuple[LayerModel, ...]
     boundary: Literal["circular", "valid"] = "circular"
+    reconstruct_to: Literal["below", "pixels"] = "below"
 
     def __post_init__(self) -> None:
         layers = tuple(self.layers)
@@ -149,15 +181,22 @@ class StackModel:
             raise ValueError("a stack model needs at least one layer")
         if self.boundary not in BOUNDARIES:
             raise ValueError(f"boundary must be one of {BOUNDARIES}, got {self.boundary!r}")
+        if self.reconstruct_to not in ("below", "pixels"):
+            raise ValueError(f"reconstruct_to must be 'below' or 'pixels', got {self.reconstruct_to!r}")
         for number, (below, above) in enumerate(zip(layers, layers[1:], strict=False), start=2):
-            if above.n_channels != below.n_filters:
-                raise ValueError(f"layer {number} reads {above.n_channels} channels but layer {number - 1} has "
-                                 f"{below.n_filters} maps")
+            if above.n_channels != below.n_outputs:
+                pooled = "" if below.pool is None else f" (pooled {below.pool[0]} maps to one)"
+                raise ValueError(f"layer {number} reads {above.n_channels} channels but layer {number - 1} gives "
+                                 f"{below.n_outputs} maps{pooled}")
         object.__setattr__(self, "layers", layers)
 
     @property
     def n_layers(self) -> int:
         return len(self.layers)
+
+    def pools_below(self, layer: int) -> bool:
+        """Whether any layer under `layer` (1-based) pools, so that projecting its maps down needs switches."""
+        return any(m.pool is not None for m in self.layers[: layer - 1])
 
     def check_layer(self, layer: int | None) -> int:
         """`layer` (1-based) when the model has it; the top layer for None."""
@@ -170,20 +209,24 @@ class StackModel:
     @classmethod
     def from_layers(cls, filters: Sequence[Array], connectivity: Sequence[Array | None],
                     preprocess: Sequence[FittedPreprocess | Mapping | None], lam: Sequence[float],
-                    p: Sequence[float], boundary: Literal["circular", "valid"] = "circular") -> StackModel:
+                    p: Sequence[float], boundary: Literal["circular", "valid"] = "circular",
+                    pool: Sequence[Sequence[int] | None] | None = None,
+                    reconstruct_to: Literal["below", "pixels"] = "below") -> StackModel:
         """From per-layer sequences (bottom layer first). A connectivity of None is the full table; a preprocess
-        may be a :class:`FittedPreprocess` or its ``to_dict()``."""
-        counts = {len(filters), len(connectivity), len(preprocess), len(lam), len(p)}
-        if len(counts) != 1:
-            raise ValueError("filters, connectivity, preprocess, lam and p must have one entry per layer, got "
-                             f"lengths {[len(filters), len(connectivity), len(preprocess), len(lam), len(p)]}")
+        may be a :class:`FittedPreprocess` or its ``to_dict()``; `pool` defaults to no pooling anywhere."""
+        pool = [None] * len(filters) if pool is None else list(pool)
+        lengths = [len(filters), len(connectivity), len(preprocess), len(lam), len(p), len(pool)]
+        if len(set(lengths)) != 1:
+            raise ValueError("filters, connectivity, preprocess, lam, p and pool must have one entry per layer, "
+                             f"got lengths {lengths}")
         layers = []
-        for f, g, pre, lam_l, p_l in zip(filters, connectivity, preprocess, lam, p, strict=True):
+        for f, g, pre, lam_l, p_l, pool_l in zip(filters, connectivity, preprocess, lam, p, pool, strict=True):
             f = np.asarray(f)
             table = np.ones(f.shape[:2], dtype=bool) if g is None else np.asarray(g)
             fitted = FittedPreprocess.from_dict(dict(pre)) if isinstance(pre, Mapping) else pre
-            layers.append(LayerModel(f, table, fitted, float(lam_l), float(p_l)))
-        return cls(tuple(layers), boundary)
+            size = None if pool_l is None else tuple(pool_l)
+            layers.append(LayerModel(f, table, fitted, float(lam_l), float(p_l), size))
+        return cls(tuple(layers), boundary, reconstruct_to)
 
     @classmethod
     def from_results(cls, results: Sequence[LearnResult]) -> StackModel:
@@ -193,7 +236,8 @@ class StackModel:
         specs = [r.config.layers[0] for r in results]
         return cls.from_layers([r.filters for r in results], [r.connectivity for r in results],
                                [r.preprocess for r in results], [s.lam for s in specs], [s.p for s in specs],
-                               results[0].config.boundary)
+                               results[0].config.boundary, [s.pool for s in specs],
+                               results[0].config.reconstruct_to)
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """(arrays, metadata): ``filters-L<l>`` (K, C, s, s) and ``connectivity-L<l>`` (K, C) bool per layer, and
@@ -204,8 +248,10 @@ class StackModel:
             arrays[f"filters-L{number}"] = layer.filters
             arrays[f"connectivity-L{number}"] = layer.connectivity
             entries.append({"lam": layer.lam, "p": layer.p,
-                            "preprocess": None if layer.preprocess is None else layer.preprocess.to_dict()})
-        return arrays, {"format": MODEL_FORMAT, "boundary": self.boundary, "layers": entries}
+                            "preprocess": None if layer.preprocess is None else layer.preprocess.to_dict(),
+                            "pool": None if layer.pool is None else list(layer.pool)})
+        return arrays, {"format": MODEL_FORMAT, "boundary": self.boundary, "reconstruct_to": self.reconstruct_to,
+                        "layers": entries}
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, Array], metadata: Mapping[str, Any]) -> StackModel:
@@ -224,10 +270,33 @@ class StackModel:
         try:
             lam, p = [float(e["lam"]) for e in entries], [float(e.get("p", 1.0)) for e in entries]
             pre = [e.get("preprocess") for e in entries]
+            pool = [None if e.get("pool") is None else [int(d) for d in e["pool"]] for e in entries]
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"every layer entry needs a numeric 'lam' (and 'p'): {exc}") from None
+            raise ValueError(f"every layer entry needs a numeric 'lam' (and 'p', 'pool'): {exc}") from None
         return cls.from_layers([np.asarray(arrays[f]) for f, _ in names],
-                               [np.asarray(arrays[g]).astype(bool) for _, g in names], pre, lam, p, boundary)
+                               [np.asarray(arrays[g]).astype(bool) for _, g in names], pre, lam, p, boundary,
+                               pool, metadata.get("reconstruct_to", "below"))
+
+
+@dataclass(frozen=True)
+class StackCode:
+    """The maps of some images at every layer up to one, with the switches of the layers that pool.
+
+    Attributes
+    ----------
+    maps : list of arrays
+        ``maps[l - 1]``: layer l's maps (N, K_l, H_l', W_l'), unpooled.
+    switches : list of integer arrays or None
+        ``switches[l - 1]``: the switches of ``pool3d(maps[l - 1], pool_l)``, (N, ⌈K_l/pk⌉, ⌈H_l'/ph⌉,
+        ⌈W_l'/pw⌉); None for a layer that does not pool.
+    """
+
+    maps: list[Array]
+    switches: list[Array | None]
+
+    def select(self, index: Array | slice) -> StackCode:
+        """The code of some of the images (the same `index` on the first axis of every array)."""
+        return StackCode([m[index] for m in self.maps], [None if s is None else s[index] for s in self.switches])
 
 
 @dataclass(frozen=True)
@@ -238,12 +307,16 @@ class StackResult:
     ----------
     layers : list of LearnResult
         Layer l's filters (K_l, C_l, s_l, s_l), final maps, history, connectivity and the fitted preprocessing of
-        its input (``preprocess``: the images' for layer 1, the :data:`INTER_LAYER_PREPROCESS` rescale above).
+        its input (``preprocess``: the images' for layer 1; the :data:`INTER_LAYER_PREPROCESS` rescale above it
+        in the 2010 model, None in the 2011 one).
     config : LearnConfig
+    switches : list of integer arrays or None
+        Per layer, the switches of its final training maps (None where it does not pool).
     """
 
     layers: list[LearnResult]
     config: LearnConfig
+    switches: list[np.ndarray | None] = field(default_factory=list)
 
     @property
     def model(self) -> StackModel:
@@ -254,6 +327,12 @@ class StackResult:
         """E after every outer iteration, per layer."""
         return [r.history for r in self.layers]
 
+    @property
+    def code(self) -> StackCode:
+        """The final training maps of every layer with their switches."""
+        switches = self.switches or [None] * len(self.layers)
+        return StackCode([r.maps for r in self.layers], list(switches))
+
 
 def learn_stack(
     images: Array,
@@ -262,15 +341,17 @@ def learn_stack(
     backend: Literal["auto", "numpy", "cupy"] = "auto",
     callback: Callable[[int, IterStats], None] | None = None,
 ) -> StackResult:
-    """Learn every layer of `config`, bottom first (the 2010 layer-wise scheme; lower layers stay frozen).
+    """Learn every layer of `config`, bottom first; lower layers stay frozen.
 
     Parameters
     ----------
     images : array of shape (N, C, H, W), (N, H, W) or (H, W)
-        Layer 1's images, preprocessed by ``config.preprocess`` (when set) inside :func:`learn_layer`.
+        Layer 1's images, preprocessed by ``config.preprocess`` (when set).
     config : LearnConfig
-        One :class:`~solver.config.LayerSpec` per layer; layer ``index`` runs ``layer_config(config, index)`` on
-        the final maps of the layer below (rescaled by :data:`INTER_LAYER_PREPROCESS`, fitted on those maps).
+        One :class:`~solver.config.LayerSpec` per layer; layer ``index`` runs ``layer_config(config, index)``.
+        2010 (``reconstruct_to="below"``): on the final maps of the layer below, pooled when that layer pools,
+        and rescaled by :data:`INTER_LAYER_PREPROCESS` fitted on them. 2011 (``"pixels"``): on the preprocessed
+        images, through the frozen layers below at the switches of their final training maps.
     backend : {"auto", "numpy", "cupy"}
     callback : callable, optional
         ``callback(layer, stats)`` after every outer iteration, with the 1-based layer number and the
@@ -279,7 +360,7 @@ def learn_stack(
     Returns
     -------
     StackResult
-        Its ``model`` encodes new images (:func:`encode_stack`) and projects maps down (:func:`project_down`).
+        Its ``model`` encodes new images (:func:`encode_layers`) and projects maps down (:func:`project_down`).
 
     Raises
     ------
@@ -293,16 +374,100 @@ def learn_stack(
     if config.preprocess is not None and config.preprocess.grey and channels == 3:
         channels = 1
     check_stack(config, channels, (shape[-2], shape[-1]))
+    pixels = config.reconstruct_to == "pixels"
+    fitted = None
+    if pixels and config.preprocess is not None:  # once: every layer reconstructs these preprocessed pixels
+        images, fitted = FittedPreprocess.fit(np.asarray(images), config.preprocess)
     results: list[LearnResult] = []
+    switches: list[np.ndarray | None] = []
     x: Array = images
     for index in range(len(config.layers)):
         step = None if callback is None else functools.partial(callback, index + 1)
-        result = learn_layer(x, layer_config(config, index), backend=backend, callback=step)
+        layer_cfg = layer_config(config, index)
+        if pixels:
+            lower = [LowerLayer(r.filters, r.connectivity, r.config.layers[0].pool) for r in results]
+            result = learn_layer(images, layer_cfg.model_copy(update={"preprocess": None}), backend=backend,
+                                 callback=step, lower=lower, switches=list(switches))
+            if index == 0:
+                result = replace(result, preprocess=fitted)
+        else:
+            result = learn_layer(x, layer_cfg, backend=backend, callback=step)
         logger.info("layer %d: %d maps, E %.6g after %d outer iterations", index + 1, result.filters.shape[0],
                     result.history[-1], len(result.history))
         results.append(result)
-        x = result.maps
-    return StackResult(results, config)
+        x, sw = pool_maps(result.maps, config.layers[index].pool)
+        switches.append(sw)
+    return StackResult(results, config, switches)
+
+
+def encode_layers(
+    model: StackModel,
+    images: Array,
+    *,
+    layers: int | None = None,
+    method: Method | Any | None = None,
+    max_iter: int | None = None,
+    tol: float | None = None,
+    backend: Literal["auto", "numpy", "cupy"] = "auto",
+) -> StackCode:
+    """Maps and switches of every layer up to `layers` (default: the top one) for new images.
+
+    Layer 1's preprocessing is applied to `images`. In the 2010 model each higher layer codes the (pooled) maps
+    of the layer below, transformed by its recorded rescale, as in learning; `method` (default ``"admm"``),
+    `max_iter`, `tol` and `backend` go to :func:`~solver.coding.encode` for every layer. In the 2011 model
+    (``model.reconstruct_to == "pixels"``) each layer codes the preprocessed images through the layers below at
+    the switches just found for them (the bottom-up pass), by :func:`solver.adaptive.code_pixels`; `method` must
+    then be ``"fista"`` (or None), with at most `max_iter` iterations (default 200) stopped at relative change
+    `tol` (default 1e-5).
+
+    Returns
+    -------
+    StackCode
+        ``maps[l - 1]`` of shape (N, K_l, H_l', W_l'), in the images' dtype (float32 in, float32 out).
+    """
+    top = model.check_layer(layers)
+    if model.reconstruct_to == "pixels":
+        return _encode_pixels(model, images, top, method, max_iter, tol, backend)
+    x, maps, switches = images, [], []
+    for spec in model.layers[:top]:
+        result = encode(x, spec.filters, spec.lam, p=spec.p, boundary=model.boundary,
+                        connectivity=spec.connectivity, preprocess=spec.preprocess,
+                        method="admm" if method is None else method, max_iter=max_iter, tol=tol, backend=backend)
+        maps.append(result.maps)
+        x, sw = pool_maps(result.maps, spec.pool)
+        switches.append(sw)
+    return StackCode(maps, switches)
+
+
+def _encode_pixels(model: StackModel, images: Array, top: int, method: Any, max_iter: int | None,
+                   tol: float | None, backend: str) -> StackCode:
+    name = method if method is None or isinstance(method, str) else getattr(method, "method", method)
+    if name not in (None, "fista"):
+        raise ValueError(f"method must be 'fista' for a model with reconstruct_to 'pixels' (the 2011 ISTA), "
+                         f"got {method!r}")
+    if not isinstance(method, str) and method is not None:
+        max_iter = method.max_iter if max_iter is None else max_iter
+        tol = method.tol if tol is None else tol
+    first = model.layers[0]
+    y = as_images(images)
+    if first.preprocess is not None:
+        y = first.preprocess.apply(np.asarray(y)).astype(y.dtype, copy=False)
+    bk = get_backend(backend)
+    y = bk.asarray(y)
+    maps: list[Array] = []
+    switches: list[Array | None] = []
+    for index, spec in enumerate(model.layers[:top]):
+        lower = [m.lower() for m in model.layers[:index]]
+        path = PixelPath(lower, switches, y.shape[-2:], y.shape[0], model.boundary, bk, y.dtype)
+        if spec.n_channels != (y.shape[1] if path.identity else path.input_channels):
+            raise ValueError(f"layer {index + 1} reads {spec.n_channels} channels, but its input has "
+                             f"{y.shape[1] if path.identity else path.input_channels}")
+        result = code_pixels(y, spec.filters, spec.lam, p=spec.p, pool=spec.pool, connectivity=spec.connectivity,
+                             path=path, boundary=model.boundary, max_iter=200 if max_iter is None else max_iter,
+                             tol=1e-5 if tol is None else tol)
+        maps.append(result.maps)
+        switches.append(pool_maps(result.maps, spec.pool)[1])
+    return StackCode(maps, switches)
 
 
 def encode_stack(
@@ -310,31 +475,14 @@ def encode_stack(
     images: Array,
     *,
     layers: int | None = None,
-    method: Method | Any = "admm",
+    method: Method | Any | None = None,
     max_iter: int | None = None,
     tol: float | None = None,
     backend: Literal["auto", "numpy", "cupy"] = "auto",
 ) -> list[Array]:
-    """Maps of every layer up to `layers` (default: the top one) for new images.
-
-    Layer 1's preprocessing is applied to `images`; each higher layer codes the maps of the layer below,
-    transformed by its recorded rescale, as in learning. `method`, `max_iter`, `tol` and `backend` go to
-    :func:`~solver.coding.encode` for every layer.
-
-    Returns
-    -------
-    list of arrays
-        ``maps[l - 1]`` of shape (N, K_l, H_l', W_l'), in the images' dtype (float32 in, float32 out).
-    """
-    top = model.check_layer(layers)
-    x, out = images, []
-    for spec in model.layers[:top]:
-        result = encode(x, spec.filters, spec.lam, p=spec.p, boundary=model.boundary,
-                        connectivity=spec.connectivity, preprocess=spec.preprocess, method=method,
-                        max_iter=max_iter, tol=tol, backend=backend)
-        out.append(result.maps)
-        x = result.maps
-    return out
+    """The maps of :func:`encode_layers` (every layer up to `layers`), without the switches."""
+    return encode_layers(model, images, layers=layers, method=method, max_iter=max_iter, tol=tol,
+                         backend=backend).maps
 
 
 def _undo_rescale(x: Array, preprocess: FittedPreprocess | None, *, offset: bool) -> Array:
@@ -346,21 +494,28 @@ def _undo_rescale(x: Array, preprocess: FittedPreprocess | None, *, offset: bool
     return (x + st.mean) * st.scale + st.shift if offset else x * st.scale
 
 
-def project_down(model: StackModel, maps: Array, from_layer: int | None = None, *, offset: bool = True) -> Array:
+def project_down(model: StackModel, maps: Array, from_layer: int | None = None, *,
+                 switches: Sequence[Array | None] | None = None,
+                 map_shapes: Sequence[Sequence[int]] | None = None, offset: bool = True) -> Array:
     r"""Reconstruct maps of layer `from_layer` through every layer below, down to pixels.
 
-    .. math:: y^{(l-1)} = R_{l-1}^{-1}\Big(\sum_k g^{(l)}_{kc}\, z^{(l)}_k \circledast f^{(l)}_{kc}\Big),
-              \quad \dots, \quad \hat y = \sum_k g^{(1)}_{kc}\, z^{(1)}_k \circledast f^{(1)}_{kc}
+    .. math:: y^{(l-1)} = U_{s_{l-1}} R_{l-1}^{-1}\Big(\sum_k g^{(l)}_{kc}\, z^{(l)}_k \circledast
+              f^{(l)}_{kc}\Big), \quad \dots, \quad \hat y = \sum_k g^{(1)}_{kc}\, z^{(1)}_k \circledast f^{(1)}_{kc}
 
-    with :math:`R_l^{-1}` the inverse of the rescale of layer l+1's input, ``(y + mean)·scale + shift``.
+    with :math:`R_l^{-1}` the inverse of the rescale of layer l+1's input, ``(y + mean)·scale + shift`` (2010
+    model; none in the 2011 one), and :math:`U_{s_l}` the unpooling at layer l's switches where it pools.
 
     Parameters
     ----------
     model : StackModel
     maps : array of shape (N, K_l, H_l', W_l')
-        Maps of layer l (e.g. from :func:`encode_stack`, or one-hot maps).
+        Maps of layer l (e.g. from :func:`encode_layers`, or one-hot maps).
     from_layer : int, optional
         l (1-based); the top layer by default.
+    switches, map_shapes : sequences, optional
+        Needed when a layer below l pools: ``switches[j - 1]`` and ``map_shapes[j - 1]`` are layer j's switches
+        for these N images and the shape (N, K_j, H_j', W_j') of its maps, for j = 1 … l−1 (a
+        :class:`StackCode` has both: :func:`reconstruct_from`). Longer sequences are cut.
     offset : bool
         Undo the rescales in full (default), or only their linear part ``y·scale``, which leaves out the constant
         that the shift and mean add (what :func:`pixel_filters` shows).
@@ -375,14 +530,36 @@ def project_down(model: StackModel, maps: Array, from_layer: int | None = None, 
     K = model.layers[top - 1].n_filters
     if np.ndim(maps) != 4 or maps.shape[1] != K:
         raise ValueError(f"maps of layer {top} must have shape (N, {K}, H', W'), got shape {np.shape(maps)}")
-    return project_through(model, maps, top, offset=offset)
+    between = None
+    if model.pools_below(top):
+        if switches is None or map_shapes is None or len(switches) < top - 1 or len(map_shapes) < top - 1:
+            raise ValueError(f"switches and map_shapes need an entry for each of layers 1 … {top - 1}: a layer "
+                             "below pools, and projecting down unpools at the switches of these images")
+        for j in range(top - 1):
+            if (switches[j] is None) != (model.layers[j].pool is None):
+                raise ValueError(f"switches[{j}] must be given exactly when layer {j + 1} pools")
+
+        def between(index: int, x: Array) -> Array:
+            sw = switches[index]
+            return x if sw is None else unpool3d(x, sw, map_shapes[index])
+
+    return project_through(model, maps, top, offset=offset, between=between)
+
+
+def reconstruct_from(model: StackModel, code: StackCode, layer: int | None = None, *, offset: bool = True) -> Array:
+    """:func:`project_down` of ``code.maps[layer - 1]`` with the code's own switches: the images seen from `layer`."""
+    top = model.check_layer(layer)
+    if len(code.maps) < top:
+        raise ValueError(f"the code holds maps of {len(code.maps)} layers, not of layer {top}")
+    return project_down(model, code.maps[top - 1], top, switches=code.switches,
+                        map_shapes=[tuple(m.shape) for m in code.maps], offset=offset)
 
 
 def project_through(model: StackModel, maps: Array, top: int, *, offset: bool = True,
                     between: Callable[[int, Array], Array] | None = None) -> Array:
     """The loop of :func:`project_down` for checked arguments: reconstruct layer `top`'s maps through every layer
     below, undoing each rescale; ``between(index, x)``, when given, transforms the maps of layer ``index``
-    (0-based) once they are rebuilt (unpooling, in :func:`solver.pooling.pooled_project_down`)."""
+    (0-based) once they are rebuilt (the unpooling)."""
     x = maps
     for index in range(top - 1, -1, -1):
         spec = model.layers[index]
@@ -404,12 +581,18 @@ def pixel_filters(model: StackModel, layer: int) -> np.ndarray:
     not depend on the model's boundary. The rescales between layers are undone by their linear part only
     (``y·scale``): their offsets would add a constant to every projection, not a feature.
 
+    A layer above a pooling layer has no image-independent pixel view (the unpooling depends on the switches of
+    an image): :func:`top_projections` shows it.
+
     Returns
     -------
     ndarray of shape (K_l, C_1, S, S)
         In the filters' dtype; ready for :func:`~solver.montage.filter_montage`.
     """
     top = model.check_layer(layer)
+    if model.pools_below(top):
+        raise ValueError(f"layer {top} sits above a pooling layer, so its pixel view depends on an image's "
+                         "switches: use solver.stack.top_projections with encoded images")
     K = model.layers[top - 1].n_filters
     S = 1 + sum(m.filter_size - 1 for m in model.layers[:top])
     dtype = model.layers[top - 1].filters.dtype
@@ -422,6 +605,84 @@ def pixel_filters(model: StackModel, layer: int) -> np.ndarray:
         if index > 0:
             x = _undo_rescale(x, spec.preprocess, offset=False)
     return x
+
+
+def footprint(model: StackModel, layer: int) -> tuple[int, int]:
+    """(rows, columns) of pixels that one entry of a layer-`layer` map can reach through the layers below:
+    ``s_l``, then ×ph_j + s_j − 1 down through each layer j below (pooling spreads a pooled cell over ph rows)."""
+    top = model.check_layer(layer)
+    rows = cols = model.layers[top - 1].filter_size
+    for spec in reversed(model.layers[: top - 1]):
+        ph, pw = (1, 1) if spec.pool is None else spec.pool[1:]
+        rows, cols = rows * ph + spec.filter_size - 1, cols * pw + spec.filter_size - 1
+    return rows, cols
+
+
+def top_projections(model: StackModel, code: StackCode, layer: int) -> np.ndarray:
+    """Each map of `layer` seen in pixel space through its strongest activation in `code` (Zeiler et al. 2011's
+    visualisation): the entry of largest magnitude of map k over all the coded images, alone in an otherwise
+    zero map, projected down with that image's switches, and cropped to the footprint around it.
+
+    Parameters
+    ----------
+    model : StackModel
+    code : StackCode
+        Maps and switches of some images up to `layer` (:func:`encode_layers`, or ``StackResult.code``).
+    layer : int
+        1-based.
+
+    Returns
+    -------
+    ndarray of shape (K_l, C_1, S, S)
+        S the larger side of :func:`footprint`; all zeros for a map that is zero on every image. The rescales are
+        undone by their linear part only, as in :func:`pixel_filters`.
+    """
+    top = model.check_layer(layer)
+    if len(code.maps) < top:
+        raise ValueError(f"the code holds maps of {len(code.maps)} layers, not of layer {top}")
+    maps = _host(code.maps[top - 1])
+    K = model.layers[top - 1].n_filters
+    S = max(footprint(model, top))
+    C1 = model.layers[0].n_channels
+    out = np.zeros((K, C1, S, S), dtype=maps.dtype)
+    host = StackCode([_host(m) for m in code.maps[:top]], [None if s is None else _host(s)
+                                                            for s in code.switches[:top]])
+    for k in range(K):
+        flat = int(np.argmax(np.abs(maps[:, k])))
+        n, i, j = np.unravel_index(flat, maps[:, k].shape)
+        if maps[n, k, i, j] == 0:
+            continue
+        one = np.zeros((1,) + maps.shape[1:], dtype=maps.dtype)
+        one[0, k, i, j] = maps[n, k, i, j]
+        image = host.select(slice(n, n + 1))
+        pixels = project_down(model, one, top, switches=image.switches,
+                              map_shapes=[(1,) + tuple(m.shape[1:]) for m in image.maps], offset=False)[0]
+        out[k] = _crop_around(pixels, S, model.boundary == "circular")
+    return out
+
+
+def _host(a: Array) -> np.ndarray:
+    return a if isinstance(a, np.ndarray) else np.asarray(a.get())
+
+
+def _crop_around(x: np.ndarray, S: int, circular: bool) -> np.ndarray:
+    """An S×S window of `x` (C, H, W) holding its non-zero footprint (extent ≤ S), centred on it; wraps
+    around for a circular grid, pads with zeros otherwise."""
+    C, H, W = x.shape
+    energy = np.abs(x).sum(axis=0)
+    ci, cj = np.unravel_index(int(np.argmax(energy)), energy.shape)
+    # a (2S−1)-window centred on the strongest pixel holds the whole footprint
+    rows, cols = np.arange(ci - S + 1, ci + S), np.arange(cj - S + 1, cj + S)
+    if circular:
+        window = x[:, rows[:, None] % H, cols[None, :] % W]
+    else:
+        padded = np.pad(x, ((0, 0), (S, S), (S, S)))
+        window = padded[:, rows[:, None] + S, cols[None, :] + S]
+    nz_r, nz_c = np.nonzero(np.abs(window).sum(axis=0))
+    r0 = (int(nz_r.min()) + int(nz_r.max()) + 1 - S) // 2
+    c0 = (int(nz_c.min()) + int(nz_c.max()) + 1 - S) // 2
+    r0, c0 = min(max(r0, 0), 2 * S - 1 - S), min(max(c0, 0), 2 * S - 1 - S)
+    return window[:, r0:r0 + S, c0:c0 + S]
 
 
 def psnr(reference: Array, estimate: Array, *, peak: float | None = None) -> float:

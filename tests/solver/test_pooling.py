@@ -5,6 +5,7 @@ and the 2011 projection to pixels (equal to project_down for 1×1×1 pooling).""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from solver import LayerModel, StackModel, pool3d, project_down, reconstruct, unpool3d
 from solver.backend import Backend
-from solver.pooling import identity_switches, pooled_project_down, pooled_shape, select3d
+from solver.pooling import identity_switches, pooled_shape, select3d
 
 SHAPES_AND_SIZES = [
     ((2, 4, 6, 6), (2, 2, 2)),  # divisible
@@ -172,31 +173,33 @@ def test_unpool_rejects_switches_that_do_not_fit() -> None:
         unpool3d(pooled, switches, (2, 4, 4))
 
 
-def _model(rng: np.random.Generator, boundary: str, channels: list[int], dtype: type = np.float64) -> StackModel:
+def _model(rng: np.random.Generator, boundary: str, channels: list[int], dtype: type = np.float64,
+           pool: tuple[int, int, int] | None = None) -> StackModel:
     filters = [rng.standard_normal((k, c, 3, 3)).astype(dtype) for c, k in itertools.pairwise(channels)]
-    layers = tuple(LayerModel(f, np.ones(f.shape[:2], dtype=bool), None, 0.1) for f in filters)
+    layers = tuple(LayerModel(f, np.ones(f.shape[:2], dtype=bool), None, 0.1, pool=pool if i == 0 else None)
+                   for i, f in enumerate(filters))
     return StackModel(layers, boundary)
 
 
 @pytest.mark.parametrize("boundary", ["circular", "valid"])
-def test_pooled_project_down_with_unit_pooling_is_project_down(boundary: str, dtype: type, rng) -> None:
-    model = _model(rng, boundary, [1, 3, 4], dtype)
+def test_project_down_with_unit_pooling_is_project_down_without(boundary: str, dtype: type, rng) -> None:
+    model = _model(rng, boundary, [1, 3, 4], dtype, pool=(1, 1, 1))
+    plain = StackModel(tuple(replace(m, pool=None) for m in model.layers), boundary)
     grid = 6 if boundary == "circular" else 10
     maps = rng.standard_normal((2, 4, grid, grid)).astype(dtype)
     below = (2, 3, grid, grid) if boundary == "circular" else (2, 3, grid - 2, grid - 2)
-    switches = [identity_switches(below)]
-    out = pooled_project_down(model, maps, switches, [below])
-    expected = project_down(model, maps)
+    out = project_down(model, maps, switches=[identity_switches(below)], map_shapes=[below])
+    expected = project_down(plain, maps)
     assert out.dtype == dtype
     np.testing.assert_allclose(out, expected, rtol=1e3 * np.finfo(dtype).eps, atol=1e3 * np.finfo(dtype).eps)
 
 
-def test_pooled_project_down_unpools_between_layers(rng) -> None:
-    model = _model(rng, "valid", [1, 3, 3])
+def test_project_down_unpools_between_layers(rng) -> None:
+    model = _model(rng, "valid", [1, 3, 3], pool=(1, 2, 2))
     layer1 = rng.standard_normal((2, 3, 10, 10))  # layer-1 maps (images of 8×8)
     pooled, switches = pool3d(layer1, (1, 2, 2))  # layer 2 reads 5×5, its maps are 7×7
     layer2 = rng.standard_normal((2, 3, 7, 7))
-    out = pooled_project_down(model, layer2, [switches], [layer1.shape])
+    out = project_down(model, layer2, switches=[switches], map_shapes=[layer1.shape])
     spec1, spec2 = model.layers
     expected = reconstruct(
         unpool3d(reconstruct(layer2, spec2.filters, boundary="valid"), switches, layer1.shape),
@@ -207,7 +210,9 @@ def test_pooled_project_down_unpools_between_layers(rng) -> None:
     np.testing.assert_allclose(out, expected)
 
 
-def test_pooled_project_down_needs_switches_for_every_layer_below(rng) -> None:
-    model = _model(rng, "circular", [1, 3, 4])
+def test_project_down_needs_switches_for_every_pooling_layer_below(rng) -> None:
+    model = _model(rng, "circular", [1, 3, 4], pool=(1, 2, 2))
     with pytest.raises(ValueError, match="switches"):
-        pooled_project_down(model, np.zeros((1, 4, 6, 6)), [], [])
+        project_down(model, np.zeros((1, 4, 3, 3)))
+    with pytest.raises(ValueError, match="switches"):
+        project_down(model, np.zeros((1, 4, 3, 3)), switches=[None], map_shapes=[(1, 3, 6, 6)])

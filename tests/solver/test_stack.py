@@ -304,7 +304,7 @@ def test_model_from_arrays_names_what_is_missing(learned):
 
 def test_model_refuses_layers_that_do_not_chain(rng):
     model = _random_model(rng)
-    with pytest.raises(ValueError, match="layer 2 reads 3 channels but layer 1 has 4"):
+    with pytest.raises(ValueError, match="layer 2 reads 3 channels but layer 1 gives 4 maps"):
         StackModel((model.layers[0].__class__(np.zeros((4, 1, 3, 3), np.float32), np.ones((4, 1), bool), None, 0.1),
                     model.layers[1]))
     with pytest.raises(ValueError, match="connectivity"):
