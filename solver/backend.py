@@ -41,6 +41,35 @@ def gpu_available() -> bool:
     return _cupy() is not None
 
 
+def cupy_module() -> ModuleType:
+    """The cupy module, for the GPU kernels (:mod:`solver.gpu_kernels`); ``ValueError`` without a GPU."""
+    cupy = _cupy()
+    if cupy is None:
+        raise ValueError("cupy is not importable or no CUDA device answers")
+    return cupy
+
+
+_PLANNED_DTYPES = {"R2C": ("<f4", "<f8"), "C2R": ("<c8", "<c16")}
+
+
+def _cufft_plan(value_type: Literal["R2C", "C2R"], a: Array, s: tuple[int, int]) -> Any:
+    """The reusable cuFFT plan of a 2-D real transform of size `s` over the last two axes of the C-contiguous
+    cupy array `a` (None, cupy's own planning, for dtypes other than float32/64 and complex64/128)."""
+    if a.dtype.str not in _PLANNED_DTYPES[value_type]:
+        return None
+    return _cufft_plan_on(value_type, tuple(a.shape), a.dtype.str, tuple(s), _cupy().cuda.runtime.getDevice())
+
+
+@functools.lru_cache(maxsize=32)
+def _cufft_plan_on(value_type: str, shape: tuple[int, ...], dtype: str, s: tuple[int, int], device: int) -> Any:
+    """Plans keyed by the input's shape and dtype, the spatial size and the device, so that the inner loops of
+    the solvers plan once per array shape. At most 32 are kept (each holds cuFFT work space)."""
+    import cupyx.scipy.fft as cufft  # noqa: PLC0415
+
+    template = _cupy().empty(shape, dtype=dtype)  # get_fft_plan reads the shape, dtype and layout only
+    return cufft.get_fft_plan(template, shape=s, axes=(-2, -1), value_type=value_type)
+
+
 def _default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -63,20 +92,30 @@ class Backend:
     workers: int = 1
 
     def rfft2(self, a: Array, shape: tuple[int, int] | None = None) -> Array:
-        """Real 2-D FFT over the last two axes, zero-padding to `shape`; float32 -> complex64."""
+        """Real 2-D FFT over the last two axes, zero-padding to `shape`; float32 -> complex64.
+
+        On the GPU the cuFFT plan of `a`'s shape and dtype is made once and reused (:func:`_cufft_plan`).
+        """
         if self.name == "numpy":
             return scipy.fft.rfft2(a, s=shape, axes=(-2, -1), workers=self.workers)
         import cupyx.scipy.fft as cufft  # noqa: PLC0415
 
-        return cufft.rfft2(a, s=shape, axes=(-2, -1))
+        if shape is not None and tuple(shape) != tuple(a.shape[-2:]):  # zero-padding: cupy pads, then plans
+            return cufft.rfft2(a, s=shape, axes=(-2, -1))
+        a = self.xp.ascontiguousarray(a)
+        return cufft.rfft2(a, axes=(-2, -1), plan=_cufft_plan("R2C", a, a.shape[-2:]))
 
-    def irfft2(self, a: Array, shape: tuple[int, int]) -> Array:
-        """Inverse of :meth:`rfft2` for a real signal of spatial `shape`; complex64 -> float32."""
+    def irfft2(self, a: Array, shape: tuple[int, int], *, overwrite: bool = False) -> Array:
+        """Inverse of :meth:`rfft2` for a real signal of spatial `shape`; complex64 -> float32.
+
+        With `overwrite` the transform may destroy `a` (which saves cuFFT's copy of the input on the GPU).
+        """
         if self.name == "numpy":
-            return scipy.fft.irfft2(a, s=shape, axes=(-2, -1), workers=self.workers)
+            return scipy.fft.irfft2(a, s=shape, axes=(-2, -1), workers=self.workers, overwrite_x=overwrite)
         import cupyx.scipy.fft as cufft  # noqa: PLC0415
 
-        return cufft.irfft2(a, s=shape, axes=(-2, -1))
+        a = self.xp.ascontiguousarray(a)
+        return cufft.irfft2(a, s=shape, axes=(-2, -1), overwrite_x=overwrite, plan=_cufft_plan("C2R", a, shape))
 
     def asarray(self, a: Array, dtype: Any = None) -> Array:
         """Move `a` to this backend (no copy when it is already there with that dtype)."""
