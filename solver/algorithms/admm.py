@@ -16,8 +16,9 @@ The dual is kept in both domains (its update is linear), so one irfft and one rf
 iteration. An iteration ends in the Fourier domain with everything the next one needs: the state carries the
 next iteration's solution x̂ (``solve_hat``) and ``carry_hat`` = û + αx̂ + (1−α)ẑ, from which the next dual is
 carry_hat − ẑ_next. So the dual update, the data term of E (by Parseval, from ẑ) and the next solve share one
-pass over the Fourier arrays (:func:`solver.kernels.admm_fourier` for one channel and p = 1), and the state
-holds two complex arrays besides z and u.
+pass over the Fourier arrays (:func:`solver.kernels.admm_fourier` for one channel and p = 1, or its CUDA twin
+:func:`solver.gpu_kernels.admm_fourier` on the cupy backend), and the state holds two complex arrays besides z
+and u.
 
 Valid boundary: mask decoupling (Heide et al. CVPR 2015; SPORCO's ConvBPDNMaskDcpl) splits the circular
 synthesis D x = y₀ on the map grid and x = y₁; the data term ½‖P y₀ − y‖² then has an element-wise prox, and
@@ -30,7 +31,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .. import kernels
+from .. import gpu_kernels, kernels
 from ..backend import Array
 from ..config import AdmmConfig
 from ..linalg import ShiftedNormalFactor
@@ -107,15 +108,18 @@ class Admm:
         if self._masked:  # mask decoupling solves (DᴴD + I): the shift does not depend on ρ
             self._factor = problem.op.factor_shifted_normal(1.0)
         op = problem.op
+        # numba on the CPU, CUDA on the GPU: the same functions with the same signatures
+        self._kernels = kernels if problem.backend.name == "numpy" else gpu_kernels
         self._fused = (
-            self.config.fused and not self._masked and kernels.available() and problem.backend.name == "numpy"
+            self.config.fused and not self._masked and self._kernels.available()
             and op.n_channels == 1 and problem.p == 1.0 and problem.images.dtype in (np.float32, np.float64)
         )
         if self._fused:  # flattened views and the full Parseval weights the kernels read
+            xp = problem.backend.xp
             U, V = problem.images_hat.shape[-2:]
-            self._a = np.ascontiguousarray(op.filters_hat[:, 0].reshape(op.n_filters, U * V))
-            self._y_hat = np.ascontiguousarray(problem.images_hat[:, 0].reshape(-1, U * V))
-            self._w = np.ascontiguousarray(np.broadcast_to(problem._weights, (U, V)).reshape(U * V))
+            self._a = xp.ascontiguousarray(op.filters_hat[:, 0].reshape(op.n_filters, U * V))
+            self._y_hat = xp.ascontiguousarray(problem.images_hat[:, 0].reshape(-1, U * V))
+            self._w = xp.ascontiguousarray(xp.broadcast_to(problem._weights, (U, V)).reshape(U * V))
 
     @property
     def max_iter(self) -> int:
@@ -217,7 +221,8 @@ class Admm:
 
     def _irfft(self, a_hat: Array, *, overwrite: bool) -> Array:
         if self._fused:
-            return kernels.irfft2(a_hat, self.problem.op.map_shape, self.problem.backend.workers, overwrite=overwrite)
+            return self._kernels.irfft2(a_hat, self.problem.op.map_shape, self.problem.backend.workers,
+                                        overwrite=overwrite)
         return self.problem.op.irfft(a_hat)
 
     def _shrink(self, x: Array, s: AdmmState, due: bool, out: AdmmState | None
@@ -230,8 +235,8 @@ class Admm:
             flat = (N, K, -1)
             z_out = None if out is None else out.maps.reshape(flat)
             u_out = None if out is None else out.dual.reshape(flat)
-            maps, dual, sums = kernels.admm_spatial(x.reshape(flat), s.maps.reshape(flat), s.dual.reshape(flat), a,
-                                                    pb.lam / s.rho, residuals=due, z_out=z_out, u_out=u_out)
+            maps, dual, sums = self._kernels.admm_spatial(x.reshape(flat), s.maps.reshape(flat), s.dual.reshape(flat),
+                                                          a, pb.lam / s.rho, residuals=due, z_out=z_out, u_out=u_out)
             maps, dual, sparsity = maps.reshape(s.maps.shape), dual.reshape(s.maps.shape), pb.lam * sums[:, 5]
             if not due:
                 return maps, dual, sparsity, None
@@ -255,8 +260,8 @@ class Admm:
         if self._fused:
             N, K, U, V = maps_hat.shape
             flat = (N, K, U * V)
-            inv = np.broadcast_to(factor.inverse.reshape(-1, U * V), (N, U * V))
-            solve_hat, carry_hat, twice_data = kernels.admm_fourier(
+            inv = self.problem.backend.xp.broadcast_to(factor.inverse.reshape(-1, U * V), (N, U * V))
+            solve_hat, carry_hat, twice_data = self._kernels.admm_fourier(
                 maps_hat.reshape(flat), carry_hat.reshape(flat), dual_scale, self._a, self._y_hat, self._w, inv,
                 self.config.relax, x_out=None if x_out is None else x_out.reshape(flat),
                 t_out=None if t_out is None else t_out.reshape(flat))
