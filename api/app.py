@@ -320,7 +320,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/models/{job_id}/encode", dependencies=guarded, tags=["models"],
               max_body_size=settings.max_upload_bytes + _MULTIPART_SLACK,
               responses={200: {"content": {NPY: {}, NPZ: {}},
-                               "description": "npy: (N, K, H', W') maps of `layer`; npz: 'L1', 'L2', ... up to it"}})
+                               "description": "npy: (N, K, H', W') maps of `layer`; npz: 'L1', 'L2', ... up to it, "
+                                              "and 'S1', ... the int32 switches of the layers that pool"}})
     def encode_images(job_id: JobId, files: Annotated[list[UploadFile], File()],
                       layer: Annotated[int | None, Query(ge=1)] = None,
                       max_iter: Annotated[int, Query(ge=1, le=5000)] = 200,
@@ -338,13 +339,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batch = np.stack([im.array for im in images])
         _check_channels(model, batch)
         try:
-            maps = model.encode(batch, layer=layer, method=method, max_iter=max_iter)
+            code = model.encode(batch, layer=layer, method=method, max_iter=max_iter)
         except ValueError as exc:
-            raise field_error(["body", "files"], str(exc)) from None
+            message = str(exc)
+            loc = ["query", "method"] if message.startswith("method") else ["body", "files"]
+            raise field_error(loc, message, method if loc[1] == "method" else None) from None
         if format == "npy":
-            return Response(npy_bytes(maps[-1].astype(np.float32)), media_type=NPY)
+            return Response(npy_bytes(code.maps[-1].astype(np.float32)), media_type=NPY)
         buffer = io.BytesIO()
-        np.savez(buffer, **{f"L{i + 1}": m.astype(np.float32) for i, m in enumerate(maps)})
+        arrays = {f"L{i + 1}": m.astype(np.float32) for i, m in enumerate(code.maps)}
+        arrays.update({f"S{i + 1}": s for i, s in enumerate(code.switches) if s is not None})
+        np.savez(buffer, **arrays)
         return Response(buffer.getvalue(), media_type=NPZ)
 
     @app.post("/reconstruct", dependencies=guarded, tags=["models"],
@@ -355,6 +360,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            layer: Annotated[int | None, Form(ge=1)] = None,
                            filters: Annotated[UploadFile | None, File(description="npy (K, C, s, s)")] = None,
                            boundary: Annotated[Boundary, Form()] = "circular",
+                           switches: Annotated[UploadFile | None, File(
+                               description="the npz /models/{id}/encode?format=npz returned ('S<j>' and 'L<j>' "
+                               "arrays): needed when a layer below `layer` pools")] = None,
                            format: Annotated[Literal["npy", "png"], Query()] = "npy") -> Response:  # noqa: A002
         z = _read_array(maps, "maps", settings)
         if z.ndim == 3:
@@ -370,7 +378,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if z.shape[1] != model.layers[top - 1].n_filters:
                     raise field_error(["body", "maps"], f"maps have K = {z.shape[1]} but layer {top} of job "
                                       f"{job_id} has {model.layers[top - 1].n_filters} filters", list(z.shape))
-                images = model.project(z, layer=top)
+                unpool: dict = {}
+                if model.stack.pools_below(top):
+                    unpool = _unpooling(model, top, z, switches, settings)
+                images = model.project(z, layer=top, **unpool)
             else:
                 from solver.coding import reconstruct  # noqa: PLC0415
 
@@ -428,10 +439,64 @@ def _only_member(data: bytes, field: str, settings: Settings) -> bytes:
         raise field_error(["body", field], f"not a readable .npz file: {exc}") from None
 
 
+def _unpooling(model: JobModel, top: int, z: np.ndarray, upload: UploadFile | None,
+               settings: Settings) -> dict[str, list]:
+    """The `switches` and `map_shapes` of :meth:`JobModel.project` for maps `z` of layer `top`, from the npz that
+    ``/models/{id}/encode?format=npz`` returns: ``S<j>`` and ``L<j>`` of every pooling layer j below `top` (the
+    switches are flat indices into layer j's maps, so their shape is needed exactly)."""
+    if upload is None:
+        raise field_error(["body", "switches"], f"layer {top} sits above a pooling layer: send the switches "
+                          "('S1', ...) that /models/{id}/encode?format=npz returned with these maps")
+    arrays = _read_members(upload, "switches", settings)
+    switches, shapes = [], []
+    n_images = z.shape[0]
+    for j, layer in enumerate(model.layers[: top - 1], start=1):
+        if layer.pool is None:
+            switches.append(None)
+            shapes.append(None)
+            continue
+        sw = arrays.get(f"S{j}")
+        if sw is None or sw.dtype.kind not in "iu" or sw.ndim != 4 or sw.shape[0] != n_images:
+            raise field_error(["body", "switches"], f"the npz needs an integer array 'S{j}' of shape (N={n_images}, "
+                              f"Kb, Hb, Wb) for pooling layer {j}, got {None if sw is None else list(sw.shape)}")
+        maps_j = arrays.get(f"L{j}")  # the switches are flat indices into these maps: their exact shape matters
+        if maps_j is None or maps_j.ndim != 4 or maps_j.shape[:2] != (n_images, layer.n_filters):
+            raise field_error(["body", "switches"], f"the npz needs the maps 'L{j}' (N={n_images}, "
+                              f"K={layer.n_filters}, H', W') of pooling layer {j} beside 'S{j}', got "
+                              f"{None if maps_j is None else list(maps_j.shape)}")
+        switches.append(sw.astype(np.int64, copy=False))
+        shapes.append(tuple(maps_j.shape))
+    return {"switches": switches, "map_shapes": shapes}
+
+
+def _read_members(upload: UploadFile, field: str, settings: Settings, max_members: int = 64) -> dict[str, np.ndarray]:
+    """The arrays of an npz (no pickles), each bounded like an upload, the whole by ``max_upload_bytes``."""
+    data = upload.file.read()
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+            if len(members) > max_members:
+                raise field_error(["body", field], f"the npz holds {len(members)} arrays, more than {max_members}")
+            total = sum(m.file_size for m in members)
+            if total > settings.max_upload_bytes:
+                raise field_error(["body", field], f"the npz unpacks to {total} bytes, more than the limit "
+                                  f"{settings.max_upload_bytes} (max_upload_bytes)", total)
+            raw = {m.filename.removesuffix(".npy"): archive.read(m) for m in members}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise field_error(["body", field], f"not a readable .npz file: {exc}") from None
+    return {name: _npy_array(body, field, settings) for name, body in raw.items()}
+
+
 def _read_array(upload: UploadFile, field: str, settings: Settings) -> np.ndarray:
     data = upload.file.read()
     if data.startswith(ZIP_MAGIC):  # an npz of one array: that array's npy bytes, bounded like uploads
         data = _only_member(data, field, settings)
+    array = _npy_array(data, field, settings)
+    return array.astype(np.float64 if array.dtype == np.float64 else np.float32, copy=False)
+
+
+def _npy_array(data: bytes, field: str, settings: Settings) -> np.ndarray:
+    """An npy's array, its header checked before numpy allocates anything; real numbers only, finite."""
     try:
         shape, dtype = npy_header(field, data)
     except UploadError as exc:
@@ -451,5 +516,5 @@ def _read_array(upload: UploadFile, field: str, settings: Settings) -> np.ndarra
     if array.ndim >= 2 and array.shape[-1] * array.shape[-2] > settings.max_image_pixels:
         raise field_error(["body", field], f"spatial size {array.shape[-2:]} is over the limit of "
                           f"{settings.max_image_pixels} pixels", list(array.shape))
-    return array.astype(np.float64 if array.dtype == np.float64 else np.float32, copy=False)
+    return array
 

@@ -344,25 +344,46 @@ class DeconvClient:
         params = _params(layer=layer, max_iter=max_iter, method=method)
         return _load_npy(self._request("POST", f"/models/{job_id}/encode", params=params, files=files).content)
 
+    def encode_layers(self, job_id: str, images: np.ndarray | ImageParts, *, layer: int | None = None,
+                      max_iter: int = 200, method: str | None = None) -> dict[str, np.ndarray]:
+        """As :meth:`encode`, the maps of every layer up to `layer` (``"L1"``, ``"L2"``, ...) and the switches
+        of the layers that pool (``"S1"``, ...): what :meth:`reconstruct` needs (``switches=``) to project maps
+        of a layer above a pooling layer down to pixels."""
+        if isinstance(images, np.ndarray):
+            files = [("files", ("images.npy", _npy_bytes(images), "application/x-npy"))]
+        else:
+            files = _file_parts("files", images)
+        params = _params(layer=layer, max_iter=max_iter, method=method, format="npz")
+        body = self._request("POST", f"/models/{job_id}/encode", params=params, files=files).content
+        with np.load(io.BytesIO(body), allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+
     def reconstruct(self, maps: np.ndarray, *, job_id: str | None = None, layer: int | None = None,
-                    filters: np.ndarray | None = None, boundary: str = "circular") -> np.ndarray:
+                    filters: np.ndarray | None = None, boundary: str = "circular",
+                    switches: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
         """Images (N, C, H, W) from maps (N, K, H', W') or (K, H', W').
 
         Give either `job_id` (a finished job's filters; maps of `layer`, default the top one, projected through
         every layer below to pixels) or `filters` (K, C, s, s) with their `boundary` ("circular" or "valid").
+        When a layer below `layer` pools, `switches` is what :meth:`encode_layers` returned for these maps.
         """
-        return _load_npy(self._reconstruct(maps, job_id, layer, filters, boundary, "npy"))
+        return _load_npy(self._reconstruct(maps, job_id, layer, filters, boundary, "npy", switches))
 
     def reconstruct_png(self, maps: np.ndarray, *, job_id: str | None = None, layer: int | None = None,
-                        filters: np.ndarray | None = None, boundary: str = "circular") -> bytes:
+                        filters: np.ndarray | None = None, boundary: str = "circular",
+                        switches: Mapping[str, np.ndarray] | None = None) -> bytes:
         """As :meth:`reconstruct`, the images as one PNG sheet."""
-        return self._reconstruct(maps, job_id, layer, filters, boundary, "png")
+        return self._reconstruct(maps, job_id, layer, filters, boundary, "png", switches)
 
     def _reconstruct(self, maps: np.ndarray, job_id: str | None, layer: int | None, filters: np.ndarray | None,
-                     boundary: str, format: str) -> bytes:  # noqa: A002
+                     boundary: str, format: str, switches: Mapping[str, np.ndarray] | None) -> bytes:  # noqa: A002
         files = [("maps", ("maps.npy", _npy_bytes(maps), "application/x-npy"))]
         if filters is not None:
             files.append(("filters", ("filters.npy", _npy_bytes(filters), "application/x-npy")))
+        if switches is not None:
+            buffer = io.BytesIO()
+            np.savez(buffer, **{k: np.asarray(v) for k, v in switches.items() if k[:1] in "LS"})
+            files.append(("switches", ("switches.npz", buffer.getvalue(), "application/x-npz")))
         data = _params(job_id=job_id, layer=layer, boundary=boundary)
         return self._request("POST", "/reconstruct", params={"format": format}, data=data, files=files).content
 

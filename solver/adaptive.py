@@ -40,7 +40,7 @@ from .algorithms.base import run
 from .algorithms.fista import Fista
 from .backend import Array, Backend, backend_of, get_backend
 from .config import FistaConfig, LearnConfig
-from .operators import ConvOperator, FilterOperator
+from .operators import ConvOperator, FilterOperator, map_shape
 from .pooling import pool3d, pooled_shape, select3d, unpool3d
 from .problem import power_lipschitz, sq_norm_per_item
 from .prox import LpPenalty, shrink
@@ -71,6 +71,18 @@ def pool_maps(maps: Array, pool: Pool | None) -> tuple[Array, Array | None]:
     if pool is None:
         return maps, None
     return pool3d(maps, pool)
+
+
+def input_geometry(lower: Sequence[LowerLayer], n_channels: int, image_shape: tuple[int, int],
+                   boundary: str) -> tuple[int, tuple[int, int]]:
+    """(C_l, (H_l, W_l)): what the layer above `lower` reads, for images of `n_channels` × `image_shape`."""
+    C, (H, W) = int(n_channels), (int(image_shape[0]), int(image_shape[1]))
+    for layer in lower:
+        s = int(np.shape(layer.filters)[-1])
+        C, (H, W) = int(np.shape(layer.filters)[0]), map_shape((H, W), s, boundary)
+        if layer.pool is not None:
+            _, C, H, W = pooled_shape((1, C, H, W), layer.pool)
+    return C, (H, W)
 
 
 class PixelPath:
@@ -324,5 +336,5 @@ class PixelShard:
         self._filter_op = None
 
 
-__all__ = ["LowerLayer", "PixelCodingProblem", "PixelPath", "PixelShard", "code_pixels", "keep_block_maxima",
-           "pool_maps"]
+__all__ = ["LowerLayer", "PixelCodingProblem", "PixelPath", "PixelShard", "code_pixels", "input_geometry",
+           "keep_block_maxima", "pool_maps"]

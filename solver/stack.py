@@ -449,9 +449,10 @@ def _encode_pixels(model: StackModel, images: Array, top: int, method: Any, max_
         max_iter = method.max_iter if max_iter is None else max_iter
         tol = method.tol if tol is None else tol
     first = model.layers[0]
+    host = isinstance(images, np.ndarray) or not hasattr(images, "__cuda_array_interface__")
+    if first.preprocess is not None:  # on the images as given (integers are scaled as in learning)
+        images = first.preprocess.apply(np.asarray(images))
     y = as_images(images)
-    if first.preprocess is not None:
-        y = first.preprocess.apply(np.asarray(y)).astype(y.dtype, copy=False)
     bk = get_backend(backend)
     y = bk.asarray(y)
     maps: list[Array] = []
@@ -467,6 +468,8 @@ def _encode_pixels(model: StackModel, images: Array, top: int, method: Any, max_
                              tol=1e-5 if tol is None else tol)
         maps.append(result.maps)
         switches.append(pool_maps(result.maps, spec.pool)[1])
+    if host:  # numpy in, numpy out (the arrays stay on the GPU for cupy input)
+        maps, switches = [bk.to_host(m) for m in maps], [None if s is None else bk.to_host(s) for s in switches]
     return StackCode(maps, switches)
 
 

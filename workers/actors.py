@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from solver.adaptive import LowerLayer, PixelShard
 from solver.config import LearnConfig
 from solver.preprocess import (
     PreprocessStats,
@@ -46,7 +47,7 @@ class ShardWorker:
     def __init__(self) -> None:
         self._config: LearnConfig | None = None
         self._prepared: np.ndarray | None = None
-        self._shard: Shard | None = None
+        self._shard: Shard | PixelShard | None = None
 
     # -- setup --------------------------------------------------------------------------------------------------
 
@@ -68,8 +69,13 @@ class ShardWorker:
         """(float64 sum, count) of the shifted, scaled images: the second pass of the rescale fit."""
         return rescale_partial_mean(self._loaded(), shifted)
 
-    def build(self, stats: PreprocessStats | None, connectivity: np.ndarray | None, backend: str) -> str:
+    def build(self, stats: PreprocessStats | None, connectivity: np.ndarray | None, backend: str,
+              lower: Sequence[LowerLayer] = (), switch_paths: Sequence[Sequence[str] | None] = ()) -> str:
         """Finish the images (rescale with the dataset's `stats`, computation dtype) and hold a fresh shard.
+
+        For a config with ``reconstruct_to`` 'pixels' the shard is a :class:`solver.adaptive.PixelShard` over the
+        frozen layers `lower`, with the switches of this shard's images read from `switch_paths` (one list of
+        ``.npy`` files per lower layer, in the shard's image order; None for a layer that does not pool).
 
         Returns
         -------
@@ -84,22 +90,28 @@ class ShardWorker:
         y = as_images(apply_rescale(x, stats) if rescale else x)
         if config.dtype is not None:
             y = y.astype(config.dtype, copy=False)
-        self._shard = Shard(y, config, connectivity, backend)
+        if config.reconstruct_to == "pixels":
+            switches = [None if files is None else np.stack([np.load(f, allow_pickle=False) for f in files])
+                        for files in switch_paths]
+            self._shard = PixelShard(y, config, connectivity, lower, switches, backend)
+        else:
+            self._shard = Shard(y, config, connectivity, backend)
         self._prepared = None  # the shard holds the finished images
         return str(y.dtype)
 
     def setup(self, paths: Sequence[str | Path], config: LearnConfig, info: ImageInfo, stats: PreprocessStats | None,
-              connectivity: np.ndarray | None, backend: str) -> str:
+              connectivity: np.ndarray | None, backend: str, lower: Sequence[LowerLayer] = (),
+              switch_paths: Sequence[Sequence[str] | None] = ()) -> str:
         """:meth:`load` then :meth:`build`, for a shard whose dataset statistics are already fitted."""
         self.load(paths, config, info)
-        return self.build(stats, connectivity, backend)
+        return self.build(stats, connectivity, backend, lower, switch_paths)
 
     def _loaded(self) -> np.ndarray:
         if self._prepared is None:
             raise ValueError("the worker has no prepared images: call load(paths, config, info) first")
         return self._prepared
 
-    def _ready(self) -> Shard:
+    def _ready(self) -> Shard | PixelShard:
         if self._shard is None:
             raise ValueError("the worker has no shard: call build(stats, connectivity, backend) first")
         return self._shard

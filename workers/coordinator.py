@@ -29,6 +29,7 @@ import numpy as np
 import ray
 from ray import exceptions as ray_errors
 
+from solver.adaptive import LowerLayer, input_geometry
 from solver.config import LearnConfig
 from solver.connectivity import connectivity_table
 from solver.learn import IterStats, LearnResult, alternate, initial_filters
@@ -40,7 +41,7 @@ from .checkpoint import Checkpoint, clear_checkpoints, latest_checkpoint, write_
 from .cluster import ClusterConfig, connect
 from .images import inspect_images
 from .pool import RayPool, Traffic
-from .shards import split_into_shards
+from .shards import shard_ranges, split_into_shards
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,13 @@ class Coordinator:
     actor_cpus : float
         CPUs each actor reserves. 0 (default) places any number of shards on a node, which suits numpy
         shards that are busy one at a time; set 1 to give each shard a core of its own.
+    lower : sequence of LowerLayer
+        With ``config.reconstruct_to`` 'pixels' (the 2011 model): the frozen layers below this one, bottom
+        first. The images are then the pixels (preprocessed by ``config.preprocess``), which this layer
+        reconstructs through them.
+    switch_paths : sequence of (sequence of path, or None)
+        With `lower`: per lower layer, one ``.npy`` file of switches per image (in image order), or None for a
+        layer that does not pool. Each actor reads the files of its own images.
     """
 
     def __init__(
@@ -101,6 +109,8 @@ class Coordinator:
         cluster: ClusterConfig | None = None,
         backend: Literal["auto", "numpy", "cupy"] = "auto",
         actor_cpus: float = 0.0,
+        lower: Sequence[LowerLayer] = (),
+        switch_paths: Sequence[Sequence[str | Path] | None] = (),
     ):
         _check_options(workers, checkpoint_dir, checkpoint_every, max_failures, call_timeout, backend, actor_cpus)
         if config.filter_update.recentre:
@@ -110,6 +120,10 @@ class Coordinator:
         if len(config.layers) != 1:
             raise ValueError(f"a Coordinator learns one layer, got a config of {len(config.layers)} layers: run each "
                              "layer with solver.stack.layer_config (the job runner, deconv submit, does)")
+        if (lower or switch_paths) and config.reconstruct_to != "pixels":
+            raise ValueError("lower layers are given only with reconstruct_to 'pixels' (the 2011 model)")
+        if len(switch_paths) != len(lower):
+            raise ValueError(f"switch_paths needs one entry per lower layer ({len(lower)}), got {len(switch_paths)}")
         self.config = config
         self.paths = [str(p) for p in image_paths]
         self.info = inspect_images(self.paths)
@@ -117,6 +131,15 @@ class Coordinator:
         if n_shards < workers:
             logger.warning("%d workers asked for %d images: using %d shards", workers, len(self.paths), n_shards)
         self.shard_paths = split_into_shards(self.paths, n_shards)
+        self.lower = list(lower)
+        for number, (layer, files) in enumerate(zip(self.lower, switch_paths, strict=True), start=1):
+            if (files is None) != (layer.pool is None):
+                raise ValueError(f"switch_paths of lower layer {number} must be given exactly when it pools")
+            if files is not None and len(files) != len(self.paths):
+                raise ValueError(f"switch_paths of lower layer {number} has {len(files)} files for "
+                                 f"{len(self.paths)} images")
+        self.shard_switches = [[None if files is None else [str(files[i]) for i in r] for files in switch_paths]
+                               for r in shard_ranges(len(self.paths), n_shards)]
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.checkpoint_every = checkpoint_every
         self.max_failures = max_failures
@@ -128,8 +151,10 @@ class Coordinator:
         grey = config.preprocess is not None and config.preprocess.grey
         n_channels = 1 if grey else self.info.n_channels
         _, height, width = self.info.shape
+        n_channels, (height, width) = input_geometry(self.lower, n_channels, (height, width), config.boundary)
+        self.input_shape = (height, width)
         if layer.filter_size > min(height, width):
-            raise ValueError(f"filter_size {layer.filter_size} is larger than the images ({height}x{width})")
+            raise ValueError(f"filter_size {layer.filter_size} is larger than the layer's input ({height}x{width})")
         self.connectivity = connectivity_table(layer.connectivity, layer.n_filters, n_channels, seed=config.seed)
         self.dtype = _computation_dtype(self.info.dtype, config)
         self.initial_filters = initial_filters(layer.n_filters, n_channels, layer.filter_size, seed=config.seed,
@@ -247,7 +272,7 @@ class Coordinator:
     def _zero_maps(self) -> np.ndarray:
         """The maps before any coding step (a run stopped before its first outer iteration)."""
         layer = self.config.layers[0]
-        grid = map_shape(self.info.shape[1:], layer.filter_size, self.config.boundary)
+        grid = map_shape(self.input_shape, layer.filter_size, self.config.boundary)
         return np.zeros((len(self.paths), layer.n_filters, *grid), dtype=self.dtype)
 
     def _bring_up(self) -> None:
@@ -273,7 +298,8 @@ class Coordinator:
             self._fit_rescale_and_build(placement[2])
             return
         refs = [self._actors[i].setup.remote(self.shard_paths[i], self.config, self.info, self._rescale,
-                                             self.connectivity, placement[2]) for i in fresh]
+                                             self.connectivity, placement[2], self.lower, self.shard_switches[i])
+                for i in fresh]
         self._check_dtypes(ray.get(refs, timeout=self.call_timeout))
 
     def _needs_rescale_fit(self) -> bool:
@@ -289,8 +315,8 @@ class Coordinator:
         sums = ray.get([a.rescale_sum.remote(shifted) for a in actors], timeout=timeout)
         self._rescale = combine_rescale_means(shifted, sums)
         logger.info("rescale statistics: %s", self._rescale)
-        self._check_dtypes(ray.get([a.build.remote(self._rescale, self.connectivity, backend) for a in actors],
-                                   timeout=timeout))
+        self._check_dtypes(ray.get([a.build.remote(self._rescale, self.connectivity, backend, self.lower, sw)
+                                    for a, sw in zip(actors, self.shard_switches, strict=True)], timeout=timeout))
 
     def _check_dtypes(self, dtypes: list[str]) -> None:
         if any(d != self.dtype for d in dtypes):

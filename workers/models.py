@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 from pydantic import TypeAdapter
 
 from solver.config import InferenceConfig
-from solver.stack import LayerModel, StackModel, encode_stack, project_down
+from solver.stack import LayerModel, StackCode, StackModel, encode_layers, project_down
 
 from .store import JobStore
 
@@ -42,14 +43,17 @@ class JobModel:
         return self.stack.check_layer(layer)
 
     def encode(self, images: np.ndarray, *, layer: int | None = None, method: str | None = None,
-               max_iter: int | None = None) -> list[np.ndarray]:
-        """Maps of every layer up to `layer` (default: the top one); see :func:`solver.stack.encode_stack`."""
-        return encode_stack(self.stack, images, layers=layer, method=method or self.inference.method,
-                            max_iter=max_iter)
+               max_iter: int | None = None) -> StackCode:
+        """Maps and switches of every layer up to `layer` (default: the top one); see
+        :func:`solver.stack.encode_layers`."""
+        return encode_layers(self.stack, images, layers=layer, method=method or self.inference.method,
+                             max_iter=max_iter)
 
-    def project(self, maps: np.ndarray, *, layer: int | None = None) -> np.ndarray:
-        """Images from maps of `layer` through every layer below; see :func:`solver.stack.project_down`."""
-        return project_down(self.stack, maps, layer)
+    def project(self, maps: np.ndarray, *, layer: int | None = None, switches: Sequence[Any] | None = None,
+                map_shapes: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+        """Images from maps of `layer` through every layer below, unpooling at `switches` where a layer below
+        pools; see :func:`solver.stack.project_down`."""
+        return project_down(self.stack, maps, layer, switches=switches, map_shapes=map_shapes)
 
     def artifacts(self) -> tuple[dict[str, np.ndarray], bytes]:
         """The arrays (``filters-L<l>``, ``connectivity-L<l>``) and the ``model.json`` bytes that store it."""

@@ -2,8 +2,12 @@
 
 One background thread runs one job at a time (oldest first). A job of L layers is L distributed runs of
 :class:`~workers.coordinator.Coordinator`: layer 1 on the dataset's images with the job's preprocessing, layer
-l+1 on the maps of layer l (saved as one ``.npy`` per image in the job's work folder) rescaled as the 2010 toolbox
-does. Every run checkpoints into ``jobs/<id>/checkpoints/L<l>`` every ``checkpoint_every`` outer iterations, and a
+l+1 on the maps of layer l (saved as one ``.npy`` per image in the job's work folder; pooled, with their
+switches saved beside them, when layer l pools) rescaled as the 2010 toolbox does. A job with ``reconstruct_to``
+'pixels' (the 2011 model) runs every layer on the dataset's images instead, through the frozen layers below and
+the saved switches of the same images, which each shard actor reads for its own images.
+
+Every run checkpoints into ``jobs/<id>/checkpoints/L<l>`` every ``checkpoint_every`` outer iterations, and a
 finished layer leaves ``jobs/<id>/layers/L<l>/done.json`` (written last), so a job restarted after the service
 died skips its finished layers and resumes the current one from its newest checkpoint. ``model.json`` is the last
 artifact stored; once it is there the job's work folder is removed, and a restarted job that finds it is done.
@@ -14,8 +18,10 @@ back to the queue (after a checkpoint of its last iteration); when it is killed,
 service finds the job still ``running`` and queues it again.
 
 Artifacts of a succeeded job (names in the store): ``filters-L<l>.npy`` (K, C, s, s) float32 and
-``filters-L<l>.png`` (layer 1: the filters; higher layers: their pixel-space projections), ``connectivity-L<l>.npy``,
-``maps-L<l>.npz`` (one array per image, ``image-0000``, ...), ``reconstructions.npy`` (N, C, H, W: the top layer's
+``filters-L<l>.png`` (layer 1: the filters; higher layers: their pixel-space projections, or above a pooling layer
+each map's strongest training activation projected down), ``connectivity-L<l>.npy``, ``maps-L<l>.npz`` (one array
+per image, ``image-0000``, ...), ``switches-L<l>.npy`` (N, ⌈K/pk⌉, ⌈H'/ph⌉, ⌈W'/pw⌉) int32 for a layer that
+pools, ``reconstructions.npy`` (N, C, H, W: the top layer's
 maps projected to pixels, in the preprocessed space) and ``reconstructions.png`` (each preprocessed input beside its
 reconstruction), ``history.json`` and ``history.png`` (the objective per outer iteration), ``config.json`` (the
 resolved spec), ``model.json`` (what encoding and projection need).
@@ -36,10 +42,12 @@ from pathlib import Path
 
 import numpy as np
 
+from solver.adaptive import LowerLayer, pool_maps
 from solver.learn import IterStats, LearnResult
 from solver.montage import filter_montage, side_by_side
+from solver.pooling import pool3d
 from solver.preprocess import FittedPreprocess
-from solver.stack import StackModel, layer_config, pixel_filters
+from solver.stack import StackCode, StackModel, layer_config, pixel_filters, reconstruct_from, top_projections
 
 from .checkpoint import atomic_write_bytes, npy_bytes
 from .cluster import ClusterConfig, connect
@@ -186,17 +194,25 @@ def execute(store: JobStore, job: JobRecord, *, cluster: ClusterConfig | None = 
     inputs = _input_paths(store, dataset, work / "inputs")
     paths = inputs
     connect(cluster)
+    pixels = config.reconstruct_to == "pixels"
     results: list[LearnResult] = []
+    switch_files: list[list[Path] | None] = []
     for index in range(len(spec.layers)):
         layer_dir = work / "layers" / f"L{index + 1}"
+        pool = spec.layers[index].pool
         done = _load_layer(layer_dir)
         if done is None:
             if should_stop():
                 raise JobStopped
             cfg = layer_config(config, index)
+            lower: list[LowerLayer] = []
+            if pixels:  # every layer reads the pixels, preprocessed as for layer 1 (the same fit, repeated)
+                cfg = cfg.model_copy(update={"preprocess": config.preprocess})
+                lower = [LowerLayer(r.filters, _table(r), spec.layers[j].pool) for j, r in enumerate(results)]
             coordinator = Coordinator(paths, cfg, workers=spec.workers, checkpoint_dir=work / "checkpoints" /
                                       f"L{index + 1}", checkpoint_every=checkpoint_every,
-                                      max_failures=max_failures, backend=spec.backend, actor_cpus=actor_cpus)
+                                      max_failures=max_failures, backend=spec.backend, actor_cpus=actor_cpus,
+                                      lower=lower, switch_paths=list(switch_files) if pixels else [])
 
             def progress(stats: IterStats, layer: int = index + 1) -> None:
                 store.update_progress(job.id, layer=layer, iteration=stats.iteration, objective=stats.objective,
@@ -206,12 +222,15 @@ def execute(store: JobStore, job: JobRecord, *, cluster: ClusterConfig | None = 
             result = coordinator.run(callback=progress, should_stop=should_stop, resume=resume)
             if len(result.history) < cfg.n_iter:
                 raise JobStopped
-            done = _save_layer(layer_dir, result)
+            done = _save_layer(layer_dir, result, pool)
         results.append(done)
-        paths = sorted((layer_dir / "maps").glob("*.npy"))
-    stack = StackModel.from_layers([r.filters for r in results], [_table(r) for r in results],
-                                   [r.preprocess for r in results], [layer.lam for layer in spec.layers],
-                                   [layer.p for layer in spec.layers], spec.boundary)
+        switch_files.append(None if pool is None else sorted((layer_dir / "switches").glob("*.npy")))
+        if not pixels:  # the 2010 model: the next layer reads this one's (pooled) maps
+            paths = sorted((layer_dir / ("maps" if pool is None else "pooled")).glob("*.npy"))
+    preprocess = [r.preprocess if index == 0 or not pixels else None for index, r in enumerate(results)]
+    stack = StackModel.from_layers([r.filters for r in results], [_table(r) for r in results], preprocess,
+                                   [layer.lam for layer in spec.layers], [layer.p for layer in spec.layers],
+                                   spec.boundary, [layer.pool for layer in spec.layers], spec.reconstruct_to)
     model = JobModel(stack, spec.inference)
     images = np.stack([np.load(p, allow_pickle=False) for p in inputs])
     _store_artifacts(store, job.id, spec, model, results, dataset_images=images)
@@ -243,12 +262,20 @@ def _input_paths(store: JobStore, dataset, folder: Path) -> list[Path]:
 
 # -- finished layers in the work folder -----------------------------------------------------------------------------
 
-def _save_layer(folder: Path, result: LearnResult) -> LearnResult:
-    """Maps (one file per image, the next layer's input), filters, stats; ``done.json`` last."""
+def _save_layer(folder: Path, result: LearnResult, pool: tuple[int, int, int] | None) -> LearnResult:
+    """Maps (one file per image, the next layer's input), their pooled maps and switches when the layer pools,
+    filters, stats; ``done.json`` last."""
     maps_dir = folder / "maps"
     maps_dir.mkdir(parents=True, exist_ok=True)
     for n, m in enumerate(result.maps):
         atomic_write_bytes(maps_dir / f"{n:05d}.npy", npy_bytes(m))
+    if pool is not None:
+        (folder / "pooled").mkdir(exist_ok=True)
+        (folder / "switches").mkdir(exist_ok=True)
+        for n, m in enumerate(result.maps):
+            pooled, switches = pool3d(m[None], pool)
+            atomic_write_bytes(folder / "pooled" / f"{n:05d}.npy", npy_bytes(pooled[0]))
+            atomic_write_bytes(folder / "switches" / f"{n:05d}.npy", npy_bytes(switches[0]))
     atomic_write_bytes(folder / "filters.npy", npy_bytes(result.filters))
     atomic_write_bytes(folder / "connectivity.npy", npy_bytes(_table(result)))
     done = {"stats": [asdict(s) for s in result.stats],
@@ -278,12 +305,19 @@ def _store_artifacts(store: JobStore, job_id: str, spec: JobSpec, model: JobMode
     for name, array in arrays.items():
         store.put_artifact(job_id, f"{name}.npy", npy_bytes(array.astype(np.float32) if array.dtype.kind == "f"
                                                             else array), "application/x-npy")
+    code = StackCode([r.maps for r in results],
+                     [pool_maps(r.maps, layer.pool)[1] for r, layer in zip(results, model.layers, strict=True)])
     for number, result in enumerate(results, start=1):
-        picture = filter_montage(pixel_filters(model.stack, number))
+        if model.stack.pools_below(number):  # seen through its strongest activation on the training images
+            picture = filter_montage(top_projections(model.stack, code, number))
+        else:
+            picture = filter_montage(pixel_filters(model.stack, number))
         store.put_artifact(job_id, f"filters-L{number}.png", png_bytes(picture), "image/png")
         store.put_artifact(job_id, f"maps-L{number}.npz", npz_bytes(result.maps), "application/x-npz")
-    top = results[-1].maps
-    recon = model.project(top, layer=len(model.layers)).astype(np.float32)
+        if code.switches[number - 1] is not None:
+            store.put_artifact(job_id, f"switches-L{number}.npy", npy_bytes(code.switches[number - 1]),
+                               "application/x-npy")
+    recon = reconstruct_from(model.stack, code, len(model.layers)).astype(np.float32)
     store.put_artifact(job_id, "reconstructions.npy", npy_bytes(recon), "application/x-npy")
     inputs = dataset_images if model.layers[0].preprocess is None else model.layers[0].preprocess.apply(
         dataset_images)

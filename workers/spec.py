@@ -7,7 +7,8 @@ fields, like every config. Unlike :func:`solver.learn`, a job preprocesses its i
 about [-1, 1]); send ``"preprocess": null`` to learn on the pixel values as they are.
 
 :func:`check_against_dataset` checks what the spec alone cannot: the images share one shape and dtype, every
-layer's filters fit in its input, explicit connectivity tables have the right shape. Its :class:`SpecError` names
+layer's filters fit in its input (the pooled maps of the layer below, when it pools), explicit connectivity tables
+have the right shape. Its :class:`SpecError` names
 the field (``layers.0.filter_size``) and the value.
 """
 
@@ -20,6 +21,7 @@ from pydantic import Field, field_validator
 from solver.config import FilterUpdateConfig, LayerSpec, LearnConfig
 from solver.connectivity import connectivity_table
 from solver.operators import map_shape
+from solver.pooling import pooled_shape
 from solver.preprocess import PreprocessConfig
 
 from .store import ID_PATTERN, DatasetRecord
@@ -81,6 +83,8 @@ def check_against_dataset(spec: JobSpec, dataset: DatasetRecord, *, max_filters:
         _check_layer(index, layer, channels, (height, width), spec.seed, max_filters)
         height, width = map_shape((height, width), layer.filter_size, spec.boundary)
         channels = layer.n_filters
+        if layer.pool is not None:  # the layer above reads the pooled maps
+            _, channels, height, width = pooled_shape((1, channels, height, width), layer.pool)
 
 
 def _check_layer(index: int, layer: LayerSpec, channels: int, shape: tuple[int, int], seed: int,

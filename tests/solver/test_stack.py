@@ -29,11 +29,12 @@ from solver import (
     psnr,
     reconstruct,
 )
+from solver.adaptive import LowerLayer, input_geometry
 from solver.connectivity import connectivity_table
 from solver.montage import filter_montage
 from solver.operators import map_shape
 from solver.preprocess import FittedPreprocess, PreprocessConfig, PreprocessStats
-from solver.stack import check_stack
+from solver.stack import check_stack, reconstruct_from, top_projections
 
 ROOT = Path(__file__).resolve().parents[2]
 logger = logging.getLogger(__name__)
@@ -349,3 +350,39 @@ def test_zeiler2010_preset_learns_two_layers_on_the_samples(record_property):
     logger.info("zeiler2010 preset: layer-2 projection PSNR %.2f dB", value)
     assert value > psnr(preprocessed, np.zeros_like(preprocessed)) + 1.0
     assert pixel_filters(model, 2).shape == (45, 1, 13, 13)
+
+
+# --- the zeiler2011 preset -------------------------------------------------------------------------------------
+
+
+def test_zeiler2011_preset_holds_the_2011_sizes():
+    config = load_config(ROOT / "configs" / "zeiler2011.yaml")
+    first, second = config.layers
+    assert config.reconstruct_to == "pixels" and config.inference.method == "fista" and config.boundary == "valid"
+    assert (first.n_filters, first.filter_size, first.pool) == (15, 7, (1, 3, 3))
+    assert (second.n_filters, second.filter_size, second.pool) == (50, 7, (1, 3, 3))
+    assert (config.preprocess.cn_size, config.preprocess.cn_sigma, config.preprocess.cn_floor) == (13, 4.77, "median")
+    check_stack(config, 1, (150, 150))  # 150 -> 156 -> 52 -> 58 -> 20, the toolbox's test sizes
+    assert input_geometry([LowerLayer(np.zeros((15, 1, 7, 7)), None, (1, 3, 3))], 1, (150, 150), "valid") == (
+        15, (52, 52))
+    assert layer_config(config, 1).preprocess is None  # layer 2 reads the preprocessed pixels of layer 1
+
+
+@pytest.mark.slow
+def test_zeiler2011_preset_learns_two_layers_on_the_samples(record_property):
+    config = load_config(ROOT / "configs" / "zeiler2011.yaml")
+    config = config.model_copy(update={"n_iter": 3, "layers": [s.model_copy(update={"n_filters": n})
+                                                               for s, n in zip(config.layers, (8, 12), strict=True)]})
+    paths = sorted((ROOT / "samples").glob("*.png"))[:4]
+    images = np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.float32) / 255 for p in paths])[:, None]
+    images = np.ascontiguousarray(images[:, :, 16:112, 16:112])
+    result = learn_stack(images, config, backend="numpy")
+    assert [r.maps.shape[-1] for r in result.layers] == [102, 40]  # 96 -> 102 -> 34 -> 40
+    assert all(np.all(np.diff(h) <= 1e-5 * np.abs(h[:-1])) and h[-1] < h[0] for h in result.histories)
+    model = result.model
+    y = model.layers[0].preprocess.apply(images)
+    values = [psnr(y, reconstruct_from(model, result.code, layer)) for layer in (1, 2)]
+    record_property("psnr_db", [round(v, 2) for v in values])
+    logger.info("zeiler2011 preset: PSNR of the reconstruction from layer 1 %.2f dB, from layer 2 %.2f dB", *values)
+    assert min(values) > psnr(y, np.zeros_like(y)) + 3.0
+    assert top_projections(model, result.code, 2).shape == (12, 1, 27, 27)  # 7·3 + 7 − 1
