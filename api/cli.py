@@ -10,7 +10,7 @@
     deconv cancel JOB
     deconv filters JOB --out FILE [--layer L] [--format npy|png]
     deconv reconstruct JOB --out FILE [--format npy|png]
-    deconv reconstruct --maps FILE (--job JOB [--layer L] | --filters FILE [--boundary B]) --out FILE
+    deconv reconstruct --maps FILE (--job JOB [--layer L] [--switches NPZ] | --filters FILE [--boundary B]) --out FILE
     deconv demo [--out demo-output] [--data-dir DIR]
 
 ``learn`` runs one learning job on a Ray cluster (a private local one unless ``--address`` or ``RAY_ADDRESS``
@@ -153,6 +153,9 @@ def _add_client_commands(commands) -> None:
                              help="with --job: the layer of the maps (default: the top one)")
     reconstruct.add_argument("--filters", type=Path, default=None, metavar="FILE",
                              help="with --maps: filters (K, C, s, s) .npy")
+    reconstruct.add_argument("--switches", type=Path, default=None, metavar="FILE",
+                             help="with --job, for maps of a layer above a pooling layer: the .npz that "
+                             "/models/{id}/encode?format=npz returned with them (its 'L<j>' and 'S<j>' arrays)")
     reconstruct.add_argument("--boundary", choices=("circular", "valid"), default="circular",
                              help="with --filters: how the maps relate to the images (default circular)")
     reconstruct.add_argument("--format", choices=("npy", "png"), default=None,

@@ -227,16 +227,27 @@ def reconstruct(args: argparse.Namespace, client: DeconvClient) -> int:
         raise UsageError(f"give the job of --maps as --job {args.job_id}, not as JOB")
     if (args.job is None) == (args.filters is None):
         raise UsageError("--maps needs exactly one of --job JOB (its filters) and --filters FILE")
-    if args.filters is not None and args.layer is not None:
-        raise UsageError("--layer goes with --job, not with --filters")
+    if args.filters is not None and (args.layer is not None or args.switches is not None):
+        raise UsageError("--layer and --switches go with --job, not with --filters")
     maps = load_array(args.maps, "--maps")
     kwargs: dict[str, Any] = {"job_id": args.job, "layer": args.layer, "boundary": args.boundary}
+    if args.switches is not None:
+        kwargs["switches"] = load_arrays(args.switches, "--switches")
     if args.filters is not None:
         kwargs["filters"] = load_array(args.filters, "--filters")
     if fmt == "png":
         return _write(args.out, client.reconstruct_png(maps, **kwargs), "reconstructed images")
     images = client.reconstruct(maps, **kwargs)
     return _write(args.out, _npy_bytes(images), f"images {tuple(images.shape)}")
+
+
+def load_arrays(path: Path, option: str) -> dict[str, np.ndarray]:
+    """The named arrays of an ``.npz`` (no pickles)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError, AttributeError, TypeError) as exc:
+        raise UsageError(f"{option} {path}: not a readable .npz file: {exc}") from None
 
 
 def load_array(path: Path, option: str) -> np.ndarray:

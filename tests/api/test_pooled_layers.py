@@ -133,3 +133,27 @@ def test_encode_with_admm_on_a_pixels_model_names_the_method(pooled_job):
     response = client.post(f"/models/{job['id']}/encode", params={"method": "admm"}, files=files[:1])
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["query", "method"]
+
+
+def test_client_and_cli_reconstruct_from_layer_two_with_the_switches(pooled_job, tmp_path, capsys):
+    from api.cli import main  # noqa: PLC0415
+    from api.client import DeconvAPIError, DeconvClient  # noqa: PLC0415
+
+    client, job, files, _ = pooled_job
+    with DeconvClient(str(client.base_url)) as deconv:
+        code = deconv.encode_layers(job["id"], [files[0][1][:2]], layer=2, max_iter=50)
+        assert sorted(code) == ["L1", "L2", "S1"]
+        with pytest.raises(DeconvAPIError, match="switches"):
+            deconv.reconstruct(code["L2"], job_id=job["id"], layer=2)
+        image = deconv.reconstruct(code["L2"], job_id=job["id"], layer=2, switches=code)
+    assert image.shape == (1, 1, SIDE, SIDE)
+    np.save(tmp_path / "maps.npy", code["L2"])
+    np.savez(tmp_path / "code.npz", **code)
+    out = tmp_path / "image.npy"
+    status = main(["reconstruct", "--maps", str(tmp_path / "maps.npy"), "--job", job["id"], "--layer", "2",
+                   "--switches", str(tmp_path / "code.npz"), "--out", str(out), "--url", str(client.base_url)])
+    assert status == 0, capsys.readouterr().err
+    np.testing.assert_allclose(np.load(out), image, rtol=1e-5, atol=1e-6)
+    status = main(["reconstruct", "--maps", str(tmp_path / "maps.npy"), "--job", job["id"], "--layer", "2",
+                   "--out", str(tmp_path / "refused.npy"), "--url", str(client.base_url)])
+    assert status == 2 and "switches" in capsys.readouterr().err
