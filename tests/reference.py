@@ -180,3 +180,96 @@ def ista_dense(D: np.ndarray, y: np.ndarray, lam: float, n_iter: int) -> np.ndar
         v = x - D.T @ (D @ x - y) / L
         x = np.sign(v) * np.maximum(np.abs(v) - lam / L, 0.0)
     return x
+
+
+# --- pooling and the 2011 pixel path (Zeiler, Taylor & Fergus 2011) -------------------------------------------------
+
+
+def pool_loops(maps: np.ndarray, size: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """3-D max pooling by explicit loops: per block (padded at the end of each axis), the first entry in (k, i, j)
+    order of largest |value|, and its flat index ``(k·H + i)·W + j`` in the image's (K, H, W) stack."""
+    maps = np.asarray(maps)
+    N, K, H, W = maps.shape
+    pk, ph, pw = size
+    Kb, Hb, Wb = -(-K // pk), -(-H // ph), -(-W // pw)
+    pooled = np.zeros((N, Kb, Hb, Wb), dtype=maps.dtype)
+    switches = np.zeros((N, Kb, Hb, Wb), dtype=np.int64)
+    for n in range(N):
+        for kb in range(Kb):
+            for ib in range(Hb):
+                for jb in range(Wb):
+                    best, where = -1.0, None
+                    for k in range(kb * pk, min((kb + 1) * pk, K)):
+                        for i in range(ib * ph, min((ib + 1) * ph, H)):
+                            for j in range(jb * pw, min((jb + 1) * pw, W)):
+                                if abs(maps[n, k, i, j]) > best:
+                                    best, where = abs(maps[n, k, i, j]), (k, i, j)
+                    k, i, j = where
+                    pooled[n, kb, ib, jb] = maps[n, k, i, j]
+                    switches[n, kb, ib, jb] = (k * H + i) * W + j
+    return pooled, switches
+
+
+def unpool_loops(pooled: np.ndarray, switches: np.ndarray, shape: tuple[int, int, int, int]) -> np.ndarray:
+    """Each pooled value written back at its switch (an explicit loop), zeros elsewhere; float64."""
+    N, K, H, W = shape
+    out = np.zeros((N, K * H * W))
+    for n in range(N):
+        for b, s in enumerate(np.asarray(switches[n]).ravel()):
+            out[n, int(s)] = float(np.asarray(pooled[n]).ravel()[b])
+    return out.reshape(shape)
+
+
+def dense_unpool_matrix(switches: np.ndarray, n_entries: int) -> np.ndarray:
+    """Dense U of one image: ``n_entries`` (K·H·W) rows, one column per block, a 1 at (switch, block)."""
+    sw = np.asarray(switches).ravel()
+    U = np.zeros((n_entries, sw.size))
+    for b, s in enumerate(sw):
+        U[int(s), b] = 1.0
+    return U
+
+
+def dense_path_matrices(
+    layers, switches, image_shape: tuple[int, int], boundary: str, n_images: int
+) -> list[np.ndarray]:
+    """Per image n, the dense ``R = F_1 U_1 F_2 U_2 ⋯ F_L`` of a stack, from the loop convolutions.
+
+    Parameters
+    ----------
+    layers : sequence of (filters (K, C, s, s), connectivity (K, C) or None, pool (3,) or None)
+        Bottom layer first.
+    switches : sequence of integer arrays (N, Kb, Hb, Wb) or None
+        ``switches[j]`` for layer j+1 (None where it does not pool). One per layer below the top one gives
+        ``R`` on the top layer's maps; one per layer, the top one included, gives the path ``B`` of the layer
+        above (the unknowns are then the top layer's pooled maps).
+    image_shape : (H, W)
+    boundary : {"circular", "valid"}
+    n_images : int
+        N.
+
+    Returns
+    -------
+    list of N arrays, rows the flattened image (C_1, H, W), columns the flattened top maps (K_L, H_L', W_L')
+    """
+    shape = tuple(image_shape)
+    blocks = []  # per layer: (dense F, shape of its maps (K, H', W'), switches or None)
+    for index, (f, g, pool) in enumerate(layers):
+        s = np.shape(f)[-1]
+        F = dense_conv_matrix(f, shape, boundary, g)
+        grid = map_shape(shape, s, boundary)
+        K = np.shape(f)[0]
+        sw = switches[index] if index < len(switches) else None
+        blocks.append((F, (K,) + tuple(grid), sw))
+        if sw is not None:
+            shape = (-(-grid[0] // pool[1]), -(-grid[1] // pool[2]))
+        else:
+            shape = tuple(grid)
+    out = []
+    for n in range(n_images):
+        R = None
+        for F, maps_shape, sw in blocks:
+            R = F if R is None else R @ F
+            if sw is not None:
+                R = R @ dense_unpool_matrix(sw[n], int(np.prod(maps_shape)))
+        out.append(R)
+    return out
