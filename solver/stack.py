@@ -681,7 +681,9 @@ def _crop_around(x: np.ndarray, S: int, circular: bool) -> np.ndarray:
     else:
         padded = np.pad(x, ((0, 0), (S, S), (S, S)))
         window = padded[:, rows[:, None] + S, cols[None, :] + S]
-    nz_r, nz_c = np.nonzero(np.abs(window).sum(axis=0))
+    # the projection comes out of FFTs: entries outside the footprint are round-off, not zero
+    strength = np.abs(window).sum(axis=0)
+    nz_r, nz_c = np.nonzero(strength > 100 * np.finfo(window.dtype).eps * strength.max())
     r0 = (int(nz_r.min()) + int(nz_r.max()) + 1 - S) // 2
     c0 = (int(nz_c.min()) + int(nz_c.max()) + 1 - S) // 2
     r0, c0 = min(max(r0, 0), 2 * S - 1 - S), min(max(c0, 0), 2 * S - 1 - S)

@@ -637,16 +637,12 @@ def _bounding_box(x: np.ndarray) -> np.ndarray:
     return x[:, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
 
 
-CROP_BUG = pytest.mark.xfail(strict=True, reason=(
-    "solver/stack.py _crop_around finds the footprint with an exact np.nonzero on an FFT projection, whose "
-    "zeros are ~1e-16 rounding: on an image larger than the (2S-1) window the box is the whole window, the crop is "
-    "centred on the strongest pixel, and part of the footprint is cut"))
 
 
 @pytest.mark.parametrize(("boundary", "size"), [
     ("valid", 9),  # the image is the (2S−1) window: rounding cannot move the crop
-    pytest.param("valid", 15, marks=CROP_BUG),
-    pytest.param("circular", 14, marks=CROP_BUG),  # the footprint lies inside: nothing wraps around
+    pytest.param("valid", 15),
+    pytest.param("circular", 14),  # the footprint lies inside: nothing wraps around
 ])
 def test_top_projections_of_a_tiny_model_equal_a_hand_projection(boundary, size, rng) -> None:
     """Layer 1: 2 filters of 2×2 on one channel with (1, 2, 2) pooling; layer 2: 2 filters of 2×2."""
