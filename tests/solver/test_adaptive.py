@@ -637,8 +637,6 @@ def _bounding_box(x: np.ndarray) -> np.ndarray:
     return x[:, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
 
 
-
-
 @pytest.mark.parametrize(("boundary", "size"), [
     ("valid", 9),  # the image is the (2S−1) window: rounding cannot move the crop
     pytest.param("valid", 15),
