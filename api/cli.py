@@ -74,13 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", type=Path, default=None,
                        help="data directory (default: DECONV_DATA_DIR, else ./deconv-data)")
     _add_client_commands(commands)
-    demo = commands.add_parser("demo", help="the quick job on the sample images, through an in-process service",
-                               description="Start the service in this process, learn the quick job on the sample "
-                               "images and write filters.png, reconstructions.png, objective.png, filters.npy "
-                               "and history.json.")
+    demo = commands.add_parser("demo", help="the demo job on the sample images, through an in-process service",
+                               description="Start the service in this process, learn the demo job (two layers) on "
+                               "the sample images and write filters.png, filters-layer2.png, reconstructions.png, "
+                               "objective.png, filters.npy and history.json.")
     demo.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
     demo.add_argument("--data-dir", type=Path, default=None, help="the service's data (default OUT/data)")
-    demo.add_argument("--config", type=Path, default=None, help="job config (default configs/quick.yaml)")
+    demo.add_argument("--config", type=Path, default=None, help="job config (default configs/demo.yaml)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
