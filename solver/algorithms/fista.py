@@ -47,7 +47,7 @@ class FistaState:
     prev_maps: Array
     prev_resid_hat: Array
     t: np.ndarray
-    lipschitz: float
+    lipschitz: float | np.ndarray
     iteration: int = 0
 
 
@@ -57,7 +57,8 @@ class Fista:
     def __init__(self, problem: Any, config: FistaConfig | None = None):
         self.problem = problem
         self.config = config or FistaConfig()
-        self._lipschitz = max(problem.lipschitz(), 1e-12)
+        L = problem.lipschitz()  # a float, or one per item (problems whose items have operators of their own)
+        self._lipschitz = max(L, 1e-12) if np.ndim(L) == 0 else np.maximum(np.asarray(L, dtype=np.float64), 1e-12)
         zeros = problem.zeros()
         self._bk = backend_of(zeros)
         # The objective is evaluated from arrays of this dtype: changes below this are round-off, not ascent.
@@ -78,9 +79,13 @@ class Fista:
         """Host per-item scalars (n,) as a device array broadcasting over `like` (n, 1, 1, ...)."""
         return self._bk.asarray(values.reshape((-1,) + (1,) * (like.ndim - 1)), dtype=like.real.dtype)
 
-    def _prox_grad(self, point: Array, resid_hat: Array, L: float) -> tuple[Array, Array, np.ndarray]:
+    def _prox_grad(self, point: Array, resid_hat: Array, L: float | np.ndarray) -> tuple[Array, Array, np.ndarray]:
         pb = self.problem
-        new = pb.prox(point - pb.gradient(resid_hat) / L, 1.0 / L)
+        if np.ndim(L) == 0:
+            new = pb.prox(point - pb.gradient(resid_hat) / L, 1.0 / L)
+        else:  # a step per item, broadcast over its entries
+            step = self._per_item(1.0 / L, point)
+            new = pb.prox(point - pb.gradient(resid_hat) * step, step)
         new_resid_hat, data = pb.residual_of(new)
         return new, new_resid_hat, data + pb.regulariser(new)
 
@@ -110,9 +115,12 @@ class Fista:
             t_new = np.where(restart, _T_AFTER_PLAIN_STEP, t_next)
             for _ in range(_MAX_BACKTRACK):
                 plain, plain_resid, E_plain = self._prox_grad(state.maps, state.resid_hat, L)
-                if not (restart & (E_plain > limit)).any():
+                failed = restart & (E_plain > limit)
+                if not failed.any():
                     break
-                L *= 2.0  # L was underestimated (power iteration): a larger L guarantees descent
+                # L was underestimated (power iteration): a larger L guarantees descent (per item when each
+                # item has its own L, so that an item's steps do not depend on the others in its batch)
+                L = L * 2.0 if np.ndim(L) == 0 else np.where(failed, 2.0 * L, L)
             else:
                 plain, plain_resid, E_plain = state.maps, state.resid_hat, state.objective
             new = self._select(~restart, new, plain)

@@ -140,3 +140,45 @@ def test_a_run_stopped_before_its_first_iteration_returns_the_initial_filters(ra
     assert result.maps.shape == (2, 3, 16, 16)
     assert not result.maps.any()
     assert checkpoint_folders(tmp_path) == []
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_2011_layer_runs_distributed_as_in_one_process(ray_session, tmp_path, dataset, learn_config, workers):
+    """Layer 2 of the 2011 model on the pixels through a frozen pooling layer 1: each actor reads the switches of
+    its own images from their files, and the run equals learn_layer with the same lower layer and switches."""
+    from solver.adaptive import LowerLayer, pool_maps  # noqa: PLC0415
+    from solver.config import FistaConfig, LayerSpec  # noqa: PLC0415
+
+    pixels = learn_config.model_copy(update={"reconstruct_to": "pixels", "inference": FistaConfig(max_iter=5)})
+    first = pixels.model_copy(update={"layers": [LayerSpec(n_filters=4, filter_size=3, lam=0.1, pool=(2, 2, 2))]})
+    images = np.stack([np.load(p) for p in dataset])
+    layer1 = learn_layer(images, first, backend="numpy")
+    _, switches = pool_maps(layer1.maps, (2, 2, 2))
+    files = []
+    for n, sw in enumerate(switches):
+        files.append(tmp_path / f"switches-{n}.npy")
+        np.save(files[-1], sw)
+    lower = [LowerLayer(layer1.filters, None, (2, 2, 2))]
+    second = pixels.model_copy(update={"layers": [LayerSpec(n_filters=3, filter_size=3, lam=0.05,
+                                                            connectivity="random-doubles:1")]})
+    reference = learn_layer(images, second, backend="numpy", lower=lower, switches=[switches])
+    assert reference.filters.shape == (3, 2, 3, 3)  # 4 maps pooled by 2: layer 2 reads 2 channels of 8x8
+    result = Coordinator(dataset, second, workers=workers, lower=lower, switch_paths=[files]).run()
+    _assert_same_run(result, reference)
+    np.testing.assert_allclose(result.maps, reference.maps, rtol=1e-5, atol=1e-8)
+    assert np.all(np.diff(result.history) <= 1e-9 * np.abs(result.history[:-1]))
+
+
+def test_lower_layers_are_refused_for_the_2010_model_and_must_match_the_switches(dataset, learn_config, tmp_path):
+    from solver.adaptive import LowerLayer  # noqa: PLC0415
+
+    lower = [LowerLayer(np.zeros((4, 1, 3, 3)), None, (2, 2, 2))]
+    with pytest.raises(ValueError, match="reconstruct_to 'pixels'"):
+        Coordinator(dataset, learn_config, lower=lower, switch_paths=[[tmp_path / "s.npy"] * len(dataset)])
+    from solver.config import FistaConfig  # noqa: PLC0415
+
+    pixels = learn_config.model_copy(update={"reconstruct_to": "pixels", "inference": FistaConfig(max_iter=5)})
+    with pytest.raises(ValueError, match="switch_paths needs one entry per lower layer"):
+        Coordinator(dataset, pixels, lower=lower, switch_paths=[])
+    with pytest.raises(ValueError, match="has 1 files for 6 images"):
+        Coordinator(dataset, pixels, lower=lower, switch_paths=[[tmp_path / "s.npy"]])
