@@ -75,7 +75,8 @@ class AdmmConfig(_Frozen):
         None, gt=0, description="target ratio ξ of the relative residuals; default 1 + 18.3^(log10 λ + 1)"
     )
     rho_autoscale: bool = Field(True, description="change ρ by √(r/(ξs)) (capped at τ) instead of by τ")
-    fused: bool = Field(True, description="use the fused CPU kernels where they apply (one channel, p = 1)")
+    fused: bool = Field(True, description="use the fused kernels where they apply (numba on the CPU, CUDA on cupy; one "
+                        "channel, p = 1, circular)")
 
 
 InferenceConfig = Annotated[ZeilerConfig | FistaConfig | AdmmConfig, Field(discriminator="method")]
