@@ -149,7 +149,8 @@ class LearnConfig(_Frozen):
       maps of layer l, rescaled by :data:`~solver.stack.INTER_LAYER_PREPROCESS`;
     * ``"pixels"`` (Zeiler, Taylor & Fergus 2011, :mod:`solver.adaptive`): every layer reconstructs the
       preprocessed images through the frozen layers below it and their unpooling switches; inference is the
-      2011 ISTA (accelerated: ``inference.method`` must be ``fista``) with the pooling of the layer.
+      2011 ISTA (accelerated: ``inference.method`` must be ``fista``, the default then) with the pooling of the
+      layer.
 
     Every layer shares the inference, filter update, ``n_iter``, boundary, seed and dtype; ``preprocess`` is
     applied to the images of layer 1.
@@ -171,6 +172,15 @@ class LearnConfig(_Frozen):
         description="what each layer reconstructs: the layer below (2010), or the pixels through the frozen "
         "layers below (2011, with fista inference)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pixels_infer_with_ista(cls, data: object) -> object:
+        """The 2011 model's inference is ISTA: with ``reconstruct_to`` 'pixels' and no ``inference`` given, FISTA
+        with 10 iterations per outer iteration (the 2011 paper's count, recalled)."""
+        if isinstance(data, dict) and data.get("reconstruct_to") == "pixels" and data.get("inference") is None:
+            data = {**data, "inference": {"method": "fista", "max_iter": 10}}
+        return data
 
     @model_validator(mode="after")
     def _consensus_is_circular(self) -> LearnConfig:

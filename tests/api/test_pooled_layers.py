@@ -157,3 +157,26 @@ def test_client_and_cli_reconstruct_from_layer_two_with_the_switches(pooled_job,
     status = main(["reconstruct", "--maps", str(tmp_path / "maps.npy"), "--job", job["id"], "--layer", "2",
                    "--out", str(tmp_path / "refused.npy"), "--url", str(client.base_url)])
     assert status == 2 and "switches" in capsys.readouterr().err
+
+
+def test_specs_that_do_not_fit_the_pooled_maps_are_refused_naming_the_field(live_service):
+    with httpx2.Client(base_url=live_service.url, timeout=60) as client:
+        files = [("files", (n, d, "image/png")) for n, d in sample_png_parts(1, SIDE)]
+        dataset = client.post("/datasets", files=files).json()["id"]
+        spec = _spec("below")
+        spec["layers"][1]["filter_size"] = 17  # 31 -> 31 (circular) -> 16 after 2x2 pooling: 17 does not fit
+        response = client.post("/jobs", json={"dataset_id": dataset, **spec})
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"] == ["body", "layers", 1, "filter_size"]
+        spec["layers"][1]["filter_size"] = 16
+        spec["layers"][1]["connectivity"] = [[True, True, True]] * K2  # the pooled layer 1 gives 3 channels
+        response = client.post("/jobs", json={"dataset_id": dataset, **spec})
+        assert response.status_code == 202, response.text
+        client.delete(f"/jobs/{response.json()['id']}")
+        bad = {**_spec("pixels"), "inference": {"method": "admm"}}
+        response = client.post("/jobs", json={"dataset_id": dataset, **bad})
+        assert response.status_code == 422 and "inference.method" in response.text
+        bad = {**_spec("pixels"), "layers": [{"n_filters": 2, "filter_size": 3, "lam": 0.1, "pool": [0, 2, 2]}]}
+        response = client.post("/jobs", json={"dataset_id": dataset, **bad})
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"][:4] == ["body", "layers", 0,
+                                                                                           "pool"]

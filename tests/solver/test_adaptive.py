@@ -708,6 +708,18 @@ def test_pixels_needs_fista_inference_and_a_plain_filter_update(extra, field) ->
     LearnConfig.model_validate({**data, "reconstruct_to": "below"})  # the same settings are fine for 2010
 
 
+def test_pixels_without_an_inference_gets_fista() -> None:
+    layers = [{"n_filters": 2, "filter_size": 3, "lam": 0.1}]
+    config = LearnConfig.model_validate({"layers": layers, "reconstruct_to": "pixels"})
+    assert (config.inference.method, config.inference.max_iter) == ("fista", 10)
+    assert LearnConfig(layers=layers, reconstruct_to="pixels").inference.method == "fista"
+    assert LearnConfig.model_validate({"layers": layers}).inference.method == "admm"  # the 2010 default stays
+    from workers.spec import JobSpec  # noqa: PLC0415
+
+    spec = JobSpec.model_validate({"layers": layers, "reconstruct_to": "pixels", "dataset_id": "a" * 32})
+    assert spec.inference.method == "fista" and spec.learn_config().inference == spec.inference
+
+
 def test_check_stack_measures_layer_two_on_the_pooled_input() -> None:
     def config(size: int) -> LearnConfig:
         return LearnConfig.model_validate({"layers": [
