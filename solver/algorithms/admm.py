@@ -114,6 +114,9 @@ class Admm:
             self.config.fused and not self._masked and self._kernels.available()
             and op.n_channels == 1 and problem.p == 1.0 and problem.images.dtype in (np.float32, np.float64)
         )
+        # the fused path writes an iterate into the arrays of a state given up (step's `out`): base.run then
+        # recycles its states instead of allocating every iteration
+        self.reuses_states = self._fused
         if self._fused:  # flattened views and the full Parseval weights the kernels read
             xp = problem.backend.xp
             U, V = problem.images_hat.shape[-2:]

@@ -72,9 +72,16 @@ def run(
     n = solver.max_iter if max_iter is None else max_iter
     history: list[float] = []
     best_maps, best = solver.maps(state), solver.per_item_objective(state).copy()
+    # A solver that can write its next iterate into the arrays of a state given up (``step(state, out=...)``)
+    # gets the states nobody holds any more: at most three are alive (the current one, the one holding the best
+    # maps, one spare), and no iteration allocates. Not with a callback, which may keep the states it is shown,
+    # and never the starting state, whose maps may be the caller's.
+    reuse = callback is None and getattr(solver, "reuses_states", False)
+    spare: list[Any] = []
     it = 0
     for it in range(1, n + 1):  # noqa: B007
-        previous, state = state, solver.step(state)
+        previous = state
+        state = solver.step(previous, out=spare.pop()) if spare else solver.step(previous)
         E = solver.per_item_objective(state)
         history.append(float(E.sum()))
         best_maps, best = _keep_best(solver.maps(state), E, best_maps, best)
@@ -82,6 +89,8 @@ def run(
             callback(state)
         if stop_early and solver.converged(state, previous):
             break
+        if reuse and it > 1 and solver.maps(previous) is not best_maps:  # the first holds the caller's maps
+            spare.append(previous)
     return InferenceResult(best_maps, float(best.sum()), history, it, state)
 
 

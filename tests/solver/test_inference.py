@@ -437,3 +437,29 @@ def test_encode_on_a_backend_follows_numpy(rng, backend, method, n_channels):
     np.testing.assert_allclose(backend.to_host(got.maps), expected.maps, rtol=2e-3, atol=2e-3)
     assert got.objective == pytest.approx(expected.objective, rel=1e-4)
     assert got.maps.dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_recycled_admm_states_give_the_allocating_run_and_leave_the_start_alone(dtype, monkeypatch):
+    """base.run recycles the states of the fused ADMM (``reuses_states``); with a callback it allocates every
+    iteration. Both must give the same maps and history, and the caller's starting maps must stay untouched."""
+    from solver.algorithms.admm import Admm  # noqa: PLC0415
+
+    outs: list[bool] = []
+    step = Admm.step
+    monkeypatch.setattr(Admm, "step", lambda self, state, *, out=None: outs.append(out is not None) or step(
+        self, state, out=out))
+    rng = np.random.default_rng(5)
+    images = rng.standard_normal((3, 1, 24, 24)).astype(dtype)
+    filters = rng.standard_normal((4, 1, 5, 5)).astype(dtype)
+    init = (0.1 * rng.standard_normal((3, 4, 24, 24))).astype(dtype)
+    kept = init.copy()
+    recycled = encode(images, filters, 0.1, method="admm", max_iter=30, tol=0.0, init=init, backend="numpy")
+    assert sum(outs) >= 20  # all but the first two, and those after a rise of E, write into a recycled state
+    outs.clear()
+    allocated = encode(images, filters, 0.1, method="admm", max_iter=30, tol=0.0, init=init, backend="numpy",
+                       callback=lambda state: None)
+    assert len(outs) == 30 and not any(outs)
+    np.testing.assert_array_equal(init, kept)
+    np.testing.assert_array_equal(recycled.maps, allocated.maps)
+    assert recycled.history == allocated.history and recycled.objective == allocated.objective
