@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from solver import LayerModel, StackModel, pool3d, project_down, reconstruct, unpool3d
 from solver.backend import Backend
 from solver.pooling import identity_switches, pooled_shape, select3d
+from tests.reference import pool_loops
 
 SHAPES_AND_SIZES = [
     ((2, 4, 6, 6), (2, 2, 2)),  # divisible
@@ -26,29 +27,10 @@ SHAPES_AND_SIZES = [
 ]
 
 
-def _pool_loops(maps: np.ndarray, size: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Explicit loops: per block, the first entry (k, then i, then j) of largest |value|, and its flat index."""
-    N, K, H, W = maps.shape
-    pk, ph, pw = size
-    Kb, Hb, Wb = -(-K // pk), -(-H // ph), -(-W // pw)
-    pooled = np.zeros((N, Kb, Hb, Wb), dtype=maps.dtype)
-    switches = np.zeros((N, Kb, Hb, Wb), dtype=np.int64)
-    for n, kb, ib, jb in itertools.product(range(N), range(Kb), range(Hb), range(Wb)):
-        best, where = -1.0, None
-        ks, rows, cols = (range(b * p, min((b + 1) * p, d)) for b, p, d in ((kb, pk, K), (ib, ph, H), (jb, pw, W)))
-        for k, i, j in itertools.product(ks, rows, cols):
-            if abs(maps[n, k, i, j]) > best:
-                best, where = abs(maps[n, k, i, j]), (k, i, j)
-        k, i, j = where
-        pooled[n, kb, ib, jb] = maps[n, k, i, j]
-        switches[n, kb, ib, jb] = (k * H + i) * W + j
-    return pooled, switches
-
-
 def _keep_maxima_loops(maps: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
     """Zero every entry of `maps` but each block's winner (loops, from :func:`_pool_loops`)."""
     N, K, H, W = maps.shape
-    _, switches = _pool_loops(maps, size)
+    _, switches = pool_loops(maps, size)
     out = np.zeros(N * K * H * W, dtype=maps.dtype)
     flat = (switches + np.arange(N).reshape(N, 1, 1, 1) * (K * H * W)).ravel()
     out[flat] = maps.reshape(-1)[flat]
@@ -59,7 +41,7 @@ def _keep_maxima_loops(maps: np.ndarray, size: tuple[int, int, int]) -> np.ndarr
 def test_pool3d_matches_loops(backend: Backend, dtype: type, rng: np.random.Generator, shape, size) -> None:
     maps = rng.standard_normal(shape).astype(dtype)
     pooled, switches = pool3d(backend.asarray(maps), size)
-    expected_pooled, expected_switches = _pool_loops(maps, size)
+    expected_pooled, expected_switches = pool_loops(maps, size)
     np.testing.assert_array_equal(backend.to_host(pooled), expected_pooled)
     np.testing.assert_array_equal(backend.to_host(switches), expected_switches)
 
@@ -73,7 +55,7 @@ def test_pool3d_matches_loops(backend: Backend, dtype: type, rng: np.random.Gene
 def test_pool3d_matches_loops_on_random_shapes(shape, size, seed) -> None:
     maps = np.random.default_rng(seed).standard_normal(shape)
     pooled, switches = pool3d(maps, size)
-    expected_pooled, expected_switches = _pool_loops(maps, size)
+    expected_pooled, expected_switches = pool_loops(maps, size)
     np.testing.assert_array_equal(pooled, expected_pooled)
     np.testing.assert_array_equal(switches, expected_switches)
 
