@@ -8,6 +8,10 @@ and for deep networks (layers learned one after another, projection to pixels)::
 
     from solver import learn_stack, encode_stack, project_down, pixel_filters
 
+and, with pooling between layers and the 2011 model (every layer reconstructs the pixels)::
+
+    from solver import encode_layers, reconstruct_from, top_projections
+
 Shapes: images (N, C, H, W), filters (K, C, s, s), connectivity (K, C), maps (N, K, H', W') with H' = H for the
 circular boundary and H + s − 1 for the valid one. float32 by default; the input dtype is kept.
 """
@@ -31,14 +35,18 @@ from .problem import objective
 from .stack import (
     INTER_LAYER_PREPROCESS,
     LayerModel,
+    StackCode,
     StackModel,
     StackResult,
+    encode_layers,
     encode_stack,
     layer_config,
     learn_stack,
     pixel_filters,
     project_down,
     psnr,
+    reconstruct_from,
+    top_projections,
 )
 
 __all__ = [
@@ -54,10 +62,12 @@ __all__ = [
     "LearnConfig",
     "LearnResult",
     "PreprocessConfig",
+    "StackCode",
     "StackModel",
     "StackResult",
     "ZeilerConfig",
     "encode",
+    "encode_layers",
     "encode_stack",
     "encode_with",
     "get_backend",
@@ -72,4 +82,6 @@ __all__ = [
     "project_down",
     "psnr",
     "reconstruct",
+    "reconstruct_from",
+    "top_projections",
 ]
