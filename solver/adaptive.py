@@ -47,7 +47,8 @@ from .prox import LpPenalty, shrink
 from .shard import CodeStats, _better, _iterate
 
 Pool = tuple[int, int, int]
-_POWER_ITER = 20  # power iterations for the per-image step of the 2011 inference
+_POWER_ITER = 20  # power iterations for the per-image step of the 2011 inference, from ones
+_POWER_ITER_WARM = 4  # and from the vectors of the previous outer iteration
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,8 @@ class PixelCodingProblem:
         Layer l's own pooling (the block constraint).
     """
 
-    def __init__(self, images: Array, op: ConvOperator, path: PixelPath, penalty: LpPenalty, pool: Pool | None):
+    def __init__(self, images: Array, op: ConvOperator, path: PixelPath, penalty: LpPenalty, pool: Pool | None,
+                 *, power_start: Array | None = None, power_iter: int = _POWER_ITER):
         self.images = images
         self.op = op
         self.path = path
@@ -186,6 +188,9 @@ class PixelCodingProblem:
         self.pool = pool
         self.backend = op.backend
         self.maps_shape = (int(images.shape[0]), op.n_filters) + op.map_shape
+        self.power_start = power_start
+        self.power_iter = power_iter
+        self.power_vector: Array | None = None  # the last power-iteration vector (to warm-start the next one)
 
     def synthesize(self, maps: Array) -> Array:
         """R z = B F z: (N, K_l, H_l', W_l') -> (N, C_1, H, W)."""
@@ -214,20 +219,23 @@ class PixelCodingProblem:
         return self.penalty.per_item(maps)
 
     def lipschitz(self) -> np.ndarray:
-        """‖R_n‖² per image n (each has switches of its own) by power iteration, with a 2 % margin and capped by
-        Π‖F_j‖², as host float64 (N,): an image's step never depends on the other images of its batch, so a
-        shard of any size follows the same trajectory (FISTA doubles an L that fails to descend)."""
+        """‖R_n‖² per image n (each has switches of its own) by ``power_iter`` power iterations from
+        ``power_start`` (ones by default), with a 2 % margin and capped by Π‖F_j‖², as host float64 (N,). An
+        image's step never depends on the other images of its batch, so a shard of any size follows the same
+        trajectory; an underestimate is safe (FISTA doubles an L that fails to descend)."""
         xp = self.backend.xp
         bound = self.path.bound * self.op.lipschitz()
-        v = xp.ones(self.maps_shape, dtype=self.images.dtype)
+        start = self.power_start
+        v = xp.ones(self.maps_shape, dtype=self.images.dtype) if start is None else start
         lam = np.zeros(self.maps_shape[0])
-        for _ in range(_POWER_ITER):
+        for _ in range(self.power_iter):
             v = v / xp.asarray(np.maximum(np.sqrt(sq_norm_per_item(v)), 1e-300).reshape(-1, 1, 1, 1), dtype=v.dtype)
             w = self.normal(v)
             lam = np.sqrt(sq_norm_per_item(w))
             if not lam.any():
                 break
             v = w
+        self.power_vector = v
         return np.where(lam > 0, np.minimum(1.02 * lam, bound), bound)
 
     def objective(self, maps: Array) -> float:
@@ -284,6 +292,7 @@ class PixelShard:
         self.g = None if connectivity is None else self.bk.asarray(connectivity)
         self.penalty = LpPenalty(self.layer.lam, self.layer.p)
         self._maps: Array | None = None
+        self._power: Array | None = None  # per-image power-iteration vectors of the step sizes, kept warm
         self._filter_op: FilterOperator | None = None
 
     @property
@@ -300,8 +309,11 @@ class PixelShard:
         f = self.bk.asarray(filters, dtype=self.images.dtype)
         self._filter_op = None
         op = ConvOperator(f, self.path.input_shape, boundary=self.config.boundary, connectivity=self.g)
-        problem = PixelCodingProblem(self.images, op, self.path, self.penalty, self.layer.pool)
+        warm = self._power is not None  # the filters moved a little since: a few steps from the last vector
+        problem = PixelCodingProblem(self.images, op, self.path, self.penalty, self.layer.pool,
+                                     power_start=self._power, power_iter=_POWER_ITER_WARM if warm else _POWER_ITER)
         solver = Fista(problem, FistaConfig(max_iter=self.config.inference.max_iter, tol=0.0))
+        self._power = problem.power_vector
         start = None if self._maps is None else keep_block_maxima(self._maps, self.layer.pool)
         state = solver.init(start)
         maps0, E0 = solver.maps(state), solver.per_item_objective(state).copy()
@@ -342,11 +354,14 @@ class PixelShard:
         return self.bk.to_host(self._maps)
 
     def state(self) -> dict[str, Any]:
-        return {"maps": None if self._maps is None else self.maps(), "warm": None, "consensus": None}
+        """The maps and the power vectors of the step sizes (a resumed run takes the same steps)."""
+        power = None if self._power is None else self.bk.to_host(self._power)
+        return {"maps": None if self._maps is None else self.maps(), "warm": power, "consensus": None}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        maps = state.get("maps")
+        maps, power = state.get("maps"), state.get("warm")
         self._maps = None if maps is None else self.bk.asarray(maps)
+        self._power = None if power is None else self.bk.asarray(power, dtype=self.images.dtype)
         self._filter_op = None
 
 
