@@ -167,6 +167,14 @@ def test_a_2011_layer_runs_distributed_as_in_one_process(ray_session, tmp_path, 
     _assert_same_run(result, reference)
     np.testing.assert_allclose(result.maps, reference.maps, rtol=1e-5, atol=1e-8)
     assert np.all(np.diff(result.history) <= 1e-9 * np.abs(result.history[:-1]))
+    # stopped after 2 outer iterations and resumed from the checkpoint: the same trajectory (the shards' state
+    # holds the warm power vectors of the step sizes too)
+    done = []
+    options = {"workers": workers, "lower": lower, "switch_paths": [files], "checkpoint_dir": tmp_path / "ckpt",
+               "checkpoint_every": 2}
+    Coordinator(dataset, second, **options).run(callback=done.append, should_stop=lambda: len(done) >= 2)
+    resumed = Coordinator(dataset, second, **options).run(resume=True)
+    _assert_same_run(resumed, reference)
 
 
 def test_lower_layers_are_refused_for_the_2010_model_and_must_match_the_switches(dataset, learn_config, tmp_path):
