@@ -9,6 +9,7 @@
     deconv wait JOB [--timeout S]
     deconv cancel JOB
     deconv filters JOB --out FILE [--layer L] [--format npy|png]
+    deconv encode JOB IMAGE... --out FILE.npz [--layer L] [--max-iter N] [--method M]
     deconv reconstruct JOB --out FILE [--format npy|png]
     deconv reconstruct --maps FILE (--job JOB [--layer L] [--switches NPZ] | --filters FILE [--boundary B]) --out FILE
     deconv demo [--out demo-output] [--data-dir DIR]
@@ -143,6 +144,19 @@ def _add_client_commands(commands) -> None:
     filters.add_argument("--format", choices=("npy", "png"), default=None,
                          help="npy (K, C, s, s) float32, or png (a montage); default: from --out's suffix")
     filters.add_argument("--out", type=Path, required=True, metavar="FILE")
+    encode = add("encode", "encode images with a finished job's model: maps (and pooling switches) per layer")
+    encode.add_argument("job", metavar="JOB")
+    encode.add_argument("images", type=Path, nargs="+", metavar="IMAGE",
+                        help="PNG, JPEG, TIFF or NPY files, or folders of them, of one shape")
+    encode.add_argument("--layer", type=_positive_int, default=None, metavar="L", help="default: the top layer")
+    encode.add_argument("--max-iter", type=_positive_int, default=200, metavar="N",
+                        help="inference iterations per layer (default 200)")
+    encode.add_argument("--method", choices=("admm", "fista", "zeiler"), default=None,
+                        help="default: the job's inference")
+    encode.add_argument("--format", choices=("npz", "npy"), default=None,
+                        help="npz: 'L1'... maps and 'S1'... switches of every layer up to L; npy: the maps of L "
+                        "(N, K, H', W'); default: from --out's suffix")
+    encode.add_argument("--out", type=Path, required=True, metavar="FILE")
     reconstruct = add("reconstruct", "save a job's reconstructions, or reconstruct images from feature maps")
     reconstruct.add_argument("job_id", nargs="?", default=None, metavar="JOB",
                              help="a finished job: save its reconstructions of the training images")
@@ -267,7 +281,7 @@ def _client_command(args: argparse.Namespace) -> int:
     from .client import DeconvAPIError, DeconvClient  # noqa: PLC0415
 
     run = {"submit": commands.submit, "status": commands.status, "wait": commands.wait, "cancel": commands.cancel,
-           "filters": commands.filters, "reconstruct": commands.reconstruct}[args.command]
+           "filters": commands.filters, "encode": commands.encode, "reconstruct": commands.reconstruct}[args.command]
     try:
         with DeconvClient(args.url, api_key=args.api_key) as client:
             return run(args, client)

@@ -1,4 +1,5 @@
-"""The ``deconv`` commands that talk to a running service: submit, status, wait, cancel, filters, reconstruct.
+"""The ``deconv`` commands that talk to a running service: submit, status, wait, cancel, filters, encode,
+reconstruct.
 
 Each takes the parsed arguments and an open :class:`~api.client.DeconvClient` and returns an exit status (see
 :mod:`api.cli`). Results go to stdout (a job id, a file written, a table); messages and the progress bar go to
@@ -209,6 +210,30 @@ def filters(args: argparse.Namespace, client: DeconvClient) -> int:
         array = client.filters(args.job, layer=args.layer)
         data, what = _npy_bytes(array), f"filters {tuple(array.shape)} {array.dtype}"
     return _write(args.out, data, what)
+
+
+def encode(args: argparse.Namespace, client: DeconvClient) -> int:
+    """Encode image files (or folders of them) with a finished job's model: ``.npz`` with the maps of every layer
+    up to ``--layer`` (``L1``, ``L2``, ...) and the switches of the layers that pool (``S1``, ...), which
+    ``deconv reconstruct --switches`` reads; or ``.npy``, the (N, K, H', W') maps of ``--layer`` alone."""
+    fmt = args.format or ("npy" if args.out.suffix.lower() == ".npy" else "npz")
+    missing = [str(p) for p in args.images if not p.exists()]
+    if missing:
+        raise UsageError(f"no such image file or folder: {', '.join(missing)}")
+    try:
+        code = client.encode_layers(args.job, list(args.images), layer=args.layer, max_iter=args.max_iter,
+                                    method=args.method)
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"images: {exc}") from None
+    top = max(int(name[1:]) for name in code if name.startswith("L"))
+    if fmt == "npy":
+        maps = code[f"L{top}"]
+        return _write(args.out, _npy_bytes(maps), f"layer-{top} maps {tuple(maps.shape)}")
+    buffer = io.BytesIO()
+    np.savez(buffer, **code)
+    switches = sorted(name for name in code if name.startswith("S"))
+    what = f"maps of layers 1-{top}" + (f" and switches {', '.join(switches)}" if switches else "")
+    return _write(args.out, buffer.getvalue(), what)
 
 
 def reconstruct(args: argparse.Namespace, client: DeconvClient) -> int:

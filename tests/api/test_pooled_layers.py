@@ -135,7 +135,7 @@ def test_encode_with_admm_on_a_pixels_model_names_the_method(pooled_job):
     assert response.json()["detail"][0]["loc"] == ["query", "method"]
 
 
-def test_client_and_cli_reconstruct_from_layer_two_with_the_switches(pooled_job, tmp_path, capsys):
+def test_client_and_cli_encode_then_reconstruct_from_layer_two_with_the_switches(pooled_job, tmp_path, capsys):
     from api.cli import main  # noqa: PLC0415
     from api.client import DeconvAPIError, DeconvClient  # noqa: PLC0415
 
@@ -147,8 +147,19 @@ def test_client_and_cli_reconstruct_from_layer_two_with_the_switches(pooled_job,
             deconv.reconstruct(code["L2"], job_id=job["id"], layer=2)
         image = deconv.reconstruct(code["L2"], job_id=job["id"], layer=2, switches=code)
     assert image.shape == (1, 1, SIDE, SIDE)
-    np.save(tmp_path / "maps.npy", code["L2"])
-    np.savez(tmp_path / "code.npz", **code)
+    (tmp_path / files[0][1][0]).write_bytes(files[0][1][1])
+    status = main(["encode", job["id"], str(tmp_path / files[0][1][0]), "--layer", "2", "--max-iter", "50",
+                   "--out", str(tmp_path / "code.npz"), "--url", str(client.base_url)])
+    assert status == 0, capsys.readouterr().err
+    with np.load(tmp_path / "code.npz") as archive:
+        assert sorted(archive.files) == ["L1", "L2", "S1"]
+        np.testing.assert_allclose(archive["L2"], code["L2"], rtol=1e-6, atol=1e-7)  # the same encode
+    status = main(["encode", job["id"], str(tmp_path / files[0][1][0]), "--max-iter", "50",
+                   "--out", str(tmp_path / "maps.npy"), "--url", str(client.base_url)])
+    assert status == 0 and np.load(tmp_path / "maps.npy").shape == code["L2"].shape
+    status = main(["encode", job["id"], str(tmp_path / "missing.png"), "--out", str(tmp_path / "x.npz"),
+                   "--url", str(client.base_url)])
+    assert status == 2 and "missing.png" in capsys.readouterr().err
     out = tmp_path / "image.npy"
     status = main(["reconstruct", "--maps", str(tmp_path / "maps.npy"), "--job", job["id"], "--layer", "2",
                    "--switches", str(tmp_path / "code.npz"), "--out", str(out), "--url", str(client.base_url)])
