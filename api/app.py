@@ -224,7 +224,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise field_error(["body", "dataset_id"], f"no dataset {spec.dataset_id!r}; upload one with "
                               "POST /datasets", spec.dataset_id)
         try:
-            check_against_dataset(spec, dataset, max_filters=settings.max_filters_per_layer)
+            check_against_dataset(spec, dataset, max_filters=settings.max_filters_per_layer,
+                                  max_maps_bytes=settings.max_job_maps_bytes)
         except SpecError as exc:
             raise field_error(["body", *(int(p) if p.isdigit() else p for p in exc.field.split("."))],
                               exc.message, exc.value) from None

@@ -13,6 +13,7 @@ max_image_pixels               ``DECONV_MAX_IMAGE_PIXELS`` 4096·4096
 max_images_per_dataset         ``DECONV_MAX_IMAGES``       10000
 max_filters_per_layer          ``DECONV_MAX_FILTERS``      1024
 max_encode_images              ``DECONV_MAX_ENCODE_IMAGES`` 64
+max_job_maps_bytes             ``DECONV_MAX_JOB_MAPS_BYTES`` 4 GiB: the feature maps of a job's layers together
 checkpoint_every               ``DECONV_CHECKPOINT_EVERY`` 5
 run_jobs                       ``DECONV_RUN_JOBS``         true (false: accept jobs, run none)
 =============================  ==========================  =================================================
@@ -39,6 +40,7 @@ _ENV = {
     "max_images_per_dataset": "DECONV_MAX_IMAGES",
     "max_filters_per_layer": "DECONV_MAX_FILTERS",
     "max_encode_images": "DECONV_MAX_ENCODE_IMAGES",
+    "max_job_maps_bytes": "DECONV_MAX_JOB_MAPS_BYTES",
     "checkpoint_every": "DECONV_CHECKPOINT_EVERY",
     "run_jobs": "DECONV_RUN_JOBS",
 }
@@ -59,6 +61,10 @@ class Settings(BaseModel):
     max_images_per_dataset: int = Field(10_000, ge=1)
     max_filters_per_layer: int = Field(1024, ge=1)
     max_encode_images: int = Field(64, ge=1)
+    max_job_maps_bytes: int = Field(
+        4 * 2**30, ge=1, description="bytes of feature maps a job may hold, all its layers together: the shard "
+        "actors hold them while learning and the runner gathers them for the artifacts, so a job over this is "
+        "refused at submission instead of running out of memory")
     checkpoint_every: int = Field(5, ge=0)
     run_jobs: bool = True
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the private local Ray cluster (default: all)")

@@ -68,8 +68,11 @@ class JobSpec(LearnConfig):
         return LearnConfig.model_validate(self.model_dump(exclude={"dataset_id", "workers", "backend"}))
 
 
-def check_against_dataset(spec: JobSpec, dataset: DatasetRecord, *, max_filters: int | None = None) -> None:
-    """Raise :class:`SpecError` when `spec` cannot run on `dataset` (see the module docstring)."""
+def check_against_dataset(spec: JobSpec, dataset: DatasetRecord, *, max_filters: int | None = None,
+                          max_maps_bytes: int | None = None) -> None:
+    """Raise :class:`SpecError` when `spec` cannot run on `dataset` (see the module docstring), or when the feature
+    maps of its layers together (N images × K_l × H_l' × W_l' in the computation dtype, summed over the layers)
+    would take more than `max_maps_bytes`."""
     first = dataset.images[0]
     for index, image in enumerate(dataset.images[1:], start=1):
         if image.shape != first.shape or image.dtype != first.dtype:
@@ -79,10 +82,18 @@ def check_against_dataset(spec: JobSpec, dataset: DatasetRecord, *, max_filters:
     channels, height, width = first.shape
     if spec.preprocess is not None and spec.preprocess.grey and channels == 3:
         channels = 1
+    itemsize = 8 if (spec.dtype or ("float64" if first.dtype == "float64" else "float32")) == "float64" else 4
+    total = 0
     for index, layer in enumerate(spec.layers):
         _check_layer(index, layer, channels, (height, width), spec.seed, max_filters)
         height, width = map_shape((height, width), layer.filter_size, spec.boundary)
         channels = layer.n_filters
+        total += len(dataset.images) * layer.n_filters * height * width * itemsize
+        if max_maps_bytes is not None and total > max_maps_bytes:
+            raise SpecError(f"layers.{index}.n_filters", f"the feature maps of {len(dataset.images)} images up to "
+                            f"layer {index + 1} take {total / 2**30:.2f} GiB, more than the service's limit of "
+                            f"{max_maps_bytes / 2**30:.2f} GiB (DECONV_MAX_JOB_MAPS_BYTES): use fewer images, "
+                            "filters or layers, or smaller images", layer.n_filters)
         if layer.pool is not None:  # the layer above reads the pooled maps
             _, channels, height, width = pooled_shape((1, channels, height, width), layer.pool)
 

@@ -354,3 +354,22 @@ def test_with_the_key_the_routes_answer(keyed):
 def test_health_needs_no_key(keyed):
     response = keyed.get("/health")
     assert (response.status_code, response.json()["status"], response.json()["runner"]) == (200, "ok", "disabled")
+
+
+def test_a_job_whose_maps_would_not_fit_the_memory_budget_is_refused_naming_the_layer(tmp_path_factory):
+    # 3 images of 32x32, circular: layer 1 (4 maps) holds 3*4*32*32*4 = 48 KiB, layer 2 (8 maps) 96 KiB more
+    service = start_service(tmp_path_factory.mktemp("budget"), run_jobs=False, max_job_maps_bytes=100_000)
+    try:
+        with httpx2.Client(base_url=service.url, timeout=30) as client:
+            files = [("files", (n, d, "image/png")) for n, d in sample_png_parts(3, 32)]
+            dataset = client.post("/datasets", files=files).json()["id"]
+            layers = [{"n_filters": 4, "filter_size": 5, "lam": 0.1}, {"n_filters": 8, "filter_size": 5, "lam": 0.1}]
+            response = client.post("/jobs", json={"dataset_id": dataset, "layers": layers})
+            assert response.status_code == 422, response.text
+            detail = response.json()["detail"][0]
+            assert detail["loc"] == ["body", "layers", 1, "n_filters"] and detail["input"] == 8
+            assert "DECONV_MAX_JOB_MAPS_BYTES" in detail["msg"] and "layer 2" in detail["msg"]
+            response = client.post("/jobs", json={"dataset_id": dataset, "layers": layers[:1]})
+            assert response.status_code == 202, response.text
+    finally:
+        stop_service(service)
