@@ -44,7 +44,7 @@ from .operators import ConvOperator, FilterOperator, map_shape
 from .pooling import pool3d, pooled_shape, select3d, unpool3d
 from .problem import sq_norm_per_item
 from .prox import LpPenalty, shrink
-from .shard import CodeStats, _better, _iterate
+from .shard import CodeStats, iterate_steps, keep_better
 
 Pool = tuple[int, int, int]
 _POWER_ITER = 20  # power iterations for the per-image step of the 2011 inference, from ones
@@ -317,8 +317,8 @@ class PixelShard:
         start = None if self._maps is None else keep_block_maxima(self._maps, self.layer.pool)
         state = solver.init(start)
         maps0, E0 = solver.maps(state), solver.per_item_objective(state).copy()
-        state = _iterate(solver, state, solver.max_iter)
-        self._maps = _better(solver.maps(state), solver.per_item_objective(state), maps0, E0)
+        state = iterate_steps(solver, state, solver.max_iter)
+        self._maps = keep_better(solver.maps(state), solver.per_item_objective(state), maps0, E0)
         xp = self.bk.xp
         return CodeStats(self.penalty(self._maps), int(xp.count_nonzero(self._maps)), int(self._maps.size),
                          solver.max_iter, self.n_images)

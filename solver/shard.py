@@ -89,8 +89,8 @@ class Shard:
         state = solver.init(self._maps, warm=self._warm)
         self._warm = None  # the run owns (and overwrites) the duals now
         maps0, E0 = solver.maps(state), solver.per_item_objective(state).copy()
-        state = _iterate(solver, state, solver.max_iter)
-        self._maps = _better(solver.maps(state), solver.per_item_objective(state), maps0, E0)
+        state = iterate_steps(solver, state, solver.max_iter)
+        self._maps = keep_better(solver.maps(state), solver.per_item_objective(state), maps0, E0)
         self._warm = state.warm_start() if isinstance(state, AdmmState) else None  # the others start cold
         xp = self.bk.xp
         return CodeStats(self.penalty(self._maps), int(xp.count_nonzero(self._maps)), int(self._maps.size),
@@ -140,7 +140,7 @@ class Shard:
         self._filter_problem = None
 
 
-def _iterate(solver: Any, state: Any, n_iter: int) -> Any:
+def iterate_steps(solver: Any, state: Any, n_iter: int) -> Any:
     """`n_iter` steps of `solver` from `state`; only the last state is kept.
 
     ADMM steps write into the arrays of the state they replace (``out=``), except the maps of `state`, which
@@ -159,7 +159,7 @@ def _iterate(solver: Any, state: Any, n_iter: int) -> Any:
     return state
 
 
-def _better(maps: Array, E: np.ndarray, maps0: Array, E0: np.ndarray) -> Array:
+def keep_better(maps: Array, E: np.ndarray, maps0: Array, E0: np.ndarray) -> Array:
     """Per image, `maps` unless its E is above E0 of `maps0` (no copy when one of them wins everywhere)."""
     worse = E > E0
     if not worse.any():
