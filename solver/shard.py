@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from .algorithms import make_solver
-from .algorithms.admm import Admm, AdmmState
+from .algorithms.admm import Admm
+from .algorithms.base import run
 from .algorithms.consensus import ConsensusState, consensus_local_step
 from .algorithms.filter_update import FilterProblem
 from .backend import Array, Backend, backend_of, get_backend
@@ -78,9 +79,12 @@ class Shard:
     def code(self, filters: np.ndarray) -> CodeStats:
         """Inference with fixed filters, warm-started; never returns maps worse than the previous ones.
 
-        Exactly ``config.inference.max_iter`` iterations, keeping only the current iterate (an ADMM run
-        updates it in place), so that the peak memory is a few arrays of the maps' size; per image, the maps
-        it started from are kept when the run ends above their E.
+        Exactly ``config.inference.max_iter`` iterations. ADMM keeps only its current iterate (updated in place,
+        so that the peak memory is a few arrays of the maps' size), and per image the maps it started from are
+        kept when the run ends above their E. The other methods keep, per image, the iterate of lowest E among
+        the start and every step: the β continuation of ``zeiler`` can end above an earlier stage, and even
+        above the start (a first coding step from zero maps that ended above E(0) would leave the maps at zero,
+        and the filters, whose gradient they set, where they are, for ever).
         """
         f = self.bk.asarray(filters, dtype=self.images.dtype)
         self._filter_problem = None  # its FFT of the old maps is stale: free it before the coding peak
@@ -88,10 +92,13 @@ class Shard:
         solver = make_solver(CSCProblem(self.images, op, self.penalty), self.config.inference)
         state = solver.init(self._maps, warm=self._warm)
         self._warm = None  # the run owns (and overwrites) the duals now
-        maps0, E0 = solver.maps(state), solver.per_item_objective(state).copy()
-        state = iterate_steps(solver, state, solver.max_iter)
-        self._maps = keep_better(solver.maps(state), solver.per_item_objective(state), maps0, E0)
-        self._warm = state.warm_start() if isinstance(state, AdmmState) else None  # the others start cold
+        if isinstance(solver, Admm):
+            maps0, E0 = solver.maps(state), solver.per_item_objective(state).copy()
+            state = iterate_steps(solver, state, solver.max_iter)
+            self._maps = keep_better(solver.maps(state), solver.per_item_objective(state), maps0, E0)
+            self._warm = state.warm_start()
+        else:  # the others start cold
+            self._maps = run(solver, state, stop_early=False).maps
         xp = self.bk.xp
         return CodeStats(self.penalty(self._maps), int(xp.count_nonzero(self._maps)), int(self._maps.size),
                          solver.max_iter, self.n_images)

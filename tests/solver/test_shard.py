@@ -82,3 +82,41 @@ def test_a_shard_without_maps_refuses_filter_queries(rng):
 def test_an_empty_pool_is_refused():
     with pytest.raises(ValueError, match="shard"):
         LocalPool([])
+
+
+def test_zeiler_coding_keeps_each_image_s_best_stage_not_the_last():
+    """The β continuation of zeiler can end above an earlier stage and above E(0): on rescaled sparse maps (a
+    layer-2 input) with p = 0.8 and 2 CG steps, E falls at the first stage and rises after. The shard keeps, per
+    image, the best of the start and the stages; it used to compare the last stage with the zero start only,
+    which froze the maps at zero and the filters with them (the zeiler2010 preset's layer 2 never learned)."""
+    from solver.algorithms import make_solver  # noqa: PLC0415
+    from solver.connectivity import connectivity_table  # noqa: PLC0415
+    from solver.operators import ConvOperator  # noqa: PLC0415
+    from solver.preprocess import FittedPreprocess  # noqa: PLC0415
+    from solver.problem import CSCProblem  # noqa: PLC0415
+    from solver.prox import LpPenalty  # noqa: PLC0415
+    from solver.stack import INTER_LAYER_PREPROCESS  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    sparse = rng.standard_normal((2, 9, 30, 30)) * (rng.random((2, 9, 30, 30)) < 0.03)
+    images, _ = FittedPreprocess.fit(sparse, INTER_LAYER_PREPROCESS)
+    table = connectivity_table("singles-and-doubles", 45, 9, seed=0)
+    inference = ZeilerConfig(z_solver="cg", cg_iter=2)
+    config = LearnConfig(layers=[LayerSpec(n_filters=45, filter_size=7, lam=0.1, p=0.8,
+                                           connectivity="singles-and-doubles")],
+                         inference=inference, boundary="valid", dtype="float64")
+    filters = initial_filters(45, 9, 7, seed=0, norm="plane", connectivity=table, dtype=np.float64)
+    solver = make_solver(CSCProblem(images, ConvOperator(filters, (30, 30), boundary="valid", connectivity=table),
+                                    LpPenalty(0.1, 0.8)), inference)
+    state = solver.init(None)
+    stages = [solver.per_item_objective(state).copy()]
+    for _ in range(solver.max_iter):
+        state = solver.step(state)
+        stages.append(solver.per_item_objective(state).copy())
+    stages = np.array(stages)  # (1 + stages, images)
+    assert np.all(stages[-1] > stages[0]) and np.all(stages.min(axis=0) < stages[0])  # the case that matters
+    shard = Shard(images, config, table, backend="numpy")
+    shard.code(filters)
+    kept = solver.per_item_objective(solver.init(shard.maps()))
+    np.testing.assert_allclose(kept, stages.min(axis=0), rtol=1e-10)
+    assert np.count_nonzero(shard.maps()) > 0
