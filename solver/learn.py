@@ -19,11 +19,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .adaptive import LowerLayer, PixelPath, PixelShard
+from .adaptive import LowerLayer, PixelShard, input_geometry
 from .algorithms.consensus import update_filters_consensus
 from .algorithms.filter_update import filter_lipschitz, update_filters_pooled
 from .algorithms.recentre import crop_to_energy, recentre, roll_state
-from .backend import Array, get_backend
+from .backend import Array
 from .coding import inference_config
 from .config import FilterUpdateConfig, LayerSpec, LearnConfig
 from .connectivity import connectivity_table
@@ -207,11 +207,8 @@ def learn_layer(
     pixels = config.reconstruct_to == "pixels"
     if (lower or switches) and not pixels:
         raise ValueError("lower layers are given only with reconstruct_to 'pixels' (the 2011 model)")
-    path = PixelPath(lower, switches, y.shape[-2:], y.shape[0], config.boundary, get_backend("numpy"),
-                     y.dtype) if pixels else None
     N, C, H, W = y.shape
-    if path is not None and not path.identity:
-        C, (H, W) = path.input_channels, path.input_shape
+    C, (H, W) = input_geometry(lower, C, (H, W), config.boundary)  # what the layer reads (PixelShard checks)
     s = layer.filter_size
     if s > H or s > W:
         raise ValueError(f"filter_size {s} is larger than the layer's input ({H}x{W})")

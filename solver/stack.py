@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .adaptive import LowerLayer, PixelPath, code_pixels, pool_maps
-from .backend import Array, get_backend
+from .backend import Array, backend_of, get_backend
 from .coding import Method, encode, reconstruct
 from .config import LearnConfig
 from .connectivity import connectivity_table
@@ -643,13 +643,13 @@ def top_projections(model: StackModel, code: StackCode, layer: int) -> np.ndarra
     top = model.check_layer(layer)
     if len(code.maps) < top:
         raise ValueError(f"the code holds maps of {len(code.maps)} layers, not of layer {top}")
-    maps = _host(code.maps[top - 1])
     K = model.layers[top - 1].n_filters
     S = max(footprint(model, top))
     C1 = model.layers[0].n_channels
+    host = StackCode([backend_of(m).to_host(m) for m in code.maps[:top]],
+                     [None if s is None else backend_of(s).to_host(s) for s in code.switches[:top]])
+    maps = host.maps[top - 1]
     out = np.zeros((K, C1, S, S), dtype=maps.dtype)
-    host = StackCode([_host(m) for m in code.maps[:top]], [None if s is None else _host(s)
-                                                            for s in code.switches[:top]])
     for k in range(K):
         flat = int(np.argmax(np.abs(maps[:, k])))
         n, i, j = np.unravel_index(flat, maps[:, k].shape)
@@ -662,10 +662,6 @@ def top_projections(model: StackModel, code: StackCode, layer: int) -> np.ndarra
                               map_shapes=[(1,) + tuple(m.shape[1:]) for m in image.maps], offset=False)[0]
         out[k] = _crop_around(pixels, S, model.boundary == "circular")
     return out
-
-
-def _host(a: Array) -> np.ndarray:
-    return a if isinstance(a, np.ndarray) else np.asarray(a.get())
 
 
 def _crop_around(x: np.ndarray, S: int, circular: bool) -> np.ndarray:
