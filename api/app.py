@@ -384,7 +384,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     unpool = _unpooling(model, top, z, switches, settings)
                 images = model.project(z, layer=top, **unpool)
             else:
-                from solver.coding import reconstruct  # noqa: PLC0415
+                from solver.models.coding import reconstruct  # noqa: PLC0415
 
                 f = _read_array(filters, "filters", settings)
                 images = reconstruct(z, f, boundary=boundary)

@@ -380,7 +380,7 @@ def _stop_on_interrupt(stop: threading.Event) -> Iterator[None]:
 def _write_outputs(out: Path, result) -> None:
     from PIL import Image  # noqa: PLC0415
 
-    from solver.montage import filter_montage  # noqa: PLC0415
+    from solver.images.pictures import filter_montage  # noqa: PLC0415
     from workers.checkpoint import atomic_write_bytes, npy_bytes  # noqa: PLC0415
 
     atomic_write_bytes(out / "filters.npy", npy_bytes(result.filters.astype(np.float32)))

@@ -42,12 +42,12 @@ from pathlib import Path
 
 import numpy as np
 
-from solver.adaptive import LowerLayer, pool_maps
-from solver.learn import IterStats, LearnResult
-from solver.montage import filter_montage, side_by_side
-from solver.pooling import pool3d
-from solver.preprocess import FittedPreprocess
-from solver.stack import StackCode, StackModel, layer_config, pixel_filters, reconstruct_from, top_projections
+from solver.images.pictures import filter_montage, side_by_side
+from solver.images.preprocess import FittedPreprocess
+from solver.models.adaptive import LowerLayer, pool_maps
+from solver.models.learn import IterStats, LearnResult
+from solver.models.stack import StackCode, StackModel, layer_config, pixel_filters, reconstruct_from, top_projections
+from solver.operators.pooling import pool3d
 
 from .checkpoint import atomic_write_bytes, npy_bytes
 from .cluster import ClusterConfig, connect

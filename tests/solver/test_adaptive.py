@@ -1,4 +1,4 @@
-"""The 2011 Adaptive Deconvolutional Network (solver.adaptive and the pooled parts of solver.stack).
+"""The 2011 Adaptive Deconvolutional Network (solver.models.adaptive and the pooled parts of solver.models.stack).
 
 Checked against slow direct references (tests/reference.py): the pixel path R = F1 U1 F2 ⋯ as a dense matrix built
 from loop convolutions and explicit unpooling at the switches (forward, adjoint, normal, the adjoint identity, the
@@ -22,7 +22,9 @@ from PIL import Image
 from pydantic import ValidationError
 
 from solver import LearnConfig, StackModel, encode, learn_layer, learn_stack, project_down, psnr
-from solver.adaptive import (
+from solver.backend import get_backend
+from solver.config import AdmmConfig, FistaConfig, LayerSpec
+from solver.models.adaptive import (
     LowerLayer,
     PixelCodingProblem,
     PixelPath,
@@ -31,12 +33,7 @@ from solver.adaptive import (
     keep_block_maxima,
     pool_maps,
 )
-from solver.backend import get_backend
-from solver.config import AdmmConfig, FistaConfig, LayerSpec
-from solver.connectivity import connectivity_table
-from solver.operators import ConvOperator, map_shape
-from solver.prox import LpPenalty, shrink
-from solver.stack import (
+from solver.models.stack import (
     StackCode,
     check_stack,
     encode_layers,
@@ -46,6 +43,9 @@ from solver.stack import (
     reconstruct_from,
     top_projections,
 )
+from solver.operators.connectivity import connectivity_table
+from solver.operators.convolution import ConvOperator, map_shape
+from solver.operators.prox import LpPenalty, shrink
 from tests.reference import (
     convolve_loops,
     dense_conv_matrix,

@@ -19,8 +19,8 @@ from solver import (
 )
 from solver.algorithms.recentre import centring_shifts, roll_state, shift_filters
 from solver.config import AdmmConfig, ZeilerConfig
-from solver.learn import initial_filters
-from solver.montage import filter_montage
+from solver.images.pictures import filter_montage
+from solver.models.learn import initial_filters
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .backend import Array, Backend, backend_of
-from .operators import ConvOperator, parseval_weights
-from .prox import LpPenalty
+from ..backend import Array, Backend, backend_of
+from ..operators.convolution import ConvOperator, parseval_weights
+from ..operators.prox import LpPenalty
 
 
 class CSCProblem:

@@ -1,8 +1,8 @@
 r"""The 2011 Adaptive Deconvolutional Network: every layer reconstructs the pixels through the frozen layers below
 it, with 3-D max pooling and switches between layers (Zeiler, Taylor & Fergus, ICCV 2011; ``notes/zeiler.md`` §8).
 
-With :math:`F_j` the synthesis of layer j (:class:`~solver.operators.ConvOperator`) and :math:`U_{s_j}` the
-unpooling at layer j's switches (:func:`~solver.pooling.unpool3d`), layer l codes the preprocessed images y by
+With :math:`F_j` the synthesis of layer j (:class:`~solver.operators.convolution.ConvOperator`) and :math:`U_{s_j}` the
+unpooling at layer j's switches (:func:`~solver.operators.pooling.unpool3d`), layer l codes the preprocessed images y by
 
 .. math:: R_l = B_l F_l, \qquad B_l = F_1 U_{s_1} F_2 U_{s_2} \cdots F_{l-1} U_{s_{l-1}},
 
@@ -21,7 +21,7 @@ L ≥ ‖R_l‖², therefore never raises the objective, even though the constra
 :class:`~solver.algorithms.fista.Fista`, whose function-value restart falls back to that plain step whenever the
 momentum step would not descend, so the accelerated iteration is monotone too.
 
-Learning layer l (:class:`PixelShard`, driven by :func:`solver.learn.alternate` like any shard): with z_l and
+Learning layer l (:class:`PixelShard`, driven by :func:`solver.models.learn.alternate` like any shard): with z_l and
 every switch fixed, E is quadratic in f_l and its gradient is the correlation of z_l with the pixel residual
 carried up through the layers below, :math:`Z_l^\top B_l^\top (B_l Z_l f_l - y)`; the projected-FISTA (or CG)
 filter update of :mod:`solver.algorithms.filter_update` runs on it unchanged. The objective recorded after each
@@ -36,14 +36,14 @@ from typing import Any
 
 import numpy as np
 
-from .algorithms.base import run
-from .algorithms.fista import Fista
-from .backend import Array, Backend, backend_of, get_backend
-from .config import FistaConfig, LearnConfig
-from .operators import ConvOperator, FilterOperator, map_shape
-from .pooling import pool3d, pooled_shape, select3d, unpool3d
-from .problem import sq_norm_per_item
-from .prox import LpPenalty, shrink
+from ..algorithms.base import run
+from ..algorithms.fista import Fista
+from ..algorithms.problem import sq_norm_per_item
+from ..backend import Array, Backend, backend_of, get_backend
+from ..config import FistaConfig, LearnConfig
+from ..operators.convolution import ConvOperator, FilterOperator, map_shape
+from ..operators.pooling import pool3d, pooled_shape, select3d, unpool3d
+from ..operators.prox import LpPenalty, shrink
 from .shard import CodeStats, iterate_steps, keep_better
 
 Pool = tuple[int, int, int]
@@ -263,7 +263,7 @@ def code_pixels(images: Array, filters: Array, lam: float, *, p: float = 1.0, po
 
 class PixelShard:
     """Some images of a 2011 learning job (layer l reconstructs their pixels through the frozen layers below),
-    with the interface of :class:`solver.shard.Shard` that :func:`solver.learn.alternate` drives.
+    with the interface of :class:`solver.models.shard.Shard` that :func:`solver.models.learn.alternate` drives.
 
     Parameters
     ----------

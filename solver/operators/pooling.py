@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .backend import Array, backend_of
+from ..backend import Array, backend_of
 
 Size3 = tuple[int, int, int]
 

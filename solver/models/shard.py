@@ -24,16 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from .algorithms import make_solver
-from .algorithms.admm import Admm
-from .algorithms.base import run
-from .algorithms.consensus import ConsensusState, consensus_local_step
-from .algorithms.filter_update import FilterProblem
-from .backend import Array, Backend, backend_of, get_backend
-from .config import LearnConfig
-from .operators import ConvOperator
-from .problem import CSCProblem
-from .prox import LpPenalty
+from ..algorithms import make_solver
+from ..algorithms.admm import Admm
+from ..algorithms.base import run
+from ..algorithms.consensus import ConsensusState, consensus_local_step
+from ..algorithms.filter_update import FilterProblem
+from ..algorithms.problem import CSCProblem
+from ..backend import Array, Backend, backend_of, get_backend
+from ..config import LearnConfig
+from ..operators.convolution import ConvOperator
+from ..operators.prox import LpPenalty
 
 
 @dataclass(frozen=True)

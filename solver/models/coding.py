@@ -9,14 +9,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .algorithms import InferenceResult, make_solver, run
-from .backend import Array, Backend, backend_of, get_backend
-from .config import INFERENCE_MODELS, AdmmConfig, FistaConfig, ZeilerConfig
-from .operators import ConvOperator, image_shape_from_maps
-from .preprocess import FittedPreprocess, PreprocessConfig
-from .problem import CSCProblem
-from .prox import LpPenalty
-from .validation import (
+from ..algorithms import InferenceResult, make_solver, run
+from ..algorithms.problem import CSCProblem
+from ..backend import Array, Backend, backend_of, get_backend
+from ..config import INFERENCE_MODELS, AdmmConfig, FistaConfig, ZeilerConfig
+from ..images.preprocess import FittedPreprocess, PreprocessConfig
+from ..operators.convolution import ConvOperator, image_shape_from_maps
+from ..operators.prox import LpPenalty
+from ..validation import (
     as_filters,
     as_images,
     check_boundary,

@@ -17,10 +17,10 @@ Shapes: layer l reads ``(N, C_l, H_l, W_l)`` (C_1 = the image channels, C_{l+1} 
 layer-(l+1) maps has exactly the shape of the layer-l maps, and a projection to pixels has the images' shape.
 
 Pooling and the 2011 model. A layer with ``pool`` (:class:`~solver.config.LayerSpec`) max-pools its maps in 3-D
-with switches (:mod:`solver.pooling`) before the layer above reads them, so layer l+1 reads ``⌈K_l/pk⌉``
+with switches (:mod:`solver.operators.pooling`) before the layer above reads them, so layer l+1 reads ``⌈K_l/pk⌉``
 channels of ``⌈H_l'/ph⌉ × ⌈W_l'/pw⌉``, and every projection down unpools at the switches of the images being
 projected (:class:`StackCode` carries them). With ``reconstruct_to="pixels"`` (Zeiler, Taylor & Fergus 2011,
-:mod:`solver.adaptive`) every layer instead reconstructs the preprocessed pixels through the frozen layers below,
+:mod:`solver.models.adaptive`) every layer instead reconstructs the preprocessed pixels through the frozen layers below,
 there is no rescale between layers, and inference is the 2011 ISTA with the pooling of each layer.
 
 Layer *numbers* are 1-based (layer 1 reads the pixels), as in the papers and the job service; an ``index`` is a
@@ -38,16 +38,16 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..backend import Array, backend_of, get_backend
+from ..config import LearnConfig
+from ..images.preprocess import FittedPreprocess, PreprocessConfig
+from ..operators.connectivity import connectivity_table
+from ..operators.convolution import BOUNDARIES, map_shape
+from ..operators.pooling import pooled_shape, unpool3d
+from ..validation import as_images
 from .adaptive import LowerLayer, PixelPath, code_pixels, pool_maps
-from .backend import Array, backend_of, get_backend
 from .coding import Method, encode, reconstruct
-from .config import LearnConfig
-from .connectivity import connectivity_table
 from .learn import IterStats, LearnResult, learn_layer
-from .operators import BOUNDARIES, map_shape
-from .pooling import pooled_shape, unpool3d
-from .preprocess import FittedPreprocess, PreprocessConfig
-from .validation import as_images
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class LayerModel:
         return self.n_filters if self.pool is None else -(-self.n_filters // self.pool[0])
 
     def lower(self) -> LowerLayer:
-        """This layer as a frozen layer below another one (:mod:`solver.adaptive`)."""
+        """This layer as a frozen layer below another one (:mod:`solver.models.adaptive`)."""
         return LowerLayer(self.filters, self.connectivity, self.pool)
 
     @property
@@ -355,7 +355,7 @@ def learn_stack(
     backend : {"auto", "numpy", "cupy"}
     callback : callable, optional
         ``callback(layer, stats)`` after every outer iteration, with the 1-based layer number and the
-        :class:`~solver.learn.IterStats` of that layer's run.
+        :class:`~solver.models.learn.IterStats` of that layer's run.
 
     Returns
     -------
@@ -414,9 +414,9 @@ def encode_layers(
 
     Layer 1's preprocessing is applied to `images`. In the 2010 model each higher layer codes the (pooled) maps
     of the layer below, transformed by its recorded rescale, as in learning; `method` (default ``"admm"``),
-    `max_iter`, `tol` and `backend` go to :func:`~solver.coding.encode` for every layer. In the 2011 model
+    `max_iter`, `tol` and `backend` go to :func:`~solver.models.coding.encode` for every layer. In the 2011 model
     (``model.reconstruct_to == "pixels"``) each layer codes the preprocessed images through the layers below at
-    the switches just found for them (the bottom-up pass), by :func:`solver.adaptive.code_pixels`; `method` must
+    the switches just found for them (the bottom-up pass), by :func:`solver.models.adaptive.code_pixels`; `method` must
     then be ``"fista"`` (or None), with at most `max_iter` iterations (default 200) stopped at relative change
     `tol` (default 1e-5).
 
@@ -590,12 +590,12 @@ def pixel_filters(model: StackModel, layer: int) -> np.ndarray:
     Returns
     -------
     ndarray of shape (K_l, C_1, S, S)
-        In the filters' dtype; ready for :func:`~solver.montage.filter_montage`.
+        In the filters' dtype; ready for :func:`~solver.images.pictures.filter_montage`.
     """
     top = model.check_layer(layer)
     if model.pools_below(top):
         raise ValueError(f"layer {top} sits above a pooling layer, so its pixel view depends on an image's "
-                         "switches: use solver.stack.top_projections with encoded images")
+                         "switches: use solver.models.stack.top_projections with encoded images")
     K = model.layers[top - 1].n_filters
     S = 1 + sum(m.filter_size - 1 for m in model.layers[:top])
     dtype = model.layers[top - 1].filters.dtype
