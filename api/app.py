@@ -44,12 +44,13 @@ from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from solver.config import Boundary
+from solver.images.pictures import history_plot, image_sheet, png_bytes
 from workers.artifacts import ArtifactCorruptError
 from workers.checkpoint import npy_bytes
 from workers.cluster import ClusterConfig, connect, shutdown
 from workers.datasets import ZIP_MAGIC, UploadError, decode_upload, npy_header
 from workers.models import JobModel, ModelNotReadyError, load_model
-from workers.runner import JobRunner, history_plot, image_sheet, png_bytes
+from workers.runner import JobRunner
 from workers.spec import JobSpec, SpecError, check_against_dataset
 from workers.store import ID_PATTERN, STATUSES, JobRecord, JobStore
 

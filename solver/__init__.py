@@ -28,25 +28,14 @@ from .config import (
     ZeilerConfig,
     load_config,
 )
+from .images.metrics import psnr
 from .images.preprocess import FittedPreprocess
 from .models.coding import EncodeResult, encode, reconstruct
 from .models.learn import IterStats, LearnResult, encode_with, learn, learn_layer
-from .models.stack import (
-    INTER_LAYER_PREPROCESS,
-    LayerModel,
-    StackCode,
-    StackModel,
-    StackResult,
-    encode_layers,
-    encode_stack,
-    layer_config,
-    learn_stack,
-    pixel_filters,
-    project_down,
-    psnr,
-    reconstruct_from,
-    top_projections,
-)
+from .models.stack.encoding import encode_layers, encode_stack
+from .models.stack.learning import INTER_LAYER_PREPROCESS, layer_config, learn_stack
+from .models.stack.model import LayerModel, StackCode, StackModel, StackResult
+from .models.stack.projection import pixel_filters, project_down, reconstruct_from, top_projections
 from .operators.pooling import pool3d, unpool3d  # noqa: F401  (re-exported; see solver.operators.pooling)
 
 __all__ = [

@@ -141,16 +141,16 @@ class LayerSpec(_Frozen):
 
 class LearnConfig(_Frozen):
     """A learning run: one layer (:func:`~solver.models.learn.learn_layer`), or a stack of layers learned one after
-    another (:func:`~solver.models.stack.learn_stack`).
+    another (:func:`~solver.learn_stack`).
 
     ``reconstruct_to`` picks the model of a stack:
 
     * ``"below"`` (Zeiler et al. 2010): layer l+1 learns to reconstruct the (pooled, when ``pool`` is set)
-      maps of layer l, rescaled by :data:`~solver.models.stack.INTER_LAYER_PREPROCESS`;
-    * ``"pixels"`` (Zeiler, Taylor & Fergus 2011, :mod:`solver.models.adaptive`): every layer reconstructs the
-      preprocessed images through the frozen layers below it and their unpooling switches; inference is the
-      2011 ISTA (accelerated: ``inference.method`` must be ``fista``, the default then) with the pooling of the
-      layer.
+      maps of layer l, rescaled by :data:`~solver.INTER_LAYER_PREPROCESS`;
+    * ``"pixels"`` (Zeiler, Taylor & Fergus 2011, :class:`~solver.algorithms.problem.PixelCodingProblem`): every
+      layer reconstructs the preprocessed images through the frozen layers below it and their unpooling
+      switches; inference is the 2011 ISTA (accelerated: ``inference.method`` must be ``fista``, the default
+      then) with the pooling of the layer.
 
     Every layer shares the inference, filter update, ``n_iter``, boundary, seed and dtype; ``preprocess`` is
     applied to the images of layer 1.

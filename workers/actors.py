@@ -35,8 +35,8 @@ from solver.images.preprocess import (
     rescale_partial_mean,
     rescale_partial_range,
 )
-from solver.models.adaptive import LowerLayer, PixelShard
-from solver.models.shard import CodeStats, Shard
+from solver.models.shard import CodeStats, PixelShard, Shard
+from solver.operators.pixel_path import LowerLayer
 from solver.validation import as_images
 
 from .images import ImageInfo, load_images
@@ -74,7 +74,7 @@ class ShardWorker:
               lower: Sequence[LowerLayer] = (), switch_paths: Sequence[Sequence[str] | None] = ()) -> str:
         """Finish the images (rescale with the dataset's `stats`, computation dtype) and hold a fresh shard.
 
-        For a config with ``reconstruct_to`` 'pixels' the shard is a :class:`solver.models.adaptive.PixelShard` over the
+        For a config with ``reconstruct_to`` 'pixels' the shard is a :class:`solver.models.shard.PixelShard` over the
         frozen layers `lower`, with the switches of this shard's images read from `switch_paths` (one list of
         ``.npy`` files per lower layer, in the shard's image order; None for a layer that does not pool).
 

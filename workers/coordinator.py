@@ -32,10 +32,10 @@ from ray import exceptions as ray_errors
 
 from solver.config import LearnConfig
 from solver.images.preprocess import FittedPreprocess, PreprocessStats, combine_rescale_means, combine_rescale_ranges
-from solver.models.adaptive import LowerLayer, input_geometry
 from solver.models.learn import IterStats, LearnResult, alternate, initial_filters
 from solver.operators.connectivity import connectivity_table
 from solver.operators.convolution import map_shape
+from solver.operators.pixel_path import LowerLayer, input_geometry
 
 from .actors import shard_actor_class
 from .checkpoint import Checkpoint, clear_checkpoints, latest_checkpoint, write_checkpoint
@@ -120,7 +120,7 @@ class Coordinator:
                              "it off")
         if len(config.layers) != 1:
             raise ValueError(f"a Coordinator learns one layer, got a config of {len(config.layers)} layers: run each "
-                             "layer with solver.models.stack.layer_config (the job runner, deconv submit, does)")
+                             "layer with solver.layer_config (the job runner, deconv submit, does)")
         if (lower or switch_paths) and config.reconstruct_to != "pixels":
             raise ValueError("lower layers are given only with reconstruct_to 'pixels' (the 2011 model)")
         if len(switch_paths) != len(lower):

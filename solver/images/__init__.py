@@ -1,2 +1,2 @@
-"""Images in and pictures out: preprocessing before coding (:mod:`.preprocess`) and the arrays drawn from the
-results (:mod:`.pictures`: filter montages, images beside their reconstructions)."""
+"""Images in and pictures out: preprocessing before coding (:mod:`.preprocess`), the pictures drawn from the
+results and their PNG encoding (:mod:`.pictures`), and the quality of reconstructions (:mod:`.metrics`)."""

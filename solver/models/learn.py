@@ -26,11 +26,11 @@ from ..backend import Array
 from ..config import FilterUpdateConfig, LayerSpec, LearnConfig
 from ..images.preprocess import FittedPreprocess, PreprocessConfig
 from ..operators.connectivity import connectivity_table
+from ..operators.pixel_path import LowerLayer, input_geometry
 from ..operators.prox import normalise_unit
 from ..validation import as_images, check_boundary, check_finite, check_lam, check_p, check_positive_int
-from .adaptive import LowerLayer, PixelShard, input_geometry
 from .coding import inference_config
-from .shard import LocalPool, Shard
+from .shard import LocalPool, PixelShard, Shard
 
 logger = logging.getLogger(__name__)
 
@@ -186,13 +186,13 @@ def learn_layer(
 ) -> LearnResult:
     """:func:`learn` from a validated :class:`~solver.config.LearnConfig` of one layer (the entry point of jobs).
 
-    A config of several layers is refused: :func:`~solver.models.stack.learn_stack` learns those, and
-    :func:`~solver.models.stack.layer_config` gives the one-layer config of each.
+    A config of several layers is refused: :func:`~solver.learn_stack` learns those, and
+    :func:`~solver.layer_config` gives the one-layer config of each.
 
-    With ``config.reconstruct_to == "pixels"`` (the 2011 model, :mod:`solver.models.adaptive`) the layer reconstructs
-    `images`, the pixels, through the frozen layers `lower` (bottom first) at their `switches` for these images;
-    its filters read the channels and spatial shape that the layer below gives, and its maps keep one non-zero
-    per block of ``layers[0].pool``. Without `lower` this is a first layer.
+    With ``config.reconstruct_to == "pixels"`` (the 2011 model, :class:`~solver.models.shard.PixelShard`) the layer
+    reconstructs `images`, the pixels, through the frozen layers `lower` (bottom first) at their `switches` for
+    these images; its filters read the channels and spatial shape that the layer below gives, and its maps keep
+    one non-zero per block of ``layers[0].pool``. Without `lower` this is a first layer.
     """
     if len(config.layers) != 1:
         raise ValueError(f"learn_layer learns one layer, got a config of {len(config.layers)} layers: use "

@@ -92,7 +92,7 @@ def test_zeiler_coding_keeps_each_image_s_best_stage_not_the_last():
     from solver.algorithms import make_solver  # noqa: PLC0415
     from solver.algorithms.problem import CSCProblem  # noqa: PLC0415
     from solver.images.preprocess import FittedPreprocess  # noqa: PLC0415
-    from solver.models.stack import INTER_LAYER_PREPROCESS  # noqa: PLC0415
+    from solver.models.stack.learning import INTER_LAYER_PREPROCESS  # noqa: PLC0415
     from solver.operators.connectivity import connectivity_table  # noqa: PLC0415
     from solver.operators.convolution import ConvOperator  # noqa: PLC0415
     from solver.operators.prox import LpPenalty  # noqa: PLC0415

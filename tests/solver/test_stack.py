@@ -31,10 +31,11 @@ from solver import (
 )
 from solver.images.pictures import filter_montage
 from solver.images.preprocess import FittedPreprocess, PreprocessConfig, PreprocessStats
-from solver.models.adaptive import LowerLayer, input_geometry
-from solver.models.stack import check_stack, reconstruct_from, top_projections
+from solver.models.stack.learning import check_stack
+from solver.models.stack.projection import reconstruct_from, top_projections
 from solver.operators.connectivity import connectivity_table
 from solver.operators.convolution import map_shape
+from solver.operators.pixel_path import LowerLayer, input_geometry
 
 ROOT = Path(__file__).resolve().parents[2]
 logger = logging.getLogger(__name__)
