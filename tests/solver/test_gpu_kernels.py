@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from solver import backend as backend_module
-from solver import gpu_kernels, kernels
+from solver.operators import gpu_kernels, kernels
 from solver.algorithms.admm import Admm
 from solver.algorithms.problem import CSCProblem
 from solver.backend import get_backend

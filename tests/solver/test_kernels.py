@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.fft
 
-from solver import kernels
+from solver.operators import kernels
 from solver.algorithms.admm import Admm
 from solver.algorithms.problem import CSCProblem
 from solver.config import AdmmConfig
