@@ -18,9 +18,9 @@ from solver.preprocess import (
     rescale_partial_range,
 )
 from solver.shard import LocalPool
-from workers.actors import ShardWorker
-from workers.images import inspect_images
-from workers.shards import split_into_shards
+from workers.distributed.actors import ShardWorker
+from workers.distributed.images import inspect_images
+from workers.distributed.shards import split_into_shards
 
 PREPROCESS = {
     "rescale only": PreprocessConfig(zero_mean=False),
