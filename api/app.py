@@ -45,14 +45,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from solver.config import Boundary
 from solver.images.pictures import history_plot, image_sheet, png_bytes
-from workers.artifacts import ArtifactCorruptError
-from workers.checkpoint import npy_bytes
-from workers.cluster import ClusterConfig, connect, shutdown
-from workers.datasets import ZIP_MAGIC, UploadError, decode_upload, npy_header
-from workers.models import JobModel, ModelNotReadyError, load_model
-from workers.runner import JobRunner
-from workers.spec import JobSpec, SpecError, check_against_dataset
-from workers.store import ID_PATTERN, STATUSES, JobRecord, JobStore
+from workers.jobs.artifacts import ArtifactCorruptError
+from workers.distributed.checkpoint import npy_bytes
+from workers.distributed.cluster import ClusterConfig, connect, shutdown
+from workers.jobs.datasets import ZIP_MAGIC, UploadError, decode_upload, npy_header
+from workers.jobs.models import JobModel, ModelNotReadyError, load_model
+from workers.jobs.runner import JobRunner
+from workers.jobs.spec import JobSpec, SpecError, check_against_dataset
+from workers.jobs.store import ID_PATTERN, STATUSES, JobRecord, JobStore
 
 from . import __version__
 from .schemas import ArtifactOut, DatasetOut, HealthOut, JobList, JobOut
