@@ -43,7 +43,6 @@ Exit status:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -378,18 +377,13 @@ def _stop_on_interrupt(stop: threading.Event) -> Iterator[None]:
 
 
 def _write_outputs(out: Path, result) -> None:
-    from PIL import Image  # noqa: PLC0415
-
-    from solver.montage import filter_montage  # noqa: PLC0415
+    from solver.images.pictures import filter_montage, png_bytes  # noqa: PLC0415
     from workers.checkpoint import atomic_write_bytes, npy_bytes  # noqa: PLC0415
 
     atomic_write_bytes(out / "filters.npy", npy_bytes(result.filters.astype(np.float32)))
     history = [{"iteration": s.iteration, "objective": s.objective} for s in result.stats]
     atomic_write_bytes(out / "history.json", json.dumps(history, indent=1).encode())
-    picture = (np.clip(filter_montage(result.filters), 0, 1) * 255).round().astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(picture).save(buffer, format="PNG")
-    atomic_write_bytes(out / "filters.png", buffer.getvalue())
+    atomic_write_bytes(out / "filters.png", png_bytes(filter_montage(result.filters)))
 
 
 if __name__ == "__main__":

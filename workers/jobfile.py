@@ -10,7 +10,7 @@
     preprocess: {grey: true, contrast_normalise: true}
 
 Like a job sent to the service, a job file preprocesses its images by default (mean removal and a dataset-wide
-rescale, :class:`~solver.preprocess.PreprocessConfig`'s defaults; ``preprocess: null`` turns that off), unlike
+rescale, :class:`~solver.images.preprocess.PreprocessConfig`'s defaults; ``preprocess: null`` turns that off), unlike
 :func:`solver.learn`, which takes images as given. Unknown fields are refused, like everywhere in the configs;
 :func:`describe_validation_error` turns pydantic's errors into one line that names the field and the value.
 """
@@ -23,7 +23,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from solver.config import LearnConfig
-from solver.preprocess import PreprocessConfig
+from solver.images.preprocess import PreprocessConfig
 
 
 class JobFileError(ValueError):

@@ -15,10 +15,10 @@ import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile
 
 from solver.config import Boundary
+from solver.images.pictures import image_sheet, png_bytes
 from workers.artifacts import ArtifactCorruptError
 from workers.checkpoint import npy_bytes
 from workers.models import JobModel, ModelNotReadyError, load_model
-from workers.runner import image_sheet, png_bytes
 from workers.store import ID_PATTERN, JobRecord, JobStore
 
 from ..deps import SettingsDep, StoreDep, guarded
@@ -90,7 +90,7 @@ def reconstruct_images(maps: Annotated[UploadFile, File(description="npy (N, K, 
         if job_id is not None:
             images = _project_with_job(store, settings, job_id, layer, z, switches)
         else:
-            from solver.coding import reconstruct  # noqa: PLC0415  (the solver loads only when used)
+            from solver.models.coding import reconstruct  # noqa: PLC0415  (the solver loads only when used)
 
             images = reconstruct(z, read_array(filters, "filters", settings), boundary=boundary)
     except ValueError as exc:  # solver.reconstruct names the argument at fault first

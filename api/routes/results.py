@@ -12,8 +12,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from solver.images.pictures import history_plot
 from workers.artifacts import ArtifactCorruptError
-from workers.runner import history_plot
 from workers.store import JobStore
 
 from ..deps import StoreDep, guarded

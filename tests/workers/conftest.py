@@ -11,7 +11,7 @@ import pytest
 
 from solver import LayerSpec, LearnConfig, PreprocessConfig, learn_layer
 from solver.config import AdmmConfig, FilterUpdateConfig
-from solver.learn import LearnResult
+from solver.models.learn import LearnResult
 
 
 def _test_cluster_config():

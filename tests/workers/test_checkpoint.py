@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import workers.checkpoint as checkpoint_module
-from solver.learn import IterStats
+from solver.models.learn import IterStats
 from workers.checkpoint import (
     MANIFEST,
     CheckpointError,
