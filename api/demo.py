@@ -48,7 +48,7 @@ def run_demo(out: Path, *, data_dir: Path | None = None, config: Path | None = N
     settings = Settings(data_dir=data_dir or out / "data")
     job_id = None
     say("deconv demo: starting the service and a local Ray cluster ...")
-    with ServiceThread(settings) as service, DeconvClient(service.url) as client:
+    with ServiceThread(settings) as service, DeconvClient(service.url, api_key=settings.api_key) as client:
         say(f"deconv demo: service at {service.url}, data in {settings.data_dir.resolve()}")
         try:
             dataset = client.upload_dataset(parts)
