@@ -1,0 +1,50 @@
+"""``/presets``: the bundled learning presets, as job specs without their ``dataset_id`` (the dashboard's form).
+
+Route functions carry no docstring: FastAPI would publish it as the operation's description.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict
+
+from workers.jobs.jobfile import read_job_mapping
+
+from ..demo import DEMO_CONFIG
+from ..deps import guarded
+
+router = APIRouter(tags=["jobs"], dependencies=guarded)
+
+
+class PresetOut(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    description: str
+    spec: dict[str, Any]
+
+
+@router.get("/presets", response_model=list[PresetOut],
+            summary="The bundled presets, by name",
+            description="Each preset's learning config as a job spec without `dataset_id`: add one and POST it "
+                        "to /jobs. `description` is the preset file's leading comment.")
+def list_presets() -> list[PresetOut]:
+    return [PresetOut(name=path.stem, description=_leading_comment(path), spec=read_job_mapping(path))
+            for path in preset_paths()]
+
+
+def preset_paths() -> list[Path]:
+    """The bundled presets' YAML files, sorted by name."""
+    return sorted(DEMO_CONFIG.parent.glob("*.yaml"))
+
+
+def _leading_comment(path: Path) -> str:
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return " ".join(lines)
