@@ -30,7 +30,7 @@ class PresetOut(BaseModel):
 @router.get("/presets", response_model=list[PresetOut],
             summary="The bundled presets, by name",
             description="Each preset's learning config as a job spec without `dataset_id`: add one and POST it "
-                        "to /jobs. `description` is the preset file's leading comment.")
+                        "to /jobs. `description` says what the preset is (its file's leading comment, to the first full stop or colon).")
 def list_presets() -> list[PresetOut]:
     return [PresetOut(name=path.stem, description=_leading_comment(path), spec=read_job_mapping(path))
             for path in preset_paths()]
@@ -42,9 +42,12 @@ def preset_paths() -> list[Path]:
 
 
 def _leading_comment(path: Path) -> str:
+    """The file's leading comment up to its first full stop or colon: what the preset is."""
     lines = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.startswith("#"):
             break
         lines.append(line.lstrip("#").strip())
-    return " ".join(lines)
+    text = " ".join(lines)
+    ends = [i for i in (text.find(". "), text.find(": ")) if i >= 0]
+    return text[: min(ends)] if ends else text

@@ -267,9 +267,9 @@ async function loadPresets() {
 function describePreset() {
   const preset = state.presets.find((p) => p.name === $("preset").value);
   if (!preset) return;
-  const layers = preset.spec.layers.map((l) => `${l.n_filters}×${l.filter_size}²`).join(" → ");
-  $("preset-description").textContent = `${layers} filters, ${preset.spec.n_iter || 50} outer iterations. `
-    + preset.description;
+  const layers = preset.spec.layers.map((l, i) => `layer ${i + 1}: ${l.n_filters} filters `
+    + `${l.filter_size}×${l.filter_size}, ${l.n_iter || preset.spec.n_iter || 50} iterations`);
+  $("preset-description").replaceChildren(preset.description, ...layers.map((t) => el("span", { class: "layer" }, t)));
 }
 
 async function submit(event) {
