@@ -63,6 +63,9 @@ class LearnResult:
     connectivity : ndarray of shape (K, C) or None
     preprocess : FittedPreprocess or None
         The preprocessing applied to the training images, to repeat on new ones.
+    lam_max : float or None
+        When λ was given relative to λ_max (``lam_scale="relative"``): λ_max of the training input with the
+        initial filters; ``config`` then holds the absolute λ used. None otherwise.
     """
 
     filters: np.ndarray
@@ -72,6 +75,27 @@ class LearnResult:
     config: LearnConfig | None = None
     connectivity: np.ndarray | None = None
     preprocess: FittedPreprocess | None = None
+    lam_max: float | None = None
+
+    @property
+    def model(self):
+        """This layer as a one-layer :class:`~solver.StackModel` (to save, load and encode like any stack).
+
+        Returns
+        -------
+        StackModel
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from solver import learn
+        >>> images = np.random.default_rng(0).standard_normal((2, 1, 12, 12)).astype(np.float32)
+        >>> learn(images, n_filters=2, filter_size=3, lam=0.1, n_iter=2).model.layers[0].filters.shape
+        (2, 1, 3, 3)
+        """
+        from .stack.model import StackModel  # noqa: PLC0415  (the stack package builds on this module)
+
+        return StackModel.from_results([self])
 
 
 _DEFAULT_INNER_ITER = 10
