@@ -14,6 +14,7 @@
     GET    /jobs/{id}/reconstructions     ?format=npy|png
     GET    /jobs/{id}/history             ?format=json|png (also while the job runs)
     GET    /jobs/{id}/artifacts[/{name}]  every artifact, by name, with its sha256 as ETag
+    GET    /jobs/{id}/model               the model file (a zip that solver.load_model reads)
     POST   /models/{id}/encode            multipart 'files' -> maps (npy, or npz of every layer)
     POST   /reconstruct                   multipart 'maps' with 'job_id' (+ 'layer') or 'filters' -> images
     GET    /presets                       the bundled presets as job specs without dataset_id
@@ -42,7 +43,7 @@ from workers.jobs.store import JobStore
 
 from . import __version__
 from .errors import exception_handlers
-from .routes import dashboard, datasets, health, jobs, live, models, presets, results
+from .routes import dashboard, datasets, health, jobs, live, model_file, models, presets, results
 from .routes.common import MULTIPART_SLACK
 from .settings import Settings
 
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(datasets.router, max_body_size=upload_bytes)
     app.include_router(jobs.router)
     app.include_router(live.router)
+    app.include_router(model_file.router)
     app.include_router(results.router)
     app.include_router(presets.router)
     app.include_router(dashboard.router)

@@ -12,6 +12,7 @@
         filters = client.filters(job["id"])                   # (K, C, s, s) float32
         maps = client.encode(job["id"], new_images)            # (N, K, H', W')
         images = client.reconstruct(maps, job_id=job["id"])    # (N, C, H, W)
+        model = client.model(job["id"])                        # a solver.StackModel, to use offline
 
 Every refusal of the service raises :class:`DeconvAPIError`, whose message names the field(s) the service named
 (``layers.0.lam: Input should be greater than 0 (got 0)``); so does a service that cannot be reached (``status``
@@ -29,11 +30,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 import numpy as np
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from solver import StackModel
 
 __all__ = ["DeconvAPIError", "DeconvClient", "JobWaitTimeout", "TERMINAL_STATUSES"]
 
@@ -321,7 +325,32 @@ class DeconvClient:
             raise
         return target
 
+    def latest_filters(self, job_id: str, layer: int | None = None) -> tuple[np.ndarray, int]:
+        """The newest filters of `layer` (default: the layer being learned; the top one once the job succeeded),
+        also while the job runs (its newest checkpoint), and the layer's outer iteration they come from.
+
+        Returns
+        -------
+        filters : ndarray of shape (K, C, s, s)
+        iteration : int
+        """
+        response = self._request("GET", f"/jobs/{job_id}/filters/latest", params=_params(layer=layer))
+        return _load_npy(response.content), int(response.headers["X-Deconv-Iteration"])
+
     # -- models --------------------------------------------------------------------------------------------------
+
+    def model(self, job_id: str) -> StackModel:
+        """The model of a finished job, loaded: encode and reconstruct with it offline (:func:`solver.encode_layers`
+        gives the maps :meth:`encode_layers` gets from the service)."""
+        from solver import load_model  # noqa: PLC0415  (the solver loads only when used)
+
+        return load_model(self.model_file(job_id))
+
+    def model_file(self, job_id: str) -> bytes:
+        """The model file of a finished job (a zip archive; save it as ``NAME.deconv``, read it with
+        :func:`solver.load_model`)."""
+        return self._request("GET", f"/jobs/{job_id}/model").content
+
 
     def encode(self, job_id: str, images: np.ndarray | ImageParts, *, layer: int | None = None,
                max_iter: int = 200, method: str | None = None) -> np.ndarray:

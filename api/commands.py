@@ -212,6 +212,11 @@ def filters(args: argparse.Namespace, client: DeconvClient) -> int:
     return _write(args.out, data, what)
 
 
+def model(args: argparse.Namespace, client: DeconvClient) -> int:
+    """Save a finished job's model file (a zip archive that :func:`solver.load_model` reads)."""
+    return _write(args.out, client.model_file(args.job), "model file")
+
+
 def encode(args: argparse.Namespace, client: DeconvClient) -> int:
     """Encode image files (or folders of them) with a finished job's model: ``.npz`` with the maps of every layer
     up to ``--layer`` (``L1``, ``L2``, ...) and the switches of the layers that pool (``S1``, ...), which

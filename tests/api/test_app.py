@@ -16,7 +16,7 @@ ROUTES = {
     ("GET", "/jobs/{job_id}/maps"), ("GET", "/jobs/{job_id}/reconstructions"), ("GET", "/jobs/{job_id}/history"),
     ("GET", "/jobs/{job_id}/artifacts"), ("GET", "/jobs/{job_id}/artifacts/{name}"),
     ("POST", "/models/{job_id}/encode"), ("POST", "/reconstruct"), ("GET", "/jobs/{job_id}/filters/latest"),
-    ("GET", "/presets"), ("GET", "/"),
+    ("GET", "/jobs/{job_id}/model"), ("GET", "/presets"), ("GET", "/"),
 }
 PUBLIC = {("GET", "/health"), ("GET", "/")}
 
