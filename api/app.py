@@ -44,14 +44,15 @@ from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from solver.config import Boundary
-from workers.artifacts import ArtifactCorruptError
-from workers.checkpoint import npy_bytes
-from workers.cluster import ClusterConfig, connect, shutdown
-from workers.datasets import ZIP_MAGIC, UploadError, decode_upload, npy_header
-from workers.models import JobModel, ModelNotReadyError, load_model
-from workers.runner import JobRunner, history_plot, image_sheet, png_bytes
-from workers.spec import JobSpec, SpecError, check_against_dataset
-from workers.store import ID_PATTERN, STATUSES, JobRecord, JobStore
+from solver.images.pictures import history_plot, image_sheet, png_bytes
+from workers.jobs.artifacts import ArtifactCorruptError
+from workers.distributed.checkpoint import npy_bytes
+from workers.distributed.cluster import ClusterConfig, connect, shutdown
+from workers.jobs.datasets import ZIP_MAGIC, UploadError, decode_upload, npy_header
+from workers.jobs.models import JobModel, ModelNotReadyError, load_model
+from workers.jobs.runner import JobRunner
+from workers.jobs.spec import JobSpec, SpecError, check_against_dataset
+from workers.jobs.store import ID_PATTERN, STATUSES, JobRecord, JobStore
 
 from . import __version__
 from .schemas import ArtifactOut, DatasetOut, HealthOut, JobList, JobOut
@@ -384,7 +385,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     unpool = _unpooling(model, top, z, switches, settings)
                 images = model.project(z, layer=top, **unpool)
             else:
-                from solver.coding import reconstruct  # noqa: PLC0415
+                from solver.models.coding import reconstruct  # noqa: PLC0415
 
                 f = _read_array(filters, "filters", settings)
                 images = reconstruct(z, f, boundary=boundary)

@@ -50,7 +50,6 @@ Exit status:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -306,7 +305,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _samples(args: argparse.Namespace) -> int:
     from configs import sample_paths  # noqa: PLC0415
-    from workers.checkpoint import atomic_write_bytes  # noqa: PLC0415
+    from workers.distributed.checkpoint import atomic_write_bytes  # noqa: PLC0415
 
     try:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -343,7 +342,7 @@ def _client_command(args: argparse.Namespace) -> int:
 
 
 def _learn(args: argparse.Namespace) -> int:
-    from workers.jobfile import load_job_file  # noqa: PLC0415  (Ray is imported only for the commands that need it)
+    from workers.jobs.jobfile import load_job_file  # noqa: PLC0415  (Ray is imported only for the commands that need it)
 
     try:
         job = load_job_file(args.config)
@@ -353,8 +352,8 @@ def _learn(args: argparse.Namespace) -> int:
         _error(str(exc))
         return EXIT_USAGE
 
-    from workers.cluster import ClusterConfig, connect, shutdown  # noqa: PLC0415
-    from workers.coordinator import Coordinator, JobFailedError  # noqa: PLC0415
+    from workers.distributed.cluster import ClusterConfig, connect, shutdown  # noqa: PLC0415
+    from workers.distributed.coordinator import Coordinator, JobFailedError  # noqa: PLC0415
 
     workers = args.workers or job.workers or 1
     out: Path = args.out
@@ -420,18 +419,13 @@ def _stop_on_interrupt(stop: threading.Event) -> Iterator[None]:
 
 
 def _write_outputs(out: Path, result) -> None:
-    from PIL import Image  # noqa: PLC0415
-
-    from solver.montage import filter_montage  # noqa: PLC0415
-    from workers.checkpoint import atomic_write_bytes, npy_bytes  # noqa: PLC0415
+    from solver.images.pictures import filter_montage, png_bytes  # noqa: PLC0415
+    from workers.distributed.checkpoint import atomic_write_bytes, npy_bytes  # noqa: PLC0415
 
     atomic_write_bytes(out / "filters.npy", npy_bytes(result.filters.astype(np.float32)))
     history = [{"iteration": s.iteration, "objective": s.objective} for s in result.stats]
     atomic_write_bytes(out / "history.json", json.dumps(history, indent=1).encode())
-    picture = (np.clip(filter_montage(result.filters), 0, 1) * 255).round().astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(picture).save(buffer, format="PNG")
-    atomic_write_bytes(out / "filters.png", buffer.getvalue())
+    atomic_write_bytes(out / "filters.png", png_bytes(filter_montage(result.filters)))
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def run_demo(out: Path, *, data_dir: Path | None = None, config: str | Path | No
 
 def _fetch_results(client: Any, job_id: str, out: Path, n_layers: int) -> list[str]:
     """Write the demo's files (see the module docstring); returns their names."""
-    from workers.checkpoint import atomic_write_bytes  # noqa: PLC0415
+    from workers.distributed.checkpoint import atomic_write_bytes  # noqa: PLC0415
 
     written = []
     for layer in range(1, n_layers + 1):
@@ -105,7 +105,7 @@ def _read_history(out: Path) -> list[dict[str, Any]]:
 
 def quick_spec(config: str | Path | None = None) -> dict[str, Any]:
     """The job spec of the demo: `config`, a file or a preset name (default the ``demo`` preset), as a dict."""
-    from workers.jobfile import read_job_mapping  # noqa: PLC0415
+    from workers.jobs.jobfile import read_job_mapping  # noqa: PLC0415
 
     return read_job_mapping(find_preset(config or DEMO_PRESET))
 

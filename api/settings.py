@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from workers.datasets import UploadLimits
+from workers.jobs.datasets import UploadLimits
 
 _ENV = {
     "data_dir": "DECONV_DATA_DIR",

@@ -79,7 +79,7 @@ def _sporco_measure(make, maps_of, filters_of, pb: Problem, images: np.ndarray) 
     For encode, SPORCO's time to E_ref is when its iterate first reaches E_ref·(1 + rtol); for learn it is its
     whole run (its E is not monotone, so the final dictionary is what it delivers).
     """
-    from solver.problem import objective  # noqa: PLC0415
+    from solver.algorithms.problem import objective  # noqa: PLC0415
 
     rss0 = current_rss_mb()  # before the warm-up, whose freed memory the allocator may keep
     warm = _warm_up(lambda: make(2).solve())
@@ -190,9 +190,9 @@ def _deconv_summary(rec: _Recorder, check: tuple[float, float] | None) -> dict[s
 
 def deconv_encode(pb: Problem, images: np.ndarray, filters: np.ndarray, *, method: str, dtype: str,
                   target: float | None, cap_s: float, max_iter: int) -> dict[str, Any]:
-    """deconv's :func:`solver.coding.encode` with tol = 0, until E ≤ `target`, `cap_s` seconds or `max_iter`."""
-    from solver.coding import encode  # noqa: PLC0415
-    from solver.problem import objective  # noqa: PLC0415
+    """deconv's :func:`solver.models.coding.encode` with tol = 0, until E ≤ `target`, `cap_s` seconds or `max_iter`."""
+    from solver.algorithms.problem import objective  # noqa: PLC0415
+    from solver.models.coding import encode  # noqa: PLC0415
 
     y, f = images.astype(dtype), filters.astype(dtype)
     tol = None if method == "zeiler" else 0.0
@@ -213,13 +213,13 @@ def deconv_encode(pb: Problem, images: np.ndarray, filters: np.ndarray, *, metho
 
 def deconv_learn(pb: Problem, images: np.ndarray, filters: np.ndarray, *, method: str, dtype: str,
                  target: float | None, cap_s: float, max_iter: int) -> dict[str, Any]:
-    """deconv's :func:`solver.learn.learn`, until E ≤ `target`, `cap_s` seconds or `max_iter` outer iterations."""
-    from solver.learn import learn  # noqa: PLC0415
-    from solver.problem import objective  # noqa: PLC0415
+    """deconv's :func:`solver.learn`, until E ≤ `target`, `cap_s` seconds or `max_iter` outer iterations."""
+    from solver.algorithms.problem import objective  # noqa: PLC0415
+    from solver.models.learn import learn  # noqa: PLC0415
 
     y = images.astype(dtype)
     if "callback" not in inspect.signature(learn).parameters:
-        raise RuntimeError("solver.learn.learn takes no callback: cannot time its outer iterations")
+        raise RuntimeError("solver.models.learn.learn takes no callback: cannot time its outer iterations")
     kwargs = {"method": method, "boundary": "circular", "seed": 0}
     rss0 = current_rss_mb()
     warm = _warm_up(lambda: learn(y, pb.n_filters, pb.filter_size, pb.lam, n_iter=1, **kwargs))

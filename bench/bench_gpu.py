@@ -28,11 +28,11 @@ import numpy as np
 from _common import machine_info, random_filters, test_images
 
 from solver.algorithms.admm import Admm
+from solver.algorithms.problem import CSCProblem
 from solver.backend import Backend, get_backend, gpu_available
 from solver.config import AdmmConfig
-from solver.operators import ConvOperator
-from solver.problem import CSCProblem
-from solver.prox import LpPenalty
+from solver.operators.convolution import ConvOperator
+from solver.operators.prox import LpPenalty
 
 WARMUP = 3  # iterations left out of the per-iteration median (kernel compilation, FFT plans, allocation)
 

@@ -114,7 +114,7 @@ def _data(pb: Problem, tmp: Path) -> tuple[Path, tuple[int, int, int, int]]:
 def _learn_init(pb: Problem, seed: int) -> np.ndarray:
     """deconv learn's initial filters for `seed` (SPORCO starts from them too)."""
     try:
-        from solver.learn import initial_filters  # noqa: PLC0415
+        from solver.models.learn import initial_filters  # noqa: PLC0415
     except ImportError:  # same recipe: N(0, 1) from default_rng(seed), unit norm per filter
         return random_filters(pb.n_filters, pb.filter_size, seed=seed)
     return initial_filters(pb.n_filters, 1, pb.filter_size, seed=seed, norm="filter", dtype=np.float32)
@@ -195,7 +195,7 @@ def _problem_notes(pb: Problem, info: dict[str, Any], results: list[dict[str, An
               f"whole run {ref['total_s']:.1f} s, plus an untimed warm-up (FFTW planning) of {ref['warmup_s']:.1f} s;"
               f" deconv runs capped at {info.get('cap_s', 0):.0f} s; non-zeros in SPORCO's maps "
               f"{100 * ref['nonzero']:.2f} %.",
-              f"  E recomputed with solver.problem.objective from the returned arrays vs the reported E "
+              f"  E recomputed with solver.algorithms.problem.objective from the returned arrays vs the reported E "
               f"(rel. diff): {_checks(results)}."]
     return lines
 

@@ -16,8 +16,8 @@ Shapes: images (N, C, H, W), filters (K, C, s, s), connectivity (K, C), maps (N,
 circular boundary and H + s − 1 for the valid one. float32 by default; the input dtype is kept.
 """
 
+from .algorithms.problem import objective
 from .backend import get_backend, gpu_available
-from .coding import EncodeResult, encode, reconstruct
 from .config import (
     AdmmConfig,
     FilterUpdateConfig,
@@ -28,26 +28,15 @@ from .config import (
     ZeilerConfig,
     load_config,
 )
-from .learn import IterStats, LearnResult, encode_with, learn, learn_layer
-from .pooling import pool3d, unpool3d  # noqa: F401  (re-exported; see solver.pooling)
-from .preprocess import FittedPreprocess
-from .problem import objective
-from .stack import (
-    INTER_LAYER_PREPROCESS,
-    LayerModel,
-    StackCode,
-    StackModel,
-    StackResult,
-    encode_layers,
-    encode_stack,
-    layer_config,
-    learn_stack,
-    pixel_filters,
-    project_down,
-    psnr,
-    reconstruct_from,
-    top_projections,
-)
+from .images.metrics import psnr
+from .images.preprocess import FittedPreprocess
+from .models.coding import EncodeResult, encode, reconstruct
+from .models.learn import IterStats, LearnResult, encode_with, learn, learn_layer
+from .models.stack.encoding import encode_layers, encode_stack
+from .models.stack.learning import INTER_LAYER_PREPROCESS, layer_config, learn_stack
+from .models.stack.model import LayerModel, StackCode, StackModel, StackResult
+from .models.stack.projection import pixel_filters, project_down, reconstruct_from, top_projections
+from .operators.pooling import pool3d, unpool3d  # noqa: F401  (re-exported; see solver.operators.pooling)
 
 __all__ = [
     "INTER_LAYER_PREPROCESS",

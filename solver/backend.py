@@ -42,7 +42,7 @@ def gpu_available() -> bool:
 
 
 def cupy_module() -> ModuleType:
-    """The cupy module, for the GPU kernels (:mod:`solver.gpu_kernels`); ``ValueError`` without a GPU."""
+    """The cupy module, for the GPU kernels (:mod:`solver.operators.gpu_kernels`); ``ValueError`` without a GPU."""
     cupy = _cupy()
     if cupy is None:
         raise ValueError("cupy is not importable or no CUDA device answers")

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from configs import find_preset
 
-from .preprocess import PreprocessConfig
+from .images.preprocess import PreprocessConfig
 
 Boundary = Literal["circular", "valid"]
 DType = Literal["float32", "float64"]
@@ -135,24 +135,24 @@ class LayerSpec(_Frozen):
     @classmethod
     def _known_table(cls, v: str | list[list[bool]]) -> str | list[list[bool]]:
         if isinstance(v, str):
-            from .connectivity import parse_table_name  # noqa: PLC0415
+            from .operators.connectivity import parse_table_name  # noqa: PLC0415
 
             parse_table_name(v)
         return v
 
 
 class LearnConfig(_Frozen):
-    """A learning run: one layer (:func:`~solver.learn.learn_layer`), or a stack of layers learned one after
-    another (:func:`~solver.stack.learn_stack`).
+    """A learning run: one layer (:func:`~solver.models.learn.learn_layer`), or a stack of layers learned one after
+    another (:func:`~solver.learn_stack`).
 
     ``reconstruct_to`` picks the model of a stack:
 
     * ``"below"`` (Zeiler et al. 2010): layer l+1 learns to reconstruct the (pooled, when ``pool`` is set)
-      maps of layer l, rescaled by :data:`~solver.stack.INTER_LAYER_PREPROCESS`;
-    * ``"pixels"`` (Zeiler, Taylor & Fergus 2011, :mod:`solver.adaptive`): every layer reconstructs the
-      preprocessed images through the frozen layers below it and their unpooling switches; inference is the
-      2011 ISTA (accelerated: ``inference.method`` must be ``fista``, the default then) with the pooling of the
-      layer.
+      maps of layer l, rescaled by :data:`~solver.INTER_LAYER_PREPROCESS`;
+    * ``"pixels"`` (Zeiler, Taylor & Fergus 2011, :class:`~solver.algorithms.problem.PixelCodingProblem`): every
+      layer reconstructs the preprocessed images through the frozen layers below it and their unpooling
+      switches; inference is the 2011 ISTA (accelerated: ``inference.method`` must be ``fista``, the default
+      then) with the pooling of the layer.
 
     Every layer shares the inference, filter update, ``n_iter``, boundary, seed and dtype; ``preprocess`` is
     applied to the images of layer 1.

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Array, Backend, backend_of
-from .operators import BOUNDARIES
+from .operators.convolution import BOUNDARIES
 
 
 def _as_array(a: Any, name: str) -> Array:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from solver.operators import map_shape
+from solver.operators.convolution import map_shape
 
 
 def _connectivity(connectivity, n_filters: int, n_channels: int) -> np.ndarray:

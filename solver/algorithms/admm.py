@@ -16,8 +16,8 @@ The dual is kept in both domains (its update is linear), so one irfft and one rf
 iteration. An iteration ends in the Fourier domain with everything the next one needs: the state carries the
 next iteration's solution x̂ (``solve_hat``) and ``carry_hat`` = û + αx̂ + (1−α)ẑ, from which the next dual is
 carry_hat − ẑ_next. So the dual update, the data term of E (by Parseval, from ẑ) and the next solve share one
-pass over the Fourier arrays (:func:`solver.kernels.admm_fourier` for one channel and p = 1, or its CUDA twin
-:func:`solver.gpu_kernels.admm_fourier` on the cupy backend), and the state holds two complex arrays besides z
+pass over the Fourier arrays (:func:`solver.operators.kernels.admm_fourier` for one channel and p = 1, or its CUDA twin
+:func:`solver.operators.gpu_kernels.admm_fourier` on the cupy backend), and the state holds two complex arrays besides z
 and u.
 
 Valid boundary: mask decoupling (Heide et al. CVPR 2015; SPORCO's ConvBPDNMaskDcpl) splits the circular
@@ -31,11 +31,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .. import gpu_kernels, kernels
 from ..backend import Array
 from ..config import AdmmConfig
-from ..linalg import ShiftedNormalFactor
-from ..problem import CSCProblem, sq_norm_per_item
+from ..operators import gpu_kernels, kernels
+from ..operators.linalg import ShiftedNormalFactor
+from .problem import CSCProblem, sq_norm_per_item
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..backend import Array
 from ..config import FilterUpdateConfig
-from ..prox import project_unit_ball
+from ..operators.prox import project_unit_ball
 from .filter_update import FilterProblem
 
 
@@ -41,7 +41,7 @@ class ConsensusState:
     Attributes
     ----------
     dual_hat : array of shape (n, K, C, U, V) (full table) or (n, P, U, V) (P connected pairs)
-        The scaled duals u_n, on the connected pairs only (:mod:`solver.pairs`).
+        The scaled duals u_n, on the connected pairs only (:mod:`solver.operators.pairs`).
     local_hat : array of the shape of `dual_hat`
         The relaxed local filters d̃_n of the last iteration (their dual step is pending).
     """

@@ -17,12 +17,12 @@ import numpy as np
 
 from ..backend import Array
 from ..config import FilterUpdateConfig, FistaConfig
-from ..linalg import conjugate_gradient
-from ..operators import Boundary, FilterOperator
-from ..problem import GridResidual
-from ..prox import normalise_unit, project_unit_ball
+from ..operators.convolution import Boundary, FilterOperator
+from ..operators.linalg import conjugate_gradient
+from ..operators.prox import normalise_unit, project_unit_ball
 from .base import run
 from .fista import Fista
+from .problem import GridResidual
 
 
 class FilterProblem:

@@ -6,7 +6,7 @@ it found and can never regain the taps that fell off its support: the local mini
 planted-recovery problems. Re-centring moves every filter so that its energy centroid is at the centre of its
 support, and rolls its maps the opposite way, which leaves E unchanged under the circular boundary when no
 energy falls off the support; learning on a support one pixel wider on each side (see
-:func:`~solver.learn.learn_layer`) makes that the rule, and the s×s window of largest energy is kept at the end.
+:func:`~solver.models.learn.learn_layer`) makes that the rule, and the s×s window of largest energy is kept at the end.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def shift_filters(filters: np.ndarray, shifts: np.ndarray) -> np.ndarray:
 
 
 def roll_state(state: dict[str, Any], shifts: np.ndarray) -> dict[str, Any]:
-    """A shard state (see :meth:`~solver.shard.Shard.state`) with map k and its ADMM duals rolled by −d_k
+    """A shard state (see :meth:`~solver.models.shard.Shard.state`) with map k and its ADMM duals rolled by −d_k
     (circular boundary), to match filters shifted by d_k. Consensus duals, which are filters, are dropped."""
 
     def roll(a: np.ndarray | None) -> np.ndarray | None:

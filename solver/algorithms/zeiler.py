@@ -24,8 +24,8 @@ import numpy as np
 
 from ..backend import Array
 from ..config import ZeilerConfig
-from ..linalg import conjugate_gradient
-from ..problem import CSCProblem
+from ..operators.linalg import conjugate_gradient
+from .problem import CSCProblem
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from solver.montage import filter_montage
-from solver.preprocess import FittedPreprocess
-from solver.stack import psnr
+from solver.images.metrics import psnr
+from solver.images.pictures import filter_montage
+from solver.images.preprocess import FittedPreprocess
 from tests.api.conftest import sample_png_parts
 from tests.workers.conftest import ray_cluster, ray_session  # noqa: F401  (the shared session cluster)
 

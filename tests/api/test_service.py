@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from solver.montage import filter_montage
+from solver.images.pictures import filter_montage
 from tests.api.conftest import LiveService, sample_png_parts, start_service, stop_service
 from tests.workers.conftest import ray_cluster, ray_session  # noqa: F401  (the shared session cluster)
 

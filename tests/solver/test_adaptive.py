@@ -1,4 +1,5 @@
-"""The 2011 Adaptive Deconvolutional Network (solver.adaptive and the pooled parts of solver.stack).
+"""The 2011 Adaptive Deconvolutional Network (the pixel path, coding problem and shard, and the pooled parts of
+solver.models.stack).
 
 Checked against slow direct references (tests/reference.py): the pixel path R = F1 U1 F2 ⋯ as a dense matrix built
 from loop convolutions and explicit unpooling at the switches (forward, adjoint, normal, the adjoint identity, the
@@ -22,30 +23,20 @@ from pydantic import ValidationError
 
 from configs import sample_paths
 from solver import LearnConfig, StackModel, encode, learn_layer, learn_stack, project_down, psnr
-from solver.adaptive import (
-    LowerLayer,
-    PixelCodingProblem,
-    PixelPath,
-    PixelShard,
-    code_pixels,
-    keep_block_maxima,
-    pool_maps,
-)
+from solver.algorithms.problem import PixelCodingProblem
 from solver.backend import get_backend
 from solver.config import AdmmConfig, FistaConfig, LayerSpec
-from solver.connectivity import connectivity_table
-from solver.operators import ConvOperator, map_shape
-from solver.prox import LpPenalty, shrink
-from solver.stack import (
-    StackCode,
-    check_stack,
-    encode_layers,
-    footprint,
-    layer_config,
-    pixel_filters,
-    reconstruct_from,
-    top_projections,
-)
+from solver.models.coding import code_pixels
+from solver.models.shard import PixelShard
+from solver.models.stack.encoding import encode_layers
+from solver.models.stack.learning import check_stack, layer_config
+from solver.models.stack.model import StackCode
+from solver.models.stack.projection import footprint, pixel_filters, reconstruct_from, top_projections
+from solver.operators.connectivity import connectivity_table
+from solver.operators.convolution import ConvOperator, map_shape
+from solver.operators.pixel_path import LowerLayer, PixelPath
+from solver.operators.pooling import keep_block_maxima, pool_maps
+from solver.operators.prox import LpPenalty, shrink
 from tests.reference import (
     convolve_loops,
     dense_conv_matrix,
@@ -713,7 +704,7 @@ def test_pixels_without_an_inference_gets_fista() -> None:
     assert (config.inference.method, config.inference.max_iter) == ("fista", 10)
     assert LearnConfig(layers=layers, reconstruct_to="pixels").inference.method == "fista"
     assert LearnConfig.model_validate({"layers": layers}).inference.method == "admm"  # the 2010 default stays
-    from workers.spec import JobSpec  # noqa: PLC0415
+    from workers.jobs.spec import JobSpec  # noqa: PLC0415
 
     spec = JobSpec.model_validate({"layers": layers, "reconstruct_to": "pixels", "dataset_id": "a" * 32})
     assert spec.inference.method == "fista" and spec.learn_config().inference == spec.inference

@@ -11,8 +11,8 @@ from solver import LayerSpec, LearnConfig, learn_layer
 from solver.algorithms.consensus import update_filters_consensus
 from solver.algorithms.filter_update import filter_lipschitz, update_filters_pooled
 from solver.config import AdmmConfig, FilterUpdateConfig
-from solver.learn import alternate, initial_filters
-from solver.shard import LocalPool, Shard
+from solver.models.learn import alternate, initial_filters
+from solver.models.shard import LocalPool, Shard
 
 
 def _config(n_iter=4, connectivity="full", update=None, n_channels=1):

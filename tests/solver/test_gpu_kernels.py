@@ -1,10 +1,10 @@
-"""The CUDA kernels of the ADMM inner loop (solver.gpu_kernels), checked with and without a GPU.
+"""The CUDA kernels of the ADMM inner loop (solver.operators.gpu_kernels), checked with and without a GPU.
 
 Without a GPU: the kernels' shared ``__host__ __device__`` source is compiled for the host (g++ and, where
 present, nvcc) into a small shared library, loaded with ctypes, and compared with the numba kernels on random
 float32 and float64 data; the library also emulates the two kernel launches block by block (the per-thread
-index math of the kernels, serially), which lets the Python wrappers of solver.gpu_kernels and the ADMM loop run
-on the CPU through a stand-in for cupy. The whole CUDA source is compiled for the GPU with ``nvcc -cubin`` and,
+index math of the kernels, serially), which lets the Python wrappers of solver.operators.gpu_kernels and the ADMM loop
+run on the CPU through a stand-in for cupy. The whole CUDA source is compiled for the GPU with ``nvcc -cubin`` and,
 where a libnvrtc is found, with NVRTC (the compiler cupy.RawModule uses). Tests marked ``gpu`` run the cupy ADMM
 against the numpy ADMM.
 """
@@ -25,14 +25,14 @@ import numpy as np
 import pytest
 
 from solver import backend as backend_module
-from solver import gpu_kernels, kernels
+from solver.operators import gpu_kernels, kernels
 from solver.algorithms.admm import Admm
+from solver.algorithms.problem import CSCProblem
 from solver.backend import get_backend
 from solver.config import AdmmConfig
-from solver.linalg import factor_shifted_normal, solve_shifted_normal
-from solver.operators import ConvOperator
-from solver.problem import CSCProblem
-from solver.prox import LpPenalty
+from solver.operators.convolution import ConvOperator
+from solver.operators.linalg import factor_shifted_normal, solve_shifted_normal
+from solver.operators.prox import LpPenalty
 
 NVCC = shutil.which("nvcc")
 COMPILERS = [c for c in ("g++", "nvcc") if shutil.which(c)]
@@ -155,7 +155,7 @@ def _host_cupy(library: ctypes.CDLL) -> types.SimpleNamespace:
 
 @pytest.fixture
 def host_gpu_kernels(host_library: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch):
-    """solver.gpu_kernels with cupy replaced by the host library (the kernels' cache cleared around)."""
+    """solver.operators.gpu_kernels with cupy replaced by the host library (the kernels' cache cleared around)."""
     monkeypatch.setattr(backend_module, "cupy_module", lambda: _host_cupy(host_library))
     gpu_kernels._module.cache_clear()
     yield gpu_kernels

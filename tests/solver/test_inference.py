@@ -1,4 +1,4 @@
-"""Tests for the inference of feature maps (solver.coding.encode and the zeiler / fista / admm solvers):
+"""Tests for the inference of feature maps (solver.models.coding.encode and the zeiler / fista / admm solvers):
 descent, consistency of the reported objective, monotonicity, agreement at convergence (with each other, a dense
 ISTA and SPORCO), warm starts, dtypes, input promotion and connectivity."""
 
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from solver.algorithms import Zeiler
-from solver.coding import encode, reconstruct
+from solver.algorithms.problem import CSCProblem, objective
 from solver.config import AdmmConfig, FistaConfig, ZeilerConfig
-from solver.operators import ConvOperator, map_shape
-from solver.problem import CSCProblem, objective
-from solver.prox import LpPenalty
+from solver.models.coding import encode, reconstruct
+from solver.operators.convolution import ConvOperator, map_shape
+from solver.operators.prox import LpPenalty
 from tests.reference import dense_conv_matrix, ista_dense, objective_reference
 
 METHODS = ["admm", "fista", "zeiler"]

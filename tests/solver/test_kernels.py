@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import scipy.fft
 
-from solver import kernels
+from solver.operators import kernels
 from solver.algorithms.admm import Admm
+from solver.algorithms.problem import CSCProblem
 from solver.config import AdmmConfig
-from solver.linalg import factor_shifted_normal, solve_shifted_normal
-from solver.operators import ConvOperator
-from solver.problem import CSCProblem
-from solver.prox import LpPenalty
+from solver.operators.convolution import ConvOperator
+from solver.operators.linalg import factor_shifted_normal, solve_shifted_normal
+from solver.operators.prox import LpPenalty
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="numba is not installed")
 

@@ -17,8 +17,7 @@ from solver import (
 )
 from solver.algorithms.recentre import centring_shifts, roll_state, shift_filters
 from solver.config import AdmmConfig, ZeilerConfig
-from solver.learn import initial_filters
-from solver.montage import filter_montage
+from solver.models.learn import initial_filters
 
 
 def planted(seed: int, *, n_images=16, n_filters=4, size=5, side=32, density=0.01):
@@ -246,15 +245,6 @@ def test_zeiler_preset_has_the_toolbox_defaults():
     assert config.inference.method == "zeiler"
     assert (config.inference.beta0, config.inference.beta_factor, config.inference.n_beta) == (1.0, 10.0, 6)
     assert config.preprocess.contrast_normalise and config.filter_update.norm == "plane"
-
-
-def test_filter_montage_has_one_tile_per_filter():
-    filters = np.zeros((5, 1, 3, 3))
-    filters[:, 0, 1, 1] = 1.0  # a bright centre per filter
-    picture = filter_montage(filters, scale=1, pad=1, n_cols=3)
-    assert picture.shape == (2 * 4 + 1, 3 * 4 + 1)
-    centres = picture[2::4, 2::4]  # the centre tap of each tile position
-    assert np.count_nonzero(centres == 1.0) == 5 + 1  # five tiles plus the empty (white) sixth slot
 
 
 def test_an_explicit_inference_config_keeps_its_iteration_count(small_images):

@@ -1,4 +1,4 @@
-"""Tests for solver.linalg: the shifted normal equations (Sherman–Morrison / Woodbury) against a dense solve,
+"""Tests for solver.operators.linalg: the shifted normal equations (Sherman–Morrison / Woodbury) against a dense solve,
 the spectral norms against the dense operator norm, and conjugate gradients."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from solver.linalg import conjugate_gradient, factor_shifted_normal, max_gram_eigenvalue, solve_shifted_normal
-from solver.operators import ConvOperator, FilterOperator, map_shape
+from solver.operators.convolution import ConvOperator, FilterOperator, map_shape
+from solver.operators.linalg import conjugate_gradient, factor_shifted_normal, max_gram_eigenvalue, solve_shifted_normal
 from tests.reference import dense_conv_matrix, dense_filter_matrix
 
 IMAGE_SHAPE = (6, 5)

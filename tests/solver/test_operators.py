@@ -1,5 +1,5 @@
-"""Tests for solver.operators: ConvOperator and FilterOperator against the loop reference, dense matrices, scipy
-and numpy FFTs; contract checks (adjoint, linearity, dtype, backend, inputs untouched); shape helpers."""
+"""Tests for solver.operators.convolution: ConvOperator and FilterOperator against the loop reference, dense matrices,
+scipy and numpy FFTs; contract checks (adjoint, linearity, dtype, backend, inputs untouched); shape helpers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import scipy.signal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from solver.coding import reconstruct
-from solver.operators import ConvOperator, FilterOperator, image_shape_from_maps, map_shape
+from solver.models.coding import reconstruct
+from solver.operators.convolution import ConvOperator, FilterOperator, image_shape_from_maps, map_shape
 from tests.reference import (
     circular_convolve,
     convolve_loops,

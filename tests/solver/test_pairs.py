@@ -1,4 +1,4 @@
-"""Sparse connectivity (solver.pairs): the operators on the connected pairs only against the dense references
+"""Sparse connectivity (solver.operators.pairs): the operators on the connected pairs only against the dense references
 (forward, adjoint, per-frequency solve, spectral norm, Gram), the contract checks, and the work counted through
 a multiplication-counting array: it scales with the number of connected pairs, not with K·C."""
 
@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from solver import encode
-from solver.connectivity import connectivity_table
-from solver.operators import ConvOperator, FilterOperator, map_shape
-from solver.pairs import FullConnections, SparseConnections, connections
+from solver.operators.connectivity import connectivity_table
+from solver.operators.convolution import ConvOperator, FilterOperator, map_shape
+from solver.operators.pairs import FullConnections, SparseConnections, connections
 from tests.reference import dense_conv_matrix, dense_filter_matrix, objective_reference
 from tests.solver.contracts import LinearOperatorContract
 

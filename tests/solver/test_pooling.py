@@ -1,6 +1,6 @@
-"""3-D max pooling with switches (solver.pooling): against an explicit-loop reference, unpool ∘ pool keeps the block
-maxima, the adjoint identity of selection and unpooling at fixed switches, dtypes, padded edges, argument errors,
-and the 2011 projection to pixels (equal to project_down for 1×1×1 pooling)."""
+"""3-D max pooling with switches (solver.operators.pooling): against an explicit-loop reference, unpool ∘ pool keeps
+the block maxima, the adjoint identity of selection and unpooling at fixed switches, dtypes, padded edges, argument
+errors, and the 2011 projection to pixels (equal to project_down for 1×1×1 pooling)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from solver import LayerModel, StackModel, pool3d, project_down, reconstruct, unpool3d
 from solver.backend import Backend
-from solver.pooling import identity_switches, pooled_shape, select3d
+from solver.operators.pooling import identity_switches, pooled_shape, select3d
 from tests.reference import pool_loops
 
 SHAPES_AND_SIZES = [

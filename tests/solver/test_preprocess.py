@@ -1,4 +1,4 @@
-"""Tests for solver.preprocess: grey, zero mean, local contrast normalisation, rescale, validation."""
+"""Tests for solver.images.preprocess: grey, zero mean, local contrast normalisation, rescale, validation."""
 
 import itertools
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pydantic
 import pytest
 
-from solver.preprocess import PreprocessConfig, PreprocessStats, apply_preprocess, fit_preprocess
+from solver.images.preprocess import PreprocessConfig, PreprocessStats, apply_preprocess, fit_preprocess
 
 ONLY_LCN = {"zero_mean": False, "rescale": False, "contrast_normalise": True}
 NOTHING = {"zero_mean": False, "rescale": False}
@@ -31,7 +31,7 @@ def _reference_lcn(images: np.ndarray, size: int, sigma: float, floor: str, divi
     """Direct LCN of (N, C, H, W) float64 images with explicit loops over pixels and window taps.
 
     The window is a Gaussian normalised to sum 1; the padding is numpy.pad mode 'symmetric' (edge pixel
-    repeated), which is scipy.ndimage mode 'reflect' as used by solver.preprocess.
+    repeated), which is scipy.ndimage mode 'reflect' as used by solver.images.preprocess.
     """
     r = size // 2
     offsets = np.arange(size) - r

@@ -1,4 +1,4 @@
-"""Tests for solver.prox: the shrinkage of τ|x|^p against brute force and a bracketing reference, the prox
+"""Tests for solver.operators.prox: the shrinkage of τ|x|^p against brute force and a bracketing reference, the prox
 contracts, the filter projections and the penalty value."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from solver.prox import LpPenalty, normalise_unit, project_unit_ball, shrink, soft_threshold
+from solver.operators.prox import LpPenalty, normalise_unit, project_unit_ball, shrink, soft_threshold
 from tests.reference import shrink_reference
 from tests.solver.contracts import ConvexProxContract, ProjectionContract, ProxContract
 

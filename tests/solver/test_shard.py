@@ -7,8 +7,8 @@ import pytest
 
 from solver import LayerSpec, LearnConfig
 from solver.config import AdmmConfig, FilterUpdateConfig, FistaConfig, ZeilerConfig
-from solver.learn import alternate, initial_filters
-from solver.shard import LocalPool, Shard
+from solver.models.learn import alternate, initial_filters
+from solver.models.shard import LocalPool, Shard
 
 INFERENCE = {"admm": AdmmConfig(max_iter=5), "fista": FistaConfig(max_iter=5), "zeiler": ZeilerConfig()}
 
@@ -90,12 +90,12 @@ def test_zeiler_coding_keeps_each_image_s_best_stage_not_the_last():
     image, the best of the start and the stages; it used to compare the last stage with the zero start only,
     which froze the maps at zero and the filters with them (the zeiler2010 preset's layer 2 never learned)."""
     from solver.algorithms import make_solver  # noqa: PLC0415
-    from solver.connectivity import connectivity_table  # noqa: PLC0415
-    from solver.operators import ConvOperator  # noqa: PLC0415
-    from solver.preprocess import FittedPreprocess  # noqa: PLC0415
-    from solver.problem import CSCProblem  # noqa: PLC0415
-    from solver.prox import LpPenalty  # noqa: PLC0415
-    from solver.stack import INTER_LAYER_PREPROCESS  # noqa: PLC0415
+    from solver.algorithms.problem import CSCProblem  # noqa: PLC0415
+    from solver.images.preprocess import FittedPreprocess  # noqa: PLC0415
+    from solver.models.stack.learning import INTER_LAYER_PREPROCESS  # noqa: PLC0415
+    from solver.operators.connectivity import connectivity_table  # noqa: PLC0415
+    from solver.operators.convolution import ConvOperator  # noqa: PLC0415
+    from solver.operators.prox import LpPenalty  # noqa: PLC0415
 
     rng = np.random.default_rng(0)
     sparse = rng.standard_normal((2, 9, 30, 30)) * (rng.random((2, 9, 30, 30)) < 0.03)

@@ -1,5 +1,5 @@
-"""Layer stacks (solver.stack): per-layer configs, a 2-layer learn on the sample images (both objectives decrease,
-the layer-2 maps project to pixels of the images' shape, PSNR recorded), encoding and projection, pixel-space
+"""Layer stacks (solver.models.stack): per-layer configs, a 2-layer learn on the sample images (both objectives
+decrease, the layer-2 maps project to pixels of the images' shape, PSNR recorded), encoding and projection, pixel-space
 filters, the model's round trip through arrays and JSON, and the zeiler2010 preset."""
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ from solver import (
     psnr,
     reconstruct,
 )
-from solver.adaptive import LowerLayer, input_geometry
-from solver.connectivity import connectivity_table
-from solver.montage import filter_montage
-from solver.operators import map_shape
-from solver.preprocess import FittedPreprocess, PreprocessConfig, PreprocessStats
-from solver.stack import check_stack, reconstruct_from, top_projections
+from solver.images.pictures import filter_montage
+from solver.images.preprocess import FittedPreprocess, PreprocessConfig, PreprocessStats
+from solver.models.stack.learning import check_stack
+from solver.models.stack.projection import reconstruct_from, top_projections
+from solver.operators.connectivity import connectivity_table
+from solver.operators.convolution import map_shape
+from solver.operators.pixel_path import LowerLayer, input_geometry
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""Tests for input validation of the public functions (solver.coding), the config models (solver.config) and the
-connectivity tables (solver.connectivity)."""
+"""Tests for input validation of the public functions (solver.models.coding), the config models (solver.config) and the
+connectivity tables (solver.operators.connectivity)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from configs import preset_names
-from solver.coding import encode, reconstruct
 from solver.config import (
     AdmmConfig,
     FilterUpdateConfig,
@@ -22,7 +21,8 @@ from solver.config import (
     ZeilerConfig,
     load_config,
 )
-from solver.connectivity import connectivity_table, parse_table_name, singles_and_doubles_count
+from solver.models.coding import encode, reconstruct
+from solver.operators.connectivity import connectivity_table, parse_table_name, singles_and_doubles_count
 
 SHAPE = (8, 8)
 

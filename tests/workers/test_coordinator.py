@@ -12,8 +12,8 @@ from PIL import Image
 
 from solver import learn_layer
 from solver.config import FilterUpdateConfig
-from workers.checkpoint import checkpoint_folders
-from workers.coordinator import Coordinator, JobFailedError, run_distributed
+from workers.distributed.checkpoint import checkpoint_folders
+from workers.distributed.coordinator import Coordinator, JobFailedError, run_distributed
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 
@@ -146,8 +146,9 @@ def test_a_run_stopped_before_its_first_iteration_returns_the_initial_filters(ra
 def test_a_2011_layer_runs_distributed_as_in_one_process(ray_session, tmp_path, dataset, learn_config, workers):
     """Layer 2 of the 2011 model on the pixels through a frozen pooling layer 1: each actor reads the switches of
     its own images from their files, and the run equals learn_layer with the same lower layer and switches."""
-    from solver.adaptive import LowerLayer, pool_maps  # noqa: PLC0415
     from solver.config import FistaConfig, LayerSpec  # noqa: PLC0415
+    from solver.operators.pixel_path import LowerLayer  # noqa: PLC0415
+    from solver.operators.pooling import pool_maps  # noqa: PLC0415
 
     pixels = learn_config.model_copy(update={"reconstruct_to": "pixels", "inference": FistaConfig(max_iter=5)})
     first = pixels.model_copy(update={"layers": [LayerSpec(n_filters=4, filter_size=3, lam=0.1, pool=(2, 2, 2))]})
@@ -178,7 +179,7 @@ def test_a_2011_layer_runs_distributed_as_in_one_process(ray_session, tmp_path, 
 
 
 def test_lower_layers_are_refused_for_the_2010_model_and_must_match_the_switches(dataset, learn_config, tmp_path):
-    from solver.adaptive import LowerLayer  # noqa: PLC0415
+    from solver.operators.pixel_path import LowerLayer  # noqa: PLC0415
 
     lower = [LowerLayer(np.zeros((4, 1, 3, 3)), None, (2, 2, 2))]
     with pytest.raises(ValueError, match="reconstruct_to 'pixels'"):

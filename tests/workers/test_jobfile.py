@@ -6,7 +6,7 @@ import pytest
 
 from configs import find_preset, samples_dir
 from solver import LearnConfig, load_config
-from workers.jobfile import JobFileError, load_job_file
+from workers.jobs.jobfile import JobFileError, load_job_file
 
 VALID = """
 images: pictures

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from solver.learn import alternate, initial_filters
-from solver.preprocess import (
+from solver.images.preprocess import (
     PreprocessConfig,
     apply_rescale,
     combine_rescale_means,
@@ -17,10 +16,11 @@ from solver.preprocess import (
     rescale_partial_mean,
     rescale_partial_range,
 )
-from solver.shard import LocalPool
-from workers.actors import ShardWorker
-from workers.images import inspect_images
-from workers.shards import split_into_shards
+from solver.models.learn import alternate, initial_filters
+from solver.models.shard import LocalPool
+from workers.distributed.actors import ShardWorker
+from workers.distributed.images import inspect_images
+from workers.distributed.shards import split_into_shards
 
 PREPROCESS = {
     "rescale only": PreprocessConfig(zero_mean=False),

@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-from .backend import Array, backend_of
+from ..backend import Array, backend_of
 
 FilterNorm = Literal["plane", "filter"]
 

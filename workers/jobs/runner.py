@@ -1,8 +1,8 @@
 """The job runner: takes queued jobs from the store, learns them on Ray layer by layer, writes their artifacts.
 
 One background thread runs one job at a time (oldest first). A job of L layers is L distributed runs of
-:class:`~workers.coordinator.Coordinator`: layer 1 on the dataset's images with the job's preprocessing, layer
-l+1 on the maps of layer l (saved as one ``.npy`` per image in the job's work folder; pooled, with their
+:class:`~workers.distributed.coordinator.Coordinator`: layer 1 on the dataset's images with the job's preprocessing,
+layer l+1 on the maps of layer l (saved as one ``.npy`` per image in the job's work folder; pooled, with their
 switches saved beside them, when layer l pools) rescaled as the 2010 toolbox does. A job with ``reconstruct_to``
 'pixels' (the 2011 model) runs every layer on the dataset's images instead, through the frozen layers below and
 the saved switches of the same images, which each shard actor reads for its own images.
@@ -42,22 +42,29 @@ from pathlib import Path
 
 import numpy as np
 
-from solver.adaptive import LowerLayer, pool_maps
-from solver.learn import IterStats, LearnResult
-from solver.montage import filter_montage, side_by_side
-from solver.pooling import pool3d
-from solver.preprocess import FittedPreprocess
-from solver.stack import StackCode, StackModel, layer_config, pixel_filters, reconstruct_from, top_projections
+from solver import (
+    FittedPreprocess,
+    IterStats,
+    LearnResult,
+    StackCode,
+    StackModel,
+    layer_config,
+    pixel_filters,
+    reconstruct_from,
+    top_projections,
+)
+from solver.images.pictures import filter_montage, history_plot, image_sheet, png_bytes
+from solver.operators.pixel_path import LowerLayer
+from solver.operators.pooling import pool3d, pool_maps
 
-from .checkpoint import atomic_write_bytes, npy_bytes
-from .cluster import ClusterConfig, connect
+from ..distributed.checkpoint import atomic_write_bytes, npy_bytes
+from ..distributed.cluster import ClusterConfig, connect
 from .models import JobModel, load_model
 from .spec import JobSpec
 from .store import JobRecord, JobStore
 
 logger = logging.getLogger(__name__)
 
-_PNG_ROWS = 8  # reconstructions.png shows at most this many images
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -82,7 +89,7 @@ class JobRunner:
     poll_interval : float
         Seconds between looks at an empty queue.
     actor_cpus : float
-        CPUs each shard actor reserves (see :class:`~workers.coordinator.Coordinator`).
+        CPUs each shard actor reserves (see :class:`~workers.distributed.coordinator.Coordinator`).
     """
 
     def __init__(self, store: JobStore, *, cluster: ClusterConfig | None = None, checkpoint_every: int = 5,
@@ -181,7 +188,7 @@ def execute(store: JobStore, job: JobRecord, *, cluster: ClusterConfig | None = 
     JobStopped
         When `should_stop` turned true before the end.
     """
-    from .coordinator import Coordinator  # noqa: PLC0415  (imports Ray)
+    from ..distributed.coordinator import Coordinator  # noqa: PLC0415  (imports Ray)
 
     if store.artifact(job.id, "model.json") is not None:  # finished before the service died: nothing to redo
         return load_model(store, job.id)
@@ -329,56 +336,9 @@ def _store_artifacts(store: JobStore, job_id: str, spec: JobSpec, model: JobMode
     store.put_artifact(job_id, "model.json", model_json, "application/json")  # last: the job's model
 
 
-def png_bytes(picture: np.ndarray) -> bytes:
-    """A [0, 1] float picture (H, W) or (H, W, 3) as PNG bytes."""
-    from PIL import Image  # noqa: PLC0415
-
-    data = (np.clip(picture, 0, 1) * 255).round().astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(data).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def npz_bytes(maps: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **{f"image-{n:05d}": m for n, m in enumerate(maps)})
-    return buffer.getvalue()
-
-
-def image_sheet(*columns: np.ndarray) -> np.ndarray:
-    """A [0, 1] picture with one row per image (at most :data:`_PNG_ROWS`): the n-th image of every column side
-    by side (e.g. an input beside its reconstruction), channels averaged, each scaled to its own range."""
-    rows = []
-    for images in list(zip(*columns, strict=True))[:_PNG_ROWS]:
-        row = side_by_side(*(np.asarray(x, dtype=np.float64).mean(axis=0) for x in images))
-        rows += [row, np.ones((4, row.shape[1]))]
-    width = max(r.shape[1] for r in rows)
-    return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1])), constant_values=1) for r in rows[:-1]])
-
-
-def history_plot(history: list[dict]) -> bytes:
-    """The objective per outer iteration as PNG bytes (matplotlib, Agg): one panel per layer, each on its own
-    scale (the layers' objectives differ by orders of magnitude), logarithmic where it spans a factor 10."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure  # noqa: PLC0415
-
-    layers = sorted({h["layer"] for h in history})
-    figure = Figure(figsize=(4.5 * len(layers) + 1.5, 4), dpi=100)
-    for index, layer in enumerate(layers):
-        axes = figure.add_subplot(1, len(layers), index + 1)
-        points = [(h["iteration"], h["objective"]) for h in history if h["layer"] == layer]
-        values = [v for _, v in points]
-        axes.plot(*zip(*points, strict=True), marker=".", color=f"C{index}")
-        axes.set_title(f"layer {layer}" if len(layers) > 1 else "objective")
-        axes.set_xlabel("outer iteration")
-        axes.set_ylabel("objective E")
-        axes.set_yscale("log" if min(values) > 0 and max(values) > 10 * min(values) else "linear")
-        axes.grid(True, alpha=0.3)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
     return buffer.getvalue()
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from solver.learn import IterStats
+from solver.models.learn import IterStats
 
 logger = logging.getLogger(__name__)
 

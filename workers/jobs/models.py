@@ -1,6 +1,6 @@
 """The model of a finished job: its layer stack and the inference it learned with; encoding and projection.
 
-The runner stores a :class:`~solver.stack.StackModel` as ``filters-L<l>.npy`` and ``connectivity-L<l>.npy`` per
+The runner stores a :class:`~solver.StackModel` as ``filters-L<l>.npy`` and ``connectivity-L<l>.npy`` per
 layer and ``model.json`` (the boundary; per layer λ, p and the fitted preprocessing of its input; the inference);
 :func:`load_model` reads them back from the store, so ``POST /models/{id}/encode`` and ``POST /reconstruct`` work
 on any finished job, also after a restart.
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from pydantic import TypeAdapter
 
+from solver import LayerModel, StackCode, StackModel, encode_layers, project_down
 from solver.config import InferenceConfig
-from solver.stack import LayerModel, StackCode, StackModel, encode_layers, project_down
 
 from .store import JobStore
 
@@ -29,7 +29,7 @@ class ModelNotReadyError(LookupError):
 
 @dataclass(frozen=True)
 class JobModel:
-    """A job's :class:`~solver.stack.StackModel` and the inference it learned with (the default for encoding)."""
+    """A job's :class:`~solver.StackModel` and the inference it learned with (the default for encoding)."""
 
     stack: StackModel
     inference: InferenceConfig
@@ -45,14 +45,14 @@ class JobModel:
     def encode(self, images: np.ndarray, *, layer: int | None = None, method: str | None = None,
                max_iter: int | None = None) -> StackCode:
         """Maps and switches of every layer up to `layer` (default: the top one); see
-        :func:`solver.stack.encode_layers`."""
+        :func:`solver.encode_layers`."""
         return encode_layers(self.stack, images, layers=layer, method=method or self.inference.method,
                              max_iter=max_iter)
 
     def project(self, maps: np.ndarray, *, layer: int | None = None, switches: Sequence[Any] | None = None,
                 map_shapes: Sequence[Sequence[int]] | None = None) -> np.ndarray:
         """Images from maps of `layer` through every layer below, unpooling at `switches` where a layer below
-        pools; see :func:`solver.stack.project_down`."""
+        pools; see :func:`solver.project_down`."""
         return project_down(self.stack, maps, layer, switches=switches, map_shapes=map_shapes)
 
     def artifacts(self) -> tuple[dict[str, np.ndarray], bytes]:

@@ -6,7 +6,8 @@
 1. :meth:`~ShardWorker.load`: read its own image files and run the per-image preprocessing steps;
 2. when the dataset-wide rescale is not fitted yet, :meth:`~ShardWorker.rescale_range` then
    :meth:`~ShardWorker.rescale_sum`, which the coordinator combines over the shards (in shard order);
-3. :meth:`~ShardWorker.build`: apply the rescale and the computation dtype, and hold a :class:`solver.shard.Shard`;
+3. :meth:`~ShardWorker.build`: apply the rescale and the computation dtype, and hold a
+   :class:`solver.models.shard.Shard`;
 4. then the pool methods of the learning loop (``code``, ``value_and_gradient``, ``normal``, ``consensus_step``),
    and ``maps``,
    ``state``, ``load_state``, ``reset`` for results and checkpoints.
@@ -26,16 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from solver.adaptive import LowerLayer, PixelShard
 from solver.config import LearnConfig
-from solver.preprocess import (
+from solver.images.preprocess import (
     PreprocessStats,
     apply_rescale,
     prepare_images,
     rescale_partial_mean,
     rescale_partial_range,
 )
-from solver.shard import CodeStats, Shard
+from solver.models.shard import CodeStats, PixelShard, Shard
+from solver.operators.pixel_path import LowerLayer
 from solver.validation import as_images
 
 from .images import ImageInfo, load_images
@@ -73,7 +74,7 @@ class ShardWorker:
               lower: Sequence[LowerLayer] = (), switch_paths: Sequence[Sequence[str] | None] = ()) -> str:
         """Finish the images (rescale with the dataset's `stats`, computation dtype) and hold a fresh shard.
 
-        For a config with ``reconstruct_to`` 'pixels' the shard is a :class:`solver.adaptive.PixelShard` over the
+        For a config with ``reconstruct_to`` 'pixels' the shard is a :class:`solver.models.shard.PixelShard` over the
         frozen layers `lower`, with the switches of this shard's images read from `switch_paths` (one list of
         ``.npy`` files per lower layer, in the shard's image order; None for a layer that does not pool).
 
@@ -116,7 +117,7 @@ class ShardWorker:
             raise ValueError("the worker has no shard: call build(stats, connectivity, backend) first")
         return self._shard
 
-    # -- the pool protocol of solver.learn.alternate ------------------------------------------------------------
+    # -- the pool protocol of solver.models.learn.alternate ------------------------------------------------------------
 
     def code(self, filters: np.ndarray) -> CodeStats:
         return self._ready().code(filters)
@@ -170,7 +171,7 @@ def shard_actor_class(num_cpus: float, num_gpus: float) -> Any:
     rolls every shard back to the last checkpoint, because the shards' states must stay consistent with each
     other and with the filters. ``SPREAD`` places the shards of a job on as many nodes as it can.
     """
-    import ray  # noqa: PLC0415  (importing workers.actors must not need Ray, only creating actors)
+    import ray  # noqa: PLC0415  (importing workers.distributed.actors must not need Ray, only creating actors)
 
     return ray.remote(ShardWorker).options(
         num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0, max_task_retries=0, scheduling_strategy="SPREAD"

@@ -1,6 +1,6 @@
 r"""Per-frequency linear algebra: the shifted normal equations, spectral norms, and conjugate gradients.
 
-In the Fourier domain the synthesis D of :class:`~solver.operators.ConvOperator` is, at each frequency ω, a
+In the Fourier domain the synthesis D of :class:`~solver.operators.convolution.ConvOperator` is, at each frequency ω, a
 C×K matrix ``A(ω)`` with ``A[c, k] = f̂[k, c](ω)``. The normal equations of every inference algorithm are
 
 .. math:: (A^H A + \rho I)\, x = b
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import Array, backend_of
+from ..backend import Array, backend_of
 
 _EXACT_GRAM_MAX = 16  # largest min(P, Q) for which the per-frequency Gram eigenvalues are computed exactly
 _POWER_ITER = 50

@@ -6,6 +6,21 @@ r"""The convolutional sparse coding problem for fixed filters, and its objective
 
 The inference algorithms share this object: the Fourier transform of the (zero-padded) images, ``Dᴴy``,
 and the residual of a point given in the Fourier domain on the map grid.
+
+:class:`PixelCodingProblem` is the 2011 model's coding problem of layer l (Zeiler, Taylor & Fergus, ICCV 2011):
+the layer reconstructs the pixels through the frozen layers below (:class:`~solver.operators.pixel_path.PixelPath`,
+:math:`R_l = B_l F_l`), under the constraint of at most one non-zero per pooling block of its maps,
+
+.. math:: \min_{z_l} \tfrac12 \| R_l z_l - y \|^2 + \lambda_l \|z_l\|_p^p.
+
+Inference is the 2011 ISTA: a gradient step on the data term through :math:`R_l^\top` (adjoint convolutions and
+selection at the switches on the way up), the shrinkage, then 3-D pooling and unpooling of z_l (keep each block's
+largest entry). Shrinkage then keep-the-largest is the *exact* proximal map of the penalty plus the block
+constraint: keeping entry j of a block instead of none lowers the prox objective by an amount that grows with
+|v_j| (for p = 1, ½(|v_j| − λ)²₊), so the best single survivor is the largest. Proximal gradient with step 1/L,
+L ≥ ‖R_l‖², therefore never raises the objective, even though the constraint is not convex; it runs inside
+:class:`~solver.algorithms.fista.Fista`, whose function-value restart falls back to that plain step whenever the
+momentum step would not descend, so the accelerated iteration is monotone too.
 """
 
 from __future__ import annotations
@@ -16,9 +31,16 @@ from typing import Any
 
 import numpy as np
 
-from .backend import Array, Backend, backend_of
-from .operators import ConvOperator, parseval_weights
-from .prox import LpPenalty
+from ..backend import Array, Backend, backend_of
+from ..operators.convolution import ConvOperator, parseval_weights
+from ..operators.pixel_path import PixelPath, Pool
+from ..operators.pooling import keep_block_maxima
+from ..operators.prox import LpPenalty, shrink
+
+#: Power iterations for the per-image step of the 2011 inference, from ones; and from the vectors of the previous
+#: outer iteration (the filters moved a little since).
+POWER_ITER = 20
+POWER_ITER_WARM = 4
 
 
 class CSCProblem:
@@ -169,3 +191,84 @@ def objective(
     """E(z, f) of DESIGN.md section 1 for arrays already in (N, C, H, W), (N, K, H', W'), (K, C, s, s) form."""
     op = ConvOperator(filters, images.shape[-2:], boundary=boundary, connectivity=connectivity)
     return CSCProblem(images, op, LpPenalty(lam, p)).objective(maps)
+
+
+class PixelCodingProblem:
+    r"""The 2011 coding problem of one layer, in the composite form :class:`~solver.algorithms.fista.Fista`
+    solves: smooth part ½‖B F z − y‖² (spatial residual, affine in z), prox = shrink then keep the block maxima.
+
+    Parameters
+    ----------
+    images : array of shape (N, C_1, H, W)
+        The preprocessed pixels, on the backend and in the dtype of the operators.
+    op : ConvOperator
+        F_l, from layer l's input space (``path.input_shape``) to its maps.
+    path : PixelPath
+    penalty : LpPenalty
+    pool : (int, int, int) or None
+        Layer l's own pooling (the block constraint).
+    """
+
+    def __init__(self, images: Array, op: ConvOperator, path: PixelPath, penalty: LpPenalty, pool: Pool | None,
+                 *, power_start: Array | None = None, power_iter: int = POWER_ITER):
+        self.images = images
+        self.op = op
+        self.path = path
+        self.penalty = penalty
+        self.pool = pool
+        self.backend = op.backend
+        self.maps_shape = (int(images.shape[0]), op.n_filters) + op.map_shape
+        self.power_start = power_start
+        self.power_iter = power_iter
+        self.power_vector: Array | None = None  # the last power-iteration vector (to warm-start the next one)
+
+    def synthesize(self, maps: Array) -> Array:
+        """R z = B F z: (N, K_l, H_l', W_l') -> (N, C_1, H, W)."""
+        return self.path.forward(self.op.forward(maps))
+
+    def normal(self, maps: Array) -> Array:
+        return self.gradient(self.synthesize(maps))
+
+    # Fista's composite-problem interface -----------------------------------------------------------------------
+    def zeros(self) -> Array:
+        return self.backend.xp.zeros(self.maps_shape, dtype=self.images.dtype)
+
+    def residual_of(self, maps: Array) -> tuple[Array, np.ndarray]:
+        """(R z − y, ½‖R z[n] − y[n]‖² per image as host float64)."""
+        resid = self.synthesize(maps) - self.images
+        return resid, 0.5 * sq_norm_per_item(resid)
+
+    def gradient(self, resid: Array) -> Array:
+        """Rᵀ r = Fᵀ Bᵀ r."""
+        return self.op.adjoint(self.path.adjoint(resid))
+
+    def prox(self, v: Array, step: float) -> Array:
+        return keep_block_maxima(shrink(v, self.penalty.lam * step, self.penalty.p), self.pool)
+
+    def regulariser(self, maps: Array) -> np.ndarray:
+        return self.penalty.per_item(maps)
+
+    def lipschitz(self) -> np.ndarray:
+        """‖R_n‖² per image n (each has switches of its own) by ``power_iter`` power iterations from
+        ``power_start`` (ones by default), with a 2 % margin and capped by Π‖F_j‖², as host float64 (N,). An
+        image's step never depends on the other images of its batch, so a shard of any size follows the same
+        trajectory; an underestimate is safe (FISTA doubles an L that fails to descend)."""
+        xp = self.backend.xp
+        bound = self.path.bound * self.op.lipschitz()
+        start = self.power_start
+        v = xp.ones(self.maps_shape, dtype=self.images.dtype) if start is None else start
+        lam = np.zeros(self.maps_shape[0])
+        for _ in range(self.power_iter):
+            v = v / xp.asarray(np.maximum(np.sqrt(sq_norm_per_item(v)), 1e-300).reshape(-1, 1, 1, 1), dtype=v.dtype)
+            w = self.normal(v)
+            lam = np.sqrt(sq_norm_per_item(w))
+            if not lam.any():
+                break
+            v = w
+        self.power_vector = v
+        return np.where(lam > 0, np.minimum(1.02 * lam, bound), bound)
+
+    def objective(self, maps: Array) -> float:
+        """E(z) = ½‖R z − y‖² + λ‖z‖_p^p, computed directly (z should satisfy the block constraint)."""
+        _, data = self.residual_of(maps)
+        return float(data.sum()) + self.penalty(maps)

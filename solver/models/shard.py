@@ -11,6 +11,12 @@ The learning loop (:mod:`solver.learn`) talks to its images only through a *pool
   (:mod:`solver.algorithms.consensus`), with its local filters and duals kept in the shard;
 * ``maps()``: the shard's current maps (for results and checkpoints).
 
+:class:`Shard` codes with the 2010 model (each layer reconstructs its own input); :class:`PixelShard` with the
+2011 one: layer l reconstructs the pixels through the frozen layers below, and with z_l and every switch fixed, E
+is quadratic in f_l and its gradient is the correlation of z_l with the pixel residual carried up through the
+layers below, :math:`Z_l^\top B_l^\top (B_l Z_l f_l - y)`, so the filter updates of
+:mod:`solver.algorithms.filter_update` run on it unchanged.
+
 :class:`LocalPool` runs shards in this process; the Ray pool of ``workers/`` runs each in an actor. Images are
 independent problems and the reductions are sums taken in shard order, so one shard or several give the same
 filters up to round-off. Arrays cross the shard boundary as host numpy arrays.
@@ -24,16 +30,19 @@ from typing import Any
 
 import numpy as np
 
-from .algorithms import make_solver
-from .algorithms.admm import Admm
-from .algorithms.base import run
-from .algorithms.consensus import ConsensusState, consensus_local_step
-from .algorithms.filter_update import FilterProblem
-from .backend import Array, Backend, backend_of, get_backend
-from .config import LearnConfig
-from .operators import ConvOperator
-from .problem import CSCProblem
-from .prox import LpPenalty
+from ..algorithms import make_solver
+from ..algorithms.admm import Admm
+from ..algorithms.base import run
+from ..algorithms.consensus import ConsensusState, consensus_local_step
+from ..algorithms.filter_update import FilterProblem
+from ..algorithms.fista import Fista
+from ..algorithms.problem import POWER_ITER, POWER_ITER_WARM, CSCProblem, PixelCodingProblem, sq_norm_per_item
+from ..backend import Array, Backend, backend_of, get_backend
+from ..config import FistaConfig, LearnConfig
+from ..operators.convolution import ConvOperator, FilterOperator
+from ..operators.pixel_path import LowerLayer, PixelPath
+from ..operators.pooling import keep_block_maxima
+from ..operators.prox import LpPenalty
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,110 @@ class Shard:
         self._warm = _to_device(state.get("warm"), self.bk)
         self._consensus = _to_device(state.get("consensus"), self.bk)
         self._filter_problem = None
+
+
+class PixelShard:
+    """Some images of a 2011 learning job (layer l reconstructs their pixels through the frozen layers below),
+    with the interface of :class:`solver.models.shard.Shard` that :func:`solver.models.learn.alternate` drives.
+
+    Parameters
+    ----------
+    images : ndarray of shape (n, C_1, H, W)
+        The preprocessed pixels, in the computation dtype.
+    config : LearnConfig
+        The one-layer config of layer l (``reconstruct_to`` 'pixels', fista inference).
+    connectivity : bool ndarray of shape (K_l, C_l) or None
+    lower : sequence of LowerLayer
+        Layers 1 … l−1.
+    switches : sequence of integer arrays or None
+        Their switches for these n images (see :class:`PixelPath`).
+    backend : {"auto", "numpy", "cupy"}
+    """
+
+    def __init__(self, images: np.ndarray, config: LearnConfig, connectivity: np.ndarray | None,
+                 lower: Sequence[LowerLayer] = (), switches: Sequence[Array | None] = (), backend: str = "auto"):
+        if config.reconstruct_to != "pixels" or config.inference.method != "fista":
+            raise ValueError("a PixelShard needs a config with reconstruct_to 'pixels' and fista inference")
+        self.bk: Backend = get_backend(backend)
+        self.config = config
+        self.layer = config.layers[0]
+        self.images = self.bk.asarray(images)
+        self.path = PixelPath(lower, switches, self.images.shape[-2:], self.images.shape[0], config.boundary,
+                              self.bk, self.images.dtype)
+        self.g = None if connectivity is None else self.bk.asarray(connectivity)
+        self.penalty = LpPenalty(self.layer.lam, self.layer.p)
+        self._maps: Array | None = None
+        self._power: Array | None = None  # per-image power-iteration vectors of the step sizes, kept warm
+        self._filter_op: FilterOperator | None = None
+
+    @property
+    def n_images(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def input_channels(self) -> int:
+        """C_l: the channels layer l reads (the pooled maps of layer l−1, or the pixels' for layer 1)."""
+        return int(self.images.shape[1]) if self.path.input_channels is None else self.path.input_channels
+
+    def code(self, filters: np.ndarray) -> CodeStats:
+        """``config.inference.max_iter`` steps of the 2011 inference, warm-started; never worse maps."""
+        f = self.bk.asarray(filters, dtype=self.images.dtype)
+        self._filter_op = None
+        op = ConvOperator(f, self.path.input_shape, boundary=self.config.boundary, connectivity=self.g)
+        warm = self._power is not None  # the filters moved a little since: a few steps from the last vector
+        problem = PixelCodingProblem(self.images, op, self.path, self.penalty, self.layer.pool,
+                                     power_start=self._power, power_iter=POWER_ITER_WARM if warm else POWER_ITER)
+        solver = Fista(problem, FistaConfig(max_iter=self.config.inference.max_iter, tol=0.0))
+        self._power = problem.power_vector
+        start = None if self._maps is None else keep_block_maxima(self._maps, self.layer.pool)
+        state = solver.init(start)
+        maps0, E0 = solver.maps(state), solver.per_item_objective(state).copy()
+        state = iterate_steps(solver, state, solver.max_iter)
+        self._maps = keep_better(solver.maps(state), solver.per_item_objective(state), maps0, E0)
+        xp = self.bk.xp
+        return CodeStats(self.penalty(self._maps), int(xp.count_nonzero(self._maps)), int(self._maps.size),
+                         solver.max_iter, self.n_images)
+
+    def _operator(self) -> FilterOperator:
+        if self._maps is None:
+            raise ValueError("the shard has no maps yet: call code(filters) first")
+        if self._filter_op is None:
+            self._filter_op = FilterOperator(self._maps, self.path.input_shape, self.layer.filter_size,
+                                             boundary=self.config.boundary, connectivity=self.g,
+                                             n_channels=self.input_channels)
+        return self._filter_op
+
+    def value_and_gradient(self, filters: np.ndarray) -> tuple[float, np.ndarray]:
+        """(½‖B Z f − y‖², Zᵀ Bᵀ(B Z f − y)) of this shard at `filters`."""
+        zop = self._operator()
+        resid = self.path.forward(zop.forward(self.bk.asarray(filters, dtype=self.images.dtype))) - self.images
+        data = 0.5 * float(sq_norm_per_item(resid).sum())
+        return data, self.bk.to_host(zop.adjoint(self.path.adjoint(resid)))
+
+    def normal(self, v: np.ndarray) -> np.ndarray:
+        """Zᵀ Bᵀ B Z v of this shard."""
+        zop = self._operator()
+        w = self.path.forward(zop.forward(self.bk.asarray(v, dtype=self.images.dtype)))
+        return self.bk.to_host(zop.adjoint(self.path.adjoint(w)))
+
+    def consensus_step(self, filters: np.ndarray, rho: float, relax: float) -> tuple[np.ndarray, int]:
+        raise ValueError("consensus filter updates are not available with reconstruct_to 'pixels'")
+
+    def maps(self) -> np.ndarray:
+        if self._maps is None:
+            raise ValueError("the shard has no maps yet: call code(filters) first")
+        return self.bk.to_host(self._maps)
+
+    def state(self) -> dict[str, Any]:
+        """The maps and the power vectors of the step sizes (a resumed run takes the same steps)."""
+        power = None if self._power is None else self.bk.to_host(self._power)
+        return {"maps": None if self._maps is None else self.maps(), "warm": power, "consensus": None}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        maps, power = state.get("maps"), state.get("warm")
+        self._maps = None if maps is None else self.bk.asarray(maps)
+        self._power = None if power is None else self.bk.asarray(power, dtype=self.images.dtype)
+        self._filter_op = None
 
 
 def iterate_steps(solver: Any, state: Any, n_iter: int) -> Any:

@@ -1,4 +1,4 @@
-"""The pool protocol of :func:`solver.learn.alternate` over Ray shard actors, and the traffic it causes.
+"""The pool protocol of :func:`solver.models.learn.alternate` over Ray shard actors, and the traffic it causes.
 
 Every call puts its array argument in the object store once (``ray.put``), calls every actor with the reference,
 and gathers every result with one ``ray.get`` bounded by a timeout; results come back in shard order, so the
@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import ray
 
-from solver.shard import CodeStats
+from solver.models.shard import CodeStats
 
 
 @dataclass
 class Traffic:
     """Bytes of numbers the learning loop moves between the coordinator and the shard actors.
 
-    Counts the calls of :func:`~solver.learn.alternate` (``code``, ``value_and_gradient``, ``normal``,
+    Counts the calls of :func:`~solver.models.learn.alternate` (``code``, ``value_and_gradient``, ``normal``,
     ``consensus_step``): arrays by nbytes, scalars as 8 bytes; a broadcast argument once per actor that reads
     it. Setup, checkpoints and the final maps are not counted.
     """
@@ -47,7 +47,7 @@ def payload_bytes(obj: Any) -> int:
 
 
 class RayPool:
-    """The pool protocol of :func:`solver.learn.alternate` over shard actors, results in shard order.
+    """The pool protocol of :func:`solver.models.learn.alternate` over shard actors, results in shard order.
 
     Every call puts its array argument in the object store once, calls all actors with the reference, and
     gathers all results with one ``ray.get`` (bounded by `timeout` seconds).

@@ -3,7 +3,7 @@
 A job spec is a :class:`~solver.config.LearnConfig` (layers, inference, filter update, n_iter, boundary,
 preprocess, seed, dtype) plus ``dataset_id``, ``workers`` and ``backend``. It is frozen and refuses unknown
 fields, like every config. Unlike :func:`solver.learn`, a job preprocesses its images by default
-(:class:`~solver.preprocess.PreprocessConfig`'s defaults: per-image mean removal, then a dataset-wide rescale to
+(:class:`~solver.images.preprocess.PreprocessConfig`'s defaults: per-image mean removal, then a dataset-wide rescale to
 about [-1, 1]); send ``"preprocess": null`` to learn on the pixel values as they are.
 
 :func:`check_against_dataset` checks what the spec alone cannot: the images share one shape and dtype, every
@@ -19,10 +19,10 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from solver.config import FilterUpdateConfig, LayerSpec, LearnConfig
-from solver.connectivity import connectivity_table
-from solver.operators import map_shape
-from solver.pooling import pooled_shape
-from solver.preprocess import PreprocessConfig
+from solver.images.preprocess import PreprocessConfig
+from solver.operators.connectivity import connectivity_table
+from solver.operators.convolution import map_shape
+from solver.operators.pooling import pooled_shape
 
 from .store import ID_PATTERN, DatasetRecord
 

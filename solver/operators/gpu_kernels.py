@@ -1,6 +1,6 @@
 r"""Fused CUDA kernels (CuPy) for the inner loop of ADMM on one-channel images with p = 1.
 
-The GPU twin of :mod:`solver.kernels` (numba), with the same signatures and the same arithmetic, so that
+The GPU twin of :mod:`solver.operators.kernels` (numba), with the same signatures and the same arithmetic, so that
 :class:`solver.algorithms.admm.Admm` calls either through one interface:
 
 * :func:`admm_spatial`: relaxation v = αx + (1−α)z_old + u_old, soft threshold z = soft(v, t), dual u = v − z,
@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from . import backend
+from .. import backend
 
-N_SUMS = 6  # per-image sums of admm_spatial, in the order of solver.kernels.N_SUMS
+N_SUMS = 6  # per-image sums of admm_spatial, in the order of solver.operators.kernels.N_SUMS
 THREADS = 256  # threads per block; a power of two (the block reductions halve it)
 _ENTRIES_PER_THREAD = 4  # spatial kernel: entries per thread before another block is started on a row
 
@@ -289,7 +289,7 @@ def admm_fourier(z_hat: Any, t_hat: Any, scale: np.ndarray, a: Any, y_hat: Any, 
     r"""The Fourier half of an ADMM iteration and the solve of the next one (one channel, on the GPU).
 
     With û = scale·(t̂ − ẑ) and ŵ = ẑ − û: x̂ = ŵ + âᴴ·inv·(ŷ − Σ_k â_k ŵ_k), t̂_out = û + αx̂ + (1−α)ẑ, and
-    per image Σ_f w_f |Σ_k â_k ẑ_k − ŷ|² (twice the data term of z); see :func:`solver.kernels.admm_fourier`.
+    per image Σ_f w_f |Σ_k â_k ẑ_k − ŷ|² (twice the data term of z); see :func:`solver.operators.kernels.admm_fourier`.
 
     Parameters
     ----------
@@ -336,5 +336,5 @@ def admm_fourier(z_hat: Any, t_hat: Any, scale: np.ndarray, a: Any, y_hat: Any, 
 
 def irfft2(a_hat: Any, shape: tuple[int, int], workers: int, *, overwrite: bool = False) -> Any:
     """The inverse real FFT of the cupy backend (cuFFT, plan reused), with the signature of
-    :func:`solver.kernels.irfft2`; `workers` is ignored. With `overwrite`, `a_hat` may be destroyed."""
+    :func:`solver.operators.kernels.irfft2`; `workers` is ignored. With `overwrite`, `a_hat` may be destroyed."""
     return backend.Backend("cupy", backend.cupy_module()).irfft2(a_hat, shape, overwrite=overwrite)

@@ -19,18 +19,18 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .adaptive import LowerLayer, PixelShard, input_geometry
-from .algorithms.consensus import update_filters_consensus
-from .algorithms.filter_update import filter_lipschitz, update_filters_pooled
-from .algorithms.recentre import crop_to_energy, recentre, roll_state
-from .backend import Array
+from ..algorithms.consensus import update_filters_consensus
+from ..algorithms.filter_update import filter_lipschitz, update_filters_pooled
+from ..algorithms.recentre import crop_to_energy, recentre, roll_state
+from ..backend import Array
+from ..config import FilterUpdateConfig, LayerSpec, LearnConfig
+from ..images.preprocess import FittedPreprocess, PreprocessConfig
+from ..operators.connectivity import connectivity_table
+from ..operators.pixel_path import LowerLayer, input_geometry
+from ..operators.prox import normalise_unit
+from ..validation import as_images, check_boundary, check_finite, check_lam, check_p, check_positive_int
 from .coding import inference_config
-from .config import FilterUpdateConfig, LayerSpec, LearnConfig
-from .connectivity import connectivity_table
-from .preprocess import FittedPreprocess, PreprocessConfig
-from .prox import normalise_unit
-from .shard import LocalPool, Shard
-from .validation import as_images, check_boundary, check_finite, check_lam, check_p, check_positive_int
+from .shard import LocalPool, PixelShard, Shard
 
 logger = logging.getLogger(__name__)
 
@@ -186,17 +186,17 @@ def learn_layer(
 ) -> LearnResult:
     """:func:`learn` from a validated :class:`~solver.config.LearnConfig` of one layer (the entry point of jobs).
 
-    A config of several layers is refused: :func:`~solver.stack.learn_stack` learns those, and
-    :func:`~solver.stack.layer_config` gives the one-layer config of each.
+    A config of several layers is refused: :func:`~solver.learn_stack` learns those, and
+    :func:`~solver.layer_config` gives the one-layer config of each.
 
-    With ``config.reconstruct_to == "pixels"`` (the 2011 model, :mod:`solver.adaptive`) the layer reconstructs
-    `images`, the pixels, through the frozen layers `lower` (bottom first) at their `switches` for these images;
-    its filters read the channels and spatial shape that the layer below gives, and its maps keep one non-zero
-    per block of ``layers[0].pool``. Without `lower` this is a first layer.
+    With ``config.reconstruct_to == "pixels"`` (the 2011 model, :class:`~solver.models.shard.PixelShard`) the layer
+    reconstructs `images`, the pixels, through the frozen layers `lower` (bottom first) at their `switches` for
+    these images; its filters read the channels and spatial shape that the layer below gives, and its maps keep
+    one non-zero per block of ``layers[0].pool``. Without `lower` this is a first layer.
     """
     if len(config.layers) != 1:
         raise ValueError(f"learn_layer learns one layer, got a config of {len(config.layers)} layers: use "
-                         "solver.stack.learn_stack, or solver.stack.layer_config(config, index) for one of them")
+                         "solver.learn_stack, or solver.layer_config(config, index) for one of them")
     fitted = None
     if config.preprocess is not None:
         images, fitted = FittedPreprocess.fit(np.asarray(images), config.preprocess)
@@ -279,7 +279,7 @@ def alternate(
 
     Every reduction is a sum over the shards in pool order, so the same images on one shard or on several
     give the same filters up to round-off. This is the coordinator of both the single-process learner (a
-    :class:`~solver.shard.LocalPool` of one shard) and the distributed one (``workers/``).
+    :class:`~solver.models.shard.LocalPool` of one shard) and the distributed one (``workers/``).
 
     Parameters
     ----------

@@ -9,14 +9,17 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .algorithms import InferenceResult, make_solver, run
-from .backend import Array, Backend, backend_of, get_backend
-from .config import INFERENCE_MODELS, AdmmConfig, FistaConfig, ZeilerConfig
-from .operators import ConvOperator, image_shape_from_maps
-from .preprocess import FittedPreprocess, PreprocessConfig
-from .problem import CSCProblem
-from .prox import LpPenalty
-from .validation import (
+from ..algorithms import InferenceResult, make_solver, run
+from ..algorithms.fista import Fista
+from ..algorithms.problem import CSCProblem, PixelCodingProblem
+from ..backend import Array, Backend, backend_of, get_backend
+from ..config import INFERENCE_MODELS, AdmmConfig, FistaConfig, ZeilerConfig
+from ..images.preprocess import FittedPreprocess, PreprocessConfig
+from ..operators.convolution import ConvOperator, image_shape_from_maps
+from ..operators.pixel_path import PixelPath, Pool
+from ..operators.pooling import keep_block_maxima
+from ..operators.prox import LpPenalty
+from ..validation import (
     as_filters,
     as_images,
     check_boundary,
@@ -234,3 +237,20 @@ def _as_filter_array(filters: Array) -> Array:
         raise ValueError(f"filters must have shape (K, C, s, s) or (K, s, s), got shape {tuple(f.shape)}")
     check_finite(f, "filters")
     return f
+
+
+def code_pixels(images: Array, filters: Array, lam: float, *, p: float = 1.0, pool: Pool | None = None,
+                connectivity: Array | None = None, path: PixelPath | None = None, boundary: str = "circular",
+                max_iter: int = 200, tol: float = 1e-5, init: Array | None = None, stop_early: bool = True):
+    """Maps of one layer for the pixels `images` by the 2011 inference (:class:`PixelCodingProblem`), on the
+    backend of `images`. Returns the :class:`~solver.algorithms.base.InferenceResult` (maps satisfy the block
+    constraint; ``objective`` is E of ``maps``)."""
+    bk = backend_of(images)
+    if path is None:
+        path = PixelPath((), (), images.shape[-2:], images.shape[0], boundary, bk, images.dtype)
+    op = ConvOperator(bk.asarray(filters, dtype=images.dtype), path.input_shape, boundary=boundary,
+                      connectivity=None if connectivity is None else bk.asarray(connectivity))
+    problem = PixelCodingProblem(images, op, path, LpPenalty(lam, p), pool)
+    solver = Fista(problem, FistaConfig(max_iter=max_iter, tol=tol))
+    start = None if init is None else keep_block_maxima(bk.asarray(init, dtype=images.dtype), pool)
+    return run(solver, solver.init(start), stop_early=stop_early)

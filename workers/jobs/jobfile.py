@@ -13,7 +13,7 @@ A job file may leave ``images`` out when the command line gives the images (``de
 a.png b.png``): a bundled preset (:mod:`configs`) is a job file without images, found by its name.
 
 Like a job sent to the service, a job file preprocesses its images by default (mean removal and a dataset-wide
-rescale, :class:`~solver.preprocess.PreprocessConfig`'s defaults; ``preprocess: null`` turns that off), unlike
+rescale, :class:`~solver.images.preprocess.PreprocessConfig`'s defaults; ``preprocess: null`` turns that off), unlike
 :func:`solver.learn`, which takes images as given. Unknown fields are refused, like everywhere in the configs;
 :func:`describe_validation_error` turns pydantic's errors into one line that names the field and the value.
 """
@@ -28,9 +28,9 @@ from pydantic import Field, ValidationError
 
 from configs import find_preset
 from solver.config import LearnConfig
-from solver.preprocess import PreprocessConfig
+from solver.images.preprocess import PreprocessConfig
 
-from .images import image_paths, list_images
+from ..distributed.images import image_paths, list_images
 
 
 class JobFileError(ValueError):

@@ -1,10 +1,11 @@
-"""The distributed learning run: shard actors on Ray, the alternating loop of :func:`solver.learn.alternate`,
+"""The distributed learning run: shard actors on Ray, the alternating loop of :func:`solver.models.learn.alternate`,
 checkpoints, fault tolerance and cooperative cancel.
 
 Per outer iteration the coordinator puts the filters in the object store once per pool call, every shard actor
 works on its own images with them, and only small statistics come back (a coding summary, a data term and a
-K·C·s·s gradient, or a K·C·s·s normal-operator product); :func:`~solver.learn.alternate` sums them in shard order.
-The initial filters, the shard split and the reductions are those of :func:`solver.learn.learn_layer`, so the same
+K·C·s·s gradient, or a K·C·s·s normal-operator product); :func:`~solver.models.learn.alternate` sums them in
+shard order. The initial filters, the shard split and the reductions are those of
+:func:`solver.models.learn.learn_layer`, so the same
 seed and config give the same filters and objective history on 1 or n shards, within round-off.
 
 Fault tolerance: an actor that dies (its process or its node), or does not answer within ``call_timeout``, is a
@@ -29,12 +30,12 @@ import numpy as np
 import ray
 from ray import exceptions as ray_errors
 
-from solver.adaptive import LowerLayer, input_geometry
 from solver.config import LearnConfig
-from solver.connectivity import connectivity_table
-from solver.learn import IterStats, LearnResult, alternate, initial_filters
-from solver.operators import map_shape
-from solver.preprocess import FittedPreprocess, PreprocessStats, combine_rescale_means, combine_rescale_ranges
+from solver.images.preprocess import FittedPreprocess, PreprocessStats, combine_rescale_means, combine_rescale_ranges
+from solver.models.learn import IterStats, LearnResult, alternate, initial_filters
+from solver.operators.connectivity import connectivity_table
+from solver.operators.convolution import map_shape
+from solver.operators.pixel_path import LowerLayer, input_geometry
 
 from .actors import shard_actor_class
 from .checkpoint import Checkpoint, clear_checkpoints, latest_checkpoint, write_checkpoint
@@ -67,8 +68,8 @@ class Coordinator:
     Parameters
     ----------
     image_paths : sequence of path
-        The training images, one per file (PNG, JPEG or NPY; see :mod:`workers.images`), in order. They must be
-        readable by every node of the cluster under these paths.
+        The training images, one per file (PNG, JPEG or NPY; see :mod:`workers.distributed.images`), in order.
+        They must be readable by every node of the cluster under these paths.
     config : LearnConfig
     workers : int
         Shards, one actor each (at most one per image).
@@ -119,7 +120,7 @@ class Coordinator:
                              "it off")
         if len(config.layers) != 1:
             raise ValueError(f"a Coordinator learns one layer, got a config of {len(config.layers)} layers: run each "
-                             "layer with solver.stack.layer_config (the job runner, deconv submit, does)")
+                             "layer with solver.layer_config (the job runner, deconv submit, does)")
         if (lower or switch_paths) and config.reconstruct_to != "pixels":
             raise ValueError("lower layers are given only with reconstruct_to 'pixels' (the 2011 model)")
         if len(switch_paths) != len(lower):
@@ -186,7 +187,7 @@ class Coordinator:
         Parameters
         ----------
         callback : callable, optional
-            Called with an :class:`~solver.learn.IterStats` after every outer iteration (``elapsed`` counts from
+            Called with an :class:`~solver.models.learn.IterStats` after every outer iteration (``elapsed`` counts from
             the start of the run, plus the elapsed time of a resumed checkpoint). After a failure the iterations
             since the checkpoint are run, and reported, again.
         should_stop : callable, optional
@@ -438,7 +439,7 @@ def run_distributed(
 ) -> LearnResult:
     """Learn one layer on a Ray cluster: :class:`Coordinator` ``(...).run(...)`` in one call.
 
-    The same seed and config give the filters and history of :func:`solver.learn.learn_layer` on the stacked
+    The same seed and config give the filters and history of :func:`solver.models.learn.learn_layer` on the stacked
     images, within round-off. `options` go to :class:`Coordinator` (``call_timeout``, ``cluster``, ``backend``,
     ``actor_cpus``).
     """

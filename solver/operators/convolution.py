@@ -22,8 +22,8 @@ Both are computed on the *map grid* (H', W'): a circular convolution there, foll
 ``(..., H', W'//2 + 1)`` (real FFTs over the last two axes).
 
 Connectivity: the operators keep the Fourier filter planes of the connected (k, c) pairs only, ``planes_hat`` in
-the *pair layout* of :mod:`solver.pairs` (``(K, C, U, V)`` for a full table, ``(P, U, V)`` for P connected pairs
-otherwise), and every product, sum, FFT of filters and per-frequency solve runs over those P pairs.
+the *pair layout* of :mod:`solver.operators.pairs` (``(K, C, U, V)`` for a full table, ``(P, U, V)`` for P
+connected pairs otherwise), and every product, sum, FFT of filters and per-frequency solve runs over those P pairs.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Literal
 
 import numpy as np
 
-from .backend import Array, Backend, backend_of
+from ..backend import Array, Backend, backend_of
 from .linalg import ShiftedNormalFactor
 from .pairs import Connections, PairFactor, analyse_hat, connections, synthesize_hat  # noqa: F401  (re-exported)
 
@@ -119,7 +119,7 @@ class ConvOperator:
     Attributes
     ----------
     connections : FullConnections or SparseConnections
-        The connected pairs (:mod:`solver.pairs`).
+        The connected pairs (:mod:`solver.operators.pairs`).
     planes_hat : array of shape (K, C, U, V) (full table) or (P, U, V) (P connected pairs)
         The Fourier filter planes of the connected pairs, the only filter array the operator computes with.
     """
@@ -148,7 +148,7 @@ class ConvOperator:
         """The Fourier filters in the dense layout (K, C, U, V), zero where not connected.
 
         The planes themselves for a full table; for a sparse one a K·C copy built on first use, for code that
-        needs the dense layout (the Woodbury factor of :mod:`solver.linalg`); the operator's own work uses
+        needs the dense layout (the Woodbury factor of :mod:`solver.operators.linalg`); the operator's own work uses
         ``planes_hat`` only.
         """
         return self.connections.scatter(self.planes_hat)
@@ -205,7 +205,7 @@ class ConvOperator:
 
     def factor_shifted_normal(self, rho: float | np.ndarray) -> ShiftedNormalFactor | PairFactor:
         """The cached part of the solve of ``(DᴴD + ρI) x = b`` per frequency (ρ > 0, or one per image), for
-        :meth:`solve_shifted_normal`: the Woodbury inverse of :mod:`solver.linalg`, from the pairs only."""
+        :meth:`solve_shifted_normal`: the Woodbury inverse of :mod:`solver.operators.linalg`, from the pairs only."""
         return self.connections.factor_shifted_normal(self.planes_hat, rho)
 
     def solve_shifted_normal(self, factor: ShiftedNormalFactor | PairFactor, b_hat: Array) -> Array:

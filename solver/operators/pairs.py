@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import Array, backend_of
+from ..backend import Array, backend_of
 from .linalg import (
     ShiftedNormalFactor,
     broadcast_rho,
@@ -311,7 +311,8 @@ class SparseConnections:
         return lam * _POWER_SAFETY
 
     def factor_shifted_normal(self, planes_hat: Array, rho: float | np.ndarray) -> PairFactor:
-        """The inverse of the Woodbury solve of ``(AᴴA + ρI) x = b`` (see :mod:`solver.linalg`), from the pairs."""
+        """The inverse of the Woodbury solve of ``(AᴴA + ρI) x = b`` (see :mod:`solver.operators.linalg`), from the
+        pairs."""
         rho_host = np.asarray(rho, dtype=np.float64)
         if not (np.all(np.isfinite(rho_host)) and np.all(rho_host > 0)):
             raise ValueError(f"rho must be positive, got {rho!r}")

@@ -225,7 +225,10 @@ def _hidden(name: str) -> bool:
 
 
 def _common_channels(images: list[DecodedImage]) -> list[DecodedImage]:
-    """Grey uint8 pictures become RGB when the upload also holds colour ones (as :mod:`workers.images` does)."""
+    """Grey uint8 pictures become RGB when the upload also holds colour ones.
+
+    As :mod:`workers.distributed.images` does.
+    """
     colour = any(im.array.shape[0] == 3 and im.array.dtype == np.uint8 for im in images)
     if not colour:
         return images

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .backend import Array, backend_of
+from ..backend import Array, backend_of
 
 Size3 = tuple[int, int, int]
 
@@ -208,3 +208,18 @@ def identity_switches(shape: Sequence[int], xp: object = np) -> Array:
 
 
 __all__ = ["identity_switches", "pool3d", "pooled_shape", "select3d", "unpool3d"]
+
+
+def keep_block_maxima(maps: Array, pool: Sequence[int] | None) -> Array:
+    """Zero every entry of `maps` (N, K, H', W') but the largest in magnitude of each pooling block (step (c) of
+    the 2011 iteration: pool, then unpool at the new switches). The identity for ``pool`` None or (1, 1, 1)."""
+    if pool is None or tuple(pool) == (1, 1, 1):
+        return maps
+    return unpool3d(*pool3d(maps, pool), maps.shape)
+
+
+def pool_maps(maps: Array, pool: Sequence[int] | None) -> tuple[Array, Array | None]:
+    """(pooled maps, switches) of `maps` for the layer above, or (maps, None) without pooling."""
+    if pool is None:
+        return maps, None
+    return pool3d(maps, pool)

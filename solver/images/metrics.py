@@ -1,0 +1,26 @@
+"""Image quality measures of reconstructions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend import Array
+
+
+def psnr(reference: Array, estimate: Array, *, peak: float | None = None) -> float:
+    """Peak signal-to-noise ratio in dB, ``10 log10(peak² / MSE)``, computed in float64.
+
+    `peak` defaults to the range of `reference` (2 for inputs rescaled to about [−1, 1]); inf for a perfect
+    estimate.
+    """
+    ref = np.asarray(reference, dtype=np.float64)
+    est = np.asarray(estimate, dtype=np.float64)
+    if ref.shape != est.shape:
+        raise ValueError(f"reference has shape {ref.shape} but estimate has shape {est.shape}")
+    mse = float(np.mean((ref - est) ** 2))
+    peak = float(ref.max() - ref.min()) if peak is None else float(peak)
+    if mse == 0.0:
+        return math.inf
+    return 10.0 * math.log10(peak * peak / mse)

@@ -1,0 +1,258 @@
+"""The learned stack and what comes out of it: per-layer models, the model of a stack and its array form, the
+maps (and switches) of some images at every layer, and the result of learning a stack."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ...backend import Array
+from ...config import LearnConfig
+from ...images.preprocess import FittedPreprocess
+from ...operators.convolution import BOUNDARIES
+from ...operators.pixel_path import LowerLayer
+from ...operators.pooling import pooled_shape
+from ..learn import LearnResult
+
+MODEL_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class LayerModel:
+    """What encoding and projection need of one layer.
+
+    Attributes
+    ----------
+    filters : ndarray of shape (K, C, s, s)
+    connectivity : bool ndarray of shape (K, C)
+        g (all True for a full table).
+    preprocess : FittedPreprocess or None
+        The transformation of this layer's input: the job's preprocessing for layer 1, the fitted
+        :data:`INTER_LAYER_PREPROCESS` rescale above it.
+    lam : float
+        λ > 0, the weight of the sparsity term.
+    p : float
+        Sparsity exponent in (0, 1].
+    pool : (int, int, int) or None
+        3-D max pooling (maps, rows, columns) of this layer's maps for the layer above; None: none.
+    """
+
+    filters: np.ndarray
+    connectivity: np.ndarray
+    preprocess: FittedPreprocess | None
+    lam: float
+    p: float = 1.0
+    pool: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        f, g = np.asarray(self.filters), np.asarray(self.connectivity)
+        if f.ndim != 4 or f.shape[-1] != f.shape[-2] or f.dtype.kind != "f":
+            raise ValueError(f"filters must be a real (K, C, s, s) array, got shape {f.shape} and dtype {f.dtype}")
+        if g.dtype != bool or g.shape != f.shape[:2]:
+            raise ValueError(f"connectivity must be a boolean array of shape (K, C) = {f.shape[:2]}, got dtype "
+                             f"{g.dtype} and shape {g.shape}")
+        if not (math.isfinite(self.lam) and self.lam > 0):
+            raise ValueError(f"lam must be a positive number, got {self.lam!r}")
+        if not 0 < self.p <= 1:
+            raise ValueError(f"p must be in (0, 1], got {self.p!r}")
+        if self.pool is not None:
+            pooled_shape((1, 1, 1, 1), self.pool)  # raises ValueError naming the size
+            object.__setattr__(self, "pool", tuple(int(d) for d in self.pool))
+        object.__setattr__(self, "filters", f)
+        object.__setattr__(self, "connectivity", g)
+
+    @property
+    def n_filters(self) -> int:
+        return int(self.filters.shape[0])
+
+    @property
+    def n_outputs(self) -> int:
+        """The channels the layer above reads: K, or ⌈K/pk⌉ after pooling."""
+        return self.n_filters if self.pool is None else -(-self.n_filters // self.pool[0])
+
+    def lower(self) -> LowerLayer:
+        """This layer as a frozen layer below another one (:class:`~solver.operators.pixel_path.LowerLayer`)."""
+        return LowerLayer(self.filters, self.connectivity, self.pool)
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.filters.shape[1])
+
+    @property
+    def filter_size(self) -> int:
+        return int(self.filters.shape[-1])
+
+
+@dataclass(frozen=True)
+class StackModel:
+    """A learned stack: per layer its filters, connectivity, input preprocessing, λ and p; and the boundary.
+
+    Built from a :class:`StackResult` (``result.model``), from per-layer sequences (:meth:`from_layers`), or from
+    plain arrays and a JSON-able dict (:meth:`from_arrays`, the inverse of :meth:`to_arrays`).
+    """
+
+    layers: tuple[LayerModel, ...]
+    boundary: Literal["circular", "valid"] = "circular"
+    reconstruct_to: Literal["below", "pixels"] = "below"
+
+    def __post_init__(self) -> None:
+        layers = tuple(self.layers)
+        if not layers:
+            raise ValueError("a stack model needs at least one layer")
+        if self.boundary not in BOUNDARIES:
+            raise ValueError(f"boundary must be one of {BOUNDARIES}, got {self.boundary!r}")
+        if self.reconstruct_to not in ("below", "pixels"):
+            raise ValueError(f"reconstruct_to must be 'below' or 'pixels', got {self.reconstruct_to!r}")
+        for number, (below, above) in enumerate(zip(layers, layers[1:], strict=False), start=2):
+            if above.n_channels != below.n_outputs:
+                pooled = "" if below.pool is None else f" (pooled {below.pool[0]} maps to one)"
+                raise ValueError(f"layer {number} reads {above.n_channels} channels but layer {number - 1} gives "
+                                 f"{below.n_outputs} maps{pooled}")
+        object.__setattr__(self, "layers", layers)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    def pools_below(self, layer: int) -> bool:
+        """Whether any layer under `layer` (1-based) pools, so that projecting its maps down needs switches."""
+        return any(m.pool is not None for m in self.layers[: layer - 1])
+
+    def check_layer(self, layer: int | None) -> int:
+        """`layer` (1-based) when the model has it; the top layer for None."""
+        if layer is None:
+            return self.n_layers
+        if isinstance(layer, bool) or not isinstance(layer, int | np.integer) or not 1 <= layer <= self.n_layers:
+            raise ValueError(f"layer must be between 1 and {self.n_layers}, got {layer!r}")
+        return int(layer)
+
+    @classmethod
+    def from_layers(cls, filters: Sequence[Array], connectivity: Sequence[Array | None],
+                    preprocess: Sequence[FittedPreprocess | Mapping | None], lam: Sequence[float],
+                    p: Sequence[float], boundary: Literal["circular", "valid"] = "circular",
+                    pool: Sequence[Sequence[int] | None] | None = None,
+                    reconstruct_to: Literal["below", "pixels"] = "below") -> StackModel:
+        """From per-layer sequences (bottom layer first). A connectivity of None is the full table; a preprocess
+        may be a :class:`FittedPreprocess` or its ``to_dict()``; `pool` defaults to no pooling anywhere."""
+        pool = [None] * len(filters) if pool is None else list(pool)
+        lengths = [len(filters), len(connectivity), len(preprocess), len(lam), len(p), len(pool)]
+        if len(set(lengths)) != 1:
+            raise ValueError("filters, connectivity, preprocess, lam, p and pool must have one entry per layer, "
+                             f"got lengths {lengths}")
+        layers = []
+        for f, g, pre, lam_l, p_l, pool_l in zip(filters, connectivity, preprocess, lam, p, pool, strict=True):
+            f = np.asarray(f)
+            table = np.ones(f.shape[:2], dtype=bool) if g is None else np.asarray(g)
+            fitted = FittedPreprocess.from_dict(dict(pre)) if isinstance(pre, Mapping) else pre
+            size = None if pool_l is None else tuple(pool_l)
+            layers.append(LayerModel(f, table, fitted, float(lam_l), float(p_l), size))
+        return cls(tuple(layers), boundary, reconstruct_to)
+
+    @classmethod
+    def from_results(cls, results: Sequence[LearnResult]) -> StackModel:
+        """From the one-layer results of a stack (each with its config, as :func:`learn_layer` returns them)."""
+        if any(r.config is None for r in results):
+            raise ValueError("every LearnResult needs its config (λ, p, boundary); use StackModel.from_layers")
+        specs = [r.config.layers[0] for r in results]
+        return cls.from_layers([r.filters for r in results], [r.connectivity for r in results],
+                               [r.preprocess for r in results], [s.lam for s in specs], [s.p for s in specs],
+                               results[0].config.boundary, [s.pool for s in specs],
+                               results[0].config.reconstruct_to)
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """(arrays, metadata): ``filters-L<l>`` (K, C, s, s) and ``connectivity-L<l>`` (K, C) bool per layer, and
+        a JSON-able dict with the boundary and, per layer, λ, p and the fitted preprocessing (or None)."""
+        arrays: dict[str, np.ndarray] = {}
+        entries = []
+        for number, layer in enumerate(self.layers, start=1):
+            arrays[f"filters-L{number}"] = layer.filters
+            arrays[f"connectivity-L{number}"] = layer.connectivity
+            entries.append({"lam": layer.lam, "p": layer.p,
+                            "preprocess": None if layer.preprocess is None else layer.preprocess.to_dict(),
+                            "pool": None if layer.pool is None else list(layer.pool)})
+        return arrays, {"format": MODEL_FORMAT, "boundary": self.boundary, "reconstruct_to": self.reconstruct_to,
+                        "layers": entries}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, Array], metadata: Mapping[str, Any]) -> StackModel:
+        """Inverse of :meth:`to_arrays`; raises ``ValueError`` naming a missing array or field."""
+        try:
+            entries = list(metadata["layers"])
+            boundary = metadata["boundary"]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"metadata must hold 'boundary' and 'layers', missing {exc}") from None
+        if metadata.get("format", MODEL_FORMAT) != MODEL_FORMAT:
+            raise ValueError(f"metadata format {metadata.get('format')!r} is not {MODEL_FORMAT}")
+        names = [(f"filters-L{n}", f"connectivity-L{n}") for n in range(1, len(entries) + 1)]
+        missing = [name for pair in names for name in pair if name not in arrays]
+        if missing:
+            raise ValueError(f"arrays is missing {missing}")
+        try:
+            lam, p = [float(e["lam"]) for e in entries], [float(e.get("p", 1.0)) for e in entries]
+            pre = [e.get("preprocess") for e in entries]
+            pool = [None if e.get("pool") is None else [int(d) for d in e["pool"]] for e in entries]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"every layer entry needs a numeric 'lam' (and 'p', 'pool'): {exc}") from None
+        return cls.from_layers([np.asarray(arrays[f]) for f, _ in names],
+                               [np.asarray(arrays[g]).astype(bool) for _, g in names], pre, lam, p, boundary,
+                               pool, metadata.get("reconstruct_to", "below"))
+
+
+@dataclass(frozen=True)
+class StackCode:
+    """The maps of some images at every layer up to one, with the switches of the layers that pool.
+
+    Attributes
+    ----------
+    maps : list of arrays
+        ``maps[l - 1]``: layer l's maps (N, K_l, H_l', W_l'), unpooled.
+    switches : list of integer arrays or None
+        ``switches[l - 1]``: the switches of ``pool3d(maps[l - 1], pool_l)``, (N, ⌈K_l/pk⌉, ⌈H_l'/ph⌉,
+        ⌈W_l'/pw⌉); None for a layer that does not pool.
+    """
+
+    maps: list[Array]
+    switches: list[Array | None]
+
+    def select(self, index: Array | slice) -> StackCode:
+        """The code of some of the images (the same `index` on the first axis of every array)."""
+        return StackCode([m[index] for m in self.maps], [None if s is None else s[index] for s in self.switches])
+
+
+@dataclass(frozen=True)
+class StackResult:
+    """Learned layers, bottom first.
+
+    Attributes
+    ----------
+    layers : list of LearnResult
+        Layer l's filters (K_l, C_l, s_l, s_l), final maps, history, connectivity and the fitted preprocessing of
+        its input (``preprocess``: the images' for layer 1; the :data:`INTER_LAYER_PREPROCESS` rescale above it
+        in the 2010 model, None in the 2011 one).
+    config : LearnConfig
+    switches : list of integer arrays or None
+        Per layer, the switches of its final training maps (None where it does not pool).
+    """
+
+    layers: list[LearnResult]
+    config: LearnConfig
+    switches: list[np.ndarray | None] = field(default_factory=list)
+
+    @property
+    def model(self) -> StackModel:
+        return StackModel.from_results(self.layers)
+
+    @property
+    def histories(self) -> list[list[float]]:
+        """E after every outer iteration, per layer."""
+        return [r.history for r in self.layers]
+
+    @property
+    def code(self) -> StackCode:
+        """The final training maps of every layer with their switches."""
+        switches = self.switches or [None] * len(self.layers)
+        return StackCode([r.maps for r in self.layers], list(switches))
