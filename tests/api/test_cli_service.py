@@ -371,11 +371,13 @@ def test_the_demo_spec_is_a_valid_job_spec():
 
 def test_the_demo_takes_a_preset_by_name_from_any_folder(tmp_path, monkeypatch):
     from api.demo import quick_spec
+    from workers.jobs.spec import JobSpec
 
     monkeypatch.chdir(tmp_path)
     assert [layer["n_filters"] for layer in quick_spec()["layers"]] == [16, 16]
     assert [layer["n_filters"] for layer in quick_spec("quick")["layers"]] == [16]
-    assert len(quick_spec("zeiler2010.yaml")["layers"]) == 2
+    spec = JobSpec.model_validate({**quick_spec("zeiler2010"), "dataset_id": "0" * 32})
+    assert [layer.n_filters for layer in spec.layers] == [9, 45]
 
 
 def test_the_demo_with_an_unknown_preset_exits_2_listing_the_presets(capsys, tmp_path):
