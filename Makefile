@@ -30,7 +30,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_sporco.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check solver tests bench
+	$(PY) -m ruff check solver configs tests bench .ci
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .hypothesis build dist *.egg-info
