@@ -18,6 +18,12 @@ import pytest
 from solver.backend import backend_of
 
 
+def dtype_tol(dtype, factor: float = 1e3) -> float:
+    """`factor` machine epsilons of `dtype`: the tolerance of a result computed in that dtype (the default,
+    1000 ε, covers the FFTs and sums of the operators; pass a smaller factor for a few roundings)."""
+    return factor * float(np.finfo(dtype).eps)
+
+
 def _norm(a) -> float:
     return float(np.linalg.norm(np.asarray(a, dtype=np.float64).ravel()))
 
