@@ -1,6 +1,8 @@
 """The service layer of deconv.
 
-* :mod:`api.app`: ``create_app(settings)``, the FastAPI service (OpenAPI at ``/docs``);
+* :mod:`api.app`: ``create_app(settings)``, the FastAPI service (OpenAPI at ``/docs``), assembled from
+  :mod:`api.routes` (one router per resource), :mod:`api.deps` (settings, store, runner, the key check),
+  :mod:`api.errors` (error responses) and :mod:`api.uploads` (reading uploaded files);
 * :mod:`api.settings`: ``Settings``, defaults overridden by ``DECONV_*`` environment variables;
 * :mod:`api.schemas`: the JSON shapes shared by server, client and CLI;
 * :mod:`api.client`: ``DeconvClient``, the Python client (httpx2), and ``DeconvAPIError``;

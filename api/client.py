@@ -176,7 +176,7 @@ class DeconvClient:
         Parameters
         ----------
         spec : dict or JobSpec
-            The fields of :class:`workers.spec.JobSpec`: a learning config plus ``dataset_id`` (and optionally
+            The fields of :class:`workers.jobs.spec.JobSpec`: a learning config plus ``dataset_id`` (and optionally
             ``workers``, ``backend``).
         idempotency_key : str, optional
             The same key again returns the job it first created, instead of a second job.

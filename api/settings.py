@@ -1,94 +1,182 @@
 """Service settings: defaults, overridden by ``DECONV_*`` environment variables, validated once at start-up.
 
-=============================  ==========================  =================================================
-setting                        environment variable        default
-=============================  ==========================  =================================================
-data_dir                       ``DECONV_DATA_DIR``         ``./deconv-data``
-artifacts                      ``DECONV_ARTIFACTS``        ``DATA_DIR/artifacts`` (or an fsspec URL, s3://...)
-api_key                        ``DECONV_API_KEY``          none: no key needed
-ray_address                    ``DECONV_RAY_ADDRESS``      ``RAY_ADDRESS``, else a private local cluster
-max_upload_bytes               ``DECONV_MAX_UPLOAD_BYTES`` 256 MiB
-max_json_bytes                 ``DECONV_MAX_JSON_BYTES``   1 MiB
-max_image_pixels               ``DECONV_MAX_IMAGE_PIXELS`` 4096·4096
-max_images_per_dataset         ``DECONV_MAX_IMAGES``       10000
-max_filters_per_layer          ``DECONV_MAX_FILTERS``      1024
-max_encode_images              ``DECONV_MAX_ENCODE_IMAGES`` 64
-max_job_maps_bytes             ``DECONV_MAX_JOB_MAPS_BYTES`` 4 GiB: the feature maps of a job's layers together
-checkpoint_every               ``DECONV_CHECKPOINT_EVERY`` 5
-run_jobs                       ``DECONV_RUN_JOBS``         true (false: accept jobs, run none)
-=============================  ==========================  =================================================
+Each setting is declared once, as a field of :class:`Settings`; its variable is ``DECONV_`` and the field's name
+in capitals unless the field names another (``validation_alias``). ``python -m api.settings`` prints the table
+of variables that README.md carries (a test keeps the two equal).
+
+The settings are read when :func:`api.app.create_app` is called, never at import; routes receive them through
+the :func:`api.deps.get_settings` dependency.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
+import sys
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from workers.datasets import UploadLimits
+from workers.jobs.datasets import UploadLimits
 
-_ENV = {
-    "data_dir": "DECONV_DATA_DIR",
-    "artifacts": "DECONV_ARTIFACTS",
-    "api_key": "DECONV_API_KEY",
-    "ray_address": "DECONV_RAY_ADDRESS",
-    "max_upload_bytes": "DECONV_MAX_UPLOAD_BYTES",
-    "max_json_bytes": "DECONV_MAX_JSON_BYTES",
-    "max_image_pixels": "DECONV_MAX_IMAGE_PIXELS",
-    "max_images_per_dataset": "DECONV_MAX_IMAGES",
-    "max_filters_per_layer": "DECONV_MAX_FILTERS",
-    "max_encode_images": "DECONV_MAX_ENCODE_IMAGES",
-    "max_job_maps_bytes": "DECONV_MAX_JOB_MAPS_BYTES",
-    "checkpoint_every": "DECONV_CHECKPOINT_EVERY",
-    "run_jobs": "DECONV_RUN_JOBS",
-}
+_PREFIX = "DECONV_"
 
 
-class Settings(BaseModel):
-    """See the module docstring."""
+class Settings(BaseSettings):
+    """The service's settings: keyword arguments, else ``DECONV_*`` environment variables, else the defaults.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    Parameters
+    ----------
+    data_dir : Path
+        The job store's folder (SQLite database, uploaded images, checkpoints).
+    artifacts : str or None
+        Where artifacts go: a folder or an fsspec URL; None: ``data_dir/artifacts``.
+    api_key : str or None
+        The key every route but ``/health`` asks for in ``X-API-Key``; None: no key.
+    ray_address : str or None
+        The Ray cluster to join; None: ``RAY_ADDRESS``, else a private local cluster.
+    max_upload_bytes, max_json_bytes, max_image_pixels, max_images_per_dataset, max_filters_per_layer, \
+max_encode_images, max_job_maps_bytes : int
+        Limits on requests; a request over one is refused with a 4xx naming the limit.
+    checkpoint_every : int
+        Outer iterations between a running job's checkpoints; 0: none.
+    run_jobs : bool
+        False: accept jobs and run none (a service that only serves results).
+    num_cpus : int or None
+        CPUs of the private local Ray cluster; None: all.
 
-    data_dir: Path = Path("deconv-data")
-    artifacts: str | None = None
-    api_key: str | None = Field(None, min_length=1)
-    ray_address: str | None = None
-    max_upload_bytes: int = Field(256 * 2**20, ge=1024)
-    max_json_bytes: int = Field(2**20, ge=1024)
-    max_image_pixels: int = Field(4096 * 4096, ge=1)
-    max_images_per_dataset: int = Field(10_000, ge=1)
-    max_filters_per_layer: int = Field(1024, ge=1)
-    max_encode_images: int = Field(64, ge=1)
+    Raises
+    ------
+    pydantic.ValidationError
+        When a value does not validate; :meth:`from_env` names the variable instead.
+
+    Examples
+    --------
+    >>> Settings(data_dir="/srv/deconv", run_jobs=False).upload_limits().max_pixels
+    16777216
+    """
+
+    model_config = SettingsConfigDict(env_prefix=_PREFIX, env_ignore_empty=True, frozen=True, extra="forbid",
+                                      populate_by_name=True)
+
+    data_dir: Path = Field(Path("deconv-data"), description="the job store's folder")
+    artifacts: str | None = Field(None, description="a folder or an fsspec URL (s3://...) for the artifacts; "
+                                  "default: DATA_DIR/artifacts")
+    api_key: str | None = Field(None, min_length=1, description="the X-API-Key every route but /health needs; "
+                                "default: no key")
+    ray_address: str | None = Field(None, description="the Ray cluster to join; default: RAY_ADDRESS, else a "
+                                    "private local cluster")
+    max_upload_bytes: int = Field(256 * 2**20, ge=1024, description="bytes of one upload")
+    max_json_bytes: int = Field(2**20, ge=1024, description="bytes of a JSON request")
+    max_image_pixels: int = Field(4096 * 4096, ge=1, description="pixels (H·W) of one image")
+    max_images_per_dataset: int = Field(
+        10_000, ge=1, validation_alias=AliasChoices("max_images_per_dataset", f"{_PREFIX}MAX_IMAGES"),
+        description="images of one dataset")
+    max_filters_per_layer: int = Field(
+        1024, ge=1, validation_alias=AliasChoices("max_filters_per_layer", f"{_PREFIX}MAX_FILTERS"),
+        description="filters of one layer of a job")
+    max_encode_images: int = Field(64, ge=1, description="images of one encode request")
     max_job_maps_bytes: int = Field(
         4 * 2**30, ge=1, description="bytes of feature maps a job may hold, all its layers together: the shard "
         "actors hold them while learning and the runner gathers them for the artifacts, so a job over this is "
         "refused at submission instead of running out of memory")
-    checkpoint_every: int = Field(5, ge=0)
-    run_jobs: bool = True
-    num_cpus: int | None = Field(None, ge=1, description="CPUs of the private local Ray cluster (default: all)")
+    checkpoint_every: int = Field(5, ge=0, description="outer iterations between checkpoints; 0: none")
+    run_jobs: bool = Field(True, description="false: accept jobs, run none")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the private local Ray cluster; default: all")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
-        """Defaults, then the environment, then `overrides` (None values are ignored).
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # arguments, then the environment: no .env file or secrets folder read behind the operator's back
+        return init_settings, env_settings
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """The settings from the environment, with `overrides` on top (None values are ignored).
+
+        Parameters
+        ----------
+        **overrides
+            Field values, for example ``data_dir`` from a command-line option.
+
+        Returns
+        -------
+        Settings
 
         Raises
         ------
         ValueError
-            Naming the environment variable and its value when one does not validate.
+            Naming the environment variable (or the override) and its value when one does not validate.
         """
-        environ = os.environ if environ is None else environ
-        values = {name: environ[var] for name, var in _ENV.items() if environ.get(var, "") != ""}
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
         try:
-            return cls.model_validate(values)
+            return cls(**given)
         except ValidationError as exc:
             error = exc.errors()[0]
             name = str(error["loc"][0]) if error["loc"] else "?"
-            source = _ENV.get(name, name) if name not in overrides else name
+            source = name if name in given else env_name(name)
             raise ValueError(f"{source}: {error['msg']} (got {error.get('input')!r})") from None
 
     def upload_limits(self) -> UploadLimits:
+        """The limits on one upload that these settings give.
+
+        Returns
+        -------
+        workers.jobs.datasets.UploadLimits
+        """
         return UploadLimits(max_pixels=self.max_image_pixels, max_images=self.max_images_per_dataset,
                             max_bytes=self.max_upload_bytes)
+
+
+def env_name(field: str) -> str:
+    """The environment variable of the setting `field`.
+
+    Parameters
+    ----------
+    field : str
+        A field of :class:`Settings`.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> env_name("max_upload_bytes"), env_name("max_images_per_dataset")
+    ('DECONV_MAX_UPLOAD_BYTES', 'DECONV_MAX_IMAGES')
+    """
+    alias = Settings.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        return next(str(choice) for choice in alias.choices if str(choice).startswith(_PREFIX))
+    return f"{_PREFIX}{field.upper()}"
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting: variable, default, meaning (README.md carries it).
+
+    Returns
+    -------
+    str
+        One row per field of :class:`Settings`, in declaration order.
+    """
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        rows.append(f"| `{env_name(name)}` | {_shown(name, field.default)} | {field.description} |")
+    return "\n".join(rows)
+
+
+def _shown(name: str, default: Any) -> str:
+    if default is None:
+        return "—"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
+    if name.endswith("_bytes") and default % 2**20 == 0:
+        return f"{default // 2**30} GiB" if default % 2**30 == 0 else f"{default // 2**20} MiB"
+    return f"`{default}`"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(settings_table() + "\n")

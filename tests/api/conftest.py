@@ -4,6 +4,7 @@ directory, with its runner on the session's Ray cluster; and small sample images
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,15 @@ from tests.workers.conftest import ray_cluster, ray_session  # noqa: F401  (the 
 
 ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("fastapi")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_deconv_variables() -> Iterator[None]:
+    """The test services take their settings from the tests, not from the developer's DECONV_* variables."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [name for name in os.environ if name.startswith("DECONV_")]:
+            patch.delenv(name)
+        yield
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Decoding of uploads (workers.datasets): every accepted format to (C, H, W) arrays, and every refusal naming the
+"""Decoding of uploads (workers.jobs.datasets): every accepted format to (C, H, W) arrays, and every refusal naming the
 file and what is wrong."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workers.datasets import UploadError, UploadLimits, decode_upload
+from workers.jobs.datasets import UploadError, UploadLimits, decode_upload
 
 DEFAULT_LIMITS = UploadLimits()
 
@@ -308,3 +308,14 @@ def test_a_multi_frame_tiff_is_refused(grey):
 
 def test_a_float_tiff_is_refused_with_a_hint(grey):
     assert "send them as NPY" in _refusal([("f.tif", _picture(grey.astype(np.float32), "TIFF"))])
+
+
+def test_an_npy_header_declaring_more_than_was_sent_is_refused_before_allocating():
+    # within every image limit (10000 images of 3x4096x4096), 503 GB declared and none sent: numpy would try to
+    # allocate the declared array before finding the data short
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (10_000, 3, 4096, 4096)})
+    message = _refusal([("lie.npy", np.lib.format.magic(1, 0) + header.getvalue()[8:])])
+    assert "files[0] ('lie.npy')" in message
+    assert "declares" in message

@@ -261,23 +261,10 @@ def test_health_needs_no_key(client):
     assert (response.json()["status"], response.json()["runner"]) == ("ok", "running")
 
 
-EXPECTED_ROUTES = {
-    ("get", "/health"), ("post", "/datasets"), ("get", "/datasets/{dataset_id}"), ("post", "/jobs"),
-    ("get", "/jobs"), ("get", "/jobs/{job_id}"), ("delete", "/jobs/{job_id}"), ("get", "/jobs/{job_id}/filters"),
-    ("get", "/jobs/{job_id}/maps"), ("get", "/jobs/{job_id}/reconstructions"), ("get", "/jobs/{job_id}/history"),
-    ("get", "/jobs/{job_id}/artifacts"), ("get", "/jobs/{job_id}/artifacts/{name}"),
-    ("post", "/models/{job_id}/encode"), ("post", "/reconstruct"),
-}
-
-
-def test_the_openapi_document_lists_every_route(client, live_service):
+def test_the_served_openapi_document_is_the_apps(client, live_service):
+    # the route set itself is pinned in test_app.py, without a server
     document = client.get("/openapi.json").json()
-    documented = {(method, path) for path, item in document["paths"].items() for method in item}
-    served = {(method.lower(), route.path) for route in live_service.app.routes
-              if getattr(route, "include_in_schema", False) and hasattr(route, "methods")
-              for method in route.methods - {"HEAD", "OPTIONS"}}
-    assert documented == EXPECTED_ROUTES
-    assert served == EXPECTED_ROUTES
+    assert document == json.loads(json.dumps(live_service.app.openapi()))
     assert "APIKeyHeader" in document["components"]["securitySchemes"]
 
 

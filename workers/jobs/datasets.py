@@ -13,8 +13,9 @@ inside an archive) and what is wrong. Decoded images are arrays of shape (C, H, 
 from __future__ import annotations
 
 import io
+import math
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,14 +135,8 @@ def _decode_picture(label: str, data: bytes, limits: UploadLimits) -> np.ndarray
         raise UploadError(f"{label}: cannot decode the image: {type(exc).__name__}: {exc}") from None
 
 
-def npy_header(label: str, data: bytes) -> tuple[tuple[int, ...], np.dtype]:
-    """(shape, dtype) that the NPY bytes `data` declare, read from the header alone (nothing is allocated).
-
-    Raises
-    ------
-    UploadError
-        Naming `label`, when `data` is not an NPY file.
-    """
+def _npy_header(label: str, data: bytes) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, offset of the data) that the NPY bytes `data` declare, from the header alone."""
     buffer = io.BytesIO(data)
     try:
         version = np.lib.format.read_magic(buffer)
@@ -149,42 +144,15 @@ def npy_header(label: str, data: bytes) -> tuple[tuple[int, ...], np.dtype]:
         shape, _, dtype = read_header(buffer)
     except (ValueError, OSError, SyntaxError) as exc:
         raise UploadError(f"{label}: not a valid NPY file: {exc}") from None
-    return tuple(shape), dtype
+    return tuple(shape), dtype, buffer.tell()
 
 
 def _decode_npy(label: str, data: bytes, limits: UploadLimits) -> list[np.ndarray]:
-    shape, dtype = npy_header(label, data)  # the header only, before any data is read
-    buffer = io.BytesIO(data)
-    if dtype.hasobject or str(dtype) not in _KEPT_DTYPES:
-        raise UploadError(f"{label}: NPY dtype {dtype} is not supported (integers, float32 or float64)")
+    shape, _, _ = _npy_header(label, data)  # the image checks first, from the header alone
     if len(shape) not in (2, 3, 4):
         raise UploadError(f"{label}: NPY array must have shape (H, W), (C, H, W) or (N, C, H, W), got {shape}")
     _check_dims(label, shape, limits)
-    buffer.seek(0)
-    try:
-        array = np.load(buffer, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise UploadError(f"{label}: cannot read the NPY data: {exc}") from None
-    return _split_stack(label, array)
-
-
-def _check_dims(label: str, shape: tuple[int, ...], limits: UploadLimits) -> None:
-    height, width = shape[-2:]
-    if min(shape) < 1:
-        raise UploadError(f"{label}: empty array of shape {tuple(shape)}")
-    if height * width > limits.max_pixels:
-        raise UploadError(f"{label}: image of {width}x{height} pixels is larger than the limit of "
-                          f"{limits.max_pixels} pixels (max_pixels)")
-    if len(shape) >= 3 and shape[-3] > limits.max_channels:
-        raise UploadError(f"{label}: {shape[-3]} channels, more than the limit {limits.max_channels} "
-                          "(max_channels); arrays are (H, W), (C, H, W) or (N, C, H, W)")
-    if len(shape) == 4 and shape[0] > limits.max_images:
-        raise UploadError(f"{label}: {shape[0]} images, more than the limit {limits.max_images} (max_images)")
-
-
-def _split_stack(label: str, array: np.ndarray) -> list[np.ndarray]:
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise UploadError(f"{label}: the array holds NaN or inf")
+    array = read_npy(label, data, max_pixels=limits.max_pixels)
     if array.ndim == 2:
         return [array[None]]
     if array.ndim == 3:
@@ -192,31 +160,127 @@ def _split_stack(label: str, array: np.ndarray) -> list[np.ndarray]:
     return list(array)
 
 
+def read_npy(label: str, data: bytes, *, max_pixels: int) -> np.ndarray:
+    """The array of the NPY bytes `data`, every check made on the header before numpy allocates anything.
+
+    Parameters
+    ----------
+    label : str
+        Names the file in messages (``files[0] ('a.npy')``, ``maps``).
+    data : bytes
+        An NPY file.
+    max_pixels : int
+        Largest product of the last two axes (an image's H·W) of an array of two axes or more.
+
+    Returns
+    -------
+    ndarray
+        Any shape; an integer, float32 or float64 dtype; finite.
+
+    Raises
+    ------
+    UploadError
+        Naming `label`: not an NPY file, another dtype (objects are never unpickled), last two axes over
+        `max_pixels`, a header that declares more bytes than `data` holds, NaN or inf.
+
+    Examples
+    --------
+    >>> buffer = io.BytesIO()
+    >>> np.save(buffer, np.eye(2, dtype=np.float32))
+    >>> read_npy("maps", buffer.getvalue(), max_pixels=16).dtype
+    dtype('float32')
+    >>> read_npy("maps", buffer.getvalue()[:-4], max_pixels=16)
+    Traceback (most recent call last):
+    ...
+    workers.jobs.datasets.UploadError: maps: the header declares (2, 2) float32 (16 bytes of data), more than the 12 sent
+    """
+    shape, dtype, offset = _npy_header(label, data)
+    if dtype.hasobject or str(dtype) not in _KEPT_DTYPES:
+        raise UploadError(f"{label}: NPY dtype {dtype} is not supported (integers, float32 or float64)")
+    if len(shape) >= 2 and shape[-2] * shape[-1] > max_pixels:
+        raise UploadError(f"{label}: image of {shape[-1]}x{shape[-2]} pixels is larger than the limit of "
+                          f"{max_pixels} pixels (max_pixels)")
+    declared = math.prod(shape) * dtype.itemsize
+    sent = len(data) - offset
+    if declared > sent:  # numpy allocates the declared shape before it finds the data short
+        raise UploadError(f"{label}: the header declares {shape} {dtype} ({declared} bytes of data), more than "
+                          f"the {sent} sent")
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise UploadError(f"{label}: cannot read the NPY data: {exc}") from None
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise UploadError(f"{label}: the array holds NaN or inf")
+    return array
+
+
+def _check_dims(label: str, shape: tuple[int, ...], limits: UploadLimits) -> None:
+    """The checks of an image stack that :func:`read_npy` does not make (it bounds H·W)."""
+    if min(shape) < 1:
+        raise UploadError(f"{label}: empty array of shape {tuple(shape)}")
+    if len(shape) >= 3 and shape[-3] > limits.max_channels:
+        raise UploadError(f"{label}: {shape[-3]} channels, more than the limit {limits.max_channels} "
+                          "(max_channels); arrays are (H, W), (C, H, W) or (N, C, H, W)")
+    if len(shape) == 4 and shape[0] > limits.max_images:
+        raise UploadError(f"{label}: {shape[0]} images, more than the limit {limits.max_images} (max_images)")
+
+
 def _decode_archive(label: str, data: bytes, limits: UploadLimits) -> list[DecodedImage]:
+    images: list[DecodedImage] = []
+    for name, content in unpack_archive(label, data, max_members=limits.max_images, max_bytes=limits.max_bytes):
+        images.extend(_decode_file(f"{label}:{name}", content, limits, archive_ok=False))
+        if len(images) > limits.max_images:
+            raise UploadError(f"{label}: more than {limits.max_images} images (max_images)")
+    return images
+
+
+def unpack_archive(label: str, data: bytes, *, max_members: int, max_bytes: int) -> Iterator[tuple[str, bytes]]:
+    """The files of the zip (or npz) `data`, in name order, once the sizes it declares are checked.
+
+    Folders, hidden files and macOS ``__MACOSX/`` entries are skipped. Each file is unpacked when the caller
+    asks for it, so a caller that decodes as it goes holds one file's bytes at a time.
+
+    Parameters
+    ----------
+    label : str
+        Names the archive in messages.
+    data : bytes
+        A zip file.
+    max_members : int
+        Most files.
+    max_bytes : int
+        Most bytes the files unpack to, together; checked on the sizes the archive declares, before unpacking.
+
+    Yields
+    ------
+    (str, bytes)
+        Each file's name in the archive and its bytes.
+
+    Raises
+    ------
+    UploadError
+        Naming `label` (and the member at fault): not a zip, too many files, too many bytes, a member that does
+        not unpack (a CRC error, a size that lies).
+    """
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         members = sorted((m for m in archive.infolist() if not m.is_dir()), key=lambda m: m.filename)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise UploadError(f"{label}: not a valid zip or npz archive: {exc}") from None
     members = [m for m in members if not _hidden(m.filename)]
-    if len(members) > limits.max_images:
-        raise UploadError(f"{label}: {len(members)} files in the archive, more than the limit {limits.max_images}")
+    if len(members) > max_members:
+        raise UploadError(f"{label}: {len(members)} files in the archive, more than the limit {max_members}")
     unpacked = sum(m.file_size for m in members)
-    if unpacked > limits.max_bytes:
+    if unpacked > max_bytes:
         raise UploadError(f"{label}: the archive unpacks to {unpacked} bytes, more than the limit "
-                          f"{limits.max_bytes} (max_bytes)")
-    images: list[DecodedImage] = []
+                          f"{max_bytes} (max_bytes)")
     with archive:
         for member in members:
-            inner = f"{label}:{member.filename}"
             try:
                 content = archive.read(member)
             except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:  # CRC errors, truncation
-                raise UploadError(f"{inner}: cannot unpack: {exc}") from None
-            images.extend(_decode_file(inner, content, limits, archive_ok=False))
-            if len(images) > limits.max_images:
-                raise UploadError(f"{label}: more than {limits.max_images} images (max_images)")
-    return images
+                raise UploadError(f"{label}:{member.filename}: cannot unpack: {exc}") from None
+            yield member.filename, content
 
 
 def _hidden(name: str) -> bool:
@@ -225,7 +289,10 @@ def _hidden(name: str) -> bool:
 
 
 def _common_channels(images: list[DecodedImage]) -> list[DecodedImage]:
-    """Grey uint8 pictures become RGB when the upload also holds colour ones (as :mod:`workers.images` does)."""
+    """Grey uint8 pictures become RGB when the upload also holds colour ones.
+
+    As :mod:`workers.distributed.images` does.
+    """
     colour = any(im.array.shape[0] == 3 and im.array.dtype == np.uint8 for im in images)
     if not colour:
         return images

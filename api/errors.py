@@ -1,0 +1,100 @@
+"""The service's error responses: one shape for a bad field, a message otherwise, never a traceback.
+
+A bad field answers ``{"detail": [{"loc": [...], "msg": ..., "type": "value_error", "input": ...}]}``, the shape
+of FastAPI's own validation errors, so that a client reads one shape whether pydantic or the service refused the
+value; any other error answers ``{"detail": "message"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any
+
+from fastapi import HTTPException, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+def field_error(loc: list[Any], msg: str, value: Any = None, status: int = 422) -> HTTPException:
+    """An HTTP error naming the field at fault, in FastAPI's validation-error shape.
+
+    Parameters
+    ----------
+    loc : list of str or int
+        Where the value was, as FastAPI writes it: ``["body", "layers", 0, "n_filters"]``, ``["query", "layer"]``.
+    msg : str
+        What is wrong, in words.
+    value : object, optional
+        The value sent; echoed when JSON can carry it, else its ``repr``.
+    status : int, default 422
+        The HTTP status.
+
+    Returns
+    -------
+    fastapi.HTTPException
+        To be raised by a route.
+
+    Examples
+    --------
+    >>> error = field_error(["query", "layer"], "layer must be between 1 and 2 for this job", 3)
+    >>> error.status_code, error.detail[0]["loc"], error.detail[0]["input"]
+    (422, ['query', 'layer'], 3)
+    """
+    return HTTPException(status, detail=[{"loc": loc, "msg": msg, "type": "value_error", "input": _jsonable(value)}])
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float replaced by its text (``'nan'``, ``'inf'``), at any depth."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    # the client gets the exception's type only: a traceback would show the server's paths and code
+    logger.exception("internal error on %s %s", request.method, request.url.path)
+    return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # FastAPI's own handler, except that a NaN or infinity the client sent is echoed as text: JSON has neither,
+    # so the 422 could not be written otherwise
+    return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    if exc.status_code == 404 and exc.detail == "Not Found":  # no route matched: say which path was asked for
+        exc = StarletteHTTPException(404, f"no route for {request.method} {request.url.path}")
+    return await http_exception_handler(request, exc)
+
+
+def exception_handlers() -> dict[Any, Any]:
+    """The service's exception handlers, for ``FastAPI(exception_handlers=...)``.
+
+    Returns
+    -------
+    dict
+        Exception class to handler: any uncaught exception gives a 500 naming its type only, a request that
+        fails validation a 422 (non-finite numbers echoed as text), an unknown path a 404 naming it.
+    """
+    return {Exception: _internal_error, RequestValidationError: _validation_error,
+            StarletteHTTPException: _http_error}

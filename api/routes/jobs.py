@@ -1,0 +1,84 @@
+"""``/jobs``: submit, list, look up and cancel learning jobs; and the 404 for any other path under ``/jobs/``.
+
+Route functions carry no docstring: FastAPI would publish it as the operation's description.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, HTTPException, Query, Response
+
+from workers.jobs.spec import JobSpec, SpecError, check_against_dataset
+from workers.jobs.store import STATUSES
+
+from ..deps import RunnerDep, SettingsDep, StoreDep, guarded
+from ..errors import field_error
+from ..schemas import JobList, JobOut
+from .common import JobId, job_or_404
+
+router = APIRouter(tags=["jobs"], dependencies=guarded)
+
+
+@router.post("/jobs", response_model=JobOut, status_code=202)
+def submit_job(spec: JobSpec, response: Response, settings: SettingsDep, store: StoreDep, runner: RunnerDep,
+               idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobOut:
+    dataset = store.get_dataset(spec.dataset_id)
+    if dataset is None:
+        raise field_error(["body", "dataset_id"], f"no dataset {spec.dataset_id!r}; upload one with "
+                          "POST /datasets", spec.dataset_id)
+    try:
+        check_against_dataset(spec, dataset, max_filters=settings.max_filters_per_layer,
+                              max_maps_bytes=settings.max_job_maps_bytes)
+    except SpecError as exc:
+        raise field_error(["body", *(int(p) if p.isdigit() else p for p in exc.field.split("."))],
+                          exc.message, exc.value) from None
+    try:
+        job, created = store.submit(spec.model_dump(mode="json"), n_layers=len(spec.layers),
+                                    n_iter=[layer.n_iter or spec.n_iter for layer in spec.layers],
+                                    idempotency_key=idempotency_key)
+    except ValueError as exc:  # the key was used before for another spec
+        raise field_error(["header", "Idempotency-Key"], str(exc), idempotency_key, status=409) from None
+    if created:
+        runner.notify()
+    response.headers["Location"] = f"/jobs/{job.id}"
+    return JobOut.of(job)
+
+
+@router.get("/jobs", response_model=JobList)
+def list_jobs(store: StoreDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
+              cursor: Annotated[str | None, Query(max_length=100)] = None,
+              status: Annotated[Literal[STATUSES] | None, Query()] = None) -> JobList:
+    try:
+        jobs, next_cursor = store.list_jobs(limit=limit, cursor=cursor, status=status)
+    except ValueError as exc:
+        raise field_error(["query", "cursor"], str(exc), cursor) from None
+    return JobList(items=[JobOut.of(j) for j in jobs], next_cursor=next_cursor)
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut)
+def get_job(job_id: JobId, store: StoreDep) -> JobOut:
+    return JobOut.of(job_or_404(store, job_id))
+
+
+@router.delete("/jobs/{job_id}", response_model=JobOut,
+               responses={202: {"description": "cancel requested: the job stops after its current iteration"},
+                          409: {"description": "the job has already succeeded or failed"}})
+def cancel_job(job_id: JobId, response: Response, store: StoreDep) -> JobOut:
+    job = job_or_404(store, job_id)
+    if job.status in ("succeeded", "failed"):
+        raise HTTPException(409, f"job {job_id} has already {job.status}; there is nothing to cancel")
+    job = store.request_cancel(job_id)
+    response.status_code = 202 if job.status == "running" else 200
+    return JobOut.of(job)
+
+
+unknown = APIRouter(dependencies=guarded)
+"""Whatever else is under ``/jobs/`` (a malformed id, a traversal attempt); included after every other router,
+so that it only catches what none of them matched."""
+
+
+@unknown.api_route("/jobs/{rest:path}", methods=["GET", "DELETE"], include_in_schema=False)
+def not_a_job(rest: str) -> None:
+    raise field_error(["path", "job_id"], "no such job resource: a job id is 32 lowercase hex digits, "
+                      "followed by nothing or one of the documented sub-resources", rest, status=404)

@@ -1,0 +1,115 @@
+"""What a job produced: ``/jobs/{id}/filters``, ``/maps``, ``/reconstructions``, ``/history``, ``/artifacts``.
+
+Artifacts are immutable and named by their sha256, so they are served with it as ETag and cached for a year.
+Route functions carry no docstring: FastAPI would publish it as the operation's description.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from solver.images.pictures import history_plot
+from workers.jobs.artifacts import ArtifactCorruptError
+from workers.jobs.store import JobStore
+
+from ..deps import StoreDep, guarded
+from ..schemas import ArtifactOut
+from .common import NPY, NPZ, PNG, JobId, check_layer, job_or_404, succeeded_job
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["results"], dependencies=guarded)
+
+
+@router.get("/jobs/{job_id}/filters",
+            responses={200: {"content": {NPY: {}, PNG: {}}, "description": "(K, C, s, s) float32, or a montage"}})
+def get_filters(request: Request, job_id: JobId, store: StoreDep, layer: Annotated[int | None, Query(ge=1)] = None,
+                format: Annotated[Literal["npy", "png"], Query()] = "npy") -> Response:  # noqa: A002
+    layer = check_layer(succeeded_job(store, job_id, "filters"), layer)
+    return artifact_response(request, store, job_id, f"filters-L{layer}.{format}")
+
+
+@router.get("/jobs/{job_id}/maps",
+            responses={200: {"content": {NPZ: {}}, "description": "one (K, H', W') array per image"}})
+def get_maps(request: Request, job_id: JobId, store: StoreDep,
+             layer: Annotated[int | None, Query(ge=1)] = None) -> Response:
+    layer = check_layer(succeeded_job(store, job_id, "maps"), layer)
+    return artifact_response(request, store, job_id, f"maps-L{layer}.npz")
+
+
+@router.get("/jobs/{job_id}/reconstructions",
+            responses={200: {"content": {NPY: {}, PNG: {}}, "description": "(N, C, H, W) float32, or inputs "
+                                                                          "beside reconstructions"}})
+def get_reconstructions(request: Request, job_id: JobId, store: StoreDep,
+                        format: Annotated[Literal["npy", "png"], Query()] = "npy") -> Response:  # noqa: A002
+    succeeded_job(store, job_id, "reconstructions")
+    return artifact_response(request, store, job_id, f"reconstructions.{format}")
+
+
+@router.get("/jobs/{job_id}/history", responses={200: {"content": {"application/json": {}, PNG: {}}}})
+def get_history(job_id: JobId, store: StoreDep,
+                format: Annotated[Literal["json", "png"], Query()] = "json") -> Response:  # noqa: A002
+    job_or_404(store, job_id)
+    history = store.history(job_id)  # readable while the job runs
+    if format == "json":
+        return JSONResponse(history)
+    if not history:
+        raise HTTPException(409, f"job {job_id} has no outer iteration yet to plot")
+    return Response(history_plot(history), media_type=PNG)
+
+
+@router.get("/jobs/{job_id}/artifacts", response_model=list[ArtifactOut])
+def list_artifacts(job_id: JobId, store: StoreDep) -> list[ArtifactOut]:
+    job_or_404(store, job_id)
+    return [ArtifactOut(name=a.name, sha256=a.key[:64], size=a.size, media_type=a.media_type,
+                        url=f"/jobs/{job_id}/artifacts/{a.name}") for a in store.list_artifacts(job_id)]
+
+
+@router.get("/jobs/{job_id}/artifacts/{name}")
+def get_artifact(request: Request, job_id: JobId, store: StoreDep,
+                 name: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")]) -> Response:
+    job_or_404(store, job_id)
+    return artifact_response(request, store, job_id, name)
+
+
+def artifact_response(request: Request, store: JobStore, job_id: str, name: str) -> Response:
+    """The artifact `name` of job `job_id`, with its sha256 as ETag; a 304 when the client holds it already.
+
+    Parameters
+    ----------
+    request : fastapi.Request
+        Its ``If-None-Match`` header is compared with the ETag.
+    store : workers.jobs.store.JobStore
+    job_id, name : str
+
+    Returns
+    -------
+    fastapi.Response
+        200 with the bytes and the artifact's media type, or 304 without a body.
+    """
+    record = store.artifact(job_id, name)
+    if record is None:
+        raise HTTPException(404, f"job {job_id} has no artifact {name!r}")
+    etag = f'"{record.key[:64]}"'
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable",
+               "Content-Disposition": f'attachment; filename="{job_id}-{name}"'}
+    if _etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    try:
+        data = store.artifacts.get(record.key)
+    except ArtifactCorruptError as exc:
+        logger.error("%s", exc)
+        raise HTTPException(500, f"artifact {name!r} of job {job_id} is damaged in the store") from None
+    return Response(data, media_type=record.media_type, headers=headers)
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    """If-None-Match (RFC 9110 13.1.2): ``*`` or a list of tags, compared weakly (``W/"x"`` matches ``"x"``)."""
+    if header is None:
+        return False
+    tags = [tag.strip().removeprefix("W/") for tag in header.split(",")]
+    return "*" in tags or etag in tags
