@@ -135,7 +135,7 @@ def test_cupy_admm_fused_and_plain_paths_agree(rng):
 
 @pytest.mark.gpu
 def test_cupy_admm_objective_after_500_iterations_is_the_numpy_objective():
-    """The target of issue #6 on the GPU: E after 500 iterations within 1e-3 of the numpy ADMM's."""
+    """The GPU's accuracy target: E after 500 iterations within 1e-3 of the numpy ADMM's."""
     cpu = problem_for(np.random.default_rng(3), np.float32, n_images=2, shape=(64, 64), n_filters=16, size=8)
     gpu = problem_for(np.random.default_rng(3), np.float32, get_backend("cupy"), n_images=2, shape=(64, 64),
                    n_filters=16, size=8)

@@ -148,7 +148,7 @@ def test_conv_operator_circular_forward_matches_numpy_fft(rng, dtype, n_channels
 
 
 def _scipy_valid(maps: np.ndarray, filters: np.ndarray) -> np.ndarray:
-    """DESIGN.md's definition of the valid reconstruction, plane by plane with scipy.signal.convolve2d."""
+    """The valid reconstruction as docs/design.md section 1 defines it, plane by plane with scipy.signal.convolve2d."""
     N, K = maps.shape[:2]
     C = filters.shape[1]
     return np.array(
