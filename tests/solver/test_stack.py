@@ -19,7 +19,7 @@ from solver import (
     LayerModel,
     LearnConfig,
     StackModel,
-    encode_stack,
+    encode_layers,
     layer_config,
     learn_layer,
     learn_stack,
@@ -173,9 +173,9 @@ def test_learn_stack_keeps_float64(crops):
 # --- encoding and projection -----------------------------------------------------------------------------------
 
 
-def test_encode_stack_then_project_down_approximates_the_preprocessed_input(learned, crops):
+def test_encode_layers_then_project_down_approximates_the_preprocessed_input(learned, crops):
     model = learned.model
-    maps = encode_stack(model, crops, method="fista", max_iter=50)
+    maps = encode_layers(model, crops, method="fista", max_iter=50).maps
     grid_one = map_shape(crops.shape[-2:], 5, model.boundary)
     assert [m.shape for m in maps] == [(4, 3) + grid_one, (4, 6) + map_shape(grid_one, 5, model.boundary)]
     assert all(m.dtype == np.float32 for m in maps)
@@ -189,10 +189,10 @@ def test_encode_stack_then_project_down_approximates_the_preprocessed_input(lear
     assert psnr(rescaled, recon) > 15.0
 
 
-def test_encode_stack_stops_at_the_requested_layer(learned, crops):
-    assert len(encode_stack(learned.model, crops[:1], layers=1, method="fista", max_iter=3)) == 1
+def test_encode_layers_stops_at_the_requested_layer(learned, crops):
+    assert len(encode_layers(learned.model, crops[:1], layers=1, method="fista", max_iter=3).maps) == 1
     with pytest.raises(ValueError, match="layer"):
-        encode_stack(learned.model, crops[:1], layers=3)
+        encode_layers(learned.model, crops[:1], layers=3)
 
 
 def _random_model(rng, boundary="valid", shift=0.3, mean=-0.2, scale=1.7, n_channels=1) -> StackModel:
@@ -290,8 +290,8 @@ def test_model_round_trips_through_arrays_and_json(learned, crops):
         np.testing.assert_array_equal(a.filters, b.filters)
         np.testing.assert_array_equal(a.connectivity, b.connectivity)
         assert (a.preprocess, a.lam, a.p) == (b.preprocess, b.lam, b.p)
-    maps = encode_stack(model, crops[:1], method="fista", max_iter=5)
-    np.testing.assert_array_equal(encode_stack(again, crops[:1], method="fista", max_iter=5)[1], maps[1])
+    maps = encode_layers(model, crops[:1], method="fista", max_iter=5).maps
+    np.testing.assert_array_equal(encode_layers(again, crops[:1], method="fista", max_iter=5).maps[1], maps[1])
 
 
 def test_model_from_arrays_names_what_is_missing(learned):
