@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all test-browser bench lint clean
+.PHONY: demo test test-all test-browser wheel-check bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,11 +30,15 @@ test-browser: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[browser]"
 	$(PY) -m pytest -q -m browser -s tests/api/test_browser.py
 
+# Build the sdist and the wheel, check their file lists, install the wheel into a fresh venv and run it.
+wheel-check: $(STAMP)
+	PYTHON=$(PY) .ci/wheel-check.sh
+
 bench: $(STAMP)
 	$(PY) bench/bench_sporco.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check solver tests bench
+	$(PY) -m ruff check solver configs tests bench .ci
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .hypothesis
+	rm -rf $(VENV) demo-output .pytest_cache .hypothesis build dist *.egg-info

@@ -11,9 +11,9 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
+from configs import find_preset, preset_names
 from workers.jobs.jobfile import read_job_mapping
 
-from ..demo import DEMO_CONFIG
 from ..deps import guarded
 
 router = APIRouter(tags=["jobs"], dependencies=guarded)
@@ -39,7 +39,7 @@ def list_presets() -> list[PresetOut]:
 
 def preset_paths() -> list[Path]:
     """The bundled presets' YAML files, sorted by name."""
-    return sorted(DEMO_CONFIG.parent.glob("*.yaml"))
+    return [find_preset(name) for name in preset_names()]
 
 
 def _leading_comment(path: Path) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from configs import sample_paths
 from tests.api.conftest import ROOT, LiveService, start_service, stop_service
 from tests.workers.conftest import ray_cluster, ray_session  # noqa: F401  (the shared session cluster)
 
@@ -57,7 +58,7 @@ def browser(tmp_path) -> Iterator[webdriver.Chrome]:
 
 def _sample_files(folder: Path, n: int = 6) -> list[Path]:
     paths = []
-    for source in sorted((ROOT / "samples").glob("*.png"))[:n]:
+    for source in sample_paths()[:n]:
         target = folder / source.name
         Image.open(source).crop((30, 30, 30 + SIDE, 30 + SIDE)).save(target)
         paths.append(target)
