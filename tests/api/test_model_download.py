@@ -81,7 +81,7 @@ def test_the_model_route_names_its_media_type_and_file(client, job):
 
 def test_a_running_job_serves_its_newest_checkpoint(client):
     dataset = client.upload_dataset(sample_png_parts(3, SIDE))
-    spec = {**SPEC, "layers": SPEC["layers"][:1], "n_iter": 30}
+    spec = {**SPEC, "layers": SPEC["layers"][:1], "n_iter": 20}
     job_id = client.submit({**spec, "dataset_id": dataset["id"]})["id"]
     seen = None
     deadline = time.monotonic() + 180
@@ -103,7 +103,7 @@ def test_a_running_job_serves_its_newest_checkpoint(client):
     np.testing.assert_allclose(np.linalg.norm(filters.reshape(4, -1), axis=1), 1.0, rtol=1e-4)
     assert client.wait(job_id, timeout=180)["status"] == "succeeded"
     final, final_iteration = client.latest_filters(job_id)
-    assert final_iteration == 30
+    assert final_iteration == 20
     np.testing.assert_array_equal(final, client.filters(job_id))
 
 
