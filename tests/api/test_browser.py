@@ -92,8 +92,10 @@ def test_submit_the_demo_from_the_page_and_watch_it_learn(service, browser, tmp_
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         status = browser.find_element(By.ID, "job-status").text
-        if status == "running" and _natural_width(browser, "montage-L1") > 0:
+        if status == "running" and _natural_width(browser, "montage-L1") > 0 and not seen_live:
             seen_live = True
+            browser.save_screenshot(str(tmp_path / "dashboard-running.png"))
+            record_property("screenshot_running", str(tmp_path / "dashboard-running.png"))
         if status in ("succeeded", "failed", "cancelled"):
             break
         time.sleep(0.3)
