@@ -20,7 +20,7 @@ from api.client import DeconvClient
 from api.routes.model_file import MODEL
 from api.settings import Settings
 from solver import StackModel, encode_layers, load_model
-from tests.api.conftest import LiveService, sample_png_parts
+from tests.api.conftest import LiveService, sample_png_parts, start_service, stop_service
 from tests.workers.conftest import ray_cluster, ray_session  # noqa: F401  (the shared session cluster)
 
 pytestmark = pytest.mark.timeout(240)
@@ -133,3 +133,17 @@ def test_the_model_route_is_documented_with_its_media_type(held):
     operation = held.app.openapi()["paths"]["/jobs/{job_id}/model"]["get"]
     assert MODEL in operation["responses"]["200"]["content"]
     assert {"404", "409"} <= set(operation["responses"])
+
+
+def test_deconv_model_of_a_queued_job_exits_2_with_the_services_message(tmp_path, capsys):
+    service = start_service(tmp_path / "data", run_jobs=False)
+    try:
+        store = service.app.state.store
+        dataset = store.add_dataset([("a.npy", np.zeros((1, 12, 12), np.float32))])
+        job, _ = store.submit({"dataset_id": dataset.id, "layers": SPEC["layers"]}, n_layers=2, n_iter=3)
+        out = tmp_path / "model.deconv"
+        assert main(["model", job.id, "--out", str(out), "--url", service.url]) == 2
+        assert f"job {job.id} is queued: its model file exists once it has succeeded" in capsys.readouterr().err
+        assert not out.exists()
+    finally:
+        stop_service(service)
