@@ -35,6 +35,7 @@ from .config import (
 from .images.metrics import psnr
 from .images.preprocess import FittedPreprocess
 from .models.coding import EncodeResult, encode, reconstruct
+from .models.lam import lambda_max
 from .models.learn import IterStats, LearnResult, encode_with, learn, learn_layer
 from .models.stack.encoding import encode_layers, encode_stack
 from .models.stack.files import load_model
@@ -67,6 +68,7 @@ __all__ = [
     "get_backend",
     "gpu_available",
     "layer_config",
+    "lambda_max",
     "learn",
     "learn_layer",
     "learn_stack",

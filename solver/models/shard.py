@@ -43,6 +43,7 @@ from ..operators.convolution import ConvOperator, FilterOperator
 from ..operators.pixel_path import LowerLayer, PixelPath
 from ..operators.pooling import keep_block_maxima
 from ..operators.prox import LpPenalty
+from .lam import analysis_max, with_lam
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,18 @@ class Shard:
         f = self.bk.asarray(filters, dtype=self.images.dtype)
         partial, self._consensus = consensus_local_step(self._problem(), f, self._consensus, rho, relax)
         return self.bk.to_host(partial), self.n_images
+
+    def lambda_max(self, filters: np.ndarray) -> float:
+        """λ_max of this shard's images for `filters`: ``max |Dᴴ y|`` (:func:`solver.models.lam.lambda_max`)."""
+        f = self.bk.asarray(filters, dtype=self.images.dtype)
+        op = ConvOperator(f, self.images.shape[-2:], boundary=self.config.boundary, connectivity=self.g)
+        return analysis_max(op, self.images, self.bk)
+
+    def set_lam(self, lam: float) -> None:
+        """Code with the absolute λ `lam` from now on (a relative λ resolved on λ_max of every shard)."""
+        self.config = with_lam(self.config, lam)
+        self.layer = self.config.layers[0]
+        self.penalty = LpPenalty(self.layer.lam, self.layer.p)
 
     def maps(self) -> np.ndarray:
         if self._maps is None:
@@ -243,6 +256,18 @@ class PixelShard:
     def consensus_step(self, filters: np.ndarray, rho: float, relax: float) -> tuple[np.ndarray, int]:
         raise ValueError("consensus filter updates are not available with reconstruct_to 'pixels'")
 
+    def lambda_max(self, filters: np.ndarray) -> float:
+        """λ_max of this shard's pixels for `filters` through the layers below: ``max |Fᴴ Bᴴ y|``."""
+        f = self.bk.asarray(filters, dtype=self.images.dtype)
+        op = ConvOperator(f, self.path.input_shape, boundary=self.config.boundary, connectivity=self.g)
+        return analysis_max(op, self.images, self.bk, self.path)
+
+    def set_lam(self, lam: float) -> None:
+        """Code with the absolute λ `lam` from now on."""
+        self.config = with_lam(self.config, lam)
+        self.layer = self.config.layers[0]
+        self.penalty = LpPenalty(self.layer.lam, self.layer.p)
+
     def maps(self) -> np.ndarray:
         if self._maps is None:
             raise ValueError("the shard has no maps yet: call code(filters) first")
@@ -331,3 +356,10 @@ class LocalPool:
 
     def maps(self) -> list[np.ndarray]:
         return [s.maps() for s in self.shards]
+
+    def lambda_max(self, filters: np.ndarray) -> list[float]:
+        return [s.lambda_max(filters) for s in self.shards]
+
+    def set_lam(self, lam: float) -> None:
+        for s in self.shards:
+            s.set_lam(lam)
