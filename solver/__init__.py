@@ -44,6 +44,18 @@ from .models.stack.model import LayerModel, StackCode, StackModel, StackResult
 from .models.stack.projection import pixel_filters, project_down, reconstruct_from, top_projections
 from .operators.pooling import pool3d, unpool3d  # noqa: F401  (re-exported; see solver.operators.pooling)
 
+_ESTIMATORS = ("ConvolutionalDictionaryLearning", "DeconvolutionalNetwork")
+
+
+def __getattr__(name: str):
+    """The scikit-learn estimators, imported on first use: ``import solver`` does not need scikit-learn."""
+    if name in _ESTIMATORS:
+        from . import estimators  # noqa: PLC0415
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'solver' has no attribute {name!r}")
+
+
 __all__ = [
     "INTER_LAYER_PREPROCESS",
     "AdmmConfig",
