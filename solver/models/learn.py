@@ -15,10 +15,11 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from ..algorithms.base import IterStats
 from ..algorithms.consensus import update_filters_consensus
 from ..algorithms.filter_update import filter_lipschitz, update_filters_pooled
 from ..algorithms.recentre import crop_to_energy, recentre, roll_state
@@ -32,19 +33,10 @@ from ..validation import as_images, check_boundary, check_finite, check_lam, che
 from .coding import inference_config
 from .shard import LocalPool, PixelShard, Shard
 
+if TYPE_CHECKING:
+    from .stack.model import StackModel
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class IterStats:
-    """Progress of one outer iteration (what callbacks and progress bars receive)."""
-
-    iteration: int
-    objective: float
-    data: float
-    sparsity: float  # fraction of non-zero map entries
-    elapsed: float  # seconds since the start of learning
-    inner_iter: int  # inference iterations run in this outer iteration
 
 
 @dataclass(frozen=True)
@@ -72,6 +64,15 @@ class LearnResult:
     config: LearnConfig | None = None
     connectivity: np.ndarray | None = None
     preprocess: FittedPreprocess | None = None
+
+    @property
+    def model(self) -> StackModel:
+        """The learned layer as a one-layer :class:`~solver.StackModel` (what :func:`~solver.encode_layers` and
+        :func:`~solver.project_down` take), like ``StackResult.model``; ``ValueError`` without a config."""
+        # imported here: the stack package builds on this module (StackResult holds LearnResults)
+        from .stack.model import StackModel  # noqa: PLC0415
+
+        return StackModel.from_results([self])
 
 
 _DEFAULT_INNER_ITER = 10

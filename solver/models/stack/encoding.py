@@ -18,13 +18,13 @@ def encode_layers(
     model: StackModel,
     images: Array,
     *,
-    layers: int | None = None,
+    layer: int | None = None,
     method: Method | Any | None = None,
     max_iter: int | None = None,
     tol: float | None = None,
     backend: Literal["auto", "numpy", "cupy"] = "auto",
 ) -> StackCode:
-    """Maps and switches of every layer up to `layers` (default: the top one) for new images.
+    """Maps and switches of every layer up to `layer` (1-based; default: the top one) for new images.
 
     Layer 1's preprocessing is applied to `images`. In the 2010 model each higher layer codes the (pooled) maps
     of the layer below, transformed by its recorded rescale, as in learning; `method` (default ``"admm"``),
@@ -39,7 +39,7 @@ def encode_layers(
     StackCode
         ``maps[l - 1]`` of shape (N, K_l, H_l', W_l'), in the images' dtype (float32 in, float32 out).
     """
-    top = model.check_layer(layers)
+    top = model.check_layer(layer)
     if model.reconstruct_to == "pixels":
         return _encode_pixels(model, images, top, method, max_iter, tol, backend)
     x, maps, switches = images, [], []

@@ -24,10 +24,10 @@ def _undo_rescale(x: Array, preprocess: FittedPreprocess | None, *, offset: bool
     return (x + st.mean) * st.scale + st.shift if offset else x * st.scale
 
 
-def project_down(model: StackModel, maps: Array, from_layer: int | None = None, *,
+def project_down(model: StackModel, maps: Array, layer: int | None = None, *,
                  switches: Sequence[Array | None] | None = None,
                  map_shapes: Sequence[Sequence[int]] | None = None, offset: bool = True) -> Array:
-    r"""Reconstruct maps of layer `from_layer` through every layer below, down to pixels.
+    r"""Reconstruct maps of layer `layer` through every layer below, down to pixels.
 
     .. math:: y^{(l-1)} = U_{s_{l-1}} R_{l-1}^{-1}\Big(\sum_k g^{(l)}_{kc}\, z^{(l)}_k \circledast
               f^{(l)}_{kc}\Big), \quad \dots, \quad \hat y = \sum_k g^{(1)}_{kc}\, z^{(1)}_k \circledast f^{(1)}_{kc}
@@ -40,7 +40,7 @@ def project_down(model: StackModel, maps: Array, from_layer: int | None = None, 
     model : StackModel
     maps : array of shape (N, K_l, H_l', W_l')
         Maps of layer l (e.g. from :func:`encode_layers`, or one-hot maps).
-    from_layer : int, optional
+    layer : int, optional
         l (1-based); the top layer by default.
     switches, map_shapes : sequences, optional
         Needed when a layer below l pools: ``switches[j - 1]`` and ``map_shapes[j - 1]`` are layer j's switches
@@ -56,7 +56,7 @@ def project_down(model: StackModel, maps: Array, from_layer: int | None = None, 
         In the space of layer 1's *preprocessed* input (what layer 1 learned to reconstruct), not raw pixels;
         the maps' backend and dtype.
     """
-    top = model.check_layer(from_layer)
+    top = model.check_layer(layer)
     K = model.layers[top - 1].n_filters
     if np.ndim(maps) != 4 or maps.shape[1] != K:
         raise ValueError(f"maps of layer {top} must have shape (N, {K}, H', W'), got shape {np.shape(maps)}")
