@@ -15,13 +15,13 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from pydantic import ValidationError
 
+from configs import sample_paths
 from solver import LearnConfig, StackModel, encode, learn_layer, learn_stack, project_down, psnr
 from solver.algorithms.problem import PixelCodingProblem
 from solver.backend import get_backend
@@ -47,7 +47,6 @@ from tests.reference import (
 )
 from tests.solver.contracts import assert_adjoint, dtype_tol
 
-ROOT = Path(__file__).resolve().parents[2]
 logger = logging.getLogger(__name__)
 NUMPY = get_backend("numpy")
 
@@ -437,7 +436,7 @@ def test_pixel_shard_refuses_a_config_of_the_2010_model(rng) -> None:
 
 
 def _crops(n: int, size: int, dtype) -> np.ndarray:
-    paths = sorted((ROOT / "samples").glob("*.png"))[:n]
+    paths = sample_paths()[:n]
     images = np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.float64) / 255 for p in paths])
     return np.ascontiguousarray(images[:, None, 60:60 + size, 60:60 + size]).astype(dtype)
 

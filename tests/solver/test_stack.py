@@ -7,13 +7,13 @@ from __future__ import annotations
 import io
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.signal
 from PIL import Image
 
+from configs import sample_paths
 from solver import (
     INTER_LAYER_PREPROCESS,
     LayerModel,
@@ -37,7 +37,6 @@ from solver.operators.connectivity import connectivity_table
 from solver.operators.convolution import map_shape
 from solver.operators.pixel_path import LowerLayer, input_geometry
 
-ROOT = Path(__file__).resolve().parents[2]
 logger = logging.getLogger(__name__)
 
 
@@ -53,7 +52,7 @@ def _two_layers(boundary="valid", method="zeiler", filter_update="fista", n_iter
 @pytest.fixture(scope="module")
 def crops() -> np.ndarray:
     """Four 28×28 float32 crops of the bundled sample images, (4, 1, 28, 28) in [0, 1]."""
-    paths = sorted((ROOT / "samples").glob("*.png"))[:4]
+    paths = sample_paths()[:4]
     images = np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.float32) / 255 for p in paths])
     return np.ascontiguousarray(images[:, None, 40:68, 40:68])
 
@@ -317,7 +316,7 @@ def test_model_refuses_layers_that_do_not_chain(rng):
 
 
 def test_zeiler2010_preset_holds_the_toolbox_defaults():
-    config = load_config(ROOT / "configs" / "zeiler2010.yaml")
+    config = load_config("zeiler2010")
     first, second = config.layers
     assert (first.n_filters, first.filter_size, first.connectivity, first.p, first.lam) == (9, 7, "full", 0.8, 1.0)
     assert (second.n_filters, second.filter_size, second.connectivity, second.p, second.lam) == (
@@ -332,10 +331,10 @@ def test_zeiler2010_preset_holds_the_toolbox_defaults():
 @pytest.mark.slow
 def test_zeiler2010_preset_learns_two_layers_on_the_samples(record_property):
     # The toolbox's λ = 1 is tuned for 100×100 RGB images; on grey 64×64 crops it codes nothing, so λ = 0.1 here.
-    config = load_config(ROOT / "configs" / "zeiler2010.yaml")
+    config = load_config("zeiler2010")
     config = config.model_copy(update={"n_iter": 2, "layers": [s.model_copy(update={"lam": 0.1})
                                                                for s in config.layers]})
-    paths = sorted((ROOT / "samples").glob("*.png"))[:4]
+    paths = sample_paths()[:4]
     images = np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.float32) / 255 for p in paths])[:, None]
     images = np.ascontiguousarray(images[:, :, 32:96, 32:96])
     result = learn_stack(images, config, backend="numpy")
@@ -357,7 +356,7 @@ def test_zeiler2010_preset_learns_two_layers_on_the_samples(record_property):
 
 
 def test_zeiler2011_preset_holds_the_2011_sizes():
-    config = load_config(ROOT / "configs" / "zeiler2011.yaml")
+    config = load_config("zeiler2011")
     first, second = config.layers
     assert config.reconstruct_to == "pixels" and config.inference.method == "fista" and config.boundary == "valid"
     assert (first.n_filters, first.filter_size, first.pool) == (15, 7, (1, 3, 3))
@@ -371,10 +370,10 @@ def test_zeiler2011_preset_holds_the_2011_sizes():
 
 @pytest.mark.slow
 def test_zeiler2011_preset_learns_two_layers_on_the_samples(record_property):
-    config = load_config(ROOT / "configs" / "zeiler2011.yaml")
+    config = load_config("zeiler2011")
     config = config.model_copy(update={"n_iter": 3, "layers": [s.model_copy(update={"n_filters": n})
                                                                for s, n in zip(config.layers, (8, 12), strict=True)]})
-    paths = sorted((ROOT / "samples").glob("*.png"))[:4]
+    paths = sample_paths()[:4]
     images = np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.float32) / 255 for p in paths])[:, None]
     images = np.ascontiguousarray(images[:, :, 16:112, 16:112])
     result = learn_stack(images, config, backend="numpy")
