@@ -70,6 +70,16 @@ class IterStats:
         Seconds since the start of the call.
     inner_iter : int
         Inference iterations run in this iteration (1 for ``encode``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import encode
+    >>> images = np.random.default_rng(0).standard_normal((1, 1, 8, 8))
+    >>> seen = []
+    >>> _ = encode(images, np.ones((2, 1, 3, 3)) / 3, 0.1, method="fista", max_iter=3, tol=0, callback=seen.append)
+    >>> [s.iteration for s in seen]
+    [1, 2, 3]
     """
 
     iteration: int

@@ -49,6 +49,15 @@ class EncodeResult:
         E after each iteration.
     n_iter : int
         Iterations run.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import encode
+    >>> images = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    >>> result = encode(images, np.ones((3, 1, 3, 3), np.float32) / 3, 0.1, method="fista", max_iter=5)
+    >>> result.maps.shape, result.n_iter == len(result.history)
+    ((2, 3, 8, 8), True)
     """
 
     maps: Array
@@ -146,6 +155,19 @@ def encode(
     ------
     ValueError
         Wrong rank, NaN or inf, λ ≤ 0, p outside (0, 1], a filter larger than the image, a channel mismatch.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import encode, reconstruct
+    >>> rng = np.random.default_rng(0)
+    >>> images = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
+    >>> filters = rng.standard_normal((3, 1, 3, 3)).astype(np.float32)
+    >>> result = encode(images, filters, 0.1, method="fista", max_iter=20)
+    >>> result.maps.shape, result.maps.dtype
+    ((2, 3, 8, 8), dtype('float32'))
+    >>> reconstruct(result.maps, filters).shape
+    (2, 1, 8, 8)
     """
     lam, p, boundary = check_lam(lam), check_p(p), check_boundary(boundary)
     config = inference_config(method, max_iter, tol)
