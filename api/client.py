@@ -35,9 +35,11 @@ import httpx2
 import numpy as np
 from pydantic import BaseModel
 
+from workers.status import TERMINAL
+
 __all__ = ["DeconvAPIError", "DeconvClient", "JobWaitTimeout", "TERMINAL_STATUSES"]
 
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+TERMINAL_STATUSES = TERMINAL
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
 _CHUNK = 1 << 16
 

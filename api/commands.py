@@ -21,9 +21,7 @@ from typing import Any
 import numpy as np
 
 from .client import DeconvClient, JobWaitTimeout
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
-_EXIT_OF_STATUS = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
+from .exits import EXIT_INTERRUPTED, EXIT_OF_STATUS, EXIT_OK, EXIT_TIMEOUT
 
 
 class UsageError(ValueError):
@@ -165,7 +163,7 @@ def follow(client: DeconvClient, job_id: str, *, timeout: float | None = None, p
     elif job["error"]:
         end += f": {job['error']}"
     say(end)
-    return _EXIT_OF_STATUS[job["status"]]
+    return EXIT_OF_STATUS[job["status"]]
 
 
 @contextmanager
