@@ -33,9 +33,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from workers.cluster import ClusterConfig, connect, shutdown
-from workers.runner import JobRunner
-from workers.store import JobStore
+from workers.distributed.cluster import ClusterConfig, connect, shutdown
+from workers.jobs.runner import JobRunner
+from workers.jobs.store import JobStore
 
 from . import __version__
 from .errors import exception_handlers
@@ -57,8 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     Returns
     -------
     fastapi.FastAPI
-        With ``app.state.settings``, ``app.state.store`` (:class:`workers.store.JobStore`) and
-        ``app.state.runner`` (:class:`workers.runner.JobRunner`), which the dependencies of :mod:`api.deps` read.
+        With ``app.state.settings``, ``app.state.store`` (:class:`workers.jobs.store.JobStore`) and
+        ``app.state.runner`` (:class:`workers.jobs.runner.JobRunner`), which the dependencies of :mod:`api.deps` read.
 
     Examples
     --------

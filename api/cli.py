@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.status import STATUSES
+from workers.jobs.status import STATUSES
 
 from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
@@ -301,8 +301,8 @@ def _client_command(args: argparse.Namespace) -> int:
 
 
 def _learn(args: argparse.Namespace) -> int:
-    from workers.images import list_images  # noqa: PLC0415  (Ray is imported only for the commands that need it)
-    from workers.jobfile import load_job_file  # noqa: PLC0415
+    from workers.distributed.images import list_images  # noqa: PLC0415  (Ray is imported only for the commands that need it)
+    from workers.jobs.jobfile import load_job_file  # noqa: PLC0415
 
     try:
         job = load_job_file(args.config)
@@ -311,8 +311,8 @@ def _learn(args: argparse.Namespace) -> int:
         _error(str(exc))
         return EXIT_USAGE
 
-    from workers.cluster import ClusterConfig, connect, shutdown  # noqa: PLC0415
-    from workers.coordinator import Coordinator, JobFailedError  # noqa: PLC0415
+    from workers.distributed.cluster import ClusterConfig, connect, shutdown  # noqa: PLC0415
+    from workers.distributed.coordinator import Coordinator, JobFailedError  # noqa: PLC0415
 
     config = job.learn_config()
     workers = args.workers or job.workers or 1
@@ -380,7 +380,7 @@ def _stop_on_interrupt(stop: threading.Event) -> Iterator[None]:
 
 def _write_outputs(out: Path, result) -> None:
     from solver.images.pictures import filter_montage, png_bytes  # noqa: PLC0415
-    from workers.checkpoint import atomic_write_bytes, npy_bytes  # noqa: PLC0415
+    from workers.distributed.checkpoint import atomic_write_bytes, npy_bytes  # noqa: PLC0415
 
     atomic_write_bytes(out / "filters.npy", npy_bytes(result.filters.astype(np.float32)))
     history = [{"iteration": s.iteration, "objective": s.objective} for s in result.stats]

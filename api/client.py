@@ -35,7 +35,7 @@ import httpx2
 import numpy as np
 from pydantic import BaseModel
 
-from workers.status import TERMINAL
+from workers.jobs.status import TERMINAL
 
 __all__ = ["DeconvAPIError", "DeconvClient", "JobWaitTimeout", "TERMINAL_STATUSES"]
 
@@ -178,7 +178,7 @@ class DeconvClient:
         Parameters
         ----------
         spec : dict or JobSpec
-            The fields of :class:`workers.spec.JobSpec`: a learning config plus ``dataset_id`` (and optionally
+            The fields of :class:`workers.jobs.spec.JobSpec`: a learning config plus ``dataset_id`` (and optionally
             ``workers``, ``backend``).
         idempotency_key : str, optional
             The same key again returns the job it first created, instead of a second job.

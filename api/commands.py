@@ -62,8 +62,8 @@ def load_spec_file(path: Path, *, dataset_id: str | None, workers: int | None) -
     """
     from pydantic import ValidationError  # noqa: PLC0415
 
-    from workers.jobfile import JobFileError, describe_validation_error, read_job_mapping  # noqa: PLC0415
-    from workers.spec import JobSpec  # noqa: PLC0415
+    from workers.jobs.jobfile import JobFileError, describe_validation_error, read_job_mapping  # noqa: PLC0415
+    from workers.jobs.spec import JobSpec  # noqa: PLC0415
 
     try:
         data = read_job_mapping(path)
@@ -303,7 +303,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def _write(path: Path, data: bytes, what: str) -> int:
-    from workers.checkpoint import atomic_write_bytes  # noqa: PLC0415
+    from workers.distributed.checkpoint import atomic_write_bytes  # noqa: PLC0415
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -82,7 +82,7 @@ def run_demo(out: Path, *, data_dir: Path | None = None, config: Path | None = N
 
 def _fetch_results(client: Any, job_id: str, out: Path, n_layers: int) -> list[str]:
     """Write the demo's files (see the module docstring); returns their names."""
-    from workers.checkpoint import atomic_write_bytes  # noqa: PLC0415
+    from workers.distributed.checkpoint import atomic_write_bytes  # noqa: PLC0415
 
     written = []
     for layer in range(1, n_layers + 1):
@@ -104,7 +104,7 @@ def _read_history(out: Path) -> list[dict[str, Any]]:
 
 def quick_spec(config: Path | None = None) -> dict[str, Any]:
     """The job spec of the demo: `config` (default ``configs/demo.yaml``) as a dict."""
-    from workers.jobfile import read_job_mapping  # noqa: PLC0415
+    from workers.jobs.jobfile import read_job_mapping  # noqa: PLC0415
 
     path = config or DEMO_CONFIG
     if not path.is_file():

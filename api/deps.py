@@ -13,8 +13,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader
 
-from workers.runner import JobRunner
-from workers.store import JobStore
+from workers.jobs.runner import JobRunner
+from workers.jobs.store import JobStore
 
 from .settings import Settings
 
@@ -44,7 +44,7 @@ async def get_store(request: Request) -> JobStore:
 
     Returns
     -------
-    workers.store.JobStore
+    workers.jobs.store.JobStore
     """
     return request.app.state.store
 
@@ -58,7 +58,7 @@ async def get_runner(request: Request) -> JobRunner:
 
     Returns
     -------
-    workers.runner.JobRunner
+    workers.jobs.runner.JobRunner
     """
     return request.app.state.runner
 

@@ -1,6 +1,6 @@
 """The JSON shapes of the HTTP API (pydantic), shared by the server, the client and the CLI.
 
-The job spec itself is :class:`workers.spec.JobSpec` (a learning config plus ``dataset_id``, ``workers``,
+The job spec itself is :class:`workers.jobs.spec.JobSpec` (a learning config plus ``dataset_id``, ``workers``,
 ``backend``). Errors are ``{"detail": [{"loc": [...], "msg": ..., "type": ..., "input": ...}]}`` for a bad field
 (FastAPI's validation shape, also used for the service's own checks) and ``{"detail": "message"}`` otherwise.
 """
@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from workers.spec import JobSpec
-from workers.store import DatasetRecord, JobRecord
+from workers.jobs.spec import JobSpec
+from workers.jobs.store import DatasetRecord, JobRecord
 
 __all__ = ["ArtifactOut", "DatasetOut", "HealthOut", "JobList", "JobOut", "JobSpec", "ProgressOut"]
 

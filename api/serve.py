@@ -145,12 +145,12 @@ def _connect_ray(settings: Settings) -> bool:
     """
     if not settings.run_jobs:
         return False
-    from workers.cluster import ClusterConfig, connect  # noqa: PLC0415
+    from workers.distributed.cluster import ClusterConfig, connect  # noqa: PLC0415
 
     return connect(ClusterConfig(address=settings.ray_address, num_cpus=settings.num_cpus)).started
 
 
 def _shutdown_ray() -> None:
-    from workers.cluster import shutdown  # noqa: PLC0415
+    from workers.distributed.cluster import shutdown  # noqa: PLC0415
 
     shutdown()

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from workers.datasets import UploadLimits
+from workers.jobs.datasets import UploadLimits
 
 _PREFIX = "DECONV_"
 
@@ -125,7 +125,7 @@ max_encode_images, max_job_maps_bytes : int
 
         Returns
         -------
-        workers.datasets.UploadLimits
+        workers.jobs.datasets.UploadLimits
         """
         return UploadLimits(max_pixels=self.max_image_pixels, max_images=self.max_images_per_dataset,
                             max_bytes=self.max_upload_bytes)

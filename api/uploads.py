@@ -1,7 +1,7 @@
 """Reading the files a request uploads: images for a dataset or an encode, arrays for a reconstruction.
 
-The checks themselves are :mod:`workers.datasets`' (the runner reads the same files back); here their
-:class:`~workers.datasets.UploadError` becomes a 422 naming the form field (``files``, ``maps``, ``filters``,
+The checks themselves are :mod:`workers.jobs.datasets`' (the runner reads the same files back); here their
+:class:`~workers.jobs.datasets.UploadError` becomes a 422 naming the form field (``files``, ``maps``, ``filters``,
 ``switches``).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from fastapi import UploadFile
 
-from workers.datasets import ZIP_MAGIC, DecodedImage, UploadError, decode_upload, read_npy, unpack_archive
+from workers.jobs.datasets import ZIP_MAGIC, DecodedImage, UploadError, decode_upload, read_npy, unpack_archive
 
 from .errors import field_error
 from .settings import Settings
@@ -29,7 +29,7 @@ def read_uploads(files: list[UploadFile], field: str, settings: Settings) -> lis
 
     Returns
     -------
-    list of workers.datasets.DecodedImage
+    list of workers.jobs.datasets.DecodedImage
         One (C, H, W) array per image, in upload order.
     """
     parts = [(upload.filename or "", upload.file.read()) for upload in files]

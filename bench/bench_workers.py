@@ -34,9 +34,9 @@ os.chdir(ROOT)  # Ray's local workers import `solver` and `workers` from the dri
 
 from solver import learn_layer, load_config  # noqa: E402
 from solver.config import FilterUpdateConfig  # noqa: E402
-from workers.cluster import ClusterConfig, connect, shutdown  # noqa: E402
-from workers.coordinator import Coordinator  # noqa: E402
-from workers.images import inspect_images, list_images, load_images  # noqa: E402
+from workers.distributed.cluster import ClusterConfig, connect, shutdown  # noqa: E402
+from workers.distributed.coordinator import Coordinator  # noqa: E402
+from workers.distributed.images import inspect_images, list_images, load_images  # noqa: E402
 
 logger = logging.getLogger("bench.workers")
 

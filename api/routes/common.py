@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import HTTPException, Path
 
-from workers.store import ID_PATTERN, JobRecord, JobStore
+from workers.jobs.store import ID_PATTERN, JobRecord, JobStore
 
 from ..errors import field_error
 
@@ -24,12 +24,12 @@ def job_or_404(store: JobStore, job_id: str) -> JobRecord:
 
     Parameters
     ----------
-    store : workers.store.JobStore
+    store : workers.jobs.store.JobStore
     job_id : str
 
     Returns
     -------
-    workers.store.JobRecord
+    workers.jobs.store.JobRecord
     """
     job = store.get_job(job_id)
     if job is None:
@@ -42,14 +42,14 @@ def succeeded_job(store: JobStore, job_id: str, what: str) -> JobRecord:
 
     Parameters
     ----------
-    store : workers.store.JobStore
+    store : workers.jobs.store.JobStore
     job_id : str
     what : str
         What the caller asked for (``"filters"``), for the message.
 
     Returns
     -------
-    workers.store.JobRecord
+    workers.jobs.store.JobRecord
     """
     job = job_or_404(store, job_id)
     if job.status != "succeeded":
@@ -62,7 +62,7 @@ def check_layer(job: JobRecord, layer: int | None, where: str = "query") -> int:
 
     Parameters
     ----------
-    job : workers.store.JobRecord
+    job : workers.jobs.store.JobRecord
     layer : int or None
         1-based.
     where : {"query", "body"}

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, HTTPException, Path, UploadFile
 
-from workers.store import ID_PATTERN
+from workers.jobs.store import ID_PATTERN
 
 from ..deps import SettingsDep, StoreDep, guarded
 from ..schemas import DatasetOut

@@ -9,8 +9,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response
 
-from workers.spec import JobSpec, SpecError, check_against_dataset
-from workers.status import JobStatus
+from workers.jobs.spec import JobSpec, SpecError, check_against_dataset
+from workers.jobs.status import JobStatus
 
 from ..deps import RunnerDep, SettingsDep, StoreDep, guarded
 from ..errors import field_error

@@ -16,10 +16,10 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, Response, Uploa
 
 from solver.config import Boundary
 from solver.images.pictures import image_sheet, png_bytes
-from workers.artifacts import ArtifactCorruptError
-from workers.checkpoint import npy_bytes
-from workers.models import JobModel, ModelNotReadyError, load_model
-from workers.store import ID_PATTERN, JobRecord, JobStore
+from workers.distributed.checkpoint import npy_bytes
+from workers.jobs.artifacts import ArtifactCorruptError
+from workers.jobs.models import JobModel, ModelNotReadyError, load_model
+from workers.jobs.store import ID_PATTERN, JobRecord, JobStore
 
 from ..deps import SettingsDep, StoreDep, guarded
 from ..errors import field_error

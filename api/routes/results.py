@@ -13,8 +13,8 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from solver.images.pictures import history_plot
-from workers.artifacts import ArtifactCorruptError
-from workers.store import JobStore
+from workers.jobs.artifacts import ArtifactCorruptError
+from workers.jobs.store import JobStore
 
 from ..deps import StoreDep, guarded
 from ..schemas import ArtifactOut
@@ -83,7 +83,7 @@ def artifact_response(request: Request, store: JobStore, job_id: str, name: str)
     ----------
     request : fastapi.Request
         Its ``If-None-Match`` header is compared with the ETag.
-    store : workers.store.JobStore
+    store : workers.jobs.store.JobStore
     job_id, name : str
 
     Returns

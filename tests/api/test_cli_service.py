@@ -362,7 +362,7 @@ def test_submit_with_an_empty_images_folder_exits_2(capsys, url, tmp_path):
 
 def test_the_demo_spec_is_a_valid_job_spec():
     from api.demo import quick_spec
-    from workers.spec import JobSpec
+    from workers.jobs.spec import JobSpec
 
     spec = JobSpec.model_validate({**quick_spec(), "dataset_id": "0" * 32})
     assert [layer.n_filters for layer in spec.layers] == [16, 16]

@@ -1,4 +1,4 @@
-"""Decoding of uploads (workers.datasets): every accepted format to (C, H, W) arrays, and every refusal naming the
+"""Decoding of uploads (workers.jobs.datasets): every accepted format to (C, H, W) arrays, and every refusal naming the
 file and what is wrong."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workers.datasets import UploadError, UploadLimits, decode_upload
+from workers.jobs.datasets import UploadError, UploadLimits, decode_upload
 
 DEFAULT_LIMITS = UploadLimits()
 

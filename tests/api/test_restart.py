@@ -17,7 +17,7 @@ import pytest
 
 from tests.api.conftest import sample_png_parts, start_service, stop_service
 from tests.workers.conftest import ray_cluster, ray_session  # noqa: F401  (the shared session cluster)
-from workers.store import JobRecord, JobStore
+from workers.jobs.store import JobRecord, JobStore
 
 httpx2 = pytest.importorskip("httpx2")
 

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-import workers.checkpoint as checkpoint_module
-from workers.artifacts import (
+import workers.distributed.checkpoint as checkpoint_module
+from workers.jobs.artifacts import (
     KEY_PATTERN,
     ArtifactCorruptError,
     FsspecArtifactStore,
     LocalArtifactStore,
     open_artifact_store,
 )
-from workers.store import JobStore, decode_cursor, encode_cursor
+from workers.jobs.store import JobStore, decode_cursor, encode_cursor
 
 SPEC = {"dataset_id": "0" * 32, "layers": [{"n_filters": 4, "filter_size": 5, "lam": 0.5}], "n_iter": 3}
 

@@ -705,7 +705,7 @@ def test_pixels_without_an_inference_gets_fista() -> None:
     assert (config.inference.method, config.inference.max_iter) == ("fista", 10)
     assert LearnConfig(layers=layers, reconstruct_to="pixels").inference.method == "fista"
     assert LearnConfig.model_validate({"layers": layers}).inference.method == "admm"  # the 2010 default stays
-    from workers.spec import JobSpec  # noqa: PLC0415
+    from workers.jobs.spec import JobSpec  # noqa: PLC0415
 
     spec = JobSpec.model_validate({"layers": layers, "reconstruct_to": "pixels", "dataset_id": "a" * 32})
     assert spec.inference.method == "fista" and spec.learn_config().inference == spec.inference

@@ -15,7 +15,7 @@ from solver.models.learn import LearnResult
 
 
 def _test_cluster_config():
-    from workers.cluster import ClusterConfig  # noqa: PLC0415
+    from workers.distributed.cluster import ClusterConfig  # noqa: PLC0415
 
     if os.environ.get("RAY_ADDRESS"):  # a head started for the test run (saves a cluster start per session)
         return ClusterConfig()
@@ -26,7 +26,7 @@ def _test_cluster_config():
 def ray_cluster():
     """A local Ray cluster (2 CPUs, 200 MiB object store, no dashboard) shared by every Ray test."""
     pytest.importorskip("ray")
-    from workers.cluster import connect, shutdown  # noqa: PLC0415
+    from workers.distributed.cluster import connect, shutdown  # noqa: PLC0415
 
     context = connect(_test_cluster_config())
     yield context
@@ -36,7 +36,7 @@ def ray_cluster():
 @pytest.fixture
 def ray_session(ray_cluster):
     """The session cluster, connected again if a test (the multi-node one) had to shut it down."""
-    from workers.cluster import connect  # noqa: PLC0415
+    from workers.distributed.cluster import connect  # noqa: PLC0415
 
     return connect(_test_cluster_config())
 

@@ -8,9 +8,9 @@ import logging
 import numpy as np
 import pytest
 
-import workers.checkpoint as checkpoint_module
+import workers.distributed.checkpoint as checkpoint_module
 from solver.models.learn import IterStats
-from workers.checkpoint import (
+from workers.distributed.checkpoint import (
     MANIFEST,
     CheckpointError,
     atomic_write_bytes,
@@ -74,7 +74,7 @@ def test_a_corrupted_file_makes_the_newest_checkpoint_fall_back_to_the_previous(
     _write(tmp_path, 2)
     newest = _write(tmp_path, 4)
     (newest / "shard-001.pkl").write_bytes(b"garbage")
-    with caplog.at_level(logging.WARNING, logger="workers.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="workers.distributed.checkpoint"):
         assert latest_checkpoint(tmp_path).iteration == 2
     assert "corrupted" in caplog.text
 

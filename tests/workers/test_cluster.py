@@ -5,7 +5,7 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from workers.cluster import ClusterConfig, connect
+from workers.distributed.cluster import ClusterConfig, connect
 
 
 def test_the_address_defaults_to_a_local_cluster(monkeypatch):

@@ -12,8 +12,8 @@ from PIL import Image
 
 from solver import learn_layer
 from solver.config import FilterUpdateConfig
-from workers.checkpoint import checkpoint_folders
-from workers.coordinator import Coordinator, JobFailedError, run_distributed
+from workers.distributed.checkpoint import checkpoint_folders
+from workers.distributed.coordinator import Coordinator, JobFailedError, run_distributed
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workers.images import ImageInfo, inspect_images, list_images, load_images
+from workers.distributed.images import ImageInfo, inspect_images, list_images, load_images
 
 
 def _png(path, array):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from solver import LearnConfig
-from workers.jobfile import JobFileError, load_job_file
+from workers.jobs.jobfile import JobFileError, load_job_file
 
 VALID = """
 images: pictures

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.cluster import ClusterConfig, connect, shutdown
-from workers.coordinator import Coordinator
+from workers.distributed.cluster import ClusterConfig, connect, shutdown
+from workers.distributed.coordinator import Coordinator
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
 

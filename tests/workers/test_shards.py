@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.shards import shard_ranges, split_into_shards
+from workers.distributed.shards import shard_ranges, split_into_shards
 
 
 @pytest.mark.parametrize(("n_items", "n_shards"), [(1, 1), (6, 1), (6, 2), (6, 3), (7, 3), (8, 4), (5, 5)])

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from solver.config import LayerSpec, LearnConfig
-from workers.spec import JobSpec
+from workers.jobs.spec import JobSpec
 
 LAYER = {"n_filters": 2, "filter_size": 3, "lam": 1.0}
 
@@ -23,7 +23,7 @@ def test_a_job_refuses_recentred_filter_updates():
 ], ids=["two-layers", "recentre"])
 def test_the_coordinator_refuses_what_it_would_otherwise_run_differently(config, tmp_path):
     pytest.importorskip("ray")
-    from workers.coordinator import Coordinator
+    from workers.distributed.coordinator import Coordinator
 
     with pytest.raises(ValueError, match="layers|recentre"):
         Coordinator([tmp_path / "missing.npy"], config)

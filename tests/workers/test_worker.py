@@ -18,9 +18,9 @@ from solver.images.preprocess import (
 )
 from solver.models.learn import alternate, initial_filters
 from solver.models.shard import LocalPool
-from workers.actors import ShardWorker
-from workers.images import inspect_images
-from workers.shards import split_into_shards
+from workers.distributed.actors import ShardWorker
+from workers.distributed.images import inspect_images
+from workers.distributed.shards import split_into_shards
 
 PREPROCESS = {
     "rescale only": PreprocessConfig(zero_mean=False),

@@ -1,8 +1,8 @@
 """The job runner: takes queued jobs from the store, learns them on Ray layer by layer, writes their artifacts.
 
 One background thread runs one job at a time (oldest first). A job of L layers is L distributed runs of
-:class:`~workers.coordinator.Coordinator`: layer 1 on the dataset's images with the job's preprocessing, layer
-l+1 on the maps of layer l (saved as one ``.npy`` per image in the job's work folder; pooled, with their
+:class:`~workers.distributed.coordinator.Coordinator`: layer 1 on the dataset's images with the job's preprocessing,
+layer l+1 on the maps of layer l (saved as one ``.npy`` per image in the job's work folder; pooled, with their
 switches saved beside them, when layer l pools) rescaled as the 2010 toolbox does. A job with ``reconstruct_to``
 'pixels' (the 2011 model) runs every layer on the dataset's images instead, through the frozen layers below and
 the saved switches of the same images, which each shard actor reads for its own images.
@@ -57,8 +57,8 @@ from solver.images.pictures import filter_montage, history_plot, image_sheet, pn
 from solver.operators.pixel_path import LowerLayer
 from solver.operators.pooling import pool3d, pool_maps
 
-from .checkpoint import atomic_write_bytes, npy_bytes
-from .cluster import ClusterConfig, connect
+from ..distributed.checkpoint import atomic_write_bytes, npy_bytes
+from ..distributed.cluster import ClusterConfig, connect
 from .models import JobModel, load_model
 from .spec import JobSpec
 from .store import JobRecord, JobStore
@@ -89,7 +89,7 @@ class JobRunner:
     poll_interval : float
         Seconds between looks at an empty queue.
     actor_cpus : float
-        CPUs each shard actor reserves (see :class:`~workers.coordinator.Coordinator`).
+        CPUs each shard actor reserves (see :class:`~workers.distributed.coordinator.Coordinator`).
     """
 
     def __init__(self, store: JobStore, *, cluster: ClusterConfig | None = None, checkpoint_every: int = 5,
@@ -188,7 +188,7 @@ def execute(store: JobStore, job: JobRecord, *, cluster: ClusterConfig | None = 
     JobStopped
         When `should_stop` turned true before the end.
     """
-    from .coordinator import Coordinator  # noqa: PLC0415  (imports Ray)
+    from ..distributed.coordinator import Coordinator  # noqa: PLC0415  (imports Ray)
 
     if store.artifact(job.id, "model.json") is not None:  # finished before the service died: nothing to redo
         return load_model(store, job.id)

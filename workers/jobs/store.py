@@ -3,7 +3,7 @@
 One data directory holds everything of the embedded default::
 
     deconv.sqlite3        datasets, jobs (the state machine, progress), job_artifacts (name -> key)
-    artifacts/ab/ab....   content-addressed bytes (see :mod:`workers.artifacts`), or any fsspec URL instead
+    artifacts/ab/ab....   content-addressed bytes (see :mod:`workers.jobs.artifacts`), or any fsspec URL instead
     jobs/<id>/            per-job work folders: checkpoints, intermediate layer maps
 
 A job moves ``queued -> running -> succeeded | failed | cancelled``; ``queued -> cancelled`` directly. Every
@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from ..distributed.checkpoint import npy_bytes
 from .artifacts import ArtifactStore, LocalArtifactStore, open_artifact_store
-from .checkpoint import npy_bytes
 from .status import STATUSES, TERMINAL
 
 logger = logging.getLogger(__name__)

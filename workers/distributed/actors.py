@@ -171,7 +171,7 @@ def shard_actor_class(num_cpus: float, num_gpus: float) -> Any:
     rolls every shard back to the last checkpoint, because the shards' states must stay consistent with each
     other and with the filters. ``SPREAD`` places the shards of a job on as many nodes as it can.
     """
-    import ray  # noqa: PLC0415  (importing workers.actors must not need Ray, only creating actors)
+    import ray  # noqa: PLC0415  (importing workers.distributed.actors must not need Ray, only creating actors)
 
     return ray.remote(ShardWorker).options(
         num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0, max_task_retries=0, scheduling_strategy="SPREAD"

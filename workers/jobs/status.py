@@ -2,7 +2,7 @@
 wait for the terminal ones.
 
 A job moves ``queued -> running -> succeeded | failed | cancelled``, or ``queued -> cancelled`` directly. This
-module imports nothing, so the client can use it without the job system.
+module imports nothing, so the client can use it without loading the job system (nor Ray).
 """
 
 from __future__ import annotations

@@ -68,8 +68,8 @@ class Coordinator:
     Parameters
     ----------
     image_paths : sequence of path
-        The training images, one per file (PNG, JPEG or NPY; see :mod:`workers.images`), in order. They must be
-        readable by every node of the cluster under these paths.
+        The training images, one per file (PNG, JPEG or NPY; see :mod:`workers.distributed.images`), in order.
+        They must be readable by every node of the cluster under these paths.
     config : LearnConfig
     workers : int
         Shards, one actor each (at most one per image).

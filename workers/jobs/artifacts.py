@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Protocol
 
-from .checkpoint import atomic_write_bytes
+from ..distributed.checkpoint import atomic_write_bytes
 
 KEY_PATTERN = re.compile(r"^[0-9a-f]{64}(\.[a-z0-9]{1,8})?$")
 

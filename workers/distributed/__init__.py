@@ -1,0 +1,15 @@
+"""Distributed learning on Ray: data-parallel over shards of the images.
+
+* :mod:`workers.distributed.cluster`: ``connect(ClusterConfig)``, the one place that calls ``ray.init``;
+* :mod:`workers.distributed.images`: listing, checking and loading image files;
+* :mod:`workers.distributed.shards`: the deterministic split of the images into contiguous shards;
+* :mod:`workers.distributed.actors`: ``ShardWorker``, one shard's images, maps and inference state (a Ray actor);
+* :mod:`workers.distributed.pool`: ``RayPool``, the learning loop's pool protocol over the actors (one
+  ``ray.put``, one ``ray.get`` per call), and the bytes it moves;
+* :mod:`workers.distributed.coordinator`: ``Coordinator`` / ``run_distributed``, the alternating loop over the
+  shard actors, with checkpoints, fault tolerance and cooperative cancel;
+* :mod:`workers.distributed.checkpoint`: atomic checkpoint folders, manifest last, verified by sha256.
+
+Nothing is imported here, so importing a Ray-free module (``workers.distributed.shards``,
+``workers.distributed.checkpoint``) does not import Ray.
+"""
