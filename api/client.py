@@ -3,9 +3,10 @@
 ::
 
     from api.client import DeconvClient
+    from configs import sample_paths
 
     with DeconvClient("http://127.0.0.1:8000", api_key=None) as client:
-        dataset = client.upload_dataset(["samples/camera.png", "samples/coins.png"])   # or a folder, or (name, bytes)
+        dataset = client.upload_dataset(sample_paths()[:2])   # image paths, or a folder, or (name, bytes) parts
         job = client.submit({"dataset_id": dataset["id"], "layers": [{"n_filters": 8, "filter_size": 7, "lam": 1}],
                              "n_iter": 20})
         job = client.wait(job["id"], on_progress=lambda j: print(j["progress"]))

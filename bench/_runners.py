@@ -3,7 +3,7 @@ memory is its own) and returns a JSON-able dict of its trajectory, timings and m
 
 Times count from the start of the solver's set-up (SPORCO: object construction; deconv: the call) and exclude
 one untimed warm-up run of a few iterations on the same arrays, which pays SPORCO's FFTW planning (reported
-separately). Objective values are E of DESIGN.md section 1 on each implementation's sparse variable.
+separately). Objective values are E of docs/design.md section 1 on each implementation's sparse variable.
 """
 
 from __future__ import annotations

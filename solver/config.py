@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from configs import find_preset
+
 from .images.preprocess import PreprocessConfig
 
 Boundary = Literal["circular", "valid"]
@@ -200,7 +202,15 @@ class LearnConfig(_Frozen):
 
 
 def load_config(path: str | Path) -> LearnConfig:
-    """Read and validate a YAML preset (for example ``configs/quick.yaml``)."""
+    """Read and validate a YAML config: a file, or a bundled preset by name (``"zeiler2010"``, see :mod:`configs`).
+
+    Raises
+    ------
+    ValueError
+        For a name that is neither a file nor a preset (the message lists the presets), or a file that does not
+        hold a valid config.
+    """
+    path = find_preset(path)
     with open(path, encoding="utf-8") as fh:
         data = yaml.safe_load(fh)
     if not isinstance(data, dict):

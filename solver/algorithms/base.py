@@ -30,6 +30,27 @@ class Solver(Protocol[S]):
     def max_iter(self) -> int: ...
 
 
+class SolverBase:
+    """What the inference solvers share: the iteration budget of their config, and E and the iterate read from
+    a state whose ``objective`` is E per item (host float64, one entry per image) and whose ``maps`` is the
+    iterate. A solver whose maps live elsewhere in its state overrides :meth:`maps`."""
+
+    config: Any
+
+    @property
+    def max_iter(self) -> int:
+        return self.config.max_iter
+
+    def objective(self, state: Any) -> float:
+        return float(state.objective.sum())
+
+    def per_item_objective(self, state: Any) -> np.ndarray:
+        return state.objective
+
+    def maps(self, state: Any) -> Array:
+        return state.maps
+
+
 @dataclass(frozen=True)
 class InferenceResult:
     """Feature maps and their objective.

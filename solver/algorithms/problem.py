@@ -188,7 +188,7 @@ def objective(
     boundary: str = "circular",
     connectivity: Array | None = None,
 ) -> float:
-    """E(z, f) of DESIGN.md section 1 for arrays already in (N, C, H, W), (N, K, H', W'), (K, C, s, s) form."""
+    """E(z, f) of ``docs/design.md`` section 1 for arrays already in (N, C, H, W), (N, K, H', W'), (K, C, s, s) form."""
     op = ConvOperator(filters, images.shape[-2:], boundary=boundary, connectivity=connectivity)
     return CSCProblem(images, op, LpPenalty(lam, p)).objective(maps)
 

@@ -1,6 +1,6 @@
 r"""Image preprocessing for Deconvolutional Networks: grey, mean removal, contrast normalisation, rescale.
 
-The steps follow Zeiler's toolboxes (see ``notes/zeiler.md`` section 5) and run in this fixed order:
+The steps follow Zeiler's toolboxes (see ``docs/zeiler.md`` section 5) and run in this fixed order:
 
 1. ``grey``: colour ``(N, 3, H, W)`` to luma ``(N, 1, H, W)`` with ITU-R 601 weights (0.299, 0.587, 0.114).
 2. ``zero_mean``: subtract each image's per-channel mean.

@@ -105,7 +105,7 @@ def encode(
     preprocess: FittedPreprocess | PreprocessConfig | None = None,
     callback: Callable[[Any], None] | None = None,
 ) -> EncodeResult:
-    r"""Feature maps of `images` for fixed `filters`: minimise E(z) of DESIGN.md section 1.
+    r"""Feature maps of `images` for fixed `filters`: minimise E(z) of ``docs/design.md`` section 1.
 
     .. math:: \min_z \tfrac12 \sum_{n,c} \| \sum_k g_{kc}\, z_{nk} \circledast f_{kc} - y_{nc} \|^2
               + \lambda \sum_{n,k} \|z_{nk}\|_p^p

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from configs import sample_paths
 from tests.workers.conftest import ray_cluster, ray_session  # noqa: F401  (the shared session cluster)
 from workers.jobs.status import TERMINAL
 
@@ -110,7 +111,7 @@ def wait_for_job(client, job_id: str, until: Callable[[dict], bool] | None = Non
 def sample_png_parts(n: int = 3, size: int = 32) -> list[tuple[str, bytes]]:
     """`n` crops of the bundled sample images, size x size, as (name, PNG bytes)."""
     parts = []
-    for path in sorted((ROOT / "samples").glob("*.png"))[:n]:
+    for path in sample_paths()[:n]:
         buffer = io.BytesIO()
         Image.open(path).crop((40, 40, 40 + size, 40 + size)).save(buffer, format="PNG")
         parts.append((path.name, buffer.getvalue()))

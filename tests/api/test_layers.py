@@ -1,4 +1,4 @@
-"""A two-layer job over HTTP (issue #5): each layer's filters, maps and history fetched, layer-2 pixel-space filters
+"""A two-layer job over HTTP: each layer's filters, maps and history fetched, layer-2 pixel-space filters
 as a montage, an image encoded to layer 2 and reconstructed from layer 2 down to pixels, with its PSNR reported."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pooling between layers and the 2011 model over HTTP (issue #5, item 5): a two-layer job that max-pools layer 1's
+"""Pooling between layers and the 2011 model over HTTP: a two-layer job that max-pools layer 1's
 maps in 3-D with switches, in both models (2010: layer 2 codes the pooled maps; 2011: every layer reconstructs the
 pixels, with the pooling in its inference), run on Ray by the service; the switches stored as artifacts; an image
 encoded to layer 2 with its switches and reconstructed to pixels through the unpooling."""

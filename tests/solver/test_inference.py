@@ -14,14 +14,11 @@ from solver.models.coding import encode, reconstruct
 from solver.operators.convolution import ConvOperator, map_shape
 from solver.operators.prox import LpPenalty
 from tests.reference import dense_conv_matrix, ista_dense, objective_reference
+from tests.solver.contracts import dtype_tol
 
 METHODS = ["admm", "fista", "zeiler"]
 BOUNDARIES = ["circular", "valid"]
 LAM = 0.1
-
-
-def _tol(dtype) -> float:
-    return 1e3 * float(np.finfo(dtype).eps)
 
 
 def _small_problem(rng, dtype, n_channels, shape=(8, 9), n_filters=3, s=3):
@@ -71,7 +68,7 @@ def test_encode_objective_is_the_objective_of_its_maps(rng, dtype, method, bound
     result = encode(images, filters, LAM, method=method, boundary=boundary, p=p, max_iter=15)
     direct = objective_reference(images, result.maps, filters, LAM, p=p, boundary=boundary)
     assert isinstance(result.objective, float)
-    assert result.objective == pytest.approx(direct, rel=_tol(dtype))
+    assert result.objective == pytest.approx(direct, rel=dtype_tol(dtype))
 
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)
@@ -80,7 +77,7 @@ def test_problem_objective_matches_the_loop_reference(rng, dtype, boundary):
     maps = rng.standard_normal((2, 3) + map_shape(images.shape[-2:], 3, boundary)).astype(dtype)
     expected = objective_reference(images, maps, filters, LAM, p=0.5, boundary=boundary)
     value = objective(images, maps, filters, LAM, p=0.5, boundary=boundary)
-    assert value == pytest.approx(expected, rel=_tol(dtype))
+    assert value == pytest.approx(expected, rel=dtype_tol(dtype))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -113,7 +110,7 @@ def test_encode_spreads_max_iter_over_the_zeiler_stages(rng):
 def test_fista_history_is_non_increasing(rng, dtype, boundary, n_channels, p):
     images, filters = _small_problem(rng, dtype, n_channels)
     history = np.array(encode(images, filters, LAM, method="fista", boundary=boundary, p=p, max_iter=60).history)
-    slack = 100 * float(np.finfo(dtype).eps) * np.abs(history[1:])
+    slack = dtype_tol(dtype, 100) * np.abs(history[1:])
     assert np.all(np.diff(history) <= slack)
 
 
@@ -138,7 +135,7 @@ def test_zeiler_split_objective_never_increases_at_fixed_beta(rng, dtype, bounda
     same_stage = stage[1:] == stage[:-1]
     assert np.unique(stage).size == 3  # the schedule was walked through
     rise = np.diff(value)[same_stage]
-    assert np.all(rise <= 100 * float(np.finfo(dtype).eps) * np.abs(value[1:][same_stage]))
+    assert np.all(rise <= dtype_tol(dtype, 100) * np.abs(value[1:][same_stage]))
 
 
 # --- agreement at convergence ----------------------------------------------------------------------------------

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -20,8 +18,6 @@ from solver import (
 from solver.algorithms.recentre import centring_shifts, roll_state, shift_filters
 from solver.config import AdmmConfig, ZeilerConfig
 from solver.models.learn import initial_filters
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def planted(seed: int, *, n_images=16, n_filters=4, size=5, side=32, density=0.01):
@@ -232,7 +228,7 @@ def test_learn_rejects_bad_input_naming_it(kwargs, name):
 
 @pytest.mark.parametrize("preset", ["quick.yaml", "zeiler2010-layer1.yaml"])
 def test_presets_validate_and_run(preset):
-    config = load_config(ROOT / "configs" / preset)
+    config = load_config(preset)
     short = config.model_copy(update={"n_iter": 2})
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(2, 3, 24, 24)).astype(np.uint8)
@@ -243,7 +239,7 @@ def test_presets_validate_and_run(preset):
 
 
 def test_zeiler_preset_has_the_toolbox_defaults():
-    config = load_config(ROOT / "configs" / "zeiler2010-layer1.yaml")
+    config = load_config("zeiler2010-layer1")
     layer = config.layers[0]
     assert (layer.n_filters, layer.filter_size, layer.p) == (9, 7, 0.8)
     assert config.inference.method == "zeiler"

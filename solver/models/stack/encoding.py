@@ -85,18 +85,3 @@ def _encode_pixels(model: StackModel, images: Array, top: int, method: Any, max_
     if host:  # numpy in, numpy out (the arrays stay on the GPU for cupy input)
         maps, switches = [bk.to_host(m) for m in maps], [None if s is None else bk.to_host(s) for s in switches]
     return StackCode(maps, switches)
-
-
-def encode_stack(
-    model: StackModel,
-    images: Array,
-    *,
-    layers: int | None = None,
-    method: Method | Any | None = None,
-    max_iter: int | None = None,
-    tol: float | None = None,
-    backend: Literal["auto", "numpy", "cupy"] = "auto",
-) -> list[Array]:
-    """The maps of :func:`encode_layers` (every layer up to `layers`), without the switches."""
-    return encode_layers(model, images, layers=layers, method=method, max_iter=max_iter, tol=tol,
-                         backend=backend).maps
