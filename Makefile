@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all bench lint clean
+.PHONY: demo test test-all wheel-check bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,19 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "not gpu"
 
+# Build the sdist and the wheel, check their file lists, install the wheel into a fresh venv and run it.
+wheel-check: $(STAMP)
+	PYTHON=$(PY) .ci/wheel-check.sh
+
 bench: $(STAMP)
 	$(PY) bench/bench_sporco.py
 
+# Every Python tree: ruff's rules (complexity included, see pyproject.toml), then the one format.
+LINT_TREES := solver workers api configs tests bench .ci
+
 lint: $(STAMP)
-	$(PY) -m ruff check solver tests bench
+	$(PY) -m ruff check $(LINT_TREES)
+	$(PY) -m ruff format --check $(LINT_TREES)
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .hypothesis
+	rm -rf $(VENV) demo-output .pytest_cache .hypothesis build dist *.egg-info

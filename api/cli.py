@@ -2,7 +2,8 @@
 
 ::
 
-    deconv learn CONFIG --workers N --out DIR [--address ADDR] [--checkpoint-every K] [--resume]
+    deconv learn CONFIG --workers N --out DIR [--images IMAGE...] [--n-iter N] [--address ADDR]
+                 [--checkpoint-every K] [--resume]
     deconv serve [--host 127.0.0.1] [--port 8000] [--data-dir DIR]
     deconv submit JOBFILE [--dataset ID] [--workers N] [--wait [--timeout S]]
     deconv status [JOB] [--status S] [--limit N] [--json]
@@ -12,12 +13,18 @@
     deconv encode JOB IMAGE... --out FILE.npz [--layer L] [--max-iter N] [--method M]
     deconv reconstruct JOB --out FILE [--format npy|png]
     deconv reconstruct --maps FILE (--job JOB [--layer L] [--switches NPZ] | --filters FILE [--boundary B]) --out FILE
-    deconv demo [--out demo-output] [--data-dir DIR]
+    deconv demo [--out demo-output] [--data-dir DIR] [--config CONFIG]
+    deconv samples --out DIR
+    deconv --version
 
-``learn`` runs one learning job on a Ray cluster (a private local one unless ``--address`` or ``RAY_ADDRESS``
-names one), with a progress bar on stderr, checkpoints in ``DIR/checkpoints``, and writes ``DIR/filters.npy``
-(K, C, s, s) float32, ``DIR/history.json`` (a list of {"iteration", "objective"}) and ``DIR/filters.png``.
-Ctrl-C stops it after the current outer iteration, with a checkpoint; ``--resume`` goes on.
+CONFIG is a YAML file or a bundled preset by name (``quick``, ``demo``, ``zeiler2010``, ``zeiler2010-layer1``,
+``zeiler2011``; see :mod:`configs`). ``learn`` runs one learning job on a Ray cluster (a private local one unless
+``--address`` or ``RAY_ADDRESS`` names one), with a progress bar on stderr, checkpoints in ``DIR/checkpoints``,
+and writes ``DIR/filters.npy`` (K, C, s, s) float32, ``DIR/history.json`` (a list of {"iteration", "objective"})
+and ``DIR/filters.png``.
+Ctrl-C stops it after the current outer iteration, with a checkpoint; ``--resume`` goes on. Its images are the
+job file's ``images:`` folder, or the files and folders given with ``--images`` (a preset names none).
+``samples`` writes the bundled sample images (eight 128x128 grey PNGs) into a folder, for a first ``learn``.
 
 ``serve`` runs the HTTP service (settings from the ``DECONV_*`` environment variables, see :mod:`api.settings`;
 ``--data-dir`` overrides ``DECONV_DATA_DIR``). ``submit`` takes a YAML job file as ``learn`` does (its
@@ -55,9 +62,12 @@ from pathlib import Path
 
 import numpy as np
 
+from workers.jobs.status import STATUSES
+
+from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+
 logger = logging.getLogger("deconv.cli")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -65,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deconv", description="Convolutional sparse coding and "
                                      "Deconvolutional Networks: learn filters from images, locally or as a service.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details (INFO) on stderr")
+    parser.add_argument("--version", action="version", version=f"deconv {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_learn(commands)
     serve = commands.add_parser("serve", help="run the HTTP service", description="Run the HTTP service "
@@ -80,15 +91,33 @@ def _parser() -> argparse.ArgumentParser:
                                "objective.png, filters.npy and history.json.")
     demo.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
     demo.add_argument("--data-dir", type=Path, default=None, help="the service's data (default OUT/data)")
-    demo.add_argument("--config", type=Path, default=None, help="job config (default configs/demo.yaml)")
+    demo.add_argument("--config", type=Path, default=None, help="job config: a file or a preset name (default demo)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    samples = commands.add_parser("samples", help="write the bundled sample images into a folder",
+                                  description="Write the bundled sample images (eight 128x128 grey PNGs) into a "
+                                  "folder, for example for 'deconv learn quick --images FOLDER'.")
+    samples.add_argument("--out", type=Path, required=True, help="output folder")
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        return version("deconv")
+    except PackageNotFoundError:  # a clone on PYTHONPATH, never installed: no metadata to read the version from
+        return "(version unknown: not installed)"
 
 
 def _add_learn(commands) -> None:
     learn = commands.add_parser("learn", help="learn one layer of filters from a folder of images",
                                 description="Learn one layer of filters on a Ray cluster (local by default).")
-    learn.add_argument("config", type=Path, help="YAML job file: LearnConfig fields plus 'images: FOLDER'")
+    learn.add_argument("config", type=Path, help="YAML job file (LearnConfig fields plus 'images: FOLDER'), or a "
+                       "config file or preset name (quick, zeiler2010, ...) with --images")
+    learn.add_argument("--images", type=Path, nargs="+", default=None, metavar="IMAGE",
+                       help="image files or folders of them, of one shape (instead of the job file's 'images')")
+    learn.add_argument("--n-iter", type=_positive_int, default=None, metavar="N",
+                       help="outer iterations (instead of the config's n_iter)")
     learn.add_argument("--workers", type=_positive_int, default=None,
                        help="shard actors (default: the job file's 'workers', else 1)")
     learn.add_argument("--out", type=Path, required=True, help="output folder")
@@ -128,8 +157,7 @@ def _add_client_commands(commands) -> None:
     submit.add_argument("--wait", action="store_true", help="follow the job to its end (exit status as wait)")
     status = add("status", "show one job, or list the jobs")
     status.add_argument("job", nargs="?", default=None, metavar="JOB", help="a job id (default: list the jobs)")
-    status.add_argument("--status", default=None, choices=("queued", "running", "succeeded", "failed",
-                                                           "cancelled"), help="list only jobs in this state")
+    status.add_argument("--status", default=None, choices=STATUSES, help="list only jobs in this state")
     status.add_argument("--limit", type=_non_negative_int, default=20, metavar="N",
                         help="list at most N jobs, newest first (0: all; default 20)")
     status.add_argument("--json", action="store_true", help="print the JSON the service answered")
@@ -225,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "samples":
+        return _samples(args)
     return _client_command(args)
 
 
@@ -275,6 +305,21 @@ def _demo(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
+def _samples(args: argparse.Namespace) -> int:
+    from configs import sample_paths  # noqa: PLC0415
+    from workers.distributed.checkpoint import atomic_write_bytes  # noqa: PLC0415
+
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for path in sample_paths():
+            atomic_write_bytes(args.out / path.name, path.read_bytes())
+    except OSError as exc:
+        _error(f"{type(exc).__name__}: {exc}", "samples")
+        return EXIT_USAGE
+    sys.stdout.write(f"wrote {len(sample_paths())} sample images to {args.out.resolve()}\n")
+    return EXIT_OK
+
+
 def _client_command(args: argparse.Namespace) -> int:
     from . import commands  # noqa: PLC0415
     from .client import DeconvAPIError, DeconvClient  # noqa: PLC0415
@@ -299,12 +344,12 @@ def _client_command(args: argparse.Namespace) -> int:
 
 
 def _learn(args: argparse.Namespace) -> int:
-    from workers.distributed.images import list_images  # noqa: PLC0415  (Ray is imported only for the commands that need it)
-    from workers.jobs.jobfile import load_job_file  # noqa: PLC0415
+    from workers.jobs.jobfile import load_job_file  # noqa: PLC0415  (Ray is imported only for the commands that need it)
 
     try:
         job = load_job_file(args.config)
-        paths = list_images(job.images)
+        paths = job.image_paths(args.images)
+        config = job.learn_config(n_iter=args.n_iter)
     except ValueError as exc:
         _error(str(exc))
         return EXIT_USAGE
@@ -312,7 +357,6 @@ def _learn(args: argparse.Namespace) -> int:
     from workers.distributed.cluster import ClusterConfig, connect, shutdown  # noqa: PLC0415
     from workers.distributed.coordinator import Coordinator, JobFailedError  # noqa: PLC0415
 
-    config = job.learn_config()
     workers = args.workers or job.workers or 1
     out: Path = args.out
     stop = threading.Event()

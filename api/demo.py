@@ -1,9 +1,9 @@
 """``deconv demo``: a small two-layer job, end to end through the service, with nothing to start by hand.
 
 It starts the service in this process (uvicorn on 127.0.0.1, a free port, in a thread; data in ``OUT/data``
-unless ``--data-dir``), uploads the bundled sample images (``samples/*.png``; without them, scikit-image's grey
-sample images cropped to one size), submits ``configs/demo.yaml`` (``configs/quick.yaml`` plus a second layer)
-as the job spec, follows it with a progress bar, and writes into OUT:
+unless ``--data-dir``), uploads the bundled sample images (:func:`configs.sample_paths`; without them,
+scikit-image's grey sample images cropped to one size), submits the ``demo`` preset (``quick`` plus a second
+layer; :mod:`configs`) as the job spec, follows it with a progress bar, and writes into OUT:
 
 ========================  =======================================================================
 ``filters.png``           the layer-1 filters, one tile each
@@ -14,28 +14,29 @@ as the job spec, follows it with a progress bar, and writes into OUT:
 ``history.json``          one record per outer iteration: layer, objective, sparsity, elapsed time, ...
 ========================  =======================================================================
 
-A one-layer config (``--config configs/quick.yaml``) writes the same files but the layer-2 ones.
+A one-layer config (``--config quick``) writes the same files but the layer-2 ones.
 
 then stops the service (and the Ray cluster it started).
 """
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 from typing import Any
 
-from .commands import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, follow, result, say
+from configs import find_preset, sample_paths
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "samples"
-DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
+from .commands import follow, result, say
+from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+
+DEMO_PRESET = "demo"
 _SKIMAGE_IMAGES = ("camera", "astronaut", "coffee", "chelsea", "coins", "moon", "clock", "brick")
 _SAMPLE_SIZE = 128
 
 
-def run_demo(out: Path, *, data_dir: Path | None = None, config: Path | None = None, progress: bool = True) -> int:
+def run_demo(out: Path, *, data_dir: Path | None = None, config: str | Path | None = None,
+             progress: bool = True) -> int:
     """Run the demo into `out`; returns the exit status (0, 1 when the job did not succeed, 130 on Ctrl-C)."""
     from .client import DeconvClient  # noqa: PLC0415
     from .serve import ServiceThread  # noqa: PLC0415
@@ -102,20 +103,17 @@ def _read_history(out: Path) -> list[dict[str, Any]]:
     return json.loads((out / "history.json").read_text())
 
 
-def quick_spec(config: Path | None = None) -> dict[str, Any]:
-    """The job spec of the demo: `config` (default ``configs/demo.yaml``) as a dict."""
+def quick_spec(config: str | Path | None = None) -> dict[str, Any]:
+    """The job spec of the demo: `config`, a file or a preset name (default the ``demo`` preset), as a dict."""
     from workers.jobs.jobfile import read_job_mapping  # noqa: PLC0415
 
-    path = config or DEMO_CONFIG
-    if not path.is_file():
-        raise ValueError(f"no demo config at {path}; give one with --config FILE")
-    return read_job_mapping(path)
+    return read_job_mapping(find_preset(config or DEMO_PRESET))
 
 
 def sample_images() -> list[tuple[str, bytes]]:
-    """The demo's images as (name, PNG bytes): ``samples/*.png``, else scikit-image's sample images (grey,
+    """The demo's images as (name, PNG bytes): the bundled samples, else scikit-image's sample images (grey,
     centre-cropped to a square, resized to 128x128)."""
-    paths = sorted(SAMPLES.glob("*.png")) if SAMPLES.is_dir() else []
+    paths = sample_paths()
     if paths:
         return [(p.name, p.read_bytes()) for p in paths]
     return [(f"{name}.png", _skimage_png(name)) for name in _SKIMAGE_IMAGES]
@@ -125,16 +123,16 @@ def _skimage_png(name: str) -> bytes:
     import numpy as np  # noqa: PLC0415
     from PIL import Image  # noqa: PLC0415
 
+    from solver.images.pictures import png_bytes  # noqa: PLC0415
+
     try:
         from skimage import data  # noqa: PLC0415
     except ImportError:
-        raise ValueError("no sample images: samples/ is missing and scikit-image is not installed "
+        raise ValueError("no sample images: configs/samples/ is missing and scikit-image is not installed "
                          "(pip install scikit-image)") from None
     picture = Image.fromarray(np.asarray(getattr(data, name)())).convert("L")
     side = min(picture.size)
     left, top = (picture.width - side) // 2, (picture.height - side) // 2
     picture = picture.crop((left, top, left + side, top + side)).resize((_SAMPLE_SIZE, _SAMPLE_SIZE),
                                                                         Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return png_bytes(np.asarray(picture) / 255.0)

@@ -1,4 +1,4 @@
-"""deconv against SPORCO 0.2.2 on the problems of the benchmark issue; prints a markdown table.
+"""deconv against SPORCO 0.2.2 on the benchmark problems of bench/README.md; prints a markdown table.
 
 Usage::
 

@@ -4,7 +4,7 @@ at equal time in one process.
 
     PYTHONPATH=. .venv/bin/python bench/bench_workers.py [--iters 6] [--shards 1 2 4] [--compare-iters 40]
 
-The problem: the 8 bundled sample images (128x128, grey), 16 filters 8x8, the ``configs/quick.yaml`` settings
+The problem: the 8 bundled sample images (128x128, grey), 16 filters 8x8, the ``quick`` preset's settings
 (ADMM coding, 10 iterations; projected-FISTA filter update, 10 iterations; preprocessing on), float32, on a
 private local Ray cluster with every core of this machine. The single-process learner (``learn_layer``, no Ray)
 is the baseline. "Later iterations" is the median over iterations 2..n (the first one also runs 20 power
@@ -32,11 +32,12 @@ if str(ROOT) not in sys.path:  # the repository is not installed in the venv: ma
     sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)  # Ray's local workers import `solver` and `workers` from the driver's working directory
 
+from configs import sample_paths  # noqa: E402
 from solver import learn_layer, load_config  # noqa: E402
 from solver.config import FilterUpdateConfig  # noqa: E402
 from workers.distributed.cluster import ClusterConfig, connect, shutdown  # noqa: E402
 from workers.distributed.coordinator import Coordinator  # noqa: E402
-from workers.distributed.images import inspect_images, list_images, load_images  # noqa: E402
+from workers.distributed.images import inspect_images, load_images  # noqa: E402
 
 logger = logging.getLogger("bench.workers")
 
@@ -49,7 +50,7 @@ UPDATES = {
 
 
 def _config(n_iter: int, update: str = "fista"):
-    config = load_config(ROOT / "configs" / "quick.yaml")
+    config = load_config("quick")
     layer = config.layers[0].model_copy(update={"filter_size": 8})
     return config.model_copy(update={"layers": [layer], "n_iter": n_iter, "dtype": "float32",
                                      "filter_update": UPDATES[update]})
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("workers").setLevel(logging.WARNING)
 
-    paths = list_images(ROOT / "samples")
+    paths = sample_paths()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     rows = _shard_table(paths, args, cores)
     comparison = _comparison_table(paths, args.compare_iters) if args.compare_iters > 0 else []

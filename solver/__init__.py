@@ -6,7 +6,7 @@ Public surface::
 
 and for deep networks (layers learned one after another, projection to pixels)::
 
-    from solver import learn_stack, encode_stack, project_down, pixel_filters
+    from solver import learn_stack, encode_layers, project_down, pixel_filters
 
 and, with pooling between layers and the 2011 model (every layer reconstructs the pixels)::
 
@@ -37,7 +37,7 @@ from .images.preprocess import FittedPreprocess
 from .models.coding import EncodeResult, encode, reconstruct
 from .models.lam import lambda_max
 from .models.learn import IterStats, LearnResult, encode_with, learn, learn_layer
-from .models.stack.encoding import encode_layers, encode_stack
+from .models.stack.encoding import encode_layers
 from .models.stack.files import load_model
 from .models.stack.learning import INTER_LAYER_PREPROCESS, layer_config, learn_stack
 from .models.stack.model import LayerModel, StackCode, StackModel, StackResult
@@ -75,7 +75,6 @@ __all__ = [
     "ZeilerConfig",
     "encode",
     "encode_layers",
-    "encode_stack",
     "encode_with",
     "get_backend",
     "gpu_available",

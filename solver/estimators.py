@@ -128,7 +128,7 @@ class _ImageEstimator(TransformerMixin, BaseEstimator):
     def _code(self, X: Any, layer: int | None):
         check_is_fitted(self, "model_")
         images, flat = self._images(X, reset=False)
-        return encode_layers(self.model_, images, layers=layer, max_iter=self.encode_iter, backend=self.backend), flat
+        return encode_layers(self.model_, images, layer=layer, max_iter=self.encode_iter, backend=self.backend), flat
 
     # -- model files ------------------------------------------------------------------------------------------
 

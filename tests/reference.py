@@ -1,6 +1,6 @@
 """Slow, direct references for the convolutions of the model (float64, explicit index loops).
 
-Conventions of DESIGN.md section 1: images ``(N, C, H, W)``, filters ``(K, C, s, s)``, connectivity ``(K, C)``
+Conventions of ``docs/design.md`` section 1: images ``(N, C, H, W)``, filters ``(K, C, s, s)``, connectivity ``(K, C)``
 bool, maps ``(N, K, H', W')``.
 
 * circular: ``y[n, c, i, j] = Σ_k g[k, c] Σ_{a, b} f[k, c, a, b] · z[n, k, (i − a) % H, (j − b) % W]``;

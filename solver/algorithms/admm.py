@@ -35,6 +35,7 @@ from ..backend import Array
 from ..config import AdmmConfig
 from ..operators import gpu_kernels, kernels
 from ..operators.linalg import ShiftedNormalFactor
+from .base import SolverBase
 from .problem import CSCProblem, sq_norm_per_item
 
 
@@ -93,7 +94,7 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return num / np.maximum(den, 1e-30)
 
 
-class Admm:
+class Admm(SolverBase):
     """ADMM solver; see the module docstring."""
 
     def __init__(self, problem: CSCProblem, config: AdmmConfig | None = None):
@@ -123,10 +124,6 @@ class Admm:
             self._a = xp.ascontiguousarray(op.filters_hat[:, 0].reshape(op.n_filters, U * V))
             self._y_hat = xp.ascontiguousarray(problem.images_hat[:, 0].reshape(-1, U * V))
             self._w = xp.ascontiguousarray(xp.broadcast_to(problem._weights, (U, V)).reshape(U * V))
-
-    @property
-    def max_iter(self) -> int:
-        return self.config.max_iter
 
     def _factor_for(self, rho: np.ndarray) -> ShiftedNormalFactor:
         if self._masked:
@@ -337,15 +334,6 @@ class Admm:
         return np.where(up, step, np.where(down, 1.0 / step, 1.0))
 
     # ---- what the iteration loop reads -----------------------------------------------------------------------
-
-    def objective(self, state: AdmmState) -> float:
-        return float(state.objective.sum())
-
-    def per_item_objective(self, state: AdmmState) -> np.ndarray:
-        return state.objective
-
-    def maps(self, state: AdmmState) -> Array:
-        return state.maps
 
     def converged(self, state: AdmmState, previous: AdmmState) -> bool:
         """Both relative residuals ≤ tol, tested on the iterations that compute them (every ``rho_period``)."""

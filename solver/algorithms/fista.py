@@ -27,6 +27,7 @@ import numpy as np
 
 from ..backend import Array, backend_of
 from ..config import FistaConfig
+from .base import SolverBase
 
 _MAX_BACKTRACK = 30
 _T_AFTER_PLAIN_STEP = 0.5 * (1.0 + math.sqrt(5.0))
@@ -51,7 +52,7 @@ class FistaState:
     iteration: int = 0
 
 
-class Fista:
+class Fista(SolverBase):
     """FISTA solver; see the module docstring."""
 
     def __init__(self, problem: Any, config: FistaConfig | None = None):
@@ -63,10 +64,6 @@ class Fista:
         self._bk = backend_of(zeros)
         # The objective is evaluated from arrays of this dtype: changes below this are round-off, not ascent.
         self._slack = 100 * float(self._bk.xp.finfo(zeros.dtype).eps)
-
-    @property
-    def max_iter(self) -> int:
-        return self.config.max_iter
 
     def init(self, maps0: Array | None = None, warm: Any = None) -> FistaState:
         pb = self.problem
@@ -127,15 +124,6 @@ class Fista:
             new_resid = self._select(~restart, new_resid, plain_resid)
             E = np.where(restart, E_plain, E)
         return FistaState(new, new_resid, E, state.maps, state.resid_hat, t_new, L, state.iteration + 1)
-
-    def objective(self, state: FistaState) -> float:
-        return float(state.objective.sum())
-
-    def per_item_objective(self, state: FistaState) -> np.ndarray:
-        return state.objective
-
-    def maps(self, state: FistaState) -> Array:
-        return state.maps
 
     def converged(self, state: FistaState, previous: FistaState) -> bool:
         change = np.abs(previous.objective - state.objective)

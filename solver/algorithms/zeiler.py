@@ -25,6 +25,7 @@ import numpy as np
 from ..backend import Array
 from ..config import ZeilerConfig
 from ..operators.linalg import conjugate_gradient
+from .base import SolverBase
 from .problem import CSCProblem
 
 
@@ -40,7 +41,7 @@ class ZeilerState:
     iteration: int = 0
 
 
-class Zeiler:
+class Zeiler(SolverBase):
     """The 2010 inference; see the module docstring."""
 
     def __init__(self, problem: CSCProblem, config: ZeilerConfig | None = None):
@@ -48,10 +49,6 @@ class Zeiler:
         self.config = config or ZeilerConfig()
         self._exact = not problem.op.grid.cropped and self.config.z_solver == "exact"
         self._factors: dict[int, object] = {}
-
-    @property
-    def max_iter(self) -> int:
-        return self.config.max_iter
 
     def beta(self, stage: int) -> float:
         return self.config.beta0 * self.config.beta_factor**stage
@@ -108,12 +105,6 @@ class Zeiler:
         coupling = 0.5 * self.beta(state.stage) * float(xp.sum(d * d, dtype=xp.float64))
         _, data = pb.residual(pb.op.rfft(state.z))
         return float(data.sum()) + coupling + pb.penalty(state.x)
-
-    def objective(self, state: ZeilerState) -> float:
-        return float(state.objective.sum())
-
-    def per_item_objective(self, state: ZeilerState) -> np.ndarray:
-        return state.objective
 
     def maps(self, state: ZeilerState) -> Array:
         return state.x

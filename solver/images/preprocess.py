@@ -1,6 +1,6 @@
 r"""Image preprocessing for Deconvolutional Networks: grey, mean removal, contrast normalisation, rescale.
 
-The steps follow Zeiler's toolboxes (see ``notes/zeiler.md`` section 5) and run in this fixed order:
+The steps follow Zeiler's toolboxes (see ``docs/zeiler.md`` section 5) and run in this fixed order:
 
 1. ``grey``: colour ``(N, 3, H, W)`` to luma ``(N, 1, H, W)`` with ITU-R 601 weights (0.299, 0.587, 0.114).
 2. ``zero_mean``: subtract each image's per-channel mean.
@@ -76,6 +76,12 @@ class PreprocessConfig(BaseModel):
         Divide by the floored local std; False keeps only the subtractive (high-pass) part.
     rescale : bool
         Rescale the whole dataset to span 2 with zero mean (about [-1, 1]).
+
+    Examples
+    --------
+    >>> from solver import PreprocessConfig
+    >>> PreprocessConfig(contrast_normalise=False).rescale
+    True
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -374,7 +380,23 @@ def apply_rescale(x: np.ndarray, stats: PreprocessStats) -> np.ndarray:
 @dataclass(frozen=True)
 class FittedPreprocess:
     """A preprocessing config with the statistics fitted on a training set: kept with a learned model so that
-    encoding new images repeats exactly the same transformation."""
+    encoding new images repeats exactly the same transformation.
+
+    Attributes
+    ----------
+    config : PreprocessConfig
+    stats : PreprocessStats
+        What :meth:`fit` measured (the rescale's shift, scale and mean).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import FittedPreprocess, PreprocessConfig
+    >>> images = np.random.default_rng(0).random((2, 1, 16, 16))
+    >>> out, fitted = FittedPreprocess.fit(images, PreprocessConfig(contrast_normalise=False))
+    >>> bool(np.allclose(fitted.apply(images), out))
+    True
+    """
 
     config: PreprocessConfig
     stats: PreprocessStats

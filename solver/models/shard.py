@@ -57,7 +57,49 @@ class CodeStats:
     n_images: int = 0
 
 
-class Shard:
+class _ShardBase:
+    """What both shards hold (images on a backend, the layer, its connectivity and penalty, the current maps) and
+    the end of their coding step."""
+
+    def __init__(self, images: np.ndarray, config: LearnConfig, connectivity: np.ndarray | None, backend: str):
+        self.bk: Backend = get_backend(backend)
+        self.config = config
+        self.layer = config.layers[0]
+        self.images = self.bk.asarray(images)
+        self.g = None if connectivity is None else self.bk.asarray(connectivity)
+        self.penalty = LpPenalty(self.layer.lam, self.layer.p)
+        self._maps: Array | None = None
+
+    @property
+    def n_images(self) -> int:
+        return int(self.images.shape[0])
+
+    def maps(self) -> np.ndarray:
+        if self._maps is None:
+            raise ValueError("the shard has no maps yet: call code(filters) first")
+        return self.bk.to_host(self._maps)
+
+    def set_lam(self, lam: float) -> None:
+        """Code with the absolute λ `lam` from now on (a relative λ, resolved on λ_max of every shard)."""
+        self.config = with_lam(self.config, lam)
+        self.layer = self.config.layers[0]
+        self.penalty = LpPenalty(self.layer.lam, self.layer.p)
+
+    def _steps_never_worse(self, solver: Any, state: Any) -> Any:
+        """``solver.max_iter`` steps from `state`; per image, the new maps unless their E is above the start's
+        (kept in ``_maps``). Returns the last state."""
+        maps0, E0 = solver.maps(state), solver.per_item_objective(state).copy()
+        state = iterate_steps(solver, state, solver.max_iter)
+        self._maps = keep_better(solver.maps(state), solver.per_item_objective(state), maps0, E0)
+        return state
+
+    def _code_stats(self, n_iter: int) -> CodeStats:
+        xp = self.bk.xp
+        return CodeStats(self.penalty(self._maps), int(xp.count_nonzero(self._maps)), int(self._maps.size),
+                         n_iter, self.n_images)
+
+
+class Shard(_ShardBase):
     """Some images of a learning job, with their maps and the inference state, on one backend.
 
     Parameters
@@ -71,20 +113,10 @@ class Shard:
 
     def __init__(self, images: np.ndarray, config: LearnConfig, connectivity: np.ndarray | None,
                  backend: str = "auto"):
-        self.bk: Backend = get_backend(backend)
-        self.config = config
-        self.layer = config.layers[0]
-        self.images = self.bk.asarray(images)
-        self.g = None if connectivity is None else self.bk.asarray(connectivity)
-        self.penalty = LpPenalty(self.layer.lam, self.layer.p)
-        self._maps: Array | None = None
+        super().__init__(images, config, connectivity, backend)
         self._warm: Any = None
         self._filter_problem: FilterProblem | None = None
         self._consensus: ConsensusState | None = None
-
-    @property
-    def n_images(self) -> int:
-        return int(self.images.shape[0])
 
     def code(self, filters: np.ndarray) -> CodeStats:
         """Inference with fixed filters, warm-started; never returns maps worse than the previous ones.
@@ -103,15 +135,10 @@ class Shard:
         state = solver.init(self._maps, warm=self._warm)
         self._warm = None  # the run owns (and overwrites) the duals now
         if isinstance(solver, Admm):
-            maps0, E0 = solver.maps(state), solver.per_item_objective(state).copy()
-            state = iterate_steps(solver, state, solver.max_iter)
-            self._maps = keep_better(solver.maps(state), solver.per_item_objective(state), maps0, E0)
-            self._warm = state.warm_start()
+            self._warm = self._steps_never_worse(solver, state).warm_start()
         else:  # the others start cold
             self._maps = run(solver, state, stop_early=False).maps
-        xp = self.bk.xp
-        return CodeStats(self.penalty(self._maps), int(xp.count_nonzero(self._maps)), int(self._maps.size),
-                         solver.max_iter, self.n_images)
+        return self._code_stats(solver.max_iter)
 
     def _problem(self) -> FilterProblem:
         if self._maps is None:
@@ -144,17 +171,6 @@ class Shard:
         op = ConvOperator(f, self.images.shape[-2:], boundary=self.config.boundary, connectivity=self.g)
         return analysis_max(op, self.images, self.bk)
 
-    def set_lam(self, lam: float) -> None:
-        """Code with the absolute λ `lam` from now on (a relative λ resolved on λ_max of every shard)."""
-        self.config = with_lam(self.config, lam)
-        self.layer = self.config.layers[0]
-        self.penalty = LpPenalty(self.layer.lam, self.layer.p)
-
-    def maps(self) -> np.ndarray:
-        if self._maps is None:
-            raise ValueError("the shard has no maps yet: call code(filters) first")
-        return self.bk.to_host(self._maps)
-
     def state(self) -> dict[str, Any]:
         """The shard's maps and inference state as host arrays (what a checkpoint stores)."""
         return {"maps": None if self._maps is None else self.maps(), "warm": _to_host(self._warm, self.bk),
@@ -169,7 +185,7 @@ class Shard:
         self._filter_problem = None
 
 
-class PixelShard:
+class PixelShard(_ShardBase):
     """Some images of a 2011 learning job (layer l reconstructs their pixels through the frozen layers below),
     with the interface of :class:`solver.models.shard.Shard` that :func:`solver.models.learn.alternate` drives.
 
@@ -191,21 +207,11 @@ class PixelShard:
                  lower: Sequence[LowerLayer] = (), switches: Sequence[Array | None] = (), backend: str = "auto"):
         if config.reconstruct_to != "pixels" or config.inference.method != "fista":
             raise ValueError("a PixelShard needs a config with reconstruct_to 'pixels' and fista inference")
-        self.bk: Backend = get_backend(backend)
-        self.config = config
-        self.layer = config.layers[0]
-        self.images = self.bk.asarray(images)
+        super().__init__(images, config, connectivity, backend)
         self.path = PixelPath(lower, switches, self.images.shape[-2:], self.images.shape[0], config.boundary,
                               self.bk, self.images.dtype)
-        self.g = None if connectivity is None else self.bk.asarray(connectivity)
-        self.penalty = LpPenalty(self.layer.lam, self.layer.p)
-        self._maps: Array | None = None
         self._power: Array | None = None  # per-image power-iteration vectors of the step sizes, kept warm
         self._filter_op: FilterOperator | None = None
-
-    @property
-    def n_images(self) -> int:
-        return int(self.images.shape[0])
 
     @property
     def input_channels(self) -> int:
@@ -223,13 +229,8 @@ class PixelShard:
         solver = Fista(problem, FistaConfig(max_iter=self.config.inference.max_iter, tol=0.0))
         self._power = problem.power_vector
         start = None if self._maps is None else keep_block_maxima(self._maps, self.layer.pool)
-        state = solver.init(start)
-        maps0, E0 = solver.maps(state), solver.per_item_objective(state).copy()
-        state = iterate_steps(solver, state, solver.max_iter)
-        self._maps = keep_better(solver.maps(state), solver.per_item_objective(state), maps0, E0)
-        xp = self.bk.xp
-        return CodeStats(self.penalty(self._maps), int(xp.count_nonzero(self._maps)), int(self._maps.size),
-                         solver.max_iter, self.n_images)
+        self._steps_never_worse(solver, solver.init(start))
+        return self._code_stats(solver.max_iter)
 
     def _operator(self) -> FilterOperator:
         if self._maps is None:
@@ -261,17 +262,6 @@ class PixelShard:
         f = self.bk.asarray(filters, dtype=self.images.dtype)
         op = ConvOperator(f, self.path.input_shape, boundary=self.config.boundary, connectivity=self.g)
         return analysis_max(op, self.images, self.bk, self.path)
-
-    def set_lam(self, lam: float) -> None:
-        """Code with the absolute λ `lam` from now on."""
-        self.config = with_lam(self.config, lam)
-        self.layer = self.config.layers[0]
-        self.penalty = LpPenalty(self.layer.lam, self.layer.p)
-
-    def maps(self) -> np.ndarray:
-        if self._maps is None:
-            raise ValueError("the shard has no maps yet: call code(filters) first")
-        return self.bk.to_host(self._maps)
 
     def state(self) -> dict[str, Any]:
         """The maps and the power vectors of the step sizes (a resumed run takes the same steps)."""

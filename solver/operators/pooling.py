@@ -1,4 +1,4 @@
-r"""3-D max pooling with switches, and unpooling (Zeiler, Taylor & Fergus, ICCV 2011; ``notes/zeiler.md`` §8).
+r"""3-D max pooling with switches, and unpooling (Zeiler, Taylor & Fergus, ICCV 2011; ``docs/zeiler.md`` §8).
 
 Pooling runs over non-overlapping blocks of ``pk × ph × pw`` entries of a map stack ``(N, K, H, W)``: ``pk``
 adjacent maps and a ``ph × pw`` spatial window. Each block keeps the entry of largest magnitude *with its sign*
@@ -12,7 +12,7 @@ For fixed switches both maps are linear and each is the other's adjoint; ``U_s P
 
 Edges. A size that does not divide (K, H, W) pads the stack at the *end* of each axis with zeros, so the pooled
 shape is ``(N, ⌈K/pk⌉, ⌈H/ph⌉, ⌈W/pw⌉)``: the 2011 model's layer sizes 58 → 20 and 26 → 9 under 3×3 pooling
-(``notes/zeiler.md`` §7) need exactly this ceiling. A zero of padding never wins a block (ties go to the first
+(``docs/zeiler.md`` §6) need exactly this ceiling. A zero of padding never wins a block (ties go to the first
 entry in block order, k then row then column, and the block's first entry is always real), so every switch
 points into the unpadded stack.
 

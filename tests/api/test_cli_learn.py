@@ -12,9 +12,8 @@ import yaml
 from PIL import Image
 
 from api.cli import main
+from configs import find_preset, sample_paths
 from tests.workers.conftest import ray_cluster, ray_session  # noqa: F401  (the shared session cluster)
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -22,9 +21,9 @@ def job_file(tmp_path) -> Path:
     """configs/quick.yaml on three 32x32 crops of the sample images, for 3 outer iterations."""
     images = tmp_path / "images"
     images.mkdir()
-    samples = sorted((ROOT / "samples").glob("*.png"))[:3]
+    samples = sample_paths()[:3]
     [Image.open(p).crop((40, 40, 72, 72)).save(images / p.name) for p in samples]
-    config = yaml.safe_load((ROOT / "configs" / "quick.yaml").read_text())
+    config = yaml.safe_load(find_preset("quick").read_text())
     config.update(images="images", n_iter=3)
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -79,3 +78,53 @@ def test_a_missing_out_option_is_a_usage_error(job_file, capsys):
 def test_a_bad_workers_count_is_a_usage_error(job_file, tmp_path, capsys):
     assert main(["learn", str(job_file), "--workers", "0", "--out", str(tmp_path)]) == 2
     assert "--workers" in capsys.readouterr().err
+
+
+def _two_sample_crops(folder: Path) -> list[str]:
+    folder.mkdir()
+    [Image.open(p).crop((40, 40, 72, 72)).save(folder / p.name) for p in sample_paths()[:2]]
+    return [str(folder / p.name) for p in sample_paths()[:2]]
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_learn_takes_a_preset_by_name_and_images_on_the_command_line(ray_session, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(tmp_path)
+    images = _two_sample_crops(tmp_path / "images")
+    status = main(["learn", "quick", "--images", *images, "--n-iter", "2", "--out", "out", "--no-progress"])
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert status == 0
+    assert np.load(tmp_path / "out" / "filters.npy").shape == (16, 1, 7, 7)
+    assert [h["iteration"] for h in history] == [1, 2]
+
+
+def test_a_preset_without_images_exits_2_asking_for_them(tmp_path, capsys):
+    assert main(["learn", "quick", "--out", str(tmp_path / "out")]) == 2
+    assert "--images" in capsys.readouterr().err
+
+
+def test_an_unknown_preset_exits_2_listing_the_presets(tmp_path, capsys):
+    assert main(["learn", "quik", "--images", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown preset 'quik'" in err
+    assert "quick, zeiler2010, zeiler2010-layer1, zeiler2011" in err
+
+
+def test_a_missing_image_exits_2_naming_it(tmp_path, capsys):
+    assert main(["learn", "quick", "--images", str(tmp_path / "nope.png"), "--out", str(tmp_path / "out")]) == 2
+    assert "nope.png" in capsys.readouterr().err
+
+
+def test_version_prints_the_installed_version(capsys):
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"deconv {version('deconv')}"
+
+
+def test_samples_writes_the_bundled_images_into_a_folder(tmp_path, capsys):
+    assert main(["samples", "--out", str(tmp_path / "pictures")]) == 0
+    written = sorted(p.name for p in (tmp_path / "pictures").iterdir())
+    assert written == [p.name for p in sample_paths()]
+    assert (tmp_path / "pictures" / "camera.png").read_bytes() == (sample_paths()[2]).read_bytes()
+    assert str((tmp_path / "pictures").resolve()) in capsys.readouterr().out

@@ -369,11 +369,28 @@ def test_the_demo_spec_is_a_valid_job_spec():
     assert spec.layers[1].connectivity == "random-doubles:2"
 
 
-def test_without_samples_the_demo_takes_scikit_image_pictures_of_one_size(monkeypatch, tmp_path):
+def test_the_demo_takes_a_preset_by_name_from_any_folder(tmp_path, monkeypatch):
+    from api.demo import quick_spec
+    from workers.jobs.spec import JobSpec
+
+    monkeypatch.chdir(tmp_path)
+    assert [layer["n_filters"] for layer in quick_spec()["layers"]] == [16, 16]
+    assert [layer["n_filters"] for layer in quick_spec("quick")["layers"]] == [16]
+    spec = JobSpec.model_validate({**quick_spec("zeiler2010"), "dataset_id": "0" * 32})
+    assert [layer.n_filters for layer in spec.layers] == [9, 45]
+
+
+def test_the_demo_with_an_unknown_preset_exits_2_listing_the_presets(capsys, tmp_path):
+    status, _, err = _run(capsys, "demo", "--config", "zeiler2012", "--out", str(tmp_path / "out"))
+    assert status == 2
+    assert "unknown preset 'zeiler2012'" in err and "demo, quick, zeiler2010" in err
+
+
+def test_without_samples_the_demo_takes_scikit_image_pictures_of_one_size(monkeypatch):
     pytest.importorskip("skimage")
     import api.demo
 
-    monkeypatch.setattr(api.demo, "SAMPLES", tmp_path / "none")
+    monkeypatch.setattr(api.demo, "sample_paths", list)
     parts = api.demo.sample_images()
     assert len(parts) == 8
     assert {Image.open(io.BytesIO(data)).size for _, data in parts} == {(128, 128)}

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from api.client import DeconvAPIError, DeconvClient, JobWaitTimeout, describe_detail
-from tests.api.conftest import ROOT, sample_png_parts, start_service, stop_service
+from configs import samples_dir
+from tests.api.conftest import sample_png_parts, start_service, stop_service
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 
@@ -53,7 +54,7 @@ def job_id(jobs) -> str:
 
 
 def _crop(left: int, top: int, size: int = 32) -> np.ndarray:
-    picture = Image.open(ROOT / "samples" / "camera.png").crop((left, top, left + size, top + size))
+    picture = Image.open(samples_dir() / "camera.png").crop((left, top, left + size, top + size))
     return np.asarray(picture)[None, None]  # (1, 1, H, W) uint8
 
 

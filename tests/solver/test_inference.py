@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from solver import IterStats
 from solver.algorithms import Zeiler
 from solver.algorithms.problem import CSCProblem, objective
 from solver.config import AdmmConfig, FistaConfig, ZeilerConfig
@@ -14,14 +15,11 @@ from solver.models.coding import encode, reconstruct
 from solver.operators.convolution import ConvOperator, map_shape
 from solver.operators.prox import LpPenalty
 from tests.reference import dense_conv_matrix, ista_dense, objective_reference
+from tests.solver.contracts import dtype_tol
 
 METHODS = ["admm", "fista", "zeiler"]
 BOUNDARIES = ["circular", "valid"]
 LAM = 0.1
-
-
-def _tol(dtype) -> float:
-    return 1e3 * float(np.finfo(dtype).eps)
 
 
 def _small_problem(rng, dtype, n_channels, shape=(8, 9), n_filters=3, s=3):
@@ -71,7 +69,7 @@ def test_encode_objective_is_the_objective_of_its_maps(rng, dtype, method, bound
     result = encode(images, filters, LAM, method=method, boundary=boundary, p=p, max_iter=15)
     direct = objective_reference(images, result.maps, filters, LAM, p=p, boundary=boundary)
     assert isinstance(result.objective, float)
-    assert result.objective == pytest.approx(direct, rel=_tol(dtype))
+    assert result.objective == pytest.approx(direct, rel=dtype_tol(dtype))
 
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)
@@ -80,7 +78,7 @@ def test_problem_objective_matches_the_loop_reference(rng, dtype, boundary):
     maps = rng.standard_normal((2, 3) + map_shape(images.shape[-2:], 3, boundary)).astype(dtype)
     expected = objective_reference(images, maps, filters, LAM, p=0.5, boundary=boundary)
     value = objective(images, maps, filters, LAM, p=0.5, boundary=boundary)
-    assert value == pytest.approx(expected, rel=_tol(dtype))
+    assert value == pytest.approx(expected, rel=dtype_tol(dtype))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -90,6 +88,24 @@ def test_encode_history_has_one_entry_per_iteration(rng, method):
     result = encode(images, filters, LAM, method=method, max_iter=12, callback=states.append)
     assert len(result.history) == result.n_iter == len(states)
     assert all(isinstance(E, float) for E in result.history)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_encode_callback_receives_the_iteration_stats(rng, method):
+    images, filters = _small_problem(rng, np.float64, 1)
+    seen: list[IterStats] = []
+    result = encode(images, filters, LAM, method=method, max_iter=12, callback=seen.append)
+    assert [s.iteration for s in seen] == list(range(1, result.n_iter + 1))
+    np.testing.assert_allclose([s.objective for s in seen], result.history, rtol=1e-12)
+    assert all(0 < s.data < s.objective and 0 <= s.sparsity <= 1 and s.inner_iter == 1 for s in seen)
+    assert [s.elapsed for s in seen] == sorted(s.elapsed for s in seen)
+
+
+def test_encode_stops_when_the_callback_returns_true(rng):
+    images, filters = _small_problem(rng, np.float64, 1)
+    result = encode(images, filters, LAM, method="fista", max_iter=50, tol=0.0, callback=lambda s: s.iteration == 3)
+    assert result.n_iter == 3 and len(result.history) == 3
+    assert result.objective == pytest.approx(objective(images, result.maps, filters, LAM), rel=1e-12)
 
 
 @pytest.mark.parametrize("method", ["admm", "fista"])
@@ -113,7 +129,7 @@ def test_encode_spreads_max_iter_over_the_zeiler_stages(rng):
 def test_fista_history_is_non_increasing(rng, dtype, boundary, n_channels, p):
     images, filters = _small_problem(rng, dtype, n_channels)
     history = np.array(encode(images, filters, LAM, method="fista", boundary=boundary, p=p, max_iter=60).history)
-    slack = 100 * float(np.finfo(dtype).eps) * np.abs(history[1:])
+    slack = dtype_tol(dtype, 100) * np.abs(history[1:])
     assert np.all(np.diff(history) <= slack)
 
 
@@ -138,7 +154,7 @@ def test_zeiler_split_objective_never_increases_at_fixed_beta(rng, dtype, bounda
     same_stage = stage[1:] == stage[:-1]
     assert np.unique(stage).size == 3  # the schedule was walked through
     rise = np.diff(value)[same_stage]
-    assert np.all(rise <= 100 * float(np.finfo(dtype).eps) * np.abs(value[1:][same_stage]))
+    assert np.all(rise <= dtype_tol(dtype, 100) * np.abs(value[1:][same_stage]))
 
 
 # --- agreement at convergence ----------------------------------------------------------------------------------

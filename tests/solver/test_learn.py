@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from solver import (
     FilterUpdateConfig,
     PreprocessConfig,
+    encode_layers,
     encode_with,
     learn,
     learn_layer,
@@ -20,8 +19,6 @@ from solver import (
 from solver.algorithms.recentre import centring_shifts, roll_state, shift_filters
 from solver.config import AdmmConfig, ZeilerConfig
 from solver.models.learn import initial_filters
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def planted(seed: int, *, n_images=16, n_filters=4, size=5, side=32, density=0.01):
@@ -232,7 +229,7 @@ def test_learn_rejects_bad_input_naming_it(kwargs, name):
 
 @pytest.mark.parametrize("preset", ["quick.yaml", "zeiler2010-layer1.yaml"])
 def test_presets_validate_and_run(preset):
-    config = load_config(ROOT / "configs" / preset)
+    config = load_config(preset)
     short = config.model_copy(update={"n_iter": 2})
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(2, 3, 24, 24)).astype(np.uint8)
@@ -243,7 +240,7 @@ def test_presets_validate_and_run(preset):
 
 
 def test_zeiler_preset_has_the_toolbox_defaults():
-    config = load_config(ROOT / "configs" / "zeiler2010-layer1.yaml")
+    config = load_config("zeiler2010-layer1")
     layer = config.layers[0]
     assert (layer.n_filters, layer.filter_size, layer.p) == (9, 7, 0.8)
     assert config.inference.method == "zeiler"
@@ -256,3 +253,12 @@ def test_an_explicit_inference_config_keeps_its_iteration_count(small_images):
     assert result.stats[0].inner_iter == 7
     assert result.config.inference.max_iter == 7
     assert learn(small_images, 4, 5, 0.1, n_iter=1, method="admm").stats[0].inner_iter == 10
+
+
+def test_a_learn_result_is_a_one_layer_model(small_images):
+    result = learn(small_images, 4, 5, 0.1, n_iter=2)
+    model = result.model
+    assert model.n_layers == 1 and model.boundary == "circular"
+    np.testing.assert_array_equal(model.layers[0].filters, result.filters)
+    by_model = encode_layers(model, small_images, method="fista", max_iter=5).maps[0]
+    np.testing.assert_array_equal(by_model, encode_with(result, small_images, method="fista", max_iter=5).maps)

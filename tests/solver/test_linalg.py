@@ -11,12 +11,9 @@ from hypothesis import strategies as st
 from solver.operators.convolution import ConvOperator, FilterOperator, map_shape
 from solver.operators.linalg import conjugate_gradient, factor_shifted_normal, max_gram_eigenvalue, solve_shifted_normal
 from tests.reference import dense_conv_matrix, dense_filter_matrix
+from tests.solver.contracts import dtype_tol
 
 IMAGE_SHAPE = (6, 5)
-
-
-def _tol(dtype) -> float:
-    return 1e3 * float(np.finfo(dtype).eps)
 
 
 def _spatial_solve(op: ConvOperator, b: np.ndarray, rho: float) -> np.ndarray:
@@ -47,7 +44,7 @@ def test_solve_shifted_normal_matches_dense_solve(rng, dtype, n_channels, connec
     expected = _dense_solve(dense_conv_matrix(filters, IMAGE_SHAPE, "circular", g), b, rho)
     # the system's condition number is at most (‖D‖² + ρ)/ρ; round-off grows with it
     cond = (op.lipschitz() + rho) / rho
-    tol = _tol(dtype) * cond
+    tol = dtype_tol(dtype) * cond
     assert x.dtype == dtype
     np.testing.assert_allclose(x, expected, rtol=tol, atol=tol * np.abs(expected).max())
 
@@ -191,7 +188,7 @@ def test_conjugate_gradient_lowers_the_quadratic_at_every_step(rng, dtype):
     A = _spd(rng, 12, dtype)
     b = rng.standard_normal(12).astype(dtype)
     q = _quadratic_after_each_step(A, b, rng.standard_normal(12).astype(dtype), 12)
-    assert np.all(np.diff(q) <= _tol(dtype) * np.abs(q[1:]))
+    assert np.all(np.diff(q) <= dtype_tol(dtype) * np.abs(q[1:]))
 
 
 def test_conjugate_gradient_keeps_the_dtype(rng, dtype):

@@ -18,14 +18,10 @@ from tests.reference import (
     dense_filter_matrix,
     valid_convolve,
 )
-from tests.solver.contracts import LinearOperatorContract
+from tests.solver.contracts import LinearOperatorContract, assert_adjoint, dtype_tol
 
 N_IMAGES, N_FILTERS, FILTER_SIZE = 2, 3, 3
 IMAGE_SHAPE = (7, 8)  # H ≠ W catches transposed axes
-
-
-def _tol(dtype) -> float:
-    return 1e3 * float(np.finfo(dtype).eps)
 
 
 def _connectivity(kind: str, n_filters: int, n_channels: int) -> np.ndarray | None:
@@ -136,7 +132,7 @@ def test_conv_operator_forward_matches_loop_reference(rng, dtype, boundary, n_ch
     g = _connectivity(connectivity_kind, N_FILTERS, n_channels)
     out = ConvOperator(filters, IMAGE_SHAPE, boundary=boundary, connectivity=g).forward(maps)
     expected = convolve_loops(maps, filters, IMAGE_SHAPE, boundary, g)
-    np.testing.assert_allclose(out, expected, rtol=_tol(dtype), atol=_tol(dtype) * np.abs(expected).max())
+    np.testing.assert_allclose(out, expected, rtol=dtype_tol(dtype), atol=dtype_tol(dtype) * np.abs(expected).max())
 
 
 @pytest.mark.parametrize("n_channels", [1, 3])
@@ -148,11 +144,11 @@ def test_conv_operator_circular_forward_matches_numpy_fft(rng, dtype, n_channels
         np.einsum("kcuv,nkuv->ncuv", np.fft.rfft2(padded), np.fft.rfft2(maps.astype(np.float64))), s=IMAGE_SHAPE
     )
     out = ConvOperator(filters, IMAGE_SHAPE, boundary="circular").forward(maps)
-    np.testing.assert_allclose(out, expected, rtol=_tol(dtype), atol=_tol(dtype) * np.abs(expected).max())
+    np.testing.assert_allclose(out, expected, rtol=dtype_tol(dtype), atol=dtype_tol(dtype) * np.abs(expected).max())
 
 
 def _scipy_valid(maps: np.ndarray, filters: np.ndarray) -> np.ndarray:
-    """DESIGN.md's definition of the valid reconstruction, plane by plane with scipy.signal.convolve2d."""
+    """The valid reconstruction as docs/design.md section 1 defines it, plane by plane with scipy.signal.convolve2d."""
     N, K = maps.shape[:2]
     C = filters.shape[1]
     return np.array(
@@ -168,7 +164,7 @@ def test_conv_operator_valid_forward_matches_scipy_convolve2d(rng, dtype, n_chan
     filters, maps, _ = _random_problem(rng, dtype, "valid", n_channels)
     expected = _scipy_valid(maps.astype(np.float64), filters.astype(np.float64))
     out = ConvOperator(filters, IMAGE_SHAPE, boundary="valid").forward(maps)
-    np.testing.assert_allclose(out, expected, rtol=_tol(dtype), atol=_tol(dtype) * np.abs(expected).max())
+    np.testing.assert_allclose(out, expected, rtol=dtype_tol(dtype), atol=dtype_tol(dtype) * np.abs(expected).max())
 
 
 def test_conv_operator_forward_of_a_unit_impulse_is_the_filter():
@@ -204,7 +200,7 @@ def test_conv_operator_matches_dense_matrix(rng, dtype, boundary, n_channels, co
     D = dense_conv_matrix(filters, IMAGE_SHAPE, boundary, g)
     fwd = D @ maps[1].ravel().astype(np.float64)
     adj = D.T @ images[1].ravel().astype(np.float64)
-    tol = _tol(dtype)
+    tol = dtype_tol(dtype)
     np.testing.assert_allclose(op.forward(maps)[1].ravel(), fwd, rtol=tol, atol=tol * np.abs(fwd).max())
     np.testing.assert_allclose(op.adjoint(images)[1].ravel(), adj, rtol=tol, atol=tol * np.abs(adj).max())
 
@@ -219,7 +215,7 @@ def test_filter_operator_matches_dense_matrix(rng, dtype, boundary, n_channels, 
     Z = dense_filter_matrix(maps, IMAGE_SHAPE, FILTER_SIZE, boundary, g, n_channels=n_channels)
     fwd = Z @ filters.ravel().astype(np.float64)
     adj = Z.T @ images.ravel().astype(np.float64)
-    tol = _tol(dtype)
+    tol = dtype_tol(dtype)
     np.testing.assert_allclose(op.forward(filters).ravel(), fwd, rtol=tol, atol=tol * np.abs(fwd).max())
     np.testing.assert_allclose(op.adjoint(images).ravel(), adj, rtol=tol, atol=tol * np.abs(adj).max())
 
@@ -229,7 +225,8 @@ def test_filter_operator_and_conv_operator_synthesise_the_same_images(rng, dtype
     filters, maps, _ = _random_problem(rng, dtype, boundary, 3)
     by_maps = ConvOperator(filters, IMAGE_SHAPE, boundary=boundary).forward(maps)
     by_filters = FilterOperator(maps, IMAGE_SHAPE, FILTER_SIZE, boundary=boundary, n_channels=3).forward(filters)
-    np.testing.assert_allclose(by_filters, by_maps, rtol=_tol(dtype), atol=_tol(dtype) * np.abs(by_maps).max())
+    tol = dtype_tol(dtype)
+    np.testing.assert_allclose(by_filters, by_maps, rtol=tol, atol=tol * np.abs(by_maps).max())
 
 
 @pytest.mark.parametrize("n_channels", [1, 3])
@@ -241,12 +238,8 @@ def test_conv_operator_fourier_adjoint_identity_for_complex_inputs(rng, dtype, n
     x_hat = rng.standard_normal((N_IMAGES, N_FILTERS, U, V)) + 1j * rng.standard_normal((N_IMAGES, N_FILTERS, U, V))
     y_hat = rng.standard_normal((N_IMAGES, n_channels, U, V)) + 1j * rng.standard_normal((N_IMAGES, n_channels, U, V))
     x_hat, y_hat = x_hat.astype(cdtype), y_hat.astype(cdtype)
-    Ax = op.forward_hat(x_hat)
-    Aty = op.adjoint_hat(y_hat)
+    Ax, Aty = assert_adjoint(op.forward_hat, op.adjoint_hat, x_hat, y_hat, dtype_tol(dtype))
     assert Ax.dtype == cdtype and Aty.dtype == cdtype
-    lhs = np.vdot(Ax.astype(np.complex128).ravel(), y_hat.astype(np.complex128).ravel())
-    rhs = np.vdot(x_hat.astype(np.complex128).ravel(), Aty.astype(np.complex128).ravel())
-    assert abs(lhs - rhs) <= _tol(dtype) * np.linalg.norm(Ax) * np.linalg.norm(y_hat)
 
 
 def test_filter_operator_fourier_adjoint_identity_for_complex_inputs(rng, dtype):
@@ -257,11 +250,7 @@ def test_filter_operator_fourier_adjoint_identity_for_complex_inputs(rng, dtype)
     f_hat = rng.standard_normal((N_FILTERS, 2, U, V)) + 1j * rng.standard_normal((N_FILTERS, 2, U, V))
     s_hat = rng.standard_normal((N_IMAGES, 2, U, V)) + 1j * rng.standard_normal((N_IMAGES, 2, U, V))
     f_hat, s_hat = f_hat.astype(cdtype), s_hat.astype(cdtype)
-    Af = op.forward_hat(f_hat)
-    Ats = op.adjoint_hat(s_hat)
-    lhs = np.vdot(Af.astype(np.complex128).ravel(), s_hat.astype(np.complex128).ravel())
-    rhs = np.vdot(f_hat.astype(np.complex128).ravel(), Ats.astype(np.complex128).ravel())
-    assert abs(lhs - rhs) <= _tol(dtype) * np.linalg.norm(Af) * np.linalg.norm(s_hat)
+    assert_adjoint(op.forward_hat, op.adjoint_hat, f_hat, s_hat, dtype_tol(dtype))
 
 
 @settings(deadline=None, max_examples=25)
@@ -282,8 +271,7 @@ def test_conv_operator_adjoint_identity_over_random_shapes(
     op = ConvOperator(filters, (height, width), boundary=boundary)
     x = rng.standard_normal((2, n_filters) + op.map_shape)
     y = rng.standard_normal((2, n_channels, height, width))
-    Ax, Aty = op.forward(x), op.adjoint(y)
-    assert abs(np.vdot(Ax, y) - np.vdot(x, Aty)) <= 1e-12 * np.linalg.norm(Ax) * np.linalg.norm(y)
+    assert_adjoint(op.forward, op.adjoint, x, y, 1e-12)
 
 
 # --- connectivity ----------------------------------------------------------------------------------------------
@@ -340,7 +328,7 @@ def test_reconstruct_equals_conv_operator_forward(rng, dtype, boundary, n_channe
     expected = ConvOperator(filters, IMAGE_SHAPE, boundary=boundary, connectivity=g).forward(maps)
     assert out.dtype == dtype
     assert out.shape == (N_IMAGES, n_channels) + IMAGE_SHAPE
-    np.testing.assert_allclose(out, expected, rtol=_tol(dtype), atol=_tol(dtype) * np.abs(expected).max())
+    np.testing.assert_allclose(out, expected, rtol=dtype_tol(dtype), atol=dtype_tol(dtype) * np.abs(expected).max())
 
 
 def test_reconstruct_promotes_unbatched_maps_and_grey_filters(rng):

@@ -16,6 +16,7 @@ from solver import LayerModel, StackModel, pool3d, project_down, reconstruct, un
 from solver.backend import Backend
 from solver.operators.pooling import identity_switches, pooled_shape, select3d
 from tests.reference import pool_loops
+from tests.solver.contracts import assert_adjoint, dtype_tol
 
 SHAPES_AND_SIZES = [
     ((2, 4, 6, 6), (2, 2, 2)),  # divisible
@@ -98,11 +99,7 @@ def test_unpool_is_the_adjoint_of_select(backend: Backend, dtype: type, rng, sha
     _, switches = pool3d(backend.asarray(rng.standard_normal(shape)), size)  # fixed switches from other maps
     x = backend.asarray(rng.standard_normal(shape).astype(dtype))
     y = backend.asarray(rng.standard_normal(switches.shape).astype(dtype))
-    Px, Uy = select3d(x, switches), unpool3d(y, switches, shape)
-    lhs = float(backend.xp.sum(Px.astype(np.float64) * y))
-    rhs = float(backend.xp.sum(x.astype(np.float64) * Uy))
-    tol = 1e3 * np.finfo(dtype).eps
-    assert abs(lhs - rhs) <= tol * float(backend.xp.linalg.norm(Px)) * float(backend.xp.linalg.norm(y))
+    assert_adjoint(lambda v: select3d(v, switches), lambda v: unpool3d(v, switches, shape), x, y, dtype_tol(dtype))
 
 
 @pytest.mark.parametrize(("shape", "size"), SHAPES_AND_SIZES)
@@ -173,7 +170,7 @@ def test_project_down_with_unit_pooling_is_project_down_without(boundary: str, d
     out = project_down(model, maps, switches=[identity_switches(below)], map_shapes=[below])
     expected = project_down(plain, maps)
     assert out.dtype == dtype
-    np.testing.assert_allclose(out, expected, rtol=1e3 * np.finfo(dtype).eps, atol=1e3 * np.finfo(dtype).eps)
+    np.testing.assert_allclose(out, expected, rtol=dtype_tol(dtype), atol=dtype_tol(dtype))
 
 
 def test_project_down_unpools_between_layers(rng) -> None:

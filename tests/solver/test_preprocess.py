@@ -8,6 +8,7 @@ import pydantic
 import pytest
 
 from solver.images.preprocess import PreprocessConfig, PreprocessStats, apply_preprocess, fit_preprocess
+from tests.solver.contracts import dtype_tol
 
 ONLY_LCN = {"zero_mean": False, "rescale": False, "contrast_normalise": True}
 NOTHING = {"zero_mean": False, "rescale": False}
@@ -21,10 +22,6 @@ def rng() -> np.random.Generator:
 @pytest.fixture(params=[np.float32, np.float64], ids=["float32", "float64"])
 def dtype(request) -> type:
     return request.param
-
-
-def _tol(dtype) -> float:
-    return 1e3 * float(np.finfo(dtype).eps)
 
 
 def _reference_lcn(images: np.ndarray, size: int, sigma: float, floor: str, divisive: bool) -> np.ndarray:
@@ -65,7 +62,7 @@ def test_grey_matches_luma_weighted_sum(rng, dtype):
     expected = 0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]
     assert out.shape == (2, 1, 4, 5)
     assert out.dtype == dtype
-    np.testing.assert_allclose(out[:, 0], expected, rtol=_tol(dtype))
+    np.testing.assert_allclose(out[:, 0], expected, rtol=dtype_tol(dtype))
 
 
 def test_grey_of_single_channel_is_identity(rng, dtype):
@@ -85,8 +82,8 @@ def test_grey_shapes_are_promoted_to_one_channel(rng, shape, expected):
 def test_zero_mean_gives_zero_per_image_channel_means(rng, dtype):
     images = (rng.uniform(size=(3, 2, 6, 7)) + np.arange(6).reshape(3, 2, 1, 1)).astype(dtype)
     out, _ = fit_preprocess(images, PreprocessConfig(zero_mean=True, rescale=False))
-    np.testing.assert_allclose(out.mean(axis=(2, 3)), 0.0, atol=_tol(dtype))
-    np.testing.assert_allclose(out, images - images.mean(axis=(2, 3), keepdims=True), atol=_tol(dtype))
+    np.testing.assert_allclose(out.mean(axis=(2, 3)), 0.0, atol=dtype_tol(dtype))
+    np.testing.assert_allclose(out, images - images.mean(axis=(2, 3), keepdims=True), atol=dtype_tol(dtype))
 
 
 @pytest.mark.parametrize(("cn_size", "cn_sigma"), [(3, 0.8), (5, 1.591), (7, 2.5)])
@@ -129,8 +126,8 @@ def test_contrast_normalise_rejects_images_smaller_than_window(shape):
 def test_rescale_output_spans_two_with_zero_mean(rng, dtype):
     images = rng.gamma(2.0, size=(4, 3, 6, 6)).astype(dtype)
     out, stats = fit_preprocess(images, PreprocessConfig(zero_mean=False, rescale=True))
-    np.testing.assert_allclose(out.max() - out.min(), 2.0, rtol=_tol(dtype))
-    np.testing.assert_allclose(out.mean(dtype=np.float64), 0.0, atol=_tol(dtype))
+    np.testing.assert_allclose(out.max() - out.min(), 2.0, rtol=dtype_tol(dtype))
+    np.testing.assert_allclose(out.mean(dtype=np.float64), 0.0, atol=dtype_tol(dtype))
     assert stats.scale == pytest.approx((float(images.max()) - float(images.min())) / 2)
 
 
@@ -138,10 +135,10 @@ def test_rescale_symmetric_dataset_lies_in_unit_interval(rng, dtype):
     half = rng.normal(size=(3, 2, 5, 5)).astype(dtype)
     images = np.concatenate([half, -half])
     out, _ = fit_preprocess(images, PreprocessConfig(contrast_normalise=True, cn_size=3))
-    assert out.min() >= -1 - _tol(dtype)
-    assert out.max() <= 1 + _tol(dtype)
-    np.testing.assert_allclose([out.min(), out.max()], [-1.0, 1.0], atol=_tol(dtype))
-    np.testing.assert_allclose(out.mean(dtype=np.float64), 0.0, atol=_tol(dtype))
+    assert out.min() >= -1 - dtype_tol(dtype)
+    assert out.max() <= 1 + dtype_tol(dtype)
+    np.testing.assert_allclose([out.min(), out.max()], [-1.0, 1.0], atol=dtype_tol(dtype))
+    np.testing.assert_allclose(out.mean(dtype=np.float64), 0.0, atol=dtype_tol(dtype))
 
 
 def test_constant_dataset_rescales_to_zeros(dtype):
@@ -225,7 +222,7 @@ def test_integer_input_becomes_float32_in_unit_interval_first(rng, int_dtype, ze
     unit = images.astype(np.float64) / top
     expected = unit - unit.mean(axis=(2, 3), keepdims=True) if zero_mean else unit
     assert out.dtype == np.float32
-    np.testing.assert_allclose(out, expected, atol=_tol(np.float32))
+    np.testing.assert_allclose(out, expected, atol=dtype_tol(np.float32))
 
 
 def test_input_array_is_not_modified(rng):

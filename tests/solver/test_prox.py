@@ -8,15 +8,11 @@ import pytest
 
 from solver.operators.prox import LpPenalty, normalise_unit, project_unit_ball, shrink, soft_threshold
 from tests.reference import shrink_reference
-from tests.solver.contracts import ConvexProxContract, ProjectionContract, ProxContract
+from tests.solver.contracts import ConvexProxContract, ProjectionContract, ProxContract, dtype_tol
 
 P_VALUES = [1.0, 0.5, 2.0 / 3.0, 0.8, 0.3]
 P_IDS = ["p1", "p1_2", "p2_3", "p0.8", "p0.3"]
 
-
-
-def _tol(dtype) -> float:
-    return 1e3 * float(np.finfo(dtype).eps)
 
 
 def _p_params():
@@ -62,7 +58,7 @@ def _worst_relative_error(p: float, dtype) -> float:
         ref = shrink_reference(v64, tau, p)
         a = np.abs(v64)
         value_root = tau * np.abs(ref) ** p + 0.5 * (np.abs(ref) - a) ** 2
-        clear = np.abs(value_root - 0.5 * a * a) > _tol(dtype) * (1.0 + 0.5 * a * a)  # not a near-tie
+        clear = np.abs(value_root - 0.5 * a * a) > dtype_tol(dtype) * (1.0 + 0.5 * a * a)  # not a near-tie
         err = np.abs(x - ref) / np.maximum(np.abs(ref), np.finfo(np.float64).tiny)
         err[ref == 0] = np.abs(x[ref == 0])
         worst = max(worst, float(np.max(err[clear])))
@@ -71,7 +67,7 @@ def _worst_relative_error(p: float, dtype) -> float:
 
 @pytest.mark.parametrize("p", _p_params())
 def test_shrink_matches_the_bracketing_reference(p, dtype):
-    assert _worst_relative_error(p, dtype) <= _tol(dtype)
+    assert _worst_relative_error(p, dtype) <= dtype_tol(dtype)
 
 
 def _relative_magnitude_excess(p: float, dtype) -> float:
@@ -83,7 +79,7 @@ def _relative_magnitude_excess(p: float, dtype) -> float:
 
 @pytest.mark.parametrize("p", _p_params())
 def test_shrink_never_increases_the_magnitude(p, dtype):
-    assert _relative_magnitude_excess(p, dtype) <= 4 * float(np.finfo(dtype).eps)
+    assert _relative_magnitude_excess(p, dtype) <= dtype_tol(dtype, 4)
 
 
 @pytest.mark.parametrize("p", _p_params())
@@ -99,7 +95,7 @@ def test_shrink_of_huge_values_is_finite_and_close_to_the_input(p, dtype):
     v = np.array([-1.0, 1.0], dtype=dtype) * dtype(float(np.finfo(dtype).max) ** 0.3)  # v⁴ overflows, v² does not
     x = shrink(v, 0.1, p)
     assert np.all(np.isfinite(x))
-    np.testing.assert_allclose(x, v, rtol=_tol(dtype))
+    np.testing.assert_allclose(x, v, rtol=dtype_tol(dtype))
 
 
 # --- small properties ------------------------------------------------------------------------------------------
@@ -260,13 +256,13 @@ def test_project_unit_ball_gives_norms_at_most_one(rng, dtype, norm):
     filters = (3.0 * rng.standard_normal((4, 3, 5, 5))).astype(dtype)
     out = project_unit_ball(filters, norm)
     assert out.dtype == dtype
-    assert np.all(_norms(out, norm) <= 1.0 + _tol(dtype))
+    assert np.all(_norms(out, norm) <= 1.0 + dtype_tol(dtype))
 
 
 @pytest.mark.parametrize("norm", ["plane", "filter"])
 def test_project_unit_ball_is_idempotent(rng, dtype, norm):
     once = project_unit_ball((3.0 * rng.standard_normal((4, 3, 5, 5))).astype(dtype), norm)
-    np.testing.assert_allclose(project_unit_ball(once, norm), once, rtol=_tol(dtype), atol=_tol(dtype))
+    np.testing.assert_allclose(project_unit_ball(once, norm), once, rtol=dtype_tol(dtype), atol=dtype_tol(dtype))
 
 
 @pytest.mark.parametrize("norm", ["plane", "filter"])
@@ -295,7 +291,7 @@ def test_normalise_unit_gives_norms_exactly_one(rng, dtype, norm):
     filters = (scale * rng.standard_normal((3, 2, 4, 4))).astype(dtype)
     out = normalise_unit(filters, norm)
     assert out.dtype == dtype
-    np.testing.assert_allclose(_norms(out, norm), 1.0, rtol=10 * float(np.finfo(dtype).eps))
+    np.testing.assert_allclose(_norms(out, norm), 1.0, rtol=dtype_tol(dtype, 10))
 
 
 @pytest.mark.parametrize("norm", ["plane", "filter"])
@@ -329,7 +325,7 @@ def test_lp_penalty_value(p, rng, dtype):
     expected = 0.3 * np.sum(np.abs(x.astype(np.float64)) ** p)
     value = LpPenalty(0.3, p)(x)
     assert isinstance(value, float)
-    assert value == pytest.approx(expected, rel=_tol(dtype))
+    assert value == pytest.approx(expected, rel=dtype_tol(dtype))
 
 
 def test_lp_penalty_of_zero_is_zero():

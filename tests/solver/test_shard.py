@@ -87,8 +87,8 @@ def test_an_empty_pool_is_refused():
 def test_zeiler_coding_keeps_each_image_s_best_stage_not_the_last():
     """The β continuation of zeiler can end above an earlier stage and above E(0): on rescaled sparse maps (a
     layer-2 input) with p = 0.8 and 2 CG steps, E falls at the first stage and rises after. The shard keeps, per
-    image, the best of the start and the stages; it used to compare the last stage with the zero start only,
-    which froze the maps at zero and the filters with them (the zeiler2010 preset's layer 2 never learned)."""
+    image, the best of the start and the stages: comparing only the last stage with the zero start would freeze
+    the maps at zero and the filters with them (the zeiler2010 preset's layer 2 would never learn)."""
     from solver.algorithms import make_solver  # noqa: PLC0415
     from solver.algorithms.problem import CSCProblem  # noqa: PLC0415
     from solver.images.preprocess import FittedPreprocess  # noqa: PLC0415

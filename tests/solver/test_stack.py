@@ -7,19 +7,19 @@ from __future__ import annotations
 import io
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.signal
 from PIL import Image
 
+from configs import sample_paths
 from solver import (
     INTER_LAYER_PREPROCESS,
     LayerModel,
     LearnConfig,
     StackModel,
-    encode_stack,
+    encode_layers,
     layer_config,
     learn_layer,
     learn_stack,
@@ -37,7 +37,6 @@ from solver.operators.connectivity import connectivity_table
 from solver.operators.convolution import map_shape
 from solver.operators.pixel_path import LowerLayer, input_geometry
 
-ROOT = Path(__file__).resolve().parents[2]
 logger = logging.getLogger(__name__)
 
 
@@ -53,7 +52,7 @@ def _two_layers(boundary="valid", method="zeiler", filter_update="fista", n_iter
 @pytest.fixture(scope="module")
 def crops() -> np.ndarray:
     """Four 28×28 float32 crops of the bundled sample images, (4, 1, 28, 28) in [0, 1]."""
-    paths = sorted((ROOT / "samples").glob("*.png"))[:4]
+    paths = sample_paths()[:4]
     images = np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.float32) / 255 for p in paths])
     return np.ascontiguousarray(images[:, None, 40:68, 40:68])
 
@@ -174,9 +173,9 @@ def test_learn_stack_keeps_float64(crops):
 # --- encoding and projection -----------------------------------------------------------------------------------
 
 
-def test_encode_stack_then_project_down_approximates_the_preprocessed_input(learned, crops):
+def test_encode_layers_then_project_down_approximates_the_preprocessed_input(learned, crops):
     model = learned.model
-    maps = encode_stack(model, crops, method="fista", max_iter=50)
+    maps = encode_layers(model, crops, method="fista", max_iter=50).maps
     grid_one = map_shape(crops.shape[-2:], 5, model.boundary)
     assert [m.shape for m in maps] == [(4, 3) + grid_one, (4, 6) + map_shape(grid_one, 5, model.boundary)]
     assert all(m.dtype == np.float32 for m in maps)
@@ -190,10 +189,10 @@ def test_encode_stack_then_project_down_approximates_the_preprocessed_input(lear
     assert psnr(rescaled, recon) > 15.0
 
 
-def test_encode_stack_stops_at_the_requested_layer(learned, crops):
-    assert len(encode_stack(learned.model, crops[:1], layers=1, method="fista", max_iter=3)) == 1
+def test_encode_layers_stops_at_the_requested_layer(learned, crops):
+    assert len(encode_layers(learned.model, crops[:1], layer=1, method="fista", max_iter=3).maps) == 1
     with pytest.raises(ValueError, match="layer"):
-        encode_stack(learned.model, crops[:1], layers=3)
+        encode_layers(learned.model, crops[:1], layer=3)
 
 
 def _random_model(rng, boundary="valid", shift=0.3, mean=-0.2, scale=1.7, n_channels=1) -> StackModel:
@@ -291,8 +290,8 @@ def test_model_round_trips_through_arrays_and_json(learned, crops):
         np.testing.assert_array_equal(a.filters, b.filters)
         np.testing.assert_array_equal(a.connectivity, b.connectivity)
         assert (a.preprocess, a.lam, a.p) == (b.preprocess, b.lam, b.p)
-    maps = encode_stack(model, crops[:1], method="fista", max_iter=5)
-    np.testing.assert_array_equal(encode_stack(again, crops[:1], method="fista", max_iter=5)[1], maps[1])
+    maps = encode_layers(model, crops[:1], method="fista", max_iter=5).maps
+    np.testing.assert_array_equal(encode_layers(again, crops[:1], method="fista", max_iter=5).maps[1], maps[1])
 
 
 def test_model_from_arrays_names_what_is_missing(learned):
@@ -317,7 +316,7 @@ def test_model_refuses_layers_that_do_not_chain(rng):
 
 
 def test_zeiler2010_preset_holds_the_toolbox_defaults():
-    config = load_config(ROOT / "configs" / "zeiler2010.yaml")
+    config = load_config("zeiler2010")
     first, second = config.layers
     assert (first.n_filters, first.filter_size, first.connectivity, first.p, first.lam) == (9, 7, "full", 0.8, 1.0)
     assert (second.n_filters, second.filter_size, second.connectivity, second.p, second.lam) == (
@@ -332,10 +331,10 @@ def test_zeiler2010_preset_holds_the_toolbox_defaults():
 @pytest.mark.slow
 def test_zeiler2010_preset_learns_two_layers_on_the_samples(record_property):
     # The toolbox's λ = 1 is tuned for 100×100 RGB images; on grey 64×64 crops it codes nothing, so λ = 0.1 here.
-    config = load_config(ROOT / "configs" / "zeiler2010.yaml")
+    config = load_config("zeiler2010")
     config = config.model_copy(update={"n_iter": 2, "layers": [s.model_copy(update={"lam": 0.1})
                                                                for s in config.layers]})
-    paths = sorted((ROOT / "samples").glob("*.png"))[:4]
+    paths = sample_paths()[:4]
     images = np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.float32) / 255 for p in paths])[:, None]
     images = np.ascontiguousarray(images[:, :, 32:96, 32:96])
     result = learn_stack(images, config, backend="numpy")
@@ -357,7 +356,7 @@ def test_zeiler2010_preset_learns_two_layers_on_the_samples(record_property):
 
 
 def test_zeiler2011_preset_holds_the_2011_sizes():
-    config = load_config(ROOT / "configs" / "zeiler2011.yaml")
+    config = load_config("zeiler2011")
     first, second = config.layers
     assert config.reconstruct_to == "pixels" and config.inference.method == "fista" and config.boundary == "valid"
     assert (first.n_filters, first.filter_size, first.pool) == (15, 7, (1, 3, 3))
@@ -371,10 +370,10 @@ def test_zeiler2011_preset_holds_the_2011_sizes():
 
 @pytest.mark.slow
 def test_zeiler2011_preset_learns_two_layers_on_the_samples(record_property):
-    config = load_config(ROOT / "configs" / "zeiler2011.yaml")
+    config = load_config("zeiler2011")
     config = config.model_copy(update={"n_iter": 3, "layers": [s.model_copy(update={"n_filters": n})
                                                                for s, n in zip(config.layers, (8, 12), strict=True)]})
-    paths = sorted((ROOT / "samples").glob("*.png"))[:4]
+    paths = sample_paths()[:4]
     images = np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.float32) / 255 for p in paths])[:, None]
     images = np.ascontiguousarray(images[:, :, 16:112, 16:112])
     result = learn_stack(images, config, backend="numpy")

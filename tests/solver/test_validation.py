@@ -4,7 +4,6 @@ connectivity tables (solver.operators.connectivity)."""
 from __future__ import annotations
 
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 import pydantic
@@ -12,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from configs import preset_names
 from solver.config import (
     AdmmConfig,
     FilterUpdateConfig,
@@ -24,7 +24,6 @@ from solver.config import (
 from solver.models.coding import encode, reconstruct
 from solver.operators.connectivity import connectivity_table, parse_table_name, singles_and_doubles_count
 
-ROOT = Path(__file__).resolve().parents[2]
 SHAPE = (8, 8)
 
 
@@ -350,7 +349,7 @@ def test_load_config_rejects_invalid_presets(tmp_path, bad):
         load_config(path)
 
 
-@pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("preset", preset_names())
 def test_shipped_presets_validate(preset):
     assert isinstance(load_config(preset), LearnConfig)
 

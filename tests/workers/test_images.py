@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workers.distributed.images import ImageInfo, inspect_images, list_images, load_images
+from workers.distributed.images import ImageInfo, image_paths, inspect_images, list_images, load_images
 
 
 def _png(path, array):
@@ -36,6 +36,19 @@ def test_list_images_refuses_a_folder_without_images(tmp_path):
 def test_list_images_refuses_a_missing_folder(tmp_path):
     with pytest.raises(ValueError, match="not a directory"):
         list_images(tmp_path / "missing")
+
+
+def test_image_paths_keeps_files_in_order_and_expands_folders(tmp_path):
+    (tmp_path / "folder").mkdir()
+    [(tmp_path / "folder" / n).write_bytes(b"") for n in ["b.png", "a.png"]]
+    (tmp_path / "z.png").write_bytes(b"")
+    paths = image_paths([tmp_path / "z.png", tmp_path / "folder"])
+    assert paths == [tmp_path / "z.png", tmp_path / "folder" / "a.png", tmp_path / "folder" / "b.png"]
+
+
+def test_image_paths_names_a_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="no such image file or folder: '.*missing.png'"):
+        image_paths([tmp_path / "missing.png"])
 
 
 def test_grey_pictures_load_as_one_channel_uint8(tmp_path, rng):

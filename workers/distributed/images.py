@@ -63,6 +63,26 @@ def list_images(folder: str | Path) -> list[Path]:
     return paths
 
 
+def image_paths(items: Sequence[str | Path]) -> list[Path]:
+    """Image files given one by one or as folders (a folder's image files sorted by name, as :func:`list_images`),
+    in the order given.
+
+    Raises
+    ------
+    ValueError
+        Naming a path that is neither a file nor a folder, or a folder without images.
+    """
+    paths: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            paths += list_images(item)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise ValueError(f"no such image file or folder: {str(item)!r}")
+    return paths
+
+
 def _picture_header(path: Path) -> tuple[tuple[int, int, int], str]:
     with Image.open(path) as im:
         width, height = im.size

@@ -2,12 +2,15 @@
 
 ::
 
-    images: ../samples          # a folder of PNG/JPEG/NPY files; relative to the YAML file's folder
+    images: pictures            # a folder of PNG/JPEG/NPY files; relative to the YAML file's folder
     workers: 2                  # optional: shard actors (the command line's --workers wins)
     layers:
       - {n_filters: 16, filter_size: 7, lam: 1.0}
     n_iter: 40
     preprocess: {grey: true, contrast_normalise: true}
+
+A job file may leave ``images`` out when the command line gives the images (``deconv learn quick --images
+a.png b.png``): a bundled preset (:mod:`configs`) is a job file without images, found by its name.
 
 Like a job sent to the service, a job file preprocesses its images by default (mean removal and a dataset-wide
 rescale, :class:`~solver.images.preprocess.PreprocessConfig`'s defaults; ``preprocess: null`` turns that off), unlike
@@ -17,13 +20,17 @@ rescale, :class:`~solver.images.preprocess.PreprocessConfig`'s defaults; ``prepr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 from pydantic import Field, ValidationError
 
+from configs import find_preset
 from solver.config import LearnConfig
 from solver.images.preprocess import PreprocessConfig
+
+from ..distributed.images import image_paths, list_images
 
 
 class JobFileError(ValueError):
@@ -35,19 +42,38 @@ class LearnJobFile(LearnConfig):
 
     Attributes
     ----------
-    images : Path
-        Folder of image files (absolute once loaded by :func:`load_job_file`).
+    images : Path, optional
+        Folder of image files (absolute once loaded by :func:`load_job_file`); None when the command line gives
+        the images.
     workers : int, optional
         Shard actors to use.
     """
 
-    images: Path
+    images: Path | None = None
     workers: int | None = Field(None, ge=1)
     preprocess: PreprocessConfig | None = Field(default_factory=PreprocessConfig)
 
-    def learn_config(self) -> LearnConfig:
-        """The learning config alone (without ``images`` and ``workers``)."""
-        return LearnConfig.model_validate(self.model_dump(exclude={"images", "workers"}))
+    def learn_config(self, *, n_iter: int | None = None) -> LearnConfig:
+        """The learning config alone (without ``images`` and ``workers``), with `n_iter` outer iterations instead
+        of the file's when given (the command line's ``--n-iter``)."""
+        changes = {} if n_iter is None else {"n_iter": n_iter}
+        return LearnConfig.model_validate(self.model_dump(exclude={"images", "workers"}) | changes)
+
+    def image_paths(self, given: Sequence[str | Path] | None = None) -> list[Path]:
+        """The image files to learn on: `given` (files or folders, the command line's ``--images``) when not
+        empty, else those of the file's ``images`` folder.
+
+        Raises
+        ------
+        ValueError
+            When neither names images, or a file or folder is missing or holds no image.
+        """
+        if given:
+            return image_paths(given)
+        if self.images is None:
+            raise JobFileError("images: the config names no images; give 'images: FOLDER' in the job file or "
+                               "image files or folders on the command line (--images)")
+        return list_images(self.images)
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -62,14 +88,15 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def read_job_mapping(path: str | Path) -> dict:
-    """The fields of a YAML (or JSON) job file, not yet validated.
+    """The fields of a YAML (or JSON) job file, or of a bundled preset given by name, not yet validated.
 
     Raises
     ------
     JobFileError
-        When the file cannot be read or does not hold a mapping (the message names the file).
+        When the file cannot be read or does not hold a mapping (the message names the file), or for a name that
+        is neither a file nor a preset (the message lists the presets).
     """
-    path = Path(path)
+    path = _job_file_path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -81,8 +108,16 @@ def read_job_mapping(path: str | Path) -> dict:
     return data
 
 
+def _job_file_path(path: str | Path) -> Path:
+    try:
+        return find_preset(path)
+    except ValueError as exc:
+        raise JobFileError(str(exc)) from None
+
+
 def load_job_file(path: str | Path) -> LearnJobFile:
-    """Read and validate a job file; ``images`` is resolved against the file's folder.
+    """Read and validate a job file (or a bundled preset, by name); ``images`` is resolved against the file's
+    folder.
 
     Raises
     ------
@@ -90,11 +125,13 @@ def load_job_file(path: str | Path) -> LearnJobFile:
         When the file cannot be read, is not a YAML mapping, or does not validate (the message names the
         field and the value).
     """
-    path = Path(path)
+    path = _job_file_path(path)
     data = read_job_mapping(path)
     try:
         job = LearnJobFile.model_validate(data)
     except ValidationError as exc:
         raise JobFileError(f"{path}: {describe_validation_error(exc)}") from None
+    if job.images is None:
+        return job
     images = job.images if job.images.is_absolute() else (path.resolve().parent / job.images)
     return job.model_copy(update={"images": images.resolve()})

@@ -1,5 +1,5 @@
 r"""Deep Deconvolutional Networks: layers learned one after another, encoding through all of them, and projection
-of any layer's maps down to pixels (Zeiler, Krishnan, Taylor & Fergus, CVPR 2010; ``notes/zeiler.md`` section 4).
+of any layer's maps down to pixels (Zeiler, Krishnan, Taylor & Fergus, CVPR 2010; ``docs/zeiler.md`` section 4).
 
 Layer 1 learns on the (preprocessed) images. Layer l+1 learns on the final maps of layer l, rescaled as the 2010
 toolbox does (``rescale_all_n1_1.m``): shift the minimum to 0, divide by half the range, subtract the mean,
