@@ -63,9 +63,12 @@ from pathlib import Path
 
 import numpy as np
 
+from workers.jobs.status import STATUSES
+
+from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+
 logger = logging.getLogger("deconv.cli")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -155,8 +158,7 @@ def _add_client_commands(commands) -> None:
     submit.add_argument("--wait", action="store_true", help="follow the job to its end (exit status as wait)")
     status = add("status", "show one job, or list the jobs")
     status.add_argument("job", nargs="?", default=None, metavar="JOB", help="a job id (default: list the jobs)")
-    status.add_argument("--status", default=None, choices=("queued", "running", "succeeded", "failed",
-                                                           "cancelled"), help="list only jobs in this state")
+    status.add_argument("--status", default=None, choices=STATUSES, help="list only jobs in this state")
     status.add_argument("--limit", type=_non_negative_int, default=20, metavar="N",
                         help="list at most N jobs, newest first (0: all; default 20)")
     status.add_argument("--json", action="store_true", help="print the JSON the service answered")

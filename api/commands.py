@@ -10,7 +10,6 @@ names the field) and exits 2 for a 4xx, 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -21,9 +20,8 @@ from typing import Any
 import numpy as np
 
 from .client import DeconvClient, JobWaitTimeout
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
-_EXIT_OF_STATUS = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
+from .client.payloads import npy_bytes, npz_bytes
+from .exits import EXIT_INTERRUPTED, EXIT_OF_STATUS, EXIT_OK, EXIT_TIMEOUT
 
 
 class UsageError(ValueError):
@@ -165,7 +163,7 @@ def follow(client: DeconvClient, job_id: str, *, timeout: float | None = None, p
     elif job["error"]:
         end += f": {job['error']}"
     say(end)
-    return _EXIT_OF_STATUS[job["status"]]
+    return EXIT_OF_STATUS[job["status"]]
 
 
 @contextmanager
@@ -208,7 +206,7 @@ def filters(args: argparse.Namespace, client: DeconvClient) -> int:
         what = "filter montage"
     else:
         array = client.filters(args.job, layer=args.layer)
-        data, what = _npy_bytes(array), f"filters {tuple(array.shape)} {array.dtype}"
+        data, what = npy_bytes(array), f"filters {tuple(array.shape)} {array.dtype}"
     return _write(args.out, data, what)
 
 
@@ -233,32 +231,18 @@ def encode(args: argparse.Namespace, client: DeconvClient) -> int:
     top = max(int(name[1:]) for name in code if name.startswith("L"))
     if fmt == "npy":
         maps = code[f"L{top}"]
-        return _write(args.out, _npy_bytes(maps), f"layer-{top} maps {tuple(maps.shape)}")
-    buffer = io.BytesIO()
-    np.savez(buffer, **code)
+        return _write(args.out, npy_bytes(maps), f"layer-{top} maps {tuple(maps.shape)}")
     switches = sorted(name for name in code if name.startswith("S"))
     what = f"maps of layers 1-{top}" + (f" and switches {', '.join(switches)}" if switches else "")
-    return _write(args.out, buffer.getvalue(), what)
+    return _write(args.out, npz_bytes(code), what)
 
 
 def reconstruct(args: argparse.Namespace, client: DeconvClient) -> int:
     """A job's reconstructions, or images from a maps file with a job's filters or a filters file."""
     fmt = args.format or _format_of(args.out, default="npy")
     if args.maps is None:
-        if args.job_id is None:
-            raise UsageError("give a JOB (its reconstructions) or --maps FILE with --job JOB or --filters FILE")
-        if args.job is not None or args.filters is not None or args.layer is not None:
-            raise UsageError("--job, --filters and --layer go with --maps; a JOB alone fetches its reconstructions")
-        if fmt == "png":
-            return _write(args.out, client.reconstructions_png(args.job_id), "inputs beside reconstructions")
-        array = client.reconstructions(args.job_id)
-        return _write(args.out, _npy_bytes(array), f"reconstructions {tuple(array.shape)}")
-    if args.job_id is not None:
-        raise UsageError(f"give the job of --maps as --job {args.job_id}, not as JOB")
-    if (args.job is None) == (args.filters is None):
-        raise UsageError("--maps needs exactly one of --job JOB (its filters) and --filters FILE")
-    if args.filters is not None and (args.layer is not None or args.switches is not None):
-        raise UsageError("--layer and --switches go with --job, not with --filters")
+        return _job_reconstructions(args, client, fmt)
+    _check_maps_options(args)
     maps = load_array(args.maps, "--maps")
     kwargs: dict[str, Any] = {"job_id": args.job, "layer": args.layer, "boundary": args.boundary}
     if args.switches is not None:
@@ -268,7 +252,27 @@ def reconstruct(args: argparse.Namespace, client: DeconvClient) -> int:
     if fmt == "png":
         return _write(args.out, client.reconstruct_png(maps, **kwargs), "reconstructed images")
     images = client.reconstruct(maps, **kwargs)
-    return _write(args.out, _npy_bytes(images), f"images {tuple(images.shape)}")
+    return _write(args.out, npy_bytes(images), f"images {tuple(images.shape)}")
+
+
+def _job_reconstructions(args: argparse.Namespace, client: DeconvClient, fmt: str) -> int:
+    if args.job_id is None:
+        raise UsageError("give a JOB (its reconstructions) or --maps FILE with --job JOB or --filters FILE")
+    if args.job is not None or args.filters is not None or args.layer is not None:
+        raise UsageError("--job, --filters and --layer go with --maps; a JOB alone fetches its reconstructions")
+    if fmt == "png":
+        return _write(args.out, client.reconstructions_png(args.job_id), "inputs beside reconstructions")
+    array = client.reconstructions(args.job_id)
+    return _write(args.out, npy_bytes(array), f"reconstructions {tuple(array.shape)}")
+
+
+def _check_maps_options(args: argparse.Namespace) -> None:
+    if args.job_id is not None:
+        raise UsageError(f"give the job of --maps as --job {args.job_id}, not as JOB")
+    if (args.job is None) == (args.filters is None):
+        raise UsageError("--maps needs exactly one of --job JOB (its filters) and --filters FILE")
+    if args.filters is not None and (args.layer is not None or args.switches is not None):
+        raise UsageError("--layer and --switches go with --job, not with --filters")
 
 
 def load_arrays(path: Path, option: str) -> dict[str, np.ndarray]:
@@ -301,12 +305,6 @@ def load_array(path: Path, option: str) -> np.ndarray:
 def _format_of(path: Path, *, default: str) -> str:
     suffix = path.suffix.lower().lstrip(".")
     return suffix if suffix in ("npy", "png") else default
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def _write(path: Path, data: bytes, what: str) -> int:

@@ -21,14 +21,14 @@ then stops the service (and the Ray cluster it started).
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 from typing import Any
 
 from configs import find_preset, sample_paths
 
-from .commands import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, follow, result, say
+from .commands import follow, result, say
+from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 
 DEMO_PRESET = "demo"
 _SKIMAGE_IMAGES = ("camera", "astronaut", "coffee", "chelsea", "coins", "moon", "clock", "brick")
@@ -123,6 +123,8 @@ def _skimage_png(name: str) -> bytes:
     import numpy as np  # noqa: PLC0415
     from PIL import Image  # noqa: PLC0415
 
+    from solver.images.pictures import png_bytes  # noqa: PLC0415
+
     try:
         from skimage import data  # noqa: PLC0415
     except ImportError:
@@ -133,6 +135,4 @@ def _skimage_png(name: str) -> bytes:
     left, top = (picture.width - side) // 2, (picture.height - side) // 2
     picture = picture.crop((left, top, left + side, top + side)).resize((_SAMPLE_SIZE, _SAMPLE_SIZE),
                                                                         Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return png_bytes(np.asarray(picture) / 255.0)

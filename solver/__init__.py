@@ -35,6 +35,7 @@ from .config import (
 from .images.metrics import psnr
 from .images.preprocess import FittedPreprocess
 from .models.coding import EncodeResult, encode, reconstruct
+from .models.lam import lambda_max
 from .models.learn import IterStats, LearnResult, encode_with, learn, learn_layer
 from .models.stack.encoding import encode_layers
 from .models.stack.files import load_model
@@ -42,6 +43,18 @@ from .models.stack.learning import INTER_LAYER_PREPROCESS, layer_config, learn_s
 from .models.stack.model import LayerModel, StackCode, StackModel, StackResult
 from .models.stack.projection import pixel_filters, project_down, reconstruct_from, top_projections
 from .operators.pooling import pool3d, unpool3d  # noqa: F401  (re-exported; see solver.operators.pooling)
+
+_ESTIMATORS = ("ConvolutionalDictionaryLearning", "DeconvolutionalNetwork")
+
+
+def __getattr__(name: str):
+    """The scikit-learn estimators, imported on first use: ``import solver`` does not need scikit-learn."""
+    if name in _ESTIMATORS:
+        from . import estimators  # noqa: PLC0415
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'solver' has no attribute {name!r}")
+
 
 __all__ = [
     "INTER_LAYER_PREPROCESS",
@@ -66,6 +79,7 @@ __all__ = [
     "get_backend",
     "gpu_available",
     "layer_config",
+    "lambda_max",
     "learn",
     "learn_layer",
     "learn_stack",

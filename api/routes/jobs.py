@@ -5,12 +5,12 @@ Route functions carry no docstring: FastAPI would publish it as the operation's 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response
 
 from workers.jobs.spec import JobSpec, SpecError, check_against_dataset
-from workers.jobs.store import STATUSES
+from workers.jobs.status import JobStatus
 
 from ..deps import RunnerDep, SettingsDep, StoreDep, guarded
 from ..errors import field_error
@@ -48,7 +48,7 @@ def submit_job(spec: JobSpec, response: Response, settings: SettingsDep, store: 
 @router.get("/jobs", response_model=JobList)
 def list_jobs(store: StoreDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
               cursor: Annotated[str | None, Query(max_length=100)] = None,
-              status: Annotated[Literal[STATUSES] | None, Query()] = None) -> JobList:
+              status: Annotated[JobStatus | None, Query()] = None) -> JobList:
     try:
         jobs, next_cursor = store.list_jobs(limit=limit, cursor=cursor, status=status)
     except ValueError as exc:

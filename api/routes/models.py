@@ -16,8 +16,8 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, Response, Uploa
 
 from solver.config import Boundary
 from solver.images.pictures import image_sheet, png_bytes
-from workers.jobs.artifacts import ArtifactCorruptError
 from workers.distributed.checkpoint import npy_bytes
+from workers.jobs.artifacts import ArtifactCorruptError
 from workers.jobs.models import JobModel, ModelNotReadyError, load_model
 from workers.jobs.store import ID_PATTERN, JobRecord, JobStore
 

@@ -15,10 +15,11 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from ..algorithms.base import IterStats
 from ..algorithms.consensus import update_filters_consensus
 from ..algorithms.filter_update import filter_lipschitz, update_filters_pooled
 from ..algorithms.recentre import crop_to_energy, recentre, roll_state
@@ -30,21 +31,13 @@ from ..operators.pixel_path import LowerLayer, input_geometry
 from ..operators.prox import normalise_unit
 from ..validation import as_images, check_boundary, check_finite, check_lam, check_p, check_positive_int
 from .coding import inference_config
+from .lam import absolute_config, lambda_max
 from .shard import LocalPool, PixelShard, Shard
 
+if TYPE_CHECKING:
+    from .stack.model import StackModel
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class IterStats:
-    """Progress of one outer iteration (what callbacks and progress bars receive)."""
-
-    iteration: int
-    objective: float
-    data: float
-    sparsity: float  # fraction of non-zero map entries
-    elapsed: float  # seconds since the start of learning
-    inner_iter: int  # inference iterations run in this outer iteration
 
 
 @dataclass(frozen=True)
@@ -66,6 +59,15 @@ class LearnResult:
     lam_max : float or None
         When λ was given relative to λ_max (``lam_scale="relative"``): λ_max of the training input with the
         initial filters; ``config`` then holds the absolute λ used. None otherwise.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import learn
+    >>> images = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    >>> result = learn(images, 3, 3, 0.1, n_iter=2, method="fista")
+    >>> result.filters.shape, len(result.history), result.model.n_layers
+    ((3, 1, 3, 3), 2, 1)
     """
 
     filters: np.ndarray
@@ -78,22 +80,11 @@ class LearnResult:
     lam_max: float | None = None
 
     @property
-    def model(self):
-        """This layer as a one-layer :class:`~solver.StackModel` (to save, load and encode like any stack).
-
-        Returns
-        -------
-        StackModel
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from solver import learn
-        >>> images = np.random.default_rng(0).standard_normal((2, 1, 12, 12)).astype(np.float32)
-        >>> learn(images, n_filters=2, filter_size=3, lam=0.1, n_iter=2).model.layers[0].filters.shape
-        (2, 1, 3, 3)
-        """
-        from .stack.model import StackModel  # noqa: PLC0415  (the stack package builds on this module)
+    def model(self) -> StackModel:
+        """The learned layer as a one-layer :class:`~solver.StackModel` (what :func:`~solver.encode_layers` and
+        :func:`~solver.project_down` take), like ``StackResult.model``; ``ValueError`` without a config."""
+        # imported here: the stack package builds on this module (StackResult holds LearnResults)
+        from .stack.model import StackModel  # noqa: PLC0415
 
         return StackModel.from_results([self])
 
@@ -125,6 +116,7 @@ def learn(
     method: Literal["admm", "fista", "zeiler"] | Any = "admm",
     boundary: Literal["circular", "valid"] = "circular",
     p: float = 1.0,
+    lam_scale: Literal["absolute", "relative"] = "absolute",
     seed: int = 0,
     backend: Literal["auto", "numpy", "cupy"] = "auto",
     connectivity: str | np.ndarray = "full",
@@ -145,7 +137,8 @@ def learn(
     n_filters, filter_size : int
         K and s.
     lam : float
-        λ > 0, the weight of the sparsity term (Zeiler's κ/λ).
+        λ > 0, the weight of the sparsity term (Zeiler's κ/λ); with ``lam_scale="relative"`` the fraction of
+        λ_max, in (0, 1).
     n_iter : int
         Outer iterations.
     method : {"admm", "fista", "zeiler"} or an inference config model
@@ -153,6 +146,9 @@ def learn(
     boundary : {"circular", "valid"}
     p : float
         Sparsity exponent in (0, 1].
+    lam_scale : {"absolute", "relative"}
+        ``"relative"``: λ = lam × :func:`~solver.lambda_max` of the (preprocessed) images with the initial
+        filters; ``result.config`` then holds the absolute λ and ``result.lam_max`` λ_max.
     seed : int
         Seeds the initial filters (the run is deterministic).
     backend : {"auto", "numpy", "cupy"}
@@ -181,6 +177,17 @@ def learn(
     Returns
     -------
     LearnResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import learn
+    >>> images = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    >>> result = learn(images, 3, 3, 0.1, n_iter=3, method="fista", seed=0)
+    >>> result.filters.shape, result.maps.shape
+    ((3, 1, 3, 3), (2, 3, 8, 8))
+    >>> bool(result.history[-1] <= result.history[0])
+    True
     """
     lam, p, boundary = check_lam(lam), check_p(p), check_boundary(boundary)
     n_iter = check_positive_int(n_iter, "n_iter")
@@ -191,7 +198,7 @@ def learn(
     base = filter_update if isinstance(filter_update, FilterUpdateConfig) else FilterUpdateConfig(method=filter_update)
     updates = {k: v for k, v in (("max_iter", filter_iter), ("norm", filter_norm)) if v is not None}
     fu = FilterUpdateConfig.model_validate({**base.model_dump(), **updates})
-    layer = LayerSpec(n_filters=K, filter_size=s, lam=lam, p=p,
+    layer = LayerSpec(n_filters=K, filter_size=s, lam=lam, p=p, lam_scale=lam_scale,
                       connectivity=connectivity if isinstance(connectivity, str) else np.asarray(connectivity).tolist())
     config = LearnConfig(layers=[layer], inference=inference, filter_update=fu, n_iter=n_iter, boundary=boundary,
                          preprocess=preprocess, seed=seed)
@@ -217,6 +224,32 @@ def learn_layer(
     reconstructs `images`, the pixels, through the frozen layers `lower` (bottom first) at their `switches` for
     these images; its filters read the channels and spatial shape that the layer below gives, and its maps keep
     one non-zero per block of ``layers[0].pool``. Without `lower` this is a first layer.
+
+    Parameters
+    ----------
+    images : array of shape (N, C, H, W), (N, H, W) or (H, W)
+    config : LearnConfig
+        One layer; its ``preprocess`` is fitted on `images` and applied first.
+    backend : {"auto", "numpy", "cupy"}
+    init_filters : array of shape (K, C, s, s), optional
+    callback : callable, optional
+        Called with an :class:`IterStats` after every outer iteration.
+    lower, switches : sequences, optional
+        The frozen layers below and their switches for these images (2011 model only).
+
+    Returns
+    -------
+    LearnResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import LearnConfig, learn_layer
+    >>> config = LearnConfig.model_validate({"layers": [{"n_filters": 3, "filter_size": 3, "lam": 0.1}],
+    ...                                      "n_iter": 2, "inference": {"method": "fista", "max_iter": 10}})
+    >>> images = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    >>> learn_layer(images, config).filters.shape
+    (3, 1, 3, 3)
     """
     if len(config.layers) != 1:
         raise ValueError(f"learn_layer learns one layer, got a config of {len(config.layers)} layers: use "
@@ -245,6 +278,13 @@ def learn_layer(
         if f0.shape != (layer.n_filters, C, s, s):
             raise ValueError(f"init_filters must have shape {(layer.n_filters, C, s, s)}, got {f0.shape}")
         check_finite(f0, "init_filters")
+    lam_max = None
+    if layer.lam_scale == "relative":  # λ = lam × λ_max of this input with the start filters, fixed from here on
+        lam_max = lambda_max(y, f0, boundary=config.boundary, connectivity=table, lower=lower, switches=switches,
+                             backend=backend)
+        config = absolute_config(config, lam_max)
+        logger.info("lam_scale relative: λ_max %.6g, λ = %g × λ_max = %.6g", lam_max, layer.lam,
+                    config.layers[0].lam)
     if pixels:
         pool = LocalPool([PixelShard(y, config, table, lower, switches, backend)])
         filters, history, stats = alternate(pool, config, f0, callback=callback)
@@ -254,7 +294,7 @@ def learn_layer(
         pool = LocalPool([Shard(y, config, table, backend)])
         filters, history, stats = alternate(pool, config, f0, callback=callback)
     maps = np.concatenate(pool.maps())
-    return LearnResult(filters, maps, history, stats, config, table, fitted)
+    return LearnResult(filters, maps, history, stats, config, table, fitted, lam_max)
 
 
 def _learn_recentred(y: Array, config: LearnConfig, table: np.ndarray | None, backend: str, f0: np.ndarray,
@@ -358,7 +398,29 @@ def alternate(
 
 
 def encode_with(result: LearnResult, images: Array, **kwargs: Any):
-    """Encode new images with a learned model: its filters, λ, p, boundary, connectivity and preprocessing."""
+    """Encode new images with a learned model: its filters, λ, p, boundary, connectivity and preprocessing.
+
+    Parameters
+    ----------
+    result : LearnResult
+        What :func:`learn` returned (with its config).
+    images : array of shape (N, C, H, W), (N, H, W) or (H, W)
+    **kwargs
+        Passed to :func:`encode` (``method`` defaults to the one the model learned with).
+
+    Returns
+    -------
+    EncodeResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import encode_with, learn
+    >>> images = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    >>> result = learn(images, 3, 3, 0.1, n_iter=2, method="fista")
+    >>> encode_with(result, images[:1], max_iter=5).maps.shape
+    (1, 3, 8, 8)
+    """
     from .coding import encode  # noqa: PLC0415
 
     if result.config is None:

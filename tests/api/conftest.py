@@ -7,7 +7,7 @@ import io
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from PIL import Image
 
 from configs import sample_paths
 from tests.workers.conftest import ray_cluster, ray_session  # noqa: F401  (the shared session cluster)
+from workers.jobs.status import TERMINAL
 
 ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("fastapi")
@@ -70,6 +71,41 @@ def live_service(tmp_path_factory, ray_cluster) -> Iterator[LiveService]:  # noq
     service = start_service(tmp_path_factory.mktemp("deconv-data"))
     yield service
     stop_service(service)
+
+
+def wait_for_job(client, job_id: str, until: Callable[[dict], bool] | None = None, *, timeout: float = 150,
+                 interval: float = 0.05) -> dict:
+    """Poll ``GET /jobs/{job_id}`` until `until(job)` holds (by default: until the job has ended); returns the job.
+
+    Parameters
+    ----------
+    client : httpx2.Client
+        With the service's ``base_url``.
+    job_id : str
+    until : callable, optional
+        Takes the job's JSON.
+    timeout, interval : float
+        Seconds.
+
+    Returns
+    -------
+    dict
+        The job's JSON when `until` first held.
+
+    Raises
+    ------
+    AssertionError
+        Naming the job and showing it, when it ended without `until` holding or the timeout passed.
+    """
+    until = until or (lambda job: job["status"] in TERMINAL)
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/jobs/{job_id}").json()
+        if until(job):
+            return job
+        if job["status"] in TERMINAL or time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} did not get there within {timeout} s: {job}")
+        time.sleep(interval)
 
 
 def sample_png_parts(n: int = 3, size: int = 32) -> list[tuple[str, bytes]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import logging
-import time
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from PIL import Image
 from solver.images.metrics import psnr
 from solver.images.preprocess import FittedPreprocess
 from solver.operators.pooling import pool3d
-from tests.api.conftest import sample_png_parts
+from tests.api.conftest import sample_png_parts, wait_for_job
 from tests.workers.conftest import ray_cluster, ray_session  # noqa: F401  (the shared session cluster)
 
 httpx2 = pytest.importorskip("httpx2")
@@ -49,11 +48,7 @@ def pooled_job(request, live_service):
         response = client.post("/jobs", json={"dataset_id": dataset["id"], **_spec(request.param)})
         assert response.status_code == 202, response.text
         job_id = response.json()["id"]
-        deadline = time.monotonic() + 250
-        while (job := client.get(f"/jobs/{job_id}").json())["status"] in ("queued", "running"):
-            assert time.monotonic() < deadline, job
-            time.sleep(0.2)
-        assert job["status"] == "succeeded", job
+        job = wait_for_job(client, job_id, lambda j: j["status"] == "succeeded", timeout=250)
         yield client, job, files, request.param
 
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from tests.api.conftest import sample_png_parts, start_service, stop_service
+from tests.api.conftest import sample_png_parts, start_service, stop_service, wait_for_job
 from tests.workers.conftest import ray_cluster, ray_session  # noqa: F401  (the shared session cluster)
 from workers.jobs.store import JobRecord, JobStore
 
@@ -34,15 +33,6 @@ class _Records(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(record.getMessage())
-
-
-def _wait(client, job_id: str, until, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.get(f"/jobs/{job_id}").json()
-        if until(job) or job["status"] in ("failed", "cancelled") or time.monotonic() > deadline:
-            return job
-        time.sleep(0.05)
 
 
 @dataclass
@@ -69,7 +59,7 @@ def restarted(tmp_path_factory, ray_cluster) -> Iterator[Restarted]:  # noqa: F8
                 files = [("files", (name, data, "image/png")) for name, data in sample_png_parts(3, 64)]
                 dataset = client.post("/datasets", files=files).json()
                 job_id = client.post("/jobs", json={**SPEC, "dataset_id": dataset["id"]}).json()["id"]
-                _wait(client, job_id, lambda j: j["progress"]["iteration"] >= 3)
+                wait_for_job(client, job_id, lambda j: j["progress"]["iteration"] >= 3)
                 history_before = client.get(f"/jobs/{job_id}/history").json()
         finally:
             stop_service(first)  # the runner stops after the current outer iteration
@@ -79,7 +69,7 @@ def restarted(tmp_path_factory, ray_cluster) -> Iterator[Restarted]:  # noqa: F8
         second = start_service(data_dir)
         try:
             with httpx2.Client(base_url=second.url, timeout=60) as client:
-                job = _wait(client, job_id, lambda j: j["status"] == "succeeded")
+                job = wait_for_job(client, job_id, lambda j: j["status"] == "succeeded")
                 history_after = client.get(f"/jobs/{job_id}/history").json()
         finally:
             stop_service(second)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.conftest import ROOT, sample_png_parts
+from tests.api.conftest import ROOT, sample_png_parts, wait_for_job
 
 httpx2 = pytest.importorskip("httpx2")
 pytest.importorskip("ray")
@@ -106,17 +106,6 @@ def _start(data_dir: Path, log: Path) -> ServerProcess:
         time.sleep(0.1)
 
 
-def _wait(client: httpx2.Client, job_id: str, until, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.get(f"/jobs/{job_id}").json()
-        if until(job):
-            return job
-        if job["status"] in ("failed", "cancelled") or time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} did not get there: {job}")
-        time.sleep(0.05)
-
-
 @dataclass
 class Resumed:
     server: ServerProcess  # the second service, still running
@@ -139,14 +128,14 @@ def resumed(tmp_path_factory) -> Iterator[Resumed]:
         dataset = first.client.post("/datasets", files=[("files", (name, data, "image/png"))
                                                         for name, data in sample_png_parts(3, 64)]).json()
         job_id = first.client.post("/jobs", json={**SPEC, "dataset_id": dataset["id"]}).json()["id"]
-        _wait(first.client, job_id, lambda j: j["progress"]["iteration"] >= 3)
+        wait_for_job(first.client, job_id, lambda j: j["progress"]["iteration"] >= 3)
         history_before = first.client.get(f"/jobs/{job_id}/history").json()
     finally:
         first.kill()
     leftovers = _session_processes(first.process.pid)
     second = _start(root / "data", root / "second.log")
     try:
-        job = _wait(second.client, job_id, lambda j: j["status"] == "succeeded")
+        job = wait_for_job(second.client, job_id, lambda j: j["status"] == "succeeded")
         artifacts = second.client.get(f"/jobs/{job_id}/artifacts").json()
         downloads = {a["name"]: second.client.get(a["url"]).content for a in artifacts}
         history_after = second.client.get(f"/jobs/{job_id}/history").json()
@@ -161,7 +150,7 @@ def uninterrupted(resumed) -> dict:
     """The same spec run again, without a kill, on the second service."""
     client = resumed.server.client
     job_id = client.post("/jobs", json={**SPEC, "dataset_id": resumed.dataset_id}).json()["id"]
-    _wait(client, job_id, lambda j: j["status"] == "succeeded")
+    wait_for_job(client, job_id, lambda j: j["status"] == "succeeded")
     return {"history": client.get(f"/jobs/{job_id}/history").json(),
             "filters": client.get(f"/jobs/{job_id}/filters").content}
 

@@ -12,7 +12,6 @@ import io
 import json
 import math
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ import pytest
 from PIL import Image
 
 from solver.images.pictures import filter_montage
-from tests.api.conftest import LiveService, sample_png_parts, start_service, stop_service
+from tests.api.conftest import LiveService, sample_png_parts, start_service, stop_service, wait_for_job
 from tests.workers.conftest import ray_cluster, ray_session  # noqa: F401  (the shared session cluster)
 
 httpx2 = pytest.importorskip("httpx2")
@@ -54,19 +53,6 @@ def _picture(response) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(response.content)))
 
 
-def _wait(client, job_id: str, until, timeout: float = 150) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.get(f"/jobs/{job_id}").json()
-        if until(job) or time.monotonic() > deadline:
-            return job
-        time.sleep(0.05)
-
-
-def _finished(job: dict) -> bool:
-    return job["status"] in ("succeeded", "failed", "cancelled")
-
-
 @dataclass
 class Finished:
     client: httpx2.Client
@@ -86,7 +72,7 @@ def finished(client) -> Finished:
     """The module's learning job: three 32x32 sample crops, K = 5 filters of 5x5, 3 outer iterations."""
     dataset = client.post("/datasets", files=_png_files()).json()
     submitted = client.post("/jobs", json={**SPEC, "dataset_id": dataset["id"]})
-    job = _wait(client, submitted.json()["id"], _finished)
+    job = wait_for_job(client, submitted.json()["id"])
     assert job["status"] == "succeeded", job
     return Finished(client, job, dataset, submitted)
 
@@ -304,11 +290,11 @@ def test_the_job_list_filters_by_status(held):
 def test_a_running_job_is_cancelled_and_a_queued_one_at_once(finished):
     client = finished.client
     long = client.post("/jobs", json={**SPEC, "dataset_id": finished.dataset["id"], "n_iter": 500}).json()
-    running = _wait(client, long["id"], lambda j: j["progress"]["iteration"] >= 1 or _finished(j))
+    running = wait_for_job(client, long["id"], lambda j: j["progress"]["iteration"] >= 1)
     queued = client.post("/jobs", json={**SPEC, "dataset_id": finished.dataset["id"], "seed": 2}).json()
     cancel_queued = client.delete(f"/jobs/{queued['id']}")
     cancel_running = client.delete(f"/jobs/{long['id']}")
-    stopped = _wait(client, long["id"], _finished, timeout=60)
+    stopped = wait_for_job(client, long["id"], timeout=60)
     assert running["status"] == "running"
     assert (cancel_queued.status_code, cancel_queued.json()["status"]) == (200, "cancelled")
     assert (cancel_running.status_code, cancel_running.json()["status"]) == (202, "running")

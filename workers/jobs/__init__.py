@@ -1,6 +1,7 @@
 """The job system: what a job is, where it is kept, and how it runs.
 
 * :mod:`workers.jobs.store`: ``JobStore``, SQLite (WAL) job and dataset records beside the artifact store;
+* :mod:`workers.jobs.status`: the states of a job (``JobStatus``, ``TERMINAL``), for the store, service and client;
 * :mod:`workers.jobs.artifacts`: the content-addressed artifact store (a local folder or any fsspec URL);
 * :mod:`workers.jobs.datasets`: uploaded datasets (images, zip or npz archives) into the artifact store;
 * :mod:`workers.jobs.spec`: ``JobSpec``, the validated job a client submits;

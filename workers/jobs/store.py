@@ -36,13 +36,12 @@ import numpy as np
 
 from ..distributed.checkpoint import npy_bytes
 from .artifacts import ArtifactStore, LocalArtifactStore, open_artifact_store
+from .status import STATUSES, TERMINAL
 
 logger = logging.getLogger(__name__)
 
 ID_PATTERN = r"^[0-9a-f]{32}$"
 _ID_RE = re.compile(ID_PATTERN)
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
