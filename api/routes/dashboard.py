@@ -21,9 +21,13 @@ static_files = StaticFiles(directory=STATIC)
 """Mounted at ``/static`` by :func:`api.app.create_app`."""
 
 
-@router.get("/", response_class=FileResponse, summary="The dashboard",
-            description="An HTML page showing the jobs, their progress, objective curves, filters and "
-                        "reconstructions, with a form to upload images and submit a preset.",
-            responses={200: {"content": {"text/html": {}}}})
+@router.get(
+    "/",
+    response_class=FileResponse,
+    summary="The dashboard",
+    description="An HTML page showing the jobs, their progress, objective curves, filters and "
+    "reconstructions, with a form to upload images and submit a preset.",
+    responses={200: {"content": {"text/html": {}}}},
+)
 def dashboard() -> FileResponse:
     return FileResponse(STATIC / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})

@@ -28,26 +28,37 @@ router = APIRouter(tags=["results"], dependencies=guarded)
 
 _HEADERS = {
     "X-Deconv-Layer": {"description": "the layer (1-based)", "schema": {"type": "integer"}},
-    "X-Deconv-Iteration": {"description": "the layer's outer iteration after which these filters were saved",
-                           "schema": {"type": "integer"}},
+    "X-Deconv-Iteration": {
+        "description": "the layer's outer iteration after which these filters were saved",
+        "schema": {"type": "integer"},
+    },
     "X-Deconv-Final": {"description": "true once the layer has finished learning", "schema": {"type": "boolean"}},
 }
 
 
-@router.get("/jobs/{job_id}/filters/latest",
-            summary="The newest filters of a job, also while it runs",
-            description="While the job runs: the filters of its newest checkpoint of `layer` (default: the layer "
-                        "being learned), written every `DECONV_CHECKPOINT_EVERY` outer iterations, or the layer's "
-                        "learned filters once it has finished. After the job has succeeded: its learned filters "
-                        "(default: the top layer). npy: (K, C, s, s) float32; png: one tile per filter, higher "
-                        "layers seen in pixel space. 409 while there is no checkpoint yet, and for a job that "
-                        "failed or was cancelled.",
-            responses={200: {"content": {NPY: {}, PNG: {}}, "headers": _HEADERS},
-                       409: {"description": "no filters yet (queued, or before the first checkpoint), or the "
-                                            "job failed or was cancelled"}})
-def get_latest_filters(job_id: JobId, store: StoreDep, settings: SettingsDep,
-                       layer: Annotated[int | None, Query(ge=1)] = None,
-                       format: Annotated[Literal["npy", "png"], Query()] = "npy") -> Response:  # noqa: A002
+@router.get(
+    "/jobs/{job_id}/filters/latest",
+    summary="The newest filters of a job, also while it runs",
+    description="While the job runs: the filters of its newest checkpoint of `layer` (default: the layer "
+    "being learned), written every `DECONV_CHECKPOINT_EVERY` outer iterations, or the layer's "
+    "learned filters once it has finished. After the job has succeeded: its learned filters "
+    "(default: the top layer). npy: (K, C, s, s) float32; png: one tile per filter, higher "
+    "layers seen in pixel space. 409 while there is no checkpoint yet, and for a job that "
+    "failed or was cancelled.",
+    responses={
+        200: {"content": {NPY: {}, PNG: {}}, "headers": _HEADERS},
+        409: {
+            "description": "no filters yet (queued, or before the first checkpoint), or the job failed or was cancelled"
+        },
+    },
+)
+def get_latest_filters(
+    job_id: JobId,
+    store: StoreDep,
+    settings: SettingsDep,
+    layer: Annotated[int | None, Query(ge=1)] = None,
+    format: Annotated[Literal["npy", "png"], Query()] = "npy",
+) -> Response:  # noqa: A002
     job = job_or_404(store, job_id)
     if layer is None and job.status != "succeeded":
         layer = max(job.progress.layer, 1)  # the layer being learned
@@ -58,8 +69,11 @@ def get_latest_filters(job_id: JobId, store: StoreDep, settings: SettingsDep,
         raise HTTPException(409, f"job {job_id} is {job.status}: it has no filters to show")
     newest = latest_filters(store, job_id, layer)
     if newest is None:
-        raise HTTPException(409, f"job {job_id} is {job.status}: layer {layer} has no checkpoint yet (one every "
-                                 f"{settings.checkpoint_every} outer iterations)")
+        raise HTTPException(
+            409,
+            f"job {job_id} is {job.status}: layer {layer} has no checkpoint yet (one every "
+            f"{settings.checkpoint_every} outer iterations)",
+        )
     if format == "npy":
         data, media_type = npy_bytes(newest.filters), NPY
     else:
@@ -81,6 +95,13 @@ def _learned(store: JobStore, job: JobRecord, layer: int, format: str) -> Respon
 
 
 def _response(data: bytes, media_type: str, layer: int, iteration: int, final: bool) -> Response:
-    return Response(data, media_type=media_type,
-                    headers={"X-Deconv-Layer": str(layer), "X-Deconv-Iteration": str(iteration),
-                             "X-Deconv-Final": "true" if final else "false", "Cache-Control": "no-store"})
+    return Response(
+        data,
+        media_type=media_type,
+        headers={
+            "X-Deconv-Layer": str(layer),
+            "X-Deconv-Iteration": str(iteration),
+            "X-Deconv-Final": "true" if final else "false",
+            "Cache-Control": "no-store",
+        },
+    )

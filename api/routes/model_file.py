@@ -26,16 +26,19 @@ MODEL = "application/zip"
 router = APIRouter(tags=["models"], dependencies=guarded)
 
 
-@router.get("/jobs/{job_id}/model",
-            summary="The model file of a finished job",
-            description="A zip archive of `model.json` (boundary, inference, per layer λ, p, pooling and the fitted "
-                        "preprocessing) and the `filters-L<l>.npy` and `connectivity-L<l>.npy` arrays; "
-                        "`solver.load_model` reads it, and encoding with it gives the maps "
-                        "`POST /models/{id}/encode` gives. Save it as `<name>.deconv`.",
-            responses={200: {"content": {MODEL: {"schema": {"type": "string", "format": "binary"}}},
-                             "description": "the model file"},
-                       404: {"description": "no such job"},
-                       409: {"description": "the job has not succeeded (yet)"}})
+@router.get(
+    "/jobs/{job_id}/model",
+    summary="The model file of a finished job",
+    description="A zip archive of `model.json` (boundary, inference, per layer λ, p, pooling and the fitted "
+    "preprocessing) and the `filters-L<l>.npy` and `connectivity-L<l>.npy` arrays; "
+    "`solver.load_model` reads it, and encoding with it gives the maps "
+    "`POST /models/{id}/encode` gives. Save it as `<name>.deconv`.",
+    responses={
+        200: {"content": {MODEL: {"schema": {"type": "string", "format": "binary"}}}, "description": "the model file"},
+        404: {"description": "no such job"},
+        409: {"description": "the job has not succeeded (yet)"},
+    },
+)
 def get_model(job_id: JobId, store: StoreDep) -> Response:
     job = job_or_404(store, job_id)
     if job.status != "succeeded":
@@ -45,6 +48,9 @@ def get_model(job_id: JobId, store: StoreDep) -> Response:
     except (ModelNotReadyError, ArtifactCorruptError) as exc:
         logger.error("job %s: %s", job_id, exc)
         raise HTTPException(500, f"the model of job {job_id} cannot be read from the store") from None
-    headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "Cache-Control": "private, max-age=31536000",
-               "Content-Disposition": f'attachment; filename="{job_id}.deconv"'}
+    headers = {
+        "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+        "Cache-Control": "private, max-age=31536000",
+        "Content-Disposition": f'attachment; filename="{job_id}.deconv"',
+    }
     return Response(data, media_type=MODEL, headers=headers)

@@ -27,14 +27,19 @@ class PresetOut(BaseModel):
     spec: dict[str, Any]
 
 
-@router.get("/presets", response_model=list[PresetOut],
-            summary="The bundled presets, by name",
-            description="Each preset's learning config as a job spec without `dataset_id`: add one and POST it "
-                        "to /jobs. `description` says what the preset is (its file's leading comment, to the "
-                        "first full stop or colon).")
+@router.get(
+    "/presets",
+    response_model=list[PresetOut],
+    summary="The bundled presets, by name",
+    description="Each preset's learning config as a job spec without `dataset_id`: add one and POST it "
+    "to /jobs. `description` says what the preset is (its file's leading comment, to the "
+    "first full stop or colon).",
+)
 def list_presets() -> list[PresetOut]:
-    return [PresetOut(name=path.stem, description=_leading_comment(path), spec=read_job_mapping(path))
-            for path in preset_paths()]
+    return [
+        PresetOut(name=path.stem, description=_leading_comment(path), spec=read_job_mapping(path))
+        for path in preset_paths()
+    ]
 
 
 def preset_paths() -> list[Path]:

@@ -47,9 +47,19 @@ def browser(tmp_path) -> Iterator[webdriver.Chrome]:
         pytest.skip("needs Debian's chromium and chromium-driver (make test-browser installs them)")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1400,1300", f"--user-data-dir={tmp_path / 'profile'}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1300",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
     yield driver
@@ -68,15 +78,21 @@ def _sample_files(folder: Path, n: int = 6) -> list[Path]:
 def _natural_width(driver, element_id: str) -> int:
     return driver.execute_script(
         "const img = document.getElementById(arguments[0]); return img && img.complete ? img.naturalWidth : 0;",
-        element_id)
+        element_id,
+    )
 
 
 def test_submit_the_demo_from_the_page_and_watch_it_learn(service, browser, tmp_path, record_property):
     wait = WebDriverWait(browser, 60)
     browser.get(service.url + "/")
     # the service has a key: the page asks for it once, and keeps it for the tab
-    dialog = wait.until(lambda d: d.find_element(By.ID, "key-dialog") if d.find_element(
-        By.ID, "key-dialog").get_attribute("open") is not None else None)
+    dialog = wait.until(
+        lambda d: (
+            d.find_element(By.ID, "key-dialog")
+            if d.find_element(By.ID, "key-dialog").get_attribute("open") is not None
+            else None
+        )
+    )
     dialog.find_element(By.ID, "key-input").send_keys(KEY)
     dialog.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     wait.until(lambda d: Select(d.find_element(By.ID, "preset")).first_selected_option.text == "demo")

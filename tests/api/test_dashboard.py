@@ -38,8 +38,16 @@ def test_the_page_only_calls_documented_routes(client):
     called = set(re.findall(r'[`"]((?:jobs|datasets|models|presets|health|reconstruct)\b[^"`?]*)', script))
     documented = set(client.app.openapi()["paths"])
     as_routes = {re.sub(r"\$\{[^}]*\}", "{job_id}", path) for path in called}
-    assert as_routes == {"jobs", "jobs/{job_id}", "jobs/{job_id}/history", "jobs/{job_id}/filters/latest",
-                         "jobs/{job_id}/reconstructions", "presets", "datasets", "health"}
+    assert as_routes == {
+        "jobs",
+        "jobs/{job_id}",
+        "jobs/{job_id}/history",
+        "jobs/{job_id}/filters/latest",
+        "jobs/{job_id}/reconstructions",
+        "presets",
+        "datasets",
+        "health",
+    }
     assert {f"/{path}" for path in as_routes} <= documented
 
 

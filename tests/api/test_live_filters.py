@@ -23,8 +23,10 @@ from workers.distributed.checkpoint import npy_bytes, write_checkpoint
 from workers.jobs.live import latest_filters
 
 K1, K2, S = 4, 3, 3
-SPEC_LAYERS = [{"n_filters": K1, "filter_size": S, "lam": 0.5}, {"n_filters": K2, "filter_size": S, "lam": 0.5,
-                                                                   "connectivity": "random-doubles:2"}]
+SPEC_LAYERS = [
+    {"n_filters": K1, "filter_size": S, "lam": 0.5},
+    {"n_filters": K2, "filter_size": S, "lam": 0.5, "connectivity": "random-doubles:2"},
+]
 
 
 @pytest.fixture
@@ -40,8 +42,9 @@ def client(app):
 def _job(app, status: str = "running", n_iter=(6, 4)) -> str:
     store = app.state.store
     dataset = store.add_dataset([("a.npy", np.zeros((1, 12, 12), np.float32))])
-    job, _ = store.submit({"dataset_id": dataset.id, "layers": SPEC_LAYERS, "n_iter": n_iter[0]}, n_layers=2,
-                          n_iter=list(n_iter))
+    job, _ = store.submit(
+        {"dataset_id": dataset.id, "layers": SPEC_LAYERS, "n_iter": n_iter[0]}, n_layers=2, n_iter=list(n_iter)
+    )
     if status != "queued":
         assert store.claim_next().id == job.id
     if status in ("failed", "succeeded"):
@@ -51,8 +54,15 @@ def _job(app, status: str = "running", n_iter=(6, 4)) -> str:
 
 def _checkpoint(app, job_id: str, layer: int, iteration: int, filters: np.ndarray) -> None:
     history = [IterStats(i, 1.0, 1.0, 0.5, 0.1, 3) for i in range(1, iteration + 1)]
-    write_checkpoint(app.state.store.job_dir(job_id) / "checkpoints" / f"L{layer}", iteration, filters,
-                     np.zeros_like(filters), [{"maps": np.zeros(2)}], history, {})
+    write_checkpoint(
+        app.state.store.job_dir(job_id) / "checkpoints" / f"L{layer}",
+        iteration,
+        filters,
+        np.zeros_like(filters),
+        [{"maps": np.zeros(2)}],
+        history,
+        {},
+    )
 
 
 def _finish_layer(app, job_id: str, layer: int, filters: np.ndarray, n_iter: int) -> None:
@@ -79,8 +89,12 @@ def test_a_running_job_serves_its_newest_checkpoint_with_its_iteration(app, clie
     response = client.get(f"/jobs/{job}/filters/latest")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/x-npy"
-    assert (response.headers["x-deconv-layer"], response.headers["x-deconv-iteration"],
-            response.headers["x-deconv-final"], response.headers["cache-control"]) == ("1", "4", "false", "no-store")
+    assert (
+        response.headers["x-deconv-layer"],
+        response.headers["x-deconv-iteration"],
+        response.headers["x-deconv-final"],
+        response.headers["cache-control"],
+    ) == ("1", "4", "false", "no-store")
     np.testing.assert_array_equal(np.load(io.BytesIO(response.content)), newest)
     picture = client.get(f"/jobs/{job}/filters/latest", params={"format": "png"})
     assert picture.headers["content-type"] == "image/png"
@@ -103,8 +117,9 @@ def test_before_the_first_checkpoint_the_answer_is_a_409_saying_so(app, client):
     job = _job(app)
     response = client.get(f"/jobs/{job}/filters/latest")
     assert response.status_code == 409
-    assert response.json()["detail"] == (f"job {job} is running: layer 1 has no checkpoint yet (one every 2 outer "
-                                         "iterations)")
+    assert response.json()["detail"] == (
+        f"job {job} is running: layer 1 has no checkpoint yet (one every 2 outer iterations)"
+    )
 
 
 def test_a_finished_layer_serves_its_learned_filters_and_the_next_one_is_seen_in_pixel_space(app, client):
@@ -133,8 +148,11 @@ def test_a_succeeded_job_serves_its_artifacts_with_the_layers_iteration_count(ap
     learned = _filters(K2, K1, 5)
     store.put_artifact(job, "filters-L2.npy", npy_bytes(learned), "application/x-npy")
     response = client.get(f"/jobs/{job}/filters/latest")  # default: the top layer
-    assert (response.headers["x-deconv-layer"], response.headers["x-deconv-iteration"],
-            response.headers["x-deconv-final"]) == ("2", "4", "true")
+    assert (
+        response.headers["x-deconv-layer"],
+        response.headers["x-deconv-iteration"],
+        response.headers["x-deconv-final"],
+    ) == ("2", "4", "true")
     np.testing.assert_array_equal(np.load(io.BytesIO(response.content)), learned)
 
 

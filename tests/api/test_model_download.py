@@ -26,9 +26,16 @@ from tests.workers.conftest import ray_cluster, ray_session  # noqa: F401  (the 
 pytestmark = pytest.mark.timeout(240)
 
 SIDE = 32
-SPEC = {"layers": [{"n_filters": 4, "filter_size": 5, "lam": 0.5},
-                   {"n_filters": 3, "filter_size": 3, "lam": 0.2, "connectivity": "random-doubles:2", "n_iter": 2}],
-        "n_iter": 3, "inference": {"method": "admm", "max_iter": 10}, "filter_update": {"max_iter": 5}, "seed": 2}
+SPEC = {
+    "layers": [
+        {"n_filters": 4, "filter_size": 5, "lam": 0.5},
+        {"n_filters": 3, "filter_size": 3, "lam": 0.2, "connectivity": "random-doubles:2", "n_iter": 2},
+    ],
+    "n_iter": 3,
+    "inference": {"method": "admm", "max_iter": 10},
+    "filter_update": {"max_iter": 5},
+    "seed": 2,
+}
 
 
 def _grey(parts: list[tuple[str, bytes]]) -> np.ndarray:
@@ -109,6 +116,7 @@ def test_a_running_job_serves_its_newest_checkpoint(client):
 
 # -- refusals, without Ray ------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def held(tmp_path) -> TestClient:
     return TestClient(create_app(Settings(data_dir=tmp_path, run_jobs=False)))
@@ -121,7 +129,9 @@ def test_the_model_of_an_unfinished_job_is_a_409_saying_why(held):
     store.claim_next()
     response = held.get(f"/jobs/{job.id}/model")
     assert (response.status_code, response.json()) == (
-        409, {"detail": f"job {job.id} is running: its model file exists once it has succeeded"})
+        409,
+        {"detail": f"job {job.id} is running: its model file exists once it has succeeded"},
+    )
 
 
 def test_the_model_of_an_unknown_job_is_a_404(held):
