@@ -81,8 +81,16 @@ function percent(job) {
 
 function progressBar(job) {
   const bar = el("div", { class: `bar ${job.status}` }, el("div", { class: "fill" }));
-  bar.firstChild.style.width = `${percent(job)}%`;
+  setProgress(bar, job);
   return bar;
+}
+
+function setProgress(bar, job) {
+  bar.setAttribute("role", "progressbar");
+  bar.setAttribute("aria-valuemin", "0");
+  bar.setAttribute("aria-valuemax", "100");
+  bar.setAttribute("aria-valuenow", String(percent(job)));
+  bar.firstChild.style.width = `${percent(job)}%`;
 }
 
 function layerText(job) {
@@ -148,8 +156,8 @@ async function refreshDetail() {
   const status = $("job-status");
   status.textContent = job.status;
   status.className = `status ${job.status}`;
-  $("job-bar").style.width = `${percent(job)}%`;
   $("job-bar").parentElement.className = `bar large ${job.status}`;
+  setProgress($("job-bar").parentElement, job);
   const p = job.progress;
   $("job-progress").textContent = `${percent(job)} % · ${layerText(job)}`
     + (p.objective !== null ? ` · objective ${number(p.objective)}` : "")
