@@ -26,6 +26,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.pipeline import Pipeline  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
+from configs import samples_dir  # noqa: E402
 from solver import encode, encode_layers, encode_with, lambda_max, learn, load_model  # noqa: E402
 from solver.estimators import ConvolutionalDictionaryLearning, DeconvolutionalNetwork  # noqa: E402
 from solver.models.learn import initial_filters  # noqa: E402
@@ -125,7 +126,7 @@ def _labelled_crops(side: int = 16, per_image: int = 6) -> tuple[np.ndarray, np.
     """Crops of three sample images, labelled by the image they come from."""
     crops, labels = [], []
     for label, name in enumerate(["brick.png", "coins.png", "moon.png"]):
-        picture = np.asarray(Image.open(ROOT / "samples" / name).convert("L"), dtype=np.float32) / 255
+        picture = np.asarray(Image.open(samples_dir() / name).convert("L"), dtype=np.float32) / 255
         for i in range(per_image):
             top, left = 8 + 19 * i, 100 - 17 * i
             crops.append(picture[top:top + side, left:left + side])
