@@ -233,7 +233,19 @@ def _non_negative_int(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``deconv`` command line; returns the exit status."""
+    """Run the ``deconv`` command line.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after ``deconv``; default: ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        The exit status (see the table above, :mod:`api.exits`); ``--help`` and usage errors return instead of
+        exiting.
+    """
     parser = _parser()
     try:
         args = parser.parse_args(argv)

@@ -13,7 +13,13 @@ _NPY = "application/x-npy"
 
 
 class ModelMethods(Connection):
-    """``/models/{id}/encode`` and ``/reconstruct``; a part of :class:`~api.client.DeconvClient`."""
+    """``/models/{id}/encode`` and ``/reconstruct``; a part of :class:`~api.client.DeconvClient`.
+
+    Parameters
+    ----------
+    base_url, api_key, timeout, transport
+        As for :class:`~api.client.connection.Connection`.
+    """
 
     def encode(self, job_id: str, images: np.ndarray | ImageParts, *, layer: int | None = None,
                max_iter: int = 200, method: str | None = None) -> np.ndarray:

@@ -10,7 +10,13 @@ from ..exits import EXIT_OK
 
 
 class UsageError(ValueError):
-    """A bad argument or input file: the command prints the message and exits 2 (``EXIT_USAGE``)."""
+    """A bad argument or input file: the command prints the message and exits 2 (``EXIT_USAGE``).
+
+    Parameters
+    ----------
+    message : str
+        Names the option or file and what is wrong with it.
+    """
 
 
 def say(message: str) -> None:
