@@ -29,8 +29,12 @@ wheel-check: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_sporco.py
 
+# Every Python tree: ruff's rules (complexity included, see pyproject.toml), then the one format.
+LINT_TREES := solver workers api configs tests bench .ci
+
 lint: $(STAMP)
-	$(PY) -m ruff check solver configs tests bench .ci
+	$(PY) -m ruff check $(LINT_TREES)
+	$(PY) -m ruff format --check $(LINT_TREES)
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .hypothesis build dist *.egg-info

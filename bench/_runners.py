@@ -149,28 +149,31 @@ def _warm_up(fn) -> float:
 
 
 class _Recorder:
-    """deconv callback: (seconds since the call, E) after every iteration; stops at the target or the cap."""
+    """deconv callback: (seconds since the call, E) after every iteration, from the IterStats it is given; at
+    the target or the cap it returns True (encode stops there) or, with `raise_stop`, raises _Stop (learn's
+    callback cannot end the run)."""
 
-    def __init__(self, target: float | None, cap_s: float, min_iter: int = 1):
-        self.target, self.cap_s, self.min_iter = target, cap_s, min_iter
+    def __init__(self, target: float | None, cap_s: float, min_iter: int = 1, *, raise_stop: bool = False):
+        self.target, self.cap_s, self.min_iter, self.raise_stop = target, cap_s, min_iter, raise_stop
         self.times: list[float] = []
         self.values: list[float] = []
-        self.maps = None
         self.stopped = "max_iter"
         self.t0 = time.perf_counter()  # made just before the call it times
 
-    def __call__(self, state) -> None:
+    def __call__(self, stats) -> bool:
         t = time.perf_counter() - self.t0
         self.times.append(t)
-        self.values.append(float(np.sum(state.objective)))  # a float, or one E per image
-        self.maps = getattr(state, "maps", getattr(state, "x", None))  # zeiler: E is of x
+        self.values.append(stats.objective)
         reached = self.target is not None and min(self.values) <= self.target
         if reached and len(self.values) >= self.min_iter:
             self.stopped = "target"
-            raise _Stop
-        if t > self.cap_s:
+        elif t > self.cap_s:
             self.stopped = "cap"
+        else:
+            return False
+        if self.raise_stop:
             raise _Stop
+        return True
 
 
 def _deconv_summary(rec: _Recorder, check: tuple[float, float] | None) -> dict[str, Any]:
@@ -199,11 +202,8 @@ def deconv_encode(pb: Problem, images: np.ndarray, filters: np.ndarray, *, metho
     rss0 = current_rss_mb()
     warm = _warm_up(lambda: encode(y, f, pb.lam, method=method, max_iter=2, tol=tol))
     rec = _Recorder(target, cap_s, pb.min_iter)
-    try:
-        res = encode(y, f, pb.lam, method=method, max_iter=max_iter, tol=tol, callback=rec)
-        maps, reported = res.maps, res.objective
-    except _Stop:
-        maps, reported = rec.maps, rec.values[-1]
+    res = encode(y, f, pb.lam, method=method, max_iter=max_iter, tol=tol, callback=rec)
+    maps, reported = res.maps, res.objective  # the best iterate, also when the recorder stopped the run
     peak = peak_rss_mb()
     out = _deconv_summary(rec, (objective(y, maps, f, pb.lam), reported))
     out.update(dtype=str(maps.dtype), warmup_s=warm, rss_before_mb=rss0, peak_rss_mb=peak,
@@ -224,7 +224,7 @@ def deconv_learn(pb: Problem, images: np.ndarray, filters: np.ndarray, *, method
     rss0 = current_rss_mb()
     warm = _warm_up(lambda: learn(y, pb.n_filters, pb.filter_size, pb.lam, n_iter=1, **kwargs))
     res = None
-    rec = _Recorder(target, cap_s, pb.min_iter)
+    rec = _Recorder(target, cap_s, pb.min_iter, raise_stop=True)
     try:
         res = learn(y, pb.n_filters, pb.filter_size, pb.lam, n_iter=max_iter, callback=rec, **kwargs)
     except _Stop:

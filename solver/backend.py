@@ -37,7 +37,18 @@ def _cupy() -> ModuleType | None:
 
 
 def gpu_available() -> bool:
-    """True when cupy imports and at least one CUDA device answers."""
+    """True when cupy imports and at least one CUDA device answers.
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> from solver import gpu_available
+    >>> isinstance(gpu_available(), bool)
+    True
+    """
     return _cupy() is not None
 
 
@@ -137,6 +148,22 @@ def get_backend(name: Literal["auto", "numpy", "cupy"] = "auto", *, workers: int
 
     ``"auto"`` picks cupy when it imports and a CUDA device answers, numpy otherwise. ``"cupy"`` without a GPU
     raises ``ValueError``.
+
+    Parameters
+    ----------
+    name : {"auto", "numpy", "cupy"}
+    workers : int, optional
+        Threads of the CPU FFTs (default: the ``DECONV_FFT_WORKERS`` environment variable, else all cores).
+
+    Returns
+    -------
+    Backend
+
+    Examples
+    --------
+    >>> from solver import get_backend
+    >>> get_backend("numpy").name
+    'numpy'
     """
     if name not in ("auto", "numpy", "cupy"):
         raise ValueError(f"backend must be 'auto', 'numpy' or 'cupy', got {name!r}")

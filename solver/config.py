@@ -29,6 +29,23 @@ class ZeilerConfig(_Frozen):
     """Zeiler et al. 2010: auxiliary variable x, penalty β/2‖z − x‖², β continued by a factor per stage.
 
     Toolbox defaults: β0 = 1, ×10, 6 stages, one x-step and one z-step per stage, 2 CG steps.
+
+    Attributes
+    ----------
+    beta0, beta_factor, n_beta : float, float, int
+        The β continuation: β0, its factor per stage and the number of stages (toolbox: 1, ×10, 6).
+    inner_iter : int
+        x/z iterations per β stage.
+    z_solver : {"exact", "cg"}
+        The z-step per frequency (circular boundary) or by `cg_iter` CG steps.
+    max_iter : int
+        Iterations in all (``n_beta · inner_iter``).
+
+    Examples
+    --------
+    >>> from solver import ZeilerConfig
+    >>> ZeilerConfig(n_beta=4).max_iter
+    4
     """
 
     method: Literal["zeiler"] = "zeiler"
@@ -47,7 +64,21 @@ class ZeilerConfig(_Frozen):
 
 
 class FistaConfig(_Frozen):
-    """FISTA (Beck & Teboulle 2009) with step 1/L and a function-value restart that keeps it monotone."""
+    """FISTA (Beck & Teboulle 2009) with step 1/L and a function-value restart that keeps it monotone.
+
+    Attributes
+    ----------
+    max_iter : int
+        At most this many iterations.
+    tol : float
+        Stop when the change of E is at most ``tol · E``.
+
+    Examples
+    --------
+    >>> from solver import FistaConfig
+    >>> FistaConfig(max_iter=50).tol
+    1e-05
+    """
 
     method: Literal["fista"] = "fista"
     max_iter: int = Field(200, ge=1)
@@ -59,6 +90,23 @@ class AdmmConfig(_Frozen):
 
     ρ follows residual balancing with a target ratio and adaptive scaling (Wohlberg, "ADMM penalty parameter
     selection by residual balancing", 2015), per image.
+
+    Attributes
+    ----------
+    max_iter, tol : int, float
+        At most `max_iter` iterations; stop when both relative residuals are at most `tol`.
+    relax : float
+        Over-relaxation α in (0, 2).
+    adaptive_rho, rho_period, rho_ratio, rho_scale, rho_autoscale
+        The per-image penalty ρ and how it adapts to the residuals.
+    fused : bool
+        Use the fused kernels where they apply.
+
+    Examples
+    --------
+    >>> from solver import AdmmConfig
+    >>> AdmmConfig(max_iter=20).relax
+    1.8
     """
 
     method: Literal["admm"] = "admm"
@@ -87,7 +135,26 @@ INFERENCE_MODELS: dict[str, type[_Frozen]] = {"zeiler": ZeilerConfig, "fista": F
 
 class FilterUpdateConfig(_Frozen):
     """Filter update with the maps fixed: projected FISTA (default), Zeiler's CG then normalisation, or consensus
-    ADMM over the images (Garcia-Cardona & Wohlberg 2018; circular boundary only)."""
+    ADMM over the images (Garcia-Cardona & Wohlberg 2018; circular boundary only).
+
+    Attributes
+    ----------
+    method : {"fista", "cg", "consensus"}
+    max_iter : int
+        Steps per outer iteration.
+    norm : {"plane", "filter"}
+        Unit norm per (k, c) plane (Zeiler) or per filter (SPORCO).
+    relax : float
+        Consensus over-relaxation α.
+    recentre : bool
+        Remove the shift ambiguity by re-centring filters with their maps (circular boundary).
+
+    Examples
+    --------
+    >>> from solver import FilterUpdateConfig
+    >>> FilterUpdateConfig(method="cg").norm
+    'filter'
+    """
 
     method: Literal["fista", "cg", "consensus"] = "fista"
     max_iter: int = Field(10, ge=1, description="FISTA steps, CG steps, or consensus iterations per outer iteration")
@@ -105,7 +172,29 @@ class FilterUpdateConfig(_Frozen):
 
 
 class LayerSpec(_Frozen):
-    """One layer of filters."""
+    """One layer of filters.
+
+    Attributes
+    ----------
+    n_filters, filter_size : int
+        K and s.
+    lam : float
+        λ > 0, the weight of the sparsity term.
+    p : float
+        Sparsity exponent in (0, 1].
+    connectivity : str or list of lists of bool
+        ``"full"``, ``"singles-and-doubles"``, ``"random-doubles:k"`` or a (K, C) table.
+    pool : (int, int, int) or None
+        3-D max pooling (maps, rows, columns) of this layer's maps for the layer above.
+    n_iter : int or None
+        Outer iterations of this layer (default: the config's).
+
+    Examples
+    --------
+    >>> from solver import LayerSpec
+    >>> LayerSpec(n_filters=9, filter_size=7, lam=0.1, pool=(1, 2, 2)).pool
+    (1, 2, 2)
+    """
 
     n_filters: int = Field(..., ge=1)
     filter_size: int = Field(..., ge=1)
@@ -156,6 +245,27 @@ class LearnConfig(_Frozen):
 
     Every layer shares the inference, filter update, ``n_iter``, boundary, seed and dtype; ``preprocess`` is
     applied to the images of layer 1.
+
+    Attributes
+    ----------
+    layers : list of LayerSpec
+        One per layer, bottom first.
+    inference : ZeilerConfig, FistaConfig or AdmmConfig
+    filter_update : FilterUpdateConfig
+    n_iter : int
+        Outer iterations (per layer, unless the layer sets its own).
+    boundary : {"circular", "valid"}
+    preprocess : PreprocessConfig or None
+    seed : int
+    dtype : {"float32", "float64"} or None
+    reconstruct_to : {"below", "pixels"}
+
+    Examples
+    --------
+    >>> from solver import LearnConfig
+    >>> config = LearnConfig.model_validate({"layers": [{"n_filters": 4, "filter_size": 3, "lam": 0.1}]})
+    >>> config.inference.method, config.n_iter
+    ('admm', 50)
     """
 
     layers: list[LayerSpec] = Field(..., min_length=1)
@@ -209,6 +319,21 @@ def load_config(path: str | Path) -> LearnConfig:
     ValueError
         For a name that is neither a file nor a preset (the message lists the presets), or a file that does not
         hold a valid config.
+
+    Parameters
+    ----------
+    path : str or Path
+        A YAML file, or the name of a preset in ``configs/``.
+
+    Returns
+    -------
+    LearnConfig
+
+    Examples
+    --------
+    >>> from solver import load_config
+    >>> [layer.n_filters for layer in load_config("zeiler2010").layers]
+    [9, 45]
     """
     path = find_preset(path)
     with open(path, encoding="utf-8") as fh:

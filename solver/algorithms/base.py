@@ -52,6 +52,45 @@ class SolverBase:
 
 
 @dataclass(frozen=True)
+class IterStats:
+    """Progress after one iteration: what the callbacks of :func:`~solver.encode`, :func:`~solver.learn` and the
+    job system receive.
+
+    Attributes
+    ----------
+    iteration : int
+        1-based: the inference iteration (``encode``) or the outer iteration (``learn``).
+    objective : float
+        E after it.
+    data : float
+        Its data term ½‖ŷ − y‖².
+    sparsity : float
+        The fraction of non-zero map entries.
+    elapsed : float
+        Seconds since the start of the call.
+    inner_iter : int
+        Inference iterations run in this iteration (1 for ``encode``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import encode
+    >>> images = np.random.default_rng(0).standard_normal((1, 1, 8, 8))
+    >>> seen = []
+    >>> _ = encode(images, np.ones((2, 1, 3, 3)) / 3, 0.1, method="fista", max_iter=3, tol=0, callback=seen.append)
+    >>> [s.iteration for s in seen]
+    [1, 2, 3]
+    """
+
+    iteration: int
+    objective: float
+    data: float
+    sparsity: float
+    elapsed: float
+    inner_iter: int
+
+
+@dataclass(frozen=True)
 class InferenceResult:
     """Feature maps and their objective.
 
@@ -79,7 +118,7 @@ def run(
     state: S,
     *,
     max_iter: int | None = None,
-    callback: Callable[[S], None] | None = None,
+    callback: Callable[[S], bool | None] | None = None,
     stop_early: bool = True,
 ) -> InferenceResult:
     """Iterate `solver` from `state` until it converges or `max_iter` steps are done.
@@ -88,7 +127,8 @@ def run(
     and the β schedule's objectives are not monotone), so its ``objective`` is E of its ``maps`` and a
     warm-started run never returns worse maps than it was given. ``state`` is the last state, for warm starts.
     With ``stop_early=False`` exactly `max_iter` steps are run whatever the convergence test says (learning
-    does this, so that a batch split over workers runs the same iterations as the whole batch).
+    does this, so that a batch split over workers runs the same iterations as the whole batch). A `callback`
+    sees every state; it ends the run by returning True.
     """
     n = solver.max_iter if max_iter is None else max_iter
     history: list[float] = []
@@ -106,8 +146,8 @@ def run(
         E = solver.per_item_objective(state)
         history.append(float(E.sum()))
         best_maps, best = _keep_best(solver.maps(state), E, best_maps, best)
-        if callback is not None:
-            callback(state)
+        if callback is not None and callback(state):
+            break
         if stop_early and solver.converged(state, previous):
             break
         if reuse and it > 1 and solver.maps(previous) is not best_maps:  # the first holds the caller's maps

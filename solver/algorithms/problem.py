@@ -188,7 +188,31 @@ def objective(
     boundary: str = "circular",
     connectivity: Array | None = None,
 ) -> float:
-    """E(z, f) of ``docs/design.md`` section 1 for arrays already in (N, C, H, W), (N, K, H', W'), (K, C, s, s) form."""
+    """E(z, f) of ``docs/design.md`` section 1 for arrays already in (N, C, H, W), (N, K, H', W'), (K, C, s, s) form.
+
+    Parameters
+    ----------
+    images : array of shape (N, C, H, W)
+    maps : array of shape (N, K, H', W')
+    filters : array of shape (K, C, s, s)
+    lam, p : float
+        λ and the sparsity exponent.
+    boundary : {"circular", "valid"}
+    connectivity : bool array of shape (K, C), optional
+
+    Returns
+    -------
+    float
+        ½ Σ ‖ŷ − y‖² + λ Σ ‖z‖_p^p.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import objective
+    >>> images = np.ones((1, 1, 4, 4))
+    >>> objective(images, np.zeros((1, 2, 4, 4)), np.ones((2, 1, 2, 2)), 0.1)
+    8.0
+    """
     op = ConvOperator(filters, images.shape[-2:], boundary=boundary, connectivity=connectivity)
     return CSCProblem(images, op, LpPenalty(lam, p)).objective(maps)
 

@@ -14,6 +14,23 @@ def psnr(reference: Array, estimate: Array, *, peak: float | None = None) -> flo
 
     `peak` defaults to the range of `reference` (2 for inputs rescaled to about [−1, 1]); inf for a perfect
     estimate.
+
+    Parameters
+    ----------
+    reference, estimate : arrays of the same shape
+    peak : float, optional
+
+    Returns
+    -------
+    float
+        In dB.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import psnr
+    >>> round(psnr(np.array([0.0, 2.0]), np.array([0.0, 1.8])), 2)
+    23.01
     """
     ref = np.asarray(reference, dtype=np.float64)
     est = np.asarray(estimate, dtype=np.float64)

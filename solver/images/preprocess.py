@@ -76,6 +76,12 @@ class PreprocessConfig(BaseModel):
         Divide by the floored local std; False keeps only the subtractive (high-pass) part.
     rescale : bool
         Rescale the whole dataset to span 2 with zero mean (about [-1, 1]).
+
+    Examples
+    --------
+    >>> from solver import PreprocessConfig
+    >>> PreprocessConfig(contrast_normalise=False).rescale
+    True
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -374,7 +380,23 @@ def apply_rescale(x: np.ndarray, stats: PreprocessStats) -> np.ndarray:
 @dataclass(frozen=True)
 class FittedPreprocess:
     """A preprocessing config with the statistics fitted on a training set: kept with a learned model so that
-    encoding new images repeats exactly the same transformation."""
+    encoding new images repeats exactly the same transformation.
+
+    Attributes
+    ----------
+    config : PreprocessConfig
+    stats : PreprocessStats
+        What :meth:`fit` measured (the rescale's shift, scale and mean).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import FittedPreprocess, PreprocessConfig
+    >>> images = np.random.default_rng(0).random((2, 1, 16, 16))
+    >>> out, fitted = FittedPreprocess.fit(images, PreprocessConfig(contrast_normalise=False))
+    >>> bool(np.allclose(fitted.apply(images), out))
+    True
+    """
 
     config: PreprocessConfig
     stats: PreprocessStats

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -10,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..algorithms import InferenceResult, make_solver, run
+from ..algorithms.base import IterStats
 from ..algorithms.fista import Fista
 from ..algorithms.problem import CSCProblem, PixelCodingProblem
 from ..backend import Array, Backend, backend_of, get_backend
@@ -47,6 +49,15 @@ class EncodeResult:
         E after each iteration.
     n_iter : int
         Iterations run.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import encode
+    >>> images = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    >>> result = encode(images, np.ones((3, 1, 3, 3), np.float32) / 3, 0.1, method="fista", max_iter=5)
+    >>> result.maps.shape, result.n_iter == len(result.history)
+    ((2, 3, 8, 8), True)
     """
 
     maps: Array
@@ -103,7 +114,7 @@ def encode(
     connectivity: Array | None = None,
     init: Array | None = None,
     preprocess: FittedPreprocess | PreprocessConfig | None = None,
-    callback: Callable[[Any], None] | None = None,
+    callback: Callable[[IterStats], bool | None] | None = None,
 ) -> EncodeResult:
     r"""Feature maps of `images` for fixed `filters`: minimise E(z) of ``docs/design.md`` section 1.
 
@@ -131,7 +142,9 @@ def encode(
     preprocess : FittedPreprocess or PreprocessConfig, optional
         Applied to the images first (a config alone is fitted on these images).
     callback : callable, optional
-        Called with the solver state after every iteration.
+        Called with an :class:`~solver.IterStats` after every iteration (E, its data term, the non-zero
+        fraction: two more passes over the maps per iteration); returning True ends the run there, with the
+        best maps so far.
 
     Returns
     -------
@@ -142,6 +155,19 @@ def encode(
     ------
     ValueError
         Wrong rank, NaN or inf, λ ≤ 0, p outside (0, 1], a filter larger than the image, a channel mismatch.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import encode, reconstruct
+    >>> rng = np.random.default_rng(0)
+    >>> images = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
+    >>> filters = rng.standard_normal((3, 1, 3, 3)).astype(np.float32)
+    >>> result = encode(images, filters, 0.1, method="fista", max_iter=20)
+    >>> result.maps.shape, result.maps.dtype
+    ((2, 3, 8, 8), dtype('float32'))
+    >>> reconstruct(result.maps, filters).shape
+    (2, 1, 8, 8)
     """
     lam, p, boundary = check_lam(lam), check_p(p), check_boundary(boundary)
     config = inference_config(method, max_iter, tol)
@@ -161,9 +187,26 @@ def encode(
         maps0 = _device(as_images(init, "init"), bk).astype(y.dtype, copy=False)
         if tuple(maps0.shape) != problem.maps_shape:
             raise ValueError(f"init must have shape {problem.maps_shape}, got {tuple(maps0.shape)}")
-    result: InferenceResult = run(solver, solver.init(maps0), callback=callback)
+    progress = None if callback is None else _progress(callback, solver, problem)
+    result: InferenceResult = run(solver, solver.init(maps0), callback=progress)
     maps = result.maps if host.name == bk.name else bk.to_host(result.maps)
     return EncodeResult(maps, result.objective, result.history, result.n_iter)
+
+
+def _progress(callback: Callable[[IterStats], bool | None], solver: Any, problem: CSCProblem):
+    """The solver-state callback of :func:`~solver.algorithms.base.run` that hands `callback` an IterStats."""
+    start, count = time.perf_counter(), [0]
+    xp = problem.backend.xp
+
+    def on_state(state: Any) -> bool:
+        count[0] += 1
+        maps = solver.maps(state)
+        objective = float(solver.per_item_objective(state).sum())
+        stats = IterStats(count[0], objective, objective - problem.penalty(maps),
+                          int(xp.count_nonzero(maps)) / maps.size, time.perf_counter() - start, 1)
+        return bool(callback(stats))
+
+    return on_state
 
 
 def _apply_preprocess(images: Array, preprocess: FittedPreprocess | PreprocessConfig) -> np.ndarray:

@@ -15,10 +15,11 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from ..algorithms.base import IterStats
 from ..algorithms.consensus import update_filters_consensus
 from ..algorithms.filter_update import filter_lipschitz, update_filters_pooled
 from ..algorithms.recentre import crop_to_energy, recentre, roll_state
@@ -32,19 +33,10 @@ from ..validation import as_images, check_boundary, check_finite, check_lam, che
 from .coding import inference_config
 from .shard import LocalPool, PixelShard, Shard
 
+if TYPE_CHECKING:
+    from .stack.model import StackModel
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class IterStats:
-    """Progress of one outer iteration (what callbacks and progress bars receive)."""
-
-    iteration: int
-    objective: float
-    data: float
-    sparsity: float  # fraction of non-zero map entries
-    elapsed: float  # seconds since the start of learning
-    inner_iter: int  # inference iterations run in this outer iteration
 
 
 @dataclass(frozen=True)
@@ -63,6 +55,15 @@ class LearnResult:
     connectivity : ndarray of shape (K, C) or None
     preprocess : FittedPreprocess or None
         The preprocessing applied to the training images, to repeat on new ones.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import learn
+    >>> images = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    >>> result = learn(images, 3, 3, 0.1, n_iter=2, method="fista")
+    >>> result.filters.shape, len(result.history), result.model.n_layers
+    ((3, 1, 3, 3), 2, 1)
     """
 
     filters: np.ndarray
@@ -72,6 +73,15 @@ class LearnResult:
     config: LearnConfig | None = None
     connectivity: np.ndarray | None = None
     preprocess: FittedPreprocess | None = None
+
+    @property
+    def model(self) -> StackModel:
+        """The learned layer as a one-layer :class:`~solver.StackModel` (what :func:`~solver.encode_layers` and
+        :func:`~solver.project_down` take), like ``StackResult.model``; ``ValueError`` without a config."""
+        # imported here: the stack package builds on this module (StackResult holds LearnResults)
+        from .stack.model import StackModel  # noqa: PLC0415
+
+        return StackModel.from_results([self])
 
 
 _DEFAULT_INNER_ITER = 10
@@ -157,6 +167,17 @@ def learn(
     Returns
     -------
     LearnResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import learn
+    >>> images = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    >>> result = learn(images, 3, 3, 0.1, n_iter=3, method="fista", seed=0)
+    >>> result.filters.shape, result.maps.shape
+    ((3, 1, 3, 3), (2, 3, 8, 8))
+    >>> bool(result.history[-1] <= result.history[0])
+    True
     """
     lam, p, boundary = check_lam(lam), check_p(p), check_boundary(boundary)
     n_iter = check_positive_int(n_iter, "n_iter")
@@ -193,6 +214,32 @@ def learn_layer(
     reconstructs `images`, the pixels, through the frozen layers `lower` (bottom first) at their `switches` for
     these images; its filters read the channels and spatial shape that the layer below gives, and its maps keep
     one non-zero per block of ``layers[0].pool``. Without `lower` this is a first layer.
+
+    Parameters
+    ----------
+    images : array of shape (N, C, H, W), (N, H, W) or (H, W)
+    config : LearnConfig
+        One layer; its ``preprocess`` is fitted on `images` and applied first.
+    backend : {"auto", "numpy", "cupy"}
+    init_filters : array of shape (K, C, s, s), optional
+    callback : callable, optional
+        Called with an :class:`IterStats` after every outer iteration.
+    lower, switches : sequences, optional
+        The frozen layers below and their switches for these images (2011 model only).
+
+    Returns
+    -------
+    LearnResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import LearnConfig, learn_layer
+    >>> config = LearnConfig.model_validate({"layers": [{"n_filters": 3, "filter_size": 3, "lam": 0.1}],
+    ...                                      "n_iter": 2, "inference": {"method": "fista", "max_iter": 10}})
+    >>> images = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    >>> learn_layer(images, config).filters.shape
+    (3, 1, 3, 3)
     """
     if len(config.layers) != 1:
         raise ValueError(f"learn_layer learns one layer, got a config of {len(config.layers)} layers: use "
@@ -334,7 +381,29 @@ def alternate(
 
 
 def encode_with(result: LearnResult, images: Array, **kwargs: Any):
-    """Encode new images with a learned model: its filters, λ, p, boundary, connectivity and preprocessing."""
+    """Encode new images with a learned model: its filters, λ, p, boundary, connectivity and preprocessing.
+
+    Parameters
+    ----------
+    result : LearnResult
+        What :func:`learn` returned (with its config).
+    images : array of shape (N, C, H, W), (N, H, W) or (H, W)
+    **kwargs
+        Passed to :func:`encode` (``method`` defaults to the one the model learned with).
+
+    Returns
+    -------
+    EncodeResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import encode_with, learn
+    >>> images = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    >>> result = learn(images, 3, 3, 0.1, n_iter=2, method="fista")
+    >>> encode_with(result, images[:1], max_iter=5).maps.shape
+    (1, 3, 8, 8)
+    """
     from .coding import encode  # noqa: PLC0415
 
     if result.config is None:

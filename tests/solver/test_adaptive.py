@@ -571,10 +571,10 @@ def test_encode_layers_of_a_pixels_model_needs_fista(pixels_learned) -> None:
         encode_layers(result.model, crops, method="admm")
     with pytest.raises(ValueError, match="method"):
         encode_layers(result.model, crops, method=AdmmConfig())
-    one = encode_layers(result.model, crops, layers=1, max_iter=5)
+    one = encode_layers(result.model, crops, layer=1, max_iter=5)
     assert len(one.maps) == 1
     # a FistaConfig gives its max_iter and tol
-    again = encode_layers(result.model, crops, layers=1, method=FistaConfig(max_iter=5, tol=1e-5))
+    again = encode_layers(result.model, crops, layer=1, method=FistaConfig(max_iter=5, tol=1e-5))
     np.testing.assert_array_equal(again.maps[0], one.maps[0])
 
 

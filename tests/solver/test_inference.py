@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from solver import IterStats
 from solver.algorithms import Zeiler
 from solver.algorithms.problem import CSCProblem, objective
 from solver.config import AdmmConfig, FistaConfig, ZeilerConfig
@@ -87,6 +88,24 @@ def test_encode_history_has_one_entry_per_iteration(rng, method):
     result = encode(images, filters, LAM, method=method, max_iter=12, callback=states.append)
     assert len(result.history) == result.n_iter == len(states)
     assert all(isinstance(E, float) for E in result.history)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_encode_callback_receives_the_iteration_stats(rng, method):
+    images, filters = _small_problem(rng, np.float64, 1)
+    seen: list[IterStats] = []
+    result = encode(images, filters, LAM, method=method, max_iter=12, callback=seen.append)
+    assert [s.iteration for s in seen] == list(range(1, result.n_iter + 1))
+    np.testing.assert_allclose([s.objective for s in seen], result.history, rtol=1e-12)
+    assert all(0 < s.data < s.objective and 0 <= s.sparsity <= 1 and s.inner_iter == 1 for s in seen)
+    assert [s.elapsed for s in seen] == sorted(s.elapsed for s in seen)
+
+
+def test_encode_stops_when_the_callback_returns_true(rng):
+    images, filters = _small_problem(rng, np.float64, 1)
+    result = encode(images, filters, LAM, method="fista", max_iter=50, tol=0.0, callback=lambda s: s.iteration == 3)
+    assert result.n_iter == 3 and len(result.history) == 3
+    assert result.objective == pytest.approx(objective(images, result.maps, filters, LAM), rel=1e-12)
 
 
 @pytest.mark.parametrize("method", ["admm", "fista"])

@@ -8,6 +8,7 @@ import pytest
 from solver import (
     FilterUpdateConfig,
     PreprocessConfig,
+    encode_layers,
     encode_with,
     learn,
     learn_layer,
@@ -252,3 +253,12 @@ def test_an_explicit_inference_config_keeps_its_iteration_count(small_images):
     assert result.stats[0].inner_iter == 7
     assert result.config.inference.max_iter == 7
     assert learn(small_images, 4, 5, 0.1, n_iter=1, method="admm").stats[0].inner_iter == 10
+
+
+def test_a_learn_result_is_a_one_layer_model(small_images):
+    result = learn(small_images, 4, 5, 0.1, n_iter=2)
+    model = result.model
+    assert model.n_layers == 1 and model.boundary == "circular"
+    np.testing.assert_array_equal(model.layers[0].filters, result.filters)
+    by_model = encode_layers(model, small_images, method="fista", max_iter=5).maps[0]
+    np.testing.assert_array_equal(by_model, encode_with(result, small_images, method="fista", max_iter=5).maps)

@@ -190,9 +190,9 @@ def test_encode_layers_then_project_down_approximates_the_preprocessed_input(lea
 
 
 def test_encode_layers_stops_at_the_requested_layer(learned, crops):
-    assert len(encode_layers(learned.model, crops[:1], layers=1, method="fista", max_iter=3).maps) == 1
+    assert len(encode_layers(learned.model, crops[:1], layer=1, method="fista", max_iter=3).maps) == 1
     with pytest.raises(ValueError, match="layer"):
-        encode_layers(learned.model, crops[:1], layers=3)
+        encode_layers(learned.model, crops[:1], layer=3)
 
 
 def _random_model(rng, boundary="valid", shift=0.3, mean=-0.2, scale=1.7, n_channels=1) -> StackModel:

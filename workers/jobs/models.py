@@ -46,7 +46,7 @@ class JobModel:
                max_iter: int | None = None) -> StackCode:
         """Maps and switches of every layer up to `layer` (default: the top one); see
         :func:`solver.encode_layers`."""
-        return encode_layers(self.stack, images, layers=layer, method=method or self.inference.method,
+        return encode_layers(self.stack, images, layer=layer, method=method or self.inference.method,
                              max_iter=max_iter)
 
     def project(self, maps: np.ndarray, *, layer: int | None = None, switches: Sequence[Any] | None = None,

@@ -18,13 +18,13 @@ def encode_layers(
     model: StackModel,
     images: Array,
     *,
-    layers: int | None = None,
+    layer: int | None = None,
     method: Method | Any | None = None,
     max_iter: int | None = None,
     tol: float | None = None,
     backend: Literal["auto", "numpy", "cupy"] = "auto",
 ) -> StackCode:
-    """Maps and switches of every layer up to `layers` (default: the top one) for new images.
+    """Maps and switches of every layer up to `layer` (1-based; default: the top one) for new images.
 
     Layer 1's preprocessing is applied to `images`. In the 2010 model each higher layer codes the (pooled) maps
     of the layer below, transformed by its recorded rescale, as in learning; `method` (default ``"admm"``),
@@ -38,8 +38,29 @@ def encode_layers(
     -------
     StackCode
         ``maps[l - 1]`` of shape (N, K_l, H_l', W_l'), in the images' dtype (float32 in, float32 out).
+
+    Parameters
+    ----------
+    model : StackModel
+    images : array of shape (N, C, H, W), (N, H, W) or (H, W)
+    layer : int, optional
+        The top layer to encode (1-based).
+    method : {"admm", "fista", "zeiler"} or an inference config, optional
+    max_iter, tol : optional
+    backend : {"auto", "numpy", "cupy"}
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import StackModel, encode_layers
+    >>> rng = np.random.default_rng(0)
+    >>> model = StackModel.from_layers([rng.standard_normal((2, 1, 3, 3)), rng.standard_normal((3, 2, 3, 3))],
+    ...                                [None, None], [None, None], [0.1, 0.1], [1.0, 1.0])
+    >>> code = encode_layers(model, rng.standard_normal((1, 1, 8, 8)), method="fista", max_iter=5)
+    >>> [m.shape for m in code.maps]
+    [(1, 2, 8, 8), (1, 3, 8, 8)]
     """
-    top = model.check_layer(layers)
+    top = model.check_layer(layer)
     if model.reconstruct_to == "pixels":
         return _encode_pixels(model, images, top, method, max_iter, tol, backend)
     x, maps, switches = images, [], []

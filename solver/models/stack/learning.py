@@ -34,6 +34,26 @@ def layer_config(config: LearnConfig, index: int) -> LearnConfig:
     The same inference, filter update, boundary, seed, dtype and ``reconstruct_to``; ``n_iter`` is the layer's
     own when it has one, else the config's; the preprocessing is ``config.preprocess`` for layer 1, and above it
     :data:`INTER_LAYER_PREPROCESS` (2010) or none (2011: the layer reads the preprocessed pixels of layer 1).
+
+    Parameters
+    ----------
+    config : LearnConfig
+    index : int
+        0-based position in ``config.layers``.
+
+    Returns
+    -------
+    LearnConfig
+        Of one layer.
+
+    Examples
+    --------
+    >>> from solver import LearnConfig, layer_config
+    >>> config = LearnConfig.model_validate({"layers": [{"n_filters": 2, "filter_size": 3, "lam": 0.1},
+    ...                                                 {"n_filters": 4, "filter_size": 3, "lam": 0.2}]})
+    >>> second = layer_config(config, 1)
+    >>> second.layers[0].n_filters, second.preprocess.rescale
+    (4, True)
     """
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(config.layers):
         raise ValueError(f"index must be an integer in [0, {len(config.layers)}), got {index!r}")
@@ -98,6 +118,18 @@ def learn_stack(
     ------
     ValueError
         Before any learning, when a layer does not fit the input it will get (:func:`check_stack`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import LearnConfig, learn_stack
+    >>> config = LearnConfig.model_validate({"layers": [{"n_filters": 2, "filter_size": 3, "lam": 0.1},
+    ...                                                 {"n_filters": 3, "filter_size": 3, "lam": 0.1}],
+    ...                                      "n_iter": 1, "boundary": "valid",
+    ...                                      "inference": {"method": "fista", "max_iter": 10}})
+    >>> result = learn_stack(np.random.default_rng(0).standard_normal((2, 1, 8, 8)), config)
+    >>> [r.filters.shape for r in result.layers]
+    [(2, 1, 3, 3), (3, 2, 3, 3)]
     """
     shape = np.shape(images)
     if len(shape) not in (2, 3, 4):

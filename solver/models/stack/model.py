@@ -39,6 +39,14 @@ class LayerModel:
         Sparsity exponent in (0, 1].
     pool : (int, int, int) or None
         3-D max pooling (maps, rows, columns) of this layer's maps for the layer above; None: none.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import LayerModel
+    >>> layer = LayerModel(np.ones((4, 1, 3, 3)), np.ones((4, 1), bool), None, 0.1, pool=(2, 2, 2))
+    >>> layer.n_filters, layer.n_outputs
+    (4, 2)
     """
 
     filters: np.ndarray
@@ -93,6 +101,27 @@ class StackModel:
 
     Built from a :class:`StackResult` (``result.model``), from per-layer sequences (:meth:`from_layers`), or from
     plain arrays and a JSON-able dict (:meth:`from_arrays`, the inverse of :meth:`to_arrays`).
+
+    Attributes
+    ----------
+    layers : tuple of LayerModel
+        Bottom first.
+    boundary : {"circular", "valid"}
+    reconstruct_to : {"below", "pixels"}
+        The 2010 model (each layer reconstructs the one below) or the 2011 one (every layer the pixels).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import StackModel
+    >>> rng = np.random.default_rng(0)
+    >>> model = StackModel.from_layers([rng.standard_normal((2, 1, 3, 3)), rng.standard_normal((3, 2, 3, 3))],
+    ...                                [None, None], [None, None], [0.1, 0.1], [1.0, 1.0])
+    >>> model.n_layers, [m.n_filters for m in model.layers]
+    (2, [2, 3])
+    >>> arrays, metadata = model.to_arrays()
+    >>> StackModel.from_arrays(arrays, metadata).n_layers
+    2
     """
 
     layers: tuple[LayerModel, ...]
@@ -213,6 +242,14 @@ class StackCode:
     switches : list of integer arrays or None
         ``switches[l - 1]``: the switches of ``pool3d(maps[l - 1], pool_l)``, (N, ⌈K_l/pk⌉, ⌈H_l'/ph⌉,
         ⌈W_l'/pw⌉); None for a layer that does not pool.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import StackCode
+    >>> code = StackCode([np.zeros((4, 2, 8, 8))], [None])
+    >>> code.select(slice(0, 2)).maps[0].shape
+    (2, 2, 8, 8)
     """
 
     maps: list[Array]
@@ -236,6 +273,18 @@ class StackResult:
     config : LearnConfig
     switches : list of integer arrays or None
         Per layer, the switches of its final training maps (None where it does not pool).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import LearnConfig, learn_stack
+    >>> config = LearnConfig.model_validate({"layers": [{"n_filters": 2, "filter_size": 3, "lam": 0.1},
+    ...                                                 {"n_filters": 2, "filter_size": 3, "lam": 0.1}],
+    ...                                      "n_iter": 1, "boundary": "valid",
+    ...                                      "inference": {"method": "fista", "max_iter": 10}})
+    >>> result = learn_stack(np.random.default_rng(0).standard_normal((2, 1, 8, 8)), config)
+    >>> result.model.n_layers, [len(h) for h in result.histories]
+    (2, [1, 1])
     """
 
     layers: list[LearnResult]

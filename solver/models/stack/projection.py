@@ -24,10 +24,10 @@ def _undo_rescale(x: Array, preprocess: FittedPreprocess | None, *, offset: bool
     return (x + st.mean) * st.scale + st.shift if offset else x * st.scale
 
 
-def project_down(model: StackModel, maps: Array, from_layer: int | None = None, *,
+def project_down(model: StackModel, maps: Array, layer: int | None = None, *,
                  switches: Sequence[Array | None] | None = None,
                  map_shapes: Sequence[Sequence[int]] | None = None, offset: bool = True) -> Array:
-    r"""Reconstruct maps of layer `from_layer` through every layer below, down to pixels.
+    r"""Reconstruct maps of layer `layer` through every layer below, down to pixels.
 
     .. math:: y^{(l-1)} = U_{s_{l-1}} R_{l-1}^{-1}\Big(\sum_k g^{(l)}_{kc}\, z^{(l)}_k \circledast
               f^{(l)}_{kc}\Big), \quad \dots, \quad \hat y = \sum_k g^{(1)}_{kc}\, z^{(1)}_k \circledast f^{(1)}_{kc}
@@ -40,7 +40,7 @@ def project_down(model: StackModel, maps: Array, from_layer: int | None = None, 
     model : StackModel
     maps : array of shape (N, K_l, H_l', W_l')
         Maps of layer l (e.g. from :func:`encode_layers`, or one-hot maps).
-    from_layer : int, optional
+    layer : int, optional
         l (1-based); the top layer by default.
     switches, map_shapes : sequences, optional
         Needed when a layer below l pools: ``switches[j - 1]`` and ``map_shapes[j - 1]`` are layer j's switches
@@ -55,8 +55,18 @@ def project_down(model: StackModel, maps: Array, from_layer: int | None = None, 
     array of shape (N, C_1, H, W)
         In the space of layer 1's *preprocessed* input (what layer 1 learned to reconstruct), not raw pixels;
         the maps' backend and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import StackModel, project_down
+    >>> rng = np.random.default_rng(0)
+    >>> model = StackModel.from_layers([rng.standard_normal((2, 1, 3, 3)), rng.standard_normal((3, 2, 3, 3))],
+    ...                                [None, None], [None, None], [0.1, 0.1], [1.0, 1.0])
+    >>> project_down(model, np.zeros((1, 3, 8, 8)), layer=2).shape
+    (1, 1, 8, 8)
     """
-    top = model.check_layer(from_layer)
+    top = model.check_layer(layer)
     K = model.layers[top - 1].n_filters
     if np.ndim(maps) != 4 or maps.shape[1] != K:
         raise ValueError(f"maps of layer {top} must have shape (N, {K}, H', W'), got shape {np.shape(maps)}")
@@ -77,7 +87,33 @@ def project_down(model: StackModel, maps: Array, from_layer: int | None = None, 
 
 
 def reconstruct_from(model: StackModel, code: StackCode, layer: int | None = None, *, offset: bool = True) -> Array:
-    """:func:`project_down` of ``code.maps[layer - 1]`` with the code's own switches: the images seen from `layer`."""
+    """:func:`project_down` of ``code.maps[layer - 1]`` with the code's own switches: the images seen from `layer`.
+
+    Parameters
+    ----------
+    model : StackModel
+    code : StackCode
+        Maps (and switches) of some images, e.g. from :func:`encode_layers`.
+    layer : int, optional
+        1-based; the top layer of the model by default.
+    offset : bool
+        As in :func:`project_down`.
+
+    Returns
+    -------
+    array of shape (N, C_1, H, W)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import StackModel, encode_layers, reconstruct_from
+    >>> rng = np.random.default_rng(0)
+    >>> model = StackModel.from_layers([rng.standard_normal((2, 1, 3, 3)), rng.standard_normal((3, 2, 3, 3))],
+    ...                                [None, None], [None, None], [0.1, 0.1], [1.0, 1.0])
+    >>> code = encode_layers(model, rng.standard_normal((1, 1, 8, 8)), method="fista", max_iter=5)
+    >>> reconstruct_from(model, code, 1).shape
+    (1, 1, 8, 8)
+    """
     top = model.check_layer(layer)
     if len(code.maps) < top:
         raise ValueError(f"the code holds maps of {len(code.maps)} layers, not of layer {top}")
@@ -118,6 +154,22 @@ def pixel_filters(model: StackModel, layer: int) -> np.ndarray:
     -------
     ndarray of shape (K_l, C_1, S, S)
         In the filters' dtype; ready for :func:`~solver.images.pictures.filter_montage`.
+
+    Parameters
+    ----------
+    model : StackModel
+    layer : int
+        1-based.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import StackModel, pixel_filters
+    >>> rng = np.random.default_rng(0)
+    >>> model = StackModel.from_layers([rng.standard_normal((2, 1, 3, 3)), rng.standard_normal((3, 2, 3, 3))],
+    ...                                [None, None], [None, None], [0.1, 0.1], [1.0, 1.0])
+    >>> pixel_filters(model, 2).shape  # S = 1 + 2 + 2
+    (3, 1, 5, 5)
     """
     top = model.check_layer(layer)
     if model.pools_below(top):
@@ -166,6 +218,17 @@ def top_projections(model: StackModel, code: StackCode, layer: int) -> np.ndarra
     ndarray of shape (K_l, C_1, S, S)
         S the larger side of :func:`footprint`; all zeros for a map that is zero on every image. The rescales are
         undone by their linear part only, as in :func:`pixel_filters`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solver import StackModel, encode_layers, top_projections
+    >>> rng = np.random.default_rng(0)
+    >>> model = StackModel.from_layers([rng.standard_normal((2, 1, 3, 3)), rng.standard_normal((3, 2, 3, 3))],
+    ...                                [None, None], [None, None], [0.1, 0.1], [1.0, 1.0])
+    >>> code = encode_layers(model, rng.standard_normal((2, 1, 8, 8)), method="fista", max_iter=5)
+    >>> top_projections(model, code, 2).shape
+    (3, 1, 5, 5)
     """
     top = model.check_layer(layer)
     if len(code.maps) < top:
