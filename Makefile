@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all wheel-check bench lint clean
+.PHONY: demo test test-all test-browser wheel-check bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,15 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m "not gpu"
+	$(PY) -m pytest -q -m "not gpu and not browser"
+
+# The dashboard in headless Chromium: Debian's chromium and chromium-driver (installed with apt-get when missing,
+# which needs root), selenium from the 'browser' extra. Refreshes docs/dashboard.png.
+test-browser: $(STAMP)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update && apt-get install -y chromium chromium-driver)
+	$(PY) -m pip install --quiet -e ".[browser]"
+	$(PY) -m pytest -q -m browser -s tests/api/test_browser.py
 
 # Build the sdist and the wheel, check their file lists, install the wheel into a fresh venv and run it.
 wheel-check: $(STAMP)

@@ -1,11 +1,11 @@
 """Check the file lists of the sdist and the wheel that ``python -m build`` wrote into DIST.
 
 Usage: ``python .ci/check_dist.py DIST``. Each archive must hold exactly the packages' Python files (``api``,
-``solver``, ``workers``, ``configs``), the presets and sample images, and the packaging metadata (README and LICENSE
-included); anything else (tests, benchmarks, virtual environments, data or result folders, caches) is an error.
-The expected files are the checkout's files that git tracks or would track (``git ls-files --cached --others
---exclude-standard``), so a new module or preset is expected without editing this script. Exit 1 with the
-differences, else print one line per archive.
+``solver``, ``workers``, ``configs``), the presets and sample images, the dashboard's files (``api/static``), and
+the packaging metadata (README and LICENSE included); anything else (tests, benchmarks, virtual environments, data
+or result folders, caches) is an error. The expected files are the checkout's files that git tracks or would track
+(``git ls-files --cached --others --exclude-standard``), so a new module or preset is expected without editing this
+script. Exit 1 with the differences, else print one line per archive.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def checkout_files() -> set[str]:
         if not (REPO / name).is_file():  # deleted in the working tree, not yet committed
             continue
         is_data = path.parts[0] == "configs" and (path.suffix == ".yaml" and len(path.parts) == 2
-                                                   or path.parts[1:2] == ("samples",))
+                                                   or path.parts[1:2] == ("samples",)) \
+            or path.parts[:2] == ("api", "static")  # the dashboard's page, style sheet and script
         if path.suffix == ".py" or is_data:
             keep.add(name)
     return keep

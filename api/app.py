@@ -9,13 +9,17 @@
     GET    /jobs/{id}                     status and progress
     DELETE /jobs/{id}                     cancel
     GET    /jobs/{id}/filters             ?layer=&format=npy|png
+    GET    /jobs/{id}/filters/latest      ?layer=&format=npy|png, also while the job runs (its newest checkpoint)
     GET    /jobs/{id}/maps                ?layer= -> npz, one array per image
     GET    /jobs/{id}/reconstructions     ?format=npy|png
     GET    /jobs/{id}/history             ?format=json|png (also while the job runs)
     GET    /jobs/{id}/artifacts[/{name}]  every artifact, by name, with its sha256 as ETag
+    GET    /jobs/{id}/model               the model file (a zip that solver.load_model reads)
     POST   /models/{id}/encode            multipart 'files' -> maps (npy, or npz of every layer)
     POST   /reconstruct                   multipart 'maps' with 'job_id' (+ 'layer') or 'filters' -> images
+    GET    /presets                       the bundled presets as job specs without dataset_id
     GET    /health                        no key needed
+    GET    /                              the dashboard (api/static), no key needed: it asks for one
 
 The routes live in :mod:`api.routes`, one module per resource; what they depend on (settings, store, runner, the
 key check) in :mod:`api.deps`; the error responses in :mod:`api.errors`. Handlers never compute on the event
@@ -39,7 +43,7 @@ from workers.jobs.store import JobStore
 
 from . import __version__
 from .errors import exception_handlers
-from .routes import datasets, health, jobs, models, results
+from .routes import dashboard, datasets, health, jobs, live, model_file, models, presets, results
 from .routes.common import MULTIPART_SLACK
 from .settings import Settings
 
@@ -65,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     >>> import tempfile
     >>> app = create_app(Settings(data_dir=tempfile.mkdtemp(), run_jobs=False))
     >>> sorted(app.openapi()["paths"])[:3]
-    ['/datasets', '/datasets/{dataset_id}', '/health']
+    ['/', '/datasets', '/datasets/{dataset_id}']
     """
     settings = settings or Settings.from_env()
     store = JobStore(settings.data_dir, settings.artifacts)
@@ -80,7 +84,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(datasets.router, max_body_size=upload_bytes)
     app.include_router(jobs.router)
+    app.include_router(live.router)
+    app.include_router(model_file.router)
     app.include_router(results.router)
+    app.include_router(presets.router)
+    app.include_router(dashboard.router)
+    app.mount("/static", dashboard.static_files, name="static")
     app.include_router(models.router, max_body_size=upload_bytes)
     app.include_router(jobs.unknown)  # last: it answers whatever under /jobs/ the routers above did not match
     return app

@@ -10,6 +10,7 @@
     deconv wait JOB [--timeout S]
     deconv cancel JOB
     deconv filters JOB --out FILE [--layer L] [--format npy|png]
+    deconv model JOB --out FILE.deconv
     deconv encode JOB IMAGE... --out FILE.npz [--layer L] [--max-iter N] [--method M]
     deconv reconstruct JOB --out FILE [--format npy|png]
     deconv reconstruct --maps FILE (--job JOB [--layer L] [--switches NPZ] | --filters FILE [--boundary B]) --out FILE
@@ -165,6 +166,9 @@ def _add_client_commands(commands) -> None:
     filters.add_argument("--format", choices=("npy", "png"), default=None,
                          help="npy (K, C, s, s) float32, or png (a montage); default: from --out's suffix")
     filters.add_argument("--out", type=Path, required=True, metavar="FILE")
+    model = add("model", "save a finished job's model file (solver.load_model reads it)")
+    model.add_argument("job", metavar="JOB")
+    model.add_argument("--out", type=Path, required=True, metavar="FILE", help="for example model.deconv")
     encode = add("encode", "encode images with a finished job's model: maps (and pooling switches) per layer")
     encode.add_argument("job", metavar="JOB")
     encode.add_argument("images", type=Path, nargs="+", metavar="IMAGE",
@@ -333,7 +337,8 @@ def _client_command(args: argparse.Namespace) -> int:
     from .client import DeconvAPIError, DeconvClient  # noqa: PLC0415
 
     run = {"submit": commands.submit, "status": commands.status, "wait": commands.wait, "cancel": commands.cancel,
-           "filters": commands.filters, "encode": commands.encode, "reconstruct": commands.reconstruct}[args.command]
+           "filters": commands.filters, "model": commands.model, "encode": commands.encode,
+           "reconstruct": commands.reconstruct}[args.command]
     try:
         with DeconvClient(args.url, api_key=args.api_key) as client:
             return run(args, client)

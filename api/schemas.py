@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from workers.jobs.spec import JobSpec
 from workers.jobs.store import DatasetRecord, JobRecord
 
-__all__ = ["ArtifactOut", "DatasetOut", "HealthOut", "JobList", "JobOut", "JobSpec", "ProgressOut"]
+__all__ = ["ArtifactOut", "DatasetOut", "HealthOut", "JobList", "JobOut", "JobSpec", "PresetOut", "ProgressOut"]
 
 
 class _Out(BaseModel):
@@ -121,6 +121,14 @@ class ArtifactOut(_Out):
     size: int
     media_type: str
     url: str
+
+
+class PresetOut(_Out):
+    """A bundled preset: its name, what it is, and its learning config as a job spec without ``dataset_id``."""
+
+    name: str
+    description: str
+    spec: dict[str, Any]
 
 
 class HealthOut(_Out):

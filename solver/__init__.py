@@ -12,6 +12,10 @@ and, with pooling between layers and the 2011 model (every layer reconstructs th
 
     from solver import encode_layers, reconstruct_from, top_projections
 
+A learned model (``learn(...).model``, ``learn_stack(...).model``) is saved to one file by ``model.save(path)`` and
+read back by ``load_model(path)``. scikit-learn style estimators live in :mod:`solver.estimators` (imported on
+demand: ``import solver`` does not need scikit-learn).
+
 Shapes: images (N, C, H, W), filters (K, C, s, s), connectivity (K, C), maps (N, K, H', W') with H' = H for the
 circular boundary and H + s − 1 for the valid one. float32 by default; the input dtype is kept.
 """
@@ -31,12 +35,26 @@ from .config import (
 from .images.metrics import psnr
 from .images.preprocess import FittedPreprocess
 from .models.coding import EncodeResult, encode, reconstruct
+from .models.lam import lambda_max
 from .models.learn import IterStats, LearnResult, encode_with, learn, learn_layer
 from .models.stack.encoding import encode_layers
+from .models.stack.files import load_model
 from .models.stack.learning import INTER_LAYER_PREPROCESS, layer_config, learn_stack
 from .models.stack.model import LayerModel, StackCode, StackModel, StackResult
 from .models.stack.projection import pixel_filters, project_down, reconstruct_from, top_projections
 from .operators.pooling import pool3d, unpool3d  # noqa: F401  (re-exported; see solver.operators.pooling)
+
+_ESTIMATORS = ("ConvolutionalDictionaryLearning", "DeconvolutionalNetwork")
+
+
+def __getattr__(name: str):
+    """The scikit-learn estimators, imported on first use: ``import solver`` does not need scikit-learn."""
+    if name in _ESTIMATORS:
+        from . import estimators  # noqa: PLC0415
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'solver' has no attribute {name!r}")
+
 
 __all__ = [
     "INTER_LAYER_PREPROCESS",
@@ -61,10 +79,12 @@ __all__ = [
     "get_backend",
     "gpu_available",
     "layer_config",
+    "lambda_max",
     "learn",
     "learn_layer",
     "learn_stack",
     "load_config",
+    "load_model",
     "objective",
     "pixel_filters",
     "project_down",

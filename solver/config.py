@@ -198,7 +198,14 @@ class LayerSpec(_Frozen):
 
     n_filters: int = Field(..., ge=1)
     filter_size: int = Field(..., ge=1)
-    lam: float = Field(..., gt=0, description="weight of the sparsity term (λ = κ/λ_Z in Zeiler's terms)")
+    lam: float = Field(..., gt=0, description="weight of the sparsity term (λ = κ/λ_Z in Zeiler's terms); with "
+                       "lam_scale 'relative', the fraction of λ_max")
+    lam_scale: Literal["absolute", "relative"] = Field(
+        "absolute",
+        description="'absolute': lam is λ; 'relative': λ = lam × λ_max, λ_max = max |Dᴴy| of the layer's "
+        "training input with its initial (seeded) filters, the smallest λ that gives all-zero maps for p = 1 "
+        "(solver.lambda_max); lam must then be below 1. The learned model records the absolute λ and λ_max",
+    )
     p: float = Field(1.0, gt=0, le=1)
     connectivity: str | list[list[bool]] = Field(
         "full", description="'full', 'singles-and-doubles', 'random-doubles:k', or an explicit (K, C) matrix"
@@ -212,6 +219,13 @@ class LayerSpec(_Frozen):
         "2011): the layer above reads the pooled maps, projections unpool them; with reconstruct_to 'pixels' "
         "the layer's own inference also keeps one non-zero per pooling block. None: no pooling (2010)",
     )
+
+    @model_validator(mode="after")
+    def _relative_below_one(self) -> LayerSpec:
+        if self.lam_scale == "relative" and self.lam >= 1:
+            raise ValueError(f"lam with lam_scale 'relative' is a fraction of λ_max and must be below 1 (λ ≥ λ_max "
+                             f"gives all-zero maps, and the filters then never move), got {self.lam!r}")
+        return self
 
     @field_validator("pool")
     @classmethod

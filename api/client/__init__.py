@@ -12,6 +12,7 @@
         filters = client.filters(job["id"])                   # (K, C, s, s) float32
         maps = client.encode(job["id"], new_images)            # (N, K, H', W')
         images = client.reconstruct(maps, job_id=job["id"])    # (N, C, H, W)
+        model = client.model(job["id"])                        # a solver.StackModel, to use offline
 
 Every refusal of the service raises :class:`DeconvAPIError`, whose message names the field(s) the service named
 (``layers.0.lam: Input should be greater than 0 (got 0)``); so does a service that cannot be reached (``status``

@@ -1,25 +1,64 @@
-"""The client's methods that use a finished job as a model: encode new images, reconstruct images from maps."""
+"""The client's methods that use a finished job as a model: download it, encode new images, reconstruct images
+from maps."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .connection import Connection
 from .payloads import ImageParts, file_parts, load_npy, load_npz, npy_bytes, npz_bytes, params
 
+if TYPE_CHECKING:
+    from solver import StackModel
+
 _NPY = "application/x-npy"
 
 
 class ModelMethods(Connection):
-    """``/models/{id}/encode`` and ``/reconstruct``; a part of :class:`~api.client.DeconvClient`.
+    """``/jobs/{id}/model``, ``/models/{id}/encode`` and ``/reconstruct``; a part of
+    :class:`~api.client.DeconvClient`.
 
     Parameters
     ----------
     base_url, api_key, timeout, transport
         As for :class:`~api.client.connection.Connection`.
     """
+
+    def model(self, job_id: str) -> StackModel:
+        """The model of a finished job, loaded, to encode and reconstruct offline.
+
+        Parameters
+        ----------
+        job_id : str
+            A job that has succeeded.
+
+        Returns
+        -------
+        solver.StackModel
+            With the job's inference: ``solver.encode_layers(model, images, max_iter=200)`` gives the maps
+            :meth:`encode_layers` gets from the service (whose default `max_iter` is 200).
+        """
+        from solver import load_model  # noqa: PLC0415  (the solver loads only when used)
+
+        return load_model(self.model_file(job_id))
+
+    def model_file(self, job_id: str) -> bytes:
+        """The model file of a finished job.
+
+        Parameters
+        ----------
+        job_id : str
+            A job that has succeeded.
+
+        Returns
+        -------
+        bytes
+            A zip archive (save it as ``NAME.deconv``) that :func:`solver.load_model` reads.
+        """
+        return self._request("GET", f"/jobs/{job_id}/model").content
 
     def encode(self, job_id: str, images: np.ndarray | ImageParts, *, layer: int | None = None,
                max_iter: int = 200, method: str | None = None) -> np.ndarray:

@@ -58,6 +58,25 @@ class ResultMethods(Connection):
         """
         return self._request("GET", f"/jobs/{job_id}/filters", params=params(layer=layer, format="png")).content
 
+    def latest_filters(self, job_id: str, layer: int | None = None) -> tuple[np.ndarray, int]:
+        """The newest filters of one layer, also while the job runs (from its newest checkpoint).
+
+        Parameters
+        ----------
+        job_id : str
+            A job that is running or has succeeded (409 before its first checkpoint).
+        layer : int, optional
+            1-based; default: the layer being learned (the top layer once the job has succeeded).
+
+        Returns
+        -------
+        filters : ndarray of shape (K, C, s, s), float32
+        iteration : int
+            The layer's outer iteration after which these filters were saved.
+        """
+        response = self._request("GET", f"/jobs/{job_id}/filters/latest", params=params(layer=layer))
+        return load_npy(response.content), int(response.headers["X-Deconv-Iteration"])
+
     def maps(self, job_id: str, layer: int | None = None) -> dict[str, np.ndarray]:
         """The feature maps of the training images for one layer.
 

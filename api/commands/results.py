@@ -1,4 +1,4 @@
-"""The result commands: ``filters``, ``encode``, ``reconstruct``; each writes one file atomically."""
+"""The result commands: ``filters``, ``model``, ``encode``, ``reconstruct``; each writes one file atomically."""
 
 from __future__ import annotations
 
@@ -36,6 +36,24 @@ def filters(args: argparse.Namespace, client: DeconvClient) -> int:
         array = client.filters(args.job, layer=args.layer)
         data, what = npy_bytes(array), f"filters {tuple(array.shape)} {array.dtype}"
     return write_file(args.out, data, what)
+
+
+def model(args: argparse.Namespace, client: DeconvClient) -> int:
+    """Save a finished job's model file (a zip archive that :func:`solver.load_model` reads).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The command's parsed arguments (see ``deconv model --help``).
+    client : DeconvClient
+        Open, on the service.
+
+    Returns
+    -------
+    int
+        The exit status (:mod:`api.exits`).
+    """
+    return write_file(args.out, client.model_file(args.job), "model file")
 
 
 def encode(args: argparse.Namespace, client: DeconvClient) -> int:

@@ -31,6 +31,7 @@ from ..operators.pixel_path import LowerLayer, input_geometry
 from ..operators.prox import normalise_unit
 from ..validation import as_images, check_boundary, check_finite, check_lam, check_p, check_positive_int
 from .coding import inference_config
+from .lam import absolute_config, lambda_max
 from .shard import LocalPool, PixelShard, Shard
 
 if TYPE_CHECKING:
@@ -55,6 +56,9 @@ class LearnResult:
     connectivity : ndarray of shape (K, C) or None
     preprocess : FittedPreprocess or None
         The preprocessing applied to the training images, to repeat on new ones.
+    lam_max : float or None
+        When λ was given relative to λ_max (``lam_scale="relative"``): λ_max of the training input with the
+        initial filters; ``config`` then holds the absolute λ used. None otherwise.
 
     Examples
     --------
@@ -73,6 +77,7 @@ class LearnResult:
     config: LearnConfig | None = None
     connectivity: np.ndarray | None = None
     preprocess: FittedPreprocess | None = None
+    lam_max: float | None = None
 
     @property
     def model(self) -> StackModel:
@@ -111,6 +116,7 @@ def learn(
     method: Literal["admm", "fista", "zeiler"] | Any = "admm",
     boundary: Literal["circular", "valid"] = "circular",
     p: float = 1.0,
+    lam_scale: Literal["absolute", "relative"] = "absolute",
     seed: int = 0,
     backend: Literal["auto", "numpy", "cupy"] = "auto",
     connectivity: str | np.ndarray = "full",
@@ -131,7 +137,8 @@ def learn(
     n_filters, filter_size : int
         K and s.
     lam : float
-        λ > 0, the weight of the sparsity term (Zeiler's κ/λ).
+        λ > 0, the weight of the sparsity term (Zeiler's κ/λ); with ``lam_scale="relative"`` the fraction of
+        λ_max, in (0, 1).
     n_iter : int
         Outer iterations.
     method : {"admm", "fista", "zeiler"} or an inference config model
@@ -139,6 +146,9 @@ def learn(
     boundary : {"circular", "valid"}
     p : float
         Sparsity exponent in (0, 1].
+    lam_scale : {"absolute", "relative"}
+        ``"relative"``: λ = lam × :func:`~solver.lambda_max` of the (preprocessed) images with the initial
+        filters; ``result.config`` then holds the absolute λ and ``result.lam_max`` λ_max.
     seed : int
         Seeds the initial filters (the run is deterministic).
     backend : {"auto", "numpy", "cupy"}
@@ -188,7 +198,7 @@ def learn(
     base = filter_update if isinstance(filter_update, FilterUpdateConfig) else FilterUpdateConfig(method=filter_update)
     updates = {k: v for k, v in (("max_iter", filter_iter), ("norm", filter_norm)) if v is not None}
     fu = FilterUpdateConfig.model_validate({**base.model_dump(), **updates})
-    layer = LayerSpec(n_filters=K, filter_size=s, lam=lam, p=p,
+    layer = LayerSpec(n_filters=K, filter_size=s, lam=lam, p=p, lam_scale=lam_scale,
                       connectivity=connectivity if isinstance(connectivity, str) else np.asarray(connectivity).tolist())
     config = LearnConfig(layers=[layer], inference=inference, filter_update=fu, n_iter=n_iter, boundary=boundary,
                          preprocess=preprocess, seed=seed)
@@ -268,6 +278,13 @@ def learn_layer(
         if f0.shape != (layer.n_filters, C, s, s):
             raise ValueError(f"init_filters must have shape {(layer.n_filters, C, s, s)}, got {f0.shape}")
         check_finite(f0, "init_filters")
+    lam_max = None
+    if layer.lam_scale == "relative":  # λ = lam × λ_max of this input with the start filters, fixed from here on
+        lam_max = lambda_max(y, f0, boundary=config.boundary, connectivity=table, lower=lower, switches=switches,
+                             backend=backend)
+        config = absolute_config(config, lam_max)
+        logger.info("lam_scale relative: λ_max %.6g, λ = %g × λ_max = %.6g", lam_max, layer.lam,
+                    config.layers[0].lam)
     if pixels:
         pool = LocalPool([PixelShard(y, config, table, lower, switches, backend)])
         filters, history, stats = alternate(pool, config, f0, callback=callback)
@@ -277,7 +294,7 @@ def learn_layer(
         pool = LocalPool([Shard(y, config, table, backend)])
         filters, history, stats = alternate(pool, config, f0, callback=callback)
     maps = np.concatenate(pool.maps())
-    return LearnResult(filters, maps, history, stats, config, table, fitted)
+    return LearnResult(filters, maps, history, stats, config, table, fitted, lam_max)
 
 
 def _learn_recentred(y: Array, config: LearnConfig, table: np.ndarray | None, backend: str, f0: np.ndarray,

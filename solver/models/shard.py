@@ -43,6 +43,7 @@ from ..operators.convolution import ConvOperator, FilterOperator
 from ..operators.pixel_path import LowerLayer, PixelPath
 from ..operators.pooling import keep_block_maxima
 from ..operators.prox import LpPenalty
+from .lam import analysis_max, with_lam
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,12 @@ class _ShardBase:
         if self._maps is None:
             raise ValueError("the shard has no maps yet: call code(filters) first")
         return self.bk.to_host(self._maps)
+
+    def set_lam(self, lam: float) -> None:
+        """Code with the absolute λ `lam` from now on (a relative λ, resolved on λ_max of every shard)."""
+        self.config = with_lam(self.config, lam)
+        self.layer = self.config.layers[0]
+        self.penalty = LpPenalty(self.layer.lam, self.layer.p)
 
     def _steps_never_worse(self, solver: Any, state: Any) -> Any:
         """``solver.max_iter`` steps from `state`; per image, the new maps unless their E is above the start's
@@ -157,6 +164,12 @@ class Shard(_ShardBase):
         f = self.bk.asarray(filters, dtype=self.images.dtype)
         partial, self._consensus = consensus_local_step(self._problem(), f, self._consensus, rho, relax)
         return self.bk.to_host(partial), self.n_images
+
+    def lambda_max(self, filters: np.ndarray) -> float:
+        """λ_max of this shard's images for `filters`: ``max |Dᴴ y|`` (:func:`solver.models.lam.lambda_max`)."""
+        f = self.bk.asarray(filters, dtype=self.images.dtype)
+        op = ConvOperator(f, self.images.shape[-2:], boundary=self.config.boundary, connectivity=self.g)
+        return analysis_max(op, self.images, self.bk)
 
     def state(self) -> dict[str, Any]:
         """The shard's maps and inference state as host arrays (what a checkpoint stores)."""
@@ -244,6 +257,12 @@ class PixelShard(_ShardBase):
     def consensus_step(self, filters: np.ndarray, rho: float, relax: float) -> tuple[np.ndarray, int]:
         raise ValueError("consensus filter updates are not available with reconstruct_to 'pixels'")
 
+    def lambda_max(self, filters: np.ndarray) -> float:
+        """λ_max of this shard's pixels for `filters` through the layers below: ``max |Fᴴ Bᴴ y|``."""
+        f = self.bk.asarray(filters, dtype=self.images.dtype)
+        op = ConvOperator(f, self.path.input_shape, boundary=self.config.boundary, connectivity=self.g)
+        return analysis_max(op, self.images, self.bk, self.path)
+
     def state(self) -> dict[str, Any]:
         """The maps and the power vectors of the step sizes (a resumed run takes the same steps)."""
         power = None if self._power is None else self.bk.to_host(self._power)
@@ -327,3 +346,10 @@ class LocalPool:
 
     def maps(self) -> list[np.ndarray]:
         return [s.maps() for s in self.shards]
+
+    def lambda_max(self, filters: np.ndarray) -> list[float]:
+        return [s.lambda_max(filters) for s in self.shards]
+
+    def set_lam(self, lam: float) -> None:
+        for s in self.shards:
+            s.set_lam(lam)

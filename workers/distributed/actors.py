@@ -134,6 +134,12 @@ class ShardWorker:
     def maps(self) -> np.ndarray:
         return self._ready().maps()
 
+    def lambda_max(self, filters: np.ndarray) -> float:
+        return self._ready().lambda_max(filters)
+
+    def set_lam(self, lam: float) -> None:
+        self._ready().set_lam(lam)
+
     # -- checkpoints and supervision ----------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from ray import exceptions as ray_errors
 
 from solver.config import LearnConfig
 from solver.images.preprocess import FittedPreprocess, PreprocessStats, combine_rescale_means, combine_rescale_ranges
+from solver.models.lam import absolute_config
 from solver.models.learn import IterStats, LearnResult, alternate, initial_filters
 from solver.operators.connectivity import connectivity_table
 from solver.operators.convolution import map_shape
@@ -170,6 +171,7 @@ class Coordinator:
         self._history: list[IterStats] = []
         self._pending: tuple[int, np.ndarray, np.ndarray] | None = None
         self._last_checkpoint = -1
+        self.lam_max: float | None = None  # λ_max of a relative λ, once the shards computed it
 
     @property
     def n_shards(self) -> int:
@@ -247,6 +249,7 @@ class Coordinator:
         self._bring_up()
         pool = RayPool(self._actors, timeout=self.call_timeout, traffic=self.traffic)
         self._pool = pool
+        resolved = self._resolve_lam(pool)
         if start is None:
             pool.reset()
             filters, first, vector, self._history = self.initial_filters, 0, None, []
@@ -267,8 +270,20 @@ class Coordinator:
                 self._checkpoint(done)
         maps = np.concatenate(pool.maps()) if done > 0 else self._zero_maps()
         history = [h.objective for h in self._history]
-        return LearnResult(filters, maps, history, list(self._history), self.config, self.connectivity,
-                           self._fitted_preprocess())
+        return LearnResult(filters, maps, history, list(self._history), resolved, self.connectivity,
+                           self._fitted_preprocess(), self.lam_max)
+
+    def _resolve_lam(self, pool: RayPool) -> LearnConfig:
+        """The config with an absolute λ: a relative one (``lam_scale="relative"``) times λ_max, the largest of
+        the shards' λ_max for the initial filters (the same on every attempt, resumed or not), set on every
+        shard of `pool`."""
+        if self.config.layers[0].lam_scale != "relative":
+            return self.config
+        self.lam_max = max(pool.lambda_max(self.initial_filters))
+        resolved = absolute_config(self.config, self.lam_max)
+        pool.set_lam(resolved.layers[0].lam)
+        logger.info("lam_scale relative: λ_max %.6g, λ %.6g", self.lam_max, resolved.layers[0].lam)
+        return resolved
 
     def _zero_maps(self) -> np.ndarray:
         """The maps before any coding step (a run stopped before its first outer iteration)."""

@@ -85,6 +85,12 @@ class RayPool:
     def maps(self) -> list[np.ndarray]:
         return self._broadcast("maps")
 
+    def lambda_max(self, filters: np.ndarray) -> list[float]:
+        return self._broadcast("lambda_max", filters)
+
+    def set_lam(self, lam: float) -> None:
+        self._broadcast("set_lam", lam)
+
     def states(self) -> list[dict[str, Any]]:
         return self._broadcast("state")
 

@@ -3,7 +3,8 @@
 The runner stores a :class:`~solver.StackModel` as ``filters-L<l>.npy`` and ``connectivity-L<l>.npy`` per
 layer and ``model.json`` (the boundary; per layer λ, p and the fitted preprocessing of its input; the inference);
 :func:`load_model` reads them back from the store, so ``POST /models/{id}/encode`` and ``POST /reconstruct`` work
-on any finished job, also after a restart.
+on any finished job, also after a restart. :func:`model_file` gives the job's model as one model file
+(:func:`solver.load_model` reads it), built from those stored artifacts.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,16 @@ class JobModel:
         pools; see :func:`solver.project_down`."""
         return project_down(self.stack, maps, layer, switches=switches, map_shapes=map_shapes)
 
+    @property
+    def model(self) -> StackModel:
+        """The stack with the job's inference in it: what the model file holds, so that
+        :func:`solver.encode_layers` on it encodes as :meth:`encode` does."""
+        return replace(self.stack, inference=self.inference)
+
+    def file_bytes(self) -> bytes:
+        """The model file (a zip archive that :func:`solver.load_model` reads)."""
+        return self.model.to_bytes()
+
     def artifacts(self) -> tuple[dict[str, np.ndarray], bytes]:
         """The arrays (``filters-L<l>``, ``connectivity-L<l>``) and the ``model.json`` bytes that store it."""
         arrays, metadata = self.stack.to_arrays()
@@ -74,6 +85,28 @@ def load_model(store: JobStore, job_id: str) -> JobModel:
             arrays[name] = _npy(store.read_artifact(job_id, f"{name}.npy"))
     inference = TypeAdapter(InferenceConfig).validate_python(body.pop("inference"))
     return JobModel(StackModel.from_arrays(arrays, body), inference)
+
+
+def model_file(store: JobStore, job_id: str) -> bytes:
+    """The model of job `job_id` as one model file, from its stored artifacts (``GET /jobs/{id}/model`` serves it).
+
+    Parameters
+    ----------
+    store : JobStore
+    job_id : str
+
+    Returns
+    -------
+    bytes
+        A zip archive that :func:`solver.load_model` reads; encoding with it (:func:`solver.encode_layers`)
+        gives the maps ``POST /models/{id}/encode`` gives.
+
+    Raises
+    ------
+    ModelNotReadyError
+        When the job has no model (it has not succeeded).
+    """
+    return load_model(store, job_id).file_bytes()
 
 
 def _npy(data: bytes | None) -> np.ndarray:

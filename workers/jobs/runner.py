@@ -235,9 +235,11 @@ def execute(store: JobStore, job: JobRecord, *, cluster: ClusterConfig | None = 
         if not pixels:  # the 2010 model: the next layer reads this one's (pooled) maps
             paths = sorted((layer_dir / ("maps" if pool is None else "pooled")).glob("*.npy"))
     preprocess = [r.preprocess if index == 0 or not pixels else None for index, r in enumerate(results)]
-    stack = StackModel.from_layers([r.filters for r in results], [_table(r) for r in results], preprocess,
-                                   [layer.lam for layer in spec.layers], [layer.p for layer in spec.layers],
-                                   spec.boundary, [layer.pool for layer in spec.layers], spec.reconstruct_to)
+    lam_max = [r.lam_max for r in results]  # a relative λ is recorded as the absolute λ used, with λ_max
+    lams = [layer.lam if top is None else layer.lam * top for layer, top in zip(spec.layers, lam_max, strict=True)]
+    stack = StackModel.from_layers([r.filters for r in results], [_table(r) for r in results], preprocess, lams,
+                                   [layer.p for layer in spec.layers], spec.boundary,
+                                   [layer.pool for layer in spec.layers], spec.reconstruct_to, lam_max=lam_max)
     model = JobModel(stack, spec.inference)
     images = np.stack([np.load(p, allow_pickle=False) for p in inputs])
     _store_artifacts(store, job.id, spec, model, results, dataset_images=images)
@@ -286,7 +288,8 @@ def _save_layer(folder: Path, result: LearnResult, pool: tuple[int, int, int] | 
     atomic_write_bytes(folder / "filters.npy", npy_bytes(result.filters))
     atomic_write_bytes(folder / "connectivity.npy", npy_bytes(_table(result)))
     done = {"stats": [asdict(s) for s in result.stats],
-            "preprocess": None if result.preprocess is None else result.preprocess.to_dict()}
+            "preprocess": None if result.preprocess is None else result.preprocess.to_dict(),
+            "lam_max": result.lam_max}
     atomic_write_bytes(folder / "done.json", json.dumps(done).encode())
     return result
 
@@ -301,7 +304,7 @@ def _load_layer(folder: Path) -> LearnResult | None:
     pre = None if done["preprocess"] is None else FittedPreprocess.from_dict(done["preprocess"])
     logger.info("layer %s: finished earlier, reusing it", folder.name)
     return LearnResult(np.load(folder / "filters.npy"), maps, [s.objective for s in stats], stats, None,
-                       np.load(folder / "connectivity.npy"), pre)
+                       np.load(folder / "connectivity.npy"), pre, done.get("lam_max"))
 
 
 # -- artifacts ------------------------------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ def encode_layers(
     """Maps and switches of every layer up to `layer` (1-based; default: the top one) for new images.
 
     Layer 1's preprocessing is applied to `images`. In the 2010 model each higher layer codes the (pooled) maps
-    of the layer below, transformed by its recorded rescale, as in learning; `method` (default ``"admm"``),
+    of the layer below, transformed by its recorded rescale, as in learning; `method` (default: the method of
+    ``model.inference``, the one the model learned with, else ``"admm"``),
     `max_iter`, `tol` and `backend` go to :func:`~solver.models.coding.encode` for every layer. In the 2011 model
     (``model.reconstruct_to == "pixels"``) each layer codes the preprocessed images through the layers below at
     the switches just found for them (the bottom-up pass), by :func:`solver.models.coding.code_pixels`; `method` must
@@ -61,6 +62,8 @@ def encode_layers(
     [(1, 2, 8, 8), (1, 3, 8, 8)]
     """
     top = model.check_layer(layer)
+    if method is None and model.inference is not None:  # as the job service encodes with a job's model
+        method = model.inference.method
     if model.reconstruct_to == "pixels":
         return _encode_pixels(model, images, top, method, max_iter, tol, backend)
     x, maps, switches = images, [], []

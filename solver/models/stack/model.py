@@ -6,19 +6,25 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from ...backend import Array
-from ...config import LearnConfig
+from ...config import InferenceConfig, LearnConfig
 from ...images.preprocess import FittedPreprocess
 from ...operators.convolution import BOUNDARIES
 from ...operators.pixel_path import LowerLayer
 from ...operators.pooling import pooled_shape
 from ..learn import LearnResult
 
+#: The version of a model's JSON description (and of the model file that holds it). Readers accept every version up
+#: to theirs and refuse a newer one: a field added later must be optional, so that older files stay readable.
 MODEL_FORMAT = 1
+
+LamScale = Literal["absolute", "relative"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,12 @@ class LayerModel:
         Sparsity exponent in (0, 1].
     pool : (int, int, int) or None
         3-D max pooling (maps, rows, columns) of this layer's maps for the layer above; None: none.
+    lam_scale : {"absolute", "relative"}
+        How λ was given: as is, or as a fraction of λ_max (:func:`~solver.lambda_max`); `lam` is the absolute λ
+        in both cases.
+    lam_max : float or None
+        λ_max of the training input with the initial filters, for ``lam_scale="relative"`` (then the given
+        fraction is ``lam / lam_max``); None otherwise.
 
     Examples
     --------
@@ -55,6 +67,8 @@ class LayerModel:
     lam: float
     p: float = 1.0
     pool: tuple[int, int, int] | None = None
+    lam_scale: LamScale = "absolute"
+    lam_max: float | None = None
 
     def __post_init__(self) -> None:
         f, g = np.asarray(self.filters), np.asarray(self.connectivity)
@@ -67,6 +81,13 @@ class LayerModel:
             raise ValueError(f"lam must be a positive number, got {self.lam!r}")
         if not 0 < self.p <= 1:
             raise ValueError(f"p must be in (0, 1], got {self.p!r}")
+        if self.lam_scale not in ("absolute", "relative"):
+            raise ValueError(f"lam_scale must be 'absolute' or 'relative', got {self.lam_scale!r}")
+        if (self.lam_scale == "relative") != (self.lam_max is not None):
+            raise ValueError(f"lam_max is recorded exactly when lam_scale is 'relative', got lam_scale "
+                             f"{self.lam_scale!r} and lam_max {self.lam_max!r}")
+        if self.lam_max is not None and not (math.isfinite(self.lam_max) and self.lam_max > 0):
+            raise ValueError(f"lam_max must be a positive number, got {self.lam_max!r}")
         if self.pool is not None:
             pooled_shape((1, 1, 1, 1), self.pool)  # raises ValueError naming the size
             object.__setattr__(self, "pool", tuple(int(d) for d in self.pool))
@@ -97,18 +118,23 @@ class LayerModel:
 
 @dataclass(frozen=True)
 class StackModel:
-    """A learned stack: per layer its filters, connectivity, input preprocessing, λ and p; and the boundary.
+    """A learned stack: per layer its filters, connectivity, input preprocessing, λ and p; the boundary; and the
+    inference it learned with.
 
-    Built from a :class:`StackResult` (``result.model``), from per-layer sequences (:meth:`from_layers`), or from
-    plain arrays and a JSON-able dict (:meth:`from_arrays`, the inverse of :meth:`to_arrays`).
+    Built from a :class:`StackResult` or a :class:`~solver.LearnResult` (``result.model``), from per-layer
+    sequences (:meth:`from_layers`), from plain arrays and a JSON-able dict (:meth:`from_arrays`, the inverse of
+    :meth:`to_arrays`), or from a model file (:func:`~solver.load_model`, the inverse of :meth:`save`).
 
     Attributes
     ----------
     layers : tuple of LayerModel
-        Bottom first.
+        Bottom layer first.
     boundary : {"circular", "valid"}
     reconstruct_to : {"below", "pixels"}
-        The 2010 model (each layer reconstructs the one below) or the 2011 one (every layer the pixels).
+        The 2010 model (each layer reconstructs the layer below) or the 2011 one (every layer the pixels).
+    inference : ZeilerConfig, FistaConfig, AdmmConfig or None
+        The inference the model learned with; :func:`~solver.encode_layers` encodes with its method by default
+        (``"admm"`` when None), as the job service does.
 
     Examples
     --------
@@ -127,6 +153,7 @@ class StackModel:
     layers: tuple[LayerModel, ...]
     boundary: Literal["circular", "valid"] = "circular"
     reconstruct_to: Literal["below", "pixels"] = "below"
+    inference: InferenceConfig | None = None
 
     def __post_init__(self) -> None:
         layers = tuple(self.layers)
@@ -164,22 +191,29 @@ class StackModel:
                     preprocess: Sequence[FittedPreprocess | Mapping | None], lam: Sequence[float],
                     p: Sequence[float], boundary: Literal["circular", "valid"] = "circular",
                     pool: Sequence[Sequence[int] | None] | None = None,
-                    reconstruct_to: Literal["below", "pixels"] = "below") -> StackModel:
+                    reconstruct_to: Literal["below", "pixels"] = "below", *,
+                    lam_max: Sequence[float | None] | None = None,
+                    inference: InferenceConfig | None = None) -> StackModel:
         """From per-layer sequences (bottom layer first). A connectivity of None is the full table; a preprocess
-        may be a :class:`FittedPreprocess` or its ``to_dict()``; `pool` defaults to no pooling anywhere."""
+        may be a :class:`FittedPreprocess` or its ``to_dict()``; `pool` defaults to no pooling anywhere; a layer
+        with a `lam_max` (not None) had its λ given relative to it (``lam_scale="relative"``)."""
         pool = [None] * len(filters) if pool is None else list(pool)
-        lengths = [len(filters), len(connectivity), len(preprocess), len(lam), len(p), len(pool)]
+        lam_max = [None] * len(filters) if lam_max is None else list(lam_max)
+        lengths = [len(filters), len(connectivity), len(preprocess), len(lam), len(p), len(pool), len(lam_max)]
         if len(set(lengths)) != 1:
-            raise ValueError("filters, connectivity, preprocess, lam, p and pool must have one entry per layer, "
-                             f"got lengths {lengths}")
+            raise ValueError("filters, connectivity, preprocess, lam, p, pool and lam_max must have one entry per "
+                             f"layer, got lengths {lengths}")
         layers = []
-        for f, g, pre, lam_l, p_l, pool_l in zip(filters, connectivity, preprocess, lam, p, pool, strict=True):
+        for f, g, pre, lam_l, p_l, pool_l, top in zip(filters, connectivity, preprocess, lam, p, pool, lam_max,
+                                                      strict=True):
             f = np.asarray(f)
             table = np.ones(f.shape[:2], dtype=bool) if g is None else np.asarray(g)
             fitted = FittedPreprocess.from_dict(dict(pre)) if isinstance(pre, Mapping) else pre
             size = None if pool_l is None else tuple(pool_l)
-            layers.append(LayerModel(f, table, fitted, float(lam_l), float(p_l), size))
-        return cls(tuple(layers), boundary, reconstruct_to)
+            scale: LamScale = "absolute" if top is None else "relative"
+            layers.append(LayerModel(f, table, fitted, float(lam_l), float(p_l), size, scale,
+                                     None if top is None else float(top)))
+        return cls(tuple(layers), boundary, reconstruct_to, inference)
 
     @classmethod
     def from_results(cls, results: Sequence[LearnResult]) -> StackModel:
@@ -187,35 +221,44 @@ class StackModel:
         if any(r.config is None for r in results):
             raise ValueError("every LearnResult needs its config (λ, p, boundary); use StackModel.from_layers")
         specs = [r.config.layers[0] for r in results]
+        first = results[0].config
         return cls.from_layers([r.filters for r in results], [r.connectivity for r in results],
                                [r.preprocess for r in results], [s.lam for s in specs], [s.p for s in specs],
-                               results[0].config.boundary, [s.pool for s in specs],
-                               results[0].config.reconstruct_to)
+                               first.boundary, [s.pool for s in specs], first.reconstruct_to,
+                               lam_max=[r.lam_max for r in results], inference=first.inference)
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """(arrays, metadata): ``filters-L<l>`` (K, C, s, s) and ``connectivity-L<l>`` (K, C) bool per layer, and
-        a JSON-able dict with the boundary and, per layer, λ, p and the fitted preprocessing (or None)."""
+        a JSON-able dict with the format version, the boundary, ``reconstruct_to``, the inference (when known)
+        and, per layer, λ (absolute), p, pooling, the λ scale (with λ_max when relative) and the fitted
+        preprocessing (or None)."""
         arrays: dict[str, np.ndarray] = {}
         entries = []
         for number, layer in enumerate(self.layers, start=1):
             arrays[f"filters-L{number}"] = layer.filters
             arrays[f"connectivity-L{number}"] = layer.connectivity
-            entries.append({"lam": layer.lam, "p": layer.p,
-                            "preprocess": None if layer.preprocess is None else layer.preprocess.to_dict(),
-                            "pool": None if layer.pool is None else list(layer.pool)})
-        return arrays, {"format": MODEL_FORMAT, "boundary": self.boundary, "reconstruct_to": self.reconstruct_to,
-                        "layers": entries}
+            entry = {"lam": layer.lam, "p": layer.p,
+                     "preprocess": None if layer.preprocess is None else layer.preprocess.to_dict(),
+                     "pool": None if layer.pool is None else list(layer.pool), "lam_scale": layer.lam_scale}
+            if layer.lam_max is not None:
+                entry["lam_max"] = layer.lam_max
+            entries.append(entry)
+        metadata: dict[str, Any] = {"format": MODEL_FORMAT, "boundary": self.boundary,
+                                    "reconstruct_to": self.reconstruct_to, "layers": entries}
+        if self.inference is not None:
+            metadata["inference"] = self.inference.model_dump()
+        return arrays, metadata
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, Array], metadata: Mapping[str, Any]) -> StackModel:
-        """Inverse of :meth:`to_arrays`; raises ``ValueError`` naming a missing array or field."""
+        """Inverse of :meth:`to_arrays`; raises ``ValueError`` naming a missing array or field, or a format
+        version newer than :data:`MODEL_FORMAT`."""
+        check_format(metadata.get("format", MODEL_FORMAT) if isinstance(metadata, Mapping) else None)
         try:
             entries = list(metadata["layers"])
             boundary = metadata["boundary"]
         except (KeyError, TypeError) as exc:
             raise ValueError(f"metadata must hold 'boundary' and 'layers', missing {exc}") from None
-        if metadata.get("format", MODEL_FORMAT) != MODEL_FORMAT:
-            raise ValueError(f"metadata format {metadata.get('format')!r} is not {MODEL_FORMAT}")
         names = [(f"filters-L{n}", f"connectivity-L{n}") for n in range(1, len(entries) + 1)]
         missing = [name for pair in names for name in pair if name not in arrays]
         if missing:
@@ -224,11 +267,82 @@ class StackModel:
             lam, p = [float(e["lam"]) for e in entries], [float(e.get("p", 1.0)) for e in entries]
             pre = [e.get("preprocess") for e in entries]
             pool = [None if e.get("pool") is None else [int(d) for d in e["pool"]] for e in entries]
+            lam_max = [None if e.get("lam_max") is None else float(e["lam_max"]) for e in entries]
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"every layer entry needs a numeric 'lam' (and 'p', 'pool'): {exc}") from None
+        scales = [e.get("lam_scale", "absolute") for e in entries]
+        for number, (scale, top) in enumerate(zip(scales, lam_max, strict=True), start=1):
+            if (scale == "relative") != (top is not None):
+                raise ValueError(f"layers.{number - 1}: lam_scale {scale!r} needs lam_max exactly when relative, "
+                                 f"got lam_max {top!r}")
+        inference = metadata.get("inference")
+        if inference is not None:
+            from pydantic import TypeAdapter, ValidationError  # noqa: PLC0415
+
+            try:
+                inference = TypeAdapter(InferenceConfig).validate_python(inference)
+            except ValidationError as exc:
+                raise ValueError(f"metadata 'inference' is not a valid inference config: {exc}") from None
         return cls.from_layers([np.asarray(arrays[f]) for f, _ in names],
                                [np.asarray(arrays[g]).astype(bool) for _, g in names], pre, lam, p, boundary,
-                               pool, metadata.get("reconstruct_to", "below"))
+                               pool, metadata.get("reconstruct_to", "below"), lam_max=lam_max, inference=inference)
+
+    def to_bytes(self) -> bytes:
+        """The model file (:func:`~solver.models.stack.files.write_model`) as bytes, for serving it.
+
+        Returns
+        -------
+        bytes
+            A zip archive that :func:`~solver.load_model` reads.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from solver import StackModel, load_model
+        >>> model = StackModel.from_layers([np.ones((2, 1, 3, 3), np.float32) / 3], [None], [None], [0.1], [1.0])
+        >>> load_model(model.to_bytes()).layers[0].lam
+        0.1
+        """
+        from .files import model_bytes  # noqa: PLC0415
+
+        return model_bytes(self)
+
+    def save(self, path: str | PathLike[str]) -> Path:
+        """Write the model file at `path`, atomically (a crash leaves the old file or the whole new one).
+
+        Parameters
+        ----------
+        path : str or path-like
+            Where to write; the folder must exist. Conventionally ``*.deconv``.
+
+        Returns
+        -------
+        Path
+            `path`.
+
+        Examples
+        --------
+        >>> import numpy as np, tempfile, pathlib
+        >>> from solver import StackModel, load_model
+        >>> model = StackModel.from_layers([np.ones((2, 1, 3, 3), np.float32) / 3], [None], [None], [0.1], [1.0])
+        >>> path = model.save(pathlib.Path(tempfile.mkdtemp()) / "model.deconv")
+        >>> load_model(path).layers[0].filters.shape
+        (2, 1, 3, 3)
+        """
+        from .files import save_model  # noqa: PLC0415
+
+        return save_model(self, path)
+
+
+def check_format(version: Any) -> int:
+    """`version` when this deconv reads it (an integer from 1 to :data:`MODEL_FORMAT`); ``ValueError`` otherwise,
+    saying to upgrade for a newer one."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"model format must be a positive integer, got {version!r}")
+    if version > MODEL_FORMAT:
+        raise ValueError(f"model format {version} is newer than this deconv reads (up to {MODEL_FORMAT}): "
+                         "upgrade deconv to load it")
+    return version
 
 
 @dataclass(frozen=True)
