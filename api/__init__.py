@@ -5,10 +5,12 @@
   :mod:`api.errors` (error responses) and :mod:`api.uploads` (reading uploaded files);
 * :mod:`api.settings`: ``Settings``, defaults overridden by ``DECONV_*`` environment variables;
 * :mod:`api.schemas`: the JSON shapes shared by server, client and CLI;
-* :mod:`api.client`: ``DeconvClient``, the Python client (httpx2), and ``DeconvAPIError``;
+* :mod:`api.client`: ``DeconvClient``, the Python client (httpx2), and ``DeconvAPIError``; a package with one
+  module per group of routes;
 * :mod:`api.cli`: the ``deconv`` command line (``serve``, ``learn``, ``submit``, ``status``, ``wait``, ``cancel``,
-  ``filters``, ``reconstruct``, ``demo``), with :mod:`api.commands` (the commands that talk to a service),
-  :mod:`api.serve` (uvicorn in the foreground or in a thread) and :mod:`api.demo`.
+  ``filters``, ``encode``, ``reconstruct``, ``demo``, ``samples``), with :mod:`api.learn` (``learn``, on Ray from
+  this process), :mod:`api.commands` (the commands that talk to a service), :mod:`api.serve` (uvicorn in the
+  foreground or in a thread), :mod:`api.demo`, and :mod:`api.exits` (the exit statuses).
 
 Nothing is imported here, so ``import api`` stays cheap.
 """

@@ -51,17 +51,11 @@ Exit status:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
 
 from workers.jobs.status import STATUSES
 
@@ -243,7 +237,19 @@ def _non_negative_int(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``deconv`` command line; returns the exit status."""
+    """Run the ``deconv`` command line.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after ``deconv``; default: ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        The exit status (see the table above, :mod:`api.exits`); ``--help`` and usage errors return instead of
+        exiting.
+    """
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -252,7 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose or args.command == "serve" else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.command == "learn":
-        return _learn(args)
+        from .learn import learn  # noqa: PLC0415  (Ray and the solver load only for this command)
+
+        return learn(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "demo":
@@ -262,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _client_command(args)
 
 
-def _error(message: str, command: str = "learn") -> None:
+def _error(message: str, command: str) -> None:
     sys.stderr.write(f"deconv {command}: error: {message}\n")
 
 
@@ -346,93 +354,6 @@ def _client_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _error("interrupted", args.command)
         return EXIT_INTERRUPTED
-
-
-def _learn(args: argparse.Namespace) -> int:
-    from workers.jobs.jobfile import load_job_file  # noqa: PLC0415  (Ray is imported only for the commands that need it)
-
-    try:
-        job = load_job_file(args.config)
-        paths = job.image_paths(args.images)
-        config = job.learn_config(n_iter=args.n_iter)
-    except ValueError as exc:
-        _error(str(exc))
-        return EXIT_USAGE
-
-    from workers.distributed.cluster import ClusterConfig, connect, shutdown  # noqa: PLC0415
-    from workers.distributed.coordinator import Coordinator, JobFailedError  # noqa: PLC0415
-
-    workers = args.workers or job.workers or 1
-    out: Path = args.out
-    stop = threading.Event()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        coordinator = Coordinator(paths, config, workers=workers, checkpoint_dir=out / "checkpoints",
-                                  checkpoint_every=args.checkpoint_every, max_failures=args.max_failures,
-                                  cluster=ClusterConfig(address=args.address))
-        context = connect(coordinator.cluster)
-        try:
-            with _progress(config.n_iter, disable=args.no_progress) as progress, _stop_on_interrupt(stop):
-                result = coordinator.run(callback=progress, should_stop=stop.is_set, resume=args.resume)
-        finally:
-            if context.started:
-                shutdown()
-    except JobFailedError as exc:
-        _error(str(exc))
-        return EXIT_FAILED
-    except (ValueError, OSError) as exc:
-        _error(f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc).strip().splitlines()[-1])
-        return EXIT_USAGE
-    _write_outputs(out, result)
-    sys.stdout.write(f"wrote filters.npy, history.json and filters.png to {out.resolve()}\n")
-    if stop.is_set():
-        _error(f"interrupted after outer iteration {len(result.history)}; run again with --resume to go on")
-        return EXIT_INTERRUPTED
-    return EXIT_OK
-
-
-@contextmanager
-def _progress(total: int, *, disable: bool) -> Iterator:
-    from tqdm import tqdm  # noqa: PLC0415
-
-    with tqdm(total=total, unit="it", desc="learning", file=sys.stderr, disable=disable) as bar:
-
-        def update(stats) -> None:
-            bar.n = stats.iteration  # absolute: a resumed run, or one rolled back after a failure, stays right
-            bar.set_postfix(E=f"{stats.objective:.4g}", nonzero=f"{stats.sparsity:.3f}", refresh=False)
-            bar.refresh()
-
-        yield update
-
-
-@contextmanager
-def _stop_on_interrupt(stop: threading.Event) -> Iterator[None]:
-    """First Ctrl-C: stop after the current outer iteration (cooperative cancel); the second one interrupts."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        logger.warning("interrupt: stopping after this outer iteration (Ctrl-C again to abort)")
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _write_outputs(out: Path, result) -> None:
-    from solver.images.pictures import filter_montage, png_bytes  # noqa: PLC0415
-    from workers.distributed.checkpoint import atomic_write_bytes, npy_bytes  # noqa: PLC0415
-
-    atomic_write_bytes(out / "filters.npy", npy_bytes(result.filters.astype(np.float32)))
-    history = [{"iteration": s.iteration, "objective": s.objective} for s in result.stats]
-    atomic_write_bytes(out / "history.json", json.dumps(history, indent=1).encode())
-    atomic_write_bytes(out / "filters.png", png_bytes(filter_montage(result.filters)))
 
 
 if __name__ == "__main__":

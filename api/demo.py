@@ -37,7 +37,24 @@ _SAMPLE_SIZE = 128
 
 def run_demo(out: Path, *, data_dir: Path | None = None, config: str | Path | None = None,
              progress: bool = True) -> int:
-    """Run the demo into `out`; returns the exit status (0, 1 when the job did not succeed, 130 on Ctrl-C)."""
+    """Run the demo: start the service in this process, learn the demo job, write its pictures into `out`.
+
+    Parameters
+    ----------
+    out : Path
+        The output folder.
+    data_dir : Path, optional
+        The service's data; default: ``out/data``.
+    config : str or Path, optional
+        A job file or a preset name; default: the ``demo`` preset.
+    progress : bool
+        False: no progress bar.
+
+    Returns
+    -------
+    int
+        The exit status: 0, 1 when the job did not succeed, 130 on Ctrl-C (the job is cancelled).
+    """
     from .client import DeconvClient  # noqa: PLC0415
     from .serve import ServiceThread  # noqa: PLC0415
     from .settings import Settings  # noqa: PLC0415
@@ -104,15 +121,32 @@ def _read_history(out: Path) -> list[dict[str, Any]]:
 
 
 def quick_spec(config: str | Path | None = None) -> dict[str, Any]:
-    """The job spec of the demo: `config`, a file or a preset name (default the ``demo`` preset), as a dict."""
+    """The job spec of the demo.
+
+    Parameters
+    ----------
+    config : str or Path, optional
+        A file or a preset name; default: the ``demo`` preset.
+
+    Returns
+    -------
+    dict
+        The spec's fields (no ``dataset_id``).
+    """
     from workers.jobs.jobfile import read_job_mapping  # noqa: PLC0415
 
     return read_job_mapping(find_preset(config or DEMO_PRESET))
 
 
 def sample_images() -> list[tuple[str, bytes]]:
-    """The demo's images as (name, PNG bytes): the bundled samples, else scikit-image's sample images (grey,
-    centre-cropped to a square, resized to 128x128)."""
+    """The demo's images: the bundled samples, else scikit-image's sample images (grey, centre-cropped to a
+    square, resized to 128x128).
+
+    Returns
+    -------
+    list of (str, bytes)
+        Each image's name and PNG bytes.
+    """
     paths = sample_paths()
     if paths:
         return [(p.name, p.read_bytes()) for p in paths]

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from workers.jobs.spec import JobSpec
 from workers.jobs.store import DatasetRecord, JobRecord
 
-__all__ = ["ArtifactOut", "DatasetOut", "HealthOut", "JobList", "JobOut", "JobSpec", "ProgressOut"]
+__all__ = ["ArtifactOut", "DatasetOut", "HealthOut", "JobList", "JobOut", "JobSpec", "PresetOut", "ProgressOut"]
 
 
 class _Out(BaseModel):
@@ -23,6 +23,8 @@ class _Out(BaseModel):
 
 
 class DatasetOut(_Out):
+    """An uploaded dataset: its images' shapes (C, H, W) and dtypes, in upload order."""
+
     id: str
     n_images: int
     shapes: list[list[int]]
@@ -31,11 +33,23 @@ class DatasetOut(_Out):
 
     @classmethod
     def of(cls, record: DatasetRecord) -> DatasetOut:
+        """The JSON shape of a stored dataset.
+
+        Parameters
+        ----------
+        record : workers.jobs.store.DatasetRecord
+
+        Returns
+        -------
+        DatasetOut
+        """
         return cls(id=record.id, n_images=record.n_images, shapes=record.shapes,
                    dtypes=[im.dtype for im in record.images], created_at=_time(record.created_at))
 
 
 class ProgressOut(_Out):
+    """Where a job is: the layer and outer iteration, the step over all layers, the last objective and sparsity."""
+
     layer: int
     n_layers: int
     iteration: int
@@ -49,6 +63,8 @@ class ProgressOut(_Out):
 
 
 class JobOut(_Out):
+    """A job: its status, progress, spec, and links to its results once it has succeeded."""
+
     id: str
     status: str
     dataset_id: str
@@ -64,6 +80,17 @@ class JobOut(_Out):
 
     @classmethod
     def of(cls, job: JobRecord) -> JobOut:
+        """The JSON shape of a stored job.
+
+        Parameters
+        ----------
+        job : workers.jobs.store.JobRecord
+
+        Returns
+        -------
+        JobOut
+            With ``links`` to the results only once the job has succeeded.
+        """
         p = job.progress
         progress = ProgressOut(layer=p.layer, n_layers=p.n_layers, iteration=p.iteration, n_iter=p.n_iter,
                                step=p.step, total_steps=p.total_steps,
@@ -80,11 +107,15 @@ class JobOut(_Out):
 
 
 class JobList(_Out):
+    """A page of jobs, newest first; ``next_cursor`` asks for the next page (None: the last page)."""
+
     items: list[JobOut]
     next_cursor: str | None
 
 
 class ArtifactOut(_Out):
+    """One stored result of a job, by name, with its sha256 (also its ETag) and its download URL."""
+
     name: str
     sha256: str
     size: int
@@ -92,7 +123,17 @@ class ArtifactOut(_Out):
     url: str
 
 
+class PresetOut(_Out):
+    """A bundled preset: its name, what it is, and its learning config as a job spec without ``dataset_id``."""
+
+    name: str
+    description: str
+    spec: dict[str, Any]
+
+
 class HealthOut(_Out):
+    """The service's state: its version, its runner (running, stopped or disabled) and its queue length."""
+
     status: str
     version: str
     runner: str

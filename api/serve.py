@@ -23,7 +23,20 @@ logger = logging.getLogger("deconv.serve")
 
 
 def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000) -> int:
-    """Serve in the foreground until SIGINT or SIGTERM; returns the exit status (0, or 1 when uvicorn failed).
+    """Serve in the foreground until SIGINT or SIGTERM.
+
+    Parameters
+    ----------
+    settings : Settings
+    host : str
+        The interface to listen on.
+    port : int
+        0: a free one (uvicorn logs which).
+
+    Returns
+    -------
+    int
+        The exit status: 0, or 1 when uvicorn failed.
 
     Raises
     ------
@@ -90,7 +103,13 @@ class ServiceThread:
         self._owns_ray = False
 
     def start(self) -> str:
-        """Start uvicorn and return the service's URL once it accepts connections."""
+        """Start uvicorn; return once the service accepts connections.
+
+        Returns
+        -------
+        str
+            The service's URL, ``http://127.0.0.1:<port>``.
+        """
         import uvicorn  # noqa: PLC0415
 
         from .app import create_app  # noqa: PLC0415
@@ -113,7 +132,13 @@ class ServiceThread:
         return self.url
 
     def stop(self, timeout: float = 60.0) -> None:
-        """Stop uvicorn (the runner puts a running job back in the queue), and Ray if the service started it."""
+        """Stop uvicorn (the runner puts a running job back in the queue), and Ray if the service started it.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for uvicorn's thread.
+        """
         if self._server is not None and self._thread is not None:
             self._server.should_exit = True
             self._thread.join(timeout)

@@ -90,7 +90,20 @@ max_encode_images, max_job_maps_bytes : int
                                    dotenv_settings: PydanticBaseSettingsSource,
                                    file_secret_settings: PydanticBaseSettingsSource,
                                    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # arguments, then the environment: no .env file or secrets folder read behind the operator's back
+        """Where settings come from, first wins: the arguments, then the environment.
+
+        No ``.env`` file or secrets folder is read: what configures the service is what its operator set.
+
+        Parameters
+        ----------
+        settings_cls : type
+        init_settings, env_settings, dotenv_settings, file_secret_settings : PydanticBaseSettingsSource
+            pydantic-settings' sources.
+
+        Returns
+        -------
+        tuple of PydanticBaseSettingsSource
+        """
         return init_settings, env_settings
 
     @classmethod

@@ -37,7 +37,12 @@ class DeconvAPIError(Exception):
 
     @property
     def client_error(self) -> bool:
-        """True for a 4xx: the request was at fault (a bad field, a missing job, a job not finished yet)."""
+        """Whether the request was at fault (a 4xx: a bad field, a missing job, a job not finished yet).
+
+        Returns
+        -------
+        bool
+        """
         return self.status is not None and 400 <= self.status < 500
 
     @classmethod

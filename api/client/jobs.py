@@ -16,7 +16,13 @@ from .payloads import ImageParts, file_parts
 
 
 class JobMethods(Connection):
-    """``/datasets`` and ``/jobs``; a part of :class:`~api.client.DeconvClient`."""
+    """``/datasets`` and ``/jobs``; a part of :class:`~api.client.DeconvClient`.
+
+    Parameters
+    ----------
+    base_url, api_key, timeout, transport
+        As for :class:`~api.client.connection.Connection`.
+    """
 
     def upload_dataset(self, images: ImageParts) -> dict[str, Any]:
         """Upload images as one dataset.

@@ -19,7 +19,13 @@ _NPY = "application/x-npy"
 
 class ModelMethods(Connection):
     """``/jobs/{id}/model``, ``/models/{id}/encode`` and ``/reconstruct``; a part of
-    :class:`~api.client.DeconvClient`."""
+    :class:`~api.client.DeconvClient`.
+
+    Parameters
+    ----------
+    base_url, api_key, timeout, transport
+        As for :class:`~api.client.connection.Connection`.
+    """
 
     def model(self, job_id: str) -> StackModel:
         """The model of a finished job, loaded, to encode and reconstruct offline.

@@ -143,5 +143,15 @@ def load_npz(data: bytes) -> dict[str, np.ndarray]:
 
 
 def params(**values: Any) -> dict[str, Any]:
-    """`values` without those that are None: the query or form fields to send."""
+    """The query or form fields to send: `values` without those that are None.
+
+    Parameters
+    ----------
+    **values
+        Field values.
+
+    Returns
+    -------
+    dict
+    """
     return {k: v for k, v in values.items() if v is not None}

@@ -19,7 +19,13 @@ _CHUNK = 1 << 16
 
 class ResultMethods(Connection):
     """``/jobs/{id}/...`` results; a part of :class:`~api.client.DeconvClient`. A job that has not succeeded
-    answers 409 (a :class:`~api.client.errors.DeconvAPIError`)."""
+    answers 409 (a :class:`~api.client.errors.DeconvAPIError`).
+
+    Parameters
+    ----------
+    base_url, api_key, timeout, transport
+        As for :class:`~api.client.connection.Connection`.
+    """
 
     def filters(self, job_id: str, layer: int | None = None) -> np.ndarray:
         """The learned filters of one layer.

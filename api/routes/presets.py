@@ -6,25 +6,16 @@ Route functions carry no docstring: FastAPI would publish it as the operation's 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict
 
 from configs import find_preset, preset_names
 from workers.jobs.jobfile import read_job_mapping
 
 from ..deps import guarded
+from ..schemas import PresetOut
 
 router = APIRouter(tags=["jobs"], dependencies=guarded)
-
-
-class PresetOut(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    description: str
-    spec: dict[str, Any]
 
 
 @router.get(
@@ -43,7 +34,13 @@ def list_presets() -> list[PresetOut]:
 
 
 def preset_paths() -> list[Path]:
-    """The bundled presets' YAML files, sorted by name."""
+    """The bundled presets' YAML files.
+
+    Returns
+    -------
+    list of Path
+        Sorted by preset name.
+    """
     return [find_preset(name) for name in preset_names()]
 
 

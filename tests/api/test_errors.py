@@ -118,7 +118,7 @@ def test_a_non_finite_number_in_the_json_is_a_422_naming_the_field(held, value):
 @pytest.mark.parametrize(("field", "value"), [("n_iter", 10**30), ("seed", 10**30), ("seed", 2**63), ("seed", -1)],
                          ids=["n_iter-huge", "seed-huge", "seed-past-int64", "seed-negative"])
 def test_an_integer_out_of_range_is_a_422_naming_the_field(held, field, value):
-    # a seed numpy refuses (negative) would fail the job only once it runs; one past int64 no longer fits the
+    # a seed numpy refuses (negative) would fail the job only once it runs; one past int64 does not fit the
     # integer columns and arrays that carry it
     response = held.client.post("/jobs", json=_job(dataset_id=held.dataset_id, **{field: value}))
     assert response.status_code == 422, response.text

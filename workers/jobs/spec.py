@@ -54,8 +54,8 @@ class JobSpec(LearnConfig):
     workers: int = Field(1, ge=1, le=256)
     backend: Literal["auto", "numpy", "cupy"] = "auto"
     n_iter: int = Field(50, ge=1, le=1_000_000, description="outer iterations per layer")
-    seed: int = Field(0, ge=0, le=2**63 - 1, description="seeds the initial filters and the random connectivity; "
-                      "numpy refuses a negative seed, and one past int64 would not fit the store's integers")
+    # numpy refuses a negative seed (the job would fail only once it ran); int64 is what integers are stored as
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="seeds the initial filters and the random connectivity")
     preprocess: PreprocessConfig | None = Field(default_factory=PreprocessConfig)
 
     @field_validator("filter_update")

@@ -1,0 +1,131 @@
+"""``deconv learn``: one learning job on a Ray cluster, run from this process (no service).
+
+The job file or preset gives the config and the images; the coordinator runs the alternating loop over the shard
+actors with checkpoints in ``OUT/checkpoints``; ``OUT`` receives ``filters.npy`` (K, C, s, s) float32,
+``history.json`` and ``filters.png``. The first Ctrl-C stops after the current outer iteration (a checkpoint to
+``--resume`` from), the second interrupts. :mod:`api.cli` imports this module only for ``learn``, so the other
+commands do not load Ray or the solver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from solver.images.pictures import filter_montage, png_bytes
+from workers.distributed.checkpoint import atomic_write_bytes, npy_bytes
+from workers.jobs.jobfile import load_job_file
+
+from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+
+logger = logging.getLogger("deconv.cli")
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"deconv learn: error: {message}\n")
+
+
+def learn(args: argparse.Namespace) -> int:
+    """Run ``deconv learn`` with the parsed arguments.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``config``, ``images``, ``n_iter``, ``workers``, ``out``, ``address``, ``checkpoint_every``,
+        ``max_failures``, ``resume``, ``no_progress`` (see ``deconv learn --help``).
+
+    Returns
+    -------
+    int
+        The exit status: 0 done, 1 the job failed, 2 a bad config or input, 130 stopped by Ctrl-C (with a
+        checkpoint to resume from).
+    """
+    try:
+        job = load_job_file(args.config)
+        paths = job.image_paths(args.images)
+        config = job.learn_config(n_iter=args.n_iter)
+    except ValueError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+
+    # Ray loads only once the job file is known good: a bad one is refused at once
+    from workers.distributed.cluster import ClusterConfig, connect, shutdown  # noqa: PLC0415
+    from workers.distributed.coordinator import Coordinator, JobFailedError  # noqa: PLC0415
+
+    workers = args.workers or job.workers or 1
+    out: Path = args.out
+    stop = threading.Event()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        coordinator = Coordinator(paths, config, workers=workers, checkpoint_dir=out / "checkpoints",
+                                  checkpoint_every=args.checkpoint_every, max_failures=args.max_failures,
+                                  cluster=ClusterConfig(address=args.address))
+        context = connect(coordinator.cluster)
+        try:
+            with _progress(config.n_iter, disable=args.no_progress) as progress, _stop_on_interrupt(stop):
+                result = coordinator.run(callback=progress, should_stop=stop.is_set, resume=args.resume)
+        finally:
+            if context.started:
+                shutdown()
+    except JobFailedError as exc:
+        _error(str(exc))
+        return EXIT_FAILED
+    except (ValueError, OSError) as exc:
+        _error(f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc).strip().splitlines()[-1])
+        return EXIT_USAGE
+    _write_outputs(out, result)
+    sys.stdout.write(f"wrote filters.npy, history.json and filters.png to {out.resolve()}\n")
+    if stop.is_set():
+        _error(f"interrupted after outer iteration {len(result.history)}; run again with --resume to go on")
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+@contextmanager
+def _progress(total: int, *, disable: bool) -> Iterator:
+    from tqdm import tqdm  # noqa: PLC0415  (a progress bar only where one is drawn)
+
+    with tqdm(total=total, unit="it", desc="learning", file=sys.stderr, disable=disable) as bar:
+
+        def update(stats) -> None:
+            bar.n = stats.iteration  # absolute: a resumed run, or one rolled back after a failure, stays right
+            bar.set_postfix(E=f"{stats.objective:.4g}", nonzero=f"{stats.sparsity:.3f}", refresh=False)
+            bar.refresh()
+
+        yield update
+
+
+@contextmanager
+def _stop_on_interrupt(stop: threading.Event) -> Iterator[None]:
+    """First Ctrl-C: stop after the current outer iteration (cooperative cancel); the second one interrupts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        logger.warning("interrupt: stopping after this outer iteration (Ctrl-C again to abort)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _write_outputs(out: Path, result) -> None:
+    atomic_write_bytes(out / "filters.npy", npy_bytes(result.filters.astype(np.float32)))
+    history = [{"iteration": s.iteration, "objective": s.objective} for s in result.stats]
+    atomic_write_bytes(out / "history.json", json.dumps(history, indent=1).encode())
+    atomic_write_bytes(out / "filters.png", png_bytes(filter_montage(result.filters)))
