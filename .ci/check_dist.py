@@ -24,16 +24,23 @@ PACKAGES = ("api", "solver", "workers", "configs")
 
 def checkout_files() -> set[str]:
     """What the archives must hold from the checkout: the packages' modules, the presets, the sample images."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", *PACKAGES], cwd=REPO,
-                            check=True, capture_output=True, text=True).stdout.split()
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", *PACKAGES],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     keep = set()
     for name in listed:
         path = PurePosixPath(name)
         if not (REPO / name).is_file():  # deleted in the working tree, not yet committed
             continue
-        is_data = path.parts[0] == "configs" and (path.suffix == ".yaml" and len(path.parts) == 2
-                                                   or path.parts[1:2] == ("samples",)) \
-            or path.parts[:2] == ("api", "static")  # the dashboard's page, style sheet and script
+        is_data = (
+            path.parts[0] == "configs"
+            and (path.suffix == ".yaml" and len(path.parts) == 2 or path.parts[1:2] == ("samples",))
+            or path.parts[:2] == ("api", "static")
+        )  # the dashboard's page, style sheet and script
         if path.suffix == ".py" or is_data:
             keep.add(name)
     return keep
@@ -49,8 +56,9 @@ def check_wheel(wheel: Path, expected: set[str], name: str, version: str) -> lis
     with zipfile.ZipFile(wheel) as archive:
         found = {n for n in archive.namelist() if not n.endswith("/")}
         metadata = email.parser.Parser().parsestr(archive.read(f"{info}/METADATA").decode())
-    metadata_files = {f"{info}/{n}" for n in ("METADATA", "WHEEL", "RECORD", "entry_points.txt", "top_level.txt",
-                                              "licenses/LICENSE")}
+    metadata_files = {
+        f"{info}/{n}" for n in ("METADATA", "WHEEL", "RECORD", "entry_points.txt", "top_level.txt", "licenses/LICENSE")
+    }
     errors = _difference(wheel.name, found, expected | metadata_files)
     return errors + _check_metadata(wheel.name, metadata)
 
@@ -61,8 +69,17 @@ def check_sdist(sdist: Path, expected: set[str], name: str, version: str) -> lis
         members = [m for m in archive.getmembers() if m.isfile()]
         found = {m.name.removeprefix(f"{root}/") for m in members}
         metadata = email.parser.Parser().parsestr(archive.extractfile(f"{root}/PKG-INFO").read().decode())
-    egg_info = {f"{name}.egg-info/{n}" for n in ("PKG-INFO", "SOURCES.txt", "dependency_links.txt",
-                                                 "entry_points.txt", "requires.txt", "top_level.txt")}
+    egg_info = {
+        f"{name}.egg-info/{n}"
+        for n in (
+            "PKG-INFO",
+            "SOURCES.txt",
+            "dependency_links.txt",
+            "entry_points.txt",
+            "requires.txt",
+            "top_level.txt",
+        )
+    }
     top = {"PKG-INFO", "README.md", "LICENSE", "pyproject.toml", "setup.cfg"}
     errors = _difference(sdist.name, found, expected | egg_info | top)
     return errors + _check_metadata(sdist.name, metadata)
@@ -75,8 +92,10 @@ def _check_metadata(kind: str, metadata) -> list[str]:
     if readme_title not in (metadata.get_payload() or ""):
         errors.append(f"{kind}: the README is not the long description")
     if metadata.get("License-Expression") != "BSD-3-Clause" or metadata.get("License-File") != "LICENSE":
-        errors.append(f"{kind}: License-Expression {metadata.get('License-Expression')!r}, License-File "
-                      f"{metadata.get('License-File')!r}")
+        errors.append(
+            f"{kind}: License-Expression {metadata.get('License-Expression')!r}, License-File "
+            f"{metadata.get('License-File')!r}"
+        )
     return errors
 
 
@@ -97,8 +116,9 @@ def main(argv: list[str]) -> int:
         sys.stderr.write("".join(f"check_dist: {e}\n" for e in errors))
         return 1
     for archive in (*wheels, *sdists):
-        sys.stdout.write(f"check_dist: {archive.name}: {len(expected)} package files, README and LICENSE; "
-                         "nothing else\n")
+        sys.stdout.write(
+            f"check_dist: {archive.name}: {len(expected)} package files, README and LICENSE; nothing else\n"
+        )
     return 0
 
 

@@ -74,10 +74,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     store = JobStore(settings.data_dir, settings.artifacts)
     cluster = ClusterConfig(address=settings.ray_address, num_cpus=settings.num_cpus)
-    app = FastAPI(title="deconv", version=__version__, lifespan=_lifespan, max_body_size=settings.max_json_bytes,
-                  exception_handlers=exception_handlers(),
-                  description="Convolutional sparse coding and Deconvolutional Networks as a service: upload "
-                              "images, learn filters, encode and reconstruct.")
+    app = FastAPI(
+        title="deconv",
+        version=__version__,
+        lifespan=_lifespan,
+        max_body_size=settings.max_json_bytes,
+        exception_handlers=exception_handlers(),
+        description="Convolutional sparse coding and Deconvolutional Networks as a service: upload "
+        "images, learn filters, encode and reconstruct.",
+    )
     app.state.settings, app.state.store, app.state.cluster = settings, store, cluster
     app.state.runner = JobRunner(store, cluster=cluster, checkpoint_every=settings.checkpoint_every)
     upload_bytes = settings.max_upload_bytes + MULTIPART_SLACK
@@ -105,8 +110,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # to the thread that starts them (a parent-death signal) and its agents outlive a thread that ends.
         ray_context = connect(app.state.cluster)
         runner.start()
-    logger.info("deconv service: data in %s, jobs %s", app.state.store.data_dir,
-                "run" if settings.run_jobs else "held")
+    logger.info("deconv service: data in %s, jobs %s", app.state.store.data_dir, "run" if settings.run_jobs else "held")
     yield
     if settings.run_jobs:
         await run_in_threadpool(runner.stop)

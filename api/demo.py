@@ -35,8 +35,9 @@ _SKIMAGE_IMAGES = ("camera", "astronaut", "coffee", "chelsea", "coins", "moon", 
 _SAMPLE_SIZE = 128
 
 
-def run_demo(out: Path, *, data_dir: Path | None = None, config: str | Path | None = None,
-             progress: bool = True) -> int:
+def run_demo(
+    out: Path, *, data_dir: Path | None = None, config: str | Path | None = None, progress: bool = True
+) -> int:
     """Run the demo: start the service in this process, learn the demo job, write its pictures into `out`.
 
     Parameters
@@ -72,9 +73,11 @@ def run_demo(out: Path, *, data_dir: Path | None = None, config: str | Path | No
             dataset = client.upload_dataset(parts)
             job = client.submit({**spec, "dataset_id": dataset["id"]})
             job_id = job["id"]
-            layers = ", then ".join(f"{layer['n_filters']} filters {layer['filter_size']}x{layer['filter_size']} "
-                                    f"({layer.get('n_iter') or spec.get('n_iter', 50)} outer iterations)"
-                                    for layer in spec["layers"])
+            layers = ", then ".join(
+                f"{layer['n_filters']} filters {layer['filter_size']}x{layer['filter_size']} "
+                f"({layer.get('n_iter') or spec.get('n_iter', 50)} outer iterations)"
+                for layer in spec["layers"]
+            )
             say(f"learning {layers} on {dataset['n_images']} images {tuple(dataset['shapes'][0][1:])}: job {job_id}")
             status = follow(client, job_id, progress=progress)
             if status == EXIT_INTERRUPTED:
@@ -92,8 +95,10 @@ def run_demo(out: Path, *, data_dir: Path | None = None, config: str | Path | No
     result(f"deconv demo: done in {time.perf_counter() - start:.0f} s")
     for layer in sorted({h.get("layer", 1) for h in history}):
         rows = [h for h in history if h.get("layer", 1) == layer]
-        result(f"  layer {layer}: objective {rows[0]['objective']:.5g} -> {rows[-1]['objective']:.5g}, "
-               f"non-zero maps {rows[-1]['sparsity']:.4f}")
+        result(
+            f"  layer {layer}: objective {rows[0]['objective']:.5g} -> {rows[-1]['objective']:.5g}, "
+            f"non-zero maps {rows[-1]['sparsity']:.4f}"
+        )
     result(f"wrote {', '.join(written)} to {out.resolve()}")
     return EXIT_OK
 
@@ -162,11 +167,13 @@ def _skimage_png(name: str) -> bytes:
     try:
         from skimage import data  # noqa: PLC0415
     except ImportError:
-        raise ValueError("no sample images: configs/samples/ is missing and scikit-image is not installed "
-                         "(pip install scikit-image)") from None
+        raise ValueError(
+            "no sample images: configs/samples/ is missing and scikit-image is not installed (pip install scikit-image)"
+        ) from None
     picture = Image.fromarray(np.asarray(getattr(data, name)())).convert("L")
     side = min(picture.size)
     left, top = (picture.width - side) // 2, (picture.height - side) // 2
-    picture = picture.crop((left, top, left + side, top + side)).resize((_SAMPLE_SIZE, _SAMPLE_SIZE),
-                                                                        Image.Resampling.LANCZOS)
+    picture = picture.crop((left, top, left + side, top + side)).resize(
+        (_SAMPLE_SIZE, _SAMPLE_SIZE), Image.Resampling.LANCZOS
+    )
     return png_bytes(np.asarray(picture) / 255.0)

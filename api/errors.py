@@ -96,5 +96,4 @@ def exception_handlers() -> dict[Any, Any]:
         Exception class to handler: any uncaught exception gives a 500 naming its type only, a request that
         fails validation a 422 (non-finite numbers echoed as text), an unknown path a 404 naming it.
     """
-    return {Exception: _internal_error, RequestValidationError: _validation_error,
-            StarletteHTTPException: _http_error}
+    return {Exception: _internal_error, RequestValidationError: _validation_error, StarletteHTTPException: _http_error}

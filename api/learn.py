@@ -66,9 +66,15 @@ def learn(args: argparse.Namespace) -> int:
     stop = threading.Event()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        coordinator = Coordinator(paths, config, workers=workers, checkpoint_dir=out / "checkpoints",
-                                  checkpoint_every=args.checkpoint_every, max_failures=args.max_failures,
-                                  cluster=ClusterConfig(address=args.address))
+        coordinator = Coordinator(
+            paths,
+            config,
+            workers=workers,
+            checkpoint_dir=out / "checkpoints",
+            checkpoint_every=args.checkpoint_every,
+            max_failures=args.max_failures,
+            cluster=ClusterConfig(address=args.address),
+        )
         context = connect(coordinator.cluster)
         try:
             with _progress(config.n_iter, disable=args.no_progress) as progress, _stop_on_interrupt(stop):

@@ -43,8 +43,13 @@ class DatasetOut(_Out):
         -------
         DatasetOut
         """
-        return cls(id=record.id, n_images=record.n_images, shapes=record.shapes,
-                   dtypes=[im.dtype for im in record.images], created_at=_time(record.created_at))
+        return cls(
+            id=record.id,
+            n_images=record.n_images,
+            shapes=record.shapes,
+            dtypes=[im.dtype for im in record.images],
+            created_at=_time(record.created_at),
+        )
 
 
 class ProgressOut(_Out):
@@ -92,18 +97,41 @@ class JobOut(_Out):
             With ``links`` to the results only once the job has succeeded.
         """
         p = job.progress
-        progress = ProgressOut(layer=p.layer, n_layers=p.n_layers, iteration=p.iteration, n_iter=p.n_iter,
-                               step=p.step, total_steps=p.total_steps,
-                               objective=p.objective, sparsity=p.sparsity, elapsed=p.elapsed, fraction=p.fraction)
+        progress = ProgressOut(
+            layer=p.layer,
+            n_layers=p.n_layers,
+            iteration=p.iteration,
+            n_iter=p.n_iter,
+            step=p.step,
+            total_steps=p.total_steps,
+            objective=p.objective,
+            sparsity=p.sparsity,
+            elapsed=p.elapsed,
+            fraction=p.fraction,
+        )
         base = f"/jobs/{job.id}"
         links = {"self": base, "history": f"{base}/history", "artifacts": f"{base}/artifacts"}
         if job.status == "succeeded":
-            links |= {"filters": f"{base}/filters", "maps": f"{base}/maps",
-                      "reconstructions": f"{base}/reconstructions", "encode": f"/models/{job.id}/encode"}
-        return cls(id=job.id, status=job.status, dataset_id=job.spec.get("dataset_id", ""), progress=progress,
-                   error=job.error, cancel_requested=job.cancel_requested, attempts=job.attempts,
-                   created_at=_time(job.created_at), started_at=_time(job.started_at),
-                   finished_at=_time(job.finished_at), spec=job.spec, links=links)
+            links |= {
+                "filters": f"{base}/filters",
+                "maps": f"{base}/maps",
+                "reconstructions": f"{base}/reconstructions",
+                "encode": f"/models/{job.id}/encode",
+            }
+        return cls(
+            id=job.id,
+            status=job.status,
+            dataset_id=job.spec.get("dataset_id", ""),
+            progress=progress,
+            error=job.error,
+            cancel_requested=job.cancel_requested,
+            attempts=job.attempts,
+            created_at=_time(job.created_at),
+            started_at=_time(job.started_at),
+            finished_at=_time(job.finished_at),
+            spec=job.spec,
+            links=links,
+        )
 
 
 class JobList(_Out):

@@ -50,8 +50,7 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000) -> i
     app = create_app(settings)
     owns_ray = _connect_ray(settings)
     where = f"http://{host}:{port}" if port else f"http://{host} on a free port (uvicorn names it below)"
-    logger.info("deconv service: data in %s; listening on %s (API docs at /docs)", settings.data_dir.resolve(),
-                where)
+    logger.info("deconv service: data in %s; listening on %s (API docs at /docs)", settings.data_dir.resolve(), where)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on"))
     try:
         with _graceful_signals():
@@ -153,8 +152,9 @@ class ServiceThread:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.stop()
 
 

@@ -56,40 +56,56 @@ max_encode_images, max_job_maps_bytes : int
     16777216
     """
 
-    model_config = SettingsConfigDict(env_prefix=_PREFIX, env_ignore_empty=True, frozen=True, extra="forbid",
-                                      populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix=_PREFIX, env_ignore_empty=True, frozen=True, extra="forbid", populate_by_name=True
+    )
 
     data_dir: Path = Field(Path("deconv-data"), description="the job store's folder")
-    artifacts: str | None = Field(None, description="a folder or an fsspec URL (s3://...) for the artifacts; "
-                                  "default: DATA_DIR/artifacts")
-    api_key: str | None = Field(None, min_length=1, description="the X-API-Key every route but /health needs; "
-                                "default: no key")
-    ray_address: str | None = Field(None, description="the Ray cluster to join; default: RAY_ADDRESS, else a "
-                                    "private local cluster")
+    artifacts: str | None = Field(
+        None, description="a folder or an fsspec URL (s3://...) for the artifacts; default: DATA_DIR/artifacts"
+    )
+    api_key: str | None = Field(
+        None, min_length=1, description="the X-API-Key every route but /health needs; default: no key"
+    )
+    ray_address: str | None = Field(
+        None, description="the Ray cluster to join; default: RAY_ADDRESS, else a private local cluster"
+    )
     max_upload_bytes: int = Field(256 * 2**20, ge=1024, description="bytes of one upload")
     max_json_bytes: int = Field(2**20, ge=1024, description="bytes of a JSON request")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="pixels (H·W) of one image")
     max_images_per_dataset: int = Field(
-        10_000, ge=1, validation_alias=AliasChoices("max_images_per_dataset", f"{_PREFIX}MAX_IMAGES"),
-        description="images of one dataset")
+        10_000,
+        ge=1,
+        validation_alias=AliasChoices("max_images_per_dataset", f"{_PREFIX}MAX_IMAGES"),
+        description="images of one dataset",
+    )
     max_filters_per_layer: int = Field(
-        1024, ge=1, validation_alias=AliasChoices("max_filters_per_layer", f"{_PREFIX}MAX_FILTERS"),
-        description="filters of one layer of a job")
+        1024,
+        ge=1,
+        validation_alias=AliasChoices("max_filters_per_layer", f"{_PREFIX}MAX_FILTERS"),
+        description="filters of one layer of a job",
+    )
     max_encode_images: int = Field(64, ge=1, description="images of one encode request")
     max_job_maps_bytes: int = Field(
-        4 * 2**30, ge=1, description="bytes of feature maps a job may hold, all its layers together: the shard "
+        4 * 2**30,
+        ge=1,
+        description="bytes of feature maps a job may hold, all its layers together: the shard "
         "actors hold them while learning and the runner gathers them for the artifacts, so a job over this is "
-        "refused at submission instead of running out of memory")
+        "refused at submission instead of running out of memory",
+    )
     checkpoint_every: int = Field(5, ge=0, description="outer iterations between checkpoints; 0: none")
     run_jobs: bool = Field(True, description="false: accept jobs, run none")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the private local Ray cluster; default: all")
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Where settings come from, first wins: the arguments, then the environment.
 
         No ``.env`` file or secrets folder is read: what configures the service is what its operator set.
@@ -140,8 +156,9 @@ max_encode_images, max_job_maps_bytes : int
         -------
         workers.jobs.datasets.UploadLimits
         """
-        return UploadLimits(max_pixels=self.max_image_pixels, max_images=self.max_images_per_dataset,
-                            max_bytes=self.max_upload_bytes)
+        return UploadLimits(
+            max_pixels=self.max_image_pixels, max_images=self.max_images_per_dataset, max_bytes=self.max_upload_bytes
+        )
 
 
 def env_name(field: str) -> str:

@@ -87,8 +87,9 @@ def read_members(upload: UploadFile, field: str, settings: Settings, max_members
     """
     data = upload.file.read()
     try:
-        return {name.removesuffix(".npy"): read_npy(f"{field}:{name}", body, max_pixels=settings.max_image_pixels)
-                for name, body in unpack_archive(field, data, max_members=max_members,
-                                                 max_bytes=settings.max_upload_bytes)}
+        return {
+            name.removesuffix(".npy"): read_npy(f"{field}:{name}", body, max_pixels=settings.max_image_pixels)
+            for name, body in unpack_archive(field, data, max_members=max_members, max_bytes=settings.max_upload_bytes)
+        }
     except UploadError as exc:
         raise field_error(["body", field], str(exc)) from None

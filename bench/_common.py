@@ -76,12 +76,24 @@ class Problem:
 
 
 FULL = (
-    Problem("encode-single", "encode", 1, 512, 32, 8, 0.05, sporco_iter=150, max_iter=1000, eval_every=2,
-            f64_iter=10),
-    Problem("encode-batch", "encode", 8, 256, 64, 11, 0.05, sporco_iter=60, max_iter=1000, cap_factor=2.0,
-            eval_every=3, f64_iter=10),
-    Problem("learn", "learn", 8, 256, 32, 8, 0.1, sporco_iter=100, max_iter=300, cap_factor=2.0, eval_every=5,
-            min_iter=5),
+    Problem("encode-single", "encode", 1, 512, 32, 8, 0.05, sporco_iter=150, max_iter=1000, eval_every=2, f64_iter=10),
+    Problem(
+        "encode-batch",
+        "encode",
+        8,
+        256,
+        64,
+        11,
+        0.05,
+        sporco_iter=60,
+        max_iter=1000,
+        cap_factor=2.0,
+        eval_every=3,
+        f64_iter=10,
+    ),
+    Problem(
+        "learn", "learn", 8, 256, 32, 8, 0.1, sporco_iter=100, max_iter=300, cap_factor=2.0, eval_every=5, min_iter=5
+    ),
 )
 QUICK = (
     Problem("encode-single", "encode", 1, 128, 16, 8, 0.05, sporco_iter=100, max_iter=1000, min_cap_s=2.0),
@@ -137,9 +149,7 @@ def random_filters(n_filters: int, filter_size: int, seed: int = DICT_SEED) -> n
     return f.astype(np.float32)
 
 
-def fourier_objective(
-    images: np.ndarray, maps: np.ndarray, filters: np.ndarray, lam: float, chunk: int = 4
-) -> float:
+def fourier_objective(images: np.ndarray, maps: np.ndarray, filters: np.ndarray, lam: float, chunk: int = 4) -> float:
     """E = ½‖Σ_k maps_k ⊛ f_k − y‖² + λ‖maps‖₁ (circular, one channel), written independently of `solver`.
 
     Works through the filters `chunk` at a time so that it needs only a few image-sized work arrays (it runs
@@ -208,8 +218,7 @@ def fft_pair_scipy(maps_shape: tuple[int, ...], repeats: int = 3) -> float:
     """Seconds for rfft2 + irfft2 of a float32 array of `maps_shape` (N, K, H, W), scipy.fft, all cores."""
     a = np.random.default_rng(0).standard_normal(maps_shape, dtype=np.float32)
     shape = maps_shape[-2:]
-    return best_time(lambda: scipy.fft.irfft2(scipy.fft.rfft2(a, workers=WORKERS), s=shape, workers=WORKERS),
-                     repeats)
+    return best_time(lambda: scipy.fft.irfft2(scipy.fft.rfft2(a, workers=WORKERS), s=shape, workers=WORKERS), repeats)
 
 
 def fft_pair_pyfftw(maps_shape: tuple[int, ...], repeats: int = 3) -> float | None:
@@ -236,8 +245,7 @@ def machine_info() -> dict[str, str]:
     return {
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
-        f"{WORKERS} usable",
+        "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, {WORKERS} usable",
         "numpy": np.__version__,
         "scipy": scipy.__version__,
         "sporco": version("sporco"),

@@ -83,8 +83,7 @@ def _sporco_measure(make, maps_of, filters_of, pb: Problem, images: np.ndarray) 
 
     rss0 = current_rss_mb()  # before the warm-up, whose freed memory the allocator may keep
     warm = _warm_up(lambda: make(2).solve())
-    trace = _SporcoTrace(images, pb.lam, pb.eval_every, pb.sporco_iter,
-                         lambda b: (maps_of(b), filters_of(b)))
+    trace = _SporcoTrace(images, pb.lam, pb.eval_every, pb.sporco_iter, lambda b: (maps_of(b), filters_of(b)))
     b = make(pb.sporco_iter, trace)
     b.solve()
     peak = peak_rss_mb()
@@ -96,10 +95,17 @@ def _sporco_measure(make, maps_of, filters_of, pb: Problem, images: np.ndarray) 
     if pb.kind == "learn":
         t, it = total, pb.sporco_iter
     return {
-        "iters": pb.sporco_iter, **iteration_times(list(b.getitstat().Time)),
-        "time_to_target_s": t, "iter_to_target": it, "total_s": total, "E_ref": E_ref,
-        "best_E": min(trace.values), "dtype": "/".join(sorted({str(maps.dtype), str(filters.dtype)})),
-        "warmup_s": warm, "rss_before_mb": rss0, "peak_rss_mb": peak,
+        "iters": pb.sporco_iter,
+        **iteration_times(list(b.getitstat().Time)),
+        "time_to_target_s": t,
+        "iter_to_target": it,
+        "total_s": total,
+        "E_ref": E_ref,
+        "best_E": min(trace.values),
+        "dtype": "/".join(sorted({str(maps.dtype), str(filters.dtype)})),
+        "warmup_s": warm,
+        "rss_before_mb": rss0,
+        "peak_rss_mb": peak,
         "nonzero": float(np.count_nonzero(maps)) / maps.size,
         "check_rel": abs(fourier_objective(images, maps, filters, pb.lam) - E_ref) / E_ref,
         "trajectory": [list(x) for x in zip(trace.iters, trace.times, trace.values, strict=True)],
@@ -113,9 +119,16 @@ def sporco_encode(pb: Problem, images: np.ndarray, filters: np.ndarray, **_: Any
     D, S = _sporco_layout(images, filters)
 
     def make(n_iter: int, callback=None):
-        opt = cbpdn.ConvBPDN.Options({"Verbose": False, "MaxMainIter": n_iter, "RelStopTol": 0.0,
-                                      "AutoRho": {"Enabled": True}, "DataType": np.float32,
-                                      "Callback": callback})
+        opt = cbpdn.ConvBPDN.Options(
+            {
+                "Verbose": False,
+                "MaxMainIter": n_iter,
+                "RelStopTol": 0.0,
+                "AutoRho": {"Enabled": True},
+                "DataType": np.float32,
+                "Callback": callback,
+            }
+        )
         return cbpdn.ConvBPDN(D, S, pb.lam, opt, dimK=1)
 
     return _sporco_measure(make, lambda b: _ours(b.Y), lambda b: filters, pb, images)
@@ -128,9 +141,15 @@ def sporco_learn(pb: Problem, images: np.ndarray, filters: np.ndarray, **_: Any)
     D0, S = _sporco_layout(images, filters)
 
     def make(n_iter: int, callback=None):
-        opt = cbpdndl.ConvBPDNDictLearn.Options({
-            "Verbose": False, "MaxMainIter": n_iter, "Callback": callback,
-            "CBPDN": {"DataType": np.float32}, "CCMOD": {"DataType": np.float32}})
+        opt = cbpdndl.ConvBPDNDictLearn.Options(
+            {
+                "Verbose": False,
+                "MaxMainIter": n_iter,
+                "Callback": callback,
+                "CBPDN": {"DataType": np.float32},
+                "CCMOD": {"DataType": np.float32},
+            }
+        )
         return cbpdndl.ConvBPDNDictLearn(D0, S, pb.lam, opt, dimK=1)
 
     return _sporco_measure(make, lambda d: _ours(d.getcoef()), lambda d: _filters_of(d.getdict()), pb, images)
@@ -191,8 +210,17 @@ def _deconv_summary(rec: _Recorder, check: tuple[float, float] | None) -> dict[s
     }
 
 
-def deconv_encode(pb: Problem, images: np.ndarray, filters: np.ndarray, *, method: str, dtype: str,
-                  target: float | None, cap_s: float, max_iter: int) -> dict[str, Any]:
+def deconv_encode(
+    pb: Problem,
+    images: np.ndarray,
+    filters: np.ndarray,
+    *,
+    method: str,
+    dtype: str,
+    target: float | None,
+    cap_s: float,
+    max_iter: int,
+) -> dict[str, Any]:
     """deconv's :func:`solver.models.coding.encode` with tol = 0, until E ≤ `target`, `cap_s` seconds or `max_iter`."""
     from solver.algorithms.problem import objective  # noqa: PLC0415
     from solver.models.coding import encode  # noqa: PLC0415
@@ -206,13 +234,27 @@ def deconv_encode(pb: Problem, images: np.ndarray, filters: np.ndarray, *, metho
     maps, reported = res.maps, res.objective  # the best iterate, also when the recorder stopped the run
     peak = peak_rss_mb()
     out = _deconv_summary(rec, (objective(y, maps, f, pb.lam), reported))
-    out.update(dtype=str(maps.dtype), warmup_s=warm, rss_before_mb=rss0, peak_rss_mb=peak,
-               nonzero=float(np.count_nonzero(maps)) / maps.size)
+    out.update(
+        dtype=str(maps.dtype),
+        warmup_s=warm,
+        rss_before_mb=rss0,
+        peak_rss_mb=peak,
+        nonzero=float(np.count_nonzero(maps)) / maps.size,
+    )
     return out
 
 
-def deconv_learn(pb: Problem, images: np.ndarray, filters: np.ndarray, *, method: str, dtype: str,
-                 target: float | None, cap_s: float, max_iter: int) -> dict[str, Any]:
+def deconv_learn(
+    pb: Problem,
+    images: np.ndarray,
+    filters: np.ndarray,
+    *,
+    method: str,
+    dtype: str,
+    target: float | None,
+    cap_s: float,
+    max_iter: int,
+) -> dict[str, Any]:
     """deconv's :func:`solver.learn`, until E ≤ `target`, `cap_s` seconds or `max_iter` outer iterations."""
     from solver.algorithms.problem import objective  # noqa: PLC0415
     from solver.models.learn import learn  # noqa: PLC0415
@@ -232,6 +274,11 @@ def deconv_learn(pb: Problem, images: np.ndarray, filters: np.ndarray, *, method
     peak = peak_rss_mb()
     check = None if res is None else (objective(y, res.maps, res.filters, pb.lam), res.history[-1])
     out = _deconv_summary(rec, check)
-    out.update(dtype=str(y.dtype), warmup_s=warm, rss_before_mb=rss0, peak_rss_mb=peak,
-               nonzero=None if res is None else float(np.count_nonzero(res.maps)) / res.maps.size)
+    out.update(
+        dtype=str(y.dtype),
+        warmup_s=warm,
+        rss_before_mb=rss0,
+        peak_rss_mb=peak,
+        nonzero=None if res is None else float(np.count_nonzero(res.maps)) / res.maps.size,
+    )
     return out

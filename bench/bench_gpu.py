@@ -72,8 +72,12 @@ def run_admm(bk: Backend, images: np.ndarray, filters: np.ndarray, lam: float, n
         times.append(time.perf_counter() - t0)
         if (it + 1) % 100 == 0:
             _log(f"  {bk.name}: {it + 1}/{n_iter} iterations, E = {solver.objective(state):.6g}")
-    return {"fused": solver._fused, "times": times[WARMUP:] or times, "objective": solver.objective(state),
-            "maps": bk.to_host(state.maps)}
+    return {
+        "fused": solver._fused,
+        "times": times[WARMUP:] or times,
+        "objective": solver.objective(state),
+        "maps": bk.to_host(state.maps),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lam", type=float, default=0.05, help="λ (default 0.05)")
     args = parser.parse_args(argv)
     if not gpu_available():
-        print("no GPU: cupy is not importable or no CUDA device answers; nothing measured "
-              "(pip install -e '.[gpu]' on a machine with an NVIDIA GPU)")
+        print(
+            "no GPU: cupy is not importable or no CUDA device answers; nothing measured "
+            "(pip install -e '.[gpu]' on a machine with an NVIDIA GPU)"
+        )
         return 0
     import numba  # noqa: PLC0415  (the CPU kernels' thread count)
 
@@ -105,19 +111,27 @@ def main(argv: list[str] | None = None) -> int:
     rel_e = abs(gpu["objective"] - cpu["objective"]) / abs(cpu["objective"])
     maps_diff = float(np.max(np.abs(gpu["maps"] - cpu["maps"])))
 
-    print(f"# ADMM per iteration: 1 image {args.size}×{args.size}, {args.filters} filters "
-          f"{args.filter_size}×{args.filter_size}, λ = {args.lam}, float32, {args.iters} iterations\n")
-    print("| backend | fused kernels | per-iter ms (median) | per-iter ms (best) | FFT pair ms | × FFT pair | "
-          f"E after {args.iters} |")
+    print(
+        f"# ADMM per iteration: 1 image {args.size}×{args.size}, {args.filters} filters "
+        f"{args.filter_size}×{args.filter_size}, λ = {args.lam}, float32, {args.iters} iterations\n"
+    )
+    print(
+        "| backend | fused kernels | per-iter ms (median) | per-iter ms (best) | FFT pair ms | × FFT pair | "
+        f"E after {args.iters} |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, row in rows.items():
         median, best = statistics.median(row["times"]), min(row["times"])
         label = f"numpy ({args.threads} threads)" if name == "numpy" else "cupy"
-        print(f"| {label} | {row['fused']} | {1e3 * median:.2f} | {1e3 * best:.2f} | {1e3 * row['fft_pair']:.2f} | "
-              f"{median / row['fft_pair']:.2f} | {row['objective']:.6g} |")
+        print(
+            f"| {label} | {row['fused']} | {1e3 * median:.2f} | {1e3 * best:.2f} | {1e3 * row['fft_pair']:.2f} | "
+            f"{median / row['fft_pair']:.2f} | {row['objective']:.6g} |"
+        )
     speedup = statistics.median(cpu["times"]) / statistics.median(gpu["times"])
-    print(f"\nGPU speed-up per iteration: {speedup:.1f}×. Parity: |E_gpu − E_cpu| / E_cpu = {rel_e:.2e} "
-          f"({'within' if rel_e <= 1e-3 else 'OUTSIDE'} 1e-3); max |maps_gpu − maps_cpu| = {maps_diff:.2e}.")
+    print(
+        f"\nGPU speed-up per iteration: {speedup:.1f}×. Parity: |E_gpu − E_cpu| / E_cpu = {rel_e:.2e} "
+        f"({'within' if rel_e <= 1e-3 else 'OUTSIDE'} 1e-3); max |maps_gpu − maps_cpu| = {maps_diff:.2e}."
+    )
     info = machine_info()
     print(f"\nMachine: {info['platform']}; {info['cpu']}; numpy {info['numpy']}, scipy {info['scipy']}.")
     return 0 if rel_e <= 1e-3 else 1

@@ -39,8 +39,19 @@ from _common import (
     test_images,
 )
 
-COLUMNS = ("problem", "implementation", "dtype", "iters", "per-iter ms (best)", "× FFT pair", "time to E_ref s",
-           "time ÷ SPORCO's", "best E / E_ref", "peak RSS MB (+solve)", "load 1m")
+COLUMNS = (
+    "problem",
+    "implementation",
+    "dtype",
+    "iters",
+    "per-iter ms (best)",
+    "× FFT pair",
+    "time to E_ref s",
+    "time ÷ SPORCO's",
+    "best E / E_ref",
+    "peak RSS MB (+solve)",
+    "load 1m",
+)
 
 
 # ---- child side --------------------------------------------------------------------------------------------
@@ -66,8 +77,9 @@ def _child(args: argparse.Namespace) -> int:
     else:
         method, dtype = args.child.split("-")
         run = _runners.deconv_encode if pb.kind == "encode" else _runners.deconv_learn
-        out = run(pb, images, filters, method=method, dtype=dtype, target=args.target, cap_s=args.cap,
-                  max_iter=args.max_iter)
+        out = run(
+            pb, images, filters, method=method, dtype=dtype, target=args.target, cap_s=args.cap, max_iter=args.max_iter
+        )
     fft["scipy"] = fft_pair_scipy(maps_shape)  # after the solve: it must not raise the peak RSS
     out.update(fft_pair_s=fft, load_avg=os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
     print("RESULT " + json.dumps(out), flush=True)
@@ -81,11 +93,31 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _run_child(pb: Problem, impl: str, data: Path, quick: bool, *, target: float | None = None,
-               cap: float = math.inf, max_iter: int = 1) -> dict[str, Any]:
+def _run_child(
+    pb: Problem,
+    impl: str,
+    data: Path,
+    quick: bool,
+    *,
+    target: float | None = None,
+    cap: float = math.inf,
+    max_iter: int = 1,
+) -> dict[str, Any]:
     """Start ``--child impl`` in a fresh interpreter; its result dict, or ``{"error": ...}``."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", impl, "--problem", pb.name,
-           "--data", str(data), "--cap", str(cap), "--max-iter", str(max_iter)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        impl,
+        "--problem",
+        pb.name,
+        "--data",
+        str(data),
+        "--cap",
+        str(cap),
+        "--max-iter",
+        str(max_iter),
+    ]
     cmd += ["--quick"] * quick + (["--target", repr(target)] if target is not None else [])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     t0 = time.perf_counter()
@@ -96,7 +128,7 @@ def _run_child(pb: Problem, impl: str, data: Path, quick: bool, *, target: float
         _log(f"{pb.name} {impl}: FAILED ({err})")
         return {"error": err}
     _log(f"{pb.name} {impl}: done in {time.perf_counter() - t0:.0f} s")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def _data(pb: Problem, tmp: Path) -> tuple[Path, tuple[int, int, int, int]]:
@@ -141,8 +173,15 @@ def _bench(pb: Problem, tmp: Path, quick: bool) -> tuple[list[dict[str, Any]], d
     results = [{"impl": "SPORCO", **ref}]
     for method, dtype in _variants(pb, quick):
         fixed = dtype == "float64" and pb.f64_iter is not None
-        res = _run_child(pb, f"{method}-{dtype}", data, quick, target=None if fixed else target, cap=cap,
-                         max_iter=pb.f64_iter if fixed else pb.max_iter)
+        res = _run_child(
+            pb,
+            f"{method}-{dtype}",
+            data,
+            quick,
+            target=None if fixed else target,
+            cap=cap,
+            max_iter=pb.f64_iter if fixed else pb.max_iter,
+        )
         results.append({"impl": f"deconv {'learn/' * (pb.kind == 'learn')}{method}", **res})
     return results, info
 
@@ -161,8 +200,10 @@ def _reached(res: dict[str, Any], ref: dict[str, Any]) -> tuple[str, str]:
         return f"{t:.2f} (it {res['iter_to_target']})", _fmt(t / ref["time_to_target_s"], ".2f")
     if res.get("stopped") == "max_iter":
         return f"not run to E_ref ({res['iters']} it)", "—"
-    return (f"not reached ({res.get('stopped')}, {res['total_s']:.0f} s)",
-            f"> {res['total_s'] / ref['time_to_target_s']:.1f}")
+    return (
+        f"not reached ({res.get('stopped')}, {res['total_s']:.0f} s)",
+        f"> {res['total_s'] / ref['time_to_target_s']:.1f}",
+    )
 
 
 def _row(pb: Problem, res: dict[str, Any], ref: dict[str, Any]) -> list[str]:
@@ -171,11 +212,18 @@ def _row(pb: Problem, res: dict[str, Any], ref: dict[str, Any]) -> list[str]:
     if "error" in res:
         return [pb.name, res["impl"], *["—"] * 4, f"failed: {res['error'][:80]}", *["—"] * 4]
     per_iter, best, fft = res["per_iter_s"], res["best_iter_s"], res["fft_pair_s"]["scipy"]
-    return [pb.name, res["impl"], res["dtype"], str(res["iters"]), f"{per_iter * 1e3:.0f} ({best * 1e3:.0f})",
-            f"{best / fft:.2f}", *_reached(res, ref),
-            _fmt(res["best_E"] / ref["E_ref"], ".5f"),
-            f"{res['peak_rss_mb']:.0f} (+{res['peak_rss_mb'] - res['rss_before_mb']:.0f})",
-            _fmt(res.get("load_avg"), ".1f")]
+    return [
+        pb.name,
+        res["impl"],
+        res["dtype"],
+        str(res["iters"]),
+        f"{per_iter * 1e3:.0f} ({best * 1e3:.0f})",
+        f"{best / fft:.2f}",
+        *_reached(res, ref),
+        _fmt(res["best_E"] / ref["E_ref"], ".5f"),
+        f"{res['peak_rss_mb']:.0f} (+{res['peak_rss_mb'] - res['rss_before_mb']:.0f})",
+        _fmt(res.get("load_avg"), ".1f"),
+    ]
 
 
 def _problem_notes(pb: Problem, info: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
@@ -183,20 +231,24 @@ def _problem_notes(pb: Problem, info: dict[str, Any], results: list[dict[str, An
     N, K, H, W = info["maps_shape"]
     ref = info["sporco"]
     pairs = [r["fft_pair_s"]["scipy"] * 1e3 for r in results if "fft_pair_s" in r]
-    lines = [f"- **{pb.name}**: {pb.kind}, {N} image(s) {H}×{W}, {K} filters {pb.filter_size}×{pb.filter_size}, "
-             f"λ = {pb.lam}; SPORCO {pb.sporco_iter} iterations."]
+    lines = [
+        f"- **{pb.name}**: {pb.kind}, {N} image(s) {H}×{W}, {K} filters {pb.filter_size}×{pb.filter_size}, "
+        f"λ = {pb.lam}; SPORCO {pb.sporco_iter} iterations."
+    ]
     if "error" in ref:
         return lines
-    lines += [f"  FFT pair of the maps (N, K, H, W) float32: scipy.fft ({WORKERS} workers) "
-              f"{min(pairs):.1f}–{max(pairs):.1f} ms over the runs; pyFFTW (SPORCO's FFTs, its layout) "
-              f"{_fmt(ref['fft_pair_s'].get('pyfftw') and ref['fft_pair_s']['pyfftw'] * 1e3, '.1f')} ms.",
-              f"  E_ref = {ref['E_ref']:.6g} (our objective on SPORCO's final iterate; its trajectory "
-              f"evaluated every {pb.eval_every} iteration(s)), target E_ref·(1+{TARGET_RTOL:g}); SPORCO's "
-              f"whole run {ref['total_s']:.1f} s, plus an untimed warm-up (FFTW planning) of {ref['warmup_s']:.1f} s;"
-              f" deconv runs capped at {info.get('cap_s', 0):.0f} s; non-zeros in SPORCO's maps "
-              f"{100 * ref['nonzero']:.2f} %.",
-              f"  E recomputed with solver.algorithms.problem.objective from the returned arrays vs the reported E "
-              f"(rel. diff): {_checks(results)}."]
+    lines += [
+        f"  FFT pair of the maps (N, K, H, W) float32: scipy.fft ({WORKERS} workers) "
+        f"{min(pairs):.1f}–{max(pairs):.1f} ms over the runs; pyFFTW (SPORCO's FFTs, its layout) "
+        f"{_fmt(ref['fft_pair_s'].get('pyfftw') and ref['fft_pair_s']['pyfftw'] * 1e3, '.1f')} ms.",
+        f"  E_ref = {ref['E_ref']:.6g} (our objective on SPORCO's final iterate; its trajectory "
+        f"evaluated every {pb.eval_every} iteration(s)), target E_ref·(1+{TARGET_RTOL:g}); SPORCO's "
+        f"whole run {ref['total_s']:.1f} s, plus an untimed warm-up (FFTW planning) of {ref['warmup_s']:.1f} s;"
+        f" deconv runs capped at {info.get('cap_s', 0):.0f} s; non-zeros in SPORCO's maps "
+        f"{100 * ref['nonzero']:.2f} %.",
+        f"  E recomputed with solver.algorithms.problem.objective from the returned arrays vs the reported E "
+        f"(rel. diff): {_checks(results)}.",
+    ]
     return lines
 
 
@@ -207,8 +259,12 @@ def _checks(results: list[dict[str, Any]]) -> str:
 
 
 def _report(machine: dict[str, str], table: list[list[str]], notes: list[str], argv: list[str]) -> str:
-    lines = [f"# deconv vs SPORCO ({datetime.datetime.now().isoformat(timespec='seconds')})", "",
-             f"`{' '.join(['python bench/bench_sporco.py', *argv])}`", ""]
+    lines = [
+        f"# deconv vs SPORCO ({datetime.datetime.now().isoformat(timespec='seconds')})",
+        "",
+        f"`{' '.join(['python bench/bench_sporco.py', *argv])}`",
+        "",
+    ]
     lines += [f"- {k}: {v}" for k, v in machine.items()] + [""]
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in table] + [""] + notes

@@ -52,8 +52,9 @@ UPDATES = {
 def _config(n_iter: int, update: str = "fista"):
     config = load_config("quick")
     layer = config.layers[0].model_copy(update={"filter_size": 8})
-    return config.model_copy(update={"layers": [layer], "n_iter": n_iter, "dtype": "float32",
-                                     "filter_update": UPDATES[update]})
+    return config.model_copy(
+        update={"layers": [layer], "n_iter": n_iter, "dtype": "float32", "filter_update": UPDATES[update]}
+    )
 
 
 def _baseline(paths, config) -> dict:
@@ -91,8 +92,10 @@ def _row(label: str, run: dict, reference: list[float]) -> str:
         return f"| {label} | {first:.2f} | {later:.3f} | – | – | – | – | {drift:.1e} |"
     counts = np.diff(np.array([(0, 0, 0), *run["traffic"]]), axis=0)[1:]  # per later iteration
     calls, out, back = (float(np.median(counts[:, i])) for i in range(3))
-    return (f"| {label} | {first:.2f} | {later:.3f} | {calls:.0f} | {out / 1024:.1f} | {back / 1024:.1f} | "
-            f"{(out + back) / calls:.0f} | {drift:.1e} |")
+    return (
+        f"| {label} | {first:.2f} | {later:.3f} | {calls:.0f} | {out / 1024:.1f} | {back / 1024:.1f} | "
+        f"{(out + back) / calls:.0f} | {drift:.1e} |"
+    )
 
 
 def _shard_table(paths, args, cores: int) -> list[str]:
@@ -120,8 +123,10 @@ def _comparison_table(paths, n_iter: int) -> list[str]:
         logger.info("comparison: %s, %d outer iterations in one process", update, n_iter)
         run = _baseline(paths, _config(n_iter, update))
         times, history = np.array(run["times"]), np.array(run["history"])
-        at = [f"{history[np.searchsorted(times, t, side='right') - 1]:.1f}" if times[0] <= t else "–"
-              for t in (10, 20, 30)]
+        at = [
+            f"{history[np.searchsorted(times, t, side='right') - 1]:.1f}" if times[0] <= t else "–"
+            for t in (10, 20, 30)
+        ]
         rows.append(f"| {update} | {times[-1] / n_iter:.2f} | {' | '.join(at)} | {history[-1]:.1f} |")
     return rows
 
@@ -143,12 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     _, height, width = inspect_images(paths).shape
     config = _config(args.iters)
     layer = config.layers[0]
-    print(f"{len(paths)} images {height}x{width}, {layer.n_filters} filters {layer.filter_size}x"
-          f"{layer.filter_size}, {config.inference.method} {config.inference.max_iter} coding iterations and 10 "
-          f"filter-update iterations per outer iteration, float32, {cores} cores\n")
+    print(
+        f"{len(paths)} images {height}x{width}, {layer.n_filters} filters {layer.filter_size}x"
+        f"{layer.filter_size}, {config.inference.method} {config.inference.max_iter} coding iterations and 10 "
+        f"filter-update iterations per outer iteration, float32, {cores} cores\n"
+    )
     print(f"Per outer iteration ({args.iters} outer iterations per run):\n")
-    print("| filter update: run | first iteration s (incl. start) | later iterations s (median) | calls / iter | "
-          "KiB out / iter | KiB back / iter | bytes / call | max rel. diff. of E vs 1 process |")
+    print(
+        "| filter update: run | first iteration s (incl. start) | later iterations s (median) | calls / iter | "
+        "KiB out / iter | KiB back / iter | bytes / call | max rel. diff. of E vs 1 process |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if comparison:

@@ -35,8 +35,9 @@ def _root() -> Path:
 
 def preset_names() -> list[str]:
     """The names of the bundled presets (file names without ``.yaml``), sorted."""
-    return sorted(p.name.removesuffix(PRESET_SUFFIX) for p in _root().iterdir()
-                  if p.name.endswith(PRESET_SUFFIX) and p.is_file())
+    return sorted(
+        p.name.removesuffix(PRESET_SUFFIX) for p in _root().iterdir() if p.name.endswith(PRESET_SUFFIX) and p.is_file()
+    )
 
 
 def find_preset(name_or_path: str | os.PathLike[str]) -> Path:
@@ -65,8 +66,9 @@ def find_preset(name_or_path: str | os.PathLike[str]) -> Path:
     name = path.name.removesuffix(PRESET_SUFFIX)
     if name in preset_names():
         return _root() / f"{name}{PRESET_SUFFIX}"
-    raise ValueError(f"unknown preset {str(name_or_path)!r} (and no such file); the presets are: "
-                     f"{', '.join(preset_names())}")
+    raise ValueError(
+        f"unknown preset {str(name_or_path)!r} (and no such file); the presets are: {', '.join(preset_names())}"
+    )
 
 
 def samples_dir() -> Path:

@@ -184,4 +184,3 @@ def backend_of(a: Array) -> Backend:
     if cupy is not None and isinstance(a, cupy.ndarray):
         return Backend("cupy", cupy, 1)
     raise ValueError(f"expected a numpy or cupy array, got {type(a).__name__}")
-

@@ -112,8 +112,10 @@ class AdmmConfig(_Frozen):
     method: Literal["admm"] = "admm"
     max_iter: int = Field(200, ge=1)
     tol: float = Field(
-        1e-4, ge=0, description="stop when both relative residuals are ≤ tol (tested every rho_period iterations, "
-        "when the residuals are computed)"
+        1e-4,
+        ge=0,
+        description="stop when both relative residuals are ≤ tol (tested every rho_period iterations, "
+        "when the residuals are computed)",
     )
     rho: float | None = Field(None, gt=0, description="initial penalty; default 50·λ + 1 (SPORCO's rule)")
     relax: float = Field(1.8, gt=0, lt=2, description="over-relaxation α")
@@ -125,8 +127,11 @@ class AdmmConfig(_Frozen):
         None, gt=0, description="target ratio ξ of the relative residuals; default 1 + 18.3^(log10 λ + 1)"
     )
     rho_autoscale: bool = Field(True, description="change ρ by √(r/(ξs)) (capped at τ) instead of by τ")
-    fused: bool = Field(True, description="use the fused kernels where they apply (numba on the CPU, CUDA on cupy; one "
-                        "channel, p = 1, circular)")
+    fused: bool = Field(
+        True,
+        description="use the fused kernels where they apply (numba on the CPU, CUDA on cupy; one "
+        "channel, p = 1, circular)",
+    )
 
 
 InferenceConfig = Annotated[ZeilerConfig | FistaConfig | AdmmConfig, Field(discriminator="method")]
@@ -198,8 +203,12 @@ class LayerSpec(_Frozen):
 
     n_filters: int = Field(..., ge=1)
     filter_size: int = Field(..., ge=1)
-    lam: float = Field(..., gt=0, description="weight of the sparsity term (λ = κ/λ_Z in Zeiler's terms); with "
-                       "lam_scale 'relative', the fraction of λ_max")
+    lam: float = Field(
+        ...,
+        gt=0,
+        description="weight of the sparsity term (λ = κ/λ_Z in Zeiler's terms); with "
+        "lam_scale 'relative', the fraction of λ_max",
+    )
     lam_scale: Literal["absolute", "relative"] = Field(
         "absolute",
         description="'absolute': lam is λ; 'relative': λ = lam × λ_max, λ_max = max |Dᴴy| of the layer's "
@@ -223,8 +232,10 @@ class LayerSpec(_Frozen):
     @model_validator(mode="after")
     def _relative_below_one(self) -> LayerSpec:
         if self.lam_scale == "relative" and self.lam >= 1:
-            raise ValueError(f"lam with lam_scale 'relative' is a fraction of λ_max and must be below 1 (λ ≥ λ_max "
-                             f"gives all-zero maps, and the filters then never move), got {self.lam!r}")
+            raise ValueError(
+                f"lam with lam_scale 'relative' is a fraction of λ_max and must be below 1 (λ ≥ λ_max "
+                f"gives all-zero maps, and the filters then never move), got {self.lam!r}"
+            )
         return self
 
     @field_validator("pool")
@@ -316,12 +327,16 @@ class LearnConfig(_Frozen):
             raise ValueError(f"filter_update.recentre needs boundary 'circular', got {self.boundary!r}")
         if self.reconstruct_to == "pixels":
             if self.inference.method != "fista":
-                raise ValueError("reconstruct_to 'pixels' runs the 2011 ISTA inference: inference.method must be "
-                                 f"'fista', got {self.inference.method!r}")
+                raise ValueError(
+                    "reconstruct_to 'pixels' runs the 2011 ISTA inference: inference.method must be "
+                    f"'fista', got {self.inference.method!r}"
+                )
             if self.filter_update.method == "consensus" or self.filter_update.recentre:
-                raise ValueError("reconstruct_to 'pixels' supports filter_update.method 'fista' or 'cg' without "
-                                 f"recentre, got method {self.filter_update.method!r}, recentre "
-                                 f"{self.filter_update.recentre}")
+                raise ValueError(
+                    "reconstruct_to 'pixels' supports filter_update.method 'fista' or 'cg' without "
+                    f"recentre, got method {self.filter_update.method!r}, recentre "
+                    f"{self.filter_update.recentre}"
+                )
         return self
 
 

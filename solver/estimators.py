@@ -66,8 +66,9 @@ class _ImageEstimator(TransformerMixin, BaseEstimator):
         if X.ndim == 3:
             return X[:, None], False
         if X.ndim != 2:
-            raise ValueError(f"X must have shape (N, C, H, W), (N, H, W) or (N, F) of flattened images, got shape "
-                             f"{X.shape}")
+            raise ValueError(
+                f"X must have shape (N, C, H, W), (N, H, W) or (N, F) of flattened images, got shape {X.shape}"
+            )
         n_features = X.shape[1]
         if reset:
             self.n_features_in_ = n_features
@@ -76,11 +77,14 @@ class _ImageEstimator(TransformerMixin, BaseEstimator):
             flat = getattr(self, "input_shape_", None)
             expected = getattr(self, "n_features_in_", None)
             if flat is None or expected is None:
-                raise ValueError("X is 2-D (flattened images) but the estimator was fitted on image batches: pass "
-                                 "(N, C, H, W) images")
+                raise ValueError(
+                    "X is 2-D (flattened images) but the estimator was fitted on image batches: pass "
+                    "(N, C, H, W) images"
+                )
             if n_features != expected:
-                raise ValueError(f"X has {n_features} features, but {type(self).__name__} is expecting {expected} "
-                                 "features as input")
+                raise ValueError(
+                    f"X has {n_features} features, but {type(self).__name__} is expecting {expected} features as input"
+                )
         return X.reshape((X.shape[0], *self.input_shape_)), True
 
     def _seed(self) -> int:
@@ -145,8 +149,7 @@ class _ImageEstimator(TransformerMixin, BaseEstimator):
         Path
         """
         check_is_fitted(self, "model_")
-        extra = {"estimator": type(self).__name__, "params": _json_params(self.get_params()),
-                 "history": self.history_}
+        extra = {"estimator": type(self).__name__, "params": _json_params(self.get_params()), "history": self.history_}
         if hasattr(self, "input_shape_"):
             extra["input_shape"] = list(self.input_shape_)
         return save_model(self.model_, path, extra=extra)
@@ -264,11 +267,26 @@ class ConvolutionalDictionaryLearning(_ImageEstimator):
 
     _one_layer = True
 
-    def __init__(self, *, n_filters: int = 8, filter_size: int = 7, lam: float = 0.1, lam_scale: str = "absolute",
-                 p: float = 1.0, n_iter: int = 20, method: str = "admm", inner_iter: int | None = None,
-                 boundary: str = "circular", connectivity: Any = "full", filter_iter: int | None = None,
-                 preprocess: PreprocessConfig | dict | None = None, image_shape: tuple[int, ...] | None = None,
-                 encode_iter: int | None = None, random_state: Any = None, backend: str = "auto"):
+    def __init__(
+        self,
+        *,
+        n_filters: int = 8,
+        filter_size: int = 7,
+        lam: float = 0.1,
+        lam_scale: str = "absolute",
+        p: float = 1.0,
+        n_iter: int = 20,
+        method: str = "admm",
+        inner_iter: int | None = None,
+        boundary: str = "circular",
+        connectivity: Any = "full",
+        filter_iter: int | None = None,
+        preprocess: PreprocessConfig | dict | None = None,
+        image_shape: tuple[int, ...] | None = None,
+        encode_iter: int | None = None,
+        random_state: Any = None,
+        backend: str = "auto",
+    ):
         self.n_filters = n_filters
         self.filter_size = filter_size
         self.lam = lam
@@ -288,22 +306,36 @@ class ConvolutionalDictionaryLearning(_ImageEstimator):
 
     def _learn_config(self, seed: int) -> LearnConfig:
         table = self.connectivity if isinstance(self.connectivity, str) else np.asarray(self.connectivity).tolist()
-        layer = LayerSpec(n_filters=self.n_filters, filter_size=self.filter_size, lam=self.lam,
-                          lam_scale=self.lam_scale, p=self.p, connectivity=table)
+        layer = LayerSpec(
+            n_filters=self.n_filters,
+            filter_size=self.filter_size,
+            lam=self.lam,
+            lam_scale=self.lam_scale,
+            p=self.p,
+            connectivity=table,
+        )
         return _config([layer], self, seed, "below")
 
     @classmethod
     def _params_of(cls, model: StackModel) -> dict[str, Any]:
         if model.n_layers != 1:
-            raise ValueError(f"a ConvolutionalDictionaryLearning model has one layer, the file holds "
-                             f"{model.n_layers}: load it with DeconvolutionalNetwork.load")
+            raise ValueError(
+                f"a ConvolutionalDictionaryLearning model has one layer, the file holds "
+                f"{model.n_layers}: load it with DeconvolutionalNetwork.load"
+            )
         layer = model.layers[0]
         relative = layer.lam_scale == "relative"
-        return {"n_filters": layer.n_filters, "filter_size": layer.filter_size,
-                "lam": layer.lam / layer.lam_max if relative else layer.lam, "lam_scale": layer.lam_scale,
-                "p": layer.p, "boundary": model.boundary, "connectivity": layer.connectivity.tolist(),
-                "method": "admm" if model.inference is None else model.inference.method,
-                "preprocess": None if layer.preprocess is None else layer.preprocess.config}
+        return {
+            "n_filters": layer.n_filters,
+            "filter_size": layer.filter_size,
+            "lam": layer.lam / layer.lam_max if relative else layer.lam,
+            "lam_scale": layer.lam_scale,
+            "p": layer.p,
+            "boundary": model.boundary,
+            "connectivity": layer.connectivity.tolist(),
+            "method": "admm" if model.inference is None else model.inference.method,
+            "preprocess": None if layer.preprocess is None else layer.preprocess.config,
+        }
 
     def transform(self, X: Any) -> np.ndarray:
         """The feature maps of `X` with the learned filters.
@@ -355,9 +387,18 @@ class ConvolutionalDictionaryLearning(_ImageEstimator):
         images, _ = self._images(X, reset=False)
         layer = self.model_.layers[0]
         method = "admm" if self.model_.inference is None else self.model_.inference.method
-        result = encode(images, layer.filters, layer.lam, p=layer.p, boundary=self.model_.boundary,
-                        connectivity=layer.connectivity, preprocess=layer.preprocess, method=method,
-                        max_iter=self.encode_iter, backend=self.backend)
+        result = encode(
+            images,
+            layer.filters,
+            layer.lam,
+            p=layer.p,
+            boundary=self.model_.boundary,
+            connectivity=layer.connectivity,
+            preprocess=layer.preprocess,
+            method=method,
+            max_iter=self.encode_iter,
+            backend=self.backend,
+        )
         return -float(result.objective)
 
     def __sklearn_tags__(self):
@@ -425,11 +466,23 @@ class DeconvolutionalNetwork(_ImageEstimator):
     ((4, 3, 12, 12), (4, 4, 6, 6))
     """
 
-    def __init__(self, *, layers: list[dict | LayerSpec] | None = None, n_iter: int = 20, method: str | None = None,
-                 inner_iter: int | None = None, boundary: str = "circular", reconstruct_to: str = "below",
-                 filter_iter: int | None = None, preprocess: PreprocessConfig | dict | None = None,
-                 image_shape: tuple[int, ...] | None = None, pooled: bool = False, encode_iter: int | None = None,
-                 random_state: Any = None, backend: str = "auto"):
+    def __init__(
+        self,
+        *,
+        layers: list[dict | LayerSpec] | None = None,
+        n_iter: int = 20,
+        method: str | None = None,
+        inner_iter: int | None = None,
+        boundary: str = "circular",
+        reconstruct_to: str = "below",
+        filter_iter: int | None = None,
+        preprocess: PreprocessConfig | dict | None = None,
+        image_shape: tuple[int, ...] | None = None,
+        pooled: bool = False,
+        encode_iter: int | None = None,
+        random_state: Any = None,
+        backend: str = "auto",
+    ):
         self.layers = layers
         self.n_iter = n_iter
         self.method = method
@@ -456,14 +509,25 @@ class DeconvolutionalNetwork(_ImageEstimator):
         layers = []
         for layer in model.layers:
             relative = layer.lam_scale == "relative"
-            layers.append({"n_filters": layer.n_filters, "filter_size": layer.filter_size,
-                           "lam": layer.lam / layer.lam_max if relative else layer.lam, "lam_scale": layer.lam_scale,
-                           "p": layer.p, "connectivity": layer.connectivity.tolist(),
-                           "pool": None if layer.pool is None else list(layer.pool)})
+            layers.append(
+                {
+                    "n_filters": layer.n_filters,
+                    "filter_size": layer.filter_size,
+                    "lam": layer.lam / layer.lam_max if relative else layer.lam,
+                    "lam_scale": layer.lam_scale,
+                    "p": layer.p,
+                    "connectivity": layer.connectivity.tolist(),
+                    "pool": None if layer.pool is None else list(layer.pool),
+                }
+            )
         first = model.layers[0].preprocess
-        return {"layers": layers, "boundary": model.boundary, "reconstruct_to": model.reconstruct_to,
-                "method": None if model.inference is None else model.inference.method,
-                "preprocess": None if first is None else first.config}
+        return {
+            "layers": layers,
+            "boundary": model.boundary,
+            "reconstruct_to": model.reconstruct_to,
+            "method": None if model.inference is None else model.inference.method,
+            "preprocess": None if first is None else first.config,
+        }
 
     def transform(self, X: Any, layer: int | None = None) -> np.ndarray:
         """The maps of layer `layer` (default: the top one) for the images `X`, through every layer below.
@@ -516,8 +580,10 @@ class DeconvolutionalNetwork(_ImageEstimator):
         check_is_fitted(self, "model_")
         top = self.model_.check_layer(layer)
         if self.model_.pools_below(top):
-            raise ValueError(f"layer {top} sits above a layer that pools: projecting its maps down needs the "
-                             "switches of the images; use solver.encode_layers and solver.reconstruct_from")
+            raise ValueError(
+                f"layer {top} sits above a layer that pools: projecting its maps down needs the "
+                "switches of the images; use solver.encode_layers and solver.reconstruct_from"
+            )
         maps, flat = _maps_input(self, X, top)
         images = project_down(self.model_, maps, top)
         return images.reshape(images.shape[0], -1) if flat else images
@@ -526,8 +592,10 @@ class DeconvolutionalNetwork(_ImageEstimator):
         return _tags(super().__sklearn_tags__())
 
 
-_DEFAULT_LAYERS = ({"n_filters": 8, "filter_size": 5, "lam": 0.1},
-                   {"n_filters": 16, "filter_size": 5, "lam": 0.1, "connectivity": "singles-and-doubles"})
+_DEFAULT_LAYERS = (
+    {"n_filters": 8, "filter_size": 5, "lam": 0.1},
+    {"n_filters": 16, "filter_size": 5, "lam": 0.1, "connectivity": "singles-and-doubles"},
+)
 
 
 def _config(layers: list[LayerSpec], est: Any, seed: int, reconstruct_to: str) -> LearnConfig:
@@ -537,8 +605,16 @@ def _config(layers: list[LayerSpec], est: Any, seed: int, reconstruct_to: str) -
     preprocess = est.preprocess
     if isinstance(preprocess, dict):
         preprocess = PreprocessConfig.model_validate(preprocess)
-    return LearnConfig(layers=layers, inference=inference, filter_update=filter_update, n_iter=est.n_iter,
-                       boundary=est.boundary, preprocess=preprocess, seed=seed, reconstruct_to=reconstruct_to)
+    return LearnConfig(
+        layers=layers,
+        inference=inference,
+        filter_update=filter_update,
+        n_iter=est.n_iter,
+        boundary=est.boundary,
+        preprocess=preprocess,
+        seed=seed,
+        reconstruct_to=reconstruct_to,
+    )
 
 
 def _flat_shape(image_shape: Any, n_features: int) -> tuple[int, int, int]:
@@ -546,8 +622,10 @@ def _flat_shape(image_shape: Any, n_features: int) -> tuple[int, int, int]:
     if image_shape is None:
         side = math.isqrt(n_features)
         if side * side != n_features:
-            raise ValueError(f"X is 2-D with {n_features} features, not a square number: set image_shape to the "
-                             "(H, W) or (C, H, W) of the flattened images")
+            raise ValueError(
+                f"X is 2-D with {n_features} features, not a square number: set image_shape to the "
+                "(H, W) or (C, H, W) of the flattened images"
+            )
         return (1, side, side)
     shape = tuple(int(d) for d in image_shape)
     if len(shape) == 2:
@@ -556,8 +634,10 @@ def _flat_shape(image_shape: Any, n_features: int) -> tuple[int, int, int]:
     if shape.count(-1) == 1 and known > 0 and n_features % known == 0:  # one size inferred, as numpy's reshape
         shape = tuple(n_features // known if d == -1 else d for d in shape)
     if len(shape) != 3 or min(shape) < 1 or math.prod(shape) != n_features:
-        raise ValueError(f"image_shape {tuple(image_shape)} must be (H, W) or (C, H, W), one size of them -1 at "
-                         f"most, with {n_features} pixels in all (the features of X)")
+        raise ValueError(
+            f"image_shape {tuple(image_shape)} must be (H, W) or (C, H, W), one size of them -1 at "
+            f"most, with {n_features} pixels in all (the features of X)"
+        )
     return shape  # type: ignore[return-value]
 
 
@@ -568,13 +648,17 @@ def _maps_input(est: _ImageEstimator, X: Any, layer: int = 1) -> tuple[np.ndarra
         return X, False
     shape = getattr(est, "input_shape_", None)
     if X.ndim != 2 or shape is None:
-        raise ValueError(f"X must be maps of shape (N, K, H', W') (or flattened maps after fitting on 2-D input), "
-                         f"got shape {X.shape}")
+        raise ValueError(
+            f"X must be maps of shape (N, K, H', W') (or flattened maps after fitting on 2-D input), "
+            f"got shape {X.shape}"
+        )
     grid = _map_grid(est.model_, shape[1:], layer)
     n_filters = est.model_.layers[layer - 1].n_filters
     if X.shape[1] != n_filters * grid[0] * grid[1]:
-        raise ValueError(f"X has {X.shape[1]} features, but the maps of layer {layer} have {n_filters}×{grid[0]}×"
-                         f"{grid[1]} = {n_filters * grid[0] * grid[1]}")
+        raise ValueError(
+            f"X has {X.shape[1]} features, but the maps of layer {layer} have {n_filters}×{grid[0]}×"
+            f"{grid[1]} = {n_filters * grid[0] * grid[1]}"
+        )
     return X.reshape(X.shape[0], n_filters, *grid), True
 
 

@@ -34,8 +34,15 @@ from .models import ModelMethods
 from .payloads import ImageParts, image_files
 from .results import ResultMethods
 
-__all__ = ["DeconvAPIError", "DeconvClient", "ImageParts", "JobWaitTimeout", "TERMINAL_STATUSES", "describe_detail",
-           "image_files"]
+__all__ = [
+    "DeconvAPIError",
+    "DeconvClient",
+    "ImageParts",
+    "JobWaitTimeout",
+    "TERMINAL_STATUSES",
+    "describe_detail",
+    "image_files",
+]
 
 TERMINAL_STATUSES = TERMINAL
 """The job states that :meth:`DeconvClient.wait` stops at."""

@@ -27,8 +27,14 @@ class Connection:
         For tests (``httpx2.ASGITransport``, ``httpx2.MockTransport``).
     """
 
-    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 120.0,
-                 transport: httpx2.BaseTransport | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        transport: httpx2.BaseTransport | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
         headers = {"X-API-Key": api_key} if api_key else {}
         self._http = httpx2.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)

@@ -78,9 +78,11 @@ class JobWaitTimeout(TimeoutError):
 
     def __init__(self, job: dict[str, Any], timeout: float):
         p = job["progress"]
-        super().__init__(f"job {job['id']} is still {job['status']} after {timeout:g} s (layer {p['layer']}/"
-                         f"{p['n_layers']}, outer iteration {p['iteration']}/{p['n_iter']}); it goes on at the "
-                         "service")
+        super().__init__(
+            f"job {job['id']} is still {job['status']} after {timeout:g} s (layer {p['layer']}/"
+            f"{p['n_layers']}, outer iteration {p['iteration']}/{p['n_iter']}); it goes on at the "
+            "service"
+        )
         self.job = job
 
 

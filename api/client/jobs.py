@@ -88,8 +88,9 @@ class JobMethods(Connection):
         """
         return self._request("GET", f"/jobs/{job_id}").json()
 
-    def jobs(self, limit: int | None = None, status: str | None = None, *, page_size: int = 100
-             ) -> Iterator[dict[str, Any]]:
+    def jobs(
+        self, limit: int | None = None, status: str | None = None, *, page_size: int = 100
+    ) -> Iterator[dict[str, Any]]:
         """Every job, newest first, page after page (the requests are made as the generator is iterated).
 
         Parameters
@@ -133,8 +134,15 @@ class JobMethods(Connection):
         """
         return self._request("DELETE", f"/jobs/{job_id}").json()
 
-    def wait(self, job_id: str, *, poll: float = 0.5, timeout: float | None = None, max_poll: float = 5.0,
-             on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    def wait(
+        self,
+        job_id: str,
+        *,
+        poll: float = 0.5,
+        timeout: float | None = None,
+        max_poll: float = 5.0,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
         """Poll the job until it has succeeded, failed or been cancelled.
 
         Parameters

@@ -60,8 +60,15 @@ class ModelMethods(Connection):
         """
         return self._request("GET", f"/jobs/{job_id}/model").content
 
-    def encode(self, job_id: str, images: np.ndarray | ImageParts, *, layer: int | None = None,
-               max_iter: int = 200, method: str | None = None) -> np.ndarray:
+    def encode(
+        self,
+        job_id: str,
+        images: np.ndarray | ImageParts,
+        *,
+        layer: int | None = None,
+        max_iter: int = 200,
+        method: str | None = None,
+    ) -> np.ndarray:
         """Feature maps of new images with the job's filters.
 
         Parameters
@@ -87,8 +94,15 @@ class ModelMethods(Connection):
         body = self._encode(job_id, images, params(layer=layer, max_iter=max_iter, method=method))
         return load_npy(body)
 
-    def encode_layers(self, job_id: str, images: np.ndarray | ImageParts, *, layer: int | None = None,
-                      max_iter: int = 200, method: str | None = None) -> dict[str, np.ndarray]:
+    def encode_layers(
+        self,
+        job_id: str,
+        images: np.ndarray | ImageParts,
+        *,
+        layer: int | None = None,
+        max_iter: int = 200,
+        method: str | None = None,
+    ) -> dict[str, np.ndarray]:
         """As :meth:`encode`, the maps of every layer up to `layer` and the pooling switches.
 
         Parameters
@@ -106,9 +120,16 @@ class ModelMethods(Connection):
         body = self._encode(job_id, images, params(layer=layer, max_iter=max_iter, method=method, format="npz"))
         return load_npz(body)
 
-    def reconstruct(self, maps: np.ndarray, *, job_id: str | None = None, layer: int | None = None,
-                    filters: np.ndarray | None = None, boundary: str = "circular",
-                    switches: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+    def reconstruct(
+        self,
+        maps: np.ndarray,
+        *,
+        job_id: str | None = None,
+        layer: int | None = None,
+        filters: np.ndarray | None = None,
+        boundary: str = "circular",
+        switches: Mapping[str, np.ndarray] | None = None,
+    ) -> np.ndarray:
         """Images from feature maps, with a finished job's filters or given ones.
 
         Parameters
@@ -131,9 +152,16 @@ class ModelMethods(Connection):
         """
         return load_npy(self._reconstruct(maps, job_id, layer, filters, boundary, "npy", switches))
 
-    def reconstruct_png(self, maps: np.ndarray, *, job_id: str | None = None, layer: int | None = None,
-                        filters: np.ndarray | None = None, boundary: str = "circular",
-                        switches: Mapping[str, np.ndarray] | None = None) -> bytes:
+    def reconstruct_png(
+        self,
+        maps: np.ndarray,
+        *,
+        job_id: str | None = None,
+        layer: int | None = None,
+        filters: np.ndarray | None = None,
+        boundary: str = "circular",
+        switches: Mapping[str, np.ndarray] | None = None,
+    ) -> bytes:
         """As :meth:`reconstruct`, the images as one picture.
 
         Parameters
@@ -155,8 +183,16 @@ class ModelMethods(Connection):
             files = file_parts("files", images)
         return self._request("POST", f"/models/{job_id}/encode", params=query, files=files).content
 
-    def _reconstruct(self, maps: np.ndarray, job_id: str | None, layer: int | None, filters: np.ndarray | None,
-                     boundary: str, format: str, switches: Mapping[str, np.ndarray] | None) -> bytes:  # noqa: A002
+    def _reconstruct(
+        self,
+        maps: np.ndarray,
+        job_id: str | None,
+        layer: int | None,
+        filters: np.ndarray | None,
+        boundary: str,
+        format: str,
+        switches: Mapping[str, np.ndarray] | None,
+    ) -> bytes:  # noqa: A002
         files = [("maps", ("maps.npy", npy_bytes(maps), _NPY))]
         if filters is not None:
             files.append(("filters", ("filters.npy", npy_bytes(filters), _NPY)))

@@ -55,8 +55,10 @@ def file_parts(field: str, images: ImageParts) -> list[tuple[str, tuple[str, byt
     list of (field, (name, bytes, media type))
     """
     if isinstance(images, str | os.PathLike | tuple):
-        raise TypeError("images must be a sequence of paths or (name, bytes) parts, got a single "
-                        f"{type(images).__name__}; wrap it in a list")
+        raise TypeError(
+            "images must be a sequence of paths or (name, bytes) parts, got a single "
+            f"{type(images).__name__}; wrap it in a list"
+        )
     parts = []
     for item in images:
         if isinstance(item, tuple):

@@ -181,8 +181,11 @@ class ResultMethods(Connection):
         """
         listed = {a["name"]: a for a in self.artifacts(job_id)}
         if name not in listed:
-            raise DeconvAPIError(404, None, f"HTTP 404: job {job_id} has no artifact {name!r} (it has "
-                                 f"{', '.join(sorted(listed)) or 'none'})")
+            raise DeconvAPIError(
+                404,
+                None,
+                f"HTTP 404: job {job_id} has no artifact {name!r} (it has {', '.join(sorted(listed)) or 'none'})",
+            )
         target = Path(path)
         if target.is_dir():
             target = target / name
@@ -195,8 +198,12 @@ class ResultMethods(Connection):
                     digest.update(chunk)
                     handle.write(chunk)
             if digest.hexdigest() != listed[name]["sha256"]:
-                raise DeconvAPIError(None, None, f"artifact {name!r} of job {job_id} arrived damaged: sha256 "
-                                     f"{digest.hexdigest()}, the service lists {listed[name]['sha256']}")
+                raise DeconvAPIError(
+                    None,
+                    None,
+                    f"artifact {name!r} of job {job_id} arrived damaged: sha256 "
+                    f"{digest.hexdigest()}, the service lists {listed[name]['sha256']}",
+                )
             os.chmod(handle.name, 0o644)
             os.replace(handle.name, target)
         except BaseException:

@@ -13,6 +13,23 @@ from .jobs import cancel, describe_job, follow, load_spec_file, progress_bar, st
 from .output import UsageError, result, say, write_file
 from .results import encode, filters, load_array, load_arrays, model, reconstruct
 
-__all__ = ["UsageError", "cancel", "describe_job", "encode", "filters", "follow", "load_array", "load_arrays",
-           "load_spec_file", "model", "progress_bar", "reconstruct", "result", "say", "status", "submit", "wait",
-           "write_file"]
+__all__ = [
+    "UsageError",
+    "cancel",
+    "describe_job",
+    "encode",
+    "filters",
+    "follow",
+    "load_array",
+    "load_arrays",
+    "load_spec_file",
+    "model",
+    "progress_bar",
+    "reconstruct",
+    "result",
+    "say",
+    "status",
+    "submit",
+    "wait",
+    "write_file",
+]

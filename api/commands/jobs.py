@@ -17,6 +17,7 @@ from .output import UsageError, result, say
 
 # -- submit ------------------------------------------------------------------------------------------------------
 
+
 def submit(args: argparse.Namespace, client: DeconvClient) -> int:
     """Upload the job file's images (unless ``--dataset``), submit, print the job id; ``--wait`` follows it.
 
@@ -99,6 +100,7 @@ def load_spec_file(path: Path, *, dataset_id: str | None, workers: int | None) -
 
 # -- status, wait, cancel ----------------------------------------------------------------------------------------
 
+
 def status(args: argparse.Namespace, client: DeconvClient) -> int:
     """One job in detail, or a table of jobs (newest first).
 
@@ -144,10 +146,13 @@ def describe_job(job: dict[str, Any]) -> str:
     str
     """
     p = job["progress"]
-    lines = [f"job        {job['id']}", f"status     {job['status']}" + (" (cancel requested)" if
-                                                                        job["cancel_requested"] and job["status"] ==
-                                                                        "running" else ""),
-             f"dataset    {job['dataset_id']}", f"progress   {_progress_text(job)}"]
+    lines = [
+        f"job        {job['id']}",
+        f"status     {job['status']}"
+        + (" (cancel requested)" if job["cancel_requested"] and job["status"] == "running" else ""),
+        f"dataset    {job['dataset_id']}",
+        f"progress   {_progress_text(job)}",
+    ]
     if p["objective"] is not None:
         sparsity = "" if p["sparsity"] is None else f", non-zero maps {p['sparsity']:.4f}"
         elapsed = "" if p["elapsed"] is None else f", {p['elapsed']:.1f} s"
@@ -162,8 +167,10 @@ def describe_job(job: dict[str, Any]) -> str:
 
 def _progress_text(job: dict[str, Any]) -> str:
     p = job["progress"]
-    return f"layer {max(p['layer'], 1)}/{p['n_layers']}, iteration {p['iteration']}/{p['n_iter']} " \
-           f"({100 * p['fraction']:.0f}%)"
+    return (
+        f"layer {max(p['layer'], 1)}/{p['n_layers']}, iteration {p['iteration']}/{p['n_iter']} "
+        f"({100 * p['fraction']:.0f}%)"
+    )
 
 
 def _objective_text(job: dict[str, Any]) -> str:
@@ -251,8 +258,10 @@ def progress_bar(*, disable: bool = False) -> Iterator[Callable[[dict[str, Any]]
             p = job["progress"]
             bar.total = p["total_steps"]
             bar.n = p["step"]
-            bar.set_description(job["status"] if p["n_layers"] == 1 else f"{job['status']} L{max(p['layer'], 1)}/"
-                                f"{p['n_layers']}", refresh=False)
+            bar.set_description(
+                job["status"] if p["n_layers"] == 1 else f"{job['status']} L{max(p['layer'], 1)}/{p['n_layers']}",
+                refresh=False,
+            )
             if p["objective"] is not None:
                 bar.set_postfix(E=f"{p['objective']:.5g}", refresh=False)
             bar.refresh()

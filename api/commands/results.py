@@ -78,8 +78,9 @@ def encode(args: argparse.Namespace, client: DeconvClient) -> int:
     if missing:
         raise UsageError(f"no such image file or folder: {', '.join(missing)}")
     try:
-        code = client.encode_layers(args.job, list(args.images), layer=args.layer, max_iter=args.max_iter,
-                                    method=args.method)
+        code = client.encode_layers(
+            args.job, list(args.images), layer=args.layer, max_iter=args.max_iter, method=args.method
+        )
     except (ValueError, OSError) as exc:
         raise UsageError(f"images: {exc}") from None
     top = max(int(name[1:]) for name in code if name.startswith("L"))

@@ -19,9 +19,11 @@ router = APIRouter(tags=["datasets"], dependencies=guarded)
 
 
 @router.post("/datasets", response_model=DatasetOut, status_code=201)
-def upload_dataset(files: Annotated[list[UploadFile], File(description="PNG, JPEG, TIFF or NPY files, "
-                                                                       "or one zip or npz")],
-                   settings: SettingsDep, store: StoreDep) -> DatasetOut:
+def upload_dataset(
+    files: Annotated[list[UploadFile], File(description="PNG, JPEG, TIFF or NPY files, or one zip or npz")],
+    settings: SettingsDep,
+    store: StoreDep,
+) -> DatasetOut:
     images = read_uploads(files, "files", settings)
     record = store.add_dataset([(im.name, im.array) for im in images])
     return DatasetOut.of(record)

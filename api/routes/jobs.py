@@ -21,22 +21,34 @@ router = APIRouter(tags=["jobs"], dependencies=guarded)
 
 
 @router.post("/jobs", response_model=JobOut, status_code=202)
-def submit_job(spec: JobSpec, response: Response, settings: SettingsDep, store: StoreDep, runner: RunnerDep,
-               idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobOut:
+def submit_job(
+    spec: JobSpec,
+    response: Response,
+    settings: SettingsDep,
+    store: StoreDep,
+    runner: RunnerDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JobOut:
     dataset = store.get_dataset(spec.dataset_id)
     if dataset is None:
-        raise field_error(["body", "dataset_id"], f"no dataset {spec.dataset_id!r}; upload one with "
-                          "POST /datasets", spec.dataset_id)
+        raise field_error(
+            ["body", "dataset_id"], f"no dataset {spec.dataset_id!r}; upload one with POST /datasets", spec.dataset_id
+        )
     try:
-        check_against_dataset(spec, dataset, max_filters=settings.max_filters_per_layer,
-                              max_maps_bytes=settings.max_job_maps_bytes)
+        check_against_dataset(
+            spec, dataset, max_filters=settings.max_filters_per_layer, max_maps_bytes=settings.max_job_maps_bytes
+        )
     except SpecError as exc:
-        raise field_error(["body", *(int(p) if p.isdigit() else p for p in exc.field.split("."))],
-                          exc.message, exc.value) from None
+        raise field_error(
+            ["body", *(int(p) if p.isdigit() else p for p in exc.field.split("."))], exc.message, exc.value
+        ) from None
     try:
-        job, created = store.submit(spec.model_dump(mode="json"), n_layers=len(spec.layers),
-                                    n_iter=[layer.n_iter or spec.n_iter for layer in spec.layers],
-                                    idempotency_key=idempotency_key)
+        job, created = store.submit(
+            spec.model_dump(mode="json"),
+            n_layers=len(spec.layers),
+            n_iter=[layer.n_iter or spec.n_iter for layer in spec.layers],
+            idempotency_key=idempotency_key,
+        )
     except ValueError as exc:  # the key was used before for another spec
         raise field_error(["header", "Idempotency-Key"], str(exc), idempotency_key, status=409) from None
     if created:
@@ -46,9 +58,12 @@ def submit_job(spec: JobSpec, response: Response, settings: SettingsDep, store: 
 
 
 @router.get("/jobs", response_model=JobList)
-def list_jobs(store: StoreDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
-              cursor: Annotated[str | None, Query(max_length=100)] = None,
-              status: Annotated[JobStatus | None, Query()] = None) -> JobList:
+def list_jobs(
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+    status: Annotated[JobStatus | None, Query()] = None,
+) -> JobList:
     try:
         jobs, next_cursor = store.list_jobs(limit=limit, cursor=cursor, status=status)
     except ValueError as exc:
@@ -61,9 +76,14 @@ def get_job(job_id: JobId, store: StoreDep) -> JobOut:
     return JobOut.of(job_or_404(store, job_id))
 
 
-@router.delete("/jobs/{job_id}", response_model=JobOut,
-               responses={202: {"description": "cancel requested: the job stops after its current iteration"},
-                          409: {"description": "the job has already succeeded or failed"}})
+@router.delete(
+    "/jobs/{job_id}",
+    response_model=JobOut,
+    responses={
+        202: {"description": "cancel requested: the job stops after its current iteration"},
+        409: {"description": "the job has already succeeded or failed"},
+    },
+)
 def cancel_job(job_id: JobId, response: Response, store: StoreDep) -> JobOut:
     job = job_or_404(store, job_id)
     if job.status in ("succeeded", "failed"):
@@ -80,5 +100,10 @@ so that it only catches what none of them matched."""
 
 @unknown.api_route("/jobs/{rest:path}", methods=["GET", "DELETE"], include_in_schema=False)
 def not_a_job(rest: str) -> None:
-    raise field_error(["path", "job_id"], "no such job resource: a job id is 32 lowercase hex digits, "
-                      "followed by nothing or one of the documented sub-resources", rest, status=404)
+    raise field_error(
+        ["path", "job_id"],
+        "no such job resource: a job id is 32 lowercase hex digits, "
+        "followed by nothing or one of the documented sub-resources",
+        rest,
+        status=404,
+    )

@@ -32,21 +32,35 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["models"], dependencies=guarded)
 
 
-@router.post("/models/{job_id}/encode",
-             responses={200: {"content": {NPY: {}, NPZ: {}},
-                              "description": "npy: (N, K, H', W') maps of `layer`; npz: 'L1', 'L2', ... up to it, "
-                                             "and 'S1', ... the int32 switches of the layers that pool"}})
-def encode_images(job_id: JobId, files: Annotated[list[UploadFile], File()], settings: SettingsDep,
-                  store: StoreDep, layer: Annotated[int | None, Query(ge=1)] = None,
-                  max_iter: Annotated[int, Query(ge=1, le=5000)] = 200,
-                  method: Annotated[Literal["admm", "fista", "zeiler"] | None, Query()] = None,
-                  format: Annotated[Literal["npy", "npz"], Query()] = "npy") -> Response:  # noqa: A002
+@router.post(
+    "/models/{job_id}/encode",
+    responses={
+        200: {
+            "content": {NPY: {}, NPZ: {}},
+            "description": "npy: (N, K, H', W') maps of `layer`; npz: 'L1', 'L2', ... up to it, "
+            "and 'S1', ... the int32 switches of the layers that pool",
+        }
+    },
+)
+def encode_images(
+    job_id: JobId,
+    files: Annotated[list[UploadFile], File()],
+    settings: SettingsDep,
+    store: StoreDep,
+    layer: Annotated[int | None, Query(ge=1)] = None,
+    max_iter: Annotated[int, Query(ge=1, le=5000)] = 200,
+    method: Annotated[Literal["admm", "fista", "zeiler"] | None, Query()] = None,
+    format: Annotated[Literal["npy", "npz"], Query()] = "npy",
+) -> Response:  # noqa: A002
     job, model = _model_of(store, job_id)
     layer = check_layer(job, layer)
     images = read_uploads(files, "files", settings)
     if len(images) > settings.max_encode_images:
-        raise field_error(["body", "files"], f"{len(images)} images, more than the limit "
-                          f"{settings.max_encode_images} per encode request", len(images))
+        raise field_error(
+            ["body", "files"],
+            f"{len(images)} images, more than the limit {settings.max_encode_images} per encode request",
+            len(images),
+        )
     shapes = {im.array.shape for im in images}
     if len(shapes) > 1:
         raise field_error(["body", "files"], f"the images must share one shape, got {sorted(shapes)}")
@@ -67,18 +81,26 @@ def encode_images(job_id: JobId, files: Annotated[list[UploadFile], File()], set
     return Response(buffer.getvalue(), media_type=NPZ)
 
 
-@router.post("/reconstruct",
-             responses={200: {"content": {NPY: {}, PNG: {}}, "description": "(N, C, H, W) float32 images"}})
-def reconstruct_images(maps: Annotated[UploadFile, File(description="npy (N, K, H', W') or (K, H', W')")],
-                       settings: SettingsDep, store: StoreDep,
-                       job_id: Annotated[str | None, Form(pattern=ID_PATTERN)] = None,
-                       layer: Annotated[int | None, Form(ge=1)] = None,
-                       filters: Annotated[UploadFile | None, File(description="npy (K, C, s, s)")] = None,
-                       boundary: Annotated[Boundary, Form()] = "circular",
-                       switches: Annotated[UploadFile | None, File(
-                           description="the npz /models/{id}/encode?format=npz returned ('S<j>' and 'L<j>' "
-                           "arrays): needed when a layer below `layer` pools")] = None,
-                       format: Annotated[Literal["npy", "png"], Query()] = "npy") -> Response:  # noqa: A002
+@router.post(
+    "/reconstruct", responses={200: {"content": {NPY: {}, PNG: {}}, "description": "(N, C, H, W) float32 images"}}
+)
+def reconstruct_images(
+    maps: Annotated[UploadFile, File(description="npy (N, K, H', W') or (K, H', W')")],
+    settings: SettingsDep,
+    store: StoreDep,
+    job_id: Annotated[str | None, Form(pattern=ID_PATTERN)] = None,
+    layer: Annotated[int | None, Form(ge=1)] = None,
+    filters: Annotated[UploadFile | None, File(description="npy (K, C, s, s)")] = None,
+    boundary: Annotated[Boundary, Form()] = "circular",
+    switches: Annotated[
+        UploadFile | None,
+        File(
+            description="the npz /models/{id}/encode?format=npz returned ('S<j>' and 'L<j>' "
+            "arrays): needed when a layer below `layer` pools"
+        ),
+    ] = None,
+    format: Annotated[Literal["npy", "png"], Query()] = "npy",
+) -> Response:  # noqa: A002
     z = read_array(maps, "maps", settings)
     if z.ndim == 3:
         z = z[None]
@@ -112,14 +134,18 @@ def _model_of(store: JobStore, job_id: str) -> tuple[JobRecord, JobModel]:
         raise HTTPException(500, f"the model of job {job_id} cannot be read from the store") from None
 
 
-def _project_with_job(store: JobStore, settings: Settings, job_id: str, layer: int | None, z: np.ndarray,
-                      switches: UploadFile | None) -> np.ndarray:
+def _project_with_job(
+    store: JobStore, settings: Settings, job_id: str, layer: int | None, z: np.ndarray, switches: UploadFile | None
+) -> np.ndarray:
     """Maps `z` of `layer` of job `job_id` projected down to images, unpooling with the uploaded `switches`."""
     job, model = _model_of(store, job_id)
     top = check_layer(job, layer, where="body")  # a form field here
     if z.shape[1] != model.layers[top - 1].n_filters:
-        raise field_error(["body", "maps"], f"maps have K = {z.shape[1]} but layer {top} of job "
-                          f"{job_id} has {model.layers[top - 1].n_filters} filters", list(z.shape))
+        raise field_error(
+            ["body", "maps"],
+            f"maps have K = {z.shape[1]} but layer {top} of job {job_id} has {model.layers[top - 1].n_filters} filters",
+            list(z.shape),
+        )
     unpool: dict = {}
     if model.stack.pools_below(top):
         unpool = _unpooling(model, top, z, switches, settings)
@@ -132,18 +158,23 @@ def _check_channels(model: JobModel, batch: np.ndarray) -> None:
     grey = first.preprocess is not None and first.preprocess.config.grey
     expected = first.n_channels
     if c != expected and not (grey and c == 3 and expected == 1):
-        raise field_error(["body", "files"], f"images have {c} channel(s) but the model's filters have {expected}",
-                          list(batch.shape))
+        raise field_error(
+            ["body", "files"], f"images have {c} channel(s) but the model's filters have {expected}", list(batch.shape)
+        )
 
 
-def _unpooling(model: JobModel, top: int, z: np.ndarray, upload: UploadFile | None,
-               settings: Settings) -> dict[str, list]:
+def _unpooling(
+    model: JobModel, top: int, z: np.ndarray, upload: UploadFile | None, settings: Settings
+) -> dict[str, list]:
     """The `switches` and `map_shapes` of :meth:`JobModel.project` for maps `z` of layer `top`, from the npz that
     ``/models/{id}/encode?format=npz`` returns: ``S<j>`` and ``L<j>`` of every pooling layer j below `top` (the
     switches are flat indices into layer j's maps, so their shape is needed exactly)."""
     if upload is None:
-        raise field_error(["body", "switches"], f"layer {top} sits above a pooling layer: send the switches "
-                          "('S1', ...) that /models/{id}/encode?format=npz returned with these maps")
+        raise field_error(
+            ["body", "switches"],
+            f"layer {top} sits above a pooling layer: send the switches "
+            "('S1', ...) that /models/{id}/encode?format=npz returned with these maps",
+        )
     arrays = read_members(upload, "switches", settings)
     switches, shapes = [], []
     n_images = z.shape[0]
@@ -154,13 +185,19 @@ def _unpooling(model: JobModel, top: int, z: np.ndarray, upload: UploadFile | No
             continue
         sw = arrays.get(f"S{j}")
         if sw is None or sw.dtype.kind not in "iu" or sw.ndim != 4 or sw.shape[0] != n_images:
-            raise field_error(["body", "switches"], f"the npz needs an integer array 'S{j}' of shape (N={n_images}, "
-                              f"Kb, Hb, Wb) for pooling layer {j}, got {None if sw is None else list(sw.shape)}")
+            raise field_error(
+                ["body", "switches"],
+                f"the npz needs an integer array 'S{j}' of shape (N={n_images}, "
+                f"Kb, Hb, Wb) for pooling layer {j}, got {None if sw is None else list(sw.shape)}",
+            )
         maps_j = arrays.get(f"L{j}")  # the switches are flat indices into these maps: their exact shape matters
         if maps_j is None or maps_j.ndim != 4 or maps_j.shape[:2] != (n_images, layer.n_filters):
-            raise field_error(["body", "switches"], f"the npz needs the maps 'L{j}' (N={n_images}, "
-                              f"K={layer.n_filters}, H', W') of pooling layer {j} beside 'S{j}', got "
-                              f"{None if maps_j is None else list(maps_j.shape)}")
+            raise field_error(
+                ["body", "switches"],
+                f"the npz needs the maps 'L{j}' (N={n_images}, "
+                f"K={layer.n_filters}, H', W') of pooling layer {j} beside 'S{j}', got "
+                f"{None if maps_j is None else list(maps_j.shape)}",
+            )
         switches.append(sw.astype(np.int64, copy=False))
         shapes.append(tuple(maps_j.shape))
     return {"switches": switches, "map_shapes": shapes}

@@ -25,34 +25,48 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["results"], dependencies=guarded)
 
 
-@router.get("/jobs/{job_id}/filters",
-            responses={200: {"content": {NPY: {}, PNG: {}}, "description": "(K, C, s, s) float32, or a montage"}})
-def get_filters(request: Request, job_id: JobId, store: StoreDep, layer: Annotated[int | None, Query(ge=1)] = None,
-                format: Annotated[Literal["npy", "png"], Query()] = "npy") -> Response:  # noqa: A002
+@router.get(
+    "/jobs/{job_id}/filters",
+    responses={200: {"content": {NPY: {}, PNG: {}}, "description": "(K, C, s, s) float32, or a montage"}},
+)
+def get_filters(
+    request: Request,
+    job_id: JobId,
+    store: StoreDep,
+    layer: Annotated[int | None, Query(ge=1)] = None,
+    format: Annotated[Literal["npy", "png"], Query()] = "npy",
+) -> Response:  # noqa: A002
     layer = check_layer(succeeded_job(store, job_id, "filters"), layer)
     return artifact_response(request, store, job_id, f"filters-L{layer}.{format}")
 
 
-@router.get("/jobs/{job_id}/maps",
-            responses={200: {"content": {NPZ: {}}, "description": "one (K, H', W') array per image"}})
-def get_maps(request: Request, job_id: JobId, store: StoreDep,
-             layer: Annotated[int | None, Query(ge=1)] = None) -> Response:
+@router.get(
+    "/jobs/{job_id}/maps", responses={200: {"content": {NPZ: {}}, "description": "one (K, H', W') array per image"}}
+)
+def get_maps(
+    request: Request, job_id: JobId, store: StoreDep, layer: Annotated[int | None, Query(ge=1)] = None
+) -> Response:
     layer = check_layer(succeeded_job(store, job_id, "maps"), layer)
     return artifact_response(request, store, job_id, f"maps-L{layer}.npz")
 
 
-@router.get("/jobs/{job_id}/reconstructions",
-            responses={200: {"content": {NPY: {}, PNG: {}}, "description": "(N, C, H, W) float32, or inputs "
-                                                                          "beside reconstructions"}})
-def get_reconstructions(request: Request, job_id: JobId, store: StoreDep,
-                        format: Annotated[Literal["npy", "png"], Query()] = "npy") -> Response:  # noqa: A002
+@router.get(
+    "/jobs/{job_id}/reconstructions",
+    responses={
+        200: {"content": {NPY: {}, PNG: {}}, "description": "(N, C, H, W) float32, or inputs beside reconstructions"}
+    },
+)
+def get_reconstructions(
+    request: Request, job_id: JobId, store: StoreDep, format: Annotated[Literal["npy", "png"], Query()] = "npy"
+) -> Response:  # noqa: A002
     succeeded_job(store, job_id, "reconstructions")
     return artifact_response(request, store, job_id, f"reconstructions.{format}")
 
 
 @router.get("/jobs/{job_id}/history", responses={200: {"content": {"application/json": {}, PNG: {}}}})
-def get_history(job_id: JobId, store: StoreDep,
-                format: Annotated[Literal["json", "png"], Query()] = "json") -> Response:  # noqa: A002
+def get_history(
+    job_id: JobId, store: StoreDep, format: Annotated[Literal["json", "png"], Query()] = "json"
+) -> Response:  # noqa: A002
     job_or_404(store, job_id)
     history = store.history(job_id)  # readable while the job runs
     if format == "json":
@@ -65,13 +79,25 @@ def get_history(job_id: JobId, store: StoreDep,
 @router.get("/jobs/{job_id}/artifacts", response_model=list[ArtifactOut])
 def list_artifacts(job_id: JobId, store: StoreDep) -> list[ArtifactOut]:
     job_or_404(store, job_id)
-    return [ArtifactOut(name=a.name, sha256=a.key[:64], size=a.size, media_type=a.media_type,
-                        url=f"/jobs/{job_id}/artifacts/{a.name}") for a in store.list_artifacts(job_id)]
+    return [
+        ArtifactOut(
+            name=a.name,
+            sha256=a.key[:64],
+            size=a.size,
+            media_type=a.media_type,
+            url=f"/jobs/{job_id}/artifacts/{a.name}",
+        )
+        for a in store.list_artifacts(job_id)
+    ]
 
 
 @router.get("/jobs/{job_id}/artifacts/{name}")
-def get_artifact(request: Request, job_id: JobId, store: StoreDep,
-                 name: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")]) -> Response:
+def get_artifact(
+    request: Request,
+    job_id: JobId,
+    store: StoreDep,
+    name: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")],
+) -> Response:
     job_or_404(store, job_id)
     return artifact_response(request, store, job_id, name)
 
@@ -95,8 +121,11 @@ def artifact_response(request: Request, store: JobStore, job_id: str, name: str)
     if record is None:
         raise HTTPException(404, f"job {job_id} has no artifact {name!r}")
     etag = f'"{record.key[:64]}"'
-    headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable",
-               "Content-Disposition": f'attachment; filename="{job_id}-{name}"'}
+    headers = {
+        "ETag": etag,
+        "Cache-Control": "private, max-age=31536000, immutable",
+        "Content-Disposition": f'attachment; filename="{job_id}-{name}"',
+    }
     if _etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     try:

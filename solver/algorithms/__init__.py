@@ -9,8 +9,7 @@ from .base import InferenceResult, run
 from .fista import Fista, FistaState
 from .zeiler import Zeiler, ZeilerState
 
-__all__ = ["Admm", "AdmmState", "Fista", "FistaState", "InferenceResult", "Zeiler", "ZeilerState", "run",
-           "make_solver"]
+__all__ = ["Admm", "AdmmState", "Fista", "FistaState", "InferenceResult", "Zeiler", "ZeilerState", "run", "make_solver"]
 
 
 def make_solver(problem, config):

@@ -112,8 +112,12 @@ class Admm(SolverBase):
         # numba on the CPU, CUDA on the GPU: the same functions with the same signatures
         self._kernels = kernels if problem.backend.name == "numpy" else gpu_kernels
         self._fused = (
-            self.config.fused and not self._masked and self._kernels.available()
-            and op.n_channels == 1 and problem.p == 1.0 and problem.images.dtype in (np.float32, np.float64)
+            self.config.fused
+            and not self._masked
+            and self._kernels.available()
+            and op.n_channels == 1
+            and problem.p == 1.0
+            and problem.images.dtype in (np.float32, np.float64)
         )
         # the fused path writes an iterate into the arrays of a state given up (step's `out`): base.run then
         # recycles its states instead of allocating every iteration
@@ -159,8 +163,9 @@ class Admm(SolverBase):
         else:
             carry_hat = maps_hat
         solve_hat, carry_hat, data = self._fourier(maps_hat, carry_hat, np.ones(n), rho, t_out=carry_hat)
-        return AdmmState(maps, dual, rho, data + pb.regulariser(maps), inf, inf, solve_hat=solve_hat,
-                         carry_hat=carry_hat)
+        return AdmmState(
+            maps, dual, rho, data + pb.regulariser(maps), inf, inf, solve_hat=solve_hat, carry_hat=carry_hat
+        )
 
     def _init_masked(self, maps: Array, dual: Array, rho: np.ndarray, warm: AdmmWarmStart | None) -> AdmmState:
         pb = self.problem
@@ -175,9 +180,20 @@ class Admm(SolverBase):
         else:
             aux_dual = xp.zeros((n, op.n_channels) + op.map_shape, dtype=maps.dtype)
         inf = np.full(n, np.inf)
-        return AdmmState(maps, dual, rho, data + pb.regulariser(maps), inf, inf, maps_hat=maps_hat,
-                         dual_hat=op.rfft(dual), aux=op.irfft(aux_hat), aux_hat=aux_hat, aux_dual=aux_dual,
-                         aux_dual_hat=op.rfft(aux_dual))
+        return AdmmState(
+            maps,
+            dual,
+            rho,
+            data + pb.regulariser(maps),
+            inf,
+            inf,
+            maps_hat=maps_hat,
+            dual_hat=op.rfft(dual),
+            aux=op.irfft(aux_hat),
+            aux_hat=aux_hat,
+            aux_dual=aux_dual,
+            aux_dual_hat=op.rfft(aux_dual),
+        )
 
     # ---- one iteration ---------------------------------------------------------------------------------------
 
@@ -213,20 +229,28 @@ class Admm(SolverBase):
                 rho, dual_scale = rho * scale, 1.0 / scale
                 dual *= self._per_image(dual_scale, dual)  # made by this iteration, or `out`'s
         # ẑ is needed by this pass only: without `out`, the next carry takes its place
-        solve_hat, carry_hat, data = self._fourier(maps_hat, s.carry_hat, dual_scale, rho,
-                                                   x_out=None if out is None else out.solve_hat,
-                                                   t_out=maps_hat if out is None else out.carry_hat)
-        return AdmmState(maps, dual, rho, data + sparsity, primal, dual_r, it, at, solve_hat=solve_hat,
-                         carry_hat=carry_hat)
+        solve_hat, carry_hat, data = self._fourier(
+            maps_hat,
+            s.carry_hat,
+            dual_scale,
+            rho,
+            x_out=None if out is None else out.solve_hat,
+            t_out=maps_hat if out is None else out.carry_hat,
+        )
+        return AdmmState(
+            maps, dual, rho, data + sparsity, primal, dual_r, it, at, solve_hat=solve_hat, carry_hat=carry_hat
+        )
 
     def _irfft(self, a_hat: Array, *, overwrite: bool) -> Array:
         if self._fused:
-            return self._kernels.irfft2(a_hat, self.problem.op.map_shape, self.problem.backend.workers,
-                                        overwrite=overwrite)
+            return self._kernels.irfft2(
+                a_hat, self.problem.op.map_shape, self.problem.backend.workers, overwrite=overwrite
+            )
         return self.problem.op.irfft(a_hat)
 
-    def _shrink(self, x: Array, s: AdmmState, due: bool, out: AdmmState | None
-                ) -> tuple[Array, Array, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    def _shrink(
+        self, x: Array, s: AdmmState, due: bool, out: AdmmState | None
+    ) -> tuple[Array, Array, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
         """z, u, the sparsity term λ‖z‖ₚᵖ per image, and the relative (primal, dual) residuals when `due`."""
         pb = self.problem
         a = self.config.relax
@@ -235,8 +259,16 @@ class Admm(SolverBase):
             flat = (N, K, -1)
             z_out = None if out is None else out.maps.reshape(flat)
             u_out = None if out is None else out.dual.reshape(flat)
-            maps, dual, sums = self._kernels.admm_spatial(x.reshape(flat), s.maps.reshape(flat), s.dual.reshape(flat),
-                                                          a, pb.lam / s.rho, residuals=due, z_out=z_out, u_out=u_out)
+            maps, dual, sums = self._kernels.admm_spatial(
+                x.reshape(flat),
+                s.maps.reshape(flat),
+                s.dual.reshape(flat),
+                a,
+                pb.lam / s.rho,
+                residuals=due,
+                z_out=z_out,
+                u_out=u_out,
+            )
             maps, dual, sparsity = maps.reshape(s.maps.shape), dual.reshape(s.maps.shape), pb.lam * sums[:, 5]
             if not due:
                 return maps, dual, sparsity, None
@@ -251,8 +283,16 @@ class Admm(SolverBase):
         primal = _ratio(_norms(x - maps), np.maximum(_norms(x), _norms(maps)))
         return maps, dual, sparsity, (primal, _ratio(_norms(maps - s.maps), _norms(dual)))
 
-    def _fourier(self, maps_hat: Array, carry_hat: Array, dual_scale: np.ndarray, rho: np.ndarray, *,
-                 x_out: Array | None = None, t_out: Array | None = None) -> tuple[Array, Array, np.ndarray]:
+    def _fourier(
+        self,
+        maps_hat: Array,
+        carry_hat: Array,
+        dual_scale: np.ndarray,
+        rho: np.ndarray,
+        *,
+        x_out: Array | None = None,
+        t_out: Array | None = None,
+    ) -> tuple[Array, Array, np.ndarray]:
         """From ẑ and û = dual_scale·(carry − ẑ): the next x̂ (penalty ρ), the next carry, and the data term.
         The fused path writes them into `x_out` and `t_out` when given (`t_out` may be `maps_hat` or
         `carry_hat`, which are then overwritten)."""
@@ -262,9 +302,17 @@ class Admm(SolverBase):
             flat = (N, K, U * V)
             inv = self.problem.backend.xp.broadcast_to(factor.inverse.reshape(-1, U * V), (N, U * V))
             solve_hat, carry_hat, twice_data = self._kernels.admm_fourier(
-                maps_hat.reshape(flat), carry_hat.reshape(flat), dual_scale, self._a, self._y_hat, self._w, inv,
-                self.config.relax, x_out=None if x_out is None else x_out.reshape(flat),
-                t_out=None if t_out is None else t_out.reshape(flat))
+                maps_hat.reshape(flat),
+                carry_hat.reshape(flat),
+                dual_scale,
+                self._a,
+                self._y_hat,
+                self._w,
+                inv,
+                self.config.relax,
+                x_out=None if x_out is None else x_out.reshape(flat),
+                t_out=None if t_out is None else t_out.reshape(flat),
+            )
             return solve_hat.reshape(maps_hat.shape), carry_hat.reshape(maps_hat.shape), 0.5 * twice_data
         pb = self.problem
         a = self.config.relax
@@ -298,9 +346,22 @@ class Admm(SolverBase):
         _, data = pb.residual(maps_hat)
         E = data + pb.regulariser(maps)
         it = s.iteration + 1
-        new = AdmmState(maps, dual, s.rho, E, s.primal_residual, s.dual_residual, it, s.residual_iteration,
-                        maps_hat=maps_hat, dual_hat=dual_hat, aux=aux, aux_hat=aux_hat, aux_dual=aux_dual,
-                        aux_dual_hat=aux_dual_hat)
+        new = AdmmState(
+            maps,
+            dual,
+            s.rho,
+            E,
+            s.primal_residual,
+            s.dual_residual,
+            it,
+            s.residual_iteration,
+            maps_hat=maps_hat,
+            dual_hat=dual_hat,
+            aux=aux,
+            aux_hat=aux_hat,
+            aux_dual=aux_dual,
+            aux_dual_hat=aux_dual_hat,
+        )
         if not self._residuals_due(it):
             return new
         primal = _ratio(_norms(dx - aux, x - maps), np.maximum(_norms(dx, x), _norms(aux, maps)))
@@ -310,8 +371,14 @@ class Admm(SolverBase):
         if scale is None:
             return new
         inv_dual, inv_hat = self._per_image(1.0 / scale, dual), self._per_image(1.0 / scale, dual_hat)
-        return replace(new, rho=new.rho * scale, dual=dual * inv_dual, dual_hat=dual_hat * inv_hat,
-                       aux_dual=aux_dual * inv_dual, aux_dual_hat=aux_dual_hat * inv_hat)
+        return replace(
+            new,
+            rho=new.rho * scale,
+            dual=dual * inv_dual,
+            dual_hat=dual_hat * inv_hat,
+            aux_dual=aux_dual * inv_dual,
+            aux_dual_hat=aux_dual_hat * inv_hat,
+        )
 
     def _rho_scale(self, r: np.ndarray, d: np.ndarray) -> np.ndarray | None:
         """Residual balancing per image (Wohlberg 2015): when the relative primal and dual residuals r and d

@@ -49,7 +49,11 @@ class FilterProblem:
     ):
         self.images = images
         self.op = FilterOperator(
-            maps, images.shape[-2:], filter_size, boundary=boundary, connectivity=connectivity,
+            maps,
+            images.shape[-2:],
+            filter_size,
+            boundary=boundary,
+            connectivity=connectivity,
             n_channels=images.shape[1],
         )
         self.backend = self.op.backend

@@ -233,8 +233,17 @@ class PixelCodingProblem:
         Layer l's own pooling (the block constraint).
     """
 
-    def __init__(self, images: Array, op: ConvOperator, path: PixelPath, penalty: LpPenalty, pool: Pool | None,
-                 *, power_start: Array | None = None, power_iter: int = POWER_ITER):
+    def __init__(
+        self,
+        images: Array,
+        op: ConvOperator,
+        path: PixelPath,
+        penalty: LpPenalty,
+        pool: Pool | None,
+        *,
+        power_start: Array | None = None,
+        power_iter: int = POWER_ITER,
+    ):
         self.images = images
         self.op = op
         self.path = path

@@ -82,8 +82,8 @@ def crop_to_energy(filters: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarr
     energy = (np.asarray(filters, dtype=np.float64) ** 2).sum(axis=1)
     S = energy.shape[-1]
     n = S - size + 1
-    sums = np.array([[energy[:, u:u + size, v:v + size].sum(axis=(1, 2)) for v in range(n)] for u in range(n)])
+    sums = np.array([[energy[:, u : u + size, v : v + size].sum(axis=(1, 2)) for v in range(n)] for u in range(n)])
     best = sums.reshape(n * n, -1).argmax(axis=0)
     offsets = np.stack([best // n, best % n], axis=1)
-    cropped = np.stack([f[:, u:u + size, v:v + size] for f, (u, v) in zip(filters, offsets, strict=True)])
+    cropped = np.stack([f[:, u : u + size, v : v + size] for f, (u, v) in zip(filters, offsets, strict=True)])
     return cropped.astype(filters.dtype, copy=False), offsets

@@ -52,7 +52,7 @@ def filter_montage(filters: np.ndarray, *, scale: int = 8, pad: int = 1, n_cols:
     out = np.ones((n_rows * step + pad, n_cols * step + pad, tiles.shape[-1]))
     for k in range(K):
         r, c = divmod(k, n_cols)
-        out[pad + r * step: pad + r * step + s, pad + c * step: pad + c * step + s] = _unit_range(tiles[k], True)
+        out[pad + r * step : pad + r * step + s, pad + c * step : pad + c * step + s] = _unit_range(tiles[k], True)
     out = np.kron(out, np.ones((scale, scale, 1)))
     return out if colour else out[..., 0]
 

@@ -254,9 +254,7 @@ def _to_grey(x: np.ndarray) -> np.ndarray:
     if channels == 1:
         return x
     if channels != 3:
-        raise ValueError(
-            f"images must have 1 or 3 channels when grey=True, got C={channels} (shape {x.shape})"
-        )
+        raise ValueError(f"images must have 1 or 3 channels when grey=True, got C={channels} (shape {x.shape})")
     weights = np.asarray(_LUMA_WEIGHTS, dtype=x.dtype)
     return np.einsum("nchw,c->nhw", x, weights)[:, None]
 
@@ -274,8 +272,7 @@ def _contrast_normalise(x: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     height, width = x.shape[2:]
     if min(height, width) < config.cn_size:
         raise ValueError(
-            f"images of size {height}x{width} are smaller than cn_size={config.cn_size} "
-            "for contrast normalisation"
+            f"images of size {height}x{width} are smaller than cn_size={config.cn_size} for contrast normalisation"
         )
     # A (1, 1, s, s) window filters H and W only: no mixing across images or channels.
     window = _gaussian_window(config.cn_size, config.cn_sigma)[None, None]

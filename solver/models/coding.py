@@ -202,8 +202,14 @@ def _progress(callback: Callable[[IterStats], bool | None], solver: Any, problem
         count[0] += 1
         maps = solver.maps(state)
         objective = float(solver.per_item_objective(state).sum())
-        stats = IterStats(count[0], objective, objective - problem.penalty(maps),
-                          int(xp.count_nonzero(maps)) / maps.size, time.perf_counter() - start, 1)
+        stats = IterStats(
+            count[0],
+            objective,
+            objective - problem.penalty(maps),
+            int(xp.count_nonzero(maps)) / maps.size,
+            time.perf_counter() - start,
+            1,
+        )
         return bool(callback(stats))
 
     return on_state
@@ -253,8 +259,10 @@ def reconstruct(
     z = as_images(maps, "maps") if np.ndim(maps) == 4 else as_images(_as_batch(maps), "maps")
     f = _as_filter_array(filters)
     if f.shape[0] != z.shape[1]:
-        raise ValueError(f"filters have K = {f.shape[0]} (shape {tuple(f.shape)}) but maps have "
-                         f"K = {z.shape[1]} (shape {tuple(z.shape)})")
+        raise ValueError(
+            f"filters have K = {f.shape[0]} (shape {tuple(f.shape)}) but maps have "
+            f"K = {z.shape[1]} (shape {tuple(z.shape)})"
+        )
     s = f.shape[-1]
     image_shape = image_shape_from_maps(z.shape[-2:], s, boundary)
     if image_shape[0] < 1 or image_shape[1] < 1:
@@ -282,17 +290,33 @@ def _as_filter_array(filters: Array) -> Array:
     return f
 
 
-def code_pixels(images: Array, filters: Array, lam: float, *, p: float = 1.0, pool: Pool | None = None,
-                connectivity: Array | None = None, path: PixelPath | None = None, boundary: str = "circular",
-                max_iter: int = 200, tol: float = 1e-5, init: Array | None = None, stop_early: bool = True):
+def code_pixels(
+    images: Array,
+    filters: Array,
+    lam: float,
+    *,
+    p: float = 1.0,
+    pool: Pool | None = None,
+    connectivity: Array | None = None,
+    path: PixelPath | None = None,
+    boundary: str = "circular",
+    max_iter: int = 200,
+    tol: float = 1e-5,
+    init: Array | None = None,
+    stop_early: bool = True,
+):
     """Maps of one layer for the pixels `images` by the 2011 inference (:class:`PixelCodingProblem`), on the
     backend of `images`. Returns the :class:`~solver.algorithms.base.InferenceResult` (maps satisfy the block
     constraint; ``objective`` is E of ``maps``)."""
     bk = backend_of(images)
     if path is None:
         path = PixelPath((), (), images.shape[-2:], images.shape[0], boundary, bk, images.dtype)
-    op = ConvOperator(bk.asarray(filters, dtype=images.dtype), path.input_shape, boundary=boundary,
-                      connectivity=None if connectivity is None else bk.asarray(connectivity))
+    op = ConvOperator(
+        bk.asarray(filters, dtype=images.dtype),
+        path.input_shape,
+        boundary=boundary,
+        connectivity=None if connectivity is None else bk.asarray(connectivity),
+    )
     problem = PixelCodingProblem(images, op, path, LpPenalty(lam, p), pool)
     solver = Fista(problem, FistaConfig(max_iter=max_iter, tol=tol))
     start = None if init is None else keep_block_maxima(bk.asarray(init, dtype=images.dtype), pool)

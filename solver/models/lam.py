@@ -106,8 +106,10 @@ def absolute_config(config: LearnConfig, lam_max: float) -> LearnConfig:
     if len(config.layers) != 1 or layer.lam_scale != "relative":
         raise ValueError("absolute_config takes a one-layer config whose lam_scale is 'relative'")
     if not lam_max > 0:
-        raise ValueError(f"lam_scale 'relative': λ_max of the training input is {lam_max!r}, so no λ relative to "
-                         "it can be positive (are the training images all zero?)")
+        raise ValueError(
+            f"lam_scale 'relative': λ_max of the training input is {lam_max!r}, so no λ relative to "
+            "it can be positive (are the training images all zero?)"
+        )
     return with_lam(config, layer.lam * lam_max)
 
 

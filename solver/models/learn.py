@@ -198,10 +198,23 @@ def learn(
     base = filter_update if isinstance(filter_update, FilterUpdateConfig) else FilterUpdateConfig(method=filter_update)
     updates = {k: v for k, v in (("max_iter", filter_iter), ("norm", filter_norm)) if v is not None}
     fu = FilterUpdateConfig.model_validate({**base.model_dump(), **updates})
-    layer = LayerSpec(n_filters=K, filter_size=s, lam=lam, p=p, lam_scale=lam_scale,
-                      connectivity=connectivity if isinstance(connectivity, str) else np.asarray(connectivity).tolist())
-    config = LearnConfig(layers=[layer], inference=inference, filter_update=fu, n_iter=n_iter, boundary=boundary,
-                         preprocess=preprocess, seed=seed)
+    layer = LayerSpec(
+        n_filters=K,
+        filter_size=s,
+        lam=lam,
+        p=p,
+        lam_scale=lam_scale,
+        connectivity=connectivity if isinstance(connectivity, str) else np.asarray(connectivity).tolist(),
+    )
+    config = LearnConfig(
+        layers=[layer],
+        inference=inference,
+        filter_update=fu,
+        n_iter=n_iter,
+        boundary=boundary,
+        preprocess=preprocess,
+        seed=seed,
+    )
     return learn_layer(images, config, backend=backend, init_filters=init_filters, callback=callback)
 
 
@@ -252,8 +265,10 @@ def learn_layer(
     (3, 1, 3, 3)
     """
     if len(config.layers) != 1:
-        raise ValueError(f"learn_layer learns one layer, got a config of {len(config.layers)} layers: use "
-                         "solver.learn_stack, or solver.layer_config(config, index) for one of them")
+        raise ValueError(
+            f"learn_layer learns one layer, got a config of {len(config.layers)} layers: use "
+            "solver.learn_stack, or solver.layer_config(config, index) for one of them"
+        )
     fitted = None
     if config.preprocess is not None:
         images, fitted = FittedPreprocess.fit(np.asarray(images), config.preprocess)
@@ -271,8 +286,9 @@ def learn_layer(
         raise ValueError(f"filter_size {s} is larger than the layer's input ({H}x{W})")
     table = connectivity_table(layer.connectivity, layer.n_filters, C, seed=config.seed)
     if init_filters is None:
-        f0 = initial_filters(layer.n_filters, C, s, seed=config.seed, norm=config.filter_update.norm,
-                             connectivity=table, dtype=y.dtype)
+        f0 = initial_filters(
+            layer.n_filters, C, s, seed=config.seed, norm=config.filter_update.norm, connectivity=table, dtype=y.dtype
+        )
     else:
         f0 = np.asarray(init_filters, dtype=y.dtype)
         if f0.shape != (layer.n_filters, C, s, s):
@@ -280,11 +296,11 @@ def learn_layer(
         check_finite(f0, "init_filters")
     lam_max = None
     if layer.lam_scale == "relative":  # λ = lam × λ_max of this input with the start filters, fixed from here on
-        lam_max = lambda_max(y, f0, boundary=config.boundary, connectivity=table, lower=lower, switches=switches,
-                             backend=backend)
+        lam_max = lambda_max(
+            y, f0, boundary=config.boundary, connectivity=table, lower=lower, switches=switches, backend=backend
+        )
         config = absolute_config(config, lam_max)
-        logger.info("lam_scale relative: λ_max %.6g, λ = %g × λ_max = %.6g", lam_max, layer.lam,
-                    config.layers[0].lam)
+        logger.info("lam_scale relative: λ_max %.6g, λ = %g × λ_max = %.6g", lam_max, layer.lam, config.layers[0].lam)
     if pixels:
         pool = LocalPool([PixelShard(y, config, table, lower, switches, backend)])
         filters, history, stats = alternate(pool, config, f0, callback=callback)
@@ -297,22 +313,31 @@ def learn_layer(
     return LearnResult(filters, maps, history, stats, config, table, fitted, lam_max)
 
 
-def _learn_recentred(y: Array, config: LearnConfig, table: np.ndarray | None, backend: str, f0: np.ndarray,
-                     callback: Callable[[IterStats], None] | None):
+def _learn_recentred(
+    y: Array,
+    config: LearnConfig,
+    table: np.ndarray | None,
+    backend: str,
+    f0: np.ndarray,
+    callback: Callable[[IterStats], None] | None,
+):
     """``filter_update.recentre``: all but the last outer iteration on an (s+2)×(s+2) support with re-centring,
     then the last one on the s×s window of largest energy of each filter, its maps rolled to match."""
     layer = config.layers[0]
     s, wide = layer.filter_size, layer.filter_size + 2
     if wide > min(y.shape[-2:]):
-        raise ValueError(f"filter_update.recentre learns on a support of filter_size + 2 = {wide}, larger than "
-                         f"the images ({y.shape[-2]}x{y.shape[-1]})")
+        raise ValueError(
+            f"filter_update.recentre learns on a support of filter_size + 2 = {wide}, larger than "
+            f"the images ({y.shape[-2]}x{y.shape[-1]})"
+        )
     f = np.pad(f0, ((0, 0), (0, 0), (1, 1), (1, 1)))
     history: list[float] = []
     stats: list[IterStats] = []
     state = None
     if config.n_iter > 1:
-        wide_config = config.model_copy(update={"layers": [layer.model_copy(update={"filter_size": wide})],
-                                                "n_iter": config.n_iter - 1})
+        wide_config = config.model_copy(
+            update={"layers": [layer.model_copy(update={"filter_size": wide})], "n_iter": config.n_iter - 1}
+        )
         wide_pool = LocalPool([Shard(y, wide_config, table, backend)])
         f, history, stats = alternate(wide_pool, wide_config, f, callback=callback)
         state = wide_pool.shards[0].state()
@@ -427,5 +452,13 @@ def encode_with(result: LearnResult, images: Array, **kwargs: Any):
         raise ValueError("result has no config: encode_with needs the LearnResult returned by learn()")
     layer = result.config.layers[0]
     kwargs.setdefault("method", result.config.inference.method)
-    return encode(images, result.filters, layer.lam, p=layer.p, boundary=result.config.boundary,
-                  connectivity=result.connectivity, preprocess=result.preprocess, **kwargs)
+    return encode(
+        images,
+        result.filters,
+        layer.lam,
+        p=layer.p,
+        boundary=result.config.boundary,
+        connectivity=result.connectivity,
+        preprocess=result.preprocess,
+        **kwargs,
+    )

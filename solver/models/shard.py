@@ -95,8 +95,9 @@ class _ShardBase:
 
     def _code_stats(self, n_iter: int) -> CodeStats:
         xp = self.bk.xp
-        return CodeStats(self.penalty(self._maps), int(xp.count_nonzero(self._maps)), int(self._maps.size),
-                         n_iter, self.n_images)
+        return CodeStats(
+            self.penalty(self._maps), int(xp.count_nonzero(self._maps)), int(self._maps.size), n_iter, self.n_images
+        )
 
 
 class Shard(_ShardBase):
@@ -111,8 +112,7 @@ class Shard(_ShardBase):
     backend : {"auto", "numpy", "cupy"}
     """
 
-    def __init__(self, images: np.ndarray, config: LearnConfig, connectivity: np.ndarray | None,
-                 backend: str = "auto"):
+    def __init__(self, images: np.ndarray, config: LearnConfig, connectivity: np.ndarray | None, backend: str = "auto"):
         super().__init__(images, config, connectivity, backend)
         self._warm: Any = None
         self._filter_problem: FilterProblem | None = None
@@ -144,8 +144,9 @@ class Shard(_ShardBase):
         if self._maps is None:
             raise ValueError("the shard has no maps yet: call code(filters) first")
         if self._filter_problem is None:  # the maps' FFTs are reused by every filter evaluation of the step
-            self._filter_problem = FilterProblem(self.images, self._maps, self.layer.filter_size,
-                                                 boundary=self.config.boundary, connectivity=self.g)
+            self._filter_problem = FilterProblem(
+                self.images, self._maps, self.layer.filter_size, boundary=self.config.boundary, connectivity=self.g
+            )
         return self._filter_problem
 
     def value_and_gradient(self, filters: np.ndarray) -> tuple[float, np.ndarray]:
@@ -173,8 +174,11 @@ class Shard(_ShardBase):
 
     def state(self) -> dict[str, Any]:
         """The shard's maps and inference state as host arrays (what a checkpoint stores)."""
-        return {"maps": None if self._maps is None else self.maps(), "warm": _to_host(self._warm, self.bk),
-                "consensus": _to_host(self._consensus, self.bk)}
+        return {
+            "maps": None if self._maps is None else self.maps(),
+            "warm": _to_host(self._warm, self.bk),
+            "consensus": _to_host(self._consensus, self.bk),
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state` returned."""
@@ -203,13 +207,21 @@ class PixelShard(_ShardBase):
     backend : {"auto", "numpy", "cupy"}
     """
 
-    def __init__(self, images: np.ndarray, config: LearnConfig, connectivity: np.ndarray | None,
-                 lower: Sequence[LowerLayer] = (), switches: Sequence[Array | None] = (), backend: str = "auto"):
+    def __init__(
+        self,
+        images: np.ndarray,
+        config: LearnConfig,
+        connectivity: np.ndarray | None,
+        lower: Sequence[LowerLayer] = (),
+        switches: Sequence[Array | None] = (),
+        backend: str = "auto",
+    ):
         if config.reconstruct_to != "pixels" or config.inference.method != "fista":
             raise ValueError("a PixelShard needs a config with reconstruct_to 'pixels' and fista inference")
         super().__init__(images, config, connectivity, backend)
-        self.path = PixelPath(lower, switches, self.images.shape[-2:], self.images.shape[0], config.boundary,
-                              self.bk, self.images.dtype)
+        self.path = PixelPath(
+            lower, switches, self.images.shape[-2:], self.images.shape[0], config.boundary, self.bk, self.images.dtype
+        )
         self._power: Array | None = None  # per-image power-iteration vectors of the step sizes, kept warm
         self._filter_op: FilterOperator | None = None
 
@@ -224,8 +236,15 @@ class PixelShard(_ShardBase):
         self._filter_op = None
         op = ConvOperator(f, self.path.input_shape, boundary=self.config.boundary, connectivity=self.g)
         warm = self._power is not None  # the filters moved a little since: a few steps from the last vector
-        problem = PixelCodingProblem(self.images, op, self.path, self.penalty, self.layer.pool,
-                                     power_start=self._power, power_iter=POWER_ITER_WARM if warm else POWER_ITER)
+        problem = PixelCodingProblem(
+            self.images,
+            op,
+            self.path,
+            self.penalty,
+            self.layer.pool,
+            power_start=self._power,
+            power_iter=POWER_ITER_WARM if warm else POWER_ITER,
+        )
         solver = Fista(problem, FistaConfig(max_iter=self.config.inference.max_iter, tol=0.0))
         self._power = problem.power_vector
         start = None if self._maps is None else keep_block_maxima(self._maps, self.layer.pool)
@@ -236,9 +255,14 @@ class PixelShard(_ShardBase):
         if self._maps is None:
             raise ValueError("the shard has no maps yet: call code(filters) first")
         if self._filter_op is None:
-            self._filter_op = FilterOperator(self._maps, self.path.input_shape, self.layer.filter_size,
-                                             boundary=self.config.boundary, connectivity=self.g,
-                                             n_channels=self.input_channels)
+            self._filter_op = FilterOperator(
+                self._maps,
+                self.path.input_shape,
+                self.layer.filter_size,
+                boundary=self.config.boundary,
+                connectivity=self.g,
+                n_channels=self.input_channels,
+            )
         return self._filter_op
 
     def value_and_gradient(self, filters: np.ndarray) -> tuple[float, np.ndarray]:
@@ -320,8 +344,9 @@ def _to_device(obj: Any, bk: Backend) -> Any:
         return obj
     fields = {k: getattr(obj, k) for k in obj.__dataclass_fields__}
     # copies: a coding run overwrites the duals it is given, which must not be the caller's arrays
-    return type(obj)(**{k: (bk.xp.array(v) if isinstance(v, np.ndarray) and v.ndim >= 2 else v)
-                        for k, v in fields.items()})
+    return type(obj)(
+        **{k: (bk.xp.array(v) if isinstance(v, np.ndarray) and v.ndim >= 2 else v) for k, v in fields.items()}
+    )
 
 
 class LocalPool:

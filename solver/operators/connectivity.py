@@ -76,8 +76,9 @@ def connectivity_table(
     if table.dtype != bool:
         raise ValueError(f"connectivity matrix must be boolean, got dtype {table.dtype}")
     if table.shape != (n_filters, n_channels):
-        raise ValueError(f"connectivity has shape {table.shape}, expected (n_filters, n_channels) = "
-                         f"{(n_filters, n_channels)}")
+        raise ValueError(
+            f"connectivity has shape {table.shape}, expected (n_filters, n_channels) = {(n_filters, n_channels)}"
+        )
     empty = np.flatnonzero(~table.any(axis=1))
     if empty.size:
         raise ValueError(f"connectivity: maps {empty.tolist()} read no input channel")

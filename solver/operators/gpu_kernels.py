@@ -141,7 +141,9 @@ __host__ __device__ inline double dk_fourier_thread(const T* z_hat, const T* t_h
 }
 """
 
-KERNELS = f"#define DK_THREADS {THREADS}\n" + r"""
+KERNELS = (
+    f"#define DK_THREADS {THREADS}\n"
+    + r"""
 // Tree sum of n_values doubles per thread over the block; thread 0 gets the totals in buf[j * DK_THREADS].
 __device__ inline void dk_block_sum(double* buf, int n_values) {
     for (int s = DK_THREADS / 2; s > 0; s >>= 1) {
@@ -204,6 +206,7 @@ extern "C" __global__ void admm_fourier_##T(const T* z_hat, const T* t_hat, cons
 DK_KERNELS(float)
 DK_KERNELS(double)
 """
+)
 
 SOURCE = DEVICE_FUNCTIONS + KERNELS
 """The whole CUDA source of the kernels: the shared device functions and the ``extern "C"`` kernels."""
@@ -232,8 +235,9 @@ def _check_out(out: Any, like: Any, name: str) -> Any:
     if out is None:
         return backend.cupy_module().empty_like(like)
     if out.shape != like.shape or out.dtype != like.dtype or not out.flags.c_contiguous:
-        raise ValueError(f"{name} must be a C-contiguous {like.dtype} array of shape {like.shape}, "
-                         f"got {out.dtype} {out.shape}")
+        raise ValueError(
+            f"{name} must be a C-contiguous {like.dtype} array of shape {like.shape}, got {out.dtype} {out.shape}"
+        )
     return out
 
 
@@ -243,8 +247,17 @@ def _contiguous(a: Any, name: str) -> Any:
     return a
 
 
-def admm_spatial(x: Any, z_old: Any, u_old: Any, alpha: float, thr: np.ndarray, *, residuals: bool = True,
-                 z_out: Any = None, u_out: Any = None) -> tuple[Any, Any, np.ndarray]:
+def admm_spatial(
+    x: Any,
+    z_old: Any,
+    u_old: Any,
+    alpha: float,
+    thr: np.ndarray,
+    *,
+    residuals: bool = True,
+    z_out: Any = None,
+    u_out: Any = None,
+) -> tuple[Any, Any, np.ndarray]:
     """z = soft(αx + (1−α)z_old + u_old, thr_n), u = that argument − z, with per-image sums (on the GPU).
 
     Parameters
@@ -277,15 +290,41 @@ def admm_spatial(x: Any, z_old: Any, u_old: Any, alpha: float, thr: np.ndarray, 
     partial = cupy.empty((n_blocks, N_SUMS), dtype=cupy.float64)
     if n_blocks:
         _kernel("admm_spatial", x.dtype)(
-            (n_blocks,), (THREADS,),
-            (x, z_old, u_old, real(alpha), real(1 - alpha), cupy.asarray(thr, dtype=x.dtype), np.int32(residuals),
-             z_new, u_new, partial, np.int64(K), np.int64(P), np.int64(blocks_per_row)))
+            (n_blocks,),
+            (THREADS,),
+            (
+                x,
+                z_old,
+                u_old,
+                real(alpha),
+                real(1 - alpha),
+                cupy.asarray(thr, dtype=x.dtype),
+                np.int32(residuals),
+                z_new,
+                u_new,
+                partial,
+                np.int64(K),
+                np.int64(P),
+                np.int64(blocks_per_row),
+            ),
+        )
     sums = partial.reshape(N, K * blocks_per_row, N_SUMS).sum(axis=1)
     return z_new, u_new, cupy.asnumpy(sums)
 
 
-def admm_fourier(z_hat: Any, t_hat: Any, scale: np.ndarray, a: Any, y_hat: Any, w: Any, inv: Any, alpha: float, *,
-                 x_out: Any = None, t_out: Any = None) -> tuple[Any, Any, np.ndarray]:
+def admm_fourier(
+    z_hat: Any,
+    t_hat: Any,
+    scale: np.ndarray,
+    a: Any,
+    y_hat: Any,
+    w: Any,
+    inv: Any,
+    alpha: float,
+    *,
+    x_out: Any = None,
+    t_out: Any = None,
+) -> tuple[Any, Any, np.ndarray]:
     r"""The Fourier half of an ADMM iteration and the solve of the next one (one channel, on the GPU).
 
     With û = scale·(t̂ − ẑ) and ŵ = ẑ − û: x̂ = ŵ + âᴴ·inv·(ŷ − Σ_k â_k ŵ_k), t̂_out = û + αx̂ + (1−α)ẑ, and
@@ -320,17 +359,33 @@ def admm_fourier(z_hat: Any, t_hat: Any, scale: np.ndarray, a: Any, y_hat: Any, 
     x_new, t_new = _check_out(x_out, z_hat, "x_out"), _check_out(t_out, z_hat, "t_out")
     N, K, F = z_hat.shape
     real = w.dtype.type
-    views = [_contiguous(arr, name).view(real) for arr, name in
-             ((z_hat, "z_hat"), (t_hat, "t_hat"), (a, "a"), (y_hat, "y_hat"))]
+    views = [
+        _contiguous(arr, name).view(real)
+        for arr, name in ((z_hat, "z_hat"), (t_hat, "t_hat"), (a, "a"), (y_hat, "y_hat"))
+    ]
     inv = cupy.ascontiguousarray(cupy.broadcast_to(inv, (N, F)), dtype=real)
     blocks_per_image = max(1, (F + THREADS - 1) // THREADS)
     partial = cupy.empty((N, blocks_per_image), dtype=cupy.float64)
     if N * F:
         _kernel("admm_fourier", np.dtype(real))(
-            (N * blocks_per_image,), (THREADS,),
-            (*views[:2], cupy.asarray(scale, dtype=real), *views[2:], cupy.ascontiguousarray(w, dtype=real), inv,
-             real(alpha), real(1 - alpha), x_new.view(real), t_new.view(real), partial, np.int64(K), np.int64(F),
-             np.int64(blocks_per_image)))
+            (N * blocks_per_image,),
+            (THREADS,),
+            (
+                *views[:2],
+                cupy.asarray(scale, dtype=real),
+                *views[2:],
+                cupy.ascontiguousarray(w, dtype=real),
+                inv,
+                real(alpha),
+                real(1 - alpha),
+                x_new.view(real),
+                t_new.view(real),
+                partial,
+                np.int64(K),
+                np.int64(F),
+                np.int64(blocks_per_image),
+            ),
+        )
     return x_new, t_new, cupy.asnumpy(partial.sum(axis=1))
 
 

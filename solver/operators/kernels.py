@@ -122,7 +122,7 @@ if NUMBA:
                     di[i] += ar * zi + ai * zr
                     cr[i] += ar * wr - ai * wi
                     ci[i] += ar * wi + ai * wr
-            yn, wn, invn = y_hat[n, span], w[lo:lo + m], inv[n, lo:lo + m]
+            yn, wn, invn = y_hat[n, span], w[lo : lo + m], inv[n, lo : lo + m]
             acc = 0.0
             for i in range(m):
                 er = dr[i] - yn[2 * i]
@@ -154,14 +154,23 @@ def _check_out(out: np.ndarray | None, like: np.ndarray, name: str) -> np.ndarra
     if out is None:
         return np.empty_like(like)
     if out.shape != like.shape or out.dtype != like.dtype or not out.flags.c_contiguous:
-        raise ValueError(f"{name} must be a C-contiguous {like.dtype} array of shape {like.shape}, "
-                         f"got {out.dtype} {out.shape}")
+        raise ValueError(
+            f"{name} must be a C-contiguous {like.dtype} array of shape {like.shape}, got {out.dtype} {out.shape}"
+        )
     return out
 
 
-def admm_spatial(x: np.ndarray, z_old: np.ndarray, u_old: np.ndarray, alpha: float, thr: np.ndarray, *,
-                 residuals: bool = True, z_out: np.ndarray | None = None, u_out: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def admm_spatial(
+    x: np.ndarray,
+    z_old: np.ndarray,
+    u_old: np.ndarray,
+    alpha: float,
+    thr: np.ndarray,
+    *,
+    residuals: bool = True,
+    z_out: np.ndarray | None = None,
+    u_out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """z = soft(αx + (1−α)z_old + u_old, thr_n), u = that argument − z, with per-image sums.
 
     Arrays are (N, K, P); `thr` is (N,). `z_out`/`u_out` may be `z_old`/`u_old` themselves (each entry is read
@@ -171,14 +180,25 @@ def admm_spatial(x: np.ndarray, z_old: np.ndarray, u_old: np.ndarray, alpha: flo
     z_new, u_new = _check_out(z_out, x, "z_out"), _check_out(u_out, x, "u_out")
     partial = np.empty(x.shape[:2] + (N_SUMS,), dtype=np.float64)
     real = x.dtype.type
-    _admm_spatial(x, z_old, u_old, real(alpha), real(1 - alpha), thr.astype(x.dtype), bool(residuals),
-                  z_new, u_new, partial)
+    _admm_spatial(
+        x, z_old, u_old, real(alpha), real(1 - alpha), thr.astype(x.dtype), bool(residuals), z_new, u_new, partial
+    )
     return z_new, u_new, partial.sum(axis=1)
 
 
-def admm_fourier(z_hat: np.ndarray, t_hat: np.ndarray, scale: np.ndarray, a: np.ndarray, y_hat: np.ndarray,
-                 w: np.ndarray, inv: np.ndarray, alpha: float, *, x_out: np.ndarray | None = None,
-                 t_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def admm_fourier(
+    z_hat: np.ndarray,
+    t_hat: np.ndarray,
+    scale: np.ndarray,
+    a: np.ndarray,
+    y_hat: np.ndarray,
+    w: np.ndarray,
+    inv: np.ndarray,
+    alpha: float,
+    *,
+    x_out: np.ndarray | None = None,
+    t_out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""The Fourier half of an ADMM iteration and the solve of the next one (one channel).
 
     With û = scale·(t̂ − ẑ) (the dual, rescaled when ρ changed) and ŵ = ẑ − û:
@@ -196,8 +216,18 @@ def admm_fourier(z_hat: np.ndarray, t_hat: np.ndarray, scale: np.ndarray, a: np.
     partial = np.empty((z_hat.shape[0], n_chunks), dtype=np.float64)
     real = w.dtype.type
     views = [_as_real(arr, name) for arr, name in ((z_hat, "z_hat"), (t_hat, "t_hat"), (a, "a"), (y_hat, "y_hat"))]
-    _admm_fourier(*views[:2], scale.astype(w.dtype), *views[2:], w, np.ascontiguousarray(inv), real(alpha),
-                  real(1 - alpha), x_new.view(real), t_new.view(real), partial)
+    _admm_fourier(
+        *views[:2],
+        scale.astype(w.dtype),
+        *views[2:],
+        w,
+        np.ascontiguousarray(inv),
+        real(alpha),
+        real(1 - alpha),
+        x_new.view(real),
+        t_new.view(real),
+        partial,
+    )
     return x_new, t_new, partial.sum(axis=1)
 
 

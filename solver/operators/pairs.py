@@ -256,8 +256,9 @@ class SparseConnections:
         """Σ_{c: g[k,c]} conj(f̂[k, c]) ŝ[n, c]: (P, U, V) × (N, C, U, V) -> (N, K, U, V)."""
         xp = backend_of(images_hat).xp
         shape = (images_hat.shape[0], self.n_filters) + images_hat.shape[2:]
-        return _accumulate(self._per_map, lambda j, c: xp.conj(planes_hat[j])[None] * images_hat[:, c], shape,
-                           images_hat)
+        return _accumulate(
+            self._per_map, lambda j, c: xp.conj(planes_hat[j])[None] * images_hat[:, c], shape, images_hat
+        )
 
     def correlate(self, maps_hat: Array, images_hat: Array) -> Array:
         """Σ_n conj(ẑ[n, k]) ŝ[n, c] for each pair: (N, K, U, V) × (N, C, U, V) -> (P, U, V)."""
@@ -286,8 +287,12 @@ class SparseConnections:
         """``Σ_k f̂[k, c] conj(f̂[k, d])`` per frequency from the pairs: (P, U, V) -> (U, V, C, C)."""
         xp = backend_of(planes_hat).xp
         C = self.n_channels
-        sums = _accumulate(self._per_gram_entry, lambda a, b: (planes_hat[a] * xp.conj(planes_hat[b]))[None],
-                           (1, C * C) + planes_hat.shape[1:], planes_hat)[0]
+        sums = _accumulate(
+            self._per_gram_entry,
+            lambda a, b: (planes_hat[a] * xp.conj(planes_hat[b]))[None],
+            (1, C * C) + planes_hat.shape[1:],
+            planes_hat,
+        )[0]
         return xp.moveaxis(sums.reshape((C, C) + sums.shape[1:]), (0, 1), (-2, -1))
 
     def gram_max_eigenvalue(self, planes_hat: Array) -> float:

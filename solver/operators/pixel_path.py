@@ -36,8 +36,9 @@ class LowerLayer:
     pool: Pool | None = None
 
 
-def input_geometry(lower: Sequence[LowerLayer], n_channels: int, image_shape: tuple[int, int],
-                   boundary: str) -> tuple[int, tuple[int, int]]:
+def input_geometry(
+    lower: Sequence[LowerLayer], n_channels: int, image_shape: tuple[int, int], boundary: str
+) -> tuple[int, tuple[int, int]]:
     """(C_l, (H_l, W_l)): what the layer above `lower` reads, for images of `n_channels` × `image_shape`."""
     C, (H, W) = int(n_channels), (int(image_shape[0]), int(image_shape[1]))
     for layer in lower:
@@ -69,8 +70,16 @@ class PixelPath:
         The computation dtype (the filters are cast to it).
     """
 
-    def __init__(self, lower: Sequence[LowerLayer], switches: Sequence[Array | None], image_shape: tuple[int, int],
-                 n_images: int, boundary: str, backend: Backend, dtype: Any):
+    def __init__(
+        self,
+        lower: Sequence[LowerLayer],
+        switches: Sequence[Array | None],
+        image_shape: tuple[int, int],
+        n_images: int,
+        boundary: str,
+        backend: Backend,
+        dtype: Any,
+    ):
         if len(switches) != len(lower):
             raise ValueError(f"switches needs one entry per layer below ({len(lower)}), got {len(switches)}")
         self.ops: list[ConvOperator] = []
@@ -108,8 +117,7 @@ class PixelPath:
 
     def forward(self, x: Array) -> Array:
         """B x: (N, C_l, H_l, W_l) -> (N, C_1, H, W)."""
-        for op, sw, shape in zip(reversed(self.ops), reversed(self.switches), reversed(self.map_shapes),
-                                 strict=True):
+        for op, sw, shape in zip(reversed(self.ops), reversed(self.switches), reversed(self.map_shapes), strict=True):
             if sw is not None:
                 x = unpool3d(x, sw, shape)
             x = op.forward(x)

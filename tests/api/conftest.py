@@ -73,8 +73,9 @@ def live_service(tmp_path_factory, ray_cluster) -> Iterator[LiveService]:  # noq
     stop_service(service)
 
 
-def wait_for_job(client, job_id: str, until: Callable[[dict], bool] | None = None, *, timeout: float = 150,
-                 interval: float = 0.05) -> dict:
+def wait_for_job(
+    client, job_id: str, until: Callable[[dict], bool] | None = None, *, timeout: float = 150, interval: float = 0.05
+) -> dict:
     """Poll ``GET /jobs/{job_id}`` until `until(job)` holds (by default: until the job has ended); returns the job.
 
     Parameters

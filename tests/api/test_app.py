@@ -11,12 +11,25 @@ from api.settings import Settings
 
 JOB = "0" * 32
 ROUTES = {
-    ("GET", "/health"), ("POST", "/datasets"), ("GET", "/datasets/{dataset_id}"), ("POST", "/jobs"),
-    ("GET", "/jobs"), ("GET", "/jobs/{job_id}"), ("DELETE", "/jobs/{job_id}"), ("GET", "/jobs/{job_id}/filters"),
-    ("GET", "/jobs/{job_id}/maps"), ("GET", "/jobs/{job_id}/reconstructions"), ("GET", "/jobs/{job_id}/history"),
-    ("GET", "/jobs/{job_id}/artifacts"), ("GET", "/jobs/{job_id}/artifacts/{name}"),
-    ("POST", "/models/{job_id}/encode"), ("POST", "/reconstruct"), ("GET", "/jobs/{job_id}/filters/latest"),
-    ("GET", "/jobs/{job_id}/model"), ("GET", "/presets"), ("GET", "/"),
+    ("GET", "/health"),
+    ("POST", "/datasets"),
+    ("GET", "/datasets/{dataset_id}"),
+    ("POST", "/jobs"),
+    ("GET", "/jobs"),
+    ("GET", "/jobs/{job_id}"),
+    ("DELETE", "/jobs/{job_id}"),
+    ("GET", "/jobs/{job_id}/filters"),
+    ("GET", "/jobs/{job_id}/maps"),
+    ("GET", "/jobs/{job_id}/reconstructions"),
+    ("GET", "/jobs/{job_id}/history"),
+    ("GET", "/jobs/{job_id}/artifacts"),
+    ("GET", "/jobs/{job_id}/artifacts/{name}"),
+    ("POST", "/models/{job_id}/encode"),
+    ("POST", "/reconstruct"),
+    ("GET", "/jobs/{job_id}/filters/latest"),
+    ("GET", "/jobs/{job_id}/model"),
+    ("GET", "/presets"),
+    ("GET", "/"),
 }
 PUBLIC = {("GET", "/health"), ("GET", "/")}
 
@@ -28,9 +41,12 @@ def app(tmp_path):
 
 def _served(app) -> set[tuple[str, str]]:
     # included routers are resolved lazily: app.routes holds the routers, iter_route_contexts their routes
-    return {(method, route.path) for route in iter_route_contexts(app.routes)
-            if route.methods and getattr(route, "include_in_schema", False)
-            for method in route.methods - {"HEAD", "OPTIONS"}}
+    return {
+        (method, route.path)
+        for route in iter_route_contexts(app.routes)
+        if route.methods and getattr(route, "include_in_schema", False)
+        for method in route.methods - {"HEAD", "OPTIONS"}
+    }
 
 
 def test_the_app_serves_exactly_the_documented_routes(app):

@@ -24,8 +24,13 @@ from tests.api.conftest import ROOT, sample_png_parts, start_service, stop_servi
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 
-TINY = {"layers": [{"n_filters": 4, "filter_size": 5, "lam": 0.5}], "inference": {"method": "admm", "max_iter": 5},
-        "filter_update": {"method": "fista", "max_iter": 5}, "n_iter": 3, "seed": 0}
+TINY = {
+    "layers": [{"n_filters": 4, "filter_size": 5, "lam": 0.5}],
+    "inference": {"method": "admm", "max_iter": 5},
+    "filter_update": {"method": "fista", "max_iter": 5},
+    "n_iter": 3,
+    "seed": 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +103,7 @@ def _spec_file(tmp_path: Path, **changes) -> Path:
 
 # -- submit, status, wait, cancel ----------------------------------------------------------------------------------
 
+
 def test_submit_uploads_the_folder_and_prints_the_id(runs, job_id):
     status, out, err = runs["submit"]
     assert status == 0
@@ -125,8 +131,19 @@ def test_a_job_cancelled_in_the_queue_ends_cancelled_and_wait_exits_3(runs, canc
 def test_submit_wait_with_the_same_idempotency_key_follows_the_same_job(capsys, url, job_id, tmp_path):
     with DeconvClient(url) as client:
         dataset = client.job(job_id)["dataset_id"]
-    status, out, err = _run(capsys, "submit", str(_spec_file(tmp_path)), "--dataset", dataset, "--url", url,
-                            "--idempotency-key", "cli-tiny", "--wait", "--no-progress")
+    status, out, err = _run(
+        capsys,
+        "submit",
+        str(_spec_file(tmp_path)),
+        "--dataset",
+        dataset,
+        "--url",
+        url,
+        "--idempotency-key",
+        "cli-tiny",
+        "--wait",
+        "--no-progress",
+    )
     assert status == 0, err
     assert out.strip() == job_id
     assert f"job {job_id} succeeded" in err
@@ -163,6 +180,7 @@ def test_cancelling_a_finished_job_exits_2(capsys, url, job_id):
 
 # -- results -------------------------------------------------------------------------------------------------------
 
+
 def test_filters_as_npy_and_png(capsys, url, job_id, tmp_path):
     status, out, _ = _run(capsys, "filters", job_id, "--url", url, "--out", str(tmp_path / "f.npy"))
     assert status == 0
@@ -187,11 +205,31 @@ def test_reconstruct_from_maps_with_a_job_or_filters(capsys, url, job_id, tmp_pa
     with DeconvClient(url) as client:
         np.savez(tmp_path / "maps.npz", **client.maps(job_id))
         np.save(tmp_path / "filters.npy", client.filters(job_id))
-    status, _, err = _run(capsys, "reconstruct", "--maps", str(tmp_path / "maps.npz"), "--job", job_id,
-                          "--url", url, "--out", str(tmp_path / "a.npy"))
+    status, _, err = _run(
+        capsys,
+        "reconstruct",
+        "--maps",
+        str(tmp_path / "maps.npz"),
+        "--job",
+        job_id,
+        "--url",
+        url,
+        "--out",
+        str(tmp_path / "a.npy"),
+    )
     assert status == 0, err
-    status, _, err = _run(capsys, "reconstruct", "--maps", str(tmp_path / "maps.npz"), "--filters",
-                          str(tmp_path / "filters.npy"), "--url", url, "--out", str(tmp_path / "b.npy"))
+    status, _, err = _run(
+        capsys,
+        "reconstruct",
+        "--maps",
+        str(tmp_path / "maps.npz"),
+        "--filters",
+        str(tmp_path / "filters.npy"),
+        "--url",
+        url,
+        "--out",
+        str(tmp_path / "b.npy"),
+    )
     assert status == 0, err
     a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
     assert a.shape == (3, 1, 32, 32)
@@ -199,6 +237,7 @@ def test_reconstruct_from_maps_with_a_job_or_filters(capsys, url, job_id, tmp_pa
 
 
 # -- errors: exit 2 naming the field, 1 when unreachable, never a traceback -----------------------------------------
+
 
 @pytest.mark.parametrize(
     ("argv", "message"),
@@ -241,8 +280,9 @@ def test_a_bad_job_file_is_refused_before_any_upload(capsys, url, job_file, tmp_
 
 
 def test_a_spec_that_does_not_fit_the_images_is_refused_by_the_service(capsys, url, job_file, tmp_path):
-    spec = _spec_file(tmp_path, layers=[{"n_filters": 4, "filter_size": 40, "lam": 0.5}],
-                      images=str(job_file.parent / "images"))
+    spec = _spec_file(
+        tmp_path, layers=[{"n_filters": 4, "filter_size": 40, "lam": 0.5}], images=str(job_file.parent / "images")
+    )
     status, _, err = _run(capsys, "submit", str(spec), "--url", url)
     assert status == 2
     assert "layers.0.filter_size: filters of 40x40 are larger than the layer's input of 32x32" in err
@@ -292,6 +332,7 @@ def test_wait_past_its_timeout_exits_4(capsys, keyed_service, job_file):
 
 # -- serve ---------------------------------------------------------------------------------------------------------
 
+
 def test_serve_refuses_a_bad_setting_naming_the_variable(capsys, monkeypatch):
     monkeypatch.setenv("DECONV_MAX_UPLOAD_BYTES", "lots")
     status, _, err = _run(capsys, "serve")
@@ -304,8 +345,14 @@ def test_serve_answers_and_stops_on_sigint(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "DECONV_DATA_DIR": str(tmp_path / "data"), "DECONV_RUN_JOBS": "false"}  # no Ray to start
-    process = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         health = _poll_health(f"http://127.0.0.1:{port}", process)
         process.send_signal(signal.SIGINT)
@@ -333,20 +380,31 @@ def _poll_health(url: str, process: subprocess.Popen) -> dict:
 
 # -- demo ----------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_demo_writes_its_pictures(capsys, tmp_path):
     status, out, err = _run(capsys, "demo", "--out", str(tmp_path / "demo"), "--no-progress")
     assert status == 0, err
     names = {p.name for p in (tmp_path / "demo").iterdir()}
-    assert names >= {"filters.png", "filters-layer2.png", "reconstructions.png", "objective.png", "filters.npy",
-                     "filters-layer2.npy", "history.json", "data"}
+    assert names >= {
+        "filters.png",
+        "filters-layer2.png",
+        "reconstructions.png",
+        "objective.png",
+        "filters.npy",
+        "filters-layer2.npy",
+        "history.json",
+        "data",
+    }
     assert np.load(tmp_path / "demo" / "filters.npy").shape == (16, 1, 7, 7)
     assert np.load(tmp_path / "demo" / "filters-layer2.npy").shape == (16, 16, 7, 7)
     history = json.loads((tmp_path / "demo" / "history.json").read_text())
     assert [sum(h["layer"] == layer for h in history) for layer in (1, 2)] == [40, 8]
-    assert {Image.open(tmp_path / "demo" / n).format for n in ("filters.png", "filters-layer2.png",
-                                                              "reconstructions.png", "objective.png")} == {"PNG"}
+    assert {
+        Image.open(tmp_path / "demo" / n).format
+        for n in ("filters.png", "filters-layer2.png", "reconstructions.png", "objective.png")
+    } == {"PNG"}
     # layer-2 tiles are 13x13 pixel-space views, layer-1 tiles 7x7: the layer-2 montage is the larger picture
     layer1, layer2 = (Image.open(tmp_path / "demo" / n).size for n in ("filters.png", "filters-layer2.png"))
     assert layer2[0] > layer1[0] and layer2[1] > layer1[1]

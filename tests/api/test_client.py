@@ -19,8 +19,13 @@ from tests.api.conftest import sample_png_parts, start_service, stop_service
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 
-TINY = {"layers": [{"n_filters": 4, "filter_size": 5, "lam": 0.5}], "inference": {"method": "admm", "max_iter": 5},
-        "filter_update": {"method": "fista", "max_iter": 5}, "n_iter": 3, "seed": 0}
+TINY = {
+    "layers": [{"n_filters": 4, "filter_size": 5, "lam": 0.5}],
+    "inference": {"method": "admm", "max_iter": 5},
+    "filter_update": {"method": "fista", "max_iter": 5},
+    "n_iter": 3,
+    "seed": 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +48,13 @@ def jobs(client, dataset) -> dict:
     cancel_answer = client.cancel(doomed["id"])
     finished = client.wait(job["id"], poll=0.2, timeout=150, on_progress=seen.append)
     cancelled = client.wait(doomed["id"], poll=0.2, timeout=150)
-    return {"submitted": job, "finished": finished, "seen": seen, "cancel_answer": cancel_answer,
-            "cancelled": cancelled}
+    return {
+        "submitted": job,
+        "finished": finished,
+        "seen": seen,
+        "cancel_answer": cancel_answer,
+        "cancelled": cancelled,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +75,7 @@ def _free_port() -> int:
 
 
 # -- service, datasets, jobs ---------------------------------------------------------------------------------------
+
 
 def test_health_needs_nothing(client):
     health = client.health()
@@ -115,6 +126,7 @@ def test_jobs_iterates_over_every_page(client, jobs, job_id):
 
 
 # -- results -------------------------------------------------------------------------------------------------------
+
 
 def test_filters_are_k_c_s_s_float32_of_at_most_unit_norm(client, job_id):
     filters = client.filters(job_id)
@@ -168,17 +180,30 @@ def test_download_of_an_unknown_artifact_names_it(client, job_id, tmp_path):
 def test_a_damaged_download_leaves_nothing(tmp_path):
     def handler(request: httpx2.Request) -> httpx2.Response:
         if request.url.path.endswith("/artifacts"):
-            return httpx2.Response(200, json=[{"name": "a.npy", "sha256": "0" * 64, "size": 3, "media_type": "x",
-                                               "url": "/jobs/j/artifacts/a.npy"}])
+            return httpx2.Response(
+                200,
+                json=[
+                    {
+                        "name": "a.npy",
+                        "sha256": "0" * 64,
+                        "size": 3,
+                        "media_type": "x",
+                        "url": "/jobs/j/artifacts/a.npy",
+                    }
+                ],
+            )
         return httpx2.Response(200, content=b"abc")
 
-    with DeconvClient("http://test", transport=httpx2.MockTransport(handler)) as client, \
-            pytest.raises(DeconvAPIError, match="arrived damaged"):
+    with (
+        DeconvClient("http://test", transport=httpx2.MockTransport(handler)) as client,
+        pytest.raises(DeconvAPIError, match="arrived damaged"),
+    ):
         client.download("j", "a.npy", tmp_path / "a.npy")
     assert list(tmp_path.iterdir()) == []
 
 
 # -- encode and reconstruct ----------------------------------------------------------------------------------------
+
 
 def test_encode_a_new_image_and_reconstruct_it(client, job_id):
     image = _crop(60, 70)
@@ -203,6 +228,7 @@ def test_reconstruct_with_given_filters(client, job_id):
 
 
 # -- errors --------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("change", "field", "value"),
@@ -269,8 +295,13 @@ def test_a_single_path_must_be_wrapped_in_a_list(client):
         ("job 'x' not found", "job 'x' not found"),
         ([{"loc": ["body", "layers", 0, "lam"], "msg": "bad", "input": -1}], "layers.0.lam: bad (got -1)"),
         ([{"loc": ["query", "layer"], "msg": "too big", "input": "9"}], "query.layer: too big (got '9')"),
-        ([{"loc": ["body", "dataset_id"], "msg": "Field required", "type": "missing", "input": {}},
-          {"loc": ["body", "n_iter"], "msg": "bad", "input": 0}], "dataset_id: Field required; n_iter: bad (got 0)"),
+        (
+            [
+                {"loc": ["body", "dataset_id"], "msg": "Field required", "type": "missing", "input": {}},
+                {"loc": ["body", "n_iter"], "msg": "bad", "input": 0},
+            ],
+            "dataset_id: Field required; n_iter: bad (got 0)",
+        ),
     ],
 )
 def test_describe_detail_names_fields_and_values(detail, message):
@@ -278,6 +309,7 @@ def test_describe_detail_names_fields_and_values(detail, message):
 
 
 # -- API key and timeouts ------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def keyed_service(tmp_path_factory):
@@ -309,8 +341,11 @@ def test_a_keyed_service_works_with_the_key_and_wait_times_out(keyed_service):
 
 
 def test_json_error_bodies_round_trip_through_the_error():
-    response = httpx2.Response(422, content=json.dumps({"detail": [{"loc": ["body", "x"], "msg": "m"}]}).encode(),
-                               headers={"content-type": "application/json"})
+    response = httpx2.Response(
+        422,
+        content=json.dumps({"detail": [{"loc": ["body", "x"], "msg": "m"}]}).encode(),
+        headers={"content-type": "application/json"},
+    )
     error = DeconvAPIError.from_response(response)
     assert (error.status, error.message) == (422, "HTTP 422: x: m")
     assert str(error) == error.message

@@ -36,8 +36,11 @@ def _png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 @dataclass
@@ -76,6 +79,7 @@ def _layer(**changes) -> dict:
 
 # -- job specs ------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("body", "loc"),
     [
@@ -91,8 +95,19 @@ def _layer(**changes) -> dict:
         (_job(backend="tpu"), ["body", "backend"]),
         ({k: v for k, v in SPEC.items() if k != "layers"}, ["body", "layers"]),
     ],
-    ids=["unknown-field", "lam-0", "lam-negative", "filters-larger-than-images", "too-many-filters",
-         "connectivity", "n_iter", "algorithm", "workers", "backend", "missing-layers"],
+    ids=[
+        "unknown-field",
+        "lam-0",
+        "lam-negative",
+        "filters-larger-than-images",
+        "too-many-filters",
+        "connectivity",
+        "n_iter",
+        "algorithm",
+        "workers",
+        "backend",
+        "missing-layers",
+    ],
 )
 def test_a_bad_spec_is_a_422_naming_the_field(held, body, loc):
     response = held.client.post("/jobs", json={"dataset_id": held.dataset_id, **body})
@@ -115,8 +130,11 @@ def test_a_non_finite_number_in_the_json_is_a_422_naming_the_field(held, value):
     assert response.json()["detail"][0]["loc"] == ["body", "layers", 0, "lam"]
 
 
-@pytest.mark.parametrize(("field", "value"), [("n_iter", 10**30), ("seed", 10**30), ("seed", 2**63), ("seed", -1)],
-                         ids=["n_iter-huge", "seed-huge", "seed-past-int64", "seed-negative"])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("n_iter", 10**30), ("seed", 10**30), ("seed", 2**63), ("seed", -1)],
+    ids=["n_iter-huge", "seed-huge", "seed-past-int64", "seed-negative"],
+)
 def test_an_integer_out_of_range_is_a_422_naming_the_field(held, field, value):
     # a seed numpy refuses (negative) would fail the job only once it runs; one past int64 does not fit the
     # integer columns and arrays that carry it
@@ -152,6 +170,7 @@ def test_a_json_body_over_the_limit_is_a_413(held):
 
 # -- uploads --------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("name", "data", "words"),
     [
@@ -184,10 +203,17 @@ def test_an_upload_far_over_the_limit_is_a_413(held):
 
 # -- ids, paths and queries -----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "path",
-    [f"/jobs/{UNKNOWN}", f"/jobs/{UNKNOWN}/filters", f"/jobs/{UNKNOWN}/history", f"/jobs/{UNKNOWN}/artifacts",
-     f"/jobs/{UNKNOWN}/artifacts/filters-L1.npy", f"/datasets/{UNKNOWN}"],
+    [
+        f"/jobs/{UNKNOWN}",
+        f"/jobs/{UNKNOWN}/filters",
+        f"/jobs/{UNKNOWN}/history",
+        f"/jobs/{UNKNOWN}/artifacts",
+        f"/jobs/{UNKNOWN}/artifacts/filters-L1.npy",
+        f"/datasets/{UNKNOWN}",
+    ],
 )
 def test_an_unknown_id_is_a_404_naming_it(held, path):
     response = held.client.get(path)
@@ -197,9 +223,16 @@ def test_an_unknown_id_is_a_404_naming_it(held, path):
 
 @pytest.mark.parametrize(
     "path",
-    ["/jobs/..%2F..%2Fetc%2Fpasswd", "/jobs/%2E%2E", "/jobs/ABC", "/jobs/..%2F..%2Fdeconv.sqlite3/filters",
-     "/jobs/{job}/artifacts/..%2F..%2F..%2Fdeconv.sqlite3", "/jobs/{job}/artifacts/%2E%2E",
-     "/jobs/{job}/artifacts/.hidden", "/datasets/..%2F..%2Fetc%2Fpasswd"],
+    [
+        "/jobs/..%2F..%2Fetc%2Fpasswd",
+        "/jobs/%2E%2E",
+        "/jobs/ABC",
+        "/jobs/..%2F..%2Fdeconv.sqlite3/filters",
+        "/jobs/{job}/artifacts/..%2F..%2F..%2Fdeconv.sqlite3",
+        "/jobs/{job}/artifacts/%2E%2E",
+        "/jobs/{job}/artifacts/.hidden",
+        "/datasets/..%2F..%2Fetc%2Fpasswd",
+    ],
 )
 def test_a_path_traversal_reaches_no_file(held, path):
     response = held.client.get(path.format(job=held.job_id))
@@ -244,8 +277,7 @@ def test_results_of_an_unfinished_job_are_a_409(held, path):
 
 
 def test_an_unfinished_job_cannot_encode(held):
-    response = held.client.post(f"/models/{held.job_id}/encode",
-                                files=[("files", sample_png_parts(1, 32)[0])])
+    response = held.client.post(f"/models/{held.job_id}/encode", files=[("files", sample_png_parts(1, 32)[0])])
     assert response.status_code == 409
 
 
@@ -277,7 +309,7 @@ def _npz(**arrays) -> bytes:
 def _bad_crc(archive: bytes) -> bytes:
     data = bytearray(archive)
     entry = data.index(b"PK\x01\x02")  # the central directory's CRC-32 of the member, at offset 16
-    data[entry + 16: entry + 20] = b"\0\0\0\0"
+    data[entry + 16 : entry + 20] = b"\0\0\0\0"
     return bytes(data)
 
 
@@ -285,42 +317,104 @@ def _bad_crc(archive: bytes) -> bytes:
     ("files", "data", "field", "status"),
     [
         ({"maps": ("m.npy", b"not an array", NPY), "filters": ("f.npy", FILTERS, NPY)}, {}, "maps", 422),
-        ({"maps": ("m.npy", _npy(np.array([[None]], dtype=object), True), NPY),
-          "filters": ("f.npy", FILTERS, NPY)}, {}, "maps", 422),
-        ({"maps": ("m.npy", _npy(np.full((1, 4, 8, 8), np.nan)), NPY), "filters": ("f.npy", FILTERS, NPY)}, {},
-         "maps", 422),
+        (
+            {"maps": ("m.npy", _npy(np.array([[None]], dtype=object), True), NPY), "filters": ("f.npy", FILTERS, NPY)},
+            {},
+            "maps",
+            422,
+        ),
+        (
+            {"maps": ("m.npy", _npy(np.full((1, 4, 8, 8), np.nan)), NPY), "filters": ("f.npy", FILTERS, NPY)},
+            {},
+            "maps",
+            422,
+        ),
         ({"maps": ("m.npy", _npy(np.zeros(8)), NPY), "filters": ("f.npy", FILTERS, NPY)}, {}, "maps", 422),
         ({"maps": ("m.npy", MAPS, NPY), "filters": ("f.npy", b"garbage", NPY)}, {}, "filters", 422),
         ({"maps": ("m.npy", MAPS, NPY), "filters": ("f.npy", _npy(np.zeros((3, 1, 3, 3))), NPY)}, {}, "K = 4", 422),
-        ({"maps": ("m.npy", MAPS, NPY), "filters": ("f.npy", _npy(np.zeros((4, 1, 16, 16))), NPY)}, {},
-         "filters", 422),
+        ({"maps": ("m.npy", MAPS, NPY), "filters": ("f.npy", _npy(np.zeros((4, 1, 16, 16))), NPY)}, {}, "filters", 422),
         ({"maps": ("m.npy", MAPS, NPY)}, {}, "job_id", 422),
         ({"maps": ("m.npy", MAPS, NPY), "filters": ("f.npy", FILTERS, NPY)}, {"job_id": UNKNOWN}, "job_id", 422),
         ({"maps": ("m.npy", MAPS, NPY)}, {"job_id": "../../etc"}, "job_id", 422),
         ({"maps": ("m.npy", MAPS, NPY)}, {"job_id": UNKNOWN}, UNKNOWN, 404),
-        ({"maps": ("m.npy", MAPS, NPY), "filters": ("f.npy", FILTERS, NPY)}, {"boundary": "mirror"}, "boundary",
-         422),
+        ({"maps": ("m.npy", MAPS, NPY), "filters": ("f.npy", FILTERS, NPY)}, {"boundary": "mirror"}, "boundary", 422),
         ({"filters": ("f.npy", FILTERS, NPY)}, {}, "maps", 422),
-        ({"maps": ("m.npy", _npy_header_only((1, 4, 50_000, 50_000)), NPY), "filters": ("f.npy", FILTERS, NPY)},
-         {}, "maps", 422),
-        ({"maps": ("m.npy", _npy_header_only((10**4, 10**4, 10**3, 10**3)), NPY),
-          "filters": ("f.npy", FILTERS, NPY)}, {}, "maps", 422),
-        ({"maps": ("m.npy", MAPS, NPY), "filters": ("f.npy", _npy_header_only((10**6, 10**6, 3, 3)), NPY)}, {},
-         "filters", 422),
-        ({"maps": ("m.npz", _npz(m=_npy_header_only((1, 4, 50_000, 50_000))), NPY),
-          "filters": ("f.npy", FILTERS, NPY)}, {}, "maps", 422),
-        ({"maps": ("m.npz", _npz(m=_npy(np.array([[None]], dtype=object), True)), NPY),
-          "filters": ("f.npy", FILTERS, NPY)}, {}, "maps", 422),
+        (
+            {"maps": ("m.npy", _npy_header_only((1, 4, 50_000, 50_000)), NPY), "filters": ("f.npy", FILTERS, NPY)},
+            {},
+            "maps",
+            422,
+        ),
+        (
+            {
+                "maps": ("m.npy", _npy_header_only((10**4, 10**4, 10**3, 10**3)), NPY),
+                "filters": ("f.npy", FILTERS, NPY),
+            },
+            {},
+            "maps",
+            422,
+        ),
+        (
+            {"maps": ("m.npy", MAPS, NPY), "filters": ("f.npy", _npy_header_only((10**6, 10**6, 3, 3)), NPY)},
+            {},
+            "filters",
+            422,
+        ),
+        (
+            {
+                "maps": ("m.npz", _npz(m=_npy_header_only((1, 4, 50_000, 50_000))), NPY),
+                "filters": ("f.npy", FILTERS, NPY),
+            },
+            {},
+            "maps",
+            422,
+        ),
+        (
+            {
+                "maps": ("m.npz", _npz(m=_npy(np.array([[None]], dtype=object), True)), NPY),
+                "filters": ("f.npy", FILTERS, NPY),
+            },
+            {},
+            "maps",
+            422,
+        ),
         ({"maps": ("m.npz", _bad_crc(_npz(m=MAPS)), NPY), "filters": ("f.npy", FILTERS, NPY)}, {}, "maps", 422),
         ({"maps": ("m.npz", _npz(a=MAPS, b=MAPS), NPY), "filters": ("f.npy", FILTERS, NPY)}, {}, "maps", 422),
-        ({"maps": ("m.npz", _npz(m=_npy(np.zeros((1, 4, 256, 512), np.float32))), NPY),
-          "filters": ("f.npy", FILTERS, NPY)}, {}, "unpacks to", 422),
+        (
+            {
+                "maps": ("m.npz", _npz(m=_npy(np.zeros((1, 4, 256, 512), np.float32))), NPY),
+                "filters": ("f.npy", FILTERS, NPY),
+            },
+            {},
+            "unpacks to",
+            422,
+        ),
         ({"maps": ("m.npz", _npz(m=MAPS), NPY), "filters": ("f.npy", FILTERS, NPY)}, {}, None, 200),
     ],
-    ids=["maps-not-npy", "maps-object", "maps-nan", "maps-1d", "filters-not-npy", "k-mismatch", "filters-too-large",
-         "neither-job-nor-filters", "both-job-and-filters", "job-id-traversal", "unknown-job", "boundary",
-         "no-maps", "maps-huge-header", "maps-absurd-header", "filters-absurd-header", "npz-huge-header",
-         "npz-object", "npz-bad-crc", "npz-two-arrays", "npz-bomb", "npz-good"],
+    ids=[
+        "maps-not-npy",
+        "maps-object",
+        "maps-nan",
+        "maps-1d",
+        "filters-not-npy",
+        "k-mismatch",
+        "filters-too-large",
+        "neither-job-nor-filters",
+        "both-job-and-filters",
+        "job-id-traversal",
+        "unknown-job",
+        "boundary",
+        "no-maps",
+        "maps-huge-header",
+        "maps-absurd-header",
+        "filters-absurd-header",
+        "npz-huge-header",
+        "npz-object",
+        "npz-bad-crc",
+        "npz-two-arrays",
+        "npz-bomb",
+        "npz-good",
+    ],
 )
 def test_a_bad_reconstruct_request_is_a_4xx_naming_the_field(held, files, data, field, status):
     response = held.client.post("/reconstruct", files=files, data=data)
@@ -330,6 +424,7 @@ def test_a_bad_reconstruct_request_is_a_4xx_naming_the_field(held, files, data, 
 
 # -- the API key ----------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory) -> Iterator[httpx2.Client]:
     service = start_service(tmp_path_factory.mktemp("keyed"), run_jobs=False, api_key="s3cret")
@@ -338,11 +433,20 @@ def keyed(tmp_path_factory) -> Iterator[httpx2.Client]:
     stop_service(service)
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/jobs"), ("POST", "/jobs"), ("GET", f"/jobs/{UNKNOWN}"),
-                                              ("DELETE", f"/jobs/{UNKNOWN}"), ("POST", "/datasets"),
-                                              ("GET", f"/datasets/{UNKNOWN}"), ("POST", "/reconstruct"),
-                                              ("POST", f"/models/{UNKNOWN}/encode"),
-                                              ("GET", f"/jobs/{UNKNOWN}/filters")])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/jobs"),
+        ("POST", "/jobs"),
+        ("GET", f"/jobs/{UNKNOWN}"),
+        ("DELETE", f"/jobs/{UNKNOWN}"),
+        ("POST", "/datasets"),
+        ("GET", f"/datasets/{UNKNOWN}"),
+        ("POST", "/reconstruct"),
+        ("POST", f"/models/{UNKNOWN}/encode"),
+        ("GET", f"/jobs/{UNKNOWN}/filters"),
+    ],
+)
 @pytest.mark.parametrize("key", [None, "wrong", ""], ids=["no-key", "wrong-key", "empty-key"])
 def test_without_the_right_key_every_route_is_a_401(keyed, method, path, key):
     response = keyed.request(method, path, headers={} if key is None else {"X-API-Key": key})

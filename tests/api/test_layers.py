@@ -22,9 +22,14 @@ logger = logging.getLogger(__name__)
 
 K1, K2, S, SIDE = 4, 10, 5, 32  # singles-and-doubles on 4 maps: 4 + 6 = 10 maps, each reading one or two
 SPEC = {
-    "layers": [{"n_filters": K1, "filter_size": S, "lam": 0.2},
-               {"n_filters": K2, "filter_size": S, "lam": 0.05, "connectivity": "singles-and-doubles", "n_iter": 4}],
-    "n_iter": 3, "inference": {"method": "admm", "max_iter": 10}, "filter_update": {"max_iter": 5}, "seed": 2,
+    "layers": [
+        {"n_filters": K1, "filter_size": S, "lam": 0.2},
+        {"n_filters": K2, "filter_size": S, "lam": 0.05, "connectivity": "singles-and-doubles", "n_iter": 4},
+    ],
+    "n_iter": 3,
+    "inference": {"method": "admm", "max_iter": 10},
+    "filter_update": {"max_iter": 5},
+    "seed": 2,
     "workers": 2,
 }
 
@@ -88,8 +93,11 @@ def test_an_image_encoded_to_layer_two_reconstructs_to_pixels(stack_job, record_
     for layer, z in ((1, z1), (2, z2)):
         buffer = io.BytesIO()
         np.save(buffer, z)
-        response = client.post("/reconstruct", data={"job_id": job["id"], "layer": str(layer)},
-                               files={"maps": ("maps.npy", buffer.getvalue())})
+        response = client.post(
+            "/reconstruct",
+            data={"job_id": job["id"], "layer": str(layer)},
+            files={"maps": ("maps.npy", buffer.getvalue())},
+        )
         images[layer] = _array(response)
         assert images[layer].shape == (1, 1, SIDE, SIDE)
     # Both projections live in the space of layer 1's preprocessed input: preprocess the image as the model does.

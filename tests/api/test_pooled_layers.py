@@ -28,9 +28,15 @@ K1, K2, S, SIDE, POOL = 6, 8, 5, 31, (2, 2, 2)  # 31 is odd: the 2×2 pooling pa
 def _spec(model: str) -> dict:
     inference = {"method": "fista", "max_iter": 8} if model == "pixels" else {"method": "admm", "max_iter": 10}
     return {
-        "layers": [{"n_filters": K1, "filter_size": S, "lam": 0.1, "pool": list(POOL)},
-                   {"n_filters": K2, "filter_size": S, "lam": 0.05, "connectivity": "random-doubles:2"}],
-        "n_iter": 3, "inference": inference, "filter_update": {"max_iter": 5}, "seed": 4, "workers": 2,
+        "layers": [
+            {"n_filters": K1, "filter_size": S, "lam": 0.1, "pool": list(POOL)},
+            {"n_filters": K2, "filter_size": S, "lam": 0.05, "connectivity": "random-doubles:2"},
+        ],
+        "n_iter": 3,
+        "inference": inference,
+        "filter_update": {"max_iter": 5},
+        "seed": 4,
+        "workers": 2,
         "reconstruct_to": model,
     }
 
@@ -106,8 +112,11 @@ def test_an_image_encoded_to_layer_two_reconstructs_through_the_unpooling(pooled
     assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "switches"]
     npz = io.BytesIO()
     np.savez(npz, **code)
-    response = client.post("/reconstruct", data={"job_id": job["id"], "layer": "2"},
-                           files={"maps": maps_part, "switches": ("code.npz", npz.getvalue())})
+    response = client.post(
+        "/reconstruct",
+        data={"job_id": job["id"], "layer": "2"},
+        files={"maps": maps_part, "switches": ("code.npz", npz.getvalue())},
+    )
     image = _array(response)
     assert image.shape == (1, 1, SIDE, SIDE)
     metadata = client.get(f"/jobs/{job['id']}/artifacts/model.json").json()
@@ -143,25 +152,86 @@ def test_client_and_cli_encode_then_reconstruct_from_layer_two_with_the_switches
         image = deconv.reconstruct(code["L2"], job_id=job["id"], layer=2, switches=code)
     assert image.shape == (1, 1, SIDE, SIDE)
     (tmp_path / files[0][1][0]).write_bytes(files[0][1][1])
-    status = main(["encode", job["id"], str(tmp_path / files[0][1][0]), "--layer", "2", "--max-iter", "50",
-                   "--out", str(tmp_path / "code.npz"), "--url", str(client.base_url)])
+    status = main(
+        [
+            "encode",
+            job["id"],
+            str(tmp_path / files[0][1][0]),
+            "--layer",
+            "2",
+            "--max-iter",
+            "50",
+            "--out",
+            str(tmp_path / "code.npz"),
+            "--url",
+            str(client.base_url),
+        ]
+    )
     assert status == 0, capsys.readouterr().err
     with np.load(tmp_path / "code.npz") as archive:
         assert sorted(archive.files) == ["L1", "L2", "S1"]
         np.testing.assert_allclose(archive["L2"], code["L2"], rtol=1e-6, atol=1e-7)  # the same encode
-    status = main(["encode", job["id"], str(tmp_path / files[0][1][0]), "--max-iter", "50",
-                   "--out", str(tmp_path / "maps.npy"), "--url", str(client.base_url)])
+    status = main(
+        [
+            "encode",
+            job["id"],
+            str(tmp_path / files[0][1][0]),
+            "--max-iter",
+            "50",
+            "--out",
+            str(tmp_path / "maps.npy"),
+            "--url",
+            str(client.base_url),
+        ]
+    )
     assert status == 0 and np.load(tmp_path / "maps.npy").shape == code["L2"].shape
-    status = main(["encode", job["id"], str(tmp_path / "missing.png"), "--out", str(tmp_path / "x.npz"),
-                   "--url", str(client.base_url)])
+    status = main(
+        [
+            "encode",
+            job["id"],
+            str(tmp_path / "missing.png"),
+            "--out",
+            str(tmp_path / "x.npz"),
+            "--url",
+            str(client.base_url),
+        ]
+    )
     assert status == 2 and "missing.png" in capsys.readouterr().err
     out = tmp_path / "image.npy"
-    status = main(["reconstruct", "--maps", str(tmp_path / "maps.npy"), "--job", job["id"], "--layer", "2",
-                   "--switches", str(tmp_path / "code.npz"), "--out", str(out), "--url", str(client.base_url)])
+    status = main(
+        [
+            "reconstruct",
+            "--maps",
+            str(tmp_path / "maps.npy"),
+            "--job",
+            job["id"],
+            "--layer",
+            "2",
+            "--switches",
+            str(tmp_path / "code.npz"),
+            "--out",
+            str(out),
+            "--url",
+            str(client.base_url),
+        ]
+    )
     assert status == 0, capsys.readouterr().err
     np.testing.assert_allclose(np.load(out), image, rtol=1e-5, atol=1e-6)
-    status = main(["reconstruct", "--maps", str(tmp_path / "maps.npy"), "--job", job["id"], "--layer", "2",
-                   "--out", str(tmp_path / "refused.npy"), "--url", str(client.base_url)])
+    status = main(
+        [
+            "reconstruct",
+            "--maps",
+            str(tmp_path / "maps.npy"),
+            "--job",
+            job["id"],
+            "--layer",
+            "2",
+            "--out",
+            str(tmp_path / "refused.npy"),
+            "--url",
+            str(client.base_url),
+        ]
+    )
     assert status == 2 and "switches" in capsys.readouterr().err
 
 
@@ -184,5 +254,4 @@ def test_specs_that_do_not_fit_the_pooled_maps_are_refused_naming_the_field(live
         assert response.status_code == 422 and "inference.method" in response.text
         bad = {**_spec("pixels"), "layers": [{"n_filters": 2, "filter_size": 3, "lam": 0.1, "pool": [0, 2, 2]}]}
         response = client.post("/jobs", json={"dataset_id": dataset, **bad})
-        assert response.status_code == 422 and response.json()["detail"][0]["loc"][:4] == ["body", "layers", 0,
-                                                                                           "pool"]
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"][:4] == ["body", "layers", 0, "pool"]

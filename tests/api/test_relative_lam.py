@@ -17,8 +17,15 @@ httpx2 = pytest.importorskip("httpx2")
 pytestmark = pytest.mark.timeout(240)
 
 LAYER = {"n_filters": 3, "filter_size": 3, "lam": 0.3, "lam_scale": "relative"}
-SPEC = {"layers": [LAYER], "n_iter": 2, "inference": {"method": "admm", "max_iter": 5},
-        "filter_update": {"max_iter": 3}, "preprocess": None, "seed": 5, "workers": 2}
+SPEC = {
+    "layers": [LAYER],
+    "n_iter": 2,
+    "inference": {"method": "admm", "max_iter": 5},
+    "filter_update": {"max_iter": 3},
+    "preprocess": None,
+    "seed": 5,
+    "workers": 2,
+}
 
 
 def _npy(a: np.ndarray) -> bytes:
@@ -42,8 +49,13 @@ def test_a_relative_lam_is_recorded_as_the_absolute_lam_used(live_service):
             time.sleep(0.2)
         assert job["status"] == "succeeded", job
         layer = client.get(f"/jobs/{job_id}/artifacts/model.json").json()["layers"][0]
-    config = LearnConfig(layers=[LayerSpec(**LAYER)], inference=AdmmConfig(max_iter=5), n_iter=2, seed=5,
-                         filter_update=FilterUpdateConfig(max_iter=3))
+    config = LearnConfig(
+        layers=[LayerSpec(**LAYER)],
+        inference=AdmmConfig(max_iter=5),
+        n_iter=2,
+        seed=5,
+        filter_update=FilterUpdateConfig(max_iter=3),
+    )
     local = learn_layer(images, config)  # one process, all the images: the same λ_max as the max over the shards
     assert layer["lam_scale"] == "relative"
     assert layer["lam_max"] == pytest.approx(local.lam_max, rel=1e-6)
@@ -52,7 +64,6 @@ def test_a_relative_lam_is_recorded_as_the_absolute_lam_used(live_service):
 
 def test_a_relative_lam_of_one_is_refused_naming_the_field(live_service):
     with httpx2.Client(base_url=live_service.url, timeout=60) as client:
-        response = client.post("/jobs", json={"dataset_id": "0" * 32, **SPEC,
-                                              "layers": [{**LAYER, "lam": 1.0}]})
+        response = client.post("/jobs", json={"dataset_id": "0" * 32, **SPEC, "layers": [{**LAYER, "lam": 1.0}]})
     assert response.status_code == 422, response.text
     assert "layers" in response.text and "below 1" in response.text

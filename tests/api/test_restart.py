@@ -22,8 +22,13 @@ httpx2 = pytest.importorskip("httpx2")
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 
-SPEC = {"layers": [{"n_filters": 8, "filter_size": 5, "lam": 0.5}], "n_iter": 8,
-        "inference": {"method": "admm", "max_iter": 20}, "filter_update": {"max_iter": 5}, "seed": 4}
+SPEC = {
+    "layers": [{"n_filters": 8, "filter_size": 5, "lam": 0.5}],
+    "n_iter": 8,
+    "inference": {"method": "admm", "max_iter": 20},
+    "filter_update": {"max_iter": 5},
+    "seed": 4,
+}
 
 
 class _Records(logging.Handler):
@@ -88,8 +93,11 @@ def test_the_stopped_service_put_the_job_back_in_the_queue(restarted):
 
 def test_the_next_service_resumes_the_job_from_its_checkpoint(restarted):
     job_id = restarted.job["id"]
-    resumed = [int(m.group(1)) for line in restarted.log
-               if job_id in line and (m := re.search(r"resuming from \S+ \(outer iteration (\d+)\)", line))]
+    resumed = [
+        int(m.group(1))
+        for line in restarted.log
+        if job_id in line and (m := re.search(r"resuming from \S+ \(outer iteration (\d+)\)", line))
+    ]
     assert restarted.job["status"] == "succeeded"
     assert restarted.job["attempts"] == 1
     assert len(resumed) == 1

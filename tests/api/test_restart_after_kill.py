@@ -40,8 +40,13 @@ logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %
 import uvicorn
 uvicorn.run("api.app:create_app", factory=True, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
-SPEC = {"layers": [{"n_filters": 8, "filter_size": 5, "lam": 0.5}], "n_iter": 10,
-        "inference": {"method": "admm", "max_iter": 20}, "filter_update": {"max_iter": 5}, "seed": 4}
+SPEC = {
+    "layers": [{"n_filters": 8, "filter_size": 5, "lam": 0.5}],
+    "n_iter": 10,
+    "inference": {"method": "admm", "max_iter": 20},
+    "filter_update": {"max_iter": 5},
+    "seed": 4,
+}
 
 
 @dataclass
@@ -90,8 +95,14 @@ def _start(data_dir: Path, log: Path) -> ServerProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DECONV_", "RAY_ADDRESS"))}
     env |= {"DECONV_DATA_DIR": str(data_dir), "DECONV_CHECKPOINT_EVERY": "1", "PYTHONPATH": str(ROOT)}
     port = _free_port()
-    process = subprocess.Popen([sys.executable, "-c", _SERVER, str(port)], cwd=ROOT, env=env,
-                               stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SERVER, str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     server = ServerProcess(process, httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=30), log)
     deadline = time.monotonic() + 60
     while True:
@@ -125,8 +136,9 @@ def resumed(tmp_path_factory) -> Iterator[Resumed]:
     root = tmp_path_factory.mktemp("restart")
     first = _start(root / "data", root / "first.log")
     try:
-        dataset = first.client.post("/datasets", files=[("files", (name, data, "image/png"))
-                                                        for name, data in sample_png_parts(3, 64)]).json()
+        dataset = first.client.post(
+            "/datasets", files=[("files", (name, data, "image/png")) for name, data in sample_png_parts(3, 64)]
+        ).json()
         job_id = first.client.post("/jobs", json={**SPEC, "dataset_id": dataset["id"]}).json()["id"]
         wait_for_job(first.client, job_id, lambda j: j["progress"]["iteration"] >= 3)
         history_before = first.client.get(f"/jobs/{job_id}/history").json()
@@ -139,8 +151,9 @@ def resumed(tmp_path_factory) -> Iterator[Resumed]:
         artifacts = second.client.get(f"/jobs/{job_id}/artifacts").json()
         downloads = {a["name"]: second.client.get(a["url"]).content for a in artifacts}
         history_after = second.client.get(f"/jobs/{job_id}/history").json()
-        yield Resumed(second, dataset["id"], job, history_before, history_after, first.text(), artifacts, downloads,
-                      leftovers)
+        yield Resumed(
+            second, dataset["id"], job, history_before, history_after, first.text(), artifacts, downloads, leftovers
+        )
     finally:
         second.kill()
 
@@ -151,8 +164,10 @@ def uninterrupted(resumed) -> dict:
     client = resumed.server.client
     job_id = client.post("/jobs", json={**SPEC, "dataset_id": resumed.dataset_id}).json()["id"]
     wait_for_job(client, job_id, lambda j: j["status"] == "succeeded")
-    return {"history": client.get(f"/jobs/{job_id}/history").json(),
-            "filters": client.get(f"/jobs/{job_id}/filters").content}
+    return {
+        "history": client.get(f"/jobs/{job_id}/history").json(),
+        "filters": client.get(f"/jobs/{job_id}/filters").content,
+    }
 
 
 def test_the_killed_service_leaves_no_process_behind(resumed):
@@ -191,9 +206,17 @@ def test_the_resumed_run_follows_the_uninterrupted_one(resumed, uninterrupted):
 
 def test_every_artifact_downloads_with_its_sha256(resumed):
     names = {a["name"] for a in resumed.artifacts}
-    assert {"filters-L1.npy", "filters-L1.png", "maps-L1.npz", "reconstructions.npy", "history.json",
-            "model.json"} <= names
+    assert {
+        "filters-L1.npy",
+        "filters-L1.png",
+        "maps-L1.npz",
+        "reconstructions.npy",
+        "history.json",
+        "model.json",
+    } <= names
     assert {a["name"]: hashlib.sha256(resumed.downloads[a["name"]]).hexdigest() for a in resumed.artifacts} == {
-        a["name"]: a["sha256"] for a in resumed.artifacts}
+        a["name"]: a["sha256"] for a in resumed.artifacts
+    }
     assert {a["name"]: len(resumed.downloads[a["name"]]) for a in resumed.artifacts} == {
-        a["name"]: a["size"] for a in resumed.artifacts}
+        a["name"]: a["size"] for a in resumed.artifacts
+    }

@@ -28,8 +28,13 @@ httpx2 = pytest.importorskip("httpx2")
 pytestmark = pytest.mark.timeout(180)
 
 K, SIZE, N_ITER, SIDE = 5, 5, 3, 32  # K = 5: a 3-column montage with one empty slot
-SPEC = {"layers": [{"n_filters": K, "filter_size": SIZE, "lam": 0.5}], "n_iter": N_ITER,
-        "inference": {"method": "admm", "max_iter": 10}, "filter_update": {"max_iter": 5}, "seed": 1}
+SPEC = {
+    "layers": [{"n_filters": K, "filter_size": SIZE, "lam": 0.5}],
+    "n_iter": N_ITER,
+    "inference": {"method": "admm", "max_iter": 10},
+    "filter_update": {"max_iter": 5},
+    "seed": 1,
+}
 NPY = "application/x-npy"
 
 
@@ -88,6 +93,7 @@ def held(tmp_path_factory) -> Iterator[httpx2.Client]:
 
 
 # -- learning and its results -----------------------------------------------------------------------------------------
+
 
 def test_an_upload_gives_a_dataset(finished):
     again = finished.client.get(f"/datasets/{finished.dataset['id']}").json()
@@ -170,8 +176,17 @@ def test_every_listed_artifact_downloads_with_its_sha256(finished):
     artifacts = finished.client.get(f"/jobs/{finished.job['id']}/artifacts").json()
     digests = {a["name"]: hashlib.sha256(finished.client.get(a["url"]).content).hexdigest() for a in artifacts}
     assert digests == {a["name"]: a["sha256"] for a in artifacts}
-    assert {"filters-L1.npy", "filters-L1.png", "maps-L1.npz", "reconstructions.npy", "reconstructions.png",
-            "history.json", "history.png", "config.json", "model.json"} <= set(digests)
+    assert {
+        "filters-L1.npy",
+        "filters-L1.png",
+        "maps-L1.npz",
+        "reconstructions.npy",
+        "reconstructions.png",
+        "history.json",
+        "history.png",
+        "config.json",
+        "model.json",
+    } <= set(digests)
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +197,11 @@ def new_image() -> bytes:
 
 @pytest.fixture(scope="module")
 def encoded(finished, new_image) -> np.ndarray:
-    response = finished.client.post(f"/models/{finished.job['id']}/encode", params={"max_iter": 30},
-                                    files=[("files", ("new.png", new_image, "image/png"))])
+    response = finished.client.post(
+        f"/models/{finished.job['id']}/encode",
+        params={"max_iter": 30},
+        files=[("files", ("new.png", new_image, "image/png"))],
+    )
     return _array(response)
 
 
@@ -193,25 +211,38 @@ def test_a_new_image_is_encoded_with_the_learned_filters(encoded):
 
 
 def test_encoding_to_npz_gives_every_layer(finished, new_image):
-    response = finished.client.post(f"/models/{finished.job['id']}/encode", params={"format": "npz", "max_iter": 5},
-                                    files=[("files", ("new.png", new_image, "image/png"))])
+    response = finished.client.post(
+        f"/models/{finished.job['id']}/encode",
+        params={"format": "npz", "max_iter": 5},
+        files=[("files", ("new.png", new_image, "image/png"))],
+    )
     with np.load(io.BytesIO(response.content), allow_pickle=False) as maps:
         assert {name: maps[name].shape for name in maps.files} == {"L1": (1, K, SIDE, SIDE)}
 
 
 def test_maps_are_reconstructed_with_the_jobs_or_explicit_filters(finished, encoded):
     filters = finished.client.get(f"/jobs/{finished.job['id']}/filters").content
-    with_job = _array(finished.client.post("/reconstruct", data={"job_id": finished.job["id"]},
-                                           files={"maps": ("maps.npy", _npy(encoded), NPY)}))
-    with_file = _array(finished.client.post("/reconstruct", files={"maps": ("maps.npy", _npy(encoded[0]), NPY),
-                                                                   "filters": ("f.npy", filters, NPY)}))
+    with_job = _array(
+        finished.client.post(
+            "/reconstruct", data={"job_id": finished.job["id"]}, files={"maps": ("maps.npy", _npy(encoded), NPY)}
+        )
+    )
+    with_file = _array(
+        finished.client.post(
+            "/reconstruct", files={"maps": ("maps.npy", _npy(encoded[0]), NPY), "filters": ("f.npy", filters, NPY)}
+        )
+    )
     assert with_job.shape == with_file.shape == (1, 1, SIDE, SIDE)
     np.testing.assert_allclose(with_file, with_job, rtol=1e-4, atol=1e-5)
 
 
 def test_a_reconstruction_can_come_as_a_png(finished, encoded):
-    response = finished.client.post("/reconstruct", params={"format": "png"}, data={"job_id": finished.job["id"]},
-                                    files={"maps": ("maps.npy", _npy(encoded), NPY)})
+    response = finished.client.post(
+        "/reconstruct",
+        params={"format": "png"},
+        data={"job_id": finished.job["id"]},
+        files={"maps": ("maps.npy", _npy(encoded), NPY)},
+    )
     assert _picture(response).shape[0] == SIDE
 
 
@@ -226,8 +257,9 @@ def test_an_unchanged_artifact_is_a_304(finished):
     assert (other.status_code, other.content) == (200, first.content)
 
 
-@pytest.mark.parametrize("header", ['"0000", {etag}', '{etag},"1111"', "*", "W/{etag}"],
-                         ids=["list", "list-no-space", "star", "weak"])
+@pytest.mark.parametrize(
+    "header", ['"0000", {etag}', '{etag},"1111"', "*", "W/{etag}"], ids=["list", "list-no-space", "star", "weak"]
+)
 def test_if_none_match_takes_lists_star_and_weak_tags(finished, header):
     url = f"/jobs/{finished.job['id']}/maps"
     etag = finished.client.get(url).headers["etag"]
@@ -256,6 +288,7 @@ def test_the_served_openapi_document_is_the_apps(client, live_service):
 
 # -- listing ----------------------------------------------------------------------------------------------------------
 
+
 def _pages(client, limit: int, **params) -> list[list[str]]:
     pages, cursor = [], None
     while True:
@@ -267,8 +300,7 @@ def _pages(client, limit: int, **params) -> list[list[str]]:
 
 
 def test_the_job_list_pages_through_every_job_once(held):
-    ids = [held.post("/jobs", json={**SPEC, "dataset_id": held.dataset_id, "seed": s}).json()["id"]
-           for s in range(7)]
+    ids = [held.post("/jobs", json={**SPEC, "dataset_id": held.dataset_id, "seed": s}).json()["id"] for s in range(7)]
     pages = _pages(held, 3)
     everything = [j for page in pages for j in page]
     assert len(everything) == len(set(everything))
@@ -285,6 +317,7 @@ def test_the_job_list_filters_by_status(held):
 
 
 # -- cancel ---------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.ray
 def test_a_running_job_is_cancelled_and_a_queued_one_at_once(finished):
@@ -306,6 +339,7 @@ def test_a_running_job_is_cancelled_and_a_queued_one_at_once(finished):
 
 
 # -- concurrent and idempotent submissions --------------------------------------------------------------------------
+
 
 def _submit_together(url: str, body: dict, n: int, headers: dict | None = None) -> list[httpx2.Response]:
     """`n` threads, each with its own connection, post the same job at the same moment."""
@@ -341,8 +375,12 @@ def test_twenty_concurrent_submissions_make_twenty_jobs(held):
 
 def test_twenty_submissions_with_one_idempotency_key_make_one_job(held):
     before = set(_all_ids(held))
-    responses = _submit_together(str(held.base_url), {**SPEC, "dataset_id": held.dataset_id, "seed": 7}, 20,
-                                 headers={"Idempotency-Key": "one-key-for-all"})
+    responses = _submit_together(
+        str(held.base_url),
+        {**SPEC, "dataset_id": held.dataset_id, "seed": 7},
+        20,
+        headers={"Idempotency-Key": "one-key-for-all"},
+    )
     ids = {r.json()["id"] for r in responses}
     assert [r.status_code for r in responses] == [202] * 20
     assert len(ids) == 1
@@ -361,6 +399,7 @@ def test_an_idempotency_key_reused_for_another_spec_is_a_409(held):
 
 # -- bad requests that need a finished job --------------------------------------------------------------------------
 
+
 def test_a_layer_the_job_does_not_have_is_a_422(finished):
     response = finished.client.get(f"/jobs/{finished.job['id']}/filters", params={"layer": 2})
     assert response.status_code == 422
@@ -373,8 +412,13 @@ def test_a_layer_the_job_does_not_have_is_a_422(finished):
     [
         ([("files", ("notes.txt", b"not an image", "text/plain"))], "notes.txt"),
         ([("files", ("tiny.npy", _npy(np.zeros((1, 3, 3), np.float32)), NPY))], "3x3"),
-        ([("files", ("a.npy", _npy(np.zeros((1, 16, 16), np.float32)), NPY)),
-          ("files", ("b.npy", _npy(np.zeros((1, 20, 20), np.float32)), NPY))], "one shape"),
+        (
+            [
+                ("files", ("a.npy", _npy(np.zeros((1, 16, 16), np.float32)), NPY)),
+                ("files", ("b.npy", _npy(np.zeros((1, 20, 20), np.float32)), NPY)),
+            ],
+            "one shape",
+        ),
         ([("files", ("c.npy", _npy(np.zeros((2, 16, 16), np.float32)), NPY))], "channel"),
         ([("files", ("many.npy", _npy(np.zeros((65, 1, 8, 8), np.float32)), NPY))], "65 images"),
     ],
@@ -396,8 +440,9 @@ def test_a_bad_image_to_encode_is_a_422_naming_it(finished, files, words):
     ids=["wrong-k", "layer-beyond"],
 )
 def test_bad_maps_for_a_job_are_a_422(finished, maps, data, loc, words):
-    response = finished.client.post("/reconstruct", data={"job_id": finished.job["id"], **data},
-                                    files={"maps": ("maps.npy", _npy(maps), NPY)})
+    response = finished.client.post(
+        "/reconstruct", data={"job_id": finished.job["id"], **data}, files={"maps": ("maps.npy", _npy(maps), NPY)}
+    )
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"] == loc
     assert words in response.json()["detail"][0]["msg"]

@@ -63,7 +63,15 @@ def test_a_missing_path_with_a_folder_is_not_taken_for_a_preset_name():
 
 def test_the_sample_images_are_eight_grey_128_pixel_pngs_inside_the_package():
     paths = configs.sample_paths()
-    assert [p.name for p in paths] == ["astronaut.png", "brick.png", "camera.png", "chelsea.png", "clock.png",
-                                       "coffee.png", "coins.png", "moon.png"]
+    assert [p.name for p in paths] == [
+        "astronaut.png",
+        "brick.png",
+        "camera.png",
+        "chelsea.png",
+        "clock.png",
+        "coffee.png",
+        "coins.png",
+        "moon.png",
+    ]
     assert {p.parent for p in paths} == {importlib.resources.files("configs") / "samples"}
     assert {(Image.open(p).size, Image.open(p).mode) for p in paths} == {((128, 128), "L")}

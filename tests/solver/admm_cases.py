@@ -31,7 +31,14 @@ def fourier_inputs(rng, dtype, n_images=3, n_filters=5, shape=(13, 16)):
     factor = factor_shifted_normal(op.filters_hat, rho)
     N, K, U, V = z_hat.shape
     flat = (N, K, U * V)
-    args = (z_hat.reshape(flat), t_hat.reshape(flat), scale, op.filters_hat[:, 0].reshape(K, U * V),
-            problem.images_hat[:, 0].reshape(N, U * V), np.broadcast_to(problem._weights, (U, V)).reshape(-1),
-            factor.inverse.reshape(N, U * V), 1.8)
+    args = (
+        z_hat.reshape(flat),
+        t_hat.reshape(flat),
+        scale,
+        op.filters_hat[:, 0].reshape(K, U * V),
+        problem.images_hat[:, 0].reshape(N, U * V),
+        np.broadcast_to(problem._weights, (U, V)).reshape(-1),
+        factor.inverse.reshape(N, U * V),
+        1.8,
+    )
     return problem, factor, args

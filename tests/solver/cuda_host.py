@@ -126,9 +126,16 @@ def host_cupy(library: ctypes.CDLL) -> types.SimpleNamespace:
 
             return launch
 
-    return types.SimpleNamespace(empty_like=np.empty_like, empty=np.empty, asarray=np.asarray,
-                                 ascontiguousarray=np.ascontiguousarray, broadcast_to=np.broadcast_to,
-                                 asnumpy=np.asarray, float64=np.float64, RawModule=RawModule)
+    return types.SimpleNamespace(
+        empty_like=np.empty_like,
+        empty=np.empty,
+        asarray=np.asarray,
+        ascontiguousarray=np.ascontiguousarray,
+        broadcast_to=np.broadcast_to,
+        asnumpy=np.asarray,
+        float64=np.float64,
+        RawModule=RawModule,
+    )
 
 
 class Libraries(dict):

@@ -80,8 +80,11 @@ def _max_nonzeros_per_block(maps: np.ndarray, pool) -> int:
     worst = 0
     for n, kb, ib, jb in itertools.product(range(N), range(-(-K // pk)), range(-(-H // ph)), range(-(-W // pw))):
         count = 0
-        for k, i, j in itertools.product(range(kb * pk, min((kb + 1) * pk, K)), range(ib * ph, min((ib + 1) * ph, H)),
-                                          range(jb * pw, min((jb + 1) * pw, W))):
+        for k, i, j in itertools.product(
+            range(kb * pk, min((kb + 1) * pk, K)),
+            range(ib * ph, min((ib + 1) * ph, H)),
+            range(jb * pw, min((jb + 1) * pw, W)),
+        ):
             count += maps[n, k, i, j] != 0
         worst = max(worst, count)
     return worst
@@ -100,10 +103,16 @@ def _assert_non_increasing(history, rel: float) -> None:
 PATHS = {
     "valid-2": ("valid", (1, 7, 6), [(3, 3, "full", (2, 2, 3)), (3, 2, "singles-and-doubles", None)]),
     "circular-2": ("circular", (1, 7, 6), [(3, 3, "full", (2, 2, 3)), (3, 2, "singles-and-doubles", None)]),
-    "valid-3": ("valid", (2, 8, 9), [(4, 3, "random", (2, 2, 3)), (3, 2, "singles-and-doubles", None),
-                                     (2, 2, "random", None)]),
-    "circular-3": ("circular", (1, 8, 9), [(3, 3, "full", (2, 2, 3)), (3, 2, "singles-and-doubles", (1, 2, 2)),
-                                           (2, 2, "random", None)]),
+    "valid-3": (
+        "valid",
+        (2, 8, 9),
+        [(4, 3, "random", (2, 2, 3)), (3, 2, "singles-and-doubles", None), (2, 2, "random", None)],
+    ),
+    "circular-3": (
+        "circular",
+        (1, 8, 9),
+        [(3, 3, "full", (2, 2, 3)), (3, 2, "singles-and-doubles", (1, 2, 2)), (2, 2, "random", None)],
+    ),
 }
 N_IMAGES = 2
 
@@ -239,8 +248,13 @@ def _block_prox_brute(v: np.ndarray, tau: float, p: float, pool) -> tuple[np.nda
     x = np.zeros_like(v, dtype=np.float64)
     total = 0.0
     for n, kb, ib, jb in itertools.product(range(N), range(-(-K // pk)), range(-(-H // ph)), range(-(-W // pw))):
-        entries = list(itertools.product(range(kb * pk, min((kb + 1) * pk, K)),
-                                         range(ib * ph, min((ib + 1) * ph, H)), range(jb * pw, min((jb + 1) * pw, W))))
+        entries = list(
+            itertools.product(
+                range(kb * pk, min((kb + 1) * pk, K)),
+                range(ib * ph, min((ib + 1) * ph, H)),
+                range(jb * pw, min((jb + 1) * pw, W)),
+            )
+        )
         values = np.array([float(v[(n, *e)]) for e in entries])
         none = 0.5 * float(np.sum(values**2))
         best, where, keep = none, None, 0.0
@@ -261,8 +275,10 @@ def _prox_value(x: np.ndarray, v: np.ndarray, tau: float, p: float) -> float:
 
 
 @pytest.mark.parametrize("p", [1.0, 0.5])
-@pytest.mark.parametrize(("shape", "pool"), [((2, 3, 5, 7), (2, 2, 3)), ((1, 4, 4, 4), (2, 2, 2)),
-                                             ((1, 2, 3, 5), (1, 3, 2)), ((1, 3, 2, 2), (3, 2, 2))])
+@pytest.mark.parametrize(
+    ("shape", "pool"),
+    [((2, 3, 5, 7), (2, 2, 3)), ((1, 4, 4, 4), (2, 2, 2)), ((1, 2, 3, 5), (1, 3, 2)), ((1, 3, 2, 2), (3, 2, 2))],
+)
 def test_shrink_then_keep_block_maxima_is_the_exact_prox(shape, pool, p, dtype, rng) -> None:
     tau = 0.4
     for _ in range(3):
@@ -311,8 +327,9 @@ def test_code_pixels_is_monotone_feasible_and_reports_its_objective(name, dtype,
     pool = (2, 2, 2)  # K = 3 maps per top layer: the map axis is padded
     lam = 0.05
     y = problem.images
-    result = code_pixels(y, f, lam, pool=pool, connectivity=g, path=problem.path, boundary=boundary,
-                         max_iter=60, tol=0.0)
+    result = code_pixels(
+        y, f, lam, pool=pool, connectivity=g, path=problem.path, boundary=boundary, max_iter=60, tol=0.0
+    )
     maps = np.asarray(result.maps)
     assert maps.dtype == dtype and maps.shape == problem.maps_shape
     assert np.count_nonzero(maps) > 0
@@ -322,12 +339,14 @@ def test_code_pixels_is_monotone_feasible_and_reports_its_objective(name, dtype,
     assert result.objective == pytest.approx(recomputed, rel=dtype_tol(dtype, 1e3))
     assert result.objective < 0.5 * float(np.sum(np.asarray(y, np.float64) ** 2))
     # a warm start from a dense (infeasible) init is made feasible, and never ends worse than the result it starts at
-    again = code_pixels(y, f, lam, pool=pool, connectivity=g, path=problem.path, boundary=boundary, max_iter=5,
-                        init=maps)
+    again = code_pixels(
+        y, f, lam, pool=pool, connectivity=g, path=problem.path, boundary=boundary, max_iter=5, init=maps
+    )
     assert again.objective <= result.objective * (1 + dtype_tol(dtype, 100))
     dense_init = rng.standard_normal(problem.maps_shape).astype(dtype)
-    third = code_pixels(y, f, lam, pool=pool, connectivity=g, path=problem.path, boundary=boundary, max_iter=3,
-                        init=dense_init)
+    third = code_pixels(
+        y, f, lam, pool=pool, connectivity=g, path=problem.path, boundary=boundary, max_iter=3, init=dense_init
+    )
     assert _max_nonzeros_per_block(np.asarray(third.maps), pool) <= 1
 
 
@@ -354,11 +373,23 @@ def _shard_setup(rng, boundary="valid"):
     f1 = rng.standard_normal((3, 1, 3, 3))
     grid = map_shape((H, W), 3, boundary)
     sw = pool_loops(rng.standard_normal((N_IMAGES, 3) + grid), (2, 2, 3))[1]
-    config = LearnConfig.model_validate({
-        "layers": [{"n_filters": 3, "filter_size": 2, "lam": 0.05, "connectivity": "singles-and-doubles",
-                    "pool": [2, 2, 2]}],
-        "inference": {"method": "fista", "max_iter": 8}, "n_iter": 1, "boundary": boundary,
-        "reconstruct_to": "pixels"})
+    config = LearnConfig.model_validate(
+        {
+            "layers": [
+                {
+                    "n_filters": 3,
+                    "filter_size": 2,
+                    "lam": 0.05,
+                    "connectivity": "singles-and-doubles",
+                    "pool": [2, 2, 2],
+                }
+            ],
+            "inference": {"method": "fista", "max_iter": 8},
+            "n_iter": 1,
+            "boundary": boundary,
+            "reconstruct_to": "pixels",
+        }
+    )
     table = connectivity_table("singles-and-doubles", 3, 2)
     y = rng.standard_normal((N_IMAGES, 1, H, W))
     shard = PixelShard(y, config, table, [LowerLayer(f1, None, (2, 2, 3))], [sw], backend="numpy")
@@ -426,8 +457,9 @@ def test_pixel_shard_never_returns_worse_maps_and_restores_its_state(rng) -> Non
 
 
 def test_pixel_shard_refuses_a_config_of_the_2010_model(rng) -> None:
-    config = LearnConfig.model_validate({"layers": [{"n_filters": 2, "filter_size": 3, "lam": 0.1}],
-                                         "inference": {"method": "fista"}})
+    config = LearnConfig.model_validate(
+        {"layers": [{"n_filters": 2, "filter_size": 3, "lam": 0.1}], "inference": {"method": "fista"}}
+    )
     with pytest.raises(ValueError, match="reconstruct_to 'pixels'"):
         PixelShard(rng.standard_normal((1, 1, 6, 6)), config, None)
 
@@ -438,21 +470,36 @@ def test_pixel_shard_refuses_a_config_of_the_2010_model(rng) -> None:
 def _crops(n: int, size: int, dtype) -> np.ndarray:
     paths = sample_paths()[:n]
     images = np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.float64) / 255 for p in paths])
-    return np.ascontiguousarray(images[:, None, 60:60 + size, 60:60 + size]).astype(dtype)
+    return np.ascontiguousarray(images[:, None, 60 : 60 + size, 60 : 60 + size]).astype(dtype)
 
 
 def _pixels_config(boundary: str, dtype: str, n_iter: int = 4) -> LearnConfig:
-    return LearnConfig.model_validate({
-        "layers": [{"n_filters": 4, "filter_size": 5, "lam": 0.1, "pool": [2, 2, 2]},
-                   {"n_filters": 3, "filter_size": 5, "lam": 0.1, "connectivity": "singles-and-doubles",
-                    "pool": [1, 2, 2]}],
-        "inference": {"method": "fista", "max_iter": 5}, "filter_update": {"method": "fista", "max_iter": 5},
-        "n_iter": n_iter, "boundary": boundary, "preprocess": {"contrast_normalise": True, "cn_floor": "one"},
-        "reconstruct_to": "pixels", "dtype": dtype})
+    return LearnConfig.model_validate(
+        {
+            "layers": [
+                {"n_filters": 4, "filter_size": 5, "lam": 0.1, "pool": [2, 2, 2]},
+                {
+                    "n_filters": 3,
+                    "filter_size": 5,
+                    "lam": 0.1,
+                    "connectivity": "singles-and-doubles",
+                    "pool": [1, 2, 2],
+                },
+            ],
+            "inference": {"method": "fista", "max_iter": 5},
+            "filter_update": {"method": "fista", "max_iter": 5},
+            "n_iter": n_iter,
+            "boundary": boundary,
+            "preprocess": {"contrast_normalise": True, "cn_floor": "one"},
+            "reconstruct_to": "pixels",
+            "dtype": dtype,
+        }
+    )
 
 
-@pytest.fixture(scope="module", params=[("valid", "float64"), ("circular", "float32")],
-                ids=["valid-float64", "circular-float32"])
+@pytest.fixture(
+    scope="module", params=[("valid", "float64"), ("circular", "float32")], ids=["valid-float64", "circular-float32"]
+)
 def pixels_learned(request):
     boundary, dtype = request.param
     crops = _crops(3, 32, np.dtype(dtype))
@@ -486,8 +533,12 @@ def test_pixels_stack_objectives_are_measured_in_pixels(pixels_learned) -> None:
     pooled = convolve_loops(z2, f2, pooled_grid, boundary, g2)
     unpooled = unpool_loops(pooled, result.switches[0], z1.shape)
     pixels2 = convolve_loops(unpooled, f1, (32, 32), boundary, g1)
-    np.testing.assert_allclose(reconstruct_from(model, result.code, 2), pixels2, rtol=0,
-                               atol=dtype_tol(crops.dtype, 1e3) * np.abs(pixels2).max())
+    np.testing.assert_allclose(
+        reconstruct_from(model, result.code, 2),
+        pixels2,
+        rtol=0,
+        atol=dtype_tol(crops.dtype, 1e3) * np.abs(pixels2).max(),
+    )
     E2 = 0.5 * float(np.sum((pixels2 - y) ** 2)) + lam2 * float(np.abs(z2).sum())
     assert result.layers[1].history[-1] == pytest.approx(E2, rel=dtype_tol(crops.dtype, 100))
     pixels1 = convolve_loops(z1, f1, (32, 32), boundary, g1)
@@ -528,8 +579,9 @@ def test_layer_config_of_the_2011_model_reads_preprocessed_pixels() -> None:
 
 
 def test_learn_layer_takes_lower_layers_only_for_pixels(rng) -> None:
-    config = LearnConfig.model_validate({"layers": [{"n_filters": 2, "filter_size": 2, "lam": 0.1}],
-                                         "inference": {"method": "fista"}, "n_iter": 1})
+    config = LearnConfig.model_validate(
+        {"layers": [{"n_filters": 2, "filter_size": 2, "lam": 0.1}], "inference": {"method": "fista"}, "n_iter": 1}
+    )
     f1 = rng.standard_normal((2, 1, 3, 3))
     with pytest.raises(ValueError, match="only with reconstruct_to 'pixels'"):
         learn_layer(rng.standard_normal((1, 1, 6, 6)), config, lower=[LowerLayer(f1, None, None)], switches=[None])
@@ -551,8 +603,12 @@ def test_encode_layers_on_a_pixels_model(pixels_learned, record_property) -> Non
     recon = [reconstruct_from(model, code, layer) for layer in (1, 2)]
     assert all(r.shape == crops.shape for r in recon)
     db = [psnr(y, r) for r in recon]
-    logger.info("%s/%s: PSNR of the 2011 reconstruction of the training crops, layer 1 %.2f dB, layer 2 %.2f dB",
-                model.boundary, crops.dtype, *db)
+    logger.info(
+        "%s/%s: PSNR of the 2011 reconstruction of the training crops, layer 1 %.2f dB, layer 2 %.2f dB",
+        model.boundary,
+        crops.dtype,
+        *db,
+    )
     record_property("psnr_2011_layer1_db", round(db[0], 2))
     record_property("psnr_2011_layer2_db", round(db[1], 2))
     # measured (numpy, 3 crops of 32 px, 4 outer iterations, 50 coding iterations): layer 1 29.06 dB both runs,
@@ -584,11 +640,19 @@ def test_encode_layers_of_a_pixels_model_needs_fista(pixels_learned) -> None:
 @pytest.fixture(scope="module")
 def below_learned():
     crops = _crops(3, 24, np.float32)
-    config = LearnConfig.model_validate({
-        "layers": [{"n_filters": 3, "filter_size": 5, "lam": 0.1, "pool": [2, 2, 2]},
-                   {"n_filters": 3, "filter_size": 3, "lam": 0.1, "connectivity": "singles-and-doubles"}],
-        "inference": {"method": "fista", "max_iter": 5}, "filter_update": {"method": "fista", "max_iter": 3},
-        "n_iter": 2, "boundary": "circular", "preprocess": {"contrast_normalise": True, "cn_floor": "one"}})
+    config = LearnConfig.model_validate(
+        {
+            "layers": [
+                {"n_filters": 3, "filter_size": 5, "lam": 0.1, "pool": [2, 2, 2]},
+                {"n_filters": 3, "filter_size": 3, "lam": 0.1, "connectivity": "singles-and-doubles"},
+            ],
+            "inference": {"method": "fista", "max_iter": 5},
+            "filter_update": {"method": "fista", "max_iter": 3},
+            "n_iter": 2,
+            "boundary": "circular",
+            "preprocess": {"contrast_normalise": True, "cn_floor": "one"},
+        }
+    )
     return crops, learn_stack(crops, config, backend="numpy")
 
 
@@ -617,19 +681,23 @@ def _bounding_box(x: np.ndarray) -> np.ndarray:
     """The smallest window of `x` (C, H, W) holding every entry above FFT rounding (1e-12 of the largest)."""
     energy = np.abs(x).sum(axis=0)
     rows, cols = np.nonzero(energy > 1e-12 * energy.max())
-    return x[:, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    return x[:, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
 
 
-@pytest.mark.parametrize(("boundary", "size"), [
-    ("valid", 9),  # the image is the (2S−1) window: rounding cannot move the crop
-    pytest.param("valid", 15),
-    pytest.param("circular", 14),  # the footprint lies inside: nothing wraps around
-])
+@pytest.mark.parametrize(
+    ("boundary", "size"),
+    [
+        ("valid", 9),  # the image is the (2S−1) window: rounding cannot move the crop
+        pytest.param("valid", 15),
+        pytest.param("circular", 14),  # the footprint lies inside: nothing wraps around
+    ],
+)
 def test_top_projections_of_a_tiny_model_equal_a_hand_projection(boundary, size, rng) -> None:
     """Layer 1: 2 filters of 2×2 on one channel with (1, 2, 2) pooling; layer 2: 2 filters of 2×2."""
     f1, f2 = rng.standard_normal((2, 1, 2, 2)), rng.standard_normal((2, 2, 2, 2))
-    model = StackModel.from_layers([f1, f2], [None, None], [None, None], [0.1, 0.1], [1.0, 1.0], boundary,
-                                   pool=[(1, 2, 2), None])
+    model = StackModel.from_layers(
+        [f1, f2], [None, None], [None, None], [0.1, 0.1], [1.0, 1.0], boundary, pool=[(1, 2, 2), None]
+    )
     grid1 = map_shape((size, size), 2, boundary)
     pooled_grid = (-(-grid1[0] // 2), -(-grid1[1] // 2))
     grid2 = map_shape(pooled_grid, 2, boundary)
@@ -648,7 +716,7 @@ def test_top_projections_of_a_tiny_model_equal_a_hand_projection(boundary, size,
     pooled = convolve_loops(one, f2, pooled_grid, boundary)
 
     def to_pixels(image: int) -> np.ndarray:
-        unpooled = unpool_loops(pooled, switches1[image:image + 1], (1, 2) + grid1)
+        unpooled = unpool_loops(pooled, switches1[image : image + 1], (1, 2) + grid1)
         return convolve_loops(unpooled, f1, (size, size), boundary)[0]
 
     pixels = to_pixels(1)
@@ -675,12 +743,15 @@ def test_pool_needs_three_sizes() -> None:
         LayerSpec(n_filters=2, filter_size=3, lam=0.1, pool=[2, 2])
 
 
-@pytest.mark.parametrize(("extra", "field"), [
-    ({"inference": {"method": "admm"}}, "inference.method"),
-    ({"inference": {"method": "zeiler"}}, "inference.method"),
-    ({"inference": {"method": "fista"}, "filter_update": {"method": "consensus"}}, "filter_update.method"),
-    ({"inference": {"method": "fista"}, "filter_update": {"recentre": True}}, "recentre"),
-])
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"inference": {"method": "admm"}}, "inference.method"),
+        ({"inference": {"method": "zeiler"}}, "inference.method"),
+        ({"inference": {"method": "fista"}, "filter_update": {"method": "consensus"}}, "filter_update.method"),
+        ({"inference": {"method": "fista"}, "filter_update": {"recentre": True}}, "recentre"),
+    ],
+)
 def test_pixels_needs_fista_inference_and_a_plain_filter_update(extra, field) -> None:
     data = {"layers": [{"n_filters": 2, "filter_size": 3, "lam": 0.1}], "reconstruct_to": "pixels", **extra}
     with pytest.raises(ValidationError, match=field.replace(".", r"\.")) as info:
@@ -703,9 +774,15 @@ def test_pixels_without_an_inference_gets_fista() -> None:
 
 def test_check_stack_measures_layer_two_on_the_pooled_input() -> None:
     def config(size: int) -> LearnConfig:
-        return LearnConfig.model_validate({"layers": [
-            {"n_filters": 4, "filter_size": 3, "lam": 0.1, "pool": [2, 2, 2]},
-            {"n_filters": 2, "filter_size": size, "lam": 0.1}], "boundary": "circular"})
+        return LearnConfig.model_validate(
+            {
+                "layers": [
+                    {"n_filters": 4, "filter_size": 3, "lam": 0.1, "pool": [2, 2, 2]},
+                    {"n_filters": 2, "filter_size": size, "lam": 0.1},
+                ],
+                "boundary": "circular",
+            }
+        )
 
     check_stack(config(8), 1, (16, 16))  # 16×16 maps pooled to 8×8: an 8×8 filter fits
     with pytest.raises(ValueError, match=r"layers\.1\.filter_size"):
@@ -713,10 +790,18 @@ def test_check_stack_measures_layer_two_on_the_pooled_input() -> None:
     with pytest.raises(ValueError, match=r"layers\.1\.filter_size"):
         learn_stack(np.zeros((1, 1, 16, 16), np.float32), config(9), backend="numpy")
     # the pooled channel count is what layer 2's connectivity sees: ⌈4/2⌉ = 2 channels, so 3 singles-and-doubles
-    ok = LearnConfig.model_validate({"layers": [
-        {"n_filters": 4, "filter_size": 3, "lam": 0.1, "pool": [2, 2, 2]},
-        {"n_filters": 3, "filter_size": 3, "lam": 0.1, "connectivity": "singles-and-doubles"}]})
+    ok = LearnConfig.model_validate(
+        {
+            "layers": [
+                {"n_filters": 4, "filter_size": 3, "lam": 0.1, "pool": [2, 2, 2]},
+                {"n_filters": 3, "filter_size": 3, "lam": 0.1, "connectivity": "singles-and-doubles"},
+            ]
+        }
+    )
     check_stack(ok, 1, (16, 16))
     with pytest.raises(ValueError, match=r"layers\.1\.connectivity"):
-        check_stack(ok.model_copy(update={"layers": [ok.layers[0], ok.layers[1].model_copy(
-            update={"n_filters": 6})]}), 1, (16, 16))
+        check_stack(
+            ok.model_copy(update={"layers": [ok.layers[0], ok.layers[1].model_copy(update={"n_filters": 6})]}),
+            1,
+            (16, 16),
+        )

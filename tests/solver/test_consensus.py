@@ -23,8 +23,9 @@ def _config(n_iter=4, connectivity="full", update=None, n_channels=1):
 
 def _coded_pool(images, config, splits, table=None):
     pool = LocalPool([Shard(part, config, table, "numpy") for part in np.split(images, splits)])
-    f0 = initial_filters(config.layers[0].n_filters, images.shape[1], 3, seed=0, norm="filter", connectivity=table,
-                         dtype=images.dtype)
+    f0 = initial_filters(
+        config.layers[0].n_filters, images.shape[1], 3, seed=0, norm="filter", connectivity=table, dtype=images.dtype
+    )
     pool.code(f0)
     return pool, f0
 
@@ -48,8 +49,10 @@ def test_one_shard_or_three_give_the_same_consensus_run(rng):
     images = rng.standard_normal((5, 1, 10, 9))
     config = _config()
     f0 = initial_filters(4, 1, 3, seed=0, norm="filter", dtype=images.dtype)
-    runs = [alternate(LocalPool([Shard(p, config, None, "numpy") for p in np.split(images, s)]), config, f0)
-            for s in ([], [2, 3])]
+    runs = [
+        alternate(LocalPool([Shard(p, config, None, "numpy") for p in np.split(images, s)]), config, f0)
+        for s in ([], [2, 3])
+    ]
     np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(runs[1][1], runs[0][1], rtol=1e-10)
 
@@ -67,12 +70,17 @@ def test_consensus_state_resumes_the_same_trajectory(rng):
     full, history, _ = alternate(LocalPool([Shard(images, config, None, "numpy")]), config, f0)
     saved = {}
     first = Shard(images, config, None, "numpy")
-    alternate(LocalPool([first]), config.model_copy(update={"n_iter": 2}), f0,
-              on_iteration=lambda it, f, v: saved.update(it=it, filters=f, vector=v, state=first.state()))
+    alternate(
+        LocalPool([first]),
+        config.model_copy(update={"n_iter": 2}),
+        f0,
+        on_iteration=lambda it, f, v: saved.update(it=it, filters=f, vector=v, state=first.state()),
+    )
     second = Shard(images, config, None, "numpy")
     second.load_state(saved["state"])
-    resumed, rest, _ = alternate(LocalPool([second]), config, saved["filters"], start_iteration=saved["it"],
-                                 power_vector=saved["vector"])
+    resumed, rest, _ = alternate(
+        LocalPool([second]), config, saved["filters"], start_iteration=saved["it"], power_vector=saved["vector"]
+    )
     assert saved["state"]["consensus"] is not None
     np.testing.assert_allclose(resumed, full, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(rest, history[2:], rtol=1e-12)
@@ -86,8 +94,11 @@ def test_consensus_keeps_float32(rng):
 
 def test_consensus_with_the_valid_boundary_is_refused():
     with pytest.raises(pydantic.ValidationError, match="consensus.*circular"):
-        LearnConfig(layers=[LayerSpec(n_filters=2, filter_size=3, lam=0.1)], boundary="valid",
-                    filter_update=FilterUpdateConfig(method="consensus"))
+        LearnConfig(
+            layers=[LayerSpec(n_filters=2, filter_size=3, lam=0.1)],
+            boundary="valid",
+            filter_update=FilterUpdateConfig(method="consensus"),
+        )
 
 
 @pytest.mark.parametrize(("field", "value"), [("rho", 0.0), ("relax", 2.0), ("relax", 0.0)])

@@ -36,8 +36,12 @@ TINY = {"n_iter": 2, "inner_iter": 3, "encode_iter": 20, "image_shape": (1, -1)}
 TWO_LAYERS = [{"n_filters": 2, "filter_size": 1, "lam": 0.1}, {"n_filters": 2, "filter_size": 1, "lam": 0.1}]
 
 
-@parametrize_with_checks([ConvolutionalDictionaryLearning(n_filters=2, filter_size=1, **TINY),
-                          DeconvolutionalNetwork(layers=TWO_LAYERS, **TINY)])
+@parametrize_with_checks(
+    [
+        ConvolutionalDictionaryLearning(n_filters=2, filter_size=1, **TINY),
+        DeconvolutionalNetwork(layers=TWO_LAYERS, **TINY),
+    ]
+)
 def test_scikit_learn_checks(estimator, check):
     check(estimator)
 
@@ -49,8 +53,9 @@ def images() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def cdl(images) -> ConvolutionalDictionaryLearning:
-    return ConvolutionalDictionaryLearning(n_filters=3, filter_size=3, lam=0.1, n_iter=3, method="fista",
-                                           random_state=1).fit(images)
+    return ConvolutionalDictionaryLearning(
+        n_filters=3, filter_size=3, lam=0.1, n_iter=3, method="fista", random_state=1
+    ).fit(images)
 
 
 def test_fit_learns_what_learn_learns(images, cdl):
@@ -72,13 +77,15 @@ def test_transform_inverse_transform_and_score(images, cdl):
 
 
 def test_flattened_images_give_flattened_maps(images, cdl):
-    flat = ConvolutionalDictionaryLearning(n_filters=3, filter_size=3, lam=0.1, n_iter=3, method="fista",
-                                           random_state=1, image_shape=(12, 12)).fit(images.reshape(4, -1))
+    flat = ConvolutionalDictionaryLearning(
+        n_filters=3, filter_size=3, lam=0.1, n_iter=3, method="fista", random_state=1, image_shape=(12, 12)
+    ).fit(images.reshape(4, -1))
     np.testing.assert_array_equal(flat.filters_, cdl.filters_)
     maps = flat.transform(images.reshape(4, -1))
     np.testing.assert_array_equal(maps, cdl.transform(images).reshape(4, -1))
-    np.testing.assert_array_equal(flat.inverse_transform(maps), cdl.inverse_transform(cdl.transform(images))
-                                  .reshape(4, -1))
+    np.testing.assert_array_equal(
+        flat.inverse_transform(maps), cdl.inverse_transform(cdl.transform(images)).reshape(4, -1)
+    )
     assert flat.n_features_in_ == 144 and flat.input_shape_ == (1, 12, 12)
 
 
@@ -92,8 +99,9 @@ def test_square_is_the_default_layout_and_other_shapes_are_refused(images):
 
 
 def test_relative_lam(images):
-    est = ConvolutionalDictionaryLearning(n_filters=3, filter_size=3, lam=0.4, lam_scale="relative", n_iter=2,
-                                          random_state=2).fit(images)
+    est = ConvolutionalDictionaryLearning(
+        n_filters=3, filter_size=3, lam=0.4, lam_scale="relative", n_iter=2, random_state=2
+    ).fit(images)
     expected = lambda_max(images, initial_filters(3, 1, 3, seed=2, norm="filter"))
     assert est.lam_max_ == pytest.approx(expected, rel=1e-6)
     assert est.lam_ == pytest.approx(0.4 * est.lam_max_, rel=1e-12)
@@ -108,9 +116,15 @@ def test_parameters_are_keyword_only_and_clone_keeps_them(cdl):
 
 
 def test_network_transforms_each_layer_and_projects_down(images):
-    net = DeconvolutionalNetwork(layers=[{"n_filters": 3, "filter_size": 3, "lam": 0.1},
-                                         {"n_filters": 4, "filter_size": 3, "lam": 0.1, "pool": [2, 2, 2]}],
-                                 n_iter=2, random_state=0, boundary="valid").fit(images)
+    net = DeconvolutionalNetwork(
+        layers=[
+            {"n_filters": 3, "filter_size": 3, "lam": 0.1},
+            {"n_filters": 4, "filter_size": 3, "lam": 0.1, "pool": [2, 2, 2]},
+        ],
+        n_iter=2,
+        random_state=0,
+        boundary="valid",
+    ).fit(images)
     assert [f.shape for f in net.filters_] == [(3, 1, 3, 3), (4, 3, 3, 3)] and net.n_iter_ == [2, 2]
     code = encode_layers(net.model_, images)
     np.testing.assert_array_equal(net.transform(images, layer=1), code.maps[0])
@@ -129,17 +143,25 @@ def _labelled_crops(side: int = 16, per_image: int = 6) -> tuple[np.ndarray, np.
         picture = np.asarray(Image.open(samples_dir() / name).convert("L"), dtype=np.float32) / 255
         for i in range(per_image):
             top, left = 8 + 19 * i, 100 - 17 * i
-            crops.append(picture[top:top + side, left:left + side])
+            crops.append(picture[top : top + side, left : left + side])
             labels.append(label)
     return np.stack(crops).reshape(len(crops), -1), np.array(labels)
 
 
 def test_pipeline_of_pooled_maps_and_a_classifier():
     X, y = _labelled_crops()
-    net = DeconvolutionalNetwork(layers=[{"n_filters": 4, "filter_size": 5, "lam": 0.05, "pool": [1, 2, 2]},
-                                         {"n_filters": 4, "filter_size": 3, "lam": 0.05, "pool": [1, 2, 2]}],
-                                 n_iter=2, encode_iter=30, image_shape=(16, 16), pooled=True, random_state=0,
-                                 preprocess={"contrast_normalise": False})
+    net = DeconvolutionalNetwork(
+        layers=[
+            {"n_filters": 4, "filter_size": 5, "lam": 0.05, "pool": [1, 2, 2]},
+            {"n_filters": 4, "filter_size": 3, "lam": 0.05, "pool": [1, 2, 2]},
+        ],
+        n_iter=2,
+        encode_iter=30,
+        image_shape=(16, 16),
+        pooled=True,
+        random_state=0,
+        preprocess={"contrast_normalise": False},
+    )
     pipeline = Pipeline([("net", net), ("classify", LogisticRegression(max_iter=500))]).fit(X, y)
     features = pipeline[:-1].transform(X)
     assert features.shape == (18, 4 * 4 * 4)  # the top layer's maps, 8×8, pooled by 2×2
@@ -160,14 +182,30 @@ np.save(sys.argv[3], est.transform(np.load(sys.argv[2])))
 
 @pytest.mark.parametrize("cls", [ConvolutionalDictionaryLearning, DeconvolutionalNetwork])
 def test_saved_estimator_transforms_bit_identically_in_a_fresh_process(tmp_path, images, cls):
-    params = {"n_filters": 3, "filter_size": 3, "lam": 0.1} if cls is ConvolutionalDictionaryLearning else {
-        "layers": [{"n_filters": 3, "filter_size": 3, "lam": 0.1}, {"n_filters": 2, "filter_size": 3, "lam": 0.2}]}
+    params = (
+        {"n_filters": 3, "filter_size": 3, "lam": 0.1}
+        if cls is ConvolutionalDictionaryLearning
+        else {
+            "layers": [{"n_filters": 3, "filter_size": 3, "lam": 0.1}, {"n_filters": 2, "filter_size": 3, "lam": 0.2}]
+        }
+    )
     est = cls(**params, n_iter=2, random_state=3, preprocess={"contrast_normalise": False}).fit(images)
     path = est.save(tmp_path / "est.deconv")
     np.save(tmp_path / "images.npy", images)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, "-c", _FRESH.format(cls=cls.__name__), str(path), str(tmp_path / "images.npy"),
-                    str(tmp_path / "maps.npy")], check=True, env=env, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _FRESH.format(cls=cls.__name__),
+            str(path),
+            str(tmp_path / "images.npy"),
+            str(tmp_path / "maps.npy"),
+        ],
+        check=True,
+        env=env,
+        timeout=300,
+    )
     np.testing.assert_array_equal(np.load(tmp_path / "maps.npy"), est.transform(images))
     again = cls.load(path)
     assert again.get_params() == est.get_params() and again.history_ == est.history_
@@ -181,12 +219,15 @@ def test_a_plain_model_file_loads_into_an_estimator(tmp_path, images):
     assert est.lam == pytest.approx(0.2, rel=1e-12) and est.history_ == []
     np.testing.assert_array_equal(est.transform(images), encode_with(result, images).maps)
     with pytest.raises(ValueError, match="DeconvolutionalNetwork.load"):
-        ConvolutionalDictionaryLearning.load(DeconvolutionalNetwork(
-            layers=TWO_LAYERS, n_iter=1, random_state=0).fit(images).model_.to_bytes())
+        ConvolutionalDictionaryLearning.load(
+            DeconvolutionalNetwork(layers=TWO_LAYERS, n_iter=1, random_state=0).fit(images).model_.to_bytes()
+        )
 
 
 def test_import_solver_does_not_import_scikit_learn():
-    code = ("import sys, solver; assert 'sklearn' not in sys.modules; "
-            "assert solver.DeconvolutionalNetwork.__module__ == 'solver.estimators'")
+    code = (
+        "import sys, solver; assert 'sklearn' not in sys.modules; "
+        "assert solver.DeconvolutionalNetwork.__module__ == 'solver.estimators'"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)

@@ -37,8 +37,9 @@ def test_admm_through_the_host_build_follows_the_numba_admm(host_gpu_kernels, rn
     problem = problem_for(rng, dtype, n_images=n_images)
     reference, emulated = Admm(problem), Admm(problem)
     assert reference._fused and emulated._fused
-    emulated._kernels = types.SimpleNamespace(admm_spatial=host_gpu_kernels.admm_spatial,
-                                              admm_fourier=host_gpu_kernels.admm_fourier, irfft2=kernels.irfft2)
+    emulated._kernels = types.SimpleNamespace(
+        admm_spatial=host_gpu_kernels.admm_spatial, admm_fourier=host_gpu_kernels.admm_fourier, irfft2=kernels.irfft2
+    )
     a, b = reference.init(), emulated.init()
     for _ in range(25):
         a, b = reference.step(a), emulated.step(b, out=b)
@@ -57,11 +58,16 @@ def test_cuda_source_compiles_for_the_gpu_with_nvcc(tmp_path):
     """nvcc -cubin runs the whole device tool chain (front end, NVVM, ptxas) for an H100 (sm_90)."""
     source = tmp_path / "admm_kernels.cu"
     source.write_text(gpu_kernels.SOURCE)
-    done = subprocess.run([NVCC, "-cubin", "-arch=sm_90", "-Werror", "all-warnings", "-o",
-                           str(tmp_path / "k.cubin"), str(source)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [NVCC, "-cubin", "-arch=sm_90", "-Werror", "all-warnings", "-o", str(tmp_path / "k.cubin"), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
-    ptx = subprocess.run([NVCC, "-ptx", "-arch=compute_80", "-o", "-", str(source)], capture_output=True, text=True,
-                         timeout=120)
+    ptx = subprocess.run(
+        [NVCC, "-ptx", "-arch=compute_80", "-o", "-", str(source)], capture_output=True, text=True, timeout=120
+    )
     assert ptx.returncode == 0, ptx.stderr
     for name in KERNEL_NAMES:
         assert f".entry {name}(" in ptx.stdout
@@ -72,10 +78,13 @@ def _find_nvrtc() -> str | None:
     found = os.environ.get("NVRTC_LIBRARY") or ctypes.util.find_library("nvrtc")
     if found:
         return found
-    patterns = ["/usr/local/cuda*/lib64/libnvrtc.so*", os.path.join(sys.prefix, "lib", "python3*", "site-packages",
-                                                                     "nvidia", "cuda_nvrtc", "lib", "libnvrtc.so*")]
-    candidates = sorted(p for pattern in patterns for p in glob.glob(pattern)
-                        if "builtins" not in p and ".alt." not in p)
+    patterns = [
+        "/usr/local/cuda*/lib64/libnvrtc.so*",
+        os.path.join(sys.prefix, "lib", "python3*", "site-packages", "nvidia", "cuda_nvrtc", "lib", "libnvrtc.so*"),
+    ]
+    candidates = sorted(
+        p for pattern in patterns for p in glob.glob(pattern) if "builtins" not in p and ".alt." not in p
+    )
     return candidates[0] if candidates else None
 
 
@@ -84,8 +93,10 @@ def test_cuda_source_compiles_with_nvrtc():
     """NVRTC, unlike nvcc, includes no CUDA header: the source must stand on its own, as cupy compiles it."""
     nvrtc = ctypes.CDLL(_find_nvrtc())
     program = ctypes.c_void_p()
-    assert nvrtc.nvrtcCreateProgram(ctypes.byref(program), gpu_kernels.SOURCE.encode(), b"admm_kernels.cu", 0,
-                                    None, None) == 0
+    assert (
+        nvrtc.nvrtcCreateProgram(ctypes.byref(program), gpu_kernels.SOURCE.encode(), b"admm_kernels.cu", 0, None, None)
+        == 0
+    )
     options = (ctypes.c_char_p * 1)(b"--gpu-architecture=compute_80")
     status = nvrtc.nvrtcCompileProgram(program, 1, options)
     size = ctypes.c_size_t()
@@ -137,8 +148,9 @@ def test_cupy_admm_fused_and_plain_paths_agree(rng):
 def test_cupy_admm_objective_after_500_iterations_is_the_numpy_objective():
     """The GPU's accuracy target: E after 500 iterations within 1e-3 of the numpy ADMM's."""
     cpu = problem_for(np.random.default_rng(3), np.float32, n_images=2, shape=(64, 64), n_filters=16, size=8)
-    gpu = problem_for(np.random.default_rng(3), np.float32, get_backend("cupy"), n_images=2, shape=(64, 64),
-                   n_filters=16, size=8)
+    gpu = problem_for(
+        np.random.default_rng(3), np.float32, get_backend("cupy"), n_images=2, shape=(64, 64), n_filters=16, size=8
+    )
     config = AdmmConfig(max_iter=500, tol=0.0)
     a, b = _run(Admm(cpu, config), 500), _run(Admm(gpu, config), 500, in_place=True)
     np.testing.assert_allclose(b.objective.sum(), a.objective.sum(), rtol=1e-3)

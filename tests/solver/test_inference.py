@@ -252,8 +252,6 @@ def test_encode_agrees_with_dense_ista(tiny, method, settings, rtol, boundary):
     assert result.objective == pytest.approx(E_ista, rel=rtol)
 
 
-
-
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 def test_fista_is_accelerated(tiny, boundary):
     images, filters = tiny
@@ -298,7 +296,6 @@ def test_admm_reaches_the_sporco_objective(planted, admm_converged, monkeypatch)
 
 
 # --- warm start ------------------------------------------------------------------------------------------------
-
 
 
 @pytest.mark.parametrize(
@@ -434,8 +431,9 @@ def test_each_image_is_coded_as_if_it_were_alone(rng, method, boundary):
     images, filters = _small_problem(rng, np.float64, 2, shape=(12, 11), n_filters=4)
     kwargs = {"method": method, "boundary": boundary, "max_iter": 24, "tol": 0.0}
     whole = encode(images, filters, LAM, **kwargs)
-    parts = np.concatenate([encode(images[:1], filters, LAM, **kwargs).maps,
-                            encode(images[1:], filters, LAM, **kwargs).maps])
+    parts = np.concatenate(
+        [encode(images[:1], filters, LAM, **kwargs).maps, encode(images[1:], filters, LAM, **kwargs).maps]
+    )
     np.testing.assert_allclose(whole.maps, parts, rtol=1e-9, atol=1e-12)
 
 
@@ -463,8 +461,9 @@ def test_recycled_admm_states_give_the_allocating_run_and_leave_the_start_alone(
 
     outs: list[bool] = []
     step = Admm.step
-    monkeypatch.setattr(Admm, "step", lambda self, state, *, out=None: outs.append(out is not None) or step(
-        self, state, out=out))
+    monkeypatch.setattr(
+        Admm, "step", lambda self, state, *, out=None: outs.append(out is not None) or step(self, state, out=out)
+    )
     rng = np.random.default_rng(5)
     images = rng.standard_normal((3, 1, 24, 24)).astype(dtype)
     filters = rng.standard_normal((4, 1, 5, 5)).astype(dtype)
@@ -473,8 +472,17 @@ def test_recycled_admm_states_give_the_allocating_run_and_leave_the_start_alone(
     recycled = encode(images, filters, 0.1, method="admm", max_iter=30, tol=0.0, init=init, backend="numpy")
     assert sum(outs) >= 20  # all but the first two, and those after a rise of E, write into a recycled state
     outs.clear()
-    allocated = encode(images, filters, 0.1, method="admm", max_iter=30, tol=0.0, init=init, backend="numpy",
-                       callback=lambda state: None)
+    allocated = encode(
+        images,
+        filters,
+        0.1,
+        method="admm",
+        max_iter=30,
+        tol=0.0,
+        init=init,
+        backend="numpy",
+        callback=lambda state: None,
+    )
     assert len(outs) == 30 and not any(outs)
     np.testing.assert_array_equal(init, kept)
     np.testing.assert_array_equal(recycled.maps, allocated.maps)

@@ -31,8 +31,9 @@ def test_lambda_max_is_the_largest_entry_of_the_dense_adjoint(problem, boundary,
     D = dense_conv_matrix(filters, (7, 6), boundary, connectivity)  # columns: maps of (H+s−1)(W+s−1) for valid
     expected = max(np.abs(D.T @ y.ravel()).max() for y in images)
     assert D.shape[1] == 3 * (9 * 8 if boundary == "valid" else 7 * 6)
-    assert lambda_max(images, filters, boundary=boundary, connectivity=connectivity) == pytest.approx(expected,
-                                                                                                   rel=1e-12)
+    assert lambda_max(images, filters, boundary=boundary, connectivity=connectivity) == pytest.approx(
+        expected, rel=1e-12
+    )
 
 
 @pytest.mark.parametrize("boundary", ["circular", "valid"])
@@ -75,8 +76,7 @@ def test_lambda_max_keeps_float32(problem):
 def test_relative_lam_is_a_fraction_of_lambda_max_with_the_initial_filters(rng, tmp_path):
     images = rng.standard_normal((3, 1, 12, 12))
     pre = PreprocessConfig(contrast_normalise=False)
-    result = learn(images, n_filters=3, filter_size=3, lam=0.2, lam_scale="relative", n_iter=2, seed=4,
-                   preprocess=pre)
+    result = learn(images, n_filters=3, filter_size=3, lam=0.2, lam_scale="relative", n_iter=2, seed=4, preprocess=pre)
     start = initial_filters(3, 1, 3, seed=4, norm="filter", dtype=np.float64)
     expected = lambda_max(FittedPreprocess.fit(images, pre)[0], start)
     assert result.lam_max == pytest.approx(expected, rel=1e-12)
@@ -87,9 +87,14 @@ def test_relative_lam_is_a_fraction_of_lambda_max_with_the_initial_filters(rng, 
 
 
 def test_relative_lam_in_a_stack_is_resolved_per_layer(rng):
-    config = LearnConfig(layers=[LayerSpec(n_filters=3, filter_size=3, lam=0.1),
-                                 LayerSpec(n_filters=2, filter_size=3, lam=0.3, lam_scale="relative")],
-                         inference=FistaConfig(max_iter=5), n_iter=2)
+    config = LearnConfig(
+        layers=[
+            LayerSpec(n_filters=3, filter_size=3, lam=0.1),
+            LayerSpec(n_filters=2, filter_size=3, lam=0.3, lam_scale="relative"),
+        ],
+        inference=FistaConfig(max_iter=5),
+        n_iter=2,
+    )
     model = learn_stack(rng.standard_normal((2, 1, 10, 10)), config).model
     first, second = model.layers
     assert (first.lam, first.lam_scale, first.lam_max) == (0.1, "absolute", None)

@@ -94,8 +94,9 @@ def test_recentred_learning_recovers_planted_filters_from_its_random_start(data_
 @pytest.mark.parametrize(("method", "n_iter"), [("admm", 40), ("zeiler", 80)])
 def test_recentred_learning_recovers_planted_filters_with_every_method(method, n_iter, data_seed, seed):
     D, y = planted(data_seed)
-    result = learn(y, 4, 5, 0.1, n_iter=n_iter, method=method, seed=seed,
-                   filter_update=FilterUpdateConfig(recentre=True))
+    result = learn(
+        y, 4, 5, 0.1, n_iter=n_iter, method=method, seed=seed, filter_update=FilterUpdateConfig(recentre=True)
+    )
     assert best_correlations(result.filters, D).min() >= 0.9
 
 
@@ -115,8 +116,9 @@ def test_recentring_keeps_the_model_when_no_energy_leaves_the_support():
 
 def test_recentring_needs_the_circular_boundary():
     with pytest.raises(ValueError, match="recentre"):
-        learn(np.ones((2, 16, 16)), 2, 3, 0.1, n_iter=1, boundary="valid",
-              filter_update=FilterUpdateConfig(recentre=True))
+        learn(
+            np.ones((2, 16, 16)), 2, 3, 0.1, n_iter=1, boundary="valid", filter_update=FilterUpdateConfig(recentre=True)
+        )
 
 
 @pytest.mark.parametrize("boundary", ["circular", "valid"])
@@ -204,9 +206,7 @@ def test_preprocessing_is_kept_and_repeated_by_encode_with():
     new = rng.integers(0, 256, size=(2, 1, 20, 20)).astype(np.uint8)
     encoded = encode_with(result, new, max_iter=20)
     expected = result.preprocess.apply(new)
-    assert encoded.objective == pytest.approx(
-        objective(expected, encoded.maps, result.filters, 0.2), rel=1e-5
-    )
+    assert encoded.objective == pytest.approx(objective(expected, encoded.maps, result.filters, 0.2), rel=1e-5)
 
 
 @pytest.mark.parametrize(

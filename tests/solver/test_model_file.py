@@ -53,8 +53,13 @@ np.savez(sys.argv[3], **out)
 def in_fresh_process(tmp_path: Path, model_path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
     np.save(tmp_path / "images.npy", images)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, "-c", _FRESH, str(model_path), str(tmp_path / "images.npy"),
-                    str(tmp_path / "out.npz")], check=True, env=env, cwd=tmp_path, timeout=300)
+    subprocess.run(
+        [sys.executable, "-c", _FRESH, str(model_path), str(tmp_path / "images.npy"), str(tmp_path / "out.npz")],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     with np.load(tmp_path / "out.npz", allow_pickle=False) as data:
         return dict(data)
 
@@ -65,8 +70,15 @@ def images() -> np.ndarray:
 
 
 def test_learned_layer_encodes_bit_identically_in_a_fresh_process(tmp_path, images):
-    result = learn(images, n_filters=4, filter_size=5, lam=0.1, n_iter=3, method="fista",
-                   preprocess=PreprocessConfig(contrast_normalise=False))
+    result = learn(
+        images,
+        n_filters=4,
+        filter_size=5,
+        lam=0.1,
+        n_iter=3,
+        method="fista",
+        preprocess=PreprocessConfig(contrast_normalise=False),
+    )
     path = result.model.save(tmp_path / "layer.deconv")
     fresh = in_fresh_process(tmp_path, path, images)
     maps = encode_with(result, images).maps
@@ -77,10 +89,16 @@ def test_learned_layer_encodes_bit_identically_in_a_fresh_process(tmp_path, imag
 
 @pytest.mark.parametrize("reconstruct_to", ["below", "pixels"])
 def test_learned_stack_encodes_bit_identically_in_a_fresh_process(tmp_path, images, reconstruct_to):
-    config = LearnConfig(layers=[LayerSpec(n_filters=4, filter_size=3, lam=0.1, pool=(2, 2, 2)),
-                                 LayerSpec(n_filters=3, filter_size=3, lam=0.1, connectivity="random-doubles:2")],
-                         inference=FistaConfig(max_iter=5), n_iter=2, reconstruct_to=reconstruct_to,
-                         filter_update=FilterUpdateConfig(max_iter=3))
+    config = LearnConfig(
+        layers=[
+            LayerSpec(n_filters=4, filter_size=3, lam=0.1, pool=(2, 2, 2)),
+            LayerSpec(n_filters=3, filter_size=3, lam=0.1, connectivity="random-doubles:2"),
+        ],
+        inference=FistaConfig(max_iter=5),
+        n_iter=2,
+        reconstruct_to=reconstruct_to,
+        filter_update=FilterUpdateConfig(max_iter=3),
+    )
     model = learn_stack(images, config).model
     path = model.save(tmp_path / "stack.deconv")
     fresh = in_fresh_process(tmp_path, path, images)
@@ -94,9 +112,17 @@ def test_learned_stack_encodes_bit_identically_in_a_fresh_process(tmp_path, imag
 
 def test_model_file_reads_from_bytes_and_file_objects_with_everything_kept(tmp_path, images):
     two_channels = np.concatenate([images, images[..., ::-1]], axis=1)
-    result = learn(two_channels, n_filters=3, filter_size=3, lam=0.2, n_iter=2, boundary="valid", p=0.5,
-                   connectivity=np.array([[True, False], [False, True], [True, True]]),
-                   preprocess=PreprocessConfig(contrast_normalise=False))
+    result = learn(
+        two_channels,
+        n_filters=3,
+        filter_size=3,
+        lam=0.2,
+        n_iter=2,
+        boundary="valid",
+        p=0.5,
+        connectivity=np.array([[True, False], [False, True], [True, True]]),
+        preprocess=PreprocessConfig(contrast_normalise=False),
+    )
     model = result.model
     data = model.to_bytes()
     with open(save_model(model, tmp_path / "m.deconv"), "rb") as fh:
@@ -107,8 +133,7 @@ def test_model_file_reads_from_bytes_and_file_objects_with_everything_kept(tmp_p
         assert layer.filters.dtype == original.filters.dtype
         np.testing.assert_array_equal(layer.connectivity, original.connectivity)
         assert (layer.lam, layer.p, layer.pool, layer.preprocess) == (0.2, 0.5, None, original.preprocess)
-        assert (again.boundary, again.reconstruct_to, again.inference) == ("valid", "below",
-                                                                           result.config.inference)
+        assert (again.boundary, again.reconstruct_to, again.inference) == ("valid", "below", result.config.inference)
 
 
 def test_model_file_bytes_depend_on_the_model_only(images):
@@ -173,18 +198,22 @@ def test_an_array_that_needs_pickle_is_refused(file_bytes):
         load_model(_rewrite(file_bytes, **{"filters-L1.npy": npy.getvalue()}))
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    (b"not a zip", "not a deconv model file \\(not a zip archive"),
-    ("no description", "it has no model.json"),
-    ("other kind", "has kind 'something-else'"),
-    ("missing array", "connectivity-L1"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"not a zip", "not a deconv model file \\(not a zip archive"),
+        ("no description", "it has no model.json"),
+        ("other kind", "has kind 'something-else'"),
+        ("missing array", "connectivity-L1"),
+    ],
+)
 def test_files_that_are_not_models_are_refused(file_bytes, data, message):
     body = _description(file_bytes)
-    cases = {"no description": _rewrite(file_bytes, **{"model.json": None}),
-             "other kind": _rewrite(file_bytes, **{"model.json": json.dumps({**body, "kind": "something-else"})
-                                                   .encode()}),
-             "missing array": _rewrite(file_bytes, **{"connectivity-L1.npy": None})}
+    cases = {
+        "no description": _rewrite(file_bytes, **{"model.json": None}),
+        "other kind": _rewrite(file_bytes, **{"model.json": json.dumps({**body, "kind": "something-else"}).encode()}),
+        "missing array": _rewrite(file_bytes, **{"connectivity-L1.npy": None}),
+    }
     with pytest.raises(ValueError, match=message):
         load_model(cases.get(data, data))
 
@@ -208,5 +237,6 @@ def test_the_service_description_without_kind_or_scale_still_reads(file_bytes):
 def test_stack_model_built_by_hand_has_no_inference_and_encodes_with_admm(images):
     model = StackModel.from_layers([np.ones((2, 1, 3, 3), np.float32) / 3], [None], [None], [0.1], [1.0])
     assert model.inference is None
-    np.testing.assert_array_equal(encode_layers(model, images).maps[0],
-                                  encode_layers(model, images, method="admm").maps[0])
+    np.testing.assert_array_equal(
+        encode_layers(model, images).maps[0], encode_layers(model, images, method="admm").maps[0]
+    )

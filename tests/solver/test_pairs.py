@@ -120,8 +120,12 @@ def test_sparse_shifted_normal_solve_matches_dense_solve(rng, dtype, kind, per_i
     x = op.irfft(op.solve_shifted_normal(op.factor_shifted_normal(rho), op.rfft(maps)))
     D = dense_conv_matrix(filters, IMAGE_SHAPE, "circular", table)
     rhos = np.broadcast_to(rho, (N_IMAGES,))
-    expected = np.stack([np.linalg.solve(D.T @ D + r * np.eye(D.shape[1]), m.ravel()).reshape(m.shape)
-                         for r, m in zip(rhos, maps.astype(np.float64), strict=True)])
+    expected = np.stack(
+        [
+            np.linalg.solve(D.T @ D + r * np.eye(D.shape[1]), m.ravel()).reshape(m.shape)
+            for r, m in zip(rhos, maps.astype(np.float64), strict=True)
+        ]
+    )
     tol = dtype_tol(dtype) * (op.lipschitz() + rhos.min()) / rhos.min()
     assert x.dtype == dtype
     np.testing.assert_allclose(x, expected, rtol=tol, atol=tol * np.abs(expected).max())
@@ -236,8 +240,9 @@ class TestSparseFilterOperatorContract(_SparseCases):
     density=st.floats(0.1, 0.9),
     boundary=st.sampled_from(["circular", "valid"]),
 )
-def test_sparse_adjoint_identities_over_random_tables(seed, n_filters, n_channels, size, filter_size, density,
-                                                       boundary):
+def test_sparse_adjoint_identities_over_random_tables(
+    seed, n_filters, n_channels, size, filter_size, density, boundary
+):
     rng = np.random.default_rng(seed)
     table = rng.random((n_filters, n_channels)) < density
     filters = rng.standard_normal((n_filters, n_channels, filter_size, filter_size))

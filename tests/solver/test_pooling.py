@@ -152,11 +152,18 @@ def test_unpool_rejects_switches_that_do_not_fit() -> None:
         unpool3d(pooled, switches, (2, 4, 4))
 
 
-def _model(rng: np.random.Generator, boundary: str, channels: list[int], dtype: type = np.float64,
-           pool: tuple[int, int, int] | None = None) -> StackModel:
+def _model(
+    rng: np.random.Generator,
+    boundary: str,
+    channels: list[int],
+    dtype: type = np.float64,
+    pool: tuple[int, int, int] | None = None,
+) -> StackModel:
     filters = [rng.standard_normal((k, c, 3, 3)).astype(dtype) for c, k in itertools.pairwise(channels)]
-    layers = tuple(LayerModel(f, np.ones(f.shape[:2], dtype=bool), None, 0.1, pool=pool if i == 0 else None)
-                   for i, f in enumerate(filters))
+    layers = tuple(
+        LayerModel(f, np.ones(f.shape[:2], dtype=bool), None, 0.1, pool=pool if i == 0 else None)
+        for i, f in enumerate(filters)
+    )
     return StackModel(layers, boundary)
 
 

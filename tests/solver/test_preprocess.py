@@ -169,9 +169,7 @@ def test_apply_with_fitted_stats_reproduces_fit_exactly(rng, dtype, options):
     config = PreprocessConfig(**options)
     out, stats = fit_preprocess(images, config)
     np.testing.assert_array_equal(apply_preprocess(images, config, stats), out)
-    np.testing.assert_array_equal(
-        apply_preprocess(images, config, PreprocessStats.from_dict(stats.to_dict())), out
-    )
+    np.testing.assert_array_equal(apply_preprocess(images, config, PreprocessStats.from_dict(stats.to_dict())), out)
 
 
 def test_apply_uses_fitted_stats_on_new_images(rng, dtype):

@@ -14,7 +14,6 @@ P_VALUES = [1.0, 0.5, 2.0 / 3.0, 0.8, 0.3]
 P_IDS = ["p1", "p1_2", "p2_3", "p0.8", "p0.3"]
 
 
-
 def _p_params():
     return [pytest.param(p, id=i) for p, i in zip(P_VALUES, P_IDS, strict=True)]
 

@@ -15,8 +15,13 @@ INFERENCE = {"admm": AdmmConfig(max_iter=5), "fista": FistaConfig(max_iter=5), "
 
 def _config(method: str, boundary: str, n_iter: int = 4, update: str = "fista") -> LearnConfig:
     layer = LayerSpec(n_filters=3, filter_size=3, lam=0.1)
-    return LearnConfig(layers=[layer], inference=INFERENCE[method], n_iter=n_iter, boundary=boundary,
-                       filter_update=FilterUpdateConfig(method=update, max_iter=4))
+    return LearnConfig(
+        layers=[layer],
+        inference=INFERENCE[method],
+        n_iter=n_iter,
+        boundary=boundary,
+        filter_update=FilterUpdateConfig(method=update, max_iter=4),
+    )
 
 
 def _images(rng) -> np.ndarray:
@@ -53,12 +58,17 @@ def test_shard_state_resumes_the_same_trajectory(rng, method):
     saved = {}
     first = Shard(images, config, None, "numpy")
     short = config.model_copy(update={"n_iter": 2})
-    alternate(LocalPool([first]), short, f0,
-              on_iteration=lambda it, f, v: saved.update(it=it, filters=f, vector=v, state=first.state()))
+    alternate(
+        LocalPool([first]),
+        short,
+        f0,
+        on_iteration=lambda it, f, v: saved.update(it=it, filters=f, vector=v, state=first.state()),
+    )
     second = Shard(images, config, None, "numpy")
     second.load_state(saved["state"])
-    resumed, rest, _ = alternate(LocalPool([second]), config, saved["filters"], start_iteration=saved["it"],
-                                 power_vector=saved["vector"])
+    resumed, rest, _ = alternate(
+        LocalPool([second]), config, saved["filters"], start_iteration=saved["it"], power_vector=saved["vector"]
+    )
     np.testing.assert_allclose(resumed, full, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(rest, history[2:], rtol=1e-12)
 
@@ -68,8 +78,9 @@ def test_alternate_stops_when_asked(rng):
     config = _config("admm", "circular", n_iter=10)
     f0 = initial_filters(3, 2, 3, seed=0, norm="filter", dtype=images.dtype)
     calls = iter(range(100))
-    _, history, _ = alternate(LocalPool([Shard(images, config, None, "numpy")]), config, f0,
-                              should_stop=lambda: next(calls) >= 3)
+    _, history, _ = alternate(
+        LocalPool([Shard(images, config, None, "numpy")]), config, f0, should_stop=lambda: next(calls) >= 3
+    )
     assert len(history) == 3
 
 
@@ -102,12 +113,17 @@ def test_zeiler_coding_keeps_each_image_s_best_stage_not_the_last():
     images, _ = FittedPreprocess.fit(sparse, INTER_LAYER_PREPROCESS)
     table = connectivity_table("singles-and-doubles", 45, 9, seed=0)
     inference = ZeilerConfig(z_solver="cg", cg_iter=2)
-    config = LearnConfig(layers=[LayerSpec(n_filters=45, filter_size=7, lam=0.1, p=0.8,
-                                           connectivity="singles-and-doubles")],
-                         inference=inference, boundary="valid", dtype="float64")
+    config = LearnConfig(
+        layers=[LayerSpec(n_filters=45, filter_size=7, lam=0.1, p=0.8, connectivity="singles-and-doubles")],
+        inference=inference,
+        boundary="valid",
+        dtype="float64",
+    )
     filters = initial_filters(45, 9, 7, seed=0, norm="plane", connectivity=table, dtype=np.float64)
-    solver = make_solver(CSCProblem(images, ConvOperator(filters, (30, 30), boundary="valid", connectivity=table),
-                                    LpPenalty(0.1, 0.8)), inference)
+    solver = make_solver(
+        CSCProblem(images, ConvOperator(filters, (30, 30), boundary="valid", connectivity=table), LpPenalty(0.1, 0.8)),
+        inference,
+    )
     state = solver.init(None)
     stages = [solver.per_item_objective(state).copy()]
     for _ in range(solver.max_iter):

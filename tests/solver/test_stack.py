@@ -42,11 +42,20 @@ logger = logging.getLogger(__name__)
 
 def _two_layers(boundary="valid", method="zeiler", filter_update="fista", n_iter=6, **extra) -> LearnConfig:
     inference = {"method": method} if method == "zeiler" else {"method": method, "max_iter": 10}
-    return LearnConfig.model_validate({
-        "layers": [{"n_filters": 3, "filter_size": 5, "lam": 0.1, "p": 1.0},
-                   {"n_filters": 6, "filter_size": 5, "lam": 0.1, "p": 1.0, "connectivity": "singles-and-doubles"}],
-        "inference": inference, "filter_update": {"method": filter_update, "max_iter": 5}, "n_iter": n_iter,
-        "boundary": boundary, "preprocess": {"contrast_normalise": True, "cn_floor": "one"}, **extra})
+    return LearnConfig.model_validate(
+        {
+            "layers": [
+                {"n_filters": 3, "filter_size": 5, "lam": 0.1, "p": 1.0},
+                {"n_filters": 6, "filter_size": 5, "lam": 0.1, "p": 1.0, "connectivity": "singles-and-doubles"},
+            ],
+            "inference": inference,
+            "filter_update": {"method": filter_update, "max_iter": 5},
+            "n_iter": n_iter,
+            "boundary": boundary,
+            "preprocess": {"contrast_normalise": True, "cn_floor": "one"},
+            **extra,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +66,9 @@ def crops() -> np.ndarray:
     return np.ascontiguousarray(images[:, None, 40:68, 40:68])
 
 
-@pytest.fixture(scope="module", params=[("valid", "zeiler"), ("circular", "fista")], ids=["valid-zeiler",
-                                                                                          "circular-fista"])
+@pytest.fixture(
+    scope="module", params=[("valid", "zeiler"), ("circular", "fista")], ids=["valid-zeiler", "circular-fista"]
+)
 def learned(request, crops):
     boundary, method = request.param
     return learn_stack(crops, _two_layers(boundary, method), backend="numpy")
@@ -75,7 +85,13 @@ def test_layer_config_gives_one_layer_with_the_stack_settings():
     assert second.preprocess == INTER_LAYER_PREPROCESS
     for one in (first, second):
         assert (one.inference, one.filter_update, one.n_iter, one.boundary, one.seed, one.dtype) == (
-            config.inference, config.filter_update, config.n_iter, config.boundary, config.seed, config.dtype)
+            config.inference,
+            config.filter_update,
+            config.n_iter,
+            config.boundary,
+            config.seed,
+            config.dtype,
+        )
 
 
 def test_a_layer_may_run_its_own_number_of_outer_iterations():
@@ -88,8 +104,9 @@ def test_a_layer_may_run_its_own_number_of_outer_iterations():
 
 
 def test_inter_layer_preprocess_is_the_toolbox_rescale_only():
-    assert INTER_LAYER_PREPROCESS == PreprocessConfig(grey=False, zero_mean=False, contrast_normalise=False,
-                                                      rescale=True)
+    assert INTER_LAYER_PREPROCESS == PreprocessConfig(
+        grey=False, zero_mean=False, contrast_normalise=False, rescale=True
+    )
 
 
 @pytest.mark.parametrize("index", [-1, 2, 1.0, True])
@@ -104,8 +121,9 @@ def test_learn_layer_refuses_a_config_of_several_layers(crops):
 
 
 def test_a_stack_that_does_not_fit_is_refused_before_learning(crops):
-    config = _two_layers().model_copy(update={"layers": [_two_layers().layers[0],
-                                                         _two_layers().layers[1].model_copy(update={"n_filters": 5})]})
+    config = _two_layers().model_copy(
+        update={"layers": [_two_layers().layers[0], _two_layers().layers[1].model_copy(update={"n_filters": 5})]}
+    )
     with pytest.raises(ValueError, match=r"layers\.1\.connectivity.*singles-and-doubles"):
         learn_stack(crops, config)
     with pytest.raises(ValueError, match=r"layers\.0\.filter_size"):
@@ -150,8 +168,12 @@ def test_layer_two_projects_to_the_images_shape_with_a_reported_psnr(learned, cr
     assert projected.dtype == np.float32
     layer_two = psnr(preprocessed, projected)
     layer_one = psnr(preprocessed, project_down(model, learned.layers[0].maps, 1))
-    logger.info("%s: PSNR of the projection to pixels, layer 2 %.2f dB, layer 1 %.2f dB", learned.config.boundary,
-                layer_two, layer_one)
+    logger.info(
+        "%s: PSNR of the projection to pixels, layer 2 %.2f dB, layer 1 %.2f dB",
+        learned.config.boundary,
+        layer_two,
+        layer_one,
+    )
     record_property("psnr_layer2_db", round(layer_two, 2))
     record_property("psnr_layer1_db", round(layer_one, 2))
     assert layer_two > 15.0
@@ -160,8 +182,12 @@ def test_layer_two_projects_to_the_images_shape_with_a_reported_psnr(learned, cr
 
 def test_the_callback_receives_the_layer_number_and_the_stats(crops):
     seen = []
-    learn_stack(crops[:2], _two_layers("circular", "fista", n_iter=2), backend="numpy",
-                callback=lambda layer, stats: seen.append((layer, stats.iteration)))
+    learn_stack(
+        crops[:2],
+        _two_layers("circular", "fista", n_iter=2),
+        backend="numpy",
+        callback=lambda layer, stats: seen.append((layer, stats.iteration)),
+    )
     assert seen == [(1, 1), (1, 2), (2, 1), (2, 2)]
 
 
@@ -184,8 +210,9 @@ def test_encode_layers_then_project_down_approximates_the_preprocessed_input(lea
     assert psnr(preprocessed, project_down(model, maps[1], 2)) > 15.0
     # the layer-2 maps reconstruct the rescaled layer-1 maps they coded
     rescaled = model.layers[1].preprocess.apply(maps[0])
-    recon = reconstruct(maps[1], model.layers[1].filters, boundary=model.boundary,
-                        connectivity=model.layers[1].connectivity)
+    recon = reconstruct(
+        maps[1], model.layers[1].filters, boundary=model.boundary, connectivity=model.layers[1].connectivity
+    )
     assert psnr(rescaled, recon) > 15.0
 
 
@@ -200,8 +227,10 @@ def _random_model(rng, boundary="valid", shift=0.3, mean=-0.2, scale=1.7, n_chan
     f1 = rng.standard_normal((3, n_channels, 4, 4)).astype(np.float32)
     f2 = (rng.standard_normal((6, 3, 3, 3)) * table[:, :, None, None]).astype(np.float32)
     rescale = FittedPreprocess(INTER_LAYER_PREPROCESS, PreprocessStats(shift=shift, scale=scale, mean=mean))
-    return StackModel((LayerModel(f1, np.ones((3, n_channels), bool), None, 0.1, 1.0),
-                       LayerModel(f2, table, rescale, 0.2, 0.8)), boundary)
+    return StackModel(
+        (LayerModel(f1, np.ones((3, n_channels), bool), None, 0.1, 1.0), LayerModel(f2, table, rescale, 0.2, 0.8)),
+        boundary,
+    )
 
 
 @pytest.mark.parametrize("boundary", ["circular", "valid"])
@@ -217,8 +246,9 @@ def test_project_down_undoes_the_rescale_between_layers(rng, boundary):
     assert out.shape == (2, 1, 9, 8) and out.dtype == np.float32
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
     linear = reconstruct(reconstruct(maps, f2, boundary=boundary, connectivity=g2) * 1.7, f1, boundary=boundary)
-    np.testing.assert_allclose(project_down(model, maps, 2, offset=False), linear, rtol=1e-5,
-                               atol=1e-5 * np.abs(linear).max())
+    np.testing.assert_allclose(
+        project_down(model, maps, 2, offset=False), linear, rtol=1e-5, atol=1e-5 * np.abs(linear).max()
+    )
 
 
 def test_project_down_rejects_maps_of_another_layer(rng):
@@ -241,8 +271,15 @@ def test_pixel_filters_of_layer_two_are_the_composite_kernels(rng, n_channels):
     out = pixel_filters(model, 2)
     assert out.shape == (6, n_channels, 4 + 3 - 1, 4 + 3 - 1) and out.dtype == np.float32
     f1, f2, g2 = model.layers[0].filters, model.layers[1].filters, model.layers[1].connectivity
-    expected = np.array([[sum(1.7 * scipy.signal.convolve2d(f2[k, c], f1[c, c0]) for c in range(3) if g2[k, c])
-                          for c0 in range(n_channels)] for k in range(6)])
+    expected = np.array(
+        [
+            [
+                sum(1.7 * scipy.signal.convolve2d(f2[k, c], f1[c, c0]) for c in range(3) if g2[k, c])
+                for c0 in range(n_channels)
+            ]
+            for k in range(6)
+        ]
+    )
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
@@ -306,8 +343,12 @@ def test_model_from_arrays_names_what_is_missing(learned):
 def test_model_refuses_layers_that_do_not_chain(rng):
     model = _random_model(rng)
     with pytest.raises(ValueError, match="layer 2 reads 3 channels but layer 1 gives 4 maps"):
-        StackModel((model.layers[0].__class__(np.zeros((4, 1, 3, 3), np.float32), np.ones((4, 1), bool), None, 0.1),
-                    model.layers[1]))
+        StackModel(
+            (
+                model.layers[0].__class__(np.zeros((4, 1, 3, 3), np.float32), np.ones((4, 1), bool), None, 0.1),
+                model.layers[1],
+            )
+        )
     with pytest.raises(ValueError, match="connectivity"):
         LayerModel(np.zeros((2, 1, 3, 3), np.float32), np.ones((2, 1)), None, 0.1)
 
@@ -320,7 +361,12 @@ def test_zeiler2010_preset_holds_the_toolbox_defaults():
     first, second = config.layers
     assert (first.n_filters, first.filter_size, first.connectivity, first.p, first.lam) == (9, 7, "full", 0.8, 1.0)
     assert (second.n_filters, second.filter_size, second.connectivity, second.p, second.lam) == (
-        45, 7, "singles-and-doubles", 0.8, 1.0)
+        45,
+        7,
+        "singles-and-doubles",
+        0.8,
+        1.0,
+    )
     assert config.boundary == "valid" and config.inference.method == "zeiler"
     assert config.preprocess.contrast_normalise and config.preprocess.cn_size == 5
     assert config.preprocess.cn_floor == "one" and config.preprocess.rescale
@@ -332,8 +378,9 @@ def test_zeiler2010_preset_holds_the_toolbox_defaults():
 def test_zeiler2010_preset_learns_two_layers_on_the_samples(record_property):
     # The toolbox's λ = 1 is tuned for 100×100 RGB images; on grey 64×64 crops it codes nothing, so λ = 0.1 here.
     config = load_config("zeiler2010")
-    config = config.model_copy(update={"n_iter": 2, "layers": [s.model_copy(update={"lam": 0.1})
-                                                               for s in config.layers]})
+    config = config.model_copy(
+        update={"n_iter": 2, "layers": [s.model_copy(update={"lam": 0.1}) for s in config.layers]}
+    )
     paths = sample_paths()[:4]
     images = np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.float32) / 255 for p in paths])[:, None]
     images = np.ascontiguousarray(images[:, :, 32:96, 32:96])
@@ -364,15 +411,21 @@ def test_zeiler2011_preset_holds_the_2011_sizes():
     assert (config.preprocess.cn_size, config.preprocess.cn_sigma, config.preprocess.cn_floor) == (13, 4.77, "median")
     check_stack(config, 1, (150, 150))  # 150 -> 156 -> 52 -> 58 -> 20, the toolbox's test sizes
     assert input_geometry([LowerLayer(np.zeros((15, 1, 7, 7)), None, (1, 3, 3))], 1, (150, 150), "valid") == (
-        15, (52, 52))
+        15,
+        (52, 52),
+    )
     assert layer_config(config, 1).preprocess is None  # layer 2 reads the preprocessed pixels of layer 1
 
 
 @pytest.mark.slow
 def test_zeiler2011_preset_learns_two_layers_on_the_samples(record_property):
     config = load_config("zeiler2011")
-    config = config.model_copy(update={"n_iter": 3, "layers": [s.model_copy(update={"n_filters": n})
-                                                               for s, n in zip(config.layers, (8, 12), strict=True)]})
+    config = config.model_copy(
+        update={
+            "n_iter": 3,
+            "layers": [s.model_copy(update={"n_filters": n}) for s, n in zip(config.layers, (8, 12), strict=True)],
+        }
+    )
     paths = sample_paths()[:4]
     images = np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.float32) / 255 for p in paths])[:, None]
     images = np.ascontiguousarray(images[:, :, 16:112, 16:112])

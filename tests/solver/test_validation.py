@@ -221,8 +221,6 @@ def test_config_models_reject_bad_values(model, values):
         model(**values)
 
 
-
-
 @pytest.mark.parametrize(
     ("model", "values"),
     [

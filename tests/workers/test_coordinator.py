@@ -42,9 +42,11 @@ def test_shards_give_the_single_process_filters_and_history(ray_session, dataset
 
 @pytest.mark.parametrize("checkpoint_every", [2, 0], ids=["from-checkpoint", "from-scratch"])
 def test_a_killed_shard_actor_is_replaced_and_the_run_ends_as_an_uninterrupted_one(
-        ray_session, tmp_path, dataset, learn_config, reference, checkpoint_every):
-    coordinator = Coordinator(dataset, learn_config, workers=2, checkpoint_dir=tmp_path,
-                              checkpoint_every=checkpoint_every, max_failures=1)
+    ray_session, tmp_path, dataset, learn_config, reference, checkpoint_every
+):
+    coordinator = Coordinator(
+        dataset, learn_config, workers=2, checkpoint_dir=tmp_path, checkpoint_every=checkpoint_every, max_failures=1
+    )
     killed = []
 
     def kill_second_shard_at_iteration_3(stats):
@@ -70,28 +72,49 @@ def test_failures_past_max_failures_fail_the_run_with_a_clear_error(ray_session,
 
 
 def test_a_stopped_run_resumes_from_its_checkpoint_on_the_same_trajectory(
-        ray_session, tmp_path, dataset, learn_config, reference):
+    ray_session, tmp_path, dataset, learn_config, reference
+):
     done = []
-    first = run_distributed(dataset, learn_config, workers=2, checkpoint_dir=tmp_path, checkpoint_every=2,
-                            callback=done.append, should_stop=lambda: len(done) >= 2)
+    first = run_distributed(
+        dataset,
+        learn_config,
+        workers=2,
+        checkpoint_dir=tmp_path,
+        checkpoint_every=2,
+        callback=done.append,
+        should_stop=lambda: len(done) >= 2,
+    )
     assert [it for it, _ in checkpoint_folders(tmp_path)] == [2]
-    resumed = run_distributed(dataset, learn_config, workers=2, checkpoint_dir=tmp_path, checkpoint_every=2,
-                              resume=True)
+    resumed = run_distributed(
+        dataset, learn_config, workers=2, checkpoint_dir=tmp_path, checkpoint_every=2, resume=True
+    )
     np.testing.assert_allclose(first.history, reference.history[:2], rtol=1e-9)
     _assert_same_run(resumed, reference)
 
 
 def test_a_stop_between_checkpoints_writes_one_of_the_last_iteration(ray_session, tmp_path, dataset, learn_config):
     done = []
-    result = run_distributed(dataset[:3], learn_config, workers=1, checkpoint_dir=tmp_path, checkpoint_every=2,
-                             callback=done.append, should_stop=lambda: len(done) >= 3)
+    result = run_distributed(
+        dataset[:3],
+        learn_config,
+        workers=1,
+        checkpoint_dir=tmp_path,
+        checkpoint_every=2,
+        callback=done.append,
+        should_stop=lambda: len(done) >= 3,
+    )
     assert len(result.history) == 3
     assert [it for it, _ in checkpoint_folders(tmp_path)] == [2, 3]
 
 
 def test_resuming_with_another_config_is_refused(ray_session, tmp_path, dataset, learn_config):
-    run_distributed(dataset[:2], learn_config.model_copy(update={"n_iter": 1}), workers=1,
-                    checkpoint_dir=tmp_path, checkpoint_every=1)
+    run_distributed(
+        dataset[:2],
+        learn_config.model_copy(update={"n_iter": 1}),
+        workers=1,
+        checkpoint_dir=tmp_path,
+        checkpoint_every=1,
+    )
     other = learn_config.model_copy(update={"seed": 99})
     with pytest.raises(ValueError, match="another run: its config differs"):
         run_distributed(dataset[:2], other, workers=1, checkpoint_dir=tmp_path, checkpoint_every=1, resume=True)
@@ -131,8 +154,9 @@ def test_the_consensus_filter_update_runs_distributed_as_in_one_process(ray_sess
     _assert_same_run(result, reference)
 
 
-def test_a_run_stopped_before_its_first_iteration_returns_the_initial_filters(ray_session, tmp_path, dataset,
-                                                                              learn_config):
+def test_a_run_stopped_before_its_first_iteration_returns_the_initial_filters(
+    ray_session, tmp_path, dataset, learn_config
+):
     coordinator = Coordinator(dataset[:2], learn_config, workers=1, checkpoint_dir=tmp_path, checkpoint_every=1)
     result = coordinator.run(should_stop=lambda: True)
     assert result.history == []
@@ -160,8 +184,9 @@ def test_a_2011_layer_runs_distributed_as_in_one_process(ray_session, tmp_path, 
         files.append(tmp_path / f"switches-{n}.npy")
         np.save(files[-1], sw)
     lower = [LowerLayer(layer1.filters, None, (2, 2, 2))]
-    second = pixels.model_copy(update={"layers": [LayerSpec(n_filters=3, filter_size=3, lam=0.05,
-                                                            connectivity="random-doubles:1")]})
+    second = pixels.model_copy(
+        update={"layers": [LayerSpec(n_filters=3, filter_size=3, lam=0.05, connectivity="random-doubles:1")]}
+    )
     reference = learn_layer(images, second, backend="numpy", lower=lower, switches=[switches])
     assert reference.filters.shape == (3, 2, 3, 3)  # 4 maps pooled by 2: layer 2 reads 2 channels of 8x8
     result = Coordinator(dataset, second, workers=workers, lower=lower, switch_paths=[files]).run()
@@ -171,8 +196,13 @@ def test_a_2011_layer_runs_distributed_as_in_one_process(ray_session, tmp_path, 
     # stopped after 2 outer iterations and resumed from the checkpoint: the same trajectory (the shards' state
     # holds the warm power vectors of the step sizes too)
     done = []
-    options = {"workers": workers, "lower": lower, "switch_paths": [files], "checkpoint_dir": tmp_path / "ckpt",
-               "checkpoint_every": 2}
+    options = {
+        "workers": workers,
+        "lower": lower,
+        "switch_paths": [files],
+        "checkpoint_dir": tmp_path / "ckpt",
+        "checkpoint_every": 2,
+    }
     Coordinator(dataset, second, **options).run(callback=done.append, should_stop=lambda: len(done) >= 2)
     resumed = Coordinator(dataset, second, **options).run(resume=True)
     _assert_same_run(resumed, reference)

@@ -66,6 +66,7 @@ def _only(parts: list[tuple[str, bytes]], limits: UploadLimits = DEFAULT_LIMITS)
 
 # -- accepted formats -------------------------------------------------------------------------------------------------
 
+
 def test_a_grey_png_is_one_uint8_channel(grey):
     array = _only([("g.png", _picture(grey))])
     assert (array.shape, array.dtype) == ((1, 12, 10), np.uint8)
@@ -123,8 +124,9 @@ def test_a_stack_names_each_image(rng):
 
 
 def test_a_zip_of_pngs_gives_its_images_in_name_order(grey, colour):
-    archive = _zip({"b/2.png": _picture(grey), "a.png": _picture(grey[::-1]), ".DS_Store": b"junk",
-                    "__MACOSX/._a.png": b"junk"})
+    archive = _zip(
+        {"b/2.png": _picture(grey), "a.png": _picture(grey[::-1]), ".DS_Store": b"junk", "__MACOSX/._a.png": b"junk"}
+    )
     images = decode_upload([("set.zip", archive)])
     assert [im.name.split(":")[-1] for im in images] == ["a.png", "b/2.png"]
     np.testing.assert_array_equal(images[0].array[0], grey[::-1])
@@ -151,6 +153,7 @@ def test_formats_are_recognised_by_content_not_name(grey):
 
 
 # -- refusals that name the file ------------------------------------------------------------------------------------
+
 
 def _refusal(parts: list[tuple[str, bytes]], limits: UploadLimits = DEFAULT_LIMITS) -> str:
     with pytest.raises(UploadError) as info:
@@ -243,7 +246,7 @@ def test_a_zip_bomb_is_refused_by_its_declared_size():
 def test_a_zip_that_lies_about_its_size_is_refused_when_unpacked(grey):
     data = bytearray(_zip({"a.png": _picture(grey)}))
     entry = data.index(b"PK\x01\x02")  # the central directory entry: its uncompressed size is at offset 24
-    data[entry + 24: entry + 28] = struct.pack("<I", 100)
+    data[entry + 24 : entry + 28] = struct.pack("<I", 100)
     message = _refusal([("liar.zip", bytes(data))])
     assert "a.png" in message
     assert "cannot unpack" in message
@@ -252,9 +255,11 @@ def test_a_zip_that_lies_about_its_size_is_refused_when_unpacked(grey):
 @pytest.mark.parametrize("how", ["files", "npy-stack", "zip"])
 def test_too_many_images_are_refused(grey, rng, how):
     png = _picture(grey)
-    parts = {"files": [(f"{i}.png", png) for i in range(3)],
-             "npy-stack": [("s.npy", _npy(rng.standard_normal((3, 1, 4, 4))))],
-             "zip": [("z.zip", _zip({f"{i}.png": png for i in range(3)}))]}[how]
+    parts = {
+        "files": [(f"{i}.png", png) for i in range(3)],
+        "npy-stack": [("s.npy", _npy(rng.standard_normal((3, 1, 4, 4))))],
+        "zip": [("z.zip", _zip({f"{i}.png": png for i in range(3)}))],
+    }[how]
     assert re.search(r"more than (the limit )?2\b", _refusal(parts, UploadLimits(max_images=2)))
 
 
@@ -314,8 +319,9 @@ def test_an_npy_header_declaring_more_than_was_sent_is_refused_before_allocating
     # within every image limit (10000 images of 3x4096x4096), 503 GB declared and none sent: numpy would try to
     # allocate the declared array before finding the data short
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
-                                                  "shape": (10_000, 3, 4096, 4096)})
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "|u1", "fortran_order": False, "shape": (10_000, 3, 4096, 4096)}
+    )
     message = _refusal([("lie.npy", np.lib.format.magic(1, 0) + header.getvalue()[8:])])
     assert "files[0] ('lie.npy')" in message
     assert "declares" in message

@@ -22,9 +22,15 @@ def images() -> np.ndarray:
 
 def test_job_model_file_encodes_as_the_service_does_in_a_fresh_process(tmp_path, images):
     # a job's model as the runner stores it: filters-L<l>.npy, connectivity-L<l>.npy and model.json
-    result = learn_stack(images, LearnConfig(layers=[LayerSpec(n_filters=4, filter_size=3, lam=0.1),
-                                                     LayerSpec(n_filters=3, filter_size=3, lam=0.2)],
-                                             inference=AdmmConfig(max_iter=5), n_iter=2, boundary="valid"))
+    result = learn_stack(
+        images,
+        LearnConfig(
+            layers=[LayerSpec(n_filters=4, filter_size=3, lam=0.1), LayerSpec(n_filters=3, filter_size=3, lam=0.2)],
+            inference=AdmmConfig(max_iter=5),
+            n_iter=2,
+            boundary="valid",
+        ),
+    )
     store = JobStore(tmp_path / "data")
     job, _ = store.submit({"test": True}, n_layers=2, n_iter=2)
     arrays, model_json = JobModel(result.model, AdmmConfig(max_iter=5)).artifacts()

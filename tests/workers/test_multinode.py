@@ -21,8 +21,9 @@ def three_node_cluster():
     shutdown()  # one Ray connection per process: the session cluster is reconnected by the next test needing it
     cluster = None
     try:
-        cluster = cluster_utils.Cluster(initialize_head=True, connect=False,
-                                        head_node_args={**_NODE, "include_dashboard": False})
+        cluster = cluster_utils.Cluster(
+            initialize_head=True, connect=False, head_node_args={**_NODE, "include_dashboard": False}
+        )
         cluster.add_node(**_NODE)
         cluster.add_node(**_NODE)
         connect(ClusterConfig(address=cluster.address))
@@ -40,8 +41,16 @@ def test_removing_a_node_mid_run_loses_nothing(three_node_cluster, tmp_path, dat
     cluster = three_node_cluster
     worker_nodes = {node.node_id: node for node in cluster.worker_nodes}
     # one CPU per shard and SPREAD: the three shards sit on the three nodes, and the survivors have room for one more
-    coordinator = Coordinator(dataset, learn_config, workers=3, checkpoint_dir=tmp_path, checkpoint_every=2,
-                              max_failures=3, actor_cpus=1.0, call_timeout=120.0)
+    coordinator = Coordinator(
+        dataset,
+        learn_config,
+        workers=3,
+        checkpoint_dir=tmp_path,
+        checkpoint_every=2,
+        max_failures=3,
+        actor_cpus=1.0,
+        call_timeout=120.0,
+    )
     removed = []
 
     def remove_a_shard_node_at_iteration_3(stats):

@@ -23,8 +23,11 @@ def test_shards_concatenate_back_to_the_items_in_order(n_items, n_shards):
 
 
 def test_the_split_is_deterministic():
-    assert split_into_shards(list("abcdefg"), 3) == split_into_shards(list("abcdefg"), 3) == [
-        ["a", "b", "c"], ["d", "e"], ["f", "g"]]
+    assert (
+        split_into_shards(list("abcdefg"), 3)
+        == split_into_shards(list("abcdefg"), 3)
+        == [["a", "b", "c"], ["d", "e"], ["f", "g"]]
+    )
 
 
 @pytest.mark.parametrize(("n_items", "n_shards", "field"), [(3, 4, "n_shards"), (3, 0, "n_shards"), (0, 1, "n_items")])

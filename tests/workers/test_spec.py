@@ -17,10 +17,14 @@ def test_a_job_refuses_recentred_filter_updates():
     assert info.value.errors()[0]["loc"] == ("filter_update",)
 
 
-@pytest.mark.parametrize("config", [
-    LearnConfig(layers=[LayerSpec(**LAYER), LayerSpec(**LAYER)]),
-    LearnConfig(layers=[LayerSpec(**LAYER)], filter_update={"recentre": True}),
-], ids=["two-layers", "recentre"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        LearnConfig(layers=[LayerSpec(**LAYER), LayerSpec(**LAYER)]),
+        LearnConfig(layers=[LayerSpec(**LAYER)], filter_update={"recentre": True}),
+    ],
+    ids=["two-layers", "recentre"],
+)
 def test_the_coordinator_refuses_what_it_would_otherwise_run_differently(config, tmp_path):
     pytest.importorskip("ray")
     from workers.distributed.coordinator import Coordinator

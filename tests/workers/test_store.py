@@ -59,6 +59,7 @@ def _submit(store: JobStore, n: int = 1, **kwargs) -> list[str]:
 
 # -- SQLite ----------------------------------------------------------------------------------------------------------
 
+
 def test_the_database_is_in_wal_mode(store):
     with sqlite3.connect(store.db_path) as db:  # a fresh connection reads the mode persisted in the file
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -73,6 +74,7 @@ def test_a_store_opened_again_sees_the_same_jobs(store):
 
 # -- the state machine ----------------------------------------------------------------------------------------------
 
+
 def test_a_job_goes_queued_running_succeeded(store):
     queued, created = store.submit(SPEC, n_layers=1, n_iter=3)
     running = store.claim_next()
@@ -84,8 +86,7 @@ def test_a_job_goes_queued_running_succeeded(store):
     assert running.started_at is not None and running.finished_at is None
     assert (done.status, done.progress.iteration, done.progress.objective) == ("succeeded", 1, 2.5)
     assert done.finished_at >= running.started_at
-    assert store.history(queued.id) == [{"layer": 1, "iteration": 1, "objective": 2.5, "sparsity": 0.1,
-                                         "elapsed": 0.2}]
+    assert store.history(queued.id) == [{"layer": 1, "iteration": 1, "objective": 2.5, "sparsity": 0.1, "elapsed": 0.2}]
 
 
 def test_cancelling_a_queued_job_ends_it_at_once(store):
@@ -157,6 +158,7 @@ def test_no_job_is_claimed_by_two_threads(store):
 
 # -- restart -----------------------------------------------------------------------------------------------------------
 
+
 def test_jobs_left_running_by_a_crash_are_queued_again(store):
     ids = _submit(store, 2)
     store.claim_next()
@@ -199,6 +201,7 @@ def test_a_release_does_not_count_as_an_attempt(store):
 
 
 # -- pagination -----------------------------------------------------------------------------------------------------
+
 
 def _all_pages(store: JobStore, limit: int, **kwargs) -> list[list[str]]:
     pages, cursor = [], None
@@ -251,6 +254,7 @@ def test_bad_listing_arguments_are_refused(store, kwargs):
 
 # -- idempotency ----------------------------------------------------------------------------------------------------
 
+
 def test_an_idempotency_key_with_the_same_spec_gives_the_same_job(store):
     first, created_first = store.submit(SPEC, n_layers=1, n_iter=3, idempotency_key="k-1")
     reordered = dict(reversed(list(SPEC.items())))  # the same spec, its keys in another order
@@ -274,14 +278,16 @@ def test_distinct_keys_and_no_key_give_distinct_jobs(store):
 
 def test_one_idempotency_key_from_many_threads_makes_one_job(store):
     results: list[str] = []
-    _in_threads(store, lambda i: results.append(
-        store.submit(SPEC, n_layers=1, n_iter=3, idempotency_key="shared")[0].id), 10)
+    _in_threads(
+        store, lambda i: results.append(store.submit(SPEC, n_layers=1, n_iter=3, idempotency_key="shared")[0].id), 10
+    )
     assert len(results) == 10
     assert len(set(results)) == 1
     assert len(store.list_jobs()[0]) == 1
 
 
 # -- job artifacts through the store --------------------------------------------------------------------------------
+
 
 def test_job_artifacts_are_recorded_by_name_and_replaced(store):
     (job_id,) = _submit(store)
@@ -299,6 +305,7 @@ def test_the_job_folder_refuses_a_traversal(store):
 
 
 # -- artifact stores ------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(params=["local", "memory"])
 def artifacts(request, tmp_path):
@@ -333,8 +340,9 @@ def test_local_dedupe_keeps_one_file(tmp_path):
     assert [p.name for p in files] == list(keys)
 
 
-@pytest.mark.parametrize("damage", [lambda b: b[:-1], lambda b: b"X" + b[1:], lambda b: b + b"\0"],
-                         ids=["truncated", "flipped", "extended"])
+@pytest.mark.parametrize(
+    "damage", [lambda b: b[:-1], lambda b: b"X" + b[1:], lambda b: b + b"\0"], ids=["truncated", "flipped", "extended"]
+)
 def test_a_damaged_artifact_is_detected_on_read(artifacts, damage):
     key = artifacts.put(b"maps of six images", ".npz")
     _overwrite(artifacts, key, damage(b"maps of six images"))
@@ -389,9 +397,14 @@ def test_the_fsspec_store_has_no_local_path():
     assert store.local_path(store.put(b"x")) is None
 
 
-@pytest.mark.parametrize(("location", "kind"), [("memory://deconv-x", FsspecArtifactStore),
-                                                 ("file://{tmp}/a", LocalArtifactStore),
-                                                 ("{tmp}/a", LocalArtifactStore)])
+@pytest.mark.parametrize(
+    ("location", "kind"),
+    [
+        ("memory://deconv-x", FsspecArtifactStore),
+        ("file://{tmp}/a", LocalArtifactStore),
+        ("{tmp}/a", LocalArtifactStore),
+    ],
+)
 def test_open_artifact_store_picks_the_store_by_url(tmp_path, location, kind):
     assert isinstance(open_artifact_store(location.format(tmp=tmp_path)), kind)
 

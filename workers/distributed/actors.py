@@ -70,8 +70,14 @@ class ShardWorker:
         """(float64 sum, count) of the shifted, scaled images: the second pass of the rescale fit."""
         return rescale_partial_mean(self._loaded(), shifted)
 
-    def build(self, stats: PreprocessStats | None, connectivity: np.ndarray | None, backend: str,
-              lower: Sequence[LowerLayer] = (), switch_paths: Sequence[Sequence[str] | None] = ()) -> str:
+    def build(
+        self,
+        stats: PreprocessStats | None,
+        connectivity: np.ndarray | None,
+        backend: str,
+        lower: Sequence[LowerLayer] = (),
+        switch_paths: Sequence[Sequence[str] | None] = (),
+    ) -> str:
         """Finish the images (rescale with the dataset's `stats`, computation dtype) and hold a fresh shard.
 
         For a config with ``reconstruct_to`` 'pixels' the shard is a :class:`solver.models.shard.PixelShard` over the
@@ -92,17 +98,27 @@ class ShardWorker:
         if config.dtype is not None:
             y = y.astype(config.dtype, copy=False)
         if config.reconstruct_to == "pixels":
-            switches = [None if files is None else np.stack([np.load(f, allow_pickle=False) for f in files])
-                        for files in switch_paths]
+            switches = [
+                None if files is None else np.stack([np.load(f, allow_pickle=False) for f in files])
+                for files in switch_paths
+            ]
             self._shard = PixelShard(y, config, connectivity, lower, switches, backend)
         else:
             self._shard = Shard(y, config, connectivity, backend)
         self._prepared = None  # the shard holds the finished images
         return str(y.dtype)
 
-    def setup(self, paths: Sequence[str | Path], config: LearnConfig, info: ImageInfo, stats: PreprocessStats | None,
-              connectivity: np.ndarray | None, backend: str, lower: Sequence[LowerLayer] = (),
-              switch_paths: Sequence[Sequence[str] | None] = ()) -> str:
+    def setup(
+        self,
+        paths: Sequence[str | Path],
+        config: LearnConfig,
+        info: ImageInfo,
+        stats: PreprocessStats | None,
+        connectivity: np.ndarray | None,
+        backend: str,
+        lower: Sequence[LowerLayer] = (),
+        switch_paths: Sequence[Sequence[str] | None] = (),
+    ) -> str:
         """:meth:`load` then :meth:`build`, for a shard whose dataset statistics are already fitted."""
         self.load(paths, config, info)
         return self.build(stats, connectivity, backend, lower, switch_paths)

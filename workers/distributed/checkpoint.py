@@ -127,7 +127,7 @@ def checkpoint_folders(root: str | Path) -> list[tuple[int, Path]]:
         return []
     found = []
     for p in root.iterdir():
-        suffix = p.name[len(_PREFIX):]
+        suffix = p.name[len(_PREFIX) :]
         if p.is_dir() and p.name.startswith(_PREFIX) and suffix.isdigit():
             found.append((int(suffix), p))
     return sorted(found)
@@ -182,8 +182,13 @@ def write_checkpoint(
     }
     checksums = {name: atomic_write_bytes(folder / name, data) for name, data in files.items()}
     _fsync_dir(folder)
-    manifest = {"format": FORMAT, "iteration": iteration, "n_shards": len(shard_states), "files": checksums,
-                "meta": meta}
+    manifest = {
+        "format": FORMAT,
+        "iteration": iteration,
+        "n_shards": len(shard_states),
+        "files": checksums,
+        "meta": meta,
+    }
     atomic_write_bytes(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
     _fsync_dir(folder)
     _prune(Path(root), iteration, keep)

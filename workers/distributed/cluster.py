@@ -101,8 +101,9 @@ def connect(config: ClusterConfig | None = None) -> ClusterContext:
     address = config.resolved_address()
     local_only = {k: v for k, v in (("num_cpus", config.num_cpus), ("num_gpus", config.num_gpus)) if v is not None}
     if address != LOCAL and local_only:
-        raise ValueError(f"{', '.join(local_only)} only apply to a local cluster, got {local_only} "
-                         f"with address={address!r}")
+        raise ValueError(
+            f"{', '.join(local_only)} only apply to a local cluster, got {local_only} with address={address!r}"
+        )
     if ray.is_initialized():
         return ClusterContext(_gcs_address(), False, dict(ray.cluster_resources()))
     if address == LOCAL:

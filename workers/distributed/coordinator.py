@@ -116,12 +116,16 @@ class Coordinator:
     ):
         _check_options(workers, checkpoint_dir, checkpoint_every, max_failures, call_timeout, backend, actor_cpus)
         if config.filter_update.recentre:
-            raise ValueError("filter_update.recentre is not available in distributed learning yet (it widens the "
-                             "filter support, which only solver.learn_layer does): learn in one process, or turn "
-                             "it off")
+            raise ValueError(
+                "filter_update.recentre is not available in distributed learning yet (it widens the "
+                "filter support, which only solver.learn_layer does): learn in one process, or turn "
+                "it off"
+            )
         if len(config.layers) != 1:
-            raise ValueError(f"a Coordinator learns one layer, got a config of {len(config.layers)} layers: run each "
-                             "layer with solver.layer_config (the job runner, deconv submit, does)")
+            raise ValueError(
+                f"a Coordinator learns one layer, got a config of {len(config.layers)} layers: run each "
+                "layer with solver.layer_config (the job runner, deconv submit, does)"
+            )
         if (lower or switch_paths) and config.reconstruct_to != "pixels":
             raise ValueError("lower layers are given only with reconstruct_to 'pixels' (the 2011 model)")
         if len(switch_paths) != len(lower):
@@ -138,10 +142,13 @@ class Coordinator:
             if (files is None) != (layer.pool is None):
                 raise ValueError(f"switch_paths of lower layer {number} must be given exactly when it pools")
             if files is not None and len(files) != len(self.paths):
-                raise ValueError(f"switch_paths of lower layer {number} has {len(files)} files for "
-                                 f"{len(self.paths)} images")
-        self.shard_switches = [[None if files is None else [str(files[i]) for i in r] for files in switch_paths]
-                               for r in shard_ranges(len(self.paths), n_shards)]
+                raise ValueError(
+                    f"switch_paths of lower layer {number} has {len(files)} files for {len(self.paths)} images"
+                )
+        self.shard_switches = [
+            [None if files is None else [str(files[i]) for i in r] for files in switch_paths]
+            for r in shard_ranges(len(self.paths), n_shards)
+        ]
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.checkpoint_every = checkpoint_every
         self.max_failures = max_failures
@@ -159,9 +166,15 @@ class Coordinator:
             raise ValueError(f"filter_size {layer.filter_size} is larger than the layer's input ({height}x{width})")
         self.connectivity = connectivity_table(layer.connectivity, layer.n_filters, n_channels, seed=config.seed)
         self.dtype = _computation_dtype(self.info.dtype, config)
-        self.initial_filters = initial_filters(layer.n_filters, n_channels, layer.filter_size, seed=config.seed,
-                                               norm=config.filter_update.norm, connectivity=self.connectivity,
-                                               dtype=self.dtype)
+        self.initial_filters = initial_filters(
+            layer.n_filters,
+            n_channels,
+            layer.filter_size,
+            seed=config.seed,
+            norm=config.filter_update.norm,
+            connectivity=self.connectivity,
+            dtype=self.dtype,
+        )
         self.traffic = Traffic()
         self.failures = 0
         self._actors: list[Any] = []
@@ -244,8 +257,9 @@ class Coordinator:
 
     # -- one attempt: bring the shards up, restore, loop --------------------------------------------------------
 
-    def _attempt(self, start: Checkpoint | None, record: Callable[[IterStats], None],
-                 should_stop: Callable[[], bool] | None) -> LearnResult:
+    def _attempt(
+        self, start: Checkpoint | None, record: Callable[[IterStats], None], should_stop: Callable[[], bool] | None
+    ) -> LearnResult:
         self._bring_up()
         pool = RayPool(self._actors, timeout=self.call_timeout, traffic=self.traffic)
         self._pool = pool
@@ -259,9 +273,16 @@ class Coordinator:
             self._history = list(start.history)
         self._last_checkpoint = first if start is not None else -1
         self._pending = None
-        filters, _, _ = alternate(pool, self.config, filters, callback=record, start_iteration=first,
-                                  power_vector=vector, should_stop=should_stop,
-                                  on_iteration=lambda it, f, v: setattr(self, "_pending", (it, f, v)))
+        filters, _, _ = alternate(
+            pool,
+            self.config,
+            filters,
+            callback=record,
+            start_iteration=first,
+            power_vector=vector,
+            should_stop=should_stop,
+            on_iteration=lambda it, f, v: setattr(self, "_pending", (it, f, v)),
+        )
         done = self._history[-1].iteration if self._history else first
         if done < self.config.n_iter:
             logger.info("stopped after outer iteration %d of %d", done, self.config.n_iter)
@@ -270,8 +291,16 @@ class Coordinator:
                 self._checkpoint(done)
         maps = np.concatenate(pool.maps()) if done > 0 else self._zero_maps()
         history = [h.objective for h in self._history]
-        return LearnResult(filters, maps, history, list(self._history), resolved, self.connectivity,
-                           self._fitted_preprocess(), self.lam_max)
+        return LearnResult(
+            filters,
+            maps,
+            history,
+            list(self._history),
+            resolved,
+            self.connectivity,
+            self._fitted_preprocess(),
+            self.lam_max,
+        )
 
     def _resolve_lam(self, pool: RayPool) -> LearnConfig:
         """The config with an absolute λ: a relative one (``lam_scale="relative"``) times λ_max, the largest of
@@ -308,14 +337,25 @@ class Coordinator:
             fresh.append(index)
         if not fresh:
             return
-        logger.info("starting %d shard actor(s) %s (num_cpus=%g, num_gpus=%g, backend=%s)", len(fresh), fresh,
-                    *placement)
+        logger.info(
+            "starting %d shard actor(s) %s (num_cpus=%g, num_gpus=%g, backend=%s)", len(fresh), fresh, *placement
+        )
         if self._needs_rescale_fit():
             self._fit_rescale_and_build(placement[2])
             return
-        refs = [self._actors[i].setup.remote(self.shard_paths[i], self.config, self.info, self._rescale,
-                                             self.connectivity, placement[2], self.lower, self.shard_switches[i])
-                for i in fresh]
+        refs = [
+            self._actors[i].setup.remote(
+                self.shard_paths[i],
+                self.config,
+                self.info,
+                self._rescale,
+                self.connectivity,
+                placement[2],
+                self.lower,
+                self.shard_switches[i],
+            )
+            for i in fresh
+        ]
         self._check_dtypes(ray.get(refs, timeout=self.call_timeout))
 
     def _needs_rescale_fit(self) -> bool:
@@ -325,14 +365,23 @@ class Coordinator:
     def _fit_rescale_and_build(self, backend: str) -> None:
         """Fit the dataset-wide rescale from every shard's partial statistics, in shard order, then build."""
         actors, timeout = self._actors, self.call_timeout
-        ray.get([a.load.remote(p, self.config, self.info) for a, p in zip(actors, self.shard_paths, strict=True)],
-                timeout=timeout)
+        ray.get(
+            [a.load.remote(p, self.config, self.info) for a, p in zip(actors, self.shard_paths, strict=True)],
+            timeout=timeout,
+        )
         shifted = combine_rescale_ranges(ray.get([a.rescale_range.remote() for a in actors], timeout=timeout))
         sums = ray.get([a.rescale_sum.remote(shifted) for a in actors], timeout=timeout)
         self._rescale = combine_rescale_means(shifted, sums)
         logger.info("rescale statistics: %s", self._rescale)
-        self._check_dtypes(ray.get([a.build.remote(self._rescale, self.connectivity, backend, self.lower, sw)
-                                    for a, sw in zip(actors, self.shard_switches, strict=True)], timeout=timeout))
+        self._check_dtypes(
+            ray.get(
+                [
+                    a.build.remote(self._rescale, self.connectivity, backend, self.lower, sw)
+                    for a, sw in zip(actors, self.shard_switches, strict=True)
+                ],
+                timeout=timeout,
+            )
+        )
 
     def _check_dtypes(self, dtypes: list[str]) -> None:
         if any(d != self.dtype for d in dtypes):
@@ -373,8 +422,9 @@ class Coordinator:
         if self._pending is None or self._pending[0] != iteration:
             raise ValueError(f"no filters recorded for outer iteration {iteration}")
         _, filters, vector = self._pending
-        write_checkpoint(self.checkpoint_dir, iteration, filters, vector, self._pool.states(), self._history,
-                         self._meta())
+        write_checkpoint(
+            self.checkpoint_dir, iteration, filters, vector, self._pool.states(), self._history, self._meta()
+        )
         self._last_checkpoint = iteration
 
     def _meta(self) -> dict[str, Any]:
@@ -409,8 +459,10 @@ class Coordinator:
         expected, found = self._meta(), checkpoint.meta
         for key in ("config", "images", "n_shards"):
             if found.get(key) != expected[key]:
-                raise ValueError(f"checkpoint {str(checkpoint.path)!r} belongs to another run: its {key} differs "
-                                 f"(checkpoint: {found.get(key)!r}, this run: {expected[key]!r})")
+                raise ValueError(
+                    f"checkpoint {str(checkpoint.path)!r} belongs to another run: its {key} differs "
+                    f"(checkpoint: {found.get(key)!r}, this run: {expected[key]!r})"
+                )
         if found.get("rescale") is not None:
             self._rescale = PreprocessStats.from_dict(found["rescale"])
 
@@ -420,16 +472,20 @@ class Coordinator:
         checkpoint = latest_checkpoint(self.checkpoint_dir)
         if checkpoint is not None:
             self._check_same_run(checkpoint)
-        logger.warning("rolling every shard back to %s",
-                       "the start" if checkpoint is None else f"outer iteration {checkpoint.iteration}")
+        logger.warning(
+            "rolling every shard back to %s",
+            "the start" if checkpoint is None else f"outer iteration {checkpoint.iteration}",
+        )
         return checkpoint
 
     def _count_failure(self, exc: BaseException) -> None:
         self.failures += 1
         reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         if self.failures > self.max_failures:
-            raise JobFailedError(f"shard actors failed {self.failures} times, more than max_failures="
-                                 f"{self.max_failures}; last failure: {reason}") from exc
+            raise JobFailedError(
+                f"shard actors failed {self.failures} times, more than max_failures="
+                f"{self.max_failures}; last failure: {reason}"
+            ) from exc
         logger.warning("shard failure %d (max_failures=%d): %s", self.failures, self.max_failures, reason)
 
     def _fitted_preprocess(self) -> FittedPreprocess | None:
@@ -458,8 +514,15 @@ def run_distributed(
     images, within round-off. `options` go to :class:`Coordinator` (``call_timeout``, ``cluster``, ``backend``,
     ``actor_cpus``).
     """
-    coordinator = Coordinator(image_paths, config, workers=workers, checkpoint_dir=checkpoint_dir,
-                              checkpoint_every=checkpoint_every, max_failures=max_failures, **options)
+    coordinator = Coordinator(
+        image_paths,
+        config,
+        workers=workers,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        max_failures=max_failures,
+        **options,
+    )
     return coordinator.run(callback=callback, should_stop=should_stop, resume=resume)
 
 
@@ -478,8 +541,15 @@ def _computation_dtype(image_dtype: str, config: LearnConfig) -> str:
     return "float64" if image_dtype == "float64" else "float32"
 
 
-def _check_options(workers: Any, checkpoint_dir: Any, checkpoint_every: Any, max_failures: Any, call_timeout: Any,
-                   backend: Any, actor_cpus: Any) -> None:
+def _check_options(
+    workers: Any,
+    checkpoint_dir: Any,
+    checkpoint_every: Any,
+    max_failures: Any,
+    call_timeout: Any,
+    backend: Any,
+    actor_cpus: Any,
+) -> None:
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:

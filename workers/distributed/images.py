@@ -134,8 +134,10 @@ def inspect_images(paths: Sequence[str | Path]) -> ImageInfo:
     first, (c0, h0, w0), dtype0 = headers[0]
     for path, (c, h, w), dtype in headers[1:]:
         if (h, w) != (h0, w0) or dtype != dtype0 or (c != c0 and not pictures_only):
-            raise ValueError(f"image {str(path)!r} is {c}x{h}x{w} {dtype}, unlike {str(first)!r} which is "
-                             f"{c0}x{h0}x{w0} {dtype0}: all images of a job must share size, channels and dtype")
+            raise ValueError(
+                f"image {str(path)!r} is {c}x{h}x{w} {dtype}, unlike {str(first)!r} which is "
+                f"{c0}x{h0}x{w0} {dtype0}: all images of a job must share size, channels and dtype"
+            )
     channels = max(shape[0] for _, shape, _ in headers)
     return ImageInfo((channels, h0, w0), dtype0)
 
@@ -156,8 +158,11 @@ def load_images(paths: Sequence[str | Path], info: ImageInfo) -> np.ndarray:
         If a file does not match `info` (it changed since it was inspected, say).
     """
     arrays = [_load_one(Path(p), info) for p in paths]
-    bad = [(str(p), a.shape, str(a.dtype)) for p, a in zip(paths, arrays, strict=True)
-           if a.shape != info.shape or str(a.dtype) != info.dtype]
+    bad = [
+        (str(p), a.shape, str(a.dtype))
+        for p, a in zip(paths, arrays, strict=True)
+        if a.shape != info.shape or str(a.dtype) != info.dtype
+    ]
     if bad:
         raise ValueError(f"images {bad} do not match the dataset's shape {info.shape} and dtype {info.dtype}")
     return np.stack(arrays)

@@ -97,8 +97,9 @@ class RayPool:
     def load_states(self, states: Sequence[dict[str, Any]]) -> None:
         if len(states) != len(self.actors):
             raise ValueError(f"states must hold one state per shard ({len(self.actors)}), got {len(states)}")
-        ray.get([actor.load_state.remote(s) for actor, s in zip(self.actors, states, strict=True)],
-                timeout=self.timeout)
+        ray.get(
+            [actor.load_state.remote(s) for actor, s in zip(self.actors, states, strict=True)], timeout=self.timeout
+        )
 
     def reset(self) -> None:
         self._broadcast("reset")

@@ -100,8 +100,10 @@ def _decode_file(label: str, data: bytes, limits: UploadLimits, *, archive_ok: b
             raise UploadError(f"{label}: a zip or npz must be the only file of an upload")
         return _decode_archive(label, data, limits)
     if head.startswith(NPY_MAGIC):
-        return [DecodedImage(f"{label}[{i}]" if n > 1 else label, a)
-                for i, a, n in _numbered(_decode_npy(label, data, limits))]
+        return [
+            DecodedImage(f"{label}[{i}]" if n > 1 else label, a)
+            for i, a, n in _numbered(_decode_npy(label, data, limits))
+        ]
     if head.startswith(PNG_MAGIC) or head.startswith(JPEG_MAGIC) or head[:4] in TIFF_MAGICS:
         return [DecodedImage(label, _decode_picture(label, data, limits))]
     raise UploadError(f"{label}: not a PNG, JPEG, TIFF, NPY, zip or npz file (first bytes {head[:8]!r})")
@@ -116,8 +118,10 @@ def _decode_picture(label: str, data: bytes, limits: UploadLimits) -> np.ndarray
         with Image.open(io.BytesIO(data)) as im:
             width, height = im.size
             if width * height > limits.max_pixels:
-                raise UploadError(f"{label}: image of {width}x{height} pixels is larger than the limit of "
-                                  f"{limits.max_pixels} pixels (max_pixels)")
+                raise UploadError(
+                    f"{label}: image of {width}x{height} pixels is larger than the limit of "
+                    f"{limits.max_pixels} pixels (max_pixels)"
+                )
             if getattr(im, "n_frames", 1) > 1:
                 raise UploadError(f"{label}: multi-frame images are not supported ({im.n_frames} frames)")
             im.load()
@@ -126,8 +130,9 @@ def _decode_picture(label: str, data: bytes, limits: UploadLimits) -> np.ndarray
             if im.mode in _GREY_MODES:
                 return np.asarray(im.convert("L"))[None].copy()
             if im.mode in ("I", "F", "I;16S"):
-                raise UploadError(f"{label}: 32-bit and float pictures (mode {im.mode!r}) are not supported; "
-                                  "send them as NPY")
+                raise UploadError(
+                    f"{label}: 32-bit and float pictures (mode {im.mode!r}) are not supported; send them as NPY"
+                )
             return np.ascontiguousarray(np.moveaxis(np.asarray(im.convert("RGB")), -1, 0))
     except UploadError:
         raise
@@ -199,13 +204,16 @@ def read_npy(label: str, data: bytes, *, max_pixels: int) -> np.ndarray:
     if dtype.hasobject or str(dtype) not in _KEPT_DTYPES:
         raise UploadError(f"{label}: NPY dtype {dtype} is not supported (integers, float32 or float64)")
     if len(shape) >= 2 and shape[-2] * shape[-1] > max_pixels:
-        raise UploadError(f"{label}: image of {shape[-1]}x{shape[-2]} pixels is larger than the limit of "
-                          f"{max_pixels} pixels (max_pixels)")
+        raise UploadError(
+            f"{label}: image of {shape[-1]}x{shape[-2]} pixels is larger than the limit of "
+            f"{max_pixels} pixels (max_pixels)"
+        )
     declared = math.prod(shape) * dtype.itemsize
     sent = len(data) - offset
     if declared > sent:  # numpy allocates the declared shape before it finds the data short
-        raise UploadError(f"{label}: the header declares {shape} {dtype} ({declared} bytes of data), more than "
-                          f"the {sent} sent")
+        raise UploadError(
+            f"{label}: the header declares {shape} {dtype} ({declared} bytes of data), more than the {sent} sent"
+        )
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -220,8 +228,10 @@ def _check_dims(label: str, shape: tuple[int, ...], limits: UploadLimits) -> Non
     if min(shape) < 1:
         raise UploadError(f"{label}: empty array of shape {tuple(shape)}")
     if len(shape) >= 3 and shape[-3] > limits.max_channels:
-        raise UploadError(f"{label}: {shape[-3]} channels, more than the limit {limits.max_channels} "
-                          "(max_channels); arrays are (H, W), (C, H, W) or (N, C, H, W)")
+        raise UploadError(
+            f"{label}: {shape[-3]} channels, more than the limit {limits.max_channels} "
+            "(max_channels); arrays are (H, W), (C, H, W) or (N, C, H, W)"
+        )
     if len(shape) == 4 and shape[0] > limits.max_images:
         raise UploadError(f"{label}: {shape[0]} images, more than the limit {limits.max_images} (max_images)")
 
@@ -273,8 +283,9 @@ def unpack_archive(label: str, data: bytes, *, max_members: int, max_bytes: int)
         raise UploadError(f"{label}: {len(members)} files in the archive, more than the limit {max_members}")
     unpacked = sum(m.file_size for m in members)
     if unpacked > max_bytes:
-        raise UploadError(f"{label}: the archive unpacks to {unpacked} bytes, more than the limit "
-                          f"{max_bytes} (max_bytes)")
+        raise UploadError(
+            f"{label}: the archive unpacks to {unpacked} bytes, more than the limit {max_bytes} (max_bytes)"
+        )
     with archive:
         for member in members:
             try:
@@ -297,5 +308,9 @@ def _common_channels(images: list[DecodedImage]) -> list[DecodedImage]:
     colour = any(im.array.shape[0] == 3 and im.array.dtype == np.uint8 for im in images)
     if not colour:
         return images
-    return [DecodedImage(im.name, np.repeat(im.array, 3, axis=0))
-            if im.array.shape[0] == 1 and im.array.dtype == np.uint8 else im for im in images]
+    return [
+        DecodedImage(im.name, np.repeat(im.array, 3, axis=0))
+        if im.array.shape[0] == 1 and im.array.dtype == np.uint8
+        else im
+        for im in images
+    ]

@@ -71,8 +71,10 @@ class LearnJobFile(LearnConfig):
         if given:
             return image_paths(given)
         if self.images is None:
-            raise JobFileError("images: the config names no images; give 'images: FOLDER' in the job file or "
-                               "image files or folders on the command line (--images)")
+            raise JobFileError(
+                "images: the config names no images; give 'images: FOLDER' in the job file or "
+                "image files or folders on the command line (--images)"
+            )
         return list_images(self.images)
 
 

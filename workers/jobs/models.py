@@ -43,15 +43,21 @@ class JobModel:
         """`layer` (1-based) if the model has it; the top layer for None."""
         return self.stack.check_layer(layer)
 
-    def encode(self, images: np.ndarray, *, layer: int | None = None, method: str | None = None,
-               max_iter: int | None = None) -> StackCode:
+    def encode(
+        self, images: np.ndarray, *, layer: int | None = None, method: str | None = None, max_iter: int | None = None
+    ) -> StackCode:
         """Maps and switches of every layer up to `layer` (default: the top one); see
         :func:`solver.encode_layers`."""
-        return encode_layers(self.stack, images, layer=layer, method=method or self.inference.method,
-                             max_iter=max_iter)
+        return encode_layers(self.stack, images, layer=layer, method=method or self.inference.method, max_iter=max_iter)
 
-    def project(self, maps: np.ndarray, *, layer: int | None = None, switches: Sequence[Any] | None = None,
-                map_shapes: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    def project(
+        self,
+        maps: np.ndarray,
+        *,
+        layer: int | None = None,
+        switches: Sequence[Any] | None = None,
+        map_shapes: Sequence[Sequence[int]] | None = None,
+    ) -> np.ndarray:
         """Images from maps of `layer` through every layer below, unpooling at `switches` where a layer below
         pools; see :func:`solver.project_down`."""
         return project_down(self.stack, maps, layer, switches=switches, map_shapes=map_shapes)

@@ -92,9 +92,17 @@ class JobRunner:
         CPUs each shard actor reserves (see :class:`~workers.distributed.coordinator.Coordinator`).
     """
 
-    def __init__(self, store: JobStore, *, cluster: ClusterConfig | None = None, checkpoint_every: int = 5,
-                 max_failures: int = 3, max_attempts: int = 3, poll_interval: float = 0.25,
-                 actor_cpus: float = 0.0):
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        cluster: ClusterConfig | None = None,
+        checkpoint_every: int = 5,
+        max_failures: int = 3,
+        max_attempts: int = 3,
+        poll_interval: float = 0.25,
+        actor_cpus: float = 0.0,
+    ):
         self.store = store
         self.cluster = cluster
         self.checkpoint_every = checkpoint_every
@@ -153,9 +161,15 @@ class JobRunner:
         self.current = job.id
         logger.info("job %s: started (attempt %d)", job.id, job.attempts)
         try:
-            execute(self.store, job, cluster=self.cluster, checkpoint_every=self.checkpoint_every,
-                    max_failures=self.max_failures, actor_cpus=self.actor_cpus,
-                    should_stop=lambda: self._stopping.is_set() or self.store.cancel_requested(job.id))
+            execute(
+                self.store,
+                job,
+                cluster=self.cluster,
+                checkpoint_every=self.checkpoint_every,
+                max_failures=self.max_failures,
+                actor_cpus=self.actor_cpus,
+                should_stop=lambda: self._stopping.is_set() or self.store.cancel_requested(job.id),
+            )
         except JobStopped:
             if self.store.cancel_requested(job.id):
                 self.store.finish(job.id, "cancelled")
@@ -172,15 +186,21 @@ class JobRunner:
         finally:
             self.current = None
 
-
     def _discard_work(self, job_id: str) -> None:
         """A cancelled or failed job will not resume: its checkpoints and layer maps only take disk space."""
         shutil.rmtree(self.store.job_dir(job_id), ignore_errors=True)
 
 
-def execute(store: JobStore, job: JobRecord, *, cluster: ClusterConfig | None = None, checkpoint_every: int = 5,
-            max_failures: int = 3, actor_cpus: float = 0.0,
-            should_stop: Callable[[], bool] = lambda: False) -> JobModel:
+def execute(
+    store: JobStore,
+    job: JobRecord,
+    *,
+    cluster: ClusterConfig | None = None,
+    checkpoint_every: int = 5,
+    max_failures: int = 3,
+    actor_cpus: float = 0.0,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> JobModel:
     """Learn every layer of `job`, resuming what an earlier attempt left, and store the artifacts.
 
     Raises
@@ -216,14 +236,28 @@ def execute(store: JobStore, job: JobRecord, *, cluster: ClusterConfig | None = 
             if pixels:  # every layer reads the pixels, preprocessed as for layer 1 (the same fit, repeated)
                 cfg = cfg.model_copy(update={"preprocess": config.preprocess})
                 lower = [LowerLayer(r.filters, _table(r), spec.layers[j].pool) for j, r in enumerate(results)]
-            coordinator = Coordinator(paths, cfg, workers=spec.workers, checkpoint_dir=work / "checkpoints" /
-                                      f"L{index + 1}", checkpoint_every=checkpoint_every,
-                                      max_failures=max_failures, backend=spec.backend, actor_cpus=actor_cpus,
-                                      lower=lower, switch_paths=list(switch_files) if pixels else [])
+            coordinator = Coordinator(
+                paths,
+                cfg,
+                workers=spec.workers,
+                checkpoint_dir=work / "checkpoints" / f"L{index + 1}",
+                checkpoint_every=checkpoint_every,
+                max_failures=max_failures,
+                backend=spec.backend,
+                actor_cpus=actor_cpus,
+                lower=lower,
+                switch_paths=list(switch_files) if pixels else [],
+            )
 
             def progress(stats: IterStats, layer: int = index + 1) -> None:
-                store.update_progress(job.id, layer=layer, iteration=stats.iteration, objective=stats.objective,
-                                      sparsity=stats.sparsity, elapsed=stats.elapsed)
+                store.update_progress(
+                    job.id,
+                    layer=layer,
+                    iteration=stats.iteration,
+                    objective=stats.objective,
+                    sparsity=stats.sparsity,
+                    elapsed=stats.elapsed,
+                )
 
             resume = (work / "checkpoints" / f"L{index + 1}").is_dir()  # an earlier attempt left checkpoints
             result = coordinator.run(callback=progress, should_stop=should_stop, resume=resume)
@@ -237,9 +271,17 @@ def execute(store: JobStore, job: JobRecord, *, cluster: ClusterConfig | None = 
     preprocess = [r.preprocess if index == 0 or not pixels else None for index, r in enumerate(results)]
     lam_max = [r.lam_max for r in results]  # a relative λ is recorded as the absolute λ used, with λ_max
     lams = [layer.lam if top is None else layer.lam * top for layer, top in zip(spec.layers, lam_max, strict=True)]
-    stack = StackModel.from_layers([r.filters for r in results], [_table(r) for r in results], preprocess, lams,
-                                   [layer.p for layer in spec.layers], spec.boundary,
-                                   [layer.pool for layer in spec.layers], spec.reconstruct_to, lam_max=lam_max)
+    stack = StackModel.from_layers(
+        [r.filters for r in results],
+        [_table(r) for r in results],
+        preprocess,
+        lams,
+        [layer.p for layer in spec.layers],
+        spec.boundary,
+        [layer.pool for layer in spec.layers],
+        spec.reconstruct_to,
+        lam_max=lam_max,
+    )
     model = JobModel(stack, spec.inference)
     images = np.stack([np.load(p, allow_pickle=False) for p in inputs])
     _store_artifacts(store, job.id, spec, model, results, dataset_images=images)
@@ -271,6 +313,7 @@ def _input_paths(store: JobStore, dataset, folder: Path) -> list[Path]:
 
 # -- finished layers in the work folder -----------------------------------------------------------------------------
 
+
 def _save_layer(folder: Path, result: LearnResult, pool: tuple[int, int, int] | None) -> LearnResult:
     """Maps (one file per image, the next layer's input), their pooled maps and switches when the layer pools,
     filters, stats; ``done.json`` last."""
@@ -287,9 +330,11 @@ def _save_layer(folder: Path, result: LearnResult, pool: tuple[int, int, int] | 
             atomic_write_bytes(folder / "switches" / f"{n:05d}.npy", npy_bytes(switches[0]))
     atomic_write_bytes(folder / "filters.npy", npy_bytes(result.filters))
     atomic_write_bytes(folder / "connectivity.npy", npy_bytes(_table(result)))
-    done = {"stats": [asdict(s) for s in result.stats],
-            "preprocess": None if result.preprocess is None else result.preprocess.to_dict(),
-            "lam_max": result.lam_max}
+    done = {
+        "stats": [asdict(s) for s in result.stats],
+        "preprocess": None if result.preprocess is None else result.preprocess.to_dict(),
+        "lam_max": result.lam_max,
+    }
     atomic_write_bytes(folder / "done.json", json.dumps(done).encode())
     return result
 
@@ -303,20 +348,36 @@ def _load_layer(folder: Path) -> LearnResult | None:
     stats = [IterStats(**s) for s in done["stats"]]
     pre = None if done["preprocess"] is None else FittedPreprocess.from_dict(done["preprocess"])
     logger.info("layer %s: finished earlier, reusing it", folder.name)
-    return LearnResult(np.load(folder / "filters.npy"), maps, [s.objective for s in stats], stats, None,
-                       np.load(folder / "connectivity.npy"), pre, done.get("lam_max"))
+    return LearnResult(
+        np.load(folder / "filters.npy"),
+        maps,
+        [s.objective for s in stats],
+        stats,
+        None,
+        np.load(folder / "connectivity.npy"),
+        pre,
+        done.get("lam_max"),
+    )
 
 
 # -- artifacts ------------------------------------------------------------------------------------------------------
 
-def _store_artifacts(store: JobStore, job_id: str, spec: JobSpec, model: JobModel, results: list[LearnResult],
-                     dataset_images: np.ndarray) -> None:
+
+def _store_artifacts(
+    store: JobStore, job_id: str, spec: JobSpec, model: JobModel, results: list[LearnResult], dataset_images: np.ndarray
+) -> None:
     arrays, model_json = model.artifacts()
     for name, array in arrays.items():
-        store.put_artifact(job_id, f"{name}.npy", npy_bytes(array.astype(np.float32) if array.dtype.kind == "f"
-                                                            else array), "application/x-npy")
-    code = StackCode([r.maps for r in results],
-                     [pool_maps(r.maps, layer.pool)[1] for r, layer in zip(results, model.layers, strict=True)])
+        store.put_artifact(
+            job_id,
+            f"{name}.npy",
+            npy_bytes(array.astype(np.float32) if array.dtype.kind == "f" else array),
+            "application/x-npy",
+        )
+    code = StackCode(
+        [r.maps for r in results],
+        [pool_maps(r.maps, layer.pool)[1] for r, layer in zip(results, model.layers, strict=True)],
+    )
     for number, result in enumerate(results, start=1):
         if model.stack.pools_below(number):  # seen through its strongest activation on the training images
             picture = filter_montage(top_projections(model.stack, code, number))
@@ -325,12 +386,12 @@ def _store_artifacts(store: JobStore, job_id: str, spec: JobSpec, model: JobMode
         store.put_artifact(job_id, f"filters-L{number}.png", png_bytes(picture), "image/png")
         store.put_artifact(job_id, f"maps-L{number}.npz", npz_bytes(result.maps), "application/x-npz")
         if code.switches[number - 1] is not None:
-            store.put_artifact(job_id, f"switches-L{number}.npy", npy_bytes(code.switches[number - 1]),
-                               "application/x-npy")
+            store.put_artifact(
+                job_id, f"switches-L{number}.npy", npy_bytes(code.switches[number - 1]), "application/x-npy"
+            )
     recon = reconstruct_from(model.stack, code, len(model.layers)).astype(np.float32)
     store.put_artifact(job_id, "reconstructions.npy", npy_bytes(recon), "application/x-npy")
-    inputs = dataset_images if model.layers[0].preprocess is None else model.layers[0].preprocess.apply(
-        dataset_images)
+    inputs = dataset_images if model.layers[0].preprocess is None else model.layers[0].preprocess.apply(dataset_images)
     store.put_artifact(job_id, "reconstructions.png", png_bytes(image_sheet(inputs, recon)), "image/png")
     history = [{"layer": index + 1, **asdict(s)} for index, r in enumerate(results) for s in r.stats]
     store.put_artifact(job_id, "history.json", json.dumps(history, indent=1).encode(), "application/json")
@@ -352,8 +413,11 @@ def _describe(exc: BaseException) -> str:
     if isinstance(cause, BaseException):
         exc = cause
     lines = [line for line in _ANSI.sub("", str(exc)).strip().splitlines() if line.strip()]
-    message = lines[-1].strip() if len(lines) > 1 and lines[-1].startswith(type(exc).__name__) else (
-        lines[0].strip() if lines else "")
+    message = (
+        lines[-1].strip()
+        if len(lines) > 1 and lines[-1].startswith(type(exc).__name__)
+        else (lines[0].strip() if lines else "")
+    )
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 

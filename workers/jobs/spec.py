@@ -70,17 +70,22 @@ class JobSpec(LearnConfig):
         return LearnConfig.model_validate(self.model_dump(exclude={"dataset_id", "workers", "backend"}))
 
 
-def check_against_dataset(spec: JobSpec, dataset: DatasetRecord, *, max_filters: int | None = None,
-                          max_maps_bytes: int | None = None) -> None:
+def check_against_dataset(
+    spec: JobSpec, dataset: DatasetRecord, *, max_filters: int | None = None, max_maps_bytes: int | None = None
+) -> None:
     """Raise :class:`SpecError` when `spec` cannot run on `dataset` (see the module docstring), or when the feature
     maps of its layers together (N images × K_l × H_l' × W_l' in the computation dtype, summed over the layers)
     would take more than `max_maps_bytes`."""
     first = dataset.images[0]
     for index, image in enumerate(dataset.images[1:], start=1):
         if image.shape != first.shape or image.dtype != first.dtype:
-            raise SpecError("dataset_id", f"dataset {dataset.id} mixes image shapes or dtypes (image 0 is "
-                            f"{first.shape} {first.dtype}, image {index} is {image.shape} {image.dtype}); a job "
-                            "needs images of one shape", spec.dataset_id)
+            raise SpecError(
+                "dataset_id",
+                f"dataset {dataset.id} mixes image shapes or dtypes (image 0 is "
+                f"{first.shape} {first.dtype}, image {index} is {image.shape} {image.dtype}); a job "
+                "needs images of one shape",
+                spec.dataset_id,
+            )
     channels, height, width = first.shape
     if spec.preprocess is not None and spec.preprocess.grey and channels == 3:
         channels = 1
@@ -92,23 +97,35 @@ def check_against_dataset(spec: JobSpec, dataset: DatasetRecord, *, max_filters:
         channels = layer.n_filters
         total += len(dataset.images) * layer.n_filters * height * width * itemsize
         if max_maps_bytes is not None and total > max_maps_bytes:
-            raise SpecError(f"layers.{index}.n_filters", f"the feature maps of {len(dataset.images)} images up to "
-                            f"layer {index + 1} take {total / 2**30:.2f} GiB, more than the service's limit of "
-                            f"{max_maps_bytes / 2**30:.2f} GiB (DECONV_MAX_JOB_MAPS_BYTES): use fewer images, "
-                            "filters or layers, or smaller images", layer.n_filters)
+            raise SpecError(
+                f"layers.{index}.n_filters",
+                f"the feature maps of {len(dataset.images)} images up to "
+                f"layer {index + 1} take {total / 2**30:.2f} GiB, more than the service's limit of "
+                f"{max_maps_bytes / 2**30:.2f} GiB (DECONV_MAX_JOB_MAPS_BYTES): use fewer images, "
+                "filters or layers, or smaller images",
+                layer.n_filters,
+            )
         if layer.pool is not None:  # the layer above reads the pooled maps
             _, channels, height, width = pooled_shape((1, channels, height, width), layer.pool)
 
 
-def _check_layer(index: int, layer: LayerSpec, channels: int, shape: tuple[int, int], seed: int,
-                 max_filters: int | None) -> None:
+def _check_layer(
+    index: int, layer: LayerSpec, channels: int, shape: tuple[int, int], seed: int, max_filters: int | None
+) -> None:
     where = f"layers.{index}"
     if max_filters is not None and layer.n_filters > max_filters:
-        raise SpecError(f"{where}.n_filters", f"{layer.n_filters} filters, more than the limit {max_filters} "
-                        "per layer", layer.n_filters)
+        raise SpecError(
+            f"{where}.n_filters",
+            f"{layer.n_filters} filters, more than the limit {max_filters} per layer",
+            layer.n_filters,
+        )
     if layer.filter_size > min(shape):
-        raise SpecError(f"{where}.filter_size", f"filters of {layer.filter_size}x{layer.filter_size} are larger "
-                        f"than the layer's input of {shape[0]}x{shape[1]}", layer.filter_size)
+        raise SpecError(
+            f"{where}.filter_size",
+            f"filters of {layer.filter_size}x{layer.filter_size} are larger "
+            f"than the layer's input of {shape[0]}x{shape[1]}",
+            layer.filter_size,
+        )
     try:
         connectivity_table(layer.connectivity, layer.n_filters, channels, seed=seed)
     except ValueError as exc:

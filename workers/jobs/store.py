@@ -212,8 +212,10 @@ class JobStore:
         db = self._connection()
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise ValueError(f"data_dir {str(self.data_dir)!r} holds a newer store (schema {version}, "
-                             f"this deconv knows {SCHEMA_VERSION})")
+            raise ValueError(
+                f"data_dir {str(self.data_dir)!r} holds a newer store (schema {version}, "
+                f"this deconv knows {SCHEMA_VERSION})"
+            )
         # executescript commits on its own: the schema and its version go in one explicit transaction of its own
         db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
 
@@ -262,11 +264,12 @@ class JobStore:
             key = self.artifacts.put(npy_bytes(np.ascontiguousarray(array)), ".npy")
             stored.append(StoredImage(name, key, tuple(int(d) for d in array.shape), str(array.dtype)))
         record = DatasetRecord(new_id(), time.time(), stored)
-        payload = json.dumps([{"name": s.name, "key": s.key, "shape": list(s.shape), "dtype": s.dtype}
-                              for s in stored])
+        payload = json.dumps([{"name": s.name, "key": s.key, "shape": list(s.shape), "dtype": s.dtype} for s in stored])
         with self._transaction() as db:
-            db.execute("INSERT INTO datasets (id, created_at, n_images, images_json) VALUES (?, ?, ?, ?)",
-                       (record.id, record.created_at, len(stored), payload))
+            db.execute(
+                "INSERT INTO datasets (id, created_at, n_images, images_json) VALUES (?, ?, ?, ?)",
+                (record.id, record.created_at, len(stored), payload),
+            )
         logger.info("dataset %s: %d images", record.id, len(stored))
         return record
 
@@ -274,14 +277,16 @@ class JobStore:
         row = self._connection().execute("SELECT * FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
         if row is None:
             return None
-        images = [StoredImage(d["name"], d["key"], tuple(d["shape"]), d["dtype"])
-                  for d in json.loads(row["images_json"])]
+        images = [
+            StoredImage(d["name"], d["key"], tuple(d["shape"]), d["dtype"]) for d in json.loads(row["images_json"])
+        ]
         return DatasetRecord(row["id"], row["created_at"], images)
 
     # -- jobs ----------------------------------------------------------------------------------------------------
 
-    def submit(self, spec: dict[str, Any], *, n_layers: int, n_iter: int | Sequence[int],
-               idempotency_key: str | None = None) -> tuple[JobRecord, bool]:
+    def submit(
+        self, spec: dict[str, Any], *, n_layers: int, n_iter: int | Sequence[int], idempotency_key: str | None = None
+    ) -> tuple[JobRecord, bool]:
         """Queue a job of `n_layers` layers of `n_iter` outer iterations (one count, or one per layer); returns
         (the job, created). With an `idempotency_key` seen before, the earlier job is returned (and created is
         False) when its spec is the same; a different spec is a ValueError."""
@@ -294,13 +299,16 @@ class JobStore:
                 row = db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
                 if row is not None:
                     if row["spec_json"] != spec_json:
-                        raise ValueError(f"Idempotency-Key {idempotency_key!r} was used for another job spec "
-                                         f"(job {row['id']})")
+                        raise ValueError(
+                            f"Idempotency-Key {idempotency_key!r} was used for another job spec (job {row['id']})"
+                        )
                     return _job(row), False
             job_id = new_id()
-            db.execute("INSERT INTO jobs (id, status, spec_json, created_at, n_layers, layer_iters, idempotency_key) "
-                       "VALUES (?, 'queued', ?, ?, ?, ?, ?)",
-                       (job_id, spec_json, time.time(), n_layers, json.dumps(layer_iters), idempotency_key))
+            db.execute(
+                "INSERT INTO jobs (id, status, spec_json, created_at, n_layers, layer_iters, idempotency_key) "
+                "VALUES (?, 'queued', ?, ?, ?, ?, ?)",
+                (job_id, spec_json, time.time(), n_layers, json.dumps(layer_iters), idempotency_key),
+            )
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         logger.info("job %s queued", job_id)
         return _job(row), True
@@ -309,8 +317,9 @@ class JobStore:
         row = self._connection().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else _job(row)
 
-    def list_jobs(self, *, limit: int = 20, cursor: str | None = None,
-                  status: str | None = None) -> tuple[list[JobRecord], str | None]:
+    def list_jobs(
+        self, *, limit: int = 20, cursor: str | None = None, status: str | None = None
+    ) -> tuple[list[JobRecord], str | None]:
         """Newest first, `limit` at a time; returns the page and the cursor of the next one (None at the end)."""
         if not 1 <= limit <= 1000:
             raise ValueError(f"limit must be between 1 and 1000, got {limit}")
@@ -324,8 +333,14 @@ class JobStore:
             clauses.append("status = ?")
             args.append(status)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._connection().execute(f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT ?",  # noqa: S608
-                                          (*args, limit + 1)).fetchall()
+        rows = (
+            self._connection()
+            .execute(
+                f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT ?",  # noqa: S608
+                (*args, limit + 1),
+            )
+            .fetchall()
+        )
         jobs = [_job(r) for r in rows[:limit]]
         more = len(rows) > limit
         return jobs, (encode_cursor(jobs[-1].seq) if more else None)
@@ -338,8 +353,11 @@ class JobStore:
         """Cancel: a queued job at once; a running one when the runner next looks; a finished one stays as is."""
         now = time.time()
         with self._transaction() as db:
-            db.execute("UPDATE jobs SET status = 'cancelled', finished_at = ?, cancel_requested = 1 "
-                       "WHERE id = ? AND status = 'queued'", (now, job_id))
+            db.execute(
+                "UPDATE jobs SET status = 'cancelled', finished_at = ?, cancel_requested = 1 "
+                "WHERE id = ? AND status = 'queued'",
+                (now, job_id),
+            )
             db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,))
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else _job(row)
@@ -354,28 +372,50 @@ class JobStore:
             row = db.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1").fetchone()
             if row is None:
                 return None
-            db.execute("UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), "
-                       "attempts = attempts + 1, error = NULL WHERE id = ?", (time.time(), row["id"]))
+            db.execute(
+                "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), "
+                "attempts = attempts + 1, error = NULL WHERE id = ?",
+                (time.time(), row["id"]),
+            )
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
         return _job(row)
 
-    def update_progress(self, job_id: str, *, layer: int, iteration: int, objective: float | None,
-                        sparsity: float | None, elapsed: float | None) -> None:
+    def update_progress(
+        self,
+        job_id: str,
+        *,
+        layer: int,
+        iteration: int,
+        objective: float | None,
+        sparsity: float | None,
+        elapsed: float | None,
+    ) -> None:
         """Record one outer iteration: the job's current progress, and a row of its history (an iteration run
         again after a rollback replaces its row)."""
         with self._transaction() as db:
-            db.execute("UPDATE jobs SET layer = ?, iteration = ?, objective = ?, sparsity = ?, elapsed = ? "
-                       "WHERE id = ? AND status = 'running'",
-                       (layer, iteration, objective, sparsity, elapsed, job_id))
+            db.execute(
+                "UPDATE jobs SET layer = ?, iteration = ?, objective = ?, sparsity = ?, elapsed = ? "
+                "WHERE id = ? AND status = 'running'",
+                (layer, iteration, objective, sparsity, elapsed, job_id),
+            )
             if objective is not None:
-                db.execute("INSERT OR REPLACE INTO progress (job_id, layer, iteration, objective, sparsity, elapsed) "
-                           "VALUES (?, ?, ?, ?, ?, ?)", (job_id, layer, iteration, objective, sparsity, elapsed))
+                db.execute(
+                    "INSERT OR REPLACE INTO progress (job_id, layer, iteration, objective, sparsity, elapsed) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (job_id, layer, iteration, objective, sparsity, elapsed),
+                )
 
     def history(self, job_id: str) -> list[dict[str, Any]]:
         """Every recorded outer iteration of the job, by layer and iteration."""
-        rows = self._connection().execute(
-            "SELECT layer, iteration, objective, sparsity, elapsed FROM progress WHERE job_id = ? "
-            "ORDER BY layer, iteration", (job_id,)).fetchall()
+        rows = (
+            self._connection()
+            .execute(
+                "SELECT layer, iteration, objective, sparsity, elapsed FROM progress WHERE job_id = ? "
+                "ORDER BY layer, iteration",
+                (job_id,),
+            )
+            .fetchall()
+        )
         return [dict(r) for r in rows]
 
     def finish(self, job_id: str, status: str, error: str | None = None) -> JobRecord:
@@ -383,8 +423,10 @@ class JobStore:
         if status not in TERMINAL:
             raise ValueError(f"status must be one of {sorted(TERMINAL)}, got {status!r}")
         with self._transaction() as db:
-            db.execute("UPDATE jobs SET status = ?, finished_at = ?, error = ? WHERE id = ? AND status = 'running'",
-                       (status, time.time(), error, job_id))
+            db.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, error = ? WHERE id = ? AND status = 'running'",
+                (status, time.time(), error, job_id),
+            )
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         logger.info("job %s %s%s", job_id, status, f": {error}" if error else "")
         return _job(row)
@@ -393,8 +435,11 @@ class JobStore:
         """Put a running job back in the queue (the service is stopping); this start does not count as an
         attempt."""
         with self._transaction() as db:
-            db.execute("UPDATE jobs SET status = 'queued', attempts = MAX(attempts - 1, 0) "
-                       "WHERE id = ? AND status = 'running'", (job_id,))
+            db.execute(
+                "UPDATE jobs SET status = 'queued', attempts = MAX(attempts - 1, 0) "
+                "WHERE id = ? AND status = 'running'",
+                (job_id,),
+            )
 
     def requeue_running(self, *, max_attempts: int) -> list[str]:
         """After a restart: jobs left ``running`` go back to the queue (they resume from their checkpoint), or
@@ -407,9 +452,15 @@ class JobStore:
                 if row["cancel_requested"]:
                     db.execute("UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ?", (now, row["id"]))
                 elif row["attempts"] >= max_attempts:
-                    db.execute("UPDATE jobs SET status = 'failed', finished_at = ?, error = ? WHERE id = ?",
-                               (now, f"the service stopped while the job ran, {row['attempts']} times "
-                                     f"(max_attempts={max_attempts})", row["id"]))
+                    db.execute(
+                        "UPDATE jobs SET status = 'failed', finished_at = ?, error = ? WHERE id = ?",
+                        (
+                            now,
+                            f"the service stopped while the job ran, {row['attempts']} times "
+                            f"(max_attempts={max_attempts})",
+                            row["id"],
+                        ),
+                    )
                 else:
                     db.execute("UPDATE jobs SET status = 'queued' WHERE id = ?", (row["id"],))
                     requeued.append(row["id"])
@@ -425,18 +476,27 @@ class JobStore:
         key = self.artifacts.put(data, suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else "")
         record = ArtifactRecord(name, key, media_type, len(data), time.time())
         with self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO job_artifacts (job_id, name, key, media_type, size, created_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", (job_id, name, key, media_type, len(data), record.created_at))
+            db.execute(
+                "INSERT OR REPLACE INTO job_artifacts (job_id, name, key, media_type, size, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, name, key, media_type, len(data), record.created_at),
+            )
         return record
 
     def artifact(self, job_id: str, name: str) -> ArtifactRecord | None:
-        row = self._connection().execute("SELECT * FROM job_artifacts WHERE job_id = ? AND name = ?",
-                                         (job_id, name)).fetchone()
+        row = (
+            self._connection()
+            .execute("SELECT * FROM job_artifacts WHERE job_id = ? AND name = ?", (job_id, name))
+            .fetchone()
+        )
         return None if row is None else _artifact(row)
 
     def list_artifacts(self, job_id: str) -> list[ArtifactRecord]:
-        rows = self._connection().execute("SELECT * FROM job_artifacts WHERE job_id = ? ORDER BY name",
-                                          (job_id,)).fetchall()
+        rows = (
+            self._connection()
+            .execute("SELECT * FROM job_artifacts WHERE job_id = ? ORDER BY name", (job_id,))
+            .fetchall()
+        )
         return [_artifact(r) for r in rows]
 
     def read_artifact(self, job_id: str, name: str) -> bytes | None:
@@ -460,12 +520,28 @@ def decode_cursor(cursor: str) -> int:
 
 
 def _job(row: sqlite3.Row) -> JobRecord:
-    progress = Progress(row["layer"], row["n_layers"], row["iteration"], tuple(json.loads(row["layer_iters"])),
-                        row["objective"],
-                        row["sparsity"], row["elapsed"])
-    return JobRecord(row["id"], row["seq"], row["status"], json.loads(row["spec_json"]), row["created_at"],
-                     row["started_at"], row["finished_at"], progress, row["error"], bool(row["cancel_requested"]),
-                     row["attempts"])
+    progress = Progress(
+        row["layer"],
+        row["n_layers"],
+        row["iteration"],
+        tuple(json.loads(row["layer_iters"])),
+        row["objective"],
+        row["sparsity"],
+        row["elapsed"],
+    )
+    return JobRecord(
+        row["id"],
+        row["seq"],
+        row["status"],
+        json.loads(row["spec_json"]),
+        row["created_at"],
+        row["started_at"],
+        row["finished_at"],
+        progress,
+        row["error"],
+        bool(row["cancel_requested"]),
+        row["attempts"],
+    )
 
 
 def _artifact(row: sqlite3.Row) -> ArtifactRecord:

@@ -68,21 +68,33 @@ def encode_layers(
         return _encode_pixels(model, images, top, method, max_iter, tol, backend)
     x, maps, switches = images, [], []
     for spec in model.layers[:top]:
-        result = encode(x, spec.filters, spec.lam, p=spec.p, boundary=model.boundary,
-                        connectivity=spec.connectivity, preprocess=spec.preprocess,
-                        method="admm" if method is None else method, max_iter=max_iter, tol=tol, backend=backend)
+        result = encode(
+            x,
+            spec.filters,
+            spec.lam,
+            p=spec.p,
+            boundary=model.boundary,
+            connectivity=spec.connectivity,
+            preprocess=spec.preprocess,
+            method="admm" if method is None else method,
+            max_iter=max_iter,
+            tol=tol,
+            backend=backend,
+        )
         maps.append(result.maps)
         x, sw = pool_maps(result.maps, spec.pool)
         switches.append(sw)
     return StackCode(maps, switches)
 
 
-def _encode_pixels(model: StackModel, images: Array, top: int, method: Any, max_iter: int | None,
-                   tol: float | None, backend: str) -> StackCode:
+def _encode_pixels(
+    model: StackModel, images: Array, top: int, method: Any, max_iter: int | None, tol: float | None, backend: str
+) -> StackCode:
     name = method if method is None or isinstance(method, str) else getattr(method, "method", method)
     if name not in (None, "fista"):
-        raise ValueError(f"method must be 'fista' for a model with reconstruct_to 'pixels' (the 2011 ISTA), "
-                         f"got {method!r}")
+        raise ValueError(
+            f"method must be 'fista' for a model with reconstruct_to 'pixels' (the 2011 ISTA), got {method!r}"
+        )
     if not isinstance(method, str) and method is not None:
         max_iter = method.max_iter if max_iter is None else max_iter
         tol = method.tol if tol is None else tol
@@ -99,11 +111,22 @@ def _encode_pixels(model: StackModel, images: Array, top: int, method: Any, max_
         lower = [m.lower() for m in model.layers[:index]]
         path = PixelPath(lower, switches, y.shape[-2:], y.shape[0], model.boundary, bk, y.dtype)
         if spec.n_channels != (y.shape[1] if path.identity else path.input_channels):
-            raise ValueError(f"layer {index + 1} reads {spec.n_channels} channels, but its input has "
-                             f"{y.shape[1] if path.identity else path.input_channels}")
-        result = code_pixels(y, spec.filters, spec.lam, p=spec.p, pool=spec.pool, connectivity=spec.connectivity,
-                             path=path, boundary=model.boundary, max_iter=200 if max_iter is None else max_iter,
-                             tol=1e-5 if tol is None else tol)
+            raise ValueError(
+                f"layer {index + 1} reads {spec.n_channels} channels, but its input has "
+                f"{y.shape[1] if path.identity else path.input_channels}"
+            )
+        result = code_pixels(
+            y,
+            spec.filters,
+            spec.lam,
+            p=spec.p,
+            pool=spec.pool,
+            connectivity=spec.connectivity,
+            path=path,
+            boundary=model.boundary,
+            max_iter=200 if max_iter is None else max_iter,
+            tol=1e-5 if tol is None else tol,
+        )
         maps.append(result.maps)
         switches.append(pool_maps(result.maps, spec.pool)[1])
     if host:  # numpy in, numpy out (the arrays stay on the GPU for cupy input)

@@ -155,8 +155,9 @@ def read_model(source: ModelSource) -> tuple[StackModel, dict[str, Any]]:
         with zipfile.ZipFile(source) as archive:  # type: ignore[arg-type]
             body = _description(archive, name)
             check_format(body.get("format"))
-            arrays = {entry[:-4]: _array(archive, entry, name) for entry in archive.namelist()
-                      if entry.endswith(".npy")}
+            arrays = {
+                entry[:-4]: _array(archive, entry, name) for entry in archive.namelist() if entry.endswith(".npy")
+            }
     except (zipfile.BadZipFile, EOFError) as exc:
         raise ValueError(f"{name} is not a deconv model file (not a zip archive: {exc})") from None
     extra = body.pop("extra", None) or {}

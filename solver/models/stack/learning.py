@@ -63,9 +63,14 @@ def layer_config(config: LearnConfig, index: int) -> LearnConfig:
         preprocess = INTER_LAYER_PREPROCESS if config.reconstruct_to == "below" else None
     layer = config.layers[index]
     data = config.model_dump(exclude={"layers", "preprocess"})
-    return LearnConfig.model_validate({**data, "n_iter": layer.n_iter or config.n_iter,
-                                       "layers": [layer.model_dump(exclude={"n_iter"})],
-                                       "preprocess": None if preprocess is None else preprocess.model_dump()})
+    return LearnConfig.model_validate(
+        {
+            **data,
+            "n_iter": layer.n_iter or config.n_iter,
+            "layers": [layer.model_dump(exclude={"n_iter"})],
+            "preprocess": None if preprocess is None else preprocess.model_dump(),
+        }
+    )
 
 
 def check_stack(config: LearnConfig, n_channels: int, image_shape: tuple[int, int]) -> None:
@@ -75,8 +80,10 @@ def check_stack(config: LearnConfig, n_channels: int, image_shape: tuple[int, in
     C, (H, W) = int(n_channels), image_shape
     for index, layer in enumerate(config.layers):
         if layer.filter_size > min(H, W):
-            raise ValueError(f"layers.{index}.filter_size: filters of {layer.filter_size}x{layer.filter_size} are "
-                             f"larger than the layer's input of {H}x{W}")
+            raise ValueError(
+                f"layers.{index}.filter_size: filters of {layer.filter_size}x{layer.filter_size} are "
+                f"larger than the layer's input of {H}x{W}"
+            )
         try:
             connectivity_table(layer.connectivity, layer.n_filters, C, seed=config.seed)
         except ValueError as exc:
@@ -150,14 +157,25 @@ def learn_stack(
         layer_cfg = layer_config(config, index)
         if pixels:
             lower = [LowerLayer(r.filters, r.connectivity, r.config.layers[0].pool) for r in results]
-            result = learn_layer(images, layer_cfg.model_copy(update={"preprocess": None}), backend=backend,
-                                 callback=step, lower=lower, switches=list(switches))
+            result = learn_layer(
+                images,
+                layer_cfg.model_copy(update={"preprocess": None}),
+                backend=backend,
+                callback=step,
+                lower=lower,
+                switches=list(switches),
+            )
             if index == 0:
                 result = replace(result, preprocess=fitted)
         else:
             result = learn_layer(x, layer_cfg, backend=backend, callback=step)
-        logger.info("layer %d: %d maps, E %.6g after %d outer iterations", index + 1, result.filters.shape[0],
-                    result.history[-1], len(result.history))
+        logger.info(
+            "layer %d: %d maps, E %.6g after %d outer iterations",
+            index + 1,
+            result.filters.shape[0],
+            result.history[-1],
+            len(result.history),
+        )
         results.append(result)
         x, sw = pool_maps(result.maps, config.layers[index].pool)
         switches.append(sw)

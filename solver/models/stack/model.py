@@ -75,8 +75,10 @@ class LayerModel:
         if f.ndim != 4 or f.shape[-1] != f.shape[-2] or f.dtype.kind != "f":
             raise ValueError(f"filters must be a real (K, C, s, s) array, got shape {f.shape} and dtype {f.dtype}")
         if g.dtype != bool or g.shape != f.shape[:2]:
-            raise ValueError(f"connectivity must be a boolean array of shape (K, C) = {f.shape[:2]}, got dtype "
-                             f"{g.dtype} and shape {g.shape}")
+            raise ValueError(
+                f"connectivity must be a boolean array of shape (K, C) = {f.shape[:2]}, got dtype "
+                f"{g.dtype} and shape {g.shape}"
+            )
         if not (math.isfinite(self.lam) and self.lam > 0):
             raise ValueError(f"lam must be a positive number, got {self.lam!r}")
         if not 0 < self.p <= 1:
@@ -84,8 +86,10 @@ class LayerModel:
         if self.lam_scale not in ("absolute", "relative"):
             raise ValueError(f"lam_scale must be 'absolute' or 'relative', got {self.lam_scale!r}")
         if (self.lam_scale == "relative") != (self.lam_max is not None):
-            raise ValueError(f"lam_max is recorded exactly when lam_scale is 'relative', got lam_scale "
-                             f"{self.lam_scale!r} and lam_max {self.lam_max!r}")
+            raise ValueError(
+                f"lam_max is recorded exactly when lam_scale is 'relative', got lam_scale "
+                f"{self.lam_scale!r} and lam_max {self.lam_max!r}"
+            )
         if self.lam_max is not None and not (math.isfinite(self.lam_max) and self.lam_max > 0):
             raise ValueError(f"lam_max must be a positive number, got {self.lam_max!r}")
         if self.pool is not None:
@@ -166,8 +170,10 @@ class StackModel:
         for number, (below, above) in enumerate(zip(layers, layers[1:], strict=False), start=2):
             if above.n_channels != below.n_outputs:
                 pooled = "" if below.pool is None else f" (pooled {below.pool[0]} maps to one)"
-                raise ValueError(f"layer {number} reads {above.n_channels} channels but layer {number - 1} gives "
-                                 f"{below.n_outputs} maps{pooled}")
+                raise ValueError(
+                    f"layer {number} reads {above.n_channels} channels but layer {number - 1} gives "
+                    f"{below.n_outputs} maps{pooled}"
+                )
         object.__setattr__(self, "layers", layers)
 
     @property
@@ -187,13 +193,20 @@ class StackModel:
         return int(layer)
 
     @classmethod
-    def from_layers(cls, filters: Sequence[Array], connectivity: Sequence[Array | None],
-                    preprocess: Sequence[FittedPreprocess | Mapping | None], lam: Sequence[float],
-                    p: Sequence[float], boundary: Literal["circular", "valid"] = "circular",
-                    pool: Sequence[Sequence[int] | None] | None = None,
-                    reconstruct_to: Literal["below", "pixels"] = "below", *,
-                    lam_max: Sequence[float | None] | None = None,
-                    inference: InferenceConfig | None = None) -> StackModel:
+    def from_layers(
+        cls,
+        filters: Sequence[Array],
+        connectivity: Sequence[Array | None],
+        preprocess: Sequence[FittedPreprocess | Mapping | None],
+        lam: Sequence[float],
+        p: Sequence[float],
+        boundary: Literal["circular", "valid"] = "circular",
+        pool: Sequence[Sequence[int] | None] | None = None,
+        reconstruct_to: Literal["below", "pixels"] = "below",
+        *,
+        lam_max: Sequence[float | None] | None = None,
+        inference: InferenceConfig | None = None,
+    ) -> StackModel:
         """From per-layer sequences (bottom layer first). A connectivity of None is the full table; a preprocess
         may be a :class:`FittedPreprocess` or its ``to_dict()``; `pool` defaults to no pooling anywhere; a layer
         with a `lam_max` (not None) had its λ given relative to it (``lam_scale="relative"``)."""
@@ -201,18 +214,22 @@ class StackModel:
         lam_max = [None] * len(filters) if lam_max is None else list(lam_max)
         lengths = [len(filters), len(connectivity), len(preprocess), len(lam), len(p), len(pool), len(lam_max)]
         if len(set(lengths)) != 1:
-            raise ValueError("filters, connectivity, preprocess, lam, p, pool and lam_max must have one entry per "
-                             f"layer, got lengths {lengths}")
+            raise ValueError(
+                "filters, connectivity, preprocess, lam, p, pool and lam_max must have one entry per "
+                f"layer, got lengths {lengths}"
+            )
         layers = []
-        for f, g, pre, lam_l, p_l, pool_l, top in zip(filters, connectivity, preprocess, lam, p, pool, lam_max,
-                                                      strict=True):
+        for f, g, pre, lam_l, p_l, pool_l, top in zip(
+            filters, connectivity, preprocess, lam, p, pool, lam_max, strict=True
+        ):
             f = np.asarray(f)
             table = np.ones(f.shape[:2], dtype=bool) if g is None else np.asarray(g)
             fitted = FittedPreprocess.from_dict(dict(pre)) if isinstance(pre, Mapping) else pre
             size = None if pool_l is None else tuple(pool_l)
             scale: LamScale = "absolute" if top is None else "relative"
-            layers.append(LayerModel(f, table, fitted, float(lam_l), float(p_l), size, scale,
-                                     None if top is None else float(top)))
+            layers.append(
+                LayerModel(f, table, fitted, float(lam_l), float(p_l), size, scale, None if top is None else float(top))
+            )
         return cls(tuple(layers), boundary, reconstruct_to, inference)
 
     @classmethod
@@ -222,10 +239,18 @@ class StackModel:
             raise ValueError("every LearnResult needs its config (λ, p, boundary); use StackModel.from_layers")
         specs = [r.config.layers[0] for r in results]
         first = results[0].config
-        return cls.from_layers([r.filters for r in results], [r.connectivity for r in results],
-                               [r.preprocess for r in results], [s.lam for s in specs], [s.p for s in specs],
-                               first.boundary, [s.pool for s in specs], first.reconstruct_to,
-                               lam_max=[r.lam_max for r in results], inference=first.inference)
+        return cls.from_layers(
+            [r.filters for r in results],
+            [r.connectivity for r in results],
+            [r.preprocess for r in results],
+            [s.lam for s in specs],
+            [s.p for s in specs],
+            first.boundary,
+            [s.pool for s in specs],
+            first.reconstruct_to,
+            lam_max=[r.lam_max for r in results],
+            inference=first.inference,
+        )
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """(arrays, metadata): ``filters-L<l>`` (K, C, s, s) and ``connectivity-L<l>`` (K, C) bool per layer, and
@@ -237,14 +262,22 @@ class StackModel:
         for number, layer in enumerate(self.layers, start=1):
             arrays[f"filters-L{number}"] = layer.filters
             arrays[f"connectivity-L{number}"] = layer.connectivity
-            entry = {"lam": layer.lam, "p": layer.p,
-                     "preprocess": None if layer.preprocess is None else layer.preprocess.to_dict(),
-                     "pool": None if layer.pool is None else list(layer.pool), "lam_scale": layer.lam_scale}
+            entry = {
+                "lam": layer.lam,
+                "p": layer.p,
+                "preprocess": None if layer.preprocess is None else layer.preprocess.to_dict(),
+                "pool": None if layer.pool is None else list(layer.pool),
+                "lam_scale": layer.lam_scale,
+            }
             if layer.lam_max is not None:
                 entry["lam_max"] = layer.lam_max
             entries.append(entry)
-        metadata: dict[str, Any] = {"format": MODEL_FORMAT, "boundary": self.boundary,
-                                    "reconstruct_to": self.reconstruct_to, "layers": entries}
+        metadata: dict[str, Any] = {
+            "format": MODEL_FORMAT,
+            "boundary": self.boundary,
+            "reconstruct_to": self.reconstruct_to,
+            "layers": entries,
+        }
         if self.inference is not None:
             metadata["inference"] = self.inference.model_dump()
         return arrays, metadata
@@ -273,8 +306,9 @@ class StackModel:
         scales = [e.get("lam_scale", "absolute") for e in entries]
         for number, (scale, top) in enumerate(zip(scales, lam_max, strict=True), start=1):
             if (scale == "relative") != (top is not None):
-                raise ValueError(f"layers.{number - 1}: lam_scale {scale!r} needs lam_max exactly when relative, "
-                                 f"got lam_max {top!r}")
+                raise ValueError(
+                    f"layers.{number - 1}: lam_scale {scale!r} needs lam_max exactly when relative, got lam_max {top!r}"
+                )
         inference = metadata.get("inference")
         if inference is not None:
             from pydantic import TypeAdapter, ValidationError  # noqa: PLC0415
@@ -283,9 +317,18 @@ class StackModel:
                 inference = TypeAdapter(InferenceConfig).validate_python(inference)
             except ValidationError as exc:
                 raise ValueError(f"metadata 'inference' is not a valid inference config: {exc}") from None
-        return cls.from_layers([np.asarray(arrays[f]) for f, _ in names],
-                               [np.asarray(arrays[g]).astype(bool) for _, g in names], pre, lam, p, boundary,
-                               pool, metadata.get("reconstruct_to", "below"), lam_max=lam_max, inference=inference)
+        return cls.from_layers(
+            [np.asarray(arrays[f]) for f, _ in names],
+            [np.asarray(arrays[g]).astype(bool) for _, g in names],
+            pre,
+            lam,
+            p,
+            boundary,
+            pool,
+            metadata.get("reconstruct_to", "below"),
+            lam_max=lam_max,
+            inference=inference,
+        )
 
     def to_bytes(self) -> bytes:
         """The model file (:func:`~solver.models.stack.files.write_model`) as bytes, for serving it.
@@ -340,8 +383,9 @@ def check_format(version: Any) -> int:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ValueError(f"model format must be a positive integer, got {version!r}")
     if version > MODEL_FORMAT:
-        raise ValueError(f"model format {version} is newer than this deconv reads (up to {MODEL_FORMAT}): "
-                         "upgrade deconv to load it")
+        raise ValueError(
+            f"model format {version} is newer than this deconv reads (up to {MODEL_FORMAT}): upgrade deconv to load it"
+        )
     return version
 
 

@@ -24,9 +24,15 @@ def _undo_rescale(x: Array, preprocess: FittedPreprocess | None, *, offset: bool
     return (x + st.mean) * st.scale + st.shift if offset else x * st.scale
 
 
-def project_down(model: StackModel, maps: Array, layer: int | None = None, *,
-                 switches: Sequence[Array | None] | None = None,
-                 map_shapes: Sequence[Sequence[int]] | None = None, offset: bool = True) -> Array:
+def project_down(
+    model: StackModel,
+    maps: Array,
+    layer: int | None = None,
+    *,
+    switches: Sequence[Array | None] | None = None,
+    map_shapes: Sequence[Sequence[int]] | None = None,
+    offset: bool = True,
+) -> Array:
     r"""Reconstruct maps of layer `layer` through every layer below, down to pixels.
 
     .. math:: y^{(l-1)} = U_{s_{l-1}} R_{l-1}^{-1}\Big(\sum_k g^{(l)}_{kc}\, z^{(l)}_k \circledast
@@ -73,8 +79,10 @@ def project_down(model: StackModel, maps: Array, layer: int | None = None, *,
     between = None
     if model.pools_below(top):
         if switches is None or map_shapes is None or len(switches) < top - 1 or len(map_shapes) < top - 1:
-            raise ValueError(f"switches and map_shapes need an entry for each of layers 1 … {top - 1}: a layer "
-                             "below pools, and projecting down unpools at the switches of these images")
+            raise ValueError(
+                f"switches and map_shapes need an entry for each of layers 1 … {top - 1}: a layer "
+                "below pools, and projecting down unpools at the switches of these images"
+            )
         for j in range(top - 1):
             if (switches[j] is None) != (model.layers[j].pool is None):
                 raise ValueError(f"switches[{j}] must be given exactly when layer {j + 1} pools")
@@ -117,12 +125,24 @@ def reconstruct_from(model: StackModel, code: StackCode, layer: int | None = Non
     top = model.check_layer(layer)
     if len(code.maps) < top:
         raise ValueError(f"the code holds maps of {len(code.maps)} layers, not of layer {top}")
-    return project_down(model, code.maps[top - 1], top, switches=code.switches,
-                        map_shapes=[tuple(m.shape) for m in code.maps], offset=offset)
+    return project_down(
+        model,
+        code.maps[top - 1],
+        top,
+        switches=code.switches,
+        map_shapes=[tuple(m.shape) for m in code.maps],
+        offset=offset,
+    )
 
 
-def project_through(model: StackModel, maps: Array, top: int, *, offset: bool = True,
-                    between: Callable[[int, Array], Array] | None = None) -> Array:
+def project_through(
+    model: StackModel,
+    maps: Array,
+    top: int,
+    *,
+    offset: bool = True,
+    between: Callable[[int, Array], Array] | None = None,
+) -> Array:
     """The loop of :func:`project_down` for checked arguments: reconstruct layer `top`'s maps through every layer
     below, undoing each rescale; ``between(index, x)``, when given, transforms the maps of layer ``index``
     (0-based) once they are rebuilt (the unpooling)."""
@@ -173,8 +193,10 @@ def pixel_filters(model: StackModel, layer: int) -> np.ndarray:
     """
     top = model.check_layer(layer)
     if model.pools_below(top):
-        raise ValueError(f"layer {top} sits above a pooling layer, so its pixel view depends on an image's "
-                         "switches: use solver.top_projections with encoded images")
+        raise ValueError(
+            f"layer {top} sits above a pooling layer, so its pixel view depends on an image's "
+            "switches: use solver.top_projections with encoded images"
+        )
     K = model.layers[top - 1].n_filters
     S = 1 + sum(m.filter_size - 1 for m in model.layers[:top])
     dtype = model.layers[top - 1].filters.dtype
@@ -182,8 +204,7 @@ def pixel_filters(model: StackModel, layer: int) -> np.ndarray:
     x[np.arange(K), np.arange(K), 0, 0] = 1
     for index in range(top - 1, -1, -1):
         spec = model.layers[index]
-        x = reconstruct(x, spec.filters.astype(dtype, copy=False), boundary="circular",
-                        connectivity=spec.connectivity)
+        x = reconstruct(x, spec.filters.astype(dtype, copy=False), boundary="circular", connectivity=spec.connectivity)
         if index > 0:
             x = _undo_rescale(x, spec.preprocess, offset=False)
     return x
@@ -236,8 +257,10 @@ def top_projections(model: StackModel, code: StackCode, layer: int) -> np.ndarra
     K = model.layers[top - 1].n_filters
     S = max(footprint(model, top))
     C1 = model.layers[0].n_channels
-    host = StackCode([backend_of(m).to_host(m) for m in code.maps[:top]],
-                     [None if s is None else backend_of(s).to_host(s) for s in code.switches[:top]])
+    host = StackCode(
+        [backend_of(m).to_host(m) for m in code.maps[:top]],
+        [None if s is None else backend_of(s).to_host(s) for s in code.switches[:top]],
+    )
     maps = host.maps[top - 1]
     out = np.zeros((K, C1, S, S), dtype=maps.dtype)
     for k in range(K):
@@ -248,8 +271,14 @@ def top_projections(model: StackModel, code: StackCode, layer: int) -> np.ndarra
         one = np.zeros((1,) + maps.shape[1:], dtype=maps.dtype)
         one[0, k, i, j] = maps[n, k, i, j]
         image = host.select(slice(n, n + 1))
-        pixels = project_down(model, one, top, switches=image.switches,
-                              map_shapes=[(1,) + tuple(m.shape[1:]) for m in image.maps], offset=False)[0]
+        pixels = project_down(
+            model,
+            one,
+            top,
+            switches=image.switches,
+            map_shapes=[(1,) + tuple(m.shape[1:]) for m in image.maps],
+            offset=False,
+        )[0]
         out[k] = _crop_around(pixels, S, model.boundary == "circular")
     return out
 
@@ -273,4 +302,4 @@ def _crop_around(x: np.ndarray, S: int, circular: bool) -> np.ndarray:
     r0 = (int(nz_r.min()) + int(nz_r.max()) + 1 - S) // 2
     c0 = (int(nz_c.min()) + int(nz_c.max()) + 1 - S) // 2
     r0, c0 = min(max(r0, 0), 2 * S - 1 - S), min(max(c0, 0), 2 * S - 1 - S)
-    return window[:, r0:r0 + S, c0:c0 + S]
+    return window[:, r0 : r0 + S, c0 : c0 + S]
