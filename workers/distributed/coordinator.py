@@ -107,10 +107,14 @@ class Coordinator:
         every image, or None for a layer that does not pool. Each actor reads those of its own images.
     info : ImageInfo, optional
         What every image shares, when known (a dataset's record): the files' headers are then not read.
-    outputs : LayerOutputs, optional
+    outputs : LayerOutputs, or callable from LearnResult to LayerOutputs, optional
         When given, each actor writes its part of the layer's results to the store at the end of a complete run
         (:attr:`written` lists their keys) and the result holds no maps (None): nothing the size of the dataset
-        comes to this process.
+        comes to this process. A callable is given the result (filters, fitted preprocessing) first, for outputs
+        that depend on it (the reconstructions of a job's top layer).
+    gather_maps : bool
+        Without `outputs`: bring every shard's maps to this process for the result (default), or not (the result
+        holds None), when only the filters matter.
     """
 
     def __init__(
@@ -129,7 +133,8 @@ class Coordinator:
         lower: Sequence[LowerLayer] = (),
         switch_paths: Sequence[Sequence[ImageSource] | Sequence[Part] | None] = (),
         info: ImageInfo | None = None,
-        outputs: LayerOutputs | None = None,
+        outputs: LayerOutputs | Callable[[LearnResult], LayerOutputs] | None = None,
+        gather_maps: bool = True,
     ):
         _check_options(workers, checkpoint_dir, checkpoint_every, max_failures, call_timeout, backend, actor_cpus)
         if config.filter_update.recentre:
@@ -165,6 +170,7 @@ class Coordinator:
         self.shard_switches = [[_rows_of(files, r) for files in switch_paths] for r in self.ranges]
         self.checkpoint_dir = None if checkpoint_dir is None else as_store(checkpoint_dir)
         self.outputs = outputs
+        self.gather_maps = gather_maps and outputs is None
         self.written: list[ShardOutput] | None = None
         self.checkpoint_every = checkpoint_every
         self.max_failures = max_failures
@@ -305,14 +311,12 @@ class Coordinator:
             ran = self._pending is not None and self._pending[0] == done
             if ran and self.checkpoint_dir is not None and self.checkpoint_every > 0 and self._last_checkpoint < done:
                 self._checkpoint(done)
-        if self.outputs is not None:
+        if not self.gather_maps:
             maps = None
-            if done == self.config.n_iter:
-                self.written = pool.write_outputs(self.outputs, [r.start for r in self.ranges])
         else:
             maps = np.concatenate(pool.maps()) if done > 0 else self._zero_maps()
         history = [h.objective for h in self._history]
-        return LearnResult(
+        result = LearnResult(
             filters,
             maps,
             history,
@@ -322,6 +326,10 @@ class Coordinator:
             self._fitted_preprocess(),
             self.lam_max,
         )
+        if self.outputs is not None and done == self.config.n_iter:
+            outputs = self.outputs(result) if callable(self.outputs) else self.outputs
+            self.written = pool.write_outputs(outputs, [r.start for r in self.ranges])
+        return result
 
     def _resolve_lam(self, pool: RayPool) -> LearnConfig:
         """The config with an absolute λ: a relative one (``lam_scale="relative"``) times λ_max, the largest of

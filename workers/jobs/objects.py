@@ -230,11 +230,12 @@ class _HashingWriter:
     def __init__(self, raw: IO[bytes]):
         self.raw, self.digest, self.size = raw, hashlib.sha256(), 0
 
-    def write(self, data: bytes | memoryview) -> int:
-        self.digest.update(data)
-        self.size += len(data)
-        self.raw.write(data)
-        return len(data)
+    def write(self, data: Any) -> int:
+        view = memoryview(data)  # bytes, a memoryview, or the PickleBuffer of an array that pickle writes as is
+        self.digest.update(view)
+        self.size += view.nbytes
+        self.raw.write(view)
+        return view.nbytes
 
 
 def as_location(source: str | Path | Location) -> Location:
@@ -261,8 +262,15 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 def npy_header(array: np.ndarray) -> bytes:
     """The ``.npy`` header of `array` (what precedes its C-order data in the file :func:`npy_bytes` gives)."""
+    a = np.asarray(array)
+    return npy_header_for(a.shape, a.dtype)
+
+
+def npy_header_for(shape: Sequence[int], dtype: np.dtype | str) -> bytes:
+    """The ``.npy`` header of a C-order array of this shape and dtype."""
     buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, np.lib.format.header_data_from_array_1_0(np.asarray(array)))
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
+    np.lib.format.write_array_header_1_0(buffer, header)
     return buffer.getvalue()
 
 
@@ -291,7 +299,7 @@ def read_array(location: Location) -> np.ndarray:
         return np.lib.format.read_array(fh, allow_pickle=False)
 
 
-def _read_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+def read_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype, bool, int]:
     fmt = np.lib.format
     version = fmt.read_magic(fh)
     read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
@@ -302,14 +310,14 @@ def _read_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype, bool, int]:
 def array_header(location: Location) -> tuple[tuple[int, ...], np.dtype]:
     """(shape, dtype) of the ``.npy`` object at `location`, from its header only."""
     with location.open() as fh:
-        shape, dtype, _, _ = _read_header(fh)
+        shape, dtype, _, _ = read_header(fh)
     return shape, dtype
 
 
 def read_rows(location: Location, start: int, stop: int) -> np.ndarray:
     """Rows ``start:stop`` of the first axis of the ``.npy`` object at `location`, read without the others."""
     with location.open() as fh:
-        shape, dtype, fortran, offset = _read_header(fh)
+        shape, dtype, fortran, offset = read_header(fh)
         if fortran or dtype.hasobject:
             raise ValueError(f"{location} is not a C-order array of plain numbers")
         if not 0 <= start <= stop <= shape[0]:
