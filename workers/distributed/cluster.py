@@ -5,8 +5,9 @@ A job either joins an existing cluster (an address in the config, or the ``RAY_A
 store, no dashboard, no usage statistics, worker logs kept out of the driver's output.
 
 Worker processes import ``solver`` and ``workers`` by name: on a local cluster they inherit the driver's working
-directory, so running from a checkout works; on a real cluster deconv must be installed on every node, and the
-image files must be readable there under the same paths (a shared filesystem).
+directory, so running from a checkout works; on a real cluster deconv must be installed on every node. No
+filesystem needs to be shared: the actors read and write through the store (a folder on one machine, an fsspec URL
+such as ``s3://`` on a cluster, see :mod:`workers.jobs.objects`).
 """
 
 from __future__ import annotations
