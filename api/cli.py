@@ -149,7 +149,11 @@ def _add_learn(commands) -> None:
     )
     learn.add_argument("--out", type=Path, required=True, help="output folder")
     learn.add_argument(
-        "--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a private local cluster)"
+        "--address",
+        type=_ray_address,
+        default=None,
+        help="Ray cluster: auto (the cluster this machine is a node of) or a head's host:port "
+        "(default: RAY_ADDRESS, else a private local cluster)",
     )
     learn.add_argument(
         "--checkpoint-every",
@@ -306,6 +310,15 @@ def _add_client_commands(commands) -> None:
         help="npy (N, C, H, W) float32, or png; default: from --out's suffix",
     )
     reconstruct.add_argument("--out", type=Path, required=True, metavar="FILE")
+
+
+def _ray_address(text: str) -> str:
+    from workers.distributed.address import check_address  # noqa: PLC0415
+
+    try:
+        return check_address(text, "the address")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:
