@@ -10,7 +10,7 @@
     DELETE /jobs/{id}                     cancel
     GET    /jobs/{id}/filters             ?layer=&format=npy|png
     GET    /jobs/{id}/filters/latest      ?layer=&format=npy|png, also while the job runs (its newest checkpoint)
-    GET    /jobs/{id}/maps                ?layer= -> npz, one array per image
+    GET    /jobs/{id}/maps                ?layer= -> npz, one array per image (streamed); ?image=i -> npy
     GET    /jobs/{id}/reconstructions     ?format=npy|png
     GET    /jobs/{id}/history             ?format=json|png (also while the job runs)
     GET    /jobs/{id}/artifacts[/{name}]  every artifact, by name, with its sha256 as ETag
@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ['/', '/datasets', '/datasets/{dataset_id}']
     """
     settings = settings or Settings.from_env()
-    store = JobStore(settings.data_dir, settings.artifacts)
+    store = JobStore(settings.data_dir, settings.artifacts, settings.work_url)
     cluster = ClusterConfig(address=settings.ray_address, num_cpus=settings.num_cpus)
     app = FastAPI(
         title="deconv",

@@ -131,11 +131,12 @@ def _add_learn(commands) -> None:
     )
     learn.add_argument(
         "--images",
-        type=Path,
+        type=str,
         nargs="+",
         default=None,
         metavar="IMAGE",
-        help="image files or folders of them, of one shape (instead of the job file's 'images')",
+        help="image files or folders of them, of one shape, as paths or fsspec URLs (s3://bucket/images/) "
+        "(instead of the job file's 'images')",
     )
     learn.add_argument(
         "--n-iter",
@@ -147,7 +148,7 @@ def _add_learn(commands) -> None:
     learn.add_argument(
         "--workers", type=_positive_int, default=None, help="shard actors (default: the job file's 'workers', else 1)"
     )
-    learn.add_argument("--out", type=Path, required=True, help="output folder")
+    learn.add_argument("--out", type=str, required=True, help="output folder, or an fsspec URL (s3://bucket/run/)")
     learn.add_argument(
         "--address",
         type=_ray_address,

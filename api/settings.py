@@ -33,6 +33,10 @@ class Settings(BaseSettings):
         The job store's folder (SQLite database, uploaded images, checkpoints).
     artifacts : str or None
         Where artifacts go: a folder or an fsspec URL; None: ``data_dir/artifacts``.
+    work_url : str or None
+        Where running jobs keep their work (checkpoints, pooled maps), written by the shard actors on any node:
+        a folder or an fsspec URL (``DECONV_WORK_URL``); None: ``<artifacts URL>/jobs`` for an fsspec artifact
+        store, else ``data_dir/jobs``.
     api_key : str or None
         The key every route but ``/health`` asks for in ``X-API-Key``; None: no key.
     ray_address : str or None
@@ -73,6 +77,11 @@ max_encode_images, max_job_maps_bytes : int
     artifacts: str | None = Field(
         None, description="a folder or an fsspec URL (s3://...) for the artifacts; default: DATA_DIR/artifacts"
     )
+    work_url: str | None = Field(
+        None,
+        description="a folder or an fsspec URL for the running jobs' work folders (checkpoints, pooled maps), "
+        "which the shard actors write on any node; default: ARTIFACTS/jobs for an fsspec URL, else DATA_DIR/jobs",
+    )
     api_key: str | None = Field(
         None, min_length=1, description="the X-API-Key every route but /health needs; default: no key"
     )
@@ -101,8 +110,8 @@ max_encode_images, max_job_maps_bytes : int
         4 * 2**30,
         ge=1,
         description="bytes of feature maps a job may hold, all its layers together: the shard "
-        "actors hold them while learning and the runner gathers them for the artifacts, so a job over this is "
-        "refused at submission instead of running out of memory",
+        "actors hold them while learning and write them to the store, so a job over this is "
+        "refused at submission instead of running the cluster out of memory or space",
     )
     checkpoint_every: int = Field(5, ge=0, description="outer iterations between checkpoints; 0: none")
     run_jobs: bool = Field(True, description="false: accept jobs, run none")
