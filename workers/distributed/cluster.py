@@ -7,7 +7,8 @@ of the driver's output.
 
 Worker processes import ``solver`` and ``workers`` by name: on a local cluster they inherit the driver's working
 directory, so running from a checkout works; on a real cluster deconv (with its ``cluster`` extra, and ``s3`` for
-an S3 store) must be installed on every node.
+an S3 store) must be installed on every node. No filesystem needs to be shared: the actors read and write through
+the store (a folder on one machine, an fsspec URL such as ``s3://`` on a cluster, see :mod:`workers.jobs.objects`).
 """
 
 from __future__ import annotations

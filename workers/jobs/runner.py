@@ -4,15 +4,21 @@ A background thread starts the queued jobs, oldest first, up to ``max_running`` 
 own once its shard actors' resources are reserved on the cluster (a placement group held for the whole job).
 A job of L layers is L distributed runs of
 :class:`~workers.distributed.coordinator.Coordinator`: layer 1 on the dataset's images with the job's preprocessing,
-layer l+1 on the maps of layer l (saved as one ``.npy`` per image in the job's work folder; pooled, with their
-switches saved beside them, when layer l pools) rescaled as the 2010 toolbox does. A job with ``reconstruct_to``
-'pixels' (the 2011 model) runs every layer on the dataset's images instead, through the frozen layers below and
-the saved switches of the same images, which each shard actor reads for its own images.
+layer l+1 on the maps of layer l (pooled when layer l pools) rescaled as the 2010 toolbox does. A job with
+``reconstruct_to`` 'pixels' (the 2011 model) runs every layer on the dataset's images instead, through the frozen
+layers below and the switches of the same images.
 
-Every run checkpoints into ``jobs/<id>/checkpoints/L<l>`` every ``checkpoint_every`` outer iterations, and a
-finished layer leaves ``jobs/<id>/layers/L<l>/done.json`` (written last), so a job restarted after the service
-died skips its finished layers and resumes the current one from its newest checkpoint. ``model.json`` is the last
-artifact stored; once it is there the job's work folder is removed, and a restarted job that finds it is done.
+The store is the data plane: the shard actors read the dataset's images from the artifact store by key, and at the
+end of a layer each writes its part of the layer's results (:mod:`workers.distributed.outputs`): maps and switches
+into the artifact store, pooled maps into the job's work store; layer l+1's actors read their rows of those parts.
+This process records keys only, so its memory does not grow with the dataset.
+
+Every run checkpoints into ``<work>/<id>/layers/L<l>/checkpoints`` every ``checkpoint_every`` outer iterations
+(each actor writes its own part, the coordinator the manifest, last), and a finished layer leaves
+``layers/L<l>/done.json`` (written last: its filters, statistics and the keys of its parts), so a job restarted
+after the service died skips its finished layers and resumes the current one from its newest checkpoint.
+``model.json`` is the last artifact stored; once it is there the job's work folder is removed, and a restarted job
+that finds it is done. The work store is ``DECONV_WORK_URL``, by default beside the artifacts.
 
 Progress (layer, outer iteration, objective, sparsity, elapsed time) goes to the store after every outer iteration.
 A cancel request is seen before the next outer iteration. When the service stops gracefully, the running job goes
@@ -21,12 +27,13 @@ service finds the job still ``running`` and queues it again.
 
 Artifacts of a succeeded job (names in the store): ``filters-L<l>.npy`` (K, C, s, s) float32 and
 ``filters-L<l>.png`` (layer 1: the filters; higher layers: their pixel-space projections, or above a pooling layer
-each map's strongest training activation projected down), ``connectivity-L<l>.npy``, ``maps-L<l>.npz`` (one array
-per image, ``image-0000``, ...), ``switches-L<l>.npy`` (N, ⌈K/pk⌉, ⌈H'/ph⌉, ⌈W'/pw⌉) int32 for a layer that
-pools, ``reconstructions.npy`` (N, C, H, W: the top layer's
-maps projected to pixels, in the preprocessed space) and ``reconstructions.png`` (each preprocessed input beside its
-reconstruction), ``history.json`` and ``history.png`` (the objective per outer iteration), ``config.json`` (the
-resolved spec), ``model.json`` (what encoding and projection need).
+each map's strongest activation on the first :data:`SAMPLE_IMAGES` training images projected down),
+``connectivity-L<l>.npy``; per shard i, ``maps-L<l>.part-<i>.npy`` (n_i, K, H', W'), ``switches-L<l>.part-<i>.npy``
+(n_i, ⌈K/pk⌉, ⌈H'/ph⌉, ⌈W'/pw⌉) int32 for a layer that pools, and ``reconstructions.part-<i>.npy`` (n_i, C, H, W)
+float32 (the top layer's maps projected to pixels, in the preprocessed space), with their index ``shards.json``
+(:mod:`workers.jobs.results` serves them as one array); ``reconstructions.png`` (the first :data:`SAMPLE_IMAGES`
+preprocessed inputs beside their reconstructions), ``history.json`` and ``history.png`` (the objective per outer
+iteration), ``config.json`` (the resolved spec), ``model.json`` (what encoding and projection need).
 """
 
 from __future__ import annotations
