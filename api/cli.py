@@ -169,6 +169,13 @@ def _add_learn(commands) -> None:
         default=3,
         help="shard failures survived before the job fails (default 3)",
     )
+    learn.add_argument(
+        "--cpus-per-worker",
+        type=_cpus,
+        default=None,
+        help="CPUs each shard actor reserves (default: 1 on a cluster joined with --address or RAY_ADDRESS, so "
+        "the actors go where there are free CPUs; 0 on the private local cluster)",
+    )
     learn.add_argument("--resume", action="store_true", help="resume from the newest checkpoint in OUT/checkpoints")
     learn.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -320,6 +327,19 @@ def _ray_address(text: str) -> str:
         return check_address(text, "the address")
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cpus(text: str) -> float:
+    from workers.distributed.placement import check_amount  # noqa: PLC0415
+
+    try:
+        value = float(text)
+        if not value >= 0:
+            raise ValueError(f"must be a non-negative number, got {text!r}")
+        return check_amount(value)
+    except ValueError as exc:
+        message = str(exc).replace("could not convert string to float: ", "not a number: ")
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def _positive_int(text: str) -> int:

@@ -318,15 +318,20 @@ print(json.dumps({{"nodes": len([n for n in ray.nodes() if n["Alive"]]), "hidden
 
     # -- the service and the CLI ----------------------------------------------------------------------------------
 
-    def start_service(self, name: str = "service", **settings: str) -> Service:
-        """``deconv serve`` on this side of the cluster, with the S3 store; `settings` are more DECONV_* values."""
+    def start_service(self, name: str = "service", *, on_cluster: bool = True, **settings: str) -> Service:
+        """``deconv serve`` on this side of the cluster with the S3 store, or (`on_cluster` False) a single-node
+        one in a folder of its own with a private local Ray of 2 CPUs (a reference); `settings` are more
+        DECONV_* values."""
         port = free_port()
-        env = {
-            "DECONV_DATA_DIR": str(self.data_dir),
-            "DECONV_ARTIFACTS": f"{self.s3_url}/artifacts",
-            "DECONV_RAY_ADDRESS": self.head_address,
-            **settings,
-        }
+        if on_cluster:
+            env = {
+                "DECONV_DATA_DIR": str(self.data_dir),
+                "DECONV_ARTIFACTS": f"{self.s3_url}/artifacts",
+                "DECONV_RAY_ADDRESS": self.head_address,
+            }
+        else:
+            env = {"DECONV_DATA_DIR": str(self.root / f"{name}-data"), "DECONV_NUM_CPUS": "2"}
+        env |= settings
         log = self.root / f"{name}.log"
         process = self._spawn(name, [sys.executable, "-m", "api.cli", "serve", "--port", str(port)], **env)
         service = Service(process, f"http://127.0.0.1:{port}", log)
@@ -341,12 +346,12 @@ print(json.dumps({{"nodes": len([n for n in ray.nodes() if n["Alive"]]), "hidden
                     raise RuntimeError(f"the service did not start:\n{service.text()[-3000:]}") from None
                 time.sleep(0.2)
 
-    def run_cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        """``deconv ARGS`` as a process of this harness's environment."""
+    def run_cli(self, *args: str, timeout: float = 600, **extra: str) -> subprocess.CompletedProcess:
+        """``deconv ARGS`` as a process of this harness's environment (`extra`: more variables)."""
         return subprocess.run(
             [sys.executable, "-m", "api.cli", *args],
             cwd=ROOT,
-            env=self.env(),
+            env=self.env(**extra),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -363,16 +368,23 @@ print(json.dumps({{"nodes": len([n for n in ray.nodes() if n["Alive"]]), "hidden
         return f"{self.s3_url}/{key}"
 
     def actor_nodes(self) -> list[dict]:
-        """Every shard actor the cluster has seen (alive or dead): class, state, node id (Ray's state API)."""
+        """Every shard actor the cluster has seen, alive or dead: state, node id, pid (from the GCS's actor table,
+        which needs no dashboard; ``ray list actors`` shows the same with one)."""
         script = f"""
 import json, ray
-from ray.util.state import list_actors
+from ray._private.state import actors
 ray.init(address={self.head_address!r}, log_to_driver=False)
-rows = list_actors(filters=[("class_name", "=", "ShardWorker")], limit=10000, raise_on_missing_output=False)
-print(json.dumps([{{"state": r.state, "node_id": r.node_id, "pid": r.pid}} for r in rows]))
+rows = [a for a in actors().values() if a["ActorClassName"] == "ShardWorker"]
+print(json.dumps([{{"state": a["State"], "node_id": a["Address"]["NodeID"], "pid": a["Pid"]}} for a in rows]))
 """
         result = subprocess.run(
-            [sys.executable, "-c", script], cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", script],
+            cwd=ROOT,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         if result.returncode != 0:
             raise RuntimeError(f"cannot list the actors: {result.stderr[-3000:]}")
