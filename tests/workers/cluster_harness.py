@@ -405,6 +405,7 @@ print(json.dumps([{{"state": a["State"], "node_id": a["Address"]["NodeID"], "pid
             process = self.processes.get(name)
             if process is not None:
                 stop_session(process)
+        shutil.rmtree(self.root, ignore_errors=True)  # Ray's session folders, the logs, the service's data
 
     def __enter__(self) -> TwoNodeCluster:
         return self
