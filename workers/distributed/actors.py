@@ -196,7 +196,7 @@ class ShardWorker:
 
     def save_state(self, folder: ObjectStore, index: int) -> ShardPart:
         """Write this shard's part (number `index`) of a checkpoint into `folder`; returns its sha256 and size."""
-        return write_shard_state(folder, index, self._ready().state())
+        return write_shard_state(folder, index, self._ready().state(copy=False))  # written at once: no copy
 
     def restore(self, part: ShardPart) -> None:
         """Restore this shard's part of a checkpoint, read from the store and verified against its sha256."""
