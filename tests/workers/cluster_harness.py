@@ -178,6 +178,9 @@ class TwoNodeCluster:
             # up waiting for it after 30 s by default
             "RAY_agent_register_timeout_ms": "180000",
             "RAY_worker_register_timeout_seconds": "180",
+            # Ray's OOM killer weighs the whole machine's memory: on a shared test machine another program's peak
+            # would kill these small shard actors (measured: a 21 GB neighbour did), so it is off on these nodes
+            "RAY_memory_monitor_refresh_ms": "0",
             **extra,
         }
 
