@@ -84,7 +84,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "images, learn filters, encode and reconstruct.",
     )
     app.state.settings, app.state.store, app.state.cluster = settings, store, cluster
-    app.state.runner = JobRunner(store, cluster=cluster, checkpoint_every=settings.checkpoint_every)
+    app.state.runner = JobRunner(
+        store,
+        cluster=cluster,
+        checkpoint_every=settings.checkpoint_every,
+        actor_cpus=settings.actor_cpus,
+        max_running=settings.max_running_jobs,
+    )
     upload_bytes = settings.max_upload_bytes + MULTIPART_SLACK
     app.include_router(health.router)
     app.include_router(datasets.router, max_body_size=upload_bytes)

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response
 
-from workers.jobs.spec import JobSpec, SpecError, check_against_dataset
+from workers.jobs.spec import JobSpec, SpecError, check_against_dataset, check_resources
 from workers.jobs.status import JobStatus
 
 from ..deps import RunnerDep, SettingsDep, StoreDep, guarded
@@ -38,6 +38,7 @@ def submit_job(
         check_against_dataset(
             spec, dataset, max_filters=settings.max_filters_per_layer, max_maps_bytes=settings.max_job_maps_bytes
         )
+        check_resources(spec, max_cpus=settings.max_actor_cpus, max_gpus=settings.max_actor_gpus)
     except SpecError as exc:
         raise field_error(
             ["body", *(int(p) if p.isdigit() else p for p in exc.field.split("."))], exc.message, exc.value

@@ -1,7 +1,8 @@
 """The spec of a learning job, as clients send it, and its checks against the dataset it names.
 
 A job spec is a :class:`~solver.config.LearnConfig` (layers, inference, filter update, n_iter, boundary,
-preprocess, seed, dtype) plus ``dataset_id``, ``workers`` and ``backend``. It is frozen and refuses unknown
+preprocess, seed, dtype) plus ``dataset_id``, ``workers``, ``backend`` and ``resources`` (what each shard actor
+reserves on the cluster). It is frozen and refuses unknown
 fields, like every config. Unlike :func:`solver.learn`, a job preprocesses its images by default
 (:class:`~solver.images.preprocess.PreprocessConfig`'s defaults: per-image mean removal, then a dataset-wide rescale to
 about [-1, 1]); send ``"preprocess": null`` to learn on the pixel values as they are.
@@ -24,6 +25,7 @@ from solver.operators.connectivity import connectivity_table
 from solver.operators.convolution import map_shape
 from solver.operators.pooling import pooled_shape
 
+from ..distributed.placement import ActorResources
 from .store import ID_PATTERN, DatasetRecord
 
 
@@ -48,6 +50,9 @@ class JobSpec(LearnConfig):
         Shard actors (at most one per image).
     backend : {"auto", "numpy", "cupy"}
         ``auto``: cupy on the cluster's GPUs when it has any.
+    resources : ActorResources
+        CPUs, GPUs and custom Ray resources each shard actor reserves, and how the shards spread over the nodes
+        (see :mod:`workers.distributed.placement`); within the service's limits.
     """
 
     dataset_id: str = Field(..., pattern=ID_PATTERN)
@@ -57,6 +62,7 @@ class JobSpec(LearnConfig):
     # numpy refuses a negative seed (the job would fail only once it ran); int64 is what integers are stored as
     seed: int = Field(0, ge=0, le=2**63 - 1, description="seeds the initial filters and the random connectivity")
     preprocess: PreprocessConfig | None = Field(default_factory=PreprocessConfig)
+    resources: ActorResources = Field(default_factory=ActorResources)
 
     @field_validator("filter_update")
     @classmethod
@@ -67,7 +73,7 @@ class JobSpec(LearnConfig):
 
     def learn_config(self) -> LearnConfig:
         """The learning config alone."""
-        return LearnConfig.model_validate(self.model_dump(exclude={"dataset_id", "workers", "backend"}))
+        return LearnConfig.model_validate(self.model_dump(exclude={"dataset_id", "workers", "backend", "resources"}))
 
 
 def check_against_dataset(
@@ -107,6 +113,28 @@ def check_against_dataset(
             )
         if layer.pool is not None:  # the layer above reads the pooled maps
             _, channels, height, width = pooled_shape((1, channels, height, width), layer.pool)
+
+
+def check_resources(spec: JobSpec, *, max_cpus: float, max_gpus: float) -> None:
+    """Raise :class:`SpecError` when the spec's ``resources`` ask more per shard actor than the service allows
+    (`max_cpus`, `max_gpus`), or GPUs with backend numpy."""
+    asked = spec.resources
+    if asked.cpus is not None and asked.cpus > max_cpus:
+        raise SpecError(
+            "resources.cpus",
+            f"{asked.cpus:g} CPUs per shard actor, more than the service's limit of {max_cpus:g} "
+            "(DECONV_MAX_ACTOR_CPUS)",
+            asked.cpus,
+        )
+    if asked.gpus is not None and asked.gpus > max_gpus:
+        raise SpecError(
+            "resources.gpus",
+            f"{asked.gpus:g} GPUs per shard actor, more than the service's limit of {max_gpus:g} "
+            "(DECONV_MAX_ACTOR_GPUS)",
+            asked.gpus,
+        )
+    if asked.gpus and spec.backend == "numpy":
+        raise SpecError("resources.gpus", f"backend 'numpy' uses no GPU, got gpus={asked.gpus:g}", asked.gpus)
 
 
 def _check_layer(
