@@ -351,7 +351,9 @@ class OnlineConfig(_Frozen):
     batch_size : int
         Images per batch (the stream is re-batched to this size; the last batch may be smaller).
     forget : float
-        ρ ≥ 0: larger forgets the statistics of old filters faster; 0 keeps the plain sum.
+        ρ ≥ 0: larger forgets the statistics of old filters faster (the weight of batch j after batch t is
+        about (j/t)^ρ); 0 keeps the plain sum. The default 10 keeps about the last tenth of the batches: the
+        statistics of early batches were gathered with poor filters.
     forget_factor : float or None
         A fixed β in [0, 1] instead of the schedule.
     n_epochs : int
@@ -364,12 +366,12 @@ class OnlineConfig(_Frozen):
     Examples
     --------
     >>> from solver import OnlineConfig
-    >>> OnlineConfig(batch_size=8).beta(1), OnlineConfig(batch_size=8, forget=1.0).beta(4)
+    >>> OnlineConfig().beta(1), OnlineConfig(forget=1.0).beta(4)
     (0.0, 0.75)
     """
 
     batch_size: int = Field(16, ge=1)
-    forget: float = Field(1.0, ge=0, le=100, description="ρ of the forgetting schedule β_t = (1 − 1/t)^ρ")
+    forget: float = Field(10.0, ge=0, le=1000, description="ρ of the forgetting schedule β_t = (1 − 1/t)^ρ")
     forget_factor: float | None = Field(None, ge=0, le=1, description="a fixed forgetting factor β instead")
     n_epochs: int = Field(1, ge=1)
     held_out_every: int = Field(1, ge=1)

@@ -261,7 +261,7 @@ def learn_online(
     lam: float,
     *,
     batch_size: int = 16,
-    forget: float = 1.0,
+    forget: float = 10.0,
     forget_factor: float | None = None,
     n_epochs: int = 1,
     method: Literal["admm", "fista", "zeiler"] | Any = "admm",
