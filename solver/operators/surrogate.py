@@ -172,7 +172,7 @@ class BatchCorrelations:
         """ZtZ, ZtY and Σ y² of this batch (see the module docstring), on the host in float64."""
         xp, s = self.bk.xp, self.filter_size
         zh = xp.conj(self._z).transpose(0, 2, 1)  # (U·V, K, N)
-        lags0, lags1 = _lag_index(self.grid[0], s), _lag_index(self.grid[1], s)
+        lags0, lags1 = (xp.asarray(_lag_index(n, s)) for n in self.grid)
         corr = self._to_grid(zh @ self._z)  # Σ_n conj(ẑ_k) ẑ_k' -> Σ_x z_k(x) z_k'(x + δ)
         ztz = self.bk.to_host(corr[:, :, lags0][:, :, :, lags1]).astype(np.float64)
         ztz *= shared_channels(self.connectivity, self.n_filters)[:, :, None, None]
