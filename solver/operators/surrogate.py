@@ -41,6 +41,7 @@ from ..backend import Array, Backend, backend_of
 from .convolution import Boundary, map_shape
 
 _POWER_MARGIN = 1.05
+_CHUNK_ELEMENTS = 2**23  # largest per-frequency product (complex entries) held at once by the statistics
 
 
 def _lag_index(n: int, filter_size: int) -> np.ndarray:
@@ -173,9 +174,15 @@ class BatchCorrelations:
         xp, s = self.bk.xp, self.filter_size
         zh = xp.conj(self._z).transpose(0, 2, 1)  # (U·V, K, N)
         lags0, lags1 = (xp.asarray(_lag_index(n, s)) for n in self.grid)
-        corr = self._to_grid(zh @ self._z)  # Σ_n conj(ẑ_k) ẑ_k' -> Σ_x z_k(x) z_k'(x + δ)
-        ztz = self.bk.to_host(corr[:, :, lags0][:, :, :, lags1]).astype(np.float64)
-        ztz *= shared_channels(self.connectivity, self.n_filters)[:, :, None, None]
+        K = self.n_filters
+        ztz = np.empty((K, K, 2 * s - 1, 2 * s - 1))
+        # rows of maps at a time, so that the per-frequency products and their inverse transforms stay bounded
+        # (K² full-grid correlations would be K² image-sized arrays)
+        step = max(1, _CHUNK_ELEMENTS // (self._spectrum * K))
+        for k in range(0, K, step):
+            corr = self._to_grid(zh[:, k : k + step] @ self._z)  # Σ_n conj(ẑ_k) ẑ_k' -> Σ_x z_k(x) z_k'(x + δ)
+            ztz[k : k + step] = self.bk.to_host(corr[:, :, lags0][:, :, :, lags1])
+        ztz *= shared_channels(self.connectivity, K)[:, :, None, None]
         cross = self._to_grid(zh @ self._y)  # Σ_n conj(ẑ_k) ŷ_c -> Σ_x z_k(x) y_c(x + u)
         zty = self.bk.to_host(cross[..., :s, :s]).astype(np.float64)
         if self.connectivity is not None:

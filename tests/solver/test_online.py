@@ -18,6 +18,7 @@ from solver.algorithms.fista import Fista
 from solver.config import FilterUpdateConfig, FistaConfig
 from solver.models.online import rebatch
 from solver.models.shard import LocalPool, Shard
+from solver.operators import surrogate
 from solver.operators.convolution import map_shape
 from solver.operators.surrogate import (
     BatchCorrelations,
@@ -98,6 +99,14 @@ def test_statistics_match_loops(boundary, table):
     np.testing.assert_allclose(stats.zty, zty, rtol=0, atol=tol)
     assert stats.yty == pytest.approx(float(np.sum(images**2)), rel=1e-12)
     assert stats.n_images == N
+
+
+def test_statistics_computed_a_row_of_maps_at_a_time_match_loops(monkeypatch):
+    monkeypatch.setattr(surrogate, "_CHUNK_ELEMENTS", 1)  # one map per product: the chunked path
+    maps, images = _batch(np.random.default_rng(11), "valid")
+    stats = correlate_statistics(maps, images, S, boundary="valid", connectivity=TABLE)
+    ztz = _ztz_loops(maps, S, "valid") * shared_channels(TABLE, K)[:, :, None, None]
+    np.testing.assert_allclose(stats.ztz, ztz, rtol=0, atol=1e3 * np.finfo(np.float64).eps * np.abs(ztz).max())
 
 
 def test_statistics_zero_for_pairs_without_a_shared_channel():
