@@ -5,6 +5,10 @@ scikit-learn is an optional dependency (``pip install "deconv[sklearn]"``): ``im
 this module; ``from solver.estimators import DeconvolutionalNetwork`` (or ``solver.DeconvolutionalNetwork``,
 resolved on first use) does.
 
+``ConvolutionalDictionaryLearning.partial_fit`` learns online (:func:`~solver.learn_online`): each call is one batch
+(or several of ``batch_size``), and the statistics of the images seen are kept between calls, so a stream of calls
+learns from more images than fit in memory.
+
 Input layout. ``X`` is a batch of images: (N, C, H, W), (N, H, W) for grey ones, or 2-D (N, F) of flattened
 images, of shape ``image_shape`` ((H, W) or (C, H, W), one size of which may be -1 as in ``numpy.reshape``) or,
 when that is None, square and grey (F = H·W with H = W). The output follows the input: image batches give maps
