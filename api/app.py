@@ -43,6 +43,7 @@ from workers.jobs.store import JobStore
 
 from . import __version__
 from .errors import exception_handlers
+from .guard import Guard
 from .routes import dashboard, datasets, health, jobs, live, model_file, models, presets, results
 from .routes.common import MULTIPART_SLACK
 from .settings import Settings
@@ -78,16 +79,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="deconv",
         version=__version__,
         lifespan=_lifespan,
-        max_body_size=settings.max_json_bytes,
         exception_handlers=exception_handlers(),
         description="Convolutional sparse coding and Deconvolutional Networks as a service: upload "
         "images, learn filters, encode and reconstruct.",
     )
     app.state.settings, app.state.store, app.state.cluster = settings, store, cluster
     app.state.runner = JobRunner(store, cluster=cluster, checkpoint_every=settings.checkpoint_every)
-    upload_bytes = settings.max_upload_bytes + MULTIPART_SLACK
     app.include_router(health.router)
-    app.include_router(datasets.router, max_body_size=upload_bytes)
+    app.include_router(datasets.router)
     app.include_router(jobs.router)
     app.include_router(live.router)
     app.include_router(model_file.router)
@@ -95,9 +94,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(presets.router)
     app.include_router(dashboard.router)
     app.mount("/static", dashboard.static_files, name="static")
-    app.include_router(models.router, max_body_size=upload_bytes)
+    app.include_router(models.router)
     app.include_router(jobs.unknown)  # last: it answers whatever under /jobs/ the routers above did not match
+    # the host, origin, key and body-size checks run before any route reads a byte of the body
+    app.add_middleware(Guard, settings=settings, upload_paths=takes_uploads, multipart_slack=MULTIPART_SLACK)
     return app
+
+
+def takes_uploads(path: str) -> bool:
+    """Whether `path` is a route that takes uploaded files (its body may be as large as an upload).
+
+    Parameters
+    ----------
+    path : str
+        The request's path.
+
+    Returns
+    -------
+    bool
+    """
+    return path in ("/datasets", "/reconstruct") or (path.startswith("/models/") and path.endswith("/encode"))
 
 
 @asynccontextmanager
