@@ -37,6 +37,8 @@ KEPT_MAP_BYTES = 4
 """Per element of the maps every layer keeps (the code of a stack holds every layer's maps)."""
 RESPONSE_BYTES = 8
 """Per element of a response array: the float32 array and the bytes written from it."""
+BASE_BYTES = 32 * 2**20
+"""What any request costs on top of its arrays (FFT plans, the first call's compiled kernels, buffers)."""
 RECONSTRUCT_BYTES = (8, 8, 12)
 """Per element of the maps, of the filters' transforms and of the images, of one layer's synthesis."""
 
@@ -101,13 +103,13 @@ def encode_cost(
     --------
     >>> small = encode_cost([Layer(3, 1, 7)], (1, 1, 64, 64), method="admm", max_iter=200, boundary="circular")
     >>> big = encode_cost([Layer(3, 1, 7)], (1, 1, 2048, 2048), method="admm", max_iter=200, boundary="circular")
-    >>> big.bytes // small.bytes, big.work > 1024 * small.work
+    >>> (big.bytes - BASE_BYTES) // (small.bytes - BASE_BYTES), big.work > 1024 * small.work
     (1024, True)
     """
     n, c, h, w = shape
     scale = itemsize / 4
     map_bytes, filter_bytes = METHOD_BYTES.get(method, METHOD_BYTES["admm"])
-    total = Estimate(int(IMAGE_BYTES * n * c * h * w * scale), 0)
+    total = Estimate(BASE_BYTES + int(IMAGE_BYTES * n * c * h * w * scale), 0)
     kept = 0
     for index, layer in enumerate(layers):
         h, w = map_shape((h, w), layer.filter_size, boundary)
@@ -153,7 +155,7 @@ def reconstruct_cost(
     n, _, h, w = maps_shape
     scale = itemsize / 4
     per_map, per_transform, per_image = RECONSTRUCT_BYTES
-    total = Estimate(0, 0)
+    total = Estimate(BASE_BYTES, 0)
     for index in range(len(layers) - 1, -1, -1):
         layer = layers[index]
         grid = h * w
