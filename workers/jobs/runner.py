@@ -59,6 +59,7 @@ from solver.operators.pooling import pool3d, pool_maps
 
 from ..distributed.checkpoint import atomic_write_bytes, npy_bytes
 from ..distributed.cluster import ClusterConfig, connect
+from .integrity import verify_dataset
 from .models import JobModel, load_model
 from .spec import JobSpec
 from .store import JobRecord, JobStore
@@ -217,6 +218,7 @@ def execute(
     dataset = store.get_dataset(spec.dataset_id)
     if dataset is None:
         raise ValueError(f"dataset {spec.dataset_id} is gone")
+    verify_dataset(store, dataset)
     work = store.job_dir(job.id)
     inputs = _input_paths(store, dataset, work / "inputs")
     paths = inputs
