@@ -41,7 +41,7 @@ from workers.distributed.cluster import ClusterConfig, connect, shutdown
 from workers.jobs.runner import JobRunner
 from workers.jobs.store import JobStore
 
-from . import __version__
+from . import __version__, openapi
 from .errors import exception_handlers
 from .guard import Guard
 from .routes import dashboard, datasets, health, jobs, live, model_file, models, presets, results
@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.unknown)  # last: it answers whatever under /jobs/ the routers above did not match
     # the host, origin, key and body-size checks run before any route reads a byte of the body
     app.add_middleware(Guard, settings=settings, upload_paths=takes_uploads, multipart_slack=MULTIPART_SLACK)
+    openapi.install(app)
     return app
 
 

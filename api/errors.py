@@ -91,15 +91,37 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
     return await http_exception_handler(request, exc)
 
 
+def documented_methods(request: Request) -> set[str]:
+    """The methods of the documented routes whose path matches the request's (empty when none does).
+
+    Parameters
+    ----------
+    request : fastapi.Request
+
+    Returns
+    -------
+    set of str
+    """
+    path = request.url.path
+    methods: set[str] = set()
+    for route in _flat_routes(request.app.routes):
+        regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and route_methods and getattr(route, "include_in_schema", True) and regex.match(path):
+            methods.update(route_methods)
+    return methods
+
+
 def _method_not_allowed(request: Request) -> StarletteHTTPException:
     """A 405 whose Allow header lists the methods of every route on the path: Starlette's names the methods of
     the first route that matched the path only, and a path such as ``/jobs/{id}`` has one route per method."""
     path = request.url.path
     methods: set[str] = set()
+    catch_all: set[str] = set()  # the methods of routes outside the schema (the 404 of unknown job paths)
     for route in _flat_routes(request.app.routes):
         regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
         if regex is not None and route_methods and regex.match(path):
-            methods |= set(route_methods)
+            (methods if getattr(route, "include_in_schema", True) else catch_all).update(route_methods)
+    methods = methods or catch_all
     if "GET" in methods:
         methods.add("HEAD")
     allow = ", ".join(sorted(methods))

@@ -8,13 +8,13 @@ from __future__ import annotations
 import threading
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 
 from workers.jobs.spec import JobSpec, SpecError, check_against_dataset
 from workers.jobs.status import JobStatus
 
 from ..deps import RunnerDep, SettingsDep, StoreDep, guarded
-from ..errors import field_error
+from ..errors import documented_methods, field_error
 from ..schemas import JobList, JobOut
 from .common import JobId, job_or_404
 
@@ -126,7 +126,9 @@ so that it only catches what none of them matched."""
 
 
 @unknown.api_route("/jobs/{rest:path}", methods=["GET", "DELETE"], include_in_schema=False)
-def not_a_job(rest: str) -> None:
+def not_a_job(rest: str, request: Request) -> None:
+    if documented_methods(request):  # a documented path asked with another method: a 405 with its Allow
+        raise HTTPException(405)
     raise field_error(
         ["path", "job_id"],
         "no such job resource: a job id is 32 lowercase hex digits, "

@@ -23,10 +23,8 @@ from PIL import Image
 
 from api.costs import BASE_BYTES, Layer, encode_cost, reconstruct_cost
 from solver import StackModel
-from solver.config import AdmmConfig
+from tests.api.conftest import finished_job
 from workers.distributed.checkpoint import npy_bytes
-from workers.jobs.models import JobModel
-from workers.jobs.store import JobStore
 
 httpx2 = pytest.importorskip("httpx2")
 
@@ -45,23 +43,6 @@ def _png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
-
-
-def finished_job(data_dir: Path, filters: np.ndarray) -> str:
-    """A store in `data_dir` holding one succeeded one-layer job whose model has `filters`; its id."""
-    store = JobStore(data_dir)
-    dataset = store.add_dataset([("a", np.zeros((1, 16, 16), np.uint8))])
-    spec = {"dataset_id": dataset.id, "layers": [{"n_filters": filters.shape[0], "filter_size": 7, "lam": 0.1}]}
-    job, _ = store.submit(spec, n_layers=1, n_iter=1)
-    model = JobModel(StackModel.from_layers([filters], [None], [None], [0.1], [1.0]), AdmmConfig(max_iter=10))
-    arrays, metadata = model.artifacts()
-    for name, array in arrays.items():
-        store.put_artifact(job.id, f"{name}.npy", npy_bytes(array), NPY)
-    store.put_artifact(job.id, "model.json", metadata, "application/json")
-    assert store.claim_next().id == job.id
-    store.finish(job.id, "succeeded")
-    store.close()
-    return job.id
 
 
 @dataclass
