@@ -60,7 +60,7 @@ def _layer(**changes) -> dict:
         ({"filter_update": {"max_iter": 10**12}}, ["filter_update", "max_iter"], "less"),
         ({"layers": [LAYER] * 1000}, ["layers"], "at most 16"),
         ({"preprocess": {"contrast_normalise": True, "cn_size": 33}}, ["preprocess", "cn_size"], "larger than"),
-        ({"preprocess": {"contrast_normalise": True, "cn_size": 10**6}}, ["preprocess", "cn_size"], "less"),
+        ({"preprocess": {"contrast_normalise": True, "cn_size": 10**6 + 1}}, ["preprocess", "cn_size"], "larger than"),
     ],
     ids=[
         "lam-1e308",

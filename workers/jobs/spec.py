@@ -113,13 +113,6 @@ class JobLayerSpec(LayerSpec):
     )
 
 
-class JobPreprocessConfig(PreprocessConfig):
-    """:class:`~solver.images.preprocess.PreprocessConfig` with the contrast window bounded."""
-
-    cn_size: int = Field(default=5, ge=3, le=255, description="odd window size; at most the images' size")
-    cn_sigma: float = Field(default=1.591, gt=0, le=1000, allow_inf_nan=False)
-
-
 JobInference = Annotated[JobZeilerConfig | JobFistaConfig | JobAdmmConfig, Field(discriminator="method")]
 
 
@@ -140,15 +133,15 @@ class JobSpec(LearnConfig):
     workers: int = Field(1, ge=1, le=256)
     backend: Literal["auto", "numpy", "cupy"] = "auto"
     n_iter: int = Field(50, ge=1, le=1_000_000, description="outer iterations per layer")
-    # numpy refuses a negative seed (the job would fail only once it ran); int64 is what integers are stored as
-    seed: int = Field(0, ge=0, le=2**63 - 1, description="seeds the initial filters and the random connectivity")
-    preprocess: JobPreprocessConfig | None = Field(default_factory=JobPreprocessConfig)
     layers: list[JobLayerSpec] = Field(..., min_length=1, max_length=MAX_LAYERS)
     inference: JobInference = Field(
         default_factory=lambda: JobAdmmConfig(max_iter=10),
         description="inference per outer iteration: exactly max_iter iterations (tol is not used in learning)",
     )
     filter_update: JobFilterUpdateConfig = Field(default_factory=JobFilterUpdateConfig)
+    # numpy refuses a negative seed (the job would fail only once it ran); int64 is what integers are stored as
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="seeds the initial filters and the random connectivity")
+    preprocess: PreprocessConfig | None = Field(default_factory=PreprocessConfig)
 
     @field_validator("filter_update")
     @classmethod
