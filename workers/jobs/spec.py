@@ -14,6 +14,7 @@ the field (``layers.0.filter_size``) and the value.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -50,7 +51,21 @@ MAX_BETA = 1e15
 _Count = Annotated[int, Field(ge=1, le=MAX_ITER)]
 
 
-class JobZeilerConfig(ZeilerConfig):
+class _Capped:
+    """A capped config is equal to the solver's config it caps when their values are (``learn_config()`` gives
+    the solver's classes back), and hashes as a value."""
+
+    def __eq__(self, other: object) -> bool:
+        base = type(self).__bases__[-1]
+        if isinstance(other, base):
+            return self.model_dump() == other.model_dump()  # type: ignore[attr-defined]
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.model_dump(mode="json"), sort_keys=True))  # type: ignore[attr-defined]
+
+
+class JobZeilerConfig(_Capped, ZeilerConfig):
     """:class:`~solver.config.ZeilerConfig` with its counts and its β continuation bounded."""
 
     beta0: float = Field(1.0, gt=0, le=MAX_SCALE)
@@ -70,27 +85,27 @@ class JobZeilerConfig(ZeilerConfig):
         return self
 
 
-class JobFistaConfig(FistaConfig):
+class JobFistaConfig(_Capped, FistaConfig):
     """:class:`~solver.config.FistaConfig` with its iterations bounded."""
 
     max_iter: _Count = 200
 
 
-class JobAdmmConfig(AdmmConfig):
+class JobAdmmConfig(_Capped, AdmmConfig):
     """:class:`~solver.config.AdmmConfig` with its iterations and ρ bounded."""
 
     max_iter: _Count = 200
     rho: float | None = Field(None, gt=0, le=MAX_SCALE, description="initial penalty; default 50·λ + 1")
 
 
-class JobFilterUpdateConfig(FilterUpdateConfig):
+class JobFilterUpdateConfig(_Capped, FilterUpdateConfig):
     """:class:`~solver.config.FilterUpdateConfig` with its steps and ρ bounded."""
 
     max_iter: _Count = Field(10, description="FISTA steps, CG steps, or consensus iterations per outer iteration")
     rho: float | None = Field(None, gt=0, le=MAX_SCALE, description="consensus penalty ρ; default: the images")
 
 
-class JobLayerSpec(LayerSpec):
+class JobLayerSpec(_Capped, LayerSpec):
     """:class:`~solver.config.LayerSpec` with λ, the filter size and the pooling bounded."""
 
     filter_size: int = Field(..., ge=1, le=512)
