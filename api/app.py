@@ -37,11 +37,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from workers.distributed.cluster import ClusterConfig, connect, shutdown
+from workers.distributed.cluster import ClusterConfig, shutdown
 from workers.jobs.runner import JobRunner
 from workers.jobs.store import JobStore
 
-from . import __version__, openapi
+from . import __version__, openapi, orphans
 from .errors import exception_handlers
 from .guard import Guard
 from .routes import dashboard, datasets, health, jobs, live, model_file, models, presets, results
@@ -49,6 +49,9 @@ from .routes.common import MULTIPART_SLACK
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
+
+STOP_GRACE_S = 5.0
+"""Seconds a stopping service waits for the running job to reach the end of its outer iteration."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -125,11 +128,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.run_jobs:
         # Connect here, in the server's own thread, not in the runner's: a local cluster's processes are tied
         # to the thread that starts them (a parent-death signal) and its agents outlive a thread that ends.
-        ray_context = connect(app.state.cluster)
+        ray_context = orphans.connect_owned(app.state.cluster, settings.data_dir)
         runner.start()
     logger.info("deconv service: data in %s, jobs %s", app.state.store.data_dir, "run" if settings.run_jobs else "held")
     yield
     if settings.run_jobs:
-        await run_in_threadpool(runner.stop)
+        # a job stops between outer iterations; when this process owns the cluster, one still mid-iteration after
+        # the grace period loses that iteration only: shutting Ray down ends it, and it resumes from its
+        # checkpoint on the next start. On a cluster it does not own, the job is waited for (its actors live on).
+        owned = (ray_context is not None and ray_context.started) or getattr(app.state, "owns_cluster", False)
+        await run_in_threadpool(runner.stop, STOP_GRACE_S if owned else 60.0)
     if ray_context is not None and ray_context.started:
         shutdown()
+        orphans.forget(settings.data_dir)

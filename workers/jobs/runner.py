@@ -179,6 +179,10 @@ class JobRunner:
                 self.store.release(job.id)
                 logger.info("job %s: back in the queue (the service is stopping)", job.id)
         except Exception as exc:
+            if self._stopping.is_set():  # the stopping service took the cluster from under the job: it resumes
+                logger.info("job %s: back in the queue (stopped mid-iteration: %s)", job.id, _describe(exc))
+                self.store.release(job.id)
+                return
             logger.error("job %s failed:\n%s", job.id, traceback.format_exc())
             self.store.finish(job.id, "failed", _describe(exc))
             self._discard_work(job.id)
