@@ -43,8 +43,11 @@ class Settings(BaseSettings):
         The Ray cluster to join (``auto`` or a head's ``host:port``); None: ``RAY_ADDRESS``, else a private local
         cluster.
     max_upload_bytes, max_json_bytes, max_image_pixels, max_images_per_dataset, max_filters_per_layer, \
-max_encode_images, max_job_maps_bytes : int
+max_encode_images, max_job_maps_bytes, max_job_filter_bytes, max_queued_jobs, max_request_bytes, \
+max_request_work, max_decoded_values : int
         Limits on requests; a request over one is refused with a 4xx naming the limit.
+    allowed_hosts : str or None
+        The names the ``Host`` header may carry, comma-separated; None: localhost and the address connected to.
     checkpoint_every : int
         Outer iterations between a running job's checkpoints; 0: none.
     run_jobs : bool
@@ -112,6 +115,38 @@ max_encode_images, max_job_maps_bytes : int
         description="bytes of feature maps a job may hold, all its layers together: the shard "
         "actors hold them while learning and write them to the store, so a job over this is "
         "refused at submission instead of running the cluster out of memory or space",
+    )
+    max_job_filter_bytes: int = Field(
+        2**30,
+        ge=1,
+        description="bytes of one layer's filters a job may hold, with their Fourier transforms at the size of "
+        "the layer's maps (what the inference keeps per layer), so a job over this is refused at submission",
+    )
+    max_queued_jobs: int = Field(
+        100, ge=1, description="jobs waiting to run; a submission past this is refused with a 429 and Retry-After"
+    )
+    max_request_bytes: int = Field(
+        512 * 2**20,
+        ge=2**20,
+        description="bytes an encode or reconstruct request may cost, estimated before it runs: the decoded "
+        "images, the maps, the filters' transforms, the method's intermediate arrays and the response",
+    )
+    max_request_work: int = Field(
+        2 * 10**11,
+        ge=10**6,
+        description="work an encode or reconstruct request may cost, estimated before it runs: iterations "
+        "times the FFT sizes (about the floating-point operations)",
+    )
+    max_decoded_values: int = Field(
+        512 * 2**20,
+        ge=2**20,
+        description="values (pixels × channels) the images of one upload may decode to, checked from each "
+        "image's header before its pixels are decoded",
+    )
+    allowed_hosts: str | None = Field(
+        None,
+        description="comma-separated names the Host header may carry ('*': any); default: localhost, the "
+        "loopback addresses and the address the client connected to",
     )
     checkpoint_every: int = Field(5, ge=0, description="outer iterations between checkpoints; 0: none")
     run_jobs: bool = Field(True, description="false: accept jobs, run none")
@@ -199,7 +234,10 @@ max_encode_images, max_job_maps_bytes : int
         workers.jobs.datasets.UploadLimits
         """
         return UploadLimits(
-            max_pixels=self.max_image_pixels, max_images=self.max_images_per_dataset, max_bytes=self.max_upload_bytes
+            max_pixels=self.max_image_pixels,
+            max_images=self.max_images_per_dataset,
+            max_bytes=self.max_upload_bytes,
+            max_values=self.max_decoded_values,
         )
 
 

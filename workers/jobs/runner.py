@@ -75,6 +75,7 @@ from ..distributed.placement import (
     resolve_resources,
     unplaceable,
 )
+from .integrity import verify_dataset
 from .models import JobModel, load_model
 from .objects import Location, ObjectStore, Part, npy_bytes, read_array, rows_of_parts
 from .spec import JobSpec
@@ -295,6 +296,10 @@ class JobRunner:
                 self.store.release(job.id)
                 logger.info("job %s: back in the queue (the service is stopping)", job.id)
         except Exception as exc:
+            if self._stopping.is_set():  # the stopping service took the cluster from under the job: it resumes
+                logger.info("job %s: back in the queue (stopped mid-iteration: %s)", job.id, _describe(exc))
+                self.store.release(job.id)
+                return
             logger.error("job %s failed:\n%s", job.id, traceback.format_exc())
             self.store.finish(job.id, "failed", _describe(exc))
             self._discard_work(job.id)
@@ -342,6 +347,7 @@ def execute(
     dataset = store.get_dataset(spec.dataset_id)
     if dataset is None:
         raise ValueError(f"dataset {spec.dataset_id} is gone")
+    verify_dataset(store, dataset)
     work = store.job_work(job.id)
     images = [store.artifacts.location(image.key) for image in dataset.images]
     inputs: list = images
