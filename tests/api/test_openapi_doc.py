@@ -52,7 +52,7 @@ def test_the_queue_s_429_documents_retry_after(document):
     ("method", "path", "media"),
     [
         ("get", "/jobs/{job_id}/filters", {"application/x-npy", "image/png"}),
-        ("get", "/jobs/{job_id}/maps", {"application/x-npz"}),
+        ("get", "/jobs/{job_id}/maps", {"application/x-npz", "application/x-npy"}),
         ("get", "/jobs/{job_id}/model", {"application/zip"}),
         (
             "get",
