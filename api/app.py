@@ -37,7 +37,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from workers.distributed.cluster import ClusterConfig, shutdown
+from workers.distributed.cluster import ClusterConfig
 from workers.jobs.runner import JobRunner
 from workers.jobs.store import JobStore
 
@@ -145,5 +145,4 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = (ray_context is not None and ray_context.started) or getattr(app.state, "owns_cluster", False)
         await run_in_threadpool(runner.stop, STOP_GRACE_S if owned else 60.0)
     if ray_context is not None and ray_context.started:
-        shutdown()
-        orphans.forget(settings.data_dir)
+        orphans.stop_cluster(settings.data_dir)

@@ -81,7 +81,7 @@ _MEDIA: dict[tuple[str, str], tuple[str, ...]] = {
     ("get", "/jobs/{job_id}/filters/latest"): (NPY, PNG),
     ("get", "/jobs/{job_id}/model"): (ZIP,),
     ("get", "/jobs/{job_id}/filters"): (NPY, PNG),
-    ("get", "/jobs/{job_id}/maps"): (NPZ, NPY),  # NPY: one image's maps (?image=i)
+    ("get", "/jobs/{job_id}/maps"): (NPZ, NPY),
     ("get", "/jobs/{job_id}/reconstructions"): (NPY, PNG),
     ("get", "/jobs/{job_id}/artifacts/{name}"): (NPY, NPZ, PNG, JSON),
     ("post", "/models/{job_id}/encode"): (NPY, NPZ),

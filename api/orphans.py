@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from workers.distributed.checkpoint import atomic_write_bytes
-from workers.distributed.cluster import LOCAL, ClusterConfig, ClusterContext, connect
+from workers.distributed.cluster import LOCAL, ClusterConfig, ClusterContext, connect, shutdown
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,27 @@ def reap(data_dir: Path, grace: float = 3.0) -> int:
     if not own:
         path.unlink(missing_ok=True)
     return len(alive)
+
+
+def stop_cluster(data_dir: Path) -> None:
+    """Shut down the cluster this process started, then remove the record.
+
+    A job thread still running when the service stops (cut mid-iteration) must not start a new cluster: Ray's
+    automatic ``ray.init`` on the next actor call would, from that thread, and leave it behind. So the automatic
+    start is turned off first; the job's next Ray call then fails, and the runner puts the job back in the queue.
+
+    Parameters
+    ----------
+    data_dir : Path
+    """
+    try:
+        from ray._private import auto_init_hook  # noqa: PLC0415  (no public switch once Ray is imported)
+
+        auto_init_hook.enable_auto_connect = False
+    except (ImportError, AttributeError):  # another Ray: its default stands
+        logger.debug("cannot turn Ray's automatic start off")
+    shutdown()
+    forget(data_dir)
 
 
 def forget(data_dir: Path) -> None:

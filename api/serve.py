@@ -182,9 +182,6 @@ def _connect_ray(settings: Settings) -> bool:
 
 
 def _shutdown_ray(settings: Settings) -> None:
-    from workers.distributed.cluster import shutdown  # noqa: PLC0415
+    from .orphans import stop_cluster  # noqa: PLC0415
 
-    from .orphans import forget  # noqa: PLC0415
-
-    shutdown()
-    forget(settings.data_dir)
+    stop_cluster(settings.data_dir)

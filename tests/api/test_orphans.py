@@ -31,7 +31,7 @@ SERVE = (
 )
 
 
-def _start(data_dir: Path) -> tuple[subprocess.Popen, str]:
+def _start(data_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -41,8 +41,8 @@ def _start(data_dir: Path) -> tuple[subprocess.Popen, str]:
         [sys.executable, "-c", SERVE, str(data_dir), str(port)],
         env=env,
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -84,20 +84,22 @@ def _alive(pids: list[tuple[int, int | None]]) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_killed_service_s_ray_processes_are_stopped_and_its_job_resumes_and_sigterm_is_quick(tmp_path):
-    first, url = _start(tmp_path)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    first, url = _start(data_dir, tmp_path / "first.log")
     files = [("files", (name, data, "image/png")) for name, data in sample_png_parts(2, 64)]
     dataset = httpx2.post(f"{url}/datasets", files=files, timeout=30).json()["id"]
     job_id = httpx2.post(f"{url}/jobs", json={**LONG_JOB, "dataset_id": dataset}, timeout=30).json()["id"]
     _job_when(url, job_id, lambda job: job["status"] == "running")
     time.sleep(10)  # the raylet starts its agents after ray.init returns; the shard actors start
     tree = [(pid, _start_time(pid)) for pid in _descendants(first.pid) if _is_ray(pid)]
-    assert (tmp_path / PID_FILE).is_file()
+    assert (data_dir / PID_FILE).is_file()
     os.kill(first.pid, signal.SIGKILL)
     first.wait(30)
     time.sleep(5)
     left = _alive(tree)
     assert left, "no Ray process outlived the killed service"  # what the record is for
-    second, url = _start(tmp_path)
+    second, url = _start(data_dir, tmp_path / "second.log")
     try:
         assert _alive([(pid, start) for pid, start in tree if pid in left]) == []
         _job_when(url, job_id, lambda job: job["status"] == "running" and job["attempts"] == 2)
@@ -108,7 +110,8 @@ def test_a_killed_service_s_ray_processes_are_stopped_and_its_job_resumes_and_si
         second.wait(60)
         stopped_in = time.monotonic() - started
     assert stopped_in < 10, stopped_in
-    assert not (tmp_path / PID_FILE).exists()  # a clean stop forgets its cluster
-    store = JobStore(tmp_path)
+    log = (tmp_path / "second.log").read_text(errors="replace")[-5000:]
+    assert not (data_dir / PID_FILE).exists(), log  # a clean stop forgets its cluster
+    store = JobStore(data_dir)
     assert store.get_job(job_id).status not in TERMINAL  # it resumes on the next start
     store.close()
