@@ -228,7 +228,8 @@ def test_three_jobs_two_at_a_time_none_lost_each_once(cluster, on_cluster):
     start = [_time(j["started_at"]) for j in jobs]
     end = [_time(j["finished_at"]) for j in jobs]
     t0 = min(_time(j["created_at"]) for j in jobs)
-    logger.info("three jobs, (start, end) s after submission: %s", [(s - t0, e - t0) for s, e in zip(start, end, strict=True)])
+    spans = [(round(s - t0, 1), round(e - t0, 1)) for s, e in zip(start, end, strict=True)]
+    logger.info("three jobs, (start, end) in s after submission: %s", spans)
     assert max(start[0], start[1]) < min(end[0], end[1])  # the two oldest ran side by side
     assert start[2] >= min(end[0], end[1])  # the third waited for one of them
     listed = {j["id"] for j in on_cluster.client.get("/jobs", params={"limit": 100}).json()["items"]}
