@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from solver.images.pictures import history_plot
 from workers.jobs.artifacts import ArtifactCorruptError
 from workers.jobs.objects import npy_bytes
-from workers.jobs.results import ResultIndex, ResultsNotStoredError, etag, image_rows, maps_zip, stacked_npy
+from workers.jobs.results import INDEX, ResultIndex, ResultsNotStoredError, etag, image_rows, maps_zip, stacked_npy
 from workers.jobs.store import ArtifactRecord, JobStore
 
 from ..deps import StoreDep, guarded
@@ -63,6 +63,8 @@ def get_maps(
     image: Annotated[int | None, Query(ge=0, description="one image's maps only, by its index")] = None,
 ) -> Response:
     layer = check_layer(succeeded_job(store, job_id, "maps"), layer)
+    if image is None and store.artifact(job_id, INDEX) is None and store.artifact(job_id, f"maps-L{layer}.npz"):
+        return artifact_response(request, store, job_id, f"maps-L{layer}.npz")  # a job finished by an older deconv
     index = _index(store, job_id)
     parts = index.maps(store, job_id, layer)
     if image is not None and image >= index.n_images:
@@ -86,8 +88,8 @@ def get_reconstructions(
     request: Request, job_id: JobId, store: StoreDep, format: Annotated[Literal["npy", "png"], Query()] = "npy"
 ) -> Response:  # noqa: A002
     succeeded_job(store, job_id, "reconstructions")
-    if format == "png":
-        return artifact_response(request, store, job_id, "reconstructions.png")
+    if format == "png" or (store.artifact(job_id, INDEX) is None and store.artifact(job_id, "reconstructions.npy")):
+        return artifact_response(request, store, job_id, f"reconstructions.{format}")
     parts = _index(store, job_id).reconstruction_parts(store, job_id)
     tag = etag(parts, "reconstructions")
     headers = _cache_headers(tag, f"{job_id}-reconstructions.npy")

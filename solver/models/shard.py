@@ -40,6 +40,7 @@ from ..algorithms.problem import POWER_ITER, POWER_ITER_WARM, CSCProblem, PixelC
 from ..backend import Array, Backend, backend_of, get_backend
 from ..config import FistaConfig, LearnConfig
 from ..operators.convolution import ConvOperator, FilterOperator
+from ..operators.pairs import image_blocks
 from ..operators.pixel_path import LowerLayer, PixelPath
 from ..operators.pooling import keep_block_maxima
 from ..operators.prox import LpPenalty
@@ -122,13 +123,13 @@ class Shard(_ShardBase):
         """Inference with fixed filters, warm-started; never returns maps worse than the previous ones.
 
         Exactly ``config.inference.max_iter`` iterations. ADMM keeps only its current iterate (updated in place),
-        and per image the maps it started from are kept when the run ends above their E. It codes the images
-        :data:`CODING_CHUNKS` groups at a time (they are independent problems, each with its own ρ, so the
-        result is that of one batch): besides the maps and duals the shard keeps, its peak is a few arrays of a
-        chunk's size. The other methods keep, per image, the iterate of lowest E among the start and every step:
-        the β continuation of ``zeiler`` can end above an earlier stage, and even above the start (a first coding
-        step from zero maps that ended above E(0) would leave the maps at zero, and the filters, whose gradient
-        they set, where they are, for ever).
+        and per image the maps it started from are kept when the run ends above their E. It codes the images in
+        groups (:func:`~solver.operators.pairs.image_blocks`: up to 8, of at least 8 MiB of maps; they are
+        independent problems, each with its own ρ, so the result is that of one batch): besides the maps and
+        duals the shard keeps, its peak is a few arrays of a group's size. The other methods keep, per image, the
+        iterate of lowest E among the start and every step: the β continuation of ``zeiler`` can end above an
+        earlier stage, and even above the start (a first coding step from zero maps that ended above E(0) would
+        leave the maps at zero, and the filters, whose gradient they set, where they are, for ever).
         """
         f = self.bk.asarray(filters, dtype=self.images.dtype)
         self._filter_problem = None  # its FFT of the old maps is stale: free it before the coding peak
@@ -146,7 +147,8 @@ class Shard(_ShardBase):
         previous = self._maps  # None before the first run: each chunk then starts from zero maps
         maps, dual, rho, aux_dual = previous, None, [], None
         n, xp = self.n_images, self.bk.xp
-        step = -(-n // CODING_CHUNKS)
+        maps_bytes = n * op.n_filters * int(np.prod(op.map_shape)) * self.images.dtype.itemsize
+        step = image_blocks(n, maps_bytes)[0].stop
         max_iter = 0
         for lo in range(0, n, step):
             hi = min(n, lo + step)
@@ -332,11 +334,6 @@ class PixelShard(_ShardBase):
         self._maps = None if maps is None else self.bk.asarray(maps)
         self._power = None if power is None else self.bk.asarray(power, dtype=self.images.dtype)
         self._filter_op = None
-
-
-#: ADMM codes a shard's images in this many groups (see :meth:`Shard.code`): the coding peak above the maps and
-#: duals the shard keeps is a few arrays of 1/CODING_CHUNKS of the maps.
-CODING_CHUNKS = 8
 
 
 def _warm_rows(warm: AdmmWarmStart, lo: int, hi: int) -> AdmmWarmStart:

@@ -322,7 +322,7 @@ def _rfft2_in_blocks(bk: Backend, maps: Array, shape: tuple[int, int]) -> Array:
     fraction of the maps (each image's transform is the same)."""
     if bk.name != "numpy":
         return bk.rfft2(maps, shape)
-    blocks = image_blocks(maps.shape[0])
+    blocks = image_blocks(maps.shape[0], maps.nbytes)
     first = bk.rfft2(maps[blocks[0]], shape)
     if len(blocks) == 1:
         return first

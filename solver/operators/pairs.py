@@ -53,18 +53,22 @@ def synthesize_hat(filters_hat: Array, maps_hat: Array) -> Array:
     # is a fraction of the maps (the same sums, image by image)
     n = maps_hat.shape[0]
     out = xp.empty((n, 1, *maps_hat.shape[2:]), dtype=xp.result_type(filters_hat, maps_hat))
-    for block in image_blocks(n):
+    for block in image_blocks(n, maps_hat.nbytes):
         out[block] = xp.sum(filters_hat[None, :, 0] * maps_hat[block], axis=1, keepdims=True)
     return out
 
 
-#: Products as large as the maps are made this many image blocks at a time (:func:`image_blocks`).
+#: Arrays as large as the maps are made in up to this many blocks of images (:func:`image_blocks`) ...
 IMAGE_BLOCKS = 8
+#: ... of at least this many bytes each: smaller blocks cost more in calls than they save in memory.
+MIN_BLOCK_BYTES = 8 * 2**20
 
 
-def image_blocks(n: int) -> list[slice]:
-    """`n` images in :data:`IMAGE_BLOCKS` contiguous blocks (fewer when n is smaller)."""
-    step = max(1, -(-n // IMAGE_BLOCKS))
+def image_blocks(n: int, nbytes: int) -> list[slice]:
+    """`n` images whose arrays take `nbytes` in contiguous blocks: :data:`IMAGE_BLOCKS` of them, fewer when the
+    blocks would be under :data:`MIN_BLOCK_BYTES` (one block for small arrays)."""
+    blocks = max(1, min(IMAGE_BLOCKS, n, -(-int(nbytes) // MIN_BLOCK_BYTES)))
+    step = -(-n // blocks)
     return [slice(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
 
