@@ -41,6 +41,8 @@ class FilterProblem:
     filter_size : int
     boundary : {"circular", "valid"}
     connectivity : bool array of shape (K, C), optional
+    maps_hat : array of shape (N, K, U, V), optional
+        The maps' transform when the caller made it (then `maps` only gives their dtype and trailing shape).
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class FilterProblem:
         *,
         boundary: Boundary = "circular",
         connectivity: Array | None = None,
+        maps_hat: Array | None = None,
     ):
         self.images = images
         self.op = FilterOperator(
@@ -60,6 +63,7 @@ class FilterProblem:
             boundary=boundary,
             connectivity=connectivity,
             n_channels=images.shape[1],
+            maps_hat=maps_hat,
         )
         self.backend = self.op.backend
         self._residual = GridResidual(images, self.op.grid, self.backend)

@@ -24,6 +24,7 @@ filters up to round-off. Arrays cross the shard boundary as host numpy arrays.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -101,10 +102,11 @@ class _ShardBase:
         return state
 
     def _code_stats(self, n_iter: int) -> CodeStats:
-        xp = self.bk.xp
-        return CodeStats(
-            self.penalty(self._maps), int(xp.count_nonzero(self._maps)), int(self._maps.size), n_iter, self.n_images
-        )
+        xp, maps = self.bk.xp, self._maps
+        # per image, a block of images at a time: |z| of all the maps at once would be a copy of them
+        per_image = [self.penalty.per_item(maps[b]) for b in image_blocks(maps.shape[0], maps.nbytes)]
+        penalty = float(np.concatenate(per_image).sum())
+        return CodeStats(penalty, int(xp.count_nonzero(maps)), int(maps.size), n_iter, self.n_images)
 
 
 class Shard(_ShardBase):
@@ -124,6 +126,11 @@ class Shard(_ShardBase):
         self._warm: Any = None
         self._filter_problem: FilterProblem | None = None
         self._consensus: ConsensusState | None = None
+        self._packed: PackedMaps | None = None  # the maps while the filters are updated, when sparse enough
+
+    def maps(self) -> np.ndarray:
+        self._unpack()
+        return super().maps()
 
     def code(self, filters: np.ndarray) -> CodeStats:
         """Inference with fixed filters, warm-started; never returns maps worse than the previous ones.
@@ -138,7 +145,7 @@ class Shard(_ShardBase):
         leave the maps at zero, and the filters, whose gradient they set, where they are, for ever).
         """
         f = self.bk.asarray(filters, dtype=self.images.dtype)
-        self._filter_problem = None  # its FFT of the old maps is stale: free it before the coding peak
+        self._unpack()  # and the FFT of the old maps, stale now, is freed before the coding peak
         op = ConvOperator(f, self.images.shape[-2:], boundary=self.config.boundary, connectivity=self.g)
         if self.config.inference.method == "admm":
             return self._code_admm_in_chunks(op)
@@ -182,13 +189,26 @@ class Shard(_ShardBase):
         return self._code_stats(max_iter)
 
     def _problem(self) -> FilterProblem:
+        if self._filter_problem is not None:  # the maps' FFTs are reused by every filter evaluation of the step
+            return self._filter_problem
         if self._maps is None:
             raise ValueError("the shard has no maps yet: call code(filters) first")
-        if self._filter_problem is None:  # the maps' FFTs are reused by every filter evaluation of the step
-            self._filter_problem = FilterProblem(
-                self.images, self._maps, self.layer.filter_size, boundary=self.config.boundary, connectivity=self.g
-            )
+        problem = functools.partial(
+            FilterProblem, self.images, filter_size=self.layer.filter_size, boundary=self.config.boundary
+        )
+        packed = PackedMaps.pack(self._maps) if self.bk.name == "numpy" else None
+        if packed is None:
+            self._filter_problem = problem(self._maps, connectivity=self.g)
+        else:  # sparse maps: while the filters are updated the shard holds their transform and their non-zeros
+            self._maps, self._packed = None, packed
+            self._filter_problem = problem(packed.template(), connectivity=self.g, maps_hat=packed.rfft2(self.bk))
         return self._filter_problem
+
+    def _unpack(self) -> None:
+        """The maps as an array again (and the filter step's transform of them freed first)."""
+        self._filter_problem = None
+        if self._packed is not None:
+            self._maps, self._packed = self._packed.dense(), None
 
     def value_and_gradient(self, filters: np.ndarray) -> tuple[float, np.ndarray]:
         """(½‖P Z f − y‖², Zᴴ(P Z f − y)) of this shard at `filters`."""
@@ -217,6 +237,7 @@ class Shard(_ShardBase):
         """The shard's maps and inference state as host arrays (what a checkpoint stores). With ``copy=False`` the
         arrays may be the shard's own (a caller that writes them out at once, before the next coding run, saves
         a copy of the duals)."""
+        self._unpack()
         return {
             "maps": None if self._maps is None else self.maps(),
             "warm": _to_host(self._warm, self.bk, copy=copy),
@@ -229,7 +250,73 @@ class Shard(_ShardBase):
         self._maps = None if maps is None else self.bk.asarray(maps)
         self._warm = _to_device(state.get("warm"), self.bk)
         self._consensus = _to_device(state.get("consensus"), self.bk)
-        self._filter_problem = None
+        self._filter_problem, self._packed = None, None
+
+
+@dataclass(frozen=True)
+class PackedMaps:
+    """Sparse maps as their non-zero entries: flat indices (int32 where they fit) and values, with each image's
+    first entry. Exact: :meth:`dense` gives the maps back bit for bit (a zero is +0 either way).
+
+    A shard keeps its maps so while it updates its filters, when at most :data:`PACK_DENSITY` of them is non-zero:
+    the filter step needs only their transform, and the next coding step the maps themselves.
+    """
+
+    shape: tuple[int, ...]
+    index: np.ndarray
+    values: np.ndarray
+    starts: np.ndarray
+
+    @classmethod
+    def pack(cls, maps: np.ndarray) -> PackedMaps | None:
+        """The packed `maps` (N, K, H', W') (host numpy), or None when more than PACK_DENSITY of them is non-zero."""
+        n = maps.shape[0]
+        counts = np.count_nonzero(maps.reshape(n, -1), axis=1)
+        if counts.sum() > PACK_DENSITY * maps.size:
+            return None
+        row = maps[0].size
+        dtype = np.int32 if maps.size < 2**31 else np.int64
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        index, values = np.empty(int(starts[-1]), dtype=dtype), np.empty(int(starts[-1]), dtype=maps.dtype)
+        for block in image_blocks(n, maps.nbytes):  # a block at a time: the int64 indices of one block only
+            flat = maps[block].reshape(-1)
+            where = np.flatnonzero(flat)
+            lo, hi = starts[block.start], starts[block.stop]
+            index[lo:hi] = where + block.start * row
+            values[lo:hi] = flat[where]
+        return cls(tuple(maps.shape), index, values, starts)
+
+    def rows(self, lo: int, hi: int) -> np.ndarray:
+        """Images ``lo:hi`` as a dense array."""
+        row = int(np.prod(self.shape[1:]))
+        out = np.zeros((hi - lo) * row, dtype=self.values.dtype)
+        a, b = self.starts[lo], self.starts[hi]
+        out[self.index[a:b] - lo * row] = self.values[a:b]
+        return out.reshape((hi - lo, *self.shape[1:]))
+
+    def dense(self) -> np.ndarray:
+        return self.rows(0, self.shape[0])
+
+    def template(self) -> np.ndarray:
+        """An array of no image with the maps' dtype and trailing shape."""
+        return np.empty((0, *self.shape[1:]), dtype=self.values.dtype)
+
+    def rfft2(self, bk: Backend) -> Array:
+        """rfft2 of the maps over their own grid, a block of images at a time (the same transform per image)."""
+        n = self.shape[0]
+        nbytes = n * int(np.prod(self.shape[1:])) * self.values.dtype.itemsize
+        out = None
+        for block in image_blocks(n, nbytes):
+            part = bk.rfft2(self.rows(block.start, block.stop), self.shape[-2:])
+            if out is None:
+                out = bk.xp.empty((n, *part.shape[1:]), dtype=part.dtype)
+            out[block] = part
+        return out
+
+
+#: Maps with at most this fraction of non-zeros are packed during a filter update (8 bytes per non-zero of
+#: float32 maps with int32 indices: at most 0.4 of the maps' bytes).
+PACK_DENSITY = 0.2
 
 
 class PixelShard(_ShardBase):

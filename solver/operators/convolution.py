@@ -231,6 +231,9 @@ class FilterOperator:
     connectivity : bool array of shape (K, C), optional
     n_channels : int
         C (needed when `connectivity` is omitted).
+    maps_hat : array of shape (N, K, U, V), optional
+        rfft2 of the maps on the grid, when the caller made it (then `maps` only gives their dtype and trailing
+        shape: a shard keeps its maps packed while it updates its filters).
 
     Attributes
     ----------
@@ -247,6 +250,7 @@ class FilterOperator:
         boundary: Boundary = "circular",
         connectivity: Array | None = None,
         n_channels: int = 1,
+        maps_hat: Array | None = None,
     ):
         self.backend: Backend = backend_of(maps)
         self.dtype = maps.dtype
@@ -261,7 +265,7 @@ class FilterOperator:
         self.n_channels = int(connectivity.shape[1]) if connectivity is not None else int(n_channels)
         self.connectivity = connectivity
         self.connections: Connections = connections(connectivity, self.n_filters, self.n_channels, self.backend.xp)
-        self.maps_hat = _rfft2_in_blocks(self.backend, maps, self.grid.shape)
+        self.maps_hat = _rfft2_in_blocks(self.backend, maps, self.grid.shape) if maps_hat is None else maps_hat
 
     @property
     def boundary(self) -> Boundary:

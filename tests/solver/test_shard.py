@@ -8,7 +8,7 @@ import pytest
 from solver import LayerSpec, LearnConfig
 from solver.config import AdmmConfig, FilterUpdateConfig, FistaConfig, ZeilerConfig
 from solver.models.learn import alternate, initial_filters
-from solver.models.shard import LocalPool, Shard
+from solver.models.shard import LocalPool, PackedMaps, Shard
 
 INFERENCE = {"admm": AdmmConfig(max_iter=5), "fista": FistaConfig(max_iter=5), "zeiler": ZeilerConfig()}
 
@@ -159,3 +159,35 @@ def test_admm_coding_in_chunks_is_the_coding_of_the_whole_batch(rng, monkeypatch
         np.testing.assert_array_equal(dual, runs[0][1])
         np.testing.assert_array_equal(rho, runs[0][2])
         assert stats == runs[0][3]
+
+
+@pytest.mark.parametrize("update", ["fista", "cg", "consensus"])
+@pytest.mark.parametrize("method", ["admm", "fista"])
+def test_packing_the_maps_for_the_filter_step_changes_no_bit(rng, monkeypatch, method, update):
+    """Sparse maps are held as their non-zeros while the filters are updated (memory): the run is the same."""
+    import solver.models.shard as shard_module  # noqa: PLC0415
+
+    images = rng.standard_normal((5, 1, 12, 11)).astype(np.float32)
+    config = _config(method, "circular", update=update)
+    runs = []
+    for density in (0.0, 1.0):  # never packed (the maps are not all zero), always packed
+        monkeypatch.setattr(shard_module, "PACK_DENSITY", density)
+        shard = Shard(images, config, None, "numpy")
+        f0 = initial_filters(3, 1, 3, seed=0, norm="filter", dtype=images.dtype)
+        filters, history, _ = alternate(LocalPool([shard]), config, f0)
+        runs.append((filters, history, shard.maps(), shard._packed))
+    (f_dense, h_dense, m_dense, _), (f_packed, h_packed, m_packed, packed) = runs
+    np.testing.assert_array_equal(f_packed, f_dense)
+    assert h_packed == h_dense
+    np.testing.assert_array_equal(m_packed, m_dense)
+    assert packed is None  # maps() gave the array back
+
+
+def test_packed_maps_give_back_every_image_exactly(rng):
+    maps = rng.standard_normal((4, 3, 5, 6)).astype(np.float32)
+    maps[np.abs(maps) < 1.5] = 0.0  # about 13 % non-zero
+    packed = PackedMaps.pack(maps)
+    assert packed.index.dtype == np.int32 and packed.values.size == np.count_nonzero(maps)
+    np.testing.assert_array_equal(packed.dense(), maps)
+    np.testing.assert_array_equal(packed.rows(1, 3), maps[1:3])
+    assert PackedMaps.pack(np.ones((2, 3, 5, 6), np.float32)) is None  # dense maps stay as they are

@@ -408,7 +408,10 @@ print(json.dumps([{{"state": a["State"], "node_id": a["Address"]["NodeID"], "pid
             process = self.processes.get(name)
             if process is not None:
                 stop_session(process)
-        shutil.rmtree(self.root, ignore_errors=True)  # Ray's session folders, the logs, the service's data
+        if os.environ.get("DECONV_KEEP_CLUSTER_LOGS"):  # for a look at the nodes' and services' logs afterwards
+            logger.warning("the two-node harness left its folder %s", self.root)
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)  # Ray's session folders, the logs, the service's data
 
     def __enter__(self) -> TwoNodeCluster:
         return self

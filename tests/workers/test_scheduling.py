@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
 SPEC = {
     "layers": [{"n_filters": 4, "filter_size": 5, "lam": 0.5}],
-    "n_iter": 6,
+    "n_iter": 4,
     "inference": {"method": "admm", "max_iter": 10},
     "filter_update": {"max_iter": 5},
     "seed": 2,
@@ -37,7 +37,7 @@ def store(tmp_path) -> JobStore:
 
 
 def _dataset(store: JobStore, n: int = 2) -> str:
-    images = np.random.default_rng(5).standard_normal((n, 1, 32, 32)).astype(np.float32)
+    images = np.random.default_rng(5).standard_normal((n, 1, 24, 24)).astype(np.float32)
     return store.add_dataset([(f"image-{i}", image) for i, image in enumerate(images)]).id
 
 
@@ -106,7 +106,7 @@ def test_a_job_waits_whole_in_the_queue_and_the_younger_ones_wait_behind_it(stor
     if ray_session.resources.get("CPU", 0) != 2:
         pytest.skip(f"sized for a 2-CPU cluster, this one has {ray_session.resources.get('CPU')}")
     dataset_id = _dataset(store)
-    small = _submit(store, dataset_id, workers=1, n_iter=10)
+    small = _submit(store, dataset_id, workers=1, n_iter=8)
     wide = _submit(store, dataset_id, workers=2)  # needs both CPUs: waits until `small` ends
     behind = _submit(store, dataset_id, workers=1)  # would fit beside `small`, but `wide` is older
     runner = JobRunner(store, checkpoint_every=0, actor_cpus=1.0, max_running=2, poll_interval=0.05)
@@ -140,7 +140,7 @@ def test_a_cancelled_waiting_job_gives_its_turn_to_the_next(store, ray_session):
     if ray_session.resources.get("CPU", 0) != 2:
         pytest.skip(f"sized for a 2-CPU cluster, this one has {ray_session.resources.get('CPU')}")
     dataset_id = _dataset(store)
-    wide = _submit(store, dataset_id, workers=2, n_iter=12)
+    wide = _submit(store, dataset_id, workers=2, n_iter=8)
     waiting = _submit(store, dataset_id, workers=2)
     behind = _submit(store, dataset_id, workers=1)
     runner = JobRunner(store, checkpoint_every=0, actor_cpus=1.0, max_running=2, poll_interval=0.05)
@@ -157,3 +157,26 @@ def test_a_cancelled_waiting_job_gives_its_turn_to_the_next(store, ray_session):
     assert [j.status for j in jobs] == ["succeeded", "cancelled", "succeeded"], [j.error for j in jobs]
     assert jobs[1].attempts == 0  # never started
     assert jobs[2].started_at >= jobs[0].finished_at
+
+
+def test_cancelling_one_of_two_running_jobs_leaves_the_other_running(store, ray_session):
+    if ray_session.resources.get("CPU", 0) != 2:
+        pytest.skip(f"sized for a 2-CPU cluster, this one has {ray_session.resources.get('CPU')}")
+    dataset_id = _dataset(store)
+    cancelled, kept = (_submit(store, dataset_id, workers=1, n_iter=8, seed=seed) for seed in (1, 2))
+    runner = JobRunner(store, checkpoint_every=0, actor_cpus=1.0, max_running=2, poll_interval=0.05)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not all(
+            store.get_job(i).progress.iteration >= 1 for i in (cancelled, kept)
+        ):
+            time.sleep(0.05)
+        assert sorted(runner.running) == sorted([cancelled, kept])
+        store.request_cancel(cancelled)
+        first, second = _wait_all_ended(store, [cancelled, kept])
+    finally:
+        runner.stop()
+    assert (first.status, second.status) == ("cancelled", "succeeded"), second.error
+    assert first.progress.iteration < 8  # stopped mid-run
+    assert second.progress.iteration == 8 and second.attempts == 1

@@ -16,6 +16,7 @@ root, no ``unshare``, no moto).
 from __future__ import annotations
 
 import io
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -34,6 +35,8 @@ from workers.jobs.runner import part_name
 
 httpx2 = pytest.importorskip("httpx2")
 pytest.importorskip("ray")
+
+logger = logging.getLogger(__name__)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -224,6 +227,9 @@ def test_three_jobs_two_at_a_time_none_lost_each_once(cluster, on_cluster):
     assert [j["attempts"] for j in jobs] == [1, 1, 1]
     start = [_time(j["started_at"]) for j in jobs]
     end = [_time(j["finished_at"]) for j in jobs]
+    t0 = min(_time(j["created_at"]) for j in jobs)
+    spans = [(round(s - t0, 1), round(e - t0, 1)) for s, e in zip(start, end, strict=True)]
+    logger.info("three jobs, (start, end) in s after submission: %s", spans)
     assert max(start[0], start[1]) < min(end[0], end[1])  # the two oldest ran side by side
     assert start[2] >= min(end[0], end[1])  # the third waited for one of them
     listed = {j["id"] for j in on_cluster.client.get("/jobs", params={"limit": 100}).json()["items"]}

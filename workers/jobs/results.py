@@ -30,7 +30,7 @@ from .store import JobStore
 
 INDEX = "shards.json"
 _CHUNK = 1 << 22
-_BATCH_BYTES = 1 << 25  # rows read at once while streaming a zip
+_BATCH_BYTES = 1 << 23  # rows read at once while streaming a zip
 
 
 class ResultsNotStoredError(LookupError):
@@ -87,14 +87,15 @@ class _Pipe(io.RawIOBase):
     """A write-only, non-seekable file whose bytes are taken out as they come (zipfile writes data descriptors)."""
 
     def __init__(self) -> None:
-        self._chunks: list[bytes] = []
+        self._chunks: list[memoryview] = []
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:
-        self._chunks.append(bytes(data))
-        return len(data)
+        view = memoryview(data)  # kept as is until take(): the image it shows is alive until the next batch
+        self._chunks.append(view)
+        return view.nbytes
 
     def take(self) -> bytes:
         out = b"".join(self._chunks)

@@ -43,6 +43,7 @@ import logging
 import re
 import threading
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -214,10 +215,12 @@ class JobRunner:
             return False
         if self._waiting is None:
             try:
-                self._waiting = (job.id, reserve(self._request(job), name=f"deconv-job-{job.id}"))
+                request = self._request(job)
             except ValueError as exc:  # a job that cannot run here: it fails now rather than waiting for ever
                 self._fail_queued(job.id, exc)
                 return True
+            # a name of its own per reservation: a dead service's group of the same job may not be gone yet
+            self._waiting = (job.id, reserve(request, name=f"deconv-job-{job.id}-{uuid.uuid4().hex[:8]}"))
         job_id, placement = self._waiting
         if not is_ready(placement):
             if self._told_waiting != job_id:
