@@ -1,10 +1,12 @@
 """``deconv learn``: one learning job on a Ray cluster, run from this process (no service).
 
-The job file or preset gives the config and the images; the coordinator runs the alternating loop over the shard
-actors with checkpoints in ``OUT/checkpoints``; ``OUT`` receives ``filters.npy`` (K, C, s, s) float32,
-``history.json`` and ``filters.png``. The first Ctrl-C stops after the current outer iteration (a checkpoint to
-``--resume`` from), the second interrupts. :mod:`api.cli` imports this module only for ``learn``, so the other
-commands do not load Ray or the solver.
+The job file or preset gives the config and the images (a folder, or an fsspec URL such as ``s3://bucket/imgs/``:
+each shard actor reads its own images from there, on whatever node it runs); the coordinator runs the alternating
+loop over the shard actors with checkpoints in ``OUT/checkpoints``, each actor writing its own part; ``OUT`` (a
+folder or an fsspec URL, written through :class:`workers.jobs.objects.ObjectStore`) receives ``filters.npy``
+(K, C, s, s) float32, ``history.json`` and ``filters.png``. The first Ctrl-C stops after the current outer
+iteration (a checkpoint to ``--resume`` from), the second interrupts. :mod:`api.cli` imports this module only for
+``learn``, so the other commands do not load Ray or the solver.
 """
 
 from __future__ import annotations
@@ -17,13 +19,12 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 
 from solver.images.pictures import filter_montage, png_bytes
-from workers.distributed.checkpoint import atomic_write_bytes, npy_bytes
 from workers.jobs.jobfile import load_job_file
+from workers.jobs.objects import ObjectStore, npy_bytes
 
 from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
@@ -62,18 +63,19 @@ def learn(args: argparse.Namespace) -> int:
     from workers.distributed.coordinator import Coordinator, JobFailedError  # noqa: PLC0415
 
     workers = args.workers or job.workers or 1
-    out: Path = args.out
     stop = threading.Event()
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out = ObjectStore(str(args.out))
         coordinator = Coordinator(
             paths,
             config,
             workers=workers,
-            checkpoint_dir=out / "checkpoints",
+            checkpoint_dir=out.child("checkpoints"),
             checkpoint_every=args.checkpoint_every,
             max_failures=args.max_failures,
             cluster=ClusterConfig(address=args.address),
+            actor_cpus=_actor_cpus(args),
+            gather_maps=False,  # only the filters are written: the maps stay in the actors
         )
         context = connect(coordinator.cluster)
         try:
@@ -89,7 +91,7 @@ def learn(args: argparse.Namespace) -> int:
         _error(f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc).strip().splitlines()[-1])
         return EXIT_USAGE
     _write_outputs(out, result)
-    sys.stdout.write(f"wrote filters.npy, history.json and filters.png to {out.resolve()}\n")
+    sys.stdout.write(f"wrote filters.npy, history.json and filters.png to {out.url}\n")
     if stop.is_set():
         _error(f"interrupted after outer iteration {len(result.history)}; run again with --resume to go on")
         return EXIT_INTERRUPTED
@@ -130,8 +132,19 @@ def _stop_on_interrupt(stop: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _write_outputs(out: Path, result) -> None:
-    atomic_write_bytes(out / "filters.npy", npy_bytes(result.filters.astype(np.float32)))
+def _actor_cpus(args: argparse.Namespace) -> float:
+    """``--cpus-per-worker``, else 1 CPU per shard actor on a cluster this command joins (Ray then places the actors
+    on nodes with free CPUs, never on a head that offers none) and 0 on its private cluster (the machine is its own)."""
+    from workers.distributed.cluster import LOCAL, ClusterConfig  # noqa: PLC0415
+
+    given = getattr(args, "cpus_per_worker", None)
+    if given is not None:
+        return float(given)
+    return 0.0 if ClusterConfig(address=args.address).resolved_address() == LOCAL else 1.0
+
+
+def _write_outputs(out: ObjectStore, result) -> None:
+    out.write("filters.npy", npy_bytes(result.filters.astype(np.float32)))
     history = [{"iteration": s.iteration, "objective": s.objective} for s in result.stats]
-    atomic_write_bytes(out / "history.json", json.dumps(history, indent=1).encode())
-    atomic_write_bytes(out / "filters.png", png_bytes(filter_montage(result.filters)))
+    out.write("history.json", json.dumps(history, indent=1).encode())
+    out.write("filters.png", png_bytes(filter_montage(result.filters)))

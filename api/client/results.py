@@ -93,6 +93,24 @@ class ResultMethods(Connection):
         """
         return load_npz(self._request("GET", f"/jobs/{job_id}/maps", params=params(layer=layer)).content)
 
+    def image_maps(self, job_id: str, image: int, layer: int | None = None) -> np.ndarray:
+        """The feature maps of one training image, without the others.
+
+        Parameters
+        ----------
+        job_id : str
+        image : int
+            Its index in the dataset (0-based).
+        layer : int, optional
+            Default: the top layer.
+
+        Returns
+        -------
+        ndarray of shape (K, H', W')
+        """
+        response = self._request("GET", f"/jobs/{job_id}/maps", params=params(layer=layer, image=image))
+        return load_npy(response.content)
+
     def reconstructions(self, job_id: str) -> np.ndarray:
         """The training images rebuilt from the top layer's maps (in the preprocessed space).
 

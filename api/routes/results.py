@@ -1,20 +1,26 @@
 """What a job produced: ``/jobs/{id}/filters``, ``/maps``, ``/reconstructions``, ``/history``, ``/artifacts``.
 
-Artifacts are immutable and named by their sha256, so they are served with it as ETag and cached for a year.
-Route functions carry no docstring: FastAPI would publish it as the operation's description.
+Artifacts are immutable and named by their sha256, so they are served with it as ETag and cached for a year,
+streamed from the store a few MiB at a time. The per-image results (maps, reconstructions) are stored in one part
+per shard (:mod:`workers.jobs.results`): they are streamed from those parts, so the service never holds a whole
+dataset's maps. Route functions carry no docstring: FastAPI would publish it as the operation's description.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Iterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from solver.images.pictures import history_plot
 from workers.jobs.artifacts import ArtifactCorruptError
-from workers.jobs.store import JobStore
+from workers.jobs.objects import npy_bytes
+from workers.jobs.results import INDEX, ResultIndex, ResultsNotStoredError, etag, image_rows, maps_zip, stacked_npy
+from workers.jobs.store import ArtifactRecord, JobStore
 
 from ..deps import StoreDep, guarded
 from ..schemas import ArtifactOut
@@ -41,13 +47,35 @@ def get_filters(
 
 
 @router.get(
-    "/jobs/{job_id}/maps", responses={200: {"content": {NPZ: {}}, "description": "one (K, H', W') array per image"}}
+    "/jobs/{job_id}/maps",
+    responses={
+        200: {
+            "content": {NPZ: {}, NPY: {}},
+            "description": "one (K, H', W') array per image (npz), or with ?image=i that image's (K, H', W') npy",
+        }
+    },
 )
 def get_maps(
-    request: Request, job_id: JobId, store: StoreDep, layer: Annotated[int | None, Query(ge=1)] = None
+    request: Request,
+    job_id: JobId,
+    store: StoreDep,
+    layer: Annotated[int | None, Query(ge=1)] = None,
+    image: Annotated[int | None, Query(ge=0, description="one image's maps only, by its index")] = None,
 ) -> Response:
     layer = check_layer(succeeded_job(store, job_id, "maps"), layer)
-    return artifact_response(request, store, job_id, f"maps-L{layer}.npz")
+    if image is None and store.artifact(job_id, INDEX) is None and store.artifact(job_id, f"maps-L{layer}.npz"):
+        return artifact_response(request, store, job_id, f"maps-L{layer}.npz")  # a job finished by an older deconv
+    index = _index(store, job_id)
+    parts = index.maps(store, job_id, layer)
+    if image is not None and image >= index.n_images:
+        raise HTTPException(422, f"image must be below the job's {index.n_images} images, got {image}")
+    tag = etag(parts, layer, image)
+    headers = _cache_headers(tag, f"{job_id}-maps-L{layer}" + (".npz" if image is None else f"-{image:05d}.npy"))
+    if _etag_matches(request.headers.get("if-none-match"), tag):
+        return Response(status_code=304, headers=headers)
+    if image is not None:
+        return Response(npy_bytes(image_rows(parts, image, image + 1)[0]), media_type=NPY, headers=headers)
+    return StreamingResponse(maps_zip(parts), media_type=NPZ, headers=headers)
 
 
 @router.get(
@@ -60,7 +88,29 @@ def get_reconstructions(
     request: Request, job_id: JobId, store: StoreDep, format: Annotated[Literal["npy", "png"], Query()] = "npy"
 ) -> Response:  # noqa: A002
     succeeded_job(store, job_id, "reconstructions")
-    return artifact_response(request, store, job_id, f"reconstructions.{format}")
+    if format == "png" or (store.artifact(job_id, INDEX) is None and store.artifact(job_id, "reconstructions.npy")):
+        return artifact_response(request, store, job_id, f"reconstructions.{format}")
+    parts = _index(store, job_id).reconstruction_parts(store, job_id)
+    tag = etag(parts, "reconstructions")
+    headers = _cache_headers(tag, f"{job_id}-reconstructions.npy")
+    if _etag_matches(request.headers.get("if-none-match"), tag):
+        return Response(status_code=304, headers=headers)
+    return StreamingResponse(stacked_npy(parts), media_type=NPY, headers=headers)
+
+
+def _index(store: JobStore, job_id: str) -> ResultIndex:
+    try:
+        return ResultIndex.load(store, job_id)
+    except ResultsNotStoredError as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+def _cache_headers(etag: str, filename: str) -> dict[str, str]:
+    return {
+        "ETag": etag,
+        "Cache-Control": "private, max-age=31536000, immutable",
+        "Content-Disposition": f'attachment; filename="{filename}"',
+    }
 
 
 @router.get("/jobs/{job_id}/history", responses={200: {"content": {"application/json": {}, PNG: {}}}})
@@ -120,20 +170,44 @@ def artifact_response(request: Request, store: JobStore, job_id: str, name: str)
     record = store.artifact(job_id, name)
     if record is None:
         raise HTTPException(404, f"job {job_id} has no artifact {name!r}")
-    etag = f'"{record.key[:64]}"'
-    headers = {
-        "ETag": etag,
-        "Cache-Control": "private, max-age=31536000, immutable",
-        "Content-Disposition": f'attachment; filename="{job_id}-{name}"',
-    }
-    if _etag_matches(request.headers.get("if-none-match"), etag):
+    tag = f'"{record.key[:64]}"'
+    headers = _cache_headers(tag, f"{job_id}-{name}")
+    if _etag_matches(request.headers.get("if-none-match"), tag):
         return Response(status_code=304, headers=headers)
+    if record.size <= _STREAM_ABOVE:
+        try:
+            data = store.artifacts.get(record.key)
+        except ArtifactCorruptError as exc:
+            logger.error("%s", exc)
+            raise HTTPException(500, f"artifact {name!r} of job {job_id} is damaged in the store") from None
+        return Response(data, media_type=record.media_type, headers=headers)
     try:
-        data = store.artifacts.get(record.key)
-    except ArtifactCorruptError as exc:
-        logger.error("%s", exc)
+        fh = store.artifacts.location(record.key).open()
+    except OSError:
+        logger.error("artifact %s of job %s is missing from the store", record.key, job_id)
         raise HTTPException(500, f"artifact {name!r} of job {job_id} is damaged in the store") from None
-    return Response(data, media_type=record.media_type, headers=headers)
+    headers["Content-Length"] = str(record.size)
+    return StreamingResponse(_verified_chunks(fh, record), media_type=record.media_type, headers=headers)
+
+
+_STREAM_ABOVE = 1 << 24  # bytes: a larger artifact (a shard's part of the maps) is streamed, not read whole
+_CHUNK = 1 << 22
+
+
+def _verified_chunks(fh, record: ArtifactRecord) -> Iterator[bytes]:
+    """The artifact's bytes a chunk at a time, hashed on the way: a mismatch ends the transfer short of its
+    Content-Length, so a client never takes damaged bytes for the artifact."""
+    digest, held = hashlib.sha256(), b""
+    with fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+            if held:
+                yield held
+            held = chunk  # the last chunk goes out only once the whole has been verified
+    if digest.hexdigest() != record.key[:64]:
+        logger.error("artifact %s is damaged in the store: its bytes hash to %s", record.key, digest.hexdigest())
+        raise ArtifactCorruptError(f"artifact {record.key} is corrupt")
+    yield held
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..algorithms import make_solver
-from ..algorithms.admm import Admm
+from ..algorithms.admm import Admm, AdmmWarmStart
 from ..algorithms.base import run
 from ..algorithms.consensus import ConsensusState, consensus_local_step
 from ..algorithms.filter_update import FilterProblem
@@ -40,6 +40,7 @@ from ..algorithms.problem import POWER_ITER, POWER_ITER_WARM, CSCProblem, PixelC
 from ..backend import Array, Backend, backend_of, get_backend
 from ..config import FistaConfig, LearnConfig
 from ..operators.convolution import ConvOperator, FilterOperator
+from ..operators.pairs import image_blocks
 from ..operators.pixel_path import LowerLayer, PixelPath
 from ..operators.pooling import keep_block_maxima
 from ..operators.prox import LpPenalty
@@ -127,24 +128,58 @@ class Shard(_ShardBase):
     def code(self, filters: np.ndarray) -> CodeStats:
         """Inference with fixed filters, warm-started; never returns maps worse than the previous ones.
 
-        Exactly ``config.inference.max_iter`` iterations. ADMM keeps only its current iterate (updated in place,
-        so that the peak memory is a few arrays of the maps' size), and per image the maps it started from are
-        kept when the run ends above their E. The other methods keep, per image, the iterate of lowest E among
-        the start and every step: the β continuation of ``zeiler`` can end above an earlier stage, and even
-        above the start (a first coding step from zero maps that ended above E(0) would leave the maps at zero,
-        and the filters, whose gradient they set, where they are, for ever).
+        Exactly ``config.inference.max_iter`` iterations. ADMM keeps only its current iterate (updated in place),
+        and per image the maps it started from are kept when the run ends above their E. It codes the images in
+        groups (:func:`~solver.operators.pairs.image_blocks`: up to 8, of at least 8 MiB of maps; they are
+        independent problems, each with its own ρ, so the result is that of one batch): besides the maps and
+        duals the shard keeps, its peak is a few arrays of a group's size. The other methods keep, per image, the
+        iterate of lowest E among the start and every step: the β continuation of ``zeiler`` can end above an
+        earlier stage, and even above the start (a first coding step from zero maps that ended above E(0) would
+        leave the maps at zero, and the filters, whose gradient they set, where they are, for ever).
         """
         f = self.bk.asarray(filters, dtype=self.images.dtype)
         self._filter_problem = None  # its FFT of the old maps is stale: free it before the coding peak
         op = ConvOperator(f, self.images.shape[-2:], boundary=self.config.boundary, connectivity=self.g)
+        if self.config.inference.method == "admm":
+            return self._code_admm_in_chunks(op)
         solver = make_solver(CSCProblem(self.images, op, self.penalty), self.config.inference)
         state = solver.init(self._maps, warm=self._warm)
-        self._warm = None  # the run owns (and overwrites) the duals now
-        if isinstance(solver, Admm):
-            self._warm = self._steps_never_worse(solver, state).warm_start()
-        else:  # the others start cold
-            self._maps = run(solver, state, stop_early=False).maps
+        self._warm = None
+        self._maps = run(solver, state, stop_early=False).maps  # the others start cold
         return self._code_stats(solver.max_iter)
+
+    def _code_admm_in_chunks(self, op: ConvOperator) -> CodeStats:
+        warm, self._warm = self._warm, None  # the runs own (and overwrite) the duals now
+        previous = self._maps  # None before the first run: each chunk then starts from zero maps
+        maps, dual, rho, aux_dual = previous, None, [], None
+        n, xp = self.n_images, self.bk.xp
+        maps_bytes = n * op.n_filters * int(np.prod(op.map_shape)) * self.images.dtype.itemsize
+        step = image_blocks(n, maps_bytes)[0].stop
+        max_iter = 0
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            solver = make_solver(CSCProblem(self.images[lo:hi], op, self.penalty), self.config.inference)
+            start = None if warm is None else _warm_rows(warm, lo, hi)
+            state = solver.init(None if previous is None else previous[lo:hi], warm=start)
+            state = self._steps_never_worse(solver, state)
+            if maps is None:  # the first coding run: the shard's arrays are made here, once
+                maps = xp.empty((n, *self._maps.shape[1:]), dtype=self._maps.dtype)
+            if dual is None:
+                dual = warm.dual if warm is not None else xp.empty_like(maps)
+                if state.dual.shape[1:] != dual.shape[1:]:  # a warm start of other shapes was not used
+                    dual = xp.empty((n, *state.dual.shape[1:]), dtype=state.dual.dtype)
+            maps[lo:hi] = self._maps  # a no-op where the run kept the chunk's start in place
+            dual[lo:hi] = state.dual  # the fused run wrote it in place already: then a no-op too
+            if state.aux_dual is not None:
+                if aux_dual is None:
+                    aux_dual = xp.empty((n, *state.aux_dual.shape[1:]), dtype=state.aux_dual.dtype)
+                aux_dual[lo:hi] = state.aux_dual
+            rho.append(state.rho)
+            max_iter = solver.max_iter
+            del state, solver
+        self._maps = maps
+        self._warm = AdmmWarmStart(np.concatenate(rho), dual, aux_dual)
+        return self._code_stats(max_iter)
 
     def _problem(self) -> FilterProblem:
         if self._maps is None:
@@ -178,12 +213,14 @@ class Shard(_ShardBase):
         op = ConvOperator(f, self.images.shape[-2:], boundary=self.config.boundary, connectivity=self.g)
         return analysis_max(op, self.images, self.bk)
 
-    def state(self) -> dict[str, Any]:
-        """The shard's maps and inference state as host arrays (what a checkpoint stores)."""
+    def state(self, *, copy: bool = True) -> dict[str, Any]:
+        """The shard's maps and inference state as host arrays (what a checkpoint stores). With ``copy=False`` the
+        arrays may be the shard's own (a caller that writes them out at once, before the next coding run, saves
+        a copy of the duals)."""
         return {
             "maps": None if self._maps is None else self.maps(),
-            "warm": _to_host(self._warm, self.bk),
-            "consensus": _to_host(self._consensus, self.bk),
+            "warm": _to_host(self._warm, self.bk, copy=copy),
+            "consensus": _to_host(self._consensus, self.bk, copy=copy),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -293,7 +330,7 @@ class PixelShard(_ShardBase):
         op = ConvOperator(f, self.path.input_shape, boundary=self.config.boundary, connectivity=self.g)
         return analysis_max(op, self.images, self.bk, self.path)
 
-    def state(self) -> dict[str, Any]:
+    def state(self, *, copy: bool = True) -> dict[str, Any]:
         """The maps and the power vectors of the step sizes (a resumed run takes the same steps)."""
         power = None if self._power is None else self.bk.to_host(self._power)
         return {"maps": None if self._maps is None else self.maps(), "warm": power, "consensus": None}
@@ -303,6 +340,12 @@ class PixelShard(_ShardBase):
         self._maps = None if maps is None else self.bk.asarray(maps)
         self._power = None if power is None else self.bk.asarray(power, dtype=self.images.dtype)
         self._filter_op = None
+
+
+def _warm_rows(warm: AdmmWarmStart, lo: int, hi: int) -> AdmmWarmStart:
+    """The warm start of images ``lo:hi`` (views: the run writes their new duals in place)."""
+    aux = None if warm.aux_dual is None else warm.aux_dual[lo:hi]
+    return AdmmWarmStart(np.asarray(warm.rho)[lo:hi], warm.dual[lo:hi], aux)
 
 
 def iterate_steps(solver: Any, state: Any, n_iter: int) -> Any:
@@ -335,13 +378,14 @@ def keep_better(maps: Array, E: np.ndarray, maps0: Array, E0: np.ndarray) -> Arr
     return xp.where(xp.asarray(worse.reshape((-1,) + (1,) * (maps.ndim - 1))), maps0, maps)
 
 
-def _to_host(obj: Any, bk: Backend) -> Any:
+def _to_host(obj: Any, bk: Backend, *, copy: bool = True) -> Any:
     """A solver state (frozen dataclass of arrays and scalars) with every array copied to the host (copied on
-    the host too: the next coding run overwrites the duals of the shard)."""
+    the host too unless `copy` is False: the next coding run overwrites the duals of the shard)."""
     if obj is None or not hasattr(obj, "__dataclass_fields__"):
         return obj
     fields = {k: getattr(obj, k) for k in obj.__dataclass_fields__}
-    converted = {k: (np.array(bk.to_host(v)) if hasattr(v, "shape") else v) for k, v in fields.items()}
+    host = (lambda v: np.array(bk.to_host(v))) if copy else bk.to_host
+    converted = {k: (host(v) if hasattr(v, "shape") else v) for k, v in fields.items()}
     return type(obj)(**converted)
 
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..backend import Array, Backend, backend_of
 from .linalg import ShiftedNormalFactor
-from .pairs import Connections, PairFactor, analyse_hat, connections, synthesize_hat  # noqa: F401  (re-exported)
+from .pairs import Connections, PairFactor, analyse_hat, connections, image_blocks, synthesize_hat  # noqa: F401  (re-exported)
 
 Boundary = Literal["circular", "valid"]
 BOUNDARIES: tuple[str, ...] = ("circular", "valid")
@@ -261,7 +261,7 @@ class FilterOperator:
         self.n_channels = int(connectivity.shape[1]) if connectivity is not None else int(n_channels)
         self.connectivity = connectivity
         self.connections: Connections = connections(connectivity, self.n_filters, self.n_channels, self.backend.xp)
-        self.maps_hat = self.backend.rfft2(maps, self.grid.shape)
+        self.maps_hat = _rfft2_in_blocks(self.backend, maps, self.grid.shape)
 
     @property
     def boundary(self) -> Boundary:
@@ -315,3 +315,19 @@ def parseval_weights(grid: tuple[int, int], xp, dtype) -> Array:
     if W % 2 == 0:
         w[-1] = 1.0
     return xp.asarray(w / (grid[0] * grid[1]), dtype=dtype)
+
+
+def _rfft2_in_blocks(bk: Backend, maps: Array, shape: tuple[int, int]) -> Array:
+    """rfft2 of (N, K, H', W') maps a few images at a time into one array: the transform's temporaries are a
+    fraction of the maps (each image's transform is the same)."""
+    if bk.name != "numpy":
+        return bk.rfft2(maps, shape)
+    blocks = image_blocks(maps.shape[0], maps.nbytes)
+    first = bk.rfft2(maps[blocks[0]], shape)
+    if len(blocks) == 1:
+        return first
+    out = bk.xp.empty((maps.shape[0], *first.shape[1:]), dtype=first.dtype)
+    out[blocks[0]] = first
+    for block in blocks[1:]:
+        out[block] = bk.rfft2(maps[block], shape)
+    return out

@@ -47,9 +47,29 @@ _POWER_SAFETY = 1.05
 def synthesize_hat(filters_hat: Array, maps_hat: Array) -> Array:
     """Σ_k f̂[k, c] · ẑ[n, k]: (K, C, U, V) × (N, K, U, V) -> (N, C, U, V)."""
     xp = backend_of(maps_hat).xp
-    if filters_hat.shape[1] == 1:  # one channel: a plain multiply-reduce, no einsum loop overhead
-        return xp.sum(filters_hat[None, :, 0] * maps_hat, axis=1, keepdims=True)
-    return xp.einsum("kcuv,nkuv->ncuv", filters_hat, maps_hat)
+    if filters_hat.shape[1] != 1:
+        return xp.einsum("kcuv,nkuv->ncuv", filters_hat, maps_hat)
+    # one channel: a plain multiply-reduce, no einsum loop overhead; a few images at a time, so that its product
+    # is a fraction of the maps (the same sums, image by image)
+    n = maps_hat.shape[0]
+    out = xp.empty((n, 1, *maps_hat.shape[2:]), dtype=xp.result_type(filters_hat, maps_hat))
+    for block in image_blocks(n, maps_hat.nbytes):
+        out[block] = xp.sum(filters_hat[None, :, 0] * maps_hat[block], axis=1, keepdims=True)
+    return out
+
+
+#: Arrays as large as the maps are made in up to this many blocks of images (:func:`image_blocks`) ...
+IMAGE_BLOCKS = 8
+#: ... of at least this many bytes each: smaller blocks cost more in calls than they save in memory.
+MIN_BLOCK_BYTES = 8 * 2**20
+
+
+def image_blocks(n: int, nbytes: int) -> list[slice]:
+    """`n` images whose arrays take `nbytes` in contiguous blocks: :data:`IMAGE_BLOCKS` of them, fewer when the
+    blocks would be under :data:`MIN_BLOCK_BYTES` (one block for small arrays)."""
+    blocks = max(1, min(IMAGE_BLOCKS, n, -(-int(nbytes) // MIN_BLOCK_BYTES)))
+    step = -(-n // blocks)
+    return [slice(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
 
 def analyse_hat(filters_hat: Array, images_hat: Array) -> Array:
@@ -114,8 +134,10 @@ class FullConnections:
         return analyse_hat(planes_hat, images_hat)
 
     def correlate(self, maps_hat: Array, images_hat: Array) -> Array:
+        # conj(Σ ẑ conj(ŝ)) is Σ conj(ẑ) ŝ exactly (a conjugate only flips a sign), and conjugates the images,
+        # not a copy of the maps
         xp = backend_of(maps_hat).xp
-        return xp.einsum("nkuv,ncuv->kcuv", xp.conj(maps_hat), images_hat)
+        return xp.conj(xp.einsum("nkuv,ncuv->kcuv", maps_hat, xp.conj(images_hat)))
 
     def per_pair_maps(self, maps_hat: Array) -> Array:
         """(N, K, ...) broadcast to pair arrays (N, K, 1, ...)."""
@@ -263,11 +285,11 @@ class SparseConnections:
     def correlate(self, maps_hat: Array, images_hat: Array) -> Array:
         """Σ_n conj(ẑ[n, k]) ŝ[n, c] for each pair: (N, K, U, V) × (N, C, U, V) -> (P, U, V)."""
         xp = backend_of(maps_hat).xp
-        conj_maps = xp.conj(maps_hat)
-        out = xp.empty((self.n_pairs,) + maps_hat.shape[2:], dtype=conj_maps.dtype)
+        conj_images = xp.conj(images_hat)  # as in FullConnections.correlate: no conjugated copy of the maps
+        out = xp.empty((self.n_pairs,) + maps_hat.shape[2:], dtype=xp.result_type(maps_hat, images_hat))
         for j, c, k in self._per_map:  # step r: the r-th channel of every map that reads more than r
-            z = conj_maps if k is None else conj_maps[:, k]
-            out[j] = xp.sum(z * images_hat[:, c], axis=0)
+            z = maps_hat if k is None else maps_hat[:, k]
+            out[j] = xp.conj(xp.sum(z * conj_images[:, c], axis=0))
         return out
 
     def per_pair_maps(self, maps_hat: Array) -> Array:

@@ -159,6 +159,9 @@ def test_maps_hold_one_array_per_training_image(client, job_id):
     maps = client.maps(job_id)
     assert sorted(maps) == ["image-00000", "image-00001", "image-00002"]
     assert {m.shape for m in maps.values()} == {(4, 32, 32)}
+    np.testing.assert_array_equal(client.image_maps(job_id, 2), maps["image-00002"])  # one image alone
+    with pytest.raises(DeconvAPIError, match="below the job's 3 images"):
+        client.image_maps(job_id, 3)
 
 
 def test_download_checks_the_sha256_and_writes_the_file(client, job_id, tmp_path):

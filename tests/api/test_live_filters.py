@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
+import uuid
 from dataclasses import asdict
 
 import numpy as np
@@ -20,7 +20,7 @@ from solver.images.pictures import filter_montage, png_bytes
 from solver.models.learn import IterStats
 from solver.operators.connectivity import connectivity_table
 from workers.distributed.checkpoint import npy_bytes, write_checkpoint
-from workers.jobs.live import latest_filters
+from workers.jobs.live import latest_filters, layer_folder
 
 K1, K2, S = 4, 3, 3
 SPEC_LAYERS = [
@@ -29,9 +29,12 @@ SPEC_LAYERS = [
 ]
 
 
-@pytest.fixture
-def app(tmp_path):
-    return create_app(Settings(data_dir=tmp_path, run_jobs=False, checkpoint_every=2))
+@pytest.fixture(params=["local", "fsspec"])
+def app(request, tmp_path):
+    """The service with the default work folder, or with the jobs' work in an fsspec store (as on a cluster,
+    where the shard actors of other nodes write it)."""
+    work = None if request.param == "local" else f"memory://deconv-live-{uuid.uuid4().hex}"
+    return create_app(Settings(data_dir=tmp_path, run_jobs=False, checkpoint_every=2, work_url=work))
 
 
 @pytest.fixture
@@ -55,7 +58,7 @@ def _job(app, status: str = "running", n_iter=(6, 4)) -> str:
 def _checkpoint(app, job_id: str, layer: int, iteration: int, filters: np.ndarray) -> None:
     history = [IterStats(i, 1.0, 1.0, 0.5, 0.1, 3) for i in range(1, iteration + 1)]
     write_checkpoint(
-        app.state.store.job_dir(job_id) / "checkpoints" / f"L{layer}",
+        layer_folder(app.state.store, job_id, layer).child("checkpoints"),
         iteration,
         filters,
         np.zeros_like(filters),
@@ -66,11 +69,10 @@ def _checkpoint(app, job_id: str, layer: int, iteration: int, filters: np.ndarra
 
 
 def _finish_layer(app, job_id: str, layer: int, filters: np.ndarray, n_iter: int) -> None:
-    folder = app.state.store.job_dir(job_id) / "layers" / f"L{layer}"
-    folder.mkdir(parents=True)
-    (folder / "filters.npy").write_bytes(npy_bytes(filters))
+    folder = layer_folder(app.state.store, job_id, layer)
+    folder.write("filters.npy", npy_bytes(filters))
     stats = [asdict(IterStats(i, 1.0, 1.0, 0.5, 0.1, 3)) for i in range(1, n_iter + 1)]
-    (folder / "done.json").write_text(json.dumps({"stats": stats, "preprocess": None}))
+    folder.write("done.json", json.dumps({"stats": stats, "preprocess": None}).encode())
 
 
 def _filters(k: int, c: int, seed: int) -> np.ndarray:
@@ -106,8 +108,8 @@ def test_a_damaged_checkpoint_is_skipped_for_the_one_before(app, client):
     older = _filters(K1, 1, 0)
     _checkpoint(app, job, 1, 2, older)
     _checkpoint(app, job, 1, 4, _filters(K1, 1, 1))
-    damaged = app.state.store.job_dir(job) / "checkpoints" / "L1" / "ckpt-000004" / "filters.npy"
-    damaged.write_bytes(npy_bytes(_filters(K1, 1, 2)))  # no longer the bytes its manifest hashed
+    checkpoint = layer_folder(app.state.store, job, 1).child("checkpoints/ckpt-000004")
+    checkpoint.write("filters.npy", npy_bytes(_filters(K1, 1, 2)))  # no longer the bytes its manifest hashed
     response = client.get(f"/jobs/{job}/filters/latest", params={"layer": 1})
     assert response.headers["x-deconv-iteration"] == "2"
     np.testing.assert_array_equal(np.load(io.BytesIO(response.content)), older)
@@ -176,5 +178,5 @@ def test_the_access_function_sees_nothing_once_the_work_folder_is_gone(app):
     job = _job(app)
     _checkpoint(app, job, 1, 2, _filters(K1, 1, 0))
     assert latest_filters(app.state.store, job, 1).iteration == 2
-    shutil.rmtree(app.state.store.job_dir(job))
+    app.state.store.job_work(job).remove_all()
     assert latest_filters(app.state.store, job, 1) is None

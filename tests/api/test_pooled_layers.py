@@ -46,6 +46,11 @@ def _array(response) -> np.ndarray:
     return np.load(io.BytesIO(response.content), allow_pickle=False)
 
 
+def _array_json(response) -> dict:
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 @pytest.fixture(scope="module", params=["below", "pixels"])
 def pooled_job(request, live_service):
     with httpx2.Client(base_url=live_service.url, timeout=60) as client:
@@ -71,13 +76,19 @@ def test_both_layers_decrease_and_layer_two_reads_the_pooled_maps(pooled_job):
 
 def test_the_switches_are_those_of_the_stored_maps(pooled_job):
     client, job, _, _ = pooled_job
-    switches = _array(client.get(f"/jobs/{job['id']}/artifacts/switches-L1.npy"))
+    index = _array_json(client.get(f"/jobs/{job['id']}/artifacts/shards.json"))
+    parts = [_array(client.get(f"/jobs/{job['id']}/artifacts/{name}")) for name in index["layers"][0]["switches"]]
+    assert [len(p) for p in parts] == [p["count"] for p in index["parts"]] == [2, 1]  # 3 images on 2 shards
+    switches = np.concatenate(parts)
     with np.load(io.BytesIO(client.get(f"/jobs/{job['id']}/maps", params={"layer": 1}).content)) as archive:
         maps = np.stack([archive[name] for name in sorted(archive.files)])
     assert switches.dtype == np.int32 and switches.shape == (3, K1 // 2, 16, 16)
     np.testing.assert_array_equal(switches, pool3d(maps, POOL)[1])
+    assert index["layers"][1]["switches"] is None  # layer 2 does not pool
     names = [a["name"] for a in client.get(f"/jobs/{job['id']}/artifacts").json()]
-    assert "switches-L2.npy" not in names  # layer 2 does not pool
+    assert not [n for n in names if n.startswith("switches-L2")]
+    one = _array(client.get(f"/jobs/{job['id']}/maps", params={"layer": 1, "image": 2}))
+    np.testing.assert_array_equal(one, maps[2])  # one image alone, from the second shard's part
 
 
 def test_pixels_model_keeps_one_non_zero_per_pooling_block(pooled_job):

@@ -176,16 +176,19 @@ def test_every_listed_artifact_downloads_with_its_sha256(finished):
     artifacts = finished.client.get(f"/jobs/{finished.job['id']}/artifacts").json()
     digests = {a["name"]: hashlib.sha256(finished.client.get(a["url"]).content).hexdigest() for a in artifacts}
     assert digests == {a["name"]: a["sha256"] for a in artifacts}
+    index = json.loads(finished.client.get(f"/jobs/{finished.job['id']}/artifacts/shards.json").content)
+    parts = {*index["layers"][0]["maps"], *index["reconstructions"]}
+    assert len(parts) == 2 * len(index["parts"]) >= 2  # one part of each per shard, every one listed
     assert {
         "filters-L1.npy",
         "filters-L1.png",
-        "maps-L1.npz",
-        "reconstructions.npy",
+        "shards.json",
         "reconstructions.png",
         "history.json",
         "history.png",
         "config.json",
         "model.json",
+        *parts,
     } <= set(digests)
 
 

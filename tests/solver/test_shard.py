@@ -136,3 +136,26 @@ def test_zeiler_coding_keeps_each_image_s_best_stage_not_the_last():
     kept = solver.per_item_objective(solver.init(shard.maps()))
     np.testing.assert_allclose(kept, stages.min(axis=0), rtol=1e-10)
     assert np.count_nonzero(shard.maps()) > 0
+
+
+@pytest.mark.parametrize("boundary", ["circular", "valid"])
+@pytest.mark.parametrize("n_channels", [1, 2])
+def test_admm_coding_in_chunks_is_the_coding_of_the_whole_batch(rng, monkeypatch, boundary, n_channels):
+    """Images are independent problems: coding them a few at a time (what bounds a shard's memory) gives the
+    maps, duals and penalties of one batch, bit for bit, over warm-started runs."""
+    import solver.operators.pairs as pairs_module  # noqa: PLC0415
+
+    images = rng.standard_normal((5, n_channels, 10, 9))
+    config = _config("admm", boundary)
+    f0 = initial_filters(3, n_channels, 3, seed=0, norm="filter", dtype=images.dtype)
+    runs = []
+    for min_bytes in (2**30, 1, 3 * 9 * 10 * 8 * 2):  # one group, one image per group, groups of two images
+        monkeypatch.setattr(pairs_module, "MIN_BLOCK_BYTES", min_bytes)
+        shard = Shard(images, config, None, "numpy")
+        stats = [shard.code(f0), shard.code(0.9 * f0)]
+        runs.append((shard.maps(), shard.state()["warm"].dual, shard.state()["warm"].rho, stats))
+    for maps, dual, rho, stats in runs[1:]:
+        np.testing.assert_array_equal(maps, runs[0][0])
+        np.testing.assert_array_equal(dual, runs[0][1])
+        np.testing.assert_array_equal(rho, runs[0][2])
+        assert stats == runs[0][3]

@@ -26,7 +26,7 @@ def _job(tmp_path, text):
 
 def test_a_job_file_gives_its_learn_config_and_images_relative_to_the_file(tmp_path):
     job = load_job_file(_job(tmp_path, VALID))
-    assert job.images == (tmp_path / "pictures").resolve()
+    assert job.images == str((tmp_path / "pictures").resolve())
     assert job.workers == 2
     assert job.learn_config() == LearnConfig(
         layers=[{"n_filters": 4, "filter_size": 5, "lam": 0.5}], n_iter=3, preprocess={"grey": True}
@@ -35,7 +35,7 @@ def test_a_job_file_gives_its_learn_config_and_images_relative_to_the_file(tmp_p
 
 def test_an_absolute_images_folder_is_kept(tmp_path):
     job = load_job_file(_job(tmp_path, VALID.replace("images: pictures", f"images: {tmp_path / 'abs'}")))
-    assert job.images == tmp_path / "abs"
+    assert job.images == str(tmp_path / "abs")
 
 
 @pytest.mark.parametrize(

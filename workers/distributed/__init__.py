@@ -8,7 +8,10 @@
   ``ray.put``, one ``ray.get`` per call), and the bytes it moves;
 * :mod:`workers.distributed.coordinator`: ``Coordinator`` / ``run_distributed``, the alternating loop over the
   shard actors, with checkpoints, fault tolerance and cooperative cancel;
-* :mod:`workers.distributed.checkpoint`: atomic checkpoint folders, manifest last, verified by sha256.
+* :mod:`workers.distributed.checkpoint`: checkpoints in a store, each shard's part written by its actor, the
+  manifest last, verified by sha256;
+* :mod:`workers.distributed.outputs`: what each shard writes to the store at the end of a layer (its part of the
+  maps, pooled maps, switches, reconstructions).
 
 Nothing is imported here, so importing a Ray-free module (``workers.distributed.shards``,
 ``workers.distributed.checkpoint``) does not import Ray.

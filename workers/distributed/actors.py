@@ -3,17 +3,19 @@
 :class:`ShardWorker` is a plain class (tested without Ray); :func:`shard_actor_class` wraps it with
 ``ray.remote`` for the coordinator. A worker's life:
 
-1. :meth:`~ShardWorker.load`: read its own image files and run the per-image preprocessing steps;
+1. :meth:`~ShardWorker.load`: read its own images from the store (image files by location, or its rows of the
+   previous layer's parts) and run the per-image preprocessing steps;
 2. when the dataset-wide rescale is not fitted yet, :meth:`~ShardWorker.rescale_range` then
    :meth:`~ShardWorker.rescale_sum`, which the coordinator combines over the shards (in shard order);
 3. :meth:`~ShardWorker.build`: apply the rescale and the computation dtype, and hold a
    :class:`solver.models.shard.Shard`;
-4. then the pool methods of the learning loop (``code``, ``value_and_gradient``, ``normal``, ``consensus_step``),
-   and ``maps``,
-   ``state``, ``load_state``, ``reset`` for results and checkpoints.
+4. then the pool methods of the learning loop (``code``, ``value_and_gradient``, ``normal``, ``consensus_step``);
+   ``save_state`` / ``restore`` write and read the shard's own part of a checkpoint, ``write_outputs`` its part
+   of the layer's results, ``maps``, ``state``, ``load_state``, ``reset`` serve runs in one process.
 
-The images never travel: only file paths come in, and only small statistics (K·C·s·s numbers and scalars) go back
-per call, as host numpy arrays.
+The images never travel: only locations in a store come in (a store URL and a key, never a host path, so an
+actor on another node reads the same bytes), and only small statistics (K·C·s·s numbers and scalars) and keys go
+back per call, as host numpy arrays.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import copy
 import functools
 import os
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,7 +41,35 @@ from solver.models.shard import CodeStats, PixelShard, Shard
 from solver.operators.pixel_path import LowerLayer
 from solver.validation import as_images
 
-from .images import ImageInfo, load_images
+from ..jobs.objects import ObjectStore, Part, as_location, read_array, rows_of_parts
+from .checkpoint import ShardPart, read_shard_state, write_shard_state
+from .images import ImageInfo, ImageSource, load_images
+from .outputs import LayerOutputs, ShardOutput, write_shard_outputs
+
+
+@dataclass(frozen=True)
+class PartRows:
+    """Rows ``start:stop`` of the images that some parts cover (a shard's input from the layer below, or its
+    switches): read by the shard from the store."""
+
+    parts: tuple[Part, ...]
+    start: int
+    stop: int
+
+    def read(self) -> np.ndarray:
+        return rows_of_parts(self.parts, self.start, self.stop)
+
+
+#: A shard's images, or its switches of one layer: one file per image, or rows of stored parts.
+ShardInput = Sequence[ImageSource] | PartRows
+
+
+def _read_input(source: ShardInput, info: ImageInfo | None = None) -> np.ndarray:
+    if isinstance(source, PartRows):
+        return source.read()
+    if info is not None:
+        return load_images(source, info)
+    return np.stack([read_array(as_location(f)) for f in source])
 
 
 class ShardWorker:
@@ -52,11 +82,12 @@ class ShardWorker:
 
     # -- setup --------------------------------------------------------------------------------------------------
 
-    def load(self, paths: Sequence[str | Path], config: LearnConfig, info: ImageInfo) -> tuple[int, ...]:
-        """Read the shard's image files and run the per-image preprocessing; returns their shape (n, C', H, W)."""
-        if not paths:
+    def load(self, paths: ShardInput, config: LearnConfig, info: ImageInfo) -> tuple[int, ...]:
+        """Read the shard's images (image files, or rows of stored parts) and run the per-image preprocessing;
+        returns their shape (n, C', H, W)."""
+        if not isinstance(paths, PartRows) and not paths:
             raise ValueError("a shard needs at least one image file, got none")
-        images = load_images(paths, info)
+        images = _read_input(paths, info)
         self._config = config
         self._prepared = prepare_images(images, config.preprocess) if config.preprocess is not None else images
         self._shard = None
@@ -76,13 +107,14 @@ class ShardWorker:
         connectivity: np.ndarray | None,
         backend: str,
         lower: Sequence[LowerLayer] = (),
-        switch_paths: Sequence[Sequence[str] | None] = (),
+        switch_paths: Sequence[ShardInput | None] = (),
     ) -> str:
         """Finish the images (rescale with the dataset's `stats`, computation dtype) and hold a fresh shard.
 
         For a config with ``reconstruct_to`` 'pixels' the shard is a :class:`solver.models.shard.PixelShard` over the
-        frozen layers `lower`, with the switches of this shard's images read from `switch_paths` (one list of
-        ``.npy`` files per lower layer, in the shard's image order; None for a layer that does not pool).
+        frozen layers `lower`, with the switches of this shard's images read from `switch_paths` (per lower layer,
+        one ``.npy`` file per image in the shard's image order or the shard's rows of stored parts; None for a
+        layer that does not pool).
 
         Returns
         -------
@@ -98,10 +130,7 @@ class ShardWorker:
         if config.dtype is not None:
             y = y.astype(config.dtype, copy=False)
         if config.reconstruct_to == "pixels":
-            switches = [
-                None if files is None else np.stack([np.load(f, allow_pickle=False) for f in files])
-                for files in switch_paths
-            ]
+            switches = [None if files is None else _read_input(files) for files in switch_paths]
             self._shard = PixelShard(y, config, connectivity, lower, switches, backend)
         else:
             self._shard = Shard(y, config, connectivity, backend)
@@ -110,14 +139,14 @@ class ShardWorker:
 
     def setup(
         self,
-        paths: Sequence[str | Path],
+        paths: ShardInput,
         config: LearnConfig,
         info: ImageInfo,
         stats: PreprocessStats | None,
         connectivity: np.ndarray | None,
         backend: str,
         lower: Sequence[LowerLayer] = (),
-        switch_paths: Sequence[Sequence[str] | None] = (),
+        switch_paths: Sequence[ShardInput | None] = (),
     ) -> str:
         """:meth:`load` then :meth:`build`, for a shard whose dataset statistics are already fitted."""
         self.load(paths, config, info)
@@ -165,6 +194,19 @@ class ShardWorker:
         """Restore a checkpointed state. Copied first: arrays that come out of Ray's object store are read-only."""
         self._ready().load_state(copy.deepcopy(state))
 
+    def save_state(self, folder: ObjectStore, index: int) -> ShardPart:
+        """Write this shard's part (number `index`) of a checkpoint into `folder`; returns its sha256 and size."""
+        return write_shard_state(folder, index, self._ready().state(copy=False))  # written at once: no copy
+
+    def restore(self, part: ShardPart) -> None:
+        """Restore this shard's part of a checkpoint, read from the store and verified against its sha256."""
+        self._ready().load_state(read_shard_state(part))
+
+    def write_outputs(self, outputs: LayerOutputs, index: int, first: int) -> ShardOutput:
+        """Write this shard's part of the layer's results (see :mod:`workers.distributed.outputs`); returns
+        their keys."""
+        return write_shard_outputs(self._ready().maps(), outputs, index, first)
+
     def reset(self) -> None:
         """Forget the maps and inference state (back to a fresh shard on the same images)."""
         self._ready().load_state({})
@@ -186,15 +228,25 @@ class ShardWorker:
 
 
 @functools.cache
-def shard_actor_class(num_cpus: float, num_gpus: float) -> Any:
-    """:class:`ShardWorker` as a Ray actor class with these resources.
+def _remote_worker() -> Any:
+    import ray  # noqa: PLC0415  (importing workers.distributed.actors must not need Ray, only creating actors)
+
+    return ray.remote(ShardWorker)
+
+
+def new_shard_actor(**options: Any) -> Any:
+    """A :class:`ShardWorker` Ray actor with these Ray options (resources, scheduling strategy).
 
     The actors are never restarted by Ray (``max_restarts=0``): the coordinator replaces a dead one itself and
     rolls every shard back to the last checkpoint, because the shards' states must stay consistent with each
-    other and with the filters. ``SPREAD`` places the shards of a job on as many nodes as it can.
+    other and with the filters.
     """
-    import ray  # noqa: PLC0415  (importing workers.distributed.actors must not need Ray, only creating actors)
+    return _remote_worker().options(max_restarts=0, max_task_retries=0, **options).remote()
 
-    return ray.remote(ShardWorker).options(
+
+def shard_actor_class(num_cpus: float, num_gpus: float) -> Any:
+    """:class:`ShardWorker` as a Ray actor class with these resources, outside any placement group; ``SPREAD``
+    places the shards of a job on as many nodes as it can."""
+    return _remote_worker().options(
         num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0, max_task_retries=0, scheduling_strategy="SPREAD"
     )

@@ -10,16 +10,20 @@ seed and config give the same filters and objective history on 1 or n shards, wi
 
 Fault tolerance: an actor that dies (its process or its node), or does not answer within ``call_timeout``, is a
 failure. Up to ``max_failures`` of them, the coordinator replaces the dead actors (a new actor loads the same
-files), rolls **every** shard back to the last complete checkpoint (or to a fresh start when there is none) and
+images), rolls **every** shard back to the last complete checkpoint (or to a fresh start when there is none) and
 runs the loop again from there; the loop is deterministic, so the run ends as an uninterrupted one would. One
 failure more and the run fails with :class:`JobFailedError`.
+
+The data plane is the store: the actors read their images by location (a store URL and a key, see
+:mod:`workers.jobs.objects`), write their own part of every checkpoint, and, given :class:`LayerOutputs`, their own
+part of the layer's results; the coordinator holds the filters, statistics and keys only, and writes each
+checkpoint's small manifest last.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -38,12 +42,15 @@ from solver.operators.connectivity import connectivity_table
 from solver.operators.convolution import map_shape
 from solver.operators.pixel_path import LowerLayer, input_geometry
 
-from .actors import shard_actor_class
-from .checkpoint import Checkpoint, clear_checkpoints, latest_checkpoint, write_checkpoint
+from ..jobs.objects import ObjectStore, Part, array_header, as_location
+from .actors import PartRows, ShardInput, new_shard_actor
+from .checkpoint import Checkpoint, as_store, begin_checkpoint, clear_checkpoints, latest_checkpoint, write_checkpoint
 from .cluster import ClusterConfig, connect
-from .images import inspect_images
+from .images import ImageInfo, ImageSource, inspect_images
+from .outputs import LayerOutputs, ShardOutput
+from .placement import Placement, gpu_share
 from .pool import RayPool, Traffic
-from .shards import shard_ranges, split_into_shards
+from .shards import shard_ranges
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +63,6 @@ ACTOR_FAILURES: tuple[type[BaseException], ...] = (
     ray_errors.GetTimeoutError,
 )
 _PROBE_TIMEOUT_S = 30.0  # how long a live actor may take to answer a ping after a failure
-_RESOURCE_QUANTUM = 1e-4  # Ray's granularity of fractional resources
 
 
 class JobFailedError(Exception):
@@ -68,14 +74,16 @@ class Coordinator:
 
     Parameters
     ----------
-    image_paths : sequence of path
-        The training images, one per file (PNG, JPEG or NPY; see :mod:`workers.distributed.images`), in order.
-        They must be readable by every node of the cluster under these paths.
+    image_paths : sequence of path, URL or Location; or sequence of Part
+        The training images, in order: one per file (PNG, JPEG or NPY; see :mod:`workers.distributed.images`),
+        or stacked in ``.npy`` parts (a lower layer's outputs, :class:`~workers.jobs.objects.Part`). Each actor
+        reads its own through the store, so a URL (``s3://...``) is what a cluster of several nodes needs.
     config : LearnConfig
     workers : int
         Shards, one actor each (at most one per image).
-    checkpoint_dir : path, optional
-        Where checkpoints go; without it a failure restarts the run from scratch.
+    checkpoint_dir : path, URL or ObjectStore, optional
+        Where checkpoints go (each actor writes its own part there); without it a failure restarts the run from
+        scratch.
     checkpoint_every : int
         Checkpoint after every this many outer iterations (0: never).
     max_failures : int
@@ -93,18 +101,33 @@ class Coordinator:
         With ``config.reconstruct_to`` 'pixels' (the 2011 model): the frozen layers below this one, bottom
         first. The images are then the pixels (preprocessed by ``config.preprocess``), which this layer
         reconstructs through them.
-    switch_paths : sequence of (sequence of path, or None)
-        With `lower`: per lower layer, one ``.npy`` file of switches per image (in image order), or None for a
-        layer that does not pool. Each actor reads the files of its own images.
+    switch_paths : sequence of (sequence of path, or sequence of Part, or None)
+        With `lower`: per lower layer, one ``.npy`` file of switches per image (in image order) or parts covering
+        every image, or None for a layer that does not pool. Each actor reads those of its own images.
+    info : ImageInfo, optional
+        What every image shares, when known (a dataset's record): the files' headers are then not read.
+    outputs : LayerOutputs, or callable from LearnResult to LayerOutputs, optional
+        When given, each actor writes its part of the layer's results to the store at the end of a complete run
+        (:attr:`written` lists their keys) and the result holds no maps (None): nothing the size of the dataset
+        comes to this process. A callable is given the result (filters, fitted preprocessing) first, for outputs
+        that depend on it (the reconstructions of a job's top layer).
+    gather_maps : bool
+        Without `outputs`: bring every shard's maps to this process for the result (default), or not (the result
+        holds None), when only the filters matter.
+    placement : Placement, optional
+        The resources and the reserved placement group of the job's shard actors (one bundle per shard, see
+        :mod:`workers.distributed.placement`): shard i's actor, and any that replaces it, runs in bundle i, with
+        the placement's backend. `backend` and `actor_cpus` are then not used. Without it each actor asks
+        `actor_cpus` and its GPU share on its own, spread over the nodes.
     """
 
     def __init__(
         self,
-        image_paths: Sequence[str | Path],
+        image_paths: Sequence[ImageSource] | Sequence[Part],
         config: LearnConfig,
         *,
         workers: int = 1,
-        checkpoint_dir: str | Path | None = None,
+        checkpoint_dir: str | Path | ObjectStore | None = None,
         checkpoint_every: int = 0,
         max_failures: int = 3,
         call_timeout: float | None = 3600.0,
@@ -112,7 +135,11 @@ class Coordinator:
         backend: Literal["auto", "numpy", "cupy"] = "auto",
         actor_cpus: float = 0.0,
         lower: Sequence[LowerLayer] = (),
-        switch_paths: Sequence[Sequence[str | Path] | None] = (),
+        switch_paths: Sequence[Sequence[ImageSource] | Sequence[Part] | None] = (),
+        info: ImageInfo | None = None,
+        outputs: LayerOutputs | Callable[[LearnResult], LayerOutputs] | None = None,
+        gather_maps: bool = True,
+        placement: Placement | None = None,
     ):
         _check_options(workers, checkpoint_dir, checkpoint_every, max_failures, call_timeout, backend, actor_cpus)
         if config.filter_update.recentre:
@@ -131,31 +158,35 @@ class Coordinator:
         if len(switch_paths) != len(lower):
             raise ValueError(f"switch_paths needs one entry per lower layer ({len(lower)}), got {len(switch_paths)}")
         self.config = config
-        self.paths = [str(p) for p in image_paths]
-        self.info = inspect_images(self.paths)
-        n_shards = min(workers, len(self.paths))
+        self.n_images, self.paths, self.info, by_rows = _describe_images(image_paths, info)
+        n_shards = min(workers, self.n_images)
         if n_shards < workers:
-            logger.warning("%d workers asked for %d images: using %d shards", workers, len(self.paths), n_shards)
-        self.shard_paths = split_into_shards(self.paths, n_shards)
+            logger.warning("%d workers asked for %d images: using %d shards", workers, self.n_images, n_shards)
+        self.ranges = shard_ranges(self.n_images, n_shards)
+        self.shard_paths: list[ShardInput] = [by_rows(r) for r in self.ranges]
         self.lower = list(lower)
         for number, (layer, files) in enumerate(zip(self.lower, switch_paths, strict=True), start=1):
             if (files is None) != (layer.pool is None):
                 raise ValueError(f"switch_paths of lower layer {number} must be given exactly when it pools")
-            if files is not None and len(files) != len(self.paths):
+            if files is not None and _count(files) != self.n_images:
                 raise ValueError(
-                    f"switch_paths of lower layer {number} has {len(files)} files for {len(self.paths)} images"
+                    f"switch_paths of lower layer {number} has {_count(files)} files for {self.n_images} images"
                 )
-        self.shard_switches = [
-            [None if files is None else [str(files[i]) for i in r] for files in switch_paths]
-            for r in shard_ranges(len(self.paths), n_shards)
-        ]
-        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.shard_switches = [[_rows_of(files, r) for files in switch_paths] for r in self.ranges]
+        self.checkpoint_dir = None if checkpoint_dir is None else as_store(checkpoint_dir)
+        self.outputs = outputs
+        self.gather_maps = gather_maps and outputs is None
+        self.written: list[ShardOutput] | None = None
         self.checkpoint_every = checkpoint_every
         self.max_failures = max_failures
         self.call_timeout = call_timeout
         self.cluster = cluster
         self.backend = backend
         self.actor_cpus = actor_cpus
+        if placement is not None and placement.n_shards != self.n_shards:
+            raise ValueError(
+                f"placement reserves {placement.n_shards} shard actor(s), this run has {self.n_shards} shards"
+            )
         layer = config.layers[0]
         grey = config.preprocess is not None and config.preprocess.grey
         n_channels = 1 if grey else self.info.n_channels
@@ -179,7 +210,7 @@ class Coordinator:
         self.failures = 0
         self._actors: list[Any] = []
         self._pool: RayPool | None = None
-        self._placement: tuple[float, float, str] | None = None
+        self._placement: Placement | None = placement
         self._rescale: PreprocessStats | None = None
         self._history: list[IterStats] = []
         self._pending: tuple[int, np.ndarray, np.ndarray] | None = None
@@ -188,7 +219,7 @@ class Coordinator:
 
     @property
     def n_shards(self) -> int:
-        return len(self.shard_paths)
+        return len(self.ranges)
 
     def run(
         self,
@@ -268,7 +299,7 @@ class Coordinator:
             pool.reset()
             filters, first, vector, self._history = self.initial_filters, 0, None, []
         else:
-            pool.load_states(start.shard_states)
+            pool.restore(start.shard_parts)
             filters, first, vector = start.filters.astype(self.dtype), start.iteration, start.power_vector
             self._history = list(start.history)
         self._last_checkpoint = first if start is not None else -1
@@ -289,9 +320,12 @@ class Coordinator:
             ran = self._pending is not None and self._pending[0] == done
             if ran and self.checkpoint_dir is not None and self.checkpoint_every > 0 and self._last_checkpoint < done:
                 self._checkpoint(done)
-        maps = np.concatenate(pool.maps()) if done > 0 else self._zero_maps()
+        if not self.gather_maps:
+            maps = None
+        else:
+            maps = np.concatenate(pool.maps()) if done > 0 else self._zero_maps()
         history = [h.objective for h in self._history]
-        return LearnResult(
+        result = LearnResult(
             filters,
             maps,
             history,
@@ -301,6 +335,10 @@ class Coordinator:
             self._fitted_preprocess(),
             self.lam_max,
         )
+        if self.outputs is not None and done == self.config.n_iter:
+            outputs = self.outputs(result) if callable(self.outputs) else self.outputs
+            self.written = pool.write_outputs(outputs, [r.start for r in self.ranges])
+        return result
 
     def _resolve_lam(self, pool: RayPool) -> LearnConfig:
         """The config with an absolute λ: a relative one (``lam_scale="relative"``) times λ_max, the largest of
@@ -318,30 +356,35 @@ class Coordinator:
         """The maps before any coding step (a run stopped before its first outer iteration)."""
         layer = self.config.layers[0]
         grid = map_shape(self.input_shape, layer.filter_size, self.config.boundary)
-        return np.zeros((len(self.paths), layer.n_filters, *grid), dtype=self.dtype)
+        return np.zeros((self.n_images, layer.n_filters, *grid), dtype=self.dtype)
 
     def _bring_up(self) -> None:
         """Replace dead actors (all of them at the start) and make every shard ready on its images."""
         alive = self._probe()
         placement = self._resources()
-        actor_class = shard_actor_class(placement[0], placement[1])
         fresh = []
         for index in range(self.n_shards):
             if index < len(alive) and alive[index]:
                 continue
             if index < len(self._actors):
                 ray.kill(self._actors[index], no_restart=True)
-                self._actors[index] = actor_class.remote()
+                self._actors[index] = new_shard_actor(**self._actor_options(index))
             else:
-                self._actors.append(actor_class.remote())
+                self._actors.append(new_shard_actor(**self._actor_options(index)))
             fresh.append(index)
         if not fresh:
             return
         logger.info(
-            "starting %d shard actor(s) %s (num_cpus=%g, num_gpus=%g, backend=%s)", len(fresh), fresh, *placement
+            "starting %d shard actor(s) %s (num_cpus=%g, num_gpus=%g, backend=%s%s)",
+            len(fresh),
+            fresh,
+            placement.cpus,
+            placement.gpus,
+            placement.backend,
+            "" if placement.group is None else ", in the job's placement group",
         )
         if self._needs_rescale_fit():
-            self._fit_rescale_and_build(placement[2])
+            self._fit_rescale_and_build(placement.backend)
             return
         refs = [
             self._actors[i].setup.remote(
@@ -350,7 +393,7 @@ class Coordinator:
                 self.info,
                 self._rescale,
                 self.connectivity,
-                placement[2],
+                placement.backend,
                 self.lower,
                 self.shard_switches[i],
             )
@@ -397,16 +440,21 @@ class Coordinator:
         # Each ready reference is already resolved: this get only reads the value or the error, never waits.
         return [ref in answered and _resolved_ok(ref) for ref in pings]
 
-    def _resources(self) -> tuple[float, float, str]:
-        """(num_cpus, num_gpus, backend) of every shard actor, decided once per run."""
+    def _resources(self) -> Placement:
+        """The resources and backend of every shard actor, decided once per run (given by the job runner)."""
         if self._placement is None:
             gpus = float(ray.cluster_resources().get("GPU", 0.0))
             use_gpu = self.backend == "cupy" or (self.backend == "auto" and gpus > 0)
             if use_gpu and gpus <= 0:
                 raise ValueError("backend 'cupy' needs GPUs in the cluster, got none")
-            share = min(1.0, math.floor(gpus / self.n_shards / _RESOURCE_QUANTUM) * _RESOURCE_QUANTUM)
-            self._placement = (self.actor_cpus, share if use_gpu else 0.0, "cupy" if use_gpu else "numpy")
+            share = gpu_share(gpus, self.n_shards) if use_gpu else 0.0
+            self._placement = Placement(self.n_shards, self.actor_cpus, share, backend="cupy" if use_gpu else "numpy")
         return self._placement
+
+    def _actor_options(self, index: int) -> dict[str, Any]:
+        options = self._resources().actor_options(index)
+        options.setdefault("scheduling_strategy", "SPREAD")  # no group: the shards on as many nodes as it can
+        return options
 
     def _release(self) -> None:
         for actor in self._actors:
@@ -422,9 +470,9 @@ class Coordinator:
         if self._pending is None or self._pending[0] != iteration:
             raise ValueError(f"no filters recorded for outer iteration {iteration}")
         _, filters, vector = self._pending
-        write_checkpoint(
-            self.checkpoint_dir, iteration, filters, vector, self._pool.states(), self._history, self._meta()
-        )
+        folder = begin_checkpoint(self.checkpoint_dir, iteration)
+        parts = self._pool.save_states(folder)  # each shard writes its own part: no maps pass through here
+        write_checkpoint(self.checkpoint_dir, iteration, filters, vector, parts, self._history, self._meta())
         self._last_checkpoint = iteration
 
     def _meta(self) -> dict[str, Any]:
@@ -445,11 +493,11 @@ class Coordinator:
         if not resume:
             removed = clear_checkpoints(self.checkpoint_dir)
             if removed:
-                logger.info("fresh run: removed %d old checkpoint(s) from %s", removed, self.checkpoint_dir)
+                logger.info("fresh run: removed %d old checkpoint(s) from %s", removed, self.checkpoint_dir.url)
             return None
         checkpoint = latest_checkpoint(self.checkpoint_dir)
         if checkpoint is None:
-            logger.warning("no valid checkpoint in %s: starting from scratch", self.checkpoint_dir)
+            logger.warning("no valid checkpoint in %s: starting from scratch", self.checkpoint_dir.url)
             return None
         self._check_same_run(checkpoint)
         logger.info("resuming from %s (outer iteration %d)", checkpoint.path, checkpoint.iteration)
@@ -460,7 +508,7 @@ class Coordinator:
         for key in ("config", "images", "n_shards"):
             if found.get(key) != expected[key]:
                 raise ValueError(
-                    f"checkpoint {str(checkpoint.path)!r} belongs to another run: its {key} differs "
+                    f"checkpoint {checkpoint.path!r} belongs to another run: its {key} differs "
                     f"(checkpoint: {found.get(key)!r}, this run: {expected[key]!r})"
                 )
         if found.get("rescale") is not None:
@@ -496,11 +544,11 @@ class Coordinator:
 
 
 def run_distributed(
-    image_paths: Sequence[str | Path],
+    image_paths: Sequence[ImageSource] | Sequence[Part],
     config: LearnConfig,
     *,
     workers: int = 1,
-    checkpoint_dir: str | Path | None = None,
+    checkpoint_dir: str | Path | ObjectStore | None = None,
     checkpoint_every: int = 0,
     max_failures: int = 3,
     callback: Callable[[IterStats], None] | None = None,
@@ -524,6 +572,37 @@ def run_distributed(
         **options,
     )
     return coordinator.run(callback=callback, should_stop=should_stop, resume=resume)
+
+
+def _describe_images(
+    images: Sequence[ImageSource] | Sequence[Part], info: ImageInfo | None
+) -> tuple[int, list[str], ImageInfo, Callable[[range], ShardInput]]:
+    """(image count, their names for a checkpoint's identity, what they share, a shard's input by its range)."""
+    if not images:
+        raise ValueError("image_paths must name at least one image file, got none")
+    if all(isinstance(p, Part) for p in images):
+        parts = tuple(sorted(images, key=lambda p: p.first))
+        if info is None:
+            shape, dtype = array_header(parts[0].location)
+            info = ImageInfo(tuple(int(d) for d in shape[1:]), str(dtype))
+        n = sum(p.count for p in parts)
+        names = [f"{p.location}[{p.first}:{p.stop}]" for p in parts]
+        return n, names, info, lambda r: PartRows(parts, r.start, r.stop)
+    sources = [as_location(p) for p in images]
+    info = inspect_images(sources) if info is None else info
+    return len(sources), [str(s) for s in sources], info, lambda r: sources[r.start : r.stop]
+
+
+def _count(files: Sequence[Any]) -> int:
+    return sum(p.count for p in files) if files and isinstance(files[0], Part) else len(files)
+
+
+def _rows_of(files: Sequence[Any] | None, r: range) -> ShardInput | None:
+    if files is None:
+        return None
+    if files and isinstance(files[0], Part):
+        return PartRows(tuple(files), r.start, r.stop)
+    return [as_location(files[i]) for i in r]
 
 
 def _resolved_ok(ref: Any) -> bool:

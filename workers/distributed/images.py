@@ -1,5 +1,7 @@
 """Image files of a learning job: listing a folder, checking the files agree, loading a shard's images.
 
+A file is named by a path or URL, or by a :class:`~workers.jobs.objects.Location` (a store and a key): every
+read goes through the store, so an image on S3 is read by the shard actor that needs it, on whatever node it runs.
 One file holds one image: PNG or JPEG (read with Pillow) or ``.npy`` (an ``(H, W)`` or ``(C, H, W)`` array).
 :func:`inspect_images` reads only the headers, so the coordinator can check a whole dataset and learn its shape
 without loading pixels; each shard actor then loads its own files with :func:`load_images`.
@@ -17,6 +19,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from ..jobs.objects import Location, ObjectStore, array_header, as_location, is_url, read_array
+
+#: An image file: a local path, an fsspec URL, or a location in a store.
+ImageSource = str | Path | Location
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARRAY_SUFFIXES = (".npy",)
@@ -46,14 +53,17 @@ class ImageInfo:
         return self.shape[0]
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """The image files (PNG, JPEG, NPY) directly in `folder`, sorted by name.
+def list_images(folder: str | Path) -> list[Path] | list[Location]:
+    """The image files (PNG, JPEG, NPY) directly in `folder`, sorted by name: paths for a local folder, locations
+    for an fsspec URL (``s3://bucket/images/``).
 
     Raises
     ------
     ValueError
         If `folder` is not a directory or holds no image file.
     """
+    if is_url(folder):
+        return _list_url(str(folder))
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"images must be a folder of image files, got {str(folder)!r} (not a directory)")
@@ -63,7 +73,19 @@ def list_images(folder: str | Path) -> list[Path]:
     return paths
 
 
-def image_paths(items: Sequence[str | Path]) -> list[Path]:
+def _list_url(url: str) -> list[Location]:
+    store = ObjectStore(url)
+    try:
+        names = store.list()
+    except OSError as exc:
+        raise ValueError(f"images: cannot list {url!r}: {type(exc).__name__}: {exc}") from None
+    found = [store.at(n) for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES and store.exists(n)]
+    if not found:
+        raise ValueError(f"images {url!r} holds no {'/'.join(IMAGE_SUFFIXES)} file")
+    return found
+
+
+def image_paths(items: Sequence[str | Path]) -> list[Path] | list[Location]:
     """Image files given one by one or as folders (a folder's image files sorted by name, as :func:`list_images`),
     in the order given.
 
@@ -72,8 +94,13 @@ def image_paths(items: Sequence[str | Path]) -> list[Path]:
     ValueError
         Naming a path that is neither a file nor a folder, or a folder without images.
     """
-    paths: list[Path] = []
-    for item in map(Path, items):
+    paths: list = []
+    for raw in items:
+        if is_url(raw):
+            location = as_location(raw)
+            paths += [location] if location.store.exists(location.key) else list_images(raw)
+            continue
+        item = Path(raw)
         if item.is_dir():
             paths += list_images(item)
         elif item.is_file():
@@ -83,8 +110,8 @@ def image_paths(items: Sequence[str | Path]) -> list[Path]:
     return paths
 
 
-def _picture_header(path: Path) -> tuple[tuple[int, int, int], str]:
-    with Image.open(path) as im:
+def _picture_header(source: Location) -> tuple[tuple[int, int, int], str]:
+    with source.open() as fh, Image.open(fh) as im:
         width, height = im.size
         if im.mode in _GREY_8BIT_MODES:
             return (1, height, width), "uint8"
@@ -92,31 +119,44 @@ def _picture_header(path: Path) -> tuple[tuple[int, int, int], str]:
             return (1, height, width), "uint16"
         if im.mode in _COLOUR_8BIT_MODES:
             return (3, height, width), "uint8"
-    raise ValueError(f"image {str(path)!r} has Pillow mode {im.mode!r}; 8-bit grey or colour, or 16-bit grey expected")
+    raise ValueError(
+        f"image {_name(source)!r} has Pillow mode {im.mode!r}; 8-bit grey or colour, or 16-bit grey expected"
+    )
 
 
-def _array_header(path: Path) -> tuple[tuple[int, int, int], str]:
-    a = np.load(path, mmap_mode="r", allow_pickle=False)
-    if a.ndim == 2:
-        return (1, *a.shape), str(a.dtype)
-    if a.ndim == 3:
-        return tuple(a.shape), str(a.dtype)
-    raise ValueError(f"array file {str(path)!r} must hold one image of shape (H, W) or (C, H, W), got shape {a.shape}")
+def _array_header(source: Location) -> tuple[tuple[int, int, int], str]:
+    shape, dtype = array_header(source)
+    if len(shape) == 2:
+        return (1, *shape), str(dtype)
+    if len(shape) == 3:
+        return tuple(shape), str(dtype)
+    raise ValueError(
+        f"array file {_name(source)!r} must hold one image of shape (H, W) or (C, H, W), got shape {shape}"
+    )
 
 
-def _header(path: Path) -> tuple[tuple[int, int, int], str]:
-    suffix = path.suffix.lower()
+def _name(source: Location) -> str:
+    """How a message names an image: its path for a local file, else its URL."""
+    return str(Path(source.store.url) / source.key) if source.store.local else str(source)
+
+
+def _suffix(source: Location) -> str:
+    return Path(source.key).suffix.lower()
+
+
+def _header(source: Location) -> tuple[tuple[int, int, int], str]:
+    suffix = _suffix(source)
     if suffix not in IMAGE_SUFFIXES:
-        raise ValueError(f"image file {str(path)!r} must be one of {IMAGE_SUFFIXES}, got suffix {suffix!r}")
+        raise ValueError(f"image file {_name(source)!r} must be one of {IMAGE_SUFFIXES}, got suffix {suffix!r}")
     try:
-        return _array_header(path) if suffix in ARRAY_SUFFIXES else _picture_header(path)
+        return _array_header(source) if suffix in ARRAY_SUFFIXES else _picture_header(source)
     except (OSError, ValueError) as exc:
-        if isinstance(exc, ValueError) and str(path) in str(exc):
+        if isinstance(exc, ValueError) and _name(source) in str(exc):
             raise
-        raise ValueError(f"cannot read image file {str(path)!r}: {type(exc).__name__}: {exc}") from None
+        raise ValueError(f"cannot read image file {_name(source)!r}: {type(exc).__name__}: {exc}") from None
 
 
-def inspect_images(paths: Sequence[str | Path]) -> ImageInfo:
+def inspect_images(paths: Sequence[ImageSource]) -> ImageInfo:
     """Check from their headers that the image files agree, and return what they share.
 
     Pictures of mixed grey and colour agree (all become RGB); otherwise sizes, channel counts and dtypes must
@@ -129,25 +169,25 @@ def inspect_images(paths: Sequence[str | Path]) -> ImageInfo:
     """
     if not paths:
         raise ValueError("image_paths must name at least one image file, got none")
-    headers = [(Path(p), *_header(Path(p))) for p in paths]
-    pictures_only = all(path.suffix.lower() in PICTURE_SUFFIXES for path, _, _ in headers)
+    headers = [(source, *_header(source)) for source in map(as_location, paths)]
+    pictures_only = all(_suffix(source) in PICTURE_SUFFIXES for source, _, _ in headers)
     first, (c0, h0, w0), dtype0 = headers[0]
     for path, (c, h, w), dtype in headers[1:]:
         if (h, w) != (h0, w0) or dtype != dtype0 or (c != c0 and not pictures_only):
             raise ValueError(
-                f"image {str(path)!r} is {c}x{h}x{w} {dtype}, unlike {str(first)!r} which is "
+                f"image {_name(path)!r} is {c}x{h}x{w} {dtype}, unlike {_name(first)!r} which is "
                 f"{c0}x{h0}x{w0} {dtype0}: all images of a job must share size, channels and dtype"
             )
     channels = max(shape[0] for _, shape, _ in headers)
     return ImageInfo((channels, h0, w0), dtype0)
 
 
-def load_images(paths: Sequence[str | Path], info: ImageInfo) -> np.ndarray:
+def load_images(paths: Sequence[ImageSource], info: ImageInfo) -> np.ndarray:
     """Load image files as one array of shape (n, C, H, W) and dtype ``info.dtype``.
 
     Parameters
     ----------
-    paths : sequence of path
+    paths : sequence of path, URL or Location
         The files, in order (a shard's files).
     info : ImageInfo
         From :func:`inspect_images` on the whole dataset (it fixes C for pictures).
@@ -157,9 +197,9 @@ def load_images(paths: Sequence[str | Path], info: ImageInfo) -> np.ndarray:
     ValueError
         If a file does not match `info` (it changed since it was inspected, say).
     """
-    arrays = [_load_one(Path(p), info) for p in paths]
+    arrays = [_load_one(as_location(p), info) for p in paths]
     bad = [
-        (str(p), a.shape, str(a.dtype))
+        (_name(as_location(p)), a.shape, str(a.dtype))
         for p, a in zip(paths, arrays, strict=True)
         if a.shape != info.shape or str(a.dtype) != info.dtype
     ]
@@ -168,11 +208,11 @@ def load_images(paths: Sequence[str | Path], info: ImageInfo) -> np.ndarray:
     return np.stack(arrays)
 
 
-def _load_one(path: Path, info: ImageInfo) -> np.ndarray:
-    if path.suffix.lower() in ARRAY_SUFFIXES:
-        a = np.load(path, allow_pickle=False)
+def _load_one(source: Location, info: ImageInfo) -> np.ndarray:
+    if _suffix(source) in ARRAY_SUFFIXES:
+        a = read_array(source)
         return a[None] if a.ndim == 2 else a
-    with Image.open(path) as im:
+    with source.open() as fh, Image.open(fh) as im:
         if info.dtype == "uint16":
             return np.asarray(im, dtype=np.uint16)[None]
         if info.n_channels == 3:

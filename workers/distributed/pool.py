@@ -103,3 +103,22 @@ class RayPool:
 
     def reset(self) -> None:
         self._broadcast("reset")
+
+    def save_states(self, folder: Any) -> list[Any]:
+        """Every actor writes its part of a checkpoint into `folder`; returns the parts (sha256, size), in order."""
+        refs = [actor.save_state.remote(folder, index) for index, actor in enumerate(self.actors)]
+        return ray.get(refs, timeout=self.timeout)
+
+    def restore(self, parts: Sequence[Any]) -> None:
+        """Every actor reads its own part of a checkpoint from the store."""
+        if len(parts) != len(self.actors):
+            raise ValueError(f"a checkpoint must hold one part per shard ({len(self.actors)}), got {len(parts)}")
+        ray.get([actor.restore.remote(p) for actor, p in zip(self.actors, parts, strict=True)], timeout=self.timeout)
+
+    def write_outputs(self, outputs: Any, firsts: Sequence[int]) -> list[Any]:
+        """Every actor writes its part of the layer's results; returns their keys, in shard order."""
+        refs = [
+            a.write_outputs.remote(outputs, i, first)
+            for i, (a, first) in enumerate(zip(self.actors, firsts, strict=True))
+        ]
+        return ray.get(refs, timeout=self.timeout)

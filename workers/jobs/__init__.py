@@ -2,7 +2,11 @@
 
 * :mod:`workers.jobs.store`: ``JobStore``, SQLite (WAL) job and dataset records beside the artifact store;
 * :mod:`workers.jobs.status`: the states of a job (``JobStatus``, ``TERMINAL``), for the store, service and client;
+* :mod:`workers.jobs.objects`: stores of bytes by key (a local folder or any fsspec URL), the data plane every
+  node reads and writes: atomic and streamed writes, ranged reads of ``.npy`` rows;
 * :mod:`workers.jobs.artifacts`: the content-addressed artifact store (a local folder or any fsspec URL);
+* :mod:`workers.jobs.results`: a finished job's per-shard results, streamed as one array or zip;
+* :mod:`workers.jobs.live`: the newest filters of a running job, read through its work store;
 * :mod:`workers.jobs.datasets`: uploaded datasets (images, zip or npz archives) into the artifact store;
 * :mod:`workers.jobs.spec`: ``JobSpec``, the validated job a client submits;
 * :mod:`workers.jobs.runner`: ``JobRunner``, the queue, the run, resume after a restart, cancel, artifacts;

@@ -17,7 +17,10 @@ import re
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
+
 from ..distributed.checkpoint import atomic_write_bytes
+from .objects import Location, ObjectStore, npy_chunks, write_array
 
 KEY_PATTERN = re.compile(r"^[0-9a-f]{64}(\.[a-z0-9]{1,8})?$")
 
@@ -55,8 +58,50 @@ class ArtifactStore(Protocol):
 
     def local_path(self, key: str) -> Path | None: ...
 
+    @property
+    def url(self) -> str: ...
 
-class LocalArtifactStore:
+    def location(self, key: str) -> Location: ...
+
+    def put_array(self, array: np.ndarray) -> tuple[str, int]: ...
+
+
+class _ObjectsMixin:
+    """What both stores share through :class:`~workers.jobs.objects.ObjectStore`: a location per key, and arrays
+    stored without a copy in memory (what shard actors write their parts with)."""
+
+    objects: ObjectStore
+
+    @property
+    def url(self) -> str:
+        """The store's folder or URL: :func:`open_artifact_store` of it opens the same store on another node."""
+        return self.objects.url
+
+    def location(self, key: str) -> Location:
+        """Where the bytes of `key` are, for a reader on any node."""
+        check_key(key)
+        return self.objects.at(f"{key[:2]}/{key}")
+
+    def put_array(self, array: np.ndarray) -> tuple[str, int]:
+        """Store `array` as ``.npy``, hashed then written in pieces (never a second copy of it in memory).
+
+        Returns
+        -------
+        (str, int)
+            The key and the size in bytes.
+        """
+        digest, size = hashlib.sha256(), 0
+        for chunk in npy_chunks(array):
+            digest.update(chunk)
+            size += len(chunk)
+        key = digest.hexdigest() + ".npy"
+        location = self.location(key)
+        if not (self.objects.exists(location.key) and self.objects.size(location.key) == size):
+            write_array(location, array)
+        return key, size
+
+
+class LocalArtifactStore(_ObjectsMixin):
     """Artifacts as files ``root/ab/abcdef....npy``.
 
     Parameters
@@ -68,6 +113,7 @@ class LocalArtifactStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.objects = ObjectStore(str(self.root))
 
     def _path(self, key: str) -> Path:
         check_key(key)
@@ -98,7 +144,7 @@ class LocalArtifactStore:
         return self._path(key)
 
 
-class FsspecArtifactStore:
+class FsspecArtifactStore(_ObjectsMixin):
     """Artifacts under an fsspec URL (``s3://bucket/prefix``, ``memory://x``, ``file:///...``).
 
     Needs the ``s3`` extra (fsspec, s3fs) for S3. Writes go through ``pipe`` (one PUT on object stores).
@@ -107,7 +153,7 @@ class FsspecArtifactStore:
     def __init__(self, url: str, **storage_options):
         import fsspec  # noqa: PLC0415  (optional dependency)
 
-        self.url = url
+        self.objects = ObjectStore(url)
         self.fs, self.root = fsspec.core.url_to_fs(url, **storage_options)
         self.root = self.root.rstrip("/")
 
@@ -127,7 +173,7 @@ class FsspecArtifactStore:
         try:
             data = self.fs.cat(self._path(key))
         except FileNotFoundError:
-            raise ArtifactCorruptError(f"artifact {key} is missing from {self.url}") from None
+            raise ArtifactCorruptError(f"artifact {key} is missing from {self.objects.url}") from None
         _verify(key, data)
         return data
 

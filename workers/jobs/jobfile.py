@@ -31,6 +31,7 @@ from solver.config import LearnConfig
 from solver.images.preprocess import PreprocessConfig
 
 from ..distributed.images import image_paths, list_images
+from .objects import Location, is_url
 
 
 class JobFileError(ValueError):
@@ -42,14 +43,15 @@ class LearnJobFile(LearnConfig):
 
     Attributes
     ----------
-    images : Path, optional
-        Folder of image files (absolute once loaded by :func:`load_job_file`); None when the command line gives
-        the images.
+    images : str, optional
+        Folder of image files (absolute once loaded by :func:`load_job_file`), or an fsspec URL of one
+        (``s3://bucket/images/``, read by each shard actor from any node); None when the command line gives the
+        images.
     workers : int, optional
         Shard actors to use.
     """
 
-    images: Path | None = None
+    images: str | None = None
     workers: int | None = Field(None, ge=1)
     preprocess: PreprocessConfig | None = Field(default_factory=PreprocessConfig)
 
@@ -59,7 +61,7 @@ class LearnJobFile(LearnConfig):
         changes = {} if n_iter is None else {"n_iter": n_iter}
         return LearnConfig.model_validate(self.model_dump(exclude={"images", "workers"}) | changes)
 
-    def image_paths(self, given: Sequence[str | Path] | None = None) -> list[Path]:
+    def image_paths(self, given: Sequence[str | Path] | None = None) -> list[Path] | list[Location]:
         """The image files to learn on: `given` (files or folders, the command line's ``--images``) when not
         empty, else those of the file's ``images`` folder.
 
@@ -133,7 +135,8 @@ def load_job_file(path: str | Path) -> LearnJobFile:
         job = LearnJobFile.model_validate(data)
     except ValidationError as exc:
         raise JobFileError(f"{path}: {describe_validation_error(exc)}") from None
-    if job.images is None:
+    if job.images is None or is_url(job.images):
         return job
-    images = job.images if job.images.is_absolute() else (path.resolve().parent / job.images)
-    return job.model_copy(update={"images": images.resolve()})
+    images = Path(job.images).expanduser()
+    images = images if images.is_absolute() else (path.resolve().parent / images)
+    return job.model_copy(update={"images": str(images.resolve())})

@@ -1,9 +1,11 @@
 """The newest filters of a running job: what a person watching it sees before its artifacts exist.
 
-While a job runs, each layer's filters live in the job's work folder: every ``checkpoint_every`` outer iterations
-the coordinator writes a checkpoint (its manifest last, with the sha256 of ``filters.npy``), and a finished layer
-leaves ``layers/L<l>/filters.npy`` beside its ``done.json``. :func:`latest_filters` is the one function that
-knows where they are; :func:`live_montage` draws them as the finished job's ``filters-L<l>.png`` would be drawn.
+While a job runs, each layer's filters live in the job's work store (a local folder, or any fsspec URL such as
+``DECONV_WORK_URL=s3://...``): every ``checkpoint_every`` outer iterations the coordinator writes a checkpoint
+(``layers/L<l>/checkpoints/ckpt-<iteration>``, its manifest last, with the sha256 of ``filters.npy``), and a
+finished layer leaves ``layers/L<l>/filters.npy`` beside its ``done.json``. :func:`latest_filters` is the one
+function that knows where they are; :func:`live_montage` draws them as the finished job's ``filters-L<l>.png``
+would be drawn.
 
 Nothing here writes: a checkpoint pruned or half-written while it is read is skipped for the one before it.
 """
@@ -24,6 +26,7 @@ from solver import StackModel, pixel_filters
 from solver.images.pictures import filter_montage
 
 from ..distributed.checkpoint import MANIFEST, checkpoint_folders
+from .objects import ObjectStore
 from .store import JobStore
 
 logger = logging.getLogger(__name__)
@@ -50,9 +53,15 @@ class LiveFilters:
     final: bool
 
 
+def layer_folder(store: JobStore, job_id: str, layer: int) -> ObjectStore:
+    """Where the runner keeps layer `layer` (1-based) of a running job: its checkpoints, and ``done.json`` with
+    ``filters.npy`` once it is learned."""
+    return store.job_work(job_id).child(f"layers/L{layer}")
+
+
 def latest_filters(store: JobStore, job_id: str, layer: int) -> LiveFilters | None:
     """The newest saved filters of `layer` of job `job_id` while it runs: the finished layer's filters, else those
-    of its newest complete checkpoint.
+    of its newest complete checkpoint; read through the job's work store, local or remote.
 
     Parameters
     ----------
@@ -67,18 +76,17 @@ def latest_filters(store: JobStore, job_id: str, layer: int) -> LiveFilters | No
         None when the layer has neither finished nor written a checkpoint (or the job's work folder is gone:
         the job ended, and its artifacts hold the filters).
     """
-    work = store.job_dir(job_id)
-    done = work / "layers" / f"L{layer}"
+    folder = layer_folder(store, job_id, layer)
     try:
-        stats = json.loads((done / "done.json").read_bytes())["stats"]
-        filters = np.load(done / "filters.npy", allow_pickle=False)
+        stats = json.loads(folder.read("done.json"))["stats"]
+        filters = _npy(folder.read("filters.npy"))
         return LiveFilters(layer, int(stats[-1]["iteration"]) if stats else 0, filters, True)
     except (OSError, ValueError, KeyError, IndexError):  # not finished (or removed as the job ends)
         pass
-    for iteration, folder in reversed(checkpoint_folders(work / "checkpoints" / f"L{layer}")):
+    for iteration, checkpoint in reversed(checkpoint_folders(folder.child("checkpoints"))):
         try:
-            manifest = json.loads((folder / MANIFEST).read_bytes())
-            data = (folder / "filters.npy").read_bytes()
+            manifest = json.loads(checkpoint.read(MANIFEST))
+            data = checkpoint.read("filters.npy")
             if hashlib.sha256(data).hexdigest() != manifest["files"]["filters.npy"]:
                 raise ValueError("filters.npy does not match its manifest")
             return LiveFilters(layer, int(manifest["iteration"]), _npy(data), False)

@@ -1,16 +1,24 @@
 """The job runner: takes queued jobs from the store, learns them on Ray layer by layer, writes their artifacts.
 
-One background thread runs one job at a time (oldest first). A job of L layers is L distributed runs of
+A background thread starts the queued jobs, oldest first, up to ``max_running`` at once, each in a thread of its
+own once its shard actors' resources are reserved on the cluster (a placement group held for the whole job).
+A job of L layers is L distributed runs of
 :class:`~workers.distributed.coordinator.Coordinator`: layer 1 on the dataset's images with the job's preprocessing,
-layer l+1 on the maps of layer l (saved as one ``.npy`` per image in the job's work folder; pooled, with their
-switches saved beside them, when layer l pools) rescaled as the 2010 toolbox does. A job with ``reconstruct_to``
-'pixels' (the 2011 model) runs every layer on the dataset's images instead, through the frozen layers below and
-the saved switches of the same images, which each shard actor reads for its own images.
+layer l+1 on the maps of layer l (pooled when layer l pools) rescaled as the 2010 toolbox does. A job with
+``reconstruct_to`` 'pixels' (the 2011 model) runs every layer on the dataset's images instead, through the frozen
+layers below and the switches of the same images.
 
-Every run checkpoints into ``jobs/<id>/checkpoints/L<l>`` every ``checkpoint_every`` outer iterations, and a
-finished layer leaves ``jobs/<id>/layers/L<l>/done.json`` (written last), so a job restarted after the service
-died skips its finished layers and resumes the current one from its newest checkpoint. ``model.json`` is the last
-artifact stored; once it is there the job's work folder is removed, and a restarted job that finds it is done.
+The store is the data plane: the shard actors read the dataset's images from the artifact store by key, and at the
+end of a layer each writes its part of the layer's results (:mod:`workers.distributed.outputs`): maps and switches
+into the artifact store, pooled maps into the job's work store; layer l+1's actors read their rows of those parts.
+This process records keys only, so its memory does not grow with the dataset.
+
+Every run checkpoints into ``<work>/<id>/layers/L<l>/checkpoints`` every ``checkpoint_every`` outer iterations
+(each actor writes its own part, the coordinator the manifest, last), and a finished layer leaves
+``layers/L<l>/done.json`` (written last: its filters, statistics and the keys of its parts), so a job restarted
+after the service died skips its finished layers and resumes the current one from its newest checkpoint.
+``model.json`` is the last artifact stored; once it is there the job's work folder is removed, and a restarted job
+that finds it is done. The work store is ``DECONV_WORK_URL``, by default beside the artifacts.
 
 Progress (layer, outer iteration, objective, sparsity, elapsed time) goes to the store after every outer iteration.
 A cancel request is seen before the next outer iteration. When the service stops gracefully, the running job goes
@@ -19,26 +27,25 @@ service finds the job still ``running`` and queues it again.
 
 Artifacts of a succeeded job (names in the store): ``filters-L<l>.npy`` (K, C, s, s) float32 and
 ``filters-L<l>.png`` (layer 1: the filters; higher layers: their pixel-space projections, or above a pooling layer
-each map's strongest training activation projected down), ``connectivity-L<l>.npy``, ``maps-L<l>.npz`` (one array
-per image, ``image-0000``, ...), ``switches-L<l>.npy`` (N, ⌈K/pk⌉, ⌈H'/ph⌉, ⌈W'/pw⌉) int32 for a layer that
-pools, ``reconstructions.npy`` (N, C, H, W: the top layer's
-maps projected to pixels, in the preprocessed space) and ``reconstructions.png`` (each preprocessed input beside its
-reconstruction), ``history.json`` and ``history.png`` (the objective per outer iteration), ``config.json`` (the
-resolved spec), ``model.json`` (what encoding and projection need).
+each map's strongest activation on the first :data:`SAMPLE_IMAGES` training images projected down),
+``connectivity-L<l>.npy``; per shard i, ``maps-L<l>.part-<i>.npy`` (n_i, K, H', W'), ``switches-L<l>.part-<i>.npy``
+(n_i, ⌈K/pk⌉, ⌈H'/ph⌉, ⌈W'/pw⌉) int32 for a layer that pools, and ``reconstructions.part-<i>.npy`` (n_i, C, H, W)
+float32 (the top layer's maps projected to pixels, in the preprocessed space), with their index ``shards.json``
+(:mod:`workers.jobs.results` serves them as one array); ``reconstructions.png`` (the first :data:`SAMPLE_IMAGES`
+preprocessed inputs beside their reconstructions), ``history.json`` and ``history.png`` (the objective per outer
+iteration), ``config.json`` (the resolved spec), ``model.json`` (what encoding and projection need).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
-import shutil
 import threading
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -50,16 +57,27 @@ from solver import (
     StackModel,
     layer_config,
     pixel_filters,
-    reconstruct_from,
     top_projections,
 )
 from solver.images.pictures import filter_montage, history_plot, image_sheet, png_bytes
 from solver.operators.pixel_path import LowerLayer
-from solver.operators.pooling import pool3d, pool_maps
 
-from ..distributed.checkpoint import atomic_write_bytes, npy_bytes
+from ..distributed.address import LOCAL
 from ..distributed.cluster import ClusterConfig, connect
+from ..distributed.images import ImageInfo
+from ..distributed.outputs import LayerOutputs, Reconstruction, ShardOutput, Written
+from ..distributed.placement import (
+    Placement,
+    is_ready,
+    node_resources,
+    release,
+    reserve,
+    resolve_resources,
+    unplaceable,
+)
+from .integrity import verify_dataset
 from .models import JobModel, load_model
+from .objects import Location, ObjectStore, Part, npy_bytes, read_array, rows_of_parts
 from .spec import JobSpec
 from .store import JobRecord, JobStore
 
@@ -73,7 +91,12 @@ class JobStopped(Exception):  # noqa: N818  (control flow, not an error)
 
 
 class JobRunner:
-    """Runs the store's queued jobs, one at a time, in a background thread.
+    """Runs the store's queued jobs in background threads, up to `max_running` at once, oldest first.
+
+    A job starts only once its shard actors' resources are reserved together (a Ray placement group, see
+    :mod:`workers.distributed.placement`): the oldest queued job's group is asked for, and while the cluster has no
+    room for all of it the job stays queued and the younger ones wait behind it (no job is passed over for ever).
+    A job that can never fit (more than a private local cluster has) fails at once, saying what it asked.
 
     Parameters
     ----------
@@ -87,9 +110,11 @@ class JobRunner:
     max_attempts : int
         Times a job may be started (restarts of the service included) before it fails.
     poll_interval : float
-        Seconds between looks at an empty queue.
+        Seconds between looks at the queue while nothing changes.
     actor_cpus : float
-        CPUs each shard actor reserves (see :class:`~workers.distributed.coordinator.Coordinator`).
+        CPUs each shard actor reserves when the job's spec does not say (``resources.cpus``).
+    max_running : int
+        Jobs that run at the same time.
     """
 
     def __init__(
@@ -101,8 +126,11 @@ class JobRunner:
         max_failures: int = 3,
         max_attempts: int = 3,
         poll_interval: float = 0.25,
-        actor_cpus: float = 0.0,
+        actor_cpus: float = 1.0,
+        max_running: int = 2,
     ):
+        if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
+            raise ValueError(f"max_running must be a positive integer, got {max_running!r}")
         self.store = store
         self.cluster = cluster
         self.checkpoint_every = checkpoint_every
@@ -110,10 +138,13 @@ class JobRunner:
         self.max_attempts = max_attempts
         self.poll_interval = poll_interval
         self.actor_cpus = actor_cpus
+        self.max_running = max_running
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self.current: str | None = None
+        self._jobs: dict[str, threading.Thread] = {}  # running jobs, oldest first (dicts keep insertion order)
+        self._waiting: tuple[str, Placement] | None = None  # the oldest queued job and its pending reservation
+        self._told_waiting: str | None = None
 
     def start(self) -> None:
         """Queue again the jobs a dead service left running, then start the thread."""
@@ -129,7 +160,7 @@ class JobRunner:
         self._wake.set()
 
     def stop(self, timeout: float | None = 60.0) -> None:
-        """Stop after the running job's current outer iteration (it goes back to the queue) and join."""
+        """Stop every running job after its current outer iteration (they go back to the queue) and join."""
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
@@ -142,23 +173,109 @@ class JobRunner:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def running(self) -> list[str]:
+        """Ids of the jobs running now, oldest first."""
+        return [job_id for job_id, thread in list(self._jobs.items()) if thread.is_alive()]
+
+    @property
+    def current(self) -> str | None:
+        """The oldest running job's id (None when none runs)."""
+        running = self.running
+        return running[0] if running else None
+
     def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                job = self.store.claim_next()
-            except Exception:  # a locked or broken database must not kill the runner thread
-                logger.exception("cannot read the job queue")
-                job = None
-            if job is None:
+                started = self._schedule()
+            except Exception:  # a locked database or a lost cluster must not kill the runner thread
+                logger.exception("cannot schedule the job queue")
+                started = False
+            if not started:
                 self._wake.wait(self.poll_interval)
                 self._wake.clear()
-                continue
-            self.run_job(job)
+        self._drop_waiting()
+        for thread in list(self._jobs.values()):
+            thread.join()
+        self._jobs.clear()
         self.store.close()
 
-    def run_job(self, job: JobRecord) -> None:
-        """Run one claimed job to its end state (never raises)."""
-        self.current = job.id
+    def _schedule(self) -> bool:
+        """Start the oldest queued job if a slot is free and its resources are reserved; True if the queue moved."""
+        for job_id, thread in list(self._jobs.items()):
+            if not thread.is_alive():
+                del self._jobs[job_id]
+        if len(self._jobs) >= self.max_running:
+            return False
+        job = self.store.next_queued()
+        if self._waiting is not None and (job is None or self._waiting[0] != job.id):
+            self._drop_waiting()  # cancelled, or an older job came back to the queue: it goes first
+        if job is None:
+            return False
+        if self._waiting is None:
+            try:
+                self._waiting = (job.id, reserve(self._request(job), name=f"deconv-job-{job.id}"))
+            except ValueError as exc:  # a job that cannot run here: it fails now rather than waiting for ever
+                self._fail_queued(job.id, exc)
+                return True
+        job_id, placement = self._waiting
+        if not is_ready(placement):
+            if self._told_waiting != job_id:
+                logger.info("job %s: waiting for room on the cluster for %s", job_id, placement.describe())
+                self._told_waiting = job_id
+            return False
+        self._waiting = None
+        claimed = self.store.claim(job_id)
+        if claimed is None:  # cancelled between the look and the claim
+            release(placement)
+            return True
+        thread = threading.Thread(
+            target=self._run_in_thread, args=(claimed, placement), name=f"deconv-job-{job_id[:8]}", daemon=True
+        )
+        self._jobs[job_id] = thread
+        thread.start()
+        return True
+
+    def _request(self, job: JobRecord) -> Placement:
+        """What the job's shard actors reserve; ValueError for a job that cannot run on this cluster."""
+        import ray  # noqa: PLC0415
+
+        spec = JobSpec.model_validate(job.spec)
+        dataset = self.store.get_dataset(spec.dataset_id)
+        if dataset is None:
+            raise ValueError(f"dataset {spec.dataset_id} is gone")
+        connect(self.cluster)
+        placement = resolve_resources(
+            spec.resources,
+            n_shards=min(spec.workers, dataset.n_images),
+            backend=spec.backend,
+            cluster_gpus=float(ray.cluster_resources().get("GPU", 0.0)),
+            default_cpus=self.actor_cpus,
+        )
+        why = unplaceable(placement, node_resources())
+        if why is not None:
+            if (self.cluster or ClusterConfig()).resolved_address() == LOCAL:
+                raise ValueError(f"the job cannot be placed on this machine's private Ray cluster: {why}")
+            logger.warning("job %s waits for nodes to join: %s", job.id, why)  # a real cluster may grow
+        return placement
+
+    def _fail_queued(self, job_id: str, exc: ValueError) -> None:
+        if self.store.claim(job_id) is not None:
+            self.store.finish(job_id, "failed", _describe(exc))
+
+    def _drop_waiting(self) -> None:
+        if self._waiting is not None:
+            release(self._waiting[1])
+            self._waiting = None
+
+    def _run_in_thread(self, job: JobRecord, placement: Placement | None) -> None:
+        try:
+            self.run_job(job, placement)
+        finally:
+            self.store.close()  # this thread's connection
+
+    def run_job(self, job: JobRecord, placement: Placement | None = None) -> None:
+        """Run one claimed job to its end state (never raises); its placement group is removed at the end."""
         logger.info("job %s: started (attempt %d)", job.id, job.attempts)
         try:
             execute(
@@ -168,6 +285,7 @@ class JobRunner:
                 checkpoint_every=self.checkpoint_every,
                 max_failures=self.max_failures,
                 actor_cpus=self.actor_cpus,
+                placement=placement,
                 should_stop=lambda: self._stopping.is_set() or self.store.cancel_requested(job.id),
             )
         except JobStopped:
@@ -178,17 +296,24 @@ class JobRunner:
                 self.store.release(job.id)
                 logger.info("job %s: back in the queue (the service is stopping)", job.id)
         except Exception as exc:
+            if self._stopping.is_set():  # the stopping service took the cluster from under the job: it resumes
+                logger.info("job %s: back in the queue (stopped mid-iteration: %s)", job.id, _describe(exc))
+                self.store.release(job.id)
+                return
             logger.error("job %s failed:\n%s", job.id, traceback.format_exc())
             self.store.finish(job.id, "failed", _describe(exc))
             self._discard_work(job.id)
         else:
             self.store.finish(job.id, "succeeded")
         finally:
-            self.current = None
+            release(placement)
 
     def _discard_work(self, job_id: str) -> None:
-        """A cancelled or failed job will not resume: its checkpoints and layer maps only take disk space."""
-        shutil.rmtree(self.store.job_dir(job_id), ignore_errors=True)
+        """A cancelled or failed job will not resume: its checkpoints and pooled maps only take space."""
+        try:
+            self.store.job_work(job_id).remove_all()
+        except OSError:
+            logger.warning("job %s: its work folder could not be removed", job_id, exc_info=True)
 
 
 def execute(
@@ -199,9 +324,14 @@ def execute(
     checkpoint_every: int = 5,
     max_failures: int = 3,
     actor_cpus: float = 0.0,
+    placement: Placement | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> JobModel:
     """Learn every layer of `job`, resuming what an earlier attempt left, and store the artifacts.
+
+    Nothing the size of the dataset passes through this process: the shard actors read the images from the
+    artifact store and write their parts of every result; this function records their keys. With a `placement`,
+    every layer's shard actors run in its reserved bundles.
 
     Raises
     ------
@@ -217,17 +347,19 @@ def execute(
     dataset = store.get_dataset(spec.dataset_id)
     if dataset is None:
         raise ValueError(f"dataset {spec.dataset_id} is gone")
-    work = store.job_dir(job.id)
-    inputs = _input_paths(store, dataset, work / "inputs")
-    paths = inputs
+    verify_dataset(store, dataset)
+    work = store.job_work(job.id)
+    images = [store.artifacts.location(image.key) for image in dataset.images]
+    inputs: list = images
+    info = _dataset_info(dataset)
     connect(cluster)
     pixels = config.reconstruct_to == "pixels"
-    results: list[LearnResult] = []
-    switch_files: list[list[Path] | None] = []
-    for index in range(len(spec.layers)):
-        layer_dir = work / "layers" / f"L{index + 1}"
+    layers: list[FinishedLayer] = []
+    n_layers = len(spec.layers)
+    for index in range(n_layers):
+        layer_store = work.child(f"layers/L{index + 1}")
         pool = spec.layers[index].pool
-        done = _load_layer(layer_dir)
+        done = _load_layer(layer_store, store.artifacts.location)
         if done is None:
             if should_stop():
                 raise JobStopped
@@ -235,18 +367,33 @@ def execute(
             lower: list[LowerLayer] = []
             if pixels:  # every layer reads the pixels, preprocessed as for layer 1 (the same fit, repeated)
                 cfg = cfg.model_copy(update={"preprocess": config.preprocess})
-                lower = [LowerLayer(r.filters, _table(r), spec.layers[j].pool) for j, r in enumerate(results)]
+                lower = [
+                    LowerLayer(d.result.filters, _table(d.result), spec.layers[j].pool) for j, d in enumerate(layers)
+                ]
+            top = index == n_layers - 1
+            outputs = LayerOutputs(
+                store.artifacts.url, layer_store if pool is not None and not pixels and not top else None, pool
+            )
+
+            def finish(result: LearnResult, outputs: LayerOutputs = outputs, top: bool = top) -> LayerOutputs:
+                if not top:
+                    return outputs
+                return replace(outputs, reconstruction=_reconstruction(spec, [*layers, FinishedLayer(result, [])]))
+
             coordinator = Coordinator(
-                paths,
+                inputs,
                 cfg,
                 workers=spec.workers,
-                checkpoint_dir=work / "checkpoints" / f"L{index + 1}",
+                checkpoint_dir=layer_store.child("checkpoints"),
                 checkpoint_every=checkpoint_every,
                 max_failures=max_failures,
                 backend=spec.backend,
                 actor_cpus=actor_cpus,
                 lower=lower,
-                switch_paths=list(switch_files) if pixels else [],
+                switch_paths=[d.parts("switches") for d in layers] if pixels else [],
+                info=info if inputs is images else None,
+                outputs=finish,
+                placement=placement,
             )
 
             def progress(stats: IterStats, layer: int = index + 1) -> None:
@@ -259,34 +406,58 @@ def execute(
                     elapsed=stats.elapsed,
                 )
 
-            resume = (work / "checkpoints" / f"L{index + 1}").is_dir()  # an earlier attempt left checkpoints
+            resume = bool(layer_store.list("checkpoints"))  # an earlier attempt left checkpoints
             result = coordinator.run(callback=progress, should_stop=should_stop, resume=resume)
             if len(result.history) < cfg.n_iter:
                 raise JobStopped
-            done = _save_layer(layer_dir, result, pool)
-        results.append(done)
-        switch_files.append(None if pool is None else sorted((layer_dir / "switches").glob("*.npy")))
+            done = _save_layer(layer_store, result, coordinator.written, store.artifacts.location)
+        layers.append(done)
         if not pixels:  # the 2010 model: the next layer reads this one's (pooled) maps
-            paths = sorted((layer_dir / ("maps" if pool is None else "pooled")).glob("*.npy"))
+            inputs = done.parts("maps" if pool is None else "pooled")
+    model = _job_model(spec, layers)
+    _store_artifacts(store, job.id, spec, model, layers, images)
+    work.remove_all()  # everything of value is in the artifacts now
+    return model
+
+
+def _dataset_info(dataset) -> ImageInfo | None:
+    """What every image of `dataset` shares, from its record; None when they differ (the coordinator then reads
+    the headers, and names the first image that differs)."""
+    shapes = {tuple(image.shape) for image in dataset.images}
+    dtypes = {image.dtype for image in dataset.images}
+    if len(shapes) != 1 or len(dtypes) != 1:
+        return None
+    return ImageInfo(shapes.pop(), dtypes.pop())
+
+
+def _job_model(spec: JobSpec, layers: list[FinishedLayer]) -> JobModel:
+    pixels = spec.reconstruct_to == "pixels"
+    results = [d.result for d in layers]
     preprocess = [r.preprocess if index == 0 or not pixels else None for index, r in enumerate(results)]
     lam_max = [r.lam_max for r in results]  # a relative λ is recorded as the absolute λ used, with λ_max
-    lams = [layer.lam if top is None else layer.lam * top for layer, top in zip(spec.layers, lam_max, strict=True)]
+    lams = [layer.lam if top is None else layer.lam * top for layer, top in zip(spec.layers, lam_max, strict=False)]
     stack = StackModel.from_layers(
         [r.filters for r in results],
         [_table(r) for r in results],
         preprocess,
         lams,
-        [layer.p for layer in spec.layers],
+        [layer.p for layer in spec.layers[: len(results)]],
         spec.boundary,
-        [layer.pool for layer in spec.layers],
+        [layer.pool for layer in spec.layers[: len(results)]],
         spec.reconstruct_to,
         lam_max=lam_max,
     )
-    model = JobModel(stack, spec.inference)
-    images = np.stack([np.load(p, allow_pickle=False) for p in inputs])
-    _store_artifacts(store, job.id, spec, model, results, dataset_images=images)
-    shutil.rmtree(work, ignore_errors=True)  # everything of value is in the artifacts now
-    return model
+    return JobModel(stack, spec.inference)
+
+
+def _reconstruction(spec: JobSpec, layers: list[FinishedLayer]) -> Reconstruction:
+    """How the top layer's shards reconstruct their images: the whole model, the switches and map shapes below."""
+    below = layers[:-1]
+    return Reconstruction(
+        _job_model(spec, layers).stack,
+        [d.parts("switches") if spec.layers[j].pool is not None else None for j, d in enumerate(below)],
+        [d.map_shape for d in below],
+    )
 
 
 def _table(result: LearnResult) -> np.ndarray:
@@ -295,76 +466,101 @@ def _table(result: LearnResult) -> np.ndarray:
     return np.ones(result.filters.shape[:2], dtype=bool)
 
 
-def _input_paths(store: JobStore, dataset, folder: Path) -> list[Path]:
-    """The dataset's image files: the local store's own files, else copies in the job's folder."""
-    paths = []
-    for index, image in enumerate(dataset.images):
-        local = store.artifacts.local_path(image.key)
-        if local is not None and local.is_file():
-            paths.append(local)
-            continue
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"{index:05d}.npy"
-        if not target.is_file():
-            atomic_write_bytes(target, store.artifacts.get(image.key))
-        paths.append(target)
-    return paths
+# -- finished layers in the work store -----------------------------------------------------------------------------
 
 
-# -- finished layers in the work folder -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FinishedLayer:
+    """A learned layer: its result (without maps) and the parts its shards wrote, in shard order."""
+
+    result: LearnResult
+    written: list[ShardOutput]
+    locate: Callable[[str], Location] | None = None
+    work: ObjectStore | None = None
+
+    def parts(self, what: str) -> list[Part] | None:
+        """The parts of output `what` (``maps``, ``pooled``, ``switches``, ``reconstructions``) over every image,
+        or None when the shards did not write it."""
+        entries = [(getattr(w, what), w) for w in self.written]
+        if not entries or any(e is None for e, _ in entries):
+            return None
+        where = (lambda key: self.work.at(key)) if what == "pooled" else self.locate
+        return [Part(where(e.key), w.first, w.count) for e, w in entries]
+
+    @property
+    def map_shape(self) -> tuple[int, int, int]:
+        """(K, H', W') of one image's maps."""
+        return tuple(self.written[0].maps.shape[1:])
 
 
-def _save_layer(folder: Path, result: LearnResult, pool: tuple[int, int, int] | None) -> LearnResult:
-    """Maps (one file per image, the next layer's input), their pooled maps and switches when the layer pools,
-    filters, stats; ``done.json`` last."""
-    maps_dir = folder / "maps"
-    maps_dir.mkdir(parents=True, exist_ok=True)
-    for n, m in enumerate(result.maps):
-        atomic_write_bytes(maps_dir / f"{n:05d}.npy", npy_bytes(m))
-    if pool is not None:
-        (folder / "pooled").mkdir(exist_ok=True)
-        (folder / "switches").mkdir(exist_ok=True)
-        for n, m in enumerate(result.maps):
-            pooled, switches = pool3d(m[None], pool)
-            atomic_write_bytes(folder / "pooled" / f"{n:05d}.npy", npy_bytes(pooled[0]))
-            atomic_write_bytes(folder / "switches" / f"{n:05d}.npy", npy_bytes(switches[0]))
-    atomic_write_bytes(folder / "filters.npy", npy_bytes(result.filters))
-    atomic_write_bytes(folder / "connectivity.npy", npy_bytes(_table(result)))
+def _save_layer(
+    folder: ObjectStore, result: LearnResult, written: list[ShardOutput], locate: Callable[[str], Location]
+) -> FinishedLayer:
+    """The layer's filters, stats and the keys of its shards' parts, in ``done.json``, written last (the shards
+    wrote the parts themselves)."""
     done = {
+        "filters": result.filters.tolist(),
+        "filters_dtype": str(result.filters.dtype),
+        "connectivity": _table(result).tolist(),
         "stats": [asdict(s) for s in result.stats],
         "preprocess": None if result.preprocess is None else result.preprocess.to_dict(),
         "lam_max": result.lam_max,
+        "written": [asdict(w) for w in written],
     }
-    atomic_write_bytes(folder / "done.json", json.dumps(done).encode())
-    return result
+    folder.write("filters.npy", npy_bytes(result.filters))  # beside done.json: what a live view reads
+    folder.write("done.json", json.dumps(done).encode())
+    return FinishedLayer(result, written, locate, folder)
 
 
-def _load_layer(folder: Path) -> LearnResult | None:
-    marker = folder / "done.json"
-    if not marker.is_file():
+def _load_layer(folder: ObjectStore, locate: Callable[[str], Location] | None = None) -> FinishedLayer | None:
+    try:
+        done = json.loads(folder.read("done.json"))
+    except FileNotFoundError:
         return None
-    done = json.loads(marker.read_text())
-    maps = np.stack([np.load(p, allow_pickle=False) for p in sorted((folder / "maps").glob("*.npy"))])
     stats = [IterStats(**s) for s in done["stats"]]
     pre = None if done["preprocess"] is None else FittedPreprocess.from_dict(done["preprocess"])
-    logger.info("layer %s: finished earlier, reusing it", folder.name)
-    return LearnResult(
-        np.load(folder / "filters.npy"),
-        maps,
+    logger.info("layer %s: finished earlier, reusing it", folder.url)
+    result = LearnResult(
+        np.asarray(done["filters"], dtype=done["filters_dtype"]),
+        None,
         [s.objective for s in stats],
         stats,
         None,
-        np.load(folder / "connectivity.npy"),
+        np.asarray(done["connectivity"], dtype=bool),
         pre,
         done.get("lam_max"),
+    )
+    return FinishedLayer(result, [_shard_output(w) for w in done["written"]], locate, folder)
+
+
+def _shard_output(data: dict[str, Any]) -> ShardOutput:
+    def written(entry: dict[str, Any] | None) -> Written | None:
+        return None if entry is None else Written(entry["key"], entry["size"], tuple(entry["shape"]), entry["dtype"])
+
+    return ShardOutput(
+        data["first"],
+        data["count"],
+        written(data["maps"]),
+        written(data.get("pooled")),
+        written(data.get("switches")),
+        written(data.get("reconstructions")),
     )
 
 
 # -- artifacts ------------------------------------------------------------------------------------------------------
 
+#: Images shown in ``reconstructions.png`` and used for the pictures of layers above a pooling layer: a sample,
+#: so that the service's memory does not grow with the dataset.
+SAMPLE_IMAGES = 8
+
+
+def part_name(what: str, layer: int | None, index: int) -> str:
+    """The artifact name of shard `index`'s part of `what` (``maps``, ``switches`` of a layer; ``reconstructions``)."""
+    return f"{what}-L{layer}.part-{index:03d}.npy" if layer is not None else f"{what}.part-{index:03d}.npy"
+
 
 def _store_artifacts(
-    store: JobStore, job_id: str, spec: JobSpec, model: JobModel, results: list[LearnResult], dataset_images: np.ndarray
+    store: JobStore, job_id: str, spec: JobSpec, model: JobModel, layers: list[FinishedLayer], images: list[Location]
 ) -> None:
     arrays, model_json = model.artifacts()
     for name, array in arrays.items():
@@ -374,36 +570,50 @@ def _store_artifacts(
             npy_bytes(array.astype(np.float32) if array.dtype.kind == "f" else array),
             "application/x-npy",
         )
-    code = StackCode(
-        [r.maps for r in results],
-        [pool_maps(r.maps, layer.pool)[1] for r, layer in zip(results, model.layers, strict=True)],
-    )
-    for number, result in enumerate(results, start=1):
-        if model.stack.pools_below(number):  # seen through its strongest activation on the training images
+    n_images = len(images)
+    sample = min(SAMPLE_IMAGES, n_images)
+    index = {"n_images": n_images, "parts": [], "layers": [], "reconstructions": []}
+    index["parts"] = [{"first": w.first, "count": w.count} for w in layers[0].written]
+    for number, done in enumerate(layers, start=1):
+        entry = {"maps": [], "switches": None if done.written[0].switches is None else []}
+        for i, w in enumerate(done.written):
+            entry["maps"].append(_record(store, job_id, part_name("maps", number, i), w.maps))
+            if w.switches is not None:
+                entry["switches"].append(_record(store, job_id, part_name("switches", number, i), w.switches))
+        index["layers"].append(entry)
+        if model.stack.pools_below(number):  # seen through its strongest activation on a sample of the images
+            code = StackCode(
+                [_rows(d.parts("maps"), sample) for d in layers[:number]],
+                [None if d.parts("switches") is None else _rows(d.parts("switches"), sample) for d in layers[:number]],
+            )
             picture = filter_montage(top_projections(model.stack, code, number))
         else:
             picture = filter_montage(pixel_filters(model.stack, number))
         store.put_artifact(job_id, f"filters-L{number}.png", png_bytes(picture), "image/png")
-        store.put_artifact(job_id, f"maps-L{number}.npz", npz_bytes(result.maps), "application/x-npz")
-        if code.switches[number - 1] is not None:
-            store.put_artifact(
-                job_id, f"switches-L{number}.npy", npy_bytes(code.switches[number - 1]), "application/x-npy"
-            )
-    recon = reconstruct_from(model.stack, code, len(model.layers)).astype(np.float32)
-    store.put_artifact(job_id, "reconstructions.npy", npy_bytes(recon), "application/x-npy")
-    inputs = dataset_images if model.layers[0].preprocess is None else model.layers[0].preprocess.apply(dataset_images)
-    store.put_artifact(job_id, "reconstructions.png", png_bytes(image_sheet(inputs, recon)), "image/png")
-    history = [{"layer": index + 1, **asdict(s)} for index, r in enumerate(results) for s in r.stats]
+    top = layers[-1]
+    for i, w in enumerate(top.written):
+        index["reconstructions"].append(
+            _record(store, job_id, part_name("reconstructions", None, i), w.reconstructions)
+        )
+    store.put_artifact(job_id, "shards.json", json.dumps(index, indent=1).encode(), "application/json")
+    recon = _rows(top.parts("reconstructions"), sample)
+    shown = np.stack([read_array(images[n]) for n in range(sample)])
+    shown = shown if model.layers[0].preprocess is None else model.layers[0].preprocess.apply(shown)
+    store.put_artifact(job_id, "reconstructions.png", png_bytes(image_sheet(shown, recon)), "image/png")
+    history = [{"layer": n + 1, **asdict(s)} for n, d in enumerate(layers) for s in d.result.stats]
     store.put_artifact(job_id, "history.json", json.dumps(history, indent=1).encode(), "application/json")
     store.put_artifact(job_id, "history.png", history_plot(history), "image/png")
     store.put_artifact(job_id, "config.json", spec.model_dump_json(indent=1).encode(), "application/json")
     store.put_artifact(job_id, "model.json", model_json, "application/json")  # last: the job's model
 
 
-def npz_bytes(maps: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **{f"image-{n:05d}": m for n, m in enumerate(maps)})
-    return buffer.getvalue()
+def _record(store: JobStore, job_id: str, name: str, written: Written) -> str:
+    store.record_artifact(job_id, name, written.key, "application/x-npy", written.size)
+    return name
+
+
+def _rows(parts: list[Part], n: int) -> np.ndarray:
+    return rows_of_parts(parts, 0, n)
 
 
 def _describe(exc: BaseException) -> str:

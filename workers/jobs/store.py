@@ -4,7 +4,11 @@ One data directory holds everything of the embedded default::
 
     deconv.sqlite3        datasets, jobs (the state machine, progress), job_artifacts (name -> key)
     artifacts/ab/ab....   content-addressed bytes (see :mod:`workers.jobs.artifacts`), or any fsspec URL instead
-    jobs/<id>/            per-job work folders: checkpoints, intermediate layer maps
+    jobs/<id>/            per-job work folders: checkpoints, finished layers' manifests, pooled maps
+
+The work folders are a store too (:class:`~workers.jobs.objects.ObjectStore`): ``data_dir/jobs`` beside a local
+artifact folder, ``<artifacts URL>/jobs`` beside an fsspec one, or any URL given as ``work``; the shard actors of a
+running job write there themselves, from whatever node they run on.
 
 A job moves ``queued -> running -> succeeded | failed | cancelled``; ``queued -> cancelled`` directly. Every
 transition is one short transaction (``BEGIN IMMEDIATE``), so concurrent submitters, the runner and the HTTP
@@ -34,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from ..distributed.checkpoint import npy_bytes
 from .artifacts import ArtifactStore, LocalArtifactStore, open_artifact_store
+from .objects import ObjectStore, is_url, npy_bytes
 from .status import STATUSES, TERMINAL
 
 logger = logging.getLogger(__name__)
@@ -196,9 +200,14 @@ class JobStore:
         Created if missing.
     artifacts : str or ArtifactStore, optional
         Default: a local store in ``data_dir/artifacts``; a URL (``s3://bucket/prefix``) opens an fsspec store.
+    work : str, optional
+        Folder or URL of the jobs' work folders. Default: ``<artifacts URL>/jobs`` when the artifacts are on an
+        fsspec URL (every node of a cluster reaches it), else ``data_dir/jobs``.
     """
 
-    def __init__(self, data_dir: str | Path, artifacts: str | ArtifactStore | None = None):
+    def __init__(
+        self, data_dir: str | Path, artifacts: str | ArtifactStore | None = None, work: str | Path | None = None
+    ):
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if artifacts is None:
@@ -207,6 +216,10 @@ class JobStore:
             self.artifacts = open_artifact_store(artifacts)
         else:
             self.artifacts = artifacts
+        if work is None:
+            url = self.artifacts.url if hasattr(self.artifacts, "url") else ""
+            work = f"{url.rstrip('/')}/jobs" if is_url(url) else self.data_dir / "jobs"
+        self.work = ObjectStore(str(work))
         self.db_path = self.data_dir / "deconv.sqlite3"
         self._local = threading.local()
         db = self._connection()
@@ -252,8 +265,12 @@ class JobStore:
             self._local.db = None
 
     def job_dir(self, job_id: str) -> Path:
-        """The work folder of a job (checkpoints, intermediate files); created on demand."""
+        """The local work folder of a job (checkpoints, intermediate files) with the default work store."""
         return self.data_dir / "jobs" / check_id(job_id, "job id")
+
+    def job_work(self, job_id: str) -> ObjectStore:
+        """The work store of a job: checkpoints, finished layers, pooled maps (written by the shard actors)."""
+        return self.work.child(check_id(job_id, "job id"))
 
     # -- datasets ------------------------------------------------------------------------------------------------
 
@@ -370,15 +387,29 @@ class JobStore:
         """The oldest queued job, now running (one transaction: two runners never take the same job)."""
         with self._transaction() as db:
             row = db.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1").fetchone()
-            if row is None:
-                return None
-            db.execute(
-                "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), "
-                "attempts = attempts + 1, error = NULL WHERE id = ?",
-                (time.time(), row["id"]),
-            )
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
-        return _job(row)
+            return None if row is None else self._start(db, row["id"])
+
+    def next_queued(self) -> JobRecord | None:
+        """The oldest queued job, left queued (the runner reserves its resources before it claims it)."""
+        row = self._connection().execute("SELECT * FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1").fetchone()
+        return None if row is None else _job(row)
+
+    def claim(self, job_id: str) -> JobRecord | None:
+        """Job `job_id`, now running, if it was still queued; None when it is not (cancelled meanwhile, or taken).
+
+        One transaction: of two claims of one job, one gets it and the other None."""
+        with self._transaction() as db:
+            row = db.execute("SELECT id FROM jobs WHERE id = ? AND status = 'queued'", (job_id,)).fetchone()
+            return None if row is None else self._start(db, job_id)
+
+    @staticmethod
+    def _start(db: sqlite3.Connection, job_id: str) -> JobRecord:
+        db.execute(
+            "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), "
+            "attempts = attempts + 1, error = NULL WHERE id = ? AND status = 'queued'",
+            (time.time(), job_id),
+        )
+        return _job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
     def update_progress(
         self,
@@ -480,6 +511,19 @@ class JobStore:
                 "INSERT OR REPLACE INTO job_artifacts (job_id, name, key, media_type, size, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (job_id, name, key, media_type, len(data), record.created_at),
+            )
+        return record
+
+    def record_artifact(self, job_id: str, name: str, key: str, media_type: str, size: int) -> ArtifactRecord:
+        """Record bytes already in the artifact store (a shard actor wrote them) as the job's artifact `name`."""
+        if not self.artifacts.exists(key):
+            raise ValueError(f"artifact {key} of {name!r} is not in the artifact store")
+        record = ArtifactRecord(name, key, media_type, size, time.time())
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO job_artifacts (job_id, name, key, media_type, size, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, name, key, media_type, size, record.created_at),
             )
         return record
 

@@ -1,0 +1,138 @@
+"""A finished job's per-image results, served without holding them: its shards' parts, streamed.
+
+The shard actors write each result in parts, one per shard (``maps-L<l>.part-<i>.npy`` (n_i, K, H', W'),
+``switches-L<l>.part-<i>.npy``, ``reconstructions.part-<i>.npy`` (n_i, C, H, W) float32), and the runner records
+them with an index, ``shards.json``: the image range of each part and the parts' artifact names. From it,
+
+* :func:`maps_zip` streams a layer's maps as one ``.npz`` (a zip of ``image-00000.npy``, ... built on the fly, a few
+  images at a time);
+* :func:`stacked_npy` streams the parts of one result as one ``.npy`` of every image (the header for the whole
+  array, then each part's data);
+* :func:`image_rows` reads some images' rows only (a ranged read where the store is remote).
+
+Memory stays bounded by a few images whatever the dataset's size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .objects import Part, array_header, npy_chunks, npy_header_for, read_header, rows_of_parts
+from .store import JobStore
+
+INDEX = "shards.json"
+_CHUNK = 1 << 22
+_BATCH_BYTES = 1 << 25  # rows read at once while streaming a zip
+
+
+class ResultsNotStoredError(LookupError):
+    """The job has no per-shard results (it has not succeeded)."""
+
+
+@dataclass(frozen=True)
+class ResultIndex:
+    """What ``shards.json`` says: the image count, and per result the parts (artifact name, image range)."""
+
+    n_images: int
+    ranges: list[tuple[int, int]]
+    layers: list[dict[str, Any]]
+    reconstructions: list[str]
+
+    @classmethod
+    def load(cls, store: JobStore, job_id: str) -> ResultIndex:
+        raw = store.read_artifact(job_id, INDEX)
+        if raw is None:
+            raise ResultsNotStoredError(f"job {job_id} has no stored results")
+        data = json.loads(raw)
+        ranges = [(p["first"], p["count"]) for p in data["parts"]]
+        return cls(int(data["n_images"]), ranges, data["layers"], data["reconstructions"])
+
+    def parts(self, store: JobStore, job_id: str, names: list[str]) -> list[Part]:
+        """The parts named `names` (one per shard, in order) as locations in the artifact store."""
+        located = []
+        for name, (first, count) in zip(names, self.ranges, strict=True):
+            record = store.artifact(job_id, name)
+            if record is None:
+                raise ResultsNotStoredError(f"job {job_id} has no artifact {name!r}")
+            located.append(Part(store.artifacts.location(record.key), first, count))
+        return located
+
+    def maps(self, store: JobStore, job_id: str, layer: int) -> list[Part]:
+        return self.parts(store, job_id, self.layers[layer - 1]["maps"])
+
+    def reconstruction_parts(self, store: JobStore, job_id: str) -> list[Part]:
+        return self.parts(store, job_id, self.reconstructions)
+
+
+def etag(parts: list[Part], *extra: Any) -> str:
+    """An ETag for a response built from `parts` (their keys are content hashes) and `extra` (the query)."""
+    text = "|".join([*(p.location.key for p in parts), *map(str, extra)])
+    return f'"{hashlib.sha256(text.encode()).hexdigest()}"'
+
+
+def image_rows(parts: list[Part], start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of the images the parts cover, read alone."""
+    return rows_of_parts(parts, start, stop)
+
+
+class _Pipe(io.RawIOBase):
+    """A write-only, non-seekable file whose bytes are taken out as they come (zipfile writes data descriptors)."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._chunks.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        out = b"".join(self._chunks)
+        self._chunks.clear()
+        return out
+
+
+def maps_zip(parts: list[Part]) -> Iterator[bytes]:
+    """The maps of every image, as the ``.npz`` that ``numpy.load`` reads (``image-00000``, ...), streamed a few
+    images at a time."""
+    pipe = _Pipe()
+    with zipfile.ZipFile(pipe, "w", zipfile.ZIP_STORED) as archive:
+        for part in parts:
+            shape, dtype = array_header(part.location)
+            row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+            step = max(1, _BATCH_BYTES // row_bytes)
+            for start in range(part.first, part.stop, step):
+                batch = image_rows([part], start, min(start + step, part.stop))
+                for offset, image in enumerate(batch):
+                    with archive.open(f"image-{start + offset:05d}.npy", "w") as entry:
+                        for chunk in npy_chunks(image):
+                            entry.write(chunk)
+                    yield pipe.take()
+    yield pipe.take()
+
+
+def stacked_shape(parts: list[Part]) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of the array :func:`stacked_npy` streams: every part's rows, in order."""
+    headers = [array_header(p.location) for p in parts]
+    return (sum(shape[0] for shape, _ in headers), *headers[0][0][1:]), headers[0][1]
+
+
+def stacked_npy(parts: list[Part]) -> Iterator[bytes]:
+    """One ``.npy`` of every image's rows (the header of the whole array, then each part's data), streamed."""
+    shape, dtype = stacked_shape(parts)
+    yield npy_header_for(shape, dtype)
+    for part in parts:
+        with part.location.open() as fh:
+            read_header(fh)
+            while chunk := fh.read(_CHUNK):
+                yield chunk
