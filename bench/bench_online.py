@@ -9,7 +9,8 @@ PYTHONPATH=. .venv/bin/python bench/bench_online.py --part peer
 
 Data: random 128×128 crops of the bundled sample images (``configs/samples``, upsampled ×2 so that crops differ,
 a random flip and quarter turn each), high-passed like the other benchmarks (minus a Gaussian blur, σ = 4). 16
-filters 8×8, λ = 0.1, circular boundary, ADMM coding (10 iterations per batch), batches of 16 images.
+filters 8×8, λ = 0.1, circular boundary, ADMM coding (10 iterations per batch), 100 filter steps per batch,
+batches of 16 images.
 
 * **memory**: peak RSS (``ru_maxrss``) of a fresh process that learns online from 256 and from 4096 images
   generated batch by batch; the second peak must stay within 1.15 × the first.
@@ -201,6 +202,7 @@ def _first_reach(times: list[float], values: list[float], target: float) -> floa
 def peer(quick: bool) -> list[list[str]]:
     from solver import LearnConfig, OnlineConfig, OnlineLearner  # noqa: PLC0415
     from solver.models.learn import initial_filters  # noqa: PLC0415
+    from solver.models.online import DEFAULT_FILTER_ITER  # noqa: PLC0415
 
     size, n_train, n_held, max_passes = (64, 16, 4, 3) if quick else (SIZE, 64, 16, 3)
     batches, held = list(crops(n_train, 2, size)), _all(n_held, 3, size)
@@ -208,6 +210,7 @@ def peer(quick: bool) -> list[list[str]]:
         {
             "layers": [{"n_filters": K, "filter_size": S, "lam": LAM}],
             "inference": {"method": "admm", "max_iter": INNER_ITER},
+            "filter_update": {"max_iter": DEFAULT_FILTER_ITER},
         }
     )
     f0 = initial_filters(K, 1, S, seed=0, norm="filter")

@@ -39,7 +39,7 @@ from .config import FilterUpdateConfig, LayerSpec, LearnConfig, OnlineConfig
 from .images.preprocess import FittedPreprocess, PreprocessConfig
 from .models.coding import encode, inference_config
 from .models.lam import absolute_config, lambda_max
-from .models.online import OnlineLearner, rebatch
+from .models.online import DEFAULT_FILTER_ITER, OnlineLearner, rebatch
 from .models.stack.encoding import encode_layers
 from .models.stack.files import ModelSource, read_model, save_model
 from .models.stack.learning import learn_stack
@@ -226,7 +226,7 @@ class ConvolutionalDictionaryLearning(_ImageEstimator):
         ``valid`` gives maps of (H+s−1)×(W+s−1).
     connectivity : str or bool array of shape (K, C)
     filter_iter : int, optional
-        Filter-update iterations per outer iteration (default 10), or per batch for ``partial_fit``.
+        Filter-update iterations per outer iteration (default 10), or per batch for ``partial_fit`` (default 100).
     preprocess : PreprocessConfig or dict, optional
         Fitted on the training images and repeated on new ones; None: the images as given. ``partial_fit`` fits
         it on its first batch.
@@ -371,7 +371,10 @@ class ConvolutionalDictionaryLearning(_ImageEstimator):
             init, lam_max, self.preprocess_ = None, None, None
             if config.preprocess is not None:
                 images, self.preprocess_ = FittedPreprocess.fit(images, config.preprocess)
-        config = config.model_copy(update={"preprocess": None})
+        steps = DEFAULT_FILTER_ITER if self.filter_iter is None else self.filter_iter
+        config = config.model_copy(
+            update={"preprocess": None, "filter_update": config.filter_update.model_copy(update={"max_iter": steps})}
+        )
         if init is None and config.layers[0].lam_scale == "relative":  # λ from this batch with the start filters
             start = OnlineLearner(config, online, images.shape[1], dtype=images.dtype)
             init = start.filters

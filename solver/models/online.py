@@ -41,6 +41,10 @@ from .shard import CodeStats, Shard
 
 logger = logging.getLogger(__name__)
 
+# Filter steps per batch: with strong forgetting the surrogate changes much between batches, and its steps are
+# cheap (a K×K product on a (2s−1)² grid) next to coding the batch, so they run close to its minimiser (10 steps
+# left the held-out objective after two passes 10 % above SPORCO's after one; 100 steps, 1 % below).
+DEFAULT_FILTER_ITER = 100
 _POWER_ITER_FIRST = 30  # power iterations for the filter step size on the first batch
 _POWER_ITER_WARM = 5  # and on the later ones, warm-started (the statistics change little between batches)
 
@@ -266,7 +270,7 @@ def learn_online(
     n_epochs: int = 1,
     method: Literal["admm", "fista", "zeiler"] | Any = "admm",
     inner_iter: int | None = None,
-    filter_iter: int = 10,
+    filter_iter: int = DEFAULT_FILTER_ITER,
     filter_norm: Literal["plane", "filter"] = "filter",
     boundary: Literal["circular", "valid"] = "circular",
     p: float = 1.0,
