@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all test-browser wheel-check bench lint clean
+.PHONY: demo test test-all test-browser fuzz wheel-check bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test-browser: $(STAMP)
 		(apt-get update && apt-get install -y chromium chromium-driver)
 	$(PY) -m pip install --quiet -e ".[browser]"
 	$(PY) -m pytest -q -m browser -s tests/api/test_browser.py
+
+# The service against its OpenAPI document at length (schemathesis, a few hundred examples per operation).
+fuzz: $(STAMP)
+	$(PY) -m pytest -q -m slow tests/api/test_openapi_fuzz.py
 
 # Build the sdist and the wheel, check their file lists, install the wheel into a fresh venv and run it.
 wheel-check: $(STAMP)

@@ -37,17 +37,21 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from workers.distributed.cluster import ClusterConfig, connect, shutdown
+from workers.distributed.cluster import ClusterConfig
 from workers.jobs.runner import JobRunner
 from workers.jobs.store import JobStore
 
-from . import __version__
+from . import __version__, openapi, orphans
 from .errors import exception_handlers
+from .guard import Guard
 from .routes import dashboard, datasets, health, jobs, live, model_file, models, presets, results
 from .routes.common import MULTIPART_SLACK
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
+
+STOP_GRACE_S = 5.0
+"""Seconds a stopping service waits for the running job to reach the end of its outer iteration."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -78,16 +82,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="deconv",
         version=__version__,
         lifespan=_lifespan,
-        max_body_size=settings.max_json_bytes,
         exception_handlers=exception_handlers(),
         description="Convolutional sparse coding and Deconvolutional Networks as a service: upload "
         "images, learn filters, encode and reconstruct.",
     )
     app.state.settings, app.state.store, app.state.cluster = settings, store, cluster
-    app.state.runner = JobRunner(store, cluster=cluster, checkpoint_every=settings.checkpoint_every)
-    upload_bytes = settings.max_upload_bytes + MULTIPART_SLACK
+    app.state.runner = JobRunner(
+        store,
+        cluster=cluster,
+        checkpoint_every=settings.checkpoint_every,
+        actor_cpus=settings.actor_cpus,
+        max_running=settings.max_running_jobs,
+    )
     app.include_router(health.router)
-    app.include_router(datasets.router, max_body_size=upload_bytes)
+    app.include_router(datasets.router)
     app.include_router(jobs.router)
     app.include_router(live.router)
     app.include_router(model_file.router)
@@ -95,9 +103,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(presets.router)
     app.include_router(dashboard.router)
     app.mount("/static", dashboard.static_files, name="static")
-    app.include_router(models.router, max_body_size=upload_bytes)
+    app.include_router(models.router)
     app.include_router(jobs.unknown)  # last: it answers whatever under /jobs/ the routers above did not match
+    # the host, origin, key and body-size checks run before any route reads a byte of the body
+    app.add_middleware(Guard, settings=settings, upload_paths=takes_uploads, multipart_slack=MULTIPART_SLACK)
+    openapi.install(app)
     return app
+
+
+def takes_uploads(path: str) -> bool:
+    """Whether `path` is a route that takes uploaded files (its body may be as large as an upload).
+
+    Parameters
+    ----------
+    path : str
+        The request's path.
+
+    Returns
+    -------
+    bool
+    """
+    return path in ("/datasets", "/reconstruct") or (path.startswith("/models/") and path.endswith("/encode"))
 
 
 @asynccontextmanager
@@ -108,11 +134,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.run_jobs:
         # Connect here, in the server's own thread, not in the runner's: a local cluster's processes are tied
         # to the thread that starts them (a parent-death signal) and its agents outlive a thread that ends.
-        ray_context = connect(app.state.cluster)
+        ray_context = orphans.connect_owned(app.state.cluster, settings.data_dir)
         runner.start()
     logger.info("deconv service: data in %s, jobs %s", app.state.store.data_dir, "run" if settings.run_jobs else "held")
     yield
     if settings.run_jobs:
-        await run_in_threadpool(runner.stop)
+        # a job stops between outer iterations; when this process owns the cluster, one still mid-iteration after
+        # the grace period loses that iteration only: shutting Ray down ends it, and it resumes from its
+        # checkpoint on the next start. On a cluster it does not own, the job is waited for (its actors live on).
+        owned = (ray_context is not None and ray_context.started) or getattr(app.state, "owns_cluster", False)
+        await run_in_threadpool(runner.stop, STOP_GRACE_S if owned else 60.0)
     if ray_context is not None and ray_context.started:
-        shutdown()
+        orphans.stop_cluster(settings.data_dir)

@@ -150,7 +150,11 @@ def _add_learn(commands) -> None:
     )
     learn.add_argument("--out", type=str, required=True, help="output folder, or an fsspec URL (s3://bucket/run/)")
     learn.add_argument(
-        "--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a private local cluster)"
+        "--address",
+        type=_ray_address,
+        default=None,
+        help="Ray cluster: auto (the cluster this machine is a node of) or a head's host:port "
+        "(default: RAY_ADDRESS, else a private local cluster)",
     )
     learn.add_argument(
         "--checkpoint-every",
@@ -164,6 +168,13 @@ def _add_learn(commands) -> None:
         type=_non_negative_int,
         default=3,
         help="shard failures survived before the job fails (default 3)",
+    )
+    learn.add_argument(
+        "--cpus-per-worker",
+        type=_cpus,
+        default=None,
+        help="CPUs each shard actor reserves (default: 1 on a cluster joined with --address or RAY_ADDRESS, so "
+        "the actors go where there are free CPUs; 0 on the private local cluster)",
     )
     learn.add_argument("--resume", action="store_true", help="resume from the newest checkpoint in OUT/checkpoints")
     learn.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -307,6 +318,28 @@ def _add_client_commands(commands) -> None:
         help="npy (N, C, H, W) float32, or png; default: from --out's suffix",
     )
     reconstruct.add_argument("--out", type=Path, required=True, metavar="FILE")
+
+
+def _ray_address(text: str) -> str:
+    from workers.distributed.address import check_address  # noqa: PLC0415
+
+    try:
+        return check_address(text, "the address")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cpus(text: str) -> float:
+    from workers.distributed.placement import check_amount  # noqa: PLC0415
+
+    try:
+        value = float(text)
+        if not value >= 0:
+            raise ValueError(f"must be a non-negative number, got {text!r}")
+        return check_amount(value)
+    except ValueError as exc:
+        message = str(exc).replace("could not convert string to float: ", "not a number: ")
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def _positive_int(text: str) -> int:

@@ -84,7 +84,76 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
     if exc.status_code == 404 and exc.detail == "Not Found":  # no route matched: say which path was asked for
         exc = StarletteHTTPException(404, f"no route for {request.method} {request.url.path}")
+    elif exc.status_code == 405:
+        exc = _method_not_allowed(request)
+    elif exc.status_code == 400 and isinstance(exc.detail, str):
+        exc = _unreadable_body(request, exc.detail)
     return await http_exception_handler(request, exc)
+
+
+def documented_methods(request: Request) -> set[str]:
+    """The methods of the documented routes whose path matches the request's (empty when none does).
+
+    Parameters
+    ----------
+    request : fastapi.Request
+
+    Returns
+    -------
+    set of str
+    """
+    path = request.url.path
+    methods: set[str] = set()
+    for route in _flat_routes(request.app.routes):
+        regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and route_methods and getattr(route, "include_in_schema", True) and regex.match(path):
+            methods.update(route_methods)
+    return methods
+
+
+def _method_not_allowed(request: Request) -> StarletteHTTPException:
+    """A 405 whose Allow header lists the methods of every route on the path: Starlette's names the methods of
+    the first route that matched the path only, and a path such as ``/jobs/{id}`` has one route per method."""
+    path = request.url.path
+    methods: set[str] = set()
+    catch_all: set[str] = set()  # the methods of routes outside the schema (the 404 of unknown job paths)
+    for route in _flat_routes(request.app.routes):
+        regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and route_methods and regex.match(path):
+            (methods if getattr(route, "include_in_schema", True) else catch_all).update(route_methods)
+    methods = methods or catch_all
+    if "GET" in methods:
+        methods.add("HEAD")
+    allow = ", ".join(sorted(methods))
+    return StarletteHTTPException(
+        405, f"{request.method} is not allowed on {path}; allowed: {allow}", headers={"Allow": allow}
+    )
+
+
+def _flat_routes(routes: list[Any]) -> list[Any]:
+    """Every route, included routers opened up (FastAPI keeps an included router as one entry; this app includes
+    its routers without a prefix)."""
+    flat = []
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        flat.extend(_flat_routes(inner.routes) if inner is not None else [route])
+    return flat
+
+
+_UPLOAD_FIELDS = {"/datasets": "files", "/reconstruct": "maps"}
+
+
+def _unreadable_body(request: Request, message: str) -> HTTPException:
+    """A 400 from the body parser (a malformed multipart body, too many parts, a form field over its size) in
+    the field-error shape: it names the form field the route reads and the parser's message, with its limit."""
+    path = request.url.path
+    field = _UPLOAD_FIELDS.get(path, "files" if path.startswith("/models/") else "body")
+    return field_error(
+        ["body", field] if field != "body" else ["body"],
+        f"the request body cannot be read: {message} (a multipart/form-data body takes at most 1000 "
+        "parts and 1 MiB per field that is not a file)",
+        status=400,
+    )
 
 
 def exception_handlers() -> dict[Any, Any]:

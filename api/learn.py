@@ -74,6 +74,7 @@ def learn(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
             max_failures=args.max_failures,
             cluster=ClusterConfig(address=args.address),
+            actor_cpus=_actor_cpus(args),
             gather_maps=False,  # only the filters are written: the maps stay in the actors
         )
         context = connect(coordinator.cluster)
@@ -129,6 +130,17 @@ def _stop_on_interrupt(stop: threading.Event) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _actor_cpus(args: argparse.Namespace) -> float:
+    """``--cpus-per-worker``, else 1 CPU per shard actor on a cluster this command joins (Ray then places the actors
+    on nodes with free CPUs, never on a head that offers none) and 0 on its private cluster (the machine is its own)."""
+    from workers.distributed.cluster import LOCAL, ClusterConfig  # noqa: PLC0415
+
+    given = getattr(args, "cpus_per_worker", None)
+    if given is not None:
+        return float(given)
+    return 0.0 if ClusterConfig(address=args.address).resolved_address() == LOCAL else 1.0
 
 
 def _write_outputs(out: ObjectStore, result) -> None:

@@ -7,6 +7,7 @@ The job spec itself is :class:`workers.jobs.spec.JobSpec` (a learning config plu
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -123,7 +124,7 @@ class JobOut(_Out):
             status=job.status,
             dataset_id=job.spec.get("dataset_id", ""),
             progress=progress,
-            error=job.error,
+            error=public_error(job.error),
             cancel_requested=job.cancel_requested,
             attempts=job.attempts,
             created_at=_time(job.created_at),
@@ -166,6 +167,29 @@ class HealthOut(_Out):
     version: str
     runner: str
     queued: int | None = None
+
+
+_PATH = re.compile(r"(?<![\w:/.])(?:[A-Za-z]:)?[/\\](?:[^\s/\\'\"]+[/\\])+([^\s/\\'\"]+)")
+
+
+def public_error(error: str | None) -> str | None:
+    """A job's error as clients see it: every file path shortened to its last part, so that the server's folders
+    (the data directory, the installation) are not shown.
+
+    Parameters
+    ----------
+    error : str or None
+
+    Returns
+    -------
+    str or None
+
+    Examples
+    --------
+    >>> public_error("FileNotFoundError: [Errno 2] No such file: '/srv/deconv/jobs/ab/L1/maps/00001.npy'")
+    "FileNotFoundError: [Errno 2] No such file: '…/00001.npy'"
+    """
+    return None if error is None else _PATH.sub(r"…/\1", error)
 
 
 def _time(t: float | None) -> datetime | None:

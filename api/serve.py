@@ -48,10 +48,12 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000) -> i
     from .app import create_app  # noqa: PLC0415
 
     app = create_app(settings)
-    owns_ray = _connect_ray(settings)
+    owns_ray = app.state.owns_cluster = _connect_ray(settings)
     where = f"http://{host}:{port}" if port else f"http://{host} on a free port (uvicorn names it below)"
     logger.info("deconv service: data in %s; listening on %s (API docs at /docs)", settings.data_dir.resolve(), where)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on"))
+    # requests still running after a few seconds of SIGTERM are cut: the service stops within 10 s
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on", timeout_graceful_shutdown=3)
+    server = uvicorn.Server(config)
     try:
         with _graceful_signals():
             server.run()
@@ -59,7 +61,7 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000) -> i
         return exc.code if isinstance(exc.code, int) else 1
     finally:
         if owns_ray:
-            _shutdown_ray()
+            _shutdown_ray(settings)
     return 0 if server.started else 1
 
 
@@ -114,7 +116,8 @@ class ServiceThread:
         from .app import create_app  # noqa: PLC0415
 
         app = create_app(self.settings)
-        self._owns_ray = _connect_ray(self.settings)  # a Ray this process already had (tests) is left running
+        # a Ray this process already had (tests) is left running
+        self._owns_ray = app.state.owns_cluster = _connect_ray(self.settings)
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
         self._server = server = uvicorn.Server(config)
         self._thread = threading.Thread(target=server.run, name="deconv-service", daemon=True)
@@ -145,7 +148,7 @@ class ServiceThread:
                 logger.warning("the deconv service did not stop within %s s", timeout)
         self._server = self._thread = None
         if self._owns_ray:
-            _shutdown_ray()
+            _shutdown_ray(self.settings)
             self._owns_ray = False
 
     def __enter__(self) -> ServiceThread:
@@ -170,12 +173,15 @@ def _connect_ray(settings: Settings) -> bool:
     """
     if not settings.run_jobs:
         return False
-    from workers.distributed.cluster import ClusterConfig, connect  # noqa: PLC0415
+    from workers.distributed.cluster import ClusterConfig  # noqa: PLC0415
 
-    return connect(ClusterConfig(address=settings.ray_address, num_cpus=settings.num_cpus)).started
+    from .orphans import connect_owned  # noqa: PLC0415
+
+    cluster = ClusterConfig(address=settings.ray_address, num_cpus=settings.num_cpus)
+    return connect_owned(cluster, settings.data_dir).started
 
 
-def _shutdown_ray() -> None:
-    from workers.distributed.cluster import shutdown  # noqa: PLC0415
+def _shutdown_ray(settings: Settings) -> None:
+    from .orphans import stop_cluster  # noqa: PLC0415
 
-    shutdown()
+    stop_cluster(settings.data_dir)

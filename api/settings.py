@@ -14,9 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from workers.distributed.address import check_address
+from workers.distributed.placement import check_amount
 from workers.jobs.datasets import UploadLimits
 
 _PREFIX = "DECONV_"
@@ -38,16 +40,26 @@ class Settings(BaseSettings):
     api_key : str or None
         The key every route but ``/health`` asks for in ``X-API-Key``; None: no key.
     ray_address : str or None
-        The Ray cluster to join; None: ``RAY_ADDRESS``, else a private local cluster.
+        The Ray cluster to join (``auto`` or a head's ``host:port``); None: ``RAY_ADDRESS``, else a private local
+        cluster.
     max_upload_bytes, max_json_bytes, max_image_pixels, max_images_per_dataset, max_filters_per_layer, \
-max_encode_images, max_job_maps_bytes : int
+max_encode_images, max_job_maps_bytes, max_job_filter_bytes, max_queued_jobs, max_request_bytes, \
+max_request_work, max_decoded_values : int
         Limits on requests; a request over one is refused with a 4xx naming the limit.
+    allowed_hosts : str or None
+        The names the ``Host`` header may carry, comma-separated; None: localhost and the address connected to.
     checkpoint_every : int
         Outer iterations between a running job's checkpoints; 0: none.
     run_jobs : bool
         False: accept jobs and run none (a service that only serves results).
     num_cpus : int or None
         CPUs of the private local Ray cluster; None: all.
+    max_running_jobs : int
+        Jobs that run at the same time, oldest first.
+    actor_cpus : float
+        CPUs each shard actor reserves unless its job says otherwise.
+    max_actor_cpus, max_actor_gpus : float
+        The most CPUs and GPUs per shard actor a job may ask (``resources``).
 
     Raises
     ------
@@ -77,7 +89,9 @@ max_encode_images, max_job_maps_bytes : int
         None, min_length=1, description="the X-API-Key every route but /health needs; default: no key"
     )
     ray_address: str | None = Field(
-        None, description="the Ray cluster to join; default: RAY_ADDRESS, else a private local cluster"
+        None,
+        description="the Ray cluster to join: auto (this node's) or a head's host:port; default: RAY_ADDRESS, else "
+        "a private local cluster",
     )
     max_upload_bytes: int = Field(256 * 2**20, ge=1024, description="bytes of one upload")
     max_json_bytes: int = Field(2**20, ge=1024, description="bytes of a JSON request")
@@ -102,9 +116,63 @@ max_encode_images, max_job_maps_bytes : int
         "actors hold them while learning and write them to the store, so a job over this is "
         "refused at submission instead of running the cluster out of memory or space",
     )
+    max_job_filter_bytes: int = Field(
+        2**30,
+        ge=1,
+        description="bytes of one layer's filters a job may hold, with their Fourier transforms at the size of "
+        "the layer's maps (what the inference keeps per layer), so a job over this is refused at submission",
+    )
+    max_queued_jobs: int = Field(
+        100, ge=1, description="jobs waiting to run; a submission past this is refused with a 429 and Retry-After"
+    )
+    max_request_bytes: int = Field(
+        512 * 2**20,
+        ge=2**20,
+        description="bytes an encode or reconstruct request may cost, estimated before it runs: the decoded "
+        "images, the maps, the filters' transforms, the method's intermediate arrays and the response",
+    )
+    max_request_work: int = Field(
+        2 * 10**11,
+        ge=10**6,
+        description="work an encode or reconstruct request may cost, estimated before it runs: iterations "
+        "times the FFT sizes (about the floating-point operations)",
+    )
+    max_decoded_values: int = Field(
+        512 * 2**20,
+        ge=2**20,
+        description="values (pixels × channels) the images of one upload may decode to, checked from each "
+        "image's header before its pixels are decoded",
+    )
+    allowed_hosts: str | None = Field(
+        None,
+        description="comma-separated names the Host header may carry ('*': any); default: localhost, the "
+        "loopback addresses and the address the client connected to",
+    )
     checkpoint_every: int = Field(5, ge=0, description="outer iterations between checkpoints; 0: none")
     run_jobs: bool = Field(True, description="false: accept jobs, run none")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the private local Ray cluster; default: all")
+    max_running_jobs: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="jobs that run at the same time, oldest first; each starts once its shard actors' "
+        "resources are all reserved on the cluster",
+    )
+    actor_cpus: float = Field(
+        1.0, ge=0, le=1024, description="CPUs each shard actor reserves unless its job asks other (resources.cpus)"
+    )
+    max_actor_cpus: float = Field(16.0, ge=0, le=1024, description="the most CPUs per shard actor a job may ask")
+    max_actor_gpus: float = Field(1.0, ge=0, le=64, description="the most GPUs per shard actor a job may ask")
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, value: str | None) -> str | None:
+        return None if value is None else check_address(value, "the Ray address")
+
+    @field_validator("actor_cpus", "max_actor_cpus", "max_actor_gpus")
+    @classmethod
+    def _ray_amount(cls, value: float) -> float:
+        return check_amount(value)
 
     @classmethod
     def settings_customise_sources(
@@ -166,7 +234,10 @@ max_encode_images, max_job_maps_bytes : int
         workers.jobs.datasets.UploadLimits
         """
         return UploadLimits(
-            max_pixels=self.max_image_pixels, max_images=self.max_images_per_dataset, max_bytes=self.max_upload_bytes
+            max_pixels=self.max_image_pixels,
+            max_images=self.max_images_per_dataset,
+            max_bytes=self.max_upload_bytes,
+            max_values=self.max_decoded_values,
         )
 
 

@@ -8,6 +8,10 @@ and for deep networks (layers learned one after another, projection to pixels)::
 
     from solver import learn_stack, encode_layers, project_down, pixel_filters
 
+and online learning from a stream of image batches (memory set by the batch size, not the collection)::
+
+    from solver import learn_online
+
 and, with pooling between layers and the 2011 model (every layer reconstructs the pixels)::
 
     from solver import encode_layers, reconstruct_from, top_projections
@@ -28,6 +32,7 @@ from .config import (
     FistaConfig,
     LayerSpec,
     LearnConfig,
+    OnlineConfig,
     PreprocessConfig,
     ZeilerConfig,
     load_config,
@@ -37,6 +42,7 @@ from .images.preprocess import FittedPreprocess
 from .models.coding import EncodeResult, encode, reconstruct
 from .models.lam import lambda_max
 from .models.learn import IterStats, LearnResult, encode_with, learn, learn_layer
+from .models.online import OnlineLearner, learn_online
 from .models.stack.encoding import encode_layers
 from .models.stack.files import load_model
 from .models.stack.learning import INTER_LAYER_PREPROCESS, layer_config, learn_stack
@@ -68,6 +74,8 @@ __all__ = [
     "LayerSpec",
     "LearnConfig",
     "LearnResult",
+    "OnlineConfig",
+    "OnlineLearner",
     "PreprocessConfig",
     "StackCode",
     "StackModel",
@@ -82,6 +90,7 @@ __all__ = [
     "lambda_max",
     "learn",
     "learn_layer",
+    "learn_online",
     "learn_stack",
     "load_config",
     "load_model",

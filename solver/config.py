@@ -340,6 +340,52 @@ class LearnConfig(_Frozen):
         return self
 
 
+class OnlineConfig(_Frozen):
+    r"""What online learning (:func:`~solver.learn_online`) adds to a one-layer :class:`LearnConfig`.
+
+    After batch t the running statistics become ``β_t · A + A_batch`` with ``β_t = (1 − 1/t)^ρ`` (Mairal et al.,
+    JMLR 2010; ρ = `forget`), or a fixed ``β_t = forget_factor`` when that is given. The first batch's β is 0.
+
+    Attributes
+    ----------
+    batch_size : int
+        Images per batch (the stream is re-batched to this size; the last batch may be smaller).
+    forget : float
+        ρ ≥ 0: larger forgets the statistics of old filters faster (the weight of batch j after batch t is
+        about (j/t)^ρ); 0 keeps the plain sum. The default 10 keeps about the last tenth of the batches: the
+        statistics of early batches were gathered with poor filters.
+    forget_factor : float or None
+        A fixed β in [0, 1] instead of the schedule.
+    n_epochs : int
+        Passes over a re-iterable collection (a list or an array); a one-shot iterator allows one.
+    held_out_every : int
+        With held-out images, their objective is recorded after every `held_out_every` batches.
+    held_out_iter : int
+        Inference iterations for the held-out objective (the configured method, its tolerance).
+
+    Examples
+    --------
+    >>> from solver import OnlineConfig
+    >>> OnlineConfig().beta(1), OnlineConfig(forget=1.0).beta(4)
+    (0.0, 0.75)
+    """
+
+    batch_size: int = Field(16, ge=1)
+    forget: float = Field(10.0, ge=0, le=1000, description="ρ of the forgetting schedule β_t = (1 − 1/t)^ρ")
+    forget_factor: float | None = Field(None, ge=0, le=1, description="a fixed forgetting factor β instead")
+    n_epochs: int = Field(1, ge=1)
+    held_out_every: int = Field(1, ge=1)
+    held_out_iter: int = Field(100, ge=1)
+
+    def beta(self, t: int) -> float:
+        """β_t, the weight of the running statistics before batch t (1-based)."""
+        if t <= 1:
+            return 0.0
+        if self.forget_factor is not None:
+            return float(self.forget_factor)
+        return float((1.0 - 1.0 / t) ** self.forget)
+
+
 def load_config(path: str | Path) -> LearnConfig:
     """Read and validate a YAML config: a file, or a bundled preset by name (``"zeiler2010"``, see :mod:`configs`).
 
@@ -380,6 +426,7 @@ __all__ = [
     "InferenceConfig",
     "LayerSpec",
     "LearnConfig",
+    "OnlineConfig",
     "PreprocessConfig",
     "ZeilerConfig",
     "load_config",

@@ -5,6 +5,10 @@ scikit-learn is an optional dependency (``pip install "deconv[sklearn]"``): ``im
 this module; ``from solver.estimators import DeconvolutionalNetwork`` (or ``solver.DeconvolutionalNetwork``,
 resolved on first use) does.
 
+``ConvolutionalDictionaryLearning.partial_fit`` learns online (:func:`~solver.learn_online`): each call is one batch
+(or several of ``batch_size``), and the statistics of the images seen are kept between calls, so a stream of calls
+learns from more images than fit in memory.
+
 Input layout. ``X`` is a batch of images: (N, C, H, W), (N, H, W) for grey ones, or 2-D (N, F) of flattened
 images, of shape ``image_shape`` ((H, W) or (C, H, W), one size of which may be -1 as in ``numpy.reshape``) or,
 when that is None, square and grey (F = H·W with H = W). The output follows the input: image batches give maps
@@ -22,6 +26,7 @@ both estimators pass every check of scikit-learn 1.9 (``tests/solver/test_estima
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -30,9 +35,11 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_array, check_is_fitted, check_random_state
 
-from .config import FilterUpdateConfig, LayerSpec, LearnConfig
-from .images.preprocess import PreprocessConfig
+from .config import FilterUpdateConfig, LayerSpec, LearnConfig, OnlineConfig
+from .images.preprocess import FittedPreprocess, PreprocessConfig
 from .models.coding import encode, inference_config
+from .models.lam import absolute_config, lambda_max
+from .models.online import OnlineLearner, rebatch
 from .models.stack.encoding import encode_layers
 from .models.stack.files import ModelSource, read_model, save_model
 from .models.stack.learning import learn_stack
@@ -106,7 +113,8 @@ class _ImageEstimator(TransformerMixin, BaseEstimator):
         -------
         self
         """
-        for name in ("n_features_in_", "input_shape_"):  # a refit on image batches forgets an earlier 2-D layout
+        # a refit forgets an earlier 2-D layout and the statistics of partial_fit
+        for name in ("n_features_in_", "input_shape_", "online_", "preprocess_"):
             self.__dict__.pop(name, None)
         images, _ = self._images(X, reset=True)
         config = self._learn_config(self._seed())
@@ -218,14 +226,21 @@ class ConvolutionalDictionaryLearning(_ImageEstimator):
         ``valid`` gives maps of (H+s−1)×(W+s−1).
     connectivity : str or bool array of shape (K, C)
     filter_iter : int, optional
-        Filter-update iterations per outer iteration (default 10).
+        Filter-update iterations per outer iteration (default 10), or per batch for ``partial_fit``.
     preprocess : PreprocessConfig or dict, optional
-        Fitted on the training images and repeated on new ones; None: the images as given.
+        Fitted on the training images and repeated on new ones; None: the images as given. ``partial_fit`` fits
+        it on its first batch.
     image_shape : (H, W) or (C, H, W), optional
         The shape of the flattened images of a 2-D `X`, one size of which may be -1 (inferred, as in
         ``numpy.reshape``: ``(1, -1)`` reads every row as an image one pixel high); None: square grey images.
     encode_iter : int, optional
         Inference iterations of ``transform`` and ``score`` (default: the method's own, 200).
+    batch_size : int, optional
+        ``partial_fit``: the images of each call are cut into batches of this size (default: each call's X is one
+        batch).
+    forget : float
+        ``partial_fit``: ρ of the forgetting schedule β_t = (1 − 1/t)^ρ of the online learner
+        (:func:`~solver.learn_online`).
     random_state : int, RandomState or None
         Seeds the initial filters.
     backend : {"auto", "numpy", "cupy"}
@@ -234,9 +249,11 @@ class ConvolutionalDictionaryLearning(_ImageEstimator):
     ----------
     filters_ : ndarray of shape (K, C, s, s)
     history_ : list of float
-        The objective E after every outer iteration.
+        The objective E after every outer iteration (``fit``), or of every batch (``partial_fit``).
     n_iter_ : int
-        Outer iterations run.
+        Outer iterations run (``fit``), or batches seen (``partial_fit``).
+    online_ : OnlineLearner
+        Only after ``partial_fit``: the online learner, with its running statistics (kept between calls).
     lam_ : float
         The absolute λ used.
     lam_max_ : float or None
@@ -284,6 +301,8 @@ class ConvolutionalDictionaryLearning(_ImageEstimator):
         preprocess: PreprocessConfig | dict | None = None,
         image_shape: tuple[int, ...] | None = None,
         encode_iter: int | None = None,
+        batch_size: int | None = None,
+        forget: float = 10.0,
         random_state: Any = None,
         backend: str = "auto",
     ):
@@ -301,8 +320,69 @@ class ConvolutionalDictionaryLearning(_ImageEstimator):
         self.preprocess = preprocess
         self.image_shape = image_shape
         self.encode_iter = encode_iter
+        self.batch_size = batch_size
+        self.forget = forget
         self.random_state = random_state
         self.backend = backend
+
+    def partial_fit(self, X: Any, y: Any = None) -> ConvolutionalDictionaryLearning:
+        """Update the filters from the images `X` by online learning (:func:`~solver.learn_online`).
+
+        The sufficient statistics of the images seen so far are kept between calls (``online_``), so a stream of
+        calls learns from more images than fit in memory. The first call starts from the fitted filters when
+        ``fit`` ran before, else from the seeded ones; it also fixes the input layout, the preprocessing (fitted
+        on its images) and, with ``lam_scale="relative"``, λ (from λ_max of its images).
+
+        Parameters
+        ----------
+        X : array of shape (N, C, H, W), (N, H, W) or (N, F)
+            One batch, or several of ``batch_size`` images.
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        first = not hasattr(self, "online_")
+        images, _ = self._images(X, reset=first and not hasattr(self, "model_"))
+        if first:
+            images = self._start_online(images)
+        elif self.preprocess_ is not None:
+            images = self.preprocess_.apply(images)
+        learner = self.online_
+        for batch in rebatch(images, self.batch_size or images.shape[0]):
+            learner.update_from_batch(batch)
+        result = replace(learner.result(), preprocess=self.preprocess_, lam_max=self.lam_max_)
+        self._set_fitted(result.model, [result.history])
+        return self
+
+    def _start_online(self, images: np.ndarray) -> np.ndarray:
+        """The online learner of the first ``partial_fit`` call; returns its images, preprocessed."""
+        config = self._learn_config(self._seed())
+        online = OnlineConfig(
+            forget=self.forget, **({} if self.batch_size is None else {"batch_size": self.batch_size})
+        )
+        if hasattr(self, "model_"):  # continue from fit: its filters, preprocessing and absolute λ
+            layer = self.model_.layers[0]
+            init, lam_max, self.preprocess_ = layer.filters, layer.lam_max, layer.preprocess
+            if self.preprocess_ is not None:
+                images = self.preprocess_.apply(images)
+        else:
+            init, lam_max, self.preprocess_ = None, None, None
+            if config.preprocess is not None:
+                images, self.preprocess_ = FittedPreprocess.fit(images, config.preprocess)
+        config = config.model_copy(update={"preprocess": None})
+        if init is None and config.layers[0].lam_scale == "relative":  # λ from this batch with the start filters
+            start = OnlineLearner(config, online, images.shape[1], dtype=images.dtype)
+            init = start.filters
+            lam_max = lambda_max(images, init, boundary=config.boundary, connectivity=start.table, backend=self.backend)
+        if lam_max is not None:
+            config = absolute_config(config, lam_max)
+        self.online_ = OnlineLearner(
+            config, online, images.shape[1], backend=self.backend, init_filters=init, dtype=images.dtype
+        )
+        self.lam_max_ = lam_max
+        return images
 
     def _learn_config(self, seed: int) -> LearnConfig:
         table = self.connectivity if isinstance(self.connectivity, str) else np.asarray(self.connectivity).tolist()

@@ -5,19 +5,24 @@ Route functions carry no docstring: FastAPI would publish it as the operation's 
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 
-from workers.jobs.spec import JobSpec, SpecError, check_against_dataset
+from workers.jobs.spec import JobSpec, SpecError, check_against_dataset, check_resources
 from workers.jobs.status import JobStatus
 
 from ..deps import RunnerDep, SettingsDep, StoreDep, guarded
-from ..errors import field_error
+from ..errors import documented_methods, field_error
 from ..schemas import JobList, JobOut
 from .common import JobId, job_or_404
 
 router = APIRouter(tags=["jobs"], dependencies=guarded)
+
+RETRY_AFTER_S = 30
+"""Seconds a client refused for a full queue is asked to wait (the ``Retry-After`` header)."""
+_queue_lock = threading.Lock()  # the count of queued jobs and the insert that follows it, as one step
 
 
 @router.post("/jobs", response_model=JobOut, status_code=202)
@@ -27,7 +32,16 @@ def submit_job(
     settings: SettingsDep,
     store: StoreDep,
     runner: RunnerDep,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=200,
+            pattern=r"^[!-~]+$",
+            description="makes a retried submission return the first one's job; printable ASCII without spaces "
+            "(an empty key would be one key shared by every client)",
+        ),
+    ] = None,
 ) -> JobOut:
     dataset = store.get_dataset(spec.dataset_id)
     if dataset is None:
@@ -36,21 +50,35 @@ def submit_job(
         )
     try:
         check_against_dataset(
-            spec, dataset, max_filters=settings.max_filters_per_layer, max_maps_bytes=settings.max_job_maps_bytes
+            spec,
+            dataset,
+            max_filters=settings.max_filters_per_layer,
+            max_maps_bytes=settings.max_job_maps_bytes,
+            max_filter_bytes=settings.max_job_filter_bytes,
         )
+        check_resources(spec, max_cpus=settings.max_actor_cpus, max_gpus=settings.max_actor_gpus)
     except SpecError as exc:
         raise field_error(
             ["body", *(int(p) if p.isdigit() else p for p in exc.field.split("."))], exc.message, exc.value
         ) from None
-    try:
-        job, created = store.submit(
-            spec.model_dump(mode="json"),
-            n_layers=len(spec.layers),
-            n_iter=[layer.n_iter or spec.n_iter for layer in spec.layers],
-            idempotency_key=idempotency_key,
-        )
-    except ValueError as exc:  # the key was used before for another spec
-        raise field_error(["header", "Idempotency-Key"], str(exc), idempotency_key, status=409) from None
+    with _queue_lock:
+        queued = store.count_jobs("queued")
+        if queued >= settings.max_queued_jobs:
+            raise HTTPException(
+                429,
+                f"{queued} jobs are waiting to run, the most this service queues "
+                f"(DECONV_MAX_QUEUED_JOBS = {settings.max_queued_jobs}); submit again later",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        try:
+            job, created = store.submit(
+                spec.model_dump(mode="json"),
+                n_layers=len(spec.layers),
+                n_iter=[layer.n_iter or spec.n_iter for layer in spec.layers],
+                idempotency_key=idempotency_key,
+            )
+        except ValueError as exc:  # the key was used before for another spec
+            raise field_error(["header", "Idempotency-Key"], str(exc), idempotency_key, status=409) from None
     if created:
         runner.notify()
     response.headers["Location"] = f"/jobs/{job.id}"
@@ -99,7 +127,9 @@ so that it only catches what none of them matched."""
 
 
 @unknown.api_route("/jobs/{rest:path}", methods=["GET", "DELETE"], include_in_schema=False)
-def not_a_job(rest: str) -> None:
+def not_a_job(rest: str, request: Request) -> None:
+    if documented_methods(request):  # a documented path asked with another method: a 405 with its Allow
+        raise HTTPException(405)
     raise field_error(
         ["path", "job_id"],
         "no such job resource: a job id is 32 lowercase hex digits, "

@@ -21,6 +21,7 @@ from workers.jobs.artifacts import ArtifactCorruptError
 from workers.jobs.models import JobModel, ModelNotReadyError, load_model
 from workers.jobs.store import ID_PATTERN, JobRecord, JobStore
 
+from .. import costs
 from ..deps import SettingsDep, StoreDep, guarded
 from ..errors import field_error
 from ..settings import Settings
@@ -54,7 +55,9 @@ def encode_images(
 ) -> Response:  # noqa: A002
     job, model = _model_of(store, job_id)
     layer = check_layer(job, layer)
-    images = read_uploads(files, "files", settings)
+    name = method or model.inference.method
+    layers = _cost_layers(model, layer)
+    images = read_uploads(files, "files", settings, max_values=costs.values_budget(layers, name, settings))
     if len(images) > settings.max_encode_images:
         raise field_error(
             ["body", "files"],
@@ -66,16 +69,35 @@ def encode_images(
         raise field_error(["body", "files"], f"the images must share one shape, got {sorted(shapes)}")
     batch = np.stack([im.array for im in images])
     _check_channels(model, batch)
+    estimate = costs.encode_cost(
+        layers,
+        batch.shape,
+        method=name,
+        max_iter=max_iter,
+        boundary=model.stack.boundary,
+        itemsize=8 if batch.dtype == np.float64 else 4,
+        all_layers=format == "npz",
+    )
+    what = f"encoding {batch.shape[0]} image(s) of {'x'.join(map(str, batch.shape[1:]))} up to layer {layer}"
+    costs.check(estimate, settings, loc=["body", "files"], work_loc=["query", "max_iter"], what=what)
     try:
         code = model.encode(batch, layer=layer, method=method, max_iter=max_iter)
     except ValueError as exc:
         message = str(exc)
         loc = ["query", "method"] if message.startswith("method") else ["body", "files"]
         raise field_error(loc, message, method if loc[1] == "method" else None) from None
+    maps = [m.astype(np.float32) for m in code.maps]
+    for number, m in enumerate(maps, start=1):
+        if not np.isfinite(m).all():
+            raise field_error(
+                ["body", "files"],
+                f"the maps of layer {number} overflow float32 (inf or NaN): the images' values are too large to "
+                f"encode (largest magnitude {float(np.abs(batch).max()):.3g}); scale them down",
+            )
     if format == "npy":
-        return Response(npy_bytes(code.maps[-1].astype(np.float32)), media_type=NPY)
+        return Response(npy_bytes(maps[-1]), media_type=NPY)
     buffer = io.BytesIO()
-    arrays = {f"L{i + 1}": m.astype(np.float32) for i, m in enumerate(code.maps)}
+    arrays = {f"L{i + 1}": m for i, m in enumerate(maps)}
     arrays.update({f"S{i + 1}": s for i, s in enumerate(code.switches) if s is not None})
     np.savez(buffer, **arrays)
     return Response(buffer.getvalue(), media_type=NPZ)
@@ -108,18 +130,25 @@ def reconstruct_images(
         raise field_error(["body", "maps"], f"maps must have shape (N, K, H', W') or (K, H', W'), got {z.shape}")
     if (job_id is None) == (filters is None):
         raise field_error(["body", "job_id"], "send either job_id (a finished job's filters) or a filters file")
+    f = None
     try:
         if job_id is not None:
             images = _project_with_job(store, settings, job_id, layer, z, switches)
         else:
             from solver.models.coding import reconstruct  # noqa: PLC0415  (the solver loads only when used)
 
-            images = reconstruct(z, read_array(filters, "filters", settings), boundary=boundary)
+            f = read_array(filters, "filters", settings)
+            if f.ndim in (3, 4):
+                explicit = costs.Layer(f.shape[0], f.shape[1] if f.ndim == 4 else 1, f.shape[-1])
+                _check_reconstruct_cost([explicit], z, boundary, settings)
+            images = reconstruct(z, f, boundary=boundary)
     except ValueError as exc:  # solver.reconstruct names the argument at fault first
         message = str(exc)
         field = "filters" if filters is not None and message.startswith("filters") else "maps"
         raise field_error(["body", field], message) from None
     images = np.asarray(images, dtype=np.float32)
+    if not np.isfinite(images).all():
+        _refuse_overflow(z, f)
     if format == "png":
         return Response(png_bytes(image_sheet(images)), media_type=PNG)
     return Response(npy_bytes(images), media_type=NPY)
@@ -146,10 +175,39 @@ def _project_with_job(
             f"maps have K = {z.shape[1]} but layer {top} of job {job_id} has {model.layers[top - 1].n_filters} filters",
             list(z.shape),
         )
+    _check_reconstruct_cost(_cost_layers(model, top), z, model.stack.boundary, settings)
     unpool: dict = {}
     if model.stack.pools_below(top):
         unpool = _unpooling(model, top, z, switches, settings)
     return model.project(z, layer=top, **unpool)
+
+
+def _cost_layers(model: JobModel, top: int) -> list[costs.Layer]:
+    """The layers up to `top`, as the cost estimate reads them."""
+    return [
+        costs.Layer(layer.n_filters, layer.n_channels, layer.filters.shape[-1], layer.pool)
+        for layer in model.layers[:top]
+    ]
+
+
+def _check_reconstruct_cost(layers: list[costs.Layer], z: np.ndarray, boundary: str, settings: Settings) -> None:
+    estimate = costs.reconstruct_cost(layers, z.shape, boundary=boundary, itemsize=z.dtype.itemsize)
+    what = f"projecting maps of shape {list(z.shape)} through {len(layers)} layer(s)"
+    costs.check(estimate, settings, loc=["body", "maps"], work_loc=["body", "maps"], what=what)
+
+
+def _refuse_overflow(z: np.ndarray, f: np.ndarray | None) -> None:
+    """A 422 naming the input whose values made the images overflow float32."""
+    largest = {"maps": float(np.abs(z).max())}
+    if f is not None:
+        largest["filters"] = float(np.abs(f).max())
+    field = max(largest, key=largest.get)
+    sizes = ", ".join(f"{name} {value:.3g}" for name, value in largest.items())
+    raise field_error(
+        ["body", field],
+        f"the reconstructed images overflow float32 (inf or NaN): the {field}' values are too large "
+        f"(largest magnitude: {sizes}); scale them down",
+    )
 
 
 def _check_channels(model: JobModel, batch: np.ndarray) -> None:

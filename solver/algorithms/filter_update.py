@@ -7,6 +7,10 @@ r"""Filter updates with the maps fixed.
   parametrisation, the norm constraint is the projection); monotone, so the learning objective never rises.
 * ``cg``: Zeiler's toolbox: a few conjugate-gradient steps on the normal equations ZᴴPᵀPZ f = ZᴴPᵀy,
   warm-started at the current filters, then every plane (or filter) rescaled to unit norm.
+
+Online learning (:mod:`solver.models.online`) replaces the images and maps by their sufficient statistics and runs
+the same projected FISTA on the quadratic surrogate of :mod:`solver.operators.surrogate`
+(:func:`update_filters_surrogate`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from ..config import FilterUpdateConfig, FistaConfig
 from ..operators.convolution import Boundary, FilterOperator
 from ..operators.linalg import conjugate_gradient
 from ..operators.prox import normalise_unit, project_unit_ball
+from ..operators.surrogate import SurrogateOperator
 from .base import run
 from .fista import Fista
 from .problem import GridResidual
@@ -168,3 +173,60 @@ def update_filters_pooled(
     new = normalise_unit(new, config.norm)
     data = sum(value for value, _ in pool.value_and_gradient(new))
     return new, float(data)
+
+
+class SurrogateFilterProblem:
+    r"""The filter step of online learning in FISTA's composite form:
+
+    .. math:: \min_f \tfrac12 \sum_{k,c} f_{kc} \cdot (A * f)_{kc} - \langle B, f \rangle
+              \quad \text{s.t.} \quad \|f\|_2 \le 1
+
+    on the statistics A = ZtZ, B = ZtY of :class:`~solver.operators.surrogate.SurrogateOperator` (host, float64).
+    The gradient A ∗ f − B is affine in f, so it stands in for FISTA's residual, as in :class:`PooledFilterProblem`.
+    """
+
+    def __init__(self, op: SurrogateOperator, norm: str, lipschitz: float):
+        self.op = op
+        self.norm = norm
+        self._lipschitz = lipschitz
+
+    def zeros(self) -> np.ndarray:
+        return np.zeros(self.op.shape)
+
+    def residual_of(self, filters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        value, grad = self.op.value_and_gradient(filters)
+        return grad, np.array([value])
+
+    def gradient(self, grad: np.ndarray) -> np.ndarray:
+        return grad
+
+    def prox(self, v: np.ndarray, step: float) -> np.ndarray:
+        return project_unit_ball(v * self.op.mask, self.norm)
+
+    def regulariser(self, filters: np.ndarray) -> np.ndarray:
+        return np.zeros(1)
+
+    def lipschitz(self) -> float:
+        return self._lipschitz
+
+
+def update_filters_surrogate(
+    op: SurrogateOperator, filters: np.ndarray, n_iter: int, norm: str, lipschitz: float
+) -> tuple[np.ndarray, float]:
+    """`n_iter` projected FISTA steps on the surrogate `op`, warm-started at `filters` (projected first).
+
+    The steps never raise the surrogate (FISTA's function-value restart), so the returned filters are no worse
+    on it than the (projected) start.
+
+    Returns
+    -------
+    filters : ndarray of shape (K, C, s, s)
+        Feasible filters, float64 (the caller casts them to its dtype).
+    value : float
+        The surrogate at the returned filters.
+    """
+    problem = SurrogateFilterProblem(op, norm, lipschitz)
+    solver = Fista(problem, FistaConfig(max_iter=n_iter, tol=0.0))
+    start = problem.prox(np.asarray(filters, dtype=np.float64), 1.0)
+    result = run(solver, solver.init(start), stop_early=False)
+    return result.maps, result.objective

@@ -24,7 +24,7 @@ from ..algorithms.consensus import update_filters_consensus
 from ..algorithms.filter_update import filter_lipschitz, update_filters_pooled
 from ..algorithms.recentre import crop_to_energy, recentre, roll_state
 from ..backend import Array
-from ..config import FilterUpdateConfig, LayerSpec, LearnConfig
+from ..config import FilterUpdateConfig, LayerSpec, LearnConfig, OnlineConfig
 from ..images.preprocess import FittedPreprocess, PreprocessConfig
 from ..operators.connectivity import connectivity_table
 from ..operators.pixel_path import LowerLayer, input_geometry
@@ -59,6 +59,12 @@ class LearnResult:
     lam_max : float or None
         When λ was given relative to λ_max (``lam_scale="relative"``): λ_max of the training input with the
         initial filters; ``config`` then holds the absolute λ used. None otherwise.
+    held_out_history : list of float
+        Online learning (:func:`~solver.learn_online`) with held-out images: their objective after every
+        ``online.held_out_every`` batches. Empty otherwise.
+    online : OnlineConfig or None
+        The online settings, for a result of :func:`~solver.learn_online`; ``history`` then holds E of every
+        batch and ``config.n_iter`` the number of batches.
 
     Examples
     --------
@@ -78,6 +84,8 @@ class LearnResult:
     connectivity: np.ndarray | None = None
     preprocess: FittedPreprocess | None = None
     lam_max: float | None = None
+    held_out_history: list[float] = field(default_factory=list)
+    online: OnlineConfig | None = None
 
     @property
     def model(self) -> StackModel:

@@ -81,6 +81,12 @@ class _ShardBase:
             raise ValueError("the shard has no maps yet: call code(filters) first")
         return self.bk.to_host(self._maps)
 
+    def device_maps(self) -> Array:
+        """The current maps on the shard's backend (no copy; for statistics computed where the maps are)."""
+        if self._maps is None:
+            raise ValueError("the shard has no maps yet: call code(filters) first")
+        return self._maps
+
     def set_lam(self, lam: float) -> None:
         """Code with the absolute λ `lam` from now on (a relative λ, resolved on λ_max of every shard)."""
         self.config = with_lam(self.config, lam)

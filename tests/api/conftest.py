@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -107,6 +108,33 @@ def wait_for_job(
         if job["status"] in TERMINAL or time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} did not get there within {timeout} s: {job}")
         time.sleep(interval)
+
+
+def finished_job(data_dir: Path, filters: np.ndarray) -> str:
+    """A store in `data_dir` holding one succeeded one-layer job whose model has `filters`; its id. Written
+    directly (no runner, no Ray): the job has its model's artifacts only."""
+    from solver import StackModel  # noqa: PLC0415
+    from solver.config import AdmmConfig  # noqa: PLC0415
+    from workers.distributed.checkpoint import npy_bytes  # noqa: PLC0415
+    from workers.jobs.models import JobModel  # noqa: PLC0415
+    from workers.jobs.store import JobStore  # noqa: PLC0415
+
+    store = JobStore(data_dir)
+    dataset = store.add_dataset([("a", np.zeros((1, 16, 16), np.uint8))])
+    spec = {
+        "dataset_id": dataset.id,
+        "layers": [{"n_filters": filters.shape[0], "filter_size": filters.shape[-1], "lam": 0.1}],
+    }
+    job, _ = store.submit(spec, n_layers=1, n_iter=1)
+    model = JobModel(StackModel.from_layers([filters], [None], [None], [0.1], [1.0]), AdmmConfig(max_iter=10))
+    arrays, metadata = model.artifacts()
+    for name, array in arrays.items():
+        store.put_artifact(job.id, f"{name}.npy", npy_bytes(array), "application/x-npy")
+    store.put_artifact(job.id, "model.json", metadata, "application/json")
+    assert store.claim_next().id == job.id
+    store.finish(job.id, "succeeded")
+    store.close()
+    return job.id
 
 
 def sample_png_parts(n: int = 3, size: int = 32) -> list[tuple[str, bytes]]:

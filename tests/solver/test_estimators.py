@@ -231,3 +231,89 @@ def test_import_solver_does_not_import_scikit_learn():
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+
+
+# partial_fit: the online learner -------------------------------------------------------------------------------
+
+
+def _sample_crops(n: int, side: int = 24) -> np.ndarray:
+    """`n` crops of the bundled sample images, grey in [0, 1] minus their mean (float32, (n, 1, side, side))."""
+    pictures = [
+        np.asarray(Image.open(p).convert("L"), dtype=np.float32) / 255 for p in sorted(samples_dir().glob("*.png"))
+    ]
+    crops = []
+    for i in range(n):
+        picture = pictures[i % len(pictures)]
+        top, left = (13 * i) % (picture.shape[0] - side), (29 * i) % (picture.shape[1] - side)
+        crop = picture[top : top + side, left : left + side]
+        crops.append(crop - crop.mean())
+    return np.stack(crops)[:, None]
+
+
+def test_partial_fit_over_batches_approaches_fit():
+    X = _sample_crops(16)
+    params = {"n_filters": 4, "filter_size": 5, "lam": 0.05, "encode_iter": 100, "random_state": 0}
+    fitted = ConvolutionalDictionaryLearning(n_iter=15, **params).fit(X)
+    online = ConvolutionalDictionaryLearning(batch_size=4, **params)
+    start_filters = initial_filters(4, 1, 5, seed=0, norm="filter")
+    e_start = encode(X, start_filters, 0.05, max_iter=100).objective
+    for _ in range(4):  # passes over the images, a call per batch
+        for batch in np.split(X, 4):
+            online.partial_fit(batch)
+    e_fit, e_online = -fitted.score(X), -online.score(X)
+    assert online.n_iter_ == 16 and len(online.history_) == 16
+    assert e_online < 0.8 * e_start
+    assert e_online <= 1.05 * e_fit
+
+
+def test_partial_fit_keeps_the_statistics_between_calls():
+    from solver import learn_online
+
+    X = _sample_crops(8)
+    est = ConvolutionalDictionaryLearning(n_filters=3, filter_size=3, lam=0.05, method="fista", random_state=0)
+    est.partial_fit(X[:4]).partial_fit(X[4:])
+    expected = learn_online(X, 3, 3, 0.05, batch_size=4, method="fista", seed=0)
+    np.testing.assert_array_equal(est.filters_, expected.filters)
+    assert est.online_.n_images == 8 and est.n_iter_ == 2
+
+
+def test_partial_fit_cuts_a_call_into_batches():
+    X = _sample_crops(8)
+    est = ConvolutionalDictionaryLearning(n_filters=3, filter_size=3, lam=0.05, batch_size=3, random_state=0)
+    est.partial_fit(X)
+    assert est.n_iter_ == 3  # 3 + 3 + 2 images
+
+
+def test_partial_fit_after_fit_continues_from_its_filters_and_fit_resets():
+    X = _sample_crops(8)
+    est = ConvolutionalDictionaryLearning(n_filters=3, filter_size=3, lam=0.05, n_iter=5, random_state=0).fit(X)
+    e_fit = -est.score(X)
+    est.partial_fit(X)
+    assert est.n_iter_ == 1
+    assert -est.score(X) <= 1.05 * e_fit  # started from fit's filters, not from the seeded ones
+    est.fit(X)
+    assert not hasattr(est, "online_") and est.n_iter_ == 5
+
+
+def test_partial_fit_with_relative_lam_and_preprocessing():
+    X = _sample_crops(8)
+    est = ConvolutionalDictionaryLearning(
+        n_filters=3,
+        filter_size=3,
+        lam=0.2,
+        lam_scale="relative",
+        preprocess={"contrast_normalise": False},
+        random_state=0,
+    )
+    est.partial_fit(X[:4]).partial_fit(X[4:])
+    assert est.lam_max_ > 0 and est.lam_ == pytest.approx(0.2 * est.lam_max_)
+    assert est.model_.layers[0].preprocess is not None
+
+
+def test_clone_of_a_partially_fitted_estimator_is_unfitted():
+    X = _sample_crops(4)
+    est = ConvolutionalDictionaryLearning(n_filters=3, filter_size=3, batch_size=2, forget=2.0, random_state=0)
+    est.partial_fit(X)
+    copy = clone(est)
+    assert copy.get_params()["batch_size"] == 2 and copy.get_params()["forget"] == 2.0
+    assert not hasattr(copy, "online_") and not hasattr(copy, "filters_")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pydantic
 import pytest
 
+from workers.distributed.address import check_address
 from workers.distributed.cluster import ClusterConfig, connect
 
 
@@ -37,3 +38,27 @@ def test_connect_reuses_the_running_cluster(ray_session):
     assert not again.started
     assert again.address == ray_session.address
     assert again.resources["CPU"] >= 1
+
+
+@pytest.mark.parametrize("address", ["auto", "AUTO", "local", "10.0.0.1:6379", "head.example.org:6379", "[fd00::5]:1"])
+def test_the_addresses_ray_takes_are_accepted(address):
+    assert ClusterConfig(address=address).resolved_address() == (
+        address.lower() if address.lower() in ("auto", "local") else address
+    )
+
+
+def test_a_ray_client_address_is_refused_saying_why():
+    with pytest.raises(ValueError, match=r"ray\[client\], which is not installed"):
+        ClusterConfig(address="ray://10.0.0.1:10001")
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1", "10.0.0.1:0", "10.0.0.1:70000", "http://10.0.0.1:6379", ":6379", ""])
+def test_a_malformed_address_is_refused_naming_it(address):
+    with pytest.raises(ValueError, match="host:port|port"):
+        check_address(address, "--address")
+
+
+def test_a_bad_ray_address_variable_is_named(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    with pytest.raises(ValueError, match="RAY_ADDRESS: 'ray://head:10001' is a Ray Client address"):
+        ClusterConfig().resolved_address()

@@ -1,6 +1,9 @@
 """Distributed learning on Ray: data-parallel over shards of the images.
 
 * :mod:`workers.distributed.cluster`: ``connect(ClusterConfig)``, the one place that calls ``ray.init``;
+* :mod:`workers.distributed.address`: the Ray addresses accepted (``local``, ``auto``, ``host:port``);
+* :mod:`workers.distributed.placement`: what a job's shard actors reserve (CPUs, GPUs, custom resources) and the
+  placement group that holds it for the whole job;
 * :mod:`workers.distributed.images`: listing, checking and loading image files;
 * :mod:`workers.distributed.shards`: the deterministic split of the images into contiguous shards;
 * :mod:`workers.distributed.actors`: ``ShardWorker``, one shard's images, maps and inference state (a Ray actor);

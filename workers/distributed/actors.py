@@ -228,15 +228,25 @@ class ShardWorker:
 
 
 @functools.cache
-def shard_actor_class(num_cpus: float, num_gpus: float) -> Any:
-    """:class:`ShardWorker` as a Ray actor class with these resources.
+def _remote_worker() -> Any:
+    import ray  # noqa: PLC0415  (importing workers.distributed.actors must not need Ray, only creating actors)
+
+    return ray.remote(ShardWorker)
+
+
+def new_shard_actor(**options: Any) -> Any:
+    """A :class:`ShardWorker` Ray actor with these Ray options (resources, scheduling strategy).
 
     The actors are never restarted by Ray (``max_restarts=0``): the coordinator replaces a dead one itself and
     rolls every shard back to the last checkpoint, because the shards' states must stay consistent with each
-    other and with the filters. ``SPREAD`` places the shards of a job on as many nodes as it can.
+    other and with the filters.
     """
-    import ray  # noqa: PLC0415  (importing workers.distributed.actors must not need Ray, only creating actors)
+    return _remote_worker().options(max_restarts=0, max_task_retries=0, **options).remote()
 
-    return ray.remote(ShardWorker).options(
+
+def shard_actor_class(num_cpus: float, num_gpus: float) -> Any:
+    """:class:`ShardWorker` as a Ray actor class with these resources, outside any placement group; ``SPREAD``
+    places the shards of a job on as many nodes as it can."""
+    return _remote_worker().options(
         num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0, max_task_retries=0, scheduling_strategy="SPREAD"
     )

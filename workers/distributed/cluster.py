@@ -1,13 +1,14 @@
 """The connection to a Ray cluster: the one place in deconv that calls ``ray.init``.
 
-A job either joins an existing cluster (an address in the config, or the ``RAY_ADDRESS`` environment variable, as
-``ray start --head`` prints it) or starts a private local one (``address="local"``, the default): a bounded object
-store, no dashboard, no usage statistics, worker logs kept out of the driver's output.
+A job either joins an existing cluster (an address in the config, or the ``RAY_ADDRESS`` environment variable:
+``auto`` or a head's ``host:port``, see :mod:`workers.distributed.address`) or starts a private local one
+(``address="local"``, the default): a bounded object store, no dashboard, no usage statistics, worker logs kept out
+of the driver's output.
 
 Worker processes import ``solver`` and ``workers`` by name: on a local cluster they inherit the driver's working
-directory, so running from a checkout works; on a real cluster deconv must be installed on every node. No
-filesystem needs to be shared: the actors read and write through the store (a folder on one machine, an fsspec URL
-such as ``s3://`` on a cluster, see :mod:`workers.jobs.objects`).
+directory, so running from a checkout works; on a real cluster deconv (with its ``cluster`` extra, and ``s3`` for
+an S3 store) must be installed on every node. No filesystem needs to be shared: the actors read and write through
+the store (a folder on one machine, an fsspec URL such as ``s3://`` on a cluster, see :mod:`workers.jobs.objects`).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import os
 from dataclasses import dataclass
 
 import ray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .address import LOCAL, check_address
 
 logger = logging.getLogger(__name__)
 
-LOCAL = "local"
 _MIN_OBJECT_STORE = 78_643_200  # the smallest object store Ray accepts (75 MiB)
 
 
@@ -31,8 +33,9 @@ class ClusterConfig(BaseModel):
     Attributes
     ----------
     address : str, optional
-        ``"local"`` starts a private cluster on this machine; ``"host:port"`` (or ``"ray://..."``) joins a running
-        one. None: the ``RAY_ADDRESS`` environment variable if set, else ``"local"``.
+        ``"local"`` starts a private cluster on this machine; ``"auto"`` joins the cluster this machine is a node
+        of; ``"host:port"`` joins the cluster of that head. None: the ``RAY_ADDRESS`` environment variable if
+        set, else ``"local"``. ``ray://`` addresses are refused (see :mod:`workers.distributed.address`).
     num_cpus, num_gpus : int, optional
         Resources of a local cluster (None: what Ray detects). Refused for a remote cluster.
     object_store_memory : int
@@ -51,9 +54,23 @@ class ClusterConfig(BaseModel):
     include_dashboard: bool = False
     log_to_driver: bool = False
 
+    @field_validator("address")
+    @classmethod
+    def _known_address(cls, value: str | None) -> str | None:
+        return None if value is None else check_address(value)
+
     def resolved_address(self) -> str:
-        """The address to use: this config's, else ``RAY_ADDRESS``, else ``"local"``."""
-        return self.address or os.environ.get("RAY_ADDRESS") or LOCAL
+        """The address to use: this config's, else ``RAY_ADDRESS``, else ``"local"``.
+
+        Raises
+        ------
+        ValueError
+            When ``RAY_ADDRESS`` holds an address deconv does not accept (naming the variable).
+        """
+        if self.address is not None:
+            return self.address
+        from_env = os.environ.get("RAY_ADDRESS", "").strip()
+        return check_address(from_env, "RAY_ADDRESS") if from_env else LOCAL
 
 
 @dataclass(frozen=True)

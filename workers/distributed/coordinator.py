@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -44,11 +43,12 @@ from solver.operators.convolution import map_shape
 from solver.operators.pixel_path import LowerLayer, input_geometry
 
 from ..jobs.objects import ObjectStore, Part, array_header, as_location
-from .actors import PartRows, ShardInput, shard_actor_class
+from .actors import PartRows, ShardInput, new_shard_actor
 from .checkpoint import Checkpoint, as_store, begin_checkpoint, clear_checkpoints, latest_checkpoint, write_checkpoint
 from .cluster import ClusterConfig, connect
 from .images import ImageInfo, ImageSource, inspect_images
 from .outputs import LayerOutputs, ShardOutput
+from .placement import Placement, gpu_share
 from .pool import RayPool, Traffic
 from .shards import shard_ranges
 
@@ -63,7 +63,6 @@ ACTOR_FAILURES: tuple[type[BaseException], ...] = (
     ray_errors.GetTimeoutError,
 )
 _PROBE_TIMEOUT_S = 30.0  # how long a live actor may take to answer a ping after a failure
-_RESOURCE_QUANTUM = 1e-4  # Ray's granularity of fractional resources
 
 
 class JobFailedError(Exception):
@@ -115,6 +114,11 @@ class Coordinator:
     gather_maps : bool
         Without `outputs`: bring every shard's maps to this process for the result (default), or not (the result
         holds None), when only the filters matter.
+    placement : Placement, optional
+        The resources and the reserved placement group of the job's shard actors (one bundle per shard, see
+        :mod:`workers.distributed.placement`): shard i's actor, and any that replaces it, runs in bundle i, with
+        the placement's backend. `backend` and `actor_cpus` are then not used. Without it each actor asks
+        `actor_cpus` and its GPU share on its own, spread over the nodes.
     """
 
     def __init__(
@@ -135,6 +139,7 @@ class Coordinator:
         info: ImageInfo | None = None,
         outputs: LayerOutputs | Callable[[LearnResult], LayerOutputs] | None = None,
         gather_maps: bool = True,
+        placement: Placement | None = None,
     ):
         _check_options(workers, checkpoint_dir, checkpoint_every, max_failures, call_timeout, backend, actor_cpus)
         if config.filter_update.recentre:
@@ -178,6 +183,10 @@ class Coordinator:
         self.cluster = cluster
         self.backend = backend
         self.actor_cpus = actor_cpus
+        if placement is not None and placement.n_shards != self.n_shards:
+            raise ValueError(
+                f"placement reserves {placement.n_shards} shard actor(s), this run has {self.n_shards} shards"
+            )
         layer = config.layers[0]
         grey = config.preprocess is not None and config.preprocess.grey
         n_channels = 1 if grey else self.info.n_channels
@@ -201,7 +210,7 @@ class Coordinator:
         self.failures = 0
         self._actors: list[Any] = []
         self._pool: RayPool | None = None
-        self._placement: tuple[float, float, str] | None = None
+        self._placement: Placement | None = placement
         self._rescale: PreprocessStats | None = None
         self._history: list[IterStats] = []
         self._pending: tuple[int, np.ndarray, np.ndarray] | None = None
@@ -353,24 +362,29 @@ class Coordinator:
         """Replace dead actors (all of them at the start) and make every shard ready on its images."""
         alive = self._probe()
         placement = self._resources()
-        actor_class = shard_actor_class(placement[0], placement[1])
         fresh = []
         for index in range(self.n_shards):
             if index < len(alive) and alive[index]:
                 continue
             if index < len(self._actors):
                 ray.kill(self._actors[index], no_restart=True)
-                self._actors[index] = actor_class.remote()
+                self._actors[index] = new_shard_actor(**self._actor_options(index))
             else:
-                self._actors.append(actor_class.remote())
+                self._actors.append(new_shard_actor(**self._actor_options(index)))
             fresh.append(index)
         if not fresh:
             return
         logger.info(
-            "starting %d shard actor(s) %s (num_cpus=%g, num_gpus=%g, backend=%s)", len(fresh), fresh, *placement
+            "starting %d shard actor(s) %s (num_cpus=%g, num_gpus=%g, backend=%s%s)",
+            len(fresh),
+            fresh,
+            placement.cpus,
+            placement.gpus,
+            placement.backend,
+            "" if placement.group is None else ", in the job's placement group",
         )
         if self._needs_rescale_fit():
-            self._fit_rescale_and_build(placement[2])
+            self._fit_rescale_and_build(placement.backend)
             return
         refs = [
             self._actors[i].setup.remote(
@@ -379,7 +393,7 @@ class Coordinator:
                 self.info,
                 self._rescale,
                 self.connectivity,
-                placement[2],
+                placement.backend,
                 self.lower,
                 self.shard_switches[i],
             )
@@ -426,16 +440,21 @@ class Coordinator:
         # Each ready reference is already resolved: this get only reads the value or the error, never waits.
         return [ref in answered and _resolved_ok(ref) for ref in pings]
 
-    def _resources(self) -> tuple[float, float, str]:
-        """(num_cpus, num_gpus, backend) of every shard actor, decided once per run."""
+    def _resources(self) -> Placement:
+        """The resources and backend of every shard actor, decided once per run (given by the job runner)."""
         if self._placement is None:
             gpus = float(ray.cluster_resources().get("GPU", 0.0))
             use_gpu = self.backend == "cupy" or (self.backend == "auto" and gpus > 0)
             if use_gpu and gpus <= 0:
                 raise ValueError("backend 'cupy' needs GPUs in the cluster, got none")
-            share = min(1.0, math.floor(gpus / self.n_shards / _RESOURCE_QUANTUM) * _RESOURCE_QUANTUM)
-            self._placement = (self.actor_cpus, share if use_gpu else 0.0, "cupy" if use_gpu else "numpy")
+            share = gpu_share(gpus, self.n_shards) if use_gpu else 0.0
+            self._placement = Placement(self.n_shards, self.actor_cpus, share, backend="cupy" if use_gpu else "numpy")
         return self._placement
+
+    def _actor_options(self, index: int) -> dict[str, Any]:
+        options = self._resources().actor_options(index)
+        options.setdefault("scheduling_strategy", "SPREAD")  # no group: the shards on as many nodes as it can
+        return options
 
     def _release(self) -> None:
         for actor in self._actors:

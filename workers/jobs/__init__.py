@@ -9,7 +9,8 @@
 * :mod:`workers.jobs.live`: the newest filters of a running job, read through its work store;
 * :mod:`workers.jobs.datasets`: uploaded datasets (images, zip or npz archives) into the artifact store;
 * :mod:`workers.jobs.spec`: ``JobSpec``, the validated job a client submits;
-* :mod:`workers.jobs.runner`: ``JobRunner``, the queue, the run, resume after a restart, cancel, artifacts;
+* :mod:`workers.jobs.runner`: ``JobRunner``, the queue (up to ``max_running`` jobs at once, each once its actors
+  have room), the run, resume after a restart, cancel, artifacts;
 * :mod:`workers.jobs.jobfile`: the YAML job file of ``deconv learn``;
 * :mod:`workers.jobs.models`: a finished job's filters and preprocessing, for encoding new images.
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import io
 import math
 import zipfile
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,10 @@ class UploadError(ValueError):
     """An uploaded file that cannot be taken; the message names the file and the problem."""
 
 
+class UploadTooLarge(UploadError):
+    """An upload that would decode to more than its limits allow (the service answers 413)."""
+
+
 @dataclass(frozen=True)
 class UploadLimits:
     """Bounds on one upload.
@@ -49,12 +54,36 @@ class UploadLimits:
         Most bytes, also the most uncompressed bytes of an archive's members together.
     max_channels : int
         Most channels of one NPY image.
+    max_values : int
+        Most values (C × H × W, summed over the images) the upload decodes to; each image is counted from its
+        header, before its pixels are decoded.
     """
 
     max_pixels: int = 4096 * 4096
     max_images: int = 10_000
     max_bytes: int = 512 * 2**20
     max_channels: int = 64
+    max_values: int = 2**40
+
+
+class _Budget:
+    """The values an upload has decoded so far, against ``limits.max_values``."""
+
+    def __init__(self, limits: UploadLimits):
+        self.limit = limits.max_values
+        self.used = 0
+
+    def take(self, label: str, values: int, what: str) -> None:
+        if self.used + values > self.limit:
+            raise UploadTooLarge(
+                f"{label}: {what} brings the upload to {self.used + values} values (pixels × channels), more "
+                f"than the limit of {self.limit} values for one request"
+            )
+        self.used += values
+
+    def bytes_left(self) -> int:
+        """Most bytes an archive member may unpack to: float64 values of what is left, and room for a header."""
+        return (self.limit - self.used) * 8 + 2**16
 
 
 @dataclass(frozen=True)
@@ -83,9 +112,10 @@ def decode_upload(parts: Sequence[tuple[str, bytes]], limits: UploadLimits = Upl
     if total > limits.max_bytes:
         raise UploadError(f"files: the upload holds {total} bytes, more than the limit {limits.max_bytes}")
     images: list[DecodedImage] = []
+    budget = _Budget(limits)
     for index, (name, data) in enumerate(parts):
         label = f"files[{index}]" + (f" ({name!r})" if name else "")
-        images.extend(_decode_file(label, data, limits, archive_ok=len(parts) == 1))
+        images.extend(_decode_file(label, data, limits, budget, archive_ok=len(parts) == 1))
         if len(images) > limits.max_images:
             raise UploadError(f"files: more than {limits.max_images} images in one upload (limit max_images)")
     if not images:
@@ -93,19 +123,21 @@ def decode_upload(parts: Sequence[tuple[str, bytes]], limits: UploadLimits = Upl
     return _common_channels(images)
 
 
-def _decode_file(label: str, data: bytes, limits: UploadLimits, *, archive_ok: bool) -> list[DecodedImage]:
+def _decode_file(
+    label: str, data: bytes, limits: UploadLimits, budget: _Budget, *, archive_ok: bool
+) -> list[DecodedImage]:
     head = data[:8]
     if head.startswith(ZIP_MAGIC):
         if not archive_ok:
             raise UploadError(f"{label}: a zip or npz must be the only file of an upload")
-        return _decode_archive(label, data, limits)
+        return _decode_archive(label, data, limits, budget)
     if head.startswith(NPY_MAGIC):
         return [
             DecodedImage(f"{label}[{i}]" if n > 1 else label, a)
-            for i, a, n in _numbered(_decode_npy(label, data, limits))
+            for i, a, n in _numbered(_decode_npy(label, data, limits, budget))
         ]
     if head.startswith(PNG_MAGIC) or head.startswith(JPEG_MAGIC) or head[:4] in TIFF_MAGICS:
-        return [DecodedImage(label, _decode_picture(label, data, limits))]
+        return [DecodedImage(label, _decode_picture(label, data, limits, budget))]
     raise UploadError(f"{label}: not a PNG, JPEG, TIFF, NPY, zip or npz file (first bytes {head[:8]!r})")
 
 
@@ -113,7 +145,7 @@ def _numbered(arrays: list[np.ndarray]):
     return [(i, a, len(arrays)) for i, a in enumerate(arrays)]
 
 
-def _decode_picture(label: str, data: bytes, limits: UploadLimits) -> np.ndarray:
+def _decode_picture(label: str, data: bytes, limits: UploadLimits, budget: _Budget) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             width, height = im.size
@@ -124,6 +156,8 @@ def _decode_picture(label: str, data: bytes, limits: UploadLimits) -> np.ndarray
                 )
             if getattr(im, "n_frames", 1) > 1:
                 raise UploadError(f"{label}: multi-frame images are not supported ({im.n_frames} frames)")
+            channels = 1 if im.mode in _GREY_MODES or im.mode in _GREY16_MODES else 3
+            budget.take(label, channels * width * height, f"an image of {channels}x{height}x{width}")
             im.load()
             if im.mode in _GREY16_MODES:
                 return np.asarray(im, dtype=np.uint16)[None].copy()
@@ -152,11 +186,12 @@ def _npy_header(label: str, data: bytes) -> tuple[tuple[int, ...], np.dtype, int
     return tuple(shape), dtype, buffer.tell()
 
 
-def _decode_npy(label: str, data: bytes, limits: UploadLimits) -> list[np.ndarray]:
+def _decode_npy(label: str, data: bytes, limits: UploadLimits, budget: _Budget) -> list[np.ndarray]:
     shape, _, _ = _npy_header(label, data)  # the image checks first, from the header alone
     if len(shape) not in (2, 3, 4):
         raise UploadError(f"{label}: NPY array must have shape (H, W), (C, H, W) or (N, C, H, W), got {shape}")
     _check_dims(label, shape, limits)
+    budget.take(label, math.prod(shape), f"an array of shape {shape}")
     array = read_npy(label, data, max_pixels=limits.max_pixels)
     if array.ndim == 2:
         return [array[None]]
@@ -236,20 +271,32 @@ def _check_dims(label: str, shape: tuple[int, ...], limits: UploadLimits) -> Non
         raise UploadError(f"{label}: {shape[0]} images, more than the limit {limits.max_images} (max_images)")
 
 
-def _decode_archive(label: str, data: bytes, limits: UploadLimits) -> list[DecodedImage]:
+def _decode_archive(label: str, data: bytes, limits: UploadLimits, budget: _Budget) -> list[DecodedImage]:
     images: list[DecodedImage] = []
-    for name, content in unpack_archive(label, data, max_members=limits.max_images, max_bytes=limits.max_bytes):
-        images.extend(_decode_file(f"{label}:{name}", content, limits, archive_ok=False))
+    members = unpack_archive(
+        label, data, max_members=limits.max_images, max_bytes=limits.max_bytes, member_bytes=budget.bytes_left
+    )
+    for name, content in members:
+        images.extend(_decode_file(f"{label}:{name}", content, limits, budget, archive_ok=False))
         if len(images) > limits.max_images:
             raise UploadError(f"{label}: more than {limits.max_images} images (max_images)")
     return images
 
 
-def unpack_archive(label: str, data: bytes, *, max_members: int, max_bytes: int) -> Iterator[tuple[str, bytes]]:
+def unpack_archive(
+    label: str,
+    data: bytes,
+    *,
+    max_members: int,
+    max_bytes: int,
+    member_bytes: Callable[[], int] | None = None,
+) -> Iterator[tuple[str, bytes]]:
     """The files of the zip (or npz) `data`, in name order, once the sizes it declares are checked.
 
     Folders, hidden files and macOS ``__MACOSX/`` entries are skipped. Each file is unpacked when the caller
-    asks for it, so a caller that decodes as it goes holds one file's bytes at a time.
+    asks for it, so a caller that decodes as it goes holds one file's bytes at a time. A file is inflated a
+    chunk at a time and refused as soon as it passes the size it declares or what is left of `max_bytes` (or
+    of `member_bytes`): an archive whose sizes lie is stopped there, not after it has been inflated whole.
 
     Parameters
     ----------
@@ -260,7 +307,10 @@ def unpack_archive(label: str, data: bytes, *, max_members: int, max_bytes: int)
     max_members : int
         Most files.
     max_bytes : int
-        Most bytes the files unpack to, together; checked on the sizes the archive declares, before unpacking.
+        Most bytes the files unpack to, together; checked on the sizes the archive declares, before unpacking,
+        and on the bytes inflated, while unpacking.
+    member_bytes : callable, optional
+        Most bytes the next file may unpack to (asked before each file): what the caller can still decode.
 
     Yields
     ------
@@ -286,13 +336,36 @@ def unpack_archive(label: str, data: bytes, *, max_members: int, max_bytes: int)
         raise UploadError(
             f"{label}: the archive unpacks to {unpacked} bytes, more than the limit {max_bytes} (max_bytes)"
         )
+    left = max_bytes
     with archive:
         for member in members:
-            try:
-                content = archive.read(member)
-            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:  # CRC errors, truncation
-                raise UploadError(f"{label}:{member.filename}: cannot unpack: {exc}") from None
+            limit = min(left, member_bytes()) if member_bytes is not None else left
+            content = _inflate(archive, member, f"{label}:{member.filename}", limit)
+            left -= len(content)
             yield member.filename, content
+
+
+_CHUNK = 2**20
+
+
+def _inflate(archive: zipfile.ZipFile, member: zipfile.ZipInfo, label: str, limit: int) -> bytes:
+    """The bytes of `member`, inflated a chunk at a time within its declared size and `limit`."""
+    if member.file_size > limit:
+        raise UploadTooLarge(
+            f"{label}: the file unpacks to {member.file_size} bytes, more than the {limit} this request can still take"
+        )
+    content = bytearray()
+    try:
+        with archive.open(member) as stream:
+            while chunk := stream.read(_CHUNK):
+                content += chunk
+                if len(content) > member.file_size or len(content) > limit:
+                    raise UploadError(
+                        f"{label}: the file inflates past the {member.file_size} bytes the archive declares"
+                    )
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error) as exc:  # CRC errors, truncation
+        raise UploadError(f"{label}: cannot unpack: {exc}") from None
+    return bytes(content)
 
 
 def _hidden(name: str) -> bool:

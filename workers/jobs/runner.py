@@ -1,6 +1,8 @@
 """The job runner: takes queued jobs from the store, learns them on Ray layer by layer, writes their artifacts.
 
-One background thread runs one job at a time (oldest first). A job of L layers is L distributed runs of
+A background thread starts the queued jobs, oldest first, up to ``max_running`` at once, each in a thread of its
+own once its shard actors' resources are reserved on the cluster (a placement group held for the whole job).
+A job of L layers is L distributed runs of
 :class:`~workers.distributed.coordinator.Coordinator`: layer 1 on the dataset's images with the job's preprocessing,
 layer l+1 on the maps of layer l (pooled when layer l pools) rescaled as the 2010 toolbox does. A job with
 ``reconstruct_to`` 'pixels' (the 2011 model) runs every layer on the dataset's images instead, through the frozen
@@ -41,6 +43,7 @@ import logging
 import re
 import threading
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -60,9 +63,20 @@ from solver import (
 from solver.images.pictures import filter_montage, history_plot, image_sheet, png_bytes
 from solver.operators.pixel_path import LowerLayer
 
+from ..distributed.address import LOCAL
 from ..distributed.cluster import ClusterConfig, connect
 from ..distributed.images import ImageInfo
 from ..distributed.outputs import LayerOutputs, Reconstruction, ShardOutput, Written
+from ..distributed.placement import (
+    Placement,
+    is_ready,
+    node_resources,
+    release,
+    reserve,
+    resolve_resources,
+    unplaceable,
+)
+from .integrity import verify_dataset
 from .models import JobModel, load_model
 from .objects import Location, ObjectStore, Part, npy_bytes, read_array, rows_of_parts
 from .spec import JobSpec
@@ -78,7 +92,12 @@ class JobStopped(Exception):  # noqa: N818  (control flow, not an error)
 
 
 class JobRunner:
-    """Runs the store's queued jobs, one at a time, in a background thread.
+    """Runs the store's queued jobs in background threads, up to `max_running` at once, oldest first.
+
+    A job starts only once its shard actors' resources are reserved together (a Ray placement group, see
+    :mod:`workers.distributed.placement`): the oldest queued job's group is asked for, and while the cluster has no
+    room for all of it the job stays queued and the younger ones wait behind it (no job is passed over for ever).
+    A job that can never fit (more than a private local cluster has) fails at once, saying what it asked.
 
     Parameters
     ----------
@@ -92,9 +111,11 @@ class JobRunner:
     max_attempts : int
         Times a job may be started (restarts of the service included) before it fails.
     poll_interval : float
-        Seconds between looks at an empty queue.
+        Seconds between looks at the queue while nothing changes.
     actor_cpus : float
-        CPUs each shard actor reserves (see :class:`~workers.distributed.coordinator.Coordinator`).
+        CPUs each shard actor reserves when the job's spec does not say (``resources.cpus``).
+    max_running : int
+        Jobs that run at the same time.
     """
 
     def __init__(
@@ -106,8 +127,11 @@ class JobRunner:
         max_failures: int = 3,
         max_attempts: int = 3,
         poll_interval: float = 0.25,
-        actor_cpus: float = 0.0,
+        actor_cpus: float = 1.0,
+        max_running: int = 2,
     ):
+        if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
+            raise ValueError(f"max_running must be a positive integer, got {max_running!r}")
         self.store = store
         self.cluster = cluster
         self.checkpoint_every = checkpoint_every
@@ -115,10 +139,13 @@ class JobRunner:
         self.max_attempts = max_attempts
         self.poll_interval = poll_interval
         self.actor_cpus = actor_cpus
+        self.max_running = max_running
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self.current: str | None = None
+        self._jobs: dict[str, threading.Thread] = {}  # running jobs, oldest first (dicts keep insertion order)
+        self._waiting: tuple[str, Placement] | None = None  # the oldest queued job and its pending reservation
+        self._told_waiting: str | None = None
 
     def start(self) -> None:
         """Queue again the jobs a dead service left running, then start the thread."""
@@ -134,7 +161,7 @@ class JobRunner:
         self._wake.set()
 
     def stop(self, timeout: float | None = 60.0) -> None:
-        """Stop after the running job's current outer iteration (it goes back to the queue) and join."""
+        """Stop every running job after its current outer iteration (they go back to the queue) and join."""
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
@@ -147,23 +174,111 @@ class JobRunner:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def running(self) -> list[str]:
+        """Ids of the jobs running now, oldest first."""
+        return [job_id for job_id, thread in list(self._jobs.items()) if thread.is_alive()]
+
+    @property
+    def current(self) -> str | None:
+        """The oldest running job's id (None when none runs)."""
+        running = self.running
+        return running[0] if running else None
+
     def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                job = self.store.claim_next()
-            except Exception:  # a locked or broken database must not kill the runner thread
-                logger.exception("cannot read the job queue")
-                job = None
-            if job is None:
+                started = self._schedule()
+            except Exception:  # a locked database or a lost cluster must not kill the runner thread
+                logger.exception("cannot schedule the job queue")
+                started = False
+            if not started:
                 self._wake.wait(self.poll_interval)
                 self._wake.clear()
-                continue
-            self.run_job(job)
+        self._drop_waiting()
+        for thread in list(self._jobs.values()):
+            thread.join()
+        self._jobs.clear()
         self.store.close()
 
-    def run_job(self, job: JobRecord) -> None:
-        """Run one claimed job to its end state (never raises)."""
-        self.current = job.id
+    def _schedule(self) -> bool:
+        """Start the oldest queued job if a slot is free and its resources are reserved; True if the queue moved."""
+        for job_id, thread in list(self._jobs.items()):
+            if not thread.is_alive():
+                del self._jobs[job_id]
+        if len(self._jobs) >= self.max_running:
+            return False
+        job = self.store.next_queued()
+        if self._waiting is not None and (job is None or self._waiting[0] != job.id):
+            self._drop_waiting()  # cancelled, or an older job came back to the queue: it goes first
+        if job is None:
+            return False
+        if self._waiting is None:
+            try:
+                request = self._request(job)
+            except ValueError as exc:  # a job that cannot run here: it fails now rather than waiting for ever
+                self._fail_queued(job.id, exc)
+                return True
+            # a name of its own per reservation: a dead service's group of the same job may not be gone yet
+            self._waiting = (job.id, reserve(request, name=f"deconv-job-{job.id}-{uuid.uuid4().hex[:8]}"))
+        job_id, placement = self._waiting
+        if not is_ready(placement):
+            if self._told_waiting != job_id:
+                logger.info("job %s: waiting for room on the cluster for %s", job_id, placement.describe())
+                self._told_waiting = job_id
+            return False
+        self._waiting = None
+        claimed = self.store.claim(job_id)
+        if claimed is None:  # cancelled between the look and the claim
+            release(placement)
+            return True
+        thread = threading.Thread(
+            target=self._run_in_thread, args=(claimed, placement), name=f"deconv-job-{job_id[:8]}", daemon=True
+        )
+        self._jobs[job_id] = thread
+        thread.start()
+        return True
+
+    def _request(self, job: JobRecord) -> Placement:
+        """What the job's shard actors reserve; ValueError for a job that cannot run on this cluster."""
+        import ray  # noqa: PLC0415
+
+        spec = JobSpec.model_validate(job.spec)
+        dataset = self.store.get_dataset(spec.dataset_id)
+        if dataset is None:
+            raise ValueError(f"dataset {spec.dataset_id} is gone")
+        connect(self.cluster)
+        placement = resolve_resources(
+            spec.resources,
+            n_shards=min(spec.workers, dataset.n_images),
+            backend=spec.backend,
+            cluster_gpus=float(ray.cluster_resources().get("GPU", 0.0)),
+            default_cpus=self.actor_cpus,
+        )
+        why = unplaceable(placement, node_resources())
+        if why is not None:
+            if (self.cluster or ClusterConfig()).resolved_address() == LOCAL:
+                raise ValueError(f"the job cannot be placed on this machine's private Ray cluster: {why}")
+            logger.warning("job %s waits for nodes to join: %s", job.id, why)  # a real cluster may grow
+        return placement
+
+    def _fail_queued(self, job_id: str, exc: ValueError) -> None:
+        if self.store.claim(job_id) is not None:
+            self.store.finish(job_id, "failed", _describe(exc))
+
+    def _drop_waiting(self) -> None:
+        if self._waiting is not None:
+            release(self._waiting[1])
+            self._waiting = None
+
+    def _run_in_thread(self, job: JobRecord, placement: Placement | None) -> None:
+        try:
+            self.run_job(job, placement)
+        finally:
+            self.store.close()  # this thread's connection
+
+    def run_job(self, job: JobRecord, placement: Placement | None = None) -> None:
+        """Run one claimed job to its end state (never raises); its placement group is removed at the end."""
         logger.info("job %s: started (attempt %d)", job.id, job.attempts)
         try:
             execute(
@@ -173,6 +288,7 @@ class JobRunner:
                 checkpoint_every=self.checkpoint_every,
                 max_failures=self.max_failures,
                 actor_cpus=self.actor_cpus,
+                placement=placement,
                 should_stop=lambda: self._stopping.is_set() or self.store.cancel_requested(job.id),
             )
         except JobStopped:
@@ -183,13 +299,17 @@ class JobRunner:
                 self.store.release(job.id)
                 logger.info("job %s: back in the queue (the service is stopping)", job.id)
         except Exception as exc:
+            if self._stopping.is_set():  # the stopping service took the cluster from under the job: it resumes
+                logger.info("job %s: back in the queue (stopped mid-iteration: %s)", job.id, _describe(exc))
+                self.store.release(job.id)
+                return
             logger.error("job %s failed:\n%s", job.id, traceback.format_exc())
             self.store.finish(job.id, "failed", _describe(exc))
             self._discard_work(job.id)
         else:
             self.store.finish(job.id, "succeeded")
         finally:
-            self.current = None
+            release(placement)
 
     def _discard_work(self, job_id: str) -> None:
         """A cancelled or failed job will not resume: its checkpoints and pooled maps only take space."""
@@ -207,12 +327,14 @@ def execute(
     checkpoint_every: int = 5,
     max_failures: int = 3,
     actor_cpus: float = 0.0,
+    placement: Placement | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> JobModel:
     """Learn every layer of `job`, resuming what an earlier attempt left, and store the artifacts.
 
     Nothing the size of the dataset passes through this process: the shard actors read the images from the
-    artifact store and write their parts of every result; this function records their keys.
+    artifact store and write their parts of every result; this function records their keys. With a `placement`,
+    every layer's shard actors run in its reserved bundles.
 
     Raises
     ------
@@ -228,6 +350,7 @@ def execute(
     dataset = store.get_dataset(spec.dataset_id)
     if dataset is None:
         raise ValueError(f"dataset {spec.dataset_id} is gone")
+    verify_dataset(store, dataset)
     work = store.job_work(job.id)
     images = [store.artifacts.location(image.key) for image in dataset.images]
     inputs: list = images
@@ -273,6 +396,7 @@ def execute(
                 switch_paths=[d.parts("switches") for d in layers] if pixels else [],
                 info=info if inputs is images else None,
                 outputs=finish,
+                placement=placement,
             )
 
             def progress(stats: IterStats, layer: int = index + 1) -> None:

@@ -387,15 +387,29 @@ class JobStore:
         """The oldest queued job, now running (one transaction: two runners never take the same job)."""
         with self._transaction() as db:
             row = db.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1").fetchone()
-            if row is None:
-                return None
-            db.execute(
-                "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), "
-                "attempts = attempts + 1, error = NULL WHERE id = ?",
-                (time.time(), row["id"]),
-            )
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
-        return _job(row)
+            return None if row is None else self._start(db, row["id"])
+
+    def next_queued(self) -> JobRecord | None:
+        """The oldest queued job, left queued (the runner reserves its resources before it claims it)."""
+        row = self._connection().execute("SELECT * FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1").fetchone()
+        return None if row is None else _job(row)
+
+    def claim(self, job_id: str) -> JobRecord | None:
+        """Job `job_id`, now running, if it was still queued; None when it is not (cancelled meanwhile, or taken).
+
+        One transaction: of two claims of one job, one gets it and the other None."""
+        with self._transaction() as db:
+            row = db.execute("SELECT id FROM jobs WHERE id = ? AND status = 'queued'", (job_id,)).fetchone()
+            return None if row is None else self._start(db, job_id)
+
+    @staticmethod
+    def _start(db: sqlite3.Connection, job_id: str) -> JobRecord:
+        db.execute(
+            "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), "
+            "attempts = attempts + 1, error = NULL WHERE id = ? AND status = 'queued'",
+            (time.time(), job_id),
+        )
+        return _job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
     def update_progress(
         self,

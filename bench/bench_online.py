@@ -1,0 +1,285 @@
+"""Online dictionary learning (``solver.learn_online``): memory, quality against batch learning, and SPORCO's
+``OnlineConvBPDNDictLearn``.
+
+```sh
+PYTHONPATH=. .venv/bin/python bench/bench_online.py            # every part, about 10 minutes on 2 busy cores
+PYTHONPATH=. .venv/bin/python bench/bench_online.py --quick    # small sizes, about a minute
+PYTHONPATH=. .venv/bin/python bench/bench_online.py --part peer
+```
+
+Data: random 128×128 crops of the bundled sample images (``configs/samples``, upsampled ×2 so that crops differ,
+a random flip and quarter turn each), high-passed like the other benchmarks (minus a Gaussian blur, σ = 4). 16
+filters 8×8, λ = 0.1, circular boundary, ADMM coding (10 iterations per batch), batches of 16 images.
+
+* **memory**: peak RSS (``ru_maxrss``) of a fresh process that learns online from 256 and from 4096 images
+  generated batch by batch; the second peak must stay within 1.15 × the first.
+* **quality**: 64 training images; the held-out objective (16 other images encoded with ADMM to convergence at
+  the same λ) of the filters after 5 online passes, against batch learning (``solver.learn``) after 20 outer
+  iterations; the ratio must be ≤ 1.02.
+* **peer**: SPORCO's ``OnlineConvBPDNDictLearn`` (float32, its example's options: 50 ADMM iterations per batch,
+  η = 10 / (j + 20)) on the same data, K, s, λ, batch size and initial filters. Both learners run batch by batch,
+  interleaved in one process (the machine is shared, so their timings see the same load); the held-out objective
+  of every snapshot is computed afterwards, untimed, by the same encoder. The target is SPORCO's held-out
+  objective after one pass; the ratio of our time to reach it to SPORCO's time for that pass must be ≤ 0.33.
+
+The table goes to stdout, with the machine and its load average; progress lines go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from _common import machine_info, peak_rss_mb
+from scipy.ndimage import gaussian_filter, zoom
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+logger = logging.getLogger("bench_online")
+
+SIZE, K, S, LAM, BATCH = 128, 16, 8, 0.1, 16
+INNER_ITER = 10
+HIGHPASS_SIGMA = 4.0
+MEMORY_LIMIT, QUALITY_LIMIT, PEER_LIMIT = 1.15, 1.02, 0.33
+
+
+def _samples() -> list[np.ndarray]:
+    from skimage import io  # noqa: PLC0415
+
+    from configs import sample_paths  # noqa: PLC0415
+
+    out = []
+    for path in sample_paths():
+        img = io.imread(path, as_gray=True).astype(np.float64)
+        img = img / max(float(img.max()), 1e-12)
+        out.append(zoom(img, 2, order=1))  # 256×256: room for distinct 128×128 crops
+    return out
+
+
+def crops(n_images: int, seed: int, size: int = SIZE, batch: int = BATCH) -> Iterator[np.ndarray]:
+    """`n_images` high-passed random crops, float32, in batches (N, 1, size, size), generated as they are asked for."""
+    rng = np.random.default_rng(seed)
+    samples = _samples()
+    done = 0
+    while done < n_images:
+        out = []
+        for _ in range(min(batch, n_images - done)):
+            img = samples[rng.integers(len(samples))]
+            top, left = rng.integers(img.shape[0] - size + 1), rng.integers(img.shape[1] - size + 1)
+            c = np.rot90(img[top : top + size, left : left + size], k=int(rng.integers(4)))
+            c = c[:, ::-1] if rng.integers(2) else c
+            out.append(c - gaussian_filter(c, HIGHPASS_SIGMA, mode="wrap"))
+        done += len(out)
+        yield np.stack(out)[:, None].astype(np.float32)
+
+
+def _all(n_images: int, seed: int, size: int) -> np.ndarray:
+    return np.concatenate(list(crops(n_images, seed, size)))
+
+
+def _held_out_objective(images: np.ndarray, filters: np.ndarray) -> float:
+    from solver import encode  # noqa: PLC0415
+
+    return encode(images, filters, LAM, method="admm", max_iter=1000, tol=1e-4, backend="numpy").objective
+
+
+# memory ------------------------------------------------------------------------------------------------------------
+
+
+def _memory_child(n_images: int, size: int) -> None:
+    from solver import learn_online  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    result = learn_online(
+        crops(n_images, seed=1, size=size), K, S, LAM, batch_size=BATCH, inner_iter=INNER_ITER, backend="numpy"
+    )
+    seconds = time.perf_counter() - t0
+    json.dump({"rss_mb": peak_rss_mb(), "seconds": seconds, "batches": len(result.history)}, sys.stdout)
+
+
+def memory(quick: bool) -> list[list[str]]:
+    size = 64 if quick else SIZE
+    sizes = (32, 256) if quick else (256, 4096)
+    runs = {}
+    for n in sizes:
+        logger.info("memory: learning online from %d images in a fresh process", n)
+        cmd = [sys.executable, __file__, "--memory-child", str(n), "--size", str(size)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ})
+        runs[n] = json.loads(out.stdout)
+    a, b = (runs[n] for n in sizes)
+    ratio = b["rss_mb"] / a["rss_mb"]
+    return [
+        [
+            "memory",
+            f"peak RSS, {sizes[0]} -> {sizes[1]} images {size}²",
+            f"{a['rss_mb']:.0f} MB -> {b['rss_mb']:.0f} MB ({a['seconds']:.0f} s, {b['seconds']:.0f} s)",
+            f"{ratio:.3f}",
+            f"≤ {MEMORY_LIMIT}",
+            "yes" if ratio <= MEMORY_LIMIT else "NO",
+        ]
+    ]
+
+
+# quality -----------------------------------------------------------------------------------------------------------
+
+
+def quality(quick: bool) -> list[list[str]]:
+    from solver import learn, learn_online  # noqa: PLC0415
+
+    size, n_train, n_held = (64, 16, 4) if quick else (SIZE, 64, 16)
+    train, held = _all(n_train, 2, size), _all(n_held, 3, size)
+    logger.info("quality: online, 5 passes over %d images", n_train)
+    t0 = time.perf_counter()
+    online = learn_online(train, K, S, LAM, batch_size=BATCH, n_epochs=5, inner_iter=INNER_ITER, backend="numpy")
+    t_online = time.perf_counter() - t0
+    logger.info("quality: batch, 20 outer iterations")
+    t0 = time.perf_counter()
+    batch = learn(train, K, S, LAM, n_iter=20, inner_iter=INNER_ITER, backend="numpy")
+    t_batch = time.perf_counter() - t0
+    e_online, e_batch = _held_out_objective(held, online.filters), _held_out_objective(held, batch.filters)
+    ratio = e_online / e_batch
+    return [
+        [
+            "quality",
+            f"held-out E ({n_held} images): online 5 passes / batch 20 iterations ({n_train} images)",
+            f"{e_online:.2f} / {e_batch:.2f} ({t_online:.0f} s, {t_batch:.0f} s)",
+            f"{ratio:.3f}",
+            f"≤ {QUALITY_LIMIT}",
+            "yes" if ratio <= QUALITY_LIMIT else "NO",
+        ]
+    ]
+
+
+# peer --------------------------------------------------------------------------------------------------------------
+
+
+class _Sporco:
+    def __init__(self, f0: np.ndarray):
+        from sporco.dictlrn import onlinecdl  # noqa: PLC0415
+
+        opt = onlinecdl.OnlineConvBPDNDictLearn.Options(
+            {
+                "Verbose": False,
+                "ZeroMean": False,
+                "eta_a": 10.0,
+                "eta_b": 20.0,
+                "DataType": np.float32,
+                "CBPDN": {
+                    "rho": 5.0,
+                    "AutoRho": {"Enabled": True},
+                    "RelaxParam": 1.8,
+                    "RelStopTol": 1e-7,
+                    "MaxMainIter": 50,
+                    "FastSolve": False,
+                    "DataType": np.float32,
+                },
+            }
+        )
+        self.d = onlinecdl.OnlineConvBPDNDictLearn(f0[:, 0].transpose(1, 2, 0), LAM, opt, dimK=1)
+
+    def update(self, batch: np.ndarray) -> None:
+        self.d.solve(np.ascontiguousarray(batch[:, 0].transpose(1, 2, 0)))
+
+    def filters(self) -> np.ndarray:
+        return np.ascontiguousarray(self.d.getdict().squeeze().reshape(S, S, K).transpose(2, 0, 1)[:, None])
+
+
+def _first_reach(times: list[float], values: list[float], target: float) -> float | None:
+    return next((t for t, v in zip(times, values, strict=True) if v <= target), None)
+
+
+def peer(quick: bool) -> list[list[str]]:
+    from solver import LearnConfig, OnlineConfig, OnlineLearner  # noqa: PLC0415
+    from solver.models.learn import initial_filters  # noqa: PLC0415
+
+    size, n_train, n_held, max_passes = (64, 16, 4, 3) if quick else (SIZE, 64, 16, 3)
+    batches, held = list(crops(n_train, 2, size)), _all(n_held, 3, size)
+    config = LearnConfig.model_validate(
+        {
+            "layers": [{"n_filters": K, "filter_size": S, "lam": LAM}],
+            "inference": {"method": "admm", "max_iter": INNER_ITER},
+        }
+    )
+    f0 = initial_filters(K, 1, S, seed=0, norm="filter")
+    # one untimed batch each first: numba's compilation (ours), FFTW's planning (SPORCO's)
+    OnlineLearner(config, OnlineConfig(batch_size=BATCH), 1, backend="numpy").update_from_batch(batches[0])
+    _Sporco(f0).update(batches[0])
+    ours = OnlineLearner(config, OnlineConfig(batch_size=BATCH), 1, backend="numpy")
+    theirs = _Sporco(f0)
+    snaps: dict[str, tuple[list[float], list[np.ndarray]]] = {"ours": ([], []), "sporco": ([], [])}
+    elapsed = {"ours": 0.0, "sporco": 0.0}
+    for number, batch in enumerate(batches * max_passes):
+        for name, update, filters in (
+            ("ours", ours.update_from_batch, lambda: ours.filters.copy()),
+            ("sporco", theirs.update, theirs.filters),
+        ):
+            if name == "sporco" and number >= len(batches):
+                continue  # SPORCO's target is its objective after one pass
+            t0 = time.perf_counter()
+            update(batch)
+            elapsed[name] += time.perf_counter() - t0
+            snaps[name][0].append(elapsed[name])
+            snaps[name][1].append(filters())
+        logger.info("peer: batch %d (ours %.1f s, SPORCO %.1f s)", number + 1, elapsed["ours"], elapsed["sporco"])
+    target = _held_out_objective(held, snaps["sporco"][1][-1])
+    t_sporco = snaps["sporco"][0][-1]
+    values = []
+    for f in snaps["ours"][1]:  # stop evaluating once the target is reached
+        values.append(_held_out_objective(held, f))
+        if values[-1] <= target:
+            break
+    t_ours = _first_reach(snaps["ours"][0][: len(values)], values, target)
+    ratio = None if t_ours is None else t_ours / t_sporco
+    shown = "not reached" if ratio is None else f"{ratio:.3f}"
+    return [
+        [
+            "peer",
+            f"time to SPORCO's held-out E after 1 pass ({target:.2f}): ours / SPORCO",
+            f"{'—' if t_ours is None else f'{t_ours:.1f}'} s / {t_sporco:.1f} s (ours after {len(values)} batches)",
+            shown,
+            f"≤ {PEER_LIMIT}",
+            "yes" if ratio is not None and ratio <= PEER_LIMIT else "NO",
+        ]
+    ]
+
+
+def _table(rows: list[list[str]]) -> str:
+    head = ["part", "measure", "values", "ratio", "target", "met"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=["memory", "quality", "peer", "all"], default="all")
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not the targets' sizes)")
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, default=SIZE, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_child:
+        _memory_child(args.memory_child, args.size)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    parts = {"memory": memory, "quality": quality, "peer": peer}
+    rows = []
+    for name in parts if args.part == "all" else [args.part]:
+        rows += parts[name](args.quick)
+    info = machine_info()
+    lines = [_table(rows), ""] + [f"- {k}: {v}" for k, v in info.items()]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0 if all(r[-1] == "yes" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
