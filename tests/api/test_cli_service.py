@@ -34,6 +34,14 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
+def live_service(tmp_path_factory, ray_cluster):
+    """One job at a time, so the long job submitted second waits in the queue until it is cancelled there."""
+    service = start_service(tmp_path_factory.mktemp("deconv-data"), max_running_jobs=1)
+    yield service
+    stop_service(service)
+
+
+@pytest.fixture(scope="module")
 def url(live_service) -> str:
     return live_service.url
 
