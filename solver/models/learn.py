@@ -12,7 +12,6 @@ returns maps no worse than the ones it started from, and the filter step is mono
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -20,9 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ..algorithms.base import IterStats
-from ..algorithms.consensus import update_filters_consensus
-from ..algorithms.filter_update import filter_lipschitz, update_filters_pooled
-from ..algorithms.recentre import crop_to_energy, recentre, roll_state
+from ..algorithms.recentre import crop_to_energy, roll_state
 from ..backend import Array
 from ..config import FilterUpdateConfig, LayerSpec, LearnConfig, OnlineConfig
 from ..images.preprocess import FittedPreprocess, PreprocessConfig
@@ -30,6 +27,7 @@ from ..operators.connectivity import connectivity_table
 from ..operators.pixel_path import LowerLayer, input_geometry
 from ..operators.prox import normalise_unit
 from ..validation import as_images, check_boundary, check_finite, check_lam, check_p, check_positive_int
+from .alternate import alternate
 from .coding import inference_config
 from .lam import absolute_config, lambda_max
 from .shard import LocalPool, PixelShard, Shard
@@ -355,79 +353,6 @@ def _learn_recentred(
         pool.shards[0].load_state(roll_state(state, -offsets))
     f, last, last_stats = alternate(pool, config, f, callback=callback, start_iteration=config.n_iter - 1)
     return pool, f, history + last, stats + last_stats
-
-
-_POWER_ITER_FIRST = 20  # power iterations for the filter step size at the first outer iteration
-_POWER_ITER_WARM = 4  # and at the later ones, warm-started from the previous vector
-
-
-def alternate(
-    pool: Any,
-    config: LearnConfig,
-    filters: np.ndarray,
-    *,
-    callback: Callable[[IterStats], None] | None = None,
-    start_iteration: int = 0,
-    power_vector: np.ndarray | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    on_iteration: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
-) -> tuple[np.ndarray, list[float], list[IterStats]]:
-    """The outer loop over a pool of shards: coding step, filter step, record of E.
-
-    Every reduction is a sum over the shards in pool order, so the same images on one shard or on several
-    give the same filters up to round-off. This is the coordinator of both the single-process learner (a
-    :class:`~solver.models.shard.LocalPool` of one shard) and the distributed one (``workers/``).
-
-    Parameters
-    ----------
-    pool : LocalPool or a pool of remote shards with the same methods
-    config : LearnConfig
-    filters : ndarray of shape (K, C, s, s)
-        Initial (or checkpointed) filters, host.
-    callback : callable, optional
-        Called with an :class:`IterStats` after every outer iteration.
-    start_iteration : int
-        Outer iterations already done (when resuming from a checkpoint).
-    power_vector : ndarray, optional
-        Warm start of the power iteration for the filter step size (from a checkpoint).
-    should_stop : callable, optional
-        Polled before every outer iteration; True ends the loop early (cooperative cancel).
-    on_iteration : callable, optional
-        Called with (iteration, filters, power vector) after every outer iteration (checkpoints).
-
-    Returns
-    -------
-    filters, history, stats
-    """
-    history: list[float] = []
-    stats: list[IterStats] = []
-    start = time.perf_counter()
-    vector = np.ones_like(filters) if power_vector is None else power_vector
-    for it in range(start_iteration + 1, config.n_iter + 1):
-        if should_stop is not None and should_stop():
-            break
-        coded = pool.code(filters)
-        if config.filter_update.method == "consensus":  # needs no step size
-            n_images = sum(c.n_images for c in coded)
-            filters, data = update_filters_consensus(pool, filters, config.filter_update, n_images)
-        else:
-            n_power = _POWER_ITER_FIRST if power_vector is None and it == start_iteration + 1 else _POWER_ITER_WARM
-            lipschitz, vector = filter_lipschitz(pool, vector, n_power)
-            filters, data = update_filters_pooled(pool, filters, config.filter_update, lipschitz)
-        if config.filter_update.recentre and it < config.n_iter:  # the returned filters are the ones of E
-            filters = recentre(pool, filters)
-        penalty = sum(c.penalty for c in coded)
-        E = data + penalty
-        history.append(E)
-        sparsity = sum(c.n_nonzero for c in coded) / sum(c.n_entries for c in coded)
-        record = IterStats(it, E, data, sparsity, time.perf_counter() - start, max(c.n_iter for c in coded))
-        stats.append(record)
-        logger.debug("outer %d: E=%.6g data=%.6g nonzero=%.4f", it, E, data, sparsity)
-        if on_iteration is not None:
-            on_iteration(it, filters, vector)
-        if callback is not None:
-            callback(record)
-    return filters, history, stats
 
 
 def encode_with(result: LearnResult, images: Array, **kwargs: Any):

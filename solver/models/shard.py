@@ -26,87 +26,24 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..algorithms import make_solver
-from ..algorithms.admm import Admm, AdmmWarmStart
+from ..algorithms.admm import AdmmWarmStart
 from ..algorithms.base import run
 from ..algorithms.consensus import ConsensusState, consensus_local_step
 from ..algorithms.filter_update import FilterProblem
-from ..algorithms.fista import Fista
-from ..algorithms.problem import POWER_ITER, POWER_ITER_WARM, CSCProblem, PixelCodingProblem, sq_norm_per_item
-from ..backend import Array, Backend, backend_of, get_backend
-from ..config import FistaConfig, LearnConfig
-from ..operators.convolution import ConvOperator, FilterOperator
+from ..algorithms.problem import CSCProblem
+from ..backend import Array, Backend
+from ..config import LearnConfig
+from ..operators.convolution import ConvOperator
 from ..operators.pairs import image_blocks
-from ..operators.pixel_path import LowerLayer, PixelPath
-from ..operators.pooling import keep_block_maxima
-from ..operators.prox import LpPenalty
-from .lam import analysis_max, with_lam
-
-
-@dataclass(frozen=True)
-class CodeStats:
-    """What a shard's coding step returns: the sparsity term of its maps and their non-zero count."""
-
-    penalty: float
-    n_nonzero: int
-    n_entries: int
-    n_iter: int
-    n_images: int = 0
-
-
-class _ShardBase:
-    """What both shards hold (images on a backend, the layer, its connectivity and penalty, the current maps) and
-    the end of their coding step."""
-
-    def __init__(self, images: np.ndarray, config: LearnConfig, connectivity: np.ndarray | None, backend: str):
-        self.bk: Backend = get_backend(backend)
-        self.config = config
-        self.layer = config.layers[0]
-        self.images = self.bk.asarray(images)
-        self.g = None if connectivity is None else self.bk.asarray(connectivity)
-        self.penalty = LpPenalty(self.layer.lam, self.layer.p)
-        self._maps: Array | None = None
-
-    @property
-    def n_images(self) -> int:
-        return int(self.images.shape[0])
-
-    def maps(self) -> np.ndarray:
-        if self._maps is None:
-            raise ValueError("the shard has no maps yet: call code(filters) first")
-        return self.bk.to_host(self._maps)
-
-    def device_maps(self) -> Array:
-        """The current maps on the shard's backend (no copy; for statistics computed where the maps are)."""
-        if self._maps is None:
-            raise ValueError("the shard has no maps yet: call code(filters) first")
-        return self._maps
-
-    def set_lam(self, lam: float) -> None:
-        """Code with the absolute λ `lam` from now on (a relative λ, resolved on λ_max of every shard)."""
-        self.config = with_lam(self.config, lam)
-        self.layer = self.config.layers[0]
-        self.penalty = LpPenalty(self.layer.lam, self.layer.p)
-
-    def _steps_never_worse(self, solver: Any, state: Any) -> Any:
-        """``solver.max_iter`` steps from `state`; per image, the new maps unless their E is above the start's
-        (kept in ``_maps``). Returns the last state."""
-        maps0, E0 = solver.maps(state), solver.per_item_objective(state).copy()
-        state = iterate_steps(solver, state, solver.max_iter)
-        self._maps = keep_better(solver.maps(state), solver.per_item_objective(state), maps0, E0)
-        return state
-
-    def _code_stats(self, n_iter: int) -> CodeStats:
-        xp, maps = self.bk.xp, self._maps
-        # per image, a block of images at a time: |z| of all the maps at once would be a copy of them
-        per_image = [self.penalty.per_item(maps[b]) for b in image_blocks(maps.shape[0], maps.nbytes)]
-        penalty = float(np.concatenate(per_image).sum())
-        return CodeStats(penalty, int(xp.count_nonzero(maps)), int(maps.size), n_iter, self.n_images)
+from .lam import analysis_max
+from .pixel_shard import PixelShard
+from .shard_base import CodeStats, _ShardBase, _to_device, _to_host, _warm_rows, iterate_steps, keep_better
 
 
 class Shard(_ShardBase):
@@ -319,173 +256,6 @@ class PackedMaps:
 PACK_DENSITY = 0.2
 
 
-class PixelShard(_ShardBase):
-    """Some images of a 2011 learning job (layer l reconstructs their pixels through the frozen layers below),
-    with the interface of :class:`solver.models.shard.Shard` that :func:`solver.models.learn.alternate` drives.
-
-    Parameters
-    ----------
-    images : ndarray of shape (n, C_1, H, W)
-        The preprocessed pixels, in the computation dtype.
-    config : LearnConfig
-        The one-layer config of layer l (``reconstruct_to`` 'pixels', fista inference).
-    connectivity : bool ndarray of shape (K_l, C_l) or None
-    lower : sequence of LowerLayer
-        Layers 1 … l−1.
-    switches : sequence of integer arrays or None
-        Their switches for these n images (see :class:`PixelPath`).
-    backend : {"auto", "numpy", "cupy"}
-    """
-
-    def __init__(
-        self,
-        images: np.ndarray,
-        config: LearnConfig,
-        connectivity: np.ndarray | None,
-        lower: Sequence[LowerLayer] = (),
-        switches: Sequence[Array | None] = (),
-        backend: str = "auto",
-    ):
-        if config.reconstruct_to != "pixels" or config.inference.method != "fista":
-            raise ValueError("a PixelShard needs a config with reconstruct_to 'pixels' and fista inference")
-        super().__init__(images, config, connectivity, backend)
-        self.path = PixelPath(
-            lower, switches, self.images.shape[-2:], self.images.shape[0], config.boundary, self.bk, self.images.dtype
-        )
-        self._power: Array | None = None  # per-image power-iteration vectors of the step sizes, kept warm
-        self._filter_op: FilterOperator | None = None
-
-    @property
-    def input_channels(self) -> int:
-        """C_l: the channels layer l reads (the pooled maps of layer l−1, or the pixels' for layer 1)."""
-        return int(self.images.shape[1]) if self.path.input_channels is None else self.path.input_channels
-
-    def code(self, filters: np.ndarray) -> CodeStats:
-        """``config.inference.max_iter`` steps of the 2011 inference, warm-started; never worse maps."""
-        f = self.bk.asarray(filters, dtype=self.images.dtype)
-        self._filter_op = None
-        op = ConvOperator(f, self.path.input_shape, boundary=self.config.boundary, connectivity=self.g)
-        warm = self._power is not None  # the filters moved a little since: a few steps from the last vector
-        problem = PixelCodingProblem(
-            self.images,
-            op,
-            self.path,
-            self.penalty,
-            self.layer.pool,
-            power_start=self._power,
-            power_iter=POWER_ITER_WARM if warm else POWER_ITER,
-        )
-        solver = Fista(problem, FistaConfig(max_iter=self.config.inference.max_iter, tol=0.0))
-        self._power = problem.power_vector
-        start = None if self._maps is None else keep_block_maxima(self._maps, self.layer.pool)
-        self._steps_never_worse(solver, solver.init(start))
-        return self._code_stats(solver.max_iter)
-
-    def _operator(self) -> FilterOperator:
-        if self._maps is None:
-            raise ValueError("the shard has no maps yet: call code(filters) first")
-        if self._filter_op is None:
-            self._filter_op = FilterOperator(
-                self._maps,
-                self.path.input_shape,
-                self.layer.filter_size,
-                boundary=self.config.boundary,
-                connectivity=self.g,
-                n_channels=self.input_channels,
-            )
-        return self._filter_op
-
-    def value_and_gradient(self, filters: np.ndarray) -> tuple[float, np.ndarray]:
-        """(½‖B Z f − y‖², Zᵀ Bᵀ(B Z f − y)) of this shard at `filters`."""
-        zop = self._operator()
-        resid = self.path.forward(zop.forward(self.bk.asarray(filters, dtype=self.images.dtype))) - self.images
-        data = 0.5 * float(sq_norm_per_item(resid).sum())
-        return data, self.bk.to_host(zop.adjoint(self.path.adjoint(resid)))
-
-    def normal(self, v: np.ndarray) -> np.ndarray:
-        """Zᵀ Bᵀ B Z v of this shard."""
-        zop = self._operator()
-        w = self.path.forward(zop.forward(self.bk.asarray(v, dtype=self.images.dtype)))
-        return self.bk.to_host(zop.adjoint(self.path.adjoint(w)))
-
-    def consensus_step(self, filters: np.ndarray, rho: float, relax: float) -> tuple[np.ndarray, int]:
-        raise ValueError("consensus filter updates are not available with reconstruct_to 'pixels'")
-
-    def lambda_max(self, filters: np.ndarray) -> float:
-        """λ_max of this shard's pixels for `filters` through the layers below: ``max |Fᴴ Bᴴ y|``."""
-        f = self.bk.asarray(filters, dtype=self.images.dtype)
-        op = ConvOperator(f, self.path.input_shape, boundary=self.config.boundary, connectivity=self.g)
-        return analysis_max(op, self.images, self.bk, self.path)
-
-    def state(self, *, copy: bool = True) -> dict[str, Any]:
-        """The maps and the power vectors of the step sizes (a resumed run takes the same steps)."""
-        power = None if self._power is None else self.bk.to_host(self._power)
-        return {"maps": None if self._maps is None else self.maps(), "warm": power, "consensus": None}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        maps, power = state.get("maps"), state.get("warm")
-        self._maps = None if maps is None else self.bk.asarray(maps)
-        self._power = None if power is None else self.bk.asarray(power, dtype=self.images.dtype)
-        self._filter_op = None
-
-
-def _warm_rows(warm: AdmmWarmStart, lo: int, hi: int) -> AdmmWarmStart:
-    """The warm start of images ``lo:hi`` (views: the run writes their new duals in place)."""
-    aux = None if warm.aux_dual is None else warm.aux_dual[lo:hi]
-    return AdmmWarmStart(np.asarray(warm.rho)[lo:hi], warm.dual[lo:hi], aux)
-
-
-def iterate_steps(solver: Any, state: Any, n_iter: int) -> Any:
-    """`n_iter` steps of `solver` from `state`; only the last state is kept.
-
-    ADMM steps write into the arrays of the state they replace (``out=``), except the maps of `state`, which
-    the caller keeps: the first step writes its maps into a new array. The duals of `state` are given up.
-    """
-    if n_iter == 0:
-        return state
-    if not isinstance(solver, Admm):
-        for _ in range(n_iter):
-            state = solver.step(state)
-        return state
-    xp = backend_of(state.maps).xp
-    state = solver.step(state, out=replace(state, maps=xp.empty_like(state.maps)))
-    for _ in range(n_iter - 1):
-        state = solver.step(state, out=state)
-    return state
-
-
-def keep_better(maps: Array, E: np.ndarray, maps0: Array, E0: np.ndarray) -> Array:
-    """Per image, `maps` unless its E is above E0 of `maps0` (no copy when one of them wins everywhere)."""
-    worse = E > E0
-    if not worse.any():
-        return maps
-    if worse.all():
-        return maps0
-    xp = backend_of(maps).xp
-    return xp.where(xp.asarray(worse.reshape((-1,) + (1,) * (maps.ndim - 1))), maps0, maps)
-
-
-def _to_host(obj: Any, bk: Backend, *, copy: bool = True) -> Any:
-    """A solver state (frozen dataclass of arrays and scalars) with every array copied to the host (copied on
-    the host too unless `copy` is False: the next coding run overwrites the duals of the shard)."""
-    if obj is None or not hasattr(obj, "__dataclass_fields__"):
-        return obj
-    fields = {k: getattr(obj, k) for k in obj.__dataclass_fields__}
-    host = (lambda v: np.array(bk.to_host(v))) if copy else bk.to_host
-    converted = {k: (host(v) if hasattr(v, "shape") else v) for k, v in fields.items()}
-    return type(obj)(**converted)
-
-
-def _to_device(obj: Any, bk: Backend) -> Any:
-    if obj is None or not hasattr(obj, "__dataclass_fields__"):
-        return obj
-    fields = {k: getattr(obj, k) for k in obj.__dataclass_fields__}
-    # copies: a coding run overwrites the duals it is given, which must not be the caller's arrays
-    return type(obj)(
-        **{k: (bk.xp.array(v) if isinstance(v, np.ndarray) and v.ndim >= 2 else v) for k, v in fields.items()}
-    )
-
-
 class LocalPool:
     """Shards in this process, called one after another (the single-process learner uses one shard)."""
 
@@ -515,3 +285,15 @@ class LocalPool:
     def set_lam(self, lam: float) -> None:
         for s in self.shards:
             s.set_lam(lam)
+
+
+__all__ = [
+    "PACK_DENSITY",
+    "CodeStats",
+    "LocalPool",
+    "PackedMaps",
+    "PixelShard",
+    "Shard",
+    "iterate_steps",
+    "keep_better",
+]

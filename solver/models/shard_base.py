@@ -1,0 +1,134 @@
+"""What every shard shares (:class:`CodeStats`, :class:`_ShardBase`: the images, the penalty, the maps and
+coding steps that are never worse) and the helpers of their coding and state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from ..algorithms.admm import Admm, AdmmWarmStart
+from ..backend import Array, Backend, backend_of, get_backend
+from ..config import LearnConfig
+from ..operators.pairs import image_blocks
+from ..operators.prox import LpPenalty
+from .lam import with_lam
+
+
+@dataclass(frozen=True)
+class CodeStats:
+    """What a shard's coding step returns: the sparsity term of its maps and their non-zero count."""
+
+    penalty: float
+    n_nonzero: int
+    n_entries: int
+    n_iter: int
+    n_images: int = 0
+
+
+class _ShardBase:
+    """What both shards hold (images on a backend, the layer, its connectivity and penalty, the current maps) and
+    the end of their coding step."""
+
+    def __init__(self, images: np.ndarray, config: LearnConfig, connectivity: np.ndarray | None, backend: str):
+        self.bk: Backend = get_backend(backend)
+        self.config = config
+        self.layer = config.layers[0]
+        self.images = self.bk.asarray(images)
+        self.g = None if connectivity is None else self.bk.asarray(connectivity)
+        self.penalty = LpPenalty(self.layer.lam, self.layer.p)
+        self._maps: Array | None = None
+
+    @property
+    def n_images(self) -> int:
+        return int(self.images.shape[0])
+
+    def maps(self) -> np.ndarray:
+        if self._maps is None:
+            raise ValueError("the shard has no maps yet: call code(filters) first")
+        return self.bk.to_host(self._maps)
+
+    def device_maps(self) -> Array:
+        """The current maps on the shard's backend (no copy; for statistics computed where the maps are)."""
+        if self._maps is None:
+            raise ValueError("the shard has no maps yet: call code(filters) first")
+        return self._maps
+
+    def set_lam(self, lam: float) -> None:
+        """Code with the absolute λ `lam` from now on (a relative λ, resolved on λ_max of every shard)."""
+        self.config = with_lam(self.config, lam)
+        self.layer = self.config.layers[0]
+        self.penalty = LpPenalty(self.layer.lam, self.layer.p)
+
+    def _steps_never_worse(self, solver: Any, state: Any) -> Any:
+        """``solver.max_iter`` steps from `state`; per image, the new maps unless their E is above the start's
+        (kept in ``_maps``). Returns the last state."""
+        maps0, E0 = solver.maps(state), solver.per_item_objective(state).copy()
+        state = iterate_steps(solver, state, solver.max_iter)
+        self._maps = keep_better(solver.maps(state), solver.per_item_objective(state), maps0, E0)
+        return state
+
+    def _code_stats(self, n_iter: int) -> CodeStats:
+        xp, maps = self.bk.xp, self._maps
+        # per image, a block of images at a time: |z| of all the maps at once would be a copy of them
+        per_image = [self.penalty.per_item(maps[b]) for b in image_blocks(maps.shape[0], maps.nbytes)]
+        penalty = float(np.concatenate(per_image).sum())
+        return CodeStats(penalty, int(xp.count_nonzero(maps)), int(maps.size), n_iter, self.n_images)
+
+
+def _warm_rows(warm: AdmmWarmStart, lo: int, hi: int) -> AdmmWarmStart:
+    """The warm start of images ``lo:hi`` (views: the run writes their new duals in place)."""
+    aux = None if warm.aux_dual is None else warm.aux_dual[lo:hi]
+    return AdmmWarmStart(np.asarray(warm.rho)[lo:hi], warm.dual[lo:hi], aux)
+
+
+def iterate_steps(solver: Any, state: Any, n_iter: int) -> Any:
+    """`n_iter` steps of `solver` from `state`; only the last state is kept.
+
+    ADMM steps write into the arrays of the state they replace (``out=``), except the maps of `state`, which
+    the caller keeps: the first step writes its maps into a new array. The duals of `state` are given up.
+    """
+    if n_iter == 0:
+        return state
+    if not isinstance(solver, Admm):
+        for _ in range(n_iter):
+            state = solver.step(state)
+        return state
+    xp = backend_of(state.maps).xp
+    state = solver.step(state, out=replace(state, maps=xp.empty_like(state.maps)))
+    for _ in range(n_iter - 1):
+        state = solver.step(state, out=state)
+    return state
+
+
+def keep_better(maps: Array, E: np.ndarray, maps0: Array, E0: np.ndarray) -> Array:
+    """Per image, `maps` unless its E is above E0 of `maps0` (no copy when one of them wins everywhere)."""
+    worse = E > E0
+    if not worse.any():
+        return maps
+    if worse.all():
+        return maps0
+    xp = backend_of(maps).xp
+    return xp.where(xp.asarray(worse.reshape((-1,) + (1,) * (maps.ndim - 1))), maps0, maps)
+
+
+def _to_host(obj: Any, bk: Backend, *, copy: bool = True) -> Any:
+    """A solver state (frozen dataclass of arrays and scalars) with every array copied to the host (copied on
+    the host too unless `copy` is False: the next coding run overwrites the duals of the shard)."""
+    if obj is None or not hasattr(obj, "__dataclass_fields__"):
+        return obj
+    fields = {k: getattr(obj, k) for k in obj.__dataclass_fields__}
+    host = (lambda v: np.array(bk.to_host(v))) if copy else bk.to_host
+    converted = {k: (host(v) if hasattr(v, "shape") else v) for k, v in fields.items()}
+    return type(obj)(**converted)
+
+
+def _to_device(obj: Any, bk: Backend) -> Any:
+    if obj is None or not hasattr(obj, "__dataclass_fields__"):
+        return obj
+    fields = {k: getattr(obj, k) for k in obj.__dataclass_fields__}
+    # copies: a coding run overwrites the duals it is given, which must not be the caller's arrays
+    return type(obj)(
+        **{k: (bk.xp.array(v) if isinstance(v, np.ndarray) and v.ndim >= 2 else v) for k, v in fields.items()}
+    )
