@@ -8,9 +8,10 @@
 * :mod:`api.client`: ``DeconvClient``, the Python client (httpx2), and ``DeconvAPIError``; a package with one
   module per group of routes;
 * :mod:`api.cli`: the ``deconv`` command line (``serve``, ``learn``, ``submit``, ``status``, ``wait``, ``cancel``,
-  ``filters``, ``encode``, ``reconstruct``, ``demo``, ``samples``), with :mod:`api.learn` (``learn``, on Ray from
-  this process), :mod:`api.commands` (the commands that talk to a service), :mod:`api.serve` (uvicorn in the
-  foreground or in a thread), :mod:`api.demo`, and :mod:`api.exits` (the exit statuses).
+  ``filters``, ``encode``, ``reconstruct``, ``demo``, ``samples``), parsed by :mod:`api.parser`, with
+  :mod:`api.learn` (``learn``, on Ray from this process), :mod:`api.commands` (the commands that talk to a service),
+  :mod:`api.serve` (uvicorn in the foreground or in a thread), :mod:`api.demo`, and :mod:`api.exits` (the exit
+  statuses).
 
 Nothing is imported here, so ``import api`` stays cheap.
 """

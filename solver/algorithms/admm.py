@@ -27,7 +27,7 @@ the x-step solves (DᴴD + I) x = Dᴴ(y₀ − u₀) + (y₁ − u₁) with a f
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
@@ -35,54 +35,9 @@ from ..backend import Array
 from ..config import AdmmConfig
 from ..operators import gpu_kernels, kernels
 from ..operators.linalg import ShiftedNormalFactor
+from .admm_state import AdmmState, AdmmWarmStart
 from .base import SolverBase
 from .problem import CSCProblem, sq_norm_per_item
-
-
-@dataclass(frozen=True)
-class AdmmState:
-    """ADMM iterate. ``maps`` is the sparse split variable (z, or y₁ with the mask), and what E is of.
-
-    ``rho`` (the penalty of the next iteration), ``objective`` and the two relative residuals are host float64
-    arrays with one entry per image: images are independent problems, each with its own penalty, so a batch
-    split over several workers follows the same trajectories. The residuals are those of iteration
-    ``residual_iteration`` (every ``rho_period``-th; the others skip them).
-
-    Circular boundary: ``solve_hat`` is x̂ of the next iteration and ``carry_hat`` is û + αx̂ + (1−α)ẑ.
-    Valid boundary: ``maps_hat``/``dual_hat`` are ẑ and û, and ``aux``/``aux_dual`` (with their transforms)
-    are y₀ and u₀ of mask decoupling.
-    """
-
-    maps: Array
-    dual: Array
-    rho: np.ndarray
-    objective: np.ndarray
-    primal_residual: np.ndarray
-    dual_residual: np.ndarray
-    iteration: int = 0
-    residual_iteration: int = 0
-    solve_hat: Array | None = None
-    carry_hat: Array | None = None
-    maps_hat: Array | None = None
-    dual_hat: Array | None = None
-    aux: Array | None = None
-    aux_hat: Array | None = None
-    aux_dual: Array | None = None
-    aux_dual_hat: Array | None = None
-
-    def warm_start(self) -> AdmmWarmStart:
-        """What a warm start reads, without the arrays that depend on the filters (a learner keeps this between
-        its outer iterations, when the filters change)."""
-        return AdmmWarmStart(self.rho, self.dual, self.aux_dual)
-
-
-@dataclass(frozen=True)
-class AdmmWarmStart:
-    """ρ per image and the scaled spatial duals u (and u₀ of mask decoupling) of a previous run."""
-
-    rho: np.ndarray
-    dual: Array
-    aux_dual: Array | None = None
 
 
 def _norms(*arrays: Array) -> np.ndarray:
