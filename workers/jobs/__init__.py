@@ -10,7 +10,8 @@
 * :mod:`workers.jobs.datasets`: uploaded datasets (images, zip or npz archives) into the artifact store;
 * :mod:`workers.jobs.spec`: ``JobSpec``, the validated job a client submits;
 * :mod:`workers.jobs.runner`: ``JobRunner``, the queue (up to ``max_running`` jobs at once, each once its actors
-  have room), the run, resume after a restart, cancel, artifacts;
+  have room), the run, resume after a restart, cancel; :mod:`workers.jobs.learning`: ``execute``, one job's
+  layers on Ray, resumed from its finished layers; :mod:`workers.jobs.publish`: a finished job's artifacts;
 * :mod:`workers.jobs.jobfile`: the YAML job file of ``deconv learn``;
 * :mod:`workers.jobs.models`: a finished job's filters and preprocessing, for encoding new images.
 
