@@ -1,6 +1,8 @@
 """The job system: what a job is, where it is kept, and how it runs.
 
 * :mod:`workers.jobs.store`: ``JobStore``, SQLite (WAL) job and dataset records beside the artifact store;
+  its parts: :mod:`workers.jobs.records` (the tables, the records, ids and cursors) and
+  :mod:`workers.jobs.store_tables` (the dataset and artifact tables);
 * :mod:`workers.jobs.status`: the states of a job (``JobStatus``, ``TERMINAL``), for the store, service and client;
 * :mod:`workers.jobs.objects`: stores of bytes by key (a local folder or any fsspec URL), the data plane every
   node reads and writes: atomic and streamed writes, ranged reads of ``.npy`` rows;
