@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 from api.app import create_app
 from api.settings import Settings
 from workers.distributed.cluster import ClusterConfig
-from workers.jobs import runner as runner_module
+from workers.jobs import learning as learning_module
 from workers.jobs.runner import JobRunner
 from workers.jobs.store import JobStore
 
@@ -34,7 +34,7 @@ def _images() -> list[tuple[str, np.ndarray]]:
 
 
 def test_a_damaged_image_fails_the_job_naming_the_dataset_and_the_image(store, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner_module, "connect", _no_cluster)
+    monkeypatch.setattr(learning_module, "connect", _no_cluster)
     dataset = store.add_dataset(_images())
     path = store.artifacts.local_path(dataset.images[1].key)
     data = bytearray(path.read_bytes())
@@ -49,7 +49,7 @@ def test_a_damaged_image_fails_the_job_naming_the_dataset_and_the_image(store, t
 
 
 def test_a_missing_image_fails_the_job_naming_it(store, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner_module, "connect", _no_cluster)
+    monkeypatch.setattr(learning_module, "connect", _no_cluster)
     dataset = store.add_dataset(_images())
     store.artifacts.local_path(dataset.images[2].key).unlink()
     job, _ = store.submit({**SPEC, "dataset_id": dataset.id}, n_layers=1, n_iter=1)

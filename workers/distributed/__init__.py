@@ -10,7 +10,10 @@
 * :mod:`workers.distributed.pool`: ``RayPool``, the learning loop's pool protocol over the actors (one
   ``ray.put``, one ``ray.get`` per call), and the bytes it moves;
 * :mod:`workers.distributed.coordinator`: ``Coordinator`` / ``run_distributed``, the alternating loop over the
-  shard actors, with checkpoints, fault tolerance and cooperative cancel;
+  shard actors, with checkpoints, fault tolerance and cooperative cancel; its parts:
+  :mod:`workers.distributed.fleet` (bringing the shard actors up, replacing dead ones, releasing them),
+  :mod:`workers.distributed.rollback` (when to checkpoint, resume, where a failure rolls back to) and
+  :mod:`workers.distributed.run_inputs` (checks of the images, switches and options);
 * :mod:`workers.distributed.checkpoint`: checkpoints in a store, each shard's part written by its actor, the
   manifest last, verified by sha256;
 * :mod:`workers.distributed.outputs`: what each shard writes to the store at the end of a layer (its part of the

@@ -22,7 +22,6 @@ checkpoint's small manifest last.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -35,22 +34,27 @@ import ray
 from ray import exceptions as ray_errors
 
 from solver.config import LearnConfig
-from solver.images.preprocess import FittedPreprocess, PreprocessStats, combine_rescale_means, combine_rescale_ranges
+from solver.images.preprocess import FittedPreprocess, PreprocessStats
 from solver.models.lam import absolute_config
 from solver.models.learn import IterStats, LearnResult, alternate, initial_filters
 from solver.operators.connectivity import connectivity_table
 from solver.operators.convolution import map_shape
 from solver.operators.pixel_path import LowerLayer, input_geometry
 
-from ..jobs.objects import ObjectStore, Part, array_header, as_location
-from .actors import PartRows, ShardInput, new_shard_actor
-from .checkpoint import Checkpoint, as_store, begin_checkpoint, clear_checkpoints, latest_checkpoint, write_checkpoint
+from ..jobs.objects import ObjectStore, Part
+from .actors import ShardInput
+from .checkpoint import Checkpoint, as_store
 from .cluster import ClusterConfig, connect
-from .images import ImageInfo, ImageSource, inspect_images
+from .fleet import _PROBE_TIMEOUT_S, ShardFleet
+from .images import ImageInfo, ImageSource
 from .outputs import LayerOutputs, ShardOutput
-from .placement import Placement, gpu_share
+from .placement import Placement
 from .pool import RayPool, Traffic
+from .rollback import JobFailedError, Rollback
+from .run_inputs import _check_options, _computation_dtype, _count, _describe_images, _rows_of
 from .shards import shard_ranges
+
+__all__ = ["ACTOR_FAILURES", "Coordinator", "JobFailedError", "run_distributed"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,14 +66,9 @@ ACTOR_FAILURES: tuple[type[BaseException], ...] = (
     ray_errors.ObjectLostError,
     ray_errors.GetTimeoutError,
 )
-_PROBE_TIMEOUT_S = 30.0  # how long a live actor may take to answer a ping after a failure
 
 
-class JobFailedError(Exception):
-    """The shard actors failed more often than the run allows (``max_failures``)."""
-
-
-class Coordinator:
+class Coordinator(ShardFleet, Rollback):
     """A distributed learning run of one layer over image files.
 
     Parameters
@@ -358,184 +357,6 @@ class Coordinator:
         grid = map_shape(self.input_shape, layer.filter_size, self.config.boundary)
         return np.zeros((self.n_images, layer.n_filters, *grid), dtype=self.dtype)
 
-    def _bring_up(self) -> None:
-        """Replace dead actors (all of them at the start) and make every shard ready on its images."""
-        alive = self._probe()
-        placement = self._resources()
-        fresh = []
-        for index in range(self.n_shards):
-            if index < len(alive) and alive[index]:
-                continue
-            if index < len(self._actors):
-                ray.kill(self._actors[index], no_restart=True)
-                self._actors[index] = new_shard_actor(**self._actor_options(index))
-            else:
-                self._actors.append(new_shard_actor(**self._actor_options(index)))
-            fresh.append(index)
-        if not fresh:
-            return
-        logger.info(
-            "starting %d shard actor(s) %s (num_cpus=%g, num_gpus=%g, backend=%s%s)",
-            len(fresh),
-            fresh,
-            placement.cpus,
-            placement.gpus,
-            placement.backend,
-            "" if placement.group is None else ", in the job's placement group",
-        )
-        if self._needs_rescale_fit():
-            self._fit_rescale_and_build(placement.backend)
-            return
-        refs = [
-            self._actors[i].setup.remote(
-                self.shard_paths[i],
-                self.config,
-                self.info,
-                self._rescale,
-                self.connectivity,
-                placement.backend,
-                self.lower,
-                self.shard_switches[i],
-            )
-            for i in fresh
-        ]
-        self._check_dtypes(ray.get(refs, timeout=self.call_timeout))
-
-    def _needs_rescale_fit(self) -> bool:
-        pre = self.config.preprocess
-        return pre is not None and pre.rescale and self._rescale is None
-
-    def _fit_rescale_and_build(self, backend: str) -> None:
-        """Fit the dataset-wide rescale from every shard's partial statistics, in shard order, then build."""
-        actors, timeout = self._actors, self.call_timeout
-        ray.get(
-            [a.load.remote(p, self.config, self.info) for a, p in zip(actors, self.shard_paths, strict=True)],
-            timeout=timeout,
-        )
-        shifted = combine_rescale_ranges(ray.get([a.rescale_range.remote() for a in actors], timeout=timeout))
-        sums = ray.get([a.rescale_sum.remote(shifted) for a in actors], timeout=timeout)
-        self._rescale = combine_rescale_means(shifted, sums)
-        logger.info("rescale statistics: %s", self._rescale)
-        self._check_dtypes(
-            ray.get(
-                [
-                    a.build.remote(self._rescale, self.connectivity, backend, self.lower, sw)
-                    for a, sw in zip(actors, self.shard_switches, strict=True)
-                ],
-                timeout=timeout,
-            )
-        )
-
-    def _check_dtypes(self, dtypes: list[str]) -> None:
-        if any(d != self.dtype for d in dtypes):
-            raise ValueError(f"shards computed in dtypes {dtypes}, expected {self.dtype}")
-
-    def _probe(self) -> list[bool]:
-        """Which actors answer a ping: a dead actor's reply is an error, a stuck one's does not come."""
-        if not self._actors:
-            return []
-        pings = [a.ping.remote() for a in self._actors]
-        ready, _ = ray.wait(pings, num_returns=len(pings), timeout=_PROBE_TIMEOUT_S)
-        answered = set(ready)
-        # Each ready reference is already resolved: this get only reads the value or the error, never waits.
-        return [ref in answered and _resolved_ok(ref) for ref in pings]
-
-    def _resources(self) -> Placement:
-        """The resources and backend of every shard actor, decided once per run (given by the job runner)."""
-        if self._placement is None:
-            gpus = float(ray.cluster_resources().get("GPU", 0.0))
-            use_gpu = self.backend == "cupy" or (self.backend == "auto" and gpus > 0)
-            if use_gpu and gpus <= 0:
-                raise ValueError("backend 'cupy' needs GPUs in the cluster, got none")
-            share = gpu_share(gpus, self.n_shards) if use_gpu else 0.0
-            self._placement = Placement(self.n_shards, self.actor_cpus, share, backend="cupy" if use_gpu else "numpy")
-        return self._placement
-
-    def _actor_options(self, index: int) -> dict[str, Any]:
-        options = self._resources().actor_options(index)
-        options.setdefault("scheduling_strategy", "SPREAD")  # no group: the shards on as many nodes as it can
-        return options
-
-    def _release(self) -> None:
-        for actor in self._actors:
-            ray.kill(actor, no_restart=True)
-        self._actors = []
-
-    # -- checkpoints and failures -------------------------------------------------------------------------------
-
-    def _due(self, iteration: int) -> bool:
-        return self.checkpoint_dir is not None and self.checkpoint_every > 0 and iteration % self.checkpoint_every == 0
-
-    def _checkpoint(self, iteration: int) -> None:
-        if self._pending is None or self._pending[0] != iteration:
-            raise ValueError(f"no filters recorded for outer iteration {iteration}")
-        _, filters, vector = self._pending
-        folder = begin_checkpoint(self.checkpoint_dir, iteration)
-        parts = self._pool.save_states(folder)  # each shard writes its own part: no maps pass through here
-        write_checkpoint(self.checkpoint_dir, iteration, filters, vector, parts, self._history, self._meta())
-        self._last_checkpoint = iteration
-
-    def _meta(self) -> dict[str, Any]:
-        """The identity of the run, in the manifest: a checkpoint resumes only the same run (n_iter aside)."""
-        meta = {
-            "config": self.config.model_dump(mode="json", exclude={"n_iter"}),
-            "images": self.paths,
-            "n_shards": self.n_shards,
-            "rescale": None if self._rescale is None else self._rescale.to_dict(),
-        }
-        return json.loads(json.dumps(meta))
-
-    def _initial_checkpoint(self, resume: bool) -> Checkpoint | None:
-        if self.checkpoint_dir is None:
-            if resume:
-                raise ValueError("resume needs a checkpoint_dir, got None")
-            return None
-        if not resume:
-            removed = clear_checkpoints(self.checkpoint_dir)
-            if removed:
-                logger.info("fresh run: removed %d old checkpoint(s) from %s", removed, self.checkpoint_dir.url)
-            return None
-        checkpoint = latest_checkpoint(self.checkpoint_dir)
-        if checkpoint is None:
-            logger.warning("no valid checkpoint in %s: starting from scratch", self.checkpoint_dir.url)
-            return None
-        self._check_same_run(checkpoint)
-        logger.info("resuming from %s (outer iteration %d)", checkpoint.path, checkpoint.iteration)
-        return checkpoint
-
-    def _check_same_run(self, checkpoint: Checkpoint) -> None:
-        expected, found = self._meta(), checkpoint.meta
-        for key in ("config", "images", "n_shards"):
-            if found.get(key) != expected[key]:
-                raise ValueError(
-                    f"checkpoint {checkpoint.path!r} belongs to another run: its {key} differs "
-                    f"(checkpoint: {found.get(key)!r}, this run: {expected[key]!r})"
-                )
-        if found.get("rescale") is not None:
-            self._rescale = PreprocessStats.from_dict(found["rescale"])
-
-    def _rollback_point(self) -> Checkpoint | None:
-        if self.checkpoint_dir is None:
-            return None
-        checkpoint = latest_checkpoint(self.checkpoint_dir)
-        if checkpoint is not None:
-            self._check_same_run(checkpoint)
-        logger.warning(
-            "rolling every shard back to %s",
-            "the start" if checkpoint is None else f"outer iteration {checkpoint.iteration}",
-        )
-        return checkpoint
-
-    def _count_failure(self, exc: BaseException) -> None:
-        self.failures += 1
-        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        if self.failures > self.max_failures:
-            raise JobFailedError(
-                f"shard actors failed {self.failures} times, more than max_failures="
-                f"{self.max_failures}; last failure: {reason}"
-            ) from exc
-        logger.warning("shard failure %d (max_failures=%d): %s", self.failures, self.max_failures, reason)
-
     def _fitted_preprocess(self) -> FittedPreprocess | None:
         pre = self.config.preprocess
         if pre is None:
@@ -572,74 +393,3 @@ def run_distributed(
         **options,
     )
     return coordinator.run(callback=callback, should_stop=should_stop, resume=resume)
-
-
-def _describe_images(
-    images: Sequence[ImageSource] | Sequence[Part], info: ImageInfo | None
-) -> tuple[int, list[str], ImageInfo, Callable[[range], ShardInput]]:
-    """(image count, their names for a checkpoint's identity, what they share, a shard's input by its range)."""
-    if not images:
-        raise ValueError("image_paths must name at least one image file, got none")
-    if all(isinstance(p, Part) for p in images):
-        parts = tuple(sorted(images, key=lambda p: p.first))
-        if info is None:
-            shape, dtype = array_header(parts[0].location)
-            info = ImageInfo(tuple(int(d) for d in shape[1:]), str(dtype))
-        n = sum(p.count for p in parts)
-        names = [f"{p.location}[{p.first}:{p.stop}]" for p in parts]
-        return n, names, info, lambda r: PartRows(parts, r.start, r.stop)
-    sources = [as_location(p) for p in images]
-    info = inspect_images(sources) if info is None else info
-    return len(sources), [str(s) for s in sources], info, lambda r: sources[r.start : r.stop]
-
-
-def _count(files: Sequence[Any]) -> int:
-    return sum(p.count for p in files) if files and isinstance(files[0], Part) else len(files)
-
-
-def _rows_of(files: Sequence[Any] | None, r: range) -> ShardInput | None:
-    if files is None:
-        return None
-    if files and isinstance(files[0], Part):
-        return PartRows(tuple(files), r.start, r.stop)
-    return [as_location(files[i]) for i in r]
-
-
-def _resolved_ok(ref: Any) -> bool:
-    try:
-        ray.get(ref, timeout=0)
-    except ray_errors.RayError:
-        return False
-    return True
-
-
-def _computation_dtype(image_dtype: str, config: LearnConfig) -> str:
-    """The dtype learn_layer computes in: config.dtype, else float64 images stay float64, everything else float32."""
-    if config.dtype is not None:
-        return config.dtype
-    return "float64" if image_dtype == "float64" else "float32"
-
-
-def _check_options(
-    workers: Any,
-    checkpoint_dir: Any,
-    checkpoint_every: Any,
-    max_failures: Any,
-    call_timeout: Any,
-    backend: Any,
-    actor_cpus: Any,
-) -> None:
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
-        raise ValueError(f"checkpoint_every must be a non-negative integer, got {checkpoint_every!r}")
-    if checkpoint_every > 0 and checkpoint_dir is None:
-        raise ValueError(f"checkpoint_every={checkpoint_every} needs a checkpoint_dir, got None")
-    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 0:
-        raise ValueError(f"max_failures must be a non-negative integer, got {max_failures!r}")
-    if call_timeout is not None and not (isinstance(call_timeout, int | float) and call_timeout > 0):
-        raise ValueError(f"call_timeout must be a positive number of seconds or None, got {call_timeout!r}")
-    if backend not in ("auto", "numpy", "cupy"):
-        raise ValueError(f"backend must be 'auto', 'numpy' or 'cupy', got {backend!r}")
-    if not (isinstance(actor_cpus, int | float) and actor_cpus >= 0):
-        raise ValueError(f"actor_cpus must be a non-negative number, got {actor_cpus!r}")

@@ -22,176 +22,56 @@ timeout lets readers and the one writer process run together. Only one process s
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import re
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .artifacts import ArtifactStore, LocalArtifactStore, open_artifact_store
-from .objects import ObjectStore, is_url, npy_bytes
+from .objects import ObjectStore, is_url
+from .records import (
+    _SCHEMA,
+    ID_PATTERN,
+    ArtifactRecord,
+    DatasetRecord,
+    JobRecord,
+    Progress,
+    StoredImage,
+    _job,
+    check_id,
+    decode_cursor,
+    encode_cursor,
+    new_id,
+)
 from .status import STATUSES, TERMINAL
+from .store_tables import ArtifactTable, DatasetTable
+
+__all__ = [
+    "ID_PATTERN",
+    "SCHEMA_VERSION",
+    "ArtifactRecord",
+    "DatasetRecord",
+    "JobRecord",
+    "JobStore",
+    "Progress",
+    "StoredImage",
+    "check_id",
+    "decode_cursor",
+    "encode_cursor",
+    "new_id",
+]
 
 logger = logging.getLogger(__name__)
 
-ID_PATTERN = r"^[0-9a-f]{32}$"
-_ID_RE = re.compile(ID_PATTERN)
 SCHEMA_VERSION = 1
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS datasets (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    created_at REAL NOT NULL,
-    n_images INTEGER NOT NULL,
-    images_json TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
-    spec_json TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    layer INTEGER NOT NULL DEFAULT 0,
-    n_layers INTEGER NOT NULL,
-    iteration INTEGER NOT NULL DEFAULT 0,
-    layer_iters TEXT NOT NULL,
-    objective REAL,
-    sparsity REAL,
-    elapsed REAL,
-    error TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    idempotency_key TEXT UNIQUE
-);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
-CREATE TABLE IF NOT EXISTS progress (
-    job_id TEXT NOT NULL REFERENCES jobs (id),
-    layer INTEGER NOT NULL,
-    iteration INTEGER NOT NULL,
-    objective REAL NOT NULL,
-    sparsity REAL,
-    elapsed REAL,
-    PRIMARY KEY (job_id, layer, iteration)
-);
-CREATE TABLE IF NOT EXISTS job_artifacts (
-    job_id TEXT NOT NULL REFERENCES jobs (id),
-    name TEXT NOT NULL,
-    key TEXT NOT NULL,
-    media_type TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (job_id, name)
-);
-"""
 
-
-def check_id(value: Any, what: str = "id") -> str:
-    """`value` if it is a well-formed dataset or job id (32 lowercase hex digits); ValueError otherwise."""
-    if not isinstance(value, str) or not _ID_RE.match(value):
-        raise ValueError(f"{what} must be 32 lowercase hex digits, got {value!r}")
-    return value
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
-
-
-@dataclass(frozen=True)
-class StoredImage:
-    """One image of a dataset: its artifact key (an ``.npy`` of shape (C, H, W)), shape and dtype."""
-
-    name: str
-    key: str
-    shape: tuple[int, int, int]
-    dtype: str
-
-
-@dataclass(frozen=True)
-class DatasetRecord:
-    id: str
-    created_at: float
-    images: list[StoredImage]
-
-    @property
-    def n_images(self) -> int:
-        return len(self.images)
-
-    @property
-    def shapes(self) -> list[list[int]]:
-        return [list(im.shape) for im in self.images]
-
-
-@dataclass(frozen=True)
-class Progress:
-    layer: int  # 1-based layer being learned (0 before the first outer iteration)
-    n_layers: int
-    iteration: int  # outer iterations done in that layer
-    layer_iters: tuple[int, ...]  # outer iterations of every layer
-    objective: float | None
-    sparsity: float | None
-    elapsed: float | None
-
-    @property
-    def n_iter(self) -> int:
-        """Outer iterations of the current layer (of layer 1 before the start)."""
-        return self.layer_iters[max(self.layer, 1) - 1]
-
-    @property
-    def step(self) -> int:
-        """Outer iterations done over all layers."""
-        return sum(self.layer_iters[: max(self.layer, 1) - 1]) + self.iteration
-
-    @property
-    def total_steps(self) -> int:
-        return sum(self.layer_iters)
-
-    @property
-    def fraction(self) -> float:
-        return self.step / self.total_steps
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    id: str
-    seq: int
-    status: str
-    spec: dict[str, Any]
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    progress: Progress
-    error: str | None
-    cancel_requested: bool
-    attempts: int
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL
-
-
-@dataclass(frozen=True)
-class ArtifactRecord:
-    name: str
-    key: str
-    media_type: str
-    size: int
-    created_at: float = field(default=0.0)
-
-
-class JobStore:
+class JobStore(DatasetTable, ArtifactTable):
     """Datasets, jobs and artifacts under one data directory.
 
     Parameters
@@ -271,33 +151,6 @@ class JobStore:
     def job_work(self, job_id: str) -> ObjectStore:
         """The work store of a job: checkpoints, finished layers, pooled maps (written by the shard actors)."""
         return self.work.child(check_id(job_id, "job id"))
-
-    # -- datasets ------------------------------------------------------------------------------------------------
-
-    def add_dataset(self, images: Sequence[tuple[str, np.ndarray]]) -> DatasetRecord:
-        """Store decoded images ((C, H, W) arrays, in order) as a new dataset."""
-        stored = []
-        for name, array in images:
-            key = self.artifacts.put(npy_bytes(np.ascontiguousarray(array)), ".npy")
-            stored.append(StoredImage(name, key, tuple(int(d) for d in array.shape), str(array.dtype)))
-        record = DatasetRecord(new_id(), time.time(), stored)
-        payload = json.dumps([{"name": s.name, "key": s.key, "shape": list(s.shape), "dtype": s.dtype} for s in stored])
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO datasets (id, created_at, n_images, images_json) VALUES (?, ?, ?, ?)",
-                (record.id, record.created_at, len(stored), payload),
-            )
-        logger.info("dataset %s: %d images", record.id, len(stored))
-        return record
-
-    def get_dataset(self, dataset_id: str) -> DatasetRecord | None:
-        row = self._connection().execute("SELECT * FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
-        if row is None:
-            return None
-        images = [
-            StoredImage(d["name"], d["key"], tuple(d["shape"]), d["dtype"]) for d in json.loads(row["images_json"])
-        ]
-        return DatasetRecord(row["id"], row["created_at"], images)
 
     # -- jobs ----------------------------------------------------------------------------------------------------
 
@@ -498,95 +351,3 @@ class JobStore:
         if requeued:
             logger.info("requeued %d job(s) left running: %s", len(requeued), requeued)
         return requeued
-
-    # -- artifacts -----------------------------------------------------------------------------------------------
-
-    def put_artifact(self, job_id: str, name: str, data: bytes, media_type: str) -> ArtifactRecord:
-        """Store `data` and record it as the job's artifact `name` (replacing an earlier one of that name)."""
-        suffix = Path(name).suffix.lower()
-        key = self.artifacts.put(data, suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else "")
-        record = ArtifactRecord(name, key, media_type, len(data), time.time())
-        with self._transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO job_artifacts (job_id, name, key, media_type, size, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (job_id, name, key, media_type, len(data), record.created_at),
-            )
-        return record
-
-    def record_artifact(self, job_id: str, name: str, key: str, media_type: str, size: int) -> ArtifactRecord:
-        """Record bytes already in the artifact store (a shard actor wrote them) as the job's artifact `name`."""
-        if not self.artifacts.exists(key):
-            raise ValueError(f"artifact {key} of {name!r} is not in the artifact store")
-        record = ArtifactRecord(name, key, media_type, size, time.time())
-        with self._transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO job_artifacts (job_id, name, key, media_type, size, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (job_id, name, key, media_type, size, record.created_at),
-            )
-        return record
-
-    def artifact(self, job_id: str, name: str) -> ArtifactRecord | None:
-        row = (
-            self._connection()
-            .execute("SELECT * FROM job_artifacts WHERE job_id = ? AND name = ?", (job_id, name))
-            .fetchone()
-        )
-        return None if row is None else _artifact(row)
-
-    def list_artifacts(self, job_id: str) -> list[ArtifactRecord]:
-        rows = (
-            self._connection()
-            .execute("SELECT * FROM job_artifacts WHERE job_id = ? ORDER BY name", (job_id,))
-            .fetchall()
-        )
-        return [_artifact(r) for r in rows]
-
-    def read_artifact(self, job_id: str, name: str) -> bytes | None:
-        record = self.artifact(job_id, name)
-        return None if record is None else self.artifacts.get(record.key)
-
-
-def encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        seq = int(text.removeprefix("seq:")) if text.startswith("seq:") else -1
-        if not 0 <= seq < 2**63:  # SQLite's integers are 64-bit: a larger one is an OverflowError in the query
-            raise ValueError
-        return seq
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError(f"cursor is not one this service returned, got {cursor!r}") from None
-
-
-def _job(row: sqlite3.Row) -> JobRecord:
-    progress = Progress(
-        row["layer"],
-        row["n_layers"],
-        row["iteration"],
-        tuple(json.loads(row["layer_iters"])),
-        row["objective"],
-        row["sparsity"],
-        row["elapsed"],
-    )
-    return JobRecord(
-        row["id"],
-        row["seq"],
-        row["status"],
-        json.loads(row["spec_json"]),
-        row["created_at"],
-        row["started_at"],
-        row["finished_at"],
-        progress,
-        row["error"],
-        bool(row["cancel_requested"]),
-        row["attempts"],
-    )
-
-
-def _artifact(row: sqlite3.Row) -> ArtifactRecord:
-    return ArtifactRecord(row["name"], row["key"], row["media_type"], row["size"], row["created_at"])
