@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.api.conftest import ROOT, sample_png_parts, wait_for_job
+from tests.workers.cluster_harness import session_processes
 
 httpx2 = pytest.importorskip("httpx2")
 pytest.importorskip("ray")
@@ -65,25 +66,11 @@ class ServerProcess:
         self.process.wait(30)
         self.client.close()
         deadline = time.monotonic() + 30
-        while _session_processes(self.process.pid) and time.monotonic() < deadline:
+        while session_processes(self.process.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
-
-
-def _session_processes(session: int) -> list[int]:
-    """Live (not zombie) processes of a session."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.getsid(int(entry.name)) == session and " Z " not in (entry / "stat").read_text().split(")")[-1][:4]:
-                found.append(int(entry.name))
-        except (OSError, ValueError):
-            continue
-    return found
 
 
 def _free_port() -> int:
@@ -145,7 +132,7 @@ def resumed(tmp_path_factory) -> Iterator[Resumed]:
         history_before = first.client.get(f"/jobs/{job_id}/history").json()
     finally:
         first.kill()
-    leftovers = _session_processes(first.process.pid)
+    leftovers = session_processes(first.process.pid)
     second = _start(root / "data", root / "second.log")
     try:
         job = wait_for_job(second.client, job_id, lambda j: j["status"] == "succeeded")
