@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import workers.distributed.checkpoint as checkpoint_module
+import workers.jobs.objects as objects_module
 from workers.jobs.artifacts import (
     KEY_PATTERN,
     ArtifactCorruptError,
@@ -379,7 +379,7 @@ def test_a_write_that_fails_halfway_leaves_nothing(tmp_path, monkeypatch):
     def broken_fsync(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint_module.os, "fsync", broken_fsync)
+    monkeypatch.setattr(objects_module.os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="disk full"):
         store.put(b"half written", ".npy")
     assert [p for p in (tmp_path / "a").rglob("*") if p.is_file()] == []

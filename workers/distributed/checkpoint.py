@@ -25,9 +25,7 @@ import hashlib
 import io
 import json
 import logging
-import os
 import pickle
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +35,7 @@ import numpy as np
 
 from solver.models.learn import IterStats
 
-from ..jobs.objects import Location, ObjectStore, npy_bytes
+from ..jobs.objects import Location, ObjectStore, atomic_write_with, npy_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +43,6 @@ FORMAT = 2
 MANIFEST = "manifest.json"
 KEEP = 2
 _PREFIX = "ckpt-"
-_FILE_MODE = 0o644
 
 __all__ = ["atomic_write_bytes", "npy_bytes"]
 
@@ -106,19 +103,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> str:
     str
         The sha256 of `data`, hex.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; results are meant to be read by others too
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return hashlib.sha256(data).hexdigest()
+    return atomic_write_with(Path(path), lambda fh: fh.write(data))[0]
 
 
 def as_store(root: str | Path | ObjectStore) -> ObjectStore:

@@ -56,6 +56,24 @@ def check_object_key(key: str) -> str:
     return key
 
 
+def atomic_write_with(path: Path, produce: Callable[[IO[bytes]], Any]) -> tuple[str, int]:
+    """Write what `produce` writes to the local file `path` atomically (a temporary file in the same folder,
+    fsync, ``os.replace``), hashing it on the way; returns (sha256 hex, size)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            fh = _HashingWriter(raw)
+            produce(fh)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; results are meant to be read by others too
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return fh.digest.hexdigest(), fh.size
+
+
 @dataclass(frozen=True)
 class ObjectStore:
     """A store of bytes by key: a local folder, or any fsspec URL (``s3://bucket/prefix``, ``memory://x``).
@@ -153,19 +171,7 @@ class ObjectStore:
         if self.local:
             path = self._local(key)
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as raw:
-                    fh = _HashingWriter(raw)
-                    produce(fh)
-                    raw.flush()
-                    os.fsync(raw.fileno())
-                os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; results are meant to be read by others too
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-            return fh.digest.hexdigest(), fh.size
+            return atomic_write_with(path, produce)
         fs, path = self._remote(key)
         with fs.open(path, "wb") as raw:  # an object appears when its upload completes, whole
             fh = _HashingWriter(raw)
