@@ -13,6 +13,7 @@ from ..backend import Array, Backend, backend_of, get_backend
 from ..config import LearnConfig
 from ..operators.pairs import image_blocks
 from ..operators.prox import LpPenalty
+from ..stopping import check_stop
 from .lam import with_lam
 
 
@@ -93,11 +94,13 @@ def iterate_steps(solver: Any, state: Any, n_iter: int) -> Any:
         return state
     if not isinstance(solver, Admm):
         for _ in range(n_iter):
+            check_stop()
             state = solver.step(state)
         return state
     xp = backend_of(state.maps).xp
     state = solver.step(state, out=replace(state, maps=xp.empty_like(state.maps)))
     for _ in range(n_iter - 1):
+        check_stop()
         state = solver.step(state, out=state)
     return state
 

@@ -18,6 +18,7 @@ from solver import FittedPreprocess, IterStats, LearnResult, StackModel, layer_c
 from solver.operators.pixel_path import LowerLayer
 
 from ..distributed.cluster import ClusterConfig, connect
+from ..distributed.deadlines import Deadlines
 from ..distributed.images import ImageInfo
 from ..distributed.outputs import LayerOutputs, Reconstruction, ShardOutput, Written
 from ..distributed.placement import Placement
@@ -45,19 +46,23 @@ def execute(
     actor_cpus: float = 0.0,
     placement: Placement | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    interrupt: Callable[[], bool] | None = None,
+    deadlines: Deadlines | None = None,
 ) -> JobModel:
     """Learn every layer of `job`, resuming what an earlier attempt left, and store the artifacts.
 
     Nothing the size of the dataset passes through this process: the shard actors read the images from the
     artifact store and write their parts of every result; this function records their keys. With a `placement`,
-    every layer's shard actors run in its reserved bundles.
+    every layer's shard actors run in its reserved bundles. `should_stop` is asked between outer iterations (the
+    run stops with a checkpoint of the last one), `interrupt` while the shard actors work (their calls stop at
+    once; the run resumes from its last checkpoint); `deadlines` bound the actors' start-up and calls.
 
     Raises
     ------
     JobStopped
-        When `should_stop` turned true before the end.
+        When `should_stop` or `interrupt` turned true before the end.
     """
-    from ..distributed.coordinator import Coordinator  # noqa: PLC0415  (imports Ray)
+    from ..distributed.coordinator import Coordinator, Interrupted  # noqa: PLC0415  (imports Ray)
 
     if store.artifact(job.id, "model.json") is not None:  # finished before the service died: nothing to redo
         return load_model(store, job.id)
@@ -113,6 +118,7 @@ def execute(
                 info=info if inputs is images else None,
                 outputs=finish,
                 placement=placement,
+                deadlines=deadlines,
             )
 
             def progress(stats: IterStats, layer: int = index + 1) -> None:
@@ -126,7 +132,10 @@ def execute(
                 )
 
             resume = bool(layer_store.list("checkpoints"))  # an earlier attempt left checkpoints
-            result = coordinator.run(callback=progress, should_stop=should_stop, resume=resume)
+            try:
+                result = coordinator.run(callback=progress, should_stop=should_stop, resume=resume, interrupt=interrupt)
+            except Interrupted:
+                raise JobStopped from None
             if len(result.history) < cfg.n_iter:
                 raise JobStopped
             done = _save_layer(layer_store, result, coordinator.written, store.artifacts.location)
