@@ -1,7 +1,8 @@
 """A service killed with SIGKILL during a job leaves its local Ray cluster's agents running; the next service on
 the same data folder stops them before it starts its own cluster, and resumes the job; SIGTERM in the middle of
-an outer iteration stops that service within 10 s, the job still queued for the next start. Two real services in
-subprocesses, each with a private local Ray cluster: slow."""
+an outer iteration (a coding step of 10,000 ADMM iterations) stops that service within 10 s, the job interrupted
+and still queued for the next start. Two real services in subprocesses, each with a private local Ray cluster:
+slow."""
 
 from __future__ import annotations
 
@@ -110,7 +111,10 @@ def test_a_killed_service_s_ray_processes_are_stopped_and_its_job_resumes_and_si
         second.wait(60)
         stopped_in = time.monotonic() - started
     assert stopped_in < 10, stopped_in
-    log = (tmp_path / "second.log").read_text(errors="replace")[-5000:]
+    full_log = (tmp_path / "second.log").read_text(errors="replace")
+    log = full_log[-5000:]
+    # the job thread ended by itself (its shard calls interrupted), not cut off by the cluster's shutdown
+    assert "did not stop within" not in full_log, log
     assert not (data_dir / PID_FILE).exists(), log  # a clean stop forgets its cluster
     store = JobStore(data_dir)
     assert store.get_job(job_id).status not in TERMINAL  # it resumes on the next start

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 import threading
 import time
 import traceback
@@ -280,7 +281,7 @@ class JobRunner:
                 actor_cpus=self.actor_cpus,
                 placement=placement,
                 should_stop=lambda: self._stopping.is_set() or self.store.cancel_requested(job.id),
-                interrupt=lambda: time.monotonic() >= self._interrupt_at or self.store.cancel_requested(job.id),
+                interrupt=lambda: time.monotonic() >= self._interrupt_at or self._cancel_asked(job.id),
                 deadlines=self.deadlines,
             )
         except JobStopped:
@@ -302,6 +303,15 @@ class JobRunner:
             self.store.finish(job.id, "succeeded")
         finally:
             release(placement)
+
+    def _cancel_asked(self, job_id: str) -> bool:
+        """Whether the job's cancel was asked; asked a few times a second while its actors work, so a database
+        busy for a moment answers "not yet" rather than failing the job."""
+        try:
+            return self.store.cancel_requested(job_id)
+        except sqlite3.Error:
+            logger.debug("job %s: could not read its cancel flag", job_id, exc_info=True)
+            return False
 
     def _discard_work(self, job_id: str) -> None:
         """A cancelled or failed job will not resume: its checkpoints and pooled maps only take space."""
