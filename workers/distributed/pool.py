@@ -76,14 +76,13 @@ def gather(
     end = None if deadline is None else time.monotonic() + deadline
     pending = refs
     while pending:
+        # asked before every wait: a run of many short calls sees it at its next call, not only in a long one
+        if interrupt is not None and interrupt():
+            _stop_calls(actors, pending, what)
         left = None if end is None else max(end - time.monotonic(), 0.0)
         wait = left if interrupt is None else (_POLL_S if left is None else min(_POLL_S, left))
         _, pending = ray.wait(pending, num_returns=len(pending), timeout=wait)
-        if not pending:
-            break
-        if interrupt is not None and interrupt():
-            _stop_calls(refs, actors, pending, what)
-        if end is not None and time.monotonic() >= end:
+        if pending and end is not None and time.monotonic() >= end:
             waiting = set(pending)
             late = [i for i, ref in enumerate(refs) if ref in waiting]
             for i in late:
@@ -95,7 +94,7 @@ def gather(
     return ray.get(refs)
 
 
-def _stop_calls(refs: list[Any], actors: Sequence[Any], pending: list[Any], what: str) -> None:
+def _stop_calls(actors: Sequence[Any], pending: list[Any], what: str) -> None:
     """Tell every actor to stop its call, give the calls a moment to end, and raise :class:`Interrupted`."""
     for actor in actors:
         actor.cancel.remote()
