@@ -126,6 +126,7 @@ class JobRunner:
         if self._thread is not None:
             raise RuntimeError("the runner is already started")
         self.store.requeue_running(max_attempts=self.max_attempts)
+        self.store.sweep_work()
         self._stopping.clear()
         self._thread = threading.Thread(target=self._loop, name="deconv-runner", daemon=True)
         self._thread.start()
@@ -286,11 +287,8 @@ class JobRunner:
             release(placement)
 
     def _discard_work(self, job_id: str) -> None:
-        """A cancelled or failed job will not resume: its checkpoints and pooled maps only take space."""
-        try:
-            self.store.job_work(job_id).remove_all()
-        except OSError:
-            logger.warning("job %s: its work folder could not be removed", job_id, exc_info=True)
+        """A cancelled or failed job will not resume: its checkpoints and parts only take space."""
+        self.store.discard_work(job_id)
 
 
 def _describe(exc: BaseException) -> str:
