@@ -40,7 +40,6 @@ from ..algorithms.problem import CSCProblem
 from ..backend import Array, Backend, backend_of
 from ..config import LearnConfig
 from ..operators.convolution import ConvOperator
-from ..operators.pairs import image_blocks
 from .lam import analysis_max
 from .pixel_shard import PixelShard
 from .shard_base import (
@@ -235,7 +234,7 @@ class PackedMaps:
         dtype = np.int32 if maps.size < 2**31 else np.int64
         starts = np.concatenate([[0], np.cumsum(counts)])
         index, values = np.empty(int(starts[-1]), dtype=dtype), np.empty(int(starts[-1]), dtype=maps.dtype)
-        for block in image_blocks(n, maps.nbytes):  # a block at a time: the int64 indices of one block only
+        for block in coding_groups(n, maps.nbytes):  # a group at a time: the int64 indices of one group only
             flat = maps[block].reshape(-1)
             where = np.flatnonzero(flat)
             lo, hi = starts[block.start], starts[block.stop]
@@ -259,11 +258,12 @@ class PackedMaps:
         return np.empty((0, *self.shape[1:]), dtype=self.values.dtype)
 
     def rfft2(self, bk: Backend) -> Array:
-        """rfft2 of the maps over their own grid, a block of images at a time (the same transform per image)."""
+        """rfft2 of the maps over their own grid, a group of images at a time (the same transform per image): with
+        the transform and the duals the shard holds, the dense group and its transform are the peak."""
         n = self.shape[0]
         nbytes = n * int(np.prod(self.shape[1:])) * self.values.dtype.itemsize
         out = None
-        for block in image_blocks(n, nbytes):
+        for block in coding_groups(n, nbytes):
             part = bk.rfft2(self.rows(block.start, block.stop), self.shape[-2:])
             if out is None:
                 out = bk.xp.empty((n, *part.shape[1:]), dtype=part.dtype)
