@@ -4,11 +4,14 @@ One data directory holds everything of the embedded default::
 
     deconv.sqlite3        datasets, jobs (the state machine, progress), job_artifacts (name -> key)
     artifacts/ab/ab....   content-addressed bytes (see :mod:`workers.jobs.artifacts`), or any fsspec URL instead
-    jobs/<id>/            per-job work folders: checkpoints, finished layers' manifests, pooled maps
+    jobs/<id>/            per-job work folders: checkpoints, finished layers' manifests, the shards' parts
 
 The work folders are a store too (:class:`~workers.jobs.objects.ObjectStore`): ``data_dir/jobs`` beside a local
 artifact folder, ``<artifacts URL>/jobs`` beside an fsspec one, or any URL given as ``work``; the shard actors of a
-running job write there themselves, from whatever node they run on.
+running job write there themselves, from whatever node they run on. A job's parts (maps, switches, pooled maps,
+reconstructions) stay there until it succeeds, when they are adopted into the artifact store: the work folder of a
+failed or cancelled job is removed with everything it wrote, and nothing it might share with another job (content
+addressing stores identical bytes once) is ever in it.
 
 A job moves ``queued -> running -> succeeded | failed | cancelled``; ``queued -> cancelled`` directly. Every
 transition is one short transaction (``BEGIN IMMEDIATE``), so concurrent submitters, the runner and the HTTP
