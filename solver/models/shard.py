@@ -101,8 +101,9 @@ class Shard(_ShardBase):
             return self._code_admm_in_groups(op)
         maps, max_iter = self._maps, 0
         self._warm = None  # the others start cold
+        step_bound = _OnceLipschitz()
         for group in coding_groups(self.n_images, maps.nbytes):
-            solver = make_solver(CSCProblem(self.images[group], op, self.penalty), self.config.inference)
+            solver = make_solver(_GroupProblem(self.images[group], op, self.penalty, step_bound), self.config.inference)
             maps[group] = run(solver, solver.init(maps[group]), stop_early=False).maps
             max_iter = solver.max_iter
             del solver
@@ -189,6 +190,30 @@ class Shard(_ShardBase):
         self._warm = _to_device(state.get("warm"), self.bk)
         self._consensus = _to_device(state.get("consensus"), self.bk)
         self._filter_problem, self._packed = None, None
+
+
+class _OnceLipschitz:
+    """‖P D‖² of a coding operator, computed by the first group that asks (it depends on the filters only: for the
+    valid boundary a power iteration on one image) and given to the others."""
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+
+    def __call__(self, problem: CSCProblem) -> float:
+        if self.value is None:
+            self.value = CSCProblem.lipschitz(problem)
+        return self.value
+
+
+class _GroupProblem(CSCProblem):
+    """The coding problem of one group of a shard's images, sharing its step bound with the other groups."""
+
+    def __init__(self, images: Array, op: ConvOperator, penalty: Any, step_bound: _OnceLipschitz):
+        super().__init__(images, op, penalty)
+        self._step_bound = step_bound
+
+    def lipschitz(self) -> float:
+        return self._step_bound(self)
 
 
 def _full_warm_start(warm: AdmmWarmStart | None, maps: Array, solver: Any, op: ConvOperator) -> AdmmWarmStart:
