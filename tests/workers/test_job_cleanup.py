@@ -13,7 +13,8 @@ import pytest
 from tests.s3server import s3_server  # noqa: F401  (the session's S3 server)
 from tests.workers.conftest import _test_cluster_config
 from workers.jobs import learning as learning_module
-from workers.jobs.objects import ObjectStore
+from workers.jobs.artifacts import ArtifactCorruptError, open_artifact_store
+from workers.jobs.objects import ObjectStore, write_array
 from workers.jobs.runner import JobRunner
 from workers.jobs.store import JobStore
 
@@ -150,3 +151,27 @@ def test_restarts_and_cancels_in_the_queue_leave_no_work(store):
     store.work.write("not-a-job/x.bin", b"x")
     assert store.sweep_work() == [finished]
     assert {k.split("/", 1)[0] for k in _keys(store.work)} == {running, "not-a-job"}
+
+
+def test_adopting_a_part_links_or_copies_it_under_its_key_once(tmp_path):
+    """A part left in a work store becomes the artifact of its key: a hard link in one local filesystem (no byte
+    copied), streamed into another kind of store; once there it is not written again, and a part that is nowhere
+    is an error."""
+    work = ObjectStore(str(tmp_path / "work"))
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)
+    digest, size = write_array(work.at("parts/maps-000.npy"), array)
+    key = f"{digest}.npy"
+    local = open_artifact_store(tmp_path / "artifacts")
+    local.adopt(work.at("parts/maps-000.npy"), key, size)
+    source, adopted = tmp_path / "work" / "parts" / "maps-000.npy", local.local_path(key)
+    assert adopted.stat().st_ino == source.stat().st_ino  # linked, not copied
+    assert local.get(key) == source.read_bytes()
+    work.remove_all()
+    local.adopt(work.at("parts/maps-000.npy"), key, size)  # there already: the missing source is not read
+    assert local.get(key) and not source.exists()
+    memory = open_artifact_store(f"memory://adopt-{tmp_path.name}")
+    with pytest.raises(ArtifactCorruptError, match="neither"):
+        memory.adopt(work.at("parts/maps-000.npy"), key, size)
+    write_array(work.at("parts/maps-000.npy"), array)
+    memory.adopt(work.at("parts/maps-000.npy"), key, size)  # streamed from a folder into another store
+    assert memory.get(key) == local.get(key)
