@@ -16,7 +16,7 @@ from ..operators.convolution import ConvOperator, FilterOperator
 from ..operators.pixel_path import LowerLayer, PixelPath
 from ..operators.pooling import keep_block_maxima
 from .lam import analysis_max
-from .shard_base import CodeStats, _ShardBase, coding_groups
+from .shard_base import CodeStats, _ShardBase
 
 
 class PixelShard(_ShardBase):
@@ -75,7 +75,7 @@ class PixelShard(_ShardBase):
         if cold:
             self._maps = self.bk.xp.zeros((self.n_images, op.n_filters, *op.map_shape), dtype=self.images.dtype)
         maps, max_iter = self._maps, 0
-        for group in coding_groups(self.n_images, maps.nbytes):
+        for group in self._coding_groups(maps):
             problem = PixelCodingProblem(
                 self.images[group],
                 op,

@@ -81,8 +81,9 @@ class Shard(_ShardBase):
         """Inference with fixed filters, warm-started; never returns maps worse than the previous ones.
 
         Exactly ``config.inference.max_iter`` iterations, on the images a group at a time
-        (:func:`~solver.models.shard_base.coding_groups`: about 8 groups, of at least 1 MiB of maps; they are
-        independent problems, each with its own ρ, step sizes and momentum, so the result is that of one batch),
+        (:func:`~solver.models.shard_base.coding_groups`: about 8 groups, of at least 1 MiB of maps, 8 MiB on a
+        GPU; they are independent problems, each with its own ρ, step sizes and momentum, so the result is that of
+        one batch),
         each group's maps (and ADMM duals) read from and written back into the shard's own arrays: besides those,
         the coding peak is a few arrays of one group's size. The first run starts from zero maps (and zero duals),
         made once here. ADMM keeps only its current iterate (updated in place), and per image the maps it started
@@ -102,7 +103,7 @@ class Shard(_ShardBase):
         maps, max_iter = self._maps, 0
         self._warm = None  # the others start cold
         step_bound = _OnceLipschitz()
-        for group in coding_groups(self.n_images, maps.nbytes):
+        for group in self._coding_groups(maps):
             solver = make_solver(_GroupProblem(self.images[group], op, self.penalty, step_bound), self.config.inference)
             maps[group] = run(solver, solver.init(maps[group]), stop_early=False).maps
             max_iter = solver.max_iter
@@ -112,7 +113,7 @@ class Shard(_ShardBase):
     def _code_admm_in_groups(self, op: ConvOperator) -> CodeStats:
         warm, self._warm = self._warm, None  # the runs own (and overwrite) the duals now
         maps, rho, max_iter = self._maps, [], 0
-        for group in coding_groups(self.n_images, maps.nbytes):
+        for group in self._coding_groups(maps):
             solver = make_solver(CSCProblem(self.images[group], op, self.penalty), self.config.inference)
             warm = _full_warm_start(warm, maps, solver, op)
             state = self._steps_never_worse(solver, solver.init(maps[group], warm=_warm_rows(warm, group)))

@@ -61,6 +61,9 @@ class _ShardBase:
         self.layer = self.config.layers[0]
         self.penalty = LpPenalty(self.layer.lam, self.layer.p)
 
+    def _coding_groups(self, maps: Array) -> list[slice]:
+        return coding_groups(self.n_images, maps.nbytes, gpu=self.bk.name != "numpy")
+
     def _steps_never_worse(self, solver: Any, state: Any) -> Any:
         """``solver.max_iter`` steps from `state`; per image, the new maps unless their E is above the start's
         (kept in ``_maps``). Returns the last state."""
@@ -82,11 +85,14 @@ class _ShardBase:
 CODING_GROUPS = 8
 #: ... of at least this many bytes of maps each: smaller groups cost more in calls than they save in memory.
 MIN_GROUP_BYTES = 2**20
+#: The same on a GPU, where every group's steps are kernel launches: the group size measured there before.
+GPU_MIN_GROUP_BYTES = 8 * 2**20
 
 
-def coding_groups(n: int, maps_bytes: int) -> list[slice]:
+def coding_groups(n: int, maps_bytes: int, *, gpu: bool = False) -> list[slice]:
     """The groups of images ``lo:hi`` in which a shard of `n` images whose maps take `maps_bytes` codes them."""
-    return image_blocks(n, maps_bytes, blocks=CODING_GROUPS, min_bytes=MIN_GROUP_BYTES)
+    min_bytes = GPU_MIN_GROUP_BYTES if gpu else MIN_GROUP_BYTES
+    return image_blocks(n, maps_bytes, blocks=CODING_GROUPS, min_bytes=min_bytes)
 
 
 def _warm_rows(warm: AdmmWarmStart, group: slice) -> AdmmWarmStart:
