@@ -86,8 +86,9 @@ max_request_work, max_decoded_values : int
     )
     work_url: str | None = Field(
         None,
-        description="a folder or an fsspec URL for the running jobs' work folders (checkpoints, pooled maps), "
-        "which the shard actors write on any node; default: ARTIFACTS/jobs for an fsspec URL, else DATA_DIR/jobs",
+        description="a folder or an fsspec URL for the running jobs' work folders (checkpoints, the shards' maps, "
+        "switches and pooled maps until their job succeeds; removed when a job fails or is cancelled), which the "
+        "shard actors write on any node; default: ARTIFACTS/jobs for an fsspec URL, else DATA_DIR/jobs",
     )
     api_key: str | None = Field(
         None, min_length=1, description="the X-API-Key every route but /health needs; default: no key"

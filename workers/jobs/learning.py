@@ -65,6 +65,7 @@ def execute(
     from ..distributed.coordinator import Coordinator, Interrupted  # noqa: PLC0415  (imports Ray)
 
     if store.artifact(job.id, "model.json") is not None:  # finished before the service died: nothing to redo
+        store.job_work(job.id).remove_all()  # unless it died before removing this
         return load_model(store, job.id)
     spec = JobSpec.model_validate(job.spec)
     config = spec.learn_config()
@@ -96,7 +97,10 @@ def execute(
                 ]
             top = index == n_layers - 1
             outputs = LayerOutputs(
-                store.artifacts.url, layer_store if pool is not None and not pixels and not top else None, pool
+                store.artifacts.url,
+                layer_store if pool is not None and not pixels and not top else None,
+                pool,
+                parts=layer_store,  # adopted into the artifact store when the job succeeds
             )
 
             def finish(result: LearnResult, outputs: LayerOutputs = outputs, top: bool = top) -> LayerOutputs:
@@ -212,8 +216,12 @@ class FinishedLayer:
         entries = [(getattr(w, what), w) for w in self.written]
         if not entries or any(e is None for e, _ in entries):
             return None
-        where = (lambda key: self.work.at(key)) if what == "pooled" else self.locate
-        return [Part(where(e.key), w.first, w.count) for e, w in entries]
+        return [Part(self._location(e, what), w.first, w.count) for e, w in entries]
+
+    def _location(self, entry: Written, what: str) -> Location:
+        if what == "pooled":
+            return self.work.at(entry.key)
+        return self.locate(entry.key) if entry.stored is None else self.work.at(entry.stored)
 
     @property
     def map_shape(self) -> tuple[int, int, int]:
@@ -263,7 +271,9 @@ def _load_layer(folder: ObjectStore, locate: Callable[[str], Location] | None = 
 
 def _shard_output(data: dict[str, Any]) -> ShardOutput:
     def written(entry: dict[str, Any] | None) -> Written | None:
-        return None if entry is None else Written(entry["key"], entry["size"], tuple(entry["shape"]), entry["dtype"])
+        if entry is None:
+            return None
+        return Written(entry["key"], entry["size"], tuple(entry["shape"]), entry["dtype"], entry.get("stored"))
 
     return ShardOutput(
         data["first"],

@@ -9,9 +9,11 @@ layer l+1 on the maps of layer l (pooled when layer l pools) rescaled as the 201
 layers below and the switches of the same images.
 
 The store is the data plane: the shard actors read the dataset's images from the artifact store by key, and at the
-end of a layer each writes its part of the layer's results (:mod:`workers.distributed.outputs`): maps and switches
-into the artifact store, pooled maps into the job's work store; layer l+1's actors read their rows of those parts.
-This process records keys only, so its memory does not grow with the dataset.
+end of a layer each writes its part of the layer's results (:mod:`workers.distributed.outputs`): maps, switches and
+pooled maps into the job's work store; layer l+1's actors read their rows of those parts. When the job succeeds its
+maps, switches and reconstructions are adopted into the artifact store (a hard link, or a copy inside the object
+store); a failed or cancelled job's work store is removed with all of them. This process records keys only, so its
+memory does not grow with the dataset.
 
 Every run checkpoints into ``<work>/<id>/layers/L<l>/checkpoints`` every ``checkpoint_every`` outer iterations
 (each actor writes its own part, the coordinator the manifest, last), and a finished layer leaves
@@ -25,7 +27,9 @@ A cancel request is seen within a fraction of a second, even in the middle of an
 calls stop, the actors are released, and the job is ``cancelled``. When the service stops gracefully, the running
 job goes back to the queue: after a checkpoint of its last iteration when it reaches the end of its outer iteration
 within the grace period, else interrupted (it resumes from its last checkpoint); when the service is killed,
-:meth:`JobRunner.start` of the next service finds the job still ``running`` and queues it again.
+:meth:`JobRunner.start` of the next service finds the job still ``running`` and queues it again (or ends it, and
+removes its work, when it was cancelled or has used its attempts), and removes the work folders of finished jobs that
+the killed service left.
 
 Artifacts of a succeeded job (names in the store): ``filters-L<l>.npy`` (K, C, s, s) float32 and
 ``filters-L<l>.png`` (layer 1: the filters; higher layers: their pixel-space projections, or above a pooling layer
@@ -136,6 +140,7 @@ class JobRunner:
         if self._thread is not None:
             raise RuntimeError("the runner is already started")
         self.store.requeue_running(max_attempts=self.max_attempts)
+        self.store.sweep_work()
         self._stopping.clear()
         self._interrupt_at = float("inf")
         self._thread = threading.Thread(target=self._loop, name="deconv-runner", daemon=True)
@@ -314,11 +319,8 @@ class JobRunner:
             return False
 
     def _discard_work(self, job_id: str) -> None:
-        """A cancelled or failed job will not resume: its checkpoints and pooled maps only take space."""
-        try:
-            self.store.job_work(job_id).remove_all()
-        except OSError:
-            logger.warning("job %s: its work folder could not be removed", job_id, exc_info=True)
+        """A cancelled or failed job will not resume: its checkpoints and parts only take space."""
+        self.store.discard_work(job_id)
 
 
 def _describe(exc: BaseException) -> str:
