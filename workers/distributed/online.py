@@ -488,22 +488,20 @@ class OnlineRun:
             )
         return OnlineOutcome(result, finished, self.plan.images_before(step), self._fitted, seconds)
 
-    def write_sample(
-        self, sources: Sequence[ImageSource], filters: np.ndarray, outputs: LayerOutputs, n_channels: int
-    ) -> ShardOutput:
+    def write_sample(self, sources: Sequence[ImageSource], filters: np.ndarray, outputs: LayerOutputs) -> ShardOutput:
         """Code a bounded sample of images with the final filters in one fresh coding actor and write their maps
         and reconstructions (see :meth:`OnlineCoder.write_sample`)."""
         import ray  # noqa: PLC0415
 
         if self.info is None:
             self.info = inspect_images(self.sources)
-        self.n_workers_saved, self.n_workers = self.n_workers, 1
+        saved, self.n_workers = self.n_workers, 1
         try:
-            self._start_actors(n_channels)
+            self._start_actors(self._n_channels_of(self.info))
             return ray.get(self._actors[0].write_sample.remote(list(sources), filters, outputs))
         finally:
             self._release()
-            self.n_workers = self.n_workers_saved
+            self.n_workers = saved
 
     # -- checkpoints --------------------------------------------------------------------------------------------
 
