@@ -381,6 +381,7 @@ class OnlineRun:
         should_stop: Callable[[], bool] = lambda: False,
         resume: bool = False,
         held_out_callback: Callable[[int, float], None] | None = None,
+        keep_actors: bool = False,
     ) -> OnlineOutcome:
         """Learn until the plan's last step or until `should_stop` turns true (checked before every step).
 
@@ -393,6 +394,8 @@ class OnlineRun:
             Start from the newest valid checkpoint, when there is one.
         held_out_callback : callable, optional
             ``held_out_callback(step, objective)`` whenever the held-out objective is computed.
+        keep_actors : bool
+            Keep the coding actors for :meth:`write_sample` (then :meth:`close`); they are released otherwise.
         """
         if self.info is None:
             self.info = inspect_images(self.sources)
@@ -412,9 +415,16 @@ class OnlineRun:
                 self._fitted = FittedPreprocess(pre, stats)
                 self._setup_actors()
             outcome = self._loop(learner, step, held_history, callback, should_stop, held_out_callback)
-        finally:
+        except BaseException:
+            self._release()
+            raise
+        if not keep_actors:
             self._release()
         return outcome
+
+    def close(self) -> None:
+        """Release the coding actors (after a run with ``keep_actors``)."""
+        self._release()
 
     def _loop(
         self,
@@ -489,19 +499,19 @@ class OnlineRun:
         return OnlineOutcome(result, finished, self.plan.images_before(step), self._fitted, seconds)
 
     def write_sample(self, sources: Sequence[ImageSource], filters: np.ndarray, outputs: LayerOutputs) -> ShardOutput:
-        """Code a bounded sample of images with the final filters in one fresh coding actor and write their maps
-        and reconstructions (see :meth:`OnlineCoder.write_sample`)."""
+        """Code a bounded sample of images with the final filters in the first coding actor (kept from the run,
+        or a fresh one) and write their maps and reconstructions (see :meth:`OnlineCoder.write_sample`)."""
         import ray  # noqa: PLC0415
 
-        if self.info is None:
-            self.info = inspect_images(self.sources)
-        saved, self.n_workers = self.n_workers, 1
-        try:
-            self._start_actors(self._n_channels_of(self.info))
-            return ray.get(self._actors[0].write_sample.remote(list(sources), filters, outputs))
-        finally:
-            self._release()
-            self.n_workers = saved
+        if not self._actors:  # the run's actors are gone: one fresh actor
+            if self.info is None:
+                self.info = inspect_images(self.sources)
+            saved, self.n_workers = self.n_workers, 1
+            try:
+                self._start_actors(self._n_channels_of(self.info))
+            finally:
+                self.n_workers = saved
+        return ray.get(self._actors[0].write_sample.remote(list(sources), filters, outputs))
 
     # -- checkpoints --------------------------------------------------------------------------------------------
 

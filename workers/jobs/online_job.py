@@ -97,15 +97,17 @@ def execute_online(
         )
 
     resume = bool(layer_store.list("checkpoints"))  # an earlier attempt left checkpoints
-    outcome = run.run(callback=progress, should_stop=should_stop, resume=resume)
-    if not outcome.finished:
-        raise JobStopped
-    result = outcome.result
-    done = FinishedLayer(result, [], store.artifacts.location, layer_store)
-    model = _job_model(spec, [done])
-    sample = images[: min(SAMPLE_IMAGES, len(images))]
-    outputs = LayerOutputs(store.artifacts.url, None, None, Reconstruction(model.stack, [], []))
-    written = run.write_sample(sample, result.filters, outputs)
+    try:
+        outcome = run.run(callback=progress, should_stop=should_stop, resume=resume, keep_actors=True)
+        if not outcome.finished:
+            raise JobStopped
+        result = outcome.result
+        model = _job_model(spec, [FinishedLayer(result, [], store.artifacts.location, layer_store)])
+        sample = images[: min(SAMPLE_IMAGES, len(images))]
+        outputs = LayerOutputs(store.artifacts.url, None, None, Reconstruction(model.stack, [], []))
+        written = run.write_sample(sample, result.filters, outputs)
+    finally:
+        run.close()
     curve = [
         {"layer": 1, "iteration": min((n + 1) * run.online.held_out_every, plan.n_steps), "objective": value}
         for n, value in enumerate(result.held_out_history)
