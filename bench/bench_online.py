@@ -5,6 +5,7 @@
 PYTHONPATH=. .venv/bin/python bench/bench_online.py            # every part, about 10 minutes on 2 busy cores
 PYTHONPATH=. .venv/bin/python bench/bench_online.py --quick    # small sizes, about a minute
 PYTHONPATH=. .venv/bin/python bench/bench_online.py --part peer
+PYTHONPATH=. .venv/bin/python bench/bench_online.py --part distributed   # the Ray driver: memory and throughput
 ```
 
 Data: random 128×128 crops of the bundled sample images (``configs/samples``, upsampled ×2 so that crops differ,
@@ -22,6 +23,16 @@ batches of 16 images.
   interleaved in one process (the machine is shared, so their timings see the same load); the held-out objective
   of every snapshot is computed afterwards, untimed, by the same encoder. The target is SPORCO's held-out
   objective after one pass; the ratio of our time to reach it to SPORCO's time for that pass must be ≤ 0.33.
+
+* **distributed** (:class:`workers.distributed.online.OnlineRun` on a private local Ray cluster, the images as
+  ``.npy`` files read by the coding actors):
+
+  - memory: peak RSS of the driver process and of each of its 2 coding actors learning one pass from 256 and
+    from 4096 images (fresh processes each time); the 4096-image peaks must stay within 1.15 × the 256-image ones.
+    One ADMM iteration and 10 filter steps per batch here: what is allocated does not depend on the counts, and
+    this keeps the 4096-image pass within minutes on a busy machine;
+  - throughput: images per second per worker of the driver with 1 and with 2 actors against single-process
+    ``learn_online`` on the same batches (the first batch of each left out: compilation), target ≥ 0.8.
 
 The table goes to stdout, with the machine and its load average; progress lines go to stderr.
 """
@@ -51,7 +62,8 @@ logger = logging.getLogger("bench_online")
 SIZE, K, S, LAM, BATCH = 128, 16, 8, 0.1, 16
 INNER_ITER = 10
 HIGHPASS_SIGMA = 4.0
-MEMORY_LIMIT, QUALITY_LIMIT, PEER_LIMIT = 1.15, 1.02, 0.33
+MEMORY_LIMIT, QUALITY_LIMIT, PEER_LIMIT, THROUGHPUT_LIMIT = 1.15, 1.02, 0.33, 0.8
+FILTER_ITER = 100
 
 
 def _samples() -> list[np.ndarray]:
@@ -256,6 +268,150 @@ def peer(quick: bool) -> list[list[str]]:
     ]
 
 
+# distributed ---------------------------------------------------------------------------------------------------
+
+
+def _write_crops(folder: Path, n_images: int, size: int) -> list[Path]:
+    paths = []
+    for batch in crops(n_images, seed=1, size=size):
+        for image in batch:
+            paths.append(folder / f"crop-{len(paths):05d}.npy")
+            np.save(paths[-1], image)
+    return paths
+
+
+def _online_config(inner_iter: int, filter_iter: int):
+    from solver import LearnConfig  # noqa: PLC0415
+
+    return LearnConfig.model_validate(
+        {
+            "layers": [{"n_filters": K, "filter_size": S, "lam": LAM}],
+            "inference": {"method": "admm", "max_iter": inner_iter},
+            "filter_update": {"max_iter": filter_iter, "norm": "filter"},
+        }
+    )
+
+
+def _distributed_child(spec: dict) -> None:
+    """One distributed run in this (fresh) process: the driver, on a private local Ray cluster."""
+    import ray  # noqa: PLC0415
+
+    from solver import OnlineConfig  # noqa: PLC0415
+    from workers.distributed.cluster import ClusterConfig, connect, shutdown  # noqa: PLC0415
+    from workers.distributed.online import OnlineRun  # noqa: PLC0415
+    from workers.distributed.stream import StreamPlan  # noqa: PLC0415
+
+    paths = sorted(Path(spec["folder"]).glob("crop-*.npy"))[: spec["n_images"]]
+    plan = StreamPlan(len(paths), BATCH, 1, None, seed=0)
+    connect(ClusterConfig(address="local", num_cpus=max(2, spec["workers"]), object_store_memory=200 * 2**20))
+    try:
+        run = OnlineRun(
+            paths,
+            _online_config(spec["inner_iter"], spec["filter_iter"]),
+            OnlineConfig(batch_size=BATCH),
+            plan,
+            workers=spec["workers"],
+            backend="numpy",
+        )
+        t0 = time.perf_counter()
+        outcome = run.run(keep_actors=True)
+        seconds = time.perf_counter() - t0
+        actors = ray.get([a.peak_rss_mb.remote() for a in run._actors])
+        run.close()
+    finally:
+        shutdown()
+    out = {
+        "driver_mb": peak_rss_mb(),
+        "actors_mb": actors,
+        "seconds": seconds,
+        "step_seconds": outcome.step_seconds,
+        "filters": outcome.result.filters.tolist(),
+    }
+    json.dump(out, sys.stdout)
+
+
+def _child(spec: dict) -> dict:
+    cmd = [sys.executable, __file__, "--distributed-child", json.dumps(spec)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _single_steps(paths: list[Path], inner_iter: int, filter_iter: int) -> list[float]:
+    """Seconds of every batch of single-process learning on the batches the driver reads (from memory)."""
+    from solver import OnlineConfig, OnlineLearner  # noqa: PLC0415
+    from workers.distributed.stream import StreamPlan  # noqa: PLC0415
+
+    plan = StreamPlan(len(paths), BATCH, 1, None, seed=0)
+    images = np.stack([np.load(p) for p in paths])
+    learner = OnlineLearner(_online_config(inner_iter, filter_iter), OnlineConfig(batch_size=BATCH), 1, backend="numpy")
+    seconds = []
+    for step in range(plan.n_steps):
+        t0 = time.perf_counter()
+        learner.update_from_batch(images[plan.batch(step)])
+        seconds.append(time.perf_counter() - t0)
+    return seconds
+
+
+def distributed(quick: bool) -> list[list[str]]:
+    import tempfile  # noqa: PLC0415
+
+    size = 64 if quick else SIZE
+    sizes = (32, 256) if quick else (256, 4096)
+    n_through = 48 if quick else 96
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-online-") as folder:
+        logger.info("distributed: writing %d crops of %d² as .npy files", sizes[1], size)
+        paths = _write_crops(Path(folder), sizes[1], size)
+        runs = {}
+        for n in sizes:
+            logger.info("distributed memory: one pass over %d images, 2 coding actors", n)
+            runs[n] = _child({"folder": folder, "n_images": n, "workers": 2, "inner_iter": 1, "filter_iter": 10})
+        a, b = (runs[n] for n in sizes)
+        for who, small, large in (
+            ("driver", a["driver_mb"], b["driver_mb"]),
+            *((f"actor {i}", x, y) for i, (x, y) in enumerate(zip(a["actors_mb"], b["actors_mb"], strict=True))),
+        ):
+            ratio = large / small
+            rows.append(
+                [
+                    "distributed memory",
+                    f"{who} peak RSS, {sizes[0]} -> {sizes[1]} images {size}²",
+                    f"{small:.0f} MB -> {large:.0f} MB ({a['seconds']:.0f} s, {b['seconds']:.0f} s)",
+                    f"{ratio:.3f}",
+                    f"≤ {MEMORY_LIMIT}",
+                    "yes" if ratio <= MEMORY_LIMIT else "NO",
+                ]
+            )
+        logger.info("throughput: single process on %d images", n_through)
+        single = _single_steps(paths[:n_through], INNER_ITER, FILTER_ITER)[1:]
+        base = (len(single) * BATCH) / sum(single)
+        for workers in (1, 2):
+            logger.info("throughput: the driver with %d actor(s) on %d images", workers, n_through)
+            run = _child(
+                {
+                    "folder": folder,
+                    "n_images": n_through,
+                    "workers": workers,
+                    "inner_iter": INNER_ITER,
+                    "filter_iter": FILTER_ITER,
+                }
+            )
+            steps = run["step_seconds"][1:]
+            per_worker = (len(steps) * BATCH) / sum(steps) / workers
+            ratio = per_worker / base
+            rows.append(
+                [
+                    "distributed throughput",
+                    f"images/s per worker, {workers} actor(s) / single process ({n_through} images {size}²)",
+                    f"{per_worker:.2f} / {base:.2f}",
+                    f"{ratio:.3f}",
+                    f"≥ {THROUGHPUT_LIMIT}",
+                    "yes" if ratio >= THROUGHPUT_LIMIT else "NO",
+                ]
+            )
+    return rows
+
+
 def _table(rows: list[list[str]]) -> str:
     head = ["part", "measure", "values", "ratio", "target", "met"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -265,16 +421,20 @@ def _table(rows: list[list[str]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["memory", "quality", "peer", "all"], default="all")
+    parser.add_argument("--part", choices=["memory", "quality", "peer", "distributed", "all"], default="all")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not the targets' sizes)")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--distributed-child", type=str, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=SIZE, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
         _memory_child(args.memory_child, args.size)
         return 0
+    if args.distributed_child:
+        _distributed_child(json.loads(args.distributed_child))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    parts = {"memory": memory, "quality": quality, "peer": peer}
+    parts = {"memory": memory, "quality": quality, "peer": peer, "distributed": distributed}
     rows = []
     for name in parts if args.part == "all" else [args.part]:
         rows += parts[name](args.quick)

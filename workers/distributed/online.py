@@ -184,6 +184,12 @@ class OnlineCoder:
 
         return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
+    def peak_rss_mb(self) -> float:
+        """This process's peak resident memory, MiB (Linux ``ru_maxrss``)."""
+        import resource  # noqa: PLC0415
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
 
 def _keys(sources: Sequence[ImageSource]) -> tuple[str, ...]:
     return tuple(str(s) for s in sources)
