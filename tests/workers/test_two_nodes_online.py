@@ -3,7 +3,8 @@ with its S3 store on one side, a head that offers no CPU, and the hidden node wh
 reading the dataset's images from S3 batch by batch.
 
 Slow (a cluster of its own; minutes on the 2-core test machine), runnable alone:
-``pytest -m slow tests/workers/test_two_nodes_online.py``. Skipped where the harness cannot run (not root, no ``unshare``, no moto).
+``pytest -m slow tests/workers/test_two_nodes_online.py``. Skipped where the harness cannot run (not root, no
+``unshare``, no moto).
 """
 
 from __future__ import annotations
