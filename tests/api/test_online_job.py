@@ -153,11 +153,16 @@ def test_an_online_job_has_maps_and_reconstructions_of_a_sample(client, finished
     assert _artifact(client, finished["id"], "reconstructions.png")[:4] == b"\x89PNG"
 
 
-def test_an_online_job_is_cancelled_between_batches(client):
+def test_a_running_online_job_shows_its_latest_filters_and_is_cancelled_between_batches(client):
     dataset = client.post("/datasets", files=_files()).json()
-    long = {**ONLINE, "n_epochs": None, "n_images": 100_000}
+    long = {**ONLINE, "n_epochs": None, "n_images": 100_000, "checkpoint_every": 1}
     job_id = client.post("/jobs", json={**SPEC, "learning": long, "dataset_id": dataset["id"]}).json()["id"]
-    wait_for_job(client, job_id, lambda job: job["progress"]["iteration"] >= 4, timeout=240)
+    # 3 batches read: the checkpoint of batch 2 is written (a batch's checkpoint comes before the next batch)
+    wait_for_job(client, job_id, lambda job: job["progress"]["iteration"] >= 6, timeout=240)
+    latest = client.get(f"/jobs/{job_id}/filters/latest")
+    assert latest.status_code == 200, latest.text
+    assert np.load(io.BytesIO(latest.content)).shape == (K, 1, S, S)
+    assert int(latest.headers["X-Deconv-Iteration"]) >= 2 and latest.headers["X-Deconv-Final"] == "false"
     assert client.delete(f"/jobs/{job_id}").status_code == 202
     job = wait_for_job(client, job_id, timeout=120)
-    assert job["status"] == "cancelled" and 4 <= job["progress"]["iteration"] < 100_000
+    assert job["status"] == "cancelled" and 6 <= job["progress"]["iteration"] < 100_000
