@@ -34,6 +34,11 @@ batches of 16 images.
   - throughput: images per second per worker of the driver with 1 and with 2 actors against single-process
     ``learn_online`` on the same batches (the first batch of each left out: compilation), target ≥ 0.8.
 
+* **read**: images per second read by 2 consumers from ``.npy`` files: coding actors loading their parts of each
+  batch by key, a step at a time as the driver asks them, against a Ray Data stream
+  (``from_items(paths).map_batches(load)``, ``streaming_split(2, equal=True)``) read through without any barrier
+  (its best case): why the driver uses the plain actors.
+
 The table goes to stdout, with the machine and its load average; progress lines go to stderr.
 """
 
@@ -412,6 +417,78 @@ def distributed(quick: bool) -> list[list[str]]:
     return rows
 
 
+class _Consumer:
+    """A Ray Data consumer: counts the images of its split (the read alone, no coding)."""
+
+    def consume(self, split) -> int:
+        return sum(len(batch["image"]) for batch in split.iter_batches(batch_size=BATCH // 2, batch_format="numpy"))
+
+
+def _load_rows(batch: dict) -> dict:
+    return {"image": np.stack([np.load(p) for p in batch["path"]])}
+
+
+def _read_child(spec: dict) -> None:
+    """Read `n_images` .npy images with 2 consumers: coding actors loading their parts of every batch by path
+    (a step at a time, as the driver asks), against a Ray Data stream split in 2 (``streaming_split``)."""
+    import ray  # noqa: PLC0415
+
+    from workers.distributed.cluster import ClusterConfig, connect, shutdown  # noqa: PLC0415
+    from workers.distributed.images import ImageInfo  # noqa: PLC0415
+    from workers.distributed.online import _remote_coder  # noqa: PLC0415
+    from workers.distributed.stream import StreamPlan, split  # noqa: PLC0415
+
+    paths = sorted(Path(spec["folder"]).glob("crop-*.npy"))[: spec["n_images"]]
+    plan = StreamPlan(len(paths), BATCH, 1, None, seed=0)
+    connect(ClusterConfig(address="local", num_cpus=2, object_store_memory=300 * 2**20))
+    try:
+        from solver import OnlineConfig  # noqa: PLC0415
+
+        config = _online_config(1, 1)  # no preprocessing: rescale_range() is the read and a min/max
+        coders = [_remote_coder(num_cpus=0) for _ in range(2)]
+        info = ImageInfo((1, spec["size"], spec["size"]), "float32")
+        ray.get([c.setup.remote(config, OnlineConfig(batch_size=BATCH), info, 1, "numpy", None) for c in coders])
+        t0 = time.perf_counter()
+        count = 0
+        for step in range(plan.n_steps):
+            parts = split(plan.batch(step), 2)
+            ray.get([c.rescale_range.remote([paths[i] for i in p]) for c, p in zip(coders, parts, strict=False)])
+            count += sum(len(p) for p in parts)
+        plain = time.perf_counter() - t0
+        consumers = [ray.remote(_Consumer).options(num_cpus=0).remote() for _ in range(2)]
+        t0 = time.perf_counter()
+        ds = ray.data.from_items([{"path": str(p)} for p in paths]).map_batches(_load_rows, batch_size=BATCH // 2)
+        splits = ds.streaming_split(2, equal=True)
+        counted = sum(ray.get([c.consume.remote(s) for c, s in zip(consumers, splits, strict=True)]))
+        data = time.perf_counter() - t0
+    finally:
+        shutdown()
+    json.dump({"plain_s": plain, "plain_images": count, "data_s": data, "data_images": counted}, sys.stdout)
+
+
+def read(quick: bool) -> list[list[str]]:
+    """Reading the images: actors pulling their parts by key against Ray Data's streaming_split."""
+    import tempfile  # noqa: PLC0415
+
+    size, n = (64, 64) if quick else (SIZE, 512)
+    with tempfile.TemporaryDirectory(prefix="bench-online-read-") as folder:
+        _write_crops(Path(folder), n, size)
+        cmd = [sys.executable, __file__, "--read-child", json.dumps({"folder": folder, "n_images": n, "size": size})]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ})
+    run = json.loads(out.stdout.strip().splitlines()[-1])
+    plain, data = run["plain_images"] / run["plain_s"], run["data_images"] / run["data_s"]
+    return [
+        [
+            "read",
+            f"images/s read by 2 consumers, {n} images {size}²: actors by key (per step) / Ray Data streaming_split",
+            f"{plain:.0f} / {data:.0f} ({run['plain_s']:.1f} s, {run['data_s']:.1f} s)",
+            f"{plain / data:.2f}",
+            "≥ 1 (the plain actors)",
+            "yes" if plain >= data else "NO",
+        ]
+    ]
+
+
 def _table(rows: list[list[str]]) -> str:
     head = ["part", "measure", "values", "ratio", "target", "met"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -421,10 +498,11 @@ def _table(rows: list[list[str]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["memory", "quality", "peer", "distributed", "all"], default="all")
+    parser.add_argument("--part", choices=["memory", "quality", "peer", "distributed", "read", "all"], default="all")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not the targets' sizes)")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--distributed-child", type=str, help=argparse.SUPPRESS)
+    parser.add_argument("--read-child", type=str, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=SIZE, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
@@ -433,8 +511,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.distributed_child:
         _distributed_child(json.loads(args.distributed_child))
         return 0
+    if args.read_child:
+        _read_child(json.loads(args.read_child))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    parts = {"memory": memory, "quality": quality, "peer": peer, "distributed": distributed}
+    parts = {"memory": memory, "quality": quality, "peer": peer, "distributed": distributed, "read": read}
     rows = []
     for name in parts if args.part == "all" else [args.part]:
         rows += parts[name](args.quick)
