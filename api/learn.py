@@ -6,8 +6,9 @@ loop over the shard actors with checkpoints in ``OUT/checkpoints``, each actor w
 folder or an fsspec URL, written through :class:`workers.jobs.objects.ObjectStore`) receives ``filters.npy``
 (K, C, s, s) float32, ``history.json`` and ``filters.png``. The first Ctrl-C stops after the current outer
 iteration (a checkpoint to ``--resume`` from), the second stops the shard actors' calls at once (the outer
-iteration in flight is lost: ``--resume`` goes on from the last checkpoint), a third aborts. :mod:`api.cli` imports
-this module only for ``learn``, so the other commands do not load Ray or the solver.
+iteration in flight is lost: ``--resume`` goes on from the last checkpoint), a third aborts. A job file with
+``learning: {mode: online}`` learns from a stream of batches instead (:mod:`api.learn_online`). :mod:`api.cli`
+imports this module only for ``learn``, so the other commands do not load Ray or the solver.
 """
 
 from __future__ import annotations
@@ -54,10 +55,15 @@ def learn(args: argparse.Namespace) -> int:
     try:
         job = load_job_file(args.config)
         paths = job.image_paths(args.images)
-        config = job.learn_config(n_iter=args.n_iter)
+        online = job.learning.online
+        config = None if online else job.learn_config(n_iter=args.n_iter)
     except ValueError as exc:
         _error(str(exc))
         return EXIT_USAGE
+    if online:  # a stream of batches through coding actors
+        from .learn_online import learn_online  # noqa: PLC0415
+
+        return learn_online(args, job, paths, _error)
 
     # Ray loads only once the job file is known good: a bad one is refused at once
     from workers.distributed.cluster import ClusterConfig, connect, shutdown  # noqa: PLC0415

@@ -68,6 +68,19 @@ def execute(
         store.job_work(job.id).remove_all()  # unless it died before removing this
         return load_model(store, job.id)
     spec = JobSpec.model_validate(job.spec)
+    if spec.learning.online:  # one layer, streamed in batches: its own run
+        from .online_job import execute_online  # noqa: PLC0415
+
+        return execute_online(
+            store,
+            job,
+            spec,
+            cluster=cluster,
+            max_failures=max_failures,
+            actor_cpus=actor_cpus,
+            placement=placement,
+            should_stop=should_stop,
+        )
     config = spec.learn_config()
     dataset = store.get_dataset(spec.dataset_id)
     if dataset is None:

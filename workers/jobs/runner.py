@@ -246,7 +246,9 @@ class JobRunner:
         connect(self.cluster)
         placement = resolve_resources(
             spec.resources,
-            n_shards=min(spec.workers, dataset.n_images),
+            n_shards=min(spec.workers, dataset.n_images, spec.learning.batch_size or 16)
+            if spec.learning.online
+            else min(spec.workers, dataset.n_images),
             backend=spec.backend,
             cluster_gpus=float(ray.cluster_resources().get("GPU", 0.0)),
             default_cpus=self.actor_cpus,
