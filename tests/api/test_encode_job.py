@@ -1,0 +1,254 @@
+"""Encode jobs through the service: a finished model and an uploaded dataset in, every image's maps out, computed
+by blocks on Ray Data actors and served by ``GET /jobs/{id}/maps`` as a learning job's maps are.
+
+The maps must be those ``POST /models/{id}/encode`` gives for the same images with the same inference, whatever
+the number of workers; bad specs are refused before anything is queued, naming the field; a running job stops
+between blocks when cancelled; a block that cannot be encoded fails the job with an error that names it."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from api import costs
+from tests.api.conftest import LiveService, finished_job, start_service, stop_service, wait_for_job
+from tests.workers.conftest import ray_cluster, ray_session  # noqa: F401  (the shared session cluster)
+
+httpx2 = pytest.importorskip("httpx2")
+pytestmark = pytest.mark.ray
+
+NPY = "application/x-npy"
+N_IMAGES = 5
+SHAPE = (1, 12, 12)
+INFERENCE = {"method": "admm", "max_iter": 15}
+REQUEST_BYTES = 40 * 2**20  # small: the default block is set by the cost model, not by the dataset's size
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _parts(images: np.ndarray) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (f"image-{i}.npy", _npy(image), NPY)) for i, image in enumerate(images)]
+
+
+def _upload(client, images: np.ndarray) -> str:
+    response = client.post("/datasets", files=_parts(images))
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def _filters(seed: int) -> np.ndarray:
+    f = np.random.default_rng(seed).standard_normal((3, 1, 3, 3)).astype(np.float32)
+    return f / np.linalg.norm(f.reshape(3, -1), axis=1)[:, None, None, None]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, ray_cluster) -> Iterator[tuple[LiveService, str, str]]:  # noqa: F811
+    """A service whose store holds a finished one-layer job (the model) and a failed one (not a model)."""
+    from workers.jobs.store import JobStore  # noqa: PLC0415
+
+    data_dir = tmp_path_factory.mktemp("encode-job")
+    model_id = finished_job(data_dir, _filters(0))
+    store = JobStore(data_dir)
+    dataset_id = store.get_job(model_id).spec["dataset_id"]
+    failed, _ = store.submit({"dataset_id": dataset_id, "layers": []}, n_layers=1, n_iter=1)
+    store.claim_next()
+    store.finish(failed.id, "failed", "RuntimeError: for the test")
+    store.close()
+    service = start_service(data_dir, max_request_bytes=REQUEST_BYTES)
+    yield service, model_id, failed.id
+    stop_service(service)
+
+
+@pytest.fixture(scope="module")
+def client(served) -> Iterator:
+    with httpx2.Client(base_url=served[0].url, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.random.default_rng(5).standard_normal((N_IMAGES, *SHAPE)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def dataset_id(client, images) -> str:
+    return _upload(client, images)
+
+
+def _encode_job(client, model_id: str, dataset_id: str, **fields) -> dict:
+    response = client.post("/jobs/encode", json={"model_id": model_id, "dataset_id": dataset_id, **fields})
+    assert response.status_code == 202, response.text
+    assert response.headers["location"] == f"/jobs/{response.json()['id']}"
+    return response.json()
+
+
+def _zip_maps(client, job_id: str) -> dict[str, np.ndarray]:
+    response = client.get(f"/jobs/{job_id}/maps")
+    assert response.status_code == 200, response.text
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        return {name.removesuffix(".npy"): np.load(archive.open(name)) for name in archive.namelist()}
+
+
+def _posted_maps(client, model_id: str, images: np.ndarray) -> np.ndarray:
+    response = client.post(
+        f"/models/{model_id}/encode",
+        params={"method": INFERENCE["method"], "max_iter": INFERENCE["max_iter"]},
+        files=_parts(images),
+    )
+    assert response.status_code == 200, response.text
+    return np.load(io.BytesIO(response.content))
+
+
+def test_maps_equal_the_encode_route_on_one_or_two_workers(served, client, images, dataset_id):
+    _, model_id, _ = served
+    block = 2
+    jobs = [
+        _encode_job(client, model_id, dataset_id, inference=INFERENCE, block_size=block, workers=workers)
+        for workers in (1, 2)
+    ]
+    # the route encodes a request's images together as the job encodes a block's: the same batches, the same maps
+    expected = np.concatenate(
+        [_posted_maps(client, model_id, images[first : first + block]) for first in range(0, N_IMAGES, block)]
+    )
+    tol = 50 * np.finfo(np.float32).eps * float(np.abs(expected).max())
+    assert np.abs(expected).max() > 0
+    got = []
+    for job in jobs:
+        done = wait_for_job(client, job["id"])
+        assert done["status"] == "succeeded", done
+        assert done["progress"]["iteration"] == done["progress"]["n_iter"] == N_IMAGES
+        assert done["links"]["maps"] == f"/jobs/{job['id']}/maps"
+        assert done["spec"]["layer"] == 1 and done["spec"]["block_size"] == block
+        maps = _zip_maps(client, job["id"])
+        assert sorted(maps) == [f"image-{i:05d}" for i in range(N_IMAGES)]
+        for i in range(N_IMAGES):
+            np.testing.assert_allclose(maps[f"image-{i:05d}"], expected[i], rtol=0, atol=tol, err_msg=f"image {i}")
+        one = client.get(f"/jobs/{job['id']}/maps", params={"image": 3})
+        assert one.status_code == 200
+        np.testing.assert_array_equal(np.load(io.BytesIO(one.content)), maps["image-00003"])
+        got.append(np.stack([maps[f"image-{i:05d}"] for i in range(N_IMAGES)]))
+    np.testing.assert_allclose(got[0], got[1], rtol=0, atol=tol)
+
+
+def test_default_block_is_the_largest_the_cost_model_allows(served, client):
+    """No block size: the service takes the most images per block whose estimate fits the request limit."""
+    _, model_id, _ = served
+    big = np.zeros((70, 1, 64, 64), np.float32)
+    dataset = _upload(client, big)
+
+    def cost(n: int) -> costs.Estimate:
+        layer = costs.Layer(3, 1, 3)
+        return costs.encode_cost(
+            [layer], (n, 1, 64, 64), method="admm", max_iter=200, boundary="circular", all_layers=True
+        )
+
+    largest = max(n for n in range(1, 65) if cost(n).bytes <= REQUEST_BYTES)
+    assert 1 < largest < 64  # the limit, not the cap, decides here
+    response = client.post("/jobs/encode", json={"model_id": model_id, "dataset_id": dataset, "block_size": 64})
+    assert response.status_code == 413, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "block_size"]
+    job = _encode_job(client, model_id, dataset)
+    assert job["spec"]["block_size"] == largest
+    client.delete(f"/jobs/{job['id']}")  # nothing more to see from this one
+    wait_for_job(client, job["id"])
+
+
+@pytest.mark.parametrize(
+    ("fields", "loc", "status", "words"),
+    [
+        ({"model_id": "0" * 32}, ["body", "model_id"], 422, "no learning job"),
+        ({"dataset_id": "0" * 32}, ["body", "dataset_id"], 422, "no dataset"),
+        ({"layer": 2}, ["body", "layer"], 422, "between 1 and 1"),
+        ({"workers": 0}, ["body", "workers"], 422, "greater than or equal to 1"),
+        ({"inference": {"method": "admm", "max_iter": 0}}, ["body", "inference", "admm", "max_iter"], 422, "greater"),
+        ({"kind": "learn"}, ["body", "kind"], 422, "'encode'"),
+    ],
+)
+def test_bad_specs_are_refused_naming_the_field(served, client, dataset_id, fields, loc, status, words):
+    _, model_id, _ = served
+    response = client.post("/jobs/encode", json={"model_id": model_id, "dataset_id": dataset_id, **fields})
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == loc
+    assert words in detail["msg"]
+
+
+@pytest.mark.parametrize(
+    ("images", "words"),
+    [
+        (np.zeros((2, 3, 12, 12), np.float32), "3 channel(s) but the filters"),
+        (np.zeros((1, 1, 2, 2), np.float32), "larger than the images of 2x2"),
+    ],
+    ids=["channels", "too-small"],
+)
+def test_datasets_the_model_cannot_encode_are_refused(served, client, images, words):
+    _, model_id, _ = served
+    response = client.post("/jobs/encode", json={"model_id": model_id, "dataset_id": _upload(client, images)})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", "dataset_id"]
+    assert words in detail["msg"]
+
+
+def test_mixed_shapes_are_refused(served, client):
+    _, model_id, _ = served
+    parts = [
+        ("files", ("a.npy", _npy(np.zeros((1, 12, 12), np.float32)), NPY)),
+        ("files", ("b.npy", _npy(np.zeros((1, 16, 16), np.float32)), NPY)),
+    ]
+    dataset = client.post("/datasets", files=parts).json()["id"]
+    response = client.post("/jobs/encode", json={"model_id": model_id, "dataset_id": dataset})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "dataset_id"]
+    assert "mixes image shapes" in response.json()["detail"][0]["msg"]
+
+
+def test_a_model_must_be_a_succeeded_learning_job(served, client, dataset_id):
+    _, model_id, failed_id = served
+    response = client.post("/jobs/encode", json={"model_id": failed_id, "dataset_id": dataset_id})
+    assert response.status_code == 409
+    assert response.json()["detail"][0]["loc"] == ["body", "model_id"]
+    assert "failed" in response.json()["detail"][0]["msg"]
+    job = _encode_job(client, model_id, dataset_id, inference={"method": "fista", "max_iter": 2})
+    response = client.post("/jobs/encode", json={"model_id": job["id"], "dataset_id": dataset_id})
+    assert response.status_code == 422  # an encode job is no model
+    assert response.json()["detail"][0]["loc"] == ["body", "model_id"]
+    assert wait_for_job(client, job["id"])["status"] == "succeeded"
+    for path in (f"/jobs/{job['id']}/filters", f"/jobs/{job['id']}/reconstructions", f"/jobs/{job['id']}/model"):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert f"its model is job {model_id}" in response.json()["detail"]
+    response = client.post(f"/models/{job['id']}/encode", files=_parts(np.zeros((1, *SHAPE), np.float32)))
+    assert response.status_code == 404
+
+
+def test_cancel_stops_between_blocks(served, client):
+    _, model_id, _ = served
+    many = np.random.default_rng(9).standard_normal((40, 1, 32, 32)).astype(np.float32)
+    dataset = _upload(client, many)
+    job = _encode_job(client, model_id, dataset, inference={"method": "admm", "max_iter": 200}, block_size=1)
+    wait_for_job(client, job["id"], lambda j: j["progress"]["iteration"] >= 1, interval=0.02)
+    assert client.delete(f"/jobs/{job['id']}").status_code == 202
+    done = wait_for_job(client, job["id"])
+    assert done["status"] == "cancelled"
+    assert done["progress"]["iteration"] < len(many)
+    assert client.get(f"/jobs/{job['id']}/maps").status_code == 409
+
+
+def test_a_block_that_fails_names_itself_in_the_job_error(served, client):
+    _, model_id, _ = served
+    huge = np.full((3, 1, 12, 12), 1e300, np.float64)  # its float64 maps do not fit in float32
+    dataset = _upload(client, huge)
+    job = _encode_job(client, model_id, dataset, inference={"method": "fista", "max_iter": 2}, block_size=3)
+    done = wait_for_job(client, job["id"])
+    assert done["status"] == "failed"
+    assert "BlockError: block 0 (images 0..2)" in done["error"]
+    assert "overflow float32" in done["error"]
