@@ -5,7 +5,7 @@
     POST   /datasets                      upload images (multipart 'files') -> {"id", "n_images", "shapes"}
     GET    /datasets/{id}
     POST   /jobs                          a JobSpec -> 202, Location: /jobs/{id}
-    POST   /jobs/encode                   an EncodeSpec (model_id, dataset_id) -> 202: every image's maps, by blocks
+    POST   /datasets/{id}/encode          {"model_id", ...} -> 202, an encode job: every image's maps, by blocks
     GET    /jobs                          ?limit=&cursor=&status= -> {"items", "next_cursor"}, newest first
     GET    /jobs/{id}                     status and progress
     DELETE /jobs/{id}                     cancel

@@ -1,7 +1,7 @@
 """The JSON shapes of the HTTP API (pydantic), shared by the server, the client and the CLI.
 
 The job spec itself is :class:`workers.jobs.spec.JobSpec` (a learning config plus ``dataset_id``, ``workers``,
-``backend``), or for an encode job :class:`workers.jobs.encoding.EncodeSpec` (``model_id``, ``dataset_id``).
+``backend``), or for an encode job :class:`workers.jobs.encoding.EncodeSpec` (``model_id``, ``dataset_id``, ``kind``).
 Errors are ``{"detail": [{"loc": [...], "msg": ..., "type": ..., "input": ...}]}`` for a bad field
 (FastAPI's validation shape, also used for the service's own checks) and ``{"detail": "message"}`` otherwise.
 """

@@ -111,12 +111,12 @@ class JobMethods(Connection):
         dict
             The job, ``status`` "queued"; its ``spec`` holds the resolved ``layer`` and ``block_size``.
         """
-        body: dict[str, Any] = {"model_id": model_id, "dataset_id": dataset_id, "workers": workers}
+        body: dict[str, Any] = {"model_id": model_id, "workers": workers}
         for name, value in (("layer", layer), ("inference", inference), ("block_size", block_size)):
             if value is not None:
                 body[name] = dict(value) if isinstance(value, Mapping) else value
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        return self._request("POST", "/jobs/encode", json=body, headers=headers).json()
+        return self._request("POST", f"/datasets/{dataset_id}/encode", json=body, headers=headers).json()
 
     def job(self, job_id: str) -> dict[str, Any]:
         """A job as it is now.

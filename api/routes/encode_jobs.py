@@ -1,4 +1,5 @@
-"""``POST /jobs/encode``: an encode job, the maps of every image of a stored dataset with a finished job's model.
+"""``POST /datasets/{id}/encode``: an encode job, the maps of every image of a stored dataset with a finished job's
+model.
 
 The job is checked against its model and dataset here (one image shape, the model's channels, filters that fit)
 and its block size bounded with the cost model of ``POST /models/{id}/encode`` (:mod:`api.costs`): one block is
@@ -12,13 +13,13 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Response
+from fastapi import APIRouter, Header, HTTPException, Path, Response
 
 from workers.jobs.artifacts import ArtifactCorruptError
-from workers.jobs.encoding import MAX_BLOCK_SIZE, EncodeSpec, check_encode, is_encode_job
+from workers.jobs.encoding import MAX_BLOCK_SIZE, EncodeRequest, EncodeSpec, check_encode, is_encode_job
 from workers.jobs.models import JobModel, ModelNotReadyError, load_model
 from workers.jobs.spec import SpecError, check_resources
-from workers.jobs.store import DatasetRecord, JobStore
+from workers.jobs.store import ID_PATTERN, DatasetRecord, JobStore
 
 from .. import costs
 from ..deps import RunnerDep, SettingsDep, StoreDep, guarded
@@ -36,16 +37,22 @@ DEFAULT_BLOCK = 64
 
 
 @router.post(
-    "/jobs/encode",
+    "/datasets/{dataset_id}/encode",
     response_model=JobOut,
     status_code=202,
+    summary="Encode a stored dataset with a finished job's model, as a job",
+    description="Queues an encode job: every image's maps (of every layer up to `layer`), computed by blocks on "
+    "the cluster and served by `GET /jobs/{id}/maps` once it has succeeded. `GET /jobs/{id}` shows the images "
+    "encoded so far, `DELETE /jobs/{id}` cancels it between blocks.",
     responses={
+        404: {"description": "no such dataset"},
         409: {"description": "the model's job has not succeeded, or the Idempotency-Key was used for another spec"},
         413: {"description": "one block of the dataset's images would take more memory than a request may"},
     },
 )
 def submit_encode_job(
-    spec: EncodeSpec,
+    dataset_id: Annotated[str, Path(pattern=ID_PATTERN, description="an uploaded dataset: 32 lowercase hex digits")],
+    request: EncodeRequest,
     response: Response,
     settings: SettingsDep,
     store: StoreDep,
@@ -60,17 +67,17 @@ def submit_encode_job(
         ),
     ] = None,
 ) -> JobOut:
-    model = _model(store, spec.model_id)
-    dataset = store.get_dataset(spec.dataset_id)
+    dataset = store.get_dataset(dataset_id)
     if dataset is None:
-        raise field_error(
-            ["body", "dataset_id"], f"no dataset {spec.dataset_id!r}; upload one with POST /datasets", spec.dataset_id
-        )
+        raise HTTPException(404, f"dataset {dataset_id!r} not found")
+    spec = EncodeSpec(**request.model_dump(), dataset_id=dataset_id)
+    model = _model(store, spec.model_id)
     try:
         top = check_encode(spec, model.stack, dataset)
         check_resources(spec, max_cpus=settings.max_actor_cpus, max_gpus=settings.max_actor_gpus)
     except SpecError as exc:
-        raise field_error(["body", *exc.field.split(".")], exc.message, exc.value) from None
+        where = "path" if exc.field == "dataset_id" else "body"
+        raise field_error([where, *exc.field.split(".")], exc.message, exc.value) from None
     block_size = _block_size(spec, model, top, dataset, settings)
     resolved = spec.model_copy(update={"layer": top, "block_size": block_size})
     with _queue_lock:
@@ -144,7 +151,7 @@ def _block_size(spec: EncodeSpec, model: JobModel, top: int, dataset: DatasetRec
         costs.check(cost(spec.block_size), settings, loc=["body", "block_size"], work_loc=work_loc, what=what)
         return spec.block_size
     what = f"one image of {channels}x{height}x{width} of dataset {dataset.id} up to layer {top}"
-    costs.check(cost(1), settings, loc=["body", "dataset_id"], work_loc=work_loc, what=what)
+    costs.check(cost(1), settings, loc=["path", "dataset_id"], work_loc=work_loc, what=what)
     low, high = 1, min(DEFAULT_BLOCK, dataset.n_images, MAX_BLOCK_SIZE)
     while low < high:  # the largest block that fits: the cost grows with the images
         middle = (low + high + 1) // 2

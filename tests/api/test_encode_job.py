@@ -83,8 +83,12 @@ def dataset_id(client, images) -> str:
     return _upload(client, images)
 
 
+def _post(client, dataset: str, **fields):
+    return client.post(f"/datasets/{dataset}/encode", json=fields)
+
+
 def _encode_job(client, model_id: str, dataset_id: str, **fields) -> dict:
-    response = client.post("/jobs/encode", json={"model_id": model_id, "dataset_id": dataset_id, **fields})
+    response = _post(client, dataset_id, model_id=model_id, **fields)
     assert response.status_code == 202, response.text
     assert response.headers["location"] == f"/jobs/{response.json()['id']}"
     return response.json()
@@ -152,7 +156,7 @@ def test_default_block_is_the_largest_the_cost_model_allows(served, client):
 
     largest = max(n for n in range(1, 65) if cost(n).bytes <= REQUEST_BYTES)
     assert 1 < largest < 64  # the limit, not the cap, decides here
-    response = client.post("/jobs/encode", json={"model_id": model_id, "dataset_id": dataset, "block_size": 64})
+    response = _post(client, dataset, model_id=model_id, block_size=64)
     assert response.status_code == 413, response.text
     assert response.json()["detail"][0]["loc"] == ["body", "block_size"]
     job = _encode_job(client, model_id, dataset)
@@ -165,16 +169,16 @@ def test_default_block_is_the_largest_the_cost_model_allows(served, client):
     ("fields", "loc", "status", "words"),
     [
         ({"model_id": "0" * 32}, ["body", "model_id"], 422, "no learning job"),
-        ({"dataset_id": "0" * 32}, ["body", "dataset_id"], 422, "no dataset"),
+        ({"dataset_id": "0" * 32}, ["body", "dataset_id"], 422, "Extra inputs"),
         ({"layer": 2}, ["body", "layer"], 422, "between 1 and 1"),
         ({"workers": 0}, ["body", "workers"], 422, "greater than or equal to 1"),
         ({"inference": {"method": "admm", "max_iter": 0}}, ["body", "inference", "admm", "max_iter"], 422, "greater"),
-        ({"kind": "learn"}, ["body", "kind"], 422, "'encode'"),
+        ({"kind": "encode"}, ["body", "kind"], 422, "Extra inputs"),
     ],
 )
 def test_bad_specs_are_refused_naming_the_field(served, client, dataset_id, fields, loc, status, words):
     _, model_id, _ = served
-    response = client.post("/jobs/encode", json={"model_id": model_id, "dataset_id": dataset_id, **fields})
+    response = _post(client, dataset_id, **{"model_id": model_id, **fields})
     assert response.status_code == status, response.text
     detail = response.json()["detail"][0]
     assert detail["loc"] == loc
@@ -191,11 +195,17 @@ def test_bad_specs_are_refused_naming_the_field(served, client, dataset_id, fiel
 )
 def test_datasets_the_model_cannot_encode_are_refused(served, client, images, words):
     _, model_id, _ = served
-    response = client.post("/jobs/encode", json={"model_id": model_id, "dataset_id": _upload(client, images)})
+    response = _post(client, _upload(client, images), model_id=model_id)
     assert response.status_code == 422, response.text
     detail = response.json()["detail"][0]
-    assert detail["loc"] == ["body", "dataset_id"]
+    assert detail["loc"] == ["path", "dataset_id"]
     assert words in detail["msg"]
+
+
+def test_an_unknown_dataset_is_a_404(served, client):
+    response = _post(client, "0" * 32, model_id=served[1])
+    assert response.status_code == 404
+    assert "0" * 32 in response.json()["detail"]
 
 
 def test_mixed_shapes_are_refused(served, client):
@@ -205,20 +215,20 @@ def test_mixed_shapes_are_refused(served, client):
         ("files", ("b.npy", _npy(np.zeros((1, 16, 16), np.float32)), NPY)),
     ]
     dataset = client.post("/datasets", files=parts).json()["id"]
-    response = client.post("/jobs/encode", json={"model_id": model_id, "dataset_id": dataset})
+    response = _post(client, dataset, model_id=model_id)
     assert response.status_code == 422
-    assert response.json()["detail"][0]["loc"] == ["body", "dataset_id"]
+    assert response.json()["detail"][0]["loc"] == ["path", "dataset_id"]
     assert "mixes image shapes" in response.json()["detail"][0]["msg"]
 
 
 def test_a_model_must_be_a_succeeded_learning_job(served, client, dataset_id):
     _, model_id, failed_id = served
-    response = client.post("/jobs/encode", json={"model_id": failed_id, "dataset_id": dataset_id})
+    response = _post(client, dataset_id, model_id=failed_id)
     assert response.status_code == 409
     assert response.json()["detail"][0]["loc"] == ["body", "model_id"]
     assert "failed" in response.json()["detail"][0]["msg"]
     job = _encode_job(client, model_id, dataset_id, inference={"method": "fista", "max_iter": 2})
-    response = client.post("/jobs/encode", json={"model_id": job["id"], "dataset_id": dataset_id})
+    response = _post(client, dataset_id, model_id=job["id"])
     assert response.status_code == 422  # an encode job is no model
     assert response.json()["detail"][0]["loc"] == ["body", "model_id"]
     assert wait_for_job(client, job["id"])["status"] == "succeeded"

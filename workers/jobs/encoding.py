@@ -1,11 +1,12 @@
 """Encode jobs: a finished model and a stored dataset in, the maps of every image out, written block by block.
 
 This is how a client gets the codes of a collection too large for ``POST /models/{id}/encode`` (one request, held in
-the service's memory). The spec (:class:`EncodeSpec`) names the model (a succeeded learning job), the dataset, the
-top layer, the inference (default: the model's method, 200 iterations, as ``POST /models/{id}/encode``), the block
-size and the workers. The service checks it against the model and the dataset (:func:`check_encode`: one image
-shape, the model's channels, filters that fit) and bounds the block size with its cost model before it queues the
-job; the stored spec holds the resolved layer and block size.
+the service's memory). The request (:class:`EncodeRequest`, sent to ``POST /datasets/{id}/encode``) names the model
+(a succeeded learning job), the top layer, the inference (default: the model's method, 200 iterations, as ``POST
+/models/{id}/encode``), the block size and the workers. The service checks it against the model and the dataset
+(:func:`check_encode`: one image shape, the model's channels, filters that fit) and bounds the block size with its
+cost model before it queues the job; the stored spec (:class:`EncodeSpec`) adds the dataset and holds the resolved
+layer and block size.
 
 The job (:func:`execute_encode`, called by the runner in place of learning) cuts the dataset into blocks and maps
 them on a pool of coding actors (:mod:`workers.distributed.encode`, Ray Data ``map_batches``): each actor reads its
@@ -54,15 +55,13 @@ MAX_BLOCK_SIZE = 4096
 _BLOCK_NAME = re.compile(r"^[0-9]{6,}\.json$")
 
 
-class EncodeSpec(BaseModel):
-    """An encode job: the maps of every image of a stored dataset, with a finished job's model.
+class EncodeRequest(BaseModel):
+    """What a client asks of an encode job (``POST /datasets/{id}/encode``): the model and how to encode.
 
     Attributes
     ----------
     model_id : str
         A succeeded learning job.
-    dataset_id : str
-        An uploaded dataset (``POST /datasets``) of images of one shape, with the model's channels.
     layer : int, optional
         The top layer to encode (1-based); the maps of every layer up to it are stored. Default: the model's top.
     inference : JobInference, optional
@@ -77,9 +76,7 @@ class EncodeSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["encode"] = Field(KIND, description="always 'encode'")
     model_id: str = Field(..., pattern=ID_PATTERN, description="a succeeded learning job, whose model encodes")
-    dataset_id: str = Field(..., pattern=ID_PATTERN, description="the images to encode (POST /datasets)")
     layer: int | None = Field(
         None, ge=1, le=MAX_LAYERS, description="top layer to encode; the maps of every layer up to it are stored"
     )
@@ -97,6 +94,14 @@ class EncodeSpec(BaseModel):
     workers: int = Field(1, ge=1, le=256, description="coding actors (at most one per block)")
     backend: Literal["auto", "numpy", "cupy"] = "auto"
     resources: ActorResources = Field(default_factory=ActorResources)
+
+
+class EncodeSpec(EncodeRequest):
+    """An encode job as stored: the request, the dataset it encodes, and ``kind`` 'encode' (which tells it from a
+    learning job's spec)."""
+
+    kind: Literal["encode"] = KIND
+    dataset_id: str = Field(..., pattern=ID_PATTERN)
 
     def method(self, model: JobModel) -> tuple[Any, int | None]:
         """(method, max_iter) for :func:`solver.encode_layers`: the spec's inference, else the model's method with
