@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from api import costs
+from api.cli import main
+from solver.config import AdmmConfig
 from tests.api.conftest import LiveService, finished_job, start_service, stop_service, wait_for_job
 from tests.workers.conftest import ray_cluster, ray_session  # noqa: F401  (the shared session cluster)
 
@@ -49,9 +51,30 @@ def _filters(seed: int) -> np.ndarray:
     return f / np.linalg.norm(f.reshape(3, -1), axis=1)[:, None, None, None]
 
 
+def _stack_job(store, dataset_id: str) -> str:
+    """A succeeded two-layer job whose layer 1 pools (1, 2, 2), written directly (its model's artifacts only)."""
+    from solver import StackModel  # noqa: PLC0415
+    from workers.distributed.checkpoint import npy_bytes  # noqa: PLC0415
+    from workers.jobs.models import JobModel  # noqa: PLC0415
+
+    second = np.random.default_rng(1).standard_normal((2, 3, 3, 3)).astype(np.float32)
+    stack = StackModel.from_layers(
+        [_filters(0), second], [None, None], [None, None], [0.1, 0.05], [1.0, 1.0], pool=[(1, 2, 2), None]
+    )
+    job, _ = store.submit({"dataset_id": dataset_id, "layers": []}, n_layers=2, n_iter=1)
+    arrays, metadata = JobModel(stack, AdmmConfig(max_iter=10)).artifacts()
+    for name, array in arrays.items():
+        store.put_artifact(job.id, f"{name}.npy", npy_bytes(array), NPY)
+    store.put_artifact(job.id, "model.json", metadata, "application/json")
+    store.claim(job.id)
+    store.finish(job.id, "succeeded")
+    return job.id
+
+
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, ray_cluster) -> Iterator[tuple[LiveService, str, str]]:  # noqa: F811
-    """A service whose store holds a finished one-layer job (the model) and a failed one (not a model)."""
+def served(tmp_path_factory, ray_cluster) -> Iterator[tuple[LiveService, str, str, str]]:  # noqa: F811
+    """A service whose store holds a finished one-layer job (the model), a failed one (not a model) and a finished
+    two-layer job that pools."""
     from workers.jobs.store import JobStore  # noqa: PLC0415
 
     data_dir = tmp_path_factory.mktemp("encode-job")
@@ -59,11 +82,12 @@ def served(tmp_path_factory, ray_cluster) -> Iterator[tuple[LiveService, str, st
     store = JobStore(data_dir)
     dataset_id = store.get_job(model_id).spec["dataset_id"]
     failed, _ = store.submit({"dataset_id": dataset_id, "layers": []}, n_layers=1, n_iter=1)
-    store.claim_next()
+    store.claim(failed.id)
     store.finish(failed.id, "failed", "RuntimeError: for the test")
+    stack_id = _stack_job(store, dataset_id)
     store.close()
     service = start_service(data_dir, max_request_bytes=REQUEST_BYTES)
-    yield service, model_id, failed.id
+    yield service, model_id, failed.id, stack_id
     stop_service(service)
 
 
@@ -112,7 +136,7 @@ def _posted_maps(client, model_id: str, images: np.ndarray) -> np.ndarray:
 
 
 def test_maps_equal_the_encode_route_on_one_or_two_workers(served, client, images, dataset_id):
-    _, model_id, _ = served
+    model_id = served[1]
     block = 2
     jobs = [
         _encode_job(client, model_id, dataset_id, inference=INFERENCE, block_size=block, workers=workers)
@@ -142,9 +166,62 @@ def test_maps_equal_the_encode_route_on_one_or_two_workers(served, client, image
     np.testing.assert_allclose(got[0], got[1], rtol=0, atol=tol)
 
 
+def test_every_layer_of_a_pooling_stack_is_stored(served, client, images, dataset_id):
+    stack_id = served[3]
+    job = _encode_job(client, stack_id, dataset_id, inference=INFERENCE, block_size=3, workers=2)
+    expected = {"L1": [], "L2": []}
+    for first in (0, 3):
+        response = client.post(
+            f"/models/{stack_id}/encode",
+            params={**INFERENCE, "format": "npz"},
+            files=_parts(images[first : first + 3]),
+        )
+        assert response.status_code == 200, response.text
+        code = np.load(io.BytesIO(response.content))
+        for name in expected:
+            expected[name].append(code[name])
+    assert wait_for_job(client, job["id"])["status"] == "succeeded"
+    for layer in (1, 2):
+        want = np.concatenate(expected[f"L{layer}"])
+        assert want.shape == ((N_IMAGES, 3, 12, 12) if layer == 1 else (N_IMAGES, 2, 6, 6))
+        response = client.get(f"/jobs/{job['id']}/maps", params={"layer": layer})
+        assert response.status_code == 200
+        with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+            got = np.stack([np.load(archive.open(f"image-{i:05d}.npy")) for i in range(N_IMAGES)])
+        np.testing.assert_allclose(got, want, rtol=0, atol=50 * np.finfo(np.float32).eps * float(np.abs(want).max()))
+    response = client.get(f"/jobs/{job['id']}/maps", params={"layer": 3})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "layer"]
+    switches = [a["name"] for a in client.get(f"/jobs/{job['id']}/artifacts").json() if a["name"].startswith("sw")]
+    assert switches == ["switches-L1.part-000.npy", "switches-L1.part-001.npy"]
+
+
+def test_the_command_line_uploads_encodes_and_saves_the_maps(served, client, images, tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        np.save(folder / f"{i}.npy", image)
+    out = tmp_path / "maps.npz"
+    argv = ["encode-job", served[1], str(folder), "--url", served[0].url, "--out", str(out), "--no-progress"]
+    status = main([*argv, "--method", "fista", "--max-iter", "3", "--block-size", "4"])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    job_id = captured.out.strip()
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["spec"]["inference"]["method"] == "fista" and job["spec"]["inference"]["max_iter"] == 3
+    assert job["spec"]["block_size"] == 4
+    saved = np.load(out)
+    served_maps = _zip_maps(client, job_id)
+    assert sorted(saved.files) == sorted(served_maps) == [f"image-{i:05d}" for i in range(N_IMAGES)]
+    for name, maps in served_maps.items():
+        np.testing.assert_array_equal(saved[name], maps)
+    assert main(["encode-job", served[1], "--url", served[0].url]) == 2  # neither images nor --dataset
+    assert "give either IMAGE files" in capsys.readouterr().err
+
+
 def test_default_block_is_the_largest_the_cost_model_allows(served, client):
     """No block size: the service takes the most images per block whose estimate fits the request limit."""
-    _, model_id, _ = served
+    model_id = served[1]
     big = np.zeros((70, 1, 64, 64), np.float32)
     dataset = _upload(client, big)
 
@@ -177,7 +254,7 @@ def test_default_block_is_the_largest_the_cost_model_allows(served, client):
     ],
 )
 def test_bad_specs_are_refused_naming_the_field(served, client, dataset_id, fields, loc, status, words):
-    _, model_id, _ = served
+    model_id = served[1]
     response = _post(client, dataset_id, **{"model_id": model_id, **fields})
     assert response.status_code == status, response.text
     detail = response.json()["detail"][0]
@@ -194,7 +271,7 @@ def test_bad_specs_are_refused_naming_the_field(served, client, dataset_id, fiel
     ids=["channels", "too-small"],
 )
 def test_datasets_the_model_cannot_encode_are_refused(served, client, images, words):
-    _, model_id, _ = served
+    model_id = served[1]
     response = _post(client, _upload(client, images), model_id=model_id)
     assert response.status_code == 422, response.text
     detail = response.json()["detail"][0]
@@ -209,7 +286,7 @@ def test_an_unknown_dataset_is_a_404(served, client):
 
 
 def test_mixed_shapes_are_refused(served, client):
-    _, model_id, _ = served
+    model_id = served[1]
     parts = [
         ("files", ("a.npy", _npy(np.zeros((1, 12, 12), np.float32)), NPY)),
         ("files", ("b.npy", _npy(np.zeros((1, 16, 16), np.float32)), NPY)),
@@ -222,7 +299,7 @@ def test_mixed_shapes_are_refused(served, client):
 
 
 def test_a_model_must_be_a_succeeded_learning_job(served, client, dataset_id):
-    _, model_id, failed_id = served
+    _, model_id, failed_id, _ = served
     response = _post(client, dataset_id, model_id=failed_id)
     assert response.status_code == 409
     assert response.json()["detail"][0]["loc"] == ["body", "model_id"]
@@ -241,7 +318,7 @@ def test_a_model_must_be_a_succeeded_learning_job(served, client, dataset_id):
 
 
 def test_cancel_stops_between_blocks(served, client):
-    _, model_id, _ = served
+    model_id = served[1]
     many = np.random.default_rng(9).standard_normal((40, 1, 32, 32)).astype(np.float32)
     dataset = _upload(client, many)
     job = _encode_job(client, model_id, dataset, inference={"method": "admm", "max_iter": 200}, block_size=1)
@@ -254,7 +331,7 @@ def test_cancel_stops_between_blocks(served, client):
 
 
 def test_a_block_that_fails_names_itself_in_the_job_error(served, client):
-    _, model_id, _ = served
+    model_id = served[1]
     huge = np.full((3, 1, 12, 12), 1e300, np.float64)  # its float64 maps do not fit in float32
     dataset = _upload(client, huge)
     job = _encode_job(client, model_id, dataset, inference={"method": "fista", "max_iter": 2}, block_size=3)
