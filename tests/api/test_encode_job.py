@@ -215,6 +215,8 @@ def test_the_command_line_uploads_encodes_and_saves_the_maps(served, client, ima
     assert sorted(saved.files) == sorted(served_maps) == [f"image-{i:05d}" for i in range(N_IMAGES)]
     for name, maps in served_maps.items():
         np.testing.assert_array_equal(saved[name], maps)
+    assert main(["status", job_id, "--url", served[0].url]) == 0
+    assert f"progress   {N_IMAGES}/{N_IMAGES} images encoded (100%)" in capsys.readouterr().out
     assert main(["encode-job", served[1], "--url", served[0].url]) == 2  # neither images nor --dataset
     assert "give either IMAGE files" in capsys.readouterr().err
 
