@@ -5,6 +5,7 @@
     POST   /datasets                      upload images (multipart 'files') -> {"id", "n_images", "shapes"}
     GET    /datasets/{id}
     POST   /jobs                          a JobSpec -> 202, Location: /jobs/{id}
+    POST   /datasets/{id}/encode          {"model_id", ...} -> 202, an encode job: every image's maps, by blocks
     GET    /jobs                          ?limit=&cursor=&status= -> {"items", "next_cursor"}, newest first
     GET    /jobs/{id}                     status and progress
     DELETE /jobs/{id}                     cancel
@@ -45,7 +46,7 @@ from workers.jobs.store import JobStore
 from . import __version__, openapi, orphans
 from .errors import exception_handlers
 from .guard import Guard
-from .routes import dashboard, datasets, health, jobs, live, model_file, models, presets, results
+from .routes import dashboard, datasets, encode_jobs, health, jobs, live, model_file, models, presets, results
 from .routes.common import MULTIPART_SLACK
 from .settings import Settings
 
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(health.router)
     app.include_router(datasets.router)
+    app.include_router(encode_jobs.router)
     app.include_router(jobs.router)
     app.include_router(live.router)
     app.include_router(model_file.router)

@@ -167,6 +167,8 @@ def describe_job(job: dict[str, Any]) -> str:
 
 def _progress_text(job: dict[str, Any]) -> str:
     p = job["progress"]
+    if job["spec"].get("kind") == "encode":  # an encode job counts images
+        return f"{p['iteration']}/{p['n_iter']} images encoded ({100 * p['fraction']:.0f}%)"
     return (
         f"layer {max(p['layer'], 1)}/{p['n_layers']}, iteration {p['iteration']}/{p['n_iter']} "
         f"({100 * p['fraction']:.0f}%)"

@@ -64,9 +64,9 @@ from ..distributed.placement import (
     resolve_resources,
     unplaceable,
 )
+from .encoding import actors_of, execute_encode, is_encode_job, job_spec
 from .learning import JobStopped, execute
 from .publish import SAMPLE_IMAGES, part_name
-from .spec import JobSpec
 from .store import JobRecord, JobStore
 
 logger = logging.getLogger(__name__)
@@ -239,16 +239,14 @@ class JobRunner:
         """What the job's shard actors reserve; ValueError for a job that cannot run on this cluster."""
         import ray  # noqa: PLC0415
 
-        spec = JobSpec.model_validate(job.spec)
+        spec = job_spec(job.spec)  # a learning job's, or an encode job's
         dataset = self.store.get_dataset(spec.dataset_id)
         if dataset is None:
             raise ValueError(f"dataset {spec.dataset_id} is gone")
         connect(self.cluster)
         placement = resolve_resources(
             spec.resources,
-            n_shards=min(spec.workers, dataset.n_images, spec.learning.batch_size or 16)
-            if spec.learning.online
-            else min(spec.workers, dataset.n_images),
+            n_shards=actors_of(spec, dataset.n_images),
             backend=spec.backend,
             cluster_gpus=float(ray.cluster_resources().get("GPU", 0.0)),
             default_cpus=self.actor_cpus,
@@ -278,8 +276,9 @@ class JobRunner:
     def run_job(self, job: JobRecord, placement: Placement | None = None) -> None:
         """Run one claimed job to its end state (never raises); its placement group is removed at the end."""
         logger.info("job %s: started (attempt %d)", job.id, job.attempts)
+        run = execute_encode if is_encode_job(job.spec) else execute
         try:
-            execute(
+            run(
                 self.store,
                 job,
                 cluster=self.cluster,
