@@ -21,7 +21,7 @@ import numpy as np
 
 from ..backend import Array
 from ..config import FilterUpdateConfig, FistaConfig
-from ..operators.convolution import Boundary, FilterOperator
+from ..operators.convolution import Boundary, FilterOperator, PlaneTransforms
 from ..operators.linalg import conjugate_gradient
 from ..operators.prox import normalise_unit, project_unit_ball
 from ..operators.surrogate import SurrogateOperator
@@ -43,6 +43,10 @@ class FilterProblem:
     connectivity : bool array of shape (K, C), optional
     maps_hat : array of shape (N, K, U, V), optional
         The maps' transform when the caller made it (then `maps` only gives their dtype and trailing shape).
+    images_hat : array of shape (N, C, U, V), optional
+        F Pᵀ y on the map grid, when the caller keeps it.
+    transforms : PlaneTransforms, optional
+        A cache of the filters' Fourier planes (:class:`~solver.operators.convolution.PlaneTransforms`).
     """
 
     def __init__(
@@ -54,6 +58,8 @@ class FilterProblem:
         boundary: Boundary = "circular",
         connectivity: Array | None = None,
         maps_hat: Array | None = None,
+        images_hat: Array | None = None,
+        transforms: PlaneTransforms | None = None,
     ):
         self.images = images
         self.op = FilterOperator(
@@ -64,9 +70,10 @@ class FilterProblem:
             connectivity=connectivity,
             n_channels=images.shape[1],
             maps_hat=maps_hat,
+            transforms=transforms,
         )
         self.backend = self.op.backend
-        self._residual = GridResidual(images, self.op.grid, self.backend)
+        self._residual = GridResidual(images, self.op.grid, self.backend, images_hat=images_hat)
         self.images_hat = self._residual.images_hat  # F Pᵀ y on the map grid (read by the consensus update)
 
     def residual_of(self, filters: Array) -> tuple[Array, np.ndarray]:

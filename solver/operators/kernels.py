@@ -150,6 +150,106 @@ if NUMBA:
                 t_out[n, k, span] = t_row
 
 
+if NUMBA:
+
+    @njit(parallel=True, cache=True, fastmath=_FLAGS)
+    def _consensus(a, y_hat, g_hat, dual, local, rho, alpha, beta, fresh, partial):  # pragma: no cover
+        # Float views (..., 2F) as in _admm_fourier. Per image n and frequency f: u ← u + d̃ − ĝ (or 0 when
+        # fresh), b = conj(a)ŷ + ρ(ĝ − u), d = (b − conj(a)·(Σ_k a b)/(ρ + Σ_k |a|²))/ρ, d̃ = αd + (1−α)ĝ;
+        # and Σ_n (d̃ + u) per filter. A task owns a chunk of frequencies for every image, so the sum over the
+        # images needs no reduction across tasks.
+        N, K, F2 = a.shape
+        F = F2 // 2
+        n_chunks = (F + _CHUNK - 1) // _CHUNK
+        inv_rho = 1.0 / rho
+        for c in prange(n_chunks):
+            lo = c * _CHUNK
+            m = min(_CHUNK, F - lo)
+            span = slice(2 * lo, 2 * (lo + m))
+            for k in range(K):
+                pk = partial[k, span]
+                for i in range(2 * m):
+                    pk[i] = 0.0
+            sums = np.zeros((3, m), dtype=partial.dtype)
+            abr, abi, aa = sums[0], sums[1], sums[2]
+            for n in range(N):
+                yn = y_hat[n, span]
+                for i in range(m):
+                    abr[i] = 0.0
+                    abi[i] = 0.0
+                    aa[i] = 0.0
+                for k in range(K):
+                    ak, gk, uk, dk = a[n, k, span], g_hat[k, span], dual[n, k, span], local[n, k, span]
+                    for i in range(m):
+                        if fresh:
+                            ur = gk[2 * i] - gk[2 * i]
+                            ui = ur
+                        else:
+                            ur = uk[2 * i] + dk[2 * i] - gk[2 * i]
+                            ui = uk[2 * i + 1] + dk[2 * i + 1] - gk[2 * i + 1]
+                        uk[2 * i] = ur
+                        uk[2 * i + 1] = ui
+                        ar, ai, yr, yi = ak[2 * i], ak[2 * i + 1], yn[2 * i], yn[2 * i + 1]
+                        br = ar * yr + ai * yi + rho * (gk[2 * i] - ur)
+                        bi = ar * yi - ai * yr + rho * (gk[2 * i + 1] - ui)
+                        abr[i] += ar * br - ai * bi
+                        abi[i] += ar * bi + ai * br
+                        aa[i] += ar * ar + ai * ai
+                for i in range(m):
+                    q = 1.0 / (rho + aa[i])
+                    abr[i] *= q
+                    abi[i] *= q
+                for k in range(K):
+                    ak, gk, uk, dk = a[n, k, span], g_hat[k, span], dual[n, k, span], local[n, k, span]
+                    pk = partial[k, span]
+                    for i in range(m):
+                        ar, ai, yr, yi = ak[2 * i], ak[2 * i + 1], yn[2 * i], yn[2 * i + 1]
+                        ur, ui, gr, gi = uk[2 * i], uk[2 * i + 1], gk[2 * i], gk[2 * i + 1]
+                        br = ar * yr + ai * yi + rho * (gr - ur)
+                        bi = ar * yi - ai * yr + rho * (gi - ui)
+                        dr = (br - (ar * abr[i] + ai * abi[i])) * inv_rho
+                        di = (bi - (ar * abi[i] - ai * abr[i])) * inv_rho
+                        dr = alpha * dr + beta * gr
+                        di = alpha * di + beta * gi
+                        dk[2 * i] = dr
+                        dk[2 * i + 1] = di
+                        pk[2 * i] += dr + ur
+                        pk[2 * i + 1] += di + ui
+
+
+def consensus_step(
+    a: np.ndarray,
+    y_hat: np.ndarray,
+    g_hat: np.ndarray,
+    dual: np.ndarray,
+    local: np.ndarray,
+    rho: float,
+    alpha: float,
+    *,
+    fresh: bool,
+) -> np.ndarray:
+    r"""One consensus ADMM filter iteration of every image in the Fourier domain (one channel, every pair
+    connected; :func:`solver.algorithms.consensus.consensus_local_step` is the numpy reference).
+
+    Shapes: a = ẑ (N, K, F); y_hat (N, F); g_hat (K, F); dual and local (N, K, F), updated in place (with
+    `fresh` the duals start at zero and `local` is only written). Returns Σ_n (d̃_n + u_n), (K, F).
+    """
+    partial = np.empty_like(g_hat)
+    real = partial.real.dtype.type
+    views = [_as_real(arr, name) for arr, name in ((a, "a"), (y_hat, "y_hat"), (g_hat, "g_hat"))]
+    _consensus(
+        *views,
+        _as_real(dual, "dual"),
+        _as_real(local, "local"),
+        real(rho),
+        real(alpha),
+        real(1 - alpha),
+        bool(fresh),
+        partial.view(real),
+    )
+    return partial
+
+
 def _check_out(out: np.ndarray | None, like: np.ndarray, name: str) -> np.ndarray:
     if out is None:
         return np.empty_like(like)

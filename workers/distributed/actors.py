@@ -170,6 +170,9 @@ class ShardWorker:
     def value_and_gradient(self, filters: np.ndarray) -> tuple[float, np.ndarray]:
         return self._ready().value_and_gradient(filters)
 
+    def value(self, filters: np.ndarray) -> float:
+        return self._ready().value(filters)
+
     def normal(self, v: np.ndarray) -> np.ndarray:
         return self._ready().normal(v)
 
