@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -100,9 +101,10 @@ def _rounds(pool: Any, config: LearnConfig, filters: np.ndarray) -> tuple[list[A
     """The interleaved schedule's outer iteration: ``inference.max_iter`` rounds of one coding step (the shards
     run one ADMM step when their config is interleaved) and one consensus filter step; each never raises E."""
     one_step = config.filter_update.model_copy(update={"max_iter": 1})
+    rounds = config.inference.max_iter
     coded, data = [], 0.0
-    for _ in range(config.inference.max_iter):
+    for _ in range(rounds):
         coded = pool.code(filters)
         n_images = sum(c.n_images for c in coded)
         filters, data = update_filters_consensus(pool, filters, one_step, n_images)
-    return coded, filters, data
+    return [replace(c, n_iter=rounds) for c in coded], filters, data  # the inference steps of the iteration

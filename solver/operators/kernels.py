@@ -20,17 +20,37 @@ its own two-axis ``irfft2`` on maps-shaped arrays (same result, bit for bit).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import scipy.fft
 
+from ..backend import threads_for
+
 try:  # numba is a dependency; the guard keeps the package importable where it cannot be installed
+    import numba
     from numba import njit, prange
 
     NUMBA = True
 except ImportError:  # pragma: no cover
     NUMBA = False
+
+
+@contextlib.contextmanager
+def _threads_for(n_entries: int) -> Iterator[None]:
+    """One thread for a small pass (:data:`solver.backend.PARALLEL_MIN_ENTRIES`), numba's default otherwise."""
+    if threads_for(n_entries, 2) > 1:
+        yield
+        return
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
 
 _CHUNK = 2048  # frequencies per parallel task
 # Reassociation and contraction let LLVM vectorise the sums and fuse multiply-adds; no flag that assumes
@@ -237,16 +257,17 @@ def consensus_step(
     partial = np.empty_like(g_hat)
     real = partial.real.dtype.type
     views = [_as_real(arr, name) for arr, name in ((a, "a"), (y_hat, "y_hat"), (g_hat, "g_hat"))]
-    _consensus(
-        *views,
-        _as_real(dual, "dual"),
-        _as_real(local, "local"),
-        real(rho),
-        real(alpha),
-        real(1 - alpha),
-        bool(fresh),
-        partial.view(real),
-    )
+    with _threads_for(2 * a.size):
+        _consensus(
+            *views,
+            _as_real(dual, "dual"),
+            _as_real(local, "local"),
+            real(rho),
+            real(alpha),
+            real(1 - alpha),
+            bool(fresh),
+            partial.view(real),
+        )
     return partial
 
 
@@ -280,9 +301,10 @@ def admm_spatial(
     z_new, u_new = _check_out(z_out, x, "z_out"), _check_out(u_out, x, "u_out")
     partial = np.empty(x.shape[:2] + (N_SUMS,), dtype=np.float64)
     real = x.dtype.type
-    _admm_spatial(
-        x, z_old, u_old, real(alpha), real(1 - alpha), thr.astype(x.dtype), bool(residuals), z_new, u_new, partial
-    )
+    with _threads_for(x.size):
+        _admm_spatial(
+            x, z_old, u_old, real(alpha), real(1 - alpha), thr.astype(x.dtype), bool(residuals), z_new, u_new, partial
+        )
     return z_new, u_new, partial.sum(axis=1)
 
 
@@ -316,18 +338,19 @@ def admm_fourier(
     partial = np.empty((z_hat.shape[0], n_chunks), dtype=np.float64)
     real = w.dtype.type
     views = [_as_real(arr, name) for arr, name in ((z_hat, "z_hat"), (t_hat, "t_hat"), (a, "a"), (y_hat, "y_hat"))]
-    _admm_fourier(
-        *views[:2],
-        scale.astype(w.dtype),
-        *views[2:],
-        w,
-        np.ascontiguousarray(inv),
-        real(alpha),
-        real(1 - alpha),
-        x_new.view(real),
-        t_new.view(real),
-        partial,
-    )
+    with _threads_for(2 * z_hat.size):
+        _admm_fourier(
+            *views[:2],
+            scale.astype(w.dtype),
+            *views[2:],
+            w,
+            np.ascontiguousarray(inv),
+            real(alpha),
+            real(1 - alpha),
+            x_new.view(real),
+            t_new.view(real),
+            partial,
+        )
     return x_new, t_new, partial.sum(axis=1)
 
 
@@ -342,5 +365,6 @@ def irfft2(a_hat: np.ndarray, shape: tuple[int, int], workers: int, *, overwrite
     """``scipy.fft.irfft2(a_hat, s=shape, axes=(-2, -1))``: the complex inverse over axis −2, then the real one
     over axis −1. With `overwrite` the first pass runs in `a_hat` (which then holds garbage) and allocates
     nothing."""
+    workers = threads_for(2 * a_hat.size, workers)
     t = scipy.fft.ifft(a_hat, n=shape[0], axis=-2, workers=workers, overwrite_x=overwrite)
     return scipy.fft.irfft(t, n=shape[1], axis=-1, workers=workers, overwrite_x=True)
