@@ -174,6 +174,9 @@ class LearnConfig(_Frozen):
     seed : int
     dtype : {"float32", "float64"} or None
     reconstruct_to : {"below", "pixels"}
+    schedule : {"alternate", "interleaved"}
+        ``"interleaved"``: ``inference.max_iter`` rounds of one ADMM step and one consensus filter step per outer
+        iteration (circular boundary); ``filter_update.max_iter`` is then not used.
 
     Examples
     --------

@@ -228,6 +228,9 @@ class Admm(SolverBase):
         if self._masked or state.maps_hat is None or state.solve_hat is None:
             raise ValueError("a Fourier warm start needs a circular-boundary state that kept maps_hat")
         a = self.config.relax
+        if self._fused and self._kernels is kernels:  # one pass
+            dual_hat = kernels.dual_hat(state.solve_hat, state.carry_hat, state.maps_hat, a)
+            return AdmmWarmStart(state.rho, state.dual, None, maps_hat=state.maps_hat, dual_hat=dual_hat)
         dual_hat = state.solve_hat
         dual_hat *= -a
         dual_hat += state.carry_hat

@@ -179,8 +179,7 @@ class Shard(_ShardBase):
 
     def value(self, filters: np.ndarray) -> float:
         """½‖P Z f − y‖² of this shard at `filters` (no gradient)."""
-        _, data = self._problem().residual_of(self.bk.asarray(filters, dtype=self.images.dtype))
-        return float(data.sum())
+        return self._problem().value(self.bk.asarray(filters, dtype=self.images.dtype))
 
     def normal(self, v: np.ndarray) -> np.ndarray:
         """ZᴴPᵀPZ v of this shard."""

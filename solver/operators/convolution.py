@@ -332,10 +332,12 @@ class PlaneTransforms:
         self._entries: list[tuple[Array, Array]] = []
 
     def get(self, filters: Array, compute: Callable[[Array], Array]) -> Array:
-        """The planes of `filters`: cached when the same values were seen last, else ``compute(filters)``."""
+        """The planes of `filters`: cached when the same values were among the last `size` asked for (least
+        recently used out first), else ``compute(filters)``."""
         xp = backend_of(filters).xp
-        for seen, planes_hat in self._entries:
+        for i, (seen, planes_hat) in enumerate(self._entries):
             if seen.shape == filters.shape and seen.dtype == filters.dtype and bool(xp.array_equal(seen, filters)):
+                self._entries.insert(0, self._entries.pop(i))
                 return planes_hat
         planes_hat = compute(filters)
         self._entries = [(xp.array(filters, copy=True), planes_hat), *self._entries[: self.size - 1]]

@@ -237,6 +237,94 @@ if NUMBA:
                         pk[2 * i + 1] += di + ui
 
 
+if NUMBA:
+
+    @njit(parallel=True, cache=True, fastmath=_FLAGS)
+    def _data_term(z_hat, a, y_hat, w, partial):  # pragma: no cover
+        # Σ_f w_f |Σ_k a_k ẑ_k − ŷ|² per image and chunk of frequencies (float views, as in _admm_fourier)
+        N, K, F2 = z_hat.shape
+        F = F2 // 2
+        n_chunks = (F + _CHUNK - 1) // _CHUNK
+        for task in prange(N * n_chunks):
+            n = task // n_chunks
+            c = task % n_chunks
+            lo = c * _CHUNK
+            m = min(_CHUNK, F - lo)
+            span = slice(2 * lo, 2 * (lo + m))
+            sums = np.zeros((2, m), dtype=w.dtype)
+            dr, di = sums[0], sums[1]
+            for k in range(K):
+                ak, zk = a[k, span], z_hat[n, k, span]
+                for i in range(m):
+                    ar, ai, zr, zi = ak[2 * i], ak[2 * i + 1], zk[2 * i], zk[2 * i + 1]
+                    dr[i] += ar * zr - ai * zi
+                    di[i] += ar * zi + ai * zr
+            yn, wn = y_hat[n, span], w[lo : lo + m]
+            acc = 0.0
+            for i in range(m):
+                er = dr[i] - yn[2 * i]
+                ei = di[i] - yn[2 * i + 1]
+                acc += wn[i] * (er * er + ei * ei)
+            partial[n, c] = acc
+
+    @njit(parallel=True, cache=True, fastmath=_FLAGS)
+    def _dual_hat(x, t, z, alpha, beta):  # pragma: no cover
+        # x ← t − αx − (1−α)z, in place (float views of (N, K, 2F) arrays)
+        N, K, F2 = x.shape
+        for row in prange(N * K):
+            n = row // K
+            k = row % K
+            xr, tr, zr = x[n, k], t[n, k], z[n, k]
+            for i in range(F2):
+                xr[i] = tr[i] - alpha * xr[i] - beta * zr[i]
+
+    @njit(parallel=True, cache=True, fastmath=_FLAGS)
+    def _abs_and_count(x, out_abs, out_count):  # pragma: no cover
+        N, P = x.shape
+        for n in prange(N):
+            s = 0.0
+            c = 0
+            xn = x[n]
+            for i in range(P):
+                v = xn[i]
+                s += abs(v)
+                c += v != 0
+            out_abs[n] = s
+            out_count[n] = c
+
+
+def data_term(z_hat: np.ndarray, a: np.ndarray, y_hat: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Σ_f w_f |Σ_k â_k ẑ_k − ŷ|² per image, (N,) float64: twice the data term of the maps ẑ (N, K, F) with the
+    one-channel filters â (K, F), the images ŷ (N, F) and the Parseval weights w (F,) (one pass, no temporary)."""
+    n_chunks = (z_hat.shape[2] + _CHUNK - 1) // _CHUNK
+    partial = np.empty((z_hat.shape[0], n_chunks), dtype=np.float64)
+    views = [_as_real(arr, name) for arr, name in ((z_hat, "z_hat"), (a, "a"), (y_hat, "y_hat"))]
+    with _threads_for(2 * z_hat.size):
+        _data_term(*views, np.ascontiguousarray(w, dtype=views[0].dtype), partial)
+    return partial.sum(axis=1)
+
+
+def dual_hat(x_hat: np.ndarray, t_hat: np.ndarray, z_hat: np.ndarray, alpha: float) -> np.ndarray:
+    """û = t̂ − αx̂ − (1−α)ẑ written over `x_hat` (N, K, F) (the dual of an ADMM iterate from its carry)."""
+    real = x_hat.real.dtype.type
+    views = [
+        _as_real(arr, name).reshape(arr.shape[:2] + (-1,))
+        for arr, name in ((x_hat, "x_hat"), (t_hat, "t_hat"), (z_hat, "z_hat"))
+    ]
+    with _threads_for(2 * x_hat.size):
+        _dual_hat(*views, real(alpha), real(1 - alpha))
+    return x_hat
+
+
+def abs_and_count(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per item along the first axis: Σ|x| (float64) and the number of non-zeros (int64), in one pass."""
+    flat = np.ascontiguousarray(x).reshape(x.shape[0], -1)
+    total, count = np.empty(x.shape[0]), np.empty(x.shape[0], dtype=np.int64)
+    with _threads_for(flat.size):
+        _abs_and_count(flat, total, count)
+    return total, count
+
+
 def consensus_step(
     a: np.ndarray,
     y_hat: np.ndarray,
