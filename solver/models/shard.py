@@ -67,6 +67,7 @@ class Shard(_ShardBase):
         self._consensus: ConsensusState | None = None
         self._packed: PackedMaps | None = None  # the maps while the filters are updated, when sparse enough
         self.maps_hat: Array | None = None  # ẑ of the maps, kept by the interleaved schedule's coding step
+        self.rounds = 0  # coding steps of the interleaved schedule so far
         # the filters' planes and the images' transform, which every coding and filter step reads again
         self.transforms = PlaneTransforms()
         self._images_hat: Array | None = None
@@ -207,6 +208,7 @@ class Shard(_ShardBase):
             "maps": None if self._maps is None else self.maps(),
             "warm": _to_host(host_warm_start(self._warm), self.bk, copy=copy),
             "consensus": _to_host(self._consensus, self.bk, copy=copy),
+            "rounds": self.rounds,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -215,6 +217,7 @@ class Shard(_ShardBase):
         self._maps = None if maps is None else self.bk.asarray(maps)
         self._warm = _to_device(state.get("warm"), self.bk)
         self._consensus = _to_device(state.get("consensus"), self.bk)
+        self.rounds = int(state.get("rounds", 0))
         self._filter_problem, self._packed, self.maps_hat = None, None, None
 
 
