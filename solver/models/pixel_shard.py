@@ -118,6 +118,10 @@ class PixelShard(_ShardBase):
         data = 0.5 * float(sq_norm_per_item(resid).sum())
         return data, self.bk.to_host(zop.adjoint(self.path.adjoint(resid)))
 
+    def value(self, filters: np.ndarray) -> float:
+        """½‖B Z f − y‖² of this shard at `filters`."""
+        return self.value_and_gradient(filters)[0]
+
     def normal(self, v: np.ndarray) -> np.ndarray:
         """Zᵀ Bᵀ B Z v of this shard."""
         zop = self._operator()

@@ -6,6 +6,7 @@ The learning loop (:mod:`solver.learn`) talks to its images only through a *pool
   maps and auxiliary/dual variables (they never leave the shard); returns small statistics;
 * ``value_and_gradient(filters)``: the data term ½‖P Z f − y‖² of the shard and its gradient Zᴴ(P Z f − y)
   with respect to the filters (K·C·s·s numbers);
+* ``value(filters)``: that data term alone (the consensus filter update compares two filters with it);
 * ``normal(v)``: ZᴴPᵀPZ v, for the power iteration that gives the filter step size;
 * ``consensus_step(filters, rho, relax)``: the shard's part of a consensus ADMM filter iteration
   (:mod:`solver.algorithms.consensus`), with its local filters and duals kept in the shard;
@@ -39,7 +40,8 @@ from ..algorithms.filter_update import FilterProblem
 from ..algorithms.problem import CSCProblem
 from ..backend import Array, Backend, backend_of
 from ..config import LearnConfig
-from ..operators.convolution import ConvOperator
+from ..operators.convolution import ConvOperator, PlaneTransforms
+from .interleaved import code_one_step, host_warm_start
 from .lam import analysis_max
 from .pixel_shard import PixelShard
 from .shard_base import (
@@ -72,6 +74,11 @@ class Shard(_ShardBase):
         self._filter_problem: FilterProblem | None = None
         self._consensus: ConsensusState | None = None
         self._packed: PackedMaps | None = None  # the maps while the filters are updated, when sparse enough
+        self.maps_hat: Array | None = None  # ẑ of the maps, kept by the interleaved schedule's coding step
+        self.rounds = 0  # coding steps of the interleaved schedule so far
+        # the filters' planes and the images' transform, which every coding and filter step reads again
+        self.transforms = PlaneTransforms()
+        self._images_hat: Array | None = None
 
     def maps(self) -> np.ndarray:
         self._unpack()
@@ -94,7 +101,11 @@ class Shard(_ShardBase):
         """
         f = self.bk.asarray(filters, dtype=self.images.dtype)
         self._unpack()  # and the FFT of the old maps, stale now, is freed before the coding peak
-        op = ConvOperator(f, self.images.shape[-2:], boundary=self.config.boundary, connectivity=self.g)
+        op = ConvOperator(
+            f, self.images.shape[-2:], boundary=self.config.boundary, connectivity=self.g, transforms=self.transforms
+        )
+        if self.config.schedule == "interleaved":
+            return code_one_step(self, op)
         if self._maps is None:
             shape = (self.n_images, op.n_filters, *op.map_shape)
             self._maps = self.bk.xp.zeros(shape, dtype=self.images.dtype)
@@ -134,8 +145,16 @@ class Shard(_ShardBase):
         if self._maps is None:
             raise ValueError("the shard has no maps yet: call code(filters) first")
         problem = functools.partial(
-            FilterProblem, self.images, filter_size=self.layer.filter_size, boundary=self.config.boundary
+            FilterProblem,
+            self.images,
+            filter_size=self.layer.filter_size,
+            boundary=self.config.boundary,
+            images_hat=self._images_hat,  # None before the first coding step: the problem makes it
+            transforms=self.transforms,
         )
+        if self.maps_hat is not None:  # the interleaved coding step kept the maps' transform
+            self._filter_problem = problem(self._maps, connectivity=self.g, maps_hat=self.maps_hat)
+            return self._filter_problem
         packed = PackedMaps.pack(self._maps) if self.bk.name == "numpy" else None
         if packed is None:
             self._filter_problem = problem(self._maps, connectivity=self.g)
@@ -143,6 +162,12 @@ class Shard(_ShardBase):
             self._maps, self._packed = None, packed
             self._filter_problem = problem(packed.template(), connectivity=self.g, maps_hat=packed.rfft2(self.bk))
         return self._filter_problem
+
+    def images_hat(self, grid: Any) -> Array:
+        """F Pᵀ y on the map grid `grid` (made once: the images and the grid never change)."""
+        if self._images_hat is None:
+            self._images_hat = self.bk.rfft2(grid.pad(self.images), grid.shape)
+        return self._images_hat
 
     def _unpack(self) -> None:
         """The maps as an array again (and the filter step's transform of them freed first)."""
@@ -155,6 +180,10 @@ class Shard(_ShardBase):
         problem = self._problem()
         resid_hat, data = problem.residual_of(self.bk.asarray(filters, dtype=self.images.dtype))
         return float(data.sum()), self.bk.to_host(problem.gradient(resid_hat))
+
+    def value(self, filters: np.ndarray) -> float:
+        """½‖P Z f − y‖² of this shard at `filters` (no gradient)."""
+        return self._problem().value(self.bk.asarray(filters, dtype=self.images.dtype))
 
     def normal(self, v: np.ndarray) -> np.ndarray:
         """ZᴴPᵀPZ v of this shard."""
@@ -180,8 +209,9 @@ class Shard(_ShardBase):
         self._unpack()
         return {
             "maps": None if self._maps is None else self.maps(),
-            "warm": _to_host(self._warm, self.bk, copy=copy),
+            "warm": _to_host(host_warm_start(self._warm), self.bk, copy=copy),
             "consensus": _to_host(self._consensus, self.bk, copy=copy),
+            "rounds": self.rounds,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -190,7 +220,8 @@ class Shard(_ShardBase):
         self._maps = None if maps is None else self.bk.asarray(maps)
         self._warm = _to_device(state.get("warm"), self.bk)
         self._consensus = _to_device(state.get("consensus"), self.bk)
-        self._filter_problem, self._packed = None, None
+        self.rounds = int(state.get("rounds", 0))
+        self._filter_problem, self._packed, self.maps_hat = None, None, None
 
 
 class _OnceLipschitz:
@@ -315,6 +346,9 @@ class LocalPool:
 
     def value_and_gradient(self, filters: np.ndarray) -> list[tuple[float, np.ndarray]]:
         return [s.value_and_gradient(filters) for s in self.shards]
+
+    def value(self, filters: np.ndarray) -> list[float]:
+        return [s.value(filters) for s in self.shards]
 
     def normal(self, v: np.ndarray) -> list[np.ndarray]:
         return [s.normal(v) for s in self.shards]

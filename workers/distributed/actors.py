@@ -199,6 +199,10 @@ class ShardWorker:
         return self._ready().value_and_gradient(filters)
 
     @_stoppable
+    def value(self, filters: np.ndarray) -> float:
+        return self._ready().value(filters)
+
+    @_stoppable
     def normal(self, v: np.ndarray) -> np.ndarray:
         return self._ready().normal(v)
 

@@ -113,7 +113,7 @@ def _stop_calls(actors: Sequence[Any], pending: list[Any], what: str) -> None:
 class Traffic:
     """Bytes of numbers the learning loop moves between the coordinator and the shard actors.
 
-    Counts the calls of :func:`~solver.models.learn.alternate` (``code``, ``value_and_gradient``, ``normal``,
+    Counts the calls of :func:`~solver.models.learn.alternate` (``code``, ``value_and_gradient``, ``value``, ``normal``,
     ``consensus_step``): arrays by nbytes, scalars as 8 bytes; a broadcast argument once per actor that reads
     it. Setup, checkpoints and the final maps are not counted.
     """
@@ -181,6 +181,9 @@ class RayPool:
 
     def value_and_gradient(self, filters: np.ndarray) -> list[tuple[float, np.ndarray]]:
         return self._broadcast("value_and_gradient", filters, counted=True)
+
+    def value(self, filters: np.ndarray) -> list[float]:
+        return self._broadcast("value", filters, counted=True)
 
     def normal(self, v: np.ndarray) -> list[np.ndarray]:
         return self._broadcast("normal", v, counted=True)
