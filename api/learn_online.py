@@ -47,6 +47,7 @@ def learn_online(args: argparse.Namespace, job: LearnJobFile, paths: list, error
 
     from workers.distributed.cluster import ClusterConfig, connect, shutdown  # noqa: PLC0415
     from workers.distributed.online import OnlineRun  # noqa: PLC0415
+    from workers.distributed.pool import Interrupted  # noqa: PLC0415
     from workers.distributed.stream import StreamPlan, held_out_split  # noqa: PLC0415
     from workers.jobs.online_job import DEFAULT_CHECKPOINT_EVERY  # noqa: PLC0415
 
@@ -57,7 +58,7 @@ def learn_online(args: argparse.Namespace, job: LearnJobFile, paths: list, error
     plan = StreamPlan(len(train), learning.batch_size or 16, learning.n_epochs or 1, learning.n_images, config.seed)
     out = ObjectStore(str(args.out))
     every = learning.checkpoint_every or DEFAULT_CHECKPOINT_EVERY
-    stop = threading.Event()
+    stop, now = threading.Event(), threading.Event()
     try:
         run = OnlineRun(
             [paths[i] for i in train],
@@ -74,11 +75,14 @@ def learn_online(args: argparse.Namespace, job: LearnJobFile, paths: list, error
         )
         context = connect(ClusterConfig(address=args.address))
         try:
-            with _progress(plan.total_images, disable=args.no_progress) as progress, _stop_on_interrupt(stop):
-                outcome = run.run(callback=progress, should_stop=stop.is_set, resume=args.resume)
+            with _progress(plan.total_images, disable=args.no_progress) as progress, _stop_on_interrupt(stop, now):
+                outcome = run.run(callback=progress, should_stop=stop.is_set, resume=args.resume, interrupt=now.is_set)
         finally:
             if context.started:
                 shutdown()
+    except Interrupted:
+        error("interrupted in the middle of a batch; run again with --resume to go on from the last checkpoint")
+        return EXIT_INTERRUPTED
     except (ValueError, OSError) as exc:
         error(f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc).strip().splitlines()[-1])
         return EXIT_USAGE

@@ -188,3 +188,60 @@ def test_a_shard_worker_s_cancel_stops_the_call_running_in_another_thread(tmp_pa
     with pytest.raises(Stopped):  # cancelled for good: its state is half-updated
         worker.code(filters)
     assert os.getpid() == worker.pid()
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(180)
+def test_an_interrupt_ends_an_online_run_in_a_huge_coding_step_at_once_and_releases_its_actor(ray_session, tmp_path):
+    from solver.config import OnlineConfig  # noqa: PLC0415
+    from workers.distributed.online import OnlineRun  # noqa: PLC0415
+    from workers.distributed.stream import StreamPlan  # noqa: PLC0415
+
+    data = np.random.default_rng(6).standard_normal((4, 1, 96, 96)).astype(np.float32)
+    paths = [tmp_path / f"online-{i}.npy" for i in range(len(data))]
+    list(map(np.save, paths, data))
+    config = LearnConfig.model_validate(
+        {
+            "layers": [{"n_filters": 8, "filter_size": 5, "lam": 0.1}],
+            "inference": {"method": "admm", "max_iter": 10_000},  # one batch takes minutes
+        }
+    )
+    plan = StreamPlan(n_train=4, batch_size=4, n_epochs=1, seed=0)
+    run = OnlineRun(paths, config, OnlineConfig(batch_size=4), plan, workers=1, backend="numpy")
+    stop = threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def learn() -> None:
+        try:
+            run.run(interrupt=stop.is_set)
+        except BaseException as exc:  # noqa: BLE001  (recorded for the assertions)
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=learn)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not run._actors and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(4.0)  # the actor is set up and codes the first batch
+    assert thread.is_alive()
+    interrupted = time.monotonic()
+    stop.set()
+    thread.join(30)
+    took = time.monotonic() - interrupted
+    assert not thread.is_alive()
+    assert isinstance(outcome[0], Interrupted), outcome
+    assert took < 3.0, took
+    # (the coder's first call may still be compiling its kernels, which no loop interrupts: the actor is killed)
+    deadline = time.monotonic() + 10
+    while _alive_coders() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _alive_coders() == []
+
+
+def _alive_coders() -> list[str]:
+    from ray._private import state  # noqa: PLC0415  (Ray's own table; the state API needs a dashboard)
+
+    actors = state.actors().items()
+    return [a for a, info in actors if info["ActorClassName"] == "OnlineCoder" and info["State"] == "ALIVE"]

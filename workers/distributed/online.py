@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -64,10 +65,13 @@ from solver.images.preprocess import (
 from solver.models.online import BatchStep, OnlineLearner
 
 from ..jobs.objects import ObjectStore, npy_bytes
+from .actors import _stoppable
 from .checkpoint import CheckpointError, as_store, begin_checkpoint, latest_checkpoint, write_checkpoint
+from .deadlines import Deadlines
 from .images import ImageInfo, ImageSource, inspect_images, load_images
 from .outputs import LayerOutputs, ShardOutput, write_shard_outputs
 from .placement import Placement, gpu_share
+from .pool import gather
 from .stream import StreamPlan, split
 
 logger = logging.getLogger(__name__)
@@ -95,6 +99,11 @@ class OnlineCoder:
         self._held_sources: list[ImageSource] = []
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self._next: tuple[tuple[str, ...], Future] | None = None
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop the call that runs now (from the actor's second thread) and every later one: they raise Stopped."""
+        self._cancelled.set()
 
     def setup(
         self,
@@ -147,6 +156,7 @@ class OnlineCoder:
             return pending[1].result()
         return self.load(sources)
 
+    @_stoppable
     def code(
         self, sources: Sequence[ImageSource], filters: np.ndarray, following: Sequence[ImageSource] = ()
     ) -> BatchStep:
@@ -160,6 +170,7 @@ class OnlineCoder:
         self._learner.filters = np.asarray(filters, dtype=self._learner.dtype)
         return self._learner.batch_statistics(images, keep_maps=False)
 
+    @_stoppable
     def held_out(self, filters: np.ndarray) -> float:
         """E of the held-out images encoded with `filters` (the learner's held-out settings)."""
         if not self._held_sources:
@@ -169,6 +180,7 @@ class OnlineCoder:
         self._learner.filters = np.asarray(filters, dtype=self._learner.dtype)
         return self._learner.objective(self._held)
 
+    @_stoppable
     def write_sample(self, sources: Sequence[ImageSource], filters: np.ndarray, outputs: LayerOutputs) -> ShardOutput:
         """Code the sample images at `sources` with the final `filters` and write their maps (and, when `outputs`
         asks, reconstructions) to the artifact store, as shard 0 of images 0.."""
@@ -198,7 +210,8 @@ def _keys(sources: Sequence[ImageSource]) -> tuple[str, ...]:
 def _remote_coder(**options: Any) -> Any:
     import ray  # noqa: PLC0415  (importing this module must not need Ray, only starting actors)
 
-    return ray.remote(OnlineCoder).options(max_restarts=0, max_task_retries=0, **options).remote()
+    # two threads: one call at a time from the driver, and cancel() while it runs
+    return ray.remote(OnlineCoder).options(max_restarts=0, max_task_retries=0, max_concurrency=2, **options).remote()
 
 
 # -- the driver ------------------------------------------------------------------------------------------------------
@@ -292,6 +305,7 @@ class OnlineRun:
         self._actors: list[Any] = []
         self._fitted: FittedPreprocess | None = None
         self._backend_used = "numpy"
+        self._interrupt: Callable[[], bool] | None = None
 
     # -- actors ------------------------------------------------------------------------------------------------
 
@@ -309,7 +323,6 @@ class OnlineRun:
         return self.placement
 
     def _start_actors(self, n_channels: int) -> None:
-        import ray  # noqa: PLC0415
 
         placement = self._placement()
         self._backend_used = placement.backend
@@ -319,8 +332,16 @@ class OnlineRun:
             options.setdefault("scheduling_strategy", "SPREAD")
             self._actors.append(_remote_coder(**options))
         self._n_channels = n_channels
+        # an actor whose process, runtime environment or resources never come fails the run here, in minutes
+        gather(
+            [a.ping.remote() for a in self._actors],
+            self._actors,
+            what="ping",
+            deadline=Deadlines().startup,
+            interrupt=self._interrupt,
+            label=f"the start-up of {placement.describe()}",
+        )
         self._setup_actors()
-        ray.get([a.ping.remote() for a in self._actors])
 
     def _setup_actors(self) -> None:
         import ray  # noqa: PLC0415
@@ -388,6 +409,7 @@ class OnlineRun:
         resume: bool = False,
         held_out_callback: Callable[[int, float], None] | None = None,
         keep_actors: bool = False,
+        interrupt: Callable[[], bool] | None = None,
     ) -> OnlineOutcome:
         """Learn until the plan's last step or until `should_stop` turns true (checked before every step).
 
@@ -402,7 +424,12 @@ class OnlineRun:
             ``held_out_callback(step, objective)`` whenever the held-out objective is computed.
         keep_actors : bool
             Keep the coding actors for :meth:`write_sample` (then :meth:`close`); they are released otherwise.
+        interrupt : callable, optional
+            Asked a few times a second while the actors code: True stops their calls at once and the run ends
+            with :class:`~workers.distributed.pool.Interrupted` (the step in flight is lost; a resumed run starts
+            from the last checkpoint).
         """
+        self._interrupt = interrupt
         if self.info is None:
             self.info = inspect_images(self.sources)
         n_channels = self._n_channels_of(self.info)
@@ -475,7 +502,6 @@ class OnlineRun:
         return self._outcome(learner, step, held_history, True, seconds)
 
     def _code_step(self, step: int, filters_ref: Any) -> list[BatchStep]:
-        import ray  # noqa: PLC0415
 
         parts = split(self.plan.batch(step), self.n_workers)
         following = split(self.plan.batch(step + 1), self.n_workers) if step + 1 < self.plan.n_steps else []
@@ -483,7 +509,8 @@ class OnlineRun:
         for j, part in enumerate(parts):
             ahead = [self.sources[i] for i in following[j]] if j < len(following) else []
             refs.append(self._actors[j].code.remote([self.sources[i] for i in part], filters_ref, ahead))
-        return ray.get(refs)  # in part order, whatever order they finished in
+        # in part order, whatever order they finished in
+        return gather(refs, self._actors[: len(refs)], what="code", deadline=None, interrupt=self._interrupt)
 
     def _outcome(
         self, learner: OnlineLearner, step: int, held: list[float], finished: bool, seconds: list[float]

@@ -80,6 +80,7 @@ def execute(
             actor_cpus=actor_cpus,
             placement=placement,
             should_stop=should_stop,
+            interrupt=interrupt,
         )
     config = spec.learn_config()
     dataset = store.get_dataset(spec.dataset_id)

@@ -54,15 +54,18 @@ def execute_online(
     actor_cpus: float = 0.0,
     placement: Placement | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    interrupt: Callable[[], bool] | None = None,
 ) -> JobModel:
     """Learn `job` online, resuming from its newest checkpoint, and store its artifacts.
 
     Raises
     ------
     JobStopped
-        When `should_stop` turned true before the last batch (a checkpoint of the last batch was written).
+        When `should_stop` turned true before the last batch (a checkpoint of the last batch was written), or
+        `interrupt` while the actors coded (the run resumes from its last checkpoint).
     """
     from ..distributed.online import OnlineRun  # noqa: PLC0415  (imports Ray)
+    from ..distributed.pool import Interrupted  # noqa: PLC0415
     from .learning import FinishedLayer, JobStopped, _dataset_info, _job_model  # noqa: PLC0415
 
     dataset = store.get_dataset(spec.dataset_id)
@@ -98,7 +101,12 @@ def execute_online(
 
     resume = bool(layer_store.list("checkpoints"))  # an earlier attempt left checkpoints
     try:
-        outcome = run.run(callback=progress, should_stop=should_stop, resume=resume, keep_actors=True)
+        try:
+            outcome = run.run(
+                callback=progress, should_stop=should_stop, resume=resume, keep_actors=True, interrupt=interrupt
+            )
+        except Interrupted:
+            raise JobStopped from None
         if not outcome.finished:
             raise JobStopped
         result = outcome.result
