@@ -35,12 +35,16 @@ class _Watch:
         self.next_look = 0.0
 
 
-_local = threading.local()
+class _Local(threading.local):
+    watch: _Watch | None = None  # a class default: a thread that never set one reads None without a miss
+
+
+_local = _Local()
 
 
 def check_stop() -> None:
     """Raise :class:`Stopped` when the :func:`stop_on` of this thread says so (a no-op outside one)."""
-    watch: _Watch | None = getattr(_local, "watch", None)
+    watch = _local.watch
     if watch is None:
         return
     now = time.monotonic()
@@ -78,7 +82,7 @@ def stop_on(should_stop: Callable[[], bool] | None, *, every: float = 0.05) -> I
         return
     if every < 0:
         raise ValueError(f"every must be a number of seconds >= 0, got {every!r}")
-    outer = getattr(_local, "watch", None)
+    outer = _local.watch
     if outer is not None:  # a stop already watched stops this block too
         inner = should_stop
 
