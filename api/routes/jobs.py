@@ -108,7 +108,7 @@ def get_job(job_id: JobId, store: StoreDep) -> JobOut:
     "/jobs/{job_id}",
     response_model=JobOut,
     responses={
-        202: {"description": "cancel requested: the job stops after its current iteration"},
+        202: {"description": "cancel requested: a running job stops within a second or two, even mid-iteration"},
         409: {"description": "the job has already succeeded or failed"},
     },
 )
