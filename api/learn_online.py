@@ -57,7 +57,7 @@ def learn_online(args: argparse.Namespace, job: LearnJobFile, paths: list, error
     plan = StreamPlan(len(train), learning.batch_size or 16, learning.n_epochs or 1, learning.n_images, config.seed)
     out = ObjectStore(str(args.out))
     every = learning.checkpoint_every or DEFAULT_CHECKPOINT_EVERY
-    stop = threading.Event()
+    stop, now = threading.Event(), threading.Event()  # a batch is short: the second Ctrl-C waits for it too
     try:
         run = OnlineRun(
             [paths[i] for i in train],
@@ -74,7 +74,7 @@ def learn_online(args: argparse.Namespace, job: LearnJobFile, paths: list, error
         )
         context = connect(ClusterConfig(address=args.address))
         try:
-            with _progress(plan.total_images, disable=args.no_progress) as progress, _stop_on_interrupt(stop):
+            with _progress(plan.total_images, disable=args.no_progress) as progress, _stop_on_interrupt(stop, now):
                 outcome = run.run(callback=progress, should_stop=stop.is_set, resume=args.resume)
         finally:
             if context.started:
