@@ -467,7 +467,7 @@ def _read_child(spec: dict) -> None:
 
     from workers.distributed.cluster import ClusterConfig, connect, shutdown  # noqa: PLC0415
     from workers.distributed.images import ImageInfo  # noqa: PLC0415
-    from workers.distributed.online import _remote_coder  # noqa: PLC0415
+    from workers.distributed.online_coder import remote_coder  # noqa: PLC0415
     from workers.distributed.stream import StreamPlan, split  # noqa: PLC0415
 
     paths = sorted(Path(spec["folder"]).glob("crop-*.npy"))[: spec["n_images"]]
@@ -477,7 +477,7 @@ def _read_child(spec: dict) -> None:
         from solver import OnlineConfig  # noqa: PLC0415
 
         config = _online_config(1, 1)  # no preprocessing: rescale_range() is the read and a min/max
-        coders = [_remote_coder(num_cpus=0) for _ in range(2)]
+        coders = [remote_coder(num_cpus=0) for _ in range(2)]
         info = ImageInfo((1, spec["size"], spec["size"]), "float32")
         ray.get([c.setup.remote(config, OnlineConfig(batch_size=BATCH), info, 1, "numpy", None) for c in coders])
         t0 = time.perf_counter()

@@ -6,11 +6,11 @@ One step of :class:`OnlineRun` (batch ``t`` of the :class:`~workers.distributed.
 1. the batch's training indices are split into parts (:func:`~workers.distributed.stream.split`, at most one per
    coding actor); part ``j`` goes to actor ``j`` as the store locations of its images, with the filters of step
    ``t`` (``ray.put`` once per step) and the locations of its part of batch ``t + 1``;
-2. each actor (:class:`OnlineCoder`) loads its images (prefetched during the previous step by a thread of its own:
-   at most the current part and the next one are held), preprocesses them with the dataset's fitted statistics,
-   codes them from zero maps with the job's inference and exactly its ``max_iter`` iterations, and returns only
-   the part's statistics (ZtZ, ZtY, Σy²: K²(2s−1)² + KCs² numbers), its data term and its coding statistics
-   (:class:`solver.models.online.BatchStep`);
+2. each actor (:class:`~workers.distributed.online_coder.OnlineCoder`) loads its images (prefetched during the
+   previous step by a thread of its own: at most the current part and the next one are held), preprocesses them
+   with the dataset's fitted statistics, codes them from zero maps with the job's inference and exactly its
+   ``max_iter`` iterations, and returns only the part's statistics (ZtZ, ZtY, Σy²: K²(2s−1)² + KCs² numbers),
+   its data term and its coding statistics (:class:`solver.models.online.BatchStep`);
 3. the driver sums the parts **in part order** (not in order of arrival), folds the sum into the running
    statistics with the forgetting factor and takes the filter step (:meth:`solver.OnlineLearner.fold`).
 
@@ -41,10 +41,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,23 +51,15 @@ import numpy as np
 from solver import LearnResult
 from solver.algorithms.base import IterStats
 from solver.config import LearnConfig, OnlineConfig
-from solver.images.preprocess import (
-    FittedPreprocess,
-    PreprocessStats,
-    combine_rescale_means,
-    combine_rescale_ranges,
-    prepare_images,
-    rescale_partial_mean,
-    rescale_partial_range,
-)
+from solver.images.preprocess import FittedPreprocess, PreprocessStats, combine_rescale_means, combine_rescale_ranges
 from solver.models.online import BatchStep, OnlineLearner
 
 from ..jobs.objects import ObjectStore, npy_bytes
-from .actors import _stoppable
 from .checkpoint import CheckpointError, as_store, begin_checkpoint, latest_checkpoint, write_checkpoint
 from .deadlines import Deadlines
-from .images import ImageInfo, ImageSource, inspect_images, load_images
-from .outputs import LayerOutputs, ShardOutput, write_shard_outputs
+from .images import ImageInfo, ImageSource, inspect_images
+from .online_coder import OnlineCoder, remote_coder
+from .outputs import LayerOutputs, ShardOutput
 from .placement import Placement, gpu_share
 from .pool import gather
 from .stream import StreamPlan, split
@@ -77,141 +67,6 @@ from .stream import StreamPlan, split
 logger = logging.getLogger(__name__)
 
 _KEEP_CHECKPOINTS = 2
-
-
-# -- the coding actor ------------------------------------------------------------------------------------------------
-
-
-class OnlineCoder:
-    """One coding actor of online learning (the body of a Ray actor; usable in-process too).
-
-    :meth:`setup` once, then :meth:`code` per step; :meth:`rescale_range` / :meth:`rescale_sum` before the first
-    step when the rescale is fitted; :meth:`held_out` for the objective of the held-out images;
-    :meth:`write_sample` for the maps and reconstructions of a bounded sample at the end.
-    """
-
-    def __init__(self) -> None:
-        self._learner: OnlineLearner | None = None
-        self._info: ImageInfo | None = None
-        self._config: LearnConfig | None = None
-        self._fitted: FittedPreprocess | None = None
-        self._held: np.ndarray | None = None
-        self._held_sources: list[ImageSource] = []
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
-        self._next: tuple[tuple[str, ...], Future] | None = None
-        self._cancelled = threading.Event()
-
-    def cancel(self) -> None:
-        """Stop the call that runs now (from the actor's second thread) and every later one: they raise Stopped."""
-        self._cancelled.set()
-
-    def setup(
-        self,
-        config: LearnConfig,
-        online: OnlineConfig,
-        info: ImageInfo,
-        n_channels: int,
-        backend: str,
-        fitted: FittedPreprocess | None,
-        held_out: Sequence[ImageSource] = (),
-    ) -> str:
-        """Hold the learner (coding only: the filters come with each call) and the held-out images; returns the
-        computation dtype."""
-        self._config, self._info, self._fitted = config, info, fitted
-        dtype = np.dtype(config.dtype) if config.dtype else np.float32
-        self._learner = OnlineLearner(config, online, n_channels, backend=backend, dtype=dtype)
-        self._held_sources = list(held_out)
-        self._held = None  # loaded at the first held_out() call: the rescale may not be fitted yet
-        self._next = None
-        return str(self._learner.dtype)
-
-    def _raw(self, sources: Sequence[ImageSource]) -> np.ndarray:
-        images = load_images(list(sources), self._info)
-        pre = self._config.preprocess
-        return prepare_images(images, pre) if pre is not None else images
-
-    def load(self, sources: Sequence[ImageSource]) -> np.ndarray:
-        """The images at `sources`, preprocessed with the fitted statistics, in the computation dtype."""
-        x = self._raw(sources)
-        pre = self._config.preprocess
-        if pre is not None and pre.rescale:
-            if self._fitted is None:
-                raise ValueError("the rescale is not fitted: setup() needs the fitted preprocessing")
-            x = (x - self._fitted.stats.shift) / self._fitted.stats.scale - self._fitted.stats.mean
-        dtype = self._learner.dtype if self._learner is not None else np.float32
-        return np.ascontiguousarray(x, dtype=dtype)
-
-    def rescale_range(self, sources: Sequence[ImageSource]) -> tuple[float, float]:
-        """(min, max) of the prepared images at `sources` (first pass of the rescale fit)."""
-        return rescale_partial_range(self._raw(sources))
-
-    def rescale_sum(self, sources: Sequence[ImageSource], shifted: PreprocessStats) -> tuple[float, int]:
-        """(float64 sum, count) of the shifted, scaled images at `sources` (second pass)."""
-        return rescale_partial_mean(self._raw(sources), shifted)
-
-    def _take(self, sources: Sequence[ImageSource]) -> np.ndarray:
-        keys = _keys(sources)
-        pending, self._next = self._next, None
-        if pending is not None and pending[0] == keys:
-            return pending[1].result()
-        return self.load(sources)
-
-    @_stoppable
-    def code(
-        self, sources: Sequence[ImageSource], filters: np.ndarray, following: Sequence[ImageSource] = ()
-    ) -> BatchStep:
-        """Code the images at `sources` with `filters` and return their part of the batch's statistics; start
-        loading `following` (this actor's part of the next batch) meanwhile."""
-        if self._learner is None:
-            raise ValueError("the coder is not set up: call setup() first")
-        images = self._take(sources)
-        if following:
-            self._next = (_keys(following), self._pool.submit(self.load, list(following)))
-        self._learner.filters = np.asarray(filters, dtype=self._learner.dtype)
-        return self._learner.batch_statistics(images, keep_maps=False)
-
-    @_stoppable
-    def held_out(self, filters: np.ndarray) -> float:
-        """E of the held-out images encoded with `filters` (the learner's held-out settings)."""
-        if not self._held_sources:
-            raise ValueError("this coder holds no held-out images")
-        if self._held is None:
-            self._held = self.load(self._held_sources)
-        self._learner.filters = np.asarray(filters, dtype=self._learner.dtype)
-        return self._learner.objective(self._held)
-
-    @_stoppable
-    def write_sample(self, sources: Sequence[ImageSource], filters: np.ndarray, outputs: LayerOutputs) -> ShardOutput:
-        """Code the sample images at `sources` with the final `filters` and write their maps (and, when `outputs`
-        asks, reconstructions) to the artifact store, as shard 0 of images 0.."""
-        self._learner.filters = np.asarray(filters, dtype=self._learner.dtype)
-        shard, _ = self._learner.code_batch(self.load(sources))
-        return write_shard_outputs(shard.maps(), outputs, 0, 0)
-
-    def ping(self) -> bool:
-        return True
-
-    def node_id(self) -> str | None:
-        import ray  # noqa: PLC0415
-
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-
-    def peak_rss_mb(self) -> float:
-        """This process's peak resident memory, MiB (Linux ``ru_maxrss``)."""
-        import resource  # noqa: PLC0415
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _keys(sources: Sequence[ImageSource]) -> tuple[str, ...]:
-    return tuple(str(s) for s in sources)
-
-
-def _remote_coder(**options: Any) -> Any:
-    import ray  # noqa: PLC0415  (importing this module must not need Ray, only starting actors)
-
-    # two threads: one call at a time from the driver, and cancel() while it runs
-    return ray.remote(OnlineCoder).options(max_restarts=0, max_task_retries=0, max_concurrency=2, **options).remote()
 
 
 # -- the driver ------------------------------------------------------------------------------------------------------
@@ -330,7 +185,7 @@ class OnlineRun:
         for index in range(self.n_workers):
             options = placement.actor_options(index)
             options.setdefault("scheduling_strategy", "SPREAD")
-            self._actors.append(_remote_coder(**options))
+            self._actors.append(remote_coder(**options))
         self._n_channels = n_channels
         # an actor whose process, runtime environment or resources never come fails the run here, in minutes
         gather(
@@ -533,7 +388,8 @@ class OnlineRun:
 
     def write_sample(self, sources: Sequence[ImageSource], filters: np.ndarray, outputs: LayerOutputs) -> ShardOutput:
         """Code a bounded sample of images with the final filters in the first coding actor (kept from the run,
-        or a fresh one) and write their maps and reconstructions (see :meth:`OnlineCoder.write_sample`)."""
+        or a fresh one) and write their maps and reconstructions (see
+        :meth:`~workers.distributed.online_coder.OnlineCoder.write_sample`)."""
         import ray  # noqa: PLC0415
 
         if not self._actors:  # the run's actors are gone: one fresh actor
@@ -619,3 +475,6 @@ class OnlineRun:
             "resuming online learning at step %d (epoch %d, batch %d)", meta["step"], meta["epoch"], meta["batch"]
         )
         return int(meta["step"]), list(meta["held_out_history"])
+
+
+__all__ = ["OnlineCoder", "OnlineOutcome", "OnlineRun"]

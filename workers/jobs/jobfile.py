@@ -31,8 +31,8 @@ from solver.config import LearnConfig
 from solver.images.preprocess import PreprocessConfig
 
 from ..distributed.images import image_paths, list_images
+from .learning_mode import JobLearning
 from .objects import Location, is_url
-from .spec import JobLearning
 
 
 class JobFileError(ValueError):
