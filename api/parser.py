@@ -183,7 +183,7 @@ def _add_client_commands(commands) -> None:
     status.add_argument("--json", action="store_true", help="print the JSON the service answered")
     wait = add("wait", "follow a job to its end with a progress bar", following)
     wait.add_argument("job", metavar="JOB")
-    cancel = add("cancel", "cancel a job (a running one stops after its current outer iteration)")
+    cancel = add("cancel", "cancel a job (a running one stops within a second or two)")
     cancel.add_argument("job", metavar="JOB")
     filters = add("filters", "save a finished job's filters")
     filters.add_argument("job", metavar="JOB")

@@ -57,6 +57,8 @@ class Problem:
         A deconv run that reaches E_ref goes on to at least this many iterations (for its per-iteration time).
     f64_iter : int or None
         float64 deconv runs: this many iterations for the per-iteration time only (None: run to E_ref too).
+    target_ratio : float
+        The cell's target: deconv's time to E_ref at most this fraction of SPORCO's.
     """
 
     name: str
@@ -73,9 +75,45 @@ class Problem:
     eval_every: int = 1
     min_iter: int = 1
     f64_iter: int | None = None
+    target_ratio: float = 0.25
 
 
+# The matrix: three learning and three encoding sizes, small to large. Learning is timed against SPORCO's
+# parallel consensus dictionary learning on WORKERS processes, its fastest; its E barely rises after its best,
+# so E_ref (its best E) is about its final one.
 FULL = (
+    Problem(
+        "learn-small", "learn", 4, 128, 16, 8, 0.1, sporco_iter=100, max_iter=300, min_cap_s=10.0, target_ratio=0.33
+    ),
+    Problem(
+        "learn-medium",
+        "learn",
+        8,
+        256,
+        32,
+        8,
+        0.1,
+        sporco_iter=100,
+        max_iter=300,
+        cap_factor=2.0,
+        eval_every=2,
+        target_ratio=0.33,
+    ),
+    Problem(
+        "learn-large",
+        "learn",
+        16,
+        256,
+        64,
+        11,
+        0.1,
+        sporco_iter=50,
+        max_iter=300,
+        cap_factor=2.0,
+        eval_every=2,
+        target_ratio=0.33,
+    ),
+    Problem("encode-small", "encode", 1, 128, 16, 7, 0.05, sporco_iter=150, max_iter=1000, min_cap_s=5.0, f64_iter=10),
     Problem("encode-single", "encode", 1, 512, 32, 8, 0.05, sporco_iter=150, max_iter=1000, eval_every=2, f64_iter=10),
     Problem(
         "encode-batch",
@@ -91,20 +129,41 @@ FULL = (
         eval_every=3,
         f64_iter=10,
     ),
-    Problem(
-        "learn", "learn", 8, 256, 32, 8, 0.1, sporco_iter=100, max_iter=300, cap_factor=2.0, eval_every=5, min_iter=5
-    ),
 )
 QUICK = (
+    Problem("learn-small", "learn", 2, 64, 8, 8, 0.1, sporco_iter=30, max_iter=100, min_cap_s=2.0, target_ratio=0.33),
+    Problem(
+        "learn-medium", "learn", 2, 128, 16, 8, 0.1, sporco_iter=30, max_iter=100, min_cap_s=2.0, target_ratio=0.33
+    ),
+    Problem(
+        "learn-large", "learn", 4, 128, 16, 11, 0.1, sporco_iter=20, max_iter=100, min_cap_s=2.0, target_ratio=0.33
+    ),
+    Problem("encode-small", "encode", 1, 64, 8, 7, 0.05, sporco_iter=100, max_iter=1000, min_cap_s=2.0),
     Problem("encode-single", "encode", 1, 128, 16, 8, 0.05, sporco_iter=100, max_iter=1000, min_cap_s=2.0),
     Problem("encode-batch", "encode", 2, 128, 16, 11, 0.05, sporco_iter=100, max_iter=1000, min_cap_s=2.0),
-    Problem("learn", "learn", 2, 128, 16, 8, 0.1, sporco_iter=100, max_iter=100, min_cap_s=2.0, min_iter=5),
 )
 
 
 def problems(quick: bool) -> dict[str, Problem]:
-    """The problems of a full or a ``--quick`` run, by name."""
+    """The cells of a full or a ``--quick`` run, by name."""
     return {p.name: p for p in (QUICK if quick else FULL)}
+
+
+def select_cells(quick: bool, spec: str | None) -> dict[str, Problem]:
+    """The cells named in `spec`: comma-separated names, or ``learn``/``encode`` for a row of the matrix, or
+    ``all`` (None); ``ValueError`` naming an unknown one."""
+    cells = problems(quick)
+    if spec is None or spec == "all":
+        return cells
+    chosen: dict[str, Problem] = {}
+    for name in (part.strip() for part in spec.split(",") if part.strip()):
+        if name in ("learn", "encode"):
+            chosen.update({k: p for k, p in cells.items() if p.kind == name})
+        elif name in cells:
+            chosen[name] = cells[name]
+        else:
+            raise ValueError(f"--cells: unknown cell {name!r}; the cells are {', '.join(cells)}, learn, encode, all")
+    return chosen
 
 
 def _grey(name: str) -> np.ndarray:
@@ -188,10 +247,11 @@ def iteration_times(times: list[float]) -> dict[str, float | None]:
     return {"per_iter_s": float(np.median(steps)), "best_iter_s": float(np.min(steps))}
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (ru_maxrss), in MB."""
+def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident memory of this process so far (ru_maxrss), in MB; with ``RUSAGE_CHILDREN``, that of its
+    largest waited-for child (SPORCO's worker processes)."""
     scale = 1.0 if sys.platform == "darwin" else 1024.0  # bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+    return resource.getrusage(who).ru_maxrss * scale / 2**20
 
 
 def current_rss_mb() -> float:

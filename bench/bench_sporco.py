@@ -1,13 +1,18 @@
-"""deconv against SPORCO 0.2.2 on the benchmark problems of bench/README.md; prints a markdown table.
+"""deconv against SPORCO 0.2.2 on the matrix of bench/README.md (three learning and three encoding sizes);
+prints a markdown table per run and the matrix (time to SPORCO's best E, the ratio, the target, peak memory).
 
 Usage::
 
-    python bench/bench_sporco.py [--quick] [--problem {encode-single,encode-batch,learn}]
+    python bench/bench_sporco.py [--quick] [--cells CELLS] [--variants {cell,all}]
+
+CELLS: comma-separated cell names (learn-small, learn-medium, learn-large, encode-small, encode-single,
+encode-batch), ``learn``, ``encode`` or ``all`` (default). ``--variants all`` adds deconv's FISTA and float64
+runs to the encode cells (the matrix reads the float32 ADMM run). ``--problem NAME`` is ``--cells NAME``.
 
 Each solve runs in a fresh child process (``--child IMPL``, internal) so that its peak resident memory is its
 own, and times the FFT pair of its maps after the solve. The parent builds the data once, starts the children
-one after another and writes the table to stdout and to ``bench/results/latest.md`` (``latest-quick.md`` with
-``--quick``; raw numbers in the matching ``.json``). See bench/README.md.
+one after another and writes the tables to stdout and to ``bench/results/latest.md`` (``latest-quick.md`` with
+``--quick``; raw numbers in the matching ``.json``, rewritten after every cell). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from _common import (
     machine_info,
     problems,
     random_filters,
+    select_cells,
     test_images,
 )
 
@@ -152,15 +158,16 @@ def _learn_init(pb: Problem, seed: int) -> np.ndarray:
     return initial_filters(pb.n_filters, 1, pb.filter_size, seed=seed, norm="filter", dtype=np.float32)
 
 
-def _variants(pb: Problem, quick: bool) -> list[tuple[str, str]]:
-    """(method, dtype) of the deconv runs of a problem."""
-    if pb.kind == "learn":
+def _variants(pb: Problem, quick: bool, every: bool = True) -> list[tuple[str, str]]:
+    """(method, dtype) of the deconv runs of a problem: the cell's (float32 ADMM) first, then with `every` the
+    other encoders and dtypes."""
+    if pb.kind == "learn" or not every:
         return [("admm", "float32")]
     runs = [(m, d) for d in ("float32", "float64") for m in ("admm", "fista")]
     return runs + [("zeiler", "float32")] * quick
 
 
-def _bench(pb: Problem, tmp: Path, quick: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _bench(pb: Problem, tmp: Path, quick: bool, every: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """All runs of one problem: SPORCO (E_ref, the time cap), then each deconv variant."""
     data, maps_shape = _data(pb, tmp)
     ref = _run_child(pb, "sporco", data, quick)
@@ -171,7 +178,7 @@ def _bench(pb: Problem, tmp: Path, quick: bool) -> tuple[list[dict[str, Any]], d
     cap = max(pb.cap_factor * (ref["time_to_target_s"] or ref["total_s"]), pb.min_cap_s)
     info.update(target=target, cap_s=cap)
     results = [{"impl": "SPORCO", **ref}]
-    for method, dtype in _variants(pb, quick):
+    for method, dtype in _variants(pb, quick, every):
         fixed = dtype == "float64" and pb.f64_iter is not None
         res = _run_child(
             pb,
@@ -241,8 +248,9 @@ def _problem_notes(pb: Problem, info: dict[str, Any], results: list[dict[str, An
         f"  FFT pair of the maps (N, K, H, W) float32: scipy.fft ({WORKERS} workers) "
         f"{min(pairs):.1f}–{max(pairs):.1f} ms over the runs; pyFFTW (SPORCO's FFTs, its layout) "
         f"{_fmt(ref['fft_pair_s'].get('pyfftw') and ref['fft_pair_s']['pyfftw'] * 1e3, '.1f')} ms.",
-        f"  E_ref = {ref['E_ref']:.6g} (our objective on SPORCO's final iterate; its trajectory "
-        f"evaluated every {pb.eval_every} iteration(s)), target E_ref·(1+{TARGET_RTOL:g}); SPORCO's "
+        f"  E_ref = {ref['E_ref']:.6g} (SPORCO's best E, by our objective: of its final iterate for encode, the "
+        f"lowest of its trajectory for learn; evaluated every {pb.eval_every} iteration(s)), target "
+        f"E_ref·(1+{TARGET_RTOL:g}); SPORCO's "
         f"whole run {ref['total_s']:.1f} s, plus an untimed warm-up (FFTW planning) of {ref['warmup_s']:.1f} s;"
         f" deconv runs capped at {info.get('cap_s', 0):.0f} s; non-zeros in SPORCO's maps "
         f"{100 * ref['nonzero']:.2f} %.",
@@ -258,7 +266,44 @@ def _checks(results: list[dict[str, Any]]) -> str:
     return ", ".join(f"{name} {rel:.1e}" for name, rel in rels)
 
 
-def _report(machine: dict[str, str], table: list[list[str]], notes: list[str], argv: list[str]) -> str:
+MATRIX_COLUMNS = (
+    "cell",
+    "problem",
+    "SPORCO: time to its best E s (it)",
+    "deconv: time to it s (it)",
+    "ratio",
+    "target",
+    "met",
+    "peak RSS MB SPORCO / deconv",
+    "load 1m",
+)
+
+
+def _matrix_row(pb: Problem, results: list[dict[str, Any]]) -> list[str]:
+    """The cell's line of the matrix: SPORCO against deconv's float32 ADMM run (the first deconv run)."""
+    what = f"{pb.kind} {pb.n_images}×{pb.size}², {pb.n_filters} filters {pb.filter_size}×{pb.filter_size}, λ {pb.lam:g}"
+    ref, ours = results[0], (results[1] if len(results) > 1 else {"error": "not run"})
+    if "error" in ref or "error" in ours:
+        return [pb.name, what, *(["—"] * 5), f"failed: {(ref.get('error') or ours.get('error'))[:60]}", "—"]
+    t_ref, t = ref["time_to_target_s"], ours["time_to_target_s"]
+    ratio = None if t is None or not t_ref else t / t_ref
+    peak_ref = ref["peak_rss_mb"] + ref.get("peak_rss_children_mb", 0.0) * (pb.kind == "learn")
+    return [
+        pb.name,
+        what,
+        f"{_fmt(t_ref, '.2f')} ({ref['iter_to_target']})",
+        f"{t:.2f} ({ours['iter_to_target']})" if t is not None else f"not reached ({ours['total_s']:.0f} s)",
+        _fmt(ratio, ".2f") if ratio is not None else f"> {ours['total_s'] / t_ref:.2f}",
+        f"≤ {pb.target_ratio:g}",
+        "yes" if ratio is not None and ratio <= pb.target_ratio else "no",
+        f"{peak_ref:.0f} / {ours['peak_rss_mb']:.0f}",
+        f"{_fmt(ref.get('load_avg'), '.1f')} / {_fmt(ours.get('load_avg'), '.1f')}",
+    ]
+
+
+def _report(
+    machine: dict[str, str], table: list[list[str]], notes: list[str], argv: list[str], matrix: list[list[str]]
+) -> str:
     lines = [
         f"# deconv vs SPORCO ({datetime.datetime.now().isoformat(timespec='seconds')})",
         "",
@@ -266,6 +311,8 @@ def _report(machine: dict[str, str], table: list[list[str]], notes: list[str], a
         "",
     ]
     lines += [f"- {k}: {v}" for k, v in machine.items()] + [""]
+    lines += ["| " + " | ".join(MATRIX_COLUMNS) + " |", "|" + "---|" * len(MATRIX_COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in matrix] + ["", "Every run:", ""]
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in table] + [""] + notes
     return "\n".join(lines) + "\n"
@@ -273,8 +320,12 @@ def _report(machine: dict[str, str], table: list[list[str]], notes: list[str], a
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
-    ap.add_argument("--problem", choices=sorted(problems(False)), help="run only this problem")
+    ap.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
+    ap.add_argument("--cells", help="comma-separated cells, 'learn', 'encode' or 'all' (default)")
+    ap.add_argument("--problem", choices=sorted(problems(False)), help="one cell (the same as --cells NAME)")
+    ap.add_argument(
+        "--variants", choices=("cell", "all"), default="cell", help="'all': FISTA and float64 runs of the encode cells"
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--target", type=float, default=None, help=argparse.SUPPRESS)
@@ -288,21 +339,26 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.child:
         return _child(args)
-    selected = problems(args.quick)
-    selected = {args.problem: selected[args.problem]} if args.problem else selected
-    table, notes, raw = [], ["Notes:", ""], {}
-    with tempfile.TemporaryDirectory(prefix="deconv-bench-") as tmp:
-        for pb in selected.values():
-            results, info = _bench(pb, Path(tmp), args.quick)
-            table += [_row(pb, r, info["sporco"]) for r in results]
-            notes += _problem_notes(pb, info, results)
-            raw[pb.name] = {"info": info, "results": results}
-    report = _report(machine_info(), table, notes, argv)
-    print(report)
+    try:
+        selected = select_cells(args.quick, args.problem or args.cells)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    table, notes, raw, matrix = [], ["Notes:", ""], {}, []
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "latest-quick" if args.quick else "latest"  # a smoke test does not overwrite the full results
-    (RESULTS / f"{stem}.md").write_text(report, encoding="utf-8")
-    (RESULTS / f"{stem}.json").write_text(json.dumps(raw, indent=1, default=str), encoding="utf-8")
+    with tempfile.TemporaryDirectory(prefix="deconv-bench-") as tmp:
+        for pb in selected.values():
+            results, info = _bench(pb, Path(tmp), args.quick, every=args.variants == "all")
+            table += [_row(pb, r, info["sporco"]) for r in results]
+            notes += _problem_notes(pb, info, results)
+            matrix.append(_matrix_row(pb, results))
+            raw[pb.name] = {"info": info, "results": results, "machine": machine_info()}
+            # after every cell: a long run cut short keeps what it measured
+            report = _report(machine_info(), table, notes, argv, matrix)
+            (RESULTS / f"{stem}.md").write_text(report, encoding="utf-8")
+            (RESULTS / f"{stem}.json").write_text(json.dumps(raw, indent=1, default=str), encoding="utf-8")
+    print(report)
     return 0
 
 

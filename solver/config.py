@@ -174,6 +174,9 @@ class LearnConfig(_Frozen):
     seed : int
     dtype : {"float32", "float64"} or None
     reconstruct_to : {"below", "pixels"}
+    schedule : {"alternate", "interleaved"}
+        ``"interleaved"``: ``inference.max_iter`` rounds of one ADMM step and one consensus filter step per outer
+        iteration (circular boundary); ``filter_update.max_iter`` is then not used.
 
     Examples
     --------
@@ -199,6 +202,13 @@ class LearnConfig(_Frozen):
         description="what each layer reconstructs: the layer below (2010), or the pixels through the frozen "
         "layers below (2011, with fista inference)",
     )
+    schedule: Literal["alternate", "interleaved"] = Field(
+        "alternate",
+        description="'alternate': each outer iteration runs inference.max_iter inference steps, then "
+        "filter_update.max_iter filter steps; 'interleaved' (ADMM inference, consensus filter update, circular "
+        "boundary): inference.max_iter rounds of one step of each, every variable warm-started "
+        "(Garcia-Cardona & Wohlberg 2018); the same steps per outer iteration, each filter step on fresh maps",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -215,6 +225,8 @@ class LearnConfig(_Frozen):
             raise ValueError(f"filter_update.method 'consensus' needs boundary 'circular', got {self.boundary!r}")
         if self.filter_update.recentre and self.boundary != "circular":
             raise ValueError(f"filter_update.recentre needs boundary 'circular', got {self.boundary!r}")
+        if self.schedule == "interleaved":
+            _check_interleaved(self)
         if self.reconstruct_to == "pixels":
             if self.inference.method != "fista":
                 raise ValueError(
@@ -228,6 +240,20 @@ class LearnConfig(_Frozen):
                     f"{self.filter_update.recentre}"
                 )
         return self
+
+
+def _check_interleaved(config: LearnConfig) -> None:
+    """The interleaved schedule's requirements: every variable it carries from round to round must exist."""
+    wrong = {
+        "inference.method": (config.inference.method, "admm"),
+        "filter_update.method": (config.filter_update.method, "consensus"),
+        "boundary": (config.boundary, "circular"),
+        "reconstruct_to": (config.reconstruct_to, "below"),
+        "filter_update.recentre": (config.filter_update.recentre, False),
+    }
+    for name, (got, needed) in wrong.items():
+        if got != needed:
+            raise ValueError(f"schedule 'interleaved' needs {name} {needed!r}, got {got!r}")
 
 
 class OnlineConfig(_Frozen):
@@ -279,6 +305,10 @@ class OnlineConfig(_Frozen):
 def load_config(path: str | Path) -> LearnConfig:
     """Read and validate a YAML config: a file, or a bundled preset by name (``"zeiler2010"``, see :mod:`configs`).
 
+    A job file's ``learning`` section (how deconv's jobs learn: in batch, or online from a stream of batches) is
+    not part of the learning config and is left out; online settings for :func:`~solver.learn_online` are an
+    :class:`OnlineConfig`.
+
     Raises
     ------
     ValueError
@@ -305,6 +335,7 @@ def load_config(path: str | Path) -> LearnConfig:
         data = yaml.safe_load(fh)
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(path)!r} must hold a mapping, got {type(data).__name__}")
+    data.pop("learning", None)
     return LearnConfig.model_validate(data)
 
 

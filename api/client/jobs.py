@@ -165,7 +165,7 @@ class JobMethods(Connection):
                 return
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        """Cancel a job: a queued one at once, a running one after its current outer iteration.
+        """Cancel a job: a queued one at once, a running one within a second or two.
 
         Parameters
         ----------

@@ -272,7 +272,7 @@ def progress_bar(*, disable: bool = False) -> Iterator[Callable[[dict[str, Any]]
 
 
 def cancel(args: argparse.Namespace, client: DeconvClient) -> int:
-    """Cancel a job: a queued one at once, a running one after its current outer iteration.
+    """Cancel a job: a queued one at once, a running one within a second or two.
 
     Parameters
     ----------
@@ -290,7 +290,7 @@ def cancel(args: argparse.Namespace, client: DeconvClient) -> int:
     if job["status"] == "cancelled":
         result(f"job {job['id']} cancelled")
     else:
-        result(f"job {job['id']} is {job['status']}: it stops after its current outer iteration")
+        result(f"job {job['id']} is {job['status']}: it stops within a second or two")
     return EXIT_OK
 
 

@@ -77,6 +77,9 @@ class Admm(SolverBase):
         # the fused path writes an iterate into the arrays of a state given up (step's `out`): base.run then
         # recycles its states instead of allocating every iteration
         self.reuses_states = self._fused
+        # circular boundary: states keep ẑ (``maps_hat``), for a caller that needs the maps' transform after the
+        # run (interleaved learning: the filter step and the next warm start read it instead of an FFT)
+        self.keep_maps_hat = False
         if self._fused:  # flattened views and the full Parseval weights the kernels read
             xp = problem.backend.xp
             U, V = problem.images_hat.shape[-2:]
@@ -104,23 +107,39 @@ class Admm(SolverBase):
         xp = pb.backend.xp
         maps = pb.zeros() if maps0 is None else maps0
         n = maps.shape[0]
-        rho0 = self.config.rho if self.config.rho is not None else 50.0 * pb.lam + 1.0
+        rho0 = self.initial_rho()
         compatible = warm is not None and tuple(warm.dual.shape) == tuple(maps.shape)
         rho = np.array(warm.rho, dtype=np.float64) if compatible else np.full(n, rho0)
         dual = warm.dual if compatible else xp.zeros_like(maps)
         inf = np.full(n, np.inf)
         if self._masked:
             return self._init_masked(maps, dual, rho, warm if compatible else None)
-        maps_hat = pb.op.rfft(maps)
-        if compatible:  # carry = û + ẑ, so that û = carry − ẑ
+        fourier = compatible and warm.maps_hat is not None and warm.dual_hat is not None
+        maps_hat = warm.maps_hat if fourier else pb.op.rfft(maps)
+        if fourier:  # carry = û + ẑ, so that û = carry − ẑ (in û's array: the run owns the warm start's arrays)
+            carry_hat = warm.dual_hat
+            carry_hat += maps_hat
+        elif compatible:
             carry_hat = pb.op.rfft(dual)
             carry_hat += maps_hat
         else:
-            carry_hat = maps_hat
+            carry_hat = pb.backend.xp.array(maps_hat) if self.keep_maps_hat else maps_hat
         solve_hat, carry_hat, data = self._fourier(maps_hat, carry_hat, np.ones(n), rho, t_out=carry_hat)
         return AdmmState(
-            maps, dual, rho, data + pb.regulariser(maps), inf, inf, solve_hat=solve_hat, carry_hat=carry_hat
+            maps,
+            dual,
+            rho,
+            data + pb.regulariser(maps),
+            inf,
+            inf,
+            solve_hat=solve_hat,
+            carry_hat=carry_hat,
+            maps_hat=maps_hat if self.keep_maps_hat else None,
         )
+
+    def initial_rho(self) -> float:
+        """ρ of a cold start: ``config.rho``, or 50λ + 1."""
+        return self.config.rho if self.config.rho is not None else 50.0 * self.problem.lam + 1.0
 
     def _init_masked(self, maps: Array, dual: Array, rho: np.ndarray, warm: AdmmWarmStart | None) -> AdmmState:
         pb = self.problem
@@ -184,17 +203,44 @@ class Admm(SolverBase):
                 rho, dual_scale = rho * scale, 1.0 / scale
                 dual *= self._per_image(dual_scale, dual)  # made by this iteration, or `out`'s
         # ẑ is needed by this pass only: without `out`, the next carry takes its place
+        keep = self.keep_maps_hat
         solve_hat, carry_hat, data = self._fourier(
             maps_hat,
             s.carry_hat,
             dual_scale,
             rho,
             x_out=None if out is None else out.solve_hat,
-            t_out=maps_hat if out is None else out.carry_hat,
+            t_out=(None if keep else maps_hat) if out is None else out.carry_hat,
         )
         return AdmmState(
-            maps, dual, rho, data + sparsity, primal, dual_r, it, at, solve_hat=solve_hat, carry_hat=carry_hat
+            maps,
+            dual,
+            rho,
+            data + sparsity,
+            primal,
+            dual_r,
+            it,
+            at,
+            solve_hat=solve_hat,
+            carry_hat=carry_hat,
+            maps_hat=maps_hat if keep else None,
         )
+
+    def fourier_warm_start(self, state: AdmmState) -> AdmmWarmStart:
+        """The warm start of `state` with ẑ and û (circular boundary, ``keep_maps_hat``), for a run with other
+        filters that then needs no FFT: û = carry − αx̂ − (1−α)ẑ, written over x̂ (`state` is given up)."""
+        if self._masked or state.maps_hat is None or state.solve_hat is None:
+            raise ValueError("a Fourier warm start needs a circular-boundary state that kept maps_hat")
+        a = self.config.relax
+        if self._fused and self._kernels is kernels:  # one pass
+            dual_hat = kernels.dual_hat(state.solve_hat, state.carry_hat, state.maps_hat, a)
+            return AdmmWarmStart(state.rho, state.dual, None, maps_hat=state.maps_hat, dual_hat=dual_hat)
+        dual_hat = state.solve_hat
+        dual_hat *= -a
+        dual_hat += state.carry_hat
+        if a != 1.0:
+            dual_hat -= (1 - a) * state.maps_hat
+        return AdmmWarmStart(state.rho, state.dual, None, maps_hat=state.maps_hat, dual_hat=dual_hat)
 
     def _irfft(self, a_hat: Array, *, overwrite: bool) -> Array:
         if self._fused:

@@ -50,11 +50,17 @@ class AdmmState:
 
 @dataclass(frozen=True)
 class AdmmWarmStart:
-    """ρ per image and the scaled spatial duals u (and u₀ of mask decoupling) of a previous run."""
+    """ρ per image and the scaled spatial duals u (and u₀ of mask decoupling) of a previous run.
+
+    ``maps_hat`` and ``dual_hat`` (circular boundary) are ẑ and û of that run's last iterate, when the caller kept
+    them (:meth:`~solver.algorithms.admm.Admm.fourier_warm_start`): a warm start that has them costs no FFT.
+    """
 
     rho: np.ndarray
     dual: Array
     aux_dual: Array | None = None
+    maps_hat: Array | None = None
+    dual_hat: Array | None = None
 
 
 __all__ = ["AdmmState", "AdmmWarmStart"]

@@ -30,7 +30,9 @@ import numpy as np
 
 from ..backend import Array
 from ..config import FilterUpdateConfig
+from ..operators import kernels
 from ..operators.prox import project_unit_ball
+from ..stopping import check_stop
 from .filter_update import FilterProblem
 
 
@@ -78,6 +80,8 @@ def consensus_local_step(
     xp = problem.backend.xp
     pairs = op.connections
     g_hat = op.filters_to_hat(filters)  # the connected planes only (pair layout)
+    if _fused(problem, g_hat):
+        return _fused_step(problem, g_hat, state, rho, relax)
     if state is None:
         dual = xp.zeros((op.maps_hat.shape[0], *g_hat.shape), dtype=g_hat.dtype)
     else:
@@ -91,6 +95,48 @@ def consensus_local_step(
     local = relax * local + (1 - relax) * g_hat[None]
     partial = op.hat_to_filters(xp.sum(local + dual, axis=0))
     return partial, ConsensusState(dual, local)
+
+
+def _fused(problem: FilterProblem, g_hat: Array) -> bool:
+    """Whether the numba kernel applies: numpy arrays, one channel, every pair connected (the (K, 1, U, V) layout)."""
+    op = problem.op
+    return (
+        problem.backend.name == "numpy"
+        and kernels.available()
+        and op.connections.full
+        and op.n_channels == 1
+        and g_hat.dtype in (np.complex64, np.complex128)
+        and op.maps_hat.dtype == g_hat.dtype
+        and op.maps_hat.flags.c_contiguous
+    )
+
+
+def _fused_step(
+    problem: FilterProblem, g_hat: Array, state: ConsensusState | None, rho: float, relax: float
+) -> tuple[Array, ConsensusState]:
+    """:func:`consensus_local_step` by :func:`solver.operators.kernels.consensus_step`: one pass, the state's
+    arrays updated in place."""
+    op = problem.op
+    N, K = op.maps_hat.shape[:2]
+    shape = (N, K, 1, *g_hat.shape[2:])
+    F = int(np.prod(g_hat.shape[2:]))
+    if state is None or state.dual_hat.shape != shape:
+        state = ConsensusState(np.empty(shape, dtype=g_hat.dtype), np.empty(shape, dtype=g_hat.dtype))
+        fresh = True
+    else:
+        fresh = False
+    y_hat = np.ascontiguousarray(problem.images_hat.reshape(N, F))
+    total = kernels.consensus_step(
+        op.maps_hat.reshape(N, K, F),
+        y_hat,
+        np.ascontiguousarray(g_hat.reshape(K, F)),
+        state.dual_hat.reshape(N, K, F),
+        state.local_hat.reshape(N, K, F),
+        rho,
+        relax,
+        fresh=fresh,
+    )
+    return op.hat_to_filters(total.reshape(g_hat.shape)), state
 
 
 def consensus_project(partials: list[tuple[np.ndarray, int]], norm: str) -> np.ndarray:
@@ -122,8 +168,9 @@ def update_filters_consensus(
     rho = float(n_images) if config.rho is None else config.rho
     g = project_unit_ball(filters, config.norm)
     for _ in range(config.max_iter):
+        check_stop()
         partials = pool.consensus_step(g, rho, config.relax)
         g = consensus_project(partials, config.norm).astype(filters.dtype, copy=False)
-    new = sum(value for value, _ in pool.value_and_gradient(g))
-    old = sum(value for value, _ in pool.value_and_gradient(filters))
+    new = sum(pool.value(g))
+    old = sum(pool.value(filters))
     return (g, float(new)) if new <= old else (filters, float(old))

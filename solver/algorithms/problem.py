@@ -54,12 +54,12 @@ class CSCProblem:
     penalty : LpPenalty
     """
 
-    def __init__(self, images: Array, op: ConvOperator, penalty: LpPenalty):
+    def __init__(self, images: Array, op: ConvOperator, penalty: LpPenalty, *, images_hat: Array | None = None):
         self.images = images
         self.op = op
         self.penalty = penalty
         self.backend = op.backend
-        self._residual = GridResidual(images, op.grid, op.backend)
+        self._residual = GridResidual(images, op.grid, op.backend, images_hat=images_hat)
         self.images_hat = self._residual.images_hat  # F Pᵀ y on the map grid
         self._weights = self._residual.weights
         self.n_images = images.shape[0]
@@ -132,11 +132,12 @@ class GridResidual:
     Parseval for the circular boundary, through the spatial crop for the valid one.
     """
 
-    def __init__(self, images: Array, grid: Any, backend: Backend):
+    def __init__(self, images: Array, grid: Any, backend: Backend, *, images_hat: Array | None = None):
         self.images = images
         self.grid = grid
         self.backend = backend
-        self.images_hat = backend.rfft2(grid.pad(images), grid.shape)
+        # `images_hat`: F Pᵀ y when the caller keeps it (the same images on the same grid)
+        self.images_hat = backend.rfft2(grid.pad(images), grid.shape) if images_hat is None else images_hat
         xp = backend.xp
         self.weights = parseval_weights(grid.shape, xp, xp.real(self.images_hat[..., :1]).dtype)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -69,11 +70,14 @@ def alternate(
     for it in range(start_iteration + 1, config.n_iter + 1):
         if should_stop is not None and should_stop():
             break
-        coded = pool.code(filters)
-        if config.filter_update.method == "consensus":  # needs no step size
+        if config.schedule == "interleaved":
+            coded, filters, data = _rounds(pool, config, filters)
+        elif config.filter_update.method == "consensus":  # needs no step size
+            coded = pool.code(filters)
             n_images = sum(c.n_images for c in coded)
             filters, data = update_filters_consensus(pool, filters, config.filter_update, n_images)
         else:
+            coded = pool.code(filters)
             n_power = _POWER_ITER_FIRST if power_vector is None and it == start_iteration + 1 else _POWER_ITER_WARM
             lipschitz, vector = filter_lipschitz(pool, vector, n_power)
             filters, data = update_filters_pooled(pool, filters, config.filter_update, lipschitz)
@@ -91,3 +95,16 @@ def alternate(
         if callback is not None:
             callback(record)
     return filters, history, stats
+
+
+def _rounds(pool: Any, config: LearnConfig, filters: np.ndarray) -> tuple[list[Any], np.ndarray, float]:
+    """The interleaved schedule's outer iteration: ``inference.max_iter`` rounds of one coding step (the shards
+    run one ADMM step when their config is interleaved) and one consensus filter step; each never raises E."""
+    one_step = config.filter_update.model_copy(update={"max_iter": 1})
+    rounds = config.inference.max_iter
+    coded, data = [], 0.0
+    for _ in range(rounds):
+        coded = pool.code(filters)
+        n_images = sum(c.n_images for c in coded)
+        filters, data = update_filters_consensus(pool, filters, one_step, n_images)
+    return [replace(c, n_iter=rounds) for c in coded], filters, data  # the inference steps of the iteration

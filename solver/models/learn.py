@@ -127,12 +127,13 @@ def learn(
     backend: Literal["auto", "numpy", "cupy"] = "auto",
     connectivity: str | np.ndarray = "full",
     inner_iter: int | None = None,
-    filter_update: Literal["fista", "cg"] | FilterUpdateConfig = "fista",
+    filter_update: Literal["fista", "cg", "consensus"] | FilterUpdateConfig | None = None,
     filter_iter: int | None = None,
     filter_norm: Literal["plane", "filter"] | None = None,
     preprocess: PreprocessConfig | None = None,
     init_filters: Array | None = None,
     callback: Callable[[IterStats], None] | None = None,
+    schedule: Literal["auto", "alternate", "interleaved"] = "auto",
 ) -> LearnResult:
     r"""Learn `n_filters` filters of size `filter_size` from `images` (one layer).
 
@@ -163,14 +164,15 @@ def learn(
     inner_iter : int, optional
         Inference iterations per outer iteration (default: 10 for a method name, the model's own count for a
         config model; for zeiler, spread over the β stages). Learning always runs exactly this many: the
-        inference ``tol`` is not used.
-    filter_update : {"fista", "cg"} or FilterUpdateConfig
-        ``FilterUpdateConfig(recentre=True)`` removes the shift ambiguity (circular boundary): all outer
-        iterations but the last run on an (s+2)×(s+2) support, every filter re-centred with its maps after each
-        filter step, and the last runs on each filter's s×s window of largest energy. ``history[:-1]`` is then E
-        on the wider support, and the last entry (E of the result) may lie slightly above it.
+        inference ``tol`` is not used. With the interleaved schedule: rounds per outer iteration.
+    filter_update : {"fista", "cg", "consensus"} or FilterUpdateConfig, optional
+        Default: consensus with the interleaved schedule, fista otherwise. ``FilterUpdateConfig(recentre=True)``
+        removes the shift ambiguity (circular boundary): all outer iterations but the last run on an
+        (s+2)×(s+2) support, every filter re-centred with its maps after each filter step, and the last runs on
+        each filter's s×s window of largest energy. ``history[:-1]`` is then E on the wider support, and the last
+        entry (E of the result) may lie slightly above it.
     filter_iter : int, optional
-        Filter-update iterations per outer iteration (default 10).
+        Filter-update iterations per outer iteration (default 10; alternating schedule).
     filter_norm : {"plane", "filter"}, optional
         Unit norm per plane (Zeiler) or per filter (SPORCO, the default).
     preprocess : PreprocessConfig, optional
@@ -179,6 +181,13 @@ def learn(
         Start from these instead of the seeded random filters.
     callback : callable, optional
         Called with an :class:`IterStats` after every outer iteration.
+    schedule : {"auto", "alternate", "interleaved"}
+        ``"alternate"``: each outer iteration runs `inner_iter` inference steps, then `filter_iter` filter
+        steps. ``"interleaved"`` (``"admm"``, circular boundary, consensus filter update): `inner_iter` rounds
+        of one step of each, all warm-started (Garcia-Cardona & Wohlberg 2018); the same number of steps, each
+        filter step on fresh maps, so that a given E comes several times sooner. ``"auto"`` (default):
+        interleaved for ``method="admm"`` with the circular boundary when neither `filter_update` (other than
+        consensus) nor `filter_iter` is given, alternate otherwise. Either way E never increases.
 
     Returns
     -------
@@ -201,6 +210,9 @@ def learn(
     # A method name gets 10 inference iterations per outer iteration; a config model keeps its own count.
     default_inner = _DEFAULT_INNER_ITER if isinstance(method, str) else None
     inference = inference_config(method, default_inner if inner_iter is None else inner_iter, None)
+    schedule = _schedule(schedule, inference.method, boundary, filter_update, filter_iter)
+    if filter_update is None:
+        filter_update = "consensus" if schedule == "interleaved" else "fista"
     base = filter_update if isinstance(filter_update, FilterUpdateConfig) else FilterUpdateConfig(method=filter_update)
     updates = {k: v for k, v in (("max_iter", filter_iter), ("norm", filter_norm)) if v is not None}
     fu = FilterUpdateConfig.model_validate({**base.model_dump(), **updates})
@@ -220,8 +232,25 @@ def learn(
         boundary=boundary,
         preprocess=preprocess,
         seed=seed,
+        schedule=schedule,
     )
     return learn_layer(images, config, backend=backend, init_filters=init_filters, callback=callback)
+
+
+_SCHEDULES = ("auto", "alternate", "interleaved")
+
+
+def _schedule(schedule: str, method: str, boundary: str, filter_update: Any, filter_iter: int | None) -> str:
+    """``learn``'s schedule: "auto" is interleaved where it applies and nothing given asks for the alternation."""
+    if schedule not in _SCHEDULES:
+        raise ValueError(f"schedule must be one of {_SCHEDULES}, got {schedule!r}")
+    if schedule != "auto":
+        return schedule
+    consensus = filter_update is None or filter_update == "consensus"
+    if isinstance(filter_update, FilterUpdateConfig):
+        consensus = filter_update.method == "consensus" and not filter_update.recentre
+    applies = method == "admm" and boundary == "circular" and consensus and filter_iter is None
+    return "interleaved" if applies else "alternate"
 
 
 def learn_layer(

@@ -6,6 +6,7 @@ The learning loop (:mod:`solver.learn`) talks to its images only through a *pool
   maps and auxiliary/dual variables (they never leave the shard); returns small statistics;
 * ``value_and_gradient(filters)``: the data term ½‖P Z f − y‖² of the shard and its gradient Zᴴ(P Z f − y)
   with respect to the filters (K·C·s·s numbers);
+* ``value(filters)``: that data term alone (the consensus filter update compares two filters with it);
 * ``normal(v)``: ZᴴPᵀPZ v, for the power iteration that gives the filter step size;
 * ``consensus_step(filters, rho, relax)``: the shard's part of a consensus ADMM filter iteration
   (:mod:`solver.algorithms.consensus`), with its local filters and duals kept in the shard;
@@ -37,13 +38,22 @@ from ..algorithms.base import run
 from ..algorithms.consensus import ConsensusState, consensus_local_step
 from ..algorithms.filter_update import FilterProblem
 from ..algorithms.problem import CSCProblem
-from ..backend import Array, Backend
+from ..backend import Array, Backend, backend_of
 from ..config import LearnConfig
-from ..operators.convolution import ConvOperator
-from ..operators.pairs import image_blocks
+from ..operators.convolution import ConvOperator, PlaneTransforms
+from .interleaved import code_one_step, host_warm_start
 from .lam import analysis_max
 from .pixel_shard import PixelShard
-from .shard_base import CodeStats, _ShardBase, _to_device, _to_host, _warm_rows, iterate_steps, keep_better
+from .shard_base import (
+    CodeStats,
+    _ShardBase,
+    _to_device,
+    _to_host,
+    _warm_rows,
+    coding_groups,
+    iterate_steps,
+    keep_better,
+)
 
 
 class Shard(_ShardBase):
@@ -64,6 +74,11 @@ class Shard(_ShardBase):
         self._filter_problem: FilterProblem | None = None
         self._consensus: ConsensusState | None = None
         self._packed: PackedMaps | None = None  # the maps while the filters are updated, when sparse enough
+        self.maps_hat: Array | None = None  # ẑ of the maps, kept by the interleaved schedule's coding step
+        self.rounds = 0  # coding steps of the interleaved schedule so far
+        # the filters' planes and the images' transform, which every coding and filter step reads again
+        self.transforms = PlaneTransforms()
+        self._images_hat: Array | None = None
 
     def maps(self) -> np.ndarray:
         self._unpack()
@@ -72,57 +87,56 @@ class Shard(_ShardBase):
     def code(self, filters: np.ndarray) -> CodeStats:
         """Inference with fixed filters, warm-started; never returns maps worse than the previous ones.
 
-        Exactly ``config.inference.max_iter`` iterations. ADMM keeps only its current iterate (updated in place),
-        and per image the maps it started from are kept when the run ends above their E. It codes the images in
-        groups (:func:`~solver.operators.pairs.image_blocks`: up to 8, of at least 8 MiB of maps; they are
-        independent problems, each with its own ρ, so the result is that of one batch): besides the maps and
-        duals the shard keeps, its peak is a few arrays of a group's size. The other methods keep, per image, the
-        iterate of lowest E among the start and every step: the β continuation of ``zeiler`` can end above an
-        earlier stage, and even above the start (a first coding step from zero maps that ended above E(0) would
-        leave the maps at zero, and the filters, whose gradient they set, where they are, for ever).
+        Exactly ``config.inference.max_iter`` iterations, on the images a group at a time
+        (:func:`~solver.models.shard_base.coding_groups`: about 8 groups, of at least 1 MiB of maps, 8 MiB on a
+        GPU; they are independent problems, each with its own ρ, step sizes and momentum, so the result is that of
+        one batch),
+        each group's maps (and ADMM duals) read from and written back into the shard's own arrays: besides those,
+        the coding peak is a few arrays of one group's size. The first run starts from zero maps (and zero duals),
+        made once here. ADMM keeps only its current iterate (updated in place), and per image the maps it started
+        from are kept when the run ends above their E. The other methods keep, per image, the iterate of lowest E
+        among the start and every step: the β continuation of ``zeiler`` can end above an earlier stage, and even
+        above the start (a first coding step from zero maps that ended above E(0) would leave the maps at zero,
+        and the filters, whose gradient they set, where they are, for ever).
         """
         f = self.bk.asarray(filters, dtype=self.images.dtype)
         self._unpack()  # and the FFT of the old maps, stale now, is freed before the coding peak
-        op = ConvOperator(f, self.images.shape[-2:], boundary=self.config.boundary, connectivity=self.g)
+        op = ConvOperator(
+            f, self.images.shape[-2:], boundary=self.config.boundary, connectivity=self.g, transforms=self.transforms
+        )
+        if self.config.schedule == "interleaved":
+            return code_one_step(self, op)
+        if self._maps is None:
+            shape = (self.n_images, op.n_filters, *op.map_shape)
+            self._maps = self.bk.xp.zeros(shape, dtype=self.images.dtype)
         if self.config.inference.method == "admm":
-            return self._code_admm_in_chunks(op)
-        solver = make_solver(CSCProblem(self.images, op, self.penalty), self.config.inference)
-        state = solver.init(self._maps, warm=self._warm)
-        self._warm = None
-        self._maps = run(solver, state, stop_early=False).maps  # the others start cold
-        return self._code_stats(solver.max_iter)
+            return self._code_admm_in_groups(op)
+        maps, max_iter = self._maps, 0
+        self._warm = None  # the others start cold
+        step_bound = _OnceLipschitz()
+        for group in self._coding_groups(maps):
+            solver = make_solver(_GroupProblem(self.images[group], op, self.penalty, step_bound), self.config.inference)
+            maps[group] = run(solver, solver.init(maps[group]), stop_early=False).maps
+            max_iter = solver.max_iter
+            del solver
+        return self._code_stats(max_iter)
 
-    def _code_admm_in_chunks(self, op: ConvOperator) -> CodeStats:
+    def _code_admm_in_groups(self, op: ConvOperator) -> CodeStats:
         warm, self._warm = self._warm, None  # the runs own (and overwrite) the duals now
-        previous = self._maps  # None before the first run: each chunk then starts from zero maps
-        maps, dual, rho, aux_dual = previous, None, [], None
-        n, xp = self.n_images, self.bk.xp
-        maps_bytes = n * op.n_filters * int(np.prod(op.map_shape)) * self.images.dtype.itemsize
-        step = image_blocks(n, maps_bytes)[0].stop
-        max_iter = 0
-        for lo in range(0, n, step):
-            hi = min(n, lo + step)
-            solver = make_solver(CSCProblem(self.images[lo:hi], op, self.penalty), self.config.inference)
-            start = None if warm is None else _warm_rows(warm, lo, hi)
-            state = solver.init(None if previous is None else previous[lo:hi], warm=start)
-            state = self._steps_never_worse(solver, state)
-            if maps is None:  # the first coding run: the shard's arrays are made here, once
-                maps = xp.empty((n, *self._maps.shape[1:]), dtype=self._maps.dtype)
-            if dual is None:
-                dual = warm.dual if warm is not None else xp.empty_like(maps)
-                if state.dual.shape[1:] != dual.shape[1:]:  # a warm start of other shapes was not used
-                    dual = xp.empty((n, *state.dual.shape[1:]), dtype=state.dual.dtype)
-            maps[lo:hi] = self._maps  # a no-op where the run kept the chunk's start in place
-            dual[lo:hi] = state.dual  # the fused run wrote it in place already: then a no-op too
-            if state.aux_dual is not None:
-                if aux_dual is None:
-                    aux_dual = xp.empty((n, *state.aux_dual.shape[1:]), dtype=state.aux_dual.dtype)
-                aux_dual[lo:hi] = state.aux_dual
+        maps, rho, max_iter = self._maps, [], 0
+        for group in self._coding_groups(maps):
+            solver = make_solver(CSCProblem(self.images[group], op, self.penalty), self.config.inference)
+            warm = _full_warm_start(warm, maps, solver, op)
+            state = self._steps_never_worse(solver, solver.init(maps[group], warm=_warm_rows(warm, group)))
+            maps[group] = self._maps  # a no-op where the run kept the group's start in place
+            self._maps = maps  # the group's own arrays go with its state
+            warm.dual[group] = state.dual  # the fused run wrote it in place already: then a no-op too
+            if warm.aux_dual is not None:
+                warm.aux_dual[group] = state.aux_dual
             rho.append(state.rho)
             max_iter = solver.max_iter
             del state, solver
-        self._maps = maps
-        self._warm = AdmmWarmStart(np.concatenate(rho), dual, aux_dual)
+        self._warm = AdmmWarmStart(np.concatenate(rho), warm.dual, warm.aux_dual)
         return self._code_stats(max_iter)
 
     def _problem(self) -> FilterProblem:
@@ -131,8 +145,16 @@ class Shard(_ShardBase):
         if self._maps is None:
             raise ValueError("the shard has no maps yet: call code(filters) first")
         problem = functools.partial(
-            FilterProblem, self.images, filter_size=self.layer.filter_size, boundary=self.config.boundary
+            FilterProblem,
+            self.images,
+            filter_size=self.layer.filter_size,
+            boundary=self.config.boundary,
+            images_hat=self._images_hat,  # None before the first coding step: the problem makes it
+            transforms=self.transforms,
         )
+        if self.maps_hat is not None:  # the interleaved coding step kept the maps' transform
+            self._filter_problem = problem(self._maps, connectivity=self.g, maps_hat=self.maps_hat)
+            return self._filter_problem
         packed = PackedMaps.pack(self._maps) if self.bk.name == "numpy" else None
         if packed is None:
             self._filter_problem = problem(self._maps, connectivity=self.g)
@@ -140,6 +162,12 @@ class Shard(_ShardBase):
             self._maps, self._packed = None, packed
             self._filter_problem = problem(packed.template(), connectivity=self.g, maps_hat=packed.rfft2(self.bk))
         return self._filter_problem
+
+    def images_hat(self, grid: Any) -> Array:
+        """F Pᵀ y on the map grid `grid` (made once: the images and the grid never change)."""
+        if self._images_hat is None:
+            self._images_hat = self.bk.rfft2(grid.pad(self.images), grid.shape)
+        return self._images_hat
 
     def _unpack(self) -> None:
         """The maps as an array again (and the filter step's transform of them freed first)."""
@@ -152,6 +180,10 @@ class Shard(_ShardBase):
         problem = self._problem()
         resid_hat, data = problem.residual_of(self.bk.asarray(filters, dtype=self.images.dtype))
         return float(data.sum()), self.bk.to_host(problem.gradient(resid_hat))
+
+    def value(self, filters: np.ndarray) -> float:
+        """½‖P Z f − y‖² of this shard at `filters` (no gradient)."""
+        return self._problem().value(self.bk.asarray(filters, dtype=self.images.dtype))
 
     def normal(self, v: np.ndarray) -> np.ndarray:
         """ZᴴPᵀPZ v of this shard."""
@@ -177,8 +209,9 @@ class Shard(_ShardBase):
         self._unpack()
         return {
             "maps": None if self._maps is None else self.maps(),
-            "warm": _to_host(self._warm, self.bk, copy=copy),
+            "warm": _to_host(host_warm_start(self._warm), self.bk, copy=copy),
             "consensus": _to_host(self._consensus, self.bk, copy=copy),
+            "rounds": self.rounds,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -187,7 +220,50 @@ class Shard(_ShardBase):
         self._maps = None if maps is None else self.bk.asarray(maps)
         self._warm = _to_device(state.get("warm"), self.bk)
         self._consensus = _to_device(state.get("consensus"), self.bk)
-        self._filter_problem, self._packed = None, None
+        self.rounds = int(state.get("rounds", 0))
+        self._filter_problem, self._packed, self.maps_hat = None, None, None
+
+
+class _OnceLipschitz:
+    """‖P D‖² of a coding operator, computed by the first group that asks (it depends on the filters only: for the
+    valid boundary a power iteration on one image) and given to the others."""
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+
+    def __call__(self, problem: CSCProblem) -> float:
+        if self.value is None:
+            self.value = CSCProblem.lipschitz(problem)
+        return self.value
+
+
+class _GroupProblem(CSCProblem):
+    """The coding problem of one group of a shard's images, sharing its step bound with the other groups."""
+
+    def __init__(self, images: Array, op: ConvOperator, penalty: Any, step_bound: _OnceLipschitz):
+        super().__init__(images, op, penalty)
+        self._step_bound = step_bound
+
+    def lipschitz(self) -> float:
+        return self._step_bound(self)
+
+
+def _full_warm_start(warm: AdmmWarmStart | None, maps: Array, solver: Any, op: ConvOperator) -> AdmmWarmStart:
+    """`warm`, or where it has none (the first run, or duals of other shapes) the cold start of every image: ρ of a
+    cold start and zero duals, in arrays of the shard's size that the groups are coded in (a run started with
+    them takes the steps of a cold start)."""
+    xp = backend_of(maps).xp
+    if warm is not None and tuple(warm.dual.shape) == tuple(maps.shape):
+        if warm.aux_dual is None and op.grid.cropped:
+            return AdmmWarmStart(warm.rho, warm.dual, _zero_aux_dual(maps, op))
+        return warm if op.grid.cropped else AdmmWarmStart(warm.rho, warm.dual, None)
+    rho = np.full(maps.shape[0], solver.initial_rho())
+    return AdmmWarmStart(rho, xp.zeros_like(maps), _zero_aux_dual(maps, op) if op.grid.cropped else None)
+
+
+def _zero_aux_dual(maps: Array, op: ConvOperator) -> Array:
+    """u₀ of mask decoupling at its cold start: zeros on the images' channels and the map grid."""
+    return backend_of(maps).xp.zeros((maps.shape[0], op.n_channels, *op.map_shape), dtype=maps.dtype)
 
 
 @dataclass(frozen=True)
@@ -215,7 +291,7 @@ class PackedMaps:
         dtype = np.int32 if maps.size < 2**31 else np.int64
         starts = np.concatenate([[0], np.cumsum(counts)])
         index, values = np.empty(int(starts[-1]), dtype=dtype), np.empty(int(starts[-1]), dtype=maps.dtype)
-        for block in image_blocks(n, maps.nbytes):  # a block at a time: the int64 indices of one block only
+        for block in coding_groups(n, maps.nbytes):  # a group at a time: the int64 indices of one group only
             flat = maps[block].reshape(-1)
             where = np.flatnonzero(flat)
             lo, hi = starts[block.start], starts[block.stop]
@@ -239,11 +315,12 @@ class PackedMaps:
         return np.empty((0, *self.shape[1:]), dtype=self.values.dtype)
 
     def rfft2(self, bk: Backend) -> Array:
-        """rfft2 of the maps over their own grid, a block of images at a time (the same transform per image)."""
+        """rfft2 of the maps over their own grid, a group of images at a time (the same transform per image): with
+        the transform and the duals the shard holds, the dense group and its transform are the peak."""
         n = self.shape[0]
         nbytes = n * int(np.prod(self.shape[1:])) * self.values.dtype.itemsize
         out = None
-        for block in image_blocks(n, nbytes):
+        for block in coding_groups(n, nbytes):
             part = bk.rfft2(self.rows(block.start, block.stop), self.shape[-2:])
             if out is None:
                 out = bk.xp.empty((n, *part.shape[1:]), dtype=part.dtype)
@@ -269,6 +346,9 @@ class LocalPool:
 
     def value_and_gradient(self, filters: np.ndarray) -> list[tuple[float, np.ndarray]]:
         return [s.value_and_gradient(filters) for s in self.shards]
+
+    def value(self, filters: np.ndarray) -> list[float]:
+        return [s.value(filters) for s in self.shards]
 
     def normal(self, v: np.ndarray) -> list[np.ndarray]:
         return [s.normal(v) for s in self.shards]

@@ -29,6 +29,7 @@ connected pairs otherwise), and every product, sum, FFT of filters and per-frequ
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -131,6 +132,7 @@ class ConvOperator:
         *,
         boundary: Boundary = "circular",
         connectivity: Array | None = None,
+        transforms: PlaneTransforms | None = None,
     ):
         self.backend: Backend = backend_of(filters)
         self.dtype = filters.dtype
@@ -141,7 +143,10 @@ class ConvOperator:
         self.connections: Connections = connections(connectivity, self.n_filters, self.n_channels, self.backend.xp)
         planes = self.connections.gather(filters)
         self.filters = self.connections.scatter(planes)  # zero where not connected
-        self.planes_hat = self.backend.rfft2(planes, self.grid.shape)
+        if transforms is None:
+            self.planes_hat = self.backend.rfft2(planes, self.grid.shape)
+        else:
+            self.planes_hat = transforms.get(filters, lambda f: self.backend.rfft2(planes, self.grid.shape))
 
     @functools.cached_property
     def filters_hat(self) -> Array:
@@ -251,6 +256,7 @@ class FilterOperator:
         connectivity: Array | None = None,
         n_channels: int = 1,
         maps_hat: Array | None = None,
+        transforms: PlaneTransforms | None = None,
     ):
         self.backend: Backend = backend_of(maps)
         self.dtype = maps.dtype
@@ -266,6 +272,7 @@ class FilterOperator:
         self.connectivity = connectivity
         self.connections: Connections = connections(connectivity, self.n_filters, self.n_channels, self.backend.xp)
         self.maps_hat = _rfft2_in_blocks(self.backend, maps, self.grid.shape) if maps_hat is None else maps_hat
+        self.transforms = transforms
 
     @property
     def boundary(self) -> Boundary:
@@ -273,6 +280,11 @@ class FilterOperator:
 
     def filters_to_hat(self, filters: Array) -> Array:
         """(K, C, s, s) -> the Fourier planes of the connected pairs, (K, C, U, V) or (P, U, V)."""
+        if self.transforms is not None:
+            return self.transforms.get(filters, self._filters_to_hat)
+        return self._filters_to_hat(filters)
+
+    def _filters_to_hat(self, filters: Array) -> Array:
         return self.backend.rfft2(self.connections.gather(filters), self.grid.shape)
 
     def hat_to_filters(self, planes_hat: Array) -> Array:
@@ -308,6 +320,28 @@ class FilterOperator:
         # maps_hat is (N, K, U, V): the same layout as filters_hat (K, C, U, V) with rows N and columns K,
         # and λ_max(AᴴA) = λ_max(AAᴴ), so one routine serves both operators.
         return max_gram_eigenvalue(self.maps_hat)
+
+
+class PlaneTransforms:
+    """The Fourier planes of the last few filters on one grid, with one connectivity (a learner's shard transforms
+    the same filters in its coding step, its filter step and the checks of that step). Callers must not write
+    into the planes it returns."""
+
+    def __init__(self, size: int = 2):
+        self.size = size
+        self._entries: list[tuple[Array, Array]] = []
+
+    def get(self, filters: Array, compute: Callable[[Array], Array]) -> Array:
+        """The planes of `filters`: cached when the same values were among the last `size` asked for (least
+        recently used out first), else ``compute(filters)``."""
+        xp = backend_of(filters).xp
+        for i, (seen, planes_hat) in enumerate(self._entries):
+            if seen.shape == filters.shape and seen.dtype == filters.dtype and bool(xp.array_equal(seen, filters)):
+                self._entries.insert(0, self._entries.pop(i))
+                return planes_hat
+        planes_hat = compute(filters)
+        self._entries = [(xp.array(filters, copy=True), planes_hat), *self._entries[: self.size - 1]]
+        return planes_hat
 
 
 def parseval_weights(grid: tuple[int, int], xp, dtype) -> Array:

@@ -20,17 +20,37 @@ its own two-axis ``irfft2`` on maps-shaped arrays (same result, bit for bit).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import scipy.fft
 
+from ..backend import threads_for
+
 try:  # numba is a dependency; the guard keeps the package importable where it cannot be installed
+    import numba
     from numba import njit, prange
 
     NUMBA = True
 except ImportError:  # pragma: no cover
     NUMBA = False
+
+
+@contextlib.contextmanager
+def _threads_for(n_entries: int) -> Iterator[None]:
+    """One thread for a small pass (:data:`solver.backend.PARALLEL_MIN_ENTRIES`), numba's default otherwise."""
+    if threads_for(n_entries, 2) > 1:
+        yield
+        return
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
 
 _CHUNK = 2048  # frequencies per parallel task
 # Reassociation and contraction let LLVM vectorise the sums and fuse multiply-adds; no flag that assumes
@@ -150,6 +170,195 @@ if NUMBA:
                 t_out[n, k, span] = t_row
 
 
+if NUMBA:
+
+    @njit(parallel=True, cache=True, fastmath=_FLAGS)
+    def _consensus(a, y_hat, g_hat, dual, local, rho, alpha, beta, fresh, partial):  # pragma: no cover
+        # Float views (..., 2F) as in _admm_fourier. Per image n and frequency f: u ← u + d̃ − ĝ (or 0 when
+        # fresh), b = conj(a)ŷ + ρ(ĝ − u), d = (b − conj(a)·(Σ_k a b)/(ρ + Σ_k |a|²))/ρ, d̃ = αd + (1−α)ĝ;
+        # and Σ_n (d̃ + u) per filter. A task owns a chunk of frequencies for every image, so the sum over the
+        # images needs no reduction across tasks.
+        N, K, F2 = a.shape
+        F = F2 // 2
+        n_chunks = (F + _CHUNK - 1) // _CHUNK
+        inv_rho = 1.0 / rho
+        for c in prange(n_chunks):
+            lo = c * _CHUNK
+            m = min(_CHUNK, F - lo)
+            span = slice(2 * lo, 2 * (lo + m))
+            for k in range(K):
+                pk = partial[k, span]
+                for i in range(2 * m):
+                    pk[i] = 0.0
+            sums = np.zeros((3, m), dtype=partial.dtype)
+            abr, abi, aa = sums[0], sums[1], sums[2]
+            for n in range(N):
+                yn = y_hat[n, span]
+                for i in range(m):
+                    abr[i] = 0.0
+                    abi[i] = 0.0
+                    aa[i] = 0.0
+                for k in range(K):
+                    ak, gk, uk, dk = a[n, k, span], g_hat[k, span], dual[n, k, span], local[n, k, span]
+                    for i in range(m):
+                        if fresh:
+                            ur = gk[2 * i] - gk[2 * i]
+                            ui = ur
+                        else:
+                            ur = uk[2 * i] + dk[2 * i] - gk[2 * i]
+                            ui = uk[2 * i + 1] + dk[2 * i + 1] - gk[2 * i + 1]
+                        uk[2 * i] = ur
+                        uk[2 * i + 1] = ui
+                        ar, ai, yr, yi = ak[2 * i], ak[2 * i + 1], yn[2 * i], yn[2 * i + 1]
+                        br = ar * yr + ai * yi + rho * (gk[2 * i] - ur)
+                        bi = ar * yi - ai * yr + rho * (gk[2 * i + 1] - ui)
+                        abr[i] += ar * br - ai * bi
+                        abi[i] += ar * bi + ai * br
+                        aa[i] += ar * ar + ai * ai
+                for i in range(m):
+                    q = 1.0 / (rho + aa[i])
+                    abr[i] *= q
+                    abi[i] *= q
+                for k in range(K):
+                    ak, gk, uk, dk = a[n, k, span], g_hat[k, span], dual[n, k, span], local[n, k, span]
+                    pk = partial[k, span]
+                    for i in range(m):
+                        ar, ai, yr, yi = ak[2 * i], ak[2 * i + 1], yn[2 * i], yn[2 * i + 1]
+                        ur, ui, gr, gi = uk[2 * i], uk[2 * i + 1], gk[2 * i], gk[2 * i + 1]
+                        br = ar * yr + ai * yi + rho * (gr - ur)
+                        bi = ar * yi - ai * yr + rho * (gi - ui)
+                        dr = (br - (ar * abr[i] + ai * abi[i])) * inv_rho
+                        di = (bi - (ar * abi[i] - ai * abr[i])) * inv_rho
+                        dr = alpha * dr + beta * gr
+                        di = alpha * di + beta * gi
+                        dk[2 * i] = dr
+                        dk[2 * i + 1] = di
+                        pk[2 * i] += dr + ur
+                        pk[2 * i + 1] += di + ui
+
+
+if NUMBA:
+
+    @njit(parallel=True, cache=True, fastmath=_FLAGS)
+    def _data_term(z_hat, a, y_hat, w, partial):  # pragma: no cover
+        # Σ_f w_f |Σ_k a_k ẑ_k − ŷ|² per image and chunk of frequencies (float views, as in _admm_fourier)
+        N, K, F2 = z_hat.shape
+        F = F2 // 2
+        n_chunks = (F + _CHUNK - 1) // _CHUNK
+        for task in prange(N * n_chunks):
+            n = task // n_chunks
+            c = task % n_chunks
+            lo = c * _CHUNK
+            m = min(_CHUNK, F - lo)
+            span = slice(2 * lo, 2 * (lo + m))
+            sums = np.zeros((2, m), dtype=w.dtype)
+            dr, di = sums[0], sums[1]
+            for k in range(K):
+                ak, zk = a[k, span], z_hat[n, k, span]
+                for i in range(m):
+                    ar, ai, zr, zi = ak[2 * i], ak[2 * i + 1], zk[2 * i], zk[2 * i + 1]
+                    dr[i] += ar * zr - ai * zi
+                    di[i] += ar * zi + ai * zr
+            yn, wn = y_hat[n, span], w[lo : lo + m]
+            acc = 0.0
+            for i in range(m):
+                er = dr[i] - yn[2 * i]
+                ei = di[i] - yn[2 * i + 1]
+                acc += wn[i] * (er * er + ei * ei)
+            partial[n, c] = acc
+
+    @njit(parallel=True, cache=True, fastmath=_FLAGS)
+    def _dual_hat(x, t, z, alpha, beta):  # pragma: no cover
+        # x ← t − αx − (1−α)z, in place (float views of (N, K, 2F) arrays)
+        N, K, F2 = x.shape
+        for row in prange(N * K):
+            n = row // K
+            k = row % K
+            xr, tr, zr = x[n, k], t[n, k], z[n, k]
+            for i in range(F2):
+                xr[i] = tr[i] - alpha * xr[i] - beta * zr[i]
+
+    @njit(parallel=True, cache=True, fastmath=_FLAGS)
+    def _abs_and_count(x, out_abs, out_count):  # pragma: no cover
+        N, P = x.shape
+        for n in prange(N):
+            s = 0.0
+            c = 0
+            xn = x[n]
+            for i in range(P):
+                v = xn[i]
+                s += abs(v)
+                c += v != 0
+            out_abs[n] = s
+            out_count[n] = c
+
+
+def data_term(z_hat: np.ndarray, a: np.ndarray, y_hat: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Σ_f w_f |Σ_k â_k ẑ_k − ŷ|² per image, (N,) float64: twice the data term of the maps ẑ (N, K, F) with the
+    one-channel filters â (K, F), the images ŷ (N, F) and the Parseval weights w (F,) (one pass, no temporary)."""
+    n_chunks = (z_hat.shape[2] + _CHUNK - 1) // _CHUNK
+    partial = np.empty((z_hat.shape[0], n_chunks), dtype=np.float64)
+    views = [_as_real(arr, name) for arr, name in ((z_hat, "z_hat"), (a, "a"), (y_hat, "y_hat"))]
+    with _threads_for(2 * z_hat.size):
+        _data_term(*views, np.ascontiguousarray(w, dtype=views[0].dtype), partial)
+    return partial.sum(axis=1)
+
+
+def dual_hat(x_hat: np.ndarray, t_hat: np.ndarray, z_hat: np.ndarray, alpha: float) -> np.ndarray:
+    """û = t̂ − αx̂ − (1−α)ẑ written over `x_hat` (N, K, F) (the dual of an ADMM iterate from its carry)."""
+    real = x_hat.real.dtype.type
+    views = [
+        _as_real(arr, name).reshape(arr.shape[:2] + (-1,))
+        for arr, name in ((x_hat, "x_hat"), (t_hat, "t_hat"), (z_hat, "z_hat"))
+    ]
+    with _threads_for(2 * x_hat.size):
+        _dual_hat(*views, real(alpha), real(1 - alpha))
+    return x_hat
+
+
+def abs_and_count(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per item along the first axis: Σ|x| (float64) and the number of non-zeros (int64), in one pass."""
+    flat = np.ascontiguousarray(x).reshape(x.shape[0], -1)
+    total, count = np.empty(x.shape[0]), np.empty(x.shape[0], dtype=np.int64)
+    with _threads_for(flat.size):
+        _abs_and_count(flat, total, count)
+    return total, count
+
+
+def consensus_step(
+    a: np.ndarray,
+    y_hat: np.ndarray,
+    g_hat: np.ndarray,
+    dual: np.ndarray,
+    local: np.ndarray,
+    rho: float,
+    alpha: float,
+    *,
+    fresh: bool,
+) -> np.ndarray:
+    r"""One consensus ADMM filter iteration of every image in the Fourier domain (one channel, every pair
+    connected; :func:`solver.algorithms.consensus.consensus_local_step` is the numpy reference).
+
+    Shapes: a = ẑ (N, K, F); y_hat (N, F); g_hat (K, F); dual and local (N, K, F), updated in place (with
+    `fresh` the duals start at zero and `local` is only written). Returns Σ_n (d̃_n + u_n), (K, F).
+    """
+    partial = np.empty_like(g_hat)
+    real = partial.real.dtype.type
+    views = [_as_real(arr, name) for arr, name in ((a, "a"), (y_hat, "y_hat"), (g_hat, "g_hat"))]
+    with _threads_for(2 * a.size):
+        _consensus(
+            *views,
+            _as_real(dual, "dual"),
+            _as_real(local, "local"),
+            real(rho),
+            real(alpha),
+            real(1 - alpha),
+            bool(fresh),
+            partial.view(real),
+        )
+    return partial
+
+
 def _check_out(out: np.ndarray | None, like: np.ndarray, name: str) -> np.ndarray:
     if out is None:
         return np.empty_like(like)
@@ -180,9 +389,10 @@ def admm_spatial(
     z_new, u_new = _check_out(z_out, x, "z_out"), _check_out(u_out, x, "u_out")
     partial = np.empty(x.shape[:2] + (N_SUMS,), dtype=np.float64)
     real = x.dtype.type
-    _admm_spatial(
-        x, z_old, u_old, real(alpha), real(1 - alpha), thr.astype(x.dtype), bool(residuals), z_new, u_new, partial
-    )
+    with _threads_for(x.size):
+        _admm_spatial(
+            x, z_old, u_old, real(alpha), real(1 - alpha), thr.astype(x.dtype), bool(residuals), z_new, u_new, partial
+        )
     return z_new, u_new, partial.sum(axis=1)
 
 
@@ -216,18 +426,19 @@ def admm_fourier(
     partial = np.empty((z_hat.shape[0], n_chunks), dtype=np.float64)
     real = w.dtype.type
     views = [_as_real(arr, name) for arr, name in ((z_hat, "z_hat"), (t_hat, "t_hat"), (a, "a"), (y_hat, "y_hat"))]
-    _admm_fourier(
-        *views[:2],
-        scale.astype(w.dtype),
-        *views[2:],
-        w,
-        np.ascontiguousarray(inv),
-        real(alpha),
-        real(1 - alpha),
-        x_new.view(real),
-        t_new.view(real),
-        partial,
-    )
+    with _threads_for(2 * z_hat.size):
+        _admm_fourier(
+            *views[:2],
+            scale.astype(w.dtype),
+            *views[2:],
+            w,
+            np.ascontiguousarray(inv),
+            real(alpha),
+            real(1 - alpha),
+            x_new.view(real),
+            t_new.view(real),
+            partial,
+        )
     return x_new, t_new, partial.sum(axis=1)
 
 
@@ -242,5 +453,6 @@ def irfft2(a_hat: np.ndarray, shape: tuple[int, int], workers: int, *, overwrite
     """``scipy.fft.irfft2(a_hat, s=shape, axes=(-2, -1))``: the complex inverse over axis −2, then the real one
     over axis −1. With `overwrite` the first pass runs in `a_hat` (which then holds garbage) and allocates
     nothing."""
+    workers = threads_for(2 * a_hat.size, workers)
     t = scipy.fft.ifft(a_hat, n=shape[0], axis=-2, workers=workers, overwrite_x=overwrite)
     return scipy.fft.irfft(t, n=shape[1], axis=-1, workers=workers, overwrite_x=True)

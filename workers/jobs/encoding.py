@@ -127,9 +127,12 @@ def job_spec(spec: dict[str, Any]) -> JobSpec | EncodeSpec:
 
 
 def actors_of(spec: JobSpec | EncodeSpec, n_images: int) -> int:
-    """The actors a job's placement reserves: shards of a learning job, coding actors of an encode job."""
+    """The actors a job's placement reserves: shards of a batch learning job, coding actors of an online or an
+    encode job."""
     if isinstance(spec, EncodeSpec):
         return spec.n_actors(n_images)
+    if spec.learning.online:  # coding actors share each batch: no more of them than the batch has images
+        return min(spec.workers, n_images, spec.learning.batch_size or 16)
     return min(spec.workers, n_images)
 
 
