@@ -1,11 +1,11 @@
-"""Encode jobs: memory and throughput of encoding a stored collection block by block on Ray Data actors.
+"""Encode jobs: memory and throughput of encoding a stored collection block by block on coding actors.
 
 For two collection sizes (default 128 and 1024 random 64x64 images, one channel) in a fresh local store, one
 encode job (:func:`workers.jobs.encoding.execute_encode`, as the service's runner calls it) with a one-layer model
 of 8 filters of 7x7, ADMM with 20 iterations, blocks of 16 images, 2 coding actors. Measured:
 
 * the driver's resident memory during the job, above what it held before (it records keys only);
-* each coding actor's peak resident memory (``VmHWM`` of the ``MapWorker`` processes, polled while they live):
+* each coding actor's peak resident memory (``VmHWM`` of the ``BlockEncoder`` processes, polled while they live):
   with the block size fixed it should not grow with the collection;
 * images per second of the job against encoding the same blocks one after another in this process
   (:func:`solver.encode_layers`, the code path of the actors), per actor.
@@ -50,7 +50,7 @@ def _map_workers() -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if b"MapWorker" in (entry / "cmdline").read_bytes():
+                if b"ray::BlockEncoder" in (entry / "cmdline").read_bytes():
                     pids.append(int(entry.name))
             except OSError:
                 continue

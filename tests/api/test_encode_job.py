@@ -8,6 +8,7 @@ between blocks when cancelled; a block that cannot be encoded fails the job with
 from __future__ import annotations
 
 import io
+import time
 import zipfile
 from collections.abc import Iterator
 
@@ -105,6 +106,11 @@ def images() -> np.ndarray:
 @pytest.fixture(scope="module")
 def dataset_id(client, images) -> str:
     return _upload(client, images)
+
+
+def _shared_files(service: LiveService) -> set[str]:
+    """The files of the service's artifact store (content-addressed, shared by every job)."""
+    return {p.name for p in (service.data_dir / "artifacts").rglob("*") if p.is_file()}
 
 
 def _post(client, dataset: str, **fields):
@@ -323,6 +329,7 @@ def test_cancel_stops_between_blocks(served, client):
     model_id = served[1]
     many = np.random.default_rng(9).standard_normal((40, 1, 32, 32)).astype(np.float32)
     dataset = _upload(client, many)
+    before = _shared_files(served[0])
     job = _encode_job(client, model_id, dataset, inference={"method": "admm", "max_iter": 200}, block_size=1)
     wait_for_job(client, job["id"], lambda j: j["progress"]["iteration"] >= 1, interval=0.02)
     assert client.delete(f"/jobs/{job['id']}").status_code == 202
@@ -330,6 +337,12 @@ def test_cancel_stops_between_blocks(served, client):
     assert done["status"] == "cancelled"
     assert done["progress"]["iteration"] < len(many)
     assert client.get(f"/jobs/{job['id']}/maps").status_code == 409
+    work = served[0].data_dir / "jobs" / job["id"]
+    deadline = time.monotonic() + 30
+    while work.exists() and time.monotonic() < deadline:  # the runner removes it just after the job's end
+        time.sleep(0.05)
+    assert not work.exists()
+    assert _shared_files(served[0]) == before  # the blocks it had encoded went with its work store
 
 
 def test_a_block_that_fails_names_itself_in_the_job_error(served, client):

@@ -112,6 +112,34 @@ def test_nothing_of_the_job_is_kept_in_the_services_folder_or_left_in_the_work_s
     assert [p["count"] for p in index["parts"]] == [2, 1] and index["layers"][0]["switches"] is not None
 
 
+def test_an_encode_job_reads_and_writes_the_bucket_only(s3_job):
+    """The job's model encodes its own dataset again, as an encode job: blocks of 2 on 2 actors, every layer's
+    maps those of POST /models/{id}/encode on the same blocks, nothing left in the work store or the folder."""
+    client, job, artifacts, data_dir = s3_job
+    inference = {"method": "fista", "max_iter": 8}
+    response = client.post(
+        f"/datasets/{job['dataset_id']}/encode",
+        json={"model_id": job["id"], "inference": inference, "block_size": 2, "workers": 2},
+    )
+    assert response.status_code == 202, response.text
+    files = [("files", (f"im{n}.npy", _npy(im), "application/x-npy")) for n, im in enumerate(_images())]
+    expected = {1: [], 2: []}
+    for block in (files[:2], files[2:]):
+        answer = client.post(f"/models/{job['id']}/encode", params={**inference, "format": "npz"}, files=block)
+        code = np.load(io.BytesIO(answer.content))
+        for layer in expected:
+            expected[layer].append(code[f"L{layer}"])
+    encoded = wait_for_job(client, response.json()["id"], timeout=120)
+    assert encoded["status"] == "succeeded", encoded
+    for layer, blocks in expected.items():
+        want = np.concatenate(blocks)
+        with np.load(io.BytesIO(client.get(f"/jobs/{encoded['id']}/maps", params={"layer": layer}).content)) as got:
+            maps = np.stack([got[name] for name in got.files])
+        np.testing.assert_allclose(maps, want, rtol=0, atol=50 * np.finfo(np.float32).eps * np.abs(want).max())
+    assert ObjectStore(artifacts).list("jobs") == []
+    assert sorted(p.name for p in data_dir.iterdir() if not p.name.startswith("deconv.sqlite3")) == []
+
+
 @pytest.mark.timeout(180)
 def test_deconv_learn_reads_images_from_s3_and_writes_its_outputs_there(s3_server, ray_session, tmp_path):  # noqa: F811
     images = ObjectStore(s3_server.url("images"))

@@ -3,6 +3,8 @@ between blocks and resumes with the blocks it had not done (on the session's Ray
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,7 @@ from solver import StackModel, encode_layers
 from solver.config import AdmmConfig
 from workers.distributed.encode import Block, BlockEncoder, blocks_of, result_json, result_of_row
 from workers.jobs.artifacts import LocalArtifactStore
-from workers.jobs.objects import read_array
+from workers.jobs.objects import ObjectStore, read_array
 
 
 def _model() -> StackModel:
@@ -40,27 +42,34 @@ def test_an_actor_writes_every_layer_of_its_block(tmp_path):
     keys = [store.put_array(image)[0] for image in images]
     model = _model()
     method = AdmmConfig(max_iter=6)
-    encoder = BlockEncoder(store.url, model, 2, method)
+    parts = ObjectStore(str(tmp_path / "work"))
+    encoder = BlockEncoder(store.url, parts.url, model, 2, method)
     result = encoder.encode(Block(4, 7, tuple(keys[1:])))
     assert (result.index, result.first, result.count) == (4, 7, 2)
     expected = encode_layers(model, images[1:], method=method)
     for number in (1, 2):
-        maps = read_array(store.location(result.maps[number - 1].key))
-        assert maps.dtype == np.float32 and result.maps[number - 1].shape == maps.shape
+        written = result.maps[number - 1]
+        assert written.stored == f"parts/maps-L{number}-000004.npy"
+        data = parts.read(written.stored)
+        assert written.key == hashlib.sha256(data).hexdigest() + ".npy" and written.size == len(
+            data
+        )  # its artifact key
+        maps = read_array(parts.at(written.stored))
+        assert maps.dtype == np.float32 and written.shape == maps.shape
         np.testing.assert_array_equal(maps, expected.maps[number - 1].astype(np.float32))
-    np.testing.assert_array_equal(read_array(store.location(result.switches[0].key)), expected.switches[0])
+    np.testing.assert_array_equal(read_array(parts.at(result.switches[0].stored)), expected.switches[0])
     assert result.switches[1] is None  # the top layer does not pool
+    assert sorted(p.name for p in (tmp_path / "artifacts").rglob("*.npy")) == sorted(keys)  # nothing shared written
     assert result_of_row(result_json(result)) == result
 
 
 def test_a_block_that_fails_comes_back_as_its_error(tmp_path):
     store = LocalArtifactStore(tmp_path / "artifacts")
     key = store.put_array(np.zeros((2, 10, 10), np.float32))[0]  # two channels: the model reads one
-    encoder = BlockEncoder(store.url, _model(), 1, "fista", max_iter=2)
-    row = {"index": np.array([5]), "first": np.array([10]), "keys": np.array([np.array([key])], dtype=object)}
-    out = encoder(row)
-    assert out["result"] == [""]
-    assert out["error"][0].startswith("ValueError: ") and "channel" in out["error"][0]
+    encoder = BlockEncoder(store.url, str(tmp_path / "work"), _model(), 1, "fista", max_iter=2)
+    result, error = encoder.try_encode(Block(5, 10, (key,)))
+    assert result is None
+    assert error.startswith("ValueError: ") and "channel" in error
 
 
 @pytest.mark.ray

@@ -9,11 +9,13 @@ cost model before it queues the job; the stored spec (:class:`EncodeSpec`) adds 
 layer and block size.
 
 The job (:func:`execute_encode`, called by the runner in place of learning) cuts the dataset into blocks and maps
-them on a pool of coding actors (:mod:`workers.distributed.encode`, Ray Data ``map_batches``): each actor reads its
+them on a pool of coding actors (:mod:`workers.distributed.encode`, plain actors that pull blocks): each actor reads its
 block's images from the artifact store by key, encodes them through every layer up to the top one and writes the
-maps (and the switches of the layers that pool) back itself. This process records keys only. After each block
-its result goes to the job's work store (``blocks/<index>.json``), so a job the service had to stop resumes with the
-blocks not yet done; a cancel is seen between blocks. Progress counts the images encoded (``iteration`` of
+maps (and the switches of the layers that pool) into the job's work store itself (``parts/``); this process records
+keys only. After each block its result goes to the work store too (``blocks/<index>.json``), so a job the service
+had to stop resumes with the blocks not yet done; a cancel is seen between blocks. The parts join the artifact store
+(adopted: a hard link or a copy inside the object store) only when every block is done; a failed or cancelled job's
+work store goes with all it wrote. Progress counts the images encoded (``iteration`` of
 ``n_iter`` = the dataset's images).
 
 Artifacts of a succeeded encode job: per block i and layer l, ``maps-L<l>.part-<i>.npy`` (n_i, K_l, H_l', W_l')
@@ -208,7 +210,7 @@ def execute_encode(
     JobStopped
         When `should_stop` turned true before the last block.
     """
-    from ..distributed.encode import blocks_of, encode_blocks  # noqa: PLC0415  (imports Ray Data when it runs)
+    from ..distributed.encode import blocks_of, encode_blocks  # noqa: PLC0415  (imports Ray when it runs)
 
     if store.artifact(job.id, "shards.json") is not None:  # finished before the service died
         return
@@ -233,6 +235,7 @@ def execute_encode(
         method, max_iter = spec.method(model)
         encoder = {
             "artifacts": store.artifacts.url,
+            "parts": work.url,
             "model": model.stack,
             "layer": top,
             "method": method,
@@ -255,7 +258,7 @@ def execute_encode(
             )
         if len(done) < len(blocks):
             raise JobStopped
-    _store_index(store, job.id, spec, top, [done[block.index] for block in blocks], dataset.n_images)
+    _store_index(store, job.id, spec, top, [done[block.index] for block in blocks], dataset.n_images, work)
     work.remove_all()
 
 
@@ -296,9 +299,10 @@ def _done_blocks(work: ObjectStore) -> dict[int, Any]:
 
 
 def _store_index(
-    store: JobStore, job_id: str, spec: EncodeSpec, top: int, results: Sequence[Any], n_images: int
+    store: JobStore, job_id: str, spec: EncodeSpec, top: int, results: Sequence[Any], n_images: int, work: ObjectStore
 ) -> None:
-    """Record every block's parts as the job's artifacts, with their index ``shards.json`` (stored last)."""
+    """Adopt every block's parts from the job's work store into the artifact store and record them as the job's
+    artifacts, with their index ``shards.json`` (stored last)."""
     index: dict[str, Any] = {
         "n_images": n_images,
         "parts": [{"first": r.first, "count": r.count} for r in results],
@@ -309,15 +313,17 @@ def _store_index(
         entry: dict[str, Any] = {"maps": [], "switches": None if results[0].switches[number - 1] is None else []}
         for i, result in enumerate(results):
             maps = result.maps[number - 1]
-            entry["maps"].append(_record(store, job_id, part_name("maps", number, i), maps))
+            entry["maps"].append(_record(store, job_id, part_name("maps", number, i), maps, work))
             switches = result.switches[number - 1]
             if switches is not None:
-                entry["switches"].append(_record(store, job_id, part_name("switches", number, i), switches))
+                entry["switches"].append(_record(store, job_id, part_name("switches", number, i), switches, work))
         index["layers"].append(entry)
     store.put_artifact(job_id, "config.json", spec.model_dump_json(indent=1).encode(), "application/json")
     store.put_artifact(job_id, "shards.json", json.dumps(index, indent=1).encode(), "application/json")
 
 
-def _record(store: JobStore, job_id: str, name: str, written: Any) -> str:
+def _record(store: JobStore, job_id: str, name: str, written: Any, work: ObjectStore) -> str:
+    if written.stored is not None:  # the job has succeeded: its parts join the content-addressed store now
+        store.artifacts.adopt(work.at(written.stored), written.key, written.size)
     store.record_artifact(job_id, name, written.key, "application/x-npy", written.size)
     return name
