@@ -5,6 +5,7 @@
     POST   /datasets                      upload images (multipart 'files') -> {"id", "n_images", "shapes"}
     GET    /datasets/{id}
     POST   /jobs                          a JobSpec -> 202, Location: /jobs/{id}
+    POST   /datasets/{id}/encode          {"model_id", ...} -> 202, an encode job: every image's maps, by blocks
     GET    /jobs                          ?limit=&cursor=&status= -> {"items", "next_cursor"}, newest first
     GET    /jobs/{id}                     status and progress
     DELETE /jobs/{id}                     cancel
@@ -30,6 +31,7 @@ the runner's thread and on Ray. Every bad request gets a 4xx whose JSON names th
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -44,14 +46,16 @@ from workers.jobs.store import JobStore
 from . import __version__, openapi, orphans
 from .errors import exception_handlers
 from .guard import Guard
-from .routes import dashboard, datasets, health, jobs, live, model_file, models, presets, results
+from .routes import dashboard, datasets, encode_jobs, health, jobs, live, model_file, models, presets, results
 from .routes.common import MULTIPART_SLACK
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
-STOP_GRACE_S = 5.0
-"""Seconds a stopping service waits for the running job to reach the end of its outer iteration."""
+STOP_GRACE_S = 3.0
+"""Seconds a stopping service lets a running job reach the end of its outer iteration before it interrupts it."""
+STOP_TIMEOUT_S = 6.0
+"""Seconds a stopping service waits for its job threads (an interrupted job ends within about a second)."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -93,9 +97,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         checkpoint_every=settings.checkpoint_every,
         actor_cpus=settings.actor_cpus,
         max_running=settings.max_running_jobs,
+        deadlines=settings.deadlines(),
     )
     app.include_router(health.router)
     app.include_router(datasets.router)
+    app.include_router(encode_jobs.router)
     app.include_router(jobs.router)
     app.include_router(live.router)
     app.include_router(model_file.router)
@@ -139,10 +145,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     logger.info("deconv service: data in %s, jobs %s", app.state.store.data_dir, "run" if settings.run_jobs else "held")
     yield
     if settings.run_jobs:
-        # a job stops between outer iterations; when this process owns the cluster, one still mid-iteration after
-        # the grace period loses that iteration only: shutting Ray down ends it, and it resumes from its
-        # checkpoint on the next start. On a cluster it does not own, the job is waited for (its actors live on).
-        owned = (ray_context is not None and ray_context.started) or getattr(app.state, "owns_cluster", False)
-        await run_in_threadpool(runner.stop, STOP_GRACE_S if owned else 60.0)
+        # a job stops between outer iterations; one still mid-iteration after the grace period is interrupted and
+        # loses that iteration only (its actors' calls stop, they are released), and it resumes from its
+        # checkpoint on the next start
+        await run_in_threadpool(functools.partial(runner.stop, STOP_TIMEOUT_S, grace=STOP_GRACE_S))
     if ray_context is not None and ray_context.started:
         orphans.stop_cluster(settings.data_dir)

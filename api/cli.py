@@ -12,6 +12,8 @@
     deconv filters JOB --out FILE [--layer L] [--format npy|png]
     deconv model JOB --out FILE.deconv
     deconv encode JOB IMAGE... --out FILE.npz [--layer L] [--max-iter N] [--method M]
+    deconv encode-job JOB (IMAGE... | --dataset ID) [--layer L] [--method M] [--max-iter N] [--block-size N]
+                      [--workers N] [--wait | --out FILE.npz]
     deconv reconstruct JOB --out FILE [--format npy|png]
     deconv reconstruct --maps FILE (--job JOB [--layer L] [--switches NPZ] | --filters FILE [--boundary B]) --out FILE
     deconv demo [--out demo-output] [--data-dir DIR] [--config CONFIG]
@@ -172,6 +174,7 @@ def _client_command(args: argparse.Namespace) -> int:
         "filters": commands.filters,
         "model": commands.model,
         "encode": commands.encode,
+        "encode-job": commands.encode_job,
         "reconstruct": commands.reconstruct,
     }[args.command]
     try:

@@ -5,8 +5,10 @@ each shard actor reads its own images from there, on whatever node it runs); the
 loop over the shard actors with checkpoints in ``OUT/checkpoints``, each actor writing its own part; ``OUT`` (a
 folder or an fsspec URL, written through :class:`workers.jobs.objects.ObjectStore`) receives ``filters.npy``
 (K, C, s, s) float32, ``history.json`` and ``filters.png``. The first Ctrl-C stops after the current outer
-iteration (a checkpoint to ``--resume`` from), the second interrupts. :mod:`api.cli` imports this module only for
-``learn``, so the other commands do not load Ray or the solver.
+iteration (a checkpoint to ``--resume`` from), the second stops the shard actors' calls at once (the outer
+iteration in flight is lost: ``--resume`` goes on from the last checkpoint), a third aborts. A job file with
+``learning: {mode: online}`` learns from a stream of batches instead (:mod:`api.learn_online`). :mod:`api.cli`
+imports this module only for ``learn``, so the other commands do not load Ray or the solver.
 """
 
 from __future__ import annotations
@@ -53,17 +55,22 @@ def learn(args: argparse.Namespace) -> int:
     try:
         job = load_job_file(args.config)
         paths = job.image_paths(args.images)
-        config = job.learn_config(n_iter=args.n_iter)
+        online = job.learning.online
+        config = None if online else job.learn_config(n_iter=args.n_iter)
     except ValueError as exc:
         _error(str(exc))
         return EXIT_USAGE
+    if online:  # a stream of batches through coding actors
+        from .learn_online import learn_online  # noqa: PLC0415
+
+        return learn_online(args, job, paths, _error)
 
     # Ray loads only once the job file is known good: a bad one is refused at once
     from workers.distributed.cluster import ClusterConfig, connect, shutdown  # noqa: PLC0415
-    from workers.distributed.coordinator import Coordinator, JobFailedError  # noqa: PLC0415
+    from workers.distributed.coordinator import Coordinator, Interrupted, JobFailedError  # noqa: PLC0415
 
     workers = args.workers or job.workers or 1
-    stop = threading.Event()
+    stop, now = threading.Event(), threading.Event()
     try:
         out = ObjectStore(str(args.out))
         coordinator = Coordinator(
@@ -79,11 +86,18 @@ def learn(args: argparse.Namespace) -> int:
         )
         context = connect(coordinator.cluster)
         try:
-            with _progress(config.n_iter, disable=args.no_progress) as progress, _stop_on_interrupt(stop):
-                result = coordinator.run(callback=progress, should_stop=stop.is_set, resume=args.resume)
+            with _progress(config.n_iter, disable=args.no_progress) as progress, _stop_on_interrupt(stop, now):
+                result = coordinator.run(
+                    callback=progress, should_stop=stop.is_set, resume=args.resume, interrupt=now.is_set
+                )
         finally:
             if context.started:
                 shutdown()
+    except Interrupted:
+        _error(
+            "interrupted in the middle of an outer iteration; run again with --resume to go on from the last checkpoint"
+        )
+        return EXIT_INTERRUPTED
     except JobFailedError as exc:
         _error(str(exc))
         return EXIT_FAILED
@@ -113,17 +127,22 @@ def _progress(total: int, *, disable: bool) -> Iterator:
 
 
 @contextmanager
-def _stop_on_interrupt(stop: threading.Event) -> Iterator[None]:
-    """First Ctrl-C: stop after the current outer iteration (cooperative cancel); the second one interrupts."""
+def _stop_on_interrupt(stop: threading.Event, now: threading.Event) -> Iterator[None]:
+    """First Ctrl-C: stop after the current outer iteration (cooperative cancel); the second one stops the shard
+    actors' calls at once; a third aborts."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame) -> None:
-        if stop.is_set():
+        if now.is_set():
             raise KeyboardInterrupt
+        if stop.is_set():
+            now.set()
+            logger.warning("interrupt: stopping now; the outer iteration in flight is lost (Ctrl-C again to abort)")
+            return
         stop.set()
-        logger.warning("interrupt: stopping after this outer iteration (Ctrl-C again to abort)")
+        logger.warning("interrupt: stopping after this outer iteration (Ctrl-C again to stop at once)")
 
     previous = signal.signal(signal.SIGINT, handler)
     try:

@@ -62,6 +62,7 @@ _STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/datasets"): (400, 413),
     ("get", "/datasets/{dataset_id}"): (404,),
     ("post", "/jobs"): (409, 429),
+    ("post", "/datasets/{dataset_id}/encode"): (404, 409, 429, 500),
     ("get", "/jobs/{job_id}"): (404,),
     ("delete", "/jobs/{job_id}"): (404, 409),
     ("get", "/jobs/{job_id}/filters/latest"): (404, 409, 500),

@@ -183,7 +183,7 @@ def _add_client_commands(commands) -> None:
     status.add_argument("--json", action="store_true", help="print the JSON the service answered")
     wait = add("wait", "follow a job to its end with a progress bar", following)
     wait.add_argument("job", metavar="JOB")
-    cancel = add("cancel", "cancel a job (a running one stops after its current outer iteration)")
+    cancel = add("cancel", "cancel a job (a running one stops within a second or two)")
     cancel.add_argument("job", metavar="JOB")
     filters = add("filters", "save a finished job's filters")
     filters.add_argument("job", metavar="JOB")
@@ -222,6 +222,37 @@ def _add_client_commands(commands) -> None:
         "(N, K, H', W'); default: from --out's suffix",
     )
     encode.add_argument("--out", type=Path, required=True, metavar="FILE")
+    encode_job = add(
+        "encode-job",
+        "encode a whole dataset on the cluster with a finished job's model; prints its job id",
+        following,
+    )
+    encode_job.add_argument("job", metavar="JOB", help="the finished learning job whose model encodes")
+    encode_job.add_argument(
+        "images", type=Path, nargs="*", metavar="IMAGE", help="image files or folders to upload (or --dataset)"
+    )
+    encode_job.add_argument("--dataset", default=None, metavar="ID", help="encode this uploaded dataset")
+    encode_job.add_argument("--layer", type=_positive_int, default=None, metavar="L", help="default: the top layer")
+    encode_job.add_argument(
+        "--method", choices=("admm", "fista", "zeiler"), default=None, help="default: the job's inference"
+    )
+    encode_job.add_argument(
+        "--max-iter", type=_positive_int, default=None, metavar="N", help="inference iterations per layer (default 200)"
+    )
+    encode_job.add_argument(
+        "--block-size", type=_positive_int, default=None, metavar="N", help="images per block (default: the service's)"
+    )
+    encode_job.add_argument("--workers", type=_positive_int, default=1, help="coding actors (default 1)")
+    encode_job.add_argument(
+        "--idempotency-key",
+        default=None,
+        metavar="KEY",
+        help="submitting again with the same key returns the first job",
+    )
+    encode_job.add_argument("--wait", action="store_true", help="follow the job to its end (exit status as wait)")
+    encode_job.add_argument(
+        "--out", type=Path, default=None, metavar="FILE", help="wait, then save every image's maps here (.npz)"
+    )
     reconstruct = add("reconstruct", "save a job's reconstructions, or reconstruct images from feature maps")
     reconstruct.add_argument(
         "job_id",

@@ -1,7 +1,8 @@
 """The JSON shapes of the HTTP API (pydantic), shared by the server, the client and the CLI.
 
 The job spec itself is :class:`workers.jobs.spec.JobSpec` (a learning config plus ``dataset_id``, ``workers``,
-``backend``). Errors are ``{"detail": [{"loc": [...], "msg": ..., "type": ..., "input": ...}]}`` for a bad field
+``backend``), or for an encode job :class:`workers.jobs.encoding.EncodeSpec` (``model_id``, ``dataset_id``, ``kind``).
+Errors are ``{"detail": [{"loc": [...], "msg": ..., "type": ..., "input": ...}]}`` for a bad field
 (FastAPI's validation shape, also used for the service's own checks) and ``{"detail": "message"}`` otherwise.
 """
 
@@ -13,10 +14,21 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from workers.jobs.encoding import EncodeSpec, is_encode_job
 from workers.jobs.spec import JobSpec
 from workers.jobs.store import DatasetRecord, JobRecord
 
-__all__ = ["ArtifactOut", "DatasetOut", "HealthOut", "JobList", "JobOut", "JobSpec", "PresetOut", "ProgressOut"]
+__all__ = [
+    "ArtifactOut",
+    "DatasetOut",
+    "EncodeSpec",
+    "HealthOut",
+    "JobList",
+    "JobOut",
+    "JobSpec",
+    "PresetOut",
+    "ProgressOut",
+]
 
 
 class _Out(BaseModel):
@@ -112,7 +124,11 @@ class JobOut(_Out):
         )
         base = f"/jobs/{job.id}"
         links = {"self": base, "history": f"{base}/history", "artifacts": f"{base}/artifacts"}
-        if job.status == "succeeded":
+        if is_encode_job(job.spec):  # its maps only; the model is the learning job it names
+            links["model"] = f"/jobs/{job.spec['model_id']}"
+            if job.status == "succeeded":
+                links["maps"] = f"{base}/maps"
+        elif job.status == "succeeded":
             links |= {
                 "filters": f"{base}/filters",
                 "maps": f"{base}/maps",

@@ -18,6 +18,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from workers.distributed.address import check_address
+from workers.distributed.deadlines import Deadlines
 from workers.distributed.placement import check_amount
 from workers.jobs.datasets import UploadLimits
 
@@ -60,6 +61,9 @@ max_request_work, max_decoded_values : int
         CPUs each shard actor reserves unless its job says otherwise.
     max_actor_cpus, max_actor_gpus : float
         The most CPUs and GPUs per shard actor a job may ask (``resources``).
+    actor_start_timeout, call_timeout_floor : float
+        Seconds a shard actor has to start, and the least any of its calls gets (a call's deadline grows with
+        its work); past them the attempt fails and is retried.
 
     Raises
     ------
@@ -82,8 +86,9 @@ max_request_work, max_decoded_values : int
     )
     work_url: str | None = Field(
         None,
-        description="a folder or an fsspec URL for the running jobs' work folders (checkpoints, pooled maps), "
-        "which the shard actors write on any node; default: ARTIFACTS/jobs for an fsspec URL, else DATA_DIR/jobs",
+        description="a folder or an fsspec URL for the running jobs' work folders (checkpoints, the shards' maps, "
+        "switches and pooled maps until their job succeeds; removed when a job fails or is cancelled), which the "
+        "shard actors write on any node; default: ARTIFACTS/jobs for an fsspec URL, else DATA_DIR/jobs",
     )
     api_key: str | None = Field(
         None, min_length=1, description="the X-API-Key every route but /health needs; default: no key"
@@ -163,6 +168,20 @@ max_request_work, max_decoded_values : int
     )
     max_actor_cpus: float = Field(16.0, ge=0, le=1024, description="the most CPUs per shard actor a job may ask")
     max_actor_gpus: float = Field(1.0, ge=0, le=64, description="the most GPUs per shard actor a job may ask")
+    actor_start_timeout: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="seconds a shard actor has to start (its process, runtime environment and resources); past "
+        "them the job's attempt fails and is retried",
+    )
+    call_timeout_floor: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="the least seconds a shard actor's call gets: each call's deadline is this plus its work "
+        "(iterations × FFT sizes × images) at a conservative throughput; past it the attempt fails and is retried",
+    )
 
     @field_validator("ray_address")
     @classmethod
@@ -225,6 +244,15 @@ max_request_work, max_decoded_values : int
             name = str(error["loc"][0]) if error["loc"] else "?"
             source = name if name in given else env_name(name)
             raise ValueError(f"{source}: {error['msg']} (got {error.get('input')!r})") from None
+
+    def deadlines(self) -> Deadlines:
+        """The shard actors' start-up and call deadlines that these settings give.
+
+        Returns
+        -------
+        workers.distributed.deadlines.Deadlines
+        """
+        return Deadlines(startup=self.actor_start_timeout, floor=self.call_timeout_floor)
 
     def upload_limits(self) -> UploadLimits:
         """The limits on one upload that these settings give.

@@ -5,6 +5,7 @@
 PYTHONPATH=. .venv/bin/python bench/bench_online.py            # every part, about 10 minutes on 2 busy cores
 PYTHONPATH=. .venv/bin/python bench/bench_online.py --quick    # small sizes, about a minute
 PYTHONPATH=. .venv/bin/python bench/bench_online.py --part peer
+PYTHONPATH=. .venv/bin/python bench/bench_online.py --part distributed   # the Ray driver: memory and throughput
 ```
 
 Data: random 128×128 crops of the bundled sample images (``configs/samples``, upsampled ×2 so that crops differ,
@@ -22,6 +23,23 @@ batches of 16 images.
   interleaved in one process (the machine is shared, so their timings see the same load); the held-out objective
   of every snapshot is computed afterwards, untimed, by the same encoder. The target is SPORCO's held-out
   objective after one pass; the ratio of our time to reach it to SPORCO's time for that pass must be ≤ 0.33.
+
+* **distributed** (:class:`workers.distributed.online.OnlineRun` on a private local Ray cluster, the images as
+  ``.npy`` files read by the coding actors):
+
+  - memory: peak RSS of the driver process and of each of its 2 coding actors learning one pass from 256 and
+    from 4096 images (fresh processes each time); the 4096-image peaks must stay within 1.15 × the 256-image ones.
+    One ADMM iteration and 10 filter steps per batch here: what is allocated does not depend on the counts, and
+    this keeps the 4096-image pass within minutes on a busy machine;
+  - throughput (also ``--part throughput`` alone): images per second per worker of the driver with 1 and with 2
+    actors against single-process learning on the same batches (``OnlineLearner``, what ``learn_online`` runs; the
+    mean of a run before and one after), every run in a fresh process with one thread per pool, as an actor of one
+    CPU has; the first batch of each is left out (compilation); target ≥ 0.8.
+
+* **read**: images per second read by 2 consumers from ``.npy`` files: coding actors loading their parts of each
+  batch by key, a step at a time as the driver asks them, against a Ray Data stream
+  (``from_items(paths).map_batches(load)``, ``streaming_split(2, equal=True)``) read through without any barrier
+  (its best case): why the driver uses the plain actors.
 
 The table goes to stdout, with the machine and its load average; progress lines go to stderr.
 """
@@ -51,7 +69,8 @@ logger = logging.getLogger("bench_online")
 SIZE, K, S, LAM, BATCH = 128, 16, 8, 0.1, 16
 INNER_ITER = 10
 HIGHPASS_SIGMA = 4.0
-MEMORY_LIMIT, QUALITY_LIMIT, PEER_LIMIT = 1.15, 1.02, 0.33
+MEMORY_LIMIT, QUALITY_LIMIT, PEER_LIMIT, THROUGHPUT_LIMIT = 1.15, 1.02, 0.33, 0.8
+FILTER_ITER = 100
 
 
 def _samples() -> list[np.ndarray]:
@@ -256,6 +275,252 @@ def peer(quick: bool) -> list[list[str]]:
     ]
 
 
+# distributed ---------------------------------------------------------------------------------------------------
+
+
+def _write_crops(folder: Path, n_images: int, size: int) -> list[Path]:
+    paths = []
+    for batch in crops(n_images, seed=1, size=size):
+        for image in batch:
+            paths.append(folder / f"crop-{len(paths):05d}.npy")
+            np.save(paths[-1], image)
+    return paths
+
+
+def _online_config(inner_iter: int, filter_iter: int):
+    from solver import LearnConfig  # noqa: PLC0415
+
+    return LearnConfig.model_validate(
+        {
+            "layers": [{"n_filters": K, "filter_size": S, "lam": LAM}],
+            "inference": {"method": "admm", "max_iter": inner_iter},
+            "filter_update": {"max_iter": filter_iter, "norm": "filter"},
+        }
+    )
+
+
+def _distributed_child(spec: dict) -> None:
+    """One distributed run in this (fresh) process: the driver, on a private local Ray cluster."""
+    import ray  # noqa: PLC0415
+
+    from solver import OnlineConfig  # noqa: PLC0415
+    from workers.distributed.cluster import ClusterConfig, connect, shutdown  # noqa: PLC0415
+    from workers.distributed.online import OnlineRun  # noqa: PLC0415
+    from workers.distributed.stream import StreamPlan  # noqa: PLC0415
+
+    paths = sorted(Path(spec["folder"]).glob("crop-*.npy"))[: spec["n_images"]]
+    plan = StreamPlan(len(paths), BATCH, 1, None, seed=0)
+    connect(ClusterConfig(address="local", num_cpus=max(2, spec["workers"]), object_store_memory=200 * 2**20))
+    try:
+        run = OnlineRun(
+            paths,
+            _online_config(spec["inner_iter"], spec["filter_iter"]),
+            OnlineConfig(batch_size=BATCH),
+            plan,
+            workers=spec["workers"],
+            backend="numpy",
+        )
+        t0 = time.perf_counter()
+        outcome = run.run(keep_actors=True)
+        seconds = time.perf_counter() - t0
+        actors = ray.get([a.peak_rss_mb.remote() for a in run._actors])
+        run.close()
+    finally:
+        shutdown()
+    out = {
+        "driver_mb": peak_rss_mb(),
+        "actors_mb": actors,
+        "seconds": seconds,
+        "step_seconds": outcome.step_seconds,
+        "filters": outcome.result.filters.tolist(),
+    }
+    json.dump(out, sys.stdout)
+
+
+def _child(spec: dict) -> dict:
+    cmd = [sys.executable, __file__, "--distributed-child", json.dumps(spec)]
+    # a session of its own, as the single-process runs have: Linux's autogroup scheduler shares the CPUs between
+    # sessions, so runs in different sessions see the same share of a busy machine
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ}, start_new_session=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _single_child(spec: dict) -> None:
+    json.dump({"step_seconds": _single_steps(spec["paths"], spec["inner_iter"], spec["filter_iter"])}, sys.stdout)
+
+
+def _single_steps(paths: list[str], inner_iter: int, filter_iter: int) -> list[float]:
+    """Seconds of every batch of single-process learning on the batches the driver reads (from memory)."""
+    from solver import OnlineConfig, OnlineLearner  # noqa: PLC0415
+    from workers.distributed.stream import StreamPlan  # noqa: PLC0415
+
+    plan = StreamPlan(len(paths), BATCH, 1, None, seed=0)
+    images = np.stack([np.load(p) for p in paths])
+    learner = OnlineLearner(_online_config(inner_iter, filter_iter), OnlineConfig(batch_size=BATCH), 1, backend="numpy")
+    seconds = []
+    for step in range(plan.n_steps):
+        t0 = time.perf_counter()
+        learner.update_from_batch(images[plan.batch(step)])
+        seconds.append(time.perf_counter() - t0)
+    return seconds
+
+
+def _throughput(paths: list[Path], size: int) -> list[list[str]]:
+    """Images/s per worker of the driver with 1 and 2 actors against single-process learning, each in a fresh
+    process with one thread for numpy's and scipy's pools (as a Ray actor of one CPU has): single, 1, 2, single."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    spec = {"paths": [str(p) for p in paths], "inner_iter": INNER_ITER, "filter_iter": FILTER_ITER}
+
+    def single() -> float:
+        logger.info("throughput: single process on %d images", len(paths))
+        cmd = [sys.executable, __file__, "--single-child", json.dumps(spec)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, start_new_session=True)
+        steps = json.loads(out.stdout.strip().splitlines()[-1])["step_seconds"][1:]
+        return (len(steps) * BATCH) / sum(steps)
+
+    before = single()
+    rates = {}
+    for workers in (1, 2):
+        logger.info("throughput: the driver with %d actor(s) on %d images", workers, len(paths))
+        folder = str(Path(paths[0]).parent)
+        run = _child(
+            {
+                "folder": folder,
+                "n_images": len(paths),
+                "workers": workers,
+                "inner_iter": INNER_ITER,
+                "filter_iter": FILTER_ITER,
+            }
+        )
+        steps = run["step_seconds"][1:]
+        rates[workers] = (len(steps) * BATCH) / sum(steps) / workers
+    base = (before + single()) / 2  # the load moves: the mean of a run before and after
+    return [
+        [
+            "distributed throughput",
+            f"images/s per worker, {workers} actor(s) / single process ({len(paths)} images {size}²)",
+            f"{rate:.2f} / {base:.2f}",
+            f"{rate / base:.3f}",
+            f"≥ {THROUGHPUT_LIMIT}",
+            "yes" if rate / base >= THROUGHPUT_LIMIT else "NO",
+        ]
+        for workers, rate in rates.items()
+    ]
+
+
+def throughput(quick: bool) -> list[list[str]]:
+    import tempfile  # noqa: PLC0415
+
+    size, n = (64, 48) if quick else (SIZE, 96)
+    with tempfile.TemporaryDirectory(prefix="bench-online-") as folder:
+        return _throughput(_write_crops(Path(folder), n, size), size)
+
+
+def distributed(quick: bool) -> list[list[str]]:
+    import tempfile  # noqa: PLC0415
+
+    size = 64 if quick else SIZE
+    sizes = (32, 256) if quick else (256, 4096)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-online-") as folder:
+        logger.info("distributed: writing %d crops of %d² as .npy files", sizes[1], size)
+        paths = _write_crops(Path(folder), sizes[1], size)
+        runs = {}
+        for n in sizes:
+            logger.info("distributed memory: one pass over %d images, 2 coding actors", n)
+            runs[n] = _child({"folder": folder, "n_images": n, "workers": 2, "inner_iter": 1, "filter_iter": 10})
+        a, b = (runs[n] for n in sizes)
+        for who, small, large in (
+            ("driver", a["driver_mb"], b["driver_mb"]),
+            *((f"actor {i}", x, y) for i, (x, y) in enumerate(zip(a["actors_mb"], b["actors_mb"], strict=True))),
+        ):
+            ratio = large / small
+            rows.append(
+                [
+                    "distributed memory",
+                    f"{who} peak RSS, {sizes[0]} -> {sizes[1]} images {size}²",
+                    f"{small:.0f} MB -> {large:.0f} MB ({a['seconds']:.0f} s, {b['seconds']:.0f} s)",
+                    f"{ratio:.3f}",
+                    f"≤ {MEMORY_LIMIT}",
+                    "yes" if ratio <= MEMORY_LIMIT else "NO",
+                ]
+            )
+        rows += _throughput(paths[: 48 if quick else 96], size)
+    return rows
+
+
+class _Consumer:
+    """A Ray Data consumer: counts the images of its split (the read alone, no coding)."""
+
+    def consume(self, split) -> int:
+        return sum(len(batch["image"]) for batch in split.iter_batches(batch_size=BATCH // 2, batch_format="numpy"))
+
+
+def _load_rows(batch: dict) -> dict:
+    return {"image": np.stack([np.load(p) for p in batch["path"]])}
+
+
+def _read_child(spec: dict) -> None:
+    """Read `n_images` .npy images with 2 consumers: coding actors loading their parts of every batch by path
+    (a step at a time, as the driver asks), against a Ray Data stream split in 2 (``streaming_split``)."""
+    import ray  # noqa: PLC0415
+
+    from workers.distributed.cluster import ClusterConfig, connect, shutdown  # noqa: PLC0415
+    from workers.distributed.images import ImageInfo  # noqa: PLC0415
+    from workers.distributed.online import _remote_coder  # noqa: PLC0415
+    from workers.distributed.stream import StreamPlan, split  # noqa: PLC0415
+
+    paths = sorted(Path(spec["folder"]).glob("crop-*.npy"))[: spec["n_images"]]
+    plan = StreamPlan(len(paths), BATCH, 1, None, seed=0)
+    connect(ClusterConfig(address="local", num_cpus=2, object_store_memory=300 * 2**20))
+    try:
+        from solver import OnlineConfig  # noqa: PLC0415
+
+        config = _online_config(1, 1)  # no preprocessing: rescale_range() is the read and a min/max
+        coders = [_remote_coder(num_cpus=0) for _ in range(2)]
+        info = ImageInfo((1, spec["size"], spec["size"]), "float32")
+        ray.get([c.setup.remote(config, OnlineConfig(batch_size=BATCH), info, 1, "numpy", None) for c in coders])
+        t0 = time.perf_counter()
+        count = 0
+        for step in range(plan.n_steps):
+            parts = split(plan.batch(step), 2)
+            ray.get([c.rescale_range.remote([paths[i] for i in p]) for c, p in zip(coders, parts, strict=False)])
+            count += sum(len(p) for p in parts)
+        plain = time.perf_counter() - t0
+        consumers = [ray.remote(_Consumer).options(num_cpus=0).remote() for _ in range(2)]
+        t0 = time.perf_counter()
+        ds = ray.data.from_items([{"path": str(p)} for p in paths]).map_batches(_load_rows, batch_size=BATCH // 2)
+        splits = ds.streaming_split(2, equal=True)
+        counted = sum(ray.get([c.consume.remote(s) for c, s in zip(consumers, splits, strict=True)]))
+        data = time.perf_counter() - t0
+    finally:
+        shutdown()
+    json.dump({"plain_s": plain, "plain_images": count, "data_s": data, "data_images": counted}, sys.stdout)
+
+
+def read(quick: bool) -> list[list[str]]:
+    """Reading the images: actors pulling their parts by key against Ray Data's streaming_split."""
+    import tempfile  # noqa: PLC0415
+
+    size, n = (64, 64) if quick else (SIZE, 512)
+    with tempfile.TemporaryDirectory(prefix="bench-online-read-") as folder:
+        _write_crops(Path(folder), n, size)
+        cmd = [sys.executable, __file__, "--read-child", json.dumps({"folder": folder, "n_images": n, "size": size})]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ})
+    run = json.loads(out.stdout.strip().splitlines()[-1])
+    plain, data = run["plain_images"] / run["plain_s"], run["data_images"] / run["data_s"]
+    return [
+        [
+            "read",
+            f"images/s read by 2 consumers, {n} images {size}²: actors by key (per step) / Ray Data streaming_split",
+            f"{plain:.0f} / {data:.0f} ({run['plain_s']:.1f} s, {run['data_s']:.1f} s)",
+            f"{plain / data:.2f}",
+            "≥ 1 (the plain actors)",
+            "yes" if plain >= data else "NO",
+        ]
+    ]
+
+
 def _table(rows: list[list[str]]) -> str:
     head = ["part", "measure", "values", "ratio", "target", "met"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -265,18 +530,40 @@ def _table(rows: list[list[str]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["memory", "quality", "peer", "all"], default="all")
+    parser.add_argument(
+        "--part", choices=["memory", "quality", "peer", "distributed", "throughput", "read", "all"], default="all"
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not the targets' sizes)")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--distributed-child", type=str, help=argparse.SUPPRESS)
+    parser.add_argument("--read-child", type=str, help=argparse.SUPPRESS)
+    parser.add_argument("--single-child", type=str, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=SIZE, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
         _memory_child(args.memory_child, args.size)
         return 0
+    if args.distributed_child:
+        _distributed_child(json.loads(args.distributed_child))
+        return 0
+    if args.read_child:
+        _read_child(json.loads(args.read_child))
+        return 0
+    if args.single_child:
+        _single_child(json.loads(args.single_child))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    parts = {"memory": memory, "quality": quality, "peer": peer}
+    parts = {
+        "memory": memory,
+        "quality": quality,
+        "peer": peer,
+        "distributed": distributed,
+        "throughput": throughput,
+        "read": read,
+    }
     rows = []
-    for name in parts if args.part == "all" else [args.part]:
+    everything = [name for name in parts if name != "throughput"]  # the distributed part measures it too
+    for name in everything if args.part == "all" else [args.part]:
         rows += parts[name](args.quick)
     info = machine_info()
     lines = [_table(rows), ""] + [f"- {k}: {v}" for k, v in info.items()]

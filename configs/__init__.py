@@ -5,7 +5,7 @@ code serves a clone (``PYTHONPATH=.`` or an editable install) and an installed w
 
     >>> from configs import find_preset, preset_names, sample_paths
     >>> preset_names()
-    ['demo', 'quick', 'zeiler2010', 'zeiler2010-layer1', 'zeiler2011']
+    ['demo', 'online', 'quick', 'zeiler2010', 'zeiler2010-layer1', 'zeiler2011']
     >>> find_preset("quick").name
     'quick.yaml'
     >>> len(sample_paths())

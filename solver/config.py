@@ -305,6 +305,10 @@ class OnlineConfig(_Frozen):
 def load_config(path: str | Path) -> LearnConfig:
     """Read and validate a YAML config: a file, or a bundled preset by name (``"zeiler2010"``, see :mod:`configs`).
 
+    A job file's ``learning`` section (how deconv's jobs learn: in batch, or online from a stream of batches) is
+    not part of the learning config and is left out; online settings for :func:`~solver.learn_online` are an
+    :class:`OnlineConfig`.
+
     Raises
     ------
     ValueError
@@ -331,6 +335,7 @@ def load_config(path: str | Path) -> LearnConfig:
         data = yaml.safe_load(fh)
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(path)!r} must hold a mapping, got {type(data).__name__}")
+    data.pop("learning", None)
     return LearnConfig.model_validate(data)
 
 

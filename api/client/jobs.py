@@ -74,6 +74,50 @@ class JobMethods(Connection):
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return self._request("POST", "/jobs", json=body, headers=headers).json()
 
+    def submit_encode(
+        self,
+        model_id: str,
+        dataset_id: str,
+        *,
+        layer: int | None = None,
+        inference: Mapping[str, Any] | None = None,
+        block_size: int | None = None,
+        workers: int = 1,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Submit an encode job: the maps of every image of an uploaded dataset with a finished job's model,
+        computed on the cluster block by block (``GET /jobs/{id}/maps`` serves them, :meth:`save_maps` saves them).
+
+        Parameters
+        ----------
+        model_id : str
+            A succeeded learning job.
+        dataset_id : str
+            An uploaded dataset (:meth:`upload_dataset`) of images of one shape.
+        layer : int, optional
+            The top layer to encode (default: the model's top); every layer's maps up to it are kept.
+        inference : dict, optional
+            ``{"method": "admm" | "fista" | "zeiler", "max_iter": ..., ...}``; default: the model's method with
+            200 iterations per layer, as :meth:`encode` encodes.
+        block_size : int, optional
+            Images per block; default: the most the service allows per block.
+        workers : int
+            Coding actors.
+        idempotency_key : str, optional
+            The same key again returns the job it first created.
+
+        Returns
+        -------
+        dict
+            The job, ``status`` "queued"; its ``spec`` holds the resolved ``layer`` and ``block_size``.
+        """
+        body: dict[str, Any] = {"model_id": model_id, "workers": workers}
+        for name, value in (("layer", layer), ("inference", inference), ("block_size", block_size)):
+            if value is not None:
+                body[name] = dict(value) if isinstance(value, Mapping) else value
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return self._request("POST", f"/datasets/{dataset_id}/encode", json=body, headers=headers).json()
+
     def job(self, job_id: str) -> dict[str, Any]:
         """A job as it is now.
 
@@ -121,7 +165,7 @@ class JobMethods(Connection):
                 return
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        """Cancel a job: a queued one at once, a running one after its current outer iteration.
+        """Cancel a job: a queued one at once, a running one within a second or two.
 
         Parameters
         ----------

@@ -93,6 +93,39 @@ class ResultMethods(Connection):
         """
         return load_npz(self._request("GET", f"/jobs/{job_id}/maps", params=params(layer=layer)).content)
 
+    def save_maps(self, job_id: str, path: str | os.PathLike[str], layer: int | None = None) -> Path:
+        """Save the maps of every image to an ``.npz`` file, streamed (a collection need not fit in memory).
+
+        The bytes go to a temporary file beside `path`, which replaces `path` once the whole archive has come.
+
+        Parameters
+        ----------
+        job_id : str
+            A learning job (its training images' maps) or an encode job.
+        path : path
+        layer : int, optional
+            Default: the top layer.
+
+        Returns
+        -------
+        Path
+            The file written; ``numpy.load`` reads it (``image-00000``, ...).
+        """
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        query = "" if layer is None else f"?layer={int(layer)}"
+        handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False)
+        try:
+            with handle, self._stream("GET", f"/jobs/{job_id}/maps{query}") as response:
+                for chunk in response.iter_bytes(_CHUNK):
+                    handle.write(chunk)
+            os.chmod(handle.name, 0o644)
+            os.replace(handle.name, target)
+        except BaseException:
+            Path(handle.name).unlink(missing_ok=True)
+            raise
+        return target
+
     def image_maps(self, job_id: str, image: int, layer: int | None = None) -> np.ndarray:
         """The feature maps of one training image, without the others.
 

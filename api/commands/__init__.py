@@ -1,5 +1,5 @@
 """The ``deconv`` commands that talk to a running service: submit, status, wait, cancel, filters, model,
-encode, reconstruct; in :mod:`.jobs` and :mod:`.results`, over :mod:`.output`.
+encode, encode-job, reconstruct; in :mod:`.jobs`, :mod:`.results` and :mod:`.encode_job`, over :mod:`.output`.
 
 Each takes the parsed arguments and an open :class:`~api.client.DeconvClient` and returns an exit status (see
 :mod:`api.cli`). Results go to stdout (a job id, a file written, a table); messages and the progress bar go to
@@ -9,6 +9,7 @@ names the field) and exits 2 for a 4xx, 1 otherwise.
 
 from __future__ import annotations
 
+from .encode_job import encode_job
 from .jobs import cancel, describe_job, follow, load_spec_file, progress_bar, status, submit, wait
 from .output import UsageError, result, say, write_file
 from .results import encode, filters, load_array, load_arrays, model, reconstruct
@@ -18,6 +19,7 @@ __all__ = [
     "cancel",
     "describe_job",
     "encode",
+    "encode_job",
     "filters",
     "follow",
     "load_array",

@@ -167,6 +167,8 @@ def describe_job(job: dict[str, Any]) -> str:
 
 def _progress_text(job: dict[str, Any]) -> str:
     p = job["progress"]
+    if job["spec"].get("kind") == "encode":  # an encode job counts images
+        return f"{p['iteration']}/{p['n_iter']} images encoded ({100 * p['fraction']:.0f}%)"
     return (
         f"layer {max(p['layer'], 1)}/{p['n_layers']}, iteration {p['iteration']}/{p['n_iter']} "
         f"({100 * p['fraction']:.0f}%)"
@@ -270,7 +272,7 @@ def progress_bar(*, disable: bool = False) -> Iterator[Callable[[dict[str, Any]]
 
 
 def cancel(args: argparse.Namespace, client: DeconvClient) -> int:
-    """Cancel a job: a queued one at once, a running one after its current outer iteration.
+    """Cancel a job: a queued one at once, a running one within a second or two.
 
     Parameters
     ----------
@@ -288,7 +290,7 @@ def cancel(args: argparse.Namespace, client: DeconvClient) -> int:
     if job["status"] == "cancelled":
         result(f"job {job['id']} cancelled")
     else:
-        result(f"job {job['id']} is {job['status']}: it stops after its current outer iteration")
+        result(f"job {job['id']} is {job['status']}: it stops within a second or two")
     return EXIT_OK
 
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import HTTPException, Path
 
+from workers.jobs.encoding import is_encode_job
 from workers.jobs.store import ID_PATTERN, JobRecord, JobStore
 
 from ..errors import field_error
@@ -52,9 +53,27 @@ def succeeded_job(store: JobStore, job_id: str, what: str) -> JobRecord:
     workers.jobs.store.JobRecord
     """
     job = job_or_404(store, job_id)
+    if what != "maps":
+        refuse_encode_job(job, what)
     if job.status != "succeeded":
         raise HTTPException(409, f"job {job_id} is {job.status}: its {what} exist once it has succeeded")
     return job
+
+
+def refuse_encode_job(job: JobRecord, what: str) -> None:
+    """A 404 for what only a learning job has (filters, a model, reconstructions) asked of an encode job.
+
+    Parameters
+    ----------
+    job : workers.jobs.store.JobRecord
+    what : str
+        What the caller wanted, for the message.
+    """
+    if is_encode_job(job.spec):
+        raise HTTPException(
+            404,
+            f"job {job.id} is an encode job: it has maps only, not {what}; its model is job {job.spec['model_id']}",
+        )
 
 
 def check_layer(job: JobRecord, layer: int | None, where: str = "query") -> int:
@@ -73,7 +92,7 @@ def check_layer(job: JobRecord, layer: int | None, where: str = "query") -> int:
     int
         A layer between 1 and the job's number of layers.
     """
-    n_layers = job.progress.n_layers
+    n_layers = job.spec["layer"] if is_encode_job(job.spec) else job.progress.n_layers  # maps of the layers encoded
     if layer is None:
         return n_layers
     if not 1 <= layer <= n_layers:

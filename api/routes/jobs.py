@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 
-from workers.jobs.spec import JobSpec, SpecError, check_against_dataset, check_resources
+from workers.jobs.spec import JobSpec, SpecError, check_against_dataset, check_resources, progress_steps
 from workers.jobs.status import JobStatus
 
 from ..deps import RunnerDep, SettingsDep, StoreDep, guarded
@@ -74,7 +74,7 @@ def submit_job(
             job, created = store.submit(
                 spec.model_dump(mode="json"),
                 n_layers=len(spec.layers),
-                n_iter=[layer.n_iter or spec.n_iter for layer in spec.layers],
+                n_iter=progress_steps(spec, dataset.n_images),
                 idempotency_key=idempotency_key,
             )
         except ValueError as exc:  # the key was used before for another spec
@@ -108,7 +108,7 @@ def get_job(job_id: JobId, store: StoreDep) -> JobOut:
     "/jobs/{job_id}",
     response_model=JobOut,
     responses={
-        202: {"description": "cancel requested: the job stops after its current iteration"},
+        202: {"description": "cancel requested: a running job stops within a second or two, even mid-iteration"},
         409: {"description": "the job has already succeeded or failed"},
     },
 )

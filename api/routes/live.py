@@ -20,7 +20,7 @@ from workers.jobs.live import latest_filters, live_montage
 from workers.jobs.store import JobRecord, JobStore
 
 from ..deps import SettingsDep, StoreDep, guarded
-from .common import NPY, PNG, JobId, check_layer, job_or_404
+from .common import NPY, PNG, JobId, check_layer, job_or_404, refuse_encode_job
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ def get_latest_filters(
     format: Annotated[Literal["npy", "png"], Query()] = "npy",
 ) -> Response:  # noqa: A002
     job = job_or_404(store, job_id)
+    refuse_encode_job(job, "filters")
     if layer is None and job.status != "succeeded":
         layer = max(job.progress.layer, 1)  # the layer being learned
     layer = check_layer(job, layer)

@@ -16,7 +16,7 @@ from workers.jobs.artifacts import ArtifactCorruptError
 from workers.jobs.models import ModelNotReadyError, model_file
 
 from ..deps import StoreDep, guarded
-from .common import JobId, job_or_404
+from .common import JobId, job_or_404, refuse_encode_job
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ router = APIRouter(tags=["models"], dependencies=guarded)
 )
 def get_model(job_id: JobId, store: StoreDep) -> Response:
     job = job_or_404(store, job_id)
+    refuse_encode_job(job, "a model file")
     if job.status != "succeeded":
         raise HTTPException(409, f"job {job_id} is {job.status}: its model file exists once it has succeeded")
     try:

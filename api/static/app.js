@@ -93,9 +93,19 @@ function setProgress(bar, job) {
   bar.firstChild.style.width = `${percent(job)}%`;
 }
 
+// An encode job (spec.kind "encode") has no layers of its own: its progress counts the images encoded.
+function isEncode(job) {
+  return job.spec.kind === "encode";
+}
+
+function nLayers(job) {
+  return isEncode(job) ? job.spec.layer : job.spec.layers.length;
+}
+
 function layerText(job) {
   const p = job.progress;
   if (job.status === "queued") return "queued";
+  if (isEncode(job)) return `${p.iteration} of ${p.n_iter} images encoded`;
   const layer = Math.max(p.layer, 1);
   return `layer ${layer} of ${p.n_layers}, iteration ${p.iteration} of ${p.n_iter}`;
 }
@@ -119,8 +129,8 @@ async function refreshJobs() {
         el("span", { class: `status ${job.status}` }, job.status),
         el("span", { class: "progress-label" }, `${percent(job)} %`)),
       progressBar(job),
-      el("div", { class: "hint" }, `${new Date(job.created_at).toLocaleTimeString()} · ${job.spec.layers.length} `
-        + `layer${job.spec.layers.length > 1 ? "s" : ""}`));
+      el("div", { class: "hint" }, `${new Date(job.created_at).toLocaleTimeString()} · `
+        + (isEncode(job) ? "encode · " : "") + `${nLayers(job)} layer${nLayers(job) > 1 ? "s" : ""}`));
     item.addEventListener("click", () => select(job.id));
     list.append(item);
   }
@@ -166,7 +176,8 @@ async function refreshDetail() {
   $("job-error").textContent = job.error || "";
   $("spec").textContent = JSON.stringify(job.spec, null, 2);
   const jobHistory = await getJSON(`jobs/${jobId}/history`);
-  drawCurves(jobHistory, job.spec.layers.length);
+  drawCurves(jobHistory, nLayers(job));
+  if (isEncode(job)) return;  // maps only: no filters to show, no reconstructions
   await refreshMontages(job);
   if (job.status === "succeeded") await showPicture("reconstruction", `jobs/${jobId}/reconstructions?format=png`,
     $("reconstructions"), "inputs beside their reconstructions", "final");

@@ -107,7 +107,7 @@ class Admm(SolverBase):
         xp = pb.backend.xp
         maps = pb.zeros() if maps0 is None else maps0
         n = maps.shape[0]
-        rho0 = self.config.rho if self.config.rho is not None else 50.0 * pb.lam + 1.0
+        rho0 = self.initial_rho()
         compatible = warm is not None and tuple(warm.dual.shape) == tuple(maps.shape)
         rho = np.array(warm.rho, dtype=np.float64) if compatible else np.full(n, rho0)
         dual = warm.dual if compatible else xp.zeros_like(maps)
@@ -136,6 +136,10 @@ class Admm(SolverBase):
             carry_hat=carry_hat,
             maps_hat=maps_hat if self.keep_maps_hat else None,
         )
+
+    def initial_rho(self) -> float:
+        """ρ of a cold start: ``config.rho``, or 50λ + 1."""
+        return self.config.rho if self.config.rho is not None else 50.0 * self.problem.lam + 1.0
 
     def _init_masked(self, maps: Array, dual: Array, rho: np.ndarray, warm: AdmmWarmStart | None) -> AdmmState:
         pb = self.problem

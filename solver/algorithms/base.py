@@ -9,6 +9,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from ..backend import Array, backend_of
+from ..stopping import check_stop
 
 S = TypeVar("S")
 
@@ -141,6 +142,7 @@ def run(
     spare: list[Any] = []
     it = 0
     for it in range(1, n + 1):  # noqa: B007
+        check_stop()
         previous = state
         state = solver.step(previous, out=spare.pop()) if spare else solver.step(previous)
         E = solver.per_item_objective(state)

@@ -32,6 +32,7 @@ from ..backend import Array
 from ..config import FilterUpdateConfig
 from ..operators import kernels
 from ..operators.prox import project_unit_ball
+from ..stopping import check_stop
 from .filter_update import FilterProblem
 
 
@@ -167,6 +168,7 @@ def update_filters_consensus(
     rho = float(n_images) if config.rho is None else config.rho
     g = project_unit_ball(filters, config.norm)
     for _ in range(config.max_iter):
+        check_stop()
         partials = pool.consensus_step(g, rho, config.relax)
         g = consensus_project(partials, config.norm).astype(filters.dtype, copy=False)
     new = sum(pool.value(g))

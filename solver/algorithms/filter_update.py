@@ -26,6 +26,7 @@ from ..operators.convolution import Boundary, FilterOperator, PlaneTransforms
 from ..operators.linalg import conjugate_gradient
 from ..operators.prox import normalise_unit, project_unit_ball
 from ..operators.surrogate import SurrogateOperator
+from ..stopping import check_stop
 from .base import run
 from .fista import Fista
 from .problem import GridResidual
@@ -172,6 +173,7 @@ def filter_lipschitz(pool: Any, vector: np.ndarray, n_iter: int) -> tuple[float,
     v = vector / max(float(np.linalg.norm(vector)), 1e-300)
     lam = 0.0
     for _ in range(n_iter):
+        check_stop()
         w = pooled_normal(pool, v)
         norm = float(np.linalg.norm(w))
         if norm == 0.0:

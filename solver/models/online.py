@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -47,6 +48,28 @@ logger = logging.getLogger(__name__)
 DEFAULT_FILTER_ITER = 100
 _POWER_ITER_FIRST = 30  # power iterations for the filter step size on the first batch
 _POWER_ITER_WARM = 5  # and on the later ones, warm-started (the statistics change little between batches)
+
+
+@dataclass(frozen=True)
+class BatchStep:
+    """What coding one batch (or a part of one) gives online learning: its statistics, its data term
+    ½‖P Z f − y‖² with the filters it was coded with, and its coding statistics (penalty, non-zeros)."""
+
+    stats: FilterStatistics
+    data: float
+    code: CodeStats
+
+    def plus(self, other: BatchStep) -> BatchStep:
+        """The two parts of a batch as one (``self`` first)."""
+        a, b = self.code, other.code
+        code = CodeStats(
+            a.penalty + b.penalty,
+            a.n_nonzero + b.n_nonzero,
+            a.n_entries + b.n_entries,
+            max(a.n_iter, b.n_iter),
+            a.n_images + b.n_images,
+        )
+        return BatchStep(self.stats.forget_and_add(other.stats, 1.0), self.data + other.data, code)
 
 
 class OnlineLearner:
@@ -141,15 +164,11 @@ class OnlineLearner:
         shard = Shard(self._check_batch(images), self.config, self.table, self.backend)
         return shard, shard.code(self.filters)
 
-    def update_from_batch(self, images: Array) -> IterStats:
-        """One step of online learning on the batch `images`: code, fold its statistics in, update the filters.
-
-        Returns
-        -------
-        IterStats
-            ``iteration`` is the batch number, ``objective`` E of the batch with the filters it was coded with,
-            ``inner_iter`` the inference iterations.
-        """
+    def batch_statistics(self, images: Array, *, keep_maps: bool = True) -> BatchStep:
+        """Code `images` with the current filters and correlate them: the batch's (or a part of a batch's)
+        statistics, data term and coding statistics, without changing the learner (but ``last_maps`` when
+        `keep_maps`). A data-parallel run computes this for each part of a batch where its images are, and
+        :meth:`fold` sums the parts."""
         shard, code = self.code_batch(images)
         corr = BatchCorrelations(
             shard.device_maps(),
@@ -159,26 +178,92 @@ class OnlineLearner:
             connectivity=self.table,
         )
         data = corr.data_term(self.filters)
-        batch_stats = corr.statistics()
-        self.last_maps = shard.maps()
+        stats = corr.statistics()
+        if keep_maps:
+            self.last_maps = shard.maps()
         del corr, shard  # the batch's transforms and maps are not needed past this point
+        return BatchStep(stats, data, code)
+
+    def fold(self, parts: Sequence[BatchStep]) -> IterStats:
+        """One step of online learning from the statistics of one batch, given as its parts in a fixed order
+        (summed in that order, so that the same parts give the same filters wherever they were computed): fold
+        them into the running sums with the forgetting factor, update the filters.
+
+        Returns
+        -------
+        IterStats
+            ``iteration`` is the batch number, ``objective`` E of the batch with the filters it was coded with,
+            ``inner_iter`` the inference iterations.
+        """
+        if not parts:
+            raise ValueError("a batch needs at least one part")
+        step = parts[0]
+        for part in parts[1:]:
+            step = step.plus(part)
         self.n_batches += 1
-        self.n_images += code.n_images
-        self.statistics = self.statistics.forget_and_add(batch_stats, self.online.beta(self.n_batches))
+        self.n_images += step.code.n_images
+        self.statistics = self.statistics.forget_and_add(step.stats, self.online.beta(self.n_batches))
         self._filter_step()
-        E = data + code.penalty
+        code = step.code
+        E = step.data + code.penalty
         self.history.append(E)
         record = IterStats(
             self.n_batches,
             E,
-            data,
+            step.data,
             code.n_nonzero / code.n_entries,
             time.perf_counter() - self._start,
             code.n_iter,
         )
         self.stats.append(record)
-        logger.debug("batch %d (%d images): E=%.6g data=%.6g", self.n_batches, code.n_images, E, data)
+        logger.debug("batch %d (%d images): E=%.6g data=%.6g", self.n_batches, code.n_images, E, step.data)
         return record
+
+    def update_from_batch(self, images: Array) -> IterStats:
+        """One step of online learning on the batch `images`: code, fold its statistics in, update the filters
+        (:meth:`batch_statistics` then :meth:`fold`).
+
+        Returns
+        -------
+        IterStats
+            ``iteration`` is the batch number, ``objective`` E of the batch with the filters it was coded with,
+            ``inner_iter`` the inference iterations.
+        """
+        return self.fold([self.batch_statistics(images)])
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed learner needs (host arrays and numbers): filters, running statistics, the step size's
+        power vector, the counts and the history. :meth:`load_state` restores it."""
+        s = self.statistics
+        return {
+            "filters": self.filters.copy(),
+            "ztz": s.ztz.copy(),
+            "zty": s.zty.copy(),
+            "yty": s.yty,
+            "stat_images": s.n_images,
+            "power": None if self._power is None else self._power.copy(),
+            "n_batches": self.n_batches,
+            "n_images": self.n_images,
+            "history": list(self.history),
+            "stats": list(self.stats),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` returned (the same config and filter shape)."""
+        filters = np.asarray(state["filters"], dtype=self.dtype)
+        if filters.shape != self.filters.shape:
+            raise ValueError(f"a state of filters {filters.shape} does not fit filters {self.filters.shape}")
+        stats = FilterStatistics(
+            np.array(state["ztz"], dtype=np.float64),
+            np.array(state["zty"], dtype=np.float64),
+            float(state["yty"]),
+            float(state["stat_images"]),
+        )
+        self.statistics._check_like(stats)
+        self.filters, self.statistics = filters.copy(), stats
+        self._power = None if state["power"] is None else np.array(state["power"], dtype=np.float64)
+        self.n_batches, self.n_images = int(state["n_batches"]), int(state["n_images"])
+        self.history, self.stats = list(state["history"]), list(state["stats"])
 
     def _filter_step(self) -> None:
         op = SurrogateOperator(self.statistics, self.table)
@@ -206,7 +291,7 @@ class OnlineLearner:
 
     def result(self, held_out_history: list[float] | None = None) -> LearnResult:
         """The filters learned so far as a :class:`~solver.LearnResult` (``maps``: the last batch's)."""
-        if self.last_maps is None:
+        if self.n_batches == 0:
             raise ValueError("no batch was seen: online learning needs at least one batch of images")
         config = self.config.model_copy(update={"n_iter": self.n_batches})
         return LearnResult(

@@ -61,25 +61,41 @@ class PixelShard(_ShardBase):
         return int(self.images.shape[1]) if self.path.input_channels is None else self.path.input_channels
 
     def code(self, filters: np.ndarray) -> CodeStats:
-        """``config.inference.max_iter`` steps of the 2011 inference, warm-started; never worse maps."""
+        """``config.inference.max_iter`` steps of the 2011 inference, warm-started; never worse maps.
+
+        The images are coded a group at a time (:func:`~solver.models.shard_base.coding_groups`), each with its own
+        switches, power vectors and step sizes: an image's steps never depend on the others', so the result is that
+        of one batch, and the peak is the maps and power vectors the shard keeps plus a few arrays of a group.
+        """
         f = self.bk.asarray(filters, dtype=self.images.dtype)
         self._filter_op = None
         op = ConvOperator(f, self.path.input_shape, boundary=self.config.boundary, connectivity=self.g)
         warm = self._power is not None  # the filters moved a little since: a few steps from the last vector
-        problem = PixelCodingProblem(
-            self.images,
-            op,
-            self.path,
-            self.penalty,
-            self.layer.pool,
-            power_start=self._power,
-            power_iter=POWER_ITER_WARM if warm else POWER_ITER,
-        )
-        solver = Fista(problem, FistaConfig(max_iter=self.config.inference.max_iter, tol=0.0))
-        self._power = problem.power_vector
-        start = None if self._maps is None else keep_block_maxima(self._maps, self.layer.pool)
-        self._steps_never_worse(solver, solver.init(start))
-        return self._code_stats(solver.max_iter)
+        cold = self._maps is None  # a first run starts from zero maps (the block constraint holds for them)
+        if cold:
+            self._maps = self.bk.xp.zeros((self.n_images, op.n_filters, *op.map_shape), dtype=self.images.dtype)
+        maps, max_iter = self._maps, 0
+        for group in self._coding_groups(maps):
+            problem = PixelCodingProblem(
+                self.images[group],
+                op,
+                self.path.rows(group),
+                self.penalty,
+                self.layer.pool,
+                power_start=self._power[group] if warm else None,
+                power_iter=POWER_ITER_WARM if warm else POWER_ITER,
+            )
+            solver = Fista(problem, FistaConfig(max_iter=self.config.inference.max_iter, tol=0.0))
+            if self._power is None:
+                self._power = self.bk.xp.empty(maps.shape, dtype=problem.power_vector.dtype)
+            self._power[group] = problem.power_vector  # the group's start is read: its vectors take its place
+            start = maps[group] if cold else keep_block_maxima(maps[group], self.layer.pool)
+            self._steps_never_worse(solver, solver.init(start))
+            maps[group] = self._maps
+            self._maps = maps  # the group's own arrays go with its solver
+            max_iter = solver.max_iter
+            del problem, solver
+        return self._code_stats(max_iter)
 
     def _operator(self) -> FilterOperator:
         if self._maps is None:

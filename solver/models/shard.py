@@ -38,14 +38,22 @@ from ..algorithms.base import run
 from ..algorithms.consensus import ConsensusState, consensus_local_step
 from ..algorithms.filter_update import FilterProblem
 from ..algorithms.problem import CSCProblem
-from ..backend import Array, Backend
+from ..backend import Array, Backend, backend_of
 from ..config import LearnConfig
 from ..operators.convolution import ConvOperator, PlaneTransforms
-from ..operators.pairs import image_blocks
 from .interleaved import code_one_step, host_warm_start
 from .lam import analysis_max
 from .pixel_shard import PixelShard
-from .shard_base import CodeStats, _ShardBase, _to_device, _to_host, _warm_rows, iterate_steps, keep_better
+from .shard_base import (
+    CodeStats,
+    _ShardBase,
+    _to_device,
+    _to_host,
+    _warm_rows,
+    coding_groups,
+    iterate_steps,
+    keep_better,
+)
 
 
 class Shard(_ShardBase):
@@ -79,14 +87,17 @@ class Shard(_ShardBase):
     def code(self, filters: np.ndarray) -> CodeStats:
         """Inference with fixed filters, warm-started; never returns maps worse than the previous ones.
 
-        Exactly ``config.inference.max_iter`` iterations. ADMM keeps only its current iterate (updated in place),
-        and per image the maps it started from are kept when the run ends above their E. It codes the images in
-        groups (:func:`~solver.operators.pairs.image_blocks`: up to 8, of at least 8 MiB of maps; they are
-        independent problems, each with its own ρ, so the result is that of one batch): besides the maps and
-        duals the shard keeps, its peak is a few arrays of a group's size. The other methods keep, per image, the
-        iterate of lowest E among the start and every step: the β continuation of ``zeiler`` can end above an
-        earlier stage, and even above the start (a first coding step from zero maps that ended above E(0) would
-        leave the maps at zero, and the filters, whose gradient they set, where they are, for ever).
+        Exactly ``config.inference.max_iter`` iterations, on the images a group at a time
+        (:func:`~solver.models.shard_base.coding_groups`: about 8 groups, of at least 1 MiB of maps, 8 MiB on a
+        GPU; they are independent problems, each with its own ρ, step sizes and momentum, so the result is that of
+        one batch),
+        each group's maps (and ADMM duals) read from and written back into the shard's own arrays: besides those,
+        the coding peak is a few arrays of one group's size. The first run starts from zero maps (and zero duals),
+        made once here. ADMM keeps only its current iterate (updated in place), and per image the maps it started
+        from are kept when the run ends above their E. The other methods keep, per image, the iterate of lowest E
+        among the start and every step: the β continuation of ``zeiler`` can end above an earlier stage, and even
+        above the start (a first coding step from zero maps that ended above E(0) would leave the maps at zero,
+        and the filters, whose gradient they set, where they are, for ever).
         """
         f = self.bk.asarray(filters, dtype=self.images.dtype)
         self._unpack()  # and the FFT of the old maps, stale now, is freed before the coding peak
@@ -95,45 +106,37 @@ class Shard(_ShardBase):
         )
         if self.config.schedule == "interleaved":
             return code_one_step(self, op)
+        if self._maps is None:
+            shape = (self.n_images, op.n_filters, *op.map_shape)
+            self._maps = self.bk.xp.zeros(shape, dtype=self.images.dtype)
         if self.config.inference.method == "admm":
-            return self._code_admm_in_chunks(op)
-        solver = make_solver(CSCProblem(self.images, op, self.penalty), self.config.inference)
-        state = solver.init(self._maps, warm=self._warm)
-        self._warm = None
-        self._maps = run(solver, state, stop_early=False).maps  # the others start cold
-        return self._code_stats(solver.max_iter)
+            return self._code_admm_in_groups(op)
+        maps, max_iter = self._maps, 0
+        self._warm = None  # the others start cold
+        step_bound = _OnceLipschitz()
+        for group in self._coding_groups(maps):
+            solver = make_solver(_GroupProblem(self.images[group], op, self.penalty, step_bound), self.config.inference)
+            maps[group] = run(solver, solver.init(maps[group]), stop_early=False).maps
+            max_iter = solver.max_iter
+            del solver
+        return self._code_stats(max_iter)
 
-    def _code_admm_in_chunks(self, op: ConvOperator) -> CodeStats:
+    def _code_admm_in_groups(self, op: ConvOperator) -> CodeStats:
         warm, self._warm = self._warm, None  # the runs own (and overwrite) the duals now
-        previous = self._maps  # None before the first run: each chunk then starts from zero maps
-        maps, dual, rho, aux_dual = previous, None, [], None
-        n, xp = self.n_images, self.bk.xp
-        maps_bytes = n * op.n_filters * int(np.prod(op.map_shape)) * self.images.dtype.itemsize
-        step = image_blocks(n, maps_bytes)[0].stop
-        max_iter = 0
-        for lo in range(0, n, step):
-            hi = min(n, lo + step)
-            solver = make_solver(CSCProblem(self.images[lo:hi], op, self.penalty), self.config.inference)
-            start = None if warm is None else _warm_rows(warm, lo, hi)
-            state = solver.init(None if previous is None else previous[lo:hi], warm=start)
-            state = self._steps_never_worse(solver, state)
-            if maps is None:  # the first coding run: the shard's arrays are made here, once
-                maps = xp.empty((n, *self._maps.shape[1:]), dtype=self._maps.dtype)
-            if dual is None:
-                dual = warm.dual if warm is not None else xp.empty_like(maps)
-                if state.dual.shape[1:] != dual.shape[1:]:  # a warm start of other shapes was not used
-                    dual = xp.empty((n, *state.dual.shape[1:]), dtype=state.dual.dtype)
-            maps[lo:hi] = self._maps  # a no-op where the run kept the chunk's start in place
-            dual[lo:hi] = state.dual  # the fused run wrote it in place already: then a no-op too
-            if state.aux_dual is not None:
-                if aux_dual is None:
-                    aux_dual = xp.empty((n, *state.aux_dual.shape[1:]), dtype=state.aux_dual.dtype)
-                aux_dual[lo:hi] = state.aux_dual
+        maps, rho, max_iter = self._maps, [], 0
+        for group in self._coding_groups(maps):
+            solver = make_solver(CSCProblem(self.images[group], op, self.penalty), self.config.inference)
+            warm = _full_warm_start(warm, maps, solver, op)
+            state = self._steps_never_worse(solver, solver.init(maps[group], warm=_warm_rows(warm, group)))
+            maps[group] = self._maps  # a no-op where the run kept the group's start in place
+            self._maps = maps  # the group's own arrays go with its state
+            warm.dual[group] = state.dual  # the fused run wrote it in place already: then a no-op too
+            if warm.aux_dual is not None:
+                warm.aux_dual[group] = state.aux_dual
             rho.append(state.rho)
             max_iter = solver.max_iter
             del state, solver
-        self._maps = maps
-        self._warm = AdmmWarmStart(np.concatenate(rho), dual, aux_dual)
+        self._warm = AdmmWarmStart(np.concatenate(rho), warm.dual, warm.aux_dual)
         return self._code_stats(max_iter)
 
     def _problem(self) -> FilterProblem:
@@ -221,6 +224,48 @@ class Shard(_ShardBase):
         self._filter_problem, self._packed, self.maps_hat = None, None, None
 
 
+class _OnceLipschitz:
+    """‖P D‖² of a coding operator, computed by the first group that asks (it depends on the filters only: for the
+    valid boundary a power iteration on one image) and given to the others."""
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+
+    def __call__(self, problem: CSCProblem) -> float:
+        if self.value is None:
+            self.value = CSCProblem.lipschitz(problem)
+        return self.value
+
+
+class _GroupProblem(CSCProblem):
+    """The coding problem of one group of a shard's images, sharing its step bound with the other groups."""
+
+    def __init__(self, images: Array, op: ConvOperator, penalty: Any, step_bound: _OnceLipschitz):
+        super().__init__(images, op, penalty)
+        self._step_bound = step_bound
+
+    def lipschitz(self) -> float:
+        return self._step_bound(self)
+
+
+def _full_warm_start(warm: AdmmWarmStart | None, maps: Array, solver: Any, op: ConvOperator) -> AdmmWarmStart:
+    """`warm`, or where it has none (the first run, or duals of other shapes) the cold start of every image: ρ of a
+    cold start and zero duals, in arrays of the shard's size that the groups are coded in (a run started with
+    them takes the steps of a cold start)."""
+    xp = backend_of(maps).xp
+    if warm is not None and tuple(warm.dual.shape) == tuple(maps.shape):
+        if warm.aux_dual is None and op.grid.cropped:
+            return AdmmWarmStart(warm.rho, warm.dual, _zero_aux_dual(maps, op))
+        return warm if op.grid.cropped else AdmmWarmStart(warm.rho, warm.dual, None)
+    rho = np.full(maps.shape[0], solver.initial_rho())
+    return AdmmWarmStart(rho, xp.zeros_like(maps), _zero_aux_dual(maps, op) if op.grid.cropped else None)
+
+
+def _zero_aux_dual(maps: Array, op: ConvOperator) -> Array:
+    """u₀ of mask decoupling at its cold start: zeros on the images' channels and the map grid."""
+    return backend_of(maps).xp.zeros((maps.shape[0], op.n_channels, *op.map_shape), dtype=maps.dtype)
+
+
 @dataclass(frozen=True)
 class PackedMaps:
     """Sparse maps as their non-zero entries: flat indices (int32 where they fit) and values, with each image's
@@ -246,7 +291,7 @@ class PackedMaps:
         dtype = np.int32 if maps.size < 2**31 else np.int64
         starts = np.concatenate([[0], np.cumsum(counts)])
         index, values = np.empty(int(starts[-1]), dtype=dtype), np.empty(int(starts[-1]), dtype=maps.dtype)
-        for block in image_blocks(n, maps.nbytes):  # a block at a time: the int64 indices of one block only
+        for block in coding_groups(n, maps.nbytes):  # a group at a time: the int64 indices of one group only
             flat = maps[block].reshape(-1)
             where = np.flatnonzero(flat)
             lo, hi = starts[block.start], starts[block.stop]
@@ -270,11 +315,12 @@ class PackedMaps:
         return np.empty((0, *self.shape[1:]), dtype=self.values.dtype)
 
     def rfft2(self, bk: Backend) -> Array:
-        """rfft2 of the maps over their own grid, a block of images at a time (the same transform per image)."""
+        """rfft2 of the maps over their own grid, a group of images at a time (the same transform per image): with
+        the transform and the duals the shard holds, the dense group and its transform are the peak."""
         n = self.shape[0]
         nbytes = n * int(np.prod(self.shape[1:])) * self.values.dtype.itemsize
         out = None
-        for block in image_blocks(n, nbytes):
+        for block in coding_groups(n, nbytes):
             part = bk.rfft2(self.rows(block.start, block.stop), self.shape[-2:])
             if out is None:
                 out = bk.xp.empty((n, *part.shape[1:]), dtype=part.dtype)

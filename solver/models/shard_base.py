@@ -13,6 +13,7 @@ from ..backend import Array, Backend, backend_of, get_backend
 from ..config import LearnConfig
 from ..operators.pairs import image_blocks
 from ..operators.prox import LpPenalty
+from ..stopping import check_stop
 from .lam import with_lam
 
 
@@ -61,6 +62,9 @@ class _ShardBase:
         self.layer = self.config.layers[0]
         self.penalty = LpPenalty(self.layer.lam, self.layer.p)
 
+    def _coding_groups(self, maps: Array) -> list[slice]:
+        return coding_groups(self.n_images, maps.nbytes, gpu=self.bk.name != "numpy")
+
     def _steps_never_worse(self, solver: Any, state: Any) -> Any:
         """``solver.max_iter`` steps from `state`; per image, the new maps unless their E is above the start's
         (kept in ``_maps``). Returns the last state."""
@@ -77,10 +81,25 @@ class _ShardBase:
         return CodeStats(penalty, int(xp.count_nonzero(maps)), int(maps.size), n_iter, self.n_images)
 
 
-def _warm_rows(warm: AdmmWarmStart, lo: int, hi: int) -> AdmmWarmStart:
-    """The warm start of images ``lo:hi`` (views: the run writes their new duals in place)."""
-    aux = None if warm.aux_dual is None else warm.aux_dual[lo:hi]
-    return AdmmWarmStart(np.asarray(warm.rho)[lo:hi], warm.dual[lo:hi], aux)
+#: A shard codes its images in about this many groups (images are independent problems: the result is that of one
+#: batch): besides the maps (and ADMM duals) it keeps, its coding peak is a few arrays of one group's size ...
+CODING_GROUPS = 8
+#: ... of at least this many bytes of maps each: smaller groups cost more in calls than they save in memory.
+MIN_GROUP_BYTES = 2**20
+#: The same on a GPU, where every group's steps are kernel launches: the group size measured there before.
+GPU_MIN_GROUP_BYTES = 8 * 2**20
+
+
+def coding_groups(n: int, maps_bytes: int, *, gpu: bool = False) -> list[slice]:
+    """The groups of images ``lo:hi`` in which a shard of `n` images whose maps take `maps_bytes` codes them."""
+    min_bytes = GPU_MIN_GROUP_BYTES if gpu else MIN_GROUP_BYTES
+    return image_blocks(n, maps_bytes, blocks=CODING_GROUPS, min_bytes=min_bytes)
+
+
+def _warm_rows(warm: AdmmWarmStart, group: slice) -> AdmmWarmStart:
+    """The warm start of the images of `group` (views: the run writes their new duals in place)."""
+    aux = None if warm.aux_dual is None else warm.aux_dual[group]
+    return AdmmWarmStart(np.asarray(warm.rho)[group], warm.dual[group], aux)
 
 
 def iterate_steps(solver: Any, state: Any, n_iter: int) -> Any:
@@ -93,11 +112,13 @@ def iterate_steps(solver: Any, state: Any, n_iter: int) -> Any:
         return state
     if not isinstance(solver, Admm):
         for _ in range(n_iter):
+            check_stop()
             state = solver.step(state)
         return state
     xp = backend_of(state.maps).xp
     state = solver.step(state, out=replace(state, maps=xp.empty_like(state.maps)))
     for _ in range(n_iter - 1):
+        check_stop()
         state = solver.step(state, out=state)
     return state
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import Array, backend_of
+from ..stopping import check_stop
 
 _EXACT_GRAM_MAX = 16  # largest min(P, Q) for which the per-frequency Gram eigenvalues are computed exactly
 _POWER_ITER = 50
@@ -201,6 +202,7 @@ def conjugate_gradient(
     threshold = (tol**2) * np.maximum(dot(b, b), 1e-300)
     d = r
     for _ in range(n_iter):
+        check_stop()
         active = rr > threshold
         if not active.any():
             break

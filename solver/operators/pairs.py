@@ -64,10 +64,12 @@ IMAGE_BLOCKS = 8
 MIN_BLOCK_BYTES = 8 * 2**20
 
 
-def image_blocks(n: int, nbytes: int) -> list[slice]:
-    """`n` images whose arrays take `nbytes` in contiguous blocks: :data:`IMAGE_BLOCKS` of them, fewer when the
-    blocks would be under :data:`MIN_BLOCK_BYTES` (one block for small arrays)."""
-    blocks = max(1, min(IMAGE_BLOCKS, n, -(-int(nbytes) // MIN_BLOCK_BYTES)))
+def image_blocks(n: int, nbytes: int, *, blocks: int | None = None, min_bytes: int | None = None) -> list[slice]:
+    """`n` images whose arrays take `nbytes` in contiguous blocks: `blocks` (:data:`IMAGE_BLOCKS`) of them,
+    fewer when the blocks would be under `min_bytes` (:data:`MIN_BLOCK_BYTES`; one block for small arrays)."""
+    blocks = IMAGE_BLOCKS if blocks is None else blocks
+    min_bytes = MIN_BLOCK_BYTES if min_bytes is None else min_bytes
+    blocks = max(1, min(blocks, n, -(-int(nbytes) // max(1, min_bytes))))
     step = -(-n // blocks)
     return [slice(lo, min(n, lo + step)) for lo in range(0, n, step)]
 

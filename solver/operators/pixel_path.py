@@ -14,6 +14,7 @@ adjoint; the coding problem on it is :class:`~solver.algorithms.problem.PixelCod
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -114,6 +115,14 @@ class PixelPath:
     @property
     def identity(self) -> bool:
         return not self.ops
+
+    def rows(self, group: slice) -> PixelPath:
+        """The path of the images of `group` (``lo:hi``) only: the same operators, those images' switches."""
+        path = copy.copy(self)
+        n = group.stop - group.start
+        path.switches = [None if sw is None else sw[group] for sw in self.switches]
+        path.map_shapes = [(n, *shape[1:]) for shape in self.map_shapes]
+        return path
 
     def forward(self, x: Array) -> Array:
         """B x: (N, C_l, H_l, W_l) -> (N, C_1, H, W)."""

@@ -14,6 +14,7 @@ ROUTES = {
     ("GET", "/health"),
     ("POST", "/datasets"),
     ("GET", "/datasets/{dataset_id}"),
+    ("POST", "/datasets/{dataset_id}/encode"),
     ("POST", "/jobs"),
     ("GET", "/jobs"),
     ("GET", "/jobs/{job_id}"),

@@ -4,6 +4,10 @@ config."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +132,36 @@ def test_samples_writes_the_bundled_images_into_a_folder(tmp_path, capsys):
     assert written == [p.name for p in sample_paths()]
     assert (tmp_path / "pictures" / "camera.png").read_bytes() == (sample_paths()[2]).read_bytes()
     assert str((tmp_path / "pictures").resolve()) in capsys.readouterr().out
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(180)
+def test_a_second_ctrl_c_stops_a_huge_coding_step_at_once(ray_session, job_file, tmp_path, capsys):  # noqa: F811
+    from tests.api.test_cancel_running import _shard_actors  # noqa: PLC0415
+
+    config = yaml.safe_load(job_file.read_text())
+    # one coding step of 10,000 ADMM iterations takes far longer than this test waits
+    _edited(job_file, inference={**config.get("inference", {}), "method": "admm", "max_iter": 10_000})
+    before = set(_shard_actors())
+    sent: list[float] = []
+
+    def press_ctrl_c_twice() -> None:
+        deadline = time.monotonic() + 120
+        while not set(_shard_actors()) - before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(3.0)  # the actor has its images and codes them
+        for _ in range(2):
+            sent.append(time.monotonic())
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+
+    presser = threading.Thread(target=press_ctrl_c_twice, daemon=True)
+    presser.start()
+    status = main(["learn", str(job_file), "--out", str(tmp_path / "out"), "--no-progress"])
+    ended = time.monotonic()
+    presser.join(10)
+    assert status == 130
+    assert len(sent) == 2
+    assert ended - sent[1] < 3.0, ended - sent[1]
+    assert "interrupted in the middle of an outer iteration" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "filters.npy").exists()

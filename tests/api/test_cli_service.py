@@ -449,7 +449,7 @@ def test_the_demo_takes_a_preset_by_name_from_any_folder(tmp_path, monkeypatch):
 def test_the_demo_with_an_unknown_preset_exits_2_listing_the_presets(capsys, tmp_path):
     status, _, err = _run(capsys, "demo", "--config", "zeiler2012", "--out", str(tmp_path / "out"))
     assert status == 2
-    assert "unknown preset 'zeiler2012'" in err and "demo, quick, zeiler2010" in err
+    assert "unknown preset 'zeiler2012'" in err and "demo, online, quick, zeiler2010" in err
 
 
 def test_without_samples_the_demo_takes_scikit_image_pictures_of_one_size(monkeypatch):

@@ -1,7 +1,8 @@
 """A service killed with SIGKILL during a job leaves its local Ray cluster's agents running; the next service on
 the same data folder stops them before it starts its own cluster, and resumes the job; SIGTERM in the middle of
-an outer iteration stops that service within 10 s, the job still queued for the next start. Two real services in
-subprocesses, each with a private local Ray cluster: slow."""
+an outer iteration (a coding step of 10,000 ADMM iterations) stops that service within 10 s, the job interrupted
+and still queued for the next start. Two real services in subprocesses, each with a private local Ray cluster:
+slow."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ httpx2 = pytest.importorskip("httpx2")
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE = (
-    "import sys\n"
+    "import logging, sys\n"
+    "logging.basicConfig(level=logging.INFO, stream=sys.stderr, format='%(name)s %(message)s')\n"
     "from api.serve import serve\n"
     "from api.settings import Settings\n"
     "sys.exit(serve(Settings(data_dir=sys.argv[1], num_cpus=1), port=int(sys.argv[2])))\n"
@@ -77,6 +79,13 @@ def _job_when(url: str, job_id: str, until, timeout: float = 240) -> dict:
         time.sleep(0.5)
 
 
+def _log_says(log: Path, text: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"{text!r} not in the log after {timeout} s"
+        time.sleep(0.2)
+
+
 def _alive(pids: list[tuple[int, int | None]]) -> list[int]:
     return [pid for pid, start in pids if start is not None and _start_time(pid) == start]
 
@@ -103,14 +112,21 @@ def test_a_killed_service_s_ray_processes_are_stopped_and_its_job_resumes_and_si
     try:
         assert _alive([(pid, start) for pid, start in tree if pid in left]) == []
         _job_when(url, job_id, lambda job: job["status"] == "running" and job["attempts"] == 2)
-        time.sleep(5)  # in the middle of an outer iteration
+        # the shard actor has its images once the rescale is fitted; its first coding step takes about a minute
+        _log_says(tmp_path / "second.log", "rescale statistics")
+        time.sleep(3)  # in the middle of that coding step
     finally:
         started = time.monotonic()
         second.send_signal(signal.SIGTERM)
         second.wait(60)
         stopped_in = time.monotonic() - started
     assert stopped_in < 10, stopped_in
-    log = (tmp_path / "second.log").read_text(errors="replace")[-5000:]
+    full_log = (tmp_path / "second.log").read_text(errors="replace")
+    log = full_log[-5000:]
+    # the job thread ended by itself, its shard calls interrupted, not cut off by the cluster's shutdown
+    assert "did not stop within" not in full_log, log
+    assert "interrupted during 'code'" in full_log, log
+    assert f"job {job_id}: back in the queue (the service is stopping)" in full_log, log
     assert not (data_dir / PID_FILE).exists(), log  # a clean stop forgets its cluster
     store = JobStore(data_dir)
     assert store.get_job(job_id).status not in TERMINAL  # it resumes on the next start

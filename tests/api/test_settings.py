@@ -64,3 +64,22 @@ def test_no_setting_is_read_at_import():
     env = {"DECONV_MAX_UPLOAD_BYTES": "lots", "PYTHONPATH": str(ROOT), "PATH": ""}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_deadline_variables_reach_the_runner_s_deadlines(monkeypatch):
+    from workers.distributed.deadlines import Deadlines  # noqa: PLC0415
+
+    monkeypatch.setenv("DECONV_ACTOR_START_TIMEOUT", "5")
+    monkeypatch.setenv("DECONV_CALL_TIMEOUT_FLOOR", "2.5")
+    assert Settings().deadlines() == Deadlines(startup=5.0, floor=2.5)
+    monkeypatch.setenv("DECONV_CALL_TIMEOUT_FLOOR", "0")
+    with pytest.raises(ValueError, match=r"^DECONV_CALL_TIMEOUT_FLOOR: .*\(got '0'\)$"):
+        Settings.from_env()
+
+
+def test_the_service_s_runner_gets_the_deadlines_of_its_settings(tmp_path):
+    from api.app import create_app  # noqa: PLC0415
+
+    settings = Settings(data_dir=tmp_path, run_jobs=False, actor_start_timeout=7, call_timeout_floor=3)
+    assert create_app(settings).state.runner.deadlines == settings.deadlines()
+    assert settings.deadlines().startup == 7 and settings.deadlines().floor == 3

@@ -13,7 +13,7 @@ from PIL import Image
 import configs
 from solver.config import LearnConfig, load_config
 
-PRESETS = ["demo", "quick", "zeiler2010", "zeiler2010-layer1", "zeiler2011"]
+PRESETS = ["demo", "online", "quick", "zeiler2010", "zeiler2010-layer1", "zeiler2011"]
 
 
 @pytest.fixture(autouse=True)

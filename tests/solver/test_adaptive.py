@@ -456,6 +456,28 @@ def test_pixel_shard_never_returns_worse_maps_and_restores_its_state(rng) -> Non
         shard.consensus_step(f2, 1.0, 1.8)
 
 
+def test_pixel_shard_coding_in_groups_is_the_coding_of_the_whole_batch(monkeypatch) -> None:
+    """Each image has its own switches, power vectors and step sizes: coding a few images at a time (what bounds
+    the shard's memory) gives the maps, power vectors and statistics of one batch, bit for bit, warm-started."""
+    import solver.models.shard_base as shard_base  # noqa: PLC0415
+
+    probe, _, f2, _, _ = _shard_setup(np.random.default_rng(11))
+    probe.code(f2)
+    image_bytes = probe.maps()[0].nbytes
+    runs, groups = [], []
+    for images_per_group in (N_IMAGES, 1):
+        shard, _, f2, _, _ = _shard_setup(np.random.default_rng(11))
+        monkeypatch.setattr(shard_base, "MIN_GROUP_BYTES", images_per_group * image_bytes)
+        stats = [shard.code(f2), shard.code(0.9 * f2)]
+        groups.append(len(shard_base.coding_groups(N_IMAGES, shard.maps().nbytes)))
+        runs.append((shard.maps(), shard.state()["warm"], stats))
+    assert groups == [1, N_IMAGES] and N_IMAGES > 1
+    for maps, power, stats in runs[1:]:
+        np.testing.assert_array_equal(maps, runs[0][0])
+        np.testing.assert_array_equal(power, runs[0][1])
+        assert stats == runs[0][2]
+
+
 def test_pixel_shard_refuses_a_config_of_the_2010_model(rng) -> None:
     config = LearnConfig.model_validate(
         {"layers": [{"n_filters": 2, "filter_size": 3, "lam": 0.1}], "inference": {"method": "fista"}}

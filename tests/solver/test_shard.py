@@ -140,25 +140,40 @@ def test_zeiler_coding_keeps_each_image_s_best_stage_not_the_last():
 
 @pytest.mark.parametrize("boundary", ["circular", "valid"])
 @pytest.mark.parametrize("n_channels", [1, 2])
-def test_admm_coding_in_chunks_is_the_coding_of_the_whole_batch(rng, monkeypatch, boundary, n_channels):
+@pytest.mark.parametrize("method", ["admm", "fista", "zeiler"])
+def test_coding_in_groups_is_the_coding_of_the_whole_batch(rng, monkeypatch, method, boundary, n_channels):
     """Images are independent problems: coding them a few at a time (what bounds a shard's memory) gives the
     maps, duals and penalties of one batch, bit for bit, over warm-started runs."""
-    import solver.operators.pairs as pairs_module  # noqa: PLC0415
+    import solver.models.shard_base as shard_base  # noqa: PLC0415
 
     images = rng.standard_normal((5, n_channels, 10, 9))
-    config = _config("admm", boundary)
+    config = _config(method, boundary)
     f0 = initial_filters(3, n_channels, 3, seed=0, norm="filter", dtype=images.dtype)
-    runs = []
-    for min_bytes in (2**30, 1, 3 * 9 * 10 * 8 * 2):  # one group, one image per group, groups of two images
-        monkeypatch.setattr(pairs_module, "MIN_BLOCK_BYTES", min_bytes)
+    runs, groups = [], []
+    for images_per_group in (5, 1, 2):
+        shard = Shard(images, config, None, "numpy")
+        stats = [shard.code(f0)]
+        image_bytes = shard.maps()[0].nbytes
+        monkeypatch.setattr(shard_base, "MIN_GROUP_BYTES", images_per_group * image_bytes)
+        groups.append(len(shard_base.coding_groups(5, 5 * image_bytes)))
         shard = Shard(images, config, None, "numpy")
         stats = [shard.code(f0), shard.code(0.9 * f0)]
-        runs.append((shard.maps(), shard.state()["warm"].dual, shard.state()["warm"].rho, stats))
-    for maps, dual, rho, stats in runs[1:]:
+        warm = shard.state()["warm"]
+        duals = None if warm is None else (warm.dual, warm.aux_dual, warm.rho)
+        runs.append((shard.maps(), duals, stats))
+    assert groups == [1, 5, 3]
+    for maps, duals, stats in runs[1:]:
         np.testing.assert_array_equal(maps, runs[0][0])
-        np.testing.assert_array_equal(dual, runs[0][1])
-        np.testing.assert_array_equal(rho, runs[0][2])
-        assert stats == runs[0][3]
+        assert stats == runs[0][2]
+        if method != "admm":
+            assert duals is None
+            continue
+        assert (duals[1] is None) == (boundary == "circular")  # u₀ of mask decoupling, with the valid boundary
+        for got, want in zip(duals, runs[0][1], strict=True):
+            if want is None:
+                assert got is None
+            else:
+                np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("update", ["fista", "cg", "consensus"])

@@ -370,14 +370,15 @@ print(json.dumps({{"nodes": len([n for n in ray.nodes() if n["Alive"]]), "hidden
         )
         return f"{self.s3_url}/{key}"
 
-    def actor_nodes(self) -> list[dict]:
-        """Every shard actor the cluster has seen, alive or dead: state, node id, pid (from the GCS's actor table,
-        which needs no dashboard; ``ray list actors`` shows the same with one)."""
+    def actor_nodes(self, class_name: str = "ShardWorker") -> list[dict]:
+        """Every actor of `class_name` (shard actors by default) the cluster has seen, alive or dead: state, node
+        id, pid (from the GCS's actor table, which needs no dashboard; ``ray list actors`` shows the same with
+        one)."""
         script = f"""
 import json, ray
 from ray._private.state import actors
 ray.init(address={self.head_address!r}, log_to_driver=False)
-rows = [a for a in actors().values() if a["ActorClassName"] == "ShardWorker"]
+rows = [a for a in actors().values() if a["ActorClassName"] == {class_name!r}]
 print(json.dumps([{{"state": a["State"], "node_id": a["Address"]["NodeID"], "pid": a["Pid"]}} for a in rows]))
 """
         result = subprocess.run(

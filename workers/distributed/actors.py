@@ -13,6 +13,11 @@
    ``save_state`` / ``restore`` write and read the shard's own part of a checkpoint, ``write_outputs`` its part
    of the layer's results, ``maps``, ``state``, ``load_state``, ``reset`` serve runs in one process.
 
+A worker runs one call at a time, and the actor has a second thread for :meth:`~ShardWorker.cancel` (and pings)
+while a call runs: the inner loops of every long call check the cancel flag at each iteration
+(:func:`solver.stopping.stop_on`) and end the call with :class:`solver.stopping.Stopped`. A cancelled worker
+stays cancelled: its state is half-updated, and the coordinator replaces it.
+
 The images never travel: only locations in a store come in (a store URL and a key, never a host path, so an
 actor on another node reads the same bytes), and only small statistics (K·C·s·s numbers and scalars) and keys go
 back per call, as host numpy arrays.
@@ -23,7 +28,8 @@ from __future__ import annotations
 import copy
 import functools
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +45,7 @@ from solver.images.preprocess import (
 )
 from solver.models.shard import CodeStats, PixelShard, Shard
 from solver.operators.pixel_path import LowerLayer
+from solver.stopping import stop_on
 from solver.validation import as_images
 
 from ..jobs.objects import ObjectStore, Part, as_location, read_array, rows_of_parts
@@ -72,6 +79,17 @@ def _read_input(source: ShardInput, info: ImageInfo | None = None) -> np.ndarray
     return np.stack([read_array(as_location(f)) for f in source])
 
 
+def _stoppable(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A worker method whose loops end with :class:`solver.stopping.Stopped` once the worker is cancelled."""
+
+    @functools.wraps(method)
+    def run(self: ShardWorker, *args: Any, **kwargs: Any) -> Any:
+        with stop_on(self._cancelled.is_set, every=0.0):  # an Event read costs nanoseconds: every iteration
+            return method(self, *args, **kwargs)
+
+    return run
+
+
 class ShardWorker:
     """One shard of a learning job (the body of a Ray shard actor; usable in-process too)."""
 
@@ -79,9 +97,15 @@ class ShardWorker:
         self._config: LearnConfig | None = None
         self._prepared: np.ndarray | None = None
         self._shard: Shard | PixelShard | None = None
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop the call that runs now (from another thread) and every later one: they raise Stopped."""
+        self._cancelled.set()
 
     # -- setup --------------------------------------------------------------------------------------------------
 
+    @_stoppable
     def load(self, paths: ShardInput, config: LearnConfig, info: ImageInfo) -> tuple[int, ...]:
         """Read the shard's images (image files, or rows of stored parts) and run the per-image preprocessing;
         returns their shape (n, C', H, W)."""
@@ -101,6 +125,7 @@ class ShardWorker:
         """(float64 sum, count) of the shifted, scaled images: the second pass of the rescale fit."""
         return rescale_partial_mean(self._loaded(), shifted)
 
+    @_stoppable
     def build(
         self,
         stats: PreprocessStats | None,
@@ -137,6 +162,7 @@ class ShardWorker:
         self._prepared = None  # the shard holds the finished images
         return str(y.dtype)
 
+    @_stoppable
     def setup(
         self,
         paths: ShardInput,
@@ -164,24 +190,30 @@ class ShardWorker:
 
     # -- the pool protocol of solver.models.learn.alternate ------------------------------------------------------------
 
+    @_stoppable
     def code(self, filters: np.ndarray) -> CodeStats:
         return self._ready().code(filters)
 
+    @_stoppable
     def value_and_gradient(self, filters: np.ndarray) -> tuple[float, np.ndarray]:
         return self._ready().value_and_gradient(filters)
 
+    @_stoppable
     def value(self, filters: np.ndarray) -> float:
         return self._ready().value(filters)
 
+    @_stoppable
     def normal(self, v: np.ndarray) -> np.ndarray:
         return self._ready().normal(v)
 
+    @_stoppable
     def consensus_step(self, filters: np.ndarray, rho: float, relax: float) -> tuple[np.ndarray, int]:
         return self._ready().consensus_step(filters, rho, relax)
 
     def maps(self) -> np.ndarray:
         return self._ready().maps()
 
+    @_stoppable
     def lambda_max(self, filters: np.ndarray) -> float:
         return self._ready().lambda_max(filters)
 
@@ -205,6 +237,7 @@ class ShardWorker:
         """Restore this shard's part of a checkpoint, read from the store and verified against its sha256."""
         self._ready().load_state(read_shard_state(part))
 
+    @_stoppable
     def write_outputs(self, outputs: LayerOutputs, index: int, first: int) -> ShardOutput:
         """Write this shard's part of the layer's results (see :mod:`workers.distributed.outputs`); returns
         their keys."""
@@ -242,14 +275,20 @@ def new_shard_actor(**options: Any) -> Any:
 
     The actors are never restarted by Ray (``max_restarts=0``): the coordinator replaces a dead one itself and
     rolls every shard back to the last checkpoint, because the shards' states must stay consistent with each
-    other and with the filters.
+    other and with the filters. Two threads (``max_concurrency=2``): the coordinator sends one call at a time,
+    and :meth:`ShardWorker.cancel` reaches the actor while it runs.
     """
-    return _remote_worker().options(max_restarts=0, max_task_retries=0, **options).remote()
+    return _remote_worker().options(max_restarts=0, max_task_retries=0, max_concurrency=2, **options).remote()
 
 
 def shard_actor_class(num_cpus: float, num_gpus: float) -> Any:
     """:class:`ShardWorker` as a Ray actor class with these resources, outside any placement group; ``SPREAD``
     places the shards of a job on as many nodes as it can."""
     return _remote_worker().options(
-        num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0, max_task_retries=0, scheduling_strategy="SPREAD"
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        max_restarts=0,
+        max_task_retries=0,
+        max_concurrency=2,
+        scheduling_strategy="SPREAD",
     )

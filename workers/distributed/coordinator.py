@@ -8,10 +8,11 @@ shard order. The initial filters, the shard split and the reductions are those o
 :func:`solver.models.learn.learn_layer`, so the same
 seed and config give the same filters and objective history on 1 or n shards, within round-off.
 
-Fault tolerance: an actor that dies (its process or its node), or does not answer within ``call_timeout``, is a
-failure. Up to ``max_failures`` of them, the coordinator replaces the dead actors (a new actor loads the same
-images), rolls **every** shard back to the last complete checkpoint (or to a fresh start when there is none) and
-runs the loop again from there; the loop is deterministic, so the run ends as an uninterrupted one would. One
+Fault tolerance: an actor that dies (its process or its node), or does not start or answer a call within that
+call's deadline (:mod:`workers.distributed.deadlines`: sized to the call's work, with a floor), is a failure. Up to
+``max_failures`` of them, the coordinator replaces the dead actors (a new actor loads the same images), rolls
+**every** shard back to the last complete checkpoint (or to a fresh start when there is none) and runs the loop
+again from there; the loop is deterministic, so the run ends as an uninterrupted one would. One
 failure more and the run fails with :class:`JobFailedError`.
 
 The data plane is the store: the actors read their images by location (a store URL and a key, see
@@ -45,20 +46,22 @@ from ..jobs.objects import ObjectStore, Part
 from .actors import ShardInput
 from .checkpoint import Checkpoint, as_store
 from .cluster import ClusterConfig, connect
+from .deadlines import CallDeadlines, Deadlines, shard_work
 from .fleet import _PROBE_TIMEOUT_S, ShardFleet
 from .images import ImageInfo, ImageSource
 from .outputs import LayerOutputs, ShardOutput
 from .placement import Placement
-from .pool import RayPool, Traffic
+from .pool import CallTimeoutError, Interrupted, RayPool, Traffic
 from .rollback import JobFailedError, Rollback
 from .run_inputs import _check_options, _computation_dtype, _count, _describe_images, _rows_of
 from .shards import shard_ranges
 
-__all__ = ["ACTOR_FAILURES", "Coordinator", "JobFailedError", "run_distributed"]
+__all__ = ["ACTOR_FAILURES", "CallTimeoutError", "Coordinator", "Interrupted", "JobFailedError", "run_distributed"]
 
 logger = logging.getLogger(__name__)
 
-#: What counts as a shard failure: a dead actor, process or node, a lost object, or a call past its timeout.
+#: What counts as a shard failure: a dead actor, process or node, a lost object, or a call past its deadline
+#: (:class:`~workers.distributed.pool.CallTimeoutError`, a GetTimeoutError).
 ACTOR_FAILURES: tuple[type[BaseException], ...] = (
     ray_errors.RayActorError,
     ray_errors.WorkerCrashedError,
@@ -88,7 +91,8 @@ class Coordinator(ShardFleet, Rollback):
     max_failures : int
         Shard failures the run survives; one more fails it.
     call_timeout : float, optional
-        Seconds a pool call may take before the actors that have not answered count as failed.
+        Seconds every call (and the actors' start-up) may take before the actors that have not answered count as
+        failed; None (default): each call's own deadline, sized to its work by `deadlines`.
     cluster : ClusterConfig, optional
         Used to connect when this process is not connected to Ray yet.
     backend : {"auto", "numpy", "cupy"}
@@ -118,6 +122,9 @@ class Coordinator(ShardFleet, Rollback):
         :mod:`workers.distributed.placement`): shard i's actor, and any that replaces it, runs in bundle i, with
         the placement's backend. `backend` and `actor_cpus` are then not used. Without it each actor asks
         `actor_cpus` and its GPU share on its own, spread over the nodes.
+    deadlines : Deadlines, optional
+        How long the actors' start-up and each call may take (:mod:`workers.distributed.deadlines`; default:
+        ``Deadlines()``, a 60 s floor).
     """
 
     def __init__(
@@ -129,7 +136,7 @@ class Coordinator(ShardFleet, Rollback):
         checkpoint_dir: str | Path | ObjectStore | None = None,
         checkpoint_every: int = 0,
         max_failures: int = 3,
-        call_timeout: float | None = 3600.0,
+        call_timeout: float | None = None,
         cluster: ClusterConfig | None = None,
         backend: Literal["auto", "numpy", "cupy"] = "auto",
         actor_cpus: float = 0.0,
@@ -139,6 +146,7 @@ class Coordinator(ShardFleet, Rollback):
         outputs: LayerOutputs | Callable[[LearnResult], LayerOutputs] | None = None,
         gather_maps: bool = True,
         placement: Placement | None = None,
+        deadlines: Deadlines | None = None,
     ):
         _check_options(workers, checkpoint_dir, checkpoint_every, max_failures, call_timeout, backend, actor_cpus)
         if config.filter_update.recentre:
@@ -215,6 +223,19 @@ class Coordinator(ShardFleet, Rollback):
         self._pending: tuple[int, np.ndarray, np.ndarray] | None = None
         self._last_checkpoint = -1
         self.lam_max: float | None = None  # λ_max of a relative λ, once the shards computed it
+        shards = [
+            shard_work(
+                config,
+                len(r),
+                n_channels,
+                (height, width),
+                n_lower=len(self.lower),
+                itemsize=np.dtype(self.dtype).itemsize,
+            )
+            for r in self.ranges
+        ]
+        self._deadlines = CallDeadlines(deadlines or Deadlines(), shards, fixed=call_timeout)
+        self._interrupt: Callable[[], bool] | None = None
 
     @property
     def n_shards(self) -> int:
@@ -226,6 +247,7 @@ class Coordinator(ShardFleet, Rollback):
         callback: Callable[[IterStats], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         resume: bool = False,
+        interrupt: Callable[[], bool] | None = None,
     ) -> LearnResult:
         """Learn the filters; the actors are released at the end, whatever happens.
 
@@ -241,6 +263,10 @@ class Coordinator(ShardFleet, Rollback):
         resume : bool
             Start from the newest valid checkpoint in ``checkpoint_dir`` (a fresh start when there is none);
             otherwise old checkpoints there are removed first.
+        interrupt : callable, optional
+            Asked a few times a second while the shard actors work: True stops their calls at once (their inner
+            loops see it within a fraction of a second) and the run ends with :class:`Interrupted`; the outer
+            iteration in flight is lost, and a resumed run starts from the last checkpoint.
 
         Returns
         -------
@@ -251,10 +277,13 @@ class Coordinator(ShardFleet, Rollback):
         ------
         JobFailedError
             After more than ``max_failures`` shard failures.
+        Interrupted
+            When `interrupt` turned true.
         ValueError
             When `resume` finds a checkpoint of another config (``n_iter`` aside), image list or shard count.
         """
         connect(self.cluster)
+        self._interrupt = interrupt
         start = self._initial_checkpoint(resume)
         base = start.history[-1].elapsed if start is not None and start.history else 0.0
         t0 = time.perf_counter()
@@ -291,7 +320,7 @@ class Coordinator(ShardFleet, Rollback):
         self, start: Checkpoint | None, record: Callable[[IterStats], None], should_stop: Callable[[], bool] | None
     ) -> LearnResult:
         self._bring_up()
-        pool = RayPool(self._actors, timeout=self.call_timeout, traffic=self.traffic)
+        pool = RayPool(self._actors, deadlines=self._deadlines, traffic=self.traffic, interrupt=self._interrupt)
         self._pool = pool
         resolved = self._resolve_lam(pool)
         if start is None:

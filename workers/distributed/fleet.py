@@ -14,6 +14,7 @@ from solver.images.preprocess import combine_rescale_means, combine_rescale_rang
 
 from .actors import new_shard_actor
 from .placement import Placement, gpu_share
+from .pool import gather
 
 logger = logging.getLogger("workers.distributed.coordinator")
 
@@ -49,6 +50,16 @@ class ShardFleet:
             placement.backend,
             "" if placement.group is None else ", in the job's placement group",
         )
+        # an actor whose process, runtime environment or resources never come fails the attempt here, in minutes
+        started = [self._actors[i] for i in fresh]
+        gather(
+            [a.ping.remote() for a in started],
+            started,
+            what="ping",
+            deadline=self._deadlines.startup,
+            interrupt=self._interrupt,
+            label=f"the start-up of {placement.describe()}",
+        )
         if self._needs_rescale_fit():
             self._fit_rescale_and_build(placement.backend)
             return
@@ -65,7 +76,7 @@ class ShardFleet:
             )
             for i in fresh
         ]
-        self._check_dtypes(ray.get(refs, timeout=self.call_timeout))
+        self._check_dtypes(self._gather(refs, [self._actors[i] for i in fresh], "setup"))
 
     def _needs_rescale_fit(self) -> bool:
         pre = self.config.preprocess
@@ -73,24 +84,30 @@ class ShardFleet:
 
     def _fit_rescale_and_build(self, backend: str) -> None:
         """Fit the dataset-wide rescale from every shard's partial statistics, in shard order, then build."""
-        actors, timeout = self._actors, self.call_timeout
-        ray.get(
+        actors = self._actors
+        self._gather(
             [a.load.remote(p, self.config, self.info) for a, p in zip(actors, self.shard_paths, strict=True)],
-            timeout=timeout,
+            actors,
+            "load",
         )
-        shifted = combine_rescale_ranges(ray.get([a.rescale_range.remote() for a in actors], timeout=timeout))
-        sums = ray.get([a.rescale_sum.remote(shifted) for a in actors], timeout=timeout)
+        shifted = combine_rescale_ranges(self._gather([a.rescale_range.remote() for a in actors], actors, "load"))
+        sums = self._gather([a.rescale_sum.remote(shifted) for a in actors], actors, "load")
         self._rescale = combine_rescale_means(shifted, sums)
         logger.info("rescale statistics: %s", self._rescale)
         self._check_dtypes(
-            ray.get(
+            self._gather(
                 [
                     a.build.remote(self._rescale, self.connectivity, backend, self.lower, sw)
                     for a, sw in zip(actors, self.shard_switches, strict=True)
                 ],
-                timeout=timeout,
+                actors,
+                "build",
             )
         )
+
+    def _gather(self, refs: list[Any], actors: list[Any], what: str) -> list[Any]:
+        """The results of the call `what` of `actors`, within its deadline (see :func:`~.pool.gather`)."""
+        return gather(refs, actors, what=what, deadline=self._deadlines.of(what), interrupt=self._interrupt)
 
     def _check_dtypes(self, dtypes: list[str]) -> None:
         if any(d != self.dtype for d in dtypes):

@@ -13,7 +13,10 @@ nothing or the whole artifact (never a truncated one under its final name). An S
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shutil
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +24,8 @@ import numpy as np
 
 from ..distributed.checkpoint import atomic_write_bytes
 from .objects import Location, ObjectStore, npy_chunks, write_array
+
+_COPY_CHUNK = 1 << 22
 
 KEY_PATTERN = re.compile(r"^[0-9a-f]{64}(\.[a-z0-9]{1,8})?$")
 
@@ -65,6 +70,8 @@ class ArtifactStore(Protocol):
 
     def put_array(self, array: np.ndarray) -> tuple[str, int]: ...
 
+    def adopt(self, source: Location, key: str, size: int) -> None: ...
+
 
 class _ObjectsMixin:
     """What both stores share through :class:`~workers.jobs.objects.ObjectStore`: a location per key, and arrays
@@ -99,6 +106,49 @@ class _ObjectsMixin:
         if not (self.objects.exists(location.key) and self.objects.size(location.key) == size):
             write_array(location, array)
         return key, size
+
+    def adopt(self, source: Location, key: str, size: int) -> None:
+        """Make the object at `source`, whose bytes hash to `key` (`size` bytes), the artifact `key`, without
+        passing its bytes through this process where the stores allow: a hard link when both are in one local
+        filesystem, a copy inside the object store otherwise (S3's server-side copy), else streamed. Nothing when
+        the artifact is there already. The source stays, for its owner to remove (a job's work store).
+
+        Raises
+        ------
+        ArtifactCorruptError
+            When neither the artifact nor the source is there.
+        """
+        target = self.location(key)
+        if self.objects.exists(target.key) and self.objects.size(target.key) == size:
+            return
+        if not source.store.exists(source.key):
+            raise ArtifactCorruptError(f"artifact {key} is neither in {self.objects.url} nor at {source}")
+        if self.objects.local and source.store.local and _link(Path(source.store.url) / source.key, target):
+            return
+        if not self.objects.local and not source.store.local:
+            fs, src = source.store.remote(source.key)
+            fs_target, dst = self.objects.remote(target.key)
+            if type(fs) is type(fs_target):  # one copy that appears whole, as a PUT does
+                fs.copy(src, dst)
+                return
+        with source.open() as fh:
+            self.objects.write_with(target.key, lambda out: shutil.copyfileobj(fh, out, _COPY_CHUNK))
+
+
+def _link(source: Path, target: Location) -> bool:
+    """Hard-link `source` (written atomically: complete, fsynced) as `target` in a local store, through a temporary
+    name replaced atomically; False where the filesystem cannot (another device, no hard links)."""
+    path = Path(target.store.url) / target.key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.link")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
+    return True
 
 
 class LocalArtifactStore(_ObjectsMixin):

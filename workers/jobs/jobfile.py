@@ -32,6 +32,7 @@ from solver.images.preprocess import PreprocessConfig
 
 from ..distributed.images import image_paths, list_images
 from .objects import Location, is_url
+from .spec import JobLearning
 
 
 class JobFileError(ValueError):
@@ -48,18 +49,21 @@ class LearnJobFile(LearnConfig):
         (``s3://bucket/images/``, read by each shard actor from any node); None when the command line gives the
         images.
     workers : int, optional
-        Shard actors to use.
+        Shard actors to use (coding actors in online learning).
+    learning : JobLearning
+        ``batch`` (default) or ``online`` learning, as in a job spec (:class:`workers.jobs.spec.JobLearning`).
     """
 
     images: str | None = None
     workers: int | None = Field(None, ge=1)
     preprocess: PreprocessConfig | None = Field(default_factory=PreprocessConfig)
+    learning: JobLearning = Field(default_factory=JobLearning)
 
     def learn_config(self, *, n_iter: int | None = None) -> LearnConfig:
-        """The learning config alone (without ``images`` and ``workers``), with `n_iter` outer iterations instead
-        of the file's when given (the command line's ``--n-iter``)."""
+        """The learning config alone (without ``images``, ``workers`` and ``learning``), with `n_iter` outer
+        iterations instead of the file's when given (the command line's ``--n-iter``)."""
         changes = {} if n_iter is None else {"n_iter": n_iter}
-        return LearnConfig.model_validate(self.model_dump(exclude={"images", "workers"}) | changes)
+        return LearnConfig.model_validate(self.model_dump(exclude={"images", "workers", "learning"}) | changes)
 
     def image_paths(self, given: Sequence[str | Path] | None = None) -> list[Path] | list[Location]:
         """The image files to learn on: `given` (files or folders, the command line's ``--images``) when not

@@ -18,6 +18,7 @@ from solver import FittedPreprocess, IterStats, LearnResult, StackModel, layer_c
 from solver.operators.pixel_path import LowerLayer
 
 from ..distributed.cluster import ClusterConfig, connect
+from ..distributed.deadlines import Deadlines
 from ..distributed.images import ImageInfo
 from ..distributed.outputs import LayerOutputs, Reconstruction, ShardOutput, Written
 from ..distributed.placement import Placement
@@ -45,23 +46,41 @@ def execute(
     actor_cpus: float = 0.0,
     placement: Placement | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    interrupt: Callable[[], bool] | None = None,
+    deadlines: Deadlines | None = None,
 ) -> JobModel:
     """Learn every layer of `job`, resuming what an earlier attempt left, and store the artifacts.
 
     Nothing the size of the dataset passes through this process: the shard actors read the images from the
     artifact store and write their parts of every result; this function records their keys. With a `placement`,
-    every layer's shard actors run in its reserved bundles.
+    every layer's shard actors run in its reserved bundles. `should_stop` is asked between outer iterations (the
+    run stops with a checkpoint of the last one), `interrupt` while the shard actors work (their calls stop at
+    once; the run resumes from its last checkpoint); `deadlines` bound the actors' start-up and calls.
 
     Raises
     ------
     JobStopped
-        When `should_stop` turned true before the end.
+        When `should_stop` or `interrupt` turned true before the end.
     """
-    from ..distributed.coordinator import Coordinator  # noqa: PLC0415  (imports Ray)
+    from ..distributed.coordinator import Coordinator, Interrupted  # noqa: PLC0415  (imports Ray)
 
     if store.artifact(job.id, "model.json") is not None:  # finished before the service died: nothing to redo
+        store.job_work(job.id).remove_all()  # unless it died before removing this
         return load_model(store, job.id)
     spec = JobSpec.model_validate(job.spec)
+    if spec.learning.online:  # one layer, streamed in batches: its own run
+        from .online_job import execute_online  # noqa: PLC0415
+
+        return execute_online(
+            store,
+            job,
+            spec,
+            cluster=cluster,
+            max_failures=max_failures,
+            actor_cpus=actor_cpus,
+            placement=placement,
+            should_stop=should_stop,
+        )
     config = spec.learn_config()
     dataset = store.get_dataset(spec.dataset_id)
     if dataset is None:
@@ -91,7 +110,10 @@ def execute(
                 ]
             top = index == n_layers - 1
             outputs = LayerOutputs(
-                store.artifacts.url, layer_store if pool is not None and not pixels and not top else None, pool
+                store.artifacts.url,
+                layer_store if pool is not None and not pixels and not top else None,
+                pool,
+                parts=layer_store,  # adopted into the artifact store when the job succeeds
             )
 
             def finish(result: LearnResult, outputs: LayerOutputs = outputs, top: bool = top) -> LayerOutputs:
@@ -113,6 +135,7 @@ def execute(
                 info=info if inputs is images else None,
                 outputs=finish,
                 placement=placement,
+                deadlines=deadlines,
             )
 
             def progress(stats: IterStats, layer: int = index + 1) -> None:
@@ -126,7 +149,10 @@ def execute(
                 )
 
             resume = bool(layer_store.list("checkpoints"))  # an earlier attempt left checkpoints
-            result = coordinator.run(callback=progress, should_stop=should_stop, resume=resume)
+            try:
+                result = coordinator.run(callback=progress, should_stop=should_stop, resume=resume, interrupt=interrupt)
+            except Interrupted:
+                raise JobStopped from None
             if len(result.history) < cfg.n_iter:
                 raise JobStopped
             done = _save_layer(layer_store, result, coordinator.written, store.artifacts.location)
@@ -203,8 +229,12 @@ class FinishedLayer:
         entries = [(getattr(w, what), w) for w in self.written]
         if not entries or any(e is None for e, _ in entries):
             return None
-        where = (lambda key: self.work.at(key)) if what == "pooled" else self.locate
-        return [Part(where(e.key), w.first, w.count) for e, w in entries]
+        return [Part(self._location(e, what), w.first, w.count) for e, w in entries]
+
+    def _location(self, entry: Written, what: str) -> Location:
+        if what == "pooled":
+            return self.work.at(entry.key)
+        return self.locate(entry.key) if entry.stored is None else self.work.at(entry.stored)
 
     @property
     def map_shape(self) -> tuple[int, int, int]:
@@ -254,7 +284,9 @@ def _load_layer(folder: ObjectStore, locate: Callable[[str], Location] | None = 
 
 def _shard_output(data: dict[str, Any]) -> ShardOutput:
     def written(entry: dict[str, Any] | None) -> Written | None:
-        return None if entry is None else Written(entry["key"], entry["size"], tuple(entry["shape"]), entry["dtype"])
+        if entry is None:
+            return None
+        return Written(entry["key"], entry["size"], tuple(entry["shape"]), entry["dtype"], entry.get("stored"))
 
     return ShardOutput(
         data["first"],

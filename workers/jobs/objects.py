@@ -112,6 +112,12 @@ class ObjectStore:
         fs, root = _filesystem(self.url)
         return fs, f"{root}/{check_object_key(key)}"
 
+    def remote(self, key: str) -> tuple[Any, str]:
+        """(fsspec filesystem, path) of `key` in a store on an fsspec URL (for copies inside one filesystem)."""
+        if self.local:
+            raise ValueError(f"{self.url} is a local folder, not an fsspec URL")
+        return self._remote(key)
+
     # -- reading -------------------------------------------------------------------------------------------------
 
     def open(self, key: str) -> IO[bytes]:

@@ -51,9 +51,9 @@ def _store_artifacts(
     for number, done in enumerate(layers, start=1):
         entry = {"maps": [], "switches": None if done.written[0].switches is None else []}
         for i, w in enumerate(done.written):
-            entry["maps"].append(_record(store, job_id, part_name("maps", number, i), w.maps))
+            entry["maps"].append(_record(store, job_id, part_name("maps", number, i), w.maps, done))
             if w.switches is not None:
-                entry["switches"].append(_record(store, job_id, part_name("switches", number, i), w.switches))
+                entry["switches"].append(_record(store, job_id, part_name("switches", number, i), w.switches, done))
         index["layers"].append(entry)
         if model.stack.pools_below(number):  # seen through its strongest activation on a sample of the images
             code = StackCode(
@@ -67,7 +67,7 @@ def _store_artifacts(
     top = layers[-1]
     for i, w in enumerate(top.written):
         index["reconstructions"].append(
-            _record(store, job_id, part_name("reconstructions", None, i), w.reconstructions)
+            _record(store, job_id, part_name("reconstructions", None, i), w.reconstructions, top)
         )
     store.put_artifact(job_id, "shards.json", json.dumps(index, indent=1).encode(), "application/json")
     recon = _rows(top.parts("reconstructions"), sample)
@@ -81,7 +81,11 @@ def _store_artifacts(
     store.put_artifact(job_id, "model.json", model_json, "application/json")  # last: the job's model
 
 
-def _record(store: JobStore, job_id: str, name: str, written: Written) -> str:
+def _record(store: JobStore, job_id: str, name: str, written: Written, done: FinishedLayer) -> str:
+    """Record a shard's part as the job's artifact `name`, adopted first from the job's work store, where the
+    shard left it (the job has succeeded: its parts join the content-addressed store now)."""
+    if written.stored is not None:
+        store.artifacts.adopt(done.work.at(written.stored), written.key, written.size)
     store.record_artifact(job_id, name, written.key, "application/x-npy", written.size)
     return name
 

@@ -9,9 +9,11 @@ layer l+1 on the maps of layer l (pooled when layer l pools) rescaled as the 201
 layers below and the switches of the same images.
 
 The store is the data plane: the shard actors read the dataset's images from the artifact store by key, and at the
-end of a layer each writes its part of the layer's results (:mod:`workers.distributed.outputs`): maps and switches
-into the artifact store, pooled maps into the job's work store; layer l+1's actors read their rows of those parts.
-This process records keys only, so its memory does not grow with the dataset.
+end of a layer each writes its part of the layer's results (:mod:`workers.distributed.outputs`): maps, switches and
+pooled maps into the job's work store; layer l+1's actors read their rows of those parts. When the job succeeds its
+maps, switches and reconstructions are adopted into the artifact store (a hard link, or a copy inside the object
+store); a failed or cancelled job's work store is removed with all of them. This process records keys only, so its
+memory does not grow with the dataset.
 
 Every run checkpoints into ``<work>/<id>/layers/L<l>/checkpoints`` every ``checkpoint_every`` outer iterations
 (each actor writes its own part, the coordinator the manifest, last), and a finished layer leaves
@@ -21,9 +23,13 @@ after the service died skips its finished layers and resumes the current one fro
 that finds it is done. The work store is ``DECONV_WORK_URL``, by default beside the artifacts.
 
 Progress (layer, outer iteration, objective, sparsity, elapsed time) goes to the store after every outer iteration.
-A cancel request is seen before the next outer iteration. When the service stops gracefully, the running job goes
-back to the queue (after a checkpoint of its last iteration); when it is killed, :meth:`JobRunner.start` of the next
-service finds the job still ``running`` and queues it again.
+A cancel request is seen within a fraction of a second, even in the middle of an outer iteration: the shard actors'
+calls stop, the actors are released, and the job is ``cancelled``. When the service stops gracefully, the running
+job goes back to the queue: after a checkpoint of its last iteration when it reaches the end of its outer iteration
+within the grace period, else interrupted (it resumes from its last checkpoint); when the service is killed,
+:meth:`JobRunner.start` of the next service finds the job still ``running`` and queues it again (or ends it, and
+removes its work, when it was cancelled or has used its attempts), and removes the work folders of finished jobs that
+the killed service left.
 
 Artifacts of a succeeded job (names in the store): ``filters-L<l>.npy`` (K, C, s, s) float32 and
 ``filters-L<l>.png`` (layer 1: the filters; higher layers: their pixel-space projections, or above a pooling layer
@@ -40,12 +46,15 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 import threading
+import time
 import traceback
 import uuid
 
 from ..distributed.address import LOCAL
 from ..distributed.cluster import ClusterConfig, connect
+from ..distributed.deadlines import Deadlines
 from ..distributed.placement import (
     Placement,
     is_ready,
@@ -55,9 +64,9 @@ from ..distributed.placement import (
     resolve_resources,
     unplaceable,
 )
+from .encoding import actors_of, execute_encode, is_encode_job, job_spec
 from .learning import JobStopped, execute
 from .publish import SAMPLE_IMAGES, part_name
-from .spec import JobSpec
 from .store import JobRecord, JobStore
 
 logger = logging.getLogger(__name__)
@@ -90,6 +99,8 @@ class JobRunner:
         CPUs each shard actor reserves when the job's spec does not say (``resources.cpus``).
     max_running : int
         Jobs that run at the same time.
+    deadlines : Deadlines, optional
+        How long the shard actors' start-up and calls may take (default: ``Deadlines()``).
     """
 
     def __init__(
@@ -103,6 +114,7 @@ class JobRunner:
         poll_interval: float = 0.25,
         actor_cpus: float = 1.0,
         max_running: int = 2,
+        deadlines: Deadlines | None = None,
     ):
         if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
             raise ValueError(f"max_running must be a positive integer, got {max_running!r}")
@@ -114,7 +126,9 @@ class JobRunner:
         self.poll_interval = poll_interval
         self.actor_cpus = actor_cpus
         self.max_running = max_running
+        self.deadlines = deadlines
         self._stopping = threading.Event()
+        self._interrupt_at = float("inf")  # when a stopping runner interrupts the jobs still mid-iteration
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._jobs: dict[str, threading.Thread] = {}  # running jobs, oldest first (dicts keep insertion order)
@@ -126,7 +140,9 @@ class JobRunner:
         if self._thread is not None:
             raise RuntimeError("the runner is already started")
         self.store.requeue_running(max_attempts=self.max_attempts)
+        self.store.sweep_work()
         self._stopping.clear()
+        self._interrupt_at = float("inf")
         self._thread = threading.Thread(target=self._loop, name="deconv-runner", daemon=True)
         self._thread.start()
 
@@ -134,8 +150,14 @@ class JobRunner:
         """A job was queued: look now rather than at the next poll."""
         self._wake.set()
 
-    def stop(self, timeout: float | None = 60.0) -> None:
-        """Stop every running job after its current outer iteration (they go back to the queue) and join."""
+    def stop(self, timeout: float | None = 60.0, *, grace: float = 3.0) -> None:
+        """Stop every running job (they go back to the queue) and join.
+
+        A job stops at the end of its current outer iteration, with a checkpoint of it, when that comes within
+        `grace` seconds; past them it is interrupted (its shard actors' calls stop, and it resumes from its last
+        checkpoint).
+        """
+        self._interrupt_at = time.monotonic() + grace
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
@@ -217,14 +239,14 @@ class JobRunner:
         """What the job's shard actors reserve; ValueError for a job that cannot run on this cluster."""
         import ray  # noqa: PLC0415
 
-        spec = JobSpec.model_validate(job.spec)
+        spec = job_spec(job.spec)  # a learning job's, or an encode job's
         dataset = self.store.get_dataset(spec.dataset_id)
         if dataset is None:
             raise ValueError(f"dataset {spec.dataset_id} is gone")
         connect(self.cluster)
         placement = resolve_resources(
             spec.resources,
-            n_shards=min(spec.workers, dataset.n_images),
+            n_shards=actors_of(spec, dataset.n_images),
             backend=spec.backend,
             cluster_gpus=float(ray.cluster_resources().get("GPU", 0.0)),
             default_cpus=self.actor_cpus,
@@ -254,8 +276,9 @@ class JobRunner:
     def run_job(self, job: JobRecord, placement: Placement | None = None) -> None:
         """Run one claimed job to its end state (never raises); its placement group is removed at the end."""
         logger.info("job %s: started (attempt %d)", job.id, job.attempts)
+        run = execute_encode if is_encode_job(job.spec) else execute
         try:
-            execute(
+            run(
                 self.store,
                 job,
                 cluster=self.cluster,
@@ -264,6 +287,8 @@ class JobRunner:
                 actor_cpus=self.actor_cpus,
                 placement=placement,
                 should_stop=lambda: self._stopping.is_set() or self.store.cancel_requested(job.id),
+                interrupt=lambda: time.monotonic() >= self._interrupt_at or self._cancel_asked(job.id),
+                deadlines=self.deadlines,
             )
         except JobStopped:
             if self.store.cancel_requested(job.id):
@@ -285,12 +310,18 @@ class JobRunner:
         finally:
             release(placement)
 
-    def _discard_work(self, job_id: str) -> None:
-        """A cancelled or failed job will not resume: its checkpoints and pooled maps only take space."""
+    def _cancel_asked(self, job_id: str) -> bool:
+        """Whether the job's cancel was asked; asked a few times a second while its actors work, so a database
+        busy for a moment answers "not yet" rather than failing the job."""
         try:
-            self.store.job_work(job_id).remove_all()
-        except OSError:
-            logger.warning("job %s: its work folder could not be removed", job_id, exc_info=True)
+            return self.store.cancel_requested(job_id)
+        except sqlite3.Error:
+            logger.debug("job %s: could not read its cancel flag", job_id, exc_info=True)
+            return False
+
+    def _discard_work(self, job_id: str) -> None:
+        """A cancelled or failed job will not resume: its checkpoints and parts only take space."""
+        self.store.discard_work(job_id)
 
 
 def _describe(exc: BaseException) -> str:

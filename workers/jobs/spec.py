@@ -18,9 +18,17 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from solver.config import AdmmConfig, FilterUpdateConfig, FistaConfig, LayerSpec, LearnConfig, ZeilerConfig
+from solver.config import (
+    AdmmConfig,
+    FilterUpdateConfig,
+    FistaConfig,
+    LayerSpec,
+    LearnConfig,
+    OnlineConfig,
+    ZeilerConfig,
+)
 from solver.images.preprocess import PreprocessConfig
 from solver.operators.connectivity import connectivity_table
 from solver.operators.convolution import map_shape
@@ -130,6 +138,87 @@ class JobLayerSpec(_Capped, LayerSpec):
     )
 
 
+MAX_BATCH_SIZE = 4096
+"""Most images per batch of an online job (each coding actor holds its part of one batch, and the next)."""
+MAX_EPOCHS = 10_000
+MAX_STREAM_IMAGES = 10**10
+"""Most images an online job reads (``n_images``, or ``n_epochs`` × the training images)."""
+MAX_HELD_OUT = 64
+
+_ONLINE_FIELDS = ("batch_size", "n_epochs", "n_images", "forget", "forget_factor", "held_out", "checkpoint_every")
+
+
+class JobLearning(BaseModel):
+    """How a job learns: ``batch`` (alternating over every image, ``n_iter`` outer iterations: the default) or
+    ``online`` (mini-batches streamed from the store, statistics with forgetting; one layer, see
+    :mod:`workers.distributed.online`). The other fields are for ``online`` only.
+
+    Attributes
+    ----------
+    mode : {"batch", "online"}
+    batch_size : int
+        Images per batch (default 16), at most the dataset's training images.
+    n_epochs, n_images : int
+        Passes over the training images, or images to read in all (one of the two; default one pass).
+    forget : float
+        ρ of the forgetting schedule β_t = (1 − 1/t)^ρ (default 10).
+    forget_factor : float, optional
+        A fixed forgetting factor instead.
+    held_out : int
+        Images of the dataset kept out of training for the held-out objective curve (default 4, fewer for a
+        small dataset: at most a quarter of it); 0 for none.
+    checkpoint_every : int
+        Batches between checkpoints (default 20).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["batch", "online"] = "batch"
+    batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE, description="online: images per batch (16)")
+    n_epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="online: passes over the images (1)")
+    n_images: int | None = Field(
+        None, ge=1, le=MAX_STREAM_IMAGES, description="online: images to read in all, instead of n_epochs"
+    )
+    forget: float | None = Field(None, ge=0, le=1000, description="online: ρ of β_t = (1 − 1/t)^ρ (10)")
+    forget_factor: float | None = Field(None, ge=0, le=1, description="online: a fixed forgetting factor β")
+    held_out: int | None = Field(
+        None, ge=0, le=MAX_HELD_OUT, description="online: images kept out for the held-out objective"
+    )
+    checkpoint_every: int | None = Field(None, ge=1, le=MAX_ITER, description="online: batches between checkpoints")
+
+    @field_validator(*_ONLINE_FIELDS)
+    @classmethod
+    def _online_only(cls, value: object, info: ValidationInfo) -> object:
+        if value is not None and info.data.get("mode", "batch") != "online":
+            raise ValueError(f"{info.field_name} is a setting of mode 'online'; this job's mode is 'batch'")
+        if info.field_name == "n_images" and value is not None and info.data.get("n_epochs") is not None:
+            raise ValueError("give n_epochs or n_images, not both")
+        return value
+
+    @property
+    def online(self) -> bool:
+        return self.mode == "online"
+
+    def held_out_count(self, n_images: int) -> int:
+        """Images held out of a dataset of `n_images`."""
+        return self.held_out if self.held_out is not None else min(4, n_images // 4)
+
+    def online_config(self, held_out_every: int = 1, held_out_iter: int = 100) -> OnlineConfig:
+        """The solver's online settings (defaults filled in)."""
+        return OnlineConfig(
+            held_out_every=held_out_every,
+            batch_size=self.batch_size or 16,
+            forget=10.0 if self.forget is None else self.forget,
+            forget_factor=self.forget_factor,
+            n_epochs=self.n_epochs or 1,
+            held_out_iter=held_out_iter,
+        )
+
+    def total_images(self, n_train: int) -> int:
+        """Images read over the job, for a dataset of `n_train` training images."""
+        return self.n_images if self.n_images is not None else (self.n_epochs or 1) * n_train
+
+
 JobInference = Annotated[JobZeilerConfig | JobFistaConfig | JobAdmmConfig, Field(discriminator="method")]
 
 
@@ -163,6 +252,10 @@ class JobSpec(LearnConfig):
     seed: int = Field(0, ge=0, le=2**63 - 1, description="seeds the initial filters and the random connectivity")
     preprocess: PreprocessConfig | None = Field(default_factory=PreprocessConfig)
     resources: ActorResources = Field(default_factory=ActorResources)
+    learning: JobLearning = Field(
+        default_factory=JobLearning,
+        description="'batch' (default) or 'online' learning with its batch size, length and forgetting",
+    )
 
     @field_validator("filter_update")
     @classmethod
@@ -173,7 +266,9 @@ class JobSpec(LearnConfig):
 
     def learn_config(self) -> LearnConfig:
         """The learning config alone."""
-        return LearnConfig.model_validate(self.model_dump(exclude={"dataset_id", "workers", "backend", "resources"}))
+        return LearnConfig.model_validate(
+            self.model_dump(exclude={"dataset_id", "workers", "backend", "resources", "learning"})
+        )
 
 
 def check_against_dataset(
@@ -199,6 +294,7 @@ def check_against_dataset(
                 spec.dataset_id,
             )
     channels, height, width = first.shape
+    check_online(spec, len(dataset.images))
     _check_preprocess(spec, (height, width))
     if spec.preprocess is not None and spec.preprocess.grey and channels == 3:
         channels = 1
@@ -210,7 +306,7 @@ def check_against_dataset(
         _check_filter_bytes(index, layer, channels, (height, width), itemsize, max_filter_bytes)
         _check_pool(index, layer, (layer.n_filters, height, width))
         channels = layer.n_filters
-        total += len(dataset.images) * layer.n_filters * height * width * itemsize
+        total += maps_images(spec, len(dataset.images)) * layer.n_filters * height * width * itemsize
         if max_maps_bytes is not None and total > max_maps_bytes:
             raise SpecError(
                 f"layers.{index}.n_filters",
@@ -222,6 +318,73 @@ def check_against_dataset(
             )
         if layer.pool is not None:  # the layer above reads the pooled maps
             _, channels, height, width = pooled_shape((1, channels, height, width), layer.pool)
+
+
+def maps_images(spec: JobSpec, n_images: int) -> int:
+    """Images whose maps a job holds at once: every image in batch learning, one batch in online learning."""
+    return min(spec.learning.batch_size or 16, n_images) if spec.learning.online else n_images
+
+
+def progress_steps(spec: JobSpec, n_images: int) -> list[int]:
+    """The job's progress units per layer, for a dataset of `n_images`: outer iterations in batch learning, images
+    read (held-out images excluded) in online learning."""
+    if spec.learning.online:
+        return [spec.learning.total_images(n_images - spec.learning.held_out_count(n_images))]
+    return [layer.n_iter or spec.n_iter for layer in spec.layers]
+
+
+def check_online(spec: LearnConfig, n_images: int | None, learning: JobLearning | None = None) -> None:
+    """Raise :class:`SpecError` when an online job cannot run (nothing for a batch job): more than one layer,
+    pooling, a relative λ, a filter update other than FISTA, ``reconstruct_to`` 'pixels', or (with the dataset's
+    `n_images`) a batch larger than its training images.
+
+    Parameters
+    ----------
+    spec : JobSpec or a job file
+        With a ``learning`` field, or `learning` given.
+    n_images : int or None
+        The dataset's images (None: not known yet, the size checks are left out).
+    """
+    learning = learning if learning is not None else spec.learning
+    if not learning.online:
+        return
+    if len(spec.layers) != 1:
+        raise SpecError(
+            "layers",
+            f"online learning learns one layer, got {len(spec.layers)} layers; learn one layer (or use "
+            "learning.mode 'batch')",
+            len(spec.layers),
+        )
+    layer = spec.layers[0]
+    if layer.pool is not None:
+        raise SpecError("layers.0.pool", "online learning learns one layer without pooling", list(layer.pool))
+    if layer.lam_scale != "absolute":
+        raise SpecError("layers.0.lam_scale", "online learning needs an absolute λ", layer.lam_scale)
+    if spec.filter_update.method != "fista":
+        raise SpecError(
+            "filter_update.method",
+            "online learning updates the filters by FISTA on its statistics",
+            spec.filter_update.method,
+        )
+    if spec.reconstruct_to != "below":
+        raise SpecError("reconstruct_to", "online learning reconstructs its input ('below')", spec.reconstruct_to)
+    if n_images is None:
+        return
+    held = learning.held_out_count(n_images)
+    if held >= n_images:
+        raise SpecError(
+            "learning.held_out",
+            f"{held} held-out images leave none of the dataset's {n_images} images to learn from",
+            held,
+        )
+    train, batch = n_images - held, learning.batch_size or 16
+    if batch > train:
+        raise SpecError(
+            "learning.batch_size",
+            f"batches of {batch} images are larger than the {train} training images of the dataset "
+            f"({n_images} images, {held} held out)",
+            batch,
+        )
 
 
 def check_resources(spec: JobSpec, *, max_cpus: float, max_gpus: float) -> None:

@@ -4,11 +4,14 @@ One data directory holds everything of the embedded default::
 
     deconv.sqlite3        datasets, jobs (the state machine, progress), job_artifacts (name -> key)
     artifacts/ab/ab....   content-addressed bytes (see :mod:`workers.jobs.artifacts`), or any fsspec URL instead
-    jobs/<id>/            per-job work folders: checkpoints, finished layers' manifests, pooled maps
+    jobs/<id>/            per-job work folders: checkpoints, finished layers' manifests, the shards' parts
 
 The work folders are a store too (:class:`~workers.jobs.objects.ObjectStore`): ``data_dir/jobs`` beside a local
 artifact folder, ``<artifacts URL>/jobs`` beside an fsspec one, or any URL given as ``work``; the shard actors of a
-running job write there themselves, from whatever node they run on.
+running job write there themselves, from whatever node they run on. A job's parts (maps, switches, pooled maps,
+reconstructions) stay there until it succeeds, when they are adopted into the artifact store: the work folder of a
+failed or cancelled job is removed with everything it wrote, and nothing it might share with another job (content
+addressing stores identical bytes once) is ever in it.
 
 A job moves ``queued -> running -> succeeded | failed | cancelled``; ``queued -> cancelled`` directly. Every
 transition is one short transaction (``BEGIN IMMEDIATE``), so concurrent submitters, the runner and the HTTP
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -220,17 +224,43 @@ class JobStore(DatasetTable, ArtifactTable):
         return int(self._connection().execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0])
 
     def request_cancel(self, job_id: str) -> JobRecord | None:
-        """Cancel: a queued job at once; a running one when the runner next looks; a finished one stays as is."""
+        """Cancel: a queued job at once (with what an earlier attempt left in its work store); a running one when
+        the runner next looks; a finished one stays as is."""
         now = time.time()
         with self._transaction() as db:
-            db.execute(
+            queued = db.execute(
                 "UPDATE jobs SET status = 'cancelled', finished_at = ?, cancel_requested = 1 "
                 "WHERE id = ? AND status = 'queued'",
                 (now, job_id),
-            )
+            ).rowcount
             db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,))
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if queued:
+            self.discard_work(job_id)
         return None if row is None else _job(row)
+
+    def discard_work(self, job_id: str) -> None:
+        """Remove the work store of a job that will not run again (failed or cancelled): its checkpoints, its
+        finished layers' manifests and every part its shards wrote. Nothing there is shared with another job:
+        parts reach the content-addressed artifact store only when their job succeeds."""
+        try:
+            self.job_work(job_id).remove_all()
+        except OSError:
+            logger.warning("job %s: its work folder could not be removed", job_id, exc_info=True)
+
+    def sweep_work(self) -> list[str]:
+        """Remove the work stores of finished jobs that a service killed at the wrong moment left behind (between
+        a job's end and the removal); returns their ids. Folders of jobs this store does not know are left."""
+        names = [n for n in self.work.list() if re.fullmatch(ID_PATTERN, n)]
+        swept = []
+        for name in names:
+            job = self.get_job(name)
+            if job is not None and job.status in TERMINAL:
+                self.discard_work(name)
+                swept.append(name)
+        if swept:
+            logger.info("removed the work folders of %d finished job(s): %s", len(swept), swept)
+        return swept
 
     def cancel_requested(self, job_id: str) -> bool:
         row = self._connection().execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -328,14 +358,16 @@ class JobStore(DatasetTable, ArtifactTable):
     def requeue_running(self, *, max_attempts: int) -> list[str]:
         """After a restart: jobs left ``running`` go back to the queue (they resume from their checkpoint), or
         fail when they were already started `max_attempts` times; a cancel requested before the stop wins."""
-        requeued = []
+        requeued, ended = [], []
         with self._transaction() as db:
             rows = db.execute("SELECT id, attempts, cancel_requested FROM jobs WHERE status = 'running'").fetchall()
             now = time.time()
             for row in rows:
                 if row["cancel_requested"]:
                     db.execute("UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ?", (now, row["id"]))
+                    ended.append(row["id"])
                 elif row["attempts"] >= max_attempts:
+                    ended.append(row["id"])
                     db.execute(
                         "UPDATE jobs SET status = 'failed', finished_at = ?, error = ? WHERE id = ?",
                         (
@@ -348,6 +380,8 @@ class JobStore(DatasetTable, ArtifactTable):
                 else:
                     db.execute("UPDATE jobs SET status = 'queued' WHERE id = ?", (row["id"],))
                     requeued.append(row["id"])
+        for job_id in ended:  # they will not resume
+            self.discard_work(job_id)
         if requeued:
             logger.info("requeued %d job(s) left running: %s", len(requeued), requeued)
         return requeued
