@@ -154,6 +154,15 @@ def test_the_consensus_filter_update_runs_distributed_as_in_one_process(ray_sess
     _assert_same_run(result, reference)
 
 
+def test_the_interleaved_schedule_runs_distributed_as_in_one_process(ray_session, dataset, learn_config):
+    update = {"filter_update": FilterUpdateConfig(method="consensus"), "schedule": "interleaved"}
+    config = learn_config.model_copy(update=update)
+    config = type(config).model_validate(config.model_dump())  # validated as a job's config is
+    reference = learn_layer(np.stack([np.load(p) for p in dataset]), config, backend="numpy")
+    result = run_distributed(dataset, config, workers=3)
+    _assert_same_run(result, reference)
+
+
 def test_a_run_stopped_before_its_first_iteration_returns_the_initial_filters(
     ray_session, tmp_path, dataset, learn_config
 ):
