@@ -94,7 +94,7 @@ def test_a_shard_worker_resets_to_a_fresh_shard(dataset, learn_config):
     worker = workers[0]
     worker.code(initial_filters(3, 1, 3, seed=0, norm="filter", dtype=np.float64))
     worker.reset()
-    assert worker.state() == {"maps": None, "warm": None, "consensus": None}
+    assert worker.state() == {"maps": None, "warm": None, "consensus": None, "rounds": 0}
 
 
 def test_a_shard_worker_refuses_work_before_it_is_built(dataset, learn_config):
