@@ -125,11 +125,15 @@ class Admm(SolverBase):
         else:
             carry_hat = pb.backend.xp.array(maps_hat) if self.keep_maps_hat else maps_hat
         solve_hat, carry_hat, data = self._fourier(maps_hat, carry_hat, np.ones(n), rho, t_out=carry_hat)
+        if self._fused and self._kernels is kernels:  # p = 1: λ‖z‖₁ per image in one parallel pass
+            sparsity = pb.lam * kernels.abs_and_count(maps)[0]
+        else:
+            sparsity = pb.regulariser(maps)
         return AdmmState(
             maps,
             dual,
             rho,
-            data + pb.regulariser(maps),
+            data + sparsity,
             inf,
             inf,
             solve_hat=solve_hat,
