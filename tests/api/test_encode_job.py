@@ -345,6 +345,24 @@ def test_cancel_stops_between_blocks(served, client):
     assert _shared_files(served[0]) == before  # the blocks it had encoded went with its work store
 
 
+def test_cancel_ends_a_block_deep_in_its_inference_within_seconds(served, client):
+    """A block of 50 β stages of 1,000 iterations each takes many minutes: the cancel must not wait for it."""
+    model_id = served[1]
+    images = np.random.default_rng(10).standard_normal((2, 1, 96, 96)).astype(np.float32)
+    dataset = _upload(client, images)
+    inference = {"method": "zeiler", "n_beta": 50, "beta_factor": 2.0, "inner_iter": 1000}
+    job = _encode_job(client, model_id, dataset, inference=inference, block_size=2)
+    wait_for_job(client, job["id"], lambda j: j["status"] == "running", interval=0.02)
+    time.sleep(3.0)  # the actor has started and is inside the block's inference
+    asked = time.monotonic()
+    assert client.delete(f"/jobs/{job['id']}").status_code == 202
+    done = wait_for_job(client, job["id"], timeout=60, interval=0.05)
+    took = time.monotonic() - asked
+    assert done["status"] == "cancelled"
+    assert done["progress"]["iteration"] == 0
+    assert took < 5.0, f"the cancel took {took:.1f} s"
+
+
 def test_a_block_that_fails_names_itself_in_the_job_error(served, client):
     model_id = served[1]
     huge = np.full((3, 1, 12, 12), 1e300, np.float64)  # its float64 maps do not fit in float32

@@ -192,6 +192,10 @@ def result_of_row(text: str) -> BlockResult:
     )
 
 
+_POLL_S = 0.2
+"""Seconds between two looks at the interrupt while no block has finished."""
+
+
 def encode_blocks(
     blocks: Sequence[Block],
     encoder: dict[str, Any],
@@ -199,6 +203,7 @@ def encode_blocks(
     actors: int,
     actor_options: dict[str, Any],
     should_stop: Callable[[], bool] = lambda: False,
+    interrupt: Callable[[], bool] = lambda: False,
     in_flight: int = 2,
 ) -> Iterator[BlockResult]:
     """Encode `blocks` on `actors` :class:`BlockEncoder` actors that pull the next block as they finish one; yield
@@ -215,6 +220,9 @@ def encode_blocks(
         ``num_cpus``, ``num_gpus``, ``resources`` and ``scheduling_strategy`` of every actor.
     should_stop : callable
         Looked at after each block's result is handed on; True ends the run there.
+    interrupt : callable
+        Looked at every fraction of a second while the actors work; True ends the run at once: the actors are
+        killed, and the blocks they were encoding are lost (an encoding stage holds no state worth keeping).
     in_flight : int
         Blocks queued on an actor at once: the next one waits in its queue as a few keys, so the actor is never
         idle while the driver records the last one, and holds one block's images at a time.
@@ -243,7 +251,12 @@ def encode_blocks(
             for actor in pool:
                 send(actor)
         while pending:
-            [ref], _ = ray.wait(list(pending), num_returns=1)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=_POLL_S)
+            if not ready:
+                if interrupt():
+                    return
+                continue
+            [ref] = ready
             actor, block = pending.pop(ref)
             result, error = ray.get(ref)
             if error:
@@ -251,7 +264,7 @@ def encode_blocks(
                     f"block {block.index} (images {block.first}..{block.first + block.count - 1}): {error}"
                 )
             yield result
-            if should_stop():
+            if should_stop() or interrupt():
                 return
             send(actor)
     finally:

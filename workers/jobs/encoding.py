@@ -198,6 +198,7 @@ def execute_encode(
     placement: Placement | None = None,
     actor_cpus: float = 0.0,
     should_stop: Callable[[], bool] = lambda: False,
+    interrupt: Callable[[], bool] | None = None,
     **_: Any,
 ) -> None:
     """Encode every block of `job`'s dataset not done by an earlier attempt, then store the index of the parts.
@@ -208,7 +209,8 @@ def execute_encode(
     Raises
     ------
     JobStopped
-        When `should_stop` turned true before the last block.
+        When `should_stop` turned true before the last block, or `interrupt` while the actors worked (the blocks
+        in flight are encoded again on resume).
     """
     from ..distributed.encode import blocks_of, encode_blocks  # noqa: PLC0415  (imports Ray when it runs)
 
@@ -244,7 +246,14 @@ def execute_encode(
         }
         n_actors = min(spec.n_actors(dataset.n_images), len(todo))
         logger.info("job %s: encoding %d block(s) on %d actor(s)", job.id, len(todo), n_actors)
-        for result in encode_blocks(todo, encoder, actors=n_actors, actor_options=options, should_stop=should_stop):
+        for result in encode_blocks(
+            todo,
+            encoder,
+            actors=n_actors,
+            actor_options=options,
+            should_stop=should_stop,
+            interrupt=interrupt or (lambda: False),
+        ):
             work.write(f"blocks/{result.index:06d}.json", _block_json(result))
             done[result.index] = result
             images_done += result.count
