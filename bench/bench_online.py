@@ -500,8 +500,11 @@ def _read_child(spec: dict) -> None:
 
 def read(quick: bool) -> list[list[str]]:
     """Reading the images: actors pulling their parts by key against Ray Data's streaming_split."""
+    import importlib.util  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
 
+    if importlib.util.find_spec("pyarrow") is None:  # Ray Data's own dependency, not one of deconv's
+        raise SystemExit("bench_online --part read needs Ray Data: pip install -e '.[bench]'")
     size, n = (64, 64) if quick else (SIZE, 512)
     with tempfile.TemporaryDirectory(prefix="bench-online-read-") as folder:
         _write_crops(Path(folder), n, size)
