@@ -32,7 +32,7 @@ test-browser: $(STAMP)
 
 # The service against its OpenAPI document at length (schemathesis, a few hundred examples per operation).
 fuzz: $(STAMP)
-	$(PY) -m pytest -q -m slow tests/api/test_openapi_fuzz.py
+	$(PY) -m pytest -q -m slow -o log_cli=true --log-cli-level=INFO tests/api/test_openapi_fuzz.py
 
 # Build the sdist and the wheel, check their file lists, install the wheel into a fresh venv and run it.
 wheel-check: $(STAMP)
