@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Path, Response
+from fastapi import APIRouter, HTTPException, Path, Response
 
 from workers.jobs.artifacts import ArtifactCorruptError
 from workers.jobs.encoding import MAX_BLOCK_SIZE, EncodeRequest, EncodeSpec, check_encode, is_encode_job
@@ -26,7 +26,7 @@ from ..deps import RunnerDep, SettingsDep, StoreDep, guarded
 from ..errors import field_error
 from ..schemas import JobOut
 from ..settings import Settings
-from .jobs import RETRY_AFTER_S, _queue_lock
+from .jobs import IdempotencyKey, enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +57,7 @@ def submit_encode_job(
     settings: SettingsDep,
     store: StoreDep,
     runner: RunnerDep,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            min_length=1,
-            max_length=200,
-            pattern=r"^[!-~]+$",
-            description="makes a retried submission return the first one's job; printable ASCII without spaces",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
     dataset = store.get_dataset(dataset_id)
     if dataset is None:
@@ -80,28 +72,16 @@ def submit_encode_job(
         raise field_error([where, *exc.field.split(".")], exc.message, exc.value) from None
     block_size = _block_size(spec, model, top, dataset, settings)
     resolved = spec.model_copy(update={"layer": top, "block_size": block_size})
-    with _queue_lock:
-        queued = store.count_jobs("queued")
-        if queued >= settings.max_queued_jobs:
-            raise HTTPException(
-                429,
-                f"{queued} jobs are waiting to run, the most this service queues "
-                f"(DECONV_MAX_QUEUED_JOBS = {settings.max_queued_jobs}); submit again later",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
-        try:  # progress counts images: one step per image
-            job, created = store.submit(
-                resolved.model_dump(mode="json"),
-                n_layers=1,
-                n_iter=dataset.n_images,
-                idempotency_key=idempotency_key,
-            )
-        except ValueError as exc:  # the key was used before for another spec
-            raise field_error(["header", "Idempotency-Key"], str(exc), idempotency_key, status=409) from None
-    if created:
-        runner.notify()
-    response.headers["Location"] = f"/jobs/{job.id}"
-    return JobOut.of(job)
+    return enqueue(  # progress counts images: one step per image
+        resolved.model_dump(mode="json"),
+        n_layers=1,
+        n_iter=dataset.n_images,
+        idempotency_key=idempotency_key,
+        store=store,
+        runner=runner,
+        settings=settings,
+        response=response,
+    )
 
 
 def _model(store: JobStore, model_id: str) -> JobModel:

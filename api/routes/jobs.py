@@ -6,7 +6,7 @@ Route functions carry no docstring: FastAPI would publish it as the operation's 
 from __future__ import annotations
 
 import threading
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 
@@ -18,11 +18,28 @@ from ..errors import documented_methods, field_error
 from ..schemas import JobList, JobOut
 from .common import JobId, job_or_404
 
+if TYPE_CHECKING:
+    from workers.jobs.runner import JobRunner
+    from workers.jobs.store import JobStore
+
+    from ..settings import Settings
+
 router = APIRouter(tags=["jobs"], dependencies=guarded)
 
 RETRY_AFTER_S = 30
 """Seconds a client refused for a full queue is asked to wait (the ``Retry-After`` header)."""
 _queue_lock = threading.Lock()  # the count of queued jobs and the insert that follows it, as one step
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[!-~]+$",
+        description="makes a retried submission return the first one's job; printable ASCII without spaces "
+        "(an empty key would be one key shared by every client)",
+    ),
+]
 
 
 @router.post("/jobs", response_model=JobOut, status_code=202)
@@ -32,16 +49,7 @@ def submit_job(
     settings: SettingsDep,
     store: StoreDep,
     runner: RunnerDep,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            min_length=1,
-            max_length=200,
-            pattern=r"^[!-~]+$",
-            description="makes a retried submission return the first one's job; printable ASCII without spaces "
-            "(an empty key would be one key shared by every client)",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
     dataset = store.get_dataset(spec.dataset_id)
     if dataset is None:
@@ -61,6 +69,31 @@ def submit_job(
         raise field_error(
             ["body", *(int(p) if p.isdigit() else p for p in exc.field.split("."))], exc.message, exc.value
         ) from None
+    return enqueue(
+        spec.model_dump(mode="json"),
+        n_layers=len(spec.layers),
+        n_iter=progress_steps(spec, dataset.n_images),
+        idempotency_key=idempotency_key,
+        store=store,
+        runner=runner,
+        settings=settings,
+        response=response,
+    )
+
+
+def enqueue(
+    spec: dict,
+    *,
+    n_layers: int,
+    n_iter: int,
+    idempotency_key: str | None,
+    store: JobStore,
+    runner: JobRunner,
+    settings: Settings,
+    response: Response,
+) -> JobOut:
+    """Queue a checked job spec (the queue's bound first: 429 with ``Retry-After``; a reused key with another spec:
+    409), wake the runner for a new job and point ``Location`` at it."""
     with _queue_lock:
         queued = store.count_jobs("queued")
         if queued >= settings.max_queued_jobs:
@@ -71,12 +104,7 @@ def submit_job(
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
         try:
-            job, created = store.submit(
-                spec.model_dump(mode="json"),
-                n_layers=len(spec.layers),
-                n_iter=progress_steps(spec, dataset.n_images),
-                idempotency_key=idempotency_key,
-            )
+            job, created = store.submit(spec, n_layers=n_layers, n_iter=n_iter, idempotency_key=idempotency_key)
         except ValueError as exc:  # the key was used before for another spec
             raise field_error(["header", "Idempotency-Key"], str(exc), idempotency_key, status=409) from None
     if created:
