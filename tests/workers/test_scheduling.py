@@ -163,7 +163,9 @@ def test_cancelling_one_of_two_running_jobs_leaves_the_other_running(store, ray_
     if ray_session.resources.get("CPU", 0) != 2:
         pytest.skip(f"sized for a 2-CPU cluster, this one has {ray_session.resources.get('CPU')}")
     dataset_id = _dataset(store)
-    cancelled, kept = (_submit(store, dataset_id, workers=1, n_iter=8, seed=seed) for seed in (1, 2))
+    # long enough that the first job is still running when the second's actor has started and done an iteration
+    n_iter = 200
+    cancelled, kept = (_submit(store, dataset_id, workers=1, n_iter=n_iter, seed=seed) for seed in (1, 2))
     runner = JobRunner(store, checkpoint_every=0, actor_cpus=1.0, max_running=2, poll_interval=0.05)
     runner.start()
     try:
@@ -178,5 +180,5 @@ def test_cancelling_one_of_two_running_jobs_leaves_the_other_running(store, ray_
     finally:
         runner.stop()
     assert (first.status, second.status) == ("cancelled", "succeeded"), second.error
-    assert first.progress.iteration < 8  # stopped mid-run
-    assert second.progress.iteration == 8 and second.attempts == 1
+    assert first.progress.iteration < n_iter  # stopped mid-run
+    assert second.progress.iteration == n_iter and second.attempts == 1
