@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,20 +112,8 @@ class ResultMethods(Connection):
         Path
             The file written; ``numpy.load`` reads it (``image-00000``, ...).
         """
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
         query = "" if layer is None else f"?layer={int(layer)}"
-        handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False)
-        try:
-            with handle, self._stream("GET", f"/jobs/{job_id}/maps{query}") as response:
-                for chunk in response.iter_bytes(_CHUNK):
-                    handle.write(chunk)
-            os.chmod(handle.name, 0o644)
-            os.replace(handle.name, target)
-        except BaseException:
-            Path(handle.name).unlink(missing_ok=True)
-            raise
-        return target
+        return self._download(f"/jobs/{job_id}/maps{query}", Path(path))
 
     def image_maps(self, job_id: str, image: int, layer: int | None = None) -> np.ndarray:
         """The feature maps of one training image, without the others.
@@ -240,21 +229,31 @@ class ResultMethods(Connection):
         target = Path(path)
         if target.is_dir():
             target = target / name
+        expected = listed[name]["sha256"]
+
+        def check(digest: str) -> None:
+            if digest != expected:
+                raise DeconvAPIError(
+                    None,
+                    None,
+                    f"artifact {name!r} of job {job_id} arrived damaged: sha256 {digest}, the service lists {expected}",
+                )
+
+        return self._download(f"/jobs/{job_id}/artifacts/{name}", target, check)
+
+    def _download(self, url: str, target: Path, check: Callable[[str], None] | None = None) -> Path:
+        """Stream `url` into `target` through a temporary file beside it, renamed once complete (and, with `check`,
+        once `check` accepted the sha256 of what arrived): a failed download leaves no partial file."""
         target.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
         handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False)
         try:
-            with handle, self._stream("GET", f"/jobs/{job_id}/artifacts/{name}") as response:
+            with handle, self._stream("GET", url) as response:
                 for chunk in response.iter_bytes(_CHUNK):
                     digest.update(chunk)
                     handle.write(chunk)
-            if digest.hexdigest() != listed[name]["sha256"]:
-                raise DeconvAPIError(
-                    None,
-                    None,
-                    f"artifact {name!r} of job {job_id} arrived damaged: sha256 "
-                    f"{digest.hexdigest()}, the service lists {listed[name]['sha256']}",
-                )
+            if check is not None:
+                check(digest.hexdigest())
             os.chmod(handle.name, 0o644)
             os.replace(handle.name, target)
         except BaseException:
