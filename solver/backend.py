@@ -93,8 +93,24 @@ def threads_for(n_entries: int, workers: int) -> int:
     return workers if n_entries >= PARALLEL_MIN_ENTRIES else 1
 
 
+def cpu_budget() -> int:
+    """Threads this process may keep busy: the CPUs it may run on, capped by ``OMP_NUM_THREADS`` when that is set.
+
+    The cap is how a scheduler tells a process its share of a machine: Ray sets ``OMP_NUM_THREADS`` to the CPUs
+    an actor was granted (one by default), while the actor still sees every core of its node. Without the cap, n
+    actors of one CPU each would each start a pool as wide as the node, and their parallel passes would wait on
+    each other's threads.
+    """
+    cpus = max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # OpenMP's list form ("4,2": per nesting level) starts with the outer level's count
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if first.isdigit() and int(first) >= 1:
+        return min(cpus, int(first))
+    return cpus
+
+
 def _default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cpu_budget()
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import numpy as np
 import scipy.fft
 
-from ..backend import threads_for
+from ..backend import cpu_budget, threads_for
 
 try:  # numba is a dependency; the guard keeps the package importable where it cannot be installed
     import numba
@@ -40,12 +40,15 @@ except ImportError:  # pragma: no cover
 
 @contextlib.contextmanager
 def _threads_for(n_entries: int) -> Iterator[None]:
-    """One thread for a small pass (:data:`solver.backend.PARALLEL_MIN_ENTRIES`), numba's default otherwise."""
-    if threads_for(n_entries, 2) > 1:
+    """One thread for a small pass (:data:`solver.backend.PARALLEL_MIN_ENTRIES`), otherwise as many as the
+    process's CPU budget (:func:`solver.backend.cpu_budget`) and the caller's numba setting allow. Numba's count
+    is per calling thread, so it is set around each pass and put back."""
+    previous = numba.get_num_threads()
+    n = min(threads_for(n_entries, cpu_budget()), previous)
+    if n == previous:
         yield
         return
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
+    numba.set_num_threads(n)
     try:
         yield
     finally:

@@ -5,6 +5,7 @@ ADMM loop against the numpy one."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -200,3 +201,39 @@ def test_irfft2_is_scipy_irfft2(rng, shape, overwrite):
     got = kernels.irfft2(a_hat.copy() if overwrite else a_hat, shape, 2, overwrite=overwrite)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
     assert got.dtype == np.float32
+
+
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@pytest.mark.skipif(_CPUS < 2 or not kernels.available(), reason="needs 2 CPUs and numba to see a cap")
+def test_thread_pools_keep_to_omp_num_threads(monkeypatch):
+    # a Ray actor of one CPU sees every core of its node and OMP_NUM_THREADS=1: its FFT workers and numba passes
+    # must keep to one thread, or n such actors oversubscribe the node
+    import numba  # noqa: PLC0415
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert get_backend("numpy").workers == 1
+    with kernels._threads_for(1 << 24):
+        assert numba.get_num_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "2,1")
+    assert get_backend("numpy").workers == min(2, _CPUS)
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert get_backend("numpy").workers == _CPUS
+    with kernels._threads_for(1 << 24):
+        assert numba.get_num_threads() == min(_CPUS, numba.config.NUMBA_NUM_THREADS)
+
+
+@pytest.mark.skipif(_CPUS < 2 or not kernels.available(), reason="needs 2 CPUs and numba to see a cap")
+def test_a_callers_numba_thread_count_is_kept(monkeypatch):
+    import numba  # noqa: PLC0415
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with kernels._threads_for(1 << 24):
+            assert numba.get_num_threads() == 1
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(previous)
