@@ -88,6 +88,15 @@ def _cufft_plan_on(value_type: str, shape: tuple[int, ...], dtype: str, s: tuple
 PARALLEL_MIN_ENTRIES = 1 << 21
 
 
+@functools.lru_cache(maxsize=16)
+def _inverse_dft_rows(n: int, rows: int, dtype: str) -> np.ndarray:
+    """The first `rows` rows of the inverse DFT matrix of size `n` (1/n included), in complex `dtype`."""
+    index = np.arange(rows)[:, None] * np.arange(n)[None, :] % n  # reduced first: the phases stay exact
+    out = (np.exp(2j * np.pi * index / n) / n).astype(dtype)
+    out.setflags(write=False)  # cached and shared
+    return out
+
+
 def threads_for(n_entries: int, workers: int) -> int:
     """`workers`, or 1 for an array of fewer than :data:`PARALLEL_MIN_ENTRIES` entries."""
     return workers if n_entries >= PARALLEL_MIN_ENTRIES else 1
@@ -107,10 +116,6 @@ def cpu_budget() -> int:
     if first.isdigit() and int(first) >= 1:
         return min(cpus, int(first))
     return cpus
-
-
-def _default_workers() -> int:
-    return cpu_budget()
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,20 @@ class Backend:
         a = self.xp.ascontiguousarray(a)
         return cufft.irfft2(a, s=shape, axes=(-2, -1), overwrite_x=overwrite, plan=_cufft_plan("C2R", a, shape))
 
+    def irfft2_corner(self, a: Array, shape: tuple[int, int], size: int) -> Array:
+        """``irfft2(a, shape)[..., :size, :size]`` without the rest of the inverse: the filters' corner of their
+        planes. The first axis is inverted for the `size` rows kept only, as a product with the (size, H) block
+        of the inverse DFT matrix, then the last axis by a real FFT of `size` rows: for 8×8 filters on 256×256
+        planes about a fifth of the whole inverse's work. Round-off differs from :meth:`irfft2` by a few ulps."""
+        H, W = int(shape[0]), int(shape[1])
+        if size >= H:
+            return self.irfft2(a, shape)[..., :size, :size]
+        rows = self.asarray(_inverse_dft_rows(H, size, np.dtype(a.dtype).str))
+        partial = rows @ a  # (size, H) @ (..., H, V) -> (..., size, V): the first `size` rows of the ifft
+        if self.name == "numpy":
+            return scipy.fft.irfft(partial, n=W, axis=-1)[..., :size]
+        return self.xp.fft.irfft(partial, n=W, axis=-1)[..., :size]
+
     def asarray(self, a: Array, dtype: Any = None) -> Array:
         """Move `a` to this backend (no copy when it is already there with that dtype)."""
         return self.xp.asarray(a, dtype=dtype)
@@ -187,7 +206,8 @@ def get_backend(name: Literal["auto", "numpy", "cupy"] = "auto", *, workers: int
     ----------
     name : {"auto", "numpy", "cupy"}
     workers : int, optional
-        Threads of the CPU FFTs (default: the ``DECONV_FFT_WORKERS`` environment variable, else all cores).
+        Threads of the CPU FFTs (default: :func:`cpu_budget`, the cores this process may use, capped by
+        ``OMP_NUM_THREADS``).
 
     Returns
     -------
@@ -201,7 +221,7 @@ def get_backend(name: Literal["auto", "numpy", "cupy"] = "auto", *, workers: int
     """
     if name not in ("auto", "numpy", "cupy"):
         raise ValueError(f"backend must be 'auto', 'numpy' or 'cupy', got {name!r}")
-    n_workers = _default_workers() if workers is None else int(workers)
+    n_workers = cpu_budget() if workers is None else int(workers)
     cupy = _cupy()
     if name == "cupy" and cupy is None:
         raise ValueError("backend='cupy' was requested, but cupy is not importable or no CUDA device answers")
@@ -213,7 +233,7 @@ def get_backend(name: Literal["auto", "numpy", "cupy"] = "auto", *, workers: int
 def backend_of(a: Array) -> Backend:
     """The backend that holds array `a` (the only type check on arrays in the project)."""
     if isinstance(a, np.ndarray | np.generic):
-        return Backend("numpy", np, _default_workers())
+        return Backend("numpy", np, cpu_budget())
     cupy = _cupy()
     if cupy is not None and isinstance(a, cupy.ndarray):
         return Backend("cupy", cupy, 1)

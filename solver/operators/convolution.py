@@ -290,7 +290,7 @@ class FilterOperator:
     def hat_to_filters(self, planes_hat: Array) -> Array:
         """Sᴴ ∘ irfft of pair planes: -> (K, C, s, s), zero where not connected."""
         s = self.filter_size
-        return self.connections.scatter(self.backend.irfft2(planes_hat, self.grid.shape)[..., :s, :s])
+        return self.connections.scatter(self.backend.irfft2_corner(planes_hat, self.grid.shape, s))
 
     def forward_hat(self, planes_hat: Array) -> Array:
         """Pair planes (K, C, U, V) or (P, U, V) -> (N, C, U, V)."""

@@ -9,6 +9,7 @@ import scipy.signal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from solver.backend import get_backend
 from solver.models.coding import reconstruct
 from solver.operators.convolution import ConvOperator, FilterOperator, image_shape_from_maps, map_shape
 from tests.reference import (
@@ -387,3 +388,17 @@ def test_filter_operator_rejects_maps_of_the_wrong_grid(rng):
     maps = rng.standard_normal((N_IMAGES, N_FILTERS) + IMAGE_SHAPE)
     with pytest.raises(ValueError, match="maps"):
         FilterOperator(maps, IMAGE_SHAPE, FILTER_SIZE, boundary="valid")
+
+
+@pytest.mark.parametrize(
+    ("shape", "size", "dtype"),
+    [((256, 256), 8, np.float32), ((31, 20), 7, np.float64), ((9, 12), 9, np.float32), ((6, 6), 8, np.float64)],
+)
+def test_irfft2_corner_is_the_corner_of_the_whole_inverse(rng, shape, size, dtype):
+    bk = get_backend("numpy")
+    planes = rng.standard_normal((3, 2) + shape).astype(dtype)
+    a_hat = bk.rfft2(planes)
+    out = bk.irfft2_corner(a_hat, shape, size)
+    expected = planes[..., :size, :size]  # the inverse of the transform, by definition
+    assert out.shape == expected.shape and out.dtype == dtype
+    np.testing.assert_allclose(out, expected, rtol=0, atol=50 * np.finfo(dtype).eps * np.abs(planes).max())
