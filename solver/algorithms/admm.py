@@ -175,21 +175,26 @@ class Admm(SolverBase):
 
     # ---- one iteration ---------------------------------------------------------------------------------------
 
-    def step(self, state: AdmmState, *, out: AdmmState | None = None) -> AdmmState:
+    def step(self, state: AdmmState, *, out: AdmmState | None = None, final: bool = False) -> AdmmState:
         """One iteration from `state`.
 
         `out` is a state the caller gives up (it may be `state` itself): the fused path writes the new iterate
         into its arrays instead of allocating new ones; the other paths ignore it. Without `out` no array of
         `state` is modified.
+
+        `final`: no iteration follows with these filters (interleaved learning changes them next), so the
+        solve of the next iteration is not made where that saves work (the fused CPU path, circular boundary,
+        ``keep_maps_hat``): the returned state then holds ẑ and û (``maps_hat``, ``dual_hat``) instead of x̂ and
+        the carry, and can only be turned into a warm start (:meth:`fourier_warm_start`).
         """
         if self._masked:
             return self._step_masked(state)
-        return self._step_circular(state, out)
+        return self._step_circular(state, out, final)
 
     def _residuals_due(self, iteration: int) -> bool:
         return iteration % self.config.rho_period == 0
 
-    def _step_circular(self, s: AdmmState, out: AdmmState | None) -> AdmmState:
+    def _step_circular(self, s: AdmmState, out: AdmmState | None, final: bool = False) -> AdmmState:
         pb = self.problem
         it = s.iteration + 1
         due = self._residuals_due(it)
@@ -206,8 +211,31 @@ class Admm(SolverBase):
             if scale is not None:  # scaled duals follow ρ inversely: u = y/ρ
                 rho, dual_scale = rho * scale, 1.0 / scale
                 dual *= self._per_image(dual_scale, dual)  # made by this iteration, or `out`'s
-        # ẑ is needed by this pass only: without `out`, the next carry takes its place
         keep = self.keep_maps_hat
+        if final and keep and self._fused and self._kernels is kernels:
+            # û = scale·(t̂ − ẑ) (into `out`'s carry when given up) and the data term, in one pass
+            dual_hat, twice_data = kernels.dual_and_data(
+                maps_hat,
+                s.carry_hat,
+                dual_scale,
+                self._a,
+                self._y_hat,
+                self._w,
+                u_out=None if out is None else out.carry_hat,
+            )
+            return AdmmState(
+                maps,
+                dual,
+                rho,
+                0.5 * twice_data + sparsity,
+                primal,
+                dual_r,
+                it,
+                at,
+                maps_hat=maps_hat,
+                dual_hat=dual_hat,
+            )
+        # ẑ is needed by this pass only: without `out`, the next carry takes its place
         solve_hat, carry_hat, data = self._fourier(
             maps_hat,
             s.carry_hat,
@@ -233,8 +261,12 @@ class Admm(SolverBase):
     def fourier_warm_start(self, state: AdmmState) -> AdmmWarmStart:
         """The warm start of `state` with ẑ and û (circular boundary, ``keep_maps_hat``), for a run with other
         filters that then needs no FFT: û = carry − αx̂ − (1−α)ẑ, written over x̂ (`state` is given up)."""
-        if self._masked or state.maps_hat is None or state.solve_hat is None:
+        if self._masked or state.maps_hat is None:
             raise ValueError("a Fourier warm start needs a circular-boundary state that kept maps_hat")
+        if state.solve_hat is None and state.dual_hat is not None:  # a final step's: û is there already
+            return AdmmWarmStart(state.rho, state.dual, None, maps_hat=state.maps_hat, dual_hat=state.dual_hat)
+        if state.solve_hat is None:
+            raise ValueError("a Fourier warm start needs the state's x̂ and carry, or its û")
         a = self.config.relax
         if self._fused and self._kernels is kernels:  # one pass
             dual_hat = kernels.dual_hat(state.solve_hat, state.carry_hat, state.maps_hat, a)

@@ -50,7 +50,7 @@ def code_one_step(shard: Shard, op: ConvOperator) -> CodeStats:
     maps0, hat0, E0 = state.maps, state.maps_hat, solver.per_item_objective(state).copy()
     xp = shard.bk.xp
     # the new maps go to a new array (the start's are kept); the rest of the start is given up
-    state = solver.step(state, out=replace(state, maps=xp.empty_like(maps0)))
+    state = solver.step(state, out=replace(state, maps=xp.empty_like(maps0)), final=True)
     E = solver.per_item_objective(state)
     shard._maps = keep_better(state.maps, E, maps0, E0)
     warm = solver.fourier_warm_start(state)

@@ -271,6 +271,38 @@ if NUMBA:
             partial[n, c] = acc
 
     @njit(parallel=True, cache=True, fastmath=_FLAGS)
+    def _dual_and_data(z_hat, t_hat, scale, a, y_hat, w, u_out, partial):  # pragma: no cover
+        # the first half of _admm_fourier without the solve: u = scale·(t − z) per frequency (into u_out, which
+        # may be t_hat: each entry is read before it is written) and Σ_f w_f |Σ_k a_k z_k − y|² per chunk
+        N, K, F2 = z_hat.shape
+        F = F2 // 2
+        n_chunks = (F + _CHUNK - 1) // _CHUNK
+        for task in prange(N * n_chunks):
+            n = task // n_chunks
+            c = task % n_chunks
+            lo = c * _CHUNK
+            m = min(_CHUNK, F - lo)
+            span = slice(2 * lo, 2 * (lo + m))
+            sc = scale[n]
+            sums = np.zeros((2, m), dtype=w.dtype)
+            dr, di = sums[0], sums[1]
+            for k in range(K):
+                ak, zk, tk, uk = a[k, span], z_hat[n, k, span], t_hat[n, k, span], u_out[n, k, span]
+                for i in range(m):
+                    ar, ai, zr, zi = ak[2 * i], ak[2 * i + 1], zk[2 * i], zk[2 * i + 1]
+                    dr[i] += ar * zr - ai * zi
+                    di[i] += ar * zi + ai * zr
+                    uk[2 * i] = sc * (tk[2 * i] - zr)
+                    uk[2 * i + 1] = sc * (tk[2 * i + 1] - zi)
+            yn, wn = y_hat[n, span], w[lo : lo + m]
+            acc = 0.0
+            for i in range(m):
+                er = dr[i] - yn[2 * i]
+                ei = di[i] - yn[2 * i + 1]
+                acc += wn[i] * (er * er + ei * ei)
+            partial[n, c] = acc
+
+    @njit(parallel=True, cache=True, fastmath=_FLAGS)
     def _dual_hat(x, t, z, alpha, beta):  # pragma: no cover
         # x ← t − αx − (1−α)z, in place (float views of (N, K, 2F) arrays)
         N, K, F2 = x.shape
@@ -305,6 +337,39 @@ def data_term(z_hat: np.ndarray, a: np.ndarray, y_hat: np.ndarray, w: np.ndarray
     with _threads_for(2 * z_hat.size):
         _data_term(*views, np.ascontiguousarray(w, dtype=views[0].dtype), partial)
     return partial.sum(axis=1)
+
+
+def dual_and_data(
+    z_hat: np.ndarray,
+    t_hat: np.ndarray,
+    scale: np.ndarray,
+    a: np.ndarray,
+    y_hat: np.ndarray,
+    w: np.ndarray,
+    *,
+    u_out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The last Fourier pass of a run whose next solve is not wanted (the filters change before it): the dual
+    û = scale·(t̂ − ẑ) (N, K, ...), into `u_out` when given (it may be `t_hat`), and twice the data term per image
+    (float64), as :func:`admm_fourier` gives them, in one pass without the solve."""
+    shape, flat = z_hat.shape, z_hat.shape[:2] + (-1,)  # (N, K, ...) planes, flattened per map
+    u_hat = _check_out(u_out, z_hat, "u_out")
+    z_hat, t_hat, u_flat = (arr.reshape(flat) for arr in (z_hat, t_hat, u_hat))
+    n_chunks = (z_hat.shape[2] + _CHUNK - 1) // _CHUNK
+    partial = np.empty((shape[0], n_chunks), dtype=np.float64)
+    views = [_as_real(arr, name) for arr, name in ((z_hat, "z_hat"), (t_hat, "t_hat"))]
+    real = views[0].dtype.type
+    with _threads_for(2 * z_hat.size):
+        _dual_and_data(
+            *views,
+            np.ascontiguousarray(scale, dtype=real),
+            _as_real(a, "a"),
+            _as_real(y_hat, "y_hat"),
+            np.ascontiguousarray(w, dtype=real),
+            _as_real(u_flat, "u_out"),
+            partial,
+        )
+    return u_hat, partial.sum(axis=1)
 
 
 def dual_hat(x_hat: np.ndarray, t_hat: np.ndarray, z_hat: np.ndarray, alpha: float) -> np.ndarray:

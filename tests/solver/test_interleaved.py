@@ -4,6 +4,8 @@ its fused consensus pass equal their plain references, and learn() picks it wher
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pydantic
 import pytest
@@ -238,3 +240,29 @@ def test_abs_and_count_per_item(rng):
     total, count = kernels.abs_and_count(x.astype(np.float32))
     np.testing.assert_allclose(total, np.abs(x.astype(np.float32)).reshape(3, -1).sum(axis=1), rtol=1e-6)
     np.testing.assert_array_equal(count, np.count_nonzero(x.reshape(3, -1), axis=1))
+
+
+@pytest.mark.skipif(not kernels.available(), reason="the final step's pass is a numba kernel")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("given_up", [False, True])
+def test_a_final_step_gives_the_warm_start_and_the_objective_of_a_full_one(rng, dtype, given_up):
+    # a final step skips the next solve: its warm start (ẑ, û) and E must be those of a step that made it
+    images = rng.standard_normal((3, 1, 12, 10)).astype(dtype)
+    op = ConvOperator(initial_filters(4, 1, 3, seed=1, norm="filter", dtype=dtype), images.shape[-2:])
+    s = Admm(CSCProblem(images, op, LpPenalty(0.1, 1.0)), AdmmConfig(max_iter=5, rho_period=2))
+    s.keep_maps_hat = True
+    state = s.init()
+    for _ in range(2):
+        state = s.step(state)
+    arrays = ("maps", "dual", "solve_hat", "carry_hat", "maps_hat")
+    full = s.step(dataclasses.replace(state, **{f: getattr(state, f).copy() for f in arrays}))
+    final = s.step(state, out=state if given_up else None, final=True)
+    assert final.solve_hat is None and final.dual_hat is not None
+    np.testing.assert_array_equal(final.maps, full.maps)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(final.objective, full.objective, rtol=tol)
+    a, b = s.fourier_warm_start(full), s.fourier_warm_start(final)
+    np.testing.assert_array_equal(b.maps_hat, a.maps_hat)
+    scale = np.abs(a.dual_hat).max()
+    np.testing.assert_allclose(b.dual_hat, a.dual_hat, atol=tol * scale)
+    np.testing.assert_array_equal(b.rho, a.rho)
