@@ -9,6 +9,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from ..backend import Array, backend_of
+from ..heap import large_blocks_from_heap
 from ..stopping import check_stop
 
 S = TypeVar("S")
@@ -131,6 +132,17 @@ def run(
     does this, so that a batch split over workers runs the same iterations as the whole batch). A `callback`
     sees every state; it ends the run by returning True.
     """
+    with large_blocks_from_heap():  # every step allocates the same map-sized arrays (the FFTs' outputs)
+        return _run(solver, state, max_iter, callback, stop_early)
+
+
+def _run(
+    solver: Solver[S],
+    state: S,
+    max_iter: int | None,
+    callback: Callable[[S], bool | None] | None,
+    stop_early: bool,
+) -> InferenceResult:
     n = solver.max_iter if max_iter is None else max_iter
     history: list[float] = []
     best_maps, best = solver.maps(state), solver.per_item_objective(state).copy()

@@ -16,6 +16,7 @@ from ..algorithms.consensus import update_filters_consensus
 from ..algorithms.filter_update import filter_lipschitz, update_filters_pooled
 from ..algorithms.recentre import recentre
 from ..config import LearnConfig
+from ..heap import large_blocks_from_heap
 
 # The loop's records keep the logger name they had when it lived in solver.models.learn.
 logger = logging.getLogger("solver.models.learn")
@@ -63,6 +64,20 @@ def alternate(
     -------
     filters, history, stats
     """
+    with large_blocks_from_heap():  # each iteration allocates the same map-sized arrays: reuse them
+        return _alternate(pool, config, filters, callback, start_iteration, power_vector, should_stop, on_iteration)
+
+
+def _alternate(
+    pool: Any,
+    config: LearnConfig,
+    filters: np.ndarray,
+    callback: Callable[[IterStats], None] | None,
+    start_iteration: int,
+    power_vector: np.ndarray | None,
+    should_stop: Callable[[], bool] | None,
+    on_iteration: Callable[[int, np.ndarray, np.ndarray], None] | None,
+) -> tuple[np.ndarray, list[float], list[IterStats]]:
     history: list[float] = []
     stats: list[IterStats] = []
     start = time.perf_counter()
