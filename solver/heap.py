@@ -7,10 +7,11 @@ hundreds of MiB of new pages. Measured on learning 8 images 256² with 32 filter
 fifth of the time of a round in the kernel (sys 0.07–0.11 s of 0.35–0.43 s), 2,500 page faults per round.
 
 Inside :func:`large_blocks_from_heap` the mmap threshold is 1 GiB and the heap is not trimmed, so a freed block
-is reused by the next allocation of its size, already faulted in: the same round took 0.31–0.37 s (sys 0.01 s)
-for a peak RSS 11 % higher (898 against 811 MB: blocks of different sizes share the heap). When the outermost
-scope ends the thresholds go back to the values glibc's adjustment reaches (mmap 32 MiB, trim 64 MiB) and
-``malloc_trim`` returns the free heap to the system, so a process between jobs holds what it held before.
+is reused by the next allocation of its size, already faulted in: the same rounds took 0.32–0.35 s against
+0.36–0.38 s without (sys 0.01–0.02 s against 0.07–0.09 s, three runs each in turn), for a peak RSS 9 % higher
+(887 against 811 MB: blocks of slightly different sizes, real and complex, do not fit each other's holes). When
+the outermost scope ends the thresholds go back to the values glibc's adjustment reaches (mmap 32 MiB, trim
+64 MiB) and ``malloc_trim`` returns the free heap to the system, so a process between jobs holds what it held before.
 """
 
 from __future__ import annotations
