@@ -52,7 +52,7 @@ def code_one_step(shard: Shard, op: ConvOperator) -> CodeStats:
     # the new maps go to a new array (the start's are kept); the rest of the start is given up
     state = solver.step(state, out=replace(state, maps=xp.empty_like(maps0)), final=True)
     E = solver.per_item_objective(state)
-    shard._maps = keep_better(state.maps, E, maps0, E0)
+    shard._maps = keep_better(state.maps, E, maps0, E0, in_place=True)  # made by this step, for this shard
     warm = solver.fourier_warm_start(state)
     worse = np.flatnonzero(E > E0)
     if worse.size:  # those images keep their maps: and the transform of those maps

@@ -123,14 +123,20 @@ def iterate_steps(solver: Any, state: Any, n_iter: int) -> Any:
     return state
 
 
-def keep_better(maps: Array, E: np.ndarray, maps0: Array, E0: np.ndarray) -> Array:
-    """Per image, `maps` unless its E is above E0 of `maps0` (no copy when one of them wins everywhere)."""
+def keep_better(maps: Array, E: np.ndarray, maps0: Array, E0: np.ndarray, *, in_place: bool = False) -> Array:
+    """Per image, `maps` unless its E is above E0 of `maps0` (no copy when one of them wins everywhere).
+
+    `in_place`: the caller owns `maps`; the worse images' maps are copied into it (no map-sized allocation)."""
     worse = E > E0
     if not worse.any():
         return maps
     if worse.all():
         return maps0
     xp = backend_of(maps).xp
+    if in_place:
+        rows = xp.asarray(np.flatnonzero(worse))
+        maps[rows] = maps0[rows]
+        return maps
     return xp.where(xp.asarray(worse.reshape((-1,) + (1,) * (maps.ndim - 1))), maps0, maps)
 
 

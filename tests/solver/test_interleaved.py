@@ -20,6 +20,7 @@ from solver.backend import PARALLEL_MIN_ENTRIES, threads_for
 from solver.config import AdmmConfig, FilterUpdateConfig
 from solver.models.learn import alternate, initial_filters
 from solver.models.shard import LocalPool, Shard
+from solver.models.shard_base import keep_better
 from solver.operators import kernels
 from solver.operators.convolution import ConvOperator, PlaneTransforms
 from solver.operators.prox import LpPenalty
@@ -266,3 +267,13 @@ def test_a_final_step_gives_the_warm_start_and_the_objective_of_a_full_one(rng, 
     scale = np.abs(a.dual_hat).max()
     np.testing.assert_allclose(b.dual_hat, a.dual_hat, atol=tol * scale)
     np.testing.assert_array_equal(b.rho, a.rho)
+
+
+def test_keep_better_in_place_writes_the_worse_images_start_into_the_new_maps(rng):
+    maps, maps0 = rng.standard_normal((4, 3, 5, 5)), rng.standard_normal((4, 3, 5, 5))
+    E, E0 = np.array([1.0, 3.0, 2.0, 5.0]), np.array([2.0, 2.0, 2.0, 4.0])  # images 1 and 3 got worse
+    expected = np.where(np.array([0, 1, 0, 1], bool)[:, None, None, None], maps0, maps)
+    np.testing.assert_array_equal(keep_better(maps.copy(), E, maps0, E0), expected)
+    out = keep_better(maps, E, maps0, E0, in_place=True)
+    assert out is maps
+    np.testing.assert_array_equal(out, expected)
