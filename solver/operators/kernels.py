@@ -68,6 +68,23 @@ def available() -> bool:
 
 if NUMBA:
 
+    @njit(inline="always", cache=True)
+    def _chunk_of(task, n_chunks, F):  # pragma: no cover  (compiled)
+        """(image, chunk, first frequency, frequencies) of a parallel task over images × chunks of F."""
+        c = task % n_chunks
+        lo = c * _CHUNK
+        return task // n_chunks, c, lo, min(_CHUNK, F - lo)
+
+    @njit(inline="always", cache=True, fastmath=_FLAGS)
+    def _weighted_misfit(dr, di, yn, wn, m):  # pragma: no cover  (compiled)
+        """Σ_i w_i |d_i − y_i|² over a chunk: d as real and imaginary rows, y interleaved."""
+        acc = 0.0
+        for i in range(m):
+            er = dr[i] - yn[2 * i]
+            ei = di[i] - yn[2 * i + 1]
+            acc += wn[i] * (er * er + ei * ei)
+        return acc
+
     @njit(inline="always", cache=True, fastmath=_FLAGS)
     def _shrink(x, z_old, u_old, alpha, beta, t):  # pragma: no cover  (compiled)
         """(z, u) of one entry: v = αx + (1−α)z_old + u_old, z = soft(v, t), u = v − z."""
@@ -127,10 +144,7 @@ if NUMBA:
         F = F2 // 2
         n_chunks = (F + _CHUNK - 1) // _CHUNK
         for task in prange(N * n_chunks):
-            n = task // n_chunks
-            c = task % n_chunks
-            lo = c * _CHUNK
-            m = min(_CHUNK, F - lo)
+            n, c, lo, m = _chunk_of(task, n_chunks, F)
             span = slice(2 * lo, 2 * (lo + m))
             sc = scale[n]
             sums = np.zeros((4, m), dtype=w.dtype)
@@ -249,10 +263,7 @@ if NUMBA:
         F = F2 // 2
         n_chunks = (F + _CHUNK - 1) // _CHUNK
         for task in prange(N * n_chunks):
-            n = task // n_chunks
-            c = task % n_chunks
-            lo = c * _CHUNK
-            m = min(_CHUNK, F - lo)
+            n, c, lo, m = _chunk_of(task, n_chunks, F)
             span = slice(2 * lo, 2 * (lo + m))
             sums = np.zeros((2, m), dtype=w.dtype)
             dr, di = sums[0], sums[1]
@@ -262,13 +273,7 @@ if NUMBA:
                     ar, ai, zr, zi = ak[2 * i], ak[2 * i + 1], zk[2 * i], zk[2 * i + 1]
                     dr[i] += ar * zr - ai * zi
                     di[i] += ar * zi + ai * zr
-            yn, wn = y_hat[n, span], w[lo : lo + m]
-            acc = 0.0
-            for i in range(m):
-                er = dr[i] - yn[2 * i]
-                ei = di[i] - yn[2 * i + 1]
-                acc += wn[i] * (er * er + ei * ei)
-            partial[n, c] = acc
+            partial[n, c] = _weighted_misfit(dr, di, y_hat[n, span], w[lo : lo + m], m)
 
     @njit(parallel=True, cache=True, fastmath=_FLAGS)
     def _dual_and_data(z_hat, t_hat, scale, a, y_hat, w, u_out, partial):  # pragma: no cover
@@ -278,10 +283,7 @@ if NUMBA:
         F = F2 // 2
         n_chunks = (F + _CHUNK - 1) // _CHUNK
         for task in prange(N * n_chunks):
-            n = task // n_chunks
-            c = task % n_chunks
-            lo = c * _CHUNK
-            m = min(_CHUNK, F - lo)
+            n, c, lo, m = _chunk_of(task, n_chunks, F)
             span = slice(2 * lo, 2 * (lo + m))
             sc = scale[n]
             sums = np.zeros((2, m), dtype=w.dtype)
@@ -294,13 +296,7 @@ if NUMBA:
                     di[i] += ar * zi + ai * zr
                     uk[2 * i] = sc * (tk[2 * i] - zr)
                     uk[2 * i + 1] = sc * (tk[2 * i + 1] - zi)
-            yn, wn = y_hat[n, span], w[lo : lo + m]
-            acc = 0.0
-            for i in range(m):
-                er = dr[i] - yn[2 * i]
-                ei = di[i] - yn[2 * i + 1]
-                acc += wn[i] * (er * er + ei * ei)
-            partial[n, c] = acc
+            partial[n, c] = _weighted_misfit(dr, di, y_hat[n, span], w[lo : lo + m], m)
 
     @njit(parallel=True, cache=True, fastmath=_FLAGS)
     def _dual_hat(x, t, z, alpha, beta):  # pragma: no cover
