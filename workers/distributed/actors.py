@@ -52,6 +52,7 @@ from ..jobs.objects import ObjectStore, Part, as_location, read_array, rows_of_p
 from .checkpoint import ShardPart, read_shard_state, write_shard_state
 from .images import ImageInfo, ImageSource, load_images
 from .outputs import LayerOutputs, ShardOutput, write_shard_outputs
+from .threads import take_node_share
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,10 @@ class ShardWorker:
 
     def ping(self) -> bool:
         return True
+
+    def take_node_share(self, actors_on_node: int) -> int:
+        """Run on this node's CPUs shared among `actors_on_node` actors (:mod:`workers.distributed.threads`)."""
+        return take_node_share(actors_on_node)
 
     def node_id(self) -> str | None:
         """The Ray node this worker runs on; None outside Ray."""

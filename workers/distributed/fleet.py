@@ -15,6 +15,7 @@ from solver.images.preprocess import combine_rescale_means, combine_rescale_rang
 from .actors import new_shard_actor
 from .placement import Placement, gpu_share
 from .pool import gather
+from .threads import share_nodes
 
 logger = logging.getLogger("workers.distributed.coordinator")
 
@@ -60,6 +61,7 @@ class ShardFleet:
             interrupt=self._interrupt,
             label=f"the start-up of {placement.describe()}",
         )
+        share_nodes(self._actors)  # every actor: a replaced one may have moved to another node
         if self._needs_rescale_fit():
             self._fit_rescale_and_build(placement.backend)
             return

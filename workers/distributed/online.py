@@ -63,6 +63,7 @@ from .outputs import LayerOutputs, ShardOutput
 from .placement import Placement, gpu_share
 from .pool import gather
 from .stream import StreamPlan, split
+from .threads import share_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +197,7 @@ class OnlineRun:
             interrupt=self._interrupt,
             label=f"the start-up of {placement.describe()}",
         )
+        share_nodes(self._actors)
         self._setup_actors()
 
     def _setup_actors(self) -> None:

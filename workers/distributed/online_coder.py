@@ -29,6 +29,7 @@ from solver.models.online import BatchStep, OnlineLearner
 from .actors import _stoppable
 from .images import ImageInfo, ImageSource, load_images
 from .outputs import LayerOutputs, ShardOutput, write_shard_outputs
+from .threads import take_node_share
 
 
 class OnlineCoder:
@@ -139,6 +140,10 @@ class OnlineCoder:
 
     def ping(self) -> bool:
         return True
+
+    def take_node_share(self, actors_on_node: int) -> int:
+        """Run on this node's CPUs shared among `actors_on_node` actors (:mod:`workers.distributed.threads`)."""
+        return take_node_share(actors_on_node)
 
     def node_id(self) -> str | None:
         import ray  # noqa: PLC0415
