@@ -33,10 +33,10 @@ batches of 16 images.
     One ADMM iteration and 10 filter steps per batch here: what is allocated does not depend on the counts, and
     this keeps the 4096-image pass within minutes on a busy machine;
   - throughput (also ``--part throughput`` alone): images per second per worker of the driver with 1 and with 2
-    actors against single-process learning on the same batches (``OnlineLearner``, what ``learn_online`` runs),
-    every run in a fresh process, the single one with ``OMP_NUM_THREADS=1`` (one thread for the FFTs and the
-    numba passes: the budget Ray gives an actor of one CPU); two rounds of the three runs in turn, each rate from
-    the median step of its runs (the first batch of each run is left out: compilation); target ≥ 0.8.
+    actors against single-process learning on the same batches (``OnlineLearner``, what ``learn_online`` runs)
+    with the threads each actor has (the cores shared among the actors: 2 for one actor on 2 cores, 1 for two),
+    every run in a fresh process; two rounds of the runs in turn, each rate from the median step of its runs
+    (the first batch of each run is left out: compilation); target ≥ 0.8.
 
 * **read**: images per second read by 2 consumers from ``.npy`` files: coding actors loading their parts of each
   batch by key, a step at a time as the driver asks them, against a Ray Data stream
@@ -372,22 +372,34 @@ def _single_steps(paths: list[str], inner_iter: int, filter_iter: int) -> list[f
 ACTORS = (1, 2)
 
 
+def _threads_per_actor(workers: int) -> int:
+    """The thread budget each of `workers` actors on this machine takes (:mod:`workers.distributed.threads`)."""
+    cpus = max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // workers)
+
+
 def _throughput(paths: list[Path], size: int, rounds: int = 2) -> list[list[str]]:
-    """Images/s per worker of the driver with 1 and 2 actors against single-process learning, each run in a fresh
-    process; the single process with ``OMP_NUM_THREADS=1`` (one thread for the FFTs and the numba passes), the
-    budget Ray gives an actor of one CPU. `rounds` rounds of (single, 1 actor, 2 actors), and each rate from the
-    median step of all its runs: the shared machine's load moves within seconds, and the median of steps taken
-    in turn sees the same load for each."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    """Images/s per worker of the driver with each count of actors in :data:`ACTORS` against single-process
+    learning with the threads each of those actors has (the machine's cores shared among the actors, as the
+    driver shares a node: one actor on 2 cores runs 2 threads, two run 1 each), every run in a fresh process.
+    `rounds` rounds of (single process, driver) for each count in turn, and each rate from the median step of all
+    its runs: the shared machine's load moves within seconds, and the median of steps taken in turn sees the same
+    load for each."""
     spec = {"paths": [str(p) for p in paths], "inner_iter": INNER_ITER, "filter_iter": FILTER_ITER}
     folder = str(Path(paths[0]).parent)
-    steps: dict[int, list[float]] = {n: [] for n in (0, *ACTORS)}  # 0: the single process
+    single: dict[int, list[float]] = {_threads_per_actor(w): [] for w in ACTORS}
+    driver: dict[int, list[float]] = {w: [] for w in ACTORS}
     for r in range(rounds):
-        logger.info("throughput round %d/%d: single process on %d images", r + 1, rounds, len(paths))
-        cmd = [sys.executable, __file__, "--single-child", json.dumps(spec)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, start_new_session=True)
-        steps[0] += json.loads(out.stdout.strip().splitlines()[-1])["step_seconds"][1:]  # the first compiles
         for workers in ACTORS:
+            threads = _threads_per_actor(workers)
+            logger.info("throughput round %d/%d: single process, %d thread(s)", r + 1, rounds, threads)
+            env = {
+                **os.environ,
+                **{v: str(threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+            }
+            cmd = [sys.executable, __file__, "--single-child", json.dumps(spec)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, start_new_session=True)
+            single[threads] += json.loads(out.stdout.strip().splitlines()[-1])["step_seconds"][1:]  # 1st compiles
             logger.info("throughput round %d/%d: the driver with %d actor(s)", r + 1, rounds, workers)
             run = _child(
                 {
@@ -398,16 +410,17 @@ def _throughput(paths: list[Path], size: int, rounds: int = 2) -> list[list[str]
                     "filter_iter": FILTER_ITER,
                 }
             )
-            steps[workers] += run["step_seconds"][1:]
-    base = BATCH / float(np.median(steps[0]))
+            driver[workers] += run["step_seconds"][1:]
     rows = []
     for workers in ACTORS:
-        rate = BATCH / float(np.median(steps[workers])) / workers
+        threads = _threads_per_actor(workers)
+        base = BATCH / float(np.median(single[threads]))
+        rate = BATCH / float(np.median(driver[workers])) / workers
         rows.append(
             [
                 "distributed throughput",
-                f"images/s per worker, {workers} actor(s) / single process ({len(paths)} images {size}², "
-                f"median of {len(steps[workers])} / {len(steps[0])} steps)",
+                f"images/s per worker, {workers} actor(s) of {threads} thread(s) / single process of {threads} "
+                f"({len(paths)} images {size}², median of {len(driver[workers])} / {len(single[threads])} steps)",
                 f"{rate:.2f} / {base:.2f}",
                 f"{rate / base:.3f}",
                 f"≥ {THROUGHPUT_LIMIT}",
