@@ -149,14 +149,18 @@ def consensus_project(partials: list[tuple[np.ndarray, int]], norm: str) -> np.n
 
 
 def update_filters_consensus(
-    pool: Any, filters: np.ndarray, config: FilterUpdateConfig, n_images: int
+    pool: Any, filters: np.ndarray, config: FilterUpdateConfig, n_images: int, data_bound: float | None = None
 ) -> tuple[np.ndarray, float]:
     """``config.max_iter`` consensus ADMM iterations over a pool of shards whose maps are fixed.
 
     ρ is ``config.rho``, or `n_images` (the images of all shards) when that is None, as in SPORCO.
 
-    Monotone by construction: the result is the better, in data term, of the consensus filters and `filters`
-    (so the learning objective never rises, as with the projected-FISTA update).
+    Monotone by construction: the result is the consensus filters when their data term is at most that of
+    `filters` or at most `data_bound`, else `filters`. With no bound the data term never rises. The interleaved
+    schedule gives as bound the E its round started from less the penalty of the new maps: a filter step may then
+    give back part of what the coding step gained, and E still never rises from round to round. Holding every
+    filter step to its own start instead throws away ADMM steps that would pay a round later (on 16 images 256²
+    with 64 filters 11×11: E 795.4 after 20 rounds that way, 751.7 with the bound).
 
     Returns
     -------
@@ -171,6 +175,8 @@ def update_filters_consensus(
         check_stop()
         partials = pool.consensus_step(g, rho, config.relax)
         g = consensus_project(partials, config.norm).astype(filters.dtype, copy=False)
-    new = sum(pool.value(g))
-    old = sum(pool.value(filters))
-    return (g, float(new)) if new <= old else (filters, float(old))
+    new = float(sum(pool.value(g)))
+    old = float(sum(pool.value(filters)))
+    if new <= old or (data_bound is not None and new <= data_bound):
+        return g, new
+    return filters, old

@@ -86,7 +86,7 @@ def _alternate(
         if should_stop is not None and should_stop():
             break
         if config.schedule == "interleaved":
-            coded, filters, data = _rounds(pool, config, filters)
+            coded, filters, data = _rounds(pool, config, filters, history[-1] if history else None)
         elif config.filter_update.method == "consensus":  # needs no step size
             coded = pool.code(filters)
             n_images = sum(c.n_images for c in coded)
@@ -112,14 +112,21 @@ def _alternate(
     return filters, history, stats
 
 
-def _rounds(pool: Any, config: LearnConfig, filters: np.ndarray) -> tuple[list[Any], np.ndarray, float]:
+def _rounds(
+    pool: Any, config: LearnConfig, filters: np.ndarray, E_start: float | None
+) -> tuple[list[Any], np.ndarray, float]:
     """The interleaved schedule's outer iteration: ``inference.max_iter`` rounds of one coding step (the shards
-    run one ADMM step when their config is interleaved) and one consensus filter step; each never raises E."""
+    run one ADMM step when their config is interleaved) and one consensus filter step. A round never ends above
+    the E it started from (`E_start` for the first, when known): the coding step keeps every image's maps no
+    worse, and the filter step may spend what the coding step gained, no more."""
     one_step = config.filter_update.model_copy(update={"max_iter": 1})
     rounds = config.inference.max_iter
     coded, data = [], 0.0
     for _ in range(rounds):
         coded = pool.code(filters)
         n_images = sum(c.n_images for c in coded)
-        filters, data = update_filters_consensus(pool, filters, one_step, n_images)
+        penalty = sum(c.penalty for c in coded)
+        bound = None if E_start is None else E_start - penalty
+        filters, data = update_filters_consensus(pool, filters, one_step, n_images, bound)
+        E_start = data + penalty
     return [replace(c, n_iter=rounds) for c in coded], filters, data  # the inference steps of the iteration

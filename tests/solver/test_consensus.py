@@ -105,3 +105,27 @@ def test_consensus_with_the_valid_boundary_is_refused():
 def test_bad_consensus_parameters_are_refused(field, value):
     with pytest.raises(pydantic.ValidationError, match=field):
         FilterUpdateConfig(method="consensus", **{field: value})
+
+
+def test_a_bound_lets_a_filter_step_raise_the_data_term_up_to_it(rng):
+    # from the filters that minimise the data term for the coded maps any other step raises it: without a bound
+    # the step is refused, with a bound at or above its data term it is taken, with one below it is refused
+    images = rng.standard_normal((4, 1, 10, 10))
+    config = _config()
+    step = FilterUpdateConfig(method="consensus", max_iter=1, rho=4.0)
+    pool, f0 = _coded_pool(images, config, [1, 3])
+    lipschitz, _ = filter_lipschitz(pool, np.ones_like(f0), 50)
+    best, best_data = update_filters_pooled(pool, f0, FilterUpdateConfig(max_iter=1000), lipschitz)
+
+    def update(bound):
+        fresh, _ = _coded_pool(images, config, [1, 3])  # the same maps, a consensus state of its own
+        return update_filters_consensus(fresh, best, step, 4, bound)
+
+    refused, data = update(None)
+    assert refused is best and data == pytest.approx(best_data, rel=1e-12)
+    taken, new = update(1e9)
+    assert new > data and not np.array_equal(taken, best)
+    at, at_data = update(new)  # a bound equal to the step's data term lets it through
+    assert at is not best and at_data == new
+    below, below_data = update((data + new) / 2)
+    assert below is best and below_data == data
