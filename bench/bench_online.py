@@ -374,8 +374,9 @@ ACTORS = (1, 2)
 
 def _threads_per_actor(workers: int) -> int:
     """The thread budget each of `workers` actors on this machine takes (:mod:`workers.distributed.threads`)."""
-    cpus = max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cpus // workers)
+    from solver.backend import visible_cpus  # noqa: PLC0415
+
+    return max(1, visible_cpus() // workers)
 
 
 def _throughput(paths: list[Path], size: int, rounds: int = 2) -> list[list[str]]:

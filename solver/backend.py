@@ -102,6 +102,11 @@ def threads_for(n_entries: int, workers: int) -> int:
     return workers if n_entries >= PARALLEL_MIN_ENTRIES else 1
 
 
+def visible_cpus() -> int:
+    """The CPUs this process may run on (its affinity; the machine's count where that is unknown)."""
+    return max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def cpu_budget() -> int:
     """Threads this process may keep busy: the CPUs it may run on, capped by ``OMP_NUM_THREADS`` when that is set.
 
@@ -110,7 +115,7 @@ def cpu_budget() -> int:
     actors of one CPU each would each start a pool as wide as the node, and their parallel passes would wait on
     each other's threads.
     """
-    cpus = max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = visible_cpus()
     # OpenMP's list form ("4,2": per nesting level) starts with the outer level's count
     first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if first.isdigit() and int(first) >= 1:

@@ -5,7 +5,6 @@ ADMM loop against the numpy one."""
 
 from __future__ import annotations
 
-import os
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 import scipy.fft
 
 from solver.algorithms.admm import Admm
-from solver.backend import get_backend
+from solver.backend import get_backend, visible_cpus
 from solver.config import AdmmConfig
 from solver.operators import gpu_kernels, kernels
 from solver.operators.linalg import solve_shifted_normal
@@ -203,7 +202,7 @@ def test_irfft2_is_scipy_irfft2(rng, shape, overwrite):
     assert got.dtype == np.float32
 
 
-_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+_CPUS = visible_cpus()
 
 
 @pytest.mark.skipif(_CPUS < 2 or not kernels.available(), reason="needs 2 CPUs and numba to see a cap")

@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from solver.backend import cpu_budget
+from solver.backend import cpu_budget, visible_cpus
 from workers.distributed import threads
 
-CPUS = threads.visible_cpus()
+CPUS = visible_cpus()
 
 
 @pytest.fixture

@@ -15,13 +15,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from solver.backend import cpu_budget
+from solver.backend import cpu_budget, visible_cpus
 
 _reserved: int | None = None  # the budget the process started with (Ray's grant), kept across calls
-
-
-def visible_cpus() -> int:
-    return max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def take_node_share(actors_on_node: int) -> int:
