@@ -89,8 +89,7 @@ def _alternate(
             coded, filters, data = _rounds(pool, config, filters, history[-1] if history else None)
         elif config.filter_update.method == "consensus":  # needs no step size
             coded = pool.code(filters)
-            n_images = sum(c.n_images for c in coded)
-            filters, data = update_filters_consensus(pool, filters, config.filter_update, n_images)
+            filters, data = update_filters_consensus(pool, filters, config.filter_update)
         else:
             coded = pool.code(filters)
             n_power = _POWER_ITER_FIRST if power_vector is None and it == start_iteration + 1 else _POWER_ITER_WARM
@@ -124,9 +123,8 @@ def _rounds(
     coded, data = [], 0.0
     for _ in range(rounds):
         coded = pool.code(filters)
-        n_images = sum(c.n_images for c in coded)
         penalty = sum(c.penalty for c in coded)
         bound = None if E_start is None else E_start - penalty
-        filters, data = update_filters_consensus(pool, filters, one_step, n_images, bound)
+        filters, data = update_filters_consensus(pool, filters, one_step, bound)
         E_start = data + penalty
     return [replace(c, n_iter=rounds) for c in coded], filters, data  # the inference steps of the iteration

@@ -38,11 +38,25 @@ def test_consensus_reaches_the_minimiser_that_projected_fista_reaches(rng, conne
     config = _config(connectivity=connectivity)
     pool, f0 = _coded_pool(images, config, [1, 3], table)
     exact = FilterUpdateConfig(method="consensus", max_iter=1000, rho=4.0)
-    consensus, data_c = update_filters_consensus(pool, f0, exact, 4)
+    consensus, data_c = update_filters_consensus(pool, f0, exact)
     lipschitz, _ = filter_lipschitz(pool, np.ones_like(f0), 50)
     fista, data_f = update_filters_pooled(pool, f0, FilterUpdateConfig(max_iter=1000), lipschitz)
     assert data_c == pytest.approx(data_f, rel=1e-9)
     np.testing.assert_allclose(consensus, fista, atol=1e-6)
+
+
+def test_copies_of_the_training_set_do_not_change_the_default_filter_step(rng):
+    # ρ weighs one image's maps against the pull to the consensus: were it to grow with the image count, each
+    # filter step would move less the more images there are
+    images = rng.standard_normal((2, 1, 10, 9))
+    config = _config(update=FilterUpdateConfig(method="consensus", max_iter=3))
+    steps = []
+    for copies in (1, 4):
+        pool, f0 = _coded_pool(np.concatenate([images] * copies), config, [])
+        steps.append(update_filters_consensus(pool, f0, config.filter_update))
+    assert not np.allclose(steps[0][0], _coded_pool(images, config, [])[1])  # the step moved the filters
+    np.testing.assert_allclose(steps[1][0], steps[0][0], rtol=1e-9, atol=1e-12)
+    assert steps[1][1] == pytest.approx(4 * steps[0][1], rel=1e-9)
 
 
 def test_one_shard_or_three_give_the_same_consensus_run(rng):
@@ -119,7 +133,7 @@ def test_a_bound_lets_a_filter_step_raise_the_data_term_up_to_it(rng):
 
     def update(bound):
         fresh, _ = _coded_pool(images, config, [1, 3])  # the same maps, a consensus state of its own
-        return update_filters_consensus(fresh, best, step, 4, bound)
+        return update_filters_consensus(fresh, best, step, bound)
 
     refused, data = update(None)
     assert refused is best and data == pytest.approx(best_data, rel=1e-12)

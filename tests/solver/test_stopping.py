@@ -98,7 +98,7 @@ def test_the_filter_update_loops_stop(images, filters, filter_method):
     pool = _pool(images, filters)
     config = FilterUpdateConfig(method=filter_method, max_iter=5).model_copy(update={"max_iter": ENDLESS})
     if filter_method == "consensus":
-        _stops_within(lambda: update_filters_consensus(pool, filters, config, 2))
+        _stops_within(lambda: update_filters_consensus(pool, filters, config))
     else:
         _stops_within(lambda: update_filters_pooled(pool, filters, config, 10.0))
 
