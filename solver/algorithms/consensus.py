@@ -44,7 +44,9 @@ learner in fact runs with its ADMM base class's 1.0) slows learning the more ima
 interleaved rounds, on contrast-normalised images at λ = 0.1 (E after 40 / 60 / 100 rounds):
 16 × 256², 64 filters 11×11: ρ = 16 → 697.1, 4 → 672.3, 2 → 669.0, 1 → 671.5;
 8 × 256², 32 × 8×8: ρ = 8 → 363.4, 4 → 361.5, 2 → 361.5, 1 → 364.1;
-4 × 128², 16 × 8×8: ρ = 4 → 93.3, 2 → 92.9, 1 → 93.2."""
+4 × 128², 16 × 8×8: ρ = 4 → 93.3, 2 → 92.9, 1 → 93.2.
+With ten consensus steps per outer iteration (the alternating schedule, 8 × 256²) ρ matters less: E 379.6 after 8
+outer iterations with ρ = 2, 376.8 with ρ = 8."""
 
 
 @dataclass(frozen=True)
