@@ -56,7 +56,9 @@ class FilterUpdateConfig(_Frozen):
     norm: Literal["plane", "filter"] = Field(
         "filter", description="unit norm per plane f[k, c] (Zeiler) or per whole filter f[k] (SPORCO)"
     )
-    rho: float | None = Field(None, gt=0, description="consensus penalty ρ; default 2 (solver.algorithms.consensus.DEFAULT_RHO), whatever the number of images")
+    rho: float | None = Field(
+        None, gt=0, description="consensus penalty ρ; default 2 whatever the number of images (consensus.DEFAULT_RHO)"
+    )
     relax: float = Field(1.8, gt=0, lt=2, description="consensus over-relaxation α")
     recentre: bool = Field(
         False,

@@ -35,7 +35,6 @@ from ..operators.prox import project_unit_ball
 from ..stopping import check_stop
 from .filter_update import FilterProblem
 
-
 DEFAULT_RHO = 2.0
 """The consensus penalty ρ when the config leaves it unset. Each image's local step solves
 (ẑᴴẑ + ρI) d = ẑᴴŷ + ρ(g − u) on its own maps, so ρ weighs one image's maps against the pull to the consensus:
