@@ -373,10 +373,10 @@ ACTORS = (1, 2)
 
 
 def _threads_per_actor(workers: int) -> int:
-    """The thread budget each of `workers` actors on this machine takes (:mod:`workers.distributed.threads`)."""
-    from solver.backend import visible_cpus  # noqa: PLC0415
+    """The thread budget each of `workers` one-CPU actors on this machine takes."""
+    from workers.distributed.threads import node_share  # noqa: PLC0415
 
-    return max(1, visible_cpus() // workers)
+    return node_share(workers)
 
 
 def _throughput(paths: list[Path], size: int, rounds: int = 2) -> list[list[str]]:

@@ -20,15 +20,20 @@ from solver.backend import cpu_budget, visible_cpus
 _reserved: int | None = None  # the budget the process started with (Ray's grant), kept across calls
 
 
+def node_share(actors_on_node: int, reserved: int = 1) -> int:
+    """The threads of one of `actors_on_node` actors sharing this node's CPUs, at least `reserved`."""
+    if actors_on_node < 1:
+        raise ValueError(f"actors_on_node must be at least 1, got {actors_on_node}")
+    return max(reserved, visible_cpus() // actors_on_node)
+
+
 def take_node_share(actors_on_node: int) -> int:
     """Widen this process's thread budget to its share of the node's CPUs when `actors_on_node` of the job's
     actors run there (at least what it reserved); returns the new budget."""
     global _reserved
-    if actors_on_node < 1:
-        raise ValueError(f"actors_on_node must be at least 1, got {actors_on_node}")
     if _reserved is None:
         _reserved = cpu_budget()
-    threads = max(_reserved, visible_cpus() // actors_on_node)
+    threads = node_share(actors_on_node, _reserved)
     os.environ["OMP_NUM_THREADS"] = str(threads)  # read by cpu_budget() at every pass
     return threads
 
