@@ -29,8 +29,10 @@ from solver.operators.pooling import pooled_shape
 from .errors import field_error
 from .settings import Settings, env_name
 
-# bytes per float32 element: (maps, filters' transforms) of one layer's inference, measured peak with margin
-METHOD_BYTES = {"admm": (72, 10), "fista": (36, 10), "zeiler": (24, 30)}
+# bytes per float32 element: (maps, filters' transforms) of one layer's inference, measured peak with margin;
+# the maps' share includes the FFTW plans' buffers (an input copy and an output per direction, about 18 bytes),
+# so that the estimate bounds a process with pyFFTW installed too
+METHOD_BYTES = {"admm": (90, 10), "fista": (54, 10), "zeiler": (42, 30)}
 IMAGE_BYTES = 16
 """Per value of the images: the decoded array, its float copy and the preprocessed one."""
 KEPT_MAP_BYTES = 4

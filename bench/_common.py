@@ -292,6 +292,17 @@ def fft_pair_pyfftw(maps_shape: tuple[int, ...], repeats: int = 3) -> float | No
     return best_time(lambda: sfft.irfftn(sfft.rfftn(a, None, (0, 1)), (H, W), (0, 1)), repeats)
 
 
+def _fft_engine() -> str:
+    """What transforms deconv's small and medium CPU arrays here (``DECONV_FFT`` reaches the children too)."""
+    try:
+        from solver import fftw  # noqa: PLC0415
+    except ImportError:
+        return "scipy.fft"
+    if not fftw.available():
+        return "scipy.fft"
+    return f"FFTW (FFTW_ESTIMATE) up to {fftw.MAX_ENTRIES} entries, scipy.fft above"
+
+
 def machine_info() -> dict[str, str]:
     """Platform, cores and library versions."""
     import importlib.metadata as md  # noqa: PLC0415
@@ -310,5 +321,6 @@ def machine_info() -> dict[str, str]:
         "scipy": scipy.__version__,
         "sporco": version("sporco"),
         "pyfftw": version("pyFFTW"),
+        "deconv's CPU FFTs": _fft_engine(),
         "load average": ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?",
     }

@@ -27,7 +27,8 @@ from collections.abc import Iterator
 import numpy as np
 import scipy.fft
 
-from ..backend import cpu_budget, threads_for
+from .. import fftw
+from ..backend import cpu_budget, fftw_threads, threads_for
 
 try:  # numba is a dependency; the guard keeps the package importable where it cannot be installed
     import numba
@@ -517,6 +518,9 @@ def irfft2(a_hat: np.ndarray, shape: tuple[int, int], workers: int, *, overwrite
     """``scipy.fft.irfft2(a_hat, s=shape, axes=(-2, -1))``: the complex inverse over axis −2, then the real one
     over axis −1. With `overwrite` the first pass runs in `a_hat` (which then holds garbage) and allocates
     nothing."""
+    out = fftw.irfft2(a_hat, shape, fftw_threads(2 * a_hat.size, workers))
+    if out is not None:
+        return out
     workers = threads_for(2 * a_hat.size, workers)
     t = scipy.fft.ifft(a_hat, n=shape[0], axis=-2, workers=workers, overwrite_x=overwrite)
     return scipy.fft.irfft(t, n=shape[1], axis=-1, workers=workers, overwrite_x=True)
