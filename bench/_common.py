@@ -59,6 +59,10 @@ class Problem:
         float64 deconv runs: this many iterations for the per-iteration time only (None: run to E_ref too).
     target_ratio : float
         The cell's target: deconv's time to E_ref at most this fraction of SPORCO's.
+    repeats : int
+        Alternating runs of SPORCO and deconv (``--repeats`` overrides): a cell whose runs take seconds is at the
+        mercy of the shared machine's speed, which drifts by tens of percent within minutes; the matrix shows
+        the pair of median ratio, the notes every ratio.
     """
 
     name: str
@@ -76,6 +80,7 @@ class Problem:
     min_iter: int = 1
     f64_iter: int | None = None
     target_ratio: float = 0.25
+    repeats: int = 1
 
 
 # The matrix: three learning and three encoding sizes, small to large. Learning is timed against SPORCO's
@@ -83,7 +88,18 @@ class Problem:
 # so E_ref (its best E) is about its final one.
 FULL = (
     Problem(
-        "learn-small", "learn", 4, 128, 16, 8, 0.1, sporco_iter=100, max_iter=300, min_cap_s=10.0, target_ratio=0.33
+        "learn-small",
+        "learn",
+        4,
+        128,
+        16,
+        8,
+        0.1,
+        sporco_iter=100,
+        max_iter=300,
+        min_cap_s=10.0,
+        target_ratio=0.33,
+        repeats=5,
     ),
     Problem(
         "learn-medium",
@@ -113,7 +129,20 @@ FULL = (
         eval_every=2,
         target_ratio=0.33,
     ),
-    Problem("encode-small", "encode", 1, 128, 16, 7, 0.05, sporco_iter=150, max_iter=1000, min_cap_s=5.0, f64_iter=10),
+    Problem(
+        "encode-small",
+        "encode",
+        1,
+        128,
+        16,
+        7,
+        0.05,
+        sporco_iter=150,
+        max_iter=1000,
+        min_cap_s=5.0,
+        f64_iter=10,
+        repeats=5,
+    ),
     Problem("encode-single", "encode", 1, 512, 32, 8, 0.05, sporco_iter=150, max_iter=1000, eval_every=2, f64_iter=10),
     Problem(
         "encode-batch",

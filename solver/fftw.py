@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 #: would weigh tens of megabytes.
 MAX_ENTRIES = 1 << 22
 
-#: Bytes of plan buffers one thread keeps (the input copy of each cached plan).
-CACHE_BYTES = 96 << 20
+#: Bytes of input buffers one thread's plans keep; each plan also holds the output array of its next call,
+#: allocated but not yet written (about as many bytes again where it comes from the heap).
+CACHE_BYTES = 64 << 20
 
 ENV = "DECONV_FFT"
 
