@@ -188,7 +188,9 @@ def update_filters_consensus(
         partials = pool.consensus_step(g, rho, config.relax)
         g = consensus_project(partials, config.norm).astype(filters.dtype, copy=False)
     new = float(sum(pool.value(g)))
+    if data_bound is not None and new <= data_bound:
+        return g, new  # taken whatever the old filters' data term: a pass over every shard's maps saved
     old = float(sum(pool.value(filters)))
-    if new <= old or (data_bound is not None and new <= data_bound):
+    if new <= old:
         return g, new
     return filters, old

@@ -143,3 +143,24 @@ def test_a_bound_lets_a_filter_step_raise_the_data_term_up_to_it(rng):
     assert at is not best and at_data == new
     below, below_data = update((data + new) / 2)
     assert below is best and below_data == data
+
+
+def test_a_step_within_its_bound_does_not_evaluate_the_old_filters(rng):
+    # the data term at the old filters only decides when the bound does not: a pass over every shard's maps
+    images = rng.standard_normal((4, 1, 10, 10))
+    config = _config()
+    pool, f0 = _coded_pool(images, config, [1, 3])
+    evaluated = []
+    value = pool.value
+
+    def counting(filters):
+        evaluated.append(filters)
+        return value(filters)
+
+    pool.value = counting
+    step = FilterUpdateConfig(method="consensus", max_iter=2)
+    taken, new = update_filters_consensus(pool, f0, step, data_bound=1e9)
+    assert len(evaluated) == 1 and evaluated[0] is taken and taken is not f0
+    evaluated.clear()
+    update_filters_consensus(pool, f0, step, data_bound=None)
+    assert len(evaluated) == 2 and any(f is f0 for f in evaluated)
