@@ -17,7 +17,8 @@ pyFFTW is optional (``pip install 'deconv[fftw]'``; FFTW itself is GPL-licensed)
 off, ``DECONV_FFT=fftw`` makes its absence an error instead of a silent fallback.
 
 Each thread keeps its own plans (executing one pyFFTW object from two threads is not safe), least recently used
-first out once their buffers pass :data:`CACHE_BYTES`.
+first out once their buffers pass :data:`CACHE_BYTES`; they go with the thread (the service's pool threads are
+retired after ten idle seconds) or with :func:`clear`.
 """
 
 from __future__ import annotations
