@@ -30,6 +30,7 @@ logger = logging.getLogger("workers.distributed.coordinator")
 
 _POLL_S = 0.2  # how often a wait asks `interrupt`
 _STOP_WAIT_S = 1.0  # how long an interrupted wait lets the actors' calls end by themselves
+_KILL_WAIT_S = 10.0  # how long a timed-out call waits for the actors it killed to be gone
 
 
 class CallTimeoutError(ray_errors.GetTimeoutError):
@@ -87,11 +88,26 @@ def gather(
             late = [i for i, ref in enumerate(refs) if ref in waiting]
             for i in late:
                 ray.kill(actors[i], no_restart=True)
+            _wait_killed([actors[i] for i in late])
             raise CallTimeoutError(
                 f"{label or f'shard actor call {what!r}'} of shard(s) {late} did not answer within its deadline "
                 f"of {deadline:.3g} s (estimated from the work); the actor(s) were stopped"
             )
     return ray.get(refs)
+
+
+def _wait_killed(actors: Sequence[Any], timeout_s: float = _KILL_WAIT_S) -> None:
+    """Return once every actor in `actors` (just killed) fails a ping, or after `timeout_s`. ``ray.kill`` returns
+    before the actor is gone, and an actor with a call slot to spare answers a ping meanwhile: the fleet's probe
+    at the next attempt would then keep it, and the attempt fail on its death instead of on its own merits."""
+    end = time.monotonic() + timeout_s
+    for actor in actors:
+        while (left := end - time.monotonic()) > 0:
+            try:
+                ray.get(actor.ping.remote(), timeout=left)
+            except ray_errors.RayError:  # dead (RayActorError), or stuck past the wait (GetTimeoutError)
+                break
+            time.sleep(0.05)
 
 
 def _stop_calls(actors: Sequence[Any], pending: list[Any], what: str) -> None:
