@@ -89,9 +89,8 @@ def engine() -> str:
 
 class _Plan:
     """One FFTW plan over the last two axes of arrays of one shape, with its own aligned input buffer: the
-    caller's array is copied in (zero-padded for the forward transform), so that the plan never holds the
-    caller's arrays and the inverse may destroy its input; each call hands out the output and gives the plan
-    a fresh, untouched one."""
+    caller's array is copied in, so that the plan never holds the caller's arrays and the inverse may destroy
+    its input; each call hands out the output and gives the plan a fresh, untouched one."""
 
     def __init__(
         self,
