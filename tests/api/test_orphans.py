@@ -7,6 +7,7 @@ slow."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -112,9 +113,11 @@ def test_a_killed_service_s_ray_processes_are_stopped_and_its_job_resumes_and_si
     try:
         assert _alive([(pid, start) for pid, start in tree if pid in left]) == []
         _job_when(url, job_id, lambda job: job["status"] == "running" and job["attempts"] == 2)
-        # the shard actor has its images once the rescale is fitted; its first coding step takes about a minute
+        # the shard actor has its images once the rescale is fitted; then come its coding step and the filter
+        # step's power iteration, seconds each: a stop 3 s on lands in one of their calls (which one depends on
+        # the machine's speed, and does not matter here)
         _log_says(tmp_path / "second.log", "rescale statistics")
-        time.sleep(3)  # in the middle of that coding step
+        time.sleep(3)
     finally:
         started = time.monotonic()
         second.send_signal(signal.SIGTERM)
@@ -125,7 +128,7 @@ def test_a_killed_service_s_ray_processes_are_stopped_and_its_job_resumes_and_si
     log = full_log[-5000:]
     # the job thread ended by itself, its shard calls interrupted, not cut off by the cluster's shutdown
     assert "did not stop within" not in full_log, log
-    assert "interrupted during 'code'" in full_log, log
+    assert re.search(r"interrupted during '\w+': 1 of 1 shard call\(s\) stopped within", full_log), log
     assert f"job {job_id}: back in the queue (the service is stopping)" in full_log, log
     assert not (data_dir / PID_FILE).exists(), log  # a clean stop forgets its cluster
     store = JobStore(data_dir)
