@@ -190,27 +190,33 @@ def _bench(
             return [{"impl": "SPORCO", **ref}], info
         target = ref["E_ref"] * (1 + TARGET_RTOL)
         cap = max(pb.cap_factor * (ref["time_to_target_s"] or ref["total_s"]), pb.min_cap_s)
-        method, dtype = _variants(pb, quick, every)[0]
-        res = _run_child(pb, f"{method}-{dtype}", data, quick, target=target, cap=cap, max_iter=pb.max_iter)
-        res = {"impl": f"deconv {'learn/' * (pb.kind == 'learn')}{method}", **res}
+        res = _deconv_run(pb, *_variants(pb, quick, every)[0], data, quick, target, cap)
         pairs.append((_ratio(res, ref), ref, res, target, cap))
-    order = sorted(range(len(pairs)), key=lambda i: pairs[i][0])
-    _, ref, first, target, cap = pairs[order[(len(pairs) - 1) // 2]]  # the median (the lower one of an even count)
-    info.update(sporco=ref, target=target, cap_s=cap, ratios=[pairs[i][0] for i in range(len(pairs))])
+    ratios = [pair[0] for pair in pairs]
+    _, ref, first, target, cap = sorted(pairs, key=lambda pair: pair[0])[(len(pairs) - 1) // 2]  # the (lower) median
+    info.update(sporco=ref, target=target, cap_s=cap, ratios=ratios)
     results = [{"impl": "SPORCO", **ref}, first]
     for method, dtype in _variants(pb, quick, every)[1:]:
-        fixed = dtype == "float64" and pb.f64_iter is not None
-        res = _run_child(
-            pb,
-            f"{method}-{dtype}",
-            data,
-            quick,
-            target=None if fixed else target,
-            cap=cap,
-            max_iter=pb.f64_iter if fixed else pb.max_iter,
-        )
-        results.append({"impl": f"deconv {'learn/' * (pb.kind == 'learn')}{method}", **res})
+        results.append(_deconv_run(pb, method, dtype, data, quick, target, cap))
     return results, info
+
+
+def _deconv_run(
+    pb: Problem, method: str, dtype: str, data: Path, quick: bool, target: float, cap: float
+) -> dict[str, Any]:
+    """One deconv child: to `target` within `cap` seconds, or a fixed count of float64 iterations where the cell
+    sets one."""
+    fixed = dtype == "float64" and pb.f64_iter is not None
+    res = _run_child(
+        pb,
+        f"{method}-{dtype}",
+        data,
+        quick,
+        target=None if fixed else target,
+        cap=cap,
+        max_iter=pb.f64_iter if fixed else pb.max_iter,
+    )
+    return {"impl": f"deconv {'learn/' * (pb.kind == 'learn')}{method}", **res}
 
 
 # ---- report ------------------------------------------------------------------------------------------------
