@@ -33,6 +33,7 @@ def alternate(
     *,
     callback: Callable[[IterStats], None] | None = None,
     start_iteration: int = 0,
+    start_objective: float | None = None,
     power_vector: np.ndarray | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_iteration: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
@@ -53,6 +54,10 @@ def alternate(
         Called with an :class:`IterStats` after every outer iteration.
     start_iteration : int
         Outer iterations already done (when resuming from a checkpoint).
+    start_objective : float, optional
+        E after the last of those (resuming): the interleaved schedule holds its first round to it, as the run
+        that was not stopped would have (without it that round refuses any filter step that raises the data term,
+        and the resumed run departs from the one it resumes).
     power_vector : ndarray, optional
         Warm start of the power iteration for the filter step size (from a checkpoint).
     should_stop : callable, optional
@@ -65,7 +70,9 @@ def alternate(
     filters, history, stats
     """
     with large_blocks_from_heap():  # each iteration allocates the same map-sized arrays: reuse them
-        return _alternate(pool, config, filters, callback, start_iteration, power_vector, should_stop, on_iteration)
+        return _alternate(
+            pool, config, filters, callback, start_iteration, start_objective, power_vector, should_stop, on_iteration
+        )
 
 
 def _alternate(
@@ -74,6 +81,7 @@ def _alternate(
     filters: np.ndarray,
     callback: Callable[[IterStats], None] | None,
     start_iteration: int,
+    start_objective: float | None,
     power_vector: np.ndarray | None,
     should_stop: Callable[[], bool] | None,
     on_iteration: Callable[[int, np.ndarray, np.ndarray], None] | None,
@@ -86,7 +94,7 @@ def _alternate(
         if should_stop is not None and should_stop():
             break
         if config.schedule == "interleaved":
-            coded, filters, data = _rounds(pool, config, filters, history[-1] if history else None)
+            coded, filters, data = _rounds(pool, config, filters, history[-1] if history else start_objective)
         elif config.filter_update.method == "consensus":  # needs no step size
             coded = pool.code(filters)
             filters, data = update_filters_consensus(pool, filters, config.filter_update)

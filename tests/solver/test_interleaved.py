@@ -93,7 +93,9 @@ def test_an_interleaved_run_resumes_from_its_checkpoint(images):
     assert saved["state"]["warm"].maps_hat is None  # a checkpoint keeps the spatial duals only
     second = Shard(images, config, None, "numpy")
     second.load_state(saved["state"])
-    resumed, rest, _ = alternate(LocalPool([second]), config, saved["filters"], start_iteration=saved["it"])
+    resumed, rest, _ = alternate(
+        LocalPool([second]), config, saved["filters"], start_iteration=saved["it"], start_objective=history[1]
+    )
     # the resumed run transforms the duals again where the first kept û: the same up to round-off
     np.testing.assert_allclose(rest, history[2:], rtol=1e-9)
     np.testing.assert_allclose(resumed, full, rtol=1e-7, atol=1e-10)

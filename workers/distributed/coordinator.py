@@ -338,6 +338,7 @@ class Coordinator(ShardFleet, Rollback):
             filters,
             callback=record,
             start_iteration=first,
+            start_objective=self._history[-1].objective if self._history else None,
             power_vector=vector,
             should_stop=should_stop,
             on_iteration=lambda it, f, v: setattr(self, "_pending", (it, f, v)),
