@@ -211,7 +211,13 @@ class ConvOperator:
     def factor_shifted_normal(self, rho: float | np.ndarray) -> ShiftedNormalFactor | PairFactor:
         """The cached part of the solve of ``(DᴴD + ρI) x = b`` per frequency (ρ > 0, or one per image), for
         :meth:`solve_shifted_normal`: the Woodbury inverse of :mod:`solver.operators.linalg`, from the pairs only."""
-        return self.connections.factor_shifted_normal(self.planes_hat, rho)
+        return self.connections.factor_shifted_normal(self.planes_hat, rho, self._normal_gram)
+
+    @functools.cached_property
+    def _normal_gram(self) -> Array:
+        # ρ-free part of every factor: ADMM refactors whenever its ρ changes, and for one channel this sum over
+        # the filters is most of a factor's cost
+        return self.connections.normal_gram(self.planes_hat)
 
     def solve_shifted_normal(self, factor: ShiftedNormalFactor | PairFactor, b_hat: Array) -> Array:
         """x̂ = (DᴴD + ρI)⁻¹ b̂ at every frequency of the map grid: (N, K, U, V) -> (N, K, U, V)."""

@@ -94,29 +94,47 @@ def broadcast_rho(rho: float | np.ndarray, like: Array) -> Array | float:
     return xp.asarray(np.asarray(rho).reshape(-1, 1, 1, 1), dtype=like.real.dtype)
 
 
-def factor_shifted_normal(filters_hat: Array, rho: float | np.ndarray) -> ShiftedNormalFactor:
-    """Precompute the per-frequency inverse for :func:`solve_shifted_normal` (ρ scalar, or one per image)."""
+def normal_gram(filters_hat: Array) -> Array:
+    """The part of ``AᴴA`` that :func:`factor_shifted_normal` needs, which does not depend on ρ: ``Σ_k |f̂_k|²``
+    of shape (U, V) (real) for C = 1, the Gram ``Σ_k f̂[k, c] conj(f̂[k, d])`` of shape (U, V, C, C) otherwise."""
+    xp = backend_of(filters_hat).xp
+    if filters_hat.shape[1] == 1:
+        a = filters_hat[:, 0]
+        return xp.sum(xp.real(a * xp.conj(a)), axis=0)
+    return xp.einsum("kcuv,kduv->uvcd", filters_hat, xp.conj(filters_hat))
+
+
+def factor_shifted_normal(
+    filters_hat: Array, rho: float | np.ndarray, gram: Array | None = None
+) -> ShiftedNormalFactor:
+    """Precompute the per-frequency inverse for :func:`solve_shifted_normal` (ρ scalar, or one per image).
+
+    `gram`: :func:`normal_gram` of `filters_hat`, when the caller keeps it (ADMM refactors at every change of ρ;
+    the Gram is most of the work for one channel)."""
     rho_host = np.asarray(rho, dtype=np.float64)
     if not (np.all(np.isfinite(rho_host)) and np.all(rho_host > 0)):
         raise ValueError(f"rho must be positive, got {rho!r}")
     xp = backend_of(filters_hat).xp
-    C = filters_hat.shape[1]
     real = xp.real(filters_hat[:1, :1, :1, :1]).dtype
     per_image = rho_host.ndim > 0
-    if C == 1:
-        a = filters_hat[:, 0]
-        power = xp.sum(xp.real(a * xp.conj(a)), axis=0)  # (U, V)
-        if per_image:
-            r = xp.asarray(rho_host.reshape(-1, 1, 1, 1), dtype=real)
-            inverse = 1.0 / (r + power[None, None])
-        else:
-            inverse = 1.0 / (float(rho_host) + power)
-        inverse = inverse.astype(real, copy=False)
+    gram = normal_gram(filters_hat) if gram is None else gram
+    if filters_hat.shape[1] == 1:
+        inverse = shifted_power_inverse(gram, rho_host, real)
     else:
-        gram = xp.einsum("kcuv,kduv->uvcd", filters_hat, xp.conj(filters_hat))
         inverse = shifted_gram_inverse(gram, rho_host)
     stored = rho_host.copy() if per_image else float(rho_host)
     return ShiftedNormalFactor(filters_hat=filters_hat, rho=stored, inverse=inverse)
+
+
+def shifted_power_inverse(power: Array, rho: np.ndarray, dtype) -> Array:
+    """``(ρ + ‖a‖²)⁻¹`` per frequency for the power ‖a‖² of shape (U, V): (U, V) for a scalar ρ, (N, 1, U, V)
+    for one ρ per image."""
+    xp = backend_of(power).xp
+    if np.ndim(rho) > 0:
+        inverse = 1.0 / (xp.asarray(np.asarray(rho).reshape(-1, 1, 1, 1), dtype=dtype) + power[None, None])
+    else:
+        inverse = 1.0 / (float(rho) + power)
+    return inverse.astype(dtype, copy=False)
 
 
 def shifted_gram_inverse(gram: Array, rho: np.ndarray) -> Array:

@@ -35,7 +35,9 @@ from .linalg import (
     broadcast_rho,
     factor_shifted_normal,
     max_gram_eigenvalue,
+    normal_gram,
     shifted_gram_inverse,
+    shifted_power_inverse,
     solve_shifted_normal,
 )
 
@@ -156,8 +158,13 @@ class FullConnections:
     def gram_max_eigenvalue(self, planes_hat: Array) -> float:
         return max_gram_eigenvalue(planes_hat)
 
-    def factor_shifted_normal(self, planes_hat: Array, rho: float | np.ndarray) -> ShiftedNormalFactor:
-        return factor_shifted_normal(planes_hat, rho)
+    def normal_gram(self, planes_hat: Array) -> Array:
+        return normal_gram(planes_hat)
+
+    def factor_shifted_normal(
+        self, planes_hat: Array, rho: float | np.ndarray, gram: Array | None = None
+    ) -> ShiftedNormalFactor:
+        return factor_shifted_normal(planes_hat, rho, gram)
 
     def solve_shifted_normal(self, factor: ShiftedNormalFactor, planes_hat: Array, b_hat: Array) -> Array:
         return solve_shifted_normal(factor, b_hat)
@@ -339,20 +346,24 @@ class SparseConnections:
             v = w / norm
         return lam * _POWER_SAFETY
 
-    def factor_shifted_normal(self, planes_hat: Array, rho: float | np.ndarray) -> PairFactor:
+    def normal_gram(self, planes_hat: Array) -> Array:
+        """What :meth:`factor_shifted_normal` needs of the filters, for every ρ: the power (U, V) for C = 1, the
+        Gram (U, V, C, C) otherwise."""
+        gram = self.gram(planes_hat)
+        return gram[..., 0, 0].real if self.n_channels == 1 else gram
+
+    def factor_shifted_normal(
+        self, planes_hat: Array, rho: float | np.ndarray, gram: Array | None = None
+    ) -> PairFactor:
         """The inverse of the Woodbury solve of ``(AᴴA + ρI) x = b`` (see :mod:`solver.operators.linalg`), from the
-        pairs."""
+        pairs; `gram` is :meth:`normal_gram` of `planes_hat` when the caller keeps it."""
         rho_host = np.asarray(rho, dtype=np.float64)
         if not (np.all(np.isfinite(rho_host)) and np.all(rho_host > 0)):
             raise ValueError(f"rho must be positive, got {rho!r}")
-        xp = backend_of(planes_hat).xp
-        real = planes_hat.real.dtype
         per_image = rho_host.ndim > 0
-        gram = self.gram(planes_hat)  # (U, V, C, C)
+        gram = self.normal_gram(planes_hat) if gram is None else gram
         if self.n_channels == 1:
-            power = gram[..., 0, 0].real
-            r = xp.asarray(rho_host.reshape(-1, 1, 1, 1), dtype=real) if per_image else float(rho_host)
-            inverse = (1.0 / (r + (power[None, None] if per_image else power))).astype(real, copy=False)
+            inverse = shifted_power_inverse(gram, rho_host, planes_hat.real.dtype)
         else:
             inverse = shifted_gram_inverse(gram, rho_host)
         return PairFactor(rho_host.copy() if per_image else float(rho_host), inverse)

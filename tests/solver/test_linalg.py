@@ -211,3 +211,25 @@ def test_conjugate_gradient_solves_the_valid_boundary_normal_equations(rng):
     x = conjugate_gradient(lambda v: op.adjoint(op.forward(v)) + beta * v, b, np.zeros_like(b), 200, tol=1e-13)
     expected = _dense_solve(dense_conv_matrix(filters, (5, 5), "valid"), b, beta)
     np.testing.assert_allclose(x, expected, rtol=1e-8, atol=1e-8 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("per_image", [False, True], ids=["shared-rho", "per-image-rho"])
+@pytest.mark.parametrize("connectivity", [False, True], ids=["full", "sparse"])
+@pytest.mark.parametrize("n_channels", [1, 3], ids=["sherman-morrison", "woodbury"])
+def test_the_operators_factor_for_a_new_rho_equals_a_factor_made_from_scratch(
+    rng, dtype, n_channels, connectivity, per_image
+):
+    """The operator keeps the ρ-free part of its factors: a factor for another ρ, made from it, is the one made
+    from the filters alone (the part is not stale, nor one ρ's inverse)."""
+    K = 3
+    g = None
+    if connectivity:
+        g = np.ones((K, n_channels), dtype=bool)
+        g[1, 0] = False
+    op = ConvOperator(rng.standard_normal((K, n_channels, 3, 3)).astype(dtype), IMAGE_SHAPE, connectivity=g)
+    fresh = ConvOperator(op.filters, IMAGE_SHAPE, connectivity=g)
+    for rho in ([0.5, 2.0], [30.0, 0.01]) if per_image else (0.5, 30.0):
+        rho = np.array(rho) if per_image else rho
+        kept, scratch = op.factor_shifted_normal(rho), fresh.connections.factor_shifted_normal(fresh.planes_hat, rho)
+        np.testing.assert_array_equal(kept.inverse, scratch.inverse)
+        np.testing.assert_array_equal(np.asarray(kept.rho), np.asarray(rho))
