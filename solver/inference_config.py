@@ -89,7 +89,7 @@ class AdmmConfig(_Frozen):
         At most `max_iter` iterations; stop when both relative residuals are at most `tol`.
     relax : float
         Over-relaxation α in (0, 2).
-    adaptive_rho, rho_period, rho_ratio, rho_scale, rho_autoscale
+    adaptive_rho, rho_period, rho_early, rho_ratio, rho_scale, rho_autoscale
         The per-image penalty ρ and how it adapts to the residuals.
     fused : bool
         Use the fused kernels where they apply.
@@ -113,6 +113,12 @@ class AdmmConfig(_Frozen):
     relax: float = Field(1.8, gt=0, lt=2, description="over-relaxation α")
     adaptive_rho: bool = True
     rho_period: int = Field(10, ge=1, description="iterations between updates of ρ (every iteration can oscillate)")
+    rho_early: int = Field(
+        10,
+        ge=0,
+        description="ρ is updated every other iteration during the first rho_early iterations, when the start's ρ "
+        "is furthest from balance (updating that often throughout can keep ρ from settling)",
+    )
     rho_ratio: float = Field(1.2, gt=1, description="tolerance μ on the residual ratio before ρ changes")
     rho_scale: float = Field(1000.0, gt=1, description="largest factor τ by which ρ changes at once")
     rho_target: float | None = Field(

@@ -9,8 +9,9 @@ Circular boundary (split z = x, scaled dual u, over-relaxation α):
     u &\leftarrow u + \alpha x + (1-\alpha) z_{\text{old}} - z
 
 The per-frequency solve is Sherman–Morrison/Woodbury with a factor cached until ρ changes. ρ is balanced
-against the normalised primal and dual residuals every ``rho_period`` iterations (Wohlberg 2017); the residuals
-are computed on those iterations only, and so is the stopping test (``tol``).
+against the normalised primal and dual residuals every other iteration for the first ``rho_early`` iterations,
+when the start's ρ is furthest from balance, then every ``rho_period`` (Wohlberg 2017); the residuals are computed on
+those iterations only, and so is the stopping test (``tol``).
 
 The dual is kept in both domains (its update is linear), so one irfft and one rfft of the maps are done per
 iteration. An iteration ends in the Fourier domain with everything the next one needs: the state carries the
@@ -115,7 +116,13 @@ class Admm(SolverBase):
         if self._masked:
             return self._init_masked(maps, dual, rho, warm if compatible else None)
         fourier = compatible and warm.maps_hat is not None and warm.dual_hat is not None
-        maps_hat = warm.maps_hat if fourier else pb.op.rfft(maps)
+        if fourier:
+            maps_hat = warm.maps_hat
+        elif maps0 is None:  # a cold start: the transform of zeros, without an FFT
+            W = maps.shape[-1]
+            maps_hat = xp.zeros(maps.shape[:-1] + (W // 2 + 1,), dtype=xp.result_type(maps.dtype, xp.complex64))
+        else:
+            maps_hat = pb.op.rfft(maps)
         if fourier:  # carry = û + ẑ, so that û = carry − ẑ (in û's array: the run owns the warm start's arrays)
             carry_hat = warm.dual_hat
             carry_hat += maps_hat
@@ -192,6 +199,8 @@ class Admm(SolverBase):
         return self._step_circular(state, out, final)
 
     def _residuals_due(self, iteration: int) -> bool:
+        if iteration <= self.config.rho_early:
+            return iteration % 2 == 0
         return iteration % self.config.rho_period == 0
 
     def _step_circular(self, s: AdmmState, out: AdmmState | None, final: bool = False) -> AdmmState:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from solver import IterStats
-from solver.algorithms import Zeiler
+from solver.algorithms import Admm, Zeiler
 from solver.algorithms.problem import CSCProblem, objective
 from solver.config import AdmmConfig, FistaConfig, ZeilerConfig
 from solver.models.coding import encode, reconstruct
@@ -318,6 +318,32 @@ def test_warm_start_starts_at_the_given_maps(rng, method):
     # one step from the warm start is already far below the energy of zero maps, and close to E(init)
     second = encode(images, filters, LAM, method=method, max_iter=1, init=first.maps)
     assert second.history[0] <= E_init * 1.05
+
+
+@pytest.mark.parametrize(
+    "boundary, fused", [("circular", True), ("circular", False), ("valid", False)], ids=["fused", "plain", "masked"]
+)
+def test_admm_balances_rho_every_other_iteration_early_then_every_period(rng, boundary, fused):
+    images, filters = _small_problem(rng, np.float64, 1)
+    op = ConvOperator(filters, images.shape[-2:], boundary=boundary)
+    config = AdmmConfig(max_iter=40, rho_early=6, rho_period=7, fused=fused)
+    solver = Admm(CSCProblem(images, op, LpPenalty(LAM, 1.0)), config)
+    state, balanced = solver.init(), []
+    for _ in range(30):
+        state = solver.step(state)
+        if state.residual_iteration == state.iteration:
+            balanced.append(state.iteration)
+    assert balanced == [2, 4, 6, 7, 14, 21, 28]
+
+
+@pytest.mark.parametrize("boundary", ["circular", "valid"])
+def test_a_cold_start_is_a_start_from_zero_maps(rng, boundary):
+    images, filters = _small_problem(rng, np.float32, 1)
+    cold = encode(images, filters, LAM, method="admm", boundary=boundary, max_iter=15)
+    zeros = np.zeros_like(cold.maps)
+    from_zeros = encode(images, filters, LAM, method="admm", boundary=boundary, max_iter=15, init=zeros)
+    np.testing.assert_array_equal(cold.maps, from_zeros.maps)
+    assert cold.history == from_zeros.history
 
 
 def test_warm_start_accepts_init_of_another_dtype(rng):
