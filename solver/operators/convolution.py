@@ -211,12 +211,14 @@ class ConvOperator:
     def factor_shifted_normal(self, rho: float | np.ndarray) -> ShiftedNormalFactor | PairFactor:
         """The cached part of the solve of ``(DᴴD + ρI) x = b`` per frequency (ρ > 0, or one per image), for
         :meth:`solve_shifted_normal`: the Woodbury inverse of :mod:`solver.operators.linalg`, from the pairs only."""
-        return self.connections.factor_shifted_normal(self.planes_hat, rho, self._normal_gram)
+        # one channel: the ρ-free part (U, V) is kept, ADMM refactors whenever its ρ changes and this sum over the
+        # filters is most of a factor's cost; several: the Gram (U, V, C, C) is the size of a factor (memory the
+        # service's estimates count) and its inversion the larger cost, so it is made each time
+        power = self._filter_power if self.n_channels == 1 else None
+        return self.connections.factor_shifted_normal(self.planes_hat, rho, power)
 
     @functools.cached_property
-    def _normal_gram(self) -> Array:
-        # ρ-free part of every factor: ADMM refactors whenever its ρ changes, and for one channel this sum over
-        # the filters is most of a factor's cost
+    def _filter_power(self) -> Array:
         return self.connections.normal_gram(self.planes_hat)
 
     def solve_shifted_normal(self, factor: ShiftedNormalFactor | PairFactor, b_hat: Array) -> Array:
