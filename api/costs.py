@@ -33,6 +33,9 @@ from .settings import Settings, env_name
 # the maps' share includes the FFTW plans' buffers (an input copy and an output per direction, about 18 bytes),
 # so that the estimate bounds a process with pyFFTW installed too
 METHOD_BYTES = {"admm": (90, 10), "fista": (54, 10), "zeiler": (42, 30)}
+WOODBURY_BYTES = 12
+"""Per element N·C²·H'W' of an ADMM layer of C > 1 channels: its per-image factors (complex C×C per frequency
+of the half spectrum), the ones in use beside the next ones made at a change of ρ, measured with margin."""
 IMAGE_BYTES = 16
 """Per value of the images: the decoded array, its float copy and the preprocessed one."""
 KEPT_MAP_BYTES = 4
@@ -118,8 +121,9 @@ def encode_cost(
         grid = h * w
         maps = n * layer.n_filters * grid
         transforms = layer.n_filters * layer.n_channels * grid
+        factors = n * layer.n_channels**2 * grid if method == "admm" and layer.n_channels > 1 else 0
         total += Estimate(
-            int((map_bytes * maps + filter_bytes * transforms) * scale),
+            int((map_bytes * maps + filter_bytes * transforms + WOODBURY_BYTES * factors) * scale),
             max_iter * (n * transforms + _fft_work(n * (layer.n_filters + layer.n_channels), grid)),
         )
         kept += maps

@@ -242,8 +242,9 @@ def test_the_encode_estimate_bounds_the_measured_peak(method, k, c, n, side):
     model = StackModel.from_layers([filters], [None], [None], [0.1], [1.0])
     images = rng.standard_normal((n, c, side, side)).astype(np.float32)
     encode_layers(model, images[:1, :, :8, :8], method=method, max_iter=1, backend="numpy")  # compiled once
-    peak = _peak(lambda: encode_layers(model, images, method=method, max_iter=3, backend="numpy"))
-    estimate = encode_cost([Layer(k, c, 5)], images.shape, method=method, max_iter=3, boundary="circular")
+    # 12 iterations: ADMM changes ρ on the way, when the next per-image factors are made beside the current ones
+    peak = _peak(lambda: encode_layers(model, images, method=method, max_iter=12, backend="numpy"))
+    estimate = encode_cost([Layer(k, c, 5)], images.shape, method=method, max_iter=12, boundary="circular")
     assert peak <= estimate.bytes - BASE_BYTES <= 6 * peak, (peak, estimate.bytes)
 
 
