@@ -116,8 +116,9 @@ class AdmmConfig(_Frozen):
     rho_early: int = Field(
         10,
         ge=0,
-        description="ρ is updated every other iteration during the first rho_early iterations, when the start's ρ "
-        "is furthest from balance (updating that often throughout can keep ρ from settling)",
+        description="ρ is updated every other iteration during the first rho_early iterations of a cold start, "
+        "whose initial ρ is furthest from balance (not after a warm start's ρ; updating that often throughout "
+        "can keep ρ from settling)",
     )
     rho_ratio: float = Field(1.2, gt=1, description="tolerance μ on the residual ratio before ρ changes")
     rho_scale: float = Field(1000.0, gt=1, description="largest factor τ by which ρ changes at once")

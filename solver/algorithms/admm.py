@@ -9,9 +9,10 @@ Circular boundary (split z = x, scaled dual u, over-relaxation α):
     u &\leftarrow u + \alpha x + (1-\alpha) z_{\text{old}} - z
 
 The per-frequency solve is Sherman–Morrison/Woodbury with a factor cached until ρ changes. ρ is balanced
-against the normalised primal and dual residuals every other iteration for the first ``rho_early`` iterations,
-when the start's ρ is furthest from balance, then every ``rho_period`` (Wohlberg 2017); the residuals are computed on
-those iterations only, and so is the stopping test (``tol``).
+against the normalised primal and dual residuals every other iteration for the first ``rho_early`` iterations of a
+cold start, whose initial ρ is furthest from balance, then every ``rho_period`` (Wohlberg 2017); a warm start's ρ is
+balanced already, and each change of ρ costs a new factor (for several channels, eigendecompositions per frequency).
+The residuals are computed on those iterations only, and so is the stopping test (``tol``).
 
 The dual is kept in both domains (its update is linear), so one irfft and one rfft of the maps are done per
 iteration. An iteration ends in the Fourier domain with everything the next one needs: the state carries the
@@ -57,6 +58,7 @@ class Admm(SolverBase):
         self.problem = problem
         self.config = config or AdmmConfig()
         self._masked = problem.op.grid.cropped
+        self._early = self.config.rho_early  # the early window of ρ updates; none after a warm start (init)
         self._factor: ShiftedNormalFactor | None = None
         lam = problem.lam
         self._rho_target = (
@@ -110,6 +112,7 @@ class Admm(SolverBase):
         n = maps.shape[0]
         rho0 = self.initial_rho()
         compatible = warm is not None and tuple(warm.dual.shape) == tuple(maps.shape)
+        self._early = 0 if compatible else self.config.rho_early
         rho = np.array(warm.rho, dtype=np.float64) if compatible else np.full(n, rho0)
         dual = warm.dual if compatible else xp.zeros_like(maps)
         inf = np.full(n, np.inf)
@@ -199,7 +202,7 @@ class Admm(SolverBase):
         return self._step_circular(state, out, final)
 
     def _residuals_due(self, iteration: int) -> bool:
-        if iteration <= self.config.rho_early:
+        if iteration <= self._early:
             return iteration % 2 == 0
         return iteration % self.config.rho_period == 0
 

@@ -44,8 +44,7 @@ def code_one_step(shard: Shard, op: ConvOperator) -> CodeStats:
     solver = make_solver(problem, shard.config.inference)
     solver.keep_maps_hat = True
     state = solver.init(shard._maps, warm=warm)
-    # the rounds count as one run's iterations, so that ρ is balanced on the iteration schedule (every other round
-    # for the first rho_early, then every rho_period)
+    # the rounds count as one run's iterations, so that ρ is balanced every rho_period rounds
     state = replace(state, iteration=shard.rounds, residual_iteration=shard.rounds)
     shard.rounds += 1
     maps0, hat0, E0 = state.maps, state.maps_hat, solver.per_item_objective(state).copy()

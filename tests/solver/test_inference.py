@@ -334,6 +334,13 @@ def test_admm_balances_rho_every_other_iteration_early_then_every_period(rng, bo
         if state.residual_iteration == state.iteration:
             balanced.append(state.iteration)
     assert balanced == [2, 4, 6, 7, 14, 21, 28]
+    # a warm start's ρ is balanced already: every rho_period only (each change costs a new factor)
+    state, balanced = solver.init(state.maps, warm=state.warm_start()), []
+    for _ in range(15):
+        state = solver.step(state)
+        if state.residual_iteration == state.iteration:
+            balanced.append(state.iteration)
+    assert balanced == [7, 14]
 
 
 @pytest.mark.parametrize("boundary", ["circular", "valid"])
