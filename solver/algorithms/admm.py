@@ -451,8 +451,9 @@ class Admm(SolverBase):
 
     # ---- what the iteration loop reads -----------------------------------------------------------------------
 
-    def converged(self, state: AdmmState, previous: AdmmState) -> bool:
-        """Both relative residuals ≤ tol, tested on the iterations that compute them (every ``rho_period``)."""
+    def converged(self, state: AdmmState, previous: AdmmState) -> np.ndarray:
+        """Per image: both relative residuals ≤ tol, tested on the iterations that compute them."""
         tol = self.config.tol
-        fresh = state.residual_iteration == state.iteration
-        return bool(fresh and np.all(state.primal_residual <= tol) and np.all(state.dual_residual <= tol))
+        if state.residual_iteration != state.iteration:
+            return np.zeros(np.shape(state.primal_residual), dtype=bool)
+        return (state.primal_residual <= tol) & (state.dual_residual <= tol)

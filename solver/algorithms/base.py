@@ -26,7 +26,7 @@ class Solver(Protocol[S]):
 
     def maps(self, state: S) -> Array: ...
 
-    def converged(self, state: S, previous: S) -> bool: ...
+    def converged(self, state: S, previous: S) -> np.ndarray: ...
 
     @property
     def max_iter(self) -> int: ...
@@ -152,6 +152,9 @@ def _run(
     # and never the starting state, whose maps may be the caller's.
     reuse = callback is None and getattr(solver, "reuses_states", False)
     spare: list[Any] = []
+    # an image that has converged keeps the maps it had then, so that its result does not depend on the other
+    # images of the batch (the run goes on until all have converged)
+    done = np.zeros(best.shape, dtype=bool)
     it = 0
     for it in range(1, n + 1):  # noqa: B007
         check_stop()
@@ -159,19 +162,24 @@ def _run(
         state = solver.step(previous, out=spare.pop()) if spare else solver.step(previous)
         E = solver.per_item_objective(state)
         history.append(float(E.sum()))
-        best_maps, best = _keep_best(solver.maps(state), E, best_maps, best)
+        best_maps, best = _keep_best(solver.maps(state), E, best_maps, best, done)
         if callback is not None and callback(state):
             break
-        if stop_early and solver.converged(state, previous):
-            break
+        if stop_early:
+            done |= solver.converged(state, previous)
+            if done.all():
+                break
         if reuse and it > 1 and solver.maps(previous) is not best_maps:  # the first holds the caller's maps
             spare.append(previous)
     return InferenceResult(best_maps, float(best.sum()), history, it, state)
 
 
-def _keep_best(maps: Array, E: np.ndarray, best_maps: Array, best: np.ndarray) -> tuple[Array, np.ndarray]:
-    """Per image, the maps of lowest E so far (a copy only when some images improved and others did not)."""
-    better = E <= best
+def _keep_best(
+    maps: Array, E: np.ndarray, best_maps: Array, best: np.ndarray, done: np.ndarray
+) -> tuple[Array, np.ndarray]:
+    """Per image not `done`, the maps of lowest E so far (a copy only when some images improved and others did
+    not)."""
+    better = (E <= best) & ~done
     if better.all():
         return maps, E.copy()
     if not better.any():

@@ -109,5 +109,5 @@ class Zeiler(SolverBase):
     def maps(self, state: ZeilerState) -> Array:
         return state.x
 
-    def converged(self, state: ZeilerState, previous: ZeilerState) -> bool:
-        return False  # the β schedule fixes the number of iterations
+    def converged(self, state: ZeilerState, previous: ZeilerState) -> np.ndarray:
+        return np.zeros(np.shape(state.objective), dtype=bool)  # the β schedule fixes the number of iterations

@@ -353,6 +353,20 @@ def test_a_cold_start_is_a_start_from_zero_maps(rng, boundary):
     assert cold.history == from_zeros.history
 
 
+@pytest.mark.parametrize("method", ["admm", "fista"])
+def test_an_image_s_maps_do_not_depend_on_the_other_images_of_the_batch(method):
+    # image 1 (scaled down) converges long before image 0: its maps must be the ones it gets alone, though the
+    # batch runs on until image 0 has converged
+    images, filters = _small_problem(np.random.default_rng(0), np.float64, 1, shape=(12, 12))
+    images[1] *= 0.3
+    config = {"method": method, "max_iter": 400, "tol": 1e-4 if method == "admm" else 1e-6}
+    batch = encode(images, filters, LAM, **config)
+    alone = [encode(images[n : n + 1], filters, LAM, **config) for n in range(2)]
+    assert alone[1].n_iter < alone[0].n_iter == batch.n_iter
+    for n in range(2):
+        np.testing.assert_allclose(batch.maps[n], alone[n].maps[0], rtol=1e-9, atol=1e-12)
+
+
 def test_warm_start_accepts_init_of_another_dtype(rng):
     images, filters = _small_problem(rng, np.float32, 1)
     init = np.zeros((2, 3) + images.shape[-2:], dtype=np.float64)
