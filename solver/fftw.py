@@ -11,7 +11,10 @@ their planes), whose zero rows scipy.fft's first pass skips.
 Plans are made with ``FFTW_ESTIMATE`` only: a plan chosen by timing (``FFTW_MEASURE``) may differ from one
 process to the next, and with it the round-off, which would break deconv's promise that 1 or n shards give the
 same numbers. Estimated plans transform every 2-D plane with the same arithmetic whatever the number of planes
-and threads, so a batch's transform equals its planes' transforms bit for bit (tested).
+and threads, so a batch's transform equals its planes' transforms bit for bit (tested). Nor would measured plans
+pay much inside a solver: alone, on 16 planes of 128², they take about 0.6 of estimated ones' time, but in ADMM
+encoding of one 128² image with 16 filters (31 iterations, both plan kinds in turn in one process, 15 times) the
+run took 86.9 ms with them against 88.8 ms (medians).
 
 pyFFTW is optional (``pip install 'deconv[fftw]'``; FFTW itself is GPL-licensed). ``DECONV_FFT=scipy`` turns it
 off, ``DECONV_FFT=fftw`` makes its absence an error instead of a silent fallback.
