@@ -109,9 +109,15 @@ class AdmmConfig(_Frozen):
         description="stop when both relative residuals are ≤ tol (tested every rho_period iterations, "
         "when the residuals are computed)",
     )
-    rho: float | None = Field(None, gt=0, description="initial penalty; default 50·λ + 1 (SPORCO's rule)")
+    rho: float | None = Field(
+        None,
+        gt=0,
+        description="initial penalty; default 50·λ' + 1 (SPORCO's rule), λ' = λ / max(1, peak |y| of the image)",
+    )
     relax: float = Field(1.8, gt=0, lt=2, description="over-relaxation α")
-    adaptive_rho: bool = True
+    adaptive_rho: bool = Field(
+        True, description="balance ρ against the residuals (p = 1 only: with p < 1 ρ stays at its initial value)"
+    )
     rho_period: int = Field(10, ge=1, description="iterations between updates of ρ (every iteration can oscillate)")
     rho_early: int = Field(
         10,
@@ -123,7 +129,9 @@ class AdmmConfig(_Frozen):
     rho_ratio: float = Field(1.2, gt=1, description="tolerance μ on the residual ratio before ρ changes")
     rho_scale: float = Field(1000.0, gt=1, description="largest factor τ by which ρ changes at once")
     rho_target: float | None = Field(
-        None, gt=0, description="target ratio ξ of the relative residuals; default 1 + 18.3^(log10 λ + 1)"
+        None,
+        gt=0,
+        description="target ratio ξ of the relative residuals; default 1 + 18.3^(log10 λ' + 1), λ' as for rho",
     )
     rho_autoscale: bool = Field(True, description="change ρ by √(r/(ξs)) (capped at τ) instead of by τ")
     fused: bool = Field(

@@ -45,7 +45,17 @@ interleaved rounds, on contrast-normalised images at λ = 0.1 (E after 40 / 60 /
 8 × 256², 32 × 8×8: ρ = 8 → 363.4, 4 → 361.5, 2 → 361.5, 1 → 364.1;
 4 × 128², 16 × 8×8: ρ = 4 → 93.3, 2 → 92.9, 1 → 93.2.
 With ten consensus steps per outer iteration (the alternating schedule, 8 × 256²) ρ matters less: E 379.6 after 8
-outer iterations with ρ = 2, 376.8 with ρ = 8."""
+outer iterations with ρ = 2, 376.8 with ρ = 8.
+These images are of at most unit range; see :func:`default_rho` for others."""
+
+
+def default_rho(peak: float) -> float:
+    """:data:`DEFAULT_RHO` for images whose largest |y| is `peak`, scaled by peak² above unit range.
+
+    The maps scale with the images (y → cy gives z → cz at λ → cλ), so ẑᴴẑ in the local step scales by c²; a
+    fixed ρ would weigh the consensus c² times less on images in pixel units (0..255) than on the same images in
+    [0, 1], and learning there stalls. Within unit range ρ stays the tuned 2."""
+    return DEFAULT_RHO * max(1.0, float(peak)) ** 2
 
 
 @dataclass(frozen=True)
@@ -165,7 +175,8 @@ def update_filters_consensus(
 ) -> tuple[np.ndarray, float]:
     """``config.max_iter`` consensus ADMM iterations over a pool of shards whose maps are fixed.
 
-    ρ is ``config.rho``, or :data:`DEFAULT_RHO` when that is None.
+    ρ is ``config.rho``, or :data:`DEFAULT_RHO` when that is None (the learning loop sets it from the images'
+    peak, :func:`default_rho`).
 
     Monotone by construction: the result is the consensus filters when their data term is at most that of
     `filters` or at most `data_bound`, else `filters`. With no bound the data term never rises. The interleaved

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..algorithms.base import IterStats
-from ..algorithms.consensus import update_filters_consensus
+from ..algorithms.consensus import default_rho, update_filters_consensus
 from ..algorithms.filter_update import filter_lipschitz, update_filters_pooled
 from ..algorithms.recentre import recentre
 from ..config import LearnConfig
@@ -90,6 +90,10 @@ def _alternate(
     stats: list[IterStats] = []
     start = time.perf_counter()
     vector = np.ones_like(filters) if power_vector is None else power_vector
+    consensus = config.schedule == "interleaved" or config.filter_update.method == "consensus"
+    if consensus and config.filter_update.rho is None:  # the images' units taken out of the default penalty
+        rho = default_rho(max(pool.peak()))
+        config = config.model_copy(update={"filter_update": config.filter_update.model_copy(update={"rho": rho})})
     for it in range(start_iteration + 1, config.n_iter + 1):
         if should_stop is not None and should_stop():
             break

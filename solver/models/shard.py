@@ -33,13 +33,13 @@ from typing import Any
 import numpy as np
 
 from ..algorithms import make_solver
-from ..algorithms.admm import AdmmWarmStart
+from ..algorithms.admm import AdmmWarmStart, cold_start_rho
 from ..algorithms.base import run
 from ..algorithms.consensus import ConsensusState, consensus_local_step
 from ..algorithms.filter_update import FilterProblem
 from ..algorithms.problem import CSCProblem
 from ..backend import Array, Backend, backend_of
-from ..config import LearnConfig
+from ..config import AdmmConfig, LearnConfig
 from ..operators.convolution import ConvOperator, PlaneTransforms
 from .interleaved import code_one_step, host_warm_start
 from .lam import analysis_max
@@ -126,7 +126,7 @@ class Shard(_ShardBase):
         maps, rho, max_iter = self._maps, [], 0
         for group in self._coding_groups(maps):
             solver = make_solver(CSCProblem(self.images[group], op, self.penalty), self.config.inference)
-            warm = _full_warm_start(warm, maps, solver, op)
+            warm = _full_warm_start(warm, maps, self.images, self.config.inference, self.penalty.lam, op)
             state = self._steps_never_worse(solver, solver.init(maps[group], warm=_warm_rows(warm, group)))
             maps[group] = self._maps  # a no-op where the run kept the group's start in place
             self._maps = maps  # the group's own arrays go with its state
@@ -248,7 +248,9 @@ class _GroupProblem(CSCProblem):
         return self._step_bound(self)
 
 
-def _full_warm_start(warm: AdmmWarmStart | None, maps: Array, solver: Any, op: ConvOperator) -> AdmmWarmStart:
+def _full_warm_start(
+    warm: AdmmWarmStart | None, maps: Array, images: Array, config: AdmmConfig, lam: float, op: ConvOperator
+) -> AdmmWarmStart:
     """`warm`, or where it has none (the first run, or duals of other shapes) the cold start of every image: ρ of a
     cold start and zero duals, in arrays of the shard's size that the groups are coded in (a run started with
     them takes the steps of a cold start)."""
@@ -257,7 +259,7 @@ def _full_warm_start(warm: AdmmWarmStart | None, maps: Array, solver: Any, op: C
         if warm.aux_dual is None and op.grid.cropped:
             return AdmmWarmStart(warm.rho, warm.dual, _zero_aux_dual(maps, op))
         return warm if op.grid.cropped else AdmmWarmStart(warm.rho, warm.dual, None)
-    rho = np.full(maps.shape[0], solver.initial_rho())
+    rho = cold_start_rho(config, lam, images)
     return AdmmWarmStart(rho, xp.zeros_like(maps), _zero_aux_dual(maps, op) if op.grid.cropped else None)
 
 
@@ -361,6 +363,9 @@ class LocalPool:
 
     def lambda_max(self, filters: np.ndarray) -> list[float]:
         return [s.lambda_max(filters) for s in self.shards]
+
+    def peak(self) -> list[float]:
+        return [s.peak() for s in self.shards]
 
     def set_lam(self, lam: float) -> None:
         for s in self.shards:

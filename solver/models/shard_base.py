@@ -56,6 +56,11 @@ class _ShardBase:
             raise ValueError("the shard has no maps yet: call code(filters) first")
         return self._maps
 
+    def peak(self) -> float:
+        """The largest |y| over this shard's images (the scale of the default consensus penalty)."""
+        xp = self.bk.xp
+        return float(self.bk.to_host(xp.max(xp.abs(self.images)))) if self.n_images else 0.0
+
     def set_lam(self, lam: float) -> None:
         """Code with the absolute λ `lam` from now on (a relative λ, resolved on λ_max of every shard)."""
         self.config = with_lam(self.config, lam)

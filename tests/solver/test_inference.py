@@ -534,3 +534,30 @@ def test_recycled_admm_states_give_the_allocating_run_and_leave_the_start_alone(
     np.testing.assert_array_equal(init, kept)
     np.testing.assert_array_equal(recycled.maps, allocated.maps)
     assert recycled.history == allocated.history and recycled.objective == allocated.objective
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_admm_codes_images_alike_in_any_units_above_unit_range(boundary):
+    # y → cy with λ → cλ scales the minimiser by c; the default ρ rules, tuned on images of unit range, must not
+    # read the units (in pixel units, 0..255, they started ρ hundreds of times too large and ADMM stalled)
+    images, filters = _small_problem(np.random.default_rng(0), np.float64, 1, shape=(16, 16))
+    images /= np.abs(images).max(axis=(1, 2, 3), keepdims=True)  # every image's peak at 1
+    ref = encode(images, filters, LAM, boundary=boundary, max_iter=40, tol=0.0)
+    for c in (7.0, 255.0):
+        scaled = encode(c * images, filters, c * LAM, boundary=boundary, max_iter=40, tol=0.0)
+        np.testing.assert_allclose(scaled.maps / c, ref.maps, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(np.array(scaled.history) / c**2, ref.history, rtol=1e-9)
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("p", [0.8, 0.5])
+def test_admm_with_p_below_one_reaches_what_fista_reaches(p, boundary):
+    # the problem is not convex: balancing ρ against the residuals drove it down until the iterates diverged
+    rng = np.random.default_rng(1)
+    images = rng.standard_normal((2, 1, 32, 32))
+    filters = rng.standard_normal((4, 1, 5, 5))
+    filters /= np.linalg.norm(filters.reshape(4, -1), axis=1)[:, None, None, None]
+    fista = encode(images, filters, LAM, p=p, method="fista", boundary=boundary, max_iter=500)
+    admm = encode(images, filters, LAM, p=p, method="admm", boundary=boundary)
+    assert admm.objective <= 1.01 * fista.objective
+    assert admm.history[-1] <= 1.01 * fista.objective  # the last iterate, not only the best one kept

@@ -262,3 +262,19 @@ def test_a_learn_result_is_a_one_layer_model(small_images):
     np.testing.assert_array_equal(model.layers[0].filters, result.filters)
     by_model = encode_layers(model, small_images, method="fista", max_iter=5).maps[0]
     np.testing.assert_array_equal(by_model, encode_with(result, small_images, method="fista", max_iter=5).maps)
+
+
+@pytest.mark.parametrize(("boundary", "schedule"), [("circular", "auto"), ("circular", "alternate"), ("valid", "auto")])
+def test_learning_in_any_units_above_unit_range_gives_the_same_filters(boundary, schedule):
+    # images in pixel units (0..255) with λ in the same units are the same problem as in [0, 1]: the default
+    # penalties of the coding and of the consensus filter steps must not read the units
+    rng = np.random.default_rng(2)
+    images = rng.standard_normal((3, 1, 20, 20))
+    images /= np.abs(images).max(axis=(1, 2, 3), keepdims=True)
+    kwargs = {"n_iter": 4, "boundary": boundary, "schedule": schedule, "seed": 1}
+    if schedule == "alternate":
+        kwargs["filter_update"] = "consensus"
+    ref = learn(images, 4, 5, 0.1, **kwargs)
+    big = learn(255.0 * images, 4, 5, 25.5, **kwargs)
+    np.testing.assert_allclose(big.filters, ref.filters, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(np.array(big.history) / 255.0**2, ref.history, rtol=1e-7)

@@ -221,6 +221,9 @@ class ShardWorker:
     def set_lam(self, lam: float) -> None:
         self._ready().set_lam(lam)
 
+    def peak(self) -> float:
+        return self._ready().peak()
+
     # -- checkpoints and supervision ----------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:

@@ -213,6 +213,9 @@ class RayPool:
     def lambda_max(self, filters: np.ndarray) -> list[float]:
         return self._broadcast("lambda_max", filters)
 
+    def peak(self) -> list[float]:
+        return self._broadcast("peak")
+
     def set_lam(self, lam: float) -> None:
         self._broadcast("set_lam", lam)
 
