@@ -197,7 +197,7 @@ class LearnConfig(_Frozen):
     n_iter: int = Field(50, ge=1, description="outer iterations")
     boundary: Boundary = "circular"
     preprocess: PreprocessConfig | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="seed of the random initial filters and connectivity tables")
     dtype: DType | None = Field(None, description="computation dtype; default: the images' (float32 for integers)")
     reconstruct_to: Literal["below", "pixels"] = Field(
         "below",
@@ -332,9 +332,18 @@ def load_config(path: str | Path) -> LearnConfig:
     >>> [layer.n_filters for layer in load_config("zeiler2010").layers]
     [9, 45]
     """
+    if not str(path).strip():
+        raise ValueError("config: give a preset name or a YAML file, got an empty name")
     path = find_preset(path)
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:  # missing, a folder, unreadable: the caller asked for a config that is not there
+        raise ValueError(f"cannot read the config file {str(path)!r}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"config file {str(path)!r} is not UTF-8 text: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(path)!r} must hold a mapping, got {type(data).__name__}")
     data.pop("learning", None)

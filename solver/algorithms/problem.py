@@ -36,6 +36,7 @@ from ..operators.convolution import ConvOperator, parseval_weights
 from ..operators.pixel_path import PixelPath, Pool
 from ..operators.pooling import keep_block_maxima
 from ..operators.prox import LpPenalty, shrink
+from ..validation import as_filters, as_images, check_boundary, check_connectivity, check_lam, check_p
 
 #: Power iterations for the per-image step of the 2011 inference, from ones; and from the vectors of the previous
 #: outer iteration (the filters moved a little since).
@@ -214,8 +215,23 @@ def objective(
     >>> objective(images, np.zeros((1, 2, 4, 4)), np.ones((2, 1, 2, 2)), 0.1)
     8.0
     """
-    op = ConvOperator(filters, images.shape[-2:], boundary=boundary, connectivity=connectivity)
-    return CSCProblem(images, op, LpPenalty(lam, p)).objective(maps)
+    lam, p, boundary = check_lam(lam), check_p(p), check_boundary(boundary)
+    y = as_images(images)
+    bk = backend_of(y)
+    f = as_filters(filters, y.shape[1], y.shape[-2:], y.dtype)
+    if len(np.shape(maps)) != 4:
+        raise ValueError(f"maps must have shape (N, K, H', W'), got shape {tuple(np.shape(maps))}")
+    z = as_images(maps, "maps")
+    op = ConvOperator(
+        f, y.shape[-2:], boundary=boundary, connectivity=check_connectivity(connectivity, *f.shape[:2], bk)
+    )
+    problem = CSCProblem(y, op, LpPenalty(lam, p))
+    if tuple(z.shape) != problem.maps_shape:
+        raise ValueError(
+            f"maps must have shape {problem.maps_shape} for these images, filters and boundary {boundary!r}, "
+            f"got {tuple(z.shape)}"
+        )
+    return problem.objective(z)
 
 
 class PixelCodingProblem:

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from configs import preset_names
+from solver import objective, psnr
 from solver.config import (
     AdmmConfig,
     FilterUpdateConfig,
@@ -213,6 +214,7 @@ def test_config_models_round_trip_through_json(name):
         (LearnConfig, {"layers": [LAYER], "inference": {"method": "ista"}}),
         (LearnConfig, {"layers": [LAYER], "inference": {"method": "fista", "beta0": 1.0}}),
         (LearnConfig, {"layers": [LAYER], "dtype": "float16"}),
+        (LearnConfig, {"layers": [LAYER], "seed": -1}),
     ],
     ids=lambda x: x.__name__ if isinstance(x, type) else "-".join(f"{k}={v}" for k, v in x.items() if k != "layers"),
 )
@@ -332,6 +334,26 @@ def test_load_config_rejects_a_yaml_file_that_is_not_a_mapping(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("text", "match"),
+    [("layers: [\n", "not valid YAML"), ("layers:\n\t- n_filters: 3\n", "not valid YAML"), (b"\xff\xfe", "UTF-8")],
+    ids=["unclosed list", "tab", "not utf-8"],
+)
+def test_load_config_names_a_file_that_is_not_yaml(tmp_path, text, match):
+    path = tmp_path / "broken.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ValueError, match=match) as err:
+        load_config(path)
+    assert "broken.yaml" in str(err.value)
+
+
+def test_load_config_refuses_a_folder_and_an_empty_name(tmp_path):
+    with pytest.raises(ValueError, match="cannot read the config file"):
+        load_config(tmp_path)
+    with pytest.raises(ValueError, match="empty name"):
+        load_config("")
+
+
+@pytest.mark.parametrize(
     "bad",
     [
         YAML_PRESET + "surprise: 1\n",
@@ -418,3 +440,42 @@ def test_explicit_connectivity_matrix_is_checked():
         connectivity_table(good.astype(int), 3, 2)
     with pytest.raises(ValueError, match="read no input"):
         connectivity_table(np.array([[True, False], [False, False], [False, True]]), 3, 2)
+
+
+# --- the objective and the metrics ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("maps_shape", "filters_shape", "boundary", "match"),
+    [
+        ((2, 3, 11, 11), (3, 1, 4, 4), "circular", r"maps must have shape \(2, 3, 8, 8\)"),
+        ((2, 3, 8, 8), (3, 1, 4, 4), "valid", r"maps must have shape \(2, 3, 11, 11\)"),
+        ((2, 3, 8, 8), (3, 2, 4, 4), "circular", "filters have 2 channels"),
+        ((3, 8, 8), (3, 1, 4, 4), "circular", r"maps must have shape \(N, K, H', W'\)"),
+    ],
+    ids=["valid maps, circular", "circular maps, valid", "channels", "rank"],
+)
+def test_objective_refuses_arrays_that_do_not_fit(rng, images, maps_shape, filters_shape, boundary, match):
+    with pytest.raises(ValueError, match=match):
+        objective(images, rng.standard_normal(maps_shape), rng.standard_normal(filters_shape), 0.1, boundary=boundary)
+
+
+def test_objective_takes_grey_images_as_encode_does(rng, filters):
+    image = rng.standard_normal(SHAPE)
+    maps = rng.standard_normal((1, 3) + SHAPE)
+    assert objective(image, maps, filters, 0.1) == objective(image[None, None], maps, filters, 0.1)
+
+
+@pytest.mark.parametrize(
+    ("reference", "kwargs", "match"),
+    [
+        (np.zeros((1, 1, 4, 4)), {}, "constant"),
+        (np.linspace(0, 1, 16), {"peak": -2.0}, "peak must be a positive number"),
+        (np.array([0.0, np.nan]), {}, "finite"),
+        (np.zeros(0), {}, "empty"),
+    ],
+    ids=["constant reference", "negative peak", "NaN", "empty"],
+)
+def test_psnr_refuses_what_has_no_psnr(reference, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        psnr(reference, np.ones_like(reference), **kwargs)
