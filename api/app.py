@@ -43,7 +43,7 @@ from workers.distributed.cluster import ClusterConfig
 from workers.jobs.runner import JobRunner
 from workers.jobs.store import JobStore
 
-from . import __version__, openapi, orphans
+from . import __version__, datalock, openapi, orphans
 from .errors import exception_handlers
 from .guard import Guard
 from .routes import dashboard, datasets, encode_jobs, health, jobs, live, model_file, models, presets, results
@@ -136,11 +136,16 @@ def takes_uploads(path: str) -> bool:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     runner: JobRunner = app.state.runner
-    ray_context = None
+    ray_context = lock = None
     if settings.run_jobs:
+        lock = datalock.acquire(settings.data_dir)  # a live service's folder is not cleaned up under it
         # Connect here, in the server's own thread, not in the runner's: a local cluster's processes are tied
         # to the thread that starts them (a parent-death signal) and its agents outlive a thread that ends.
-        ray_context = orphans.connect_owned(app.state.cluster, settings.data_dir)
+        try:
+            ray_context = orphans.connect_owned(app.state.cluster, settings.data_dir)
+        except BaseException:
+            datalock.release(lock)
+            raise
         runner.start()
     logger.info("deconv service: data in %s, jobs %s", app.state.store.data_dir, "run" if settings.run_jobs else "held")
     yield
@@ -151,3 +156,5 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(functools.partial(runner.stop, STOP_TIMEOUT_S, grace=STOP_GRACE_S))
     if ray_context is not None and ray_context.started:
         orphans.stop_cluster(settings.data_dir)
+    if lock is not None:
+        datalock.release(lock)

@@ -107,6 +107,7 @@ def _error(message: str, command: str) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import sqlite3  # noqa: PLC0415
 
+    from .datalock import DataDirInUse  # noqa: PLC0415
     from .serve import serve  # noqa: PLC0415
     from .settings import Settings  # noqa: PLC0415
 
@@ -118,6 +119,9 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         return serve(settings, host=args.host, port=args.port)
     except ValueError as exc:  # local-cluster resources with a remote Ray address
+        _error(str(exc), "serve")
+        return EXIT_USAGE
+    except DataDirInUse as exc:
         _error(str(exc), "serve")
         return EXIT_USAGE
     except ConnectionError as exc:

@@ -16,7 +16,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
+from typing import Any
 
+from . import datalock
 from .settings import Settings
 
 logger = logging.getLogger("deconv.serve")
@@ -42,12 +44,23 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000) -> i
     ------
     OSError, sqlite3.Error
         When the data directory cannot be used.
+    api.datalock.DataDirInUse
+        When another live service uses the data directory.
     """
-    import uvicorn  # noqa: PLC0415
-
     from .app import create_app  # noqa: PLC0415
 
     app = create_app(settings)
+    lock = datalock.acquire(settings.data_dir) if settings.run_jobs else None  # before anything is cleaned up
+    try:
+        return _serve_app(app, settings, host, port)
+    finally:
+        if lock is not None:
+            datalock.release(lock)
+
+
+def _serve_app(app: Any, settings: Settings, host: str, port: int) -> int:
+    import uvicorn  # noqa: PLC0415
+
     owns_ray = app.state.owns_cluster = _connect_ray(settings)
     where = f"http://{host}:{port}" if port else f"http://{host} on a free port (uvicorn names it below)"
     logger.info("deconv service: data in %s; listening on %s (API docs at /docs)", settings.data_dir.resolve(), where)
@@ -102,6 +115,7 @@ class ServiceThread:
         self._server = None
         self._thread: threading.Thread | None = None
         self._owns_ray = False
+        self._lock = None
 
     def start(self) -> str:
         """Start uvicorn; return once the service accepts connections.
@@ -116,8 +130,13 @@ class ServiceThread:
         from .app import create_app  # noqa: PLC0415
 
         app = create_app(self.settings)
-        # a Ray this process already had (tests) is left running
-        self._owns_ray = app.state.owns_cluster = _connect_ray(self.settings)
+        if self.settings.run_jobs:
+            self._lock = datalock.acquire(self.settings.data_dir)
+        try:  # a Ray this process already had (tests) is left running
+            self._owns_ray = app.state.owns_cluster = _connect_ray(self.settings)
+        except BaseException:
+            self.stop()
+            raise
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
         self._server = server = uvicorn.Server(config)
         self._thread = threading.Thread(target=server.run, name="deconv-service", daemon=True)
@@ -150,6 +169,9 @@ class ServiceThread:
         if self._owns_ray:
             _shutdown_ray(self.settings)
             self._owns_ray = False
+        if self._lock is not None:
+            datalock.release(self._lock)
+            self._lock = None
 
     def __enter__(self) -> ServiceThread:
         self.start()
