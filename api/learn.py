@@ -101,6 +101,9 @@ def learn(args: argparse.Namespace) -> int:
     except JobFailedError as exc:
         _error(str(exc))
         return EXIT_FAILED
+    except ConnectionError as exc:  # the cluster's address does not answer
+        _error(str(exc))
+        return EXIT_FAILED
     except (ValueError, OSError) as exc:
         _error(f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc).strip().splitlines()[-1])
         return EXIT_USAGE

@@ -165,3 +165,31 @@ def test_a_second_ctrl_c_stops_a_huge_coding_step_at_once(ray_session, job_file,
     assert ended - sent[1] < 3.0, ended - sent[1]
     assert "interrupted in the middle of an outer iteration" in capsys.readouterr().err
     assert not (tmp_path / "out" / "filters.npy").exists()
+
+
+def test_learn_against_an_address_nobody_answers_fails_at_once_in_one_line(tmp_path):
+    # ray.init on such an address retried for minutes, logging GCS timeouts, and ignored Ctrl-C meanwhile
+    import socket  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from api.exits import EXIT_FAILED  # noqa: PLC0415
+    from tests.api.conftest import ROOT  # noqa: PLC0415
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    image = str(sample_paths()[0])
+    cmd = [sys.executable, "-m", "api.cli", "learn", "quick", "--images", image, "--address", f"127.0.0.1:{port}"]
+    cmd += ["--out", str(tmp_path / "out"), "--no-progress"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DECONV_", "RAY_ADDRESS"))}
+    started = time.monotonic()
+    done = subprocess.run(
+        cmd, cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120
+    )
+    assert time.monotonic() - started < 60
+    assert done.returncode == EXIT_FAILED
+    assert done.stderr.strip() == (
+        f"deconv learn: error: cannot reach the Ray cluster at 127.0.0.1:{port} (connection refused): start its head "
+        "there (ray start --head) or give the head's GCS address host:port"
+    )

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
 
 import ray
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .address import LOCAL, check_address
+from .address import AUTO, LOCAL, check_address
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,8 @@ def connect(config: ClusterConfig | None = None) -> ClusterContext:
     ------
     ValueError
         When local-cluster resources (``num_cpus``, ``num_gpus``) are given for a remote address.
+    ConnectionError
+        When nothing answers at a ``host:port`` address within :data:`CONNECT_TIMEOUT_S`.
     """
     config = ClusterConfig() if config is None else config
     address = config.resolved_address()
@@ -137,10 +140,33 @@ def connect(config: ClusterConfig | None = None) -> ClusterContext:
             configure_logging=False,
         )
     else:
+        if address != AUTO:
+            _check_reachable(address, CONNECT_TIMEOUT_S)
         ray.init(address=address, log_to_driver=config.log_to_driver, configure_logging=False)
     context = ClusterContext(_gcs_address(), True, dict(ray.cluster_resources()))
     logger.info("connected to Ray at %s (%s)", context.address, _describe(context.resources))
     return context
+
+
+CONNECT_TIMEOUT_S = 10.0
+"""How long :func:`connect` waits for a TCP connection to a cluster's GCS address before it gives up."""
+
+
+def _check_reachable(address: str, timeout: float) -> None:
+    """A TCP connection to the GCS at ``host:port``, or ConnectionError naming it.
+
+    ``ray.init`` on an address nobody listens on retries for minutes (logging GCS timeouts) and ignores Ctrl-C
+    meanwhile; a refused or unanswered connection is known within `timeout` seconds.
+    """
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ConnectionError(
+            f"cannot reach the Ray cluster at {address} ({reason.lower()}): start its head there "
+            "(ray start --head) or give the head's GCS address host:port"
+        ) from None
 
 
 def shutdown() -> None:
