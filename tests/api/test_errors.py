@@ -194,10 +194,11 @@ def test_a_json_body_over_the_limit_is_a_413(held):
         ("cut.png", sample_png_parts(1, 64)[0][1][:300], "cut.png"),
         ("huge.png", _png_header_only(100_000, 100_000), "pixels"),
         ("nan.npy", _npy(np.full((4, 4), np.nan)), "NaN"),
+        ("vast.npy", _npy(np.full((16, 16), 1e38, dtype=np.float32)), "values up to 1e+38 in magnitude"),
         ("evil.npy", _npy(np.array([[object()] * 2] * 2, dtype=object), allow_pickle=True), "dtype object"),
         ("big.png", b"\x89PNG\r\n\x1a\n" + b"\0" * (UPLOAD_LIMIT + 10), "limit"),
     ],
-    ids=["not-an-image", "truncated-png", "huge-dimensions", "nan-npy", "object-npy", "over-upload-limit"],
+    ids=["not-an-image", "truncated-png", "huge-dimensions", "nan-npy", "vast-npy", "object-npy", "over-upload-limit"],
 )
 def test_a_bad_upload_is_a_422_naming_the_file(held, name, data, words):
     response = held.client.post("/datasets", files=[("files", (name, data, "application/octet-stream"))])
