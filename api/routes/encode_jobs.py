@@ -127,9 +127,10 @@ def _block_size(spec: EncodeSpec, model: JobModel, top: int, dataset: DatasetRec
 
     work_loc = ["body", "inference", "max_iter"]
     if spec.block_size is not None:
-        what = f"a block of {spec.block_size} image(s) of {channels}x{height}x{width} up to layer {top}"
-        costs.check(cost(spec.block_size), settings, loc=["body", "block_size"], work_loc=work_loc, what=what)
-        return spec.block_size
+        block = min(spec.block_size, dataset.n_images)  # no block holds more images than the dataset has
+        what = f"a block of {block} image(s) of {channels}x{height}x{width} up to layer {top}"
+        costs.check(cost(block), settings, loc=["body", "block_size"], work_loc=work_loc, what=what)
+        return block
     what = f"one image of {channels}x{height}x{width} of dataset {dataset.id} up to layer {top}"
     costs.check(cost(1), settings, loc=["path", "dataset_id"], work_loc=work_loc, what=what)
     low, high = 1, min(DEFAULT_BLOCK, dataset.n_images, MAX_BLOCK_SIZE)

@@ -250,6 +250,15 @@ def test_default_block_is_the_largest_the_cost_model_allows(served, client):
     wait_for_job(client, job["id"])
 
 
+def test_a_block_larger_than_the_dataset_is_costed_as_the_dataset(served, client):
+    """64 images of 64² per block are over the request limit (above), but a dataset of 3 makes blocks of 3."""
+    dataset = _upload(client, np.zeros((3, 1, 64, 64), np.float32))
+    job = _encode_job(client, served[1], dataset, block_size=64)
+    assert job["spec"]["block_size"] == 3
+    client.delete(f"/jobs/{job['id']}")
+    wait_for_job(client, job["id"])
+
+
 @pytest.mark.parametrize(
     ("fields", "loc", "status", "words"),
     [
