@@ -266,6 +266,15 @@ max_request_work, max_decoded_values : int
             max_images=self.max_images_per_dataset,
             max_bytes=self.max_upload_bytes,
             max_values=self.max_decoded_values,
+            names=tuple(
+                (limit, env_name(field))
+                for limit, field in (
+                    ("max_pixels", "max_image_pixels"),
+                    ("max_images", "max_images_per_dataset"),
+                    ("max_bytes", "max_upload_bytes"),
+                    ("max_values", "max_decoded_values"),
+                )
+            ),
         )
 
 

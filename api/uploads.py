@@ -23,7 +23,7 @@ from workers.jobs.datasets import (
 )
 
 from .errors import field_error
-from .settings import Settings
+from .settings import Settings, env_name
 
 
 def read_uploads(
@@ -98,7 +98,7 @@ def read_array(upload: UploadFile, field: str, settings: Settings) -> np.ndarray
             if len(members) != 1:
                 raise UploadError(f"{field}: an npz must hold exactly one array, got {[n for n, _ in members]}")
             data = members[0][1]
-        array = read_npy(field, data, max_pixels=settings.max_image_pixels)
+        array = read_npy(field, data, max_pixels=settings.max_image_pixels, pixels_name=env_name("max_image_pixels"))
     except UploadError as exc:
         raise _upload_error(field, exc) from None
     return array.astype(np.float64 if array.dtype == np.float64 else np.float32, copy=False)
@@ -124,7 +124,9 @@ def read_members(upload: UploadFile, field: str, settings: Settings, max_members
     data = upload.file.read()
     try:
         return {
-            name.removesuffix(".npy"): read_npy(f"{field}:{name}", body, max_pixels=settings.max_image_pixels)
+            name.removesuffix(".npy"): read_npy(
+                f"{field}:{name}", body, max_pixels=settings.max_image_pixels, pixels_name=env_name("max_image_pixels")
+            )
             for name, body in unpack_archive(
                 field,
                 data,

@@ -192,13 +192,13 @@ def test_a_json_body_over_the_limit_is_a_413(held):
     [
         ("notes.txt", b"this is not a picture at all", "notes.txt"),
         ("cut.png", sample_png_parts(1, 64)[0][1][:300], "cut.png"),
-        ("huge.png", _png_header_only(100_000, 100_000), "pixels"),
+        ("huge.png", _png_header_only(100_000, 100_000), "pixels (DECONV_MAX_IMAGE_PIXELS)"),
+        ("wide.png", _png_header_only(5000, 4000), "pixels (DECONV_MAX_IMAGE_PIXELS)"),
         ("nan.npy", _npy(np.full((4, 4), np.nan)), "NaN"),
         ("vast.npy", _npy(np.full((16, 16), 1e38, dtype=np.float32)), "values up to 1e+38 in magnitude"),
         ("evil.npy", _npy(np.array([[object()] * 2] * 2, dtype=object), allow_pickle=True), "dtype object"),
-        ("big.png", b"\x89PNG\r\n\x1a\n" + b"\0" * (UPLOAD_LIMIT + 10), "limit"),
     ],
-    ids=["not-an-image", "truncated-png", "huge-dimensions", "nan-npy", "vast-npy", "object-npy", "over-upload-limit"],
+    ids=["not-an-image", "truncated-png", "huge-dimensions", "over-pixel-limit", "nan-npy", "vast-npy", "object-npy"],
 )
 def test_a_bad_upload_is_a_422_naming_the_file(held, name, data, words):
     response = held.client.post("/datasets", files=[("files", (name, data, "application/octet-stream"))])
@@ -213,9 +213,11 @@ def test_an_upload_without_files_is_a_422(held):
     assert _names(response, "files")
 
 
-def test_an_upload_far_over_the_limit_is_a_413(held):
-    response = held.client.post("/datasets", files=[("files", ("big.npy", b"\0" * (UPLOAD_LIMIT + 2**21), NPY))])
+@pytest.mark.parametrize("over", [10, 2**21], ids=["just-over", "far-over"])
+def test_an_upload_over_the_limit_is_a_413_naming_the_setting(held, over):
+    response = held.client.post("/datasets", files=[("files", ("big.npy", b"\0" * (UPLOAD_LIMIT + over), NPY))])
     assert response.status_code == 413
+    assert "DECONV_MAX_UPLOAD_BYTES" in response.text
 
 
 # -- ids, paths and queries -----------------------------------------------------------------------------------------

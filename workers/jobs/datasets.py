@@ -67,6 +67,12 @@ class UploadLimits:
     max_bytes: int = 512 * 2**20
     max_channels: int = 64
     max_values: int = 2**40
+    names: tuple[tuple[str, str], ...] = ()
+    """(attribute, what the user sets it by) pairs, for the messages: the service names its variables here."""
+
+    def name(self, attribute: str) -> str:
+        """What a message calls the limit `attribute`: the setting that sets it, else the attribute."""
+        return dict(self.names).get(attribute, attribute)
 
 
 class _Budget:
@@ -113,14 +119,19 @@ def decode_upload(parts: Sequence[tuple[str, bytes]], limits: UploadLimits = Upl
         raise UploadError("files: no file uploaded; send one or more parts named 'files'")
     total = sum(len(data) for _, data in parts)
     if total > limits.max_bytes:
-        raise UploadError(f"files: the upload holds {total} bytes, more than the limit {limits.max_bytes}")
+        raise UploadTooLarge(
+            f"files: the upload holds {total} bytes, more than the limit {limits.max_bytes} "
+            f"({limits.name('max_bytes')})"
+        )
     images: list[DecodedImage] = []
     budget = _Budget(limits)
     for index, (name, data) in enumerate(parts):
         label = f"files[{index}]" + (f" ({name!r})" if name else "")
         images.extend(_decode_file(label, data, limits, budget, archive_ok=len(parts) == 1))
         if len(images) > limits.max_images:
-            raise UploadError(f"files: more than {limits.max_images} images in one upload (limit max_images)")
+            raise UploadError(
+                f"files: more than {limits.max_images} images in one upload ({limits.name('max_images')})"
+            )
     if not images:
         raise UploadError("files: the upload holds no image")
     return _common_channels(images)
@@ -155,7 +166,7 @@ def _decode_picture(label: str, data: bytes, limits: UploadLimits, budget: _Budg
             if width * height > limits.max_pixels:
                 raise UploadError(
                     f"{label}: image of {width}x{height} pixels is larger than the limit of "
-                    f"{limits.max_pixels} pixels (max_pixels)"
+                    f"{limits.max_pixels} pixels ({limits.name('max_pixels')})"
                 )
             if getattr(im, "n_frames", 1) > 1:
                 raise UploadError(f"{label}: multi-frame images are not supported ({im.n_frames} frames)")
@@ -173,7 +184,11 @@ def _decode_picture(label: str, data: bytes, limits: UploadLimits, budget: _Budg
             return np.ascontiguousarray(np.moveaxis(np.asarray(im.convert("RGB")), -1, 0))
     except UploadError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own bound, met in Image.open before ours
+        raise UploadError(
+            f"{label}: image larger than the limit of {limits.max_pixels} pixels ({limits.name('max_pixels')}): {exc}"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise UploadError(f"{label}: cannot decode the image: {type(exc).__name__}: {exc}") from None
 
 
@@ -195,7 +210,7 @@ def _decode_npy(label: str, data: bytes, limits: UploadLimits, budget: _Budget) 
         raise UploadError(f"{label}: NPY array must have shape (H, W), (C, H, W) or (N, C, H, W), got {shape}")
     _check_dims(label, shape, limits)
     budget.take(label, math.prod(shape), f"an array of shape {shape}")
-    array = read_npy(label, data, max_pixels=limits.max_pixels)
+    array = read_npy(label, data, max_pixels=limits.max_pixels, pixels_name=limits.name("max_pixels"))
     if array.ndim == 2:
         return [array[None]]
     if array.ndim == 3:
@@ -203,7 +218,7 @@ def _decode_npy(label: str, data: bytes, limits: UploadLimits, budget: _Budget) 
     return list(array)
 
 
-def read_npy(label: str, data: bytes, *, max_pixels: int) -> np.ndarray:
+def read_npy(label: str, data: bytes, *, max_pixels: int, pixels_name: str = "max_pixels") -> np.ndarray:
     """The array of the NPY bytes `data`, every check made on the header before numpy allocates anything.
 
     Parameters
@@ -244,7 +259,7 @@ def read_npy(label: str, data: bytes, *, max_pixels: int) -> np.ndarray:
     if len(shape) >= 2 and shape[-2] * shape[-1] > max_pixels:
         raise UploadError(
             f"{label}: image of {shape[-1]}x{shape[-2]} pixels is larger than the limit of "
-            f"{max_pixels} pixels (max_pixels)"
+            f"{max_pixels} pixels ({pixels_name})"
         )
     declared = math.prod(shape) * dtype.itemsize
     sent = len(data) - offset
@@ -273,10 +288,12 @@ def _check_dims(label: str, shape: tuple[int, ...], limits: UploadLimits) -> Non
     if len(shape) >= 3 and shape[-3] > limits.max_channels:
         raise UploadError(
             f"{label}: {shape[-3]} channels, more than the limit {limits.max_channels} "
-            "(max_channels); arrays are (H, W), (C, H, W) or (N, C, H, W)"
+            f"({limits.name('max_channels')}); arrays are (H, W), (C, H, W) or (N, C, H, W)"
         )
     if len(shape) == 4 and shape[0] > limits.max_images:
-        raise UploadError(f"{label}: {shape[0]} images, more than the limit {limits.max_images} (max_images)")
+        raise UploadError(
+            f"{label}: {shape[0]} images, more than the limit {limits.max_images} ({limits.name('max_images')})"
+        )
 
 
 def _decode_archive(label: str, data: bytes, limits: UploadLimits, budget: _Budget) -> list[DecodedImage]:
@@ -287,7 +304,7 @@ def _decode_archive(label: str, data: bytes, limits: UploadLimits, budget: _Budg
     for name, content in members:
         images.extend(_decode_file(f"{label}:{name}", content, limits, budget, archive_ok=False))
         if len(images) > limits.max_images:
-            raise UploadError(f"{label}: more than {limits.max_images} images (max_images)")
+            raise UploadError(f"{label}: more than {limits.max_images} images ({limits.name('max_images')})")
     return images
 
 
