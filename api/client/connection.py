@@ -35,6 +35,9 @@ class Connection:
         timeout: float = 120.0,
         transport: httpx2.BaseTransport | None = None,
     ):
+        scheme, _, rest = str(base_url).partition("://")
+        if scheme.lower() not in ("http", "https") or not rest.strip("/"):
+            raise ValueError(f"url: the service's URL must be http://HOST:PORT or https://..., got {base_url!r}")
         self.base_url = base_url.rstrip("/")
         headers = {"X-API-Key": api_key} if api_key else {}
         self._http = httpx2.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)

@@ -121,7 +121,7 @@ def describe_detail(detail: Any) -> str:
             loc = loc[1:]
         field = ".".join(loc) or "(request)"
         value = error.get("input")
-        shown = "input" in error and error.get("type") != "missing" and len(repr(value)) <= 80
+        shown = value is not None and error.get("type") != "missing" and len(repr(value)) <= 80
         got = f" (got {value!r})" if shown else ""
         parts.append(f"{field}: {error.get('msg', 'invalid')}{got}")
     return "; ".join(parts)

@@ -365,3 +365,17 @@ def test_the_client_is_a_context_manager(live_service):
         assert client.base_url == live_service.url
     with pytest.raises(RuntimeError):
         client.health()
+
+
+@pytest.mark.parametrize("url", ["notaurl", "127.0.0.1:8000", "ftp://host", "http://"])
+def test_a_url_that_is_no_http_url_is_refused_naming_it(url):
+    with pytest.raises(ValueError, match=rf"url: .* got {url!r}"):
+        DeconvClient(url)
+
+
+def test_a_missing_or_null_input_is_not_shown_as_none():
+    detail = [
+        {"loc": ["body", "dataset_id"], "msg": "Field required", "type": "missing", "input": None},
+        {"loc": ["body", "n_iter"], "msg": "Input should be a valid integer", "type": "int_type", "input": None},
+    ]
+    assert describe_detail(detail) == "dataset_id: Field required; n_iter: Input should be a valid integer"
