@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,9 @@ def reconstruct(args: argparse.Namespace, client: DeconvClient) -> int:
     if args.maps is None:
         return _job_reconstructions(args, client, fmt)
     _check_maps_options(args)
-    maps = load_array(args.maps, "--maps")
+    maps = _encoded_layer(args.maps, args.layer)
+    if maps is None:
+        maps = load_array(args.maps, "--maps")
     kwargs: dict[str, Any] = {"job_id": args.job, "layer": args.layer, "boundary": args.boundary}
     if args.switches is not None:
         kwargs["switches"] = load_arrays(args.switches, "--switches")
@@ -141,6 +144,31 @@ def _check_maps_options(args: argparse.Namespace) -> None:
         raise UsageError("--maps needs exactly one of --job JOB (its filters) and --filters FILE")
     if args.filters is not None and (args.layer is not None or args.switches is not None):
         raise UsageError("--layer and --switches go with --job, not with --filters")
+
+
+_LAYER_MAPS = re.compile(r"L[0-9]+")
+
+
+def _encoded_layer(path: Path, layer: int | None) -> np.ndarray | None:
+    """Layer `layer`'s maps (``L<layer>``, layer 1 by default) when `path` is what ``deconv encode`` writes, an
+    ``.npz`` of the maps of every layer (``L1``, ``L2``, ...) and the pooling switches (``S1``, ...); else None."""
+    if not _is_zip(path):
+        return None
+    arrays = load_arrays(path, "--maps")
+    if not any(_LAYER_MAPS.fullmatch(name) for name in arrays):
+        return None
+    name = f"L{layer or 1}"
+    if name not in arrays:
+        raise UsageError(f"--maps {path}: no maps of layer {layer or 1} ({name}); the file holds {sorted(arrays)}")
+    return arrays[name]
+
+
+def _is_zip(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
 
 
 def load_arrays(path: Path, option: str) -> dict[str, np.ndarray]:
@@ -176,6 +204,13 @@ def load_array(path: Path, option: str) -> np.ndarray:
     -------
     ndarray
     """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot read it: {exc.strerror or exc}") from None
+    if not (head.startswith(b"\x93NUMPY") or head.startswith(b"PK\x03\x04")):
+        raise UsageError(f"{option} {path}: not a .npy or .npz file (it starts with {head!r})")
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:

@@ -228,6 +228,27 @@ def test_client_and_cli_encode_then_reconstruct_from_layer_two_with_the_switches
     )
     assert status == 0, capsys.readouterr().err
     np.testing.assert_allclose(np.load(out), image, rtol=1e-5, atol=1e-6)
+    # the file `deconv encode` wrote serves as both: its L2 as the maps, its S1 as the switches
+    both = str(tmp_path / "code.npz")
+    argv = ["reconstruct", "--maps", both, "--job", job["id"], "--layer", "2", "--switches", both]
+    status = main([*argv, "--out", str(tmp_path / "from-code.npy"), "--url", str(client.base_url)])
+    assert status == 0, capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(tmp_path / "from-code.npy"), np.load(out))
+    status = main([*argv[:-4], "--layer", "3", "--out", str(tmp_path / "x.npy"), "--url", str(client.base_url)])
+    assert status == 2 and "no maps of layer 3 (L3); the file holds ['L1', 'L2', 'S1']" in capsys.readouterr().err
+    (tmp_path / "text.png").write_bytes(b"\x89PNG\r\n\x1a\n not maps")
+    status = main(
+        [
+            *argv[:2],
+            str(tmp_path / "text.png"),
+            *argv[3:],
+            "--out",
+            str(tmp_path / "y.npy"),
+            "--url",
+            str(client.base_url),
+        ]
+    )
+    assert status == 2 and "not a .npy or .npz file (it starts with" in capsys.readouterr().err
     status = main(
         [
             "reconstruct",
