@@ -195,7 +195,7 @@ def test_a_json_body_over_the_limit_is_a_413(held):
         ("huge.png", _png_header_only(100_000, 100_000), "pixels (DECONV_MAX_IMAGE_PIXELS)"),
         ("wide.png", _png_header_only(5000, 4000), "pixels (DECONV_MAX_IMAGE_PIXELS)"),
         ("nan.npy", _npy(np.full((4, 4), np.nan)), "NaN"),
-        ("vast.npy", _npy(np.full((16, 16), 1e38, dtype=np.float32)), "values up to 1e+38 in magnitude"),
+        ("vast.npy", _npy(np.full((16, 16), 1e38, dtype=np.float32)), "float32 values up to 1e+38 in magnitude"),
         ("evil.npy", _npy(np.array([[object()] * 2] * 2, dtype=object), allow_pickle=True), "dtype object"),
     ],
     ids=["not-an-image", "truncated-png", "huge-dimensions", "over-pixel-limit", "nan-npy", "vast-npy", "object-npy"],

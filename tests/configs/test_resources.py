@@ -57,7 +57,7 @@ def test_a_file_in_the_working_folder_wins_over_the_preset_of_that_name(tmp_path
 
 
 def test_a_missing_path_with_a_folder_is_not_taken_for_a_preset_name():
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match=r"cannot read the config file 'configs/quick.yaml': No such file"):
         load_config(Path("configs") / "quick.yaml")
 
 

@@ -28,8 +28,9 @@ TIFF_MAGICS = (b"II*\x00", b"MM\x00*")
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 MAX_MAGNITUDE = 1e30
-"""The largest |value| an uploaded array may hold. Finite float32 values near the type's limit (3.4e38) overflow
-to inf in the sums of preprocessing and coding, and a job on them failed late with a message about inf."""
+"""The largest |value| an uploaded float32 array may hold. Finite float32 values near the type's limit (3.4e38)
+overflow to inf in the sums of preprocessing and coding, and a job on them failed late with a message about inf.
+float64 arrays are computed in float64, where such values are far from its limit."""
 _KEPT_DTYPES = frozenset("uint8 uint16 uint32 int8 int16 int32 int64 float32 float64".split())
 _GREY_MODES = frozenset({"1", "L", "LA"})
 _GREY16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
@@ -273,10 +274,10 @@ def read_npy(label: str, data: bytes, *, max_pixels: int, pixels_name: str = "ma
         raise UploadError(f"{label}: cannot read the NPY data: {exc}") from None
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise UploadError(f"{label}: the array holds NaN or inf")
-    if array.dtype.kind == "f" and array.size and (peak := float(np.abs(array).max())) > MAX_MAGNITUDE:
+    if array.dtype == np.float32 and array.size and (peak := float(np.abs(array).max())) > MAX_MAGNITUDE:
         raise UploadError(
-            f"{label}: values up to {peak:.3g} in magnitude, more than the {MAX_MAGNITUDE:.0e} taken (sums and "
-            "squares over an image in float32 would overflow): rescale the array"
+            f"{label}: float32 values up to {peak:.3g} in magnitude, more than the {MAX_MAGNITUDE:.0e} taken (sums "
+            "and squares over an image in float32 would overflow): rescale the array, or send it as float64"
         )
     return array
 
