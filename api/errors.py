@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from typing import Any
 
 from fastapi import HTTPException, Request, Response
@@ -87,7 +88,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
     elif exc.status_code == 405:
         exc = _method_not_allowed(request)
     elif exc.status_code == 400 and isinstance(exc.detail, str):
-        exc = _unreadable_body(request, exc.detail)
+        exc = _unreadable_body(request, exc)
     return await http_exception_handler(request, exc)
 
 
@@ -141,16 +142,30 @@ def _flat_routes(routes: list[Any]) -> list[Any]:
 
 
 _UPLOAD_FIELDS = {"/datasets": "files", "/reconstruct": "maps"}
+_MAX_JSON_DEPTH = sys.getrecursionlimit()  # json.loads recurses once per level of nesting
 
 
-def _unreadable_body(request: Request, message: str) -> HTTPException:
-    """A 400 from the body parser (a malformed multipart body, too many parts, a form field over its size) in
-    the field-error shape: it names the form field the route reads and the parser's message, with its limit."""
+def _unreadable_body(request: Request, exc: StarletteHTTPException) -> HTTPException:
+    """A 400 from the body parser in the field-error shape. A multipart body (malformed, too many parts, a form
+    field over its size) is named by the form field the route reads, with the parser's message and its limits; a
+    JSON body that json.loads could not take apart without raising a JSONDecodeError (nested past the recursion
+    limit, bytes that are not UTF-8) is a 422 at the body, as FastAPI answers other invalid JSON."""
     path = request.url.path
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith(("multipart/", "application/x-www-form-urlencoded")):
+        # FastAPI raises its 400 from the parser's own exception: that says what is wrong with the JSON
+        cause = exc.__cause__
+        if isinstance(cause, RecursionError):
+            reason = f"it is nested too deeply (more than about {_MAX_JSON_DEPTH} levels of arrays or objects)"
+        elif isinstance(cause, UnicodeDecodeError):
+            reason = f"it is not UTF-8 text ({cause.reason} at byte {cause.start})"
+        else:
+            reason = f"{exc.detail}" + (f": {type(cause).__name__}: {cause}" if cause is not None else "")
+        return field_error(["body"], f"the JSON body cannot be read: {reason}")
     field = _UPLOAD_FIELDS.get(path, "files" if path.startswith("/models/") else "body")
     return field_error(
         ["body", field] if field != "body" else ["body"],
-        f"the request body cannot be read: {message} (a multipart/form-data body takes at most 1000 "
+        f"the request body cannot be read: {exc.detail} (a multipart/form-data body takes at most 1000 "
         "parts and 1 MiB per field that is not a file)",
         status=400,
     )

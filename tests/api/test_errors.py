@@ -170,6 +170,26 @@ def test_malformed_json_is_a_422_at_the_body(held):
     assert (response.json()["detail"][0]["type"], response.json()["detail"][0]["loc"][0]) == ("json_invalid", "body")
 
 
+@pytest.mark.parametrize("path", ["/jobs", "/datasets/{dataset}/encode"])
+def test_json_nested_too_deeply_is_a_422_about_the_json_body(held, path):
+    body = b"[" * 5000 + b"]" * 5000  # past the parser's recursion limit
+    response = held.client.post(
+        path.format(dataset=held.dataset_id), content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    item = response.json()["detail"][0]
+    assert item["loc"] == ["body"]
+    assert "JSON body" in item["msg"] and "nested too deeply" in item["msg"]
+    assert "multipart" not in item["msg"]
+
+
+def test_a_json_body_that_is_not_utf8_is_a_422_about_the_json_body(held):
+    response = held.client.post("/jobs", content=b'{"a": "\xff\xfe"}', headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert "JSON body" in response.json()["detail"][0]["msg"]
+    assert "multipart" not in response.text
+
+
 def test_a_dataset_of_mixed_shapes_cannot_be_learned(held):
     small, large = sample_png_parts(1, 16)[0], sample_png_parts(1, 24)[0]
     dataset = held.client.post("/datasets", files=[("files", small), ("files", large)]).json()
