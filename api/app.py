@@ -46,6 +46,7 @@ from workers.jobs.store import JobStore
 from . import __version__, datalock, openapi, orphans
 from .errors import exception_handlers
 from .guard import Guard
+from .head import HeadAsGet
 from .routes import dashboard, datasets, encode_jobs, health, jobs, live, model_file, models, presets, results
 from .routes.common import MULTIPART_SLACK
 from .settings import Settings
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", dashboard.static_files, name="static")
     app.include_router(models.router)
     app.include_router(jobs.unknown)  # last: it answers whatever under /jobs/ the routers above did not match
+    app.add_middleware(HeadAsGet)
     # the host, origin, key and body-size checks run before any route reads a byte of the body
     app.add_middleware(Guard, settings=settings, upload_paths=takes_uploads, multipart_slack=MULTIPART_SLACK)
     openapi.install(app)

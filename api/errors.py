@@ -105,7 +105,7 @@ def documented_methods(request: Request) -> set[str]:
     """
     path = request.url.path
     methods: set[str] = set()
-    for route in _flat_routes(request.app.routes):
+    for route in flat_routes(request.app.routes):
         regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
         if regex is not None and route_methods and getattr(route, "include_in_schema", True) and regex.match(path):
             methods.update(route_methods)
@@ -118,7 +118,7 @@ def _method_not_allowed(request: Request) -> StarletteHTTPException:
     path = request.url.path
     methods: set[str] = set()
     catch_all: set[str] = set()  # the methods of routes outside the schema (the 404 of unknown job paths)
-    for route in _flat_routes(request.app.routes):
+    for route in flat_routes(request.app.routes):
         regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
         if regex is not None and route_methods and regex.match(path):
             (methods if getattr(route, "include_in_schema", True) else catch_all).update(route_methods)
@@ -131,13 +131,13 @@ def _method_not_allowed(request: Request) -> StarletteHTTPException:
     )
 
 
-def _flat_routes(routes: list[Any]) -> list[Any]:
+def flat_routes(routes: list[Any]) -> list[Any]:
     """Every route, included routers opened up (FastAPI keeps an included router as one entry; this app includes
     its routers without a prefix)."""
     flat = []
     for route in routes:
         inner = getattr(route, "original_router", None)
-        flat.extend(_flat_routes(inner.routes) if inner is not None else [route])
+        flat.extend(flat_routes(inner.routes) if inner is not None else [route])
     return flat
 
 

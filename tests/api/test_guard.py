@@ -167,6 +167,34 @@ def test_a_405_allows_every_method_of_the_path(keyless):
     assert "DELETE, GET, HEAD" in response.json()["detail"]
 
 
+def test_head_answers_every_get_route_with_the_gets_headers_and_no_body(keyless):
+    dataset = httpx2.post(keyless.url + "/datasets", files=_files()).json()["id"]
+    for path in ["/health", "/jobs", "/presets", f"/datasets/{dataset}", "/openapi.json", "/"]:
+        got, head = httpx2.get(keyless.url + path), httpx2.head(keyless.url + path)
+        assert (head.status_code, got.status_code) == (200, 200), path
+        assert head.content == b"", path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+    got, head = httpx2.get(keyless.url + "/presets"), httpx2.head(keyless.url + "/presets")
+    assert head.headers["content-length"] == got.headers["content-length"] == str(len(got.content))
+
+
+def test_head_answers_as_get_does_when_get_is_refused(keyless):
+    response = httpx2.head(keyless.url + "/jobs/" + "a" * 32)
+    assert (response.status_code, response.content) == (404, b"")
+
+
+def test_head_on_a_path_without_get_is_a_405_that_does_not_offer_head(keyless):
+    response = httpx2.head(keyless.url + "/reconstruct")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+
+
+def test_head_needs_the_key_as_get_does(keyed):
+    assert httpx2.head(keyed.url + "/jobs").status_code == 401
+    assert httpx2.head(keyed.url + "/jobs", headers={"X-API-Key": KEY}).status_code == 200
+    assert httpx2.head(keyed.url + "/health").status_code == 200
+
+
 @pytest.mark.parametrize(
     ("path", "field"), [("/datasets", "files"), ("/reconstruct", "maps"), (f"/models/{'a' * 32}/encode", "files")]
 )
