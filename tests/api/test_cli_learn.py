@@ -84,6 +84,22 @@ def test_a_bad_workers_count_is_a_usage_error(job_file, tmp_path, capsys):
     assert "--workers" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["0", "-5"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["encode", "f" * 32, "x.png", "--out", "x.npz", "--max-iter"],
+        ["encode-job", "f" * 32, "--dataset", "d" * 32, "--block-size"],
+        ["learn", "quick", "--out", "out", "--workers"],
+    ],
+    ids=["encode-max-iter", "encode-job-block-size", "learn-workers"],
+)
+def test_a_count_below_one_is_refused_as_not_positive_whatever_its_sign(capsys, argv, value):
+    assert main([*argv, value]) == 2
+    err = capsys.readouterr().err
+    assert f"argument {argv[-1]}: must be a positive integer, got '{value}'" in err, err
+
+
 def _two_sample_crops(folder: Path) -> list[str]:
     folder.mkdir()
     [Image.open(p).crop((40, 40, 72, 72)).save(folder / p.name) for p in sample_paths()[:2]]
