@@ -74,8 +74,8 @@ def _stack_job(store, dataset_id: str) -> str:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, ray_cluster) -> Iterator[tuple[LiveService, str, str, str]]:  # noqa: F811
-    """A service whose store holds a finished one-layer job (the model), a failed one (not a model) and a finished
-    two-layer job that pools."""
+    """A service whose store holds a finished one-layer job (the model), a failed one (not a model), a finished
+    two-layer job that pools and a dataset whose values overflow float32 once encoded."""
     from workers.jobs.store import JobStore  # noqa: PLC0415
 
     data_dir = tmp_path_factory.mktemp("encode-job")
@@ -86,9 +86,12 @@ def served(tmp_path_factory, ray_cluster) -> Iterator[tuple[LiveService, str, st
     store.claim(failed.id)
     store.finish(failed.id, "failed", "RuntimeError: for the test")
     stack_id = _stack_job(store, dataset_id)
+    # values past the upload bound, so written directly: a dataset from the Python API or an older service
+    huge = np.full((3, 1, 12, 12), 1e300, np.float64)  # its float64 maps do not fit in float32
+    huge_id = store.add_dataset([(f"huge-{i}", image) for i, image in enumerate(huge)]).id
     store.close()
     service = start_service(data_dir, max_request_bytes=REQUEST_BYTES)
-    yield service, model_id, failed.id, stack_id
+    yield service, model_id, failed.id, stack_id, huge_id
     stop_service(service)
 
 
@@ -316,7 +319,7 @@ def test_mixed_shapes_are_refused(served, client):
 
 
 def test_a_model_must_be_a_succeeded_learning_job(served, client, dataset_id):
-    _, model_id, failed_id, _ = served
+    _, model_id, failed_id, *_ = served
     response = _post(client, dataset_id, model_id=failed_id)
     assert response.status_code == 409
     assert response.json()["detail"][0]["loc"] == ["body", "model_id"]
@@ -373,9 +376,7 @@ def test_cancel_ends_a_block_deep_in_its_inference_within_seconds(served, client
 
 
 def test_a_block_that_fails_names_itself_in_the_job_error(served, client):
-    model_id = served[1]
-    huge = np.full((3, 1, 12, 12), 1e300, np.float64)  # its float64 maps do not fit in float32
-    dataset = _upload(client, huge)
+    model_id, dataset = served[1], served[4]
     job = _encode_job(client, model_id, dataset, inference={"method": "fista", "max_iter": 2}, block_size=3)
     done = wait_for_job(client, job["id"])
     assert done["status"] == "failed"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from tests.api.conftest import sample_png_parts, start_service, stop_service
+from tests.api.conftest import finished_job, sample_png_parts, start_service, stop_service
 
 httpx2 = pytest.importorskip("httpx2")
 
@@ -216,15 +216,49 @@ def test_a_json_body_over_the_limit_is_a_413(held):
         ("wide.png", _png_header_only(5000, 4000), "pixels (DECONV_MAX_IMAGE_PIXELS)"),
         ("nan.npy", _npy(np.full((4, 4), np.nan)), "NaN"),
         ("vast.npy", _npy(np.full((16, 16), 1e38, dtype=np.float32)), "float32 values up to 1e+38 in magnitude"),
+        ("large.npy", _npy(np.full((16, 16), -1e20, dtype=np.float32)), "more than the 1e+18 taken"),
+        ("int64.npy", _npy(np.full((16, 16), np.iinfo(np.int64).min)), "more than the 1e+18 taken"),
+        ("wide.npy", _npy(np.full((16, 16), 1e300)), "float64 values up to 1e+300 in magnitude, more than the 1e+150"),
         ("evil.npy", _npy(np.array([[object()] * 2] * 2, dtype=object), allow_pickle=True), "dtype object"),
     ],
-    ids=["not-an-image", "truncated-png", "huge-dimensions", "over-pixel-limit", "nan-npy", "vast-npy", "object-npy"],
+    ids=[
+        "not-an-image",
+        "truncated-png",
+        "huge-dimensions",
+        "over-pixel-limit",
+        "nan-npy",
+        "vast-npy",
+        "large-npy",
+        "int64-npy",
+        "float64-npy",
+        "object-npy",
+    ],
 )
 def test_a_bad_upload_is_a_422_naming_the_file(held, name, data, words):
     response = held.client.post("/datasets", files=[("files", (name, data, "application/octet-stream"))])
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"] == ["body", "files"]
     assert words in response.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize(("value", "dtype"), [(-1e18, np.float32), (1e150, np.float64)])
+def test_values_up_to_the_bound_are_taken(held, value, dtype):
+    files = [("files", ("near.npy", _npy(np.full((16, 16), value, dtype=dtype)), NPY))]
+    assert held.client.post("/datasets", files=files).status_code == 201
+
+
+def test_an_encode_upload_with_values_too_large_is_a_422_naming_the_file(tmp_path):
+    job_id = finished_job(tmp_path, np.ones((2, 1, 3, 3), np.float32))
+    service = start_service(tmp_path, run_jobs=False)
+    try:
+        files = [("files", ("large.npy", _npy(np.full((16, 16), 1e20, dtype=np.float32)), NPY))]
+        response = httpx2.post(f"{service.url}/models/{job_id}/encode", files=files, timeout=60)
+    finally:
+        stop_service(service)
+    assert response.status_code == 422, response.text
+    item = response.json()["detail"][0]
+    assert item["loc"] == ["body", "files"]
+    assert "large.npy" in item["msg"] and "more than the 1e+18 taken" in item["msg"]
 
 
 def test_an_upload_without_files_is_a_422(held):

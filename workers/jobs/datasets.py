@@ -27,10 +27,16 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*")
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
-MAX_MAGNITUDE = 1e30
-"""The largest |value| an uploaded float32 array may hold. Finite float32 values near the type's limit (3.4e38)
-overflow to inf in the sums of preprocessing and coding, and a job on them failed late with a message about inf.
-float64 arrays are computed in float64, where such values are far from its limit."""
+MAX_MAGNITUDE = 1e18
+"""The largest |value| an uploaded array may hold, but for float64 ones (:data:`MAX_MAGNITUDE_FLOAT64`). Such
+arrays are computed on in float32, whose largest value is 3.4e38: local contrast normalisation (on in every preset)
+squares each value's deviation from its neighbourhood, up to twice the largest value, and such a square overflows to
+inf past about 1.8e19 (contrast normalisation would then turn the images into zeros without a word), while sums
+over an image's pixels overflow near 1e30 (a job would fail late on an inf shift). 1e18 keeps the squares below
+4e36."""
+MAX_MAGNITUDE_FLOAT64 = 1e150
+"""The largest |value| an uploaded float64 array may hold: it is computed on in float64 (largest value 1.8e308), and
+the same squares of twice 1e150 stay below 4e300."""
 _KEPT_DTYPES = frozenset("uint8 uint16 uint32 int8 int16 int32 int64 float32 float64".split())
 _GREY_MODES = frozenset({"1", "L", "LA"})
 _GREY16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
@@ -274,12 +280,26 @@ def read_npy(label: str, data: bytes, *, max_pixels: int, pixels_name: str = "ma
         raise UploadError(f"{label}: cannot read the NPY data: {exc}") from None
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise UploadError(f"{label}: the array holds NaN or inf")
-    if array.dtype == np.float32 and array.size and (peak := float(np.abs(array).max())) > MAX_MAGNITUDE:
-        raise UploadError(
-            f"{label}: float32 values up to {peak:.3g} in magnitude, more than the {MAX_MAGNITUDE:.0e} taken (sums "
-            "and squares over an image in float32 would overflow): rescale the array, or send it as float64"
-        )
+    _check_magnitude(label, array)
     return array
+
+
+def _check_magnitude(label: str, array: np.ndarray) -> None:
+    """Refuse values past :data:`MAX_MAGNITUDE` (:data:`MAX_MAGNITUDE_FLOAT64` for float64): float arrays, and the
+    integer types that can hold such values."""
+    wide = array.dtype == np.float64
+    bound = MAX_MAGNITUDE_FLOAT64 if wide else MAX_MAGNITUDE
+    if array.size == 0 or (array.dtype.kind in "iu" and np.iinfo(array.dtype).max <= bound):
+        return
+    # through float: the absolute value of int64's minimum does not fit an int64
+    peak = max(abs(float(array.min())), abs(float(array.max())))
+    if peak > bound:
+        raise UploadError(
+            f"{label}: {array.dtype} values up to {peak:.3g} in magnitude, more than the {bound:.0e} taken: the "
+            f"images are computed on in {'float64' if wide else 'float32'}, where squares (contrast normalisation) "
+            "and sums (over an image) of larger values overflow to inf; rescale the array"
+            + ("" if wide else f", or send it as float64 (taken up to {MAX_MAGNITUDE_FLOAT64:.0e})")
+        )
 
 
 def _check_dims(label: str, shape: tuple[int, ...], limits: UploadLimits) -> None:
