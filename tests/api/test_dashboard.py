@@ -63,5 +63,12 @@ def test_the_presets_are_the_bundled_files_and_each_makes_a_valid_spec(client):
         assert preset["description"]
 
 
+def test_a_preset_described_as_a_named_job_is_that_preset(client):
+    """The description is the file's leading comment: one copied from another preset names the other."""
+    for preset in client.get("/presets", headers={"X-API-Key": "secret"}).json():
+        named = re.match(r"The (\S+) (?:job|preset)\b", preset["description"])
+        assert named is None or named.group(1) == preset["name"], preset
+
+
 def test_the_presets_need_the_key(client):
     assert client.get("/presets").status_code == 401
