@@ -212,7 +212,11 @@ def test_a_json_body_over_the_limit_is_a_413(held):
     [
         ("notes.txt", b"this is not a picture at all", "notes.txt"),
         ("cut.png", sample_png_parts(1, 64)[0][1][:300], "cut.png"),
-        ("huge.png", _png_header_only(100_000, 100_000), "pixels (DECONV_MAX_IMAGE_PIXELS)"),
+        (
+            "huge.png",  # past Pillow's own bound too, which it checks first: only the service's limit is named
+            _png_header_only(100_000, 100_000),
+            "image of 10000000000 pixels is larger than the limit of 16777216 pixels (DECONV_MAX_IMAGE_PIXELS)",
+        ),
         ("wide.png", _png_header_only(5000, 4000), "pixels (DECONV_MAX_IMAGE_PIXELS)"),
         ("nan.npy", _npy(np.full((4, 4), np.nan)), "NaN"),
         ("vast.npy", _npy(np.full((16, 16), 1e38, dtype=np.float32)), "float32 values up to 1e+38 in magnitude"),

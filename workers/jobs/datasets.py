@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -192,8 +193,11 @@ def _decode_picture(label: str, data: bytes, limits: UploadLimits, budget: _Budg
     except UploadError:
         raise
     except Image.DecompressionBombError as exc:  # Pillow's own bound, met in Image.open before ours
+        # Pillow's message names its own limit, not the one the user sets: keep only the image's pixel count
+        counted = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"image of {counted.group(1)} pixels" if counted else "image"
         raise UploadError(
-            f"{label}: image larger than the limit of {limits.max_pixels} pixels ({limits.name('max_pixels')}): {exc}"
+            f"{label}: {size} is larger than the limit of {limits.max_pixels} pixels ({limits.name('max_pixels')})"
         ) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise UploadError(f"{label}: cannot decode the image: {type(exc).__name__}: {exc}") from None
