@@ -7,7 +7,8 @@ inside an archive) and what is wrong. Decoded images are arrays of shape (C, H, 
 * 8-bit pictures give uint8, grey as one channel, colour as RGB (alpha dropped); 16-bit grey gives uint16;
   when an upload mixes grey and colour pictures, the grey ones are replicated to RGB, so they share C;
 * an NPY array of shape (H, W) or (C, H, W) is one image, (N, C, H, W) is N images; integer, float32 and
-  float64 arrays are kept as they are (NaN and inf are refused); an npz holds such arrays, in name order.
+  float64 arrays are kept as they are (NaN, inf and magnitudes past :data:`MAX_MAGNITUDE` are refused); an npz
+  holds such arrays, in name order.
 """
 
 from __future__ import annotations
