@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from api.cli import main
+from api.datalock import LOCK_NAME
 from solver import learn_stack, reconstruct_from
 from tests.api.conftest import start_service, stop_service, wait_for_job
 from tests.s3server import s3_server  # noqa: F401  (the session's S3 server)
@@ -106,7 +107,10 @@ def test_maps_and_reconstructions_stream_from_the_shards_parts_on_s3(s3_job, ref
 
 def test_nothing_of_the_job_is_kept_in_the_services_folder_or_left_in_the_work_store(s3_job):
     client, job, artifacts, data_dir = s3_job
-    assert sorted(p.name for p in data_dir.iterdir() if not p.name.startswith("deconv.sqlite3")) == []
+    assert (
+        sorted(p.name for p in data_dir.iterdir() if not p.name.startswith("deconv.sqlite3") and p.name != LOCK_NAME)
+        == []
+    )
     assert ObjectStore(artifacts).list("jobs") == []  # the work folder went once the artifacts were stored
     index = client.get(f"/jobs/{job['id']}/artifacts/shards.json").json()
     assert [p["count"] for p in index["parts"]] == [2, 1] and index["layers"][0]["switches"] is not None
@@ -137,7 +141,10 @@ def test_an_encode_job_reads_and_writes_the_bucket_only(s3_job):
             maps = np.stack([got[name] for name in got.files])
         np.testing.assert_allclose(maps, want, rtol=0, atol=50 * np.finfo(np.float32).eps * np.abs(want).max())
     assert ObjectStore(artifacts).list("jobs") == []
-    assert sorted(p.name for p in data_dir.iterdir() if not p.name.startswith("deconv.sqlite3")) == []
+    assert (
+        sorted(p.name for p in data_dir.iterdir() if not p.name.startswith("deconv.sqlite3") and p.name != LOCK_NAME)
+        == []
+    )
 
 
 @pytest.mark.timeout(180)
