@@ -167,6 +167,7 @@ def _actor_cpus(args: argparse.Namespace) -> float:
 
 def _write_outputs(out: ObjectStore, result) -> None:
     out.write("filters.npy", npy_bytes(result.filters.astype(np.float32)))
-    history = [{"iteration": s.iteration, "objective": s.objective} for s in result.stats]
+    # elapsed_s: seconds since the run started, so that the time per outer iteration can be read off the file
+    history = [{"iteration": s.iteration, "objective": s.objective, "elapsed_s": s.elapsed} for s in result.stats]
     out.write("history.json", json.dumps(history, indent=1).encode())
     out.write("filters.png", png_bytes(filter_montage(result.filters)))

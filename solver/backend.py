@@ -221,6 +221,18 @@ class Backend:
         """A Python float from a 0-d array (synchronises on the GPU)."""
         return float(a)
 
+    def describe(self) -> str:
+        """Where this backend computes, for logs: ``numpy on the CPU (2 threads)`` or ``cupy on NVIDIA H200 (CUDA
+        device 0 of CUDA_VISIBLE_DEVICES=3)``: a Ray actor given one GPU sees it as its device 0."""
+        if self.name == "numpy":
+            return f"numpy on the CPU ({self.workers} thread{'s' if self.workers != 1 else ''})"
+        device = self.xp.cuda.Device()
+        name = self.xp.cuda.runtime.getDeviceProperties(device.id)["name"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        where = f"CUDA device {device.id}" + ("" if visible is None else f" of CUDA_VISIBLE_DEVICES={visible}")
+        return f"cupy on {name} ({where})"
+
 
 def get_backend(name: Literal["auto", "numpy", "cupy"] = "auto", *, workers: int | None = None) -> Backend:
     """Resolve a backend by name.

@@ -4,6 +4,7 @@ config."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
@@ -43,7 +44,8 @@ def _edited(job_file: Path, **changes) -> Path:
 
 @pytest.mark.ray
 @pytest.mark.timeout(120)
-def test_learn_writes_filters_history_and_montage(ray_session, job_file, tmp_path, capsys):  # noqa: F811
+def test_learn_writes_filters_history_and_montage(ray_session, job_file, tmp_path, capsys, caplog):  # noqa: F811
+    caplog.set_level(logging.INFO, logger="workers")
     out = tmp_path / "out"
     status = main(["learn", str(job_file), "--workers", "2", "--out", str(out), "--checkpoint-every", "2"])
     filters = np.load(out / "filters.npy")
@@ -52,8 +54,12 @@ def test_learn_writes_filters_history_and_montage(ray_session, job_file, tmp_pat
     assert (filters.shape, filters.dtype) == ((16, 1, 7, 7), np.float32)
     assert [h["iteration"] for h in history] == [1, 2, 3]
     assert all(np.isfinite([h["objective"] for h in history]))
+    elapsed = [h["elapsed_s"] for h in history]
+    assert 0 < elapsed[0] and elapsed == sorted(elapsed)
     assert Image.open(out / "filters.png").format == "PNG"
     assert str(out.resolve()) in capsys.readouterr().out
+    said = [r.getMessage() for r in caplog.records if r.name == "workers.distributed.coordinator"]
+    assert sum(m.startswith("shard actor ") and " computes with numpy on the CPU" in m for m in said) == 2
 
 
 @pytest.mark.parametrize(

@@ -109,3 +109,12 @@ def test_a_shard_worker_needs_the_rescale_statistics_when_rescaling(dataset, lea
     worker.load(dataset[:2], learn_config, inspect_images(dataset))
     with pytest.raises(ValueError, match="stats"):
         worker.build(None, None, "numpy")
+
+
+def test_a_shard_worker_says_where_it_computes_once_built(dataset, learn_config):
+    worker = ShardWorker()
+    worker.load(dataset[:2], learn_config.model_copy(update={"preprocess": None}), inspect_images(dataset))
+    with pytest.raises(ValueError, match="build"):
+        worker.device()
+    worker.build(None, None, "numpy")
+    assert worker.device().startswith("numpy on the CPU (")

@@ -179,6 +179,10 @@ class ShardWorker:
         self.load(paths, config, info)
         return self.build(stats, connectivity, backend, lower, switch_paths)
 
+    def device(self) -> str:
+        """Where the shard computes (:meth:`solver.backend.Backend.describe`), for the job's log."""
+        return self._ready().bk.describe()
+
     def _loaded(self) -> np.ndarray:
         if self._prepared is None:
             raise ValueError("the worker has no prepared images: call load(paths, config, info) first")

@@ -64,7 +64,15 @@ class ShardFleet:
         share_nodes(self._actors)  # every actor: a replaced one may have moved to another node
         if self._needs_rescale_fit():
             self._fit_rescale_and_build(placement.backend)
-            return
+        else:
+            self._setup(fresh, placement.backend)
+        # Said by each actor, not assumed from the request: an actor given a GPU share still reports its device.
+        devices = self._gather([self._actors[i].device.remote() for i in fresh], started, "ping")
+        for index, device in zip(fresh, devices, strict=True):
+            logger.info("shard actor %d computes with %s", index, device)
+
+    def _setup(self, fresh: list[int], backend: str) -> None:
+        """Load, preprocess and build the shards of the `fresh` actors with the dataset statistics already fitted."""
         refs = [
             self._actors[i].setup.remote(
                 self.shard_paths[i],
@@ -72,7 +80,7 @@ class ShardFleet:
                 self.info,
                 self._rescale,
                 self.connectivity,
-                placement.backend,
+                backend,
                 self.lower,
                 self.shard_switches[i],
             )

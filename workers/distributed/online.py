@@ -179,7 +179,6 @@ class OnlineRun:
         return self.placement
 
     def _start_actors(self, n_channels: int) -> None:
-
         placement = self._placement()
         self._backend_used = placement.backend
         self._release()
@@ -188,6 +187,13 @@ class OnlineRun:
             options.setdefault("scheduling_strategy", "SPREAD")
             self._actors.append(remote_coder(**options))
         self._n_channels = n_channels
+        logger.info(
+            "starting %d coding actor(s) (num_cpus=%g, num_gpus=%g, backend=%s)",
+            self.n_workers,
+            placement.cpus,
+            placement.gpus,
+            placement.backend,
+        )
         # an actor whose process, runtime environment or resources never come fails the run here, in minutes
         gather(
             [a.ping.remote() for a in self._actors],
@@ -199,6 +205,10 @@ class OnlineRun:
         )
         share_nodes(self._actors)
         self._setup_actors()
+        import ray  # noqa: PLC0415
+
+        for index, device in enumerate(ray.get([actor.device.remote() for actor in self._actors])):
+            logger.info("coding actor %d computes with %s", index, device)
 
     def _setup_actors(self) -> None:
         import ray  # noqa: PLC0415

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from solver.backend import get_backend
 from solver.config import LearnConfig, OnlineConfig
 from solver.images.preprocess import (
     FittedPreprocess,
@@ -74,6 +75,12 @@ class OnlineCoder:
         self._held = None  # loaded at the first held_out() call: the rescale may not be fitted yet
         self._next = None
         return str(self._learner.dtype)
+
+    def device(self) -> str:
+        """Where the batches are coded (:meth:`solver.backend.Backend.describe`), for the job's log."""
+        if self._learner is None:
+            raise ValueError("the coding actor is not set up: call setup(...) first")
+        return get_backend(self._learner.backend).describe()
 
     def _raw(self, sources: Sequence[ImageSource]) -> np.ndarray:
         images = load_images(list(sources), self._info)
