@@ -311,13 +311,14 @@ def _distributed_child(spec: dict) -> None:
     from workers.distributed.stream import StreamPlan  # noqa: PLC0415
 
     paths = sorted(Path(spec["folder"]).glob("crop-*.npy"))[: spec["n_images"]]
-    plan = StreamPlan(len(paths), BATCH, 1, None, seed=0)
+    batch = spec.get("batch", BATCH)
+    plan = StreamPlan(len(paths), batch, 1, None, seed=0)
     connect(ClusterConfig(address="local", num_cpus=max(2, spec["workers"]), object_store_memory=200 * 2**20))
     try:
         run = OnlineRun(
             paths,
             _online_config(spec["inner_iter"], spec["filter_iter"]),
-            OnlineConfig(batch_size=BATCH),
+            OnlineConfig(batch_size=batch),
             plan,
             workers=spec["workers"],
             backend="numpy",
@@ -348,17 +349,18 @@ def _child(spec: dict) -> dict:
 
 
 def _single_child(spec: dict) -> None:
-    json.dump({"step_seconds": _single_steps(spec["paths"], spec["inner_iter"], spec["filter_iter"])}, sys.stdout)
+    steps = _single_steps(spec["paths"], spec["inner_iter"], spec["filter_iter"], spec.get("batch", BATCH))
+    json.dump({"step_seconds": steps}, sys.stdout)
 
 
-def _single_steps(paths: list[str], inner_iter: int, filter_iter: int) -> list[float]:
+def _single_steps(paths: list[str], inner_iter: int, filter_iter: int, batch: int = BATCH) -> list[float]:
     """Seconds of every batch of single-process learning on the batches the driver reads (from memory)."""
     from solver import OnlineConfig, OnlineLearner  # noqa: PLC0415
     from workers.distributed.stream import StreamPlan  # noqa: PLC0415
 
-    plan = StreamPlan(len(paths), BATCH, 1, None, seed=0)
+    plan = StreamPlan(len(paths), batch, 1, None, seed=0)
     images = np.stack([np.load(p) for p in paths])
-    learner = OnlineLearner(_online_config(inner_iter, filter_iter), OnlineConfig(batch_size=BATCH), 1, backend="numpy")
+    learner = OnlineLearner(_online_config(inner_iter, filter_iter), OnlineConfig(batch_size=batch), 1, backend="numpy")
     seconds = []
     for step in range(plan.n_steps):
         t0 = time.perf_counter()
@@ -370,6 +372,9 @@ def _single_steps(paths: list[str], inner_iter: int, filter_iter: int) -> list[f
 #: the numbers of coding actors the throughput part measures (``--actors``); each needs a CPU, and the driver and
 #: Ray's own processes want one more: on a machine of n cores, n − 1 actors at most see an idle core each
 ACTORS = (1, 2)
+#: images per actor in each batch of the throughput part (``--batch-per-actor``); None: batches of BATCH images
+PER_ACTOR: int | None = None
+THROUGHPUT_STEPS = 10  # batches per throughput run (the first is left out: compilation)
 
 
 def _threads_per_actor(workers: int) -> int:
@@ -385,43 +390,43 @@ def _throughput(paths: list[Path], size: int, rounds: int = 2) -> list[list[str]
     driver shares a node: one actor on 2 cores runs 2 threads, two run 1 each), every run in a fresh process.
     `rounds` rounds of (single process, driver) for each count in turn, and each rate from the median step of all
     its runs: the shared machine's load moves within seconds, and the median of steps taken in turn sees the same
-    load for each."""
-    spec = {"paths": [str(p) for p in paths], "inner_iter": INNER_ITER, "filter_iter": FILTER_ITER}
+    load for each. The batches are of :data:`BATCH` images whatever the count of actors, or with
+    :data:`PER_ACTOR` set, of that many images per actor (both sides learn on the same, larger batches)."""
     folder = str(Path(paths[0]).parent)
-    single: dict[int, list[float]] = {_threads_per_actor(w): [] for w in ACTORS}
+    single: dict[int, list[float]] = {w: [] for w in ACTORS}
     driver: dict[int, list[float]] = {w: [] for w in ACTORS}
+    batches = {w: BATCH if PER_ACTOR is None else PER_ACTOR * w for w in ACTORS}
+    counts = {w: min(len(paths), THROUGHPUT_STEPS * batches[w]) for w in ACTORS}
     for r in range(rounds):
         for workers in ACTORS:
             threads = _threads_per_actor(workers)
-            logger.info("throughput round %d/%d: single process, %d thread(s)", r + 1, rounds, threads)
+            batch, n = batches[workers], counts[workers]
+            spec = {"inner_iter": INNER_ITER, "filter_iter": FILTER_ITER, "batch": batch}
+            logger.info(
+                "throughput round %d/%d: single process, %d thread(s), batches of %d", r + 1, rounds, threads, batch
+            )
             env = {
                 **os.environ,
                 **{v: str(threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
             }
-            cmd = [sys.executable, __file__, "--single-child", json.dumps(spec)]
+            child = {**spec, "paths": [str(p) for p in paths[:n]]}
+            cmd = [sys.executable, __file__, "--single-child", json.dumps(child)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, start_new_session=True)
-            single[threads] += json.loads(out.stdout.strip().splitlines()[-1])["step_seconds"][1:]  # 1st compiles
+            single[workers] += json.loads(out.stdout.strip().splitlines()[-1])["step_seconds"][1:]  # 1st compiles
             logger.info("throughput round %d/%d: the driver with %d actor(s)", r + 1, rounds, workers)
-            run = _child(
-                {
-                    "folder": folder,
-                    "n_images": len(paths),
-                    "workers": workers,
-                    "inner_iter": INNER_ITER,
-                    "filter_iter": FILTER_ITER,
-                }
-            )
+            run = _child({**spec, "folder": folder, "n_images": n, "workers": workers})
             driver[workers] += run["step_seconds"][1:]
     rows = []
     for workers in ACTORS:
-        threads = _threads_per_actor(workers)
-        base = BATCH / float(np.median(single[threads]))
-        rate = BATCH / float(np.median(driver[workers])) / workers
+        threads, batch = _threads_per_actor(workers), batches[workers]
+        base = batch / float(np.median(single[workers]))
+        rate = batch / float(np.median(driver[workers])) / workers
         rows.append(
             [
                 "distributed throughput",
                 f"images/s per worker, {workers} actor(s) of {threads} thread(s) / single process of {threads} "
-                f"({len(paths)} images {size}², median of {len(driver[workers])} / {len(single[threads])} steps)",
+                f"(batches of {batch}, {counts[workers]} images {size}², median of {len(driver[workers])} / "
+                f"{len(single[workers])} steps)",
                 f"{rate:.2f} / {base:.2f}",
                 f"{rate / base:.3f}",
                 f"≥ {THROUGHPUT_LIMIT}",
@@ -434,7 +439,9 @@ def _throughput(paths: list[Path], size: int, rounds: int = 2) -> list[list[str]
 def throughput(quick: bool) -> list[list[str]]:
     import tempfile  # noqa: PLC0415
 
-    size, n = (64, 48) if quick else (SIZE, 160)
+    size = 64 if quick else SIZE
+    per_step = BATCH if PER_ACTOR is None else PER_ACTOR * max(ACTORS)
+    n = 48 if quick else max(160, THROUGHPUT_STEPS * per_step)
     with tempfile.TemporaryDirectory(prefix="bench-online-") as folder:
         return _throughput(_write_crops(Path(folder), n, size), size, rounds=1 if quick else 2)
 
@@ -563,6 +570,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--actors", default="1,2", help="comma-separated numbers of coding actors for the throughput (default 1,2)"
     )
+    parser.add_argument(
+        "--batch-per-actor",
+        type=int,
+        default=None,
+        help=f"throughput: batches of this many images per actor (default: {BATCH} images whatever the actors)",
+    )
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--distributed-child", type=str, help=argparse.SUPPRESS)
     parser.add_argument("--read-child", type=str, help=argparse.SUPPRESS)
@@ -582,7 +595,10 @@ def main(argv: list[str] | None = None) -> int:
         _single_child(json.loads(args.single_child))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    global ACTORS
+    global ACTORS, PER_ACTOR
+    if args.batch_per_actor is not None and args.batch_per_actor < 1:
+        parser.error(f"--batch-per-actor must be at least 1, got {args.batch_per_actor}")
+    PER_ACTOR = args.batch_per_actor
     try:
         ACTORS = tuple(sorted({int(a) for a in args.actors.split(",")}))
     except ValueError:
