@@ -107,6 +107,8 @@ def _error(message: str, command: str) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import sqlite3  # noqa: PLC0415
 
+    from workers.jobs.objects import StoreUnreachable  # noqa: PLC0415
+
     from .datalock import DataDirInUse  # noqa: PLC0415
     from .serve import serve  # noqa: PLC0415
     from .settings import Settings  # noqa: PLC0415
@@ -124,6 +126,9 @@ def _serve(args: argparse.Namespace) -> int:
     except DataDirInUse as exc:
         _error(str(exc), "serve")
         return EXIT_USAGE
+    except StoreUnreachable as exc:
+        _error(str(exc), "serve")
+        return EXIT_FAILED
     except ConnectionError as exc:
         _error(f"cannot connect to the Ray cluster: {exc}", "serve")
         return EXIT_FAILED

@@ -26,7 +26,7 @@ import numpy as np
 
 from solver.images.pictures import filter_montage, png_bytes
 from workers.jobs.jobfile import load_job_file
-from workers.jobs.objects import ObjectStore, npy_bytes
+from workers.jobs.objects import ObjectStore, StoreUnreachable, check_store, npy_bytes
 
 from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
@@ -54,9 +54,16 @@ def learn(args: argparse.Namespace) -> int:
     """
     try:
         job = load_job_file(args.config)
+        # before any image is listed or Ray starts: a missing bucket or a store that does not answer is one line
+        check_store(str(args.out), "--out")
+        for given in args.images or ([job.images] if job.images else []):
+            check_store(str(given), "--images" if args.images else "images")
         paths = job.image_paths(args.images)
         online = job.learning.online
         config = None if online else job.learn_config(n_iter=args.n_iter)
+    except StoreUnreachable as exc:
+        _error(str(exc))
+        return EXIT_FAILED
     except ValueError as exc:
         _error(str(exc))
         return EXIT_USAGE

@@ -44,11 +44,20 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000) -> i
     ------
     OSError, sqlite3.Error
         When the data directory cannot be used.
+    ValueError
+        When the bucket of ``DECONV_ARTIFACTS`` or ``DECONV_WORK_URL`` does not exist.
+    workers.jobs.objects.StoreUnreachable
+        When their store does not answer.
     api.datalock.DataDirInUse
         When another live service uses the data directory.
     """
+    from workers.jobs.objects import check_store  # noqa: PLC0415
+
     from .app import create_app  # noqa: PLC0415
 
+    # a store that is missing or does not answer fails the start in one line, not the first job in a traceback
+    check_store(settings.artifacts, "DECONV_ARTIFACTS")
+    check_store(settings.work_url, "DECONV_WORK_URL")
     app = create_app(settings)
     lock = datalock.acquire(settings.data_dir) if settings.run_jobs else None  # before anything is cleaned up
     try:

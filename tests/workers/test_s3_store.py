@@ -3,6 +3,8 @@ checkpoints and outputs live there, with the filters of the same run on local fi
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,17 @@ from workers.distributed.checkpoint import latest_checkpoint
 from workers.distributed.coordinator import Coordinator
 from workers.distributed.outputs import LayerOutputs
 from workers.jobs.artifacts import open_artifact_store
-from workers.jobs.objects import ObjectStore, Part, read_array, read_rows, rows_of_parts, write_array
+from workers.jobs.objects import (
+    ObjectStore,
+    Part,
+    StoreUnreachable,
+    _filesystem,
+    check_store,
+    read_array,
+    read_rows,
+    rows_of_parts,
+    write_array,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -57,3 +69,38 @@ def test_a_run_on_s3_gives_the_filters_of_the_run_on_local_files(s3_server, ray_
     np.testing.assert_allclose(maps, local.maps, rtol=1e-12, atol=1e-14)
     pooled = rows_of_parts([Part(work.at(w.pooled.key), w.first, w.count) for w in written], 2, 5)
     assert pooled.shape == (3, learn_config.layers[0].n_filters, 8, 8)
+
+
+def test_the_store_check_passes_an_existing_bucket_and_refuses_a_missing_one(s3_server):  # noqa: F811
+    check_store(s3_server.url("run"), "--out")
+    check_store("/a/local/folder/that/is/created/when/written", "--out")
+    with pytest.raises(ValueError, match=r"^--out: the bucket 'no-such-bucket' of s3://no-such-bucket/run does not"):
+        check_store("s3://no-such-bucket/run", "--out")
+    import s3fs  # noqa: PLC0415
+
+    assert not s3fs.S3FileSystem().exists("no-such-bucket")  # and the check created nothing
+
+
+def test_the_store_check_names_the_setting_and_endpoint_when_nothing_answers(s3_server, monkeypatch):  # noqa: F811
+    import socket  # noqa: PLC0415
+
+    import s3fs  # noqa: PLC0415
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    s3fs.S3FileSystem.clear_instance_cache()
+    _filesystem.cache_clear()
+    try:
+        started = time.monotonic()
+        with pytest.raises(
+            StoreUnreachable,
+            match=rf"^DECONV_ARTIFACTS: cannot reach .* at http://127.0.0.1:{port} \(AWS_ENDPOINT_URL\): "
+            "connection refused$",
+        ):
+            check_store(s3_server.url("artifacts"), "DECONV_ARTIFACTS", timeout=5.0)
+        assert time.monotonic() - started < 5.0  # refused at once: the client's retries are not waited for
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        _filesystem.cache_clear()

@@ -215,7 +215,8 @@ class FsspecArtifactStore(_ObjectsMixin):
         key = artifact_key(data, suffix)
         path = self._path(key)
         if not self.fs.exists(path):
-            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            if not hasattr(self.fs, "split_path"):  # an object store has no folders to make, and its makedirs
+                self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)  # would create a missing bucket
             self.fs.pipe(path, data)
         return key
 

@@ -22,7 +22,9 @@ import hashlib
 import io
 import os
 import posixpath
+import socket
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,95 @@ def _filesystem(url: str) -> tuple[Any, str]:
 
     fs, root = fsspec.core.url_to_fs(url)
     return fs, root.rstrip("/")
+
+
+class StoreUnreachable(ConnectionError):
+    """The object store of a URL did not answer (a wrong or unreachable ``AWS_ENDPOINT_URL``, a network down)."""
+
+
+#: seconds a store has to answer :func:`check_store` (its client's own retries can take minutes)
+STORE_CHECK_TIMEOUT_S = 15.0
+
+
+def check_store(url: str | Path | None, setting: str, *, timeout: float = STORE_CHECK_TIMEOUT_S) -> None:
+    """Check that the object store of `url` answers and that its bucket exists, before any work relies on it.
+
+    A local folder, and a filesystem without buckets (``memory://``), pass as they are: a folder is created when
+    it is written. A bucket is never created here or later: a typo in a setting must not send a job's bytes to a
+    new bucket.
+
+    Parameters
+    ----------
+    url : str, Path or None
+        The location; None passes.
+    setting : str
+        What the user set it with (``DECONV_ARTIFACTS``, ``--out``), named in the error.
+    timeout : float
+        Seconds to wait for the store's answer.
+
+    Raises
+    ------
+    ValueError
+        When the bucket does not exist (or cannot be read with these credentials).
+    StoreUnreachable
+        When the store does not answer within `timeout`, or its client fails to reach it.
+    """
+    if url is None or not is_url(url):
+        return
+    text = str(url)
+    try:
+        fs, root = _filesystem(text)
+    except (ImportError, ValueError) as exc:
+        raise ValueError(f"{setting}: cannot open {text!r}: {exc}") from None
+    if not hasattr(fs, "split_path"):  # no buckets (memory://): nothing to find missing
+        return
+    bucket = fs.split_path(root)[0]
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") if text.startswith(("s3://", "s3a://")) else None
+    at = f" at {endpoint} (AWS_ENDPOINT_URL)" if endpoint else ""
+    if endpoint:  # a refused connection is known at once; the client would retry it for minutes
+        _check_endpoint(endpoint, min(timeout, 10.0), f"{setting}: cannot reach the store of {text}{at}")
+    answer: dict[str, Any] = {}
+
+    def probe() -> None:
+        try:
+            answer["exists"] = bool(fs.exists(bucket))
+        except Exception as exc:  # noqa: BLE001  (reported below, in one line, whatever the client raised)
+            answer["error"] = exc
+
+    # the client's retries against an endpoint that does not answer take minutes: the probe runs aside and is
+    # abandoned (a daemon thread) when it has not answered in time
+    thread = threading.Thread(target=probe, name="store-check", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise StoreUnreachable(f"{setting}: the store of {text}{at} did not answer within {timeout:g} s")
+    if "error" in answer:
+        exc = answer["error"]
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise StoreUnreachable(f"{setting}: cannot reach the store of {text}{at}: {type(exc).__name__}: {first}")
+    if not answer["exists"]:
+        raise ValueError(
+            f"{setting}: the bucket {bucket!r} of {text} does not exist{at}: create it first (deconv creates no "
+            "bucket, so that a misspelt name fails here)"
+        )
+
+
+def _check_endpoint(endpoint: str, timeout: float, failure: str) -> None:
+    """A TCP connection to the host and port of the URL `endpoint`, or StoreUnreachable saying `failure` and why."""
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    parts = urlsplit(endpoint)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ValueError(f"AWS_ENDPOINT_URL must be a URL such as http://host:9000, got {endpoint!r}") from None
+    if not parts.hostname:
+        raise ValueError(f"AWS_ENDPOINT_URL must be a URL such as http://host:9000, got {endpoint!r}")
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise StoreUnreachable(f"{failure}: {reason.lower()}") from None
 
 
 def check_object_key(key: str) -> str:
