@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from workers.jobs.datasets import NPY_MAGIC, ZIP_MAGIC
+
 from ..client import DeconvClient
 from ..client.payloads import npy_bytes, npz_bytes
 from .output import UsageError, write_file
@@ -112,9 +114,10 @@ def reconstruct(args: argparse.Namespace, client: DeconvClient) -> int:
     if args.maps is None:
         return _job_reconstructions(args, client, fmt)
     _check_maps_options(args)
-    maps = _encoded_layer(args.maps, args.layer)
+    head = _head(args.maps, "--maps")  # read once: an npz of deconv encode's layers, or any .npy/.npz of maps
+    maps = _encoded_layer(args.maps, args.layer) if head.startswith(ZIP_MAGIC) else None
     if maps is None:
-        maps = load_array(args.maps, "--maps")
+        maps = load_array(args.maps, "--maps", head=head)
     kwargs: dict[str, Any] = {"job_id": args.job, "layer": args.layer, "boundary": args.boundary}
     if args.switches is not None:
         kwargs["switches"] = load_arrays(args.switches, "--switches")
@@ -150,10 +153,8 @@ _LAYER_MAPS = re.compile(r"L[0-9]+")
 
 
 def _encoded_layer(path: Path, layer: int | None) -> np.ndarray | None:
-    """Layer `layer`'s maps (``L<layer>``, layer 1 by default) when `path` is what ``deconv encode`` writes, an
-    ``.npz`` of the maps of every layer (``L1``, ``L2``, ...) and the pooling switches (``S1``, ...); else None."""
-    if not _is_zip(path):
-        return None
+    """Layer `layer`'s maps (``L<layer>``, layer 1 by default) when the ``.npz`` at `path` is what ``deconv encode``
+    writes, the maps of every layer (``L1``, ``L2``, ...) and the pooling switches (``S1``, ...); else None."""
     arrays = load_arrays(path, "--maps")
     if not any(_LAYER_MAPS.fullmatch(name) for name in arrays):
         return None
@@ -163,12 +164,13 @@ def _encoded_layer(path: Path, layer: int | None) -> np.ndarray | None:
     return arrays[name]
 
 
-def _is_zip(path: Path) -> bool:
+def _head(path: Path, option: str) -> bytes:
+    """The first bytes of `path`, enough to tell an ``.npy`` from an ``.npz``."""
     try:
         with open(path, "rb") as fh:
-            return fh.read(4) == b"PK\x03\x04"
-    except OSError:
-        return False
+            return fh.read(len(NPY_MAGIC))
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot read it: {exc.strerror or exc}") from None
 
 
 def load_arrays(path: Path, option: str) -> dict[str, np.ndarray]:
@@ -191,7 +193,7 @@ def load_arrays(path: Path, option: str) -> dict[str, np.ndarray]:
         raise UsageError(f"{option} {path}: not a readable .npz file: {exc}") from None
 
 
-def load_array(path: Path, option: str) -> np.ndarray:
+def load_array(path: Path, option: str, *, head: bytes | None = None) -> np.ndarray:
     """An ``.npy`` array, or the arrays of an ``.npz`` stacked in name order (a job's maps file).
 
     Parameters
@@ -199,17 +201,15 @@ def load_array(path: Path, option: str) -> np.ndarray:
     path : Path
     option : str
         The command-line option that named the file, for errors.
+    head : bytes, optional
+        The file's first bytes, when the caller read them already.
 
     Returns
     -------
     ndarray
     """
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(6)
-    except OSError as exc:
-        raise UsageError(f"{option} {path}: cannot read it: {exc.strerror or exc}") from None
-    if not (head.startswith(b"\x93NUMPY") or head.startswith(b"PK\x03\x04")):
+    head = _head(path, option) if head is None else head
+    if not (head.startswith(NPY_MAGIC) or head.startswith(ZIP_MAGIC)):
         raise UsageError(f"{option} {path}: not a .npy or .npz file (it starts with {head!r})")
     try:
         loaded = np.load(path, allow_pickle=False)

@@ -71,9 +71,14 @@ def heuristic_lam(lam: float, images: Array) -> np.ndarray:
 
 def cold_start_rho(config: AdmmConfig, lam: float, images: Array) -> np.ndarray:
     """ρ of a cold start per image: ``config.rho``, or 50λ' + 1 with λ' from :func:`heuristic_lam`."""
+    return _cold_rho(config, heuristic_lam(lam, images))
+
+
+def _cold_rho(config: AdmmConfig, heuristic: np.ndarray) -> np.ndarray:
+    """``config.rho`` for each image, or 50λ' + 1 from the per-image λ' of :func:`heuristic_lam`."""
     if config.rho is not None:
-        return np.full(images.shape[0], float(config.rho))
-    return 50.0 * heuristic_lam(lam, images) + 1.0
+        return np.full(heuristic.shape, float(config.rho))
+    return 50.0 * heuristic + 1.0
 
 
 class Admm(SolverBase):
@@ -87,7 +92,7 @@ class Admm(SolverBase):
         self._factor: ShiftedNormalFactor | None = None
         # per image (ξ of residual balancing; the images' units are taken out, see heuristic_lam)
         lam = heuristic_lam(problem.lam, problem.images)
-        self._rho0 = 50.0 * lam + 1.0 if self.config.rho is None else np.full(lam.shape, float(self.config.rho))
+        self._rho0 = _cold_rho(self.config, lam)
         self._rho_target = (
             np.full(lam.shape, float(self.config.rho_target))
             if self.config.rho_target is not None
