@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Array, Backend, backend_of
+from .operators.connectivity import boolean_table
 from .operators.convolution import BOUNDARIES
 
 
@@ -107,9 +108,9 @@ def check_connectivity(connectivity: Any, n_filters: int, n_channels: int, backe
     if connectivity is None:
         return None
     g = np.asarray(connectivity if backend.name == "numpy" else backend.to_host(connectivity))
-    if g.dtype != bool or g.shape != (n_filters, n_channels):
+    if g.shape != (n_filters, n_channels):
         raise ValueError(
-            f"connectivity must be a boolean array of shape (K, C) = {(n_filters, n_channels)}, "
-            f"got dtype {g.dtype} and shape {g.shape}"
+            f"connectivity must be a boolean (or 0/1) array of shape (K, C) = {(n_filters, n_channels)}, "
+            f"got shape {g.shape}"
         )
-    return backend.asarray(g)
+    return backend.asarray(boolean_table(g))

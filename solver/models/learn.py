@@ -23,7 +23,7 @@ from ..algorithms.recentre import crop_to_energy, roll_state
 from ..backend import Array
 from ..config import FilterUpdateConfig, LayerSpec, LearnConfig, OnlineConfig
 from ..images.preprocess import FittedPreprocess, PreprocessConfig
-from ..operators.connectivity import connectivity_table
+from ..operators.connectivity import boolean_table, connectivity_table
 from ..operators.pixel_path import LowerLayer, input_geometry
 from ..operators.prox import normalise_unit
 from ..validation import as_images, check_boundary, check_finite, check_lam, check_p, check_positive_int
@@ -159,7 +159,7 @@ def learn(
     seed : int
         Seeds the initial filters (the run is deterministic).
     backend : {"auto", "numpy", "cupy"}
-    connectivity : str or bool array of shape (K, C)
+    connectivity : str or bool (or 0/1) array of shape (K, C)
         ``"full"``, ``"singles-and-doubles"``, ``"random-doubles:k"`` or a table.
     inner_iter : int, optional
         Inference iterations per outer iteration (default: 10 for a method name, the model's own count for a
@@ -222,7 +222,7 @@ def learn(
         lam=lam,
         p=p,
         lam_scale=lam_scale,
-        connectivity=connectivity if isinstance(connectivity, str) else np.asarray(connectivity).tolist(),
+        connectivity=connectivity if isinstance(connectivity, str) else boolean_table(connectivity).tolist(),
     )
     config = LearnConfig(
         layers=[layer],

@@ -37,6 +37,20 @@ def singles_and_doubles_count(n_inputs: int) -> int:
     return n_inputs + n_inputs * (n_inputs - 1) // 2
 
 
+def boolean_table(value: object) -> np.ndarray:
+    """`value` as a boolean array: booleans as they are, integers only where every entry is 0 or 1 (a table read
+    from a file or written by hand); anything else is a ValueError naming what was found."""
+    table = np.asarray(value)
+    if table.dtype == bool:
+        return table
+    if table.dtype.kind in "iu" and table.size and np.isin(table, (0, 1)).all():
+        return table.astype(bool)
+    if table.dtype.kind in "iu" and table.size:
+        odd = sorted({int(v) for v in np.unique(table)} - {0, 1})[:5]
+        raise ValueError(f"connectivity must hold booleans or 0/1, got the values {odd}")
+    raise ValueError(f"connectivity must be a boolean (or 0/1) matrix, got dtype {table.dtype}")
+
+
 def connectivity_table(
     spec: str | list[list[bool]] | np.ndarray, n_filters: int, n_channels: int, *, seed: int = 0
 ) -> np.ndarray | None:
@@ -72,9 +86,7 @@ def connectivity_table(
         for row in range(n_filters):
             table[row, rng.choice(n_channels, size=k, replace=False)] = True
         return table
-    table = np.asarray(spec)
-    if table.dtype != bool:
-        raise ValueError(f"connectivity matrix must be boolean, got dtype {table.dtype}")
+    table = boolean_table(spec)
     if table.shape != (n_filters, n_channels):
         raise ValueError(
             f"connectivity has shape {table.shape}, expected (n_filters, n_channels) = {(n_filters, n_channels)}"

@@ -23,6 +23,7 @@ from solver.config import (
     load_config,
 )
 from solver.models.coding import encode, reconstruct
+from solver.models.learn import learn
 from solver.operators.connectivity import connectivity_table, parse_table_name, singles_and_doubles_count
 
 SHAPE = (8, 8)
@@ -436,8 +437,9 @@ def test_explicit_connectivity_matrix_is_checked():
     np.testing.assert_array_equal(connectivity_table(good.tolist(), 3, 2), good)
     with pytest.raises(ValueError, match="shape"):
         connectivity_table(good, 2, 3)
+    np.testing.assert_array_equal(connectivity_table(good.astype(int), 3, 2), good)  # 0/1 read as booleans
     with pytest.raises(ValueError, match="boolean"):
-        connectivity_table(good.astype(int), 3, 2)
+        connectivity_table(good.astype(float), 3, 2)
     with pytest.raises(ValueError, match="read no input"):
         connectivity_table(np.array([[True, False], [False, False], [False, True]]), 3, 2)
 
@@ -479,3 +481,27 @@ def test_objective_takes_grey_images_as_encode_does(rng, filters):
 def test_psnr_refuses_what_has_no_psnr(reference, kwargs, match):
     with pytest.raises(ValueError, match=match):
         psnr(reference, np.ones_like(reference), **kwargs)
+
+
+def test_a_table_of_zeros_and_ones_reads_as_its_booleans_in_encode_and_learn():
+    rng = np.random.default_rng(3)
+    y = rng.standard_normal((2, 2, 16, 16)).astype(np.float32)
+    f = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    ints = np.array([[1, 0], [0, 1], [1, 1]])
+    for run in (
+        lambda g: encode(y, f, 0.1, connectivity=g, max_iter=5).maps,
+        lambda g: learn(y, 3, 3, 0.1, n_iter=1, connectivity=g).filters,
+    ):
+        np.testing.assert_array_equal(run(ints), run(ints.astype(bool)))
+
+
+@pytest.mark.parametrize("call", ["encode", "learn"])
+def test_a_table_with_other_integers_is_refused_naming_them(call):
+    rng = np.random.default_rng(3)
+    y = rng.standard_normal((2, 2, 16, 16)).astype(np.float32)
+    table = np.array([[1, 0], [0, 2], [1, 1]])
+    with pytest.raises(ValueError, match=r"connectivity must hold booleans or 0/1, got the values \[2\]"):
+        if call == "encode":
+            encode(y, rng.standard_normal((3, 2, 3, 3)).astype(np.float32), 0.1, connectivity=table)
+        else:
+            learn(y, 3, 3, 0.1, n_iter=1, connectivity=table)
