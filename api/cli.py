@@ -124,7 +124,7 @@ def _serve(args: argparse.Namespace) -> int:
         _error(str(exc), "serve")
         return EXIT_USAGE
     except DataDirInUse as exc:
-        _error(str(exc), "serve")
+        _error(f"{exc} (--data-dir or DECONV_DATA_DIR)", "serve")
         return EXIT_USAGE
     except StoreUnreachable as exc:
         _error(str(exc), "serve")
@@ -139,6 +139,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from .client import DeconvAPIError  # noqa: PLC0415
+    from .datalock import DataDirInUse  # noqa: PLC0415
     from .demo import run_demo  # noqa: PLC0415
 
     if not args.verbose:  # Ray's note on its token authentication means nothing to a first run
@@ -148,6 +149,9 @@ def _demo(args: argparse.Namespace) -> int:
     except DeconvAPIError as exc:
         _error(exc.message, "demo")
         return EXIT_FAILED
+    except DataDirInUse as exc:  # the demo reads no DECONV_DATA_DIR: only its option can move it
+        _error(f"{exc} (--data-dir)", "demo")
+        return EXIT_USAGE
     except RuntimeError as exc:  # the service did not start
         _error(str(exc), "demo")
         return EXIT_FAILED

@@ -70,7 +70,7 @@ def acquire(data_dir: str | os.PathLike[str]) -> Path:
             fh.close()
             raise DataDirInUse(
                 f"the data folder {folder} is in use by another deconv service ({holder}); stop it, or give this "
-                "one another data folder (--data-dir or DECONV_DATA_DIR)"
+                "one another data folder"
             ) from None
         fh.seek(0)
         fh.truncate()

@@ -143,3 +143,17 @@ def test_a_second_serve_on_a_live_service_s_folder_refuses_and_leaves_it_running
         os.killpg(first.pid, signal.SIGTERM)
         first.wait(60)
         log.close()
+
+
+def test_the_demo_on_a_held_folder_names_only_its_own_option(tmp_path, capsys):
+    from api.cli import main  # noqa: PLC0415
+
+    holder = _hold_in_another_process(tmp_path / "data")
+    try:
+        status = main(["demo", "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data"), "--no-progress"])
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert status == EXIT_USAGE
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("deconv demo: error: the data folder ") and last.endswith("another data folder (--data-dir)")
