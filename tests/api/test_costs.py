@@ -222,8 +222,12 @@ def test_filters_whose_images_overflow_are_a_422_naming_the_filters(service):
 
 
 def _peak(function: Callable[[], object]) -> int:
+    """The peak of Python-traced memory of a call of `function`, after one untraced call: the first call in a
+    process also makes what is made once (FFT plans, imports), which the estimates leave to BASE_BYTES, so that
+    the measure would depend on which test ran first."""
     import tracemalloc  # noqa: PLC0415
 
+    function()
     tracemalloc.start()
     try:
         function()
