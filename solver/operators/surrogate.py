@@ -169,22 +169,48 @@ class BatchCorrelations:
         U, V = self.grid[0], self.grid[1] // 2 + 1
         return self.bk.irfft2(per_freq.transpose(1, 2, 0).reshape(P, Q, U, V), self.grid)
 
+    def _at(self, per_freq: Array, rows: np.ndarray, cols: np.ndarray) -> Array:
+        """``_to_grid(per_freq)[:, :, rows][..., cols]`` without the rest of the grid: (U·V, P, Q) -> real
+        (P, Q, len(rows), len(cols)).
+
+        The statistics need a few lags of K² correlations; their inverse transforms on the whole grid cost as much
+        as the maps of an image each, whatever the batch, which a part of a batch coded on one actor pays again.
+        Here the first axis is inverted at the wanted rows only (a product with those rows of the inverse DFT),
+        then the half-spectrum axis at the wanted columns (the real part of a product with the inverse's columns,
+        the frequencies between 0 and the Nyquist one counted twice): the same numbers up to round-off.
+        """
+        xp = self.bk.xp
+        P, Q = per_freq.shape[1:]
+        H, W = self.grid
+        V = W // 2 + 1
+        planes = per_freq.transpose(1, 2, 0).reshape(P, Q, H, V)
+        rows_dft = np.exp(2j * np.pi * np.outer(rows, np.arange(H)) / H) / H  # (rows, H)
+        weights = np.full(V, 2.0)
+        weights[0] = 1.0
+        if W % 2 == 0:
+            weights[-1] = 1.0
+        cols_dft = weights[:, None] * np.exp(2j * np.pi * np.outer(np.arange(V), cols) / W) / W  # (V, cols)
+        dtype = planes.dtype
+        partial = xp.matmul(self.bk.asarray(rows_dft, dtype=dtype), planes)  # (P, Q, rows, V)
+        return xp.matmul(partial, self.bk.asarray(cols_dft, dtype=dtype)).real
+
     def statistics(self) -> FilterStatistics:
         """ZtZ, ZtY and Σ y² of this batch (see the module docstring), on the host in float64."""
         xp, s = self.bk.xp, self.filter_size
         zh = xp.conj(self._z).transpose(0, 2, 1)  # (U·V, K, N)
-        lags0, lags1 = (xp.asarray(_lag_index(n, s)) for n in self.grid)
+        lags0, lags1 = (_lag_index(n, s) for n in self.grid)
         K = self.n_filters
         ztz = np.empty((K, K, 2 * s - 1, 2 * s - 1))
         # rows of maps at a time, so that the per-frequency products and their inverse transforms stay bounded
         # (K² full-grid correlations would be K² image-sized arrays)
         step = max(1, _CHUNK_ELEMENTS // (self._spectrum * K))
         for k in range(0, K, step):
-            corr = self._to_grid(zh[:, k : k + step] @ self._z)  # Σ_n conj(ẑ_k) ẑ_k' -> Σ_x z_k(x) z_k'(x + δ)
-            ztz[k : k + step] = self.bk.to_host(corr[:, :, lags0][:, :, :, lags1])
+            corr = self._at(zh[:, k : k + step] @ self._z, lags0, lags1)  # Σ_n conj(ẑ_k) ẑ_k' -> Σ_x z_k z_k'(x+δ)
+            ztz[k : k + step] = self.bk.to_host(corr)
         ztz *= shared_channels(self.connectivity, K)[:, :, None, None]
-        cross = self._to_grid(zh @ self._y)  # Σ_n conj(ẑ_k) ŷ_c -> Σ_x z_k(x) y_c(x + u)
-        zty = self.bk.to_host(cross[..., :s, :s]).astype(np.float64)
+        first = np.arange(s)
+        cross = self._at(zh @ self._y, first, first)  # Σ_n conj(ẑ_k) ŷ_c -> Σ_x z_k(x) y_c(x + u)
+        zty = self.bk.to_host(cross).astype(np.float64)
         if self.connectivity is not None:
             zty *= self.connectivity[:, :, None, None]
         return FilterStatistics(np.ascontiguousarray(ztz), np.ascontiguousarray(zty), self.yty, float(self.n_images))

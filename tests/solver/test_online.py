@@ -101,6 +101,19 @@ def test_statistics_match_loops(boundary, table):
     assert stats.n_images == N
 
 
+@pytest.mark.parametrize("boundary", ["circular", "valid"])
+def test_statistics_match_loops_on_grids_of_odd_width(boundary):
+    # the lags are read off the half spectrum: an odd width has no Nyquist column, an even one (above) has
+    rng = np.random.default_rng(5)
+    side = 7
+    maps = rng.standard_normal((N, K, *map_shape((side, side), S, boundary)))
+    images = rng.standard_normal((N, C, side, side))
+    stats = correlate_statistics(maps, images, S, boundary=boundary)
+    ztz, zty = _ztz_loops(maps, S, boundary), _zty_loops(maps, images, S, boundary)
+    np.testing.assert_allclose(stats.ztz, ztz, rtol=0, atol=1e3 * np.finfo(np.float64).eps * np.abs(ztz).max())
+    np.testing.assert_allclose(stats.zty, zty, rtol=0, atol=1e3 * np.finfo(np.float64).eps * np.abs(zty).max())
+
+
 def test_statistics_computed_a_row_of_maps_at_a_time_match_loops(monkeypatch):
     monkeypatch.setattr(surrogate, "_CHUNK_ELEMENTS", 1)  # one map per product: the chunked path
     maps, images = _batch(np.random.default_rng(11), "valid")
