@@ -162,8 +162,10 @@ def test_a_second_ctrl_c_stops_a_huge_coding_step_at_once(ray_session, job_file,
     from tests.api.test_cancel_running import _shard_actors  # noqa: PLC0415
 
     config = yaml.safe_load(job_file.read_text())
-    # one coding step of 10,000 ADMM iterations takes far longer than this test waits
-    _edited(job_file, inference={**config.get("inference", {}), "method": "admm", "max_iter": 10_000})
+    # one coding step of 10,000 ADMM iterations on the eight 128² samples takes far longer than this test waits
+    # (on the fixture's three 32² crops a quiet machine ended the whole run before the presses came)
+    inference = {**config.get("inference", {}), "method": "admm", "max_iter": 10_000}
+    _edited(job_file, inference=inference, images=str(sample_paths()[0].parent))
     before = set(_shard_actors())
     sent: list[float] = []
 
