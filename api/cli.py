@@ -87,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose or args.command == "serve" else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # where the S3 client found its credentials and endpoint is noise in a service's log
+        for name in ("botocore", "aiobotocore", "s3fs"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if args.command == "learn":
         from .learn import learn  # noqa: PLC0415  (Ray and the solver load only for this command)
 
