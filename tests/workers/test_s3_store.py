@@ -104,3 +104,31 @@ def test_the_store_check_names_the_setting_and_endpoint_when_nothing_answers(s3_
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
         _filesystem.cache_clear()
+
+
+def test_the_store_check_refuses_a_url_without_a_bucket(s3_server):  # noqa: F811
+    with pytest.raises(ValueError, match=r"^--out: 's3://' names no bucket"):
+        check_store("s3://", "--out")
+
+
+def test_a_server_that_is_not_s3_is_not_taken_for_a_missing_bucket(s3_server, monkeypatch):  # noqa: F811
+    import http.server  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    import s3fs  # noqa: PLC0415
+
+    # a plain HTTP server answers 404 to every S3 request, as S3 does for a missing bucket's HEAD
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    s3fs.S3FileSystem.clear_instance_cache()
+    _filesystem.cache_clear()
+    try:
+        with pytest.raises(StoreUnreachable, match=r"^--out: cannot use the store of .*\(is it an S3 server\?\)$"):
+            check_store(s3_server.url("run"), "--out", timeout=10.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+        s3fs.S3FileSystem.clear_instance_cache()
+        _filesystem.cache_clear()

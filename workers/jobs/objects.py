@@ -77,9 +77,10 @@ def check_store(url: str | Path | None, setting: str, *, timeout: float = STORE_
     Raises
     ------
     ValueError
-        When the bucket does not exist (or cannot be read with these credentials).
+        When `url` names no bucket, or its bucket does not exist.
     StoreUnreachable
-        When the store does not answer within `timeout`, or its client fails to reach it.
+        When the store does not answer within `timeout`, or its client fails the request (no network, a server
+        that is not S3, credentials it refuses).
     """
     if url is None or not is_url(url):
         return
@@ -91,6 +92,8 @@ def check_store(url: str | Path | None, setting: str, *, timeout: float = STORE_
     if not hasattr(fs, "split_path"):  # no buckets (memory://): nothing to find missing
         return
     bucket = fs.split_path(root)[0]
+    if not bucket:  # s3:// alone would become the local folder 's3:' further on
+        raise ValueError(f"{setting}: {text!r} names no bucket (a URL such as s3://BUCKET/PREFIX)")
     endpoint = os.environ.get("AWS_ENDPOINT_URL") if text.startswith(("s3://", "s3a://")) else None
     at = f" at {endpoint} (AWS_ENDPOINT_URL)" if endpoint else ""
     if endpoint:  # a refused connection is known at once; the client would retry it for minutes
@@ -99,7 +102,7 @@ def check_store(url: str | Path | None, setting: str, *, timeout: float = STORE_
 
     def probe() -> None:
         try:
-            answer["exists"] = bool(fs.exists(bucket))
+            answer["exists"] = _bucket_exists(fs, bucket)
         except Exception as exc:  # noqa: BLE001  (reported below, in one line, whatever the client raised)
             answer["error"] = exc
 
@@ -113,12 +116,41 @@ def check_store(url: str | Path | None, setting: str, *, timeout: float = STORE_
     if "error" in answer:
         exc = answer["error"]
         first = (str(exc).strip().splitlines() or [""])[0]
-        raise StoreUnreachable(f"{setting}: cannot reach the store of {text}{at}: {type(exc).__name__}: {first}")
+        hint = " (is it an S3 server?)" if _error_code(exc) == "404" else ""
+        raise StoreUnreachable(f"{setting}: cannot use the store of {text}{at}: {type(exc).__name__}: {first}{hint}")
     if not answer["exists"]:
         raise ValueError(
             f"{setting}: the bucket {bucket!r} of {text} does not exist{at}: create it first (deconv creates no "
             "bucket, so that a misspelt name fails here)"
         )
+
+
+def _bucket_exists(fs: Any, bucket: str) -> bool:
+    """Whether `bucket` exists; any other failure of the client is raised.
+
+    fsspec's ``exists`` answers False for every error (a server that is not S3, no network, bad credentials),
+    which would read as a missing bucket. On S3 a listing of one key tells them apart: only S3's own
+    ``NoSuchBucket`` is a missing bucket (a plain HTTP server answers a bare 404 to the same request).
+    """
+    if hasattr(fs, "call_s3"):  # s3fs
+        try:
+            fs.call_s3("list_objects_v2", Bucket=bucket, MaxKeys=1)
+        except FileNotFoundError as exc:
+            if _error_code(exc) == "NoSuchBucket":
+                return False
+            raise
+        return True
+    try:
+        fs.info(bucket)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _error_code(exc: BaseException) -> str | None:
+    """The S3 error code behind an error s3fs translated (``NoSuchBucket``, ``404``), when there is one."""
+    response = getattr(exc.__cause__, "response", None)
+    return response.get("Error", {}).get("Code") if isinstance(response, dict) else None
 
 
 def _check_endpoint(endpoint: str, timeout: float, failure: str) -> None:
