@@ -137,6 +137,23 @@ class LayerSpec(_Frozen):
             raise ValueError(f"pool sizes must be positive integers (maps, rows, columns), got {list(v)}")
         return v
 
+    @field_validator("connectivity", mode="before")
+    @classmethod
+    def _table_of_booleans(cls, v: object) -> object:
+        """A matrix holds booleans or 0/1 only, as in solver.encode and solver.learn: pydantic alone would read
+        1.0, "yes" or "on" as True."""
+        if isinstance(v, str) or v is None:
+            return v
+        rows = v.tolist() if hasattr(v, "tolist") else v
+        if not isinstance(rows, list | tuple) or not all(isinstance(row, list | tuple) for row in rows):
+            raise ValueError("connectivity must be a table name or a (K, C) matrix given as a list of rows")
+        odd = sorted(
+            {repr(x) for row in rows for x in row if not (isinstance(x, bool) or (type(x) is int and x in (0, 1)))}
+        )
+        if odd:
+            raise ValueError(f"connectivity must hold booleans or 0/1, got the values [{', '.join(odd[:5])}]")
+        return [[bool(x) for x in row] for row in rows]
+
     @field_validator("connectivity")
     @classmethod
     def _known_table(cls, v: str | list[list[bool]]) -> str | list[list[bool]]:

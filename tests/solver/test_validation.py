@@ -3,6 +3,7 @@ connectivity tables (solver.operators.connectivity)."""
 
 from __future__ import annotations
 
+import re
 from itertools import combinations
 
 import numpy as np
@@ -505,3 +506,16 @@ def test_a_table_with_other_integers_is_refused_naming_them(call):
             encode(y, rng.standard_normal((3, 2, 3, 3)).astype(np.float32), 0.1, connectivity=table)
         else:
             learn(y, 3, 3, 0.1, n_iter=1, connectivity=table)
+
+
+@pytest.mark.parametrize(
+    ("table", "said"),
+    [([[1.0, 0.0]], "[0.0, 1.0]"), ([["yes", "no"]], "['no', 'yes']"), ([[2, 1]], "[2]"), ([[True, 0.5]], "[0.5]")],
+)
+def test_a_layer_config_takes_the_solvers_rule_for_a_connectivity_matrix(table, said):
+    with pytest.raises(
+        pydantic.ValidationError, match=rf"connectivity must hold booleans or 0/1, got the values {re.escape(said)}"
+    ):
+        LayerSpec(n_filters=1, filter_size=3, lam=0.1, connectivity=table)
+    spec = LayerSpec(n_filters=2, filter_size=3, lam=0.1, connectivity=[[1, 0], [True, False]])
+    assert spec.connectivity == [[True, False], [True, False]]
