@@ -20,6 +20,7 @@ table goes to stdout, progress to stderr.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     import numba  # noqa: PLC0415  (the CPU kernels' thread count)
 
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    # the operators size their FFT thread pools from the process's CPU budget (backend_of), which this caps
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     images = test_images(1, args.size)
     filters = random_filters(args.filters, args.filter_size)
     maps_shape = (1, args.filters, args.size, args.size)
