@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
@@ -91,9 +92,10 @@ PARALLEL_MIN_ENTRIES = 1 << 21
 
 
 @functools.lru_cache(maxsize=16)
-def _inverse_dft_rows(n: int, rows: int, dtype: str) -> np.ndarray:
-    """The first `rows` rows of the inverse DFT matrix of size `n` (1/n included), in complex `dtype`."""
-    index = np.arange(rows)[:, None] * np.arange(n)[None, :] % n  # reduced first: the phases stay exact
+def _inverse_dft_rows(n: int, rows: tuple[int, ...], dtype: str) -> np.ndarray:
+    """The rows `rows` (indices in [0, n)) of the inverse DFT matrix of size `n` (1/n included), in complex
+    `dtype`."""
+    index = np.asarray(rows)[:, None] * np.arange(n)[None, :] % n  # reduced first: the phases stay exact
     out = (np.exp(2j * np.pi * index / n) / n).astype(dtype)
     out.setflags(write=False)  # cached and shared
     return out
@@ -195,17 +197,23 @@ class Backend:
 
     def irfft2_corner(self, a: Array, shape: tuple[int, int], size: int) -> Array:
         """``irfft2(a, shape)[..., :size, :size]`` without the rest of the inverse: the filters' corner of their
-        planes. The first axis is inverted for the `size` rows kept only, as a product with the (size, H) block
-        of the inverse DFT matrix, then the last axis by a real FFT of `size` rows: for 8×8 filters on 256×256
-        planes about a fifth of the whole inverse's work. Round-off differs from :meth:`irfft2` by a few ulps."""
-        H, W = int(shape[0]), int(shape[1])
-        if size >= H:
+        planes (:meth:`irfft2_rows`, for 8×8 filters on 256×256 planes about a fifth of the whole inverse's
+        work). Round-off differs from :meth:`irfft2` by a few ulps."""
+        if size >= int(shape[0]):
             return self.irfft2(a, shape)[..., :size, :size]
-        rows = self.asarray(_inverse_dft_rows(H, size, np.dtype(a.dtype).str))
-        partial = rows @ a  # (size, H) @ (..., H, V) -> (..., size, V): the first `size` rows of the ifft
+        return self.irfft2_rows(a, shape, range(size))[..., :size]
+
+    def irfft2_rows(self, a: Array, shape: tuple[int, int], rows: Sequence[int]) -> Array:
+        """``irfft2(a, shape)[..., rows, :]`` for a few `rows` (indices, negative ones counted from the end)
+        without the rest of the inverse. The first axis is inverted at those rows only, as a product with those
+        rows of the inverse DFT matrix, then the last axis by a real FFT of each kept row. Round-off differs from
+        :meth:`irfft2` by a few ulps."""
+        H, W = int(shape[0]), int(shape[1])
+        kept = tuple(int(r) % H for r in rows)
+        partial = self.asarray(_inverse_dft_rows(H, kept, np.dtype(a.dtype).str)) @ a  # (rows, H) @ (..., H, V)
         if self.name == "numpy":
-            return scipy.fft.irfft(partial, n=W, axis=-1)[..., :size]
-        return self.xp.fft.irfft(partial, n=W, axis=-1)[..., :size]
+            return scipy.fft.irfft(partial, n=W, axis=-1)
+        return self.xp.fft.irfft(partial, n=W, axis=-1)
 
     def asarray(self, a: Array, dtype: Any = None) -> Array:
         """Move `a` to this backend (no copy when it is already there with that dtype)."""

@@ -175,24 +175,12 @@ class BatchCorrelations:
 
         The statistics need a few lags of K² correlations; their inverse transforms on the whole grid cost as much
         as the maps of an image each, whatever the batch, which a part of a batch coded on one actor pays again.
-        Here the first axis is inverted at the wanted rows only (a product with those rows of the inverse DFT),
-        then the half-spectrum axis at the wanted columns (the real part of a product with the inverse's columns,
-        the frequencies between 0 and the Nyquist one counted twice): the same numbers up to round-off.
+        :meth:`~solver.backend.Backend.irfft2_rows` inverts the wanted rows only: the same numbers up to round-off.
         """
-        xp = self.bk.xp
         P, Q = per_freq.shape[1:]
-        H, W = self.grid
-        V = W // 2 + 1
-        planes = per_freq.transpose(1, 2, 0).reshape(P, Q, H, V)
-        rows_dft = np.exp(2j * np.pi * np.outer(rows, np.arange(H)) / H) / H  # (rows, H)
-        weights = np.full(V, 2.0)
-        weights[0] = 1.0
-        if W % 2 == 0:
-            weights[-1] = 1.0
-        cols_dft = weights[:, None] * np.exp(2j * np.pi * np.outer(np.arange(V), cols) / W) / W  # (V, cols)
-        dtype = planes.dtype
-        partial = xp.matmul(self.bk.asarray(rows_dft, dtype=dtype), planes)  # (P, Q, rows, V)
-        return xp.matmul(partial, self.bk.asarray(cols_dft, dtype=dtype)).real
+        U, V = self.grid[0], self.grid[1] // 2 + 1
+        planes = per_freq.transpose(1, 2, 0).reshape(P, Q, U, V)
+        return self.bk.irfft2_rows(planes, self.grid, rows)[..., cols]
 
     def statistics(self) -> FilterStatistics:
         """ZtZ, ZtY and Σ y² of this batch (see the module docstring), on the host in float64."""
