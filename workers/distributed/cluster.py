@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from dataclasses import dataclass
 
 import ray
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..jobs.objects import tcp_unreachable
 from .address import AUTO, LOCAL, check_address
 
 logger = logging.getLogger(__name__)
@@ -159,14 +159,12 @@ def _check_reachable(address: str, timeout: float) -> None:
     meanwhile; a refused or unanswered connection is known within `timeout` seconds.
     """
     host, _, port = address.rpartition(":")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as exc:
-        reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+    reason = tcp_unreachable(host.strip("[]"), int(port), timeout)
+    if reason is not None:
         raise ConnectionError(
-            f"cannot reach the Ray cluster at {address} ({reason.lower()}): start its head there "
+            f"cannot reach the Ray cluster at {address} ({reason}): start its head there "
             "(ray start --head) or give the head's GCS address host:port"
-        ) from None
+        )
 
 
 def shutdown() -> None:

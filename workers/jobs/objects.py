@@ -164,11 +164,21 @@ def _check_endpoint(endpoint: str, timeout: float, failure: str) -> None:
         raise ValueError(f"AWS_ENDPOINT_URL must be a URL such as http://host:9000, got {endpoint!r}") from None
     if not parts.hostname:
         raise ValueError(f"AWS_ENDPOINT_URL must be a URL such as http://host:9000, got {endpoint!r}")
+    reason = tcp_unreachable(parts.hostname, port, timeout)
+    if reason is not None:
+        raise StoreUnreachable(f"{failure}: {reason}")
+
+
+def tcp_unreachable(host: str, port: int, timeout: float) -> str | None:
+    """Why a TCP connection to `host`:`port` does not open within `timeout` seconds (``connection refused``, ``no
+    answer within 10 s``), or None when it opens: the first check of an address whose client (Ray's, S3's) would
+    retry for minutes before it says anything."""
     try:
-        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
         reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise StoreUnreachable(f"{failure}: {reason.lower()}") from None
+        return reason.lower()
+    return None
 
 
 def check_object_key(key: str) -> str:
