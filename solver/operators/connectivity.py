@@ -43,11 +43,11 @@ def boolean_table(value: object) -> np.ndarray:
     table = np.asarray(value)
     if table.dtype == bool:
         return table
-    if table.dtype.kind in "iu" and table.size and np.isin(table, (0, 1)).all():
-        return table.astype(bool)
     if table.dtype.kind in "iu" and table.size:
-        odd = sorted({int(v) for v in np.unique(table)} - {0, 1})[:5]
-        raise ValueError(f"connectivity must hold booleans or 0/1, got the values {odd}")
+        odd = sorted({int(v) for v in np.unique(table)} - {0, 1})
+        if not odd:
+            return table.astype(bool)
+        raise ValueError(f"connectivity must hold booleans or 0/1, got the values {odd[:5]}")
     raise ValueError(f"connectivity must be a boolean (or 0/1) matrix, got dtype {table.dtype}")
 
 
