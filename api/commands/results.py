@@ -114,9 +114,13 @@ def reconstruct(args: argparse.Namespace, client: DeconvClient) -> int:
     if args.maps is None:
         return _job_reconstructions(args, client, fmt)
     _check_maps_options(args)
-    head = _head(args.maps, "--maps")  # read once: an npz of deconv encode's layers, or any .npy/.npz of maps
-    maps = _encoded_layer(args.maps, args.layer) if head.startswith(ZIP_MAGIC) else None
-    if maps is None:
+    head = _head(args.maps, "--maps")
+    if head.startswith(ZIP_MAGIC):  # read once: deconv encode's npz of every layer, or any npz of maps
+        arrays = load_arrays(args.maps, "--maps")
+        maps = _encoded_layer(arrays, args.maps, args.layer)
+        if maps is None:
+            maps = _stacked(arrays, args.maps, "--maps")
+    else:
         maps = load_array(args.maps, "--maps", head=head)
     kwargs: dict[str, Any] = {"job_id": args.job, "layer": args.layer, "boundary": args.boundary}
     if args.switches is not None:
@@ -152,10 +156,10 @@ def _check_maps_options(args: argparse.Namespace) -> None:
 _LAYER_MAPS = re.compile(r"L[0-9]+")
 
 
-def _encoded_layer(path: Path, layer: int | None) -> np.ndarray | None:
-    """Layer `layer`'s maps (``L<layer>``, layer 1 by default) when the ``.npz`` at `path` is what ``deconv encode``
-    writes, the maps of every layer (``L1``, ``L2``, ...) and the pooling switches (``S1``, ...); else None."""
-    arrays = load_arrays(path, "--maps")
+def _encoded_layer(arrays: dict[str, np.ndarray], path: Path, layer: int | None) -> np.ndarray | None:
+    """Layer `layer`'s maps (``L<layer>``, layer 1 by default) when the arrays of the ``.npz`` at `path` are what
+    ``deconv encode`` writes, the maps of every layer (``L1``, ``L2``, ...) and the pooling switches (``S1``,
+    ...); else None."""
     if not any(_LAYER_MAPS.fullmatch(name) for name in arrays):
         return None
     name = f"L{layer or 1}"
@@ -218,11 +222,16 @@ def load_array(path: Path, option: str, *, head: bytes | None = None) -> np.ndar
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         return loaded
     with loaded:
-        arrays = [loaded[name] for name in sorted(loaded.files)]
-    if not arrays:
+        return _stacked({name: loaded[name] for name in loaded.files}, path, option)
+
+
+def _stacked(arrays: dict[str, np.ndarray], path: Path, option: str) -> np.ndarray:
+    """The arrays of an ``.npz`` stacked in name order (one alone as it is)."""
+    ordered = [arrays[name] for name in sorted(arrays)]
+    if not ordered:
         raise UsageError(f"{option} {path}: the npz holds no array")
     try:
-        return arrays[0] if len(arrays) == 1 else np.stack(arrays)
+        return ordered[0] if len(ordered) == 1 else np.stack(ordered)
     except ValueError as exc:
         raise UsageError(f"{option} {path}: the npz's arrays cannot be stacked: {exc}") from None
 
