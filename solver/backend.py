@@ -7,9 +7,11 @@ type itself.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
@@ -101,9 +103,35 @@ def _inverse_dft_rows(n: int, rows: tuple[int, ...], dtype: str) -> np.ndarray:
     return out
 
 
+class _ThreadCap(threading.local):
+    threads: int | None = None  # a class default: a thread that never set one reads None
+
+
+_cap = _ThreadCap()
+
+
+@contextlib.contextmanager
+def threads_capped(n: int) -> Iterator[None]:
+    """Within this block this thread's passes and transforms use at most `n` threads (:func:`cpu_budget`,
+    :func:`threads_for`, :func:`fftw_threads`): for work that runs beside other such work on the process's other
+    threads (:mod:`solver.concurrent`)."""
+    outer = _cap.threads
+    _cap.threads = n if outer is None else min(n, outer)
+    try:
+        yield
+    finally:
+        _cap.threads = outer
+
+
+def _capped(workers: int) -> int:
+    cap = _cap.threads
+    return workers if cap is None else min(workers, cap)
+
+
 def threads_for(n_entries: int, workers: int) -> int:
-    """`workers`, or 1 for an array of fewer than :data:`PARALLEL_MIN_ENTRIES` entries."""
-    return workers if n_entries >= PARALLEL_MIN_ENTRIES else 1
+    """`workers` (at most this thread's cap), or 1 for an array of fewer than :data:`PARALLEL_MIN_ENTRIES`
+    entries."""
+    return _capped(workers) if n_entries >= PARALLEL_MIN_ENTRIES else 1
 
 
 #: Real-side entries per FFTW thread: FFTW's threads pay off on smaller arrays than scipy.fft's and the numba
@@ -115,7 +143,7 @@ FFTW_ENTRIES_PER_THREAD = 1 << 17
 def fftw_threads(n_entries: int, workers: int) -> int:
     """Threads for an FFTW transform of `n_entries` real-side entries: one per
     :data:`FFTW_ENTRIES_PER_THREAD`, at least 1, at most `workers`."""
-    return max(1, min(workers, n_entries // FFTW_ENTRIES_PER_THREAD))
+    return max(1, min(_capped(workers), n_entries // FFTW_ENTRIES_PER_THREAD))
 
 
 def visible_cpus() -> int:
@@ -137,6 +165,12 @@ def cpu_budget() -> int:
     if first.isdigit() and int(first) >= 1:
         return min(cpus, int(first))
     return cpus
+
+
+def thread_budget() -> int:
+    """Threads the calling thread may keep busy: :func:`cpu_budget` under the thread's cap
+    (:func:`threads_capped`)."""
+    return _capped(cpu_budget())
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
-__all__ = ["Stopped", "check_stop", "stop_on"]
+__all__ = ["Stopped", "check_stop", "stop_on", "under_this_stop"]
 
 
 class Stopped(Exception):  # noqa: N818  (control flow, not an error)
@@ -94,3 +95,21 @@ def stop_on(should_stop: Callable[[], bool] | None, *, every: float = 0.05) -> I
         yield
     finally:
         _local.watch = outer
+
+
+def under_this_stop(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn`, run under the calling thread's :func:`stop_on` wherever it is called: for work this thread hands to
+    other threads, which must stop when it would."""
+    watch = _local.watch
+    if watch is None:
+        return fn
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        outer = _local.watch
+        _local.watch = watch
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _local.watch = outer
+
+    return watched

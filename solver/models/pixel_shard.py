@@ -16,7 +16,7 @@ from ..operators.convolution import ConvOperator, FilterOperator
 from ..operators.pixel_path import LowerLayer, PixelPath
 from ..operators.pooling import keep_block_maxima
 from .lam import analysis_max
-from .shard_base import CodeStats, _ShardBase
+from .shard_base import CodeStats, _ShardBase, steps_never_worse
 
 
 class PixelShard(_ShardBase):
@@ -74,8 +74,11 @@ class PixelShard(_ShardBase):
         cold = self._maps is None  # a first run starts from zero maps (the block constraint holds for them)
         if cold:
             self._maps = self.bk.xp.zeros((self.n_images, op.n_filters, *op.map_shape), dtype=self.images.dtype)
-        maps, max_iter = self._maps, 0
-        for group in self._coding_groups(maps):
+        maps = self._maps
+        if self._power is None:
+            self._power = self.bk.xp.empty(maps.shape, dtype=maps.dtype)
+
+        def code(group: slice) -> int:
             problem = PixelCodingProblem(
                 self.images[group],
                 op,
@@ -86,16 +89,12 @@ class PixelShard(_ShardBase):
                 power_iter=POWER_ITER_WARM if warm else POWER_ITER,
             )
             solver = Fista(problem, FistaConfig(max_iter=self.config.inference.max_iter, tol=0.0))
-            if self._power is None:
-                self._power = self.bk.xp.empty(maps.shape, dtype=problem.power_vector.dtype)
             self._power[group] = problem.power_vector  # the group's start is read: its vectors take its place
             start = maps[group] if cold else keep_block_maxima(maps[group], self.layer.pool)
-            self._steps_never_worse(solver, solver.init(start))
-            maps[group] = self._maps
-            self._maps = maps  # the group's own arrays go with its solver
-            max_iter = solver.max_iter
-            del problem, solver
-        return self._code_stats(max_iter)
+            maps[group], _ = steps_never_worse(solver, solver.init(start))
+            return solver.max_iter
+
+        return self._code_stats(self._each_group(code, maps)[-1])
 
     def _operator(self) -> FilterOperator:
         if self._maps is None:

@@ -26,6 +26,7 @@ filters up to round-off. Arrays cross the shard boundary as host numpy arrays.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,7 @@ from .shard_base import (
     coding_groups,
     iterate_steps,
     keep_better,
+    steps_never_worse,
 )
 
 
@@ -111,33 +113,35 @@ class Shard(_ShardBase):
             self._maps = self.bk.xp.zeros(shape, dtype=self.images.dtype)
         if self.config.inference.method == "admm":
             return self._code_admm_in_groups(op)
-        maps, max_iter = self._maps, 0
+        maps = self._maps
         self._warm = None  # the others start cold
         step_bound = _OnceLipschitz()
-        for group in self._coding_groups(maps):
+
+        def code(group: slice) -> int:
             solver = make_solver(_GroupProblem(self.images[group], op, self.penalty, step_bound), self.config.inference)
             maps[group] = run(solver, solver.init(maps[group]), stop_early=False).maps
-            max_iter = solver.max_iter
-            del solver
-        return self._code_stats(max_iter)
+            return solver.max_iter
+
+        return self._code_stats(self._each_group(code, maps)[-1])
 
     def _code_admm_in_groups(self, op: ConvOperator) -> CodeStats:
-        warm, self._warm = self._warm, None  # the runs own (and overwrite) the duals now
-        maps, rho, max_iter = self._maps, [], 0
-        for group in self._coding_groups(maps):
+        maps = self._maps
+        # the runs own (and overwrite) the duals now; the cold start of every image where there are none
+        warm = _full_warm_start(self._warm, maps, self.images, self.config.inference, self.penalty.lam, op)
+        self._warm = None
+
+        def code(group: slice) -> tuple[np.ndarray, int]:
             solver = make_solver(CSCProblem(self.images[group], op, self.penalty), self.config.inference)
-            warm = _full_warm_start(warm, maps, self.images, self.config.inference, self.penalty.lam, op)
-            state = self._steps_never_worse(solver, solver.init(maps[group], warm=_warm_rows(warm, group)))
-            maps[group] = self._maps  # a no-op where the run kept the group's start in place
-            self._maps = maps  # the group's own arrays go with its state
+            kept, state = steps_never_worse(solver, solver.init(maps[group], warm=_warm_rows(warm, group)))
+            maps[group] = kept  # a no-op where the run kept the group's start in place
             warm.dual[group] = state.dual  # the fused run wrote it in place already: then a no-op too
             if warm.aux_dual is not None:
                 warm.aux_dual[group] = state.aux_dual
-            rho.append(state.rho)
-            max_iter = solver.max_iter
-            del state, solver
-        self._warm = AdmmWarmStart(np.concatenate(rho), warm.dual, warm.aux_dual)
-        return self._code_stats(max_iter)
+            return state.rho, solver.max_iter
+
+        done = self._each_group(code, maps)
+        self._warm = AdmmWarmStart(np.concatenate([rho for rho, _ in done]), warm.dual, warm.aux_dual)
+        return self._code_stats(done[-1][1])
 
     def _problem(self) -> FilterProblem:
         if self._filter_problem is not None:  # the maps' FFTs are reused by every filter evaluation of the step
@@ -226,15 +230,17 @@ class Shard(_ShardBase):
 
 class _OnceLipschitz:
     """‖P D‖² of a coding operator, computed by the first group that asks (it depends on the filters only: for the
-    valid boundary a power iteration on one image) and given to the others."""
+    valid boundary a power iteration on one image) and given to the others, which may ask at the same time."""
 
     def __init__(self) -> None:
         self.value: float | None = None
+        self._lock = threading.Lock()
 
     def __call__(self, problem: CSCProblem) -> float:
-        if self.value is None:
-            self.value = CSCProblem.lipschitz(problem)
-        return self.value
+        with self._lock:
+            if self.value is None:
+                self.value = CSCProblem.lipschitz(problem)
+            return self.value
 
 
 class _GroupProblem(CSCProblem):

@@ -3,18 +3,22 @@ coding steps that are never worse) and the helpers of their coding and state."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ..algorithms.admm import Admm, AdmmWarmStart
-from ..backend import Array, Backend, backend_of, get_backend
+from ..backend import PARALLEL_MIN_ENTRIES, Array, Backend, backend_of, get_backend
+from ..concurrent import map_concurrently
 from ..config import LearnConfig
 from ..operators.pairs import image_blocks
 from ..operators.prox import LpPenalty
 from ..stopping import check_stop
 from .lam import with_lam
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -67,16 +71,16 @@ class _ShardBase:
         self.layer = self.config.layers[0]
         self.penalty = LpPenalty(self.layer.lam, self.layer.p)
 
-    def _coding_groups(self, maps: Array) -> list[slice]:
-        return coding_groups(self.n_images, maps.nbytes, gpu=self.bk.name != "numpy")
-
-    def _steps_never_worse(self, solver: Any, state: Any) -> Any:
-        """``solver.max_iter`` steps from `state`; per image, the new maps unless their E is above the start's
-        (kept in ``_maps``). Returns the last state."""
-        maps0, E0 = solver.maps(state), solver.per_item_objective(state).copy()
-        state = iterate_steps(solver, state, solver.max_iter)
-        self._maps = keep_better(solver.maps(state), solver.per_item_objective(state), maps0, E0)
-        return state
+    def _each_group(self, code: Callable[[slice], R], maps: Array) -> list[R]:
+        """``code(group)`` for each of the groups in which the shard codes `maps`
+        (:func:`coding_groups`), in order. Groups too small for threaded passes
+        (:data:`~solver.backend.PARALLEL_MIN_ENTRIES`) are coded several at once, a thread each
+        (:mod:`solver.concurrent`): `code` may write only its own group's rows of the shard's arrays."""
+        groups = coding_groups(self.n_images, maps.nbytes, gpu=self.bk.name != "numpy")
+        rows = maps[groups[0]].size
+        if self.bk.name == "numpy" and rows < PARALLEL_MIN_ENTRIES:
+            return map_concurrently(code, groups)
+        return [code(group) for group in groups]
 
     def _code_stats(self, n_iter: int) -> CodeStats:
         xp, maps = self.bk.xp, self._maps
@@ -99,6 +103,14 @@ def coding_groups(n: int, maps_bytes: int, *, gpu: bool = False) -> list[slice]:
     """The groups of images ``lo:hi`` in which a shard of `n` images whose maps take `maps_bytes` codes them."""
     min_bytes = GPU_MIN_GROUP_BYTES if gpu else MIN_GROUP_BYTES
     return image_blocks(n, maps_bytes, blocks=CODING_GROUPS, min_bytes=min_bytes)
+
+
+def steps_never_worse(solver: Any, state: Any) -> tuple[Array, Any]:
+    """``solver.max_iter`` steps from `state`: (per image the new maps unless their E is above the start's, the
+    last state)."""
+    maps0, E0 = solver.maps(state), solver.per_item_objective(state).copy()
+    state = iterate_steps(solver, state, solver.max_iter)
+    return keep_better(solver.maps(state), solver.per_item_objective(state), maps0, E0), state
 
 
 def _warm_rows(warm: AdmmWarmStart, group: slice) -> AdmmWarmStart:

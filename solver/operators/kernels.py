@@ -21,6 +21,7 @@ its own two-axis ``irfft2`` on maps-shaped arrays (same result, bit for bit).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator
 
@@ -67,7 +68,23 @@ def available() -> bool:
     return NUMBA
 
 
+@functools.cache
+def thread_safe() -> bool:
+    """Whether the kernels may be entered from several threads at once (:mod:`solver.concurrent`): numba's OpenMP
+    and TBB threading layers allow it; its own workqueue layer, numba's fallback where neither library is found,
+    aborts the process. The layer is chosen at the first parallel call. True without numba (the numpy path)."""
+    if not NUMBA:
+        return True
+    _first_parallel_call(np.zeros(1))
+    return numba.threading_layer() in ("omp", "tbb")
+
+
 if NUMBA:
+
+    @njit(parallel=True, nogil=True, cache=True)
+    def _first_parallel_call(a):  # pragma: no cover  (compiled)
+        for i in prange(a.size):
+            a[i] = 0.0
 
     @njit(inline="always", cache=True)
     def _chunk_of(task, n_chunks, F):  # pragma: no cover  (compiled)
@@ -94,7 +111,7 @@ if NUMBA:
         z = math.copysign(m, v) if m > 0 else v - v  # v − v: a zero of v's type (no float64 promotion)
         return z, v - z
 
-    @njit(parallel=True, cache=True, fastmath=_FLAGS)
+    @njit(parallel=True, nogil=True, cache=True, fastmath=_FLAGS)
     def _admm_spatial(x, z_old, u_old, alpha, beta, thr, residuals, z_new, u_new, partial):  # pragma: no cover
         N, K, P = x.shape
         for row in prange(N * K):
@@ -135,7 +152,7 @@ if NUMBA:
             partial[n, k, 4] = s_u
             partial[n, k, 5] = s_abs
 
-    @njit(parallel=True, cache=True, fastmath=_FLAGS)
+    @njit(parallel=True, nogil=True, cache=True, fastmath=_FLAGS)
     def _admm_fourier(z_hat, t_hat, scale, a, y_hat, w, inv, alpha, beta, x_out, t_out, partial):  # pragma: no cover
         # Complex arrays come as float views (..., 2F), real and imaginary parts interleaved, and every loop
         # runs over 0-based slices: LLVM vectorises that form (twice as fast as numba's complex type and
@@ -190,7 +207,7 @@ if NUMBA:
 
 if NUMBA:
 
-    @njit(parallel=True, cache=True, fastmath=_FLAGS)
+    @njit(parallel=True, nogil=True, cache=True, fastmath=_FLAGS)
     def _consensus(a, y_hat, g_hat, dual, local, rho, alpha, beta, fresh, partial):  # pragma: no cover
         # Float views (..., 2F) as in _admm_fourier. Per image n and frequency f: u ← u + d̃ − ĝ (or 0 when
         # fresh), b = conj(a)ŷ + ρ(ĝ − u), d = (b − conj(a)·(Σ_k a b)/(ρ + Σ_k |a|²))/ρ, d̃ = αd + (1−α)ĝ;
@@ -257,7 +274,7 @@ if NUMBA:
 
 if NUMBA:
 
-    @njit(parallel=True, cache=True, fastmath=_FLAGS)
+    @njit(parallel=True, nogil=True, cache=True, fastmath=_FLAGS)
     def _data_term(z_hat, a, y_hat, w, partial):  # pragma: no cover
         # Σ_f w_f |Σ_k a_k ẑ_k − ŷ|² per image and chunk of frequencies (float views, as in _admm_fourier)
         N, K, F2 = z_hat.shape
@@ -276,7 +293,7 @@ if NUMBA:
                     di[i] += ar * zi + ai * zr
             partial[n, c] = _weighted_misfit(dr, di, y_hat[n, span], w[lo : lo + m], m)
 
-    @njit(parallel=True, cache=True, fastmath=_FLAGS)
+    @njit(parallel=True, nogil=True, cache=True, fastmath=_FLAGS)
     def _dual_and_data(z_hat, t_hat, scale, a, y_hat, w, u_out, partial):  # pragma: no cover
         # the first half of _admm_fourier without the solve: u = scale·(t − z) per frequency (into u_out, which
         # may be t_hat: each entry is read before it is written) and Σ_f w_f |Σ_k a_k z_k − y|² per chunk
@@ -299,7 +316,7 @@ if NUMBA:
                     uk[2 * i + 1] = sc * (tk[2 * i + 1] - zi)
             partial[n, c] = _weighted_misfit(dr, di, y_hat[n, span], w[lo : lo + m], m)
 
-    @njit(parallel=True, cache=True, fastmath=_FLAGS)
+    @njit(parallel=True, nogil=True, cache=True, fastmath=_FLAGS)
     def _dual_hat(x, t, z, alpha, beta):  # pragma: no cover
         # x ← t − αx − (1−α)z, in place (float views of (N, K, 2F) arrays)
         N, K, F2 = x.shape
@@ -310,7 +327,7 @@ if NUMBA:
             for i in range(F2):
                 xr[i] = tr[i] - alpha * xr[i] - beta * zr[i]
 
-    @njit(parallel=True, cache=True, fastmath=_FLAGS)
+    @njit(parallel=True, nogil=True, cache=True, fastmath=_FLAGS)
     def _abs_and_count(x, out_abs, out_count):  # pragma: no cover
         N, P = x.shape
         for n in prange(N):

@@ -1,6 +1,10 @@
-"""Fixtures of the solver tests: the host build of the CUDA kernels (see :mod:`tests.solver.cuda_host`)."""
+"""Fixtures of the solver tests: the host build of the CUDA kernels (see :mod:`tests.solver.cuda_host`), the
+threads a shard codes its groups on."""
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -18,3 +22,40 @@ def host_gpu_kernels(request: pytest.FixtureRequest, host_libraries: Libraries, 
     """solver.operators.gpu_kernels on the host build of each compiler found (g++, nvcc)."""
     yield use_host_build(host_libraries[request.param], monkeypatch)
     gpu_kernels._module.cache_clear()
+
+
+class GroupThreads:
+    """Sets the thread budget of the coding groups (:mod:`solver.concurrent`) and watches them: the names of the
+    threads that coded each group, and, with a budget above one, the first two groups of each call wait for each
+    other (a call that coded them one after the other fails with a broken barrier)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        import solver.backend as backend  # noqa: PLC0415
+        import solver.models.shard_base as shard_base  # noqa: PLC0415
+
+        self.budget = 1
+        self.names: list[str] = []
+        real = shard_base.map_concurrently
+
+        def watched(fn: Callable, pieces: list) -> list:
+            barrier = threading.Barrier(2, timeout=20) if self.budget > 1 and len(pieces) > 1 else None
+
+            def one(piece):
+                self.names.append(threading.current_thread().name)
+                if barrier is not None and pieces.index(piece) < 2:
+                    barrier.wait()
+                return fn(piece)
+
+            return real(one, pieces)
+
+        monkeypatch.setattr(shard_base, "map_concurrently", watched)
+        monkeypatch.setattr(backend, "cpu_budget", lambda: self.budget)
+
+    def set(self, budget: int) -> None:
+        self.budget = budget
+        self.names.clear()
+
+
+@pytest.fixture
+def group_threads(monkeypatch: pytest.MonkeyPatch) -> GroupThreads:
+    return GroupThreads(monkeypatch)

@@ -456,22 +456,26 @@ def test_pixel_shard_never_returns_worse_maps_and_restores_its_state(rng) -> Non
         shard.consensus_step(f2, 1.0, 1.8)
 
 
-def test_pixel_shard_coding_in_groups_is_the_coding_of_the_whole_batch(monkeypatch) -> None:
+def test_pixel_shard_coding_in_groups_is_the_coding_of_the_whole_batch(monkeypatch, group_threads) -> None:
     """Each image has its own switches, power vectors and step sizes: coding a few images at a time (what bounds
-    the shard's memory) gives the maps, power vectors and statistics of one batch, bit for bit, warm-started."""
+    the shard's memory), one group after another or several at once on threads, gives the maps, power vectors
+    and statistics of one batch, bit for bit, warm-started."""
     import solver.models.shard_base as shard_base  # noqa: PLC0415
 
     probe, _, f2, _, _ = _shard_setup(np.random.default_rng(11))
     probe.code(f2)
     image_bytes = probe.maps()[0].nbytes
-    runs, groups = [], []
-    for images_per_group in (N_IMAGES, 1):
+    runs, groups, threads = [], [], []
+    for images_per_group, budget in ((N_IMAGES, 1), (1, 1), (1, 2)):
         shard, _, f2, _, _ = _shard_setup(np.random.default_rng(11))
         monkeypatch.setattr(shard_base, "MIN_GROUP_BYTES", images_per_group * image_bytes)
+        group_threads.set(budget)
         stats = [shard.code(f2), shard.code(0.9 * f2)]
         groups.append(len(shard_base.coding_groups(N_IMAGES, shard.maps().nbytes)))
+        threads.append({name.split("_")[0] for name in group_threads.names})
         runs.append((shard.maps(), shard.state()["warm"], stats))
-    assert groups == [1, N_IMAGES] and N_IMAGES > 1
+    assert groups == [1, N_IMAGES, N_IMAGES] and N_IMAGES > 1
+    assert threads == [{"MainThread"}] * 2 + [{"deconv-group"}]
     for maps, power, stats in runs[1:]:
         np.testing.assert_array_equal(maps, runs[0][0])
         np.testing.assert_array_equal(power, runs[0][1])

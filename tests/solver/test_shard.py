@@ -141,27 +141,33 @@ def test_zeiler_coding_keeps_each_image_s_best_stage_not_the_last():
 @pytest.mark.parametrize("boundary", ["circular", "valid"])
 @pytest.mark.parametrize("n_channels", [1, 2])
 @pytest.mark.parametrize("method", ["admm", "fista", "zeiler"])
-def test_coding_in_groups_is_the_coding_of_the_whole_batch(rng, monkeypatch, method, boundary, n_channels):
-    """Images are independent problems: coding them a few at a time (what bounds a shard's memory) gives the
-    maps, duals and penalties of one batch, bit for bit, over warm-started runs."""
+def test_coding_in_groups_is_the_coding_of_the_whole_batch(
+    rng, monkeypatch, group_threads, method, boundary, n_channels
+):
+    """Images are independent problems: coding them a few at a time (what bounds a shard's memory), one group
+    after another or several at once on threads of their own, gives the maps, duals and penalties of one batch,
+    bit for bit, over warm-started runs."""
     import solver.models.shard_base as shard_base  # noqa: PLC0415
 
     images = rng.standard_normal((5, n_channels, 10, 9))
     config = _config(method, boundary)
     f0 = initial_filters(3, n_channels, 3, seed=0, norm="filter", dtype=images.dtype)
-    runs, groups = [], []
-    for images_per_group in (5, 1, 2):
-        shard = Shard(images, config, None, "numpy")
-        stats = [shard.code(f0)]
-        image_bytes = shard.maps()[0].nbytes
+    probe = Shard(images, config, None, "numpy")
+    probe.code(f0)
+    image_bytes = probe.maps()[0].nbytes
+    runs, groups, threads = [], [], []
+    for images_per_group, budget in ((5, 1), (1, 1), (2, 1), (1, 3), (2, 2)):
         monkeypatch.setattr(shard_base, "MIN_GROUP_BYTES", images_per_group * image_bytes)
-        groups.append(len(shard_base.coding_groups(5, 5 * image_bytes)))
+        group_threads.set(budget)
         shard = Shard(images, config, None, "numpy")
         stats = [shard.code(f0), shard.code(0.9 * f0)]
+        groups.append(len(shard_base.coding_groups(5, 5 * image_bytes)))
+        threads.append({name.split("_")[0] for name in group_threads.names})
         warm = shard.state()["warm"]
         duals = None if warm is None else (warm.dual, warm.aux_dual, warm.rho)
         runs.append((shard.maps(), duals, stats))
-    assert groups == [1, 5, 3]
+    assert groups == [1, 5, 3, 5, 3]
+    assert threads == [{"MainThread"}] * 3 + [{"deconv-group"}] * 2
     for maps, duals, stats in runs[1:]:
         np.testing.assert_array_equal(maps, runs[0][0])
         assert stats == runs[0][2]
