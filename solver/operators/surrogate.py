@@ -175,12 +175,12 @@ class BatchCorrelations:
 
         The statistics need a few lags of K² correlations; their inverse transforms on the whole grid cost as much
         as the maps of an image each, whatever the batch, which a part of a batch coded on one actor pays again.
-        :meth:`~solver.backend.Backend.irfft2_rows` inverts the wanted rows only: the same numbers up to round-off.
+        :meth:`~solver.backend.Backend.irfft2_rows_stacked` inverts the wanted rows only, all the correlations in
+        one matrix product: the same numbers up to round-off.
         """
-        P, Q = per_freq.shape[1:]
         U, V = self.grid[0], self.grid[1] // 2 + 1
-        planes = per_freq.transpose(1, 2, 0).reshape(P, Q, U, V)
-        return self.bk.irfft2_rows(planes, self.grid, rows)[..., cols]
+        stacked = per_freq.reshape(U, V, *per_freq.shape[1:])
+        return self.bk.irfft2_rows_stacked(stacked, self.grid, rows)[..., cols]
 
     def statistics(self) -> FilterStatistics:
         """ZtZ, ZtY and Σ y² of this batch (see the module docstring), on the host in float64."""
