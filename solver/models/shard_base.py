@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..algorithms.admm import Admm, AdmmWarmStart
-from ..backend import PARALLEL_MIN_ENTRIES, Array, Backend, backend_of, get_backend
+from ..backend import PARALLEL_MIN_ENTRIES, Array, Backend, backend_of, get_backend, thread_budget
 from ..concurrent import map_concurrently
 from ..config import LearnConfig
 from ..operators.pairs import image_blocks
@@ -76,11 +76,16 @@ class _ShardBase:
         (:func:`coding_groups`), in order. Groups too small for threaded passes
         (:data:`~solver.backend.PARALLEL_MIN_ENTRIES`) are coded several at once, a thread each
         (:mod:`solver.concurrent`): `code` may write only its own group's rows of the shard's arrays."""
-        groups = coding_groups(self.n_images, maps.nbytes, gpu=self.bk.name != "numpy")
-        rows = maps[groups[0]].size
-        if self.bk.name == "numpy" and rows < PARALLEL_MIN_ENTRIES:
-            return map_concurrently(code, groups)
-        return [code(group) for group in groups]
+        gpu = self.bk.name != "numpy"
+        groups = coding_groups(self.n_images, maps.nbytes, gpu=gpu)
+        if gpu or maps[groups[0]].size >= PARALLEL_MIN_ENTRIES:
+            return [code(group) for group in groups]
+        # as many groups as there are threads to code them, where that is more (each group is still of
+        # MIN_GROUP_BYTES at least): the result does not depend on the grouping
+        threads = thread_budget()
+        if threads > CODING_GROUPS:
+            groups = coding_groups(self.n_images, maps.nbytes, blocks=threads)
+        return map_concurrently(code, groups)
 
     def _code_stats(self, n_iter: int) -> CodeStats:
         xp, maps = self.bk.xp, self._maps
@@ -99,10 +104,11 @@ MIN_GROUP_BYTES = 2**20
 GPU_MIN_GROUP_BYTES = 8 * 2**20
 
 
-def coding_groups(n: int, maps_bytes: int, *, gpu: bool = False) -> list[slice]:
-    """The groups of images ``lo:hi`` in which a shard of `n` images whose maps take `maps_bytes` codes them."""
+def coding_groups(n: int, maps_bytes: int, *, gpu: bool = False, blocks: int = CODING_GROUPS) -> list[slice]:
+    """The groups of images ``lo:hi`` in which a shard of `n` images whose maps take `maps_bytes` codes them (about
+    `blocks` of them)."""
     min_bytes = GPU_MIN_GROUP_BYTES if gpu else MIN_GROUP_BYTES
-    return image_blocks(n, maps_bytes, blocks=CODING_GROUPS, min_bytes=min_bytes)
+    return image_blocks(n, maps_bytes, blocks=blocks, min_bytes=min_bytes)
 
 
 def steps_never_worse(solver: Any, state: Any) -> tuple[Array, Any]:

@@ -35,9 +35,11 @@ class GroupThreads:
 
         self.budget = 1
         self.names: list[str] = []
+        self.pieces: list[int] = []  # pieces of each call
         real = shard_base.map_concurrently
 
         def watched(fn: Callable, pieces: list) -> list:
+            self.pieces.append(len(pieces))
             barrier = threading.Barrier(2, timeout=20) if self.budget > 1 and len(pieces) > 1 else None
 
             def one(piece):
@@ -54,6 +56,7 @@ class GroupThreads:
     def set(self, budget: int) -> None:
         self.budget = budget
         self.names.clear()
+        self.pieces.clear()
 
 
 @pytest.fixture

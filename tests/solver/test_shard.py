@@ -182,6 +182,28 @@ def test_coding_in_groups_is_the_coding_of_the_whole_batch(
                 np.testing.assert_array_equal(got, want)
 
 
+def test_a_shard_codes_small_groups_as_many_at_once_as_its_threads(rng, monkeypatch, group_threads):
+    """More threads than coding groups: the groups are split further (one image each at most), so that every
+    thread has one; the maps are those of one group."""
+    import solver.models.shard_base as shard_base  # noqa: PLC0415
+
+    images = rng.standard_normal((12, 1, 10, 9))
+    config = _config("admm", "circular")
+    f0 = initial_filters(3, 1, 3, seed=0, norm="filter", dtype=images.dtype)
+    monkeypatch.setattr(shard_base, "MIN_GROUP_BYTES", 1)
+    runs, pieces = [], []
+    for budget in (1, 4, 12, 20):
+        group_threads.set(budget)
+        shard = Shard(images, config, None, "numpy")
+        shard.code(f0)
+        shard.code(0.9 * f0)
+        runs.append(shard.maps())
+        pieces.append(set(group_threads.pieces))
+    assert pieces == [{6}, {6}, {12}, {12}]  # 12 images in CODING_GROUPS = 8 groups: 6 of 2 images
+    for maps in runs[1:]:
+        np.testing.assert_array_equal(maps, runs[0])
+
+
 @pytest.mark.parametrize("update", ["fista", "cg", "consensus"])
 @pytest.mark.parametrize("method", ["admm", "fista"])
 def test_packing_the_maps_for_the_filter_step_changes_no_bit(rng, monkeypatch, method, update):
