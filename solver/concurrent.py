@@ -8,30 +8,22 @@ compiled ``nogil``), as do FFTW's and scipy.fft's transforms, so the threads run
 Python between passes. Each group's arithmetic is unchanged (the same transforms on the same arrays), so the
 result does not depend on how many threads coded it.
 
-The threads stay alive between calls, so that FFTW's plans, which are cached per thread (:mod:`solver.fftw`),
-are made once.
+The calling thread codes pieces too, beside helper threads started for the call and ended with it (daemon
+threads: a process that exits does not wait for them, and they keep nothing, such as FFTW plans, past the call).
 """
 
 from __future__ import annotations
 
-import functools
-import os
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .backend import thread_budget, threads_capped
 from .operators import kernels
-from .stopping import under_this_stop
+from .stopping import stop_on, under_this_stop
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-@functools.cache
-def _pool(pid: int, threads: int) -> ThreadPoolExecutor:
-    """The pool of `threads` threads of process `pid` (a forked child makes its own: threads do not fork)."""
-    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="deconv-group")
 
 
 def threads_for_pieces(n_pieces: int) -> int:
@@ -44,27 +36,67 @@ def threads_for_pieces(n_pieces: int) -> int:
     return max(1, threads)
 
 
-def map_concurrently(fn: Callable[[T], R], pieces: Sequence[T]) -> list[R]:
-    """``[fn(p) for p in pieces]``, on up to :func:`threads_for_pieces` threads at once, each running its passes on
-    one thread (:func:`solver.backend.threads_capped`) under the caller's stop (:func:`solver.stopping.stop_on`).
-    The first exception is raised once every piece has ended."""
+class _Run:
+    """The pieces of one call, taken in order by its threads; the first error stops the rest."""
+
+    def __init__(self, fn: Callable[[Any], Any], pieces: Sequence[Any]):
+        self.fn, self.pieces = fn, pieces
+        self.results: list[Any] = [None] * len(pieces)
+        self.error: BaseException | None = None
+        self.failed = threading.Event()
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = exc
+            self.failed.set()
+
+    def work(self) -> None:
+        # the running pieces stop at their next check_stop once a piece failed (or the caller's stop says so)
+        with threads_capped(1), stop_on(self.failed.is_set):
+            while True:
+                with self._lock:
+                    if self.failed.is_set() or self._next == len(self.pieces):
+                        return
+                    i, self._next = self._next, self._next + 1
+                try:
+                    self.results[i] = self.fn(self.pieces[i])
+                except BaseException as exc:  # noqa: BLE001  (re-raised by the caller)
+                    self.fail(exc)
+                    return
+
+
+def map_concurrently(fn: Callable[[T], R], pieces: Sequence[T], *, at_most: int | None = None) -> list[R]:
+    """``[fn(p) for p in pieces]``, on up to :func:`threads_for_pieces` threads (and `at_most`) at once, the calling
+    thread among them, each running its passes on one thread (:func:`solver.backend.threads_capped`) under the
+    caller's stop (:func:`solver.stopping.stop_on`).
+
+    The first exception (a ``KeyboardInterrupt`` of the caller included) stops the pieces still running at their
+    next :func:`~solver.stopping.check_stop`, skips those not started, and is raised once every thread has ended:
+    no piece still writes into the caller's arrays when this returns or raises."""
     threads = threads_for_pieces(len(pieces))
+    if at_most is not None:
+        threads = max(1, min(threads, at_most))
     if threads <= 1:
         return [fn(p) for p in pieces]
-    watched = under_this_stop(fn)
-
-    def one(piece: T) -> R:
-        with threads_capped(1):
-            return watched(piece)
-
-    futures = [_pool(os.getpid(), threads).submit(one, p) for p in pieces]
-    errors: list[BaseException] = []
-    results: list[Any] = []
-    for f in futures:  # every piece ends before this returns: none still writes into the caller's arrays
-        try:
-            results.append(f.result())
-        except BaseException as exc:  # noqa: BLE001  (re-raised below, the first one)
-            errors.append(exc)
-    if errors:
-        raise errors[0]
-    return results
+    run = _Run(fn, pieces)
+    helpers = [
+        threading.Thread(target=under_this_stop(run.work), name=f"deconv-group-{i}", daemon=True)
+        for i in range(threads - 1)
+    ]
+    for helper in helpers:
+        helper.start()
+    try:
+        run.work()
+    finally:
+        for helper in helpers:
+            while helper.is_alive():
+                try:
+                    helper.join()
+                except BaseException as exc:  # noqa: BLE001  (an interrupt of the waiting caller: stop, then raise)
+                    run.fail(exc)
+    if run.error is not None:
+        raise run.error
+    return run.results

@@ -74,8 +74,9 @@ class _ShardBase:
     def _each_group(self, code: Callable[[slice], R], maps: Array) -> list[R]:
         """``code(group)`` for each of the groups in which the shard codes `maps`
         (:func:`coding_groups`), in order. Groups too small for threaded passes
-        (:data:`~solver.backend.PARALLEL_MIN_ENTRIES`) are coded several at once, a thread each
-        (:mod:`solver.concurrent`): `code` may write only its own group's rows of the shard's arrays."""
+        (:data:`~solver.backend.PARALLEL_MIN_ENTRIES`) are coded several at once, a thread each, at most
+        :data:`CONCURRENT_GROUP_BYTES` of maps at a time (:mod:`solver.concurrent`): `code` may write only its own
+        group's rows of the shard's arrays."""
         gpu = self.bk.name != "numpy"
         groups = coding_groups(self.n_images, maps.nbytes, gpu=gpu)
         if gpu or maps[groups[0]].size >= PARALLEL_MIN_ENTRIES:
@@ -85,7 +86,8 @@ class _ShardBase:
         threads = thread_budget()
         if threads > CODING_GROUPS:
             groups = coding_groups(self.n_images, maps.nbytes, blocks=threads)
-        return map_concurrently(code, groups)
+        at_once = max(1, CONCURRENT_GROUP_BYTES // maps[groups[0]].nbytes)
+        return map_concurrently(code, groups, at_most=at_once)
 
     def _code_stats(self, n_iter: int) -> CodeStats:
         xp, maps = self.bk.xp, self._maps
@@ -102,6 +104,10 @@ CODING_GROUPS = 8
 MIN_GROUP_BYTES = 2**20
 #: The same on a GPU, where every group's steps are kernel launches: the group size measured there before.
 GPU_MIN_GROUP_BYTES = 8 * 2**20
+#: Groups coded at once on several threads (:meth:`_ShardBase._each_group`) hold at most this many bytes of maps
+#: between them: each group in flight adds a few arrays of its size, so this bounds what the threads add to a
+#: shard's coding peak whatever their number.
+CONCURRENT_GROUP_BYTES = 32 * 2**20
 
 
 def coding_groups(n: int, maps_bytes: int, *, gpu: bool = False, blocks: int = CODING_GROUPS) -> list[slice]:

@@ -71,20 +71,39 @@ def available() -> bool:
 @functools.cache
 def thread_safe() -> bool:
     """Whether the kernels may be entered from several threads at once (:mod:`solver.concurrent`): numba's OpenMP
-    and TBB threading layers allow it; its own workqueue layer, numba's fallback where neither library is found,
-    aborts the process. The layer is chosen at the first parallel call. True without numba (the numpy path)."""
+    and TBB threading layers allow it; its own workqueue layer, numba's fallback where neither library loads,
+    aborts the process. Decided without starting numba's threads where none ran yet (a process whose OpenMP
+    threads have started cannot fork): from the layer asked for (``NUMBA_THREADING_LAYER``) and the libraries that
+    load, in numba's order. True without numba (the numpy path)."""
     if not NUMBA:
         return True
-    _first_parallel_call(np.zeros(1))
-    return numba.threading_layer() in ("omp", "tbb")
+    from numba.np.ufunc import parallel  # noqa: PLC0415
+
+    if getattr(parallel, "_is_initialized", False):  # started: the layer it chose
+        return numba.threading_layer() in ("omp", "tbb")
+    layer = str(numba.config.THREADING_LAYER)
+    wanted = {"default": ("tbb", "omp"), "threadsafe": ("tbb", "omp"), "safe": ("tbb",), "forksafe": ("tbb",)}
+    return any(_layer_loads(name) for name in wanted.get(layer, (layer,)))
+
+
+def _layer_loads(name: str) -> bool:
+    """Whether numba's threading layer `name` (``tbb`` or ``omp``) would load here, as numba checks it."""
+    from numba.np.ufunc import parallel  # noqa: PLC0415
+
+    try:
+        if name == "tbb":
+            parallel._check_tbb_version_compatible()
+            from numba.np.ufunc import tbbpool  # noqa: F401, PLC0415
+        elif name == "omp":
+            from numba.np.ufunc import omppool  # noqa: F401, PLC0415
+        else:
+            return False
+    except (ImportError, OSError, RuntimeError, AttributeError):
+        return False
+    return True
 
 
 if NUMBA:
-
-    @njit(parallel=True, nogil=True, cache=True)
-    def _first_parallel_call(a):  # pragma: no cover  (compiled)
-        for i in prange(a.size):
-            a[i] = 0.0
 
     @njit(inline="always", cache=True)
     def _chunk_of(task, n_chunks, F):  # pragma: no cover  (compiled)

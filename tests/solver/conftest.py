@@ -26,8 +26,9 @@ def host_gpu_kernels(request: pytest.FixtureRequest, host_libraries: Libraries, 
 
 class GroupThreads:
     """Sets the thread budget of the coding groups (:mod:`solver.concurrent`) and watches them: the names of the
-    threads that coded each group, and, with a budget above one, the first two groups of each call wait for each
-    other (a call that coded them one after the other fails with a broken barrier)."""
+    threads that coded each group (``MainThread``, ``deconv-group``), and, with a budget above one, the first two
+    groups of each call wait for each other (a call that coded them one after the other fails with a broken
+    barrier)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch):
         import solver.backend as backend  # noqa: PLC0415
@@ -38,17 +39,17 @@ class GroupThreads:
         self.pieces: list[int] = []  # pieces of each call
         real = shard_base.map_concurrently
 
-        def watched(fn: Callable, pieces: list) -> list:
+        def watched(fn: Callable, pieces: list, **kwargs) -> list:
             self.pieces.append(len(pieces))
             barrier = threading.Barrier(2, timeout=20) if self.budget > 1 and len(pieces) > 1 else None
 
             def one(piece):
-                self.names.append(threading.current_thread().name)
+                self.names.append(threading.current_thread().name.rstrip("0123456789").rstrip("-"))
                 if barrier is not None and pieces.index(piece) < 2:
                     barrier.wait()
                 return fn(piece)
 
-            return real(one, pieces)
+            return real(one, pieces, **kwargs)
 
         monkeypatch.setattr(shard_base, "map_concurrently", watched)
         monkeypatch.setattr(backend, "cpu_budget", lambda: self.budget)

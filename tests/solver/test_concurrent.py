@@ -1,7 +1,11 @@
-"""Pieces of work on several threads (solver.concurrent): order, errors, the caller's stop, one thread each."""
+"""Pieces of work on several threads (solver.concurrent): order, errors and interrupts, the caller's stop, one
+thread each, nothing left behind."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -19,43 +23,74 @@ def budget(monkeypatch):
     monkeypatch.setattr(backend, "cpu_budget", lambda: 4)
 
 
+def _helpers_alive() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("deconv-group")]
+
+
+def _busy(seconds: float) -> str:
+    """A piece that checks the stop as the solvers' loops do."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        check_stop()
+        time.sleep(0.001)
+    return "ran to the end"
+
+
 def test_results_come_in_the_order_of_the_pieces_from_threads_of_one_thread_each(budget):
+    seen = threading.Barrier(4, timeout=20)  # fails unless four pieces run at the same time
+
     def piece(i):
+        seen.wait()
         time.sleep(0.01 * (4 - i))  # the first piece ends last
         return i, threading.current_thread().name, threads_for(PARALLEL_MIN_ENTRIES, 8), fftw_threads(2**30, 8)
 
     out = concurrent.map_concurrently(piece, [0, 1, 2, 3])
     assert [i for i, *_ in out] == [0, 1, 2, 3]
-    assert all(name.startswith("deconv-group") for _, name, *_ in out)
+    assert {name.rstrip("0123456789") for _, name, *_ in out} == {"MainThread", "deconv-group-"}
     assert {(t, f) for *_, t, f in out} == {(1, 1)}
-    # outside the pieces the caller's budget is whole again
+    # outside the pieces the caller's budget is whole again, and no helper thread is left
     assert threads_for(PARALLEL_MIN_ENTRIES, 8) == 8 and thread_budget() == 4
+    assert _helpers_alive() == []
 
 
-def test_the_first_error_is_raised_once_every_piece_has_ended(budget):
-    ended = []
+def test_at_most_bounds_the_pieces_in_flight(budget):
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    def piece(_):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+
+    concurrent.map_concurrently(piece, range(8), at_most=2)
+    assert peak[0] == 2
+
+
+@pytest.mark.parametrize("error", [ValueError("piece 1"), KeyboardInterrupt()])
+def test_the_first_error_stops_the_other_pieces_and_is_raised_when_they_have_ended(budget, error):
+    started = []
 
     def piece(i):
-        if i in (1, 2):
-            raise ValueError(f"piece {i}")
-        time.sleep(0.05)
-        ended.append(i)
-        return i
+        started.append(i)
+        if i == 1:
+            time.sleep(0.1)
+            raise error
+        return _busy(30)
 
-    with pytest.raises(ValueError, match="piece 1"):
-        concurrent.map_concurrently(piece, [0, 1, 2, 3])
-    assert sorted(ended) == [0, 3]
+    t0 = time.monotonic()
+    with pytest.raises(type(error)):
+        concurrent.map_concurrently(piece, list(range(12)))
+    assert time.monotonic() - t0 < 10  # the busy pieces stopped at their next check, not after 30 s
+    assert sorted(started) == [0, 1, 2, 3]  # the pieces not started were skipped
+    assert _helpers_alive() == []
 
 
 def test_pieces_stop_when_the_caller_is_stopped(budget):
-    def piece(_):
-        for _ in range(1000):
-            check_stop()
-            time.sleep(0.001)
-        return "ran to the end"
-
     with stop_on(lambda: True, every=0), pytest.raises(Stopped):
-        concurrent.map_concurrently(piece, [0, 1, 2])
+        concurrent.map_concurrently(lambda _: _busy(30), [0, 1, 2])
+    assert _helpers_alive() == []
 
 
 def test_one_thread_budget_or_one_piece_stays_on_the_calling_thread(monkeypatch):
@@ -64,6 +99,7 @@ def test_one_thread_budget_or_one_piece_stays_on_the_calling_thread(monkeypatch)
     assert concurrent.map_concurrently(name, [0, 1]) == ["MainThread"] * 2
     monkeypatch.setattr(backend, "cpu_budget", lambda: 4)
     assert concurrent.map_concurrently(name, [0]) == ["MainThread"]
+    assert concurrent.map_concurrently(name, [0, 1], at_most=1) == ["MainThread"] * 2
     assert concurrent.threads_for_pieces(3) == 3 and concurrent.threads_for_pieces(9) == 4
 
 
@@ -71,6 +107,53 @@ def test_no_threads_where_numba_cannot_be_entered_from_several(monkeypatch, budg
     monkeypatch.setattr(kernels, "thread_safe", lambda: False)
     assert concurrent.threads_for_pieces(4) == 1
     assert concurrent.map_concurrently(lambda _: threading.current_thread().name, [0, 1]) == ["MainThread"] * 2
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120, env=env or None
+    )
+
+
+@pytest.mark.skipif(not kernels.available(), reason="numba is not installed")
+def test_asking_whether_numba_is_thread_safe_starts_no_thread():
+    # a process whose OpenMP threads have started cannot fork: the answer must not start them
+    out = _python(
+        """
+        from numba.np.ufunc import parallel
+        from solver.operators import kernels
+        print(kernels.thread_safe(), parallel._is_initialized)
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False"]
+
+
+def test_a_thread_that_outlives_the_main_thread_still_codes_concurrently():
+    # non-daemon work after the main thread has returned (what a service's job thread may be at exit)
+    out = _python(
+        """
+        import threading, time
+        import solver.backend as backend
+        from solver import concurrent
+        backend.cpu_budget = lambda: 2
+
+        both = threading.Barrier(2, timeout=20)
+
+        def piece(i):
+            if i < 2:
+                both.wait()  # two pieces at the same time, or a broken barrier
+            return threading.current_thread().name[:6]
+
+        def late():
+            time.sleep(0.3)
+            print(sorted(set(concurrent.map_concurrently(piece, [0, 1, 2, 3]))))
+
+        threading.Thread(target=late).start()
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['Thread', 'deconv']"
 
 
 @pytest.mark.skipif(not kernels.available(), reason="numba is not installed")
