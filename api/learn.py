@@ -29,6 +29,7 @@ from workers.jobs.jobfile import load_job_file
 from workers.jobs.objects import ObjectStore, StoreUnreachable, check_store, npy_bytes
 
 from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from .parser import CHECKPOINT_EVERY
 
 logger = logging.getLogger("deconv.cli")
 
@@ -85,7 +86,7 @@ def learn(args: argparse.Namespace) -> int:
             config,
             workers=workers,
             checkpoint_dir=out.child("checkpoints"),
-            checkpoint_every=args.checkpoint_every,
+            checkpoint_every=CHECKPOINT_EVERY if args.checkpoint_every is None else args.checkpoint_every,
             max_failures=args.max_failures,
             cluster=ClusterConfig(address=args.address),
             actor_cpus=_actor_cpus(args),

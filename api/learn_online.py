@@ -3,7 +3,7 @@ batches by coding actors (:class:`workers.distributed.online.OnlineRun`), run fr
 
 The images (a folder or an fsspec URL) are read by the actors, a batch at a time; this process holds the filters
 and the statistics only. The held-out images (``learning.held_out``) give ``held_out.json``; checkpoints go to
-``OUT/checkpoints`` every ``learning.checkpoint_every`` batches (``--checkpoint-every 0``: none) and ``--resume``
+``OUT/checkpoints`` every ``--checkpoint-every`` batches, else ``learning.checkpoint_every`` (0: none) and ``--resume``
 goes on from the newest. ``OUT`` receives ``filters.npy``, ``history.json`` (E of every batch), ``filters.png``
 and ``held_out.json``.
 """
@@ -57,7 +57,8 @@ def learn_online(args: argparse.Namespace, job: LearnJobFile, paths: list, error
     train, held = held_out_split(len(paths), learning.held_out_count(len(paths)), config.seed)
     plan = StreamPlan(len(train), learning.batch_size or 16, learning.n_epochs or 1, learning.n_images, config.seed)
     out = ObjectStore(str(args.out))
-    every = learning.checkpoint_every or DEFAULT_CHECKPOINT_EVERY
+    every = args.checkpoint_every if args.checkpoint_every is not None else learning.checkpoint_every
+    every = every if every is not None else DEFAULT_CHECKPOINT_EVERY
     stop, now = threading.Event(), threading.Event()
     try:
         run = OnlineRun(
@@ -69,8 +70,8 @@ def learn_online(args: argparse.Namespace, job: LearnJobFile, paths: list, error
             backend="auto",
             actor_cpus=_actor_cpus(args),
             held_out=[paths[i] for i in held],
-            checkpoint_dir=out.child("checkpoints") if args.checkpoint_every else None,
-            checkpoint_every=every,
+            checkpoint_dir=out.child("checkpoints") if every else None,
+            checkpoint_every=max(1, every),
             max_failures=args.max_failures,
         )
         context = connect(ClusterConfig(address=args.address))

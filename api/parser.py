@@ -10,6 +10,9 @@ from pathlib import Path
 
 from workers.jobs.status import STATUSES
 
+CHECKPOINT_EVERY = 5
+"""Outer iterations between the checkpoints of ``deconv learn`` when ``--checkpoint-every`` is not given."""
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -106,9 +109,10 @@ def _add_learn(commands) -> None:
     learn.add_argument(
         "--checkpoint-every",
         type=_non_negative_int,
-        default=5,
+        default=None,
         metavar="K",
-        help="checkpoint every K outer iterations in OUT/checkpoints (0: never; default 5)",
+        help="checkpoint every K outer iterations (an online job: every K batches) in OUT/checkpoints (0: never; "
+        f"default {CHECKPOINT_EVERY}; an online job: its learning.checkpoint_every, else every 20 batches)",
     )
     learn.add_argument(
         "--max-failures",

@@ -74,3 +74,31 @@ def test_a_bad_online_job_exits_with_2_and_names_the_field(images, tmp_path, cap
     status = main(["learn", str(_job(tmp_path, **learning)), "--images", str(images), "--out", str(tmp_path), *args])
     err = capsys.readouterr().err
     assert status == 2 and field in err and "Traceback" not in err, err
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    ("learning", "args", "kept"),
+    [
+        ({}, ["--checkpoint-every", "2"], ["ckpt-000004", "ckpt-000006"]),  # the last two are kept
+        ({"checkpoint_every": 4}, [], ["ckpt-000004", "ckpt-000006"]),
+        ({"checkpoint_every": 4}, ["--checkpoint-every", "5"], ["ckpt-000005", "ckpt-000006"]),
+        ({"checkpoint_every": 4}, ["--checkpoint-every", "0"], None),
+    ],
+)
+def test_checkpoint_every_counts_batches_and_overrides_the_job_file(
+    ray_session,  # noqa: F811
+    images,
+    tmp_path,
+    capsys,
+    learning,
+    args,
+    kept,
+):
+    out = tmp_path / "out"
+    job = _job(tmp_path, n_epochs=1, batch_size=1, **learning)  # 6 training images: 6 batches
+    status = main(["learn", str(job), "--images", str(images), "--out", str(out), "--no-progress", *args])
+    assert status == 0, capsys.readouterr().err
+    folder = out / "checkpoints"
+    assert (sorted(p.name for p in folder.iterdir()) if folder.exists() else None) == kept
