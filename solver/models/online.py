@@ -325,13 +325,18 @@ def rebatch(batches: Iterable[Any], batch_size: int, n_epochs: int = 1) -> Itera
         return
     if n_epochs > 1 and iter(batches) is batches:
         raise ValueError(f"n_epochs = {n_epochs} needs a re-iterable collection of batches, got a one-shot iterator")
+    first: tuple[int, ...] | None = None  # every image of the stream shares it, whichever batch it comes in
     for _ in range(n_epochs):
         pending: list[np.ndarray] = []
         count = 0
         for item in batches:
             a = as_images(item, "a batch")
-            if pending and a.shape[1:] != pending[0].shape[1:]:
-                raise ValueError(f"a batch has images of shape {a.shape[1:]}, earlier ones {pending[0].shape[1:]}")
+            first = a.shape[1:] if first is None else first
+            if a.shape[1:] != first:
+                raise ValueError(
+                    f"a batch has images of shape {a.shape[1:]}, the first batch's are {first}: the images of a "
+                    "stream must share C, H and W"
+                )
             pending.append(a)
             count += a.shape[0]
             while count >= batch_size:

@@ -402,9 +402,12 @@ def test_learn_online_refuses_an_empty_stream():
         learn_online([], 4, 3, 0.1, backend="numpy")
 
 
-def test_learn_online_refuses_batches_of_other_shapes():
-    with pytest.raises(ValueError, match="shape"):
-        _learn([_images(1), _images(1, size=10)], batch_size=4)
+@pytest.mark.parametrize("batch_size", [1, 2, 4])
+def test_learn_online_refuses_batches_of_other_shapes_wherever_the_batches_are_cut(batch_size):
+    # the rule holds for the stream, not for the images that happen to fall in one batch
+    stream = [_images(2), _images(2, size=10)]
+    with pytest.raises(ValueError, match="the images of a stream must share C, H and W"):
+        _learn(stream, batch_size=batch_size)
 
 
 def test_learn_online_refuses_a_filter_larger_than_the_images():
