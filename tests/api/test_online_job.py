@@ -58,6 +58,11 @@ def _refused(client, learning: dict, **changes) -> dict:
         ({"mode": "online", "batch_size": 5000}, {}, ["body", "learning", "batch_size"], "less than or equal"),
         ({"mode": "online", "n_epochs": 10**6}, {}, ["body", "learning", "n_epochs"], "less than or equal"),
         ({"mode": "sideways"}, {}, ["body", "learning", "mode"], "'batch' or 'online'"),
+        ({"mode": "onlin", "batch_size": 4}, {}, ["body", "learning", "mode"], "'batch' or 'online'"),  # only that
+        ({"mode": "online", "forget": 5, "forget_factor": 0.5}, {}, ["body", "learning", "forget_factor"], "not both"),
+        ({"mode": "online", "forget": "nan"}, {}, ["body", "learning", "forget"], "finite"),
+        ({"mode": "online", "forget_factor": "inf"}, {}, ["body", "learning", "forget_factor"], "finite"),
+        ({"mode": "online"}, {"n_iter": 3}, ["body", "n_iter"], "not outer iterations"),
         ({"mode": "online", "bacth_size": 2}, {}, ["body", "learning", "bacth_size"], "not permitted"),
         ({"mode": "online", "batch_size": 7}, {}, ["body", "learning", "batch_size"], "6 training images"),
         ({"mode": "online", "held_out": 8}, {}, ["body", "learning", "held_out"], "none of the dataset's 8"),

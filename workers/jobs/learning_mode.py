@@ -56,8 +56,12 @@ class JobLearning(BaseModel):
     n_images: int | None = Field(
         None, ge=1, le=MAX_STREAM_IMAGES, description="online: images to read in all, instead of n_epochs"
     )
-    forget: float | None = Field(None, ge=0, le=1000, description="online: ρ of β_t = (1 − 1/t)^ρ (10)")
-    forget_factor: float | None = Field(None, ge=0, le=1, description="online: a fixed forgetting factor β")
+    forget: float | None = Field(
+        None, ge=0, le=1000, allow_inf_nan=False, description="online: ρ of β_t = (1 − 1/t)^ρ (10)"
+    )
+    forget_factor: float | None = Field(
+        None, ge=0, le=1, allow_inf_nan=False, description="online: a fixed forgetting factor β, instead of forget"
+    )
     held_out: int | None = Field(
         None, ge=0, le=MAX_HELD_OUT, description="online: images kept out for the held-out objective"
     )
@@ -68,10 +72,14 @@ class JobLearning(BaseModel):
     @field_validator(*_ONLINE_FIELDS)
     @classmethod
     def _online_only(cls, value: object, info: ValidationInfo) -> object:
-        if value is not None and info.data.get("mode", "batch") != "online":
+        if "mode" not in info.data:  # the mode itself is wrong, and its error says so: nothing to add here
+            return value
+        if value is not None and info.data["mode"] != "online":
             raise ValueError(f"{info.field_name} is a setting of mode 'online'; this job's mode is 'batch'")
         if info.field_name == "n_images" and value is not None and info.data.get("n_epochs") is not None:
             raise ValueError("give n_epochs or n_images, not both")
+        if info.field_name == "forget_factor" and value is not None and info.data.get("forget") is not None:
+            raise ValueError("give forget (the schedule's ρ) or forget_factor (a fixed β), not both")
         return value
 
     @property

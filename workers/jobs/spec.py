@@ -254,8 +254,8 @@ def progress_steps(spec: JobSpec, n_images: int) -> list[int]:
 
 def check_online(spec: LearnConfig, n_images: int | None, learning: JobLearning | None = None) -> None:
     """Raise :class:`SpecError` when an online job cannot run (nothing for a batch job): more than one layer,
-    pooling, a relative λ, a filter update other than FISTA, ``reconstruct_to`` 'pixels', or (with the dataset's
-    `n_images`) a batch larger than its training images.
+    pooling, a relative λ, a filter update other than FISTA, ``reconstruct_to`` 'pixels', an ``n_iter`` given, or
+    (with the dataset's `n_images`) a batch larger than its training images.
 
     Parameters
     ----------
@@ -287,6 +287,12 @@ def check_online(spec: LearnConfig, n_images: int | None, learning: JobLearning 
         )
     if spec.reconstruct_to != "below":
         raise SpecError("reconstruct_to", "online learning reconstructs its input ('below')", spec.reconstruct_to)
+    if "n_iter" in getattr(spec, "model_fields_set", ()):
+        raise SpecError(
+            "n_iter",
+            "an online job reads learning.n_epochs passes or learning.n_images images, not outer iterations",
+            spec.n_iter,
+        )
     if n_images is None:
         return
     held = learning.held_out_count(n_images)
