@@ -138,9 +138,9 @@ def _progress(total: int, *, disable: bool) -> Iterator:
 
 
 @contextmanager
-def _stop_on_interrupt(stop: threading.Event, now: threading.Event) -> Iterator[None]:
-    """First Ctrl-C: stop after the current outer iteration (cooperative cancel); the second one stops the shard
-    actors' calls at once; a third aborts."""
+def _stop_on_interrupt(stop: threading.Event, now: threading.Event, step: str = "outer iteration") -> Iterator[None]:
+    """First Ctrl-C: stop after the current `step` (cooperative cancel); the second one stops the actors' calls at
+    once; a third aborts."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -150,10 +150,10 @@ def _stop_on_interrupt(stop: threading.Event, now: threading.Event) -> Iterator[
             raise KeyboardInterrupt
         if stop.is_set():
             now.set()
-            logger.warning("interrupt: stopping now; the outer iteration in flight is lost (Ctrl-C again to abort)")
+            logger.warning("interrupt: stopping now; the %s in flight is lost (Ctrl-C again to abort)", step)
             return
         stop.set()
-        logger.warning("interrupt: stopping after this outer iteration (Ctrl-C again to stop at once)")
+        logger.warning("interrupt: stopping after this %s (Ctrl-C again to stop at once)", step)
 
     previous = signal.signal(signal.SIGINT, handler)
     try:

@@ -76,7 +76,10 @@ def learn_online(args: argparse.Namespace, job: LearnJobFile, paths: list, error
         )
         context = connect(ClusterConfig(address=args.address))
         try:
-            with _progress(plan.total_images, disable=args.no_progress) as progress, _stop_on_interrupt(stop, now):
+            with (
+                _progress(plan.total_images, disable=args.no_progress) as progress,
+                _stop_on_interrupt(stop, now, "batch"),
+            ):
                 outcome = run.run(callback=progress, should_stop=stop.is_set, resume=args.resume, interrupt=now.is_set)
         finally:
             if context.started:

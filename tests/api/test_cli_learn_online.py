@@ -102,3 +102,30 @@ def test_checkpoint_every_counts_batches_and_overrides_the_job_file(
     assert status == 0, capsys.readouterr().err
     folder = out / "checkpoints"
     assert (sorted(p.name for p in folder.iterdir()) if folder.exists() else None) == kept
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(180)
+def test_ctrl_c_stops_an_online_run_after_its_batch(ray_session, images, tmp_path, capsys, caplog):  # noqa: F811
+    import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    out = tmp_path / "out"
+    job = _job(tmp_path, n_epochs=200, batch_size=1, checkpoint_every=1)  # 1200 batches: minutes
+
+    def press_ctrl_c() -> None:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoints").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the run is under way once it has checkpointed
+        os.kill(os.getpid(), signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c, daemon=True)
+    presser.start()
+    with caplog.at_level("WARNING", logger="deconv.cli"):
+        status = main(["learn", str(job), "--images", str(images), "--out", str(out), "--no-progress"])
+    presser.join(10)
+    assert status == 130
+    assert "stopping after this batch" in caplog.text
+    assert "interrupted after" in capsys.readouterr().err
