@@ -88,3 +88,16 @@ def test_an_unreadable_image_is_refused_naming_the_file(tmp_path):
     bad.write_bytes(b"not a png")
     with pytest.raises(ValueError, match="broken.png"):
         inspect_images([bad])
+
+
+def test_load_images_names_the_files_that_hold_nan_or_inf(tmp_path):
+    images = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    images[1, 0, 2, 3], images[3, 0, 0, 0] = np.nan, np.inf
+    paths = []
+    for i, image in enumerate(images):
+        np.save(tmp_path / f"x{i}.npy", image)
+        paths.append(tmp_path / f"x{i}.npy")
+    info = inspect_images(paths)
+    np.testing.assert_array_equal(load_images([paths[0], paths[2]], info), images[[0, 2]])
+    with pytest.raises(ValueError, match=r"x1\.npy', '[^']*x3\.npy'\] hold NaN or infinite values"):
+        load_images(paths, info)

@@ -195,7 +195,8 @@ def load_images(paths: Sequence[ImageSource], info: ImageInfo) -> np.ndarray:
     Raises
     ------
     ValueError
-        If a file does not match `info` (it changed since it was inspected, say).
+        If a file does not match `info` (it changed since it was inspected, say), or holds NaN or infinite
+        values.
     """
     arrays = [_load_one(as_location(p), info) for p in paths]
     bad = [
@@ -205,6 +206,14 @@ def load_images(paths: Sequence[ImageSource], info: ImageInfo) -> np.ndarray:
     ]
     if bad:
         raise ValueError(f"images {bad} do not match the dataset's shape {info.shape} and dtype {info.dtype}")
+    # by name: a NaN found later in a stacked batch could not say which of a collection's files holds it
+    not_finite = [
+        _name(as_location(p))
+        for p, a in zip(paths, arrays, strict=True)
+        if a.dtype.kind == "f" and not np.isfinite(a).all()
+    ]
+    if not_finite:
+        raise ValueError(f"image files {not_finite} hold NaN or infinite values")
     return np.stack(arrays)
 
 
