@@ -117,13 +117,14 @@ def _cache_headers(etag: str, filename: str) -> dict[str, str]:
 def get_history(
     job_id: JobId, store: StoreDep, format: Annotated[Literal["json", "png"], Query()] = "json"
 ) -> Response:  # noqa: A002
-    job_or_404(store, job_id)
+    job = job_or_404(store, job_id)
     history = store.history(job_id)  # readable while the job runs
     if format == "json":
         return JSONResponse(history)
     if not history:
         raise HTTPException(409, f"job {job_id} has no outer iteration yet to plot")
-    return Response(history_plot(history), media_type=PNG)
+    online = (job.spec.get("learning") or {}).get("mode") == "online"  # its rows count the images read
+    return Response(history_plot(history, xlabel="images read" if online else "outer iteration"), media_type=PNG)
 
 
 @router.get("/jobs/{job_id}/artifacts", response_model=list[ArtifactOut])

@@ -81,9 +81,10 @@ def image_sheet(*columns: np.ndarray, max_rows: int = 8) -> np.ndarray:
     return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1])), constant_values=1) for r in rows[:-1]])
 
 
-def history_plot(history: list[dict]) -> bytes:
+def history_plot(history: list[dict], *, xlabel: str = "outer iteration", title: str = "objective") -> bytes:
     """The objective per outer iteration as PNG bytes (matplotlib, Agg): one panel per layer, each on its own
-    scale (the layers' objectives differ by orders of magnitude), logarithmic where it spans a factor 10."""
+    scale (the layers' objectives differ by orders of magnitude), logarithmic where it spans a factor 10.
+    `xlabel` says what ``iteration`` counts (an online job's batches or images read)."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -96,8 +97,8 @@ def history_plot(history: list[dict]) -> bytes:
         points = [(h["iteration"], h["objective"]) for h in history if h["layer"] == layer]
         values = [v for _, v in points]
         axes.plot(*zip(*points, strict=True), marker=".", color=f"C{index}")
-        axes.set_title(f"layer {layer}" if len(layers) > 1 else "objective")
-        axes.set_xlabel("outer iteration")
+        axes.set_title(f"layer {layer}" if len(layers) > 1 else title)
+        axes.set_xlabel(xlabel)
         axes.set_ylabel("objective E")
         axes.set_yscale("log" if min(values) > 0 and max(values) > 10 * min(values) else "linear")
         axes.grid(True, alpha=0.3)

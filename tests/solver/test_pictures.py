@@ -64,3 +64,12 @@ def test_history_plot_draws_one_panel_per_layer():
     narrow, wide = _decode(history_plot(one)), _decode(history_plot(two))
     # figsize (4.5 · layers + 1.5) × 4 inches at 100 dpi
     assert narrow.shape[:2] == (400, 600) and wide.shape[:2] == (400, 1050)
+
+
+def test_history_plot_writes_the_axis_label_and_title_it_is_given():
+    # an online job's curves count batches or images read, not outer iterations
+    pytest.importorskip("matplotlib")
+    one = [{"layer": 1, "iteration": i, "objective": 10.0 / i} for i in range(1, 5)]
+    plain = _decode(history_plot(one))
+    for picture in (history_plot(one, xlabel="batch"), history_plot(one, title="held-out objective")):
+        assert not np.array_equal(_decode(picture), plain)

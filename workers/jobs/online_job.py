@@ -122,7 +122,8 @@ def execute_online(
     ]
     if curve:
         store.put_artifact(job.id, "held_out.json", json.dumps(curve, indent=1).encode(), "application/json")
-        store.put_artifact(job.id, "held_out.png", history_plot(curve), "image/png")
+        picture = history_plot(curve, xlabel="batch", title="held-out objective")
+        store.put_artifact(job.id, "held_out.png", picture, "image/png")
     layers = [FinishedLayer(result, [written], store.artifacts.location, layer_store)]
     _store_artifacts(store, job.id, spec, model, layers, sample)  # model.json last
     store.job_work(job.id).remove_all()

@@ -76,7 +76,8 @@ def _store_artifacts(
     store.put_artifact(job_id, "reconstructions.png", png_bytes(image_sheet(shown, recon)), "image/png")
     history = [{"layer": n + 1, **asdict(s)} for n, d in enumerate(layers) for s in d.result.stats]
     store.put_artifact(job_id, "history.json", json.dumps(history, indent=1).encode(), "application/json")
-    store.put_artifact(job_id, "history.png", history_plot(history), "image/png")
+    per = "batch" if spec.learning.online else "outer iteration"  # what an online job's iteration counts
+    store.put_artifact(job_id, "history.png", history_plot(history, xlabel=per), "image/png")
     store.put_artifact(job_id, "config.json", spec.model_dump_json(indent=1).encode(), "application/json")
     store.put_artifact(job_id, "model.json", model_json, "application/json")  # last: the job's model
 
