@@ -63,9 +63,10 @@ class PixelShard(_ShardBase):
     def code(self, filters: np.ndarray) -> CodeStats:
         """``config.inference.max_iter`` steps of the 2011 inference, warm-started; never worse maps.
 
-        The images are coded a group at a time (:func:`~solver.models.shard_base.coding_groups`), each with its own
-        switches, power vectors and step sizes: an image's steps never depend on the others', so the result is that
-        of one batch, and the peak is the maps and power vectors the shard keeps plus a few arrays of a group.
+        The images are coded a group at a time (:func:`~solver.models.shard_base.coding_groups`; small groups
+        several at once, a thread each), each with its own switches, power vectors and step sizes: an image's steps
+        never depend on the others', so the result is that of one batch, and the peak is the maps and power vectors
+        the shard keeps plus a few arrays of each group in flight.
         """
         f = self.bk.asarray(filters, dtype=self.images.dtype)
         self._filter_op = None

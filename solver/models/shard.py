@@ -92,7 +92,7 @@ class Shard(_ShardBase):
         Exactly ``config.inference.max_iter`` iterations, on the images a group at a time
         (:func:`~solver.models.shard_base.coding_groups`: about 8 groups, of at least 1 MiB of maps, 8 MiB on a
         GPU; they are independent problems, each with its own ρ, step sizes and momentum, so the result is that of
-        one batch),
+        one batch; groups too small for threaded passes are coded several at once, a thread each),
         each group's maps (and ADMM duals) read from and written back into the shard's own arrays: besides those,
         the coding peak is a few arrays of one group's size. The first run starts from zero maps (and zero duals),
         made once here. ADMM keeps only its current iterate (updated in place), and per image the maps it started
