@@ -46,26 +46,67 @@ class _Run:
         self.failed = threading.Event()
         self._next = 0
         self._lock = threading.Lock()
+        self._done = threading.Condition(self._lock)
+        self._running = 0  # helper threads started and not yet ended
 
     def fail(self, exc: BaseException) -> None:
+        """Record `exc` and stop the others. The first error is kept, but an interrupt (Ctrl-C, SystemExit) wins
+        over an ordinary error, which it carries as its context: a caller catching Exception must not swallow it."""
         with self._lock:
-            if self.error is None:
+            first = self.error
+            if first is None:
+                self.error = exc
+            elif isinstance(exc, (KeyboardInterrupt, SystemExit)) and isinstance(first, Exception):
+                exc.__context__ = first
                 self.error = exc
             self.failed.set()
 
     def work(self) -> None:
         # the running pieces stop at their next check_stop once a piece failed (or the caller's stop says so)
-        with threads_capped(1), stop_on(self.failed.is_set):
-            while True:
-                with self._lock:
-                    if self.failed.is_set() or self._next == len(self.pieces):
-                        return
-                    i, self._next = self._next, self._next + 1
-                try:
+        try:
+            with threads_capped(1), stop_on(self.failed.is_set):
+                while True:
+                    with self._lock:
+                        if self.failed.is_set() or self._next == len(self.pieces):
+                            return
+                        i, self._next = self._next, self._next + 1
                     self.results[i] = self.fn(self.pieces[i])
-                except BaseException as exc:  # noqa: BLE001  (re-raised by the caller)
-                    self.fail(exc)
-                    return
+        except BaseException as exc:  # noqa: BLE001  (re-raised by the caller, wherever it arrived)
+            self.fail(exc)
+
+    def helper(self) -> Callable[[], None]:
+        """The body of a helper thread: the caller's stop, :meth:`work`, then the count of running helpers."""
+        work = under_this_stop(self.work)
+        with self._lock:
+            self._running += 1
+
+        def body() -> None:
+            try:
+                work()
+            finally:
+                with self._lock:
+                    self._running -= 1
+                    self._done.notify_all()
+
+        return body
+
+    def not_started(self) -> None:
+        """A helper made by :meth:`helper` whose thread did not start."""
+        with self._lock:
+            self._running -= 1
+            self._done.notify_all()
+
+    def wait_for_helpers(self) -> None:
+        """Until every helper has ended its work; an interrupt meanwhile stops them and is raised afterwards.
+        (A piece that never calls check_stop keeps this waiting until it ends.)"""
+        while True:
+            try:
+                with self._lock:
+                    while self._running > 0:
+                        self._done.wait()
+                return
+            except BaseException as exc:  # noqa: BLE001  (an interrupt of the waiting caller: stop, wait, raise)
+                self.fail(exc)
 
 
 def map_concurrently(fn: Callable[[T], R], pieces: Sequence[T], *, at_most: int | None = None) -> list[R]:
@@ -73,30 +114,28 @@ def map_concurrently(fn: Callable[[T], R], pieces: Sequence[T], *, at_most: int 
     thread among them, each running its passes on one thread (:func:`solver.backend.threads_capped`) under the
     caller's stop (:func:`solver.stopping.stop_on`).
 
-    The first exception (a ``KeyboardInterrupt`` of the caller included) stops the pieces still running at their
-    next :func:`~solver.stopping.check_stop`, skips those not started, and is raised once every thread has ended:
-    no piece still writes into the caller's arrays when this returns or raises."""
+    The first exception stops the pieces still running at their next :func:`~solver.stopping.check_stop`, skips
+    those not started, and is raised once every thread has ended its work (an interrupt, a ``KeyboardInterrupt`` of
+    the caller included, is raised rather than an earlier error): no piece still writes into the caller's arrays
+    when this returns or raises. A piece that never calls check_stop is waited for."""
     threads = threads_for_pieces(len(pieces))
     if at_most is not None:
         threads = max(1, min(threads, at_most))
     if threads <= 1:
         return [fn(p) for p in pieces]
     run = _Run(fn, pieces)
-    helpers = [
-        threading.Thread(target=under_this_stop(run.work), name=f"deconv-group-{i}", daemon=True)
-        for i in range(threads - 1)
-    ]
-    for helper in helpers:
-        helper.start()
     try:
+        for i in range(threads - 1):
+            body = run.helper()
+            try:
+                threading.Thread(target=body, name=f"deconv-group-{i}", daemon=True).start()
+            except BaseException:
+                run.not_started()
+                raise
         run.work()
-    finally:
-        for helper in helpers:
-            while helper.is_alive():
-                try:
-                    helper.join()
-                except BaseException as exc:  # noqa: BLE001  (an interrupt of the waiting caller: stop, then raise)
-                    run.fail(exc)
+    except BaseException as exc:  # noqa: BLE001  (a helper that could not start, or an interrupt between pieces)
+        run.fail(exc)
+    run.wait_for_helpers()
     if run.error is not None:
         raise run.error
     return run.results

@@ -73,17 +73,29 @@ def thread_safe() -> bool:
     """Whether the kernels may be entered from several threads at once (:mod:`solver.concurrent`): numba's OpenMP
     and TBB threading layers allow it; its own workqueue layer, numba's fallback where neither library loads,
     aborts the process. Decided without starting numba's threads where none ran yet (a process whose OpenMP
-    threads have started cannot fork): from the layer asked for (``NUMBA_THREADING_LAYER``) and the libraries that
-    load, in numba's order. True without numba (the numpy path)."""
+    threads have started cannot fork): from the layer asked for (``NUMBA_THREADING_LAYER``, and for ``default``
+    the order of ``NUMBA_THREADING_LAYER_PRIORITY``) and the libraries that load, as numba picks the first that
+    does. True without numba (the numpy path)."""
     if not NUMBA:
         return True
     from numba.np.ufunc import parallel  # noqa: PLC0415
 
     if getattr(parallel, "_is_initialized", False):  # started: the layer it chose
         return numba.threading_layer() in ("omp", "tbb")
-    layer = str(numba.config.THREADING_LAYER)
-    wanted = {"default": ("tbb", "omp"), "threadsafe": ("tbb", "omp"), "safe": ("tbb",), "forksafe": ("tbb",)}
-    return any(_layer_loads(name) for name in wanted.get(layer, (layer,)))
+    layer = str(numba.config.THREADING_LAYER).lower()
+    # the layers numba would try, in its order (forksafe's OpenMP, which it tries off Linux only, left out)
+    order = {
+        "default": [str(name).lower() for name in numba.config.THREADING_LAYER_PRIORITY],
+        "threadsafe": ["tbb", "omp"],
+        "safe": ["tbb"],
+        "forksafe": ["tbb", "workqueue"],
+    }.get(layer, [layer])
+    for name in order:
+        if name in ("tbb", "omp") and _layer_loads(name):
+            return True
+        if name == "workqueue":  # it always loads: numba would stop here
+            return False
+    return False
 
 
 def _layer_loads(name: str) -> bool:

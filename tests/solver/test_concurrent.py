@@ -160,3 +160,152 @@ def test_a_thread_that_outlives_the_main_thread_still_codes_concurrently():
 def test_numba_s_threading_layer_here_allows_concurrent_kernels():
     # the kernels are compiled nogil; the layer decides whether two threads may enter them at once
     assert kernels.thread_safe()
+
+
+def _interrupt_main_in(seconds: float) -> threading.Timer:
+    """A Ctrl-C in `seconds`: a real SIGINT, which, unlike _thread.interrupt_main, wakes a blocked wait."""
+    import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    return timer
+
+
+def test_a_ctrl_c_of_the_waiting_caller_returns_only_once_the_helpers_have_ended(budget):
+    # Python 3.11's join gives up on a thread whose wait was interrupted: the call then returned with a piece
+    # still running (still writing into the caller's arrays)
+    started, ended = [], []
+
+    def piece(i):
+        started.append(i)
+        try:
+            time.sleep(0.05 if threading.current_thread() is threading.main_thread() else 1.0)  # no check_stop
+        finally:
+            ended.append(i)
+
+    timer = _interrupt_main_in(0.3)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            concurrent.map_concurrently(piece, [0, 1], at_most=2)
+    finally:
+        timer.cancel()
+        timer.join()
+    assert sorted(ended) == sorted(started) == [0, 1]
+    assert _helpers_alive() == []
+
+
+def test_an_interrupt_wins_over_an_earlier_error_and_carries_it(budget):
+    def piece(_):
+        if threading.current_thread() is threading.main_thread():
+            time.sleep(1.0)  # interrupted at 0.3 s
+        else:
+            time.sleep(0.1)  # the caller has its piece by then
+            raise ValueError("a group failed")
+
+    timer = _interrupt_main_in(0.3)
+    try:
+        with pytest.raises(KeyboardInterrupt) as caught:
+            concurrent.map_concurrently(piece, [0, 1], at_most=2)
+    finally:
+        timer.cancel()
+        timer.join()
+    assert isinstance(caught.value.__context__, ValueError)
+
+
+def test_a_helper_that_cannot_start_stops_the_others(budget, monkeypatch):
+    starts = []
+
+    class Thread(threading.Thread):
+        def start(self):
+            starts.append(self.name)
+            if len(starts) == 2:
+                raise RuntimeError("can't start new thread")
+            super().start()
+
+    monkeypatch.setattr(concurrent.threading, "Thread", Thread)
+    ran = []
+
+    def piece(i):
+        _busy(0.1)
+        ran.append(i)
+
+    with pytest.raises(RuntimeError, match="can't start"):
+        concurrent.map_concurrently(piece, list(range(12)))
+    done = len(ran)
+    time.sleep(0.3)
+    assert len(ran) == done < 12  # nothing ran after the raise, and the helper that started stopped early
+    assert _helpers_alive() == []
+
+
+def test_a_ctrl_c_between_two_pieces_stops_the_helpers(budget, monkeypatch):
+    class Interrupting:
+        """The run's lock, with a Ctrl-C landing in the calling thread as it takes its second piece."""
+
+        def __init__(self, lock):
+            self.lock, self.entries = lock, 0
+
+        def __enter__(self):
+            if threading.current_thread() is threading.main_thread():
+                self.entries += 1
+                if self.entries == 2:
+                    raise KeyboardInterrupt
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc):
+            return self.lock.__exit__(*exc)
+
+    real_init = concurrent._Run.__init__
+
+    def init(run, *args):
+        real_init(run, *args)
+        run._lock = Interrupting(run._lock)
+
+    monkeypatch.setattr(concurrent._Run, "__init__", init)
+    ran = []
+
+    def piece(i):
+        _busy(0.1)
+        ran.append(i)
+
+    with pytest.raises(KeyboardInterrupt):
+        concurrent.map_concurrently(piece, list(range(12)), at_most=2)
+    assert len(ran) < 12
+
+
+@pytest.mark.skipif(not kernels.available(), reason="numba is not installed")
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("NUMBA_THREADING_LAYER", "workqueue"),
+        ("NUMBA_THREADING_LAYER", "OMP"),
+        ("NUMBA_THREADING_LAYER", "threadsafe"),
+        ("NUMBA_THREADING_LAYER", "forksafe"),
+        ("NUMBA_THREADING_LAYER_PRIORITY", "workqueue omp tbb"),
+        ("NUMBA_THREADING_LAYER_PRIORITY", "tbb workqueue omp"),
+        ("NUMBA_THREADING_LAYER_PRIORITY", "omp tbb workqueue"),
+    ],
+)
+def test_the_thread_safety_answer_is_that_of_the_layer_numba_then_picks(variable, value):
+    # a wrong True lets two threads enter numba's workqueue layer, which aborts the process
+    import os  # noqa: PLC0415
+
+    out = _python(
+        """
+        import numba, numpy as np
+        from solver.operators import kernels
+        answer = kernels.thread_safe()
+
+        @numba.njit(parallel=True)
+        def touch(a):
+            for i in numba.prange(a.size):
+                a[i] = 1.0
+
+        touch(np.zeros(4))
+        print(answer, numba.threading_layer() in ("omp", "tbb"))
+        """,
+        **{**os.environ, variable: value},
+    )
+    assert out.returncode == 0, out.stderr
+    answer, picked = out.stdout.split()
+    assert answer == picked
