@@ -242,27 +242,29 @@ class Backend:
         without the rest of the inverse. The first axis is inverted at those rows only, as a product with those
         rows of the inverse DFT matrix, then the last axis by a real FFT of each kept row. Round-off differs from
         :meth:`irfft2` by a few ulps."""
-        H, W = int(shape[0]), int(shape[1])
-        kept = tuple(int(r) % H for r in rows)
-        partial = self.asarray(_inverse_dft_rows(H, kept, np.dtype(a.dtype).str)) @ a  # (rows, H) @ (..., H, V)
-        if self.name == "numpy":
-            return scipy.fft.irfft(partial, n=W, axis=-1)
-        return self.xp.fft.irfft(partial, n=W, axis=-1)
+        partial = self._inverse_rows(int(shape[0]), rows, a.dtype) @ a  # (rows, H) @ (..., H, V)
+        return self._irfft_last(partial, int(shape[1]))
 
     def irfft2_rows_stacked(self, a: Array, shape: tuple[int, int], rows: Sequence[int]) -> Array:
         """:meth:`irfft2_rows` of planes stored spectrum first: `a` of shape (U, V, *batch) gives
         (*batch, len(rows), W). The first axis is inverted by one matrix product over every plane at once (a
         product per plane, on planes in the last two axes, cost several times as much for a few hundred small
         planes), then the kept rows by real FFTs."""
-        H, W = int(shape[0]), int(shape[1])
         U, V, *batch = a.shape
-        kept = tuple(int(r) % H for r in rows)
-        partial = self.asarray(_inverse_dft_rows(H, kept, np.dtype(a.dtype).str)) @ a.reshape(U, -1)
-        partial = partial.reshape(len(kept), V, -1)
-        partial = self.xp.moveaxis(partial, 2, 0).reshape(*batch, len(kept), V)
+        inverse = self._inverse_rows(int(shape[0]), rows, a.dtype)
+        partial = (inverse @ a.reshape(U, -1)).reshape(len(inverse), V, -1)
+        partial = self.xp.moveaxis(partial, 2, 0).reshape(*batch, len(inverse), V)
+        return self._irfft_last(partial, int(shape[1]))
+
+    def _inverse_rows(self, n: int, rows: Sequence[int], dtype: Any) -> Array:
+        """The `rows` (negative ones counted from the end) of the inverse DFT matrix of size `n`, on this backend."""
+        return self.asarray(_inverse_dft_rows(n, tuple(int(r) % n for r in rows), np.dtype(dtype).str))
+
+    def _irfft_last(self, a: Array, n: int) -> Array:
+        """The real inverse FFT of length `n` over the last axis."""
         if self.name == "numpy":
-            return scipy.fft.irfft(partial, n=W, axis=-1)
-        return self.xp.fft.irfft(partial, n=W, axis=-1)
+            return scipy.fft.irfft(a, n=n, axis=-1)
+        return self.xp.fft.irfft(a, n=n, axis=-1)
 
     def asarray(self, a: Array, dtype: Any = None) -> Array:
         """Move `a` to this backend (no copy when it is already there with that dtype)."""
