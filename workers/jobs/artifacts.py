@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from ..distributed.checkpoint import atomic_write_bytes
-from .objects import Location, ObjectStore, npy_chunks, write_array
+from .objects import Location, ObjectStore, has_buckets, npy_chunks, write_array
 
 _COPY_CHUNK = 1 << 22
 
@@ -215,8 +215,8 @@ class FsspecArtifactStore(_ObjectsMixin):
         key = artifact_key(data, suffix)
         path = self._path(key)
         if not self.fs.exists(path):
-            if not hasattr(self.fs, "split_path"):  # an object store has no folders to make, and its makedirs
-                self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)  # would create a missing bucket
+            if not has_buckets(self.fs):
+                self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
             self.fs.pipe(path, data)
         return key
 

@@ -89,7 +89,7 @@ def check_store(url: str | Path | None, setting: str, *, timeout: float = STORE_
         fs, root = _filesystem(text)
     except (ImportError, ValueError) as exc:
         raise ValueError(f"{setting}: cannot open {text!r}: {exc}") from None
-    if not hasattr(fs, "split_path"):  # no buckets (memory://): nothing to find missing
+    if not has_buckets(fs):  # memory://: nothing to find missing
         return
     bucket = fs.split_path(root)[0]
     if not bucket:  # s3:// alone would become the local folder 's3:' further on
@@ -123,6 +123,12 @@ def check_store(url: str | Path | None, setting: str, *, timeout: float = STORE_
             f"{setting}: the bucket {bucket!r} of {text} does not exist{at}: create it first (deconv creates no "
             "bucket, so that a misspelt name fails here)"
         )
+
+
+def has_buckets(fs: Any) -> bool:
+    """Whether an fsspec filesystem is an object store of buckets (S3, GCS, Azure: their paths start with one),
+    which has no folders to make and whose ``makedirs`` would create a missing bucket."""
+    return hasattr(fs, "split_path")
 
 
 def _bucket_exists(fs: Any, bucket: str) -> bool:
