@@ -219,7 +219,7 @@ class Backend:
         With `overwrite` the transform may destroy `a` (which saves cuFFT's copy of the input on the GPU).
         """
         if self.name == "numpy":
-            out = fftw.irfft2(a, shape, fftw_threads(2 * a.size, self.workers))
+            out = fftw.irfft2(a, shape, fftw_threads(2 * a.size, self.workers), overwrite=overwrite)
             if out is not None:
                 return out
             workers = threads_for(2 * a.size, self.workers)

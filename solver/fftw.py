@@ -91,9 +91,12 @@ def engine() -> str:
 
 
 class _Plan:
-    """One FFTW plan over the last two axes of arrays of one shape, with its own aligned input buffer: the
-    caller's array is copied in, so that the plan never holds the caller's arrays and the inverse may destroy
-    its input; each call hands out the output and gives the plan a fresh, untouched one."""
+    """One FFTW plan over the last two axes of arrays of one shape, with its own aligned input buffer. The
+    caller's array is transformed where it lies when the plan can read it there (its strides, and FFTW's
+    alignment) and the transform may: a forward one keeps its input, an inverse one destroys it, so an inverse
+    runs there only where the caller gives the array up. Otherwise it is copied into the buffer (on 16 maps of
+    128², two threads, the copy made the inverse 0.57 ms instead of 0.40). The plan never keeps the caller's array after a call;
+    each call hands out the output and gives the plan a fresh, untouched one."""
 
     def __init__(
         self,
@@ -119,11 +122,20 @@ class _Plan:
         )
         self.nbytes = self.buffer.nbytes
 
-    def run(self) -> np.ndarray:
-        """Transform the buffer; the output array is the caller's from now on."""
-        out = self.fftw()  # the inverse is scaled by 1/(H·W), as numpy's and scipy's
-        self.fftw.update_arrays(self.buffer, self._empty(self.out_shape, dtype=self.out_dtype))
+    def run(self, source: np.ndarray | None = None) -> np.ndarray:
+        """Transform `source` (read by a forward plan, destroyed by an inverse one) or, without it, the buffer;
+        the output array is the caller's from now on."""
+        if source is not None:
+            self.fftw.update_arrays(source, self.fftw.output_array)
+        try:
+            out = self.fftw()  # the inverse is scaled by 1/(H·W), as numpy's and scipy's
+        finally:  # the plan never keeps the caller's array
+            self.fftw.update_arrays(self.buffer, self._empty(self.out_shape, dtype=self.out_dtype))
         return out
+
+    def takes(self, a: np.ndarray) -> bool:
+        """Whether the plan can transform `a` where it lies (its layout and alignment are the buffer's)."""
+        return a.strides == self.buffer.strides and a.ctypes.data % self.fftw.input_alignment == 0
 
 
 class _Cache(threading.local):
@@ -175,13 +187,15 @@ def rfft2(a: np.ndarray, shape: tuple[int, int], threads: int) -> np.ndarray | N
     out_shape = (*a.shape[:-2], shape[0], shape[1] // 2 + 1)
     key = ("r2c", in_shape, dtype.str, threads)
     plan = _plan(key, lambda: _Plan(pyfftw, in_shape, dtype, out_shape, _COMPLEX_OF[dtype], threads, True))
+    if plan.takes(a):  # FFTW's real-to-complex transforms keep their input
+        return plan.run(a)
     plan.buffer[...] = a
     return plan.run()
 
 
-def irfft2(a_hat: np.ndarray, shape: tuple[int, int], threads: int) -> np.ndarray | None:
-    """``scipy.fft.irfft2(a_hat, s=shape, axes=(-2, -1))`` by FFTW (`a_hat` is read, never written), or None
-    where FFTW does not take it."""
+def irfft2(a_hat: np.ndarray, shape: tuple[int, int], threads: int, *, overwrite: bool = False) -> np.ndarray | None:
+    """``scipy.fft.irfft2(a_hat, s=shape, axes=(-2, -1))`` by FFTW, or None where FFTW does not take it. `a_hat`
+    is read only, unless `overwrite` lets the transform destroy it (which saves a copy)."""
     pyfftw = _pyfftw()
     dtype = np.dtype(a_hat.dtype)
     if pyfftw is None or dtype not in _REAL_OF or a_hat.ndim < 2 or not _fits(a_hat.shape[:-2], shape):
@@ -191,5 +205,7 @@ def irfft2(a_hat: np.ndarray, shape: tuple[int, int], threads: int) -> np.ndarra
     out_shape = (*a_hat.shape[:-2], *shape)
     key = ("c2r", tuple(a_hat.shape), dtype.str, tuple(shape), threads)
     plan = _plan(key, lambda: _Plan(pyfftw, tuple(a_hat.shape), dtype, out_shape, _REAL_OF[dtype], threads, False))
+    if overwrite and plan.takes(a_hat):
+        return plan.run(a_hat)
     plan.buffer[...] = a_hat
     return plan.run()

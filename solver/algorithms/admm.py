@@ -218,12 +218,15 @@ class Admm(SolverBase):
 
     # ---- one iteration ---------------------------------------------------------------------------------------
 
-    def step(self, state: AdmmState, *, out: AdmmState | None = None, final: bool = False) -> AdmmState:
+    def step(
+        self, state: AdmmState, *, out: AdmmState | None = None, final: bool = False, consume: bool = False
+    ) -> AdmmState:
         """One iteration from `state`.
 
         `out` is a state the caller gives up (it may be `state` itself): the fused path writes the new iterate
-        into its arrays instead of allocating new ones; the other paths ignore it. Without `out` no array of
-        `state` is modified.
+        into its arrays instead of allocating new ones; the other paths ignore it. `consume`: the caller keeps
+        at most the maps of `state`, so that its other arrays may be destroyed. Without `out` or `consume` no
+        array of `state` is modified.
 
         `final`: no iteration follows with these filters (interleaved learning changes them next), so the
         solve of the next iteration is not made where that saves work (the fused CPU path, circular boundary,
@@ -232,20 +235,21 @@ class Admm(SolverBase):
         """
         if self._masked:
             return self._step_masked(state)
-        return self._step_circular(state, out, final)
+        return self._step_circular(state, out, final, consume)
 
     def _residuals_due(self, iteration: int) -> bool:
         if iteration <= self._early:
             return iteration % 2 == 0
         return iteration % self.config.rho_period == 0
 
-    def _step_circular(self, s: AdmmState, out: AdmmState | None, final: bool = False) -> AdmmState:
+    def _step_circular(self, s: AdmmState, out: AdmmState | None, final: bool, consume: bool) -> AdmmState:
         pb = self.problem
         it = s.iteration + 1
         due = self._residuals_due(it)
-        consumed = out is not None and out.solve_hat is s.solve_hat  # x̂ is not needed after its inverse FFT
+        # x̂ is not needed after its inverse FFT where the caller gives it up
+        consumed = consume or (out is not None and out.solve_hat is s.solve_hat)
         x = self._irfft(s.solve_hat, overwrite=consumed)
-        maps, dual, sparsity, residuals = self._shrink(x, s, due, out)
+        maps, dual, sparsity, nonzero, residuals = self._shrink(x, s, due, out)
         del x
         maps_hat = pb.op.rfft(maps)
         rho, dual_scale = s.rho, np.ones_like(s.rho)
@@ -279,6 +283,8 @@ class Admm(SolverBase):
                 at,
                 maps_hat=maps_hat,
                 dual_hat=dual_hat,
+                sparsity=sparsity,
+                nonzero=nonzero,
             )
         # ẑ is needed by this pass only: without `out`, the next carry takes its place
         solve_hat, carry_hat, data = self._fourier(
@@ -301,6 +307,8 @@ class Admm(SolverBase):
             solve_hat=solve_hat,
             carry_hat=carry_hat,
             maps_hat=maps_hat if keep else None,
+            sparsity=sparsity,
+            nonzero=nonzero,
         )
 
     def fourier_warm_start(self, state: AdmmState) -> AdmmWarmStart:
@@ -332,8 +340,9 @@ class Admm(SolverBase):
 
     def _shrink(
         self, x: Array, s: AdmmState, due: bool, out: AdmmState | None
-    ) -> tuple[Array, Array, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
-        """z, u, the sparsity term λ‖z‖ₚᵖ per image, and the relative (primal, dual) residuals when `due`."""
+    ) -> tuple[Array, Array, np.ndarray, np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
+        """z, u, the sparsity term λ‖z‖ₚᵖ per image, the non-zeros of z per image where the kernel counts them,
+        and the relative (primal, dual) residuals when `due`."""
         pb = self.problem
         a = self.config.relax
         if self._fused:
@@ -352,18 +361,19 @@ class Admm(SolverBase):
                 u_out=u_out,
             )
             maps, dual, sparsity = maps.reshape(s.maps.shape), dual.reshape(s.maps.shape), pb.lam * sums[:, 5]
+            nonzero = sums[:, 6]
             if not due:
-                return maps, dual, sparsity, None
+                return maps, dual, sparsity, nonzero, None
             primal = _ratio(np.sqrt(sums[:, 0]), np.maximum(np.sqrt(sums[:, 1]), np.sqrt(sums[:, 2])))
-            return maps, dual, sparsity, (primal, _ratio(np.sqrt(sums[:, 3]), np.sqrt(sums[:, 4])))
+            return maps, dual, sparsity, nonzero, (primal, _ratio(np.sqrt(sums[:, 3]), np.sqrt(sums[:, 4])))
         xr = a * x + (1 - a) * s.maps
         maps = pb.penalty.prox(xr + s.dual, 1.0 / self._per_image(s.rho, x))
         dual = s.dual + xr - maps
         sparsity = pb.regulariser(maps)
         if not due:
-            return maps, dual, sparsity, None
+            return maps, dual, sparsity, None, None
         primal = _ratio(_norms(x - maps), np.maximum(_norms(x), _norms(maps)))
-        return maps, dual, sparsity, (primal, _ratio(_norms(maps - s.maps), _norms(dual)))
+        return maps, dual, sparsity, None, (primal, _ratio(_norms(maps - s.maps), _norms(dual)))
 
     def _fourier(
         self,
@@ -488,6 +498,13 @@ class Admm(SolverBase):
         return np.where(up, step, np.where(down, 1.0 / step, 1.0))
 
     # ---- what the iteration loop reads -----------------------------------------------------------------------
+
+    def map_summary(self, state: AdmmState) -> tuple[np.ndarray, np.ndarray] | None:
+        """The sparsity term λ‖z‖ₚᵖ and the number of non-zeros of the maps, per image, where the step that
+        made `state` counted them (the fused CPU path); otherwise None."""
+        if state.sparsity is None or state.nonzero is None:
+            return None
+        return state.sparsity, state.nonzero
 
     def converged(self, state: AdmmState, previous: AdmmState) -> np.ndarray:
         """Per image: both relative residuals ≤ tol, tested on the iterations that compute them."""

@@ -23,6 +23,9 @@ class AdmmState:
     Circular boundary: ``solve_hat`` is x̂ of the next iteration and ``carry_hat`` is û + αx̂ + (1−α)ẑ.
     Valid boundary: ``maps_hat``/``dual_hat`` are ẑ and û, and ``aux``/``aux_dual`` (with their transforms)
     are y₀ and u₀ of mask decoupling.
+
+    ``sparsity`` (λ‖z‖ₚᵖ) and ``nonzero`` (the count of non-zero entries), per image, where the step computed
+    them on its way (the fused CPU path), so that progress reports need no pass over the maps.
     """
 
     maps: Array
@@ -41,6 +44,8 @@ class AdmmState:
     aux_hat: Array | None = None
     aux_dual: Array | None = None
     aux_dual_hat: Array | None = None
+    sparsity: np.ndarray | None = None
+    nonzero: np.ndarray | None = None
 
     def warm_start(self) -> AdmmWarmStart:
         """What a warm start reads, without the arrays that depend on the filters (a learner keeps this between

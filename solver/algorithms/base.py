@@ -122,6 +122,7 @@ def run(
     max_iter: int | None = None,
     callback: Callable[[S], bool | None] | None = None,
     stop_early: bool = True,
+    keeps_states: bool = True,
 ) -> InferenceResult:
     """Iterate `solver` from `state` until it converges or `max_iter` steps are done.
 
@@ -130,16 +131,18 @@ def run(
     warm-started run never returns worse maps than it was given. ``state`` is the last state, for warm starts.
     With ``stop_early=False`` exactly `max_iter` steps are run whatever the convergence test says (learning
     does this, so that a batch split over workers runs the same iterations as the whole batch). A `callback`
-    sees every state; it ends the run by returning True.
+    sees every state; it ends the run by returning True. ``keeps_states=False`` promises that it keeps none of
+    them (it reads numbers off each), so that their arrays may be reused as when there is no callback.
     """
     with large_blocks_from_heap():  # every step allocates the same map-sized arrays (the FFTs' outputs)
-        return _run(solver, state, max_iter, callback, stop_early)
+        return _run(solver, state, max_iter, callback if keeps_states else None, callback, stop_early)
 
 
 def _run(
     solver: Solver[S],
     state: S,
     max_iter: int | None,
+    keeper: Callable[[S], bool | None] | None,
     callback: Callable[[S], bool | None] | None,
     stop_early: bool,
 ) -> InferenceResult:
@@ -148,9 +151,10 @@ def _run(
     best_maps, best = solver.maps(state), solver.per_item_objective(state).copy()
     # A solver that can write its next iterate into the arrays of a state given up (``step(state, out=...)``)
     # gets the states nobody holds any more: at most three are alive (the current one, the one holding the best
-    # maps, one spare), and no iteration allocates. Not with a callback, which may keep the states it is shown,
-    # and never the starting state, whose maps may be the caller's.
-    reuse = callback is None and getattr(solver, "reuses_states", False)
+    # maps, one spare), and no iteration allocates; and the state it steps from, of which only the maps may be
+    # kept (as the best), is given up but for them (``consume``). Not with a callback that may keep the states it
+    # is shown (`keeper`), and never the starting state, whose arrays may be the caller's.
+    reuse = keeper is None and getattr(solver, "reuses_states", False)
     spare: list[Any] = []
     # an image that has converged keeps the maps it had then, so that its result does not depend on the other
     # images of the batch (the run goes on until all have converged)
@@ -159,7 +163,10 @@ def _run(
     for it in range(1, n + 1):  # noqa: B007
         check_stop()
         previous = state
-        state = solver.step(previous, out=spare.pop()) if spare else solver.step(previous)
+        if reuse and it > 1:
+            state = solver.step(previous, out=spare.pop() if spare else None, consume=True)
+        else:
+            state = solver.step(previous)
         E = solver.per_item_objective(state)
         history.append(float(E.sum()))
         best_maps, best = _keep_best(solver.maps(state), E, best_maps, best, done)

@@ -189,7 +189,7 @@ def encode(
         if tuple(maps0.shape) != problem.maps_shape:
             raise ValueError(f"init must have shape {problem.maps_shape}, got {tuple(maps0.shape)}")
     progress = None if callback is None else _progress(callback, solver, problem)
-    result: InferenceResult = run(solver, solver.init(maps0), callback=progress)
+    result: InferenceResult = run(solver, solver.init(maps0), callback=progress, keeps_states=False)
     maps = result.maps if host.name == bk.name else bk.to_host(result.maps)
     return EncodeResult(maps, result.objective, result.history, result.n_iter)
 
@@ -198,14 +198,19 @@ def _progress(callback: Callable[[IterStats], bool | None], solver: Any, problem
     """The solver-state callback of :func:`~solver.algorithms.base.run` that hands `callback` an IterStats."""
     start, count = time.perf_counter(), [0]
     xp = problem.backend.xp
-    # the sparsity term and the non-zero count in one pass over the maps where a kernel does both
+    # the sparsity term and the non-zero count: from the step where it counted them, otherwise in one pass over
+    # the maps where a kernel does both
+    summary = getattr(solver, "map_summary", lambda state: None)
     one_pass = problem.backend.name == "numpy" and kernels.available() and problem.penalty.p == 1.0
 
     def on_state(state: Any) -> bool:
         count[0] += 1
         maps = solver.maps(state)
         objective = float(solver.per_item_objective(state).sum())
-        if one_pass:
+        known = summary(state)
+        if known is not None:
+            sparsity, n_nonzero = float(known[0].sum()), int(known[1].sum())
+        elif one_pass:
             l1, nonzero = kernels.abs_and_count(maps)
             sparsity, n_nonzero = problem.penalty.lam * float(l1.sum()), int(nonzero.sum())
         else:

@@ -4,7 +4,8 @@ The GPU twin of :mod:`solver.operators.kernels` (numba), with the same signature
 :class:`solver.algorithms.admm.Admm` calls either through one interface:
 
 * :func:`admm_spatial`: relaxation v = αx + (1−α)z_old + u_old, soft threshold z = soft(v, t), dual u = v − z,
-  and the per-image sums (‖x − z‖², ‖x‖², ‖z‖², ‖z − z_old‖², ‖u‖², ‖z‖₁; only ‖z‖₁ unless asked), reduced
+  and the per-image sums (‖x − z‖², ‖x‖², ‖z‖², ‖z − z_old‖², ‖u‖², ‖z‖₁, the non-zeros of z; only the last
+  two unless asked), reduced
   per block in float64 in the kernel;
 * :func:`admm_fourier`: one thread per frequency, looping over the K filters: the Fourier dual update, the
   data term (Parseval) and the Sherman–Morrison solve of the next iteration,
@@ -32,7 +33,7 @@ import numpy as np
 
 from .. import backend
 
-N_SUMS = 6  # per-image sums of admm_spatial, in the order of solver.operators.kernels.N_SUMS
+N_SUMS = 7  # per-image sums of admm_spatial, in the order of solver.operators.kernels.N_SUMS
 THREADS = 256  # threads per block; a power of two (the block reductions halve it)
 _ENTRIES_PER_THREAD = 4  # spatial kernel: entries per thread before another block is started on a row
 
@@ -44,8 +45,8 @@ __host__ __device__ inline double dk_abs(double v) { return fabs(v); }
 __host__ __device__ inline float dk_copysign(float m, float v) { return copysignf(m, v); }
 __host__ __device__ inline double dk_copysign(double m, double v) { return copysign(m, v); }
 
-// One entry: v = alpha x + beta z_old + u_old, z = soft(v, t), u = v - z; adds to the six sums
-// (|x - z|^2, |x|^2, |z|^2, |z - z_old|^2, |u|^2 only with residuals; |z| always). z may alias z_old.
+// One entry: v = alpha x + beta z_old + u_old, z = soft(v, t), u = v - z; adds to the seven sums
+// (|x - z|^2, |x|^2, |z|^2, |z - z_old|^2, |u|^2 only with residuals; |z| and z != 0 always). z may alias z_old.
 template <typename T>
 __host__ __device__ inline void dk_spatial_entry(T x, T z_old, T u_old, T alpha, T beta, T t, bool residuals,
                                                  T* z, T* u, double* sums) {
@@ -65,6 +66,7 @@ __host__ __device__ inline void dk_spatial_entry(T x, T z_old, T u_old, T alpha,
         sums[4] += ui * ui;
     }
     sums[5] += dk_abs(zi);
+    sums[6] += zi != T(0) ? 1.0 : 0.0;
 }
 
 // One frequency f of one image. z_hat, t_hat, x_out, t_out point at the image's (K, F) complex block and
@@ -108,7 +110,7 @@ __host__ __device__ inline T dk_fourier_frequency(const T* z_hat, const T* t_hat
 }
 
 // One thread of the spatial kernel: thread `tid` of block `block` (of `threads`) on row n K + k of (N, K, P)
-// arrays; entries chunk * threads + tid, then every blocks_per_row * threads. Adds to its six sums.
+// arrays; entries chunk * threads + tid, then every blocks_per_row * threads. Adds to its seven sums.
 template <typename T>
 __host__ __device__ inline void dk_spatial_thread(const T* x, const T* z_old, const T* u_old, T alpha, T beta,
                                                   const T* thr, bool residuals, T* z_new, T* u_new, long long K,
@@ -156,21 +158,21 @@ __device__ inline void dk_block_sum(double* buf, int n_values) {
     }
 }
 
-// Grid: N K blocks_per_row blocks of DK_THREADS threads (dk_spatial_thread). Each block writes its six float64
-// sums to partial[blockIdx.x, :].
+// Grid: N K blocks_per_row blocks of DK_THREADS threads (dk_spatial_thread). Each block writes its seven
+// float64 sums to partial[blockIdx.x, :].
 template <typename T>
 __device__ inline void dk_admm_spatial(const T* x, const T* z_old, const T* u_old, T alpha, T beta, const T* thr,
                                        int residuals, T* z_new, T* u_new, double* partial, long long K,
                                        long long P, long long blocks_per_row) {
-    __shared__ double buf[6 * DK_THREADS];
-    double sums[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    __shared__ double buf[7 * DK_THREADS];
+    double sums[7] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
     dk_spatial_thread<T>(x, z_old, u_old, alpha, beta, thr, residuals != 0, z_new, u_new, K, P, blocks_per_row,
                          blockIdx.x, DK_THREADS, threadIdx.x, sums);
-    for (int j = 0; j < 6; ++j) buf[j * DK_THREADS + threadIdx.x] = sums[j];
+    for (int j = 0; j < 7; ++j) buf[j * DK_THREADS + threadIdx.x] = sums[j];
     __syncthreads();
-    dk_block_sum(buf, 6);
+    dk_block_sum(buf, 7);
     if (threadIdx.x == 0) {
-        for (int j = 0; j < 6; ++j) partial[6 * (long long)blockIdx.x + j] = buf[j * DK_THREADS];
+        for (int j = 0; j < 7; ++j) partial[7 * (long long)blockIdx.x + j] = buf[j * DK_THREADS];
     }
 }
 
@@ -269,15 +271,15 @@ def admm_spatial(
     thr : array of shape (N,)
         Threshold per image (host or device).
     residuals : bool
-        Compute all six sums; otherwise only ‖z‖₁ (the others are 0).
+        Compute all seven sums; otherwise only ‖z‖₁ and the non-zeros (the others are 0).
     z_out, u_out : cupy arrays of shape (N, K, P), optional
         Where z and u go; may be `z_old` and `u_old` themselves.
 
     Returns
     -------
     z, u : cupy arrays of shape (N, K, P)
-    sums : ndarray of shape (N, 6)
-        Host float64: ‖x − z‖², ‖x‖², ‖z‖², ‖z − z_old‖², ‖u‖², ‖z‖₁ per image.
+    sums : ndarray of shape (N, 7)
+        Host float64: ‖x − z‖², ‖x‖², ‖z‖², ‖z − z_old‖², ‖u‖², ‖z‖₁, the count of non-zeros of z per image.
     """
     cupy = backend.cupy_module()
     x, z_old, u_old = (_contiguous(a, name) for a, name in ((x, "x"), (z_old, "z_old"), (u_old, "u_old")))

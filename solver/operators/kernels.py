@@ -4,8 +4,8 @@ One ADMM iteration of :mod:`solver.algorithms.admm` (circular boundary) is an in
 forward FFT and a Fourier pass. The numpy formulation makes a dozen passes over arrays as large as the maps;
 these kernels make two, around the FFT pair that nothing avoids:
 
-* :func:`admm_spatial`: relaxation, soft threshold and dual update, ‖z‖₁, and when asked every per-image norm
-  the residuals need;
+* :func:`admm_spatial`: relaxation, soft threshold and dual update, ‖z‖₁ and the non-zeros of z (E and the
+  progress reports need them every iteration), and when asked every per-image norm the residuals need;
 * :func:`admm_fourier`: the Fourier-domain dual update, the data term (Parseval) of the new maps, and the
   Sherman–Morrison solve of the *next* iteration, x̂ = ŵ + âᴴ(ρ + ‖â‖²)⁻¹(ŷ − Σ_k â_k ŵ_k) with ŵ = ẑ − û.
 
@@ -61,7 +61,7 @@ _CHUNK = 2048  # frequencies per parallel task
 # Reassociation and contraction let LLVM vectorise the sums and fuse multiply-adds; no flag that assumes
 # finite values or ignores signed zeros is set, so NaN/inf and the threshold at zero behave as in numpy.
 _FLAGS = {"reassoc", "contract"}
-N_SUMS = 6  # per-image sums of admm_spatial: ‖x − z‖², ‖x‖², ‖z‖², ‖z − z_old‖², ‖u‖², ‖z‖₁
+N_SUMS = 7  # per-image sums of admm_spatial: ‖x − z‖², ‖x‖², ‖z‖², ‖z − z_old‖², ‖u‖², ‖z‖₁, ‖z‖₀
 
 
 def available() -> bool:
@@ -155,6 +155,7 @@ if NUMBA:
             s_dz = 0.0
             s_u = 0.0
             s_abs = 0.0
+            s_nz = 0
             if residuals:
                 for i in range(P):
                     xi = x[n, k, i]
@@ -170,18 +171,21 @@ if NUMBA:
                     s_dz += e * e
                     s_u += ui * ui
                     s_abs += abs(zi)
-            else:  # the loop LLVM vectorises best: only ‖z‖₁, which E needs every iteration
+                    s_nz += zi != 0
+            else:  # the loop LLVM vectorises best: only ‖z‖₁, which E needs, and the count of non-zeros
                 for i in range(P):
                     zi, ui = _shrink(x[n, k, i], z_old[n, k, i], u_old[n, k, i], alpha, beta, t)
                     z_new[n, k, i] = zi
                     u_new[n, k, i] = ui
                     s_abs += abs(zi)
+                    s_nz += zi != 0
             partial[n, k, 0] = s_xz
             partial[n, k, 1] = s_x
             partial[n, k, 2] = s_z
             partial[n, k, 3] = s_dz
             partial[n, k, 4] = s_u
             partial[n, k, 5] = s_abs
+            partial[n, k, 6] = s_nz
 
     @njit(parallel=True, nogil=True, cache=True, fastmath=_FLAGS)
     def _admm_fourier(z_hat, t_hat, scale, a, y_hat, w, inv, alpha, beta, x_out, t_out, partial):  # pragma: no cover
@@ -496,8 +500,9 @@ def admm_spatial(
     """z = soft(αx + (1−α)z_old + u_old, thr_n), u = that argument − z, with per-image sums.
 
     Arrays are (N, K, P); `thr` is (N,). `z_out`/`u_out` may be `z_old`/`u_old` themselves (each entry is read
-    before it is written). Returns z, u and an (N, 6) float64 array of the sums (‖x − z‖², ‖x‖², ‖z‖²,
-    ‖z − z_old‖², ‖u‖², ‖z‖₁); without `residuals` only the last column is computed, the others are 0.
+    before it is written). Returns z, u and an (N, 7) float64 array of the sums (‖x − z‖², ‖x‖², ‖z‖²,
+    ‖z − z_old‖², ‖u‖², ‖z‖₁, the count of non-zeros of z); without `residuals` only the last two columns are
+    computed, the others are 0.
     """
     z_new, u_new = _check_out(z_out, x, "z_out"), _check_out(u_out, x, "u_out")
     partial = np.empty(x.shape[:2] + (N_SUMS,), dtype=np.float64)
@@ -567,7 +572,7 @@ def irfft2(a_hat: np.ndarray, shape: tuple[int, int], workers: int, *, overwrite
     (:mod:`solver.fftw`, which never writes `a_hat`), otherwise the complex inverse over axis −2, then the real
     one over axis −1; with `overwrite` that first pass runs in `a_hat` (which then holds garbage) and allocates
     nothing."""
-    out = fftw.irfft2(a_hat, shape, fftw_threads(2 * a_hat.size, workers))
+    out = fftw.irfft2(a_hat, shape, fftw_threads(2 * a_hat.size, workers), overwrite=overwrite)
     if out is not None:
         return out
     workers = threads_for(2 * a_hat.size, workers)

@@ -31,14 +31,14 @@ static void emulate_spatial(const T* x, const T* z_old, const T* u_old, T alpha,
                             int residuals, T* z_new, T* u_new, double* partial, long long K, long long P,
                             long long blocks_per_row, long long n_blocks, long long threads) {
     for (long long b = 0; b < n_blocks; ++b) {
-        double acc[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+        double acc[DK_N_SUMS] = {0.0};
         for (long long tid = 0; tid < threads; ++tid) {
-            double sums[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+            double sums[DK_N_SUMS] = {0.0};
             dk_spatial_thread<T>(x, z_old, u_old, alpha, beta, thr, residuals != 0, z_new, u_new, K, P,
                                  blocks_per_row, b, threads, tid, sums);
-            for (int j = 0; j < 6; ++j) acc[j] += sums[j];
+            for (int j = 0; j < DK_N_SUMS; ++j) acc[j] += sums[j];
         }
-        for (int j = 0; j < 6; ++j) partial[6 * b + j] = acc[j];
+        for (int j = 0; j < DK_N_SUMS; ++j) partial[DK_N_SUMS * b + j] = acc[j];
     }
 }
 
@@ -85,7 +85,8 @@ HOST_PRELUDE = """#include <math.h>
 def build(compiler: str, directory: Path) -> ctypes.CDLL:
     """Compile the shared device functions and the host driver into a shared library."""
     source = directory / ("kernels_host.cu" if compiler == "nvcc" else "kernels_host.cpp")
-    source.write_text(HOST_PRELUDE + gpu_kernels.DEVICE_FUNCTIONS + HOST_DRIVER)
+    sums = f"#define DK_N_SUMS {gpu_kernels.N_SUMS}\n"
+    source.write_text(HOST_PRELUDE + gpu_kernels.DEVICE_FUNCTIONS + sums + HOST_DRIVER)
     library = directory / f"libkernels_{compiler.replace('+', 'p')}.so"
     if compiler == "nvcc":
         cmd = [NVCC, "-O2", "-shared", "-Xcompiler", "-fPIC", "-o", str(library), str(source)]

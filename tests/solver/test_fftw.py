@@ -94,6 +94,40 @@ def test_results_belong_to_the_caller_and_the_input_is_kept(engine, rng):
     np.testing.assert_allclose(back, a, atol=dtype_tol(np.float32))
 
 
+def _misaligned(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of `a` at an address 4 bytes past a 16-byte boundary."""
+    raw = np.empty(a.nbytes + 32, dtype=np.uint8)
+    start = (-raw.ctypes.data) % 16 + 4
+    out = raw[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+@needs_pyfftw
+@pytest.mark.parametrize("engine", ["fftw"], indirect=True)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_transform_in_place_of_the_callers_array_is_the_copied_one(engine, rng, dtype):
+    # arrays the plan can read where they lie are not copied into its buffer: the same plan, the same numbers
+    a = rng.standard_normal((3, 2, 16, 12)).astype(dtype)
+    strided = np.ascontiguousarray(np.swapaxes(a, 0, 1)).swapaxes(0, 1)  # not C-contiguous: copied
+    odd = _misaligned(a)  # not aligned as the plan's buffer: copied
+    a_hat = fftw.rfft2(a, (16, 12), 1)
+    plan = fftw._cache.plans[next(reversed(fftw._cache.plans))]
+    assert plan.takes(a) and not plan.takes(strided) and not plan.takes(odd)
+    kept = a.copy()
+    for other in (strided, odd):
+        np.testing.assert_array_equal(fftw.rfft2(other, (16, 12), 1), a_hat)
+    np.testing.assert_array_equal(a, kept)  # a forward transform keeps its input
+    assert plan.fftw.input_array is plan.buffer  # and the plan does not keep it
+
+    back = fftw.irfft2(a_hat, (16, 12), 1)
+    for other in (a_hat.copy(), _misaligned(a_hat)):
+        np.testing.assert_array_equal(fftw.irfft2(other, (16, 12), 1, overwrite=True), back)
+    inverse = fftw._cache.plans[next(reversed(fftw._cache.plans))]
+    assert inverse.fftw.input_array is inverse.buffer
+    np.testing.assert_allclose(back, a, atol=dtype_tol(dtype))
+
+
 @needs_pyfftw
 @pytest.mark.parametrize("engine", ["fftw"], indirect=True)
 def test_large_arrays_and_other_dtypes_are_left_to_scipy(engine, rng, monkeypatch):

@@ -502,38 +502,69 @@ def test_encode_on_a_backend_follows_numpy(rng, backend, method, n_channels):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_recycled_admm_states_give_the_allocating_run_and_leave_the_start_alone(dtype, monkeypatch):
-    """base.run recycles the states of the fused ADMM (``reuses_states``); with a callback it allocates every
-    iteration. Both must give the same maps and history, and the caller's starting maps must stay untouched."""
-    from solver.algorithms.admm import Admm  # noqa: PLC0415
+    """base.run recycles the states of the fused ADMM (``reuses_states``) and lets each step destroy the Fourier
+    arrays of the state it steps from, also under encode's progress callback, which keeps no state; with a
+    callback that may keep the states it allocates every iteration. All must give the same maps and history,
+    and the caller's starting maps must stay untouched."""
+    from solver.algorithms.base import run  # noqa: PLC0415
 
-    outs: list[bool] = []
+    calls: list[tuple[bool, bool]] = []
     step = Admm.step
-    monkeypatch.setattr(
-        Admm, "step", lambda self, state, *, out=None: outs.append(out is not None) or step(self, state, out=out)
-    )
+
+    def counted(self, state, *, out=None, consume=False):
+        calls.append((out is not None, consume))
+        return step(self, state, out=out, consume=consume)
+
+    monkeypatch.setattr(Admm, "step", counted)
     rng = np.random.default_rng(5)
     images = rng.standard_normal((3, 1, 24, 24)).astype(dtype)
     filters = rng.standard_normal((4, 1, 5, 5)).astype(dtype)
     init = (0.1 * rng.standard_normal((3, 4, 24, 24))).astype(dtype)
     kept = init.copy()
-    recycled = encode(images, filters, 0.1, method="admm", max_iter=30, tol=0.0, init=init, backend="numpy")
-    assert sum(outs) >= 20  # all but the first two, and those after a rise of E, write into a recycled state
-    outs.clear()
-    allocated = encode(
-        images,
-        filters,
-        0.1,
-        method="admm",
-        max_iter=30,
-        tol=0.0,
-        init=init,
-        backend="numpy",
-        callback=lambda state: None,
-    )
-    assert len(outs) == 30 and not any(outs)
+    kwargs = {"method": "admm", "max_iter": 30, "tol": 0.0, "init": init, "backend": "numpy"}
+    recycled = encode(images, filters, 0.1, **kwargs)
+    seen: list[IterStats] = []
+    reported = encode(images, filters, 0.1, callback=seen.append, **kwargs)
+    for _ in (recycled, reported):  # 30 steps each
+        mine, calls[:30] = calls[:30], []
+        assert not mine[0][1] and all(consume for _, consume in mine[1:])  # never the caller's start
+        assert sum(out for out, _ in mine) >= 20  # all but the first two, and those after a rise of E
+    assert not calls
+
+    problem = CSCProblem(images, ConvOperator(filters, images.shape[-2:]), LpPenalty(0.1))
+    solver = Admm(problem, AdmmConfig(max_iter=30, tol=0.0))
+    states: list = []
+    allocated = run(solver, solver.init(init), callback=states.append)
+    assert calls == [(False, False)] * 30 and len({id(s.maps) for s in states}) == 30
     np.testing.assert_array_equal(init, kept)
-    np.testing.assert_array_equal(recycled.maps, allocated.maps)
-    assert recycled.history == allocated.history and recycled.objective == allocated.objective
+    for result in (reported, allocated):
+        np.testing.assert_array_equal(recycled.maps, result.maps)
+        assert recycled.history == result.history and recycled.objective == result.objective
+    assert [s.objective for s in seen] == recycled.history
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_fused_admm_counts_what_the_progress_reports_on_its_way(dtype, monkeypatch):
+    # E's sparsity term and the non-zero fraction of IterStats come from the spatial kernel's sums: no pass over
+    # the maps per iteration for a progress report (one for E of the start)
+    from solver.operators import kernels  # noqa: PLC0415
+
+    passes: list[int] = []
+    count = kernels.abs_and_count
+    monkeypatch.setattr(kernels, "abs_and_count", lambda x: passes.append(1) or count(x))
+    rng = np.random.default_rng(6)
+    images = rng.standard_normal((2, 1, 20, 20)).astype(dtype)
+    filters = rng.standard_normal((5, 1, 4, 4)).astype(dtype)
+    for n_iter in (1, 7):  # the last iterate is the result where E fell at the last step
+        seen: list[IterStats] = []
+        passes.clear()
+        result = encode(images, filters, 0.2, method="admm", max_iter=n_iter, tol=0.0, callback=seen.append)
+        assert len(passes) == 1 and len(seen) == n_iter
+        assert result.objective == seen[-1].objective
+        assert seen[-1].sparsity == np.count_nonzero(result.maps) / result.maps.size
+        l1 = 0.2 * float(np.abs(result.maps).sum(dtype=np.float64))
+        assert seen[-1].data == pytest.approx(result.objective - l1, rel=dtype_tol(dtype))
+        assert 0 < seen[-1].sparsity < 1
 
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)

@@ -86,6 +86,7 @@ def test_admm_spatial_is_relaxation_shrinkage_and_dual_update(impl, rng, dtype, 
     np.testing.assert_allclose(z_new, expected, atol=tol)
     np.testing.assert_allclose(u_new, v - expected, atol=tol)
     np.testing.assert_allclose(sums[:, 5], total(np.abs(expected)), rtol=tol)
+    np.testing.assert_array_equal(sums[:, 6], np.count_nonzero(z_new, axis=(1, 2)))
     if residuals:
         np.testing.assert_allclose(sums[:, 0], total((x - expected) ** 2), rtol=tol)
         np.testing.assert_allclose(sums[:, 3], total((expected - z) ** 2), rtol=tol)
