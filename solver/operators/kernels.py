@@ -568,10 +568,9 @@ def _as_real(a: np.ndarray, name: str) -> np.ndarray:
 
 
 def irfft2(a_hat: np.ndarray, shape: tuple[int, int], workers: int, *, overwrite: bool = False) -> np.ndarray:
-    """``scipy.fft.irfft2(a_hat, s=shape, axes=(-2, -1))``: by FFTW where it takes the array
-    (:mod:`solver.fftw`, which never writes `a_hat`), otherwise the complex inverse over axis −2, then the real
-    one over axis −1; with `overwrite` that first pass runs in `a_hat` (which then holds garbage) and allocates
-    nothing."""
+    """``scipy.fft.irfft2(a_hat, s=shape, axes=(-2, -1))``: by FFTW where it takes the array (:mod:`solver.fftw`),
+    otherwise the complex inverse over axis −2, then the real one over axis −1. With `overwrite` either may run
+    in `a_hat` (which then holds garbage) instead of a copy."""
     out = fftw.irfft2(a_hat, shape, fftw_threads(2 * a_hat.size, workers), overwrite=overwrite)
     if out is not None:
         return out
