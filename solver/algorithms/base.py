@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -148,14 +148,15 @@ def _run(
 ) -> InferenceResult:
     n = solver.max_iter if max_iter is None else max_iter
     history: list[float] = []
-    best_maps, best = solver.maps(state), solver.per_item_objective(state).copy()
-    # A solver that can write its next iterate into the arrays of a state given up (``step(state, out=...)``)
-    # gets the states nobody holds any more: at most three are alive (the current one, the one holding the best
-    # maps, one spare), and no iteration allocates; and the state it steps from, of which only the maps may be
-    # kept (as the best), is given up but for them (``consume``). Not with a callback that may keep the states it
-    # is shown (`keeper`), and never the starting state, whose arrays may be the caller's.
+    start = best_maps = solver.maps(state)
+    best = solver.per_item_objective(state).copy()
+    # A solver that can write its next iterate into the arrays of a state given up (``step(state, out=...)``, a
+    # dataclass state) steps from the previous state into that state's own arrays (``consume``: only its maps
+    # may still be needed, as the best so far), but for the maps, which go into maps nobody holds any more: two
+    # maps arrays and one of each other array are alive, and no iteration allocates. Not with a callback that may
+    # keep the states it is shown (`keeper`), and never from the starting state, whose arrays may be the caller's.
     reuse = keeper is None and getattr(solver, "reuses_states", False)
-    spare: list[Any] = []
+    spare: list[Array] = []  # maps arrays of the run's own that hold neither the best nor the current maps
     # an image that has converged keeps the maps it had then, so that its result does not depend on the other
     # images of the batch (the run goes on until all have converged)
     done = np.zeros(best.shape, dtype=bool)
@@ -164,33 +165,42 @@ def _run(
         check_stop()
         previous = state
         if reuse and it > 1:
-            state = solver.step(previous, out=spare.pop() if spare else None, consume=True)
+            maps = solver.maps(previous)
+            if maps is best_maps:  # kept: the new maps go elsewhere
+                maps = spare.pop() if spare else backend_of(maps).xp.empty_like(maps)
+            state = solver.step(previous, out=replace(previous, maps=maps), consume=True)
         else:
             state = solver.step(previous)
         E = solver.per_item_objective(state)
         history.append(float(E.sum()))
-        best_maps, best = _keep_best(solver.maps(state), E, best_maps, best, done)
+        replaced = best_maps
+        mine = reuse and best_maps is not start  # the best maps are the run's own: updated where they lie
+        best_maps, best = _keep_best(solver.maps(state), E, best_maps, best, done, in_place=mine)
+        if reuse and replaced is not best_maps and replaced is not start and not spare:
+            spare.append(replaced)
         if callback is not None and callback(state):
             break
         if stop_early:
             done |= solver.converged(state, previous)
             if done.all():
                 break
-        if reuse and it > 1 and solver.maps(previous) is not best_maps:  # the first holds the caller's maps
-            spare.append(previous)
     return InferenceResult(best_maps, float(best.sum()), history, it, state)
 
 
 def _keep_best(
-    maps: Array, E: np.ndarray, best_maps: Array, best: np.ndarray, done: np.ndarray
+    maps: Array, E: np.ndarray, best_maps: Array, best: np.ndarray, done: np.ndarray, *, in_place: bool = False
 ) -> tuple[Array, np.ndarray]:
-    """Per image not `done`, the maps of lowest E so far (a copy only when some images improved and others did
-    not)."""
+    """Per image not `done`, the maps of lowest E so far: `maps`, `best_maps`, or where some images improved and
+    others did not, a copy mixing both (written into `best_maps` when `in_place`)."""
     better = (E <= best) & ~done
     if better.all():
         return maps, E.copy()
     if not better.any():
         return best_maps, best
+    if in_place:
+        for n in np.flatnonzero(better):
+            best_maps[n] = maps[n]
+        return best_maps, np.where(better, E, best)
     xp = backend_of(maps).xp
     mask = xp.asarray(better.reshape((-1,) + (1,) * (maps.ndim - 1)))
     return xp.where(mask, maps, best_maps), np.where(better, E, best)
