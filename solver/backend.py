@@ -135,8 +135,8 @@ def threads_for(n_entries: int, workers: int) -> int:
 
 
 #: Real-side entries per FFTW thread: FFTW's threads pay off on smaller arrays than scipy.fft's and the numba
-#: passes' (:mod:`solver.fftw`). On the 2-core VM, two threads on 16 maps of 128² (2¹⁸ entries) ran ADMM
-#: encoding in 0.77–0.82× the time of one.
+#: passes' (:mod:`solver.fftw`). On a 2-core AMD VM, two threads on 16 maps of 128² (2¹⁸ entries) ran ADMM
+#: encoding in 0.77–0.82× the time of one (on a 2-core Intel VM, in the same time).
 FFTW_ENTRIES_PER_THREAD = 1 << 17
 
 

@@ -4,9 +4,10 @@ Measured on the shared 2-core VM inside interleaved learning on 4 images of 128�
 4 × 16 × 128²), one thread each: FFTW's rank-2 plans took 8.0 ms per forward transform against scipy.fft's
 10.0 ms (its two one-dimensional passes), 8.7 ms per inverse against 12.6 ms. FFTW's threads also pay where
 scipy.fft's do not: ADMM encoding of one 128² image with 16 filters ran in 0.77–0.82× the time with two FFTW
-threads as with one. On large arrays its ``FFTW_ESTIMATE`` plans are slower than scipy.fft (a pair on 32 maps
-of 512², 1.9×), so arrays above :data:`MAX_ENTRIES` stay with scipy.fft, as do zero-padded inputs (filters to
-their planes), whose zero rows scipy.fft's first pass skips.
+threads as with one (on an AMD EPYC VM; on an Intel Xeon VM of two cores, in the same time). On large arrays
+its ``FFTW_ESTIMATE`` plans are slower than scipy.fft (a pair on 32 maps of 512², 1.9×), so arrays above
+:data:`MAX_ENTRIES` stay with scipy.fft, as do zero-padded inputs (filters to their planes), whose zero rows
+scipy.fft's first pass skips.
 
 Plans are made with ``FFTW_ESTIMATE`` only: a plan chosen by timing (``FFTW_MEASURE``) may differ from one
 process to the next, and with it the round-off, which would break deconv's promise that 1 or n shards give the
