@@ -501,7 +501,7 @@ class Admm(SolverBase):
 
     def map_summary(self, state: AdmmState) -> tuple[np.ndarray, np.ndarray] | None:
         """The sparsity term λ‖z‖ₚᵖ and the number of non-zeros of the maps, per image, where the step that
-        made `state` counted them (the fused CPU path); otherwise None."""
+        made `state` counted them (the fused kernels, CPU or GPU); otherwise None."""
         if state.sparsity is None or state.nonzero is None:
             return None
         return state.sparsity, state.nonzero

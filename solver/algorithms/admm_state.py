@@ -25,7 +25,7 @@ class AdmmState:
     are y₀ and u₀ of mask decoupling.
 
     ``sparsity`` (λ‖z‖ₚᵖ) and ``nonzero`` (the count of non-zero entries), per image, where the step computed
-    them on its way (the fused CPU path), so that progress reports need no pass over the maps.
+    them on its way (the fused kernels, CPU or GPU), so that progress reports need no pass over the maps.
     """
 
     maps: Array
