@@ -156,7 +156,7 @@ def _run(
     # maps arrays and one of each other array are alive, and no iteration allocates. Not with a callback that may
     # keep the states it is shown (`keeper`), and never from the starting state, whose arrays may be the caller's.
     reuse = keeper is None and getattr(solver, "reuses_states", False)
-    spare: list[Array] = []  # maps arrays of the run's own that hold neither the best nor the current maps
+    spare: Array | None = None  # a maps array of the run's own that holds neither the best nor the current maps
     # an image that has converged keeps the maps it had then, so that its result does not depend on the other
     # images of the batch (the run goes on until all have converged)
     done = np.zeros(best.shape, dtype=bool)
@@ -167,7 +167,7 @@ def _run(
         if reuse and it > 1:
             maps = solver.maps(previous)
             if maps is best_maps:  # kept: the new maps go elsewhere
-                maps = spare.pop() if spare else backend_of(maps).xp.empty_like(maps)
+                maps, spare = (backend_of(maps).xp.empty_like(maps) if spare is None else spare), None
             state = solver.step(previous, out=replace(previous, maps=maps), consume=True)
         else:
             state = solver.step(previous)
@@ -176,8 +176,8 @@ def _run(
         replaced = best_maps
         mine = reuse and best_maps is not start  # the best maps are the run's own: updated where they lie
         best_maps, best = _keep_best(solver.maps(state), E, best_maps, best, done, in_place=mine)
-        if reuse and replaced is not best_maps and replaced is not start and not spare:
-            spare.append(replaced)
+        if reuse and replaced is not best_maps and replaced is not start and spare is None:
+            spare = replaced
         if callback is not None and callback(state):
             break
         if stop_early:
