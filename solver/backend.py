@@ -86,10 +86,12 @@ def _cufft_plan_on(value_type: str, shape: tuple[int, ...], dtype: str, s: tuple
     return cufft.get_fft_plan(template, shape=s, axes=(-2, -1), value_type=value_type)
 
 
-#: Arrays of fewer entries are transformed (and the numba kernels run) on one thread: on small arrays waking a
-#: thread pool costs more than it saves. Measured on the shared 2-core VM (load 15-20): a round of interleaved
-#: learning on 4 images 128² with 16 filters took 3.7× as long with two threads as with one, on 2 images 64²
-#: 35× (the pool's wake-up, milliseconds under load, against passes of tens of microseconds).
+#: Arrays of fewer entries are transformed by scipy.fft on one thread, and coded groups of fewer map entries run
+#: several at once (:mod:`solver.concurrent`): on small arrays waking a thread pool costs more than it saves.
+#: Measured on the shared 2-core VM (load 15-20): a round of interleaved learning on 4 images 128² with 16
+#: filters took 3.7× as long with two threads as with one, on 2 images 64² 35× (the pool's wake-up,
+#: milliseconds under load, against passes of tens of microseconds). FFTW's transforms and the numba passes take
+#: a thread per 2¹⁷ entries instead (:func:`fftw_threads`, :func:`pass_threads`).
 PARALLEL_MIN_ENTRIES = 1 << 21
 
 
@@ -138,6 +140,19 @@ def threads_for(n_entries: int, workers: int) -> int:
 #: passes' (:mod:`solver.fftw`). On a 2-core AMD VM, two threads on 16 maps of 128² (2¹⁸ entries) ran ADMM
 #: encoding in 0.77–0.82× the time of one (on a 2-core Intel VM, in the same time).
 FFTW_ENTRIES_PER_THREAD = 1 << 17
+
+
+#: Entries per thread of a numba pass (:mod:`solver.operators.kernels`). On the 2-core Intel VM, encoding one
+#: image 128² with 16 filters 7×7 (passes over 2¹⁸ entries) took 0.86–0.88× the time with two threads as with
+#: one, once the OpenMP runtimes no longer spun for milliseconds between passes (:mod:`solver.openmp`); before,
+#: two threads were no faster there.
+PASS_ENTRIES_PER_THREAD = 1 << 17
+
+
+def pass_threads(n_entries: int, workers: int) -> int:
+    """Threads for a numba pass over `n_entries` entries: one per :data:`PASS_ENTRIES_PER_THREAD`, at least 1,
+    at most `workers`."""
+    return max(1, min(_capped(workers), n_entries // PASS_ENTRIES_PER_THREAD))
 
 
 def fftw_threads(n_entries: int, workers: int) -> int:

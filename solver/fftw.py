@@ -30,11 +30,14 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import math
 import os
 import threading
 from typing import Any
 
 import numpy as np
+
+from . import openmp
 
 log = logging.getLogger(__name__)
 
@@ -60,23 +63,15 @@ def _pyfftw() -> Any:
         raise ValueError(f"{ENV} must be 'auto', 'fftw' or 'scipy', got {choice!r}")
     if choice == "scipy":
         return None
-    # FFTW's threads come from the OpenMP runtime bundled with pyFFTW's wheels, whose idle threads spin for
-    # milliseconds after each transform by default: on the next pass's cores (or their SMT siblings) that
-    # made interleaved learning on 4 images 128² 1.3–1.4× slower with two FFTW threads than with one. The
-    # runtime reads its wait policy once, when it loads, so it is set for that load only (unless the user set
-    # one) and put back: other OpenMP runtimes of the process (numba's) are not affected.
-    unset = "OMP_WAIT_POLICY" not in os.environ
-    if unset:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    # FFTW's threads come from the OpenMP runtime bundled with pyFFTW's wheels: loaded to sleep soon after a
+    # transform (solver.openmp), or its idle threads would spin on the cores of the passes that follow
     try:
-        import pyfftw  # noqa: PLC0415
+        with openmp.loading_runtime():
+            import pyfftw  # noqa: PLC0415
     except ImportError as exc:
         if choice == "fftw":
             raise ValueError(f"{ENV}=fftw but pyFFTW is not importable ({exc}); pip install 'deconv[fftw]'") from exc
         return None
-    finally:
-        if unset:
-            os.environ.pop("OMP_WAIT_POLICY", None)
     log.debug("CPU FFTs of up to %d entries by FFTW (pyFFTW %s, %s=%s)", MAX_ENTRIES, pyfftw.__version__, ENV, choice)
     return pyfftw
 
@@ -122,16 +117,23 @@ class _Plan:
             threads=threads,
         )
         self.nbytes = self.buffer.nbytes
+        # in the output's dtype: pyFFTW's own scaling multiplies by a float64, 8× the time of the transform's
+        # own pass on 16 maps 128² (0.15 ms against 0.02 ms)
+        self.scale = None if forward else out_dtype.type(1.0 / (out_shape[-2] * out_shape[-1]))
 
-    def run(self, source: np.ndarray | None = None) -> np.ndarray:
+    def run(self, source: np.ndarray | None = None, *, scaled: bool = True) -> np.ndarray:
         """Transform `source` (read by a forward plan, destroyed by an inverse one) or, without it, the buffer;
-        the output array is the caller's from now on."""
+        the output array is the caller's from now on. An inverse is scaled by 1/(H·W), as numpy's and scipy's,
+        unless not `scaled` (for a caller that folds the factor into its next pass)."""
         if source is not None:
             self.fftw.update_arrays(source, self.fftw.output_array)
         try:
-            out = self.fftw()  # the inverse is scaled by 1/(H·W), as numpy's and scipy's
+            self.fftw.execute()
+            out = self.fftw.output_array
         finally:  # the plan never keeps the caller's array
             self.fftw.update_arrays(self.buffer, self._empty(self.out_shape, dtype=self.out_dtype))
+        if self.scale is not None and scaled:
+            out *= self.scale
         return out
 
     def takes(self, a: np.ndarray) -> bool:
@@ -170,7 +172,7 @@ def clear() -> None:
 
 
 def _fits(lead: tuple[int, ...], shape: tuple[int, int]) -> bool:
-    return int(np.prod(lead, dtype=np.int64)) * shape[0] * shape[1] <= MAX_ENTRIES
+    return math.prod(lead) * shape[0] * shape[1] <= MAX_ENTRIES
 
 
 def rfft2(a: np.ndarray, shape: tuple[int, int], threads: int) -> np.ndarray | None:
@@ -194,10 +196,12 @@ def rfft2(a: np.ndarray, shape: tuple[int, int], threads: int) -> np.ndarray | N
     return plan.run()
 
 
-def irfft2(a_hat: np.ndarray, shape: tuple[int, int], threads: int, *, overwrite: bool = False) -> np.ndarray | None:
+def irfft2(
+    a_hat: np.ndarray, shape: tuple[int, int], threads: int, *, overwrite: bool = False, scaled: bool = True
+) -> np.ndarray | None:
     """``scipy.fft.irfft2(a_hat, s=shape, axes=(-2, -1))`` by FFTW, or None where FFTW does not take it. `a_hat`
     is read only, unless `overwrite` lets the transform destroy it (which saves a copy; a read-only array is
-    never written)."""
+    never written). Not `scaled`: without the factor 1/(H·W)."""
     pyfftw = _pyfftw()
     dtype = np.dtype(a_hat.dtype)
     if pyfftw is None or dtype not in _REAL_OF or a_hat.ndim < 2 or not _fits(a_hat.shape[:-2], shape):
@@ -208,6 +212,6 @@ def irfft2(a_hat: np.ndarray, shape: tuple[int, int], threads: int, *, overwrite
     key = ("c2r", tuple(a_hat.shape), dtype.str, tuple(shape), threads)
     plan = _plan(key, lambda: _Plan(pyfftw, tuple(a_hat.shape), dtype, out_shape, _REAL_OF[dtype], threads, False))
     if overwrite and a_hat.flags.writeable and plan.takes(a_hat):
-        return plan.run(a_hat)
+        return plan.run(a_hat, scaled=scaled)
     plan.buffer[...] = a_hat
-    return plan.run()
+    return plan.run(scaled=scaled)

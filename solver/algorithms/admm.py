@@ -90,6 +90,7 @@ class Admm(SolverBase):
         self._masked = problem.op.grid.cropped
         self._early = self.config.rho_early  # the early window of ρ updates; none after a warm start (init)
         self._factor: ShiftedNormalFactor | None = None
+        self._flat_inverse: tuple[ShiftedNormalFactor, Array] | None = None  # the fused kernels' view of its inverse
         # per image (ξ of residual balancing; the images' units are taken out, see heuristic_lam)
         lam = heuristic_lam(problem.lam, problem.images)
         self._rho0 = _cold_rho(self.config, lam)
@@ -111,6 +112,10 @@ class Admm(SolverBase):
             and problem.p == 1.0
             and problem.images.dtype in (np.float32, np.float64)
         )
+        # the CPU kernels read the inverse transform of x̂ unnormalised and apply its 1/(H·W) themselves: a pass
+        # over x the FFT's own scaling would make (kernels.admm_spatial's x_scale)
+        H, W = op.map_shape
+        self._x_scale = 1.0 / (H * W) if self._fused and self._kernels is kernels else 1.0
         # the fused path writes an iterate into the arrays of a state given up (step's `out`): base.run then
         # recycles its states instead of allocating every iteration
         self.reuses_states = self._fused
@@ -127,7 +132,8 @@ class Admm(SolverBase):
     def _factor_for(self, rho: np.ndarray) -> ShiftedNormalFactor:
         if self._masked:
             return self._factor
-        if self._factor is None or not np.array_equal(self._factor.rho, rho):
+        # ρ is the previous state's own array until it changes: most iterations need no comparison
+        if self._factor is None or (rho is not self._factor.rho and not np.array_equal(self._factor.rho, rho)):
             self._factor = self.problem.op.factor_shifted_normal(rho)
         return self._factor
 
@@ -332,10 +338,11 @@ class Admm(SolverBase):
         return AdmmWarmStart(state.rho, state.dual, None, maps_hat=state.maps_hat, dual_hat=dual_hat)
 
     def _irfft(self, a_hat: Array, *, overwrite: bool) -> Array:
+        shape, workers = self.problem.op.map_shape, self.problem.backend.workers
+        if self._x_scale != 1.0:
+            return kernels.irfft2(a_hat, shape, workers, overwrite=overwrite, scaled=False)
         if self._fused:
-            return self._kernels.irfft2(
-                a_hat, self.problem.op.map_shape, self.problem.backend.workers, overwrite=overwrite
-            )
+            return self._kernels.irfft2(a_hat, shape, workers, overwrite=overwrite)
         return self.problem.op.irfft(a_hat)
 
     def _shrink(
@@ -359,6 +366,7 @@ class Admm(SolverBase):
                 residuals=due,
                 z_out=z_out,
                 u_out=u_out,
+                x_scale=self._x_scale,
             )
             maps, dual, sparsity = maps.reshape(s.maps.shape), dual.reshape(s.maps.shape), pb.lam * sums[:, 5]
             nonzero = sums[:, 6]
@@ -392,7 +400,11 @@ class Admm(SolverBase):
         if self._fused:
             N, K, U, V = maps_hat.shape
             flat = (N, K, U * V)
-            inv = self.problem.backend.xp.broadcast_to(factor.inverse.reshape(-1, U * V), (N, U * V))
+            if self._flat_inverse is None or self._flat_inverse[0] is not factor:  # (N, U·V), once per factor
+                xp = self.problem.backend.xp
+                inv = xp.ascontiguousarray(xp.broadcast_to(factor.inverse.reshape(-1, U * V), (N, U * V)))
+                self._flat_inverse = (factor, inv)
+            inv = self._flat_inverse[1]
             solve_hat, carry_hat, twice_data = self._kernels.admm_fourier(
                 maps_hat.reshape(flat),
                 carry_hat.reshape(flat),

@@ -110,18 +110,19 @@ __host__ __device__ inline T dk_fourier_frequency(const T* z_hat, const T* t_hat
 }
 
 // One thread of the spatial kernel: thread `tid` of block `block` (of `threads`) on row n K + k of (N, K, P)
-// arrays; entries chunk * threads + tid, then every blocks_per_row * threads. Adds to its seven sums.
+// arrays; entries chunk * threads + tid, then every blocks_per_row * threads. Adds to its seven sums. x is read
+// times xs (an unnormalised inverse transform's 1 / (H W)).
 template <typename T>
-__host__ __device__ inline void dk_spatial_thread(const T* x, const T* z_old, const T* u_old, T alpha, T beta,
-                                                  const T* thr, bool residuals, T* z_new, T* u_new, long long K,
-                                                  long long P, long long blocks_per_row, long long block,
+__host__ __device__ inline void dk_spatial_thread(const T* x, T xs, const T* z_old, const T* u_old, T alpha,
+                                                  T beta, const T* thr, bool residuals, T* z_new, T* u_new,
+                                                  long long K, long long P, long long blocks_per_row, long long block,
                                                   long long threads, long long tid, double* sums) {
     const long long row = block / blocks_per_row;
     const long long chunk = block % blocks_per_row;
     const T t = thr[row / K];
     const long long base = row * P;
     for (long long i = chunk * threads + tid; i < P; i += blocks_per_row * threads) {
-        dk_spatial_entry<T>(x[base + i], z_old[base + i], u_old[base + i], alpha, beta, t, residuals,
+        dk_spatial_entry<T>(x[base + i] * xs, z_old[base + i], u_old[base + i], alpha, beta, t, residuals,
                             z_new + base + i, u_new + base + i, sums);
     }
 }
@@ -161,13 +162,13 @@ __device__ inline void dk_block_sum(double* buf, int n_values) {
 // Grid: N K blocks_per_row blocks of DK_THREADS threads (dk_spatial_thread). Each block writes its seven
 // float64 sums to partial[blockIdx.x, :].
 template <typename T>
-__device__ inline void dk_admm_spatial(const T* x, const T* z_old, const T* u_old, T alpha, T beta, const T* thr,
-                                       int residuals, T* z_new, T* u_new, double* partial, long long K,
-                                       long long P, long long blocks_per_row) {
+__device__ inline void dk_admm_spatial(const T* x, T xs, const T* z_old, const T* u_old, T alpha, T beta,
+                                       const T* thr, int residuals, T* z_new, T* u_new, double* partial,
+                                       long long K, long long P, long long blocks_per_row) {
     __shared__ double buf[7 * DK_THREADS];
     double sums[7] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-    dk_spatial_thread<T>(x, z_old, u_old, alpha, beta, thr, residuals != 0, z_new, u_new, K, P, blocks_per_row,
-                         blockIdx.x, DK_THREADS, threadIdx.x, sums);
+    dk_spatial_thread<T>(x, xs, z_old, u_old, alpha, beta, thr, residuals != 0, z_new, u_new, K, P,
+                         blocks_per_row, blockIdx.x, DK_THREADS, threadIdx.x, sums);
     for (int j = 0; j < 7; ++j) buf[j * DK_THREADS + threadIdx.x] = sums[j];
     __syncthreads();
     dk_block_sum(buf, 7);
@@ -192,10 +193,11 @@ __device__ inline void dk_admm_fourier(const T* z_hat, const T* t_hat, const T* 
 }
 
 #define DK_KERNELS(T)                                                                                         \
-extern "C" __global__ void admm_spatial_##T(const T* x, const T* z_old, const T* u_old, T alpha, T beta,       \
-                                            const T* thr, int residuals, T* z_new, T* u_new, double* partial,  \
-                                            long long K, long long P, long long blocks_per_row) {              \
-    dk_admm_spatial<T>(x, z_old, u_old, alpha, beta, thr, residuals, z_new, u_new, partial, K, P,              \
+extern "C" __global__ void admm_spatial_##T(const T* x, T xs, const T* z_old, const T* u_old, T alpha,       \
+                                            T beta, const T* thr, int residuals, T* z_new, T* u_new,           \
+                                            double* partial, long long K, long long P,                         \
+                                            long long blocks_per_row) {                                        \
+    dk_admm_spatial<T>(x, xs, z_old, u_old, alpha, beta, thr, residuals, z_new, u_new, partial, K, P,          \
                        blocks_per_row);                                                                        \
 }                                                                                                             \
 extern "C" __global__ void admm_fourier_##T(const T* z_hat, const T* t_hat, const T* scale, const T* a,        \
@@ -259,6 +261,7 @@ def admm_spatial(
     residuals: bool = True,
     z_out: Any = None,
     u_out: Any = None,
+    x_scale: float = 1.0,
 ) -> tuple[Any, Any, np.ndarray]:
     """z = soft(αx + (1−α)z_old + u_old, thr_n), u = that argument − z, with per-image sums (on the GPU).
 
@@ -274,6 +277,8 @@ def admm_spatial(
         Compute all seven sums; otherwise only ‖z‖₁ and the non-zeros (the others are 0).
     z_out, u_out : cupy arrays of shape (N, K, P), optional
         Where z and u go; may be `z_old` and `u_old` themselves.
+    x_scale : float
+        `x` is read times this factor (an unnormalised inverse transform's 1/(H·W)); the sums are of the product.
 
     Returns
     -------
@@ -296,6 +301,7 @@ def admm_spatial(
             (THREADS,),
             (
                 x,
+                real(x_scale),
                 z_old,
                 u_old,
                 real(alpha),

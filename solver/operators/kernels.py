@@ -28,8 +28,8 @@ from collections.abc import Iterator
 import numpy as np
 import scipy.fft
 
-from .. import fftw
-from ..backend import cpu_budget, fftw_threads, threads_for
+from .. import fftw, openmp
+from ..backend import cpu_budget, fftw_threads, pass_threads, threads_for
 
 try:  # numba is a dependency; the guard keeps the package importable where it cannot be installed
     import numba
@@ -42,11 +42,11 @@ except ImportError:  # pragma: no cover
 
 @contextlib.contextmanager
 def _threads_for(n_entries: int) -> Iterator[None]:
-    """One thread for a small pass (:data:`solver.backend.PARALLEL_MIN_ENTRIES`), otherwise as many as the
-    process's CPU budget (:func:`solver.backend.cpu_budget`) and the caller's numba setting allow. Numba's count
-    is per calling thread, so it is set around each pass and put back."""
-    previous = numba.get_num_threads()
-    n = min(threads_for(n_entries, cpu_budget()), previous)
+    """Threads for a pass over `n_entries` entries (:func:`solver.backend.pass_threads`), within the process's
+    CPU budget (:func:`solver.backend.cpu_budget`) and the caller's numba setting. Numba's count is per calling
+    thread, so it is set around each pass and put back."""
+    previous = _pool_threads()
+    n = min(pass_threads(n_entries, cpu_budget()), previous)
     if n == previous:
         yield
         return
@@ -57,7 +57,25 @@ def _threads_for(n_entries: int) -> Iterator[None]:
         numba.set_num_threads(previous)
 
 
-_CHUNK = 2048  # frequencies per parallel task
+def _pool_threads() -> int:
+    """This thread's numba thread count; the first call starts numba's pool, its OpenMP runtime sleeping soon
+    after a pass (:mod:`solver.openmp`)."""
+    if not _started:
+        _start_pool()
+    return numba.get_num_threads()
+
+
+_started = False
+
+
+def _start_pool() -> None:
+    global _started
+    with openmp.loading_runtime():
+        numba.get_num_threads()  # loads the threading layer and starts its threads
+    _started = True
+
+
+_CHUNK = 512  # frequencies per parallel task
 # Reassociation and contraction let LLVM vectorise the sums and fuse multiply-adds; no flag that assumes
 # finite values or ignores signed zeros is set, so NaN/inf and the threshold at zero behave as in numpy.
 _FLAGS = {"reassoc", "contract"}
@@ -143,7 +161,9 @@ if NUMBA:
         return z, v - z
 
     @njit(parallel=True, nogil=True, cache=True, fastmath=_FLAGS)
-    def _admm_spatial(x, z_old, u_old, alpha, beta, thr, residuals, z_new, u_new, partial):  # pragma: no cover
+    def _admm_spatial(x, x_scale, z_old, u_old, alpha, beta, thr, residuals, z_new, u_new, partial):  # pragma: no cover
+        # x is read times x_scale: an unnormalised inverse FFT's 1/(H·W), applied here rather than in a pass of
+        # its own (the same product, so the same numbers as a normalised x)
         N, K, P = x.shape
         for row in prange(N * K):
             n = row // K
@@ -158,7 +178,7 @@ if NUMBA:
             s_nz = 0
             if residuals:
                 for i in range(P):
-                    xi = x[n, k, i]
+                    xi = x[n, k, i] * x_scale
                     zo = z_old[n, k, i]
                     zi, ui = _shrink(xi, zo, u_old[n, k, i], alpha, beta, t)
                     z_new[n, k, i] = zi
@@ -174,7 +194,7 @@ if NUMBA:
                     s_nz += zi != 0
             else:  # the loop LLVM vectorises best: only ‖z‖₁, which E needs, and the count of non-zeros
                 for i in range(P):
-                    zi, ui = _shrink(x[n, k, i], z_old[n, k, i], u_old[n, k, i], alpha, beta, t)
+                    zi, ui = _shrink(x[n, k, i] * x_scale, z_old[n, k, i], u_old[n, k, i], alpha, beta, t)
                     z_new[n, k, i] = zi
                     u_new[n, k, i] = ui
                     s_abs += abs(zi)
@@ -496,20 +516,32 @@ def admm_spatial(
     residuals: bool = True,
     z_out: np.ndarray | None = None,
     u_out: np.ndarray | None = None,
+    x_scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """z = soft(αx + (1−α)z_old + u_old, thr_n), u = that argument − z, with per-image sums.
 
     Arrays are (N, K, P); `thr` is (N,). `z_out`/`u_out` may be `z_old`/`u_old` themselves (each entry is read
     before it is written). Returns z, u and an (N, 7) float64 array of the sums (‖x − z‖², ‖x‖², ‖z‖²,
     ‖z − z_old‖², ‖u‖², ‖z‖₁, the count of non-zeros of z); without `residuals` only the last two columns are
-    computed, the others are 0.
+    computed, the others are 0. `x` is read times `x_scale` (where it is an unnormalised inverse transform); the
+    sums are of that product.
     """
     z_new, u_new = _check_out(z_out, x, "z_out"), _check_out(u_out, x, "u_out")
     partial = np.empty(x.shape[:2] + (N_SUMS,), dtype=np.float64)
     real = x.dtype.type
     with _threads_for(x.size):
         _admm_spatial(
-            x, z_old, u_old, real(alpha), real(1 - alpha), thr.astype(x.dtype), bool(residuals), z_new, u_new, partial
+            x,
+            real(x_scale),
+            z_old,
+            u_old,
+            real(alpha),
+            real(1 - alpha),
+            thr.astype(x.dtype),
+            bool(residuals),
+            z_new,
+            u_new,
+            partial,
         )
     return z_new, u_new, partial.sum(axis=1)
 
@@ -567,13 +599,17 @@ def _as_real(a: np.ndarray, name: str) -> np.ndarray:
     return a.view(a.real.dtype)
 
 
-def irfft2(a_hat: np.ndarray, shape: tuple[int, int], workers: int, *, overwrite: bool = False) -> np.ndarray:
+def irfft2(
+    a_hat: np.ndarray, shape: tuple[int, int], workers: int, *, overwrite: bool = False, scaled: bool = True
+) -> np.ndarray:
     """``scipy.fft.irfft2(a_hat, s=shape, axes=(-2, -1))``: by FFTW where it takes the array (:mod:`solver.fftw`),
     otherwise the complex inverse over axis −2, then the real one over axis −1. With `overwrite` either may run
-    in `a_hat` (which then holds garbage) instead of a copy."""
-    out = fftw.irfft2(a_hat, shape, fftw_threads(2 * a_hat.size, workers), overwrite=overwrite)
+    in `a_hat` (which then holds garbage) instead of a copy. Not `scaled`: H·W times the inverse, for a caller
+    that applies 1/(H·W) in its next pass (:func:`admm_spatial`'s `x_scale`)."""
+    out = fftw.irfft2(a_hat, shape, fftw_threads(2 * a_hat.size, workers), overwrite=overwrite, scaled=scaled)
     if out is not None:
         return out
     workers = threads_for(2 * a_hat.size, workers)
-    t = scipy.fft.ifft(a_hat, n=shape[0], axis=-2, workers=workers, overwrite_x=overwrite)
-    return scipy.fft.irfft(t, n=shape[1], axis=-1, workers=workers, overwrite_x=True)
+    norm = "backward" if scaled else "forward"  # "forward": the inverse is not scaled
+    t = scipy.fft.ifft(a_hat, n=shape[0], axis=-2, norm=norm, workers=workers, overwrite_x=overwrite)
+    return scipy.fft.irfft(t, n=shape[1], axis=-1, norm=norm, workers=workers, overwrite_x=True)

@@ -27,14 +27,14 @@ COMPILERS = [c for c in ("g++", "nvcc") if shutil.which(c)]
 # two launches emulated block by block (threads one after the other, the tree sum replaced by a serial one).
 HOST_DRIVER = r"""
 template <typename T>
-static void emulate_spatial(const T* x, const T* z_old, const T* u_old, T alpha, T beta, const T* thr,
+static void emulate_spatial(const T* x, T xs, const T* z_old, const T* u_old, T alpha, T beta, const T* thr,
                             int residuals, T* z_new, T* u_new, double* partial, long long K, long long P,
                             long long blocks_per_row, long long n_blocks, long long threads) {
     for (long long b = 0; b < n_blocks; ++b) {
         double acc[DK_N_SUMS] = {0.0};
         for (long long tid = 0; tid < threads; ++tid) {
             double sums[DK_N_SUMS] = {0.0};
-            dk_spatial_thread<T>(x, z_old, u_old, alpha, beta, thr, residuals != 0, z_new, u_new, K, P,
+            dk_spatial_thread<T>(x, xs, z_old, u_old, alpha, beta, thr, residuals != 0, z_new, u_new, K, P,
                                  blocks_per_row, b, threads, tid, sums);
             for (int j = 0; j < DK_N_SUMS; ++j) acc[j] += sums[j];
         }
@@ -58,10 +58,10 @@ static void emulate_fourier(const T* z_hat, const T* t_hat, const T* scale, cons
 }
 
 #define HOST_ENTRY_POINTS(T)                                                                                  \
-extern "C" void emulate_admm_spatial_##T(const T* x, const T* z_old, const T* u_old, T alpha, T beta,         \
+extern "C" void emulate_admm_spatial_##T(const T* x, T xs, const T* z_old, const T* u_old, T alpha, T beta,   \
         const T* thr, int residuals, T* z_new, T* u_new, double* partial, long long K, long long P,           \
         long long blocks_per_row, long long n_blocks, long long threads) {                                    \
-    emulate_spatial<T>(x, z_old, u_old, alpha, beta, thr, residuals, z_new, u_new, partial, K, P,              \
+    emulate_spatial<T>(x, xs, z_old, u_old, alpha, beta, thr, residuals, z_new, u_new, partial, K, P,          \
                        blocks_per_row, n_blocks, threads);                                                     \
 }                                                                                                             \
 extern "C" void emulate_admm_fourier_##T(const T* z_hat, const T* t_hat, const T* scale, const T* a,          \

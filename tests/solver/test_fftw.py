@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
 import sys
 import threading
 
@@ -12,7 +10,13 @@ import numpy as np
 import pytest
 
 from solver import fftw
-from solver.backend import Backend, fftw_threads
+from solver.backend import (
+    FFTW_ENTRIES_PER_THREAD,
+    PASS_ENTRIES_PER_THREAD,
+    Backend,
+    fftw_threads,
+    pass_threads,
+)
 from solver.operators import kernels
 from tests.solver.contracts import dtype_tol
 
@@ -205,23 +209,28 @@ def test_asking_for_fftw_without_pyfftw_is_an_error_not_a_fallback(monkeypatch):
         fftw._pyfftw.cache_clear()
 
 
-@needs_pyfftw
-def test_fftws_openmp_wait_policy_is_set_for_its_load_only():
-    # in a fresh interpreter: the policy must not stay in the environment, where other runtimes would read it
-    code = (
-        "import os; from solver import fftw; assert fftw.available(); print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
-    )
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", fftw.ENV)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.strip() == "unset"
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.strip() == "ACTIVE"
+@pytest.mark.parametrize("engine", ENGINES, indirect=True)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_an_unscaled_inverse_is_the_inverse_before_its_factor(engine, rng, dtype, shape):
+    # the ADMM loop applies 1/(H·W) in its next pass: scaling the unscaled inverse there must give the inverse
+    a_hat = Backend("numpy", np, 2).rfft2(rng.standard_normal((3, 4, *shape)).astype(dtype))
+    scaled = kernels.irfft2(a_hat, shape, 2)
+    raw = kernels.irfft2(a_hat, shape, 2, scaled=False)
+    assert raw.dtype == scaled.dtype == dtype
+    factor = dtype(1.0 / (shape[0] * shape[1]))
+    if engine == "fftw":  # the same product as the plan's own scaling, bit for bit
+        np.testing.assert_array_equal(raw * factor, scaled)
+    else:  # pocketfft scales inside its passes
+        np.testing.assert_allclose(raw * factor, scaled, rtol=0, atol=dtype_tol(dtype))
+    assert np.abs(raw).max() > 2 * np.abs(scaled).max()  # not scaled after all
 
 
-def test_fftw_threads_grow_with_the_array_up_to_the_workers():
-    per = 1 << 17
-    assert fftw_threads(per - 1, 8) == 1
-    assert fftw_threads(2 * per, 8) == 2
-    assert fftw_threads(64 * per, 8) == 8
-    assert fftw_threads(64 * per, 1) == 1
+@pytest.mark.parametrize(
+    ("threads", "per"), [(fftw_threads, FFTW_ENTRIES_PER_THREAD), (pass_threads, PASS_ENTRIES_PER_THREAD)]
+)
+def test_threads_grow_with_the_array_up_to_the_workers(threads, per):
+    assert threads(per - 1, 8) == 1
+    assert threads(2 * per, 8) == 2
+    assert threads(64 * per, 8) == 8
+    assert threads(64 * per, 1) == 1

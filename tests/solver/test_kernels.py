@@ -94,6 +94,17 @@ def test_admm_spatial_is_relaxation_shrinkage_and_dual_update(impl, rng, dtype, 
     assert z_new.dtype == u_new.dtype == dtype and sums.shape == (shape[0], kernels.N_SUMS)
 
 
+@pytest.mark.parametrize("residuals", [True, False])
+def test_admm_spatial_reads_x_times_its_scale(impl, rng, dtype, residuals):
+    # an unnormalised inverse transform: x·H·W with x_scale = 1/(H·W); powers of two keep every product exact
+    x, z, u = (rng.standard_normal((2, 3, 50)).astype(dtype) for _ in range(3))
+    thr = np.array([0.3, 0.7])
+    got = impl.module.admm_spatial(*_on_device(impl, (x * 4096, z, u)), 1.8, thr, residuals=residuals, x_scale=2**-12)
+    expected = impl.module.admm_spatial(*_on_device(impl, (x, z, u)), 1.8, thr, residuals=residuals)
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(impl.host(a), impl.host(b))
+
+
 def test_admm_spatial_may_write_over_its_inputs(impl, rng):
     x, z, u = _on_device(impl, [rng.standard_normal((2, 3, 20)) for _ in range(3)])
     thr = np.array([0.3, 0.7])
