@@ -90,6 +90,7 @@ class Admm(SolverBase):
         self._masked = problem.op.grid.cropped
         self._early = self.config.rho_early  # the early window of ρ updates; none after a warm start (init)
         self._factor: ShiftedNormalFactor | None = None
+        self._rho_of_factor: np.ndarray | None = None  # the ρ array `_factor` was last asked for
         self._flat_inverse: tuple[ShiftedNormalFactor, Array] | None = None  # the fused kernels' view of its inverse
         # per image (ξ of residual balancing; the images' units are taken out, see heuristic_lam)
         lam = heuristic_lam(problem.lam, problem.images)
@@ -132,9 +133,13 @@ class Admm(SolverBase):
     def _factor_for(self, rho: np.ndarray) -> ShiftedNormalFactor:
         if self._masked:
             return self._factor
-        # ρ is the previous state's own array until it changes: most iterations need no comparison
-        if self._factor is None or (rho is not self._factor.rho and not np.array_equal(self._factor.rho, rho)):
+        # a state passes its ρ array on until ρ changes, and a change makes a new array (never one written in
+        # place): most iterations need no comparison
+        if rho is self._rho_of_factor:
+            return self._factor
+        if self._factor is None or not np.array_equal(self._factor.rho, rho):
             self._factor = self.problem.op.factor_shifted_normal(rho)
+        self._rho_of_factor = rho
         return self._factor
 
     def _per_image(self, values: np.ndarray, like: Array) -> Array:
@@ -174,7 +179,9 @@ class Admm(SolverBase):
         else:
             carry_hat = pb.backend.xp.array(maps_hat) if self.keep_maps_hat else maps_hat
         solve_hat, carry_hat, data = self._fourier(maps_hat, carry_hat, np.ones(n), rho, t_out=carry_hat)
-        if self._fused and self._kernels is kernels:  # p = 1: λ‖z‖₁ per image in one parallel pass
+        if maps0 is None:  # zeros
+            sparsity = np.zeros(n)
+        elif self._fused and self._kernels is kernels:  # p = 1: λ‖z‖₁ per image in one parallel pass
             sparsity = pb.lam * kernels.abs_and_count(maps)[0]
         else:
             sparsity = pb.regulariser(maps)

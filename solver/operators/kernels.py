@@ -20,10 +20,8 @@ its own two-axis ``irfft2`` on maps-shaped arrays (same result, bit for bit).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import scipy.fft
@@ -40,39 +38,45 @@ except ImportError:  # pragma: no cover
     NUMBA = False
 
 
-@contextlib.contextmanager
-def _threads_for(n_entries: int) -> Iterator[None]:
+class _threads_for:  # noqa: N801  (used as a function: ``with _threads_for(n):``)
     """Threads for a pass over `n_entries` entries (:func:`solver.backend.pass_threads`), within the process's
     CPU budget (:func:`solver.backend.cpu_budget`) and the caller's numba setting. Numba's count is per calling
-    thread, so it is set around each pass and put back."""
-    previous = _pool_threads()
-    n = min(pass_threads(n_entries, cpu_budget()), previous)
-    if n == previous:
-        yield
-        return
-    numba.set_num_threads(n)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
+    thread, so it is set around each pass and put back. (A class, not a generator: entered twice an iteration
+    of a small ADMM loop, whose Python between passes is its overhead.)"""
+
+    __slots__ = ("n", "previous")
+
+    def __init__(self, n_entries: int):
+        self.previous = _pool_threads()
+        self.n = min(pass_threads(n_entries, cpu_budget()), self.previous)
+
+    def __enter__(self) -> None:
+        if self.n != self.previous:
+            numba.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.n != self.previous:
+            numba.set_num_threads(self.previous)
 
 
 def _pool_threads() -> int:
     """This thread's numba thread count; the first call starts numba's pool, its OpenMP runtime sleeping soon
     after a pass (:mod:`solver.openmp`)."""
-    if not _started:
+    if _count is None:
         _start_pool()
-    return numba.get_num_threads()
+    return _count()
 
 
-_started = False
+_count = None  # numba's count once its pool runs: its internal reader, without the start-up check and locks
 
 
 def _start_pool() -> None:
-    global _started
+    global _count
     with openmp.loading_runtime():
         numba.get_num_threads()  # loads the threading layer and starts its threads
-    _started = True
+    from numba.np.ufunc import parallel  # noqa: PLC0415
+
+    _count = getattr(parallel, "_get_num_threads", numba.get_num_threads)
 
 
 _CHUNK = 512  # frequencies per parallel task

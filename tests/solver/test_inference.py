@@ -552,7 +552,7 @@ def test_recycled_admm_states_give_the_allocating_run_and_leave_the_start_alone(
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_fused_admm_counts_what_the_progress_reports_on_its_way(dtype, monkeypatch):
     # E's sparsity term and the non-zero fraction of IterStats come from the spatial kernel's sums: no pass over
-    # the maps per iteration for a progress report (one for E of the start)
+    # the maps per iteration for a progress report, and none for E of a zero start
     from solver.operators import kernels  # noqa: PLC0415
 
     passes: list[int] = []
@@ -565,12 +565,14 @@ def test_the_fused_admm_counts_what_the_progress_reports_on_its_way(dtype, monke
         seen: list[IterStats] = []
         passes.clear()
         result = encode(images, filters, 0.2, method="admm", max_iter=n_iter, tol=0.0, callback=seen.append)
-        assert len(passes) == 1 and len(seen) == n_iter
+        assert not passes and len(seen) == n_iter
         assert result.objective == seen[-1].objective
         assert seen[-1].sparsity == np.count_nonzero(result.maps) / result.maps.size
         l1 = 0.2 * float(np.abs(result.maps).sum(dtype=np.float64))
         assert seen[-1].data == pytest.approx(result.objective - l1, rel=dtype_tol(dtype))
         assert 0 < seen[-1].sparsity < 1
+    encode(images, filters, 0.2, method="admm", max_iter=3, tol=0.0, init=result.maps)
+    assert len(passes) == 1  # E of given start maps
 
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)
