@@ -104,7 +104,7 @@ class _Plan:
         threads: int,
         forward: bool,
     ):
-        self._empty = pyfftw.empty_aligned
+        self._empty, self._aligned = pyfftw.empty_aligned, pyfftw.is_byte_aligned
         self.buffer = pyfftw.zeros_aligned(in_shape, dtype=in_dtype)
         self.out_shape, self.out_dtype = out_shape, out_dtype
         flags = ("FFTW_ESTIMATE",) if forward else ("FFTW_ESTIMATE", "FFTW_DESTROY_INPUT")
@@ -138,7 +138,8 @@ class _Plan:
 
     def takes(self, a: np.ndarray) -> bool:
         """Whether the plan can transform `a` where it lies (its layout and alignment are the buffer's)."""
-        return a.strides == self.buffer.strides and a.ctypes.data % self.fftw.input_alignment == 0
+        # pyFFTW's test reads the pointer without building numpy's ctypes object (a tenth of the time)
+        return a.strides == self.buffer.strides and self._aligned(a, self.fftw.input_alignment)
 
 
 class _Cache(threading.local):

@@ -30,7 +30,7 @@ needs_both = pytest.mark.skipif(
 def _runtimes(**user: str) -> tuple[list[dict[str, str]], list[str]]:
     """The settings each GNU OpenMP runtime read, and the layer and variables the interpreter saw after."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "DECONV_FFT")}
-    env.update(user, OMP_DISPLAY_ENV="VERBOSE", NUMBA_NUM_THREADS="2")
+    env.update(user, OMP_DISPLAY_ENV="VERBOSE")
     done = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     blocks = re.findall(r"OPENMP DISPLAY ENVIRONMENT BEGIN(.*?)OPENMP DISPLAY ENVIRONMENT END", done.stderr, re.S)
