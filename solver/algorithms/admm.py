@@ -179,12 +179,7 @@ class Admm(SolverBase):
         else:
             carry_hat = pb.backend.xp.array(maps_hat) if self.keep_maps_hat else maps_hat
         solve_hat, carry_hat, data = self._fourier(maps_hat, carry_hat, np.ones(n), rho, t_out=carry_hat)
-        if maps0 is None:  # zeros
-            sparsity = np.zeros(n)
-        elif self._fused and self._kernels is kernels:  # p = 1: λ‖z‖₁ per image in one parallel pass
-            sparsity = pb.lam * kernels.abs_and_count(maps)[0]
-        else:
-            sparsity = pb.regulariser(maps)
+        sparsity, nonzero = self._start_summary(maps0, maps, warm if compatible else None)
         return AdmmState(
             maps,
             dual,
@@ -195,7 +190,24 @@ class Admm(SolverBase):
             solve_hat=solve_hat,
             carry_hat=carry_hat,
             maps_hat=maps_hat if self.keep_maps_hat else None,
+            sparsity=sparsity,
+            nonzero=nonzero,
         )
+
+    def _start_summary(
+        self, maps0: Array | None, maps: Array, warm: AdmmState | AdmmWarmStart | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """λ‖z‖ₚᵖ per image of the start, and its non-zero count where known: nothing to compute for zeros or
+        where the warm start carries them (:class:`AdmmWarmStart`), else one pass over the maps."""
+        n = maps.shape[0]
+        if maps0 is None:
+            return np.zeros(n), np.zeros(n)
+        if isinstance(warm, AdmmWarmStart) and warm.sparsity is not None and warm.nonzero is not None:
+            return warm.sparsity, warm.nonzero
+        if self._fused and self._kernels is kernels:  # p = 1: λ‖z‖₁ and the count per image in one parallel pass
+            l1, count = kernels.abs_and_count(maps)
+            return self.problem.lam * l1, count.astype(np.float64)
+        return self.problem.regulariser(maps), None
 
     def initial_rho(self) -> np.ndarray:
         """ρ of a cold start per image: ``config.rho``, or 50λ' + 1 (:func:`heuristic_lam`)."""
@@ -520,7 +532,8 @@ class Admm(SolverBase):
 
     def map_summary(self, state: AdmmState) -> tuple[np.ndarray, np.ndarray] | None:
         """The sparsity term λ‖z‖ₚᵖ and the number of non-zeros of the maps, per image, where the step that
-        made `state` counted them (the fused kernels, CPU or GPU); otherwise None."""
+        made `state` counted them (the fused kernels, CPU or GPU) or the start knew them (:meth:`init`);
+        otherwise None."""
         if state.sparsity is None or state.nonzero is None:
             return None
         return state.sparsity, state.nonzero

@@ -59,6 +59,10 @@ class AdmmWarmStart:
 
     ``maps_hat`` and ``dual_hat`` (circular boundary) are ẑ and û of that run's last iterate, when the caller kept
     them (:meth:`~solver.algorithms.admm.Admm.fourier_warm_start`): a warm start that has them costs no FFT.
+
+    ``sparsity`` and ``nonzero`` (λ‖z‖ₚᵖ and the non-zero count per image) are those of the maps the warm start is
+    given with, where the caller knows them from the run that made both (the interleaved schedule): the start's E
+    then needs no pass over the maps. Whoever pairs the warm start with other maps must leave them None.
     """
 
     rho: np.ndarray
@@ -66,6 +70,8 @@ class AdmmWarmStart:
     aux_dual: Array | None = None
     maps_hat: Array | None = None
     dual_hat: Array | None = None
+    sparsity: np.ndarray | None = None
+    nonzero: np.ndarray | None = None
 
 
 __all__ = ["AdmmState", "AdmmWarmStart"]

@@ -48,24 +48,42 @@ def code_one_step(shard: Shard, op: ConvOperator) -> CodeStats:
     state = replace(state, iteration=shard.rounds, residual_iteration=shard.rounds)
     shard.rounds += 1
     maps0, hat0, E0 = state.maps, state.maps_hat, solver.per_item_objective(state).copy()
+    start = solver.map_summary(state)  # λ‖z‖₁ and the non-zeros of the start, where the solver knows them
     xp = shard.bk.xp
     # the new maps go to a new array (the start's are kept); the rest of the start is given up
     state = solver.step(state, out=replace(state, maps=xp.empty_like(maps0)), final=True)
     E = solver.per_item_objective(state)
     shard._maps = keep_better(state.maps, E, maps0, E0, in_place=True)  # made by this step, for this shard
     warm = solver.fourier_warm_start(state)
-    worse = np.flatnonzero(E > E0)
-    if worse.size:  # those images keep their maps: and the transform of those maps
-        rows = xp.asarray(worse)
+    worse = E > E0
+    if worse.any():  # those images keep their maps: and the transform of those maps
+        rows = xp.asarray(np.flatnonzero(worse))
         warm.maps_hat[rows] = hat0[rows]
+    summary = _kept_summary(start, solver.map_summary(state), worse)
+    if summary is not None:  # the next round's start (these maps) then needs no pass over them for its E
+        warm = replace(warm, sparsity=summary[0], nonzero=summary[1])
     shard._warm = warm
     shard.maps_hat = warm.maps_hat
-    return _stats(shard)
+    return _stats(shard, summary)
 
 
-def _stats(shard: Shard) -> CodeStats:
-    """The coding step's statistics; for p = 1 on the CPU in one pass over the maps."""
+def _kept_summary(
+    start: tuple[np.ndarray, np.ndarray] | None, step: tuple[np.ndarray, np.ndarray] | None, worse: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """λ‖z‖₁ and the non-zero count per image of the maps kept: the start's for the images whose step was worse,
+    the step's for the others (None where either is unknown)."""
+    if start is None or step is None:
+        return None
+    return np.where(worse, start[0], step[0]), np.where(worse, start[1], step[1])
+
+
+def _stats(shard: Shard, summary: tuple[np.ndarray, np.ndarray] | None) -> CodeStats:
+    """The coding step's statistics: from the fused kernels' sums where they made them (`summary`, per image),
+    else for p = 1 on the CPU in one pass over the maps."""
     maps = shard._maps
+    if summary is not None:
+        sparsity, nonzero = summary
+        return CodeStats(float(sparsity.sum()), int(nonzero.sum()), int(maps.size), 1, shard.n_images)
     if shard.bk.name != "numpy" or not kernels.available() or shard.penalty.p != 1.0:
         return shard._code_stats(1)
     l1, nonzero = kernels.abs_and_count(maps)

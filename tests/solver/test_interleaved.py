@@ -57,6 +57,24 @@ def test_interleaved_learning_never_increases_the_objective(images, dtype):
     assert E == pytest.approx(h[-1], rel=1e-10 if dtype == np.float64 else 1e-5)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_round_reads_its_statistics_off_the_fused_passes(images, dtype, monkeypatch):
+    # the round's sparsity term and count, and E of its start (the last round's maps), come from the kernels'
+    # sums: no pass of their own over the maps
+    passes: list[int] = []
+    count = kernels.abs_and_count
+    monkeypatch.setattr(kernels, "abs_and_count", lambda x: passes.append(1) or count(x))
+    shard = Shard(images.astype(dtype), _config(), None, "numpy")
+    filters = initial_filters(4, 1, 3, seed=0, norm="filter", dtype=dtype)
+    for _ in range(3):
+        stats = shard.code(filters)
+        maps = shard.maps()
+        assert stats.n_nonzero == np.count_nonzero(maps) > 0
+        l1 = 0.1 * np.abs(maps.astype(np.float64)).sum()
+        assert stats.penalty == pytest.approx(l1, rel=1e-12 if dtype == np.float64 else 1e-6)
+    assert not passes
+
+
 def test_interleaved_learning_with_a_sparse_table_never_increases_the_objective():
     # two channels and a sparse connectivity: the numpy paths of ADMM and of the consensus step
     rng = np.random.default_rng(3)
