@@ -12,7 +12,9 @@ VM the encoding above took 47 ms a call with it, 53 ms with no spin, 56 ms with 
 overlapping the other runtime's work) and 173 ms with 100 000. Runtimes other than GNU's read the passive policy.
 
 A runtime reads these variables once, when its library loads, so they are set for that load only and put back:
-other OpenMP libraries of the process are not affected. Where the user set either variable, neither is touched.
+OpenMP libraries of the process loaded later read their own settings. Numba's pool runs on the system's GNU
+OpenMP (``libgomp.so.1``), though, which every other library linked against it shares once it is loaded: they
+then wait as above too. Where the user set either variable, neither is touched; set them to choose otherwise.
 """
 
 from __future__ import annotations

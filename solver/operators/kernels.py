@@ -128,8 +128,9 @@ def _layer_loads(name: str) -> bool:
         if name == "tbb":
             parallel._check_tbb_version_compatible()
             from numba.np.ufunc import tbbpool  # noqa: F401, PLC0415
-        elif name == "omp":
-            from numba.np.ufunc import omppool  # noqa: F401, PLC0415
+        elif name == "omp":  # loads the OpenMP runtime the pool will use: with the pool's settings
+            with openmp.loading_runtime():
+                from numba.np.ufunc import omppool  # noqa: F401, PLC0415
         else:
             return False
     except (ImportError, OSError, RuntimeError, AttributeError):
