@@ -202,8 +202,9 @@ class Admm(SolverBase):
         n = maps.shape[0]
         if maps0 is None:
             return np.zeros(n), np.zeros(n)
-        if isinstance(warm, AdmmWarmStart) and warm.sparsity is not None and warm.nonzero is not None:
-            return warm.sparsity, warm.nonzero
+        known = warm.summary if isinstance(warm, AdmmWarmStart) else None
+        if known is not None and (known.lam, known.p) == (self.problem.lam, self.problem.p):
+            return known.sparsity, known.nonzero
         if self._fused and self._kernels is kernels:  # p = 1: λ‖z‖₁ and the count per image in one parallel pass
             l1, count = kernels.abs_and_count(maps)
             return self.problem.lam * l1, count.astype(np.float64)

@@ -60,9 +60,9 @@ class AdmmWarmStart:
     ``maps_hat`` and ``dual_hat`` (circular boundary) are ẑ and û of that run's last iterate, when the caller kept
     them (:meth:`~solver.algorithms.admm.Admm.fourier_warm_start`): a warm start that has them costs no FFT.
 
-    ``sparsity`` and ``nonzero`` (λ‖z‖ₚᵖ and the non-zero count per image) are those of the maps the warm start is
-    given with, where the caller knows them from the run that made both (the interleaved schedule): the start's E
-    then needs no pass over the maps. Whoever pairs the warm start with other maps must leave them None.
+    ``summary`` is that of the maps the warm start is given with, where the caller knows it from the run that made
+    both (the interleaved schedule): the start's E then needs no pass over the maps. Whoever pairs the warm start
+    with other maps must leave it None.
     """
 
     rho: np.ndarray
@@ -70,8 +70,18 @@ class AdmmWarmStart:
     aux_dual: Array | None = None
     maps_hat: Array | None = None
     dual_hat: Array | None = None
-    sparsity: np.ndarray | None = None
-    nonzero: np.ndarray | None = None
+    summary: MapSummary | None = None
 
 
-__all__ = ["AdmmState", "AdmmWarmStart"]
+@dataclass(frozen=True)
+class MapSummary:
+    """The sparsity term λ‖z‖ₚᵖ and the non-zero count of some maps, per image (host float64), with the λ and p
+    it was computed at: a start coded with another penalty computes its own."""
+
+    lam: float
+    p: float
+    sparsity: np.ndarray
+    nonzero: np.ndarray
+
+
+__all__ = ["AdmmState", "AdmmWarmStart", "MapSummary"]

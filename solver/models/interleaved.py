@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..algorithms import make_solver
-from ..algorithms.admm import AdmmWarmStart
+from ..algorithms.admm_state import AdmmWarmStart, MapSummary
 from ..algorithms.problem import CSCProblem
 from ..operators import kernels
 from ..operators.convolution import ConvOperator
@@ -61,7 +61,7 @@ def code_one_step(shard: Shard, op: ConvOperator) -> CodeStats:
         warm.maps_hat[rows] = hat0[rows]
     summary = _kept_summary(start, solver.map_summary(state), worse)
     if summary is not None:  # the next round's start (these maps) then needs no pass over them for its E
-        warm = replace(warm, sparsity=summary[0], nonzero=summary[1])
+        warm = replace(warm, summary=MapSummary(problem.lam, problem.p, *summary))
     shard._warm = warm
     shard.maps_hat = warm.maps_hat
     return _stats(shard, summary)

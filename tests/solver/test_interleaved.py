@@ -75,6 +75,20 @@ def test_a_round_reads_its_statistics_off_the_fused_passes(images, dtype, monkey
     assert not passes
 
 
+def test_a_round_after_a_change_of_lam_codes_at_the_new_lam(images):
+    # the warm start's sparsity was computed at the old λ: the next start must not take it for the new one
+    shard = Shard(images, _config(), None, "numpy")
+    filters = initial_filters(4, 1, 3, seed=0, norm="filter", dtype=images.dtype)
+    for _ in range(2):
+        shard.code(filters)
+    before = shard.maps().copy()
+    shard.set_lam(1.0)
+    stats = shard.code(filters)
+    maps = shard.maps()
+    assert stats.penalty == pytest.approx(1.0 * np.abs(maps).sum(), rel=1e-12)
+    assert not np.array_equal(maps, before)  # a start read at the old λ looked better than every step
+
+
 def test_interleaved_learning_with_a_sparse_table_never_increases_the_objective():
     # two channels and a sparse connectivity: the numpy paths of ADMM and of the consensus step
     rng = np.random.default_rng(3)
