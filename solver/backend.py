@@ -154,13 +154,17 @@ PASS_ENTRIES_PER_THREAD = 1 << 17
 def pass_threads(n_entries: int, workers: int) -> int:
     """Threads for a numba pass over `n_entries` entries: one per :data:`PASS_ENTRIES_PER_THREAD`, at least 1,
     at most `workers`."""
-    return max(1, min(_capped(workers), n_entries // PASS_ENTRIES_PER_THREAD))
+    return _one_thread_per(PASS_ENTRIES_PER_THREAD, n_entries, workers)
 
 
 def fftw_threads(n_entries: int, workers: int) -> int:
     """Threads for an FFTW transform of `n_entries` real-side entries: one per
     :data:`FFTW_ENTRIES_PER_THREAD`, at least 1, at most `workers`."""
-    return max(1, min(_capped(workers), n_entries // FFTW_ENTRIES_PER_THREAD))
+    return _one_thread_per(FFTW_ENTRIES_PER_THREAD, n_entries, workers)
+
+
+def _one_thread_per(entries: int, n_entries: int, workers: int) -> int:
+    return max(1, min(_capped(workers), n_entries // entries))
 
 
 #: Seconds a reading of the process's CPU affinity is reused: every numba pass asks for the CPU budget, and

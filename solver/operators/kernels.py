@@ -168,7 +168,7 @@ if NUMBA:
     @njit(parallel=True, nogil=True, cache=True, fastmath=_FLAGS)
     def _admm_spatial(x, x_scale, z_old, u_old, alpha, beta, thr, residuals, z_new, u_new, partial):  # pragma: no cover
         # x is read times x_scale: an unnormalised inverse FFT's 1/(H·W), applied here rather than in a pass of
-        # its own (the same product, so the same numbers as a normalised x)
+        # its own (the product FFTW's own scaling makes, so the same numbers as its normalised x)
         N, K, P = x.shape
         for row in prange(N * K):
             n = row // K
