@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 
 SPEC = {
     "layers": [{"n_filters": 8, "filter_size": 5, "lam": 0.5}],
-    "n_iter": 8,
+    "n_iter": 40,  # long enough that the job is still running when the first service stops
     "inference": {"method": "admm", "max_iter": 20},
     "filter_update": {"max_iter": 5},
     "seed": 4,
