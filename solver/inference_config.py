@@ -28,16 +28,20 @@ class ZeilerConfig(_Frozen):
         The β continuation: β0, its factor per stage and the number of stages (toolbox: 1, ×10, 6).
     inner_iter : int
         x/z iterations per β stage.
+    total_iter : int, optional
+        Iterations in all, spread as evenly as they go over the stages (a stage takes ⌊total/n_beta⌋ or one more;
+        fewer iterations than stages visit stages spread over the whole continuation, the last one last); when
+        given, `inner_iter` is not used. This is how ``max_iter`` of ``encode`` reaches this method.
     z_solver : {"exact", "cg"}
         The z-step per frequency (circular boundary) or by `cg_iter` CG steps.
     max_iter : int
-        Iterations in all (``n_beta · inner_iter``).
+        Iterations in all: `total_iter`, or ``n_beta · inner_iter``.
 
     Examples
     --------
     >>> from solver import ZeilerConfig
-    >>> ZeilerConfig(n_beta=4).max_iter
-    4
+    >>> ZeilerConfig(n_beta=4).max_iter, ZeilerConfig(n_beta=4, total_iter=10).max_iter
+    (4, 10)
     """
 
     method: Literal["zeiler"] = "zeiler"
@@ -45,6 +49,9 @@ class ZeilerConfig(_Frozen):
     beta_factor: float = Field(10.0, gt=1)
     n_beta: int = Field(6, ge=1)
     inner_iter: int = Field(1, ge=1, description="x/z iterations per β stage")
+    total_iter: int | None = Field(
+        None, ge=1, description="iterations in all, spread evenly over the β stages (inner_iter is then not used)"
+    )
     z_solver: Literal["exact", "cg"] = Field(
         "exact", description="'exact': per-frequency Woodbury solve (circular only); 'cg': the toolbox's CG"
     )
@@ -52,7 +59,13 @@ class ZeilerConfig(_Frozen):
 
     @property
     def max_iter(self) -> int:
-        return self.n_beta * self.inner_iter
+        return self.n_beta * self.inner_iter if self.total_iter is None else self.total_iter
+
+    def stage_of(self, iteration: int) -> int:
+        """The β stage of the x-step that ends `iteration` (0: the initial x; the last ends in the last stage)."""
+        if self.total_iter is None:
+            return min(iteration // self.inner_iter, self.n_beta - 1)
+        return min(iteration * self.n_beta // self.total_iter, self.n_beta - 1)
 
 
 class FistaConfig(_Frozen):

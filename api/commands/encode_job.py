@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any
 
 from ..client import DeconvClient
@@ -67,8 +66,6 @@ def _inference(args: argparse.Namespace, client: DeconvClient) -> dict[str, Any]
     method = args.method or client.job(args.job)["spec"].get("inference", {}).get("method", "admm")
     inference: dict[str, Any] = {"method": method}
     if args.max_iter is not None:
-        if method == "zeiler":  # spread over the default 6 β stages, as POST /models/{id}/encode spreads it
-            inference["inner_iter"] = max(1, math.ceil(args.max_iter / 6))
-        else:
-            inference["max_iter"] = args.max_iter
+        # zeiler: the iterations in all, spread over its β stages, as POST /models/{id}/encode spreads them
+        inference["total_iter" if method == "zeiler" else "max_iter"] = args.max_iter
     return inference

@@ -146,5 +146,5 @@ def _method(spec: EncodeSpec, model: JobModel) -> tuple[str, int]:
     if config is None:
         return model.inference.method, 200
     if config.method == "zeiler":
-        return "zeiler", config.n_beta * config.inner_iter
+        return "zeiler", config.max_iter
     return config.method, config.max_iter

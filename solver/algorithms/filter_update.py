@@ -23,7 +23,7 @@ from ..backend import Array
 from ..config import FilterUpdateConfig, FistaConfig
 from ..operators import kernels
 from ..operators.convolution import Boundary, FilterOperator, PlaneTransforms
-from ..operators.linalg import conjugate_gradient
+from ..operators.linalg import conjugate_gradient, stable_norm
 from ..operators.prox import normalise_unit, project_unit_ball
 from ..operators.surrogate import SurrogateOperator
 from ..stopping import check_stop
@@ -170,12 +170,12 @@ def filter_lipschitz(pool: Any, vector: np.ndarray, n_iter: int) -> tuple[float,
     Returns the estimate and the last unit vector (to warm-start the next call). An underestimate is safe:
     FISTA doubles L when a step fails to descend.
     """
-    v = vector / max(float(np.linalg.norm(vector)), 1e-300)
+    v = vector / max(stable_norm(vector), 1e-300)
     lam = 0.0
     for _ in range(n_iter):
         check_stop()
         w = pooled_normal(pool, v)
-        norm = float(np.linalg.norm(w))
+        norm = stable_norm(w)
         if norm == 0.0:
             break
         lam, v = norm, w / norm
@@ -204,8 +204,22 @@ def update_filters_pooled(
         return result.maps, result.objective
     zero = np.zeros_like(filters)
     rhs = -PooledFilterProblem(pool, filters.shape, filters.dtype, config.norm, 1.0).residual_of(zero)[0]
-    new = conjugate_gradient(lambda v: pooled_normal(pool, v), rhs, filters, config.max_iter)
-    new = normalise_unit(new, config.norm)
+    # The normal equations ZᴴZ f = Zᴴy have entries of the order of the data's energy, which CG's inner products
+    # square: the system is divided by ‖Zᴴy‖ (the same solution, vectors of the order of one), in float64 (filters
+    # are small), and the shards are handed unit vectors (the map is linear), so that Z and Zᴴ applied to them stay
+    # within float32 where the shards compute in it
+    wide = np.float64
+    energy = stable_norm(rhs) or 1.0
+
+    def normal(v: np.ndarray) -> np.ndarray:
+        size = stable_norm(v)
+        if size == 0.0:
+            return np.zeros_like(v)
+        unit = (v / size).astype(filters.dtype, copy=False)
+        return (size / energy) * np.asarray(pooled_normal(pool, unit), dtype=wide)
+
+    new = conjugate_gradient(normal, rhs.astype(wide) / energy, filters.astype(wide), config.max_iter)
+    new = normalise_unit(new, config.norm).astype(filters.dtype, copy=False)
     data = sum(value for value, _ in pool.value_and_gradient(new))
     return new, float(data)
 

@@ -55,7 +55,7 @@ class Zeiler(SolverBase):
 
     def stage_of(self, iteration: int) -> int:
         """β stage in force for the x-step that ends `iteration` (iteration 0: the initial x)."""
-        return min(iteration // self.config.inner_iter, self.config.n_beta - 1)
+        return self.config.stage_of(iteration)
 
     def _x_step(self, z: Array, stage: int) -> tuple[Array, Array, np.ndarray]:
         pb = self.problem

@@ -19,6 +19,7 @@ from ..models.stack.encoding import encode_layers
 from ..models.stack.files import ModelSource, read_model, save_model
 from ..models.stack.learning import learn_stack
 from ..models.stack.model import StackModel
+from ..validation import check_positive_int
 
 _SEED_RANGE = 2**31 - 1
 
@@ -174,7 +175,8 @@ class _ImageEstimator(TransformerMixin, BaseEstimator):
 
 def _config(layers: list[LayerSpec], est: Any, seed: int, reconstruct_to: str) -> LearnConfig:
     method = est.method if est.method is not None else ("fista" if reconstruct_to == "pixels" else "admm")
-    inference = inference_config(method, 10 if est.inner_iter is None else est.inner_iter, None)
+    inner = 10 if est.inner_iter is None else check_positive_int(est.inner_iter, "inner_iter")
+    inference = inference_config(method, inner, None)
     filter_update = FilterUpdateConfig(**({} if est.filter_iter is None else {"max_iter": est.filter_iter}))
     preprocess = est.preprocess
     if isinstance(preprocess, dict):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ from ..validation import (
     check_lam,
     check_p,
     check_positive_int,
+    float_array,
 )
 
 Method = Literal["admm", "fista", "zeiler"]
@@ -86,14 +87,18 @@ def inference_config(
     if max_iter is not None:
         max_iter = check_positive_int(max_iter, "max_iter")
         if isinstance(config, ZeilerConfig):
-            updates["inner_iter"] = max(1, math.ceil(max_iter / config.n_beta))
+            updates["total_iter"] = max_iter
         else:
             updates["max_iter"] = max_iter
     if tol is not None:
-        if not (isinstance(tol, int | float) and tol >= 0):
+        if isinstance(tol, bool) or not (isinstance(tol, numbers.Real) and tol >= 0):
             raise ValueError(f"tol must be a non-negative number, got {tol!r}")
         if not isinstance(config, ZeilerConfig):
             updates["tol"] = float(tol)
+        elif tol > 0:  # a fixed continuation: a tolerance the user counts on must not be dropped without a word
+            raise ValueError(
+                f"tol must be 0 or left out for method 'zeiler' (it runs its β stages in full), got {tol!r}"
+            )
     return config.model_validate({**config.model_dump(), **updates}) if updates else config
 
 
@@ -187,7 +192,7 @@ def encode(
     if init is not None:
         maps0 = _device(as_images(init, "init"), bk).astype(y.dtype, copy=False)
         if tuple(maps0.shape) != problem.maps_shape:
-            raise ValueError(f"init must have shape {problem.maps_shape}, got {tuple(maps0.shape)}")
+            raise ValueError(f"init must have shape {problem.maps_shape}, got shape {np.shape(init)}")
     progress = None if callback is None else _progress(callback, solver, problem)
     result: InferenceResult = run(solver, solver.init(maps0), callback=progress, keeps_states=False)
     maps = result.maps if host.name == bk.name else bk.to_host(result.maps)
@@ -289,7 +294,7 @@ def _as_batch(maps: Array) -> Array:
 
 
 def _as_filter_array(filters: Array) -> Array:
-    f = filters if hasattr(filters, "shape") else np.asarray(filters)
+    f = float_array(filters, "filters")
     if f.ndim == 3:
         f = f[:, None]
     if f.ndim != 4:

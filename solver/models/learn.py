@@ -26,7 +26,7 @@ from ..images.preprocess import FittedPreprocess, PreprocessConfig
 from ..operators.connectivity import boolean_table, connectivity_table
 from ..operators.pixel_path import LowerLayer, input_geometry
 from ..operators.prox import normalise_unit
-from ..validation import as_images, check_boundary, check_finite, check_lam, check_p, check_positive_int
+from ..validation import as_images, check_boundary, check_init_filters, check_lam, check_p, check_positive_int
 from .alternate import alternate
 from .coding import inference_config
 from .lam import absolute_config, lambda_max
@@ -209,7 +209,8 @@ def learn(
     K, s = check_positive_int(n_filters, "n_filters"), check_positive_int(filter_size, "filter_size")
     # A method name gets 10 inference iterations per outer iteration; a config model keeps its own count.
     default_inner = _DEFAULT_INNER_ITER if isinstance(method, str) else None
-    inference = inference_config(method, default_inner if inner_iter is None else inner_iter, None)
+    inner = default_inner if inner_iter is None else check_positive_int(inner_iter, "inner_iter")
+    inference = inference_config(method, inner, None)
     schedule = _schedule(schedule, inference.method, boundary, filter_update, filter_iter)
     if filter_update is None:
         filter_update = "consensus" if schedule == "interleaved" else "fista"
@@ -328,7 +329,7 @@ def learn_layer(
         f0 = np.asarray(init_filters, dtype=y.dtype)
         if f0.shape != (layer.n_filters, C, s, s):
             raise ValueError(f"init_filters must have shape {(layer.n_filters, C, s, s)}, got {f0.shape}")
-        check_finite(f0, "init_filters")
+        check_init_filters(f0, table)
     lam_max = None
     if layer.lam_scale == "relative":  # λ = lam × λ_max of this input with the start filters, fixed from here on
         lam_max = lambda_max(

@@ -32,10 +32,10 @@ from ..algorithms.base import IterStats
 from ..algorithms.filter_update import update_filters_surrogate
 from ..backend import Array
 from ..config import FilterUpdateConfig, LayerSpec, LearnConfig, OnlineConfig
-from ..operators.connectivity import connectivity_table
+from ..operators.connectivity import boolean_table, connectivity_table
 from ..operators.prox import project_unit_ball
 from ..operators.surrogate import BatchCorrelations, FilterStatistics, SurrogateOperator
-from ..validation import as_images, check_boundary, check_finite, check_lam, check_p, check_positive_int
+from ..validation import as_images, check_boundary, check_init_filters, check_lam, check_p, check_positive_int
 from .coding import encode, inference_config
 from .learn import _DEFAULT_INNER_ITER, LearnResult, initial_filters
 from .shard import CodeStats, Shard
@@ -133,7 +133,7 @@ class OnlineLearner:
             f0 = np.asarray(init_filters, dtype=self.dtype)
             if f0.shape != (K, C, s, s):
                 raise ValueError(f"init_filters must have shape {(K, C, s, s)}, got {f0.shape}")
-            check_finite(f0, "init_filters")
+            check_init_filters(f0, self.table)
             self.filters = project_unit_ball(f0, norm)
         self.statistics = FilterStatistics.zeros(K, C, s)
         self.n_batches = 0
@@ -149,7 +149,7 @@ class OnlineLearner:
         return int(self.filters.shape[1])
 
     def _check_batch(self, images: Any) -> np.ndarray:
-        y = as_images(images).astype(self.dtype, copy=False)
+        y = as_images(images, dtype=self.dtype)
         s = self.config.layers[0].filter_size
         if y.shape[1] != self.n_channels:
             raise ValueError(f"a batch has {y.shape[1]} channels, the filters read {self.n_channels}")
@@ -435,13 +435,14 @@ def learn_online(
     lam, p, boundary = check_lam(lam), check_p(p), check_boundary(boundary)
     K, s = check_positive_int(n_filters, "n_filters"), check_positive_int(filter_size, "filter_size")
     default_inner = _DEFAULT_INNER_ITER if isinstance(method, str) else None
-    inference = inference_config(method, default_inner if inner_iter is None else inner_iter, None)
+    inner = default_inner if inner_iter is None else check_positive_int(inner_iter, "inner_iter")
+    inference = inference_config(method, inner, None)
     layer = LayerSpec(
         n_filters=K,
         filter_size=s,
         lam=lam,
         p=p,
-        connectivity=connectivity if isinstance(connectivity, str) else np.asarray(connectivity).tolist(),
+        connectivity=connectivity if isinstance(connectivity, str) else boolean_table(connectivity).tolist(),
     )
     config = LearnConfig(
         layers=[layer],

@@ -42,6 +42,7 @@ from ..algorithms.problem import CSCProblem
 from ..backend import Array, Backend, backend_of
 from ..config import AdmmConfig, LearnConfig
 from ..operators.convolution import ConvOperator, PlaneTransforms
+from ..validation import check_values
 from .interleaved import code_one_step, host_warm_start
 from .lam import analysis_max
 from .pixel_shard import PixelShard
@@ -72,6 +73,9 @@ class Shard(_ShardBase):
 
     def __init__(self, images: np.ndarray, config: LearnConfig, connectivity: np.ndarray | None, backend: str = "auto"):
         super().__init__(images, config, connectivity, backend)
+        if config.filter_update.method == "consensus":
+            why = "the consensus filter step's products of three Fourier coefficients would overflow"
+            check_values(self.images, "images", power=3, why=why)
         self._warm: Any = None
         self._filter_problem: FilterProblem | None = None
         self._consensus: ConsensusState | None = None

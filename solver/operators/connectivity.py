@@ -40,7 +40,10 @@ def singles_and_doubles_count(n_inputs: int) -> int:
 def boolean_table(value: object) -> np.ndarray:
     """`value` as a boolean array: booleans as they are, integers only where every entry is 0 or 1 (a table read
     from a file or written by hand); anything else is a ValueError naming what was found."""
-    table = np.asarray(value)
+    try:
+        table = np.asarray(value)
+    except ValueError:  # ragged rows
+        raise ValueError(f"connectivity must be a (K, C) matrix, got rows of different lengths: {value!r}") from None
     if table.dtype == bool:
         return table
     if table.dtype.kind in "iu" and table.size:

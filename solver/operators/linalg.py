@@ -179,6 +179,18 @@ def solve_shifted_normal(factor: ShiftedNormalFactor, b_hat: Array) -> Array:
     return (b_hat - xp.einsum("kcuv,ncuv->nkuv", xp.conj(f), t)) / rho
 
 
+def stable_norm(a: np.ndarray) -> float:
+    """‖a‖₂ of a host array without overflow: scaled by its largest |entry| first.
+
+    The filter steps' power iterations take norms of ZᴴZ v, whose entries are of the order of the data's energy:
+    squaring them overflowed float32 for images of 1e8 and float64 for 1e100 (np.linalg.norm squares as it goes).
+    """
+    peak = float(np.max(np.abs(a))) if a.size else 0.0
+    if peak == 0.0 or not np.isfinite(peak):
+        return peak
+    return peak * float(np.linalg.norm(np.asarray(a, dtype=np.float64) / peak))
+
+
 def inner(a: Array, b: Array, *, per_item: bool = True) -> np.ndarray:
     """Real inner products accumulated in float64 on the host: Σ a[i]·b[i] per item i along the first axis
     (shape (n,)), or over the whole arrays when ``per_item=False`` (shape (1,))."""

@@ -39,6 +39,7 @@ import numpy as np
 
 from ..backend import Array, Backend, backend_of
 from .convolution import Boundary, map_shape
+from .linalg import stable_norm
 
 _POWER_MARGIN = 1.05
 _CHUNK_ELEMENTS = 2**23  # largest per-frequency product (complex entries) held at once by the statistics
@@ -305,14 +306,14 @@ class SurrogateOperator:
         """
         v = np.ones(self.shape) if vector is None else np.asarray(vector, dtype=np.float64)
         v = v * self.mask
-        norm = float(np.linalg.norm(v))
+        norm = stable_norm(v)
         if norm == 0.0:
             return 1.0, np.ones(self.shape)
         v = v / norm
         estimate = 0.0
         for _ in range(n_iter):
             w = self.apply(v)
-            norm = float(np.linalg.norm(w))
+            norm = stable_norm(w)
             if norm == 0.0:
                 break
             estimate, v = norm, w / norm

@@ -87,7 +87,7 @@ def served(tmp_path_factory, ray_cluster) -> Iterator[tuple[LiveService, str, st
     store.finish(failed.id, "failed", "RuntimeError: for the test")
     stack_id = _stack_job(store, dataset_id)
     # values past the upload bound, so written directly: a dataset from the Python API or an older service
-    huge = np.full((3, 1, 12, 12), 1e300, np.float64)  # its float64 maps do not fit in float32
+    huge = np.full((3, 1, 12, 12), 1e100, np.float64)  # its float64 maps do not fit in float32
     huge_id = store.add_dataset([(f"huge-{i}", image) for i, image in enumerate(huge)]).id
     store.close()
     service = start_service(data_dir, max_request_bytes=REQUEST_BYTES)
@@ -125,6 +125,26 @@ def _encode_job(client, model_id: str, dataset_id: str, **fields) -> dict:
     assert response.status_code == 202, response.text
     assert response.headers["location"] == f"/jobs/{response.json()['id']}"
     return response.json()
+
+
+def test_the_command_line_runs_zeilers_iterations_as_many_as_asked(served, client, images, dataset_id, capsys):
+    """--max-iter is the iterations in all for zeiler too (spread over its β stages), as the encode route's."""
+    argv = ["encode-job", served[1], "--dataset", dataset_id, "--url", served[0].url, "--no-progress"]
+    status = main([*argv, "--method", "zeiler", "--max-iter", "7", "--block-size", str(N_IMAGES)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    job = client.get(f"/jobs/{captured.out.strip()}").json()
+    assert job["spec"]["inference"]["method"] == "zeiler" and job["spec"]["inference"]["total_iter"] == 7
+    assert wait_for_job(client, job["id"])["status"] == "succeeded"
+    response = client.post(
+        f"/models/{served[1]}/encode", params={"method": "zeiler", "max_iter": 7}, files=_parts(images)
+    )
+    assert response.status_code == 200, response.text
+    expected = np.load(io.BytesIO(response.content))
+    maps = _zip_maps(client, job["id"])
+    tol = 50 * np.finfo(np.float32).eps * float(np.abs(expected).max())
+    for i in range(N_IMAGES):
+        np.testing.assert_allclose(maps[f"image-{i:05d}"], expected[i], rtol=0, atol=tol, err_msg=f"image {i}")
 
 
 def _zip_maps(client, job_id: str) -> dict[str, np.ndarray]:

@@ -114,10 +114,61 @@ def test_encode_respects_max_iter(rng, method):
     assert encode(images, filters, LAM, method=method, max_iter=7, tol=0.0).n_iter == 7
 
 
-def test_encode_spreads_max_iter_over_the_zeiler_stages(rng):
+@pytest.mark.parametrize("max_iter", [1, 3, 4, 10, 13])
+def test_encode_runs_exactly_max_iter_zeiler_iterations(rng, max_iter):
     images, filters = _small_problem(rng, np.float64, 1)
-    result = encode(images, filters, LAM, method=ZeilerConfig(n_beta=4), max_iter=10)
-    assert result.n_iter == 4 * 3  # ceil(10 / 4) iterations per β stage
+    result = encode(images, filters, LAM, method=ZeilerConfig(n_beta=4), max_iter=max_iter)
+    assert result.n_iter == len(result.history) == max_iter
+
+
+def _z_step_stages(config: ZeilerConfig, images, filters) -> list[int]:
+    """The β stage of each z-step of a Zeiler run, read off its states."""
+    solver = Zeiler(CSCProblem(images, ConvOperator(filters, images.shape[-2:]), LpPenalty(LAM, 1.0)), config)
+    state, stages = solver.init(), []
+    for _ in range(config.max_iter):
+        stages.append(state.stage)
+        state = solver.step(state)
+    assert state.stage == config.n_beta - 1  # the last x-step shrinks at the last β
+    return stages
+
+
+@pytest.mark.parametrize(("n_beta", "total"), [(4, 10), (6, 13), (6, 6), (3, 30)])
+def test_zeiler_total_iterations_spread_evenly_over_every_stage(rng, n_beta, total):
+    images, filters = _small_problem(rng, np.float64, 1)
+    stages = _z_step_stages(ZeilerConfig(n_beta=n_beta, total_iter=total), images, filters)
+    counts = np.bincount(stages, minlength=n_beta)
+    assert counts.sum() == total and len(counts) == n_beta
+    assert counts.min() >= total // n_beta and counts.max() <= total // n_beta + 1
+    assert stages == sorted(stages)
+
+
+def test_zeiler_total_iterations_of_whole_stages_is_the_per_stage_schedule(rng):
+    images, filters = _small_problem(rng, np.float64, 1)
+    spread = ZeilerConfig(n_beta=3, total_iter=12)
+    per_stage = ZeilerConfig(n_beta=3, inner_iter=4)
+    assert _z_step_stages(spread, images, filters) == _z_step_stages(per_stage, images, filters)
+    a, b = (encode(images, filters, LAM, method=c) for c in (spread, per_stage))
+    np.testing.assert_array_equal(a.maps, b.maps)
+
+
+def test_fewer_zeiler_iterations_than_stages_still_end_at_the_last_beta(rng):
+    images, filters = _small_problem(rng, np.float64, 1)
+    stages = _z_step_stages(ZeilerConfig(n_beta=6, total_iter=3), images, filters)
+    assert stages == [0, 2, 4]
+
+
+@pytest.mark.parametrize("tol", [np.float32(1e-3), np.float64(1e-3), np.int64(0), 1e-3])
+def test_encode_takes_a_numpy_scalar_tolerance(rng, tol):
+    images, filters = _small_problem(rng, np.float64, 1)
+    expected = encode(images, filters, LAM, method="fista", max_iter=300, tol=float(tol))
+    assert encode(images, filters, LAM, method="fista", max_iter=300, tol=tol).n_iter == expected.n_iter
+
+
+def test_encode_with_zeiler_refuses_a_tolerance_it_would_not_use(rng):
+    images, filters = _small_problem(rng, np.float64, 1)
+    with pytest.raises(ValueError, match=r"tol must be 0 or left out for method 'zeiler'.*0\.001"):
+        encode(images, filters, LAM, method="zeiler", tol=1e-3)
+    assert encode(images, filters, LAM, method="zeiler", tol=0).n_iter == ZeilerConfig().max_iter
 
 
 # --- monotonicity ----------------------------------------------------------------------------------------------

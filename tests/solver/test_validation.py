@@ -4,6 +4,7 @@ connectivity tables (solver.operators.connectivity)."""
 from __future__ import annotations
 
 import re
+import warnings
 from itertools import combinations
 
 import numpy as np
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from configs import preset_names
-from solver import objective, psnr
+from solver import OnlineConfig, OnlineLearner, learn_online, objective, psnr
 from solver.config import (
     AdmmConfig,
     FilterUpdateConfig,
@@ -26,6 +27,8 @@ from solver.config import (
 from solver.models.coding import encode, reconstruct
 from solver.models.learn import learn
 from solver.operators.connectivity import connectivity_table, parse_table_name, singles_and_doubles_count
+from solver.operators.linalg import stable_norm
+from solver.validation import magnitude_limit
 
 SHAPE = (8, 8)
 
@@ -98,6 +101,20 @@ ENCODE_CASES = {
         r"init.*\(2, 3, 7, 7\)",
     ),
     "nan in init": (lambda y, f, r: ((y, f, 0.1), {"init": np.full((2, 3) + SHAPE, np.nan)}), r"init.*NaN"),
+    "init of another rank and shape": (
+        lambda y, f, r: ((y, f, 0.1), {"init": np.zeros((3,) + SHAPE)}),
+        r"init must have shape \(2, 3, 8, 8\), got shape \(3, 8, 8\)",
+    ),
+    "tol = True": (lambda y, f, r: ((y, f, 0.1), {"tol": True}), r"tol.*True"),
+    "tol with zeiler": (lambda y, f, r: ((y, f, 0.1), {"method": "zeiler", "tol": 1e-4}), r"tol.*zeiler.*0\.0001"),
+    "float32 images past what their squares take": (
+        lambda y, f, r: ((_with(y, 1e17).astype(np.float32), f, 0.1), {}),
+        r"images holds values up to 1e\+17.*float32.*8x8.*compute in float64",
+    ),
+    "float32 init past what its squares take": (
+        lambda y, f, r: ((y.astype(np.float32), f, 0.1), {"init": np.full((2, 3) + SHAPE, -1e17, np.float32)}),
+        r"init holds values up to 1e\+17",
+    ),
 }
 
 
@@ -131,6 +148,15 @@ RECONSTRUCT_CASES = {
     "maps smaller than the filters (valid)": (
         lambda z, f, r: ((z[..., :2, :2], f), {"boundary": "valid"}),
         r"maps.*smaller",
+    ),
+    "filters of Python objects": (
+        lambda z, f, r: ((z, f.astype(object)), {}),
+        r"filters must hold real numbers.*object",
+    ),
+    "ragged filters": (lambda z, f, r: ((z, [[[[1.0]]], [[[1.0, 2.0]]]]), {}), r"filters must be an array"),
+    "float32 maps past what their squares take": (
+        lambda z, f, r: ((_with(z, 1e17).astype(np.float32), f), {}),
+        r"maps holds values up to 1e\+17.*float32",
     ),
 }
 
@@ -519,3 +545,143 @@ def test_a_layer_config_takes_the_solvers_rule_for_a_connectivity_matrix(table, 
         LayerSpec(n_filters=1, filter_size=3, lam=0.1, connectivity=table)
     spec = LayerSpec(n_filters=2, filter_size=3, lam=0.1, connectivity=[[1, 0], [True, False]])
     assert spec.connectivity == [[True, False], [True, False]]
+
+
+# --- what float32 can square ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["admm", "fista", "zeiler"])
+def test_images_up_to_the_float32_limit_code_as_their_unit_multiple(rng, images, filters, method):
+    """y → cy and λ → cλ give the maps cz: up to the limit that check refuses past, float32 keeps that (the objective
+    stays finite), so the limit is not looser than the arithmetic."""
+    f = (filters / np.linalg.norm(filters.reshape(3, -1), axis=1)[:, None, None, None]).astype(np.float32)
+    y = images.astype(np.float32)
+    c = 0.9 * magnitude_limit(np.float32, SHAPE) / float(np.abs(y).max())
+    unit = encode(y, f, 0.1, method=method, max_iter=30)
+    scaled = encode(y * np.float32(c), f, 0.1 * c, method=method, max_iter=30)
+    assert np.isfinite(scaled.objective)
+    assert scaled.objective / c**2 == pytest.approx(unit.objective, rel=1e-3)
+    np.testing.assert_allclose(scaled.maps / c, unit.maps, atol=1e-3 * float(np.abs(unit.maps).max()))
+
+
+def test_float64_takes_the_values_float32_refuses(rng, images, filters):
+    y = images * 1e18
+    with pytest.raises(ValueError, match="compute in float64"):
+        encode(y.astype(np.float32), filters, 1e17, method="fista", max_iter=10)
+    scaled = encode(y, filters, 1e17, method="fista", max_iter=10, tol=0)
+    unit = encode(images, filters, 0.1, method="fista", max_iter=10, tol=0)
+    np.testing.assert_allclose(scaled.maps / 1e18, unit.maps, rtol=1e-9, atol=1e-12)
+
+
+def test_the_limit_falls_with_the_pixels_of_an_image():
+    assert magnitude_limit(np.float32, (128, 128)) == pytest.approx(np.sqrt(np.finfo(np.float32).max) / (4 * 128**2))
+    assert magnitude_limit(np.float32, (16, 16)) == 64 * magnitude_limit(np.float32, (128, 128))
+    assert magnitude_limit(np.float64, (128, 128)) > 1e149
+
+
+# --- learning's own arguments -----------------------------------------------------------------------------------
+
+
+def _unit(filters: np.ndarray) -> np.ndarray:
+    return filters / np.linalg.norm(filters.reshape(filters.shape[0], -1), axis=1)[:, None, None, None]
+
+
+@pytest.mark.parametrize("call", ["learn", "learn_online"])
+def test_a_start_filter_of_zero_norm_is_refused_naming_it(rng, call):
+    y = rng.standard_normal((2, 2, 8, 8))
+    f0 = _unit(rng.standard_normal((3, 2, 3, 3)))
+    f0[1] = 0.0
+    run = learn if call == "learn" else (lambda *a, **k: learn_online(*a, batch_size=1, **k))
+    with pytest.raises(ValueError, match=r"init_filters has 1 filter\(s\) of zero norm.*\(index 1\)"):
+        run(y, 3, 3, 0.1, n_iter=1, init_filters=f0) if call == "learn" else run(y, 3, 3, 0.1, init_filters=f0)
+
+
+@pytest.mark.parametrize("call", ["learn", "learn_online"])
+def test_a_start_filter_zero_only_where_it_connects_is_refused(rng, call):
+    y = rng.standard_normal((2, 2, 8, 8))
+    table = np.array([[True, False], [True, True], [False, True]])
+    f0 = _unit(rng.standard_normal((3, 2, 3, 3)))
+    f0[2, 1] = 0.0  # filter 2 reads channel 1 only; its plane for channel 0 is never used
+    kwargs = {"init_filters": f0, "connectivity": table}
+    with pytest.raises(ValueError, match=r"zero norm on their connected channels \(index 2\)"):
+        learn(y, 3, 3, 0.1, n_iter=1, **kwargs) if call == "learn" else learn_online(
+            y, 3, 3, 0.1, batch_size=1, **kwargs
+        )
+    f0[1, 0] = 0.0  # a zero plane of a filter with another connected plane still learns
+    f0[2, 1] = 1.0 / 3.0
+    f0[2, 0] = 0.0
+    result = (
+        learn(y, 3, 3, 0.1, n_iter=2, **kwargs)
+        if call == "learn"
+        else learn_online(y, 3, 3, 0.1, batch_size=1, **kwargs)
+    )
+    assert np.abs(result.filters[1, 0]).max() > 0
+
+
+@pytest.mark.parametrize("call", ["learn", "learn_online"])
+def test_inner_iter_is_named_as_the_caller_wrote_it(rng, call):
+    y = rng.standard_normal((2, 1, 8, 8))
+    with pytest.raises(ValueError, match="inner_iter must be a positive integer, got 0"):
+        learn(y, 2, 3, 0.1, inner_iter=0) if call == "learn" else learn_online(y, 2, 3, 0.1, inner_iter=0)
+
+
+@pytest.mark.parametrize("call", ["encode", "learn", "learn_online"])
+def test_a_ragged_connectivity_is_refused_naming_it(rng, call):
+    y = rng.standard_normal((2, 2, 8, 8))
+    ragged = [[1, 0], [1], [0, 1]]
+    with pytest.raises(ValueError, match=r"connectivity must be a \(K, C\) matrix, got rows of different lengths"):
+        if call == "encode":
+            encode(y, rng.standard_normal((3, 2, 3, 3)), 0.1, connectivity=ragged)
+        elif call == "learn":
+            learn(y, 3, 3, 0.1, n_iter=1, connectivity=ragged)
+        else:
+            learn_online(y, 3, 3, 0.1, batch_size=1, connectivity=ragged)
+
+
+def test_an_online_learner_checks_a_batch_in_the_dtype_it_computes_in(rng):
+    config = LearnConfig.model_validate({"layers": [{"n_filters": 2, "filter_size": 3, "lam": 1e16}]})
+    y = rng.standard_normal((2, 1, 8, 8)) * 1e17  # float64 takes it, float32 does not
+    with pytest.raises(ValueError, match=r"images holds values up to .*float32"):
+        OnlineLearner(config, OnlineConfig(), 1, backend="numpy", dtype=np.float32).update_from_batch(y)
+    wide = OnlineLearner(config, OnlineConfig(), 1, backend="numpy", dtype=np.float64)
+    assert np.isfinite(wide.update_from_batch(y).objective)
+
+
+def test_a_norm_of_entries_whose_squares_overflow_is_finite():
+    for dtype, big in ((np.float32, 1e30), (np.float64, 1e200)):
+        a = np.array([3.0, -4.0, 0.0], dtype=dtype) * dtype(big)
+        assert stable_norm(a) == pytest.approx(5.0 * big, rel=1e-6)
+    assert stable_norm(np.zeros(3, np.float32)) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scale"), [(np.float32, 1e10), (np.float64, 1e100)], ids=["float32 1e10", "float64 1e100"]
+)
+@pytest.mark.parametrize("filter_update", ["fista", "cg"])
+def test_learning_images_of_large_values_gives_the_filters_of_their_unit_multiple(rng, dtype, scale, filter_update):
+    """y → cy and λ → cλ leave the filters as they are: the filter steps' power iteration and CG, whose vectors are
+    of the order of the data's energy (c²), no longer overflow where the images are far inside the input limit."""
+    y = rng.standard_normal((2, 1, 16, 16)).astype(dtype)
+    assert 4 * scale < magnitude_limit(dtype, (16, 16))
+    kwargs = {"n_iter": 3, "seed": 1, "filter_update": filter_update, "schedule": "alternate"}
+    unit = learn(y, 4, 5, 0.1, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow anywhere is a failure, not a warning
+        scaled = learn(y * dtype(scale), 4, 5, 0.1 * scale, **kwargs)
+    np.testing.assert_allclose(scaled.filters, unit.filters, atol=100 * float(np.finfo(dtype).eps) ** 0.5)
+    assert scaled.history[-1] / scale**2 == pytest.approx(unit.history[-1], rel=1e-3)
+
+
+def test_the_consensus_filter_step_takes_images_up_to_its_own_limit(rng):
+    y = rng.random((2, 1, 32, 32)).astype(np.float32)
+    limit = magnitude_limit(np.float32, (32, 32), power=3)
+    assert limit < magnitude_limit(np.float32, (32, 32))
+    with pytest.raises(ValueError, match=r"images holds values up to .*consensus filter step.*compute in float64"):
+        learn(y * np.float32(2 * limit / y.max()), 4, 5, 0.1, n_iter=1)
+    c = float(0.9 * limit / y.max())
+    unit = learn(y, 4, 5, 0.1, n_iter=2, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scaled = learn(y * np.float32(c), 4, 5, 0.1 * c, n_iter=2, seed=1)
+    np.testing.assert_allclose(scaled.filters, unit.filters, atol=1e-2)
+    assert scaled.history[-1] / c**2 == pytest.approx(unit.history[-1], rel=1e-2)

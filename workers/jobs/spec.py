@@ -82,6 +82,9 @@ class JobZeilerConfig(_Capped, ZeilerConfig):
     beta_factor: float = Field(10.0, gt=1, le=1000)
     n_beta: int = Field(6, ge=1, le=50)
     inner_iter: int = Field(1, ge=1, le=MAX_ITER, description="x/z iterations per β stage")
+    total_iter: int | None = Field(
+        None, ge=1, le=MAX_ITER, description="iterations in all, spread evenly over the β stages (inner_iter unused)"
+    )
     cg_iter: int = Field(2, ge=1, le=1000, description="CG steps per z-step (valid boundary, or z_solver='cg')")
 
     @model_validator(mode="after")
