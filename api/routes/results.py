@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Iterator
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -105,6 +106,10 @@ def _index(store: JobStore, job_id: str) -> ResultIndex:
         raise HTTPException(404, str(exc)) from None
 
 
+def _finite_or_none(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def _cache_headers(etag: str, filename: str) -> dict[str, str]:
     return {
         "ETag": etag,
@@ -119,8 +124,8 @@ def get_history(
 ) -> Response:  # noqa: A002
     job = job_or_404(store, job_id)
     history = store.history(job_id)  # readable while the job runs
-    if format == "json":
-        return JSONResponse(history)
+    if format == "json":  # a row an older service recorded from an overflowed run: null, as JSON has no inf
+        return JSONResponse([{k: _finite_or_none(v) for k, v in row.items()} for row in history])
     if not history:
         raise HTTPException(409, f"job {job_id} has no outer iteration yet to plot")
     online = (job.spec.get("learning") or {}).get("mode") == "online"  # its rows count the images read

@@ -89,6 +89,17 @@ def test_a_job_goes_queued_running_succeeded(store):
     assert store.history(queued.id) == [{"layer": 1, "iteration": 1, "objective": 2.5, "sparsity": 0.1, "elapsed": 0.2}]
 
 
+@pytest.mark.parametrize("objective", [float("inf"), float("nan")])
+def test_a_non_finite_objective_is_refused_and_not_recorded(store, objective):
+    queued, _ = store.submit(SPEC, n_layers=1, n_iter=3)
+    store.claim_next()
+    store.update_progress(queued.id, layer=1, iteration=1, objective=2.5, sparsity=0.1, elapsed=0.2)
+    with pytest.raises(ValueError, match=rf"the objective became {objective} at layer 1, outer iteration 2.*dtype"):
+        store.update_progress(queued.id, layer=1, iteration=2, objective=objective, sparsity=1.0, elapsed=0.3)
+    assert [row["iteration"] for row in store.history(queued.id)] == [1]
+    assert store.get_job(queued.id).progress.iteration == 1
+
+
 def test_cancelling_a_queued_job_ends_it_at_once(store):
     (job_id,) = _submit(store)
     job = store.request_cancel(job_id)

@@ -152,9 +152,8 @@ class ShardWorker:
         rescale = config.preprocess is not None and config.preprocess.rescale
         if rescale and stats is None:
             raise ValueError("stats must be the dataset's fitted rescale statistics when preprocess.rescale is set")
-        y = as_images(apply_rescale(x, stats) if rescale else x)
-        if config.dtype is not None:
-            y = y.astype(config.dtype, copy=False)
+        # checked in the dtype the shard computes in: float64 data within its bounds can overflow float32
+        y = as_images(apply_rescale(x, stats) if rescale else x, dtype=config.dtype)
         if config.reconstruct_to == "pixels":
             switches = [None if files is None else _read_input(files) for files in switch_paths]
             self._shard = PixelShard(y, config, connectivity, lower, switches, backend)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import sqlite3
 import threading
@@ -305,7 +306,20 @@ class JobStore(DatasetTable, ArtifactTable):
         elapsed: float | None,
     ) -> None:
         """Record one outer iteration: the job's current progress, and a row of its history (an iteration run
-        again after a rollback replaces its row)."""
+        again after a rollback replaces its row).
+
+        Raises
+        ------
+        ValueError
+            For a non-finite objective: the computation overflowed, and a history of it would be neither valid
+            JSON nor worth finishing (the job fails with this message instead).
+        """
+        if objective is not None and not math.isfinite(objective):
+            raise ValueError(
+                f"the objective became {objective} at layer {layer}, outer iteration {iteration}: the computation "
+                "overflowed its dtype (the images' values are too large for it: scale them, preprocess them, or ask "
+                "for dtype float64)"
+            )
         with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET layer = ?, iteration = ?, objective = ?, sparsity = ?, elapsed = ? "
