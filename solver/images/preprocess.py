@@ -22,8 +22,11 @@ The steps follow Zeiler's toolboxes (see ``docs/zeiler.md`` section 5) and run i
 
 All functions run on host numpy arrays and never modify their inputs. Images are ``(N, C, H, W)``;
 ``(N, H, W)`` and ``(H, W)`` arrays are taken as grey and promoted to ``(N, 1, H, W)``. float32 stays
-float32 and float64 stays float64; integer images become float32 divided by the dtype's maximum (uint8 and
-other unsigned types land in [0, 1]); float16 becomes float32.
+float32 and float64 stays float64; the integer types of image files (uint8, uint16, int8, int16) become float32
+divided by the dtype's maximum (uint8 and uint16 land in [0, 1]); wider integers (int32, int64, uint32, uint64)
+become float32 as they are, as floats are taken: such arrays are mostly small numbers in a wide type (``np.save``
+of Python integers writes int64), which the type's maximum (9.2e18 for int64) would turn into zeros; float16
+becomes float32.
 """
 
 from __future__ import annotations
@@ -199,8 +202,10 @@ def _as_float_images(images: np.ndarray) -> np.ndarray:
         raise ValueError(f"images must have shape (N, C, H, W), (N, H, W) or (H, W), got shape {a.shape}")
     if a.size == 0:
         raise ValueError(f"images must not be empty, got shape {a.shape}")
-    if np.issubdtype(a.dtype, np.integer):
+    if np.issubdtype(a.dtype, np.integer) and a.dtype.itemsize <= 2:
         x = a.astype(np.float32) / np.float32(np.iinfo(a.dtype).max)
+    elif np.issubdtype(a.dtype, np.integer):
+        x = a.astype(np.float32)
     elif a.dtype in (np.float32, np.float64):
         x = a.copy()
     elif a.dtype == np.float16:

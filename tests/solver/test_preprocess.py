@@ -223,6 +223,17 @@ def test_integer_input_becomes_float32_in_unit_interval_first(rng, int_dtype, ze
     np.testing.assert_allclose(out, expected, atol=dtype_tol(np.float32))
 
 
+@pytest.mark.parametrize("wide", [np.int32, np.int64, np.uint32, np.uint64])
+def test_wide_integer_input_is_taken_as_its_values_as_floats_are(rng, wide):
+    """np.save of Python integers writes int64: 8-bit pixels in it are 0..255, not 0..255/9.2e18 (zeros)."""
+    pixels = rng.integers(0, 256, size=(2, 1, 8, 8))
+    config = PreprocessConfig(contrast_normalise=True, rescale=False)
+    out, _ = fit_preprocess(pixels.astype(wide), config)
+    expected, _ = fit_preprocess(pixels.astype(np.float32), config)
+    assert out.dtype == np.float32 and np.abs(out).max() > 0.1
+    np.testing.assert_array_equal(out, expected)
+
+
 def test_input_array_is_not_modified(rng):
     images = rng.uniform(size=(2, 3, 6, 6))
     original = images.copy()
