@@ -34,6 +34,15 @@ from .parser import CHECKPOINT_EVERY
 logger = logging.getLogger("deconv.cli")
 
 
+def _one_line(exc: BaseException) -> str:
+    """An input error as one line: a ValueError's message, an OSError's type and message, the actor's own
+    exception for one raised in a Ray actor (not Ray's wrapper and its traceback)."""
+    from workers.jobs.runner import describe_error  # noqa: PLC0415
+
+    line = describe_error(exc)
+    return line.removeprefix("ValueError: ")
+
+
 def _error(message: str) -> None:
     sys.stderr.write(f"deconv learn: error: {message}\n")
 
@@ -112,8 +121,8 @@ def learn(args: argparse.Namespace) -> int:
     except ConnectionError as exc:  # the cluster's address does not answer
         _error(str(exc))
         return EXIT_FAILED
-    except (ValueError, OSError) as exc:
-        _error(f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc).strip().splitlines()[-1])
+    except (ValueError, OSError) as exc:  # an actor's error comes wrapped: its own type and message, one line
+        _error(_one_line(exc))
         return EXIT_USAGE
     _write_outputs(out, result)
     sys.stdout.write(f"wrote filters.npy, history.json and filters.png to {out.url}\n")

@@ -51,7 +51,7 @@ def learn_online(args: argparse.Namespace, job: LearnJobFile, paths: list, error
     from workers.distributed.stream import StreamPlan, held_out_split  # noqa: PLC0415
     from workers.jobs.online_job import DEFAULT_CHECKPOINT_EVERY  # noqa: PLC0415
 
-    from .learn import _actor_cpus, _stop_on_interrupt, _write_outputs  # noqa: PLC0415
+    from .learn import _actor_cpus, _one_line, _stop_on_interrupt, _write_outputs  # noqa: PLC0415
 
     learning = job.learning
     train, held = held_out_split(len(paths), learning.held_out_count(len(paths)), config.seed)
@@ -87,8 +87,8 @@ def learn_online(args: argparse.Namespace, job: LearnJobFile, paths: list, error
     except Interrupted:
         error("interrupted in the middle of a batch; run again with --resume to go on from the last checkpoint")
         return EXIT_INTERRUPTED
-    except (ValueError, OSError) as exc:
-        error(f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc).strip().splitlines()[-1])
+    except (ValueError, OSError) as exc:  # an actor's error comes wrapped: its own type and message, one line
+        error(_one_line(exc))
         return EXIT_USAGE
     except Exception as exc:  # an actor's failure, beyond max_failures  # noqa: BLE001
         error(f"{type(exc).__name__}: {exc}")

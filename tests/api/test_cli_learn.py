@@ -124,6 +124,19 @@ def test_learn_takes_a_preset_by_name_and_images_on_the_command_line(ray_session
     assert [h["iteration"] for h in history] == [1, 2]
 
 
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_a_picture_that_cannot_be_decoded_exits_2_in_one_line_naming_it(ray_session, tmp_path, capsys):  # noqa: F811
+    """Its header is sound, so it fails in the actor that loads it: the user reads the file, not Ray's traceback."""
+    images = _two_sample_crops(tmp_path / "images")
+    cut = Path(images[1])
+    cut.write_bytes(cut.read_bytes()[:-60])
+    argv = ["learn", "quick", "--images", *images, "--n-iter", "1", "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"deconv learn: error: cannot read image file {str(cut)!r}: OSError: image file is truncated"
+
+
 def test_a_preset_without_images_exits_2_asking_for_them(tmp_path, capsys):
     assert main(["learn", "quick", "--out", str(tmp_path / "out")]) == 2
     assert "--images" in capsys.readouterr().err

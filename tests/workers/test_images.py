@@ -90,6 +90,35 @@ def test_an_unreadable_image_is_refused_naming_the_file(tmp_path):
         inspect_images([bad])
 
 
+def _header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width × height grey pixels (its data holds far fewer)."""
+    import struct  # noqa: PLC0415
+    import zlib  # noqa: PLC0415
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    data = chunk(b"IDAT", zlib.compress(b"\0" * 100))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + data + chunk(b"IEND", b"")
+
+
+def test_a_header_past_pillows_bomb_limit_is_refused_naming_the_file(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_header_claiming(100_000, 100_000))
+    with pytest.raises(ValueError, match=r"cannot read image file .*bomb\.png.*DecompressionBombError"):
+        inspect_images([_png(tmp_path / "a.png", np.zeros((8, 8), np.uint8)), bomb])
+
+
+def test_a_truncated_picture_is_refused_when_loaded_naming_the_file(tmp_path, rng):
+    whole = _png(tmp_path / "whole.png", rng.integers(0, 256, (32, 32), dtype=np.uint8))
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole.read_bytes()[:-60])  # the header is intact, the pixels are not
+    info = inspect_images([whole, cut])
+    with pytest.raises(ValueError, match=r"cannot read image file .*cut\.png.*OSError: image file is truncated"):
+        load_images([whole, cut], info)
+
+
 def test_load_images_names_the_files_that_hold_nan_or_inf(tmp_path):
     images = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
     images[1, 0, 2, 3], images[3, 0, 0, 0] = np.nan, np.inf

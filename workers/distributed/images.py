@@ -150,7 +150,7 @@ def _header(source: Location) -> tuple[tuple[int, int, int], str]:
         raise ValueError(f"image file {_name(source)!r} must be one of {IMAGE_SUFFIXES}, got suffix {suffix!r}")
     try:
         return _array_header(source) if suffix in ARRAY_SUFFIXES else _picture_header(source)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         if isinstance(exc, ValueError) and _name(source) in str(exc):
             raise
         raise ValueError(f"cannot read image file {_name(source)!r}: {type(exc).__name__}: {exc}") from None
@@ -218,6 +218,17 @@ def load_images(paths: Sequence[ImageSource], info: ImageInfo) -> np.ndarray:
 
 
 def _load_one(source: Location, info: ImageInfo) -> np.ndarray:
+    """One file's pixels; a file its header promised but whose data cannot be decoded (truncated, say) is a
+    ValueError naming it."""
+    try:
+        return _decode(source, info)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, ValueError) and _name(source) in str(exc):
+            raise
+        raise ValueError(f"cannot read image file {_name(source)!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _decode(source: Location, info: ImageInfo) -> np.ndarray:
     if _suffix(source) in ARRAY_SUFFIXES:
         a = read_array(source)
         return a[None] if a.ndim == 2 else a

@@ -260,7 +260,7 @@ class JobRunner:
 
     def _fail_queued(self, job_id: str, exc: ValueError) -> None:
         if self.store.claim(job_id) is not None:
-            self.store.finish(job_id, "failed", _describe(exc))
+            self.store.finish(job_id, "failed", describe_error(exc))
 
     def _drop_waiting(self) -> None:
         if self._waiting is not None:
@@ -299,11 +299,11 @@ class JobRunner:
                 logger.info("job %s: back in the queue (the service is stopping)", job.id)
         except Exception as exc:
             if self._stopping.is_set():  # the stopping service took the cluster from under the job: it resumes
-                logger.info("job %s: back in the queue (stopped mid-iteration: %s)", job.id, _describe(exc))
+                logger.info("job %s: back in the queue (stopped mid-iteration: %s)", job.id, describe_error(exc))
                 self.store.release(job.id)
                 return
             logger.error("job %s failed:\n%s", job.id, traceback.format_exc())
-            self.store.finish(job.id, "failed", _describe(exc))
+            self.store.finish(job.id, "failed", describe_error(exc))
             self._discard_work(job.id)
         else:
             self.store.finish(job.id, "succeeded")
@@ -324,7 +324,7 @@ class JobRunner:
         self.store.discard_work(job_id)
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     """One line for the job's error: the exception's type and message, for an error raised in a Ray actor the
     original one (not Ray's wrapper with its colour codes and process ids)."""
     cause = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError carries the actor's exception
@@ -339,4 +339,4 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-__all__ = ["SAMPLE_IMAGES", "JobRunner", "JobStopped", "execute", "part_name"]
+__all__ = ["SAMPLE_IMAGES", "JobRunner", "JobStopped", "describe_error", "execute", "part_name"]
