@@ -233,6 +233,8 @@ def _unpooling(
             f"layer {top} sits above a pooling layer: send the switches "
             "('S1', ...) that /models/{id}/encode?format=npz returned with these maps",
         )
+    from solver.operators.pooling import pooled_shape  # noqa: PLC0415  (the solver loads only when used)
+
     arrays = read_members(upload, "switches", settings)
     switches, shapes = [], []
     n_images = z.shape[0]
@@ -255,6 +257,22 @@ def _unpooling(
                 f"the npz needs the maps 'L{j}' (N={n_images}, "
                 f"K={layer.n_filters}, H', W') of pooling layer {j} beside 'S{j}', got "
                 f"{None if maps_j is None else list(maps_j.shape)}",
+            )
+        # the switches must be those of maps of that shape: a pooled shape of other maps would reconstruct images
+        # of another size without a word, and an index past the maps would be blamed on the maps sent
+        expected = pooled_shape(maps_j.shape, layer.pool)
+        if tuple(sw.shape) != expected:
+            raise field_error(
+                ["body", "switches"],
+                f"'S{j}' of shape {list(sw.shape)} is not the pooling {list(layer.pool)} of 'L{j}' of shape "
+                f"{list(maps_j.shape)}, which gives {list(expected)}",
+            )
+        size = int(np.prod(maps_j.shape[1:]))
+        if sw.size and (int(sw.min()) < 0 or int(sw.max()) >= size):
+            raise field_error(
+                ["body", "switches"],
+                f"'S{j}' must hold indices into each image's maps 'L{j}', in [0, {size}), got values in "
+                f"[{int(sw.min())}, {int(sw.max())}]",
             )
         switches.append(sw.astype(np.int64, copy=False))
         shapes.append(tuple(maps_j.shape))

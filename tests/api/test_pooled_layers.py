@@ -141,6 +141,33 @@ def test_an_image_encoded_to_layer_two_reconstructs_through_the_unpooling(pooled
     assert quality > (20.0 if model == "pixels" else 5.0)
 
 
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda code: {**code, "L1": np.zeros((1, K1, 200, 200), np.float32)}, "is not the pooling [2, 2, 2] of 'L1'"),
+        (lambda code: {**code, "S1": np.full_like(code["S1"], 10**9)}, "'S1' must hold indices"),
+        (lambda code: {**code, "S1": np.full_like(code["S1"], -5)}, "got values in [-5, -5]"),
+    ],
+    ids=["maps of another size", "indices past the maps", "negative indices"],
+)
+def test_switches_that_do_not_fit_their_maps_are_a_422_naming_them(pooled_job, change, words):
+    client, job, files, _ = pooled_job
+    response = client.post(f"/models/{job['id']}/encode", params={"layer": 2, "format": "npz"}, files=files[:1])
+    with np.load(io.BytesIO(response.content)) as archive:
+        code = change({name: archive[name] for name in archive.files})
+    maps, npz = io.BytesIO(), io.BytesIO()
+    np.save(maps, code["L2"])
+    np.savez(npz, **code)
+    response = client.post(
+        "/reconstruct",
+        data={"job_id": job["id"], "layer": "2"},
+        files={"maps": ("maps.npy", maps.getvalue()), "switches": ("code.npz", npz.getvalue())},
+    )
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", "switches"] and words in detail["msg"]
+
+
 def test_encode_with_admm_on_a_pixels_model_names_the_method(pooled_job):
     client, job, files, model = pooled_job
     if model != "pixels":
