@@ -136,11 +136,27 @@ def quick_spec(config: str | Path | None = None) -> dict[str, Any]:
     Returns
     -------
     dict
-        The spec's fields (no ``dataset_id``).
-    """
-    from workers.jobs.jobfile import read_job_mapping  # noqa: PLC0415
+        The spec's fields (no ``dataset_id``; a job file's ``images`` left out: the demo learns on the samples).
 
-    return read_job_mapping(find_preset(config or DEMO_PRESET))
+    Raises
+    ------
+    ValueError
+        Naming the file and the field, before anything starts.
+    """
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from workers.jobs.jobfile import describe_validation_error, read_job_mapping  # noqa: PLC0415
+    from workers.jobs.spec import JobSpec  # noqa: PLC0415
+
+    path = find_preset(config or DEMO_PRESET)
+    spec = read_job_mapping(path)
+    if spec.pop("images", None) is not None:
+        say(f"deconv demo: learning on the sample images; {path.name}'s images are for deconv submit and learn")
+    try:
+        JobSpec.model_validate({"dataset_id": "0" * 32, **spec})
+    except ValidationError as exc:
+        raise ValueError(f"{path}: {describe_validation_error(exc)}") from None
+    return spec
 
 
 def sample_images() -> list[tuple[str, bytes]]:

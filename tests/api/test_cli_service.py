@@ -446,6 +446,26 @@ def test_the_demo_takes_a_preset_by_name_from_any_folder(tmp_path, monkeypatch):
     assert [layer.n_filters for layer in spec.layers] == [9, 45]
 
 
+def test_the_demo_takes_a_job_file_that_names_its_images(tmp_path, capsys):
+    """The job-file format of deconv learn and submit: its images are left out, the demo learns on the samples."""
+    from api.demo import quick_spec
+
+    job = tmp_path / "job.yaml"
+    job.write_text("images: imgs\nlayers:\n  - {n_filters: 4, filter_size: 5, lam: 0.2}\nn_iter: 3\n")
+    spec = quick_spec(job)
+    assert "images" not in spec and spec["layers"][0]["n_filters"] == 4 and spec["n_iter"] == 3
+    assert "learning on the sample images" in capsys.readouterr().err
+
+
+def test_the_demo_refuses_a_bad_job_file_before_starting_anything(tmp_path, capsys):
+    job = tmp_path / "job.yaml"
+    job.write_text("layers:\n  - {n_filters: 4, filter_size: 5, lam: -1}\n")
+    status, out, err = _run(capsys, "demo", "--config", str(job), "--out", str(tmp_path / "out"))
+    assert status == 2
+    assert err.startswith(f"deconv demo: error: {job}: layers.0.lam") and "Traceback" not in err
+    assert "starting the service" not in out and not (tmp_path / "out" / "data").exists()
+
+
 def test_the_demo_with_an_unknown_preset_exits_2_listing_the_presets(capsys, tmp_path):
     status, _, err = _run(capsys, "demo", "--config", "zeiler2012", "--out", str(tmp_path / "out"))
     assert status == 2
