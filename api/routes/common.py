@@ -56,7 +56,7 @@ def succeeded_job(store: JobStore, job_id: str, what: str) -> JobRecord:
     if what != "maps":
         refuse_encode_job(job, what)
     if job.status != "succeeded":
-        raise HTTPException(409, f"job {job_id} is {job.status}: its {what} exist once it has succeeded")
+        raise HTTPException(409, f"job {job_id} is {job.status}: its {what} can be read once it has succeeded")
     return job
 
 

@@ -295,6 +295,8 @@ def _as_batch(maps: Array) -> Array:
 
 def _as_filter_array(filters: Array) -> Array:
     f = float_array(filters, "filters")
+    if f.ndim in (3, 4) and f.shape[-1] != f.shape[-2]:  # named as given, before a grey filter gets its axis
+        raise ValueError(f"filters must be square (K, C, s, s) or (K, s, s), got shape {tuple(f.shape)}")
     if f.ndim == 3:
         f = f[:, None]
     if f.ndim != 4:

@@ -194,6 +194,26 @@ def test_a_json_body_that_is_not_utf8_is_a_422_about_the_json_body(held):
     assert "multipart" not in response.text
 
 
+@pytest.mark.parametrize("dtype", [">f4", ">i2", ">f8"])
+def test_an_npy_of_the_other_byte_order_is_taken_with_its_values(held, dtype):
+    values = np.arange(16 * 16).reshape(16, 16).astype(dtype)
+    response = held.client.post("/datasets", files=[("files", ("big-endian.npy", _npy(values), NPY))])
+    assert response.status_code == 201, response.text
+    dataset = response.json()["id"]
+    stored = held.client.get(f"/datasets/{dataset}").json()
+    assert stored["dtypes"] == [np.dtype(dtype).newbyteorder("=").name]
+
+
+def test_a_dataset_of_mixed_dtypes_cannot_be_learned_naming_the_dtypes(held):
+    grey8 = ("a.npy", _npy(np.zeros((16, 16), np.uint8)), NPY)
+    grey16 = ("b.npy", _npy(np.zeros((16, 16), np.uint16)), NPY)
+    dataset = held.client.post("/datasets", files=[("files", grey8), ("files", grey16)]).json()
+    response = held.client.post("/jobs", json=_job(dataset_id=dataset["id"]))
+    assert response.status_code == 422
+    message = response.json()["detail"][0]["msg"]
+    assert "uint8" in message and "uint16" in message and "one shape and dtype" in message
+
+
 def test_a_dataset_of_mixed_shapes_cannot_be_learned(held):
     small, large = sample_png_parts(1, 16)[0], sample_png_parts(1, 24)[0]
     dataset = held.client.post("/datasets", files=[("files", small), ("files", large)]).json()
@@ -228,6 +248,7 @@ def test_a_json_body_over_the_limit_is_a_413(held):
         ("int64.npy", _npy(np.full((16, 16), np.iinfo(np.int64).min)), "more than the 1e+18 taken"),
         ("wide.npy", _npy(np.full((16, 16), 1e300)), "float64 values up to 1e+300 in magnitude, more than the 1e+150"),
         ("evil.npy", _npy(np.array([[object()] * 2] * 2, dtype=object), allow_pickle=True), "dtype object"),
+        ("empty.zip", b"PK\x05\x06" + b"\0" * 18, "an empty zip archive (it holds no file)"),
     ],
     ids=[
         "not-an-image",
@@ -240,6 +261,7 @@ def test_a_json_body_over_the_limit_is_a_413(held):
         "int64-npy",
         "float64-npy",
         "object-npy",
+        "empty-zip",
     ],
 )
 def test_a_bad_upload_is_a_422_naming_the_file(held, name, data, words):

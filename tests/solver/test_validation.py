@@ -137,6 +137,10 @@ RECONSTRUCT_CASES = {
     "K mismatch": (lambda z, f, r: ((z, f[:2]), {}), r"K = 2.*K = 3"),
     "unknown boundary": (lambda z, f, r: ((z, f), {"boundary": "same"}), r"boundary.*same"),
     "non-square filters": (lambda z, f, r: ((z, r.standard_normal((3, 1, 3, 2))), {}), r"filters.*square"),
+    "non-square grey filters": (
+        lambda z, f, r: ((z, r.standard_normal((3, 1, 5))), {}),
+        r"filters must be square .*got shape \(3, 1, 5\)",
+    ),
     "connectivity of the wrong shape": (
         lambda z, f, r: ((z, f), {"connectivity": np.ones((2, 1), dtype=bool)}),
         r"connectivity.*\(2, 1\)",

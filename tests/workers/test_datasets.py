@@ -118,6 +118,14 @@ def test_npy_arrays_are_one_image_or_a_stack(rng, shape, expected):
     np.testing.assert_array_equal(np.stack([im.array for im in images]).reshape(stack.shape), stack)
 
 
+@pytest.mark.parametrize("dtype", [">f4", ">f8", ">i4", ">u2"])
+def test_a_big_endian_npy_decodes_to_its_values_in_native_order(rng, dtype):
+    values = rng.integers(0, 1000, (2, 6, 5)).astype(dtype)
+    (image,) = decode_upload([("be.npy", _npy(values))])
+    assert image.array.dtype == np.dtype(dtype).newbyteorder("=") and image.array.dtype.isnative
+    np.testing.assert_array_equal(image.array, values)
+
+
 def test_a_stack_names_each_image(rng):
     images = decode_upload([("stack.npy", _npy(rng.standard_normal((2, 1, 4, 4))))])
     assert [im.name for im in images] == ["files[0] ('stack.npy')[0]", "files[0] ('stack.npy')[1]"]

@@ -29,6 +29,7 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*")
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
+EMPTY_ZIP_MAGIC = b"PK\x05\x06"  # an archive of no file is its end record alone
 MAX_MAGNITUDE = 1e18
 """The largest |value| an uploaded array may hold, but for float64 ones (:data:`MAX_MAGNITUDE_FLOAT64`). Such
 arrays are computed on in float32, whose largest value is 3.4e38: local contrast normalisation (on in every preset)
@@ -161,6 +162,8 @@ def _decode_file(
         ]
     if head.startswith(PNG_MAGIC) or head.startswith(JPEG_MAGIC) or head[:4] in TIFF_MAGICS:
         return [DecodedImage(label, _decode_picture(label, data, limits, budget))]
+    if head.startswith(EMPTY_ZIP_MAGIC):
+        raise UploadError(f"{label}: an empty zip archive (it holds no file)")
     raise UploadError(f"{label}: not a PNG, JPEG, TIFF, NPY, zip or npz file (first bytes {head[:8]!r})")
 
 
@@ -266,7 +269,7 @@ def read_npy(label: str, data: bytes, *, max_pixels: int, pixels_name: str = "ma
     maps: the header declares (2, 2) float32 (16 bytes of data), more than the 12 sent
     """
     shape, dtype, offset = _npy_header(label, data)
-    if dtype.hasobject or str(dtype) not in _KEPT_DTYPES:
+    if dtype.hasobject or str(dtype.newbyteorder("=")) not in _KEPT_DTYPES:  # either byte order
         raise UploadError(f"{label}: NPY dtype {dtype} is not supported (integers, float32 or float64)")
     if len(shape) >= 2 and shape[-2] * shape[-1] > max_pixels:
         raise UploadError(
@@ -283,6 +286,8 @@ def read_npy(label: str, data: bytes, *, max_pixels: int, pixels_name: str = "ma
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise UploadError(f"{label}: cannot read the NPY data: {exc}") from None
+    if not array.dtype.isnative:  # written on a big-endian machine (or asked for): the same values, our order
+        array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise UploadError(f"{label}: the array holds NaN or inf")
     _check_magnitude(label, array)

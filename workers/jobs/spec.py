@@ -212,7 +212,7 @@ def check_against_dataset(
                 "dataset_id",
                 f"dataset {dataset.id} mixes image shapes or dtypes (image 0 is "
                 f"{first.shape} {first.dtype}, image {index} is {image.shape} {image.dtype}); a job "
-                "needs images of one shape",
+                "needs images of one shape and dtype",
                 spec.dataset_id,
             )
     channels, height, width = first.shape
