@@ -237,5 +237,11 @@ def _stacked(arrays: dict[str, np.ndarray], path: Path, option: str) -> np.ndarr
 
 
 def _format_of(path: Path, *, default: str) -> str:
+    """The format `path`'s suffix names; `default` without a suffix. Another suffix is refused: an array written
+    into 'filters.txt' would not be what its name says."""
     suffix = path.suffix.lower().lstrip(".")
-    return suffix if suffix in ("npy", "png") else default
+    if suffix in ("npy", "png"):
+        return suffix
+    if suffix:
+        raise UsageError(f"--out {str(path)!r}: name a .npy or .png file, or give --format npy or png")
+    return default

@@ -24,6 +24,7 @@ from workers.jobs.results import INDEX, ResultIndex, ResultsNotStoredError, etag
 from workers.jobs.store import ArtifactRecord, JobStore
 
 from ..deps import StoreDep, guarded
+from ..errors import field_error
 from ..schemas import ArtifactOut
 from .common import NPY, NPZ, PNG, JobId, check_layer, job_or_404, succeeded_job
 
@@ -69,7 +70,8 @@ def get_maps(
     index = _index(store, job_id)
     parts = index.maps(store, job_id, layer)
     if image is not None and image >= index.n_images:
-        raise HTTPException(422, f"image must be below the job's {index.n_images} images, got {image}")
+        message = f"image must be below the job's {index.n_images} images, got {image}"
+        raise field_error(["query", "image"], message, image)
     tag = etag(parts, layer, image)
     headers = _cache_headers(tag, f"{job_id}-maps-L{layer}" + (".npz" if image is None else f"-{image:05d}.npy"))
     if _etag_matches(request.headers.get("if-none-match"), tag):

@@ -199,6 +199,11 @@ def test_filters_as_npy_and_png(capsys, url, job_id, tmp_path):
     assert Image.open(tmp_path / "f.png").format == "PNG"
     status, _, _ = _run(capsys, "filters", job_id, "--url", url, "--format", "png", "--out", str(tmp_path / "f"))
     assert Image.open(tmp_path / "f").format == "PNG"
+    status, _, err = _run(capsys, "filters", job_id, "--url", url, "--out", str(tmp_path / "filters.txt"))
+    assert status == 2 and "name a .npy or .png file, or give --format" in err
+    assert not (tmp_path / "filters.txt").exists()
+    status, _, _ = _run(capsys, "filters", job_id, "--url", url, "--format", "npy", "--out", str(tmp_path / "f.txt"))
+    assert status == 0 and np.load(tmp_path / "f.txt").shape == (4, 1, 5, 5)
 
 
 def test_reconstruct_a_jobs_images(capsys, url, job_id, tmp_path):

@@ -89,6 +89,9 @@ def test_the_switches_are_those_of_the_stored_maps(pooled_job):
     assert not [n for n in names if n.startswith("switches-L2")]
     one = _array(client.get(f"/jobs/{job['id']}/maps", params={"layer": 1, "image": 2}))
     np.testing.assert_array_equal(one, maps[2])  # one image alone, from the second shard's part
+    past = client.get(f"/jobs/{job['id']}/maps", params={"layer": 1, "image": len(maps)})
+    detail = past.json()["detail"][0]
+    assert past.status_code == 422 and detail["loc"] == ["query", "image"] and f"{len(maps)} images" in detail["msg"]
 
 
 def test_pixels_model_keeps_one_non_zero_per_pooling_block(pooled_job):

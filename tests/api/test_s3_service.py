@@ -98,7 +98,8 @@ def test_maps_and_reconstructions_stream_from_the_shards_parts_on_s3(s3_job, ref
     one = _array(client.get(f"/jobs/{job['id']}/maps", params={"layer": 1, "image": 2}))
     np.testing.assert_array_equal(one, maps[2])
     out_of_range = client.get(f"/jobs/{job['id']}/maps", params={"image": 3})
-    assert out_of_range.status_code == 422 and "3 images" in out_of_range.json()["detail"]
+    detail = out_of_range.json()["detail"][0]
+    assert out_of_range.status_code == 422 and detail["loc"] == ["query", "image"] and "3 images" in detail["msg"]
     recon = _array(client.get(f"/jobs/{job['id']}/reconstructions"))
     expected = reconstruct_from(reference.model, reference.code, 2)
     assert recon.shape == (3, 1, SIDE, SIDE) and recon.dtype == np.float32
