@@ -126,6 +126,28 @@ def test_a_big_endian_npy_decodes_to_its_values_in_native_order(rng, dtype):
     np.testing.assert_array_equal(image.array, values)
 
 
+def _png16(colour_type: int, samples: int) -> bytes:
+    """A 4x5 PNG of 16-bit samples (colour type 2: RGB, 4: grey with alpha, 6: RGBA, 0: grey), written by hand:
+    Pillow writes 16-bit grey only."""
+    rows = b"".join(b"\x00" + np.full((5, samples), 40000, ">u2").tobytes() for _ in range(4))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 5, 4, 16, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    ("colour_type", "samples", "kind"), [(2, 3, "colour"), (4, 2, "grey with alpha"), (6, 4, "colour with alpha")]
+)
+def test_a_16_bit_picture_pillow_would_read_at_8_bits_is_refused(colour_type, samples, kind):
+    with pytest.raises(UploadError, match=rf"rgb16.png'\): a 16-bit {kind} PNG, which Pillow would read at 8 bits"):
+        decode_upload([("rgb16.png", _png16(colour_type, samples))])
+    (grey,) = decode_upload([("grey16.png", _png16(0, 1))])  # 16-bit grey keeps its 16 bits
+    assert grey.array.dtype == np.uint16 and int(grey.array.max()) == 40000
+
+
 def test_a_stack_names_each_image(rng):
     images = decode_upload([("stack.npy", _npy(rng.standard_normal((2, 1, 4, 4))))])
     assert [im.name for im in images] == ["files[0] ('stack.npy')[0]", "files[0] ('stack.npy')[1]"]

@@ -130,3 +130,15 @@ def test_load_images_names_the_files_that_hold_nan_or_inf(tmp_path):
     np.testing.assert_array_equal(load_images([paths[0], paths[2]], info), images[[0, 2]])
     with pytest.raises(ValueError, match=r"x1\.npy', '[^']*x3\.npy'\] hold NaN or infinite values"):
         load_images(paths, info)
+
+
+def test_a_16_bit_colour_png_is_refused_naming_it(tmp_path):
+    from tests.workers.test_datasets import _png16  # noqa: PLC0415
+
+    colour = tmp_path / "colour16.png"
+    colour.write_bytes(_png16(2, 3))
+    with pytest.raises(ValueError, match=r"colour16\.png' is a 16-bit colour PNG, which Pillow would read at 8 bits"):
+        inspect_images([colour])
+    grey = tmp_path / "grey16.png"
+    grey.write_bytes(_png16(0, 1))
+    assert inspect_images([grey]) == ImageInfo((1, 4, 5), "uint16")

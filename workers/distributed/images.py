@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..jobs.datasets import png_depth_pillow_drops
 from ..jobs.objects import Location, ObjectStore, array_header, as_location, is_url, read_array
 
 #: An image file: a local path, an fsspec URL, or a location in a store.
@@ -111,6 +112,10 @@ def image_paths(items: Sequence[str | Path]) -> list[Path] | list[Location]:
 
 
 def _picture_header(source: Location) -> tuple[tuple[int, int, int], str]:
+    with source.open() as fh:
+        dropped = png_depth_pillow_drops(fh.read(26))
+    if dropped:
+        raise ValueError(f"image {_name(source)!r} is {dropped}")
     with source.open() as fh, Image.open(fh) as im:
         width, height = im.size
         if im.mode in _GREY_8BIT_MODES:

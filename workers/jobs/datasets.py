@@ -45,6 +45,21 @@ _GREY_MODES = frozenset({"1", "L", "LA"})
 _GREY16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 
 
+def png_depth_pillow_drops(head: bytes) -> str | None:
+    """What a PNG whose first 26 bytes are `head` loses in Pillow, or None: Pillow reads 16-bit colour (and grey
+    with alpha) at 8 bits, without a word, so such a file must be refused rather than learned from at 1/256 of
+    its precision."""
+    if not head.startswith(PNG_MAGIC) or head[12:16] != b"IHDR" or len(head) < 26 or head[24] != 16:
+        return None
+    kinds = {2: "colour", 4: "grey with alpha", 6: "colour with alpha"}
+    if head[25] not in kinds:
+        return None
+    return (
+        f"a 16-bit {kinds[head[25]]} PNG, which Pillow would read at 8 bits: send it as a 16-bit grey PNG, "
+        "or as NPY (uint16 of shape (3, H, W))"
+    )
+
+
 class UploadError(ValueError):
     """An uploaded file that cannot be taken; the message names the file and the problem."""
 
@@ -172,6 +187,9 @@ def _numbered(arrays: list[np.ndarray]):
 
 
 def _decode_picture(label: str, data: bytes, limits: UploadLimits, budget: _Budget) -> np.ndarray:
+    dropped = png_depth_pillow_drops(data[:26])
+    if dropped:
+        raise UploadError(f"{label}: {dropped}")
     try:
         with Image.open(io.BytesIO(data)) as im:
             width, height = im.size
