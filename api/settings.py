@@ -91,7 +91,10 @@ max_request_work, max_decoded_values : int
         "shard actors write on any node; default: ARTIFACTS/jobs for an fsspec URL, else DATA_DIR/jobs",
     )
     api_key: str | None = Field(
-        None, min_length=1, description="the X-API-Key every route but /health needs; default: no key"
+        None,
+        min_length=1,
+        description="the X-API-Key every route that holds data needs (not /health, the page, its static files, "
+        "/openapi.json, /docs, /redoc); default: no key",
     )
     ray_address: str | None = Field(
         None,
