@@ -40,8 +40,12 @@ class _ImageEstimator(TransformerMixin, BaseEstimator):
     # -- input layout ---------------------------------------------------------------------------------------------
 
     def _images(self, X: Any, *, reset: bool) -> tuple[np.ndarray, bool]:
-        """(images (N, C, H, W), whether X was 2-D) from X, checked; `reset` records the 2-D layout (fit)."""
-        X = check_array(X, allow_nd=True, dtype=[np.float32, np.float64], input_name="X")
+        """(images (N, C, H, W), whether X was 2-D) from X, checked; `reset` records the 2-D layout (fit).
+
+        Integer images keep their dtype: preprocessing reads uint8 as 0..255/255 (as the model file's
+        preprocessing does wherever it is loaded), which a cast to float here would have taken as 0..255."""
+        integer = np.asarray(X).dtype.kind in "iu" if hasattr(X, "dtype") else False
+        X = check_array(X, allow_nd=True, dtype=None if integer else [np.float32, np.float64], input_name="X")
         if X.ndim == 4:
             return X, False
         if X.ndim == 3:
@@ -164,7 +168,8 @@ class _ImageEstimator(TransformerMixin, BaseEstimator):
         if "input_shape" in extra:
             estimator.input_shape_ = tuple(extra["input_shape"])
             estimator.n_features_in_ = math.prod(estimator.input_shape_)
-        history = extra.get("history")
+        # another estimator's history has that estimator's layout: as for any other model file, none
+        history = extra.get("history") if extra.get("estimator") == cls.__name__ else None
         if history is None:
             history = [[] for _ in model.layers]
         elif estimator._one_layer:
@@ -251,18 +256,28 @@ def _map_grid(model: StackModel, image_hw: tuple[int, int], layer: int) -> tuple
 
 
 def _json_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The parameters that survive JSON (a RandomState does not: it is left out, the model is already fitted)."""
+    """The parameters that survive JSON (a RandomState does not: it is left out, the model is already fitted).
+
+    numpy scalars and arrays, at any depth (a grid search hands np.int64 counts, a layer dict a numpy table),
+    become their Python values: dropped, a count would load as its default."""
     out = {}
     for name, value in params.items():
-        if isinstance(value, PreprocessConfig | LayerSpec):
-            value = value.model_dump()
-        elif isinstance(value, list | tuple):
-            value = [v.model_dump() if isinstance(v, LayerSpec) else v for v in value]
-        elif isinstance(value, np.ndarray):
-            value = value.tolist()
+        value = _plain(value)
         if isinstance(value, int | float | str | bool | list | dict) or value is None:
             out[name] = value
     return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, PreprocessConfig | LayerSpec):
+        return _plain(value.model_dump())
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _tags(tags: Any) -> Any:

@@ -23,7 +23,8 @@ class DeconvolutionalNetwork(_ImageEstimator):
     layers : list of dict or LayerSpec, optional
         One entry per layer, bottom first, with the fields of :class:`~solver.LayerSpec` (``n_filters``,
         ``filter_size``, ``lam``, ``lam_scale``, ``p``, ``connectivity``, ``pool``, ``n_iter``). Default: 8 then
-        16 filters of 5×5, λ = 0.1, the second layer reading singles and doubles of the first's maps.
+        36 filters of 5×5, λ = 0.1, the second layer's maps reading each of the first's 8 maps alone and each
+        of their 28 pairs (singles and doubles, as Zeiler et al. 2010's second layer).
     n_iter : int
         Outer iterations per layer (a layer's own ``n_iter`` wins).
     method : {"admm", "fista", "zeiler"}
@@ -176,7 +177,8 @@ class DeconvolutionalNetwork(_ImageEstimator):
         """Images from maps of layer `layer` (default: the top one), projected down through every layer below.
 
         Needs a model in which no layer below `layer` pools (projection would need the switches of the images:
-        use :func:`solver.encode_layers` and :func:`solver.reconstruct_from` for those).
+        use :func:`solver.encode_layers` and :func:`solver.reconstruct_from` for those), nor, with ``pooled``,
+        `layer` itself (its pooled maps, which :meth:`transform` returns, need their switches to unpool).
 
         Parameters
         ----------
@@ -194,6 +196,11 @@ class DeconvolutionalNetwork(_ImageEstimator):
                 f"layer {top} sits above a layer that pools: projecting its maps down needs the "
                 "switches of the images; use solver.encode_layers and solver.reconstruct_from"
             )
+        if self.pooled and self.model_.layers[top - 1].pool is not None:
+            raise ValueError(
+                f"layer {top} pools and the estimator is pooled: its maps from transform are pooled, and unpooling "
+                "them needs the switches of the images; use solver.encode_layers and solver.reconstruct_from"
+            )
         maps, flat = _maps_input(self, X, top)
         images = project_down(self.model_, maps, top)
         return images.reshape(images.shape[0], -1) if flat else images
@@ -204,5 +211,5 @@ class DeconvolutionalNetwork(_ImageEstimator):
 
 _DEFAULT_LAYERS = (
     {"n_filters": 8, "filter_size": 5, "lam": 0.1},
-    {"n_filters": 16, "filter_size": 5, "lam": 0.1, "connectivity": "singles-and-doubles"},
+    {"n_filters": 36, "filter_size": 5, "lam": 0.1, "connectivity": "singles-and-doubles"},
 )

@@ -130,8 +130,8 @@ def test_network_transforms_each_layer_and_projects_down(images):
     np.testing.assert_array_equal(net.transform(images, layer=1), code.maps[0])
     np.testing.assert_array_equal(net.transform(images), code.maps[1])
     assert net.transform(images).shape == (4, 4, 16, 16)
-    assert net.set_params(pooled=True).transform(images).shape == (4, 2, 8, 8)
     assert net.inverse_transform(code.maps[1]).shape == images.shape
+    assert net.set_params(pooled=True).transform(images).shape == (4, 2, 8, 8)
     with pytest.raises(ValueError, match="layer must be between 1 and 2"):
         net.transform(images, layer=3)
 
@@ -317,3 +317,69 @@ def test_clone_of_a_partially_fitted_estimator_is_unfitted():
     copy = clone(est)
     assert copy.get_params()["batch_size"] == 2 and copy.get_params()["forget"] == 2.0
     assert not hasattr(copy, "online_") and not hasattr(copy, "filters_")
+
+
+def _grey(n: int = 2, side: int = 16) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((n, 1, side, side)).astype(np.float32)
+
+
+def test_the_network_fits_with_its_default_layers():
+    net = DeconvolutionalNetwork(n_iter=1, random_state=0).fit(_grey())
+    assert [layer.n_filters for layer in net.model_.layers] == [8, 36]  # 8 singles and 28 pairs of layer 1's maps
+    assert net.transform(_grey()).shape == (2, 36, 16, 16)
+
+
+def test_a_model_fitted_on_uint8_images_encodes_them_as_its_file_does_anywhere(tmp_path):
+    from solver import PreprocessConfig
+
+    pixels = (np.random.default_rng(0).random((4, 1, 16, 16)) * 255).astype(np.uint8)
+    preprocess = PreprocessConfig(zero_mean=True, contrast_normalise=False, rescale=True)
+    est = ConvolutionalDictionaryLearning(
+        n_filters=3, filter_size=3, n_iter=2, random_state=0, method="fista", encode_iter=20, preprocess=preprocess
+    ).fit(pixels)
+    est.save(tmp_path / "m.deconv")
+    elsewhere = encode_layers(load_model(tmp_path / "m.deconv"), pixels, max_iter=20).maps[0]
+    assert np.abs(elsewhere).max() > 0.1
+    np.testing.assert_array_equal(est.transform(pixels), elsewhere)
+    unit = ConvolutionalDictionaryLearning(
+        n_filters=3, filter_size=3, n_iter=2, random_state=0, method="fista", encode_iter=20, preprocess=preprocess
+    ).fit(pixels.astype(np.float32) / 255)
+    np.testing.assert_allclose(unit.model_.layers[0].filters, est.model_.layers[0].filters, atol=1e-5)
+
+
+def test_numpy_valued_parameters_survive_save_and_load(tmp_path):
+    X = _grey(side=12)
+    est = ConvolutionalDictionaryLearning(
+        n_filters=3, filter_size=3, n_iter=np.int64(2), encode_iter=np.int64(5), random_state=np.int64(0)
+    ).fit(X)
+    est.save(tmp_path / "m.deconv")
+    back = ConvolutionalDictionaryLearning.load(tmp_path / "m.deconv")
+    assert (back.n_iter, back.encode_iter, back.random_state) == (2, 5, 0)
+    np.testing.assert_array_equal(back.transform(X), est.transform(X))
+    table = np.array([[True, False], [True, True]])
+    layers = [
+        {"n_filters": 2, "filter_size": 3, "lam": 0.1},
+        {"n_filters": 2, "filter_size": 3, "lam": 0.1, "connectivity": table},
+    ]
+    net = DeconvolutionalNetwork(layers=layers, n_iter=1, random_state=0).fit(X)
+    net.save(tmp_path / "net.deconv")
+    assert DeconvolutionalNetwork.load(tmp_path / "net.deconv").layers[1]["connectivity"] == table.tolist()
+
+
+def test_the_network_loads_a_dictionary_learners_file_with_an_empty_history(tmp_path):
+    X = _grey(side=12)
+    ConvolutionalDictionaryLearning(n_filters=3, filter_size=3, n_iter=2, random_state=0).fit(X).save(tmp_path / "m")
+    net = DeconvolutionalNetwork.load(tmp_path / "m")
+    assert net.history_ == [[]] and net.transform(X).shape == (2, 3, 12, 12)
+
+
+def test_a_pooled_networks_pooled_maps_are_not_projected_without_their_switches():
+    layers = [
+        {"n_filters": 3, "filter_size": 3, "lam": 0.1, "pool": [1, 2, 2]},
+        {"n_filters": 4, "filter_size": 3, "lam": 0.1},
+    ]
+    net = DeconvolutionalNetwork(layers=layers, n_iter=1, random_state=0, pooled=True).fit(_grey(side=12))
+    pooled = net.transform(_grey(side=12), layer=1)
+    assert pooled.shape == (2, 3, 6, 6)
+    with pytest.raises(ValueError, match="layer 1 pools and the estimator is pooled.*switches"):
+        net.inverse_transform(pooled, layer=1)
