@@ -439,3 +439,44 @@ def test_zeiler2011_preset_learns_two_layers_on_the_samples(record_property):
     logger.info("zeiler2011 preset: PSNR of the reconstruction from layer 1 %.2f dB, from layer 2 %.2f dB", *values)
     assert min(values) > psnr(y, np.zeros_like(y)) + 3.0
     assert top_projections(model, result.code, 2).shape == (12, 1, 27, 27)  # 7·3 + 7 − 1
+
+
+@pytest.mark.parametrize("side", [14, 16, 20, 40])
+def test_a_top_projection_on_a_small_circular_grid_is_the_pixel_filter_whole(side):
+    """On images narrower than twice the footprint the window wrapped around and held pixels twice: the tile cut
+    the feature. It is now the pixel filter, scaled by the activation, for every map."""
+    rng = np.random.default_rng(side)
+    for _ in range(5):
+        filters = [rng.standard_normal((2, 1, 7, 7)), rng.standard_normal((3, 2, 7, 7))]
+        model = StackModel.from_layers(filters, [None, None], [None, None], [0.1, 0.1], [1.0, 1.0], boundary="circular")
+        code = encode_layers(model, rng.standard_normal((1, 1, side, side)), method="fista", max_iter=5)
+        tiles, kernels = top_projections(model, code, 2), pixel_filters(model, 2)
+        for tile, kernel in zip(tiles, kernels, strict=True):
+            if np.abs(tile).max() == 0:
+                continue
+            scale = np.vdot(tile, kernel) / np.vdot(kernel, kernel)
+            np.testing.assert_allclose(tile, scale * kernel, atol=1e-9 * np.abs(tile).max())
+
+
+@pytest.mark.parametrize(("side", "pool"), [(16, 3), (21, 5)])
+def test_a_pooled_top_projection_holds_the_whole_projection_once(side, pool):
+    from solver import StackCode, pool3d  # noqa: PLC0415
+
+    ones = np.ones((1, 1, 3, 3))
+    model = StackModel.from_layers(
+        [ones, ones],
+        [None, None],
+        [None, None],
+        [0.1, 0.1],
+        [1.0, 1.0],
+        boundary="circular",
+        pool=[[1, pool, pool], None],
+    )
+    z1 = np.random.default_rng(0).standard_normal((1, 1, side, side))
+    pooled, switches = pool3d(z1, (1, pool, pool))
+    z2 = np.zeros((1, 1) + pooled.shape[2:])
+    z2[0, 0, 1, 1] = 1.0
+    code = StackCode([z1, z2], [switches, None])
+    whole = reconstruct_from(model, code, 2, offset=False)
+    tile = top_projections(model, code, 2)
+    assert tile.sum() == pytest.approx(whole.sum()) and np.abs(tile).sum() == pytest.approx(np.abs(whole).sum())

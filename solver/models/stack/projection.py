@@ -284,22 +284,39 @@ def top_projections(model: StackModel, code: StackCode, layer: int) -> np.ndarra
 
 
 def _crop_around(x: np.ndarray, S: int, circular: bool) -> np.ndarray:
-    """An S×S window of `x` (C, H, W) holding its non-zero footprint (extent ≤ S), centred on it; wraps
-    around for a circular grid, pads with zeros otherwise."""
-    C, H, W = x.shape
-    energy = np.abs(x).sum(axis=0)
-    ci, cj = np.unravel_index(int(np.argmax(energy)), energy.shape)
-    # a (2S−1)-window centred on the strongest pixel holds the whole footprint
-    rows, cols = np.arange(ci - S + 1, ci + S), np.arange(cj - S + 1, cj + S)
-    if circular:
-        window = x[:, rows[:, None] % H, cols[None, :] % W]
-    else:
-        padded = np.pad(x, ((0, 0), (S, S), (S, S)))
-        window = padded[:, rows[:, None] + S, cols[None, :] + S]
+    """An S×S window of `x` (C, H, W) holding its non-zero footprint (extent ≤ S), centred on it; on a circular
+    grid the footprint is the shortest arc of each axis holding every non-zero row (column), each pixel taken
+    once (an axis shorter than S is padded with zeros); otherwise the grid is padded with zeros."""
+    strength = np.abs(x).sum(axis=0)
     # the projection comes out of FFTs: entries outside the footprint are round-off, not zero
-    strength = np.abs(window).sum(axis=0)
-    nz_r, nz_c = np.nonzero(strength > 100 * np.finfo(window.dtype).eps * strength.max())
+    support = strength > 100 * np.finfo(x.dtype).eps * strength.max()
+    if circular:
+        rows, cols = _arc(support.any(axis=1), S), _arc(support.any(axis=0), S)
+        window = x[:, rows[:, None], cols[None, :]]
+        pad_r, pad_c = S - len(rows), S - len(cols)
+        return np.pad(window, ((0, 0), (pad_r // 2, pad_r - pad_r // 2), (pad_c // 2, pad_c - pad_c // 2)))
+    nz_r, nz_c = np.nonzero(support)
+    padded = np.pad(x, ((0, 0), (S, S), (S, S)))
     r0 = (int(nz_r.min()) + int(nz_r.max()) + 1 - S) // 2
     c0 = (int(nz_c.min()) + int(nz_c.max()) + 1 - S) // 2
-    r0, c0 = min(max(r0, 0), 2 * S - 1 - S), min(max(c0, 0), 2 * S - 1 - S)
-    return window[:, r0 : r0 + S, c0 : c0 + S]
+    return padded[:, r0 + S : r0 + 2 * S, c0 + S : c0 + 2 * S]
+
+
+def _arc(used: np.ndarray, S: int) -> np.ndarray:
+    """min(S, n) indices of a circular axis whose entries `used` (n,) marks, each once, centred on the shortest
+    arc that holds every used entry (the complement of the longest circular run of unused ones)."""
+    n = len(used)
+    length = min(S, n)
+    if used.all():
+        return np.arange(length)
+    # the longest run of unused entries, read around the circle from just after a used entry
+    first_used = int(np.argmax(used))
+    order = (first_used + 1 + np.arange(n)) % n
+    best, best_end, run = 0, first_used, 0
+    for position, index in enumerate(order):
+        run = 0 if used[index] else run + 1
+        if run > best:
+            best, best_end = run, position
+    start = order[best_end] + 1  # the arc begins after the gap
+    span = n - best
+    return (start - (length - span) // 2 + np.arange(length)) % n
