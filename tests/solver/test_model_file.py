@@ -218,6 +218,56 @@ def test_files_that_are_not_models_are_refused(file_bytes, data, message):
         load_model(cases.get(data, data))
 
 
+def _layer(**changes):
+    return lambda body: {**body, "layers": [{**body["layers"][0], **changes}]}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_layer(pool=[1.5, 2, 2]), r"pool sizes must be whole numbers, got 1\.5"),
+        (_layer(pool=[float("inf"), 2, 2]), r"pool sizes must be whole numbers, got inf"),
+        (_layer(lam_scale="weird"), r"layers\.0: lam_scale must be 'absolute' or 'relative', got 'weird'"),
+        (_layer(preprocess=[1, 2]), r"layers\.0: preprocess must be a mapping or null, got \[1, 2\]"),
+        (_layer(preprocess={"config": {}}), r"model\.json does not describe a model \(KeyError: 'stats'\)"),
+        (lambda body: {**body, "extra": [1, 2]}, r"'extra' must be a mapping, got list"),
+    ],
+    ids=[
+        "fractional pool",
+        "infinite pool",
+        "unknown lam_scale",
+        "preprocess a list",
+        "preprocess without stats",
+        "extra a list",
+    ],
+)
+def test_a_description_that_does_not_hold_a_model_is_a_value_error_naming_what(file_bytes, change, message):
+    body = change(_description(file_bytes))
+    with pytest.raises(ValueError, match=message):
+        load_model(_rewrite(file_bytes, **{"model.json": json.dumps(body).encode()}))
+
+
+def test_a_connectivity_table_of_other_numbers_is_refused(file_bytes):
+    npy = io.BytesIO()
+    np.save(npy, np.full((2, 1), 0.5))
+    with pytest.raises(ValueError, match="connectivity must be a boolean"):
+        load_model(_rewrite(file_bytes, **{"connectivity-L1.npy": npy.getvalue()}))
+
+
+def test_damaged_compressed_bytes_are_a_value_error(file_bytes):
+    compressed = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(file_bytes)) as src, zipfile.ZipFile(compressed, "w", zipfile.ZIP_DEFLATED) as dst:
+        for name in src.namelist():
+            dst.writestr(name, src.read(name) * (50 if name.endswith(".npy") else 1))
+    data = bytearray(compressed.getvalue())
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as archive:
+        member = next(i for i in archive.infolist() if i.filename.endswith(".npy"))
+    start = member.header_offset + 30 + len(member.filename) + 8
+    data[start : start + 16] = bytes(b ^ 0xFF for b in data[start : start + 16])
+    with pytest.raises(ValueError, match="is damaged: a member does not decompress"):
+        load_model(bytes(data))
+
+
 def test_a_path_names_itself_in_the_error(tmp_path):
     (tmp_path / "bad.deconv").write_bytes(b"nope")
     with pytest.raises(ValueError, match="bad.deconv"):

@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
@@ -160,9 +161,16 @@ def read_model(source: ModelSource) -> tuple[StackModel, dict[str, Any]]:
             }
     except (zipfile.BadZipFile, EOFError) as exc:
         raise ValueError(f"{name} is not a deconv model file (not a zip archive: {exc})") from None
+    except zlib.error as exc:  # a member whose compressed bytes were damaged
+        raise ValueError(f"{name} is damaged: a member does not decompress ({exc})") from None
     extra = body.pop("extra", None) or {}
+    if not isinstance(extra, dict):
+        raise ValueError(f"{name}: {DESCRIPTION}'s 'extra' must be a mapping, got {type(extra).__name__}")
     body.pop("kind", None)
-    return StackModel.from_arrays(arrays, body), dict(extra)
+    try:
+        return StackModel.from_arrays(arrays, body), dict(extra)
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:  # a description of the wrong structure
+        raise ValueError(f"{name}: {DESCRIPTION} does not describe a model ({type(exc).__name__}: {exc})") from None
 
 
 def load_model(source: ModelSource) -> StackModel:

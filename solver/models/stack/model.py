@@ -3,6 +3,7 @@ maps (and switches) of some images at every layer, and the result of learning a 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
@@ -14,6 +15,7 @@ import numpy as np
 from ...backend import Array
 from ...config import InferenceConfig, LearnConfig
 from ...images.preprocess import FittedPreprocess
+from ...operators.connectivity import boolean_table
 from ...operators.convolution import BOUNDARIES
 from ..learn import LearnResult
 from .layer import LamScale, LayerModel
@@ -202,11 +204,17 @@ class StackModel:
         try:
             lam, p = [float(e["lam"]) for e in entries], [float(e.get("p", 1.0)) for e in entries]
             pre = [e.get("preprocess") for e in entries]
-            pool = [None if e.get("pool") is None else [int(d) for d in e["pool"]] for e in entries]
+            pool = [None if e.get("pool") is None else [_whole(d, "pool") for d in e["pool"]] for e in entries]
             lam_max = [None if e.get("lam_max") is None else float(e["lam_max"]) for e in entries]
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"every layer entry needs a numeric 'lam' (and 'p', 'pool'): {exc}") from None
+        for number, entry in enumerate(pre, start=1):
+            if entry is not None and not isinstance(entry, Mapping):
+                raise ValueError(f"layers.{number - 1}: preprocess must be a mapping or null, got {entry!r}")
         scales = [e.get("lam_scale", "absolute") for e in entries]
+        for number, scale in enumerate(scales, start=1):
+            if scale not in ("absolute", "relative"):
+                raise ValueError(f"layers.{number - 1}: lam_scale must be 'absolute' or 'relative', got {scale!r}")
         for number, (scale, top) in enumerate(zip(scales, lam_max, strict=True), start=1):
             if (scale == "relative") != (top is not None):
                 raise ValueError(
@@ -222,7 +230,7 @@ class StackModel:
                 raise ValueError(f"metadata 'inference' is not a valid inference config: {exc}") from None
         return cls.from_layers(
             [np.asarray(arrays[f]) for f, _ in names],
-            [np.asarray(arrays[g]).astype(bool) for _, g in names],
+            [boolean_table(np.asarray(arrays[g])) for _, g in names],
             pre,
             lam,
             p,
@@ -366,3 +374,10 @@ class StackResult:
         """The final training maps of every layer with their switches."""
         switches = self.switches or [None] * len(self.layers)
         return StackCode([r.maps for r in self.layers], list(switches))
+
+
+def _whole(value: Any, name: str) -> int:
+    """`value` as an int when it is a whole number (a pool size read from JSON), else a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value != int(value):
+        raise ValueError(f"{name} sizes must be whole numbers, got {value!r}")
+    return int(value)
