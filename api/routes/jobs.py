@@ -12,6 +12,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 
 from workers.jobs.spec import JobSpec, SpecError, check_against_dataset, check_resources, progress_steps
 from workers.jobs.status import JobStatus
+from workers.jobs.store import QueueFull
 
 from ..deps import RunnerDep, SettingsDep, StoreDep, guarded
 from ..errors import documented_methods, field_error
@@ -92,21 +93,26 @@ def enqueue(
     settings: Settings,
     response: Response,
 ) -> JobOut:
-    """Queue a checked job spec (the queue's bound first: 429 with ``Retry-After``; a reused key with another spec:
-    409), wake the runner for a new job and point ``Location`` at it."""
+    """Queue a checked job spec (a reused key: its job, or 409 for another spec; then the queue's bound: 429 with
+    ``Retry-After``), wake the runner for a new job and point ``Location`` at it."""
     with _queue_lock:
-        queued = store.count_jobs("queued")
-        if queued >= settings.max_queued_jobs:
-            raise HTTPException(
-                429,
-                f"{queued} jobs are waiting to run, the most this service queues "
-                f"(DECONV_MAX_QUEUED_JOBS = {settings.max_queued_jobs}); submit again later",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
         try:
-            job, created = store.submit(spec, n_layers=n_layers, n_iter=n_iter, idempotency_key=idempotency_key)
+            job, created = store.submit(
+                spec,
+                n_layers=n_layers,
+                n_iter=n_iter,
+                idempotency_key=idempotency_key,
+                max_queued=settings.max_queued_jobs,
+            )
         except ValueError as exc:  # the key was used before for another spec
             raise field_error(["header", "Idempotency-Key"], str(exc), idempotency_key, status=409) from None
+        except QueueFull as exc:
+            raise HTTPException(
+                429,
+                f"{exc.queued} jobs are waiting to run, the most this service queues "
+                f"(DECONV_MAX_QUEUED_JOBS = {settings.max_queued_jobs}); submit again later",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from None
     if created:
         runner.notify()
     response.headers["Location"] = f"/jobs/{job.id}"

@@ -224,3 +224,23 @@ def test_the_queue_is_bounded_with_a_429_and_retry_after(keyless):
     assert int(response.headers["retry-after"]) > 0
     assert "DECONV_MAX_QUEUED_JOBS" in response.json()["detail"]
     assert client.get("/health").json()["queued"] == 2
+
+
+def test_a_retry_with_its_key_gets_its_job_even_when_the_queue_is_full(tmp_path):
+    """A client whose response was lost retries with the same key: it is answered its job, not told to wait; the
+    same key with another spec is still a conflict, not congestion."""
+    service = start_service(tmp_path, run_jobs=False, max_queued_jobs=2)
+    try:
+        with httpx2.Client(base_url=service.url) as client:
+            dataset = client.post("/datasets", files=_files()).json()["id"]
+            spec = {**SPEC, "dataset_id": dataset, "seed": 7}
+            first = client.post("/jobs", json=spec, headers={"Idempotency-Key": "retry-me"})
+            assert client.post("/jobs", json={**spec, "seed": 1}).status_code == 202
+            assert client.post("/jobs", json={**spec, "seed": 2}).status_code == 429  # the queue is full
+            again = client.post("/jobs", json=spec, headers={"Idempotency-Key": "retry-me"})
+            other = client.post("/jobs", json={**spec, "seed": 8}, headers={"Idempotency-Key": "retry-me"})
+    finally:
+        stop_service(service)
+    assert first.status_code == 202
+    assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+    assert other.status_code == 409 and other.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]

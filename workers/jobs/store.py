@@ -76,6 +76,14 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 
 
+class QueueFull(Exception):
+    """The queue holds its most waiting jobs (`queued` of them): a new job is refused."""
+
+    def __init__(self, queued: int):
+        super().__init__(f"{queued} jobs are waiting to run")
+        self.queued = queued
+
+
 class JobStore(DatasetTable, ArtifactTable):
     """Datasets, jobs and artifacts under one data directory.
 
@@ -160,11 +168,18 @@ class JobStore(DatasetTable, ArtifactTable):
     # -- jobs ----------------------------------------------------------------------------------------------------
 
     def submit(
-        self, spec: dict[str, Any], *, n_layers: int, n_iter: int | Sequence[int], idempotency_key: str | None = None
+        self,
+        spec: dict[str, Any],
+        *,
+        n_layers: int,
+        n_iter: int | Sequence[int],
+        idempotency_key: str | None = None,
+        max_queued: int | None = None,
     ) -> tuple[JobRecord, bool]:
         """Queue a job of `n_layers` layers of `n_iter` outer iterations (one count, or one per layer); returns
         (the job, created). With an `idempotency_key` seen before, the earlier job is returned (and created is
-        False) when its spec is the same; a different spec is a ValueError."""
+        False) when its spec is the same; a different spec is a ValueError. Past `max_queued` waiting jobs a new
+        one is :class:`QueueFull`: a retry whose key names a job already queued is answered first."""
         spec_json = json.dumps(spec, sort_keys=True)
         layer_iters = [int(n_iter)] * n_layers if isinstance(n_iter, int) else [int(n) for n in n_iter]
         if len(layer_iters) != n_layers or min(layer_iters) < 1:
@@ -178,6 +193,10 @@ class JobStore(DatasetTable, ArtifactTable):
                             f"Idempotency-Key {idempotency_key!r} was used for another job spec (job {row['id']})"
                         )
                     return _job(row), False
+            if max_queued is not None:
+                queued = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
+                if queued >= max_queued:
+                    raise QueueFull(queued)
             job_id = new_id()
             db.execute(
                 "INSERT INTO jobs (id, status, spec_json, created_at, n_layers, layer_iters, idempotency_key) "
