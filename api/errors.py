@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sqlite3
 import sys
 from typing import Any
 
@@ -74,6 +75,20 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     # the client gets the exception's type only: a traceback would show the server's paths and code
     logger.exception("internal error on %s %s", request.method, request.url.path)
     return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+
+async def _store_unwritable(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
+    # the job store cannot be read or written at the moment (a full disk, a lock held too long): the request is
+    # fine and may succeed later, so a 503 with Retry-After rather than a 500
+    logger.warning("job store unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        {"detail": f"the job store cannot be written or read at the moment ({exc}); try again later"},
+        status_code=503,
+        headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+    )
+
+
+STORE_RETRY_AFTER_S = 30
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -177,7 +192,13 @@ def exception_handlers() -> dict[Any, Any]:
     Returns
     -------
     dict
-        Exception class to handler: any uncaught exception gives a 500 naming its type only, a request that
-        fails validation a 422 (non-finite numbers echoed as text), an unknown path a 404 naming it.
+        Exception class to handler: any uncaught exception gives a 500 naming its type only, a job store that
+        cannot be written (a full disk) a 503 with Retry-After, a request that fails validation a 422 (non-finite
+        numbers echoed as text), an unknown path a 404 naming it.
     """
-    return {Exception: _internal_error, RequestValidationError: _validation_error, StarletteHTTPException: _http_error}
+    return {
+        Exception: _internal_error,
+        sqlite3.OperationalError: _store_unwritable,
+        RequestValidationError: _validation_error,
+        StarletteHTTPException: _http_error,
+    }

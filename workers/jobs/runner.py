@@ -51,6 +51,8 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
 from ..distributed.address import LOCAL
 from ..distributed.cluster import ClusterConfig, connect
@@ -72,6 +74,11 @@ from .store import JobRecord, JobStore
 logger = logging.getLogger(__name__)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+T = TypeVar("T")
+RECORD_RETRY_S = 1.0
+"""Seconds before a job's end state is written again when the store could not take it; doubled up to
+:data:`RECORD_RETRY_MAX_S`."""
+RECORD_RETRY_MAX_S = 30.0
 
 
 class JobRunner:
@@ -291,24 +298,39 @@ class JobRunner:
                 deadlines=self.deadlines,
             )
         except JobStopped:
-            if self.store.cancel_requested(job.id):
-                self.store.finish(job.id, "cancelled")
+            if self._record(job.id, lambda: self.store.cancel_requested(job.id)):
+                self._record(job.id, lambda: self.store.finish(job.id, "cancelled"))
                 self._discard_work(job.id)
             else:
-                self.store.release(job.id)
+                self._record(job.id, lambda: self.store.release(job.id))
                 logger.info("job %s: back in the queue (the service is stopping)", job.id)
         except Exception as exc:
             if self._stopping.is_set():  # the stopping service took the cluster from under the job: it resumes
                 logger.info("job %s: back in the queue (stopped mid-iteration: %s)", job.id, describe_error(exc))
-                self.store.release(job.id)
+                self._record(job.id, lambda: self.store.release(job.id))
                 return
             logger.error("job %s failed:\n%s", job.id, traceback.format_exc())
-            self.store.finish(job.id, "failed", describe_error(exc))
+            error = describe_error(exc)
+            self._record(job.id, lambda: self.store.finish(job.id, "failed", error))
             self._discard_work(job.id)
         else:
-            self.store.finish(job.id, "succeeded")
+            self._record(job.id, lambda: self.store.finish(job.id, "succeeded"))
         finally:
             release(placement)
+
+    def _record(self, job_id: str, write: Callable[[], T]) -> T | None:
+        """`write` (a job's end state in the store), retried while the store cannot take it (a full disk): the
+        job must not stay "running" for ever because its end could not be written once. Gives up when the
+        service stops (its successor finds the job running and queues it again)."""
+        wait = RECORD_RETRY_S
+        while True:
+            try:
+                return write()
+            except (sqlite3.Error, OSError) as exc:
+                logger.error("job %s: cannot record its state (%s); retrying in %.0f s", job_id, exc, wait)
+            if self._stopping.wait(wait):
+                return None
+            wait = min(2 * wait, RECORD_RETRY_MAX_S)
 
     def _cancel_asked(self, job_id: str) -> bool:
         """Whether the job's cancel was asked; asked a few times a second while its actors work, so a database
@@ -320,8 +342,12 @@ class JobRunner:
             return False
 
     def _discard_work(self, job_id: str) -> None:
-        """A cancelled or failed job will not resume: its checkpoints and parts only take space."""
-        self.store.discard_work(job_id)
+        """A cancelled or failed job will not resume: its checkpoints and parts only take space (what cannot be
+        removed now is left for the orphan sweep)."""
+        try:
+            self.store.discard_work(job_id)
+        except (sqlite3.Error, OSError) as exc:
+            logger.warning("job %s: its work folder was not removed (%s)", job_id, exc)
 
 
 def describe_error(exc: BaseException) -> str:
