@@ -492,6 +492,7 @@ class Part:
     location: Location
     first: int
     count: int
+    sha256: str | None = None  # the object's content hash where it is known (an artifact): reads may verify it
 
     @property
     def stop(self) -> int:

@@ -10,7 +10,11 @@ them with an index, ``shards.json``: the image range of each part and the parts'
   array, then each part's data);
 * :func:`image_rows` reads some images' rows only (a ranged read where the store is remote).
 
-Memory stays bounded by a few images whatever the dataset's size.
+Memory stays bounded by a few images whatever the dataset's size. The two streams read each part whole, in
+order, and hash it on the way: a part whose bytes are not those its content hash names ends the stream short
+(the zip has no central directory, the npy fewer bytes than its header says), so a client never takes damaged
+maps for results. :func:`image_rows` reads a few rows of a part and cannot verify them: that would read the
+whole part (up to a shard's share of the dataset) for one image.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .artifacts import ArtifactCorruptError
 from .objects import Part, array_header, npy_chunks, npy_header_for, read_header, rows_of_parts
 from .store import JobStore
 
@@ -62,7 +67,7 @@ class ResultIndex:
             record = store.artifact(job_id, name)
             if record is None:
                 raise ResultsNotStoredError(f"job {job_id} has no artifact {name!r}")
-            located.append(Part(store.artifacts.location(record.key), first, count))
+            located.append(Part(store.artifacts.location(record.key), first, count, record.key[:64]))
         return located
 
     def maps(self, store: JobStore, job_id: str, layer: int) -> list[Part]:
@@ -105,21 +110,50 @@ class _Pipe(io.RawIOBase):
 
 def maps_zip(parts: list[Part]) -> Iterator[bytes]:
     """The maps of every image, as the ``.npz`` that ``numpy.load`` reads (``image-00000``, ...), streamed a few
-    images at a time."""
+    images at a time, each part verified against its content hash (see the module docstring)."""
     pipe = _Pipe()
     with zipfile.ZipFile(pipe, "w", zipfile.ZIP_STORED) as archive:
         for part in parts:
-            shape, dtype = array_header(part.location)
-            row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
-            step = max(1, _BATCH_BYTES // row_bytes)
-            for start in range(part.first, part.stop, step):
-                batch = image_rows([part], start, min(start + step, part.stop))
+            for start, batch in _verified_batches(part):
                 for offset, image in enumerate(batch):
                     with archive.open(f"image-{start + offset:05d}.npy", "w") as entry:
                         for chunk in npy_chunks(image):
                             entry.write(chunk)
                     yield pipe.take()
     yield pipe.take()
+
+
+def _verified_batches(part: Part) -> Iterator[tuple[int, np.ndarray]]:
+    """(first image, rows) of `part`, a few MiB at a time, read in order and hashed: the last batch comes out
+    only once the whole part has matched its hash (ArtifactCorruptError otherwise)."""
+    digest = hashlib.sha256()
+    with part.location.open() as fh:
+        shape, dtype, fortran, offset = read_header(fh)
+        if fortran or dtype.hasobject or shape[0] != part.count:
+            raise ArtifactCorruptError(f"{part.location} is not a part of {part.count} C-order rows")
+        fh.seek(0)
+        digest.update(fh.read(offset))
+        row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+        step = max(1, _BATCH_BYTES // row_bytes)
+        held = None
+        for start in range(0, part.count, step):
+            rows = min(step, part.count - start)
+            data = fh.read(rows * row_bytes)
+            if len(data) != rows * row_bytes:
+                raise ArtifactCorruptError(f"{part.location} is truncated")
+            digest.update(data)
+            if held is not None:
+                yield held
+            held = (part.first + start, np.frombuffer(data, dtype=dtype).reshape((rows, *shape[1:])))
+        digest.update(fh.read())  # bytes past the rows change the hash too
+    _check_digest(part, digest)
+    if held is not None:
+        yield held
+
+
+def _check_digest(part: Part, digest: Any) -> None:
+    if part.sha256 is not None and digest.hexdigest() != part.sha256:
+        raise ArtifactCorruptError(f"{part.location} is damaged in the store: its bytes hash to {digest.hexdigest()}")
 
 
 def stacked_shape(parts: list[Part]) -> tuple[tuple[int, ...], np.dtype]:
@@ -133,7 +167,16 @@ def stacked_npy(parts: list[Part]) -> Iterator[bytes]:
     shape, dtype = stacked_shape(parts)
     yield npy_header_for(shape, dtype)
     for part in parts:
+        digest, held = hashlib.sha256(), b""
         with part.location.open() as fh:
-            read_header(fh)
+            _, _, _, offset = read_header(fh)
+            fh.seek(0)
+            digest.update(fh.read(offset))
             while chunk := fh.read(_CHUNK):
-                yield chunk
+                digest.update(chunk)
+                if held:
+                    yield held
+                held = chunk  # a part's last chunk goes out once the whole part has matched its hash
+        _check_digest(part, digest)
+        if held:
+            yield held

@@ -1,0 +1,86 @@
+"""A job's streamed results verify each part against its content hash: a damaged part ends the stream short of
+a valid file (no zip directory, fewer npy bytes than the header says), never passes as maps."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+
+import numpy as np
+import pytest
+
+from workers.jobs.artifacts import ArtifactCorruptError
+from workers.jobs.objects import Part, as_location, write_array
+from workers.jobs.results import maps_zip, stacked_npy
+
+
+def _parts(tmp_path, arrays: list[np.ndarray]) -> list[Part]:
+    parts, first = [], 0
+    for i, array in enumerate(arrays):
+        location = as_location(tmp_path / f"part-{i}.npy")
+        sha, _ = write_array(location, array)
+        parts.append(Part(location, first, len(array), sha))
+        first += len(array)
+    return parts
+
+
+@pytest.fixture
+def arrays() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((3, 2, 5, 5)).astype(np.float32), rng.standard_normal((2, 2, 5, 5)).astype(np.float32)]
+
+
+def _damage(part: Part) -> None:
+    path = part.location.store.url + "/" + part.location.key
+    data = bytearray(open(path, "rb").read())
+    data[-40:-24] = np.full(4, np.inf, np.float32).tobytes()  # the same size, other values: only the hash knows
+    open(path, "wb").write(bytes(data))
+
+
+def test_intact_parts_stream_as_every_image(tmp_path, arrays):
+    parts = _parts(tmp_path, arrays)
+    with np.load(io.BytesIO(b"".join(maps_zip(parts)))) as archive:
+        np.testing.assert_array_equal(np.stack([archive[f"image-{i:05d}"] for i in range(5)]), np.concatenate(arrays))
+    np.testing.assert_array_equal(np.load(io.BytesIO(b"".join(stacked_npy(parts)))), np.concatenate(arrays))
+
+
+@pytest.mark.parametrize("damaged", [0, 1])
+def test_a_damaged_part_ends_the_zip_short(tmp_path, arrays, damaged):
+    parts = _parts(tmp_path, arrays)
+    _damage(parts[damaged])
+    sent = []
+    with pytest.raises(ArtifactCorruptError, match="damaged in the store"):
+        for chunk in maps_zip(parts):
+            sent.append(chunk)
+    with pytest.raises(zipfile.BadZipFile):
+        zipfile.ZipFile(io.BytesIO(b"".join(sent)))
+    images_sent = b"".join(sent).count(b"image-")
+    assert images_sent < sum(len(a) for a in arrays[: damaged + 1])  # the damaged part's last batch never went
+
+
+@pytest.mark.parametrize("damaged", [0, 1])
+def test_a_damaged_part_ends_the_npy_short(tmp_path, arrays, damaged):
+    parts = _parts(tmp_path, arrays)
+    _damage(parts[damaged])
+    sent = []
+    with pytest.raises(ArtifactCorruptError, match="damaged in the store"):
+        for chunk in stacked_npy(parts):
+            sent.append(chunk)
+    data = b"".join(sent)
+    assert inf_free(data) and len(data) < len(b"".join(stacked_npy(_parts(tmp_path / "again", arrays))))
+
+
+def inf_free(data: bytes) -> bool:
+    return np.full(4, np.inf, np.float32).tobytes() not in data
+
+
+@pytest.fixture(autouse=True)
+def _again(tmp_path):
+    (tmp_path / "again").mkdir()
+
+
+def test_the_hash_is_the_artifacts_key(tmp_path, arrays):
+    (part,) = _parts(tmp_path, arrays[:1])
+    path = part.location.store.url + "/" + part.location.key
+    assert hashlib.sha256(open(path, "rb").read()).hexdigest() == part.sha256
