@@ -42,11 +42,29 @@ def is_url(location: str | Path) -> bool:
     return "://" in text and not text.startswith("file://")
 
 
+#: seconds an S3 store has to accept a connection, and to send each answer
+STORE_CONNECT_TIMEOUT_S = 10.0
+STORE_READ_TIMEOUT_S = 30.0
+#: tries of one S3 request, by the client and by s3fs around it: a store that stops answering fails a call within
+#: about STORE_ATTEMPTS² × STORE_READ_TIMEOUT_S (2 minutes), where the defaults (no read deadline past botocore's
+#: 60 s, 5 × 5 tries) held a job and its cancel for a quarter of an hour and more
+STORE_ATTEMPTS = 2
+
+
 @functools.cache
 def _filesystem(url: str) -> tuple[Any, str]:
     import fsspec  # noqa: PLC0415  (only a store on an fsspec URL needs it: the 's3' extra)
 
-    fs, root = fsspec.core.url_to_fs(url)
+    options: dict[str, Any] = {}
+    if url.split("://", 1)[0] in ("s3", "s3a"):
+        options["config_kwargs"] = {
+            "connect_timeout": STORE_CONNECT_TIMEOUT_S,
+            "read_timeout": STORE_READ_TIMEOUT_S,
+            "retries": {"max_attempts": STORE_ATTEMPTS, "mode": "standard"},
+        }
+    fs, root = fsspec.core.url_to_fs(url, **options)
+    if options and hasattr(fs, "retries"):  # s3fs's own loop around the client's
+        fs.retries = STORE_ATTEMPTS
     return fs, root.rstrip("/")
 
 
