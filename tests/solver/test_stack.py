@@ -480,3 +480,19 @@ def test_a_pooled_top_projection_holds_the_whole_projection_once(side, pool):
     whole = reconstruct_from(model, code, 2, offset=False)
     tile = top_projections(model, code, 2)
     assert tile.sum() == pytest.approx(whole.sum()) and np.abs(tile).sum() == pytest.approx(np.abs(whole).sum())
+
+
+def test_an_input_too_small_for_a_higher_layer_names_that_layer():
+    model = StackModel.from_layers(
+        [np.ones((2, 1, 3, 3)) / 3, np.ones((3, 2, 3, 3)) / 3],
+        [None, None],
+        [None, None],
+        [0.1, 0.1],
+        [1.0, 1.0],
+        pool=[[1, 4, 4], None],
+    )
+    image = np.random.default_rng(0).standard_normal((1, 1, 8, 8))
+    with pytest.raises(
+        ValueError, match=r"^layer 2, whose input is layer 1's pooled maps of shape \(1, 2, 2, 2\): filters"
+    ):
+        encode_layers(model, image, method="fista", max_iter=3)

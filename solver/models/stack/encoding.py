@@ -67,20 +67,29 @@ def encode_layers(
     if model.reconstruct_to == "pixels":
         return _encode_pixels(model, images, top, method, max_iter, tol, backend)
     x, maps, switches = images, [], []
-    for spec in model.layers[:top]:
-        result = encode(
-            x,
-            spec.filters,
-            spec.lam,
-            p=spec.p,
-            boundary=model.boundary,
-            connectivity=spec.connectivity,
-            preprocess=spec.preprocess,
-            method="admm" if method is None else method,
-            max_iter=max_iter,
-            tol=tol,
-            backend=backend,
-        )
+    for number, spec in enumerate(model.layers[:top], start=1):
+        try:
+            result = encode(
+                x,
+                spec.filters,
+                spec.lam,
+                p=spec.p,
+                boundary=model.boundary,
+                connectivity=spec.connectivity,
+                preprocess=spec.preprocess,
+                method="admm" if method is None else method,
+                max_iter=max_iter,
+                tol=tol,
+                backend=backend,
+            )
+        except ValueError as exc:
+            if number == 1:
+                raise
+            # the "images" of a higher layer are the maps below it: say so, or a size error names no layer
+            pooled = "pooled " if model.layers[number - 2].pool is not None else ""
+            raise ValueError(
+                f"layer {number}, whose input is layer {number - 1}'s {pooled}maps of shape {tuple(x.shape)}: {exc}"
+            ) from None
         maps.append(result.maps)
         x, sw = pool_maps(result.maps, spec.pool)
         switches.append(sw)
