@@ -79,10 +79,18 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _store_unwritable(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
     # the job store cannot be read or written at the moment (a full disk, a lock held too long): the request is
-    # fine and may succeed later, so a 503 with Retry-After rather than a 500
+    # fine and may succeed later, so a 503 with Retry-After; any other SQLite error is the service's own (a 500
+    # naming its type only, as for every other exception)
+    from workers.jobs.store import transient  # noqa: PLC0415
+
+    if not transient(exc):
+        return await _internal_error(request, exc)
     logger.warning("job store unavailable on %s %s: %s", request.method, request.url.path, exc)
     return JSONResponse(
-        {"detail": f"the job store cannot be written or read at the moment ({exc}); try again later"},
+        {
+            "detail": "the job store cannot be written or read at the moment (a full disk or a busy database); "
+            "try again later"
+        },
         status_code=503,
         headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
     )

@@ -29,9 +29,9 @@ class ZeilerConfig(_Frozen):
     inner_iter : int
         x/z iterations per β stage.
     total_iter : int, optional
-        Iterations in all, spread as evenly as they go over the stages (a stage takes ⌊total/n_beta⌋ or one more;
-        fewer iterations than stages visit stages spread over the whole continuation, the last one last); when
-        given, `inner_iter` is not used. This is how ``max_iter`` of ``encode`` reaches this method.
+        Iterations in all, spread as evenly as they go over the stages (a stage takes ⌊total/n_beta⌋ z-steps or one
+        more; fewer iterations than stages visit stages spread over the whole continuation, the last one last);
+        when given, `inner_iter` is not used. This is how ``max_iter`` of ``encode`` reaches this method.
     z_solver : {"exact", "cg"}
         The z-step per frequency (circular boundary) or by `cg_iter` CG steps.
     max_iter : int

@@ -49,7 +49,7 @@ def magnitude_limit(dtype: Any, shape: tuple[int, int], power: int = 2) -> float
     matrices); a coefficient is a sum over the H·W pixels, so it reaches H·W times the peak value, and its square
     overflows float32 (largest 3.4e38) for a 128×128 image with values near 1e15. The factor 4 leaves room for a
     residual or a sum over filters being larger than the images. The consensus filter step multiplies three such
-    coefficients per frequency (|ẑ|² ẑ ŷ): `power` 3 (float32, 256×256 positive images failed from 1e9; this
+    coefficients per frequency (conj(ẑ)·ẑ·ŷ): `power` 3 (float32, 256×256 positive images failed from 1e9; this
     limit is 2.7e7 there).
     """
     return float(np.finfo(dtype).max) ** (1.0 / power) / (4.0 * shape[0] * shape[1])

@@ -190,7 +190,7 @@ def encode(
     solver = make_solver(problem, config)
     maps0 = None
     if init is not None:
-        maps0 = _device(as_images(init, "init"), bk).astype(y.dtype, copy=False)
+        maps0 = _device(as_images(init, "init", dtype=y.dtype), bk)
         if tuple(maps0.shape) != problem.maps_shape:
             raise ValueError(f"init must have shape {problem.maps_shape}, got shape {np.shape(init)}")
     progress = None if callback is None else _progress(callback, solver, problem)

@@ -308,9 +308,7 @@ def learn_layer(
     fitted = None
     if config.preprocess is not None:
         images, fitted = FittedPreprocess.fit(np.asarray(images), config.preprocess)
-    y = as_images(images)
-    if config.dtype is not None:
-        y = y.astype(config.dtype, copy=False)
+    y = as_images(images, dtype=config.dtype)  # checked in the dtype it is learned in
     layer = config.layers[0]
     pixels = config.reconstruct_to == "pixels"
     if (lower or switches) and not pixels:

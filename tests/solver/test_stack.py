@@ -496,3 +496,19 @@ def test_an_input_too_small_for_a_higher_layer_names_that_layer():
         ValueError, match=r"^layer 2, whose input is layer 1's pooled maps of shape \(1, 2, 2, 2\): filters"
     ):
         encode_layers(model, image, method="fista", max_iter=3)
+
+
+def test_a_footprint_smaller_than_its_tile_sits_alike_on_either_boundary():
+    """A 2×2 footprint in a 5×5 tile: 2 rows before it and 1 after, for the circular crop as for the valid one."""
+    from solver import StackCode  # noqa: PLC0415
+
+    f = np.zeros((1, 1, 5, 5))
+    f[0, 0, 1:3, 1:3] = 1.0
+    tiles = []
+    for boundary, side in (("circular", 20), ("valid", 24)):
+        model = StackModel.from_layers([f], [None], [None], [0.1], [1.0], boundary=boundary)
+        z = np.zeros((1, 1, side, side))
+        z[0, 0, 10, 10] = 1.0
+        tiles.append(top_projections(model, StackCode([z], [None]), 1)[0, 0])
+    np.testing.assert_allclose(tiles[0], tiles[1], atol=1e-12)
+    assert np.argwhere(np.abs(tiles[0]) > 0.5).tolist() == [[2, 2], [2, 3], [3, 2], [3, 3]]

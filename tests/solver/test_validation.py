@@ -689,3 +689,23 @@ def test_the_consensus_filter_step_takes_images_up_to_its_own_limit(rng):
         scaled = learn(y * np.float32(c), 4, 5, 0.1 * c, n_iter=2, seed=1)
     np.testing.assert_allclose(scaled.filters, unit.filters, atol=1e-2)
     assert scaled.history[-1] / c**2 == pytest.approx(unit.history[-1], rel=1e-2)
+
+
+def test_images_are_checked_in_the_dtype_a_layer_learns_in(rng):
+    from solver import LayerSpec, learn_layer  # noqa: PLC0415
+
+    config = LearnConfig(
+        layers=[LayerSpec(n_filters=2, filter_size=3, lam=0.1)],
+        n_iter=1,
+        dtype="float32",
+        filter_update={"method": "fista"},
+    )
+    y = rng.standard_normal((2, 1, 16, 16)) * 1e30  # float64 takes it, float32 does not
+    with pytest.raises(ValueError, match=r"images holds values up to .* that float32 takes for 16x16"):
+        learn_layer(y, config)
+
+
+def test_a_wide_init_is_checked_in_the_images_dtype(rng, images, filters):
+    init = np.full((2, 3) + SHAPE, 1e39)  # finite in float64, inf once cast to the images' float32
+    with pytest.raises(ValueError, match=r"init holds values up to 1e\+39, past .* float32"):
+        encode(images.astype(np.float32), filters, 0.1, method="fista", init=init)

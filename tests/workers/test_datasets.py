@@ -148,6 +148,19 @@ def test_a_16_bit_picture_pillow_would_read_at_8_bits_is_refused(colour_type, sa
     assert grey.array.dtype == np.uint16 and int(grey.array.max()) == 40000
 
 
+@pytest.mark.parametrize(("channels", "mode"), [(3, "rgb"), (4, "rgb")], ids=["RGB", "RGBA"])
+def test_a_16_bit_colour_tiff_is_refused(channels, mode):
+    tifffile = pytest.importorskip("tifffile")
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.full((4, 5, channels), 40000, np.uint16), photometric=mode)
+    with pytest.raises(UploadError, match=r"rgb16.tif'\): a 16-bit colour TIFF, which Pillow would read at 8 bits"):
+        decode_upload([("rgb16.tif", buffer.getvalue())])
+    grey = io.BytesIO()
+    tifffile.imwrite(grey, np.full((4, 5), 40000, np.uint16))
+    (image,) = decode_upload([("grey16.tif", grey.getvalue())])
+    assert image.array.dtype == np.uint16 and int(image.array.max()) == 40000
+
+
 def test_a_stack_names_each_image(rng):
     images = decode_upload([("stack.npy", _npy(rng.standard_normal((2, 1, 4, 4))))])
     assert [im.name for im in images] == ["files[0] ('stack.npy')[0]", "files[0] ('stack.npy')[1]"]

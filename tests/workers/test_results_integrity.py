@@ -80,7 +80,39 @@ def _again(tmp_path):
     (tmp_path / "again").mkdir()
 
 
-def test_the_hash_is_the_artifacts_key(tmp_path, arrays):
+def test_write_array_returns_the_hash_of_the_files_bytes(tmp_path, arrays):
     (part,) = _parts(tmp_path, arrays[:1])
     path = part.location.store.url + "/" + part.location.key
     assert hashlib.sha256(open(path, "rb").read()).hexdigest() == part.sha256
+
+
+def test_the_index_hands_each_part_its_artifact_hash(tmp_path, arrays):
+    """The parts the routes stream come with the hash their artifact key names: without it nothing is verified."""
+    import json  # noqa: PLC0415
+
+    from workers.jobs.results import INDEX, ResultIndex  # noqa: PLC0415
+    from workers.jobs.store import JobStore  # noqa: PLC0415
+
+    store = JobStore(tmp_path / "data")
+    try:
+        job, _ = store.submit({"dataset_id": "0" * 32, "layers": []}, n_layers=1, n_iter=1)
+        names = []
+        for i, array in enumerate(arrays):
+            buffer = io.BytesIO()
+            np.save(buffer, array)
+            names.append(f"maps-L1.part-{i:03d}.npy")
+            store.put_artifact(job.id, names[-1], buffer.getvalue(), "application/x-npy")
+        index = {
+            "n_images": 5,
+            "parts": [{"first": 0, "count": 3}, {"first": 3, "count": 2}],
+            "layers": [{"maps": names, "switches": None}],
+            "reconstructions": [],
+        }
+        store.put_artifact(job.id, INDEX, json.dumps(index).encode(), "application/json")
+        parts = ResultIndex.load(store, job.id).maps(store, job.id, 1)
+        assert [p.sha256 for p in parts] == [store.artifact(job.id, n).key[:64] for n in names]
+        _damage(parts[1])
+        with pytest.raises(ArtifactCorruptError, match="damaged in the store"):
+            b"".join(maps_zip(parts))
+    finally:
+        store.close()

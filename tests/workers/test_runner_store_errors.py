@@ -43,7 +43,7 @@ def _failing_run(*args, **kwargs):
 
 def test_a_failure_recorded_once_the_store_takes_it_again(store, monkeypatch):
     monkeypatch.setattr(runner_module, "execute", _failing_run)
-    monkeypatch.setattr(runner_module, "RECORD_RETRY_S", 0.01, raising=False)
+    monkeypatch.setattr(runner_module, "RECORD_RETRY_S", 0.01)
     job, _ = store.submit(SPEC, n_layers=1, n_iter=1)
     calls = _full_disk_for(store, monkeypatch, times=3)
     JobRunner(store).run_job(store.claim_next())
@@ -54,7 +54,7 @@ def test_a_failure_recorded_once_the_store_takes_it_again(store, monkeypatch):
 
 def test_a_stopping_service_stops_retrying_and_leaves_the_job_to_its_successor(store, monkeypatch):
     monkeypatch.setattr(runner_module, "execute", _failing_run)
-    monkeypatch.setattr(runner_module, "RECORD_RETRY_S", 0.05, raising=False)
+    monkeypatch.setattr(runner_module, "RECORD_RETRY_S", 0.05)
     job, _ = store.submit(SPEC, n_layers=1, n_iter=1)
     calls = _full_disk_for(store, monkeypatch, times=10**6)
     runner = JobRunner(store)
@@ -69,7 +69,25 @@ def test_a_stopping_service_stops_retrying_and_leaves_the_job_to_its_successor(s
     assert store.get_job(job.id).status == "running"  # a restart queues it again
 
 
-def test_a_cancel_the_store_cannot_write_is_a_503_with_retry_after(tmp_path, monkeypatch):
+def test_an_error_writing_again_would_not_mend_is_not_retried(store, monkeypatch):
+    monkeypatch.setattr(runner_module, "execute", _failing_run)
+    monkeypatch.setattr(runner_module, "RECORD_RETRY_S", 0.01)
+    store.submit(SPEC, n_layers=1, n_iter=1)
+    calls: list = []
+
+    def broken(*args, **kwargs):
+        calls.append(args)
+        raise sqlite3.OperationalError("no such column: nothing")
+
+    monkeypatch.setattr(store, "finish", broken)
+    JobRunner(store).run_job(store.claim_next())
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("message", "status"), [("database or disk is full", 503), ("database is locked", 503), ("no such table: x", 500)]
+)
+def test_a_request_the_store_cannot_serve_is_a_503_only_when_it_may_pass(tmp_path, monkeypatch, message, status):
     httpx2 = pytest.importorskip("httpx2")
     from tests.api.conftest import start_service, stop_service  # noqa: PLC0415
 
@@ -78,12 +96,17 @@ def test_a_cancel_the_store_cannot_write_is_a_503_with_retry_after(tmp_path, mon
         with httpx2.Client(base_url=service.url) as client:
             job, _ = JobStore(tmp_path).submit(SPEC, n_layers=1, n_iter=1)
 
-            def full(self, job_id):
-                raise sqlite3.OperationalError("database or disk is full")
+            def failing(self, job_id):
+                raise sqlite3.OperationalError(message)
 
-            monkeypatch.setattr(JobStore, "request_cancel", full)
+            monkeypatch.setattr(JobStore, "request_cancel", failing)
             response = client.delete(f"/jobs/{job.id}")
     finally:
         stop_service(service)
-    assert response.status_code == 503 and int(response.headers["retry-after"]) > 0
-    assert "database or disk is full" in response.json()["detail"]
+    assert response.status_code == status
+    detail = response.json()["detail"]
+    assert message not in detail  # the database's own words stay in the log
+    if status == 503:
+        assert int(response.headers["retry-after"]) > 0 and "a full disk or a busy database" in detail
+    else:
+        assert detail == "internal error: OperationalError"

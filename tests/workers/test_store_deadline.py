@@ -33,7 +33,7 @@ def test_a_store_that_never_answers_fails_a_read_within_its_deadlines(monkeypatc
         s3fs.S3FileSystem.clear_instance_cache()
         try:
             started = time.monotonic()
-            with pytest.raises(Exception, match="[Tt]imeout"):
+            with pytest.raises(Exception, match="Read timeout on endpoint URL"):
                 objects.ObjectStore("s3://bucket/prefix").read("key")
             took = time.monotonic() - started
         finally:
@@ -41,3 +41,16 @@ def test_a_store_that_never_answers_fails_a_read_within_its_deadlines(monkeypatc
             s3fs.S3FileSystem.clear_instance_cache()
     # 2 tries by s3fs around 2 by the client, 1 s each, with s3fs's back-off between: seconds, not minutes
     assert took < 30.0, f"the read took {took:.0f} s"
+
+
+def test_the_artifact_store_on_s3_has_the_same_deadlines():
+    from workers.jobs.artifacts import FsspecArtifactStore  # noqa: PLC0415
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        store = FsspecArtifactStore("s3://bucket/artifacts")
+        assert store.fs.retries == objects.STORE_ATTEMPTS
+        assert store.fs.config_kwargs["read_timeout"] == objects.STORE_READ_TIMEOUT_S
+        assert store.fs.config_kwargs["connect_timeout"] == objects.STORE_CONNECT_TIMEOUT_S
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()

@@ -114,16 +114,17 @@ def image_paths(items: Sequence[str | Path]) -> list[Path] | list[Location]:
 def _picture_header(source: Location) -> tuple[tuple[int, int, int], str]:
     with source.open() as fh:
         dropped = png_depth_pillow_drops(fh.read(26))
-    if dropped:
-        raise ValueError(f"image {_name(source)!r} is {dropped}")
-    with source.open() as fh, Image.open(fh) as im:
-        width, height = im.size
-        if im.mode in _GREY_8BIT_MODES:
-            return (1, height, width), "uint8"
-        if im.mode in _GREY_16BIT_MODES:
-            return (1, height, width), "uint16"
-        if im.mode in _COLOUR_8BIT_MODES:
-            return (3, height, width), "uint8"
+        fh.seek(0)
+        if dropped:
+            raise ValueError(f"image {_name(source)!r} is {dropped}")
+        with Image.open(fh) as im:  # the same read: one request per image on an object store
+            width, height = im.size
+            if im.mode in _GREY_8BIT_MODES:
+                return (1, height, width), "uint8"
+            if im.mode in _GREY_16BIT_MODES:
+                return (1, height, width), "uint16"
+            if im.mode in _COLOUR_8BIT_MODES:
+                return (3, height, width), "uint8"
     raise ValueError(
         f"image {_name(source)!r} has Pillow mode {im.mode!r}; 8-bit grey or colour, or 16-bit grey expected"
     )

@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from ..distributed.checkpoint import atomic_write_bytes
-from .objects import Location, ObjectStore, has_buckets, npy_chunks, write_array
+from .objects import Location, ObjectStore, filesystem_for, has_buckets, npy_chunks, write_array
 
 _COPY_CHUNK = 1 << 22
 
@@ -201,11 +201,8 @@ class FsspecArtifactStore(_ObjectsMixin):
     """
 
     def __init__(self, url: str, **storage_options):
-        import fsspec  # noqa: PLC0415  (optional dependency)
-
         self.objects = ObjectStore(url)
-        self.fs, self.root = fsspec.core.url_to_fs(url, **storage_options)
-        self.root = self.root.rstrip("/")
+        self.fs, self.root = filesystem_for(url, **storage_options)  # with the store's deadlines
 
     def _path(self, key: str) -> str:
         check_key(key)

@@ -60,6 +60,20 @@ def png_depth_pillow_drops(head: bytes) -> str | None:
     )
 
 
+def tiff_depth_pillow_drops(im: Image.Image) -> str | None:
+    """What an opened TIFF loses in Pillow, or None: 16-bit colour TIFFs open in 8-bit modes ('RGB', 'RGBA')."""
+    if im.format != "TIFF" or im.mode in _GREY16_MODES:
+        return None
+    bits = im.tag_v2.get(258) or (8,)  # BitsPerSample
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    if max(bits) <= 8 or im.mode in ("I", "F", "I;16S"):  # 32-bit and float modes are refused on their own
+        return None
+    return (
+        f"a {max(bits)}-bit colour TIFF, which Pillow would read at 8 bits: send it as a 16-bit grey image, "
+        "or as NPY (uint16 of shape (3, H, W))"
+    )
+
+
 class UploadError(ValueError):
     """An uploaded file that cannot be taken; the message names the file and the problem."""
 
@@ -200,6 +214,9 @@ def _decode_picture(label: str, data: bytes, limits: UploadLimits, budget: _Budg
                 )
             if getattr(im, "n_frames", 1) > 1:
                 raise UploadError(f"{label}: multi-frame images are not supported ({im.n_frames} frames)")
+            dropped = tiff_depth_pillow_drops(im)
+            if dropped:
+                raise UploadError(f"{label}: {dropped}")
             channels = 1 if im.mode in _GREY_MODES or im.mode in _GREY16_MODES else 3
             budget.take(label, channels * width * height, f"an image of {channels}x{height}x{width}")
             im.load()

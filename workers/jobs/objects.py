@@ -53,17 +53,25 @@ STORE_ATTEMPTS = 2
 
 @functools.cache
 def _filesystem(url: str) -> tuple[Any, str]:
+    return filesystem_for(url)
+
+
+def filesystem_for(url: str, **storage_options: Any) -> tuple[Any, str]:
+    """(fsspec filesystem, root path) of `url`, with the store's deadlines on S3 (:data:`STORE_READ_TIMEOUT_S`,
+    :data:`STORE_ATTEMPTS`) under any `storage_options` given; every store of the service is made here."""
     import fsspec  # noqa: PLC0415  (only a store on an fsspec URL needs it: the 's3' extra)
 
-    options: dict[str, Any] = {}
-    if url.split("://", 1)[0] in ("s3", "s3a"):
+    s3 = url.split("://", 1)[0] in ("s3", "s3a")
+    options: dict[str, Any] = dict(storage_options)
+    if s3:
         options["config_kwargs"] = {
             "connect_timeout": STORE_CONNECT_TIMEOUT_S,
             "read_timeout": STORE_READ_TIMEOUT_S,
             "retries": {"max_attempts": STORE_ATTEMPTS, "mode": "standard"},
+            **options.get("config_kwargs", {}),
         }
     fs, root = fsspec.core.url_to_fs(url, **options)
-    if options and hasattr(fs, "retries"):  # s3fs's own loop around the client's
+    if s3 and hasattr(fs, "retries"):  # s3fs's own loop around the client's
         fs.retries = STORE_ATTEMPTS
     return fs, root.rstrip("/")
 

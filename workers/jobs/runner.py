@@ -69,7 +69,7 @@ from ..distributed.placement import (
 from .encoding import actors_of, execute_encode, is_encode_job, job_spec
 from .learning import JobStopped, execute
 from .publish import SAMPLE_IMAGES, part_name
-from .store import JobRecord, JobStore
+from .store import JobRecord, JobStore, transient
 
 logger = logging.getLogger(__name__)
 
@@ -327,6 +327,9 @@ class JobRunner:
             try:
                 return write()
             except (sqlite3.Error, OSError) as exc:
+                if not transient(exc):  # a programming error: writing again would fail again
+                    logger.exception("job %s: cannot record its state", job_id)
+                    return None
                 logger.error("job %s: cannot record its state (%s); retrying in %.0f s", job_id, exc, wait)
             if self._stopping.wait(wait):
                 return None

@@ -76,6 +76,18 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 
 
+TRANSIENT_SQLITE = ("database or disk is full", "database is locked", "disk i/o error", "unable to open database")
+"""How SQLite words the errors a store may recover from by itself (space freed, a lock released, a disk back)."""
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether `exc` is a store error that may pass by itself: an OSError, or a SQLite error of
+    :data:`TRANSIENT_SQLITE` (not a programming error such as a missing column)."""
+    if isinstance(exc, OSError):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and any(t in str(exc).lower() for t in TRANSIENT_SQLITE)
+
+
 class QueueFull(Exception):
     """The queue holds its most waiting jobs (`queued` of them): a new job is refused."""
 

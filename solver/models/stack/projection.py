@@ -319,4 +319,4 @@ def _arc(used: np.ndarray, S: int) -> np.ndarray:
             best, best_end = run, position
     start = order[best_end] + 1  # the arc begins after the gap
     span = n - best
-    return (start - (length - span) // 2 + np.arange(length)) % n
+    return (start - (length - span + 1) // 2 + np.arange(length)) % n  # ⌈·⌉ before it, as the valid crop
