@@ -45,29 +45,28 @@ def test_intact_parts_stream_as_every_image(tmp_path, arrays):
     np.testing.assert_array_equal(np.load(io.BytesIO(b"".join(stacked_npy(parts)))), np.concatenate(arrays))
 
 
-@pytest.mark.parametrize("damaged", [0, 1])
-def test_a_damaged_part_ends_the_zip_short(tmp_path, arrays, damaged):
-    parts = _parts(tmp_path, arrays)
+def _sent_before_the_error(stream, parts: list[Part], damaged: int) -> bytes:
+    """What `stream` of `parts` sends before it stops on part `damaged`, damaged first."""
     _damage(parts[damaged])
     sent = []
     with pytest.raises(ArtifactCorruptError, match="damaged in the store"):
-        for chunk in maps_zip(parts):
+        for chunk in stream(parts):
             sent.append(chunk)
+    return b"".join(sent)
+
+
+@pytest.mark.parametrize("damaged", [0, 1])
+def test_a_damaged_part_ends_the_zip_short(tmp_path, arrays, damaged):
+    data = _sent_before_the_error(maps_zip, _parts(tmp_path, arrays), damaged)
     with pytest.raises(zipfile.BadZipFile):
-        zipfile.ZipFile(io.BytesIO(b"".join(sent)))
-    images_sent = b"".join(sent).count(b"image-")
+        zipfile.ZipFile(io.BytesIO(data))
+    images_sent = data.count(b"image-")
     assert images_sent < sum(len(a) for a in arrays[: damaged + 1])  # the damaged part's last batch never went
 
 
 @pytest.mark.parametrize("damaged", [0, 1])
 def test_a_damaged_part_ends_the_npy_short(tmp_path, arrays, damaged):
-    parts = _parts(tmp_path, arrays)
-    _damage(parts[damaged])
-    sent = []
-    with pytest.raises(ArtifactCorruptError, match="damaged in the store"):
-        for chunk in stacked_npy(parts):
-            sent.append(chunk)
-    data = b"".join(sent)
+    data = _sent_before_the_error(stacked_npy, _parts(tmp_path, arrays), damaged)
     assert inf_free(data) and len(data) < len(b"".join(stacked_npy(_parts(tmp_path / "again", arrays))))
 
 
