@@ -82,7 +82,7 @@ def float_array(a: Any, name: str) -> Array:
 def as_images(images: Any, name: str = "images", dtype: Any = None) -> Array:
     """(N, C, H, W), (N, H, W) or (H, W) -> (N, C, H, W) real floating array (in `dtype` when given), its values
     checked in the dtype it will be computed in."""
-    a = _float_dtype(_as_array(images, name), name)
+    a = float_array(images, name)
     if a.ndim == 2:
         a = a[None, None]
     elif a.ndim == 3:
@@ -97,7 +97,7 @@ def as_images(images: Any, name: str = "images", dtype: Any = None) -> Array:
 
 def as_filters(filters: Any, n_channels: int, image_shape: tuple[int, int], dtype) -> Array:
     """(K, C, s, s) or (K, s, s) -> (K, C, s, s) in `dtype`, checked against the images."""
-    f = _float_dtype(_as_array(filters, "filters"), "filters")
+    f = float_array(filters, "filters")
     if f.ndim == 3:
         f = f[:, None]
     if f.ndim != 4:

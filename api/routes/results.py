@@ -8,7 +8,6 @@ dataset's maps. Route functions carry no docstring: FastAPI would publish it as 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from solver.images.pictures import history_plot
-from workers.jobs.artifacts import ArtifactCorruptError
+from workers.jobs.artifacts import ArtifactCorruptError, verified_chunks
 from workers.jobs.objects import npy_bytes
 from workers.jobs.results import INDEX, ResultIndex, ResultsNotStoredError, etag, image_rows, maps_zip, stacked_npy
 from workers.jobs.store import ArtifactRecord, JobStore
@@ -205,17 +204,12 @@ _CHUNK = 1 << 22
 def _verified_chunks(fh, record: ArtifactRecord) -> Iterator[bytes]:
     """The artifact's bytes a chunk at a time, hashed on the way: a mismatch ends the transfer short of its
     Content-Length, so a client never takes damaged bytes for the artifact."""
-    digest, held = hashlib.sha256(), b""
     with fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-            if held:
-                yield held
-            held = chunk  # the last chunk goes out only once the whole has been verified
-    if digest.hexdigest() != record.key[:64]:
-        logger.error("artifact %s is damaged in the store: its bytes hash to %s", record.key, digest.hexdigest())
-        raise ArtifactCorruptError(f"artifact {record.key} is corrupt")
-    yield held
+        try:
+            yield from verified_chunks(fh, record.key[:64], f"artifact {record.key}", chunk=_CHUNK)
+        except ArtifactCorruptError as exc:
+            logger.error("%s", exc)
+            raise
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:

@@ -115,3 +115,22 @@ def test_the_index_hands_each_part_its_artifact_hash(tmp_path, arrays):
             b"".join(maps_zip(parts))
     finally:
         store.close()
+
+
+def test_a_large_artifact_is_streamed_whole_when_intact_and_short_when_damaged(tmp_path, arrays):
+    """The artifact route's stream (above its size for a single read) shares the parts' verification."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from api.routes.results import _verified_chunks  # noqa: PLC0415
+
+    (part,) = _parts(tmp_path, arrays[:1])
+    path = part.location.store.url + "/" + part.location.key
+    whole = open(path, "rb").read()
+    record = SimpleNamespace(key=part.sha256 + ".npy")
+    assert b"".join(_verified_chunks(open(path, "rb"), record)) == whole
+    _damage(part)
+    sent = []
+    with pytest.raises(ArtifactCorruptError, match="damaged in the store"):
+        for chunk in _verified_chunks(open(path, "rb"), record):
+            sent.append(chunk)
+    assert len(b"".join(sent)) < len(whole)

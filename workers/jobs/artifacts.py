@@ -17,8 +17,9 @@ import os
 import re
 import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 import numpy as np
 
@@ -241,6 +242,28 @@ def open_artifact_store(location: str | Path) -> ArtifactStore:
 
 
 def _verify(key: str, data: bytes) -> None:
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != key[:64]:
-        raise ArtifactCorruptError(f"artifact {key} is corrupt: its bytes hash to {digest}")
+    check_digest(f"artifact {key}", hashlib.sha256(data).hexdigest(), key[:64])
+
+
+def check_digest(name: str, digest: str, expected: str | None) -> None:
+    """ArtifactCorruptError naming `name` when its bytes' sha256 `digest` is not the `expected` one (None: not
+    known, nothing to check)."""
+    if expected is not None and digest != expected:
+        raise ArtifactCorruptError(f"{name} is damaged in the store: its bytes hash to {digest}")
+
+
+def verified_chunks(
+    fh: IO[bytes], expected: str | None, name: str, *, skip: int = 0, chunk: int = 1 << 22
+) -> Iterator[bytes]:
+    """The bytes of `fh` past its first `skip` (read from the start), a chunk at a time, every byte hashed on the
+    way: the last chunk goes out only once the whole has matched `expected` (:func:`check_digest`), so a stream
+    of damaged bytes ends short of its length."""
+    digest, held = hashlib.sha256(fh.read(skip) if skip else b""), b""
+    while data := fh.read(chunk):
+        digest.update(data)
+        if held:
+            yield held
+        held = data
+    check_digest(name, digest.hexdigest(), expected)
+    if held:
+        yield held

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import ArtifactCorruptError
+from .artifacts import ArtifactCorruptError, check_digest, verified_chunks
 from .objects import Part, array_header, npy_chunks, npy_header_for, read_header, rows_of_parts
 from .store import JobStore
 
@@ -146,14 +146,9 @@ def _verified_batches(part: Part) -> Iterator[tuple[int, np.ndarray]]:
                 yield held
             held = (part.first + start, np.frombuffer(data, dtype=dtype).reshape((rows, *shape[1:])))
         digest.update(fh.read())  # bytes past the rows change the hash too
-    _check_digest(part, digest)
+    check_digest(str(part.location), digest.hexdigest(), part.sha256)
     if held is not None:
         yield held
-
-
-def _check_digest(part: Part, digest: Any) -> None:
-    if part.sha256 is not None and digest.hexdigest() != part.sha256:
-        raise ArtifactCorruptError(f"{part.location} is damaged in the store: its bytes hash to {digest.hexdigest()}")
 
 
 def stacked_shape(parts: list[Part]) -> tuple[tuple[int, ...], np.dtype]:
@@ -167,16 +162,7 @@ def stacked_npy(parts: list[Part]) -> Iterator[bytes]:
     shape, dtype = stacked_shape(parts)
     yield npy_header_for(shape, dtype)
     for part in parts:
-        digest, held = hashlib.sha256(), b""
         with part.location.open() as fh:
             _, _, _, offset = read_header(fh)
-            fh.seek(0)
-            digest.update(fh.read(offset))
-            while chunk := fh.read(_CHUNK):
-                digest.update(chunk)
-                if held:
-                    yield held
-                held = chunk  # a part's last chunk goes out once the whole part has matched its hash
-        _check_digest(part, digest)
-        if held:
-            yield held
+            fh.seek(0)  # the header is hashed with the rest, but the stream has the whole array's
+            yield from verified_chunks(fh, part.sha256, str(part.location), skip=offset, chunk=_CHUNK)
